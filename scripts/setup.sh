@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs what prompt2model-rs needs on a Debian-family machine, idempotently: system packages for
+# figures and building, and (with --python) the project-local Python venv that the differential
+# metric tests compare against (sacrebleu, scipy). Safe to run any number of times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_python=0
+for arg in "$@"; do
+  case "$arg" in
+    --python) want_python=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+# --- system packages -----------------------------------------------------------------------------
+apt_packages=(fonts-dejavu-core pkg-config git ca-certificates python3-venv)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# python3-venv is only a Debian package for the system Python; a pyenv/other Python has venv built in.
+if [ ${#missing[@]} -gt 0 ] && [[ " ${missing[*]} " == *" python3-venv "* ]] && python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  missing=("${missing[@]/python3-venv}")
+  read -r -a missing <<< "${missing[*]}"
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  say "installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "system packages present"
+fi
+
+# --- Rust ----------------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || { echo "setup: no Rust toolchain (cargo) found; install Rust >= 1.85 with rustup" >&2; exit 1; }
+say "$(cargo --version)"
+
+# --- Python reference tools (tests only) ---------------------------------------------------------
+if [ "$want_python" = 1 ]; then
+  venv=.venv
+  reqs=scripts/requirements-reference.txt
+  stamp=$venv/.installed-$(sha256sum "$reqs" | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    # The stamp is written last: an interrupted install is redone from scratch next time.
+    say "creating $venv with the reference implementations ($reqs)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+    touch "$stamp"
+  else
+    say "$venv up to date"
+  fi
+fi

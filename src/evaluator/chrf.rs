@@ -1,0 +1,565 @@
+//! chrF (Popović 2015) and chrF++ (Popović 2017), numerically identical to sacrebleu 2.x
+//! (`sacrebleu.metrics.CHRF`, checked against sacrebleu 2.6.0).
+//!
+//! Why a port and not "a chrF": chrF variants differ in whitespace handling, word tokenisation,
+//! smoothing and how multiple references are combined, and those choices move scores by points.
+//! Every step below mirrors `sacrebleu/metrics/chrf.py` and `sacrebleu/metrics/helpers.py`:
+//!
+//! 1. *Pre-processing*: optional Python `str.lower()` (`lowercase`, off by default).
+//! 2. *Character n-grams* (orders `1..=char_order`): unless `whitespace` is set, all Python
+//!    whitespace is deleted first (`''.join(line.split())`), then every window of `n`
+//!    **code points** is an n-gram. Emoji built from several code points are several characters.
+//! 3. *Word n-grams* (orders `1..=word_order`, chrF++ only): `line.split()` on Python whitespace,
+//!    then `_remove_punctuation`: a token longer than one character whose *last* character is in
+//!    `string.punctuation` is split into `token[:-1]`, `token[-1]`; otherwise one whose *first*
+//!    character is punctuation is split into `token[0]`, `token[1:]` (only one split, so `(hi)`
+//!    gives `(hi` and `)`, sacrebleu issue #124). N-grams are token windows.
+//! 4. *Statistics* per order: `[hyp count, ref count, matches]` where matches is the clipped
+//!    intersection `Σ min(hyp, ref)`, and the hyp count is **0 when the reference has no n-gram of
+//!    that order** (`hyp_count if ref_ngrams else 0`).
+//! 5. *Multiple references*: for each hypothesis the reference whose sentence-level score
+//!    (`_compute_f_score`) is strictly the best is kept (ties keep the earliest), and only its
+//!    statistics enter the corpus sums.
+//! 6. *Corpus score*: statistics are summed over sentences and `_compute_f_score` is applied once:
+//!    with the default effective-order smoothing, precision and recall are averaged over the orders
+//!    where both the hypothesis and the reference had n-grams, then combined with
+//!    `F_β = (1+β²)·P·R / (β²·P + R)`; with `eps_smoothing` the per-order F scores (with 1e-16 for
+//!    undefined terms) are averaged instead. Floating-point operations are performed in the same
+//!    order as in Python, so results are bit-identical, not merely close.
+//!
+//! Hot path: n-grams are never allocated. Character n-grams are `&str` slices of the
+//! whitespace-free sentence, word n-grams are `&[&str]` windows of the token list, both counted
+//! in hash maps with a small FxHash-style hasher (collision resistance is irrelevant here, keys are
+//! compared exactly).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use super::exact_match::pystr;
+
+/// Errors of the metric functions (shared by `chrf`, `exact_match` and `kendall`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricError {
+    /// Two inputs that must be parallel have different lengths.
+    #[error("length mismatch: {left_name} has {left} items but {right_name} has {right}")]
+    LengthMismatch {
+        left_name: &'static str,
+        left: usize,
+        right_name: &'static str,
+        right: usize,
+    },
+    /// A corpus metric was asked to score zero segments.
+    #[error("empty corpus: nothing to score")]
+    EmptyCorpus,
+    /// Segment `index` has no reference at all (sacrebleu and the SQuAD script crash on this).
+    #[error("segment {index} has no reference")]
+    NoReferences { index: usize },
+    /// An input value is NaN (position `index` of `which`).
+    #[error("{which}[{index}] is NaN")]
+    NanInput { which: &'static str, index: usize },
+    /// The metric configuration is unusable.
+    #[error("invalid metric configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// sacrebleu version the implementation is verified against (used in signatures).
+pub const SACREBLEU_REFERENCE_VERSION: &str = "2.6.0";
+
+/// chrF parameters, with the same meaning and defaults as `sacrebleu.metrics.CHRF`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChrfConfig {
+    /// Maximum character n-gram order (sacrebleu `char_order`, default 6).
+    pub char_order: usize,
+    /// Maximum word n-gram order (`word_order`): 0 = chrF, 2 = chrF++.
+    pub word_order: usize,
+    /// Recall weight β (default 2). Must be finite and > 0 (β = 0 makes sacrebleu divide by 0).
+    pub beta: f64,
+    /// Python `str.lower()` hypotheses and references first.
+    pub lowercase: bool,
+    /// Keep whitespace inside character n-grams.
+    pub whitespace: bool,
+    /// chrF++.py/NLTK/Moses epsilon smoothing instead of sacrebleu's effective order.
+    pub eps_smoothing: bool,
+}
+
+impl Default for ChrfConfig {
+    /// chrF++, the metric the paper reports.
+    fn default() -> Self {
+        Self::chrf_plus_plus()
+    }
+}
+
+impl ChrfConfig {
+    /// chrF++ as `sacrebleu.corpus_chrf(..., word_order=2)`: `nc:6, nw:2, β=2`.
+    pub const fn chrf_plus_plus() -> Self {
+        ChrfConfig {
+            char_order: 6,
+            word_order: 2,
+            beta: 2.0,
+            lowercase: false,
+            whitespace: false,
+            eps_smoothing: false,
+        }
+    }
+
+    /// Plain chrF (sacrebleu's defaults): `nc:6, nw:0, β=2`.
+    pub const fn chrf() -> Self {
+        ChrfConfig { word_order: 0, ..Self::chrf_plus_plus() }
+    }
+
+    /// Total number of n-gram orders (`char_order + word_order`).
+    pub fn order(&self) -> usize {
+        self.char_order + self.word_order
+    }
+
+    /// sacrebleu's score name: `chrF{β}` plus one `+` per word order (`chrF2++`).
+    pub fn name(&self) -> String {
+        format!("chrF{}{}", self.beta, "+".repeat(self.word_order))
+    }
+
+    /// Reproducibility signature in sacrebleu's style, e.g.
+    /// `chrF2++|nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|impl:prompt2model-rs-0.1.0|ref:sacrebleu-2.6.0`.
+    ///
+    /// `nrefs` is the number of references per segment, or `var` when it varies (see
+    /// [`nrefs_label`]); anything `Display` is accepted. The fields between the name and `impl`
+    /// are exactly sacrebleu's `CHRF.get_signature().format()` without its `version` field.
+    pub fn signature(&self, nrefs: impl std::fmt::Display) -> String {
+        format!(
+            "{}|nrefs:{}|case:{}|eff:{}|nc:{}|nw:{}|space:{}|impl:prompt2model-rs-{}|ref:sacrebleu-{}",
+            self.name(),
+            nrefs,
+            if self.lowercase { "lc" } else { "mixed" },
+            if self.eps_smoothing { "no" } else { "yes" },
+            self.char_order,
+            self.word_order,
+            if self.whitespace { "yes" } else { "no" },
+            env!("CARGO_PKG_VERSION"),
+            SACREBLEU_REFERENCE_VERSION,
+        )
+    }
+
+    fn validate(&self) -> Result<(), MetricError> {
+        if self.order() == 0 {
+            return Err(MetricError::InvalidConfig("char_order + word_order must be at least 1".into()));
+        }
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(MetricError::InvalidConfig(format!("beta must be finite and > 0, got {}", self.beta)));
+        }
+        Ok(())
+    }
+}
+
+/// sacrebleu's `nrefs` signature value: the common number of references per segment, or `var`.
+pub fn nrefs_label<R: AsRef<[S]>, S>(refs: &[R]) -> String {
+    let mut counts = refs.iter().map(|r| r.as_ref().len());
+    match counts.next() {
+        Some(first) if counts.all(|c| c == first) => first.to_string(),
+        Some(_) => "var".to_string(),
+        None => "0".to_string(),
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// n-gram extraction
+// ----------------------------------------------------------------------------------------------
+
+/// FxHash-style hasher (rustc's): a rotate/xor/multiply per 8 bytes. Keys are compared exactly
+/// by the map, so the hash only has to be fast and reasonably spread.
+#[derive(Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ w).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, mut bytes: &[u8]) {
+        while bytes.len() >= 8 {
+            self.add(u64::from_le_bytes(bytes[..8].try_into().unwrap()));
+            bytes = &bytes[8..];
+        }
+        if bytes.len() >= 4 {
+            self.add(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as u64);
+            bytes = &bytes[4..];
+        }
+        for &b in bytes {
+            self.add(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FxMap<K> = HashMap<K, u32, BuildHasherDefault<FxHasher>>;
+
+/// A `collections.Counter` of n-grams of one order, plus the sum of its values.
+struct Counts<K> {
+    map: FxMap<K>,
+    total: u64,
+}
+
+impl<K: Hash + Eq> Counts<K> {
+    fn from_iter(it: impl ExactSizeIterator<Item = K>) -> Self {
+        let total = it.len() as u64;
+        let mut map = FxMap::with_capacity_and_hasher(it.len(), Default::default());
+        for k in it {
+            *map.entry(k).or_insert(0) += 1;
+        }
+        Counts { map, total }
+    }
+
+    /// `CHRF._get_match_statistics(hyp, ref)` → `[hyp count, ref count, matches]`.
+    fn match_stats(hyp: &Self, r: &Self) -> [u64; 3] {
+        // Σ min(h, r) over the intersection is symmetric: iterate the smaller map.
+        let (small, large) = if hyp.map.len() <= r.map.len() { (hyp, r) } else { (r, hyp) };
+        let mut matches = 0u64;
+        for (k, &c) in &small.map {
+            if let Some(&c2) = large.map.get(k) {
+                matches += c.min(c2) as u64;
+            }
+        }
+        // "Don't count hits if no reference exists for that n-gram" (sacrebleu)
+        [if r.map.is_empty() { 0 } else { hyp.total }, r.total, matches]
+    }
+}
+
+/// The pre-processed text of one segment, owning what the n-gram slices borrow.
+struct Segment<'s> {
+    /// After optional lower-casing.
+    text: Cow<'s, str>,
+    /// `text` with Python whitespace removed (unless `whitespace`).
+    chars: Cow<'s, str>,
+    /// Byte offset of every code point of `chars`, plus `chars.len()`.
+    offsets: Vec<usize>,
+}
+
+impl<'s> Segment<'s> {
+    fn new(s: &'s str, cfg: &ChrfConfig) -> Segment<'s> {
+        let text: Cow<'s, str> = if cfg.lowercase { Cow::Owned(pystr::lower(s)) } else { Cow::Borrowed(s) };
+        let chars: Cow<'s, str> = match &text {
+            _ if cfg.whitespace => text.clone(),
+            Cow::Borrowed(b) if !b.chars().any(pystr::is_space) => Cow::Borrowed(*b),
+            t => Cow::Owned(t.chars().filter(|&c| !pystr::is_space(c)).collect()),
+        };
+        let mut offsets: Vec<usize> = chars.char_indices().map(|(i, _)| i).collect();
+        offsets.push(chars.len());
+        Segment { text, chars, offsets }
+    }
+
+    /// `CHRF._remove_punctuation(text)`.
+    fn words(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for w in pystr::split(&self.text) {
+            let mut it = w.chars();
+            let first = it.next().expect("split() yields non-empty words");
+            let Some(last) = it.next_back() else {
+                out.push(w); // len(w) == 1
+                continue;
+            };
+            if is_py_punct(last) {
+                let cut = w.len() - last.len_utf8();
+                out.push(&w[..cut]);
+                out.push(&w[cut..]);
+            } else if is_py_punct(first) {
+                let cut = first.len_utf8();
+                out.push(&w[..cut]);
+                out.push(&w[cut..]);
+            } else {
+                out.push(w);
+            }
+        }
+        out
+    }
+}
+
+/// `CHRF._PUNCTS`, i.e. Python's `string.punctuation` (ASCII only).
+#[inline]
+fn is_py_punct(c: char) -> bool {
+    c.is_ascii_punctuation()
+}
+
+/// All n-gram counters of one segment: char orders `1..=nc`, then word orders `1..=nw`.
+struct Ngrams<'a> {
+    chars: Vec<Counts<&'a str>>,
+    words: Vec<Counts<&'a [&'a str]>>,
+}
+
+impl<'a> Ngrams<'a> {
+    fn new(seg: &'a Segment<'_>, words: &'a [&'a str], cfg: &ChrfConfig) -> Ngrams<'a> {
+        let n_chars = seg.offsets.len() - 1;
+        let chars = (1..=cfg.char_order)
+            .map(|n| {
+                let count = (n_chars + 1).saturating_sub(n);
+                Counts::from_iter((0..count).map(|i| &seg.chars[seg.offsets[i]..seg.offsets[i + n]]))
+            })
+            .collect();
+        let words = (1..=cfg.word_order).map(|n| Counts::from_iter(words.windows(n))).collect();
+        Ngrams { chars, words }
+    }
+
+    /// Flattened `[hyp, ref, match] × order` statistics of `self` (hypothesis) against `r`.
+    fn stats_against(&self, r: &Ngrams<'_>, out: &mut Vec<u64>) {
+        out.clear();
+        for (h, r) in self.chars.iter().zip(&r.chars) {
+            out.extend_from_slice(&Counts::match_stats(h, r));
+        }
+        for (h, r) in self.words.iter().zip(&r.words) {
+            out.extend_from_slice(&Counts::match_stats(h, r));
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// scoring
+// ----------------------------------------------------------------------------------------------
+
+/// `CHRF._compute_f_score`: the chrF score in `[0, 100]` of (summed) statistics
+/// `[hyp, ref, match] × (char_order + word_order)`.
+///
+/// Operation order follows the Python code exactly so the result is bit-identical. Panics if
+/// `stats` is shorter than `3 * cfg.order()`.
+pub fn score_from_statistics(stats: &[u64], cfg: &ChrfConfig) -> f64 {
+    let eps = 1e-16;
+    let factor = cfg.beta * cfg.beta;
+    let order = cfg.order();
+    let mut score = 0.0f64;
+    let mut effective_order = 0usize;
+    let (mut avg_prec, mut avg_rec) = (0.0f64, 0.0f64);
+
+    for i in 0..order {
+        let (n_hyp, n_ref, n_match) = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]);
+        // chrF++.py style EPS smoothing (also used by Moses and NLTK)
+        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
+        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
+        let denom = factor * prec + rec;
+        score += if denom > 0.0 { (1.0 + factor) * prec * rec / denom } else { eps };
+        // sacreBLEU <2.0.0 style effective order smoothing
+        if n_hyp > 0 && n_ref > 0 {
+            avg_prec += prec;
+            avg_rec += rec;
+            effective_order += 1;
+        }
+    }
+
+    if cfg.eps_smoothing {
+        return 100.0 * score / order as f64;
+    }
+    if effective_order == 0 {
+        avg_prec = 0.0;
+        avg_rec = 0.0;
+    } else {
+        avg_prec /= effective_order as f64;
+        avg_rec /= effective_order as f64;
+    }
+    if avg_prec + avg_rec != 0.0 {
+        let mut score = (1.0 + factor) * avg_prec * avg_rec;
+        score /= factor * avg_prec + avg_rec;
+        100.0 * score
+    } else {
+        0.0
+    }
+}
+
+/// Statistics of one hypothesis against its references: those of the reference with the best
+/// sentence-level score (first one on ties), as `CHRF._compute_segment_statistics`.
+///
+/// Errors if `refs` is empty or `cfg` is invalid.
+pub fn segment_statistics<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> Result<Vec<u64>, MetricError> {
+    cfg.validate()?;
+    if refs.is_empty() {
+        return Err(MetricError::NoReferences { index: 0 });
+    }
+    let mut best = Vec::with_capacity(3 * cfg.order());
+    let mut scratch = Vec::with_capacity(3 * cfg.order());
+    best_stats(hyp, refs, cfg, &mut best, &mut scratch);
+    Ok(best)
+}
+
+fn best_stats<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig, best: &mut Vec<u64>, scratch: &mut Vec<u64>) {
+    let hseg = Segment::new(hyp, cfg);
+    let hwords = if cfg.word_order > 0 { hseg.words() } else { Vec::new() };
+    let hng = Ngrams::new(&hseg, &hwords, cfg);
+    let mut best_f = -1.0f64;
+    best.clear();
+    for r in refs {
+        let rseg = Segment::new(r.as_ref(), cfg);
+        let rwords = if cfg.word_order > 0 { rseg.words() } else { Vec::new() };
+        let rng = Ngrams::new(&rseg, &rwords, cfg);
+        hng.stats_against(&rng, scratch);
+        let f = score_from_statistics(scratch, cfg);
+        if f > best_f {
+            best_f = f;
+            std::mem::swap(best, scratch);
+        }
+    }
+}
+
+/// Corpus-level chrF / chrF++ in `[0, 100]`, identical to
+/// `sacrebleu.corpus_chrf(hyps, ref_streams, char_order, word_order, beta)` (`.score`).
+///
+/// `refs[i]` are the references of `hyps[i]` (any number ≥ 1; sacrebleu's layout is the
+/// transpose, reference *streams*, padded with `None` for a variable count). Errors on a length
+/// mismatch, an empty corpus, a hypothesis without references or an invalid config — the cases
+/// where sacrebleu raises or silently truncates (`zip`).
+pub fn corpus_chrf<H, R, S>(hyps: &[H], refs: &[R], cfg: &ChrfConfig) -> Result<f64, MetricError>
+where
+    H: AsRef<str>,
+    R: AsRef<[S]>,
+    S: AsRef<str>,
+{
+    cfg.validate()?;
+    if hyps.len() != refs.len() {
+        return Err(MetricError::LengthMismatch {
+            left_name: "hypotheses",
+            left: hyps.len(),
+            right_name: "references",
+            right: refs.len(),
+        });
+    }
+    if hyps.is_empty() {
+        return Err(MetricError::EmptyCorpus);
+    }
+    let width = 3 * cfg.order();
+    let mut total = vec![0u64; width];
+    let mut best = Vec::with_capacity(width);
+    let mut scratch = Vec::with_capacity(width);
+    for (i, (h, r)) in hyps.iter().zip(refs).enumerate() {
+        let r = r.as_ref();
+        if r.is_empty() {
+            return Err(MetricError::NoReferences { index: i });
+        }
+        best_stats(h.as_ref(), r, cfg, &mut best, &mut scratch);
+        for (t, s) in total.iter_mut().zip(&best) {
+            *t += s;
+        }
+    }
+    Ok(score_from_statistics(&total, cfg))
+}
+
+/// Sentence-level chrF, identical to `sacrebleu.sentence_chrf(hyp, refs, ...)` (`.score`).
+///
+/// Returns `0.0` when `refs` is empty or `cfg` is invalid (sacrebleu raises); use
+/// [`try_sentence_chrf`] to get those as errors.
+pub fn sentence_chrf<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> f64 {
+    try_sentence_chrf(hyp, refs, cfg).unwrap_or(0.0)
+}
+
+/// [`sentence_chrf`] that reports an empty reference list or an invalid config as an error.
+pub fn try_sentence_chrf<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> Result<f64, MetricError> {
+    let stats = segment_statistics(hyp, refs, cfg)?;
+    Ok(score_from_statistics(&stats, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pp() -> ChrfConfig {
+        ChrfConfig::chrf_plus_plus()
+    }
+
+    /// Expected values computed with sacrebleu 2.6.0:
+    /// `CHRF(word_order=2).corpus_score(hyps, streams).score` / `.sentence_score(h, refs).score`,
+    /// compared bit-for-bit (the port performs the same float operations in the same order).
+    #[test]
+    fn matches_sacrebleu_values() {
+        let hyps = ["The cat sat on the mat.", "東京は日本の首都です。", "", "(hi) there, friend!", "  \u{9} "];
+        let refs: Vec<Vec<&str>> = vec![vec!["The cat is on the mat.", "A cat sat on a mat!"], vec!["日本の首都は東京です。"], vec!["nothing here"], vec!["hi there friend", "(hi) there, friends!"], vec!["whitespace"]];
+        let cfg = ChrfConfig::chrf_plus_plus();
+        assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 55.68776108084011);
+        let sent = [69.43695278069349, 36.24716553287982, 0.0, 84.69357571588779, 0.0];
+        for (i, want) in sent.iter().enumerate() {
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "pp sentence {i}");
+        }
+        let cfg = ChrfConfig::chrf();
+        assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 53.0924705263057);
+        let sent = [67.17273492330233, 42.288359788359784, 0.0, 89.02263497716442, 0.0];
+        for (i, want) in sent.iter().enumerate() {
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "c sentence {i}");
+        }
+        let cfg = ChrfConfig { lowercase: true, eps_smoothing: true, ..ChrfConfig::chrf_plus_plus() };
+        assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 55.61580943263094);
+        let sent = [69.42671676320066, 31.71626984126984, 0.0, 84.6830150137816, 1.25e-15];
+        for (i, want) in sent.iter().enumerate() {
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "lc_eps sentence {i}");
+        }
+        let cfg = ChrfConfig { word_order: 1, whitespace: true, beta: 1.0, char_order: 4, ..ChrfConfig::chrf_plus_plus() };
+        assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 67.76848986354241);
+        let sent = [82.53021113415323, 47.888888888888886, 0.0, 91.01054084945174, 0.0];
+        for (i, want) in sent.iter().enumerate() {
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "ws_b1 sentence {i}");
+        }
+        assert_eq!(sentence_chrf("👍\u{1f3fd} ok 🇯🇵", &["👍 ok 🇯🇵!"], &ChrfConfig::chrf_plus_plus()), 39.51732673267326);
+        assert_eq!(sentence_chrf("👍\u{1f3fd} ok 🇯🇵", &["👍 ok 🇯🇵!"], &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }), 39.51732673267326);
+        assert_eq!(sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig::chrf_plus_plus()), 0.0);
+        assert_eq!(sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }), 100.0);
+        assert_eq!(sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig::chrf_plus_plus()), 100.0);
+        assert_eq!(sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }), 100.0);
+    }
+
+    #[test]
+    fn word_tokenisation_follows_remove_punctuation() {
+        let cfg = pp();
+        let seg = Segment::new("(hi) a, .x y. Hello!! 日本。 ", &cfg);
+        assert_eq!(seg.words(), ["(hi", ")", "a", ",", ".", "x", "y", ".", "Hello!", "!", "日本。"]);
+        // whitespace is Python's: U+001C separates words and is removed from char n-grams
+        let seg = Segment::new("a\u{1c}b\u{3000}c\u{200b}d", &cfg);
+        assert_eq!(seg.words(), ["a", "b", "c\u{200b}d"]);
+        assert_eq!(&*seg.chars, "abc\u{200b}d");
+    }
+
+    #[test]
+    fn errors_and_degenerate_inputs() {
+        let cfg = pp();
+        let e: [&str; 0] = [];
+        assert_eq!(corpus_chrf(&e, &Vec::<Vec<&str>>::new(), &cfg), Err(MetricError::EmptyCorpus));
+        assert!(matches!(corpus_chrf(&["a"], &[vec!["a"], vec!["b"]], &cfg), Err(MetricError::LengthMismatch { .. })));
+        assert_eq!(corpus_chrf(&["a"], &[Vec::<&str>::new()], &cfg), Err(MetricError::NoReferences { index: 0 }));
+        assert_eq!(sentence_chrf("a", &e, &cfg), 0.0);
+        assert!(try_sentence_chrf("a", &e, &cfg).is_err());
+        let bad = ChrfConfig { beta: 0.0, ..cfg };
+        assert!(matches!(corpus_chrf(&["a"], &[vec!["a"]], &bad), Err(MetricError::InvalidConfig(_))));
+        let bad = ChrfConfig { char_order: 0, word_order: 0, ..cfg };
+        assert!(try_sentence_chrf("a", &["a"], &bad).is_err());
+        // identical strings score 100, empty or whitespace-only hypotheses 0
+        assert_eq!(sentence_chrf("The cat sat.", &["The cat sat."], &cfg), 100.0);
+        assert_eq!(sentence_chrf("", &["The cat"], &cfg), 0.0);
+        assert_eq!(sentence_chrf(" \t\u{3000}", &["The cat"], &cfg), 0.0);
+        assert_eq!(sentence_chrf("", &[""], &cfg), 0.0);
+    }
+
+    #[test]
+    fn signature_format() {
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            pp().signature(1),
+            format!("chrF2++|nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|impl:prompt2model-rs-{v}|ref:sacrebleu-2.6.0")
+        );
+        let c = ChrfConfig { lowercase: true, eps_smoothing: true, whitespace: true, ..ChrfConfig::chrf() };
+        assert_eq!(
+            c.signature("var"),
+            format!("chrF2|nrefs:var|case:lc|eff:no|nc:6|nw:0|space:yes|impl:prompt2model-rs-{v}|ref:sacrebleu-2.6.0")
+        );
+        assert_eq!(nrefs_label(&[vec!["a"], vec!["b", "c"]]), "var");
+        assert_eq!(nrefs_label(&[vec!["a", "b"], vec!["b", "c"]]), "2");
+    }
+}

@@ -1,0 +1,105 @@
+//! The evaluator: exact re-implementations of the paper's metrics. Every score carries a
+//! signature (metric, parameters, implementation and the reference it is tested against), in the
+//! spirit of sacrebleu, so a number in a report says exactly how it was computed.
+//!
+//! - [`exact_match`]: raw string equality (the Prompt2Model reference) and SQuAD-official
+//!   normalisation, multi-reference.
+//! - [`chrf`]: chrF / chrF++ identical to sacrebleu 2.x.
+//! - [`kendall`]: Kendall's tau-b with scipy's two-sided p-value.
+
+pub mod chrf;
+pub mod exact_match;
+pub mod kendall;
+
+use std::fmt;
+
+pub use chrf::MetricError;
+use serde::Serialize;
+
+/// A corpus-level metric over predictions and references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+pub enum Metric {
+    /// Exact match, plain string equality (as the Prompt2Model reference evaluator).
+    #[value(name = "em")]
+    #[serde(rename = "em")]
+    ExactMatch,
+    /// Exact match after the official SQuAD v1.1 answer normalisation.
+    #[value(name = "em-squad")]
+    #[serde(rename = "em-squad")]
+    ExactMatchSquad,
+    /// chrF++ (character 6-grams, word 2-grams, beta 2), as sacrebleu's defaults.
+    #[value(name = "chrf++")]
+    #[serde(rename = "chrf++")]
+    ChrfPlusPlus,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::ExactMatch => "em",
+            Metric::ExactMatchSquad => "em-squad",
+            Metric::ChrfPlusPlus => "chrf++",
+        }
+    }
+
+    /// Parse the names used in `data/tasks.toml` and on the command line.
+    pub fn parse(name: &str) -> Option<Metric> {
+        <Metric as clap::ValueEnum>::from_str(name, true).ok()
+    }
+
+    /// How the paper prints it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Metric::ExactMatch => "EM",
+            Metric::ExactMatchSquad => "EM (SQuAD-normalised)",
+            Metric::ChrfPlusPlus => "chrF++",
+        }
+    }
+}
+
+/// A corpus score in percent, with its signature.
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub metric: Metric,
+    /// 0–100.
+    pub value: f64,
+    pub n: usize,
+    pub signature: String,
+}
+
+impl fmt::Display for Score {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {:.2}  (n={}; {})", self.metric.display_name(), self.value, self.n, self.signature)
+    }
+}
+
+/// The `nrefs` field of a signature: the reference count, or `var` when it differs across rows.
+fn nrefs<S: AsRef<str>>(references: &[Vec<S>]) -> String {
+    let first = references.first().map(|r| r.len()).unwrap_or(0);
+    if references.iter().all(|r| r.len() == first) {
+        first.to_string()
+    } else {
+        "var".to_string()
+    }
+}
+
+/// Score predictions against per-row reference lists.
+pub fn score<P: AsRef<str>, R: AsRef<str>>(metric: Metric, predictions: &[P], references: &[Vec<R>]) -> Result<Score, MetricError> {
+    let (value, signature) = match metric {
+        Metric::ExactMatch | Metric::ExactMatchSquad => {
+            let norm = if metric == Metric::ExactMatch {
+                exact_match::EmNormalization::Raw
+            } else {
+                exact_match::EmNormalization::Squad
+            };
+            let v = exact_match::corpus_exact_match(predictions, references, norm)?;
+            (100.0 * v, format!("{}|nrefs:{}", exact_match::signature(norm), nrefs(references)))
+        }
+        Metric::ChrfPlusPlus => {
+            let cfg = chrf::ChrfConfig::chrf_plus_plus();
+            let v = chrf::corpus_chrf(predictions, references, &cfg)?;
+            (v, cfg.signature(&nrefs(references)))
+        }
+    };
+    Ok(Score { metric, value, n: predictions.len(), signature })
+}

@@ -1,0 +1,26 @@
+//! prompt2model-rs: a reproducible research harness for *Prompt2Model: Generating Deployable Models
+//! from Natural Language Instructions* (Viswanathan et al., EMNLP 2023 demo).
+//!
+//! One module per concern of the pipeline. What exists today:
+//! - [`cli`]: logging and error reporting shared by the binaries.
+//! - [`config`]: where data, caches and reports live (environment overrides).
+//! - [`registry`]: the dataset registry (`data/datasets.toml`, `data/files.tsv`) and file resolution
+//!   (cache → local mirror → upstream download → Hugging Face hub), always sha256-verified.
+//! - [`datasets`]: loaders into polars frames with one common schema.
+//! - [`tasks`]: the paper's three tasks as data (`data/tasks.toml`) and the paper's printed numbers.
+//! - [`evaluator`]: exact metrics (exact match, chrF++, Kendall's tau-b), each score with a signature.
+//! - [`predictions`]: reading users' prediction files (JSONL, CSV, parquet).
+//! - [`recorded`]: the paper authors' recorded runs and their folder-name conventions.
+//! - [`report`]: tables (parquet, CSV, Markdown, LaTeX), figures and run manifests.
+//! - [`tables`]: the reproductions of the paper's tables, shared by `experiments/` and the tests.
+
+pub mod cli;
+pub mod config;
+pub mod datasets;
+pub mod evaluator;
+pub mod predictions;
+pub mod recorded;
+pub mod registry;
+pub mod report;
+pub mod tables;
+pub mod tasks;

@@ -1,0 +1,123 @@
+//! `p2m`: the user's entry point to prompt2model-rs.
+//!
+//! - `p2m score`: score a predictions file with exact match or chrF++, each score with its signature.
+//! - `p2m data list` / `p2m data fetch`: the dataset registry and where each file resolves from.
+//!
+//! The paper's tables are their own binaries: `cargo run --release --bin table1` (and `table3`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use prompt2model::evaluator::{self, Metric};
+use prompt2model::predictions::{self, Format};
+use prompt2model::registry::Registry;
+
+#[derive(Parser)]
+#[command(name = "p2m", version, about = "Prompt2Model, reproducibly: from a prompt to a small deployable model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a predictions file (JSONL, CSV or parquet) against its references.
+    Score(ScoreArgs),
+    /// The dataset registry.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// The predictions file.
+    #[arg(long, short = 'p')]
+    predictions: PathBuf,
+    /// File format (default: from the extension: .jsonl, .csv, .parquet).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Column (field) holding the predictions.
+    #[arg(long, default_value = "prediction")]
+    prediction_col: String,
+    /// Column(s) holding the references: each a string or a list of strings. Repeat for several.
+    #[arg(long = "reference-col", default_values_t = vec!["references".to_string()])]
+    reference_cols: Vec<String>,
+    /// Metric(s) to compute. Repeat for several.
+    #[arg(long = "metric", short = 'm', value_enum, required = true)]
+    metrics: Vec<Metric>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// List the registered datasets.
+    List,
+    /// Resolve and sha256-verify every file of a dataset (or of all datasets), fetching what is missing.
+    Fetch {
+        /// Dataset ids; none means all.
+        ids: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    prompt2model::cli::main_with(|| match Cli::parse().command {
+        Command::Score(args) => score(args),
+        Command::Data(DataCommand::List) => data_list(),
+        Command::Data(DataCommand::Fetch { ids }) => data_fetch(ids),
+    })
+}
+
+fn score(args: ScoreArgs) -> Result<()> {
+    let format = match args.format {
+        Some(f) => f,
+        None => Format::from_path(&args.predictions)?,
+    };
+    let data = predictions::read(&args.predictions, format, &args.prediction_col, &args.reference_cols)?;
+    let mut scores = Vec::new();
+    for metric in &args.metrics {
+        scores.push(evaluator::score(*metric, &data.predictions, &data.references)?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": args.predictions, "scores": scores }))?);
+    } else {
+        for s in scores {
+            println!("{s}");
+        }
+    }
+    Ok(())
+}
+
+fn data_list() -> Result<()> {
+    let registry = Registry::from_env()?;
+    println!("mirror: {}", registry.paths.mirror.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into()));
+    println!("cache:  {}\n", registry.paths.cache.display());
+    for d in registry.datasets() {
+        let files = registry.dataset_files(&d.id)?;
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        println!("{:<18} {:<16} {:>4} files {:>10} bytes  {}", d.id, d.format, files.len(), bytes, d.title);
+    }
+    Ok(())
+}
+
+fn data_fetch(ids: Vec<String>) -> Result<()> {
+    let registry = Registry::from_env()?;
+    let ids: Vec<String> = if ids.is_empty() { registry.datasets().iter().map(|d| d.id.clone()).collect() } else { ids };
+    for id in ids {
+        let files = registry.dataset_files(&id)?;
+        let bar = indicatif::ProgressBar::new(files.len() as u64).with_message(id.clone());
+        bar.set_style(indicatif::ProgressStyle::with_template("{msg:<18} {bar:30} {pos}/{len}")?);
+        let mut origins = std::collections::BTreeMap::<String, usize>::new();
+        for f in files {
+            let r = registry.resolve_file(&f.path)?;
+            *origins.entry(format!("{:?}", r.origin).split_whitespace().next().unwrap_or("").to_string()).or_default() += 1;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        println!("{id}: verified ({})", origins.iter().map(|(k, v)| format!("{v} from {k}")).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}

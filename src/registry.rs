@@ -1,0 +1,481 @@
+//! The dataset registry and file resolution.
+//!
+//! `data/datasets.toml` says what each dataset is; `data/files.tsv` lists every upstream file with
+//! its size, sha256 and URL. A file is looked for, in order, in the cache, in the local mirror, at
+//! its upstream URL and finally on the Hugging Face hub; whatever the origin, its bytes must hash to
+//! the registered sha256 or the file is refused. Downloads go to a temporary file in the cache and are
+//! renamed into place only once verified, so a killed run never leaves a half-written file behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "dataset `{dataset}`: file `{file}` was not found.\n  looked in:\n{}\n  fix: {hint}",
+        looked_in.iter().map(|p| format!("    - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    NotFound { dataset: String, file: String, looked_in: Vec<String>, hint: String },
+    #[error(
+        "checksum mismatch for {path} (dataset `{dataset}`): expected sha256 {expected}, found {actual}. \
+         The file was refused; replace it with the registered upstream file or delete it to re-fetch"
+    )]
+    ChecksumMismatch { dataset: String, path: PathBuf, expected: String, actual: String },
+    #[error("{path}: {detail}")]
+    Malformed { path: PathBuf, detail: String },
+    #[error("registry {path}: {detail}")]
+    Registry { path: PathBuf, detail: String },
+    #[error("unknown dataset `{0}`; `p2m data list` shows the registry")]
+    UnknownDataset(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("download of {url} failed: {detail}")]
+    Download { url: String, detail: String },
+}
+
+pub type DataResult<T> = std::result::Result<T, DataError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// One row of `data/files.tsv`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub url: Option<String>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HfSource {
+    pub repo: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// One `[[dataset]]` of `data/datasets.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetEntry {
+    pub id: String,
+    pub title: String,
+    pub format: String,
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub file_prefix: Option<String>,
+    #[serde(default)]
+    pub splits: Vec<String>,
+    #[serde(default)]
+    pub rows: Option<u64>,
+    pub license: String,
+    pub citation: String,
+    pub homepage: String,
+    #[serde(default)]
+    pub hf: Option<HfSource>,
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DatasetsToml {
+    dataset: Vec<DatasetEntry>,
+}
+
+/// Where a resolved file came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Cache,
+    Mirror,
+    Download { url: String },
+    Hub { repo: String },
+}
+
+/// A verified local copy of a registered file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedFile {
+    pub dataset: String,
+    pub path: String,
+    pub local: PathBuf,
+    pub sha256: String,
+    pub origin: Origin,
+}
+
+pub struct Registry {
+    pub paths: Paths,
+    datasets: Vec<DatasetEntry>,
+    files: BTreeMap<String, FileEntry>,
+    /// Files already hashed in this process (local path → sha256), so a folder read twice is
+    /// hashed once.
+    verified: Mutex<BTreeMap<PathBuf, String>>,
+}
+
+impl Registry {
+    /// Read `data/datasets.toml` and `data/files.tsv` and check that they agree.
+    pub fn load(paths: Paths) -> DataResult<Self> {
+        let toml_path = paths.data.join("datasets.toml");
+        let text = fs::read_to_string(&toml_path).map_err(io_err(&toml_path))?;
+        let parsed: DatasetsToml = toml::from_str(&text)
+            .map_err(|e| DataError::Registry { path: toml_path.clone(), detail: e.to_string() })?;
+        let tsv_path = paths.data.join("files.tsv");
+        let files = read_files_tsv(&tsv_path)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &parsed.dataset {
+            if !seen.insert(d.id.clone()) {
+                return Err(DataError::Registry { path: toml_path, detail: format!("dataset id `{}` appears twice", d.id) });
+            }
+            for f in &d.files {
+                if !files.contains_key(f) {
+                    return Err(DataError::Registry {
+                        path: toml_path,
+                        detail: format!(
+                            "dataset `{}` names file `{f}`, which has no row in {} (add its bytes, sha256 and URL there)",
+                            d.id,
+                            tsv_path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Registry { paths, datasets: parsed.dataset, files, verified: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// Load with the locations from the environment (see [`crate::config`]).
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self::load(Paths::from_env()?)?)
+    }
+
+    pub fn datasets(&self) -> &[DatasetEntry] {
+        &self.datasets
+    }
+
+    pub fn dataset(&self, id: &str) -> DataResult<&DatasetEntry> {
+        self.datasets.iter().find(|d| d.id == id).ok_or_else(|| DataError::UnknownDataset(id.to_string()))
+    }
+
+    pub fn file_entry(&self, path: &str) -> Option<&FileEntry> {
+        self.files.get(path)
+    }
+
+    /// All registered files of a dataset (its `files`, or every file under its `file_prefix`).
+    pub fn dataset_files(&self, id: &str) -> DataResult<Vec<&FileEntry>> {
+        let d = self.dataset(id)?;
+        let mut out: Vec<&FileEntry> = d.files.iter().filter_map(|f| self.files.get(f)).collect();
+        if let Some(prefix) = &d.file_prefix {
+            out.extend(self.files.values().filter(|f| f.path.starts_with(prefix.as_str())));
+        }
+        Ok(out)
+    }
+
+    /// Registered files whose path starts with `prefix` (e.g. a `save_to_disk` folder).
+    pub fn files_under(&self, prefix: &str) -> Vec<&FileEntry> {
+        self.files.values().filter(|f| f.path.starts_with(prefix)).collect()
+    }
+
+    /// The dataset a file belongs to (for error messages and manifests).
+    pub fn owner_of(&self, path: &str) -> String {
+        self.datasets
+            .iter()
+            .find(|d| d.files.iter().any(|f| f == path) || d.file_prefix.as_deref().is_some_and(|p| path.starts_with(p)))
+            .map(|d| d.id.clone())
+            .unwrap_or_else(|| "(unregistered)".to_string())
+    }
+
+    /// Resolve one registered file to a verified local copy.
+    pub fn resolve_file(&self, path: &str) -> DataResult<ResolvedFile> {
+        let dataset = self.owner_of(path);
+        let entry = self.files.get(path).ok_or_else(|| DataError::NotFound {
+            dataset: dataset.clone(),
+            file: path.to_string(),
+            looked_in: vec![format!("{} (no such row)", self.paths.data.join("files.tsv").display())],
+            hint: "register the file in data/files.tsv (scripts/registry-from-manifest.sh regenerates it from the mirror)".into(),
+        })?;
+        let mut looked_in = Vec::new();
+
+        let cached = self.cache_path(path);
+        looked_in.push(format!("cache: {}", cached.display()));
+        if cached.is_file() {
+            return self.verify(&dataset, entry, &cached, Origin::Cache);
+        }
+        if let Some(mirror) = &self.paths.mirror {
+            let mirrored = mirror.join(path);
+            looked_in.push(format!("mirror: {}", mirrored.display()));
+            if mirrored.is_file() {
+                return self.verify(&dataset, entry, &mirrored, Origin::Mirror);
+            }
+        } else {
+            looked_in.push("mirror: none configured (P2M_MIRROR unset and no ../shared/mirror)".into());
+        }
+        if let Some(url) = &entry.url {
+            if self.paths.offline {
+                looked_in.push(format!("upstream: {url} (skipped: P2M_OFFLINE=1)"));
+            } else {
+                looked_in.push(format!("upstream: {url}"));
+                match download_verified(url, &cached, entry) {
+                    Ok(()) => return self.verify(&dataset, entry, &cached, Origin::Download { url: url.clone() }),
+                    Err(e @ DataError::ChecksumMismatch { .. }) => return Err(e),
+                    Err(e) => looked_in.push(format!("  ↳ {e}")),
+                }
+            }
+        } else {
+            looked_in.push("upstream: no URL registered for this file (mirror-only artefact)".into());
+        }
+        if let Some(hf) = self.dataset(&dataset).ok().and_then(|d| d.hf.clone()) {
+            if !self.paths.offline {
+                looked_in.push(format!("hub: {} (hf-hub, file {path})", hf.repo));
+                match fetch_from_hub(&hf, path, &cached) {
+                    Ok(()) => return self.verify(&dataset, entry, &cached, Origin::Hub { repo: hf.repo.clone() }),
+                    Err(e) => looked_in.push(format!("  ↳ {e}")),
+                }
+            }
+        }
+        Err(DataError::NotFound {
+            dataset,
+            file: path.to_string(),
+            looked_in,
+            hint: format!(
+                "set P2M_MIRROR to a folder holding `{path}` (the shared data mirror), or put the file at {} \
+                 (sha256 {}), or allow network access",
+                cached.display(),
+                entry.sha256
+            ),
+        })
+    }
+
+    /// Resolve every registered file under `dir` (a Hugging Face `save_to_disk` folder) and return a
+    /// local folder that holds all of them. The mirror's folder is used when it has every file;
+    /// otherwise the files are gathered in the cache.
+    pub fn resolve_dir(&self, dir: &str) -> DataResult<(PathBuf, Vec<ResolvedFile>)> {
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let entries = self.files_under(&prefix);
+        if entries.is_empty() {
+            return Err(DataError::NotFound {
+                dataset: self.owner_of(&prefix),
+                file: prefix.clone(),
+                looked_in: vec![format!("{} (no registered file under this folder)", self.paths.data.join("files.tsv").display())],
+                hint: "check the folder name; `p2m data list` shows the registry".into(),
+            });
+        }
+        let mut resolved = Vec::with_capacity(entries.len());
+        for e in &entries {
+            resolved.push(self.resolve_file(&e.path)?);
+        }
+        let all_in_mirror = resolved.iter().all(|r| r.origin == Origin::Mirror);
+        if all_in_mirror {
+            let mirror = self.paths.mirror.as_ref().expect("mirror origin implies a mirror");
+            return Ok((mirror.join(dir), resolved));
+        }
+        // Mixed origins: make the cache hold the whole folder.
+        for r in resolved.iter_mut() {
+            let target = self.cache_path(&r.path);
+            if r.local != target {
+                copy_atomically(&r.local, &target)?;
+                r.local = target;
+            }
+        }
+        Ok((self.paths.cache.join("files").join(dir), resolved))
+    }
+
+    fn cache_path(&self, path: &str) -> PathBuf {
+        self.paths.cache.join("files").join(path)
+    }
+
+    fn verify(&self, dataset: &str, entry: &FileEntry, local: &Path, origin: Origin) -> DataResult<ResolvedFile> {
+        let known = self.verified.lock().unwrap().get(local).cloned();
+        let actual = match known {
+            Some(sha) => sha,
+            None => sha256_file(local)?,
+        };
+        if actual != entry.sha256 {
+            return Err(DataError::ChecksumMismatch {
+                dataset: dataset.to_string(),
+                path: local.to_path_buf(),
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+        self.verified.lock().unwrap().insert(local.to_path_buf(), actual.clone());
+        Ok(ResolvedFile { dataset: dataset.to_string(), path: entry.path.clone(), local: local.to_path_buf(), sha256: actual, origin })
+    }
+}
+
+fn read_files_tsv(path: &Path) -> DataResult<BTreeMap<String, FileEntry>> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let mut lines = text.lines().enumerate();
+    let header = lines.next().map(|(_, l)| l).unwrap_or_default();
+    if header != "path\tbytes\tsha256\turl\tsource" {
+        return Err(DataError::Registry {
+            path: path.to_path_buf(),
+            detail: "line 1: expected the header `path<TAB>bytes<TAB>sha256<TAB>url<TAB>source`".into(),
+        });
+    }
+    let mut files = BTreeMap::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        let bad = |detail: String| DataError::Registry { path: path.to_path_buf(), detail: format!("line {}: {detail}", i + 1) };
+        if cols.len() != 5 {
+            return Err(bad(format!("expected 5 tab-separated fields, found {}", cols.len())));
+        }
+        let bytes = cols[1].parse().map_err(|_| bad(format!("field `bytes` is not a number: `{}`", cols[1])))?;
+        if cols[2].len() != 64 || !cols[2].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("field `sha256` is not 64 hex digits: `{}`", cols[2])));
+        }
+        files.insert(
+            cols[0].to_string(),
+            FileEntry {
+                path: cols[0].to_string(),
+                bytes,
+                sha256: cols[2].to_ascii_lowercase(),
+                url: (!cols[3].is_empty()).then(|| cols[3].to_string()),
+                source: cols[4].to_string(),
+            },
+        );
+    }
+    Ok(files)
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> DataResult<String> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn copy_atomically(from: &Path, to: &Path) -> DataResult<()> {
+    let parent = to.parent().expect("cache paths have a parent");
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err(parent))?;
+    let mut src = fs::File::open(from).map_err(io_err(from))?;
+    std::io::copy(&mut src, tmp.as_file_mut()).map_err(io_err(to))?;
+    tmp.persist(to).map_err(|e| DataError::Io { path: to.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+/// Download `url` into `target`, verifying size and sha256 before the final rename. Transient
+/// failures (connection errors, 5xx, 429) are retried with exponential backoff.
+pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataResult<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DataError::Download { url: url.into(), detail: e.to_string() })?;
+    runtime.block_on(download_with_retries(url, target, entry))
+}
+
+async fn download_with_retries(url: &str, target: &Path, entry: &FileEntry) -> DataResult<()> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| DataError::Download { url: url.into(), detail: e.to_string() })?;
+    let attempts = 4;
+    let mut last = String::new();
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+        }
+        match download_once(&client, url, target, entry).await {
+            Ok(()) => return Ok(()),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retry(detail)) => last = detail,
+        }
+    }
+    Err(DataError::Download { url: url.into(), detail: format!("{last} (after {attempts} attempts)") })
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(DataError),
+}
+
+async fn download_once(client: &reqwest::Client, url: &str, target: &Path, entry: &FileEntry) -> Result<(), Attempt> {
+    use futures_util::StreamExt;
+    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(e.to_string()))?;
+    let status = response.status();
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(Attempt::Retry(format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(Attempt::Fatal(DataError::Download { url: url.into(), detail: format!("HTTP {status}") }));
+    }
+    let parent = target.parent().expect("cache paths have a parent");
+    fs::create_dir_all(parent).map_err(|e| Attempt::Fatal(io_err(parent)(e)))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Attempt::Fatal(io_err(parent)(e)))?;
+    let progress = indicatif::ProgressBar::new(entry.bytes);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("static template"),
+    );
+    progress.set_message(entry.path.clone());
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {e}")))?;
+        hasher.update(&chunk);
+        tmp.write_all(&chunk).map_err(|e| Attempt::Fatal(io_err(target)(e)))?;
+        received += chunk.len() as u64;
+        progress.set_position(received);
+    }
+    progress.finish_and_clear();
+    if received != entry.bytes {
+        return Err(Attempt::Retry(format!("received {received} bytes, expected {}", entry.bytes)));
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != entry.sha256 {
+        return Err(Attempt::Fatal(DataError::ChecksumMismatch {
+            dataset: entry.path.clone(),
+            path: PathBuf::from(url),
+            expected: entry.sha256.clone(),
+            actual,
+        }));
+    }
+    tmp.persist(target).map_err(|e| Attempt::Fatal(io_err(target)(e.error)))?;
+    Ok(())
+}
+
+/// Fetch a file from a Hugging Face dataset repository with hf-hub (honours `HF_ENDPOINT` and
+/// `HF_HOME`), then place it at `target`; the caller verifies its hash.
+fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path) -> DataResult<()> {
+    let err = |detail: String| DataError::Download { url: format!("hf://datasets/{}/{path}", hf.repo), detail };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
+    let fetched = runtime.block_on(async {
+        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false);
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder.build().map_err(|e| err(e.to_string()))?;
+        let repo = match &hf.revision {
+            Some(rev) => hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Dataset, rev.clone()),
+            None => hf_hub::Repo::new(hf.repo.clone(), hf_hub::RepoType::Dataset),
+        };
+        api.repo(repo).get(path).await.map_err(|e| err(e.to_string()))
+    })?;
+    copy_atomically(&fetched, target)
+}

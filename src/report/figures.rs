@@ -1,0 +1,222 @@
+//! Figures with plotters, written as PNG (for READMEs and quick looks) and SVG (for papers).
+//!
+//! Text needs a TrueType font: `P2M_FONT` if set, else DejaVu Sans or Liberation Sans from the
+//! system (the setup script installs `fonts-dejavu-core`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+const FONT_CANDIDATES: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Register the font once per process.
+pub fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let candidates: Vec<PathBuf> = match std::env::var_os("P2M_FONT") {
+                Some(p) => vec![PathBuf::from(p)],
+                None => FONT_CANDIDATES.iter().map(PathBuf::from).collect(),
+            };
+            let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
+                format!(
+                    "no TrueType font for figures (looked at {}); install one with `apt-get install fonts-dejavu-core` or set P2M_FONT",
+                    candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?.into_boxed_slice());
+            for style in [FontStyle::Normal, FontStyle::Bold] {
+                plotters::style::register_font("sans-serif", style, bytes).map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
+            }
+            Ok(())
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing failed: {e:?}")
+}
+
+/// One category of a bar panel: the paper's value and ours, either may be missing.
+#[derive(Debug, Clone)]
+pub struct BarGroup {
+    pub label: String,
+    pub paper: Option<f64>,
+    pub reproduced: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BarPanel {
+    pub title: String,
+    pub axis: String,
+    pub groups: Vec<BarGroup>,
+}
+
+const PAPER: RGBColor = RGBColor(160, 160, 160);
+const OURS: RGBColor = RGBColor(31, 119, 180);
+
+/// Horizontal paired bars (paper grey, reproduced blue), one panel per task; writes
+/// `<stem>.png` and `<stem>.svg` and returns their file names.
+pub fn paired_bars(dir: &Path, stem: &str, title: &str, panels: &[BarPanel]) -> Result<Vec<String>> {
+    ensure_font()?;
+    let rows = panels.iter().map(|p| p.groups.len()).max().unwrap_or(1).max(1);
+    let size = (420 * panels.len().max(1) as u32, 140 + 46 * rows as u32);
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    draw_paired_bars(BitMapBackend::new(&png, size).into_drawing_area(), title, panels)?;
+    draw_paired_bars(SVGBackend::new(&svg, size).into_drawing_area(), title, panels)?;
+    Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
+}
+
+fn draw_paired_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, panels: &[BarPanel]) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    let (body, legend) = root.split_vertically(root.dim_in_pixel().1 - 30);
+    let areas = body.split_evenly((1, panels.len().max(1)));
+    for (area, panel) in areas.iter().zip(panels) {
+        let n = panel.groups.len().max(1) as f64;
+        let max = panel.groups.iter().flat_map(|g| [g.paper, g.reproduced]).flatten().fold(0.0f64, f64::max);
+        let x_max = ((max * 1.25) / 10.0).ceil().max(1.0) * 10.0;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(4)
+            .build_cartesian_2d(0f64..x_max, 0f64..n)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_desc(panel.axis.as_str())
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, g) in panel.groups.iter().enumerate() {
+            // Rows top to bottom in the order given.
+            let base = n - 1.0 - i as f64;
+            chart
+                .draw_series(std::iter::once(Text::new(g.label.clone(), (x_max * 0.01, base + 0.93), ("sans-serif", 13).into_font())))
+                .map_err(plot_err)?;
+            for (value, y0, color, tag) in [(g.paper, base + 0.42, PAPER, "paper"), (g.reproduced, base + 0.08, OURS, "ours")] {
+                let (rect_end, label) = match value {
+                    Some(v) => (v, format!("{v:.1}")),
+                    None => (0.0, format!("{tag}: n/a")),
+                };
+                chart
+                    .draw_series(std::iter::once(Rectangle::new([(0.0, y0), (rect_end, y0 + 0.3)], color.filled())))
+                    .map_err(plot_err)?;
+                chart
+                    .draw_series(std::iter::once(Text::new(label, (rect_end + x_max * 0.01, y0 + 0.27), ("sans-serif", 11).into_font())))
+                    .map_err(plot_err)?;
+            }
+        }
+    }
+    let swatch = |x: i32, color: RGBColor, text: &str| -> Result<()> {
+        legend.draw(&Rectangle::new([(x, 8), (x + 14, 22)], color.filled())).map_err(plot_err)?;
+        legend.draw(&Text::new(text.to_string(), (x + 20, 8), ("sans-serif", 13).into_font())).map_err(plot_err)?;
+        Ok(())
+    };
+    swatch(20, PAPER, "paper (as printed)")?;
+    swatch(200, OURS, "reproduced here")?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+/// Label heights (data units) that keep labels from overlapping: greedy, highest point first, each
+/// label moved down below any already-placed label whose text box it would overlap.
+fn place_labels(points: &[ScatterPoint], top: f64, plot_width_px: f64) -> Vec<f64> {
+    let unit_per_px = top / plot_width_px.max(1.0);
+    let line = 14.0 * unit_per_px;
+    let width = |p: &ScatterPoint| p.label.chars().count() as f64 * 6.5 * unit_per_px;
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| points[b].y.total_cmp(&points[a].y));
+    let mut placed: Vec<(f64, f64, f64)> = Vec::new(); // (x0, x1, y) of each label's top edge
+    let mut out = vec![0.0; points.len()];
+    for i in order {
+        let p = &points[i];
+        let (x0, x1) = (p.x, p.x + width(p));
+        let mut y = p.y + top * 0.015;
+        while placed.iter().any(|&(a0, a1, ay)| x0 < a1 && a0 < x1 && (ay - y).abs() < line) {
+            y -= line;
+        }
+        placed.push((x0, x1, y));
+        out[i] = y;
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct ScatterPoint {
+    pub label: String,
+    pub x: f64,
+    pub y: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScatterPanel {
+    pub title: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub points: Vec<ScatterPoint>,
+}
+
+/// Labelled scatter plots, one panel each; writes `<stem>.png` and `<stem>.svg`.
+pub fn scatter(dir: &Path, stem: &str, title: &str, panels: &[ScatterPanel]) -> Result<Vec<String>> {
+    ensure_font()?;
+    if panels.is_empty() {
+        bail!("no panels to draw");
+    }
+    let size = (520 * panels.len() as u32, 500);
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    draw_scatter(BitMapBackend::new(&png, size).into_drawing_area(), title, panels)?;
+    draw_scatter(SVGBackend::new(&svg, size).into_drawing_area(), title, panels)?;
+    Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
+}
+
+fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, panels: &[ScatterPanel]) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    let areas = root.split_evenly((1, panels.len()));
+    for (area, panel) in areas.iter().zip(panels) {
+        let hi = panel.points.iter().flat_map(|p| [p.x, p.y]).fold(0.0f64, f64::max);
+        let top = ((hi * 1.1) / 10.0).ceil().max(1.0) * 10.0;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 15))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0f64..top, 0f64..top)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(panel.x_desc.as_str())
+            .y_desc(panel.y_desc.as_str())
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        // The diagonal: a model that scores the same on both test sets.
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (top, top)], RGBColor(200, 200, 200).stroke_width(1)))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(panel.points.iter().map(|p| Circle::new((p.x, p.y), 5, OURS.filled())))
+            .map_err(plot_err)?;
+        let placed = place_labels(&panel.points, top, area.dim_in_pixel().0 as f64 - 90.0);
+        chart
+            .draw_series(panel.points.iter().zip(placed).map(|(p, y)| Text::new(p.label.clone(), (p.x + top * 0.015, y), ("sans-serif", 11).into_font())))
+            .map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

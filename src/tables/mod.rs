@@ -1,0 +1,57 @@
+//! Reproductions of the paper's tables. The `experiments/` binaries are thin wrappers around these
+//! functions so that tests (snapshot and regression) run exactly what users run.
+
+pub mod table1;
+pub mod table3;
+
+use anyhow::{Context, Result};
+
+use crate::datasets::{self, HfDisk};
+use crate::evaluator::{self, Metric, Score};
+use crate::recorded::RecordedRun;
+use crate::registry::{Registry, ResolvedFile};
+
+/// Where a table's numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Re-score the paper authors' recorded outputs against the real test sets.
+    Recorded,
+}
+
+/// Predictions and references of a recorded prediction folder (columns `output`, `output_col`).
+pub struct RecordedPredictions {
+    pub predictions: Vec<String>,
+    pub references: Vec<Vec<String>>,
+    pub inputs: Vec<String>,
+    pub files: Vec<ResolvedFile>,
+}
+
+pub fn load_recorded_predictions(registry: &Registry, folder: &str) -> Result<RecordedPredictions> {
+    let (disk, local, files) = datasets::load_registered_hf_disk(registry, folder)?;
+    let frame = match disk {
+        HfDisk::Dataset(df) => df,
+        HfDisk::Dict(_) => anyhow::bail!("{}: expected a single dataset of predictions, found a DatasetDict", local.display()),
+    };
+    let common = datasets::p2m_to_common(&frame, &local)?;
+    let predictions = datasets::string_column(&common, datasets::PREDICTION)
+        .with_context(|| format!("{}: no `output` (prediction) column", local.display()))?;
+    Ok(RecordedPredictions {
+        predictions,
+        references: datasets::string_list_column(&common, datasets::REFERENCES)?,
+        inputs: datasets::string_column(&common, datasets::INPUT)?,
+        files,
+    })
+}
+
+/// Score a recorded run with a metric.
+pub fn score_recorded(registry: &Registry, run: &RecordedRun, metric: Metric) -> Result<(Score, Vec<ResolvedFile>)> {
+    let p = load_recorded_predictions(registry, &run.folder)?;
+    let score = evaluator::score(metric, &p.predictions, &p.references).with_context(|| run.folder.clone())?;
+    Ok((score, p.files))
+}
+
+/// Round for display and snapshots (half away from zero, as people read tables).
+pub fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}

@@ -1,0 +1,69 @@
+//! The `p2m` binary as a user runs it.
+
+mod common;
+
+use std::process::Command;
+
+fn p2m(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_p2m")).args(args).current_dir(common::repo_root()).output().unwrap()
+}
+
+#[test]
+fn score_jsonl_with_multiple_references_and_json_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("preds.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"prediction": "The Denver Broncos", "references": ["Denver Broncos", "the Denver Broncos"]}"#, "\n",
+            r#"{"prediction": "Santa Clara", "references": "Santa Clara, California"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let out = p2m(&["score", "-p", path.to_str().unwrap(), "-m", "em", "-m", "em-squad", "-m", "chrf++", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scores = v["scores"].as_array().unwrap();
+    assert_eq!(scores[0]["value"], 0.0); // raw: neither matches exactly
+    assert_eq!(scores[1]["value"], 50.0); // SQuAD normalisation drops "The"
+    let expected = prompt2model::evaluator::score(
+        prompt2model::evaluator::Metric::ChrfPlusPlus,
+        &["The Denver Broncos", "Santa Clara"],
+        &[vec!["Denver Broncos", "the Denver Broncos"], vec!["Santa Clara, California"]],
+    )
+    .unwrap();
+    assert!((scores[2]["value"].as_f64().unwrap() - expected.value).abs() < 1e-12);
+    assert!(scores[2]["signature"].as_str().unwrap().contains("nrefs:var"));
+}
+
+#[test]
+fn score_csv_with_reference_columns_prints_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("preds.csv");
+    std::fs::write(&path, "pred,gold\nabc,abc\nabd,xyz\n").unwrap();
+    let out = p2m(&["score", "-p", path.to_str().unwrap(), "--prediction-col", "pred", "--reference-col", "gold", "-m", "em"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("EM = 50.00  (n=2; em|norm:raw"), "{text}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("preds.jsonl");
+    std::fs::write(&path, "{\"prediction\": \"a\", \"references\": [\"a\"]}\n{\"pred\": \"b\"}\n").unwrap();
+    let out = p2m(&["score", "-p", path.to_str().unwrap(), "-m", "em"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("no field `prediction`") && err.contains("--prediction-col"), "{err}");
+
+    let out = p2m(&["score", "-p", "/nonexistent/preds.txt", "-m", "em"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --format"));
+}
+
+#[test]
+fn table2_says_what_it_needs_and_fails() {
+    let out = Command::new(env!("CARGO_BIN_EXE_table2")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the trainer"));
+}
