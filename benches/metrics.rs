@@ -28,8 +28,8 @@ impl Rng {
 }
 
 const SYLLABLES: &[&str] = &[
-    "ka", "to", "ri", "mon", "sel", "ve", "an", "the", "qu", "ist", "ber", "lo", "na", "pre", "dic", "tion", "東",
-    "京", "é", "ß",
+    "ka", "to", "ri", "mon", "sel", "ve", "an", "the", "qu", "ist", "ber", "lo", "na", "pre",
+    "dic", "tion", "東", "京", "é", "ß",
 ];
 const PUNCT: &[&str] = &["", "", "", "", ",", ".", "!", "?", ")", "'s"];
 
@@ -37,13 +37,17 @@ fn vocabulary(rng: &mut Rng, size: usize) -> Vec<String> {
     (0..size)
         .map(|_| {
             let k = 1 + rng.below(3);
-            (0..k).map(|_| SYLLABLES[rng.below(SYLLABLES.len())]).collect::<String>()
+            (0..k)
+                .map(|_| SYLLABLES[rng.below(SYLLABLES.len())])
+                .collect::<String>()
         })
         .collect()
 }
 
 fn sentence(rng: &mut Rng, vocab: &[String], words: usize) -> Vec<String> {
-    (0..words).map(|_| vocab[rng.below(vocab.len())].clone()).collect()
+    (0..words)
+        .map(|_| vocab[rng.below(vocab.len())].clone())
+        .collect()
 }
 
 fn join(rng: &mut Rng, words: &[String]) -> String {
@@ -94,7 +98,11 @@ fn qa_corpus(n: usize) -> (Vec<String>, Vec<Vec<String>>) {
             .map(|_| {
                 let len = 1 + rng.below(4);
                 let w = sentence(&mut rng, &vocab, len);
-                format!("{}{}", articles[rng.below(articles.len())], join(&mut rng, &w))
+                format!(
+                    "{}{}",
+                    articles[rng.below(articles.len())],
+                    join(&mut rng, &w)
+                )
             })
             .collect();
         let pred = if rng.below(2) == 0 {
@@ -131,12 +139,17 @@ fn bench_metrics(c: &mut Criterion) {
     let (preds, golds) = qa_corpus(10_000);
     group.throughput(Throughput::Elements(preds.len() as u64));
     group.bench_function("corpus_em_squad/10k", |b| {
-        b.iter(|| corpus_exact_match(black_box(&preds), black_box(&golds), EmNormalization::Squad).unwrap())
+        b.iter(|| {
+            corpus_exact_match(black_box(&preds), black_box(&golds), EmNormalization::Squad)
+                .unwrap()
+        })
     });
 
     let (x, y) = rankings(1_000);
     group.throughput(Throughput::Elements(x.len() as u64));
-    group.bench_function("kendall_tau_b/1000", |b| b.iter(|| kendall_tau_b(black_box(&x), black_box(&y)).unwrap()));
+    group.bench_function("kendall_tau_b/1000", |b| {
+        b.iter(|| kendall_tau_b(black_box(&x), black_box(&y)).unwrap())
+    });
 
     group.finish();
 }

@@ -46,6 +46,26 @@ fi
 command -v cargo >/dev/null || { echo "setup: no Rust toolchain (cargo) found; install Rust >= 1.85 with rustup" >&2; exit 1; }
 say "$(cargo --version)"
 
+# --- libtorch from PyPI (tch 0.24 <-> torch 2.11.0) ------------------------------------------------
+# PyPI has no CPU-only torch; the CUDA wheel's libtorch_cpu.so needs only the CUDA runtime and CUPTI
+# libraries, so those two wheels are installed beside it (--no-deps keeps the other ~2.5 GB out).
+# .venv-libtorch/torch points at the installed package; .cargo/config.toml sets LIBTORCH to it.
+torch_venv=.venv-libtorch
+torch_stamp=$torch_venv/.installed-torch-2.11.0
+if [ ! -f "$torch_stamp" ]; then
+  say "installing libtorch 2.11.0 into $torch_venv (about 1.3 GB, once)"
+  rm -rf "$torch_venv"
+  python3 -m venv "$torch_venv"
+  "$torch_venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+    torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+  site=$("$torch_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  [ -f "$site/torch/lib/libtorch_cpu.so" ] || { echo "setup: $site/torch/lib/libtorch_cpu.so missing after install" >&2; exit 1; }
+  ln -sfn "$site/torch" "$torch_venv/torch"
+  touch "$torch_stamp"
+else
+  say "libtorch 2.11.0 present ($torch_venv/torch)"
+fi
+
 # --- Python reference tools (tests only) ---------------------------------------------------------
 if [ "$want_python" = 1 ]; then
   venv=.venv

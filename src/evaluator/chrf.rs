@@ -27,10 +27,12 @@
 //!    undefined terms) are averaged instead. Floating-point operations are performed in the same
 //!    order as in Python, so results are bit-identical, not merely close.
 //!
-//! Hot path: n-grams are never allocated. Character n-grams are `&str` slices of the
-//! whitespace-free sentence, word n-grams are `&[&str]` windows of the token list, both counted
-//! in hash maps with a small FxHash-style hasher (collision resistance is irrelevant here, keys are
-//! compared exactly).
+//! Hot path: n-grams are never allocated as strings. Character n-grams of order ≤ 6 are packed
+//! losslessly into `u128` keys (21 bits per code point), longer ones are `&str` slices of the
+//! whitespace-free sentence; word n-grams are `&[&str]` windows of the token list. Only the
+//! reference side is counted, in reusable hash maps with a small FxHash-style hasher (collision
+//! resistance is irrelevant: keys are compared exactly, so the counts are exact), and the
+//! hypothesis n-grams consume those counts (see `match_order`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -105,7 +107,10 @@ impl ChrfConfig {
 
     /// Plain chrF (sacrebleu's defaults): `nc:6, nw:0, β=2`.
     pub const fn chrf() -> Self {
-        ChrfConfig { word_order: 0, ..Self::chrf_plus_plus() }
+        ChrfConfig {
+            word_order: 0,
+            ..Self::chrf_plus_plus()
+        }
     }
 
     /// Total number of n-gram orders (`char_order + word_order`).
@@ -141,10 +146,15 @@ impl ChrfConfig {
 
     fn validate(&self) -> Result<(), MetricError> {
         if self.order() == 0 {
-            return Err(MetricError::InvalidConfig("char_order + word_order must be at least 1".into()));
+            return Err(MetricError::InvalidConfig(
+                "char_order + word_order must be at least 1".into(),
+            ));
         }
         if !(self.beta.is_finite() && self.beta > 0.0) {
-            return Err(MetricError::InvalidConfig(format!("beta must be finite and > 0, got {}", self.beta)));
+            return Err(MetricError::InvalidConfig(format!(
+                "beta must be finite and > 0, got {}",
+                self.beta
+            )));
         }
         Ok(())
     }
@@ -204,6 +214,11 @@ impl Hasher for FxHasher {
         self.add(i as u64);
     }
     #[inline]
+    fn write_u128(&mut self, i: u128) {
+        self.add(i as u64);
+        self.add((i >> 64) as u64);
+    }
+    #[inline]
     fn finish(&self) -> u64 {
         self.hash
     }
@@ -211,58 +226,80 @@ impl Hasher for FxHasher {
 
 type FxMap<K> = HashMap<K, u32, BuildHasherDefault<FxHasher>>;
 
-/// A `collections.Counter` of n-grams of one order, plus the sum of its values.
-struct Counts<K> {
-    map: FxMap<K>,
-    total: u64,
-}
-
-impl<K: Hash + Eq> Counts<K> {
-    fn from_iter(it: impl ExactSizeIterator<Item = K>) -> Self {
-        let total = it.len() as u64;
-        let mut map = FxMap::with_capacity_and_hasher(it.len(), Default::default());
-        for k in it {
+/// `CHRF._get_match_statistics` for one order → `[hyp count, ref count, matches]`, given the
+/// hypothesis and reference n-grams as key lists (with repetitions).
+///
+/// The reference is counted into `map` (a reusable `collections.Counter`), then every hypothesis
+/// occurrence consumes one remaining reference count if there is one; the number of successful
+/// consumptions is exactly the clipped intersection `Σ min(hyp count, ref count)`. No map is built
+/// for the hypothesis.
+fn match_order<K: Hash + Eq + Copy>(hyp: &[K], r: &[K], map: &mut FxMap<K>) -> [u64; 3] {
+    if r.is_empty() {
+        // "Don't count hits if no reference exists for that n-gram" (sacrebleu)
+        return [0, 0, 0];
+    }
+    let mut matches = 0u64;
+    if !hyp.is_empty() {
+        map.clear();
+        map.reserve(r.len());
+        for &k in r {
             *map.entry(k).or_insert(0) += 1;
         }
-        Counts { map, total }
-    }
-
-    /// `CHRF._get_match_statistics(hyp, ref)` → `[hyp count, ref count, matches]`.
-    fn match_stats(hyp: &Self, r: &Self) -> [u64; 3] {
-        // Σ min(h, r) over the intersection is symmetric: iterate the smaller map.
-        let (small, large) = if hyp.map.len() <= r.map.len() { (hyp, r) } else { (r, hyp) };
-        let mut matches = 0u64;
-        for (k, &c) in &small.map {
-            if let Some(&c2) = large.map.get(k) {
-                matches += c.min(c2) as u64;
+        for k in hyp {
+            if let Some(c) = map.get_mut(k) {
+                if *c > 0 {
+                    *c -= 1;
+                    matches += 1;
+                }
             }
         }
-        // "Don't count hits if no reference exists for that n-gram" (sacrebleu)
-        [if r.map.is_empty() { 0 } else { hyp.total }, r.total, matches]
     }
+    [hyp.len() as u64, r.len() as u64, matches]
 }
 
 /// The pre-processed text of one segment, owning what the n-gram slices borrow.
 struct Segment<'s> {
     /// After optional lower-casing.
     text: Cow<'s, str>,
-    /// `text` with Python whitespace removed (unless `whitespace`).
-    chars: Cow<'s, str>,
-    /// Byte offset of every code point of `chars`, plus `chars.len()`.
-    offsets: Vec<usize>,
+    /// Drop Python whitespace from the character stream (`not cfg.whitespace`).
+    strip: bool,
+    /// `text` without Python whitespace (or `text` itself with `whitespace`), materialised only
+    /// for the `&str`-keyed path (`char_order > MAX_PACKED_ORDER`).
+    stripped: Option<Cow<'s, str>>,
 }
+
+/// Character n-grams up to this order are packed losslessly into a `u128` key (21 bits per code
+/// point: 6 × 21 = 126 bits), which hashes and compares much faster than a string slice. Longer
+/// orders (never used in practice) fall back to `&str` keys.
+const MAX_PACKED_ORDER: usize = 6;
 
 impl<'s> Segment<'s> {
     fn new(s: &'s str, cfg: &ChrfConfig) -> Segment<'s> {
-        let text: Cow<'s, str> = if cfg.lowercase { Cow::Owned(pystr::lower(s)) } else { Cow::Borrowed(s) };
-        let chars: Cow<'s, str> = match &text {
-            _ if cfg.whitespace => text.clone(),
+        let text: Cow<'s, str> = if cfg.lowercase {
+            Cow::Owned(pystr::lower(s))
+        } else {
+            Cow::Borrowed(s)
+        };
+        let strip = !cfg.whitespace;
+        let stripped = (cfg.char_order > MAX_PACKED_ORDER).then(|| match &text {
+            _ if !strip => text.clone(),
             Cow::Borrowed(b) if !b.chars().any(pystr::is_space) => Cow::Borrowed(*b),
             t => Cow::Owned(t.chars().filter(|&c| !pystr::is_space(c)).collect()),
-        };
-        let mut offsets: Vec<usize> = chars.char_indices().map(|(i, _)| i).collect();
-        offsets.push(chars.len());
-        Segment { text, chars, offsets }
+        });
+        Segment {
+            text,
+            strip,
+            stripped,
+        }
+    }
+
+    /// The characters that character n-grams are taken from: `''.join(line.split())`, or the
+    /// whole line with `whitespace`.
+    fn char_stream(&self) -> impl Iterator<Item = char> + '_ {
+        let strip = self.strip;
+        self.text
+            .chars()
+            .filter(move |&c| !(strip && pystr::is_space(c)))
     }
 
     /// `CHRF._remove_punctuation(text)`.
@@ -297,33 +334,88 @@ fn is_py_punct(c: char) -> bool {
     c.is_ascii_punctuation()
 }
 
-/// All n-gram counters of one segment: char orders `1..=nc`, then word orders `1..=nw`.
+/// Character n-grams of orders `1..=char_order`, one key list per order.
+enum CharKeys<'a> {
+    Packed(Vec<Vec<u128>>),
+    Slices(Vec<Vec<&'a str>>),
+}
+
+/// All n-grams of one segment as key lists: char orders `1..=nc`, then word orders `1..=nw`.
 struct Ngrams<'a> {
-    chars: Vec<Counts<&'a str>>,
-    words: Vec<Counts<&'a [&'a str]>>,
+    chars: CharKeys<'a>,
+    words: Vec<Vec<&'a [&'a str]>>,
+}
+
+/// Reusable hash maps for the packed character orders (the hot path), so that scoring a corpus
+/// does not allocate a map per segment and order.
+#[derive(Default)]
+struct Workspace {
+    char_maps: Vec<FxMap<u128>>,
 }
 
 impl<'a> Ngrams<'a> {
     fn new(seg: &'a Segment<'_>, words: &'a [&'a str], cfg: &ChrfConfig) -> Ngrams<'a> {
-        let n_chars = seg.offsets.len() - 1;
-        let chars = (1..=cfg.char_order)
-            .map(|n| {
-                let count = (n_chars + 1).saturating_sub(n);
-                Counts::from_iter((0..count).map(|i| &seg.chars[seg.offsets[i]..seg.offsets[i + n]]))
-            })
+        let chars = if cfg.char_order <= MAX_PACKED_ORDER {
+            // keys of order n: c[i] c[i+1] … c[i+n-1], 21 bits each, built from those of order n-1
+            let codes: Vec<u128> = seg.char_stream().map(|c| c as u128).collect();
+            let mut keys = codes.clone();
+            let mut orders = Vec::with_capacity(cfg.char_order);
+            for n in 1..=cfg.char_order {
+                if n > 1 {
+                    keys.truncate((codes.len() + 1).saturating_sub(n));
+                    for (i, k) in keys.iter_mut().enumerate() {
+                        *k = (*k << 21) | codes[i + n - 1];
+                    }
+                }
+                orders.push(keys.clone());
+            }
+            CharKeys::Packed(orders)
+        } else {
+            let chars: &str = seg
+                .stripped
+                .as_deref()
+                .expect("materialised for char_order > MAX_PACKED_ORDER");
+            let mut offsets: Vec<usize> = chars.char_indices().map(|(i, _)| i).collect();
+            offsets.push(chars.len());
+            let n_chars = offsets.len() - 1;
+            CharKeys::Slices(
+                (1..=cfg.char_order)
+                    .map(|n| {
+                        let count = (n_chars + 1).saturating_sub(n);
+                        (0..count)
+                            .map(|i| &chars[offsets[i]..offsets[i + n]])
+                            .collect()
+                    })
+                    .collect(),
+            )
+        };
+        let words = (1..=cfg.word_order)
+            .map(|n| words.windows(n).collect())
             .collect();
-        let words = (1..=cfg.word_order).map(|n| Counts::from_iter(words.windows(n))).collect();
         Ngrams { chars, words }
     }
 
     /// Flattened `[hyp, ref, match] × order` statistics of `self` (hypothesis) against `r`.
-    fn stats_against(&self, r: &Ngrams<'_>, out: &mut Vec<u64>) {
+    fn stats_against(&self, r: &Ngrams<'_>, ws: &mut Workspace, out: &mut Vec<u64>) {
         out.clear();
-        for (h, r) in self.chars.iter().zip(&r.chars) {
-            out.extend_from_slice(&Counts::match_stats(h, r));
+        match (&self.chars, &r.chars) {
+            (CharKeys::Packed(h), CharKeys::Packed(r)) => {
+                if ws.char_maps.len() < h.len() {
+                    ws.char_maps.resize_with(h.len(), FxMap::default);
+                }
+                for ((h, r), map) in h.iter().zip(r).zip(&mut ws.char_maps) {
+                    out.extend_from_slice(&match_order(h, r, map));
+                }
+            }
+            (CharKeys::Slices(h), CharKeys::Slices(r)) => {
+                for (h, r) in h.iter().zip(r) {
+                    out.extend_from_slice(&match_order(h, r, &mut FxMap::default()));
+                }
+            }
+            _ => unreachable!("hypothesis and reference n-grams are built with the same config"),
         }
         for (h, r) in self.words.iter().zip(&r.words) {
-            out.extend_from_slice(&Counts::match_stats(h, r));
+            out.extend_from_slice(&match_order(h, r, &mut FxMap::default()));
         }
     }
 }
@@ -348,10 +440,22 @@ pub fn score_from_statistics(stats: &[u64], cfg: &ChrfConfig) -> f64 {
     for i in 0..order {
         let (n_hyp, n_ref, n_match) = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]);
         // chrF++.py style EPS smoothing (also used by Moses and NLTK)
-        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
-        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
+        let prec = if n_hyp > 0 {
+            n_match as f64 / n_hyp as f64
+        } else {
+            eps
+        };
+        let rec = if n_ref > 0 {
+            n_match as f64 / n_ref as f64
+        } else {
+            eps
+        };
         let denom = factor * prec + rec;
-        score += if denom > 0.0 { (1.0 + factor) * prec * rec / denom } else { eps };
+        score += if denom > 0.0 {
+            (1.0 + factor) * prec * rec / denom
+        } else {
+            eps
+        };
         // sacreBLEU <2.0.0 style effective order smoothing
         if n_hyp > 0 && n_ref > 0 {
             avg_prec += prec;
@@ -383,28 +487,54 @@ pub fn score_from_statistics(stats: &[u64], cfg: &ChrfConfig) -> f64 {
 /// sentence-level score (first one on ties), as `CHRF._compute_segment_statistics`.
 ///
 /// Errors if `refs` is empty or `cfg` is invalid.
-pub fn segment_statistics<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> Result<Vec<u64>, MetricError> {
+pub fn segment_statistics<S: AsRef<str>>(
+    hyp: &str,
+    refs: &[S],
+    cfg: &ChrfConfig,
+) -> Result<Vec<u64>, MetricError> {
     cfg.validate()?;
     if refs.is_empty() {
         return Err(MetricError::NoReferences { index: 0 });
     }
     let mut best = Vec::with_capacity(3 * cfg.order());
     let mut scratch = Vec::with_capacity(3 * cfg.order());
-    best_stats(hyp, refs, cfg, &mut best, &mut scratch);
+    best_stats(
+        hyp,
+        refs,
+        cfg,
+        &mut Workspace::default(),
+        &mut best,
+        &mut scratch,
+    );
     Ok(best)
 }
 
-fn best_stats<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig, best: &mut Vec<u64>, scratch: &mut Vec<u64>) {
+fn best_stats<S: AsRef<str>>(
+    hyp: &str,
+    refs: &[S],
+    cfg: &ChrfConfig,
+    ws: &mut Workspace,
+    best: &mut Vec<u64>,
+    scratch: &mut Vec<u64>,
+) {
     let hseg = Segment::new(hyp, cfg);
-    let hwords = if cfg.word_order > 0 { hseg.words() } else { Vec::new() };
+    let hwords = if cfg.word_order > 0 {
+        hseg.words()
+    } else {
+        Vec::new()
+    };
     let hng = Ngrams::new(&hseg, &hwords, cfg);
     let mut best_f = -1.0f64;
     best.clear();
     for r in refs {
         let rseg = Segment::new(r.as_ref(), cfg);
-        let rwords = if cfg.word_order > 0 { rseg.words() } else { Vec::new() };
+        let rwords = if cfg.word_order > 0 {
+            rseg.words()
+        } else {
+            Vec::new()
+        };
         let rng = Ngrams::new(&rseg, &rwords, cfg);
-        hng.stats_against(&rng, scratch);
+        hng.stats_against(&rng, ws, scratch);
         let f = score_from_statistics(scratch, cfg);
         if f > best_f {
             best_f = f;
@@ -442,12 +572,13 @@ where
     let mut total = vec![0u64; width];
     let mut best = Vec::with_capacity(width);
     let mut scratch = Vec::with_capacity(width);
+    let mut ws = Workspace::default();
     for (i, (h, r)) in hyps.iter().zip(refs).enumerate() {
         let r = r.as_ref();
         if r.is_empty() {
             return Err(MetricError::NoReferences { index: i });
         }
-        best_stats(h.as_ref(), r, cfg, &mut best, &mut scratch);
+        best_stats(h.as_ref(), r, cfg, &mut ws, &mut best, &mut scratch);
         for (t, s) in total.iter_mut().zip(&best) {
             *t += s;
         }
@@ -464,7 +595,11 @@ pub fn sentence_chrf<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> 
 }
 
 /// [`sentence_chrf`] that reports an empty reference list or an invalid config as an error.
-pub fn try_sentence_chrf<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> Result<f64, MetricError> {
+pub fn try_sentence_chrf<S: AsRef<str>>(
+    hyp: &str,
+    refs: &[S],
+    cfg: &ChrfConfig,
+) -> Result<f64, MetricError> {
     let stats = segment_statistics(hyp, refs, cfg)?;
     Ok(score_from_statistics(&stats, cfg))
 }
@@ -482,66 +617,213 @@ mod tests {
     /// compared bit-for-bit (the port performs the same float operations in the same order).
     #[test]
     fn matches_sacrebleu_values() {
-        let hyps = ["The cat sat on the mat.", "東京は日本の首都です。", "", "(hi) there, friend!", "  \u{9} "];
-        let refs: Vec<Vec<&str>> = vec![vec!["The cat is on the mat.", "A cat sat on a mat!"], vec!["日本の首都は東京です。"], vec!["nothing here"], vec!["hi there friend", "(hi) there, friends!"], vec!["whitespace"]];
+        let hyps = [
+            "The cat sat on the mat.",
+            "東京は日本の首都です。",
+            "",
+            "(hi) there, friend!",
+            "  \u{9} ",
+        ];
+        let refs: Vec<Vec<&str>> = vec![
+            vec!["The cat is on the mat.", "A cat sat on a mat!"],
+            vec!["日本の首都は東京です。"],
+            vec!["nothing here"],
+            vec!["hi there friend", "(hi) there, friends!"],
+            vec!["whitespace"],
+        ];
         let cfg = ChrfConfig::chrf_plus_plus();
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 55.68776108084011);
-        let sent = [69.43695278069349, 36.24716553287982, 0.0, 84.69357571588779, 0.0];
+        let sent = [
+            69.43695278069349,
+            36.24716553287982,
+            0.0,
+            84.69357571588779,
+            0.0,
+        ];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "pp sentence {i}");
+            assert_eq!(
+                sentence_chrf(hyps[i], &refs[i], &cfg),
+                *want,
+                "pp sentence {i}"
+            );
         }
         let cfg = ChrfConfig::chrf();
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 53.0924705263057);
-        let sent = [67.17273492330233, 42.288359788359784, 0.0, 89.02263497716442, 0.0];
+        let sent = [
+            67.17273492330233,
+            42.288359788359784,
+            0.0,
+            89.02263497716442,
+            0.0,
+        ];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "c sentence {i}");
+            assert_eq!(
+                sentence_chrf(hyps[i], &refs[i], &cfg),
+                *want,
+                "c sentence {i}"
+            );
         }
-        let cfg = ChrfConfig { lowercase: true, eps_smoothing: true, ..ChrfConfig::chrf_plus_plus() };
+        let cfg = ChrfConfig {
+            lowercase: true,
+            eps_smoothing: true,
+            ..ChrfConfig::chrf_plus_plus()
+        };
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 55.61580943263094);
-        let sent = [69.42671676320066, 31.71626984126984, 0.0, 84.6830150137816, 1.25e-15];
+        let sent = [
+            69.42671676320066,
+            31.71626984126984,
+            0.0,
+            84.6830150137816,
+            1.25e-15,
+        ];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "lc_eps sentence {i}");
+            assert_eq!(
+                sentence_chrf(hyps[i], &refs[i], &cfg),
+                *want,
+                "lc_eps sentence {i}"
+            );
         }
-        let cfg = ChrfConfig { word_order: 1, whitespace: true, beta: 1.0, char_order: 4, ..ChrfConfig::chrf_plus_plus() };
+        let cfg = ChrfConfig {
+            word_order: 1,
+            whitespace: true,
+            beta: 1.0,
+            char_order: 4,
+            ..ChrfConfig::chrf_plus_plus()
+        };
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 67.76848986354241);
-        let sent = [82.53021113415323, 47.888888888888886, 0.0, 91.01054084945174, 0.0];
+        let sent = [
+            82.53021113415323,
+            47.888888888888886,
+            0.0,
+            91.01054084945174,
+            0.0,
+        ];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "ws_b1 sentence {i}");
+            assert_eq!(
+                sentence_chrf(hyps[i], &refs[i], &cfg),
+                *want,
+                "ws_b1 sentence {i}"
+            );
         }
-        assert_eq!(sentence_chrf("👍\u{1f3fd} ok 🇯🇵", &["👍 ok 🇯🇵!"], &ChrfConfig::chrf_plus_plus()), 39.51732673267326);
-        assert_eq!(sentence_chrf("👍\u{1f3fd} ok 🇯🇵", &["👍 ok 🇯🇵!"], &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }), 39.51732673267326);
-        assert_eq!(sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig::chrf_plus_plus()), 0.0);
-        assert_eq!(sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }), 100.0);
-        assert_eq!(sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig::chrf_plus_plus()), 100.0);
-        assert_eq!(sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }), 100.0);
+        assert_eq!(
+            sentence_chrf(
+                "👍\u{1f3fd} ok 🇯🇵",
+                &["👍 ok 🇯🇵!"],
+                &ChrfConfig::chrf_plus_plus()
+            ),
+            39.51732673267326
+        );
+        assert_eq!(
+            sentence_chrf(
+                "👍\u{1f3fd} ok 🇯🇵",
+                &["👍 ok 🇯🇵!"],
+                &ChrfConfig {
+                    lowercase: true,
+                    ..ChrfConfig::chrf_plus_plus()
+                }
+            ),
+            39.51732673267326
+        );
+        assert_eq!(
+            sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig::chrf_plus_plus()),
+            0.0
+        );
+        assert_eq!(
+            sentence_chrf(
+                "ΟΔΥΣΣΕΥΣ",
+                &["οδυσσευς"],
+                &ChrfConfig {
+                    lowercase: true,
+                    ..ChrfConfig::chrf_plus_plus()
+                }
+            ),
+            100.0
+        );
+        assert_eq!(
+            sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig::chrf_plus_plus()),
+            100.0
+        );
+        assert_eq!(
+            sentence_chrf(
+                "a\u{1c}b",
+                &["a b"],
+                &ChrfConfig {
+                    lowercase: true,
+                    ..ChrfConfig::chrf_plus_plus()
+                }
+            ),
+            100.0
+        );
     }
 
     #[test]
     fn word_tokenisation_follows_remove_punctuation() {
         let cfg = pp();
         let seg = Segment::new("(hi) a, .x y. Hello!! 日本。 ", &cfg);
-        assert_eq!(seg.words(), ["(hi", ")", "a", ",", ".", "x", "y", ".", "Hello!", "!", "日本。"]);
+        assert_eq!(
+            seg.words(),
+            [
+                "(hi",
+                ")",
+                "a",
+                ",",
+                ".",
+                "x",
+                "y",
+                ".",
+                "Hello!",
+                "!",
+                "日本。"
+            ]
+        );
         // whitespace is Python's: U+001C separates words and is removed from char n-grams
         let seg = Segment::new("a\u{1c}b\u{3000}c\u{200b}d", &cfg);
         assert_eq!(seg.words(), ["a", "b", "c\u{200b}d"]);
-        assert_eq!(&*seg.chars, "abc\u{200b}d");
+        assert_eq!(seg.char_stream().collect::<String>(), "abc\u{200b}d");
+        let long = ChrfConfig {
+            char_order: 7,
+            ..cfg
+        };
+        assert_eq!(
+            Segment::new("a\u{1c}b c", &long).stripped.as_deref(),
+            Some("abc")
+        );
     }
 
     #[test]
     fn errors_and_degenerate_inputs() {
         let cfg = pp();
         let e: [&str; 0] = [];
-        assert_eq!(corpus_chrf(&e, &Vec::<Vec<&str>>::new(), &cfg), Err(MetricError::EmptyCorpus));
-        assert!(matches!(corpus_chrf(&["a"], &[vec!["a"], vec!["b"]], &cfg), Err(MetricError::LengthMismatch { .. })));
-        assert_eq!(corpus_chrf(&["a"], &[Vec::<&str>::new()], &cfg), Err(MetricError::NoReferences { index: 0 }));
+        assert_eq!(
+            corpus_chrf(&e, &Vec::<Vec<&str>>::new(), &cfg),
+            Err(MetricError::EmptyCorpus)
+        );
+        assert!(matches!(
+            corpus_chrf(&["a"], &[vec!["a"], vec!["b"]], &cfg),
+            Err(MetricError::LengthMismatch { .. })
+        ));
+        assert_eq!(
+            corpus_chrf(&["a"], &[Vec::<&str>::new()], &cfg),
+            Err(MetricError::NoReferences { index: 0 })
+        );
         assert_eq!(sentence_chrf("a", &e, &cfg), 0.0);
         assert!(try_sentence_chrf("a", &e, &cfg).is_err());
         let bad = ChrfConfig { beta: 0.0, ..cfg };
-        assert!(matches!(corpus_chrf(&["a"], &[vec!["a"]], &bad), Err(MetricError::InvalidConfig(_))));
-        let bad = ChrfConfig { char_order: 0, word_order: 0, ..cfg };
+        assert!(matches!(
+            corpus_chrf(&["a"], &[vec!["a"]], &bad),
+            Err(MetricError::InvalidConfig(_))
+        ));
+        let bad = ChrfConfig {
+            char_order: 0,
+            word_order: 0,
+            ..cfg
+        };
         assert!(try_sentence_chrf("a", &["a"], &bad).is_err());
         // identical strings score 100, empty or whitespace-only hypotheses 0
-        assert_eq!(sentence_chrf("The cat sat.", &["The cat sat."], &cfg), 100.0);
+        assert_eq!(
+            sentence_chrf("The cat sat.", &["The cat sat."], &cfg),
+            100.0
+        );
         assert_eq!(sentence_chrf("", &["The cat"], &cfg), 0.0);
         assert_eq!(sentence_chrf(" \t\u{3000}", &["The cat"], &cfg), 0.0);
         assert_eq!(sentence_chrf("", &[""], &cfg), 0.0);
@@ -554,7 +836,12 @@ mod tests {
             pp().signature(1),
             format!("chrF2++|nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|impl:prompt2model-rs-{v}|ref:sacrebleu-2.6.0")
         );
-        let c = ChrfConfig { lowercase: true, eps_smoothing: true, whitespace: true, ..ChrfConfig::chrf() };
+        let c = ChrfConfig {
+            lowercase: true,
+            eps_smoothing: true,
+            whitespace: true,
+            ..ChrfConfig::chrf()
+        };
         assert_eq!(
             c.signature("var"),
             format!("chrF2|nrefs:var|case:lc|eff:no|nc:6|nw:0|space:yes|impl:prompt2model-rs-{v}|ref:sacrebleu-2.6.0")

@@ -74,7 +74,12 @@ pub fn signature() -> String {
 /// `-0.0 == 0.0` is a tie, as in NumPy.
 pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Result<KendallTau, MetricError> {
     if x.len() != y.len() {
-        return Err(MetricError::LengthMismatch { left_name: "x", left: x.len(), right_name: "y", right: y.len() });
+        return Err(MetricError::LengthMismatch {
+            left_name: "x",
+            left: x.len(),
+            right_name: "y",
+            right: y.len(),
+        });
     }
     for (which, v) in [("x", x), ("y", y)] {
         if let Some(index) = v.iter().position(|a| a.is_nan()) {
@@ -82,7 +87,12 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Result<KendallTau, MetricError> {
         }
     }
     let n = x.len();
-    let undefined = KendallTau { tau: f64::NAN, p_value: f64::NAN, method: KendallMethod::Undefined, n };
+    let undefined = KendallTau {
+        tau: f64::NAN,
+        p_value: f64::NAN,
+        method: KendallMethod::Undefined,
+        n,
+    };
     if n < 2 {
         // scipy: empty input → NaN; one observation is "too small" → NaN (with a warning).
         return Ok(undefined);
@@ -120,7 +130,7 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Result<KendallTau, MetricError> {
     let con_minus_dis = tot as i128 - xtie as i128 - ytie as i128 + ntie as i128 - 2 * dis as i128;
     // tau = con_minus_dis / np.sqrt(tot - xtie) / np.sqrt(tot - ytie); clamp to [-1, 1]
     let tau = con_minus_dis as f64 / ((tot - xtie) as f64).sqrt() / ((tot - ytie) as f64).sqrt();
-    let tau = tau.max(-1.0).min(1.0);
+    let tau = tau.clamp(-1.0, 1.0); // np.minimum(1., max(-1., tau)); tau is never NaN here
 
     let exact = xtie == 0 && ytie == 0 && (n <= 33 || dis.min(tot - dis) <= 1);
     let (p_value, method) = if exact {
@@ -136,7 +146,12 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Result<KendallTau, MetricError> {
         // _get_pvalue(z, _SimpleNormal(), 'two-sided') = 2 * ndtr(-|z|)
         (2.0 * ndtr(-z.abs()), KendallMethod::Asymptotic)
     };
-    Ok(KendallTau { tau, p_value, method, n })
+    Ok(KendallTau {
+        tau,
+        p_value,
+        method,
+        n,
+    })
 }
 
 /// Dense ranks 1..=k of `v` (equal values, including `-0.0` and `0.0`, share a rank).
@@ -416,45 +431,120 @@ mod tests {
     fn matches_scipy_values() {
         fn check(x: &[f64], y: &[f64], tau: f64, p: f64, method: KendallMethod) {
             let r = kendall_tau_b(x, y).unwrap();
-            assert_eq!((r.tau, r.method, r.n), (tau, method, x.len()), "x={x:?} y={y:?}");
+            assert_eq!(
+                (r.tau, r.method, r.n),
+                (tau, method, x.len()),
+                "x={x:?} y={y:?}"
+            );
             // exact p-values are bit-identical; asymptotic ones may differ in the last bits (erfc)
-            assert!((r.p_value - p).abs() <= 1e-15 * p.max(1e-300).max(1.0), "p {} vs {p}", r.p_value);
+            assert!(
+                (r.p_value - p).abs() <= 1e-15 * p.max(1e-300).max(1.0),
+                "p {} vs {p}",
+                r.p_value
+            );
             if method == KendallMethod::Exact {
                 assert_eq!(r.p_value, p);
             }
         }
         // no ties, n=5 (exact)
-        check(&[1.0, 2.0, 3.0, 4.0, 5.0], &[3.0, 1.0, 2.0, 5.0, 4.0], 0.39999999999999997, 0.48333333333333334, KendallMethod::Exact);
+        check(
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            &[3.0, 1.0, 2.0, 5.0, 4.0],
+            0.39999999999999997,
+            0.48333333333333334,
+            KendallMethod::Exact,
+        );
         // perfect, n=5 (exact, c=0 closed form)
-        check(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1.0, 2.0, 3.0, 4.0, 5.0], 0.9999999999999999, 0.016666666666666666, KendallMethod::Exact);
+        check(
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            0.9999999999999999,
+            0.016666666666666666,
+            KendallMethod::Exact,
+        );
         // 4c == n(n-1): p = 1
-        check(&[1.0, 2.0, 3.0, 4.0], &[2.0, 4.0, 1.0, 3.0], 0.0, 1.0, KendallMethod::Exact);
+        check(
+            &[1.0, 2.0, 3.0, 4.0],
+            &[2.0, 4.0, 1.0, 3.0],
+            0.0,
+            1.0,
+            KendallMethod::Exact,
+        );
         // ties (asymptotic)
-        check(&[1.0, 1.0, 2.0, 3.0, 4.0, 4.0], &[2.0, 1.0, 3.0, 3.0, 5.0, 4.0], 0.8894991799933215, 0.017411131570499803, KendallMethod::Asymptotic);
+        check(
+            &[1.0, 1.0, 2.0, 3.0, 4.0, 4.0],
+            &[2.0, 1.0, 3.0, 3.0, 5.0, 4.0],
+            0.8894991799933215,
+            0.017411131570499803,
+            KendallMethod::Asymptotic,
+        );
         // n=40 reversed with one swap (exact, c=1 closed form)
         let x: Vec<f64> = (0..40).map(f64::from).collect();
-        let y: Vec<f64> = [38.0, 39.0].into_iter().chain((0..38).rev().map(f64::from)).collect();
-        check(&x, &y, -0.9974358974358974, 9.804939513027087e-47, KendallMethod::Exact);
+        let y: Vec<f64> = [38.0, 39.0]
+            .into_iter()
+            .chain((0..38).rev().map(f64::from))
+            .collect();
+        check(
+            &x,
+            &y,
+            -0.9974358974358974,
+            9.804939513027087e-47,
+            KendallMethod::Exact,
+        );
         // n=200 sorted (exact, 2/n! underflows to the 0.0 branch)
         let x: Vec<f64> = (0..200).map(f64::from).collect();
         check(&x, &x, 1.0, 0.0, KendallMethod::Exact);
         // n=35 with ties (7i mod 35 repeats every 5): asymptotic
         let x: Vec<f64> = (0..35).map(f64::from).collect();
         let y: Vec<f64> = (0..35).map(|i| ((7 * i) % 35) as f64).collect();
-        check(&x, &y, 0.12964074471043288, 0.3091081171471306, KendallMethod::Asymptotic);
+        check(
+            &x,
+            &y,
+            0.12964074471043288,
+            0.3091081171471306,
+            KendallMethod::Asymptotic,
+        );
         // n=35 without ties: asymptotic (n > 33)
         let y: Vec<f64> = (0..35).map(|i| ((8 * i) % 35) as f64).collect();
-        check(&x, &y, 0.08235294117647059, 0.48651013968926915, KendallMethod::Asymptotic);
+        check(
+            &x,
+            &y,
+            0.08235294117647059,
+            0.48651013968926915,
+            KendallMethod::Asymptotic,
+        );
         // n=20 without ties: exact Mahonian recursion
         let x: Vec<f64> = (0..20).map(f64::from).collect();
         let y: Vec<f64> = (0..20).map(|i| ((3 * i) % 20) as f64).collect();
-        check(&x, &y, 0.3368421052631579, 0.039762136700688226, KendallMethod::Exact);
+        check(
+            &x,
+            &y,
+            0.3368421052631579,
+            0.039762136700688226,
+            KendallMethod::Exact,
+        );
         // -0.0 and 0.0 tie
-        check(&[-0.0, 0.0, 1.0, 2.0], &[1.0, 2.0, 3.0, 0.5], -0.18257418583505539, 0.7179816667337766, KendallMethod::Asymptotic);
+        check(
+            &[-0.0, 0.0, 1.0, 2.0],
+            &[1.0, 2.0, 3.0, 0.5],
+            -0.18257418583505539,
+            0.7179816667337766,
+            KendallMethod::Asymptotic,
+        );
         // infinities are ranks
-        check(&[f64::NEG_INFINITY, 0.0, f64::INFINITY, 5.0], &[1.0, 2.0, 4.0, 3.0], 1.0, 0.08333333333333333, KendallMethod::Exact);
+        check(
+            &[f64::NEG_INFINITY, 0.0, f64::INFINITY, 5.0],
+            &[1.0, 2.0, 4.0, 3.0],
+            1.0,
+            0.08333333333333333,
+            KendallMethod::Exact,
+        );
         // scipy gives tau = p = nan for: empty input, n = 1, a constant x (or y)
-        for (x, y) in [(&[][..], &[][..]), (&[1.0][..], &[2.0][..]), (&[1.0, 1.0, 1.0][..], &[1.0, 2.0, 3.0][..])] {
+        for (x, y) in [
+            (&[][..], &[][..]),
+            (&[1.0][..], &[2.0][..]),
+            (&[1.0, 1.0, 1.0][..], &[1.0, 2.0, 3.0][..]),
+        ] {
             let r = kendall_tau_b(x, y).unwrap();
             assert!(r.tau.is_nan() && r.p_value.is_nan() && r.method == KendallMethod::Undefined);
             let r = kendall_tau_b(y, x).unwrap();
@@ -464,14 +554,23 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(matches!(kendall_tau_b(&[1.0], &[1.0, 2.0]), Err(MetricError::LengthMismatch { .. })));
+        assert!(matches!(
+            kendall_tau_b(&[1.0], &[1.0, 2.0]),
+            Err(MetricError::LengthMismatch { .. })
+        ));
         assert_eq!(
             kendall_tau_b(&[1.0, f64::NAN], &[1.0, 2.0]),
-            Err(MetricError::NanInput { which: "x", index: 1 })
+            Err(MetricError::NanInput {
+                which: "x",
+                index: 1
+            })
         );
         assert_eq!(
             kendall_tau_b(&[1.0, 2.0], &[1.0, f64::NAN]),
-            Err(MetricError::NanInput { which: "y", index: 1 })
+            Err(MetricError::NanInput {
+                which: "y",
+                index: 1
+            })
         );
     }
 
@@ -490,7 +589,10 @@ mod tests {
     fn signature_format() {
         assert_eq!(
             signature(),
-            format!("kendall-tau-b|alt:two-sided|method:auto|impl:prompt2model-rs-{}|ref:scipy-1.17.1", env!("CARGO_PKG_VERSION"))
+            format!(
+                "kendall-tau-b|alt:two-sided|method:auto|impl:prompt2model-rs-{}|ref:scipy-1.17.1",
+                env!("CARGO_PKG_VERSION")
+            )
         );
     }
 }

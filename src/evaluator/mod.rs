@@ -73,16 +73,6 @@ impl fmt::Display for Score {
     }
 }
 
-/// The `nrefs` field of a signature: the reference count, or `var` when it differs across rows.
-fn nrefs<S: AsRef<str>>(references: &[Vec<S>]) -> String {
-    let first = references.first().map(|r| r.len()).unwrap_or(0);
-    if references.iter().all(|r| r.len() == first) {
-        first.to_string()
-    } else {
-        "var".to_string()
-    }
-}
-
 /// Score predictions against per-row reference lists.
 pub fn score<P: AsRef<str>, R: AsRef<str>>(metric: Metric, predictions: &[P], references: &[Vec<R>]) -> Result<Score, MetricError> {
     let (value, signature) = match metric {
@@ -93,12 +83,12 @@ pub fn score<P: AsRef<str>, R: AsRef<str>>(metric: Metric, predictions: &[P], re
                 exact_match::EmNormalization::Squad
             };
             let v = exact_match::corpus_exact_match(predictions, references, norm)?;
-            (100.0 * v, format!("{}|nrefs:{}", exact_match::signature(norm), nrefs(references)))
+            (100.0 * v, format!("{}|nrefs:{}", exact_match::signature(norm), chrf::nrefs_label(references)))
         }
         Metric::ChrfPlusPlus => {
             let cfg = chrf::ChrfConfig::chrf_plus_plus();
             let v = chrf::corpus_chrf(predictions, references, &cfg)?;
-            (v, cfg.signature(&nrefs(references)))
+            (v, cfg.signature(&chrf::nrefs_label(references)))
         }
     };
     Ok(Score { metric, value, n: predictions.len(), signature })

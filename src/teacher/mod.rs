@@ -1,0 +1,645 @@
+//! Teacher LLMs: the models that write the synthetic training data (Prompt2Model §3.3) and parse
+//! the user's prompt (§3.1).
+//!
+//! - [`Teacher`]: one object-safe async interface: chat messages + sampling parameters in, `n`
+//!   choices + token usage out. Backends: [`openai::OpenAiTeacher`] (any OpenAI-compatible chat
+//!   completions server: OpenAI, vLLM, llama.cpp server, Ollama) and the in-process local model
+//!   wired up elsewhere; wrappers: [`cache::CachedTeacher`] (record/replay).
+//! - [`Accounting`]: run accounting shared by the backends: calls, HTTP attempts, retries, tokens
+//!   in/out, cost ([`Pricing`] per model) and the max-API-calls budget
+//!   ([`TeacherError::BudgetExhausted`]; the caller keeps what it has).
+//! - Small shared helpers: a seeded RNG ([`SplitMix64`]), a token estimate ([`estimate_tokens`]) and
+//!   secret redaction ([`redact`]).
+
+pub mod cache;
+pub mod openai;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use cache::{CacheMode, CachedTeacher};
+pub use openai::{OpenAiConfig, OpenAiTeacher};
+
+// ---------------------------------------------------------------------------------------------
+// Requests and responses
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage { role: Role::System, content: content.into() }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage { role: Role::User, content: content.into() }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage { role: Role::Assistant, content: content.into() }
+    }
+}
+
+/// Sampling parameters of one request. `n` is the number of choices wanted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    pub temperature: f64,
+    pub top_p: f64,
+    /// Completion-token cap per choice; `None` lets the server decide.
+    pub max_tokens: Option<u32>,
+    pub n: u32,
+    /// Sampling seed (sent where the backend supports it; always part of the cache key).
+    pub seed: Option<u64>,
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, max_tokens: None, n: 1, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub params: SamplingParams,
+}
+
+impl ChatRequest {
+    /// A single-turn request: one user message.
+    pub fn user(prompt: impl Into<String>, params: SamplingParams) -> Self {
+        ChatRequest { messages: vec![ChatMessage::user(prompt)], params }
+    }
+
+    /// Rough prompt-token estimate of the whole conversation (see [`estimate_tokens`]).
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        self.messages.iter().map(|m| estimate_tokens(&m.content) + 4).sum::<u64>() + 3
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub content: String,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+    /// What this response cost in this run (0 when replayed from a cache or a local model).
+    pub cost_usd: f64,
+    /// True when the response was replayed from a cache rather than billed.
+    pub cached: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trait
+
+/// A teacher LLM. Object safe: use it as `&dyn Teacher` / `Box<dyn Teacher>`.
+///
+/// Implementations return exactly the requested `params.n` choices where they can (the OpenAI
+/// backend issues follow-up requests when a server ignores `n`), fail with a typed
+/// [`TeacherError`], and never put secrets into errors.
+pub trait Teacher: Send + Sync {
+    /// Backend name, part of the cache key (e.g. `openai`, `vllm`, `local-tch`).
+    fn backend(&self) -> &str;
+    /// Model name, part of the cache key.
+    fn model(&self) -> &str;
+    /// One chat completion with `request.params.n` choices.
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>>;
+    /// Many requests at once; results come back in request order. The default runs them
+    /// concurrently; backends bound the concurrency themselves (the OpenAI backend adapts it).
+    fn chat_batch<'a>(&'a self, requests: &'a [ChatRequest]) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
+        Box::pin(futures_util::future::join_all(requests.iter().map(|r| self.chat(r))))
+    }
+    /// Counters of this teacher (and of the teachers it wraps).
+    fn stats(&self) -> TeacherStats {
+        TeacherStats::default()
+    }
+}
+
+impl<T: Teacher + ?Sized> Teacher for Box<T> {
+    fn backend(&self) -> &str {
+        (**self).backend()
+    }
+    fn model(&self) -> &str {
+        (**self).model()
+    }
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+        (**self).chat(request)
+    }
+    fn chat_batch<'a>(&'a self, requests: &'a [ChatRequest]) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
+        (**self).chat_batch(requests)
+    }
+    fn stats(&self) -> TeacherStats {
+        (**self).stats()
+    }
+}
+
+impl<T: Teacher + ?Sized> Teacher for Arc<T> {
+    fn backend(&self) -> &str {
+        (**self).backend()
+    }
+    fn model(&self) -> &str {
+        (**self).model()
+    }
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+        (**self).chat(request)
+    }
+    fn chat_batch<'a>(&'a self, requests: &'a [ChatRequest]) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
+        (**self).chat_batch(requests)
+    }
+    fn stats(&self) -> TeacherStats {
+        (**self).stats()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Everything a teacher call can fail with. Messages never contain the API key: backends pass
+/// every server-provided text through [`redact`].
+#[derive(Debug, thiserror::Error)]
+pub enum TeacherError {
+    #[error("no API key: set the environment variable `{env}` (the key is read only from there)")]
+    MissingApiKey { env: String },
+    #[error("invalid teacher configuration: {0}")]
+    Config(String),
+    #[error("API-call budget exhausted: {used} of {limit} calls used; raise the budget (max_api_calls) to continue; everything obtained so far is kept")]
+    BudgetExhausted { limit: u64, used: u64 },
+    #[error("HTTP {status} from the teacher server: {body}")]
+    Status { status: u16, body: String, retry_after: Option<Duration> },
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection error: {0}")]
+    Connection(String),
+    #[error("truncated response body: {0}")]
+    Truncated(String),
+    #[error("malformed JSON in the response: {detail} (body starts: {excerpt:?})")]
+    MalformedJson { detail: String, excerpt: String },
+    #[error("response does not follow the chat-completions schema: {0}")]
+    Schema(String),
+    #[error("response has no choices")]
+    EmptyChoices,
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    RetriesExhausted { attempts: u32, last: Box<TeacherError> },
+    #[error("replay-only cache miss: no recorded response for request sha256:{digest} (backend `{backend}`, model `{model}`, choice {choice}) in {cache}. Hint: {hint}")]
+    ReplayMiss { digest: String, backend: String, model: String, choice: u32, cache: String, hint: String },
+    #[error("teacher cache error: {0}")]
+    Cache(String),
+    #[error("teacher backend error: {0}")]
+    Backend(String),
+}
+
+impl TeacherError {
+    /// Worth retrying the same HTTP request (429, 408, 409, 5xx, timeouts, connection errors,
+    /// truncated bodies).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TeacherError::Status { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
+            TeacherError::Timeout(_) | TeacherError::Connection(_) | TeacherError::Truncated(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Ends a whole run: nothing later can succeed without a change by the user.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            TeacherError::MissingApiKey { .. }
+            | TeacherError::Config(_)
+            | TeacherError::BudgetExhausted { .. }
+            | TeacherError::ReplayMiss { .. }
+            | TeacherError::Cache(_) => true,
+            TeacherError::Status { status, .. } => matches!(status, 401 | 403 | 404),
+            _ => false,
+        }
+    }
+
+    /// Transient at the level of a whole request: sending the same request again later may
+    /// succeed (bad bodies, exhausted retries, …). Non-retryable 4xx and fatal errors are not.
+    pub fn is_transient(&self) -> bool {
+        if self.is_fatal() {
+            return false;
+        }
+        match self {
+            TeacherError::Status { .. } => self.is_retryable(),
+            TeacherError::Backend(_) => false,
+            _ => true,
+        }
+    }
+
+    /// Short stable name, used as a counter key in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TeacherError::MissingApiKey { .. } => "missing_api_key",
+            TeacherError::Config(_) => "config",
+            TeacherError::BudgetExhausted { .. } => "budget_exhausted",
+            TeacherError::Status { status: 429, .. } => "rate_limited",
+            TeacherError::Status { status, .. } if *status >= 500 => "server_error",
+            TeacherError::Status { .. } => "client_error",
+            TeacherError::Timeout(_) => "timeout",
+            TeacherError::Connection(_) => "connection",
+            TeacherError::Truncated(_) => "truncated_body",
+            TeacherError::MalformedJson { .. } => "malformed_json",
+            TeacherError::Schema(_) => "wrong_schema",
+            TeacherError::EmptyChoices => "empty_choices",
+            TeacherError::RetriesExhausted { .. } => "retries_exhausted",
+            TeacherError::ReplayMiss { .. } => "replay_miss",
+            TeacherError::Cache(_) => "cache",
+            TeacherError::Backend(_) => "backend",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounting
+
+/// Price per 1,000 tokens in US dollars.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub input_per_1k_usd: f64,
+    pub output_per_1k_usd: f64,
+}
+
+impl Pricing {
+    pub const FREE: Pricing = Pricing { input_per_1k_usd: 0.0, output_per_1k_usd: 0.0 };
+    /// gpt-3.5-turbo (4K context) as at the paper's time: $0.0015 / 1K input tokens and
+    /// $0.002 / 1K output tokens. Source: OpenAI, "Function calling and other API updates"
+    /// (openai.com/blog, 13 June 2023) and the openai.com/pricing page of June–November 2023.
+    pub const GPT_35_TURBO_2023: Pricing = Pricing { input_per_1k_usd: 0.0015, output_per_1k_usd: 0.002 };
+    /// gpt-3.5-turbo-16k, same source and date: $0.003 / $0.004.
+    pub const GPT_35_TURBO_16K_2023: Pricing = Pricing { input_per_1k_usd: 0.003, output_per_1k_usd: 0.004 };
+    /// gpt-4 (8K), same source and date: $0.03 / $0.06.
+    pub const GPT_4_2023: Pricing = Pricing { input_per_1k_usd: 0.03, output_per_1k_usd: 0.06 };
+
+    /// Default price of a model name; unknown models (local servers) are free. Override with a
+    /// configured [`Pricing`].
+    pub fn for_model(model: &str) -> Pricing {
+        let m = model.to_ascii_lowercase();
+        if m.starts_with("gpt-3.5-turbo-16k") {
+            Pricing::GPT_35_TURBO_16K_2023
+        } else if m.starts_with("gpt-3.5-turbo") {
+            Pricing::GPT_35_TURBO_2023
+        } else if m == "gpt-4" || m.starts_with("gpt-4-0") {
+            Pricing::GPT_4_2023
+        } else {
+            Pricing::FREE
+        }
+    }
+
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        usage.prompt_tokens as f64 / 1000.0 * self.input_per_1k_usd + usage.completion_tokens as f64 / 1000.0 * self.output_per_1k_usd
+    }
+}
+
+/// Counters of a teacher (stack), serialisable into run logs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TeacherStats {
+    /// Logical calls sent to a backend (what the budget counts).
+    pub calls: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// HTTP requests actually sent, retries included.
+    pub http_attempts: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub timeouts: u64,
+    pub server_errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub max_calls: Option<u64>,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Current concurrency limit of an adaptive backend (0 when not applicable).
+    pub concurrency_limit: u64,
+}
+
+/// Thread-safe run accounting: calls, tokens, cost and the max-API-calls budget.
+#[derive(Debug)]
+pub struct Accounting {
+    pricing: Pricing,
+    max_calls: Option<u64>,
+    calls: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    http_attempts: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    timeouts: AtomicU64,
+    server_errors: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    cost_usd: Mutex<f64>,
+}
+
+impl Accounting {
+    pub fn new(pricing: Pricing, max_calls: Option<u64>) -> Self {
+        Accounting {
+            pricing,
+            max_calls,
+            calls: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            http_attempts: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
+            cost_usd: Mutex::new(0.0),
+        }
+    }
+
+    pub fn pricing(&self) -> Pricing {
+        self.pricing
+    }
+
+    /// Take one call from the budget, or fail with [`TeacherError::BudgetExhausted`].
+    pub fn reserve_call(&self) -> Result<(), TeacherError> {
+        match self.max_calls {
+            None => {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Some(limit) => self
+                .calls
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c < limit).then_some(c + 1))
+                .map(|_| ())
+                .map_err(|used| TeacherError::BudgetExhausted { limit, used }),
+        }
+    }
+
+    /// Record a billed response; returns its cost.
+    pub fn record_success(&self, usage: &Usage) -> f64 {
+        self.succeeded.fetch_add(1, Ordering::SeqCst);
+        self.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::SeqCst);
+        self.completion_tokens.fetch_add(usage.completion_tokens, Ordering::SeqCst);
+        let cost = self.pricing.cost(usage);
+        *self.cost_usd.lock().unwrap_or_else(|p| p.into_inner()) += cost;
+        cost
+    }
+
+    pub fn record_failure(&self) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn record_http_attempt(&self) {
+        self.http_attempts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Record one failed HTTP attempt that will be retried.
+    pub fn record_retry(&self, cause: &TeacherError) {
+        self.retries.fetch_add(1, Ordering::SeqCst);
+        match cause.kind() {
+            "rate_limited" => self.rate_limited.fetch_add(1, Ordering::SeqCst),
+            "timeout" => self.timeouts.fetch_add(1, Ordering::SeqCst),
+            "server_error" => self.server_errors.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
+    }
+
+    pub fn snapshot(&self) -> TeacherStats {
+        TeacherStats {
+            calls: self.calls.load(Ordering::SeqCst),
+            succeeded: self.succeeded.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            http_attempts: self.http_attempts.load(Ordering::SeqCst),
+            retries: self.retries.load(Ordering::SeqCst),
+            rate_limited: self.rate_limited.load(Ordering::SeqCst),
+            timeouts: self.timeouts.load(Ordering::SeqCst),
+            server_errors: self.server_errors.load(Ordering::SeqCst),
+            prompt_tokens: self.prompt_tokens.load(Ordering::SeqCst),
+            completion_tokens: self.completion_tokens.load(Ordering::SeqCst),
+            cost_usd: *self.cost_usd.lock().unwrap_or_else(|p| p.into_inner()),
+            max_calls: self.max_calls,
+            ..TeacherStats::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// SplitMix64 (Steele, Lea & Flood 2014): the seeded RNG for every random choice of the data
+/// generator, so that runs are reproducible and resumable (the state is one `u64`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitMix64 {
+    pub state: u64,
+}
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..bound` (`bound > 0`), without modulo bias.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0, "SplitMix64::below(0)");
+        let zone = u64::MAX - u64::MAX % bound;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % bound;
+            }
+        }
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range_inclusive(&mut self, lo: usize, hi: usize) -> usize {
+        assert!(lo <= hi);
+        lo + self.below((hi - lo + 1) as u64) as usize
+    }
+
+    /// `k` distinct indices of `0..n` in random order (partial Fisher–Yates).
+    pub fn sample_indices(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let k = k.min(n);
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + self.below((n - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        idx.truncate(k);
+        idx
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below((i + 1) as u64) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Rough token count without a tokenizer: ~4 characters per token for ASCII text (the usual
+/// rule of thumb for GPT tokenizers), one token per non-ASCII character (CJK text is about one
+/// token per character in cl100k). Used for throttling estimates and the prompt-length cutoff;
+/// the real usage reported by the server is what gets billed.
+pub fn estimate_tokens(text: &str) -> u64 {
+    let mut ascii = 0u64;
+    let mut other = 0u64;
+    for c in text.chars() {
+        if c.is_ascii() {
+            ascii += 1;
+        } else {
+            other += 1;
+        }
+    }
+    ascii.div_ceil(4) + other
+}
+
+/// Replace every occurrence of `secret` (and anything that looks like a bearer token or an
+/// OpenAI-style key) by `[REDACTED]`.
+pub fn redact(text: &str, secret: Option<&str>) -> String {
+    let mut out = match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "[REDACTED]"),
+        _ => text.to_string(),
+    };
+    for prefix in ["Bearer ", "bearer ", "sk-"] {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(pos) = rest.find(prefix) {
+            let (head, tail) = rest.split_at(pos);
+            result.push_str(head);
+            let token_len = tail[prefix.len()..]
+                .char_indices()
+                .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+                .map(|(i, _)| i)
+                .unwrap_or(tail.len() - prefix.len());
+            if token_len >= 8 {
+                result.push_str(if prefix == "sk-" { "" } else { prefix });
+                result.push_str("[REDACTED]");
+            } else {
+                result.push_str(&tail[..prefix.len() + token_len]);
+            }
+            rest = &tail[prefix.len() + token_len..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+/// At most `max_chars` characters of `text`, with a marker when cut.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    let mut it = text.char_indices();
+    match it.nth(max_chars) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_exact_under_contention() {
+        let acc = Arc::new(Accounting::new(Pricing::FREE, Some(5)));
+        let ok: usize = (0..8)
+            .map(|_| {
+                let a = acc.clone();
+                std::thread::spawn(move || (0..3).filter(|_| a.reserve_call().is_ok()).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(ok, 5);
+        assert!(matches!(acc.reserve_call(), Err(TeacherError::BudgetExhausted { limit: 5, used: 5 })));
+    }
+
+    #[test]
+    fn pricing_of_the_paper_time() {
+        let p = Pricing::for_model("gpt-3.5-turbo-0613");
+        let cost = p.cost(&Usage { prompt_tokens: 2000, completion_tokens: 1000 });
+        assert!((cost - (0.003 + 0.002)).abs() < 1e-12);
+        assert_eq!(Pricing::for_model("HuggingFaceTB/SmolLM2-1.7B-Instruct"), Pricing::FREE);
+    }
+
+    #[test]
+    fn redaction() {
+        let s = "bad key sk-abcdefghijklmnop and Bearer xyz123456789 and MYSECRETVALUE";
+        let r = redact(s, Some("MYSECRETVALUE"));
+        assert!(!r.contains("abcdefghijklmnop") && !r.contains("xyz123456789") && !r.contains("MYSECRETVALUE"), "{r}");
+        assert_eq!(redact("sk-1 short", None), "sk-1 short");
+    }
+
+    #[test]
+    fn rng_is_reproducible() {
+        let mut a = SplitMix64::new(7);
+        let mut b = SplitMix64::new(7);
+        assert_eq!((0..10).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..10).map(|_| b.next_u64()).collect::<Vec<_>>());
+        let s = a.sample_indices(10, 4);
+        assert_eq!(s.len(), 4);
+        let mut d = s.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), 4);
+        for _ in 0..100 {
+            let x = a.range_inclusive(1, 3);
+            assert!((1..=3).contains(&x));
+        }
+    }
+}
