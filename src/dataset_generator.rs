@@ -95,8 +95,9 @@ pub struct GeneratorConfig {
     pub filter_duplicated_examples: bool,
     /// Drop candidates whose input copies one of the user's demonstrations.
     pub drop_demonstration_copies: bool,
-    /// Attempts per request at the generator level (after the backend's own retries) for
-    /// transient failures (bad bodies, exhausted retries).
+    /// Attempts per request at the generator level, on top of the backend's own retries, for
+    /// failures worth repeating ([`TeacherError::is_transient`]: malformed JSON, wrong schema,
+    /// empty choices, …). Repeating the same request keeps runs reproducible under faults.
     pub request_attempts: u32,
     /// Stop after this many consecutive rounds in which every request failed.
     pub max_failed_rounds: u32,
@@ -484,7 +485,13 @@ pub struct BuiltPrompt {
 }
 
 /// Build one prompt (reference `construct_prompt`), drawing everything from `rng`.
-pub fn build_prompt(rng: &mut SplitMix64, instruction: &str, high_quality: &str, generated: &[Example], cfg: &GeneratorConfig) -> BuiltPrompt {
+pub fn build_prompt(
+    rng: &mut SplitMix64,
+    instruction: &str,
+    high_quality: &str,
+    generated: &[Example],
+    cfg: &GeneratorConfig,
+) -> BuiltPrompt {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -971,7 +978,8 @@ impl<'a> Core<'a> {
     /// were retried.
     async fn send(&self, reqs: &[ChatRequest]) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<&'static str>) {
         let mut retried = Vec::new();
-        let mut results: Vec<Option<Result<ChatResponse, TeacherError>>> = self.teacher.chat_batch(reqs).await.into_iter().map(Some).collect();
+        let mut results: Vec<Option<Result<ChatResponse, TeacherError>>> =
+            self.teacher.chat_batch(reqs).await.into_iter().map(Some).collect();
         for _ in 1..self.cfg.request_attempts {
             if results.iter().any(|r| matches!(r, Some(Err(e)) if e.is_fatal())) {
                 break;
@@ -1105,7 +1113,12 @@ impl<'a> Core<'a> {
     }
 
     /// Run rounds until `stop`; `journal` gets every round.
-    async fn run(&mut self, stop: StopAt, mut journal: Option<&mut Journal>, progress: Option<&ProgressBar>) -> Result<Option<(String, Option<TeacherError>)>, GenerateError> {
+    async fn run(
+        &mut self,
+        stop: StopAt,
+        mut journal: Option<&mut Journal>,
+        progress: Option<&ProgressBar>,
+    ) -> Result<Option<(String, Option<TeacherError>)>, GenerateError> {
         let mut failed_rounds = 0u32;
         let mut stalled = 0u32;
         loop {
@@ -1220,7 +1233,12 @@ pub async fn generate(
     let n = cfg.num_examples;
     let checkpoint = out_dir.join(CHECKPOINT_FILE);
     let fp = fingerprint(teacher, prompt, cfg);
-    let header = JournalLine::Header { version: ALGORITHM_VERSION, fingerprint: fp.clone(), backend: teacher.backend().into(), model: teacher.model().into() };
+    let header = JournalLine::Header {
+        version: ALGORITHM_VERSION,
+        fingerprint: fp.clone(),
+        backend: teacher.backend().into(),
+        model: teacher.model().into(),
+    };
 
     let mut core = Core::new(teacher, prompt, cfg, n);
     let mut journal = if cfg.resume && checkpoint.exists() {
@@ -1231,7 +1249,9 @@ pub async fn generate(
                 let rounds: Vec<RoundRecord> = it
                     .map(|l| match l {
                         JournalLine::Round(r) => Ok(*r),
-                        JournalLine::Header { .. } => Err(GenerateError::Checkpoint { path: checkpoint.clone(), detail: "a second header".into() }),
+                        JournalLine::Header { .. } => {
+                            Err(GenerateError::Checkpoint { path: checkpoint.clone(), detail: "a second header".into() })
+                        }
                     })
                     .collect::<Result<_, _>>()?;
                 let resumed_round = rounds.last().map(|r| r.round);
@@ -1245,7 +1265,9 @@ pub async fn generate(
             Some(JournalLine::Header { .. }) => {
                 return Err(GenerateError::Checkpoint {
                     path: checkpoint,
-                    detail: "written by a different prompt, teacher or generator configuration; delete it or set resume = false to start over".into(),
+                    detail:
+                        "written by a different prompt, teacher or generator configuration; delete it or set resume = false to start over"
+                            .into(),
                 });
             }
             _ => Journal::create(&checkpoint, &header)?,
@@ -1310,11 +1332,16 @@ pub struct DiversityReport {
 /// and without previously generated examples in the prompt and count duplicate inputs (the
 /// paper reports 120/200 without and 25/200 with, on gpt-3.5-turbo). Both arms use `cfg`
 /// otherwise (seed, temperatures, batch sizes); nothing is written to disk.
-pub async fn diversity_experiment(teacher: &dyn Teacher, prompt: &ParsedPrompt, n: usize, cfg: &GeneratorConfig) -> Result<DiversityReport, GenerateError> {
+pub async fn diversity_experiment(
+    teacher: &dyn Teacher,
+    prompt: &ParsedPrompt,
+    n: usize,
+    cfg: &GeneratorConfig,
+) -> Result<DiversityReport, GenerateError> {
     let mut cfg = cfg.clone();
     cfg.num_examples = n;
     cfg.validate()?;
-    let mut arm = |high: bool| {
+    let arm = |high: bool| {
         let mut c = cfg.clone();
         c.high_diversity = high;
         c
@@ -1325,11 +1352,24 @@ pub async fn diversity_experiment(teacher: &dyn Teacher, prompt: &ParsedPrompt, 
         let mut core = Core::new(teacher, prompt, c, n);
         if let Some((reason, source)) = core.run(StopAt::Raw(n), None, None).await? {
             let examples = core.candidates.clone();
-            return Err(GenerateError::Stopped(Box::new(Stopped { reason, source, target: n, checkpoint: PathBuf::new(), examples, log: core.log })));
+            return Err(GenerateError::Stopped(Box::new(Stopped {
+                reason,
+                source,
+                target: n,
+                checkpoint: PathBuf::new(),
+                examples,
+                log: core.log,
+            })));
         }
         let first: Vec<&Example> = core.candidates.iter().take(n).collect();
         let unique = first.iter().map(|e| e.input.as_str()).collect::<HashSet<_>>().len();
-        arms.push(DiversityArm { high_diversity: c.high_diversity, examples: first.len(), unique_inputs: unique, duplicate_inputs: first.len() - unique, requests: core.log.requests });
+        arms.push(DiversityArm {
+            high_diversity: c.high_diversity,
+            examples: first.len(),
+            unique_inputs: unique,
+            duplicate_inputs: first.len() - unique,
+            requests: core.log.requests,
+        });
     }
     let without = arms.pop().expect("two arms");
     let with = arms.pop().expect("two arms");
@@ -1373,10 +1413,7 @@ mod tests {
             Example::new("d", "short"),
         ];
         let (v, conflicts) = self_consistency(&c);
-        assert_eq!(
-            v,
-            vec![Example::new("a", "long answer"), Example::new("b", "1"), Example::new("c", "xx"), Example::new("d", "short")]
-        );
+        assert_eq!(v, vec![Example::new("a", "long answer"), Example::new("b", "1"), Example::new("c", "xx"), Example::new("d", "short")]);
         assert_eq!(conflicts, 3);
     }
 

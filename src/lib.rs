@@ -12,15 +12,21 @@
 //! - [`predictions`]: reading users' prediction files (JSONL, CSV, parquet).
 //! - [`recorded`]: the paper authors' recorded runs and their folder-name conventions.
 //! - [`report`]: tables (parquet, CSV, Markdown, LaTeX), figures and run manifests.
+//! - [`prompt_parser`]: a free-form prompt → instruction + demonstrations (LLM or deterministic).
+//! - [`teacher`]: teacher LLM backends (OpenAI-compatible HTTP), accounting, record/replay cache.
+//! - [`dataset_generator`]: the paper's high-diversity, temperature-annealed, self-consistent generator.
 //! - [`tables`]: the reproductions of the paper's tables, shared by `experiments/` and the tests.
 
 pub mod cli;
 pub mod config;
+pub mod dataset_generator;
 pub mod datasets;
 pub mod evaluator;
 pub mod predictions;
+pub mod prompt_parser;
 pub mod recorded;
 pub mod registry;
 pub mod report;
 pub mod tables;
 pub mod tasks;
+pub mod teacher;

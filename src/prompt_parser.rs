@@ -164,8 +164,14 @@ enum Kind {
     Output,
 }
 
-const MARKERS: [(&str, Kind); 6] =
-    [("input", Kind::Input), ("output", Kind::Output), ("入力", Kind::Input), ("出力", Kind::Output), ("输入", Kind::Input), ("输出", Kind::Output)];
+const MARKERS: [(&str, Kind); 6] = [
+    ("input", Kind::Input),
+    ("output", Kind::Output),
+    ("入力", Kind::Input),
+    ("出力", Kind::Output),
+    ("输入", Kind::Input),
+    ("输出", Kind::Output),
+];
 
 /// Markers accepted in the middle of a line (after whitespace): exact spellings only, to avoid
 /// prose like "the output: …".
@@ -226,8 +232,7 @@ fn skip_enumerator(text: &str, pos: usize) -> usize {
         }
         return pos;
     }
-    if rest.starts_with('(') {
-        let inner = &rest[1..];
+    if let Some(inner) = rest.strip_prefix('(') {
         let d = inner.len() - inner.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         if d > 0 && inner[d..].starts_with(')') {
             return skip_hspace(text, pos + d + 2);
@@ -407,7 +412,9 @@ fn strip_lead_in(before: &str) -> String {
     let lower = last.to_lowercase();
     let lead_in = (last.ends_with(':') || last.ends_with('：'))
         && last.chars().count() <= 300
-        && ["example", "demonstration", "sample", "here are", "here is", "for instance", "例", "以下", "示例", "样例"].iter().any(|w| lower.contains(w));
+        && ["example", "demonstration", "sample", "here are", "here is", "for instance", "例", "以下", "示例", "样例"]
+            .iter()
+            .any(|w| lower.contains(w));
     let kept = if lead_in { &t[..last_start] } else { t };
     kept.trim().to_string()
 }
@@ -756,8 +763,12 @@ mod tests {
     fn reference_parsing_prompt_shape() {
         let p = parsing_prompt("Do X.");
         assert!(p.starts_with("\nAs a PromptParser"));
-        assert!(p.ends_with("After seeing these parsed output, please parse this prompt:\n\nPrompt: \"\"\"\nDo X.\n\"\"\"\n\nParsed Outputs:\n"));
+        assert!(p.ends_with(
+            "After seeing these parsed output, please parse this prompt:\n\nPrompt: \"\"\"\nDo X.\n\"\"\"\n\nParsed Outputs:\n"
+        ));
         assert_eq!(p.matches("\n\n------\n\n").count(), 7);
-        assert!(p.contains("{\"Instruction\": \"You are an expert baker answering users' questions. Reply as agent.\", \"Demonstrations\": \"User:"));
+        assert!(p.contains(
+            "{\"Instruction\": \"You are an expert baker answering users' questions. Reply as agent.\", \"Demonstrations\": \"User:"
+        ));
     }
 }

@@ -5,9 +5,9 @@
 //! Tolerances: hidden states and logits max abs diff <= 1e-4, losses <= 1e-5 (tiny models) and
 //! <= 1e-4 (MiniLM), greedy generations identical.
 //!
-//! The MiniLM test needs the real weights: `P2M_MINILM_DIR`, else
-//! `<repo>/.cache/models/all-minilm-l6-v2/` (filled by `bash scripts/setup.sh`). It fails, loudly,
-//! when they are missing.
+//! The MiniLM test needs the real weights: `P2M_MINILM_DIR`, else the weights registry's cache
+//! folder `<P2M_CACHE or repo/.cache>/models/all-MiniLM-L6-v2/` (filled by `bash scripts/setup.sh`).
+//! It fails, loudly, when they are missing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -255,17 +255,28 @@ fn a_few_adamw_steps_lower_the_t5_loss() {
 // Real MiniLM weights
 // ------------------------------------------------------------------------------------------------
 
+/// `P2M_MINILM_DIR`, else the weights registry's cache folder `<P2M_CACHE | repo/.cache>/models/
+/// all-MiniLM-L6-v2/` (the lower-case spelling is accepted too). Missing weights fail the test.
 fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("P2M_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache/models/all-minilm-l6-v2"));
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        assert!(
-            dir.join(f).is_file(),
-            "MiniLM weights not found: {} is missing. Run `bash scripts/setup.sh` to fetch all-MiniLM-L6-v2 into \
-             .cache/models/all-minilm-l6-v2/, or point P2M_MINILM_DIR at a copy (config.json, model.safetensors, tokenizer.json).",
-            dir.join(f).display()
-        );
+    const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+    let candidates: Vec<PathBuf> = match std::env::var_os("P2M_MINILM_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => {
+            let cache = std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
+            vec![cache.join("models/all-MiniLM-L6-v2"), cache.join("models/all-minilm-l6-v2")]
+        }
+    };
+    for dir in &candidates {
+        if FILES.iter().all(|f| dir.join(f).is_file()) {
+            return dir.clone();
+        }
     }
-    dir
+    panic!(
+        "MiniLM weights not found (looked for {} in {}). Run `bash scripts/setup.sh` to fetch all-MiniLM-L6-v2 into the \
+         model cache, or point P2M_MINILM_DIR at a folder holding those files.",
+        FILES.join(", "),
+        candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" and ")
+    );
 }
 
 #[test]

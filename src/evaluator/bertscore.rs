@@ -45,6 +45,10 @@ use crate::models::bert::BertEncoder;
 /// The bert_score release whose behaviour this reproduces (and the parity fixtures were made with).
 pub const BERT_SCORE_REFERENCE_VERSION: &str = "0.3.13";
 
+/// What that release calls itself in its hash strings: the 0.3.13 wheel still sets
+/// `bert_score.__version__ = "0.3.12"`.
+pub const BERT_SCORE_HASH_VERSION: &str = "0.3.12";
+
 /// The offline default model (a `data/models.toml` id).
 pub const DEFAULT_OFFLINE_MODEL: &str = "all-MiniLM-L6-v2";
 
@@ -253,15 +257,16 @@ impl BertScorer {
         )
     }
 
-    /// bert_score's own hash string for these settings (its `get_hash`, with the transformers
-    /// version left out since none is involved), e.g. `all-MiniLM-L6-v2_L6_no-idf_version=0.3.13_fast-tokenizer`.
+    /// bert_score's own hash string for these settings (its `get_hash`, with the
+    /// `(hug_trans=...)` part left out since transformers is not involved), e.g.
+    /// `all-MiniLM-L6-v2_L6_no-idf_version=0.3.12_fast-tokenizer`.
     pub fn bert_score_hash(&self) -> String {
         let mut msg = format!(
             "{}_L{}{}_version={}",
             self.model_name,
             self.config.layer,
             if self.config.idf { "_idf" } else { "_no-idf" },
-            BERT_SCORE_REFERENCE_VERSION
+            BERT_SCORE_HASH_VERSION
         );
         if let Some(b) = &self.config.baseline {
             msg += if b.shipped { "-rescaled" } else { "-custom-rescaled" };

@@ -17,13 +17,14 @@
 //! Weights the BERT checkpoint does not have — the cross-attention layers and, for a plain
 //! `BertModel` checkpoint such as MiniLM, the prediction head — are new.
 //!
-//! **Initialisation of new weights** (documented so that PyTorch can reproduce it exactly): after
-//! `tch::manual_seed(seed)`, the new variables are visited in byte-wise sorted name order;
-//! `*LayerNorm.weight` ← 1, `*.bias` ← 0, any other weight ← `torch.randn(shape) * initializer_range`
-//! drawn on the CPU (transformers' distributions: normal(0, initializer_range) for linear layers,
-//! ones/zeros for LayerNorm, zero biases). `scripts/parity/make_seq2seq_fixtures.py` applies the
-//! same procedure to a transformers model, so a Rust warm start and its PyTorch twin start from
-//! identical weights. A fully random model ([`Bert2Bert::new`]) initialises every variable this
+//! **Initialisation of new weights** (documented so that PyTorch can reproduce it exactly): every
+//! new variable is set from its name alone: `*LayerNorm.weight` ← 1, `*.bias` ← 0, any other weight
+//! ← [`seeded_normal`]`(shape, initializer_range, seed, name)` (a SplitMix64 stream keyed by seed and
+//! name, Box-Muller; not libtorch's global generator, so concurrent threads cannot perturb it).
+//! These are transformers' distributions: normal(0, initializer_range) for linear layers,
+//! ones/zeros for LayerNorm, zero biases. `scripts/parity/make_seq2seq_fixtures.py` applies the same
+//! procedure (in numpy) to a transformers model, so a Rust warm start and its PyTorch twin start
+//! from identical weights. A fully random model ([`Bert2Bert::new`]) initialises every variable this
 //! way (and zeroes the `[PAD]` row of the word embeddings, as `nn.Embedding(padding_idx=...)`).
 //!
 //! Variables carry the `EncoderDecoderModel` names (`encoder.embeddings.word_embeddings.weight`,
@@ -38,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::models::seq2seq::{
-    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map,
-    save_var_store, split_heads, weights_file_in, Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
+    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map, save_var_store,
+    split_heads, weights_file_in, Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -315,10 +316,12 @@ impl BertAttention {
 
     fn attend(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         // transformers' eager attention: (q k^T) * head_dim^-0.5, + additive mask, softmax.
-        let mut scores = q.matmul(&k.transpose(-1, -2)) * (self.head_dim as f64).powf(-0.5);
-        if let Some(m) = mask {
-            scores = scores + m;
-        }
+        // Functional adds (not `+=`): libtorch's in-place ops would clash with autograd's saved tensors.
+        let scores = q.matmul(&k.transpose(-1, -2)) * (self.head_dim as f64).powf(-0.5);
+        let scores = match mask {
+            Some(m) => scores + m,
+            None => scores,
+        };
         let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind()).dropout(self.attn_dropout, train);
         let h = self.dense.forward(&merge_heads(&weights.matmul(v))).dropout(self.hidden_dropout, train);
         self.norm.forward(&(h + x))
@@ -335,7 +338,10 @@ impl BertAttention {
     fn cross_attention(&self, x: &Tensor, encoder_states: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
         let q = split_heads(&self.query.forward(x), self.heads, self.head_dim);
         let (k, v) = cached_cross_kv(cache, || {
-            (split_heads(&self.key.forward(encoder_states), self.heads, self.head_dim), split_heads(&self.value.forward(encoder_states), self.heads, self.head_dim))
+            (
+                split_heads(&self.key.forward(encoder_states), self.heads, self.head_dim),
+                split_heads(&self.value.forward(encoder_states), self.heads, self.head_dim),
+            )
         });
         self.attend(x, &q, &k, &v, Some(mask), train)
     }
@@ -453,7 +459,6 @@ impl Bert2Bert {
     }
 
     /// A randomly initialised model (every variable drawn as described in the module docs).
-    /// Calls `tch::manual_seed(seed)`.
     pub fn new(config: EncoderDecoderConfig, device: Device, seed: u64) -> anyhow::Result<Self> {
         let model = Self::build(config, device)?;
         let mut names: Vec<String> = model.vs.variables().into_keys().collect();
@@ -461,7 +466,9 @@ impl Bert2Bert {
         model.init_variables(&names, seed);
         // nn.Embedding(padding_idx=pad) starts with a zero pad row.
         tch::no_grad(|| {
-            for (emb, pad) in [(&model.encoder.embeddings.word, model.config.encoder.pad_token_id), (&model.decoder.embeddings.word, model.config.decoder.pad_token_id)] {
+            for (emb, pad) in
+                [(&model.encoder.embeddings.word, model.config.encoder.pad_token_id), (&model.decoder.embeddings.word, model.config.decoder.pad_token_id)]
+            {
                 if (0..emb.size()[0]).contains(&pad) {
                     let _ = emb.get(pad).fill_(0.0);
                 }
@@ -544,9 +551,11 @@ impl Bert2Bert {
         let obj = cfg.as_object_mut().expect("config is an object");
         obj.entry("architectures").or_insert_with(|| serde_json::json!(["EncoderDecoderModel"]));
         obj.insert("is_encoder_decoder".into(), true.into());
+        obj["encoder"].as_object_mut().expect("encoder config is an object").insert("architectures".into(), serde_json::json!(["BertModel"]));
         let dec = obj["decoder"].as_object_mut().expect("decoder config is an object");
         dec.insert("is_decoder".into(), true.into());
         dec.insert("add_cross_attention".into(), true.into());
+        dec.insert("architectures".into(), serde_json::json!(["BertLMHeadModel"]));
         std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
         save_var_store(&self.vs, &dir.join("model.safetensors"))
     }
@@ -559,13 +568,10 @@ impl Bert2Bert {
         &mut self.vs
     }
 
-    /// Initialises the named variables in the order given (callers pass them sorted), per the
-    /// module docs: `LayerNorm.weight` → 1, `.bias` → 0, else CPU `randn * initializer_range`.
+    /// Initialises the named variables per the module docs: `LayerNorm.weight` → 1, `.bias` → 0,
+    /// else [`seeded_normal`] with the half's `initializer_range`.
     fn init_variables(&self, names: &[String], seed: u64) {
-        tch::manual_seed(seed as i64);
         let vars = self.vs.variables();
-        let std = self.config.decoder.initializer_range;
-        let std_enc = self.config.encoder.initializer_range;
         tch::no_grad(|| {
             for name in names {
                 let mut var = vars[name].shallow_clone();
@@ -574,9 +580,8 @@ impl Bert2Bert {
                 } else if name.ends_with(".bias") {
                     let _ = var.fill_(0.0);
                 } else {
-                    let s = if name.starts_with("encoder.") { std_enc } else { std };
-                    let draw = Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * s;
-                    var.copy_(&draw.to_kind(var.kind()));
+                    let half = if name.starts_with("encoder.") { &self.config.encoder } else { &self.config.decoder };
+                    var.copy_(&seeded_normal(&var.size(), half.initializer_range, seed, name).to_kind(var.kind()));
                 }
             }
         });

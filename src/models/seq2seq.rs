@@ -113,13 +113,7 @@ pub trait Seq2SeqModel {
     }
 
     /// One incremental decoding step (inference, no dropout): logits of the new tokens.
-    fn decode_step(
-        &self,
-        decoder_input_ids: &Tensor,
-        encoder_states: &Tensor,
-        encoder_mask: &Tensor,
-        cache: &mut DecoderCache,
-    ) -> Tensor {
+    fn decode_step(&self, decoder_input_ids: &Tensor, encoder_states: &Tensor, encoder_mask: &Tensor, cache: &mut DecoderCache) -> Tensor {
         self.decode(decoder_input_ids, None, encoder_states, encoder_mask, Some(cache), false)
     }
 
@@ -224,8 +218,7 @@ pub const MASK_VALUE: f64 = f32::MIN as f64;
 
 /// `[batch, src]` 0/1 key mask → additive `[batch, 1, 1, src]` f32 mask (0 or [`MASK_VALUE`]).
 pub fn additive_key_mask(mask: &Tensor) -> Tensor {
-    let keep = mask.to_kind(Kind::Float);
-    ((1.0 - keep) * MASK_VALUE).unsqueeze(1).unsqueeze(1)
+    (mask.eq(0).to_kind(Kind::Float) * MASK_VALUE).unsqueeze(1).unsqueeze(1)
 }
 
 /// Additive causal mask `[1, 1, new, past + new]` for queries at positions `past..past + new`,
@@ -397,6 +390,38 @@ pub fn gelu_new(x: &Tensor) -> Tensor {
     let c = (2.0f64 / std::f64::consts::PI).sqrt();
     let inner = (x + x.pow_tensor_scalar(3.0) * 0.044715) * c;
     x * 0.5 * (inner.tanh() + 1.0)
+}
+
+/// FNV-1a (64-bit) of a byte string: keys a parameter's random stream by its name.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Deterministic `N(0, std^2)` f32 values for the parameter `name`, independent of libtorch's global
+/// generator (which other threads, e.g. parallel tests, also draw from) and of the device.
+///
+/// The stream is [`SeededRng`] (SplitMix64) seeded with `seed ^ fnv1a64(name)`; consecutive pairs of
+/// uniforms `u1, u2` give, by Box-Muller, `r = sqrt(-2 ln(1 - u1))`, `t = 2 pi u2`, the values
+/// `f32(std * r * cos t)` and `f32(std * r * sin t)`, in that order, filling the tensor row-major.
+/// `scripts/parity/make_seq2seq_fixtures.py` (`seeded_normal`) computes the same numbers with numpy.
+pub fn seeded_normal(shape: &[i64], std: f64, seed: u64, name: &str) -> Tensor {
+    let n = shape.iter().product::<i64>() as usize;
+    let mut rng = SeededRng::new(seed ^ fnv1a64(name.as_bytes()));
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let (u1, u2) = (rng.next_f64(), rng.next_f64());
+        let r = (-2.0 * (1.0 - u1).ln()).sqrt();
+        let t = 2.0 * std::f64::consts::PI * u2;
+        out.push((std * r * t.cos()) as f32);
+        out.push((std * r * t.sin()) as f32);
+    }
+    out.truncate(n);
+    Tensor::from_slice(&out).view(shape)
 }
 
 /// A dense layer `y = x W^T (+ b)` with PyTorch's `[out, in]` weight layout.

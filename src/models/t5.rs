@@ -28,8 +28,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use crate::models::seq2seq::Activation;
 use crate::models::seq2seq::{
-    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map,
-    save_var_store, split_heads, weights_file_in, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
+    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map, save_var_store,
+    seeded_normal, split_heads, weights_file_in, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -67,6 +67,20 @@ fn d_model_type() -> String {
     "t5".into()
 }
 
+/// transformers allows `eos_token_id` to be a list; generation here stops at one id, the first.
+fn int_or_first<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrList {
+        Int(i64),
+        List(Vec<i64>),
+    }
+    match IntOrList::deserialize(d)? {
+        IntOrList::Int(i) => Ok(i),
+        IntOrList::List(v) => v.first().copied().ok_or_else(|| serde::de::Error::custom("empty eos_token_id list")),
+    }
+}
+
 /// The fields of a Hugging Face T5 `config.json` that the model uses (defaults as in
 /// `transformers.T5Config`). Unknown fields are kept in `extra` and written back on save.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,7 +116,8 @@ pub struct T5Config {
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub pad_token_id: i64,
-    #[serde(default = "d_eos")]
+    /// An integer, or a list in some configs (the first id is used).
+    #[serde(default = "d_eos", deserialize_with = "int_or_first")]
     pub eos_token_id: i64,
     /// T5 starts decoding with the pad id; transformers' default when absent is `pad_token_id`.
     #[serde(default)]
@@ -274,10 +289,12 @@ impl T5Attention {
     /// Scores `q k^T + bias` (unscaled), softmax in f32, dropout, weighted values, output projection.
     /// `bias` already contains the additive mask.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, train: bool) -> Tensor {
-        let mut scores = q.matmul(&k.transpose(-1, -2));
-        if let Some(b) = bias {
-            scores = scores + b;
-        }
+        // Functional adds (not `+=`): libtorch's in-place ops would clash with autograd's saved tensors.
+        let scores = q.matmul(&k.transpose(-1, -2));
+        let scores = match bias {
+            Some(b) => scores + b,
+            None => scores,
+        };
         let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind()).dropout(self.dropout, train);
         self.o.forward(&merge_heads(&weights.matmul(v)))
     }
@@ -386,7 +403,12 @@ impl T5Stack {
     fn new(p: nn::Path, cfg: &T5Config, is_decoder: bool) -> anyhow::Result<Self> {
         let n = if is_decoder { cfg.decoder_layers() } else { cfg.num_layers };
         let blocks = (0..n).map(|i| T5Block::new(&p / "block" / i, cfg, is_decoder, i == 0)).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(T5Stack { blocks, final_layer_norm: T5LayerNorm::new(&p / "final_layer_norm", cfg.d_model, cfg.layer_norm_epsilon), is_decoder, dropout: cfg.dropout_rate })
+        Ok(T5Stack {
+            blocks,
+            final_layer_norm: T5LayerNorm::new(&p / "final_layer_norm", cfg.d_model, cfg.layer_norm_epsilon),
+            is_decoder,
+            dropout: cfg.dropout_rate,
+        })
     }
 }
 
@@ -539,10 +561,11 @@ impl Seq2SeqModel for T5ForConditionalGeneration {
         let past = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
         let stack = &self.decoder;
         debug_assert!(stack.is_decoder);
-        let mut self_bias = stack.blocks[0].self_attn.compute_bias(&self.config, new_len, past + new_len, past, false);
-        if let Some(m) = causal_additive_mask(new_len, past, decoder_attention_mask, device) {
-            self_bias = self_bias + m;
-        }
+        let self_bias = stack.blocks[0].self_attn.compute_bias(&self.config, new_len, past + new_len, past, false);
+        let self_bias = match causal_additive_mask(new_len, past, decoder_attention_mask, device) {
+            Some(m) => self_bias + m,
+            None => self_bias,
+        };
         let cross_mask = additive_key_mask(&encoder_mask.to_device(device));
         let encoder_states = encoder_states.to_device(device);
         let mut x = self.embed(&ids).dropout(self.config.dropout_rate, train);
@@ -550,14 +573,11 @@ impl Seq2SeqModel for T5ForConditionalGeneration {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(&x, Some(&self_bias), Some((&encoder_states, &cross_mask)), layer_cache, train);
         }
-        let mut x = stack.final_layer_norm.forward(&x).dropout(stack.dropout, train);
+        let x = stack.final_layer_norm.forward(&x).dropout(stack.dropout, train);
         match &self.lm_head {
             Some(w) => x.linear::<Tensor>(w, None),
-            None => {
-                // Tied v1.0 head: transformers rescales the decoder output by d_model^-0.5 first.
-                x = x * (self.config.d_model as f64).powf(-0.5);
-                x.linear::<Tensor>(&self.shared, None)
-            }
+            // Tied v1.0 head: transformers rescales the decoder output by d_model^-0.5 first.
+            None => (x * (self.config.d_model as f64).powf(-0.5)).linear::<Tensor>(&self.shared, None),
         }
     }
 }

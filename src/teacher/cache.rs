@@ -181,7 +181,13 @@ impl<T: Teacher> CachedTeacher<T> {
         let tx = conn.transaction().map_err(db_err(&self.path))?;
         tx.execute(
             "INSERT OR IGNORE INTO requests(digest, backend, model, request_json, created_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![digest, self.inner.backend(), self.inner.model(), canonical_request_json(self.inner.backend(), self.inner.model(), req, None), now],
+            params![
+                digest,
+                self.inner.backend(),
+                self.inner.model(),
+                canonical_request_json(self.inner.backend(), self.inner.model(), req, None),
+                now
+            ],
         )
         .map_err(db_err(&self.path))?;
         for (j, (index, key, choice)) in new.iter().enumerate() {
@@ -257,8 +263,7 @@ impl<T: Teacher> CachedTeacher<T> {
                     choice: first as u32,
                     cache: self.path.display().to_string(),
                     hint: "the prompt, sampling parameters, seed or model differ from the recorded run, or this is not the cache \
-                           the run was recorded into; run without replay-only to record the missing responses"
-                        .into(),
+                           the run was recorded into; run without replay-only to record the missing responses",
                 });
             }
         }
@@ -286,10 +291,8 @@ impl<T: Teacher> CachedTeacher<T> {
                 missing.iter().zip(resp.choices.iter()).map(|(&i, c)| (i, keys[i as usize].clone(), c)).collect();
             // Committed before anything is returned.
             self.store(req, &digest, &new, resp.usage, resp.cost_usd)?;
-            let mut by_index: Vec<Option<Choice>> = rows
-                .into_iter()
-                .map(|r| r.map(|r| Choice { index: 0, content: r.content, finish_reason: r.finish_reason }))
-                .collect();
+            let mut by_index: Vec<Option<Choice>> =
+                rows.into_iter().map(|r| r.map(|r| Choice { index: 0, content: r.content, finish_reason: r.finish_reason })).collect();
             for (i, _, c) in &new {
                 by_index[*i as usize] = Some((*c).clone());
             }
@@ -410,7 +413,10 @@ mod tests {
     use crate::teacher::{ChatMessage, SamplingParams};
 
     fn req(t: f64, n: u32) -> ChatRequest {
-        ChatRequest { messages: vec![ChatMessage::user("hi")], params: SamplingParams { temperature: t, n, seed: Some(1), ..Default::default() } }
+        ChatRequest {
+            messages: vec![ChatMessage::user("hi")],
+            params: SamplingParams { temperature: t, n, seed: Some(1), ..Default::default() },
+        }
     }
 
     #[test]

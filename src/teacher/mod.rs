@@ -230,7 +230,7 @@ pub enum TeacherError {
     #[error("gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted { attempts: u32, last: Box<TeacherError> },
     #[error("replay-only cache miss: no recorded response for request sha256:{digest} (backend `{backend}`, model `{model}`, choice {choice}) in {cache}. Hint: {hint}")]
-    ReplayMiss { digest: String, backend: String, model: String, choice: u32, cache: String, hint: String },
+    ReplayMiss { digest: String, backend: String, model: String, choice: u32, cache: String, hint: &'static str },
     #[error("teacher cache error: {0}")]
     Cache(String),
     #[error("teacher backend error: {0}")]
@@ -261,16 +261,14 @@ impl TeacherError {
         }
     }
 
-    /// Transient at the level of a whole request: sending the same request again later may
-    /// succeed (bad bodies, exhausted retries, …). Non-retryable 4xx and fatal errors are not.
+    /// Worth sending the same request again later, at the caller's level: bad bodies (malformed
+    /// JSON, wrong schema, empty choices, truncation) and the retryable transport errors of
+    /// backends that do not retry themselves. Not: fatal errors, non-retryable 4xx, and
+    /// [`TeacherError::RetriesExhausted`] (the backend already tried hard).
     pub fn is_transient(&self) -> bool {
-        if self.is_fatal() {
-            return false;
-        }
         match self {
-            TeacherError::Status { .. } => self.is_retryable(),
-            TeacherError::Backend(_) => false,
-            _ => true,
+            TeacherError::MalformedJson { .. } | TeacherError::Schema(_) | TeacherError::EmptyChoices => true,
+            _ => self.is_retryable() && !self.is_fatal(),
         }
     }
 
@@ -562,6 +560,13 @@ pub fn redact(text: &str, secret: Option<&str>) -> String {
         while let Some(pos) = rest.find(prefix) {
             let (head, tail) = rest.split_at(pos);
             result.push_str(head);
+            let glued = result.chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric());
+            if prefix == "sk-" && glued {
+                // part of a longer word ("task-…"): not a key
+                result.push_str(prefix);
+                rest = &tail[prefix.len()..];
+                continue;
+            }
             let token_len = tail[prefix.len()..]
                 .char_indices()
                 .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
@@ -624,6 +629,7 @@ mod tests {
         let r = redact(s, Some("MYSECRETVALUE"));
         assert!(!r.contains("abcdefghijklmnop") && !r.contains("xyz123456789") && !r.contains("MYSECRETVALUE"), "{r}");
         assert_eq!(redact("sk-1 short", None), "sk-1 short");
+        assert_eq!(redact("task-0123456789 stays", None), "task-0123456789 stays");
     }
 
     #[test]

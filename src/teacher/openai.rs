@@ -154,7 +154,7 @@ impl OpenAiConfig {
                 }
             }
         }
-        if !(self.rpm_burst >= 1.0) {
+        if self.rpm_burst.is_nan() || self.rpm_burst < 1.0 {
             return bad("rpm_burst must be ≥ 1".into());
         }
         if self.max_api_calls == Some(0) {
@@ -341,7 +341,11 @@ impl OpenAiTeacher {
                         return Err(e);
                     }
                     if attempt >= self.cfg.max_retries {
-                        return Err(if attempt == 0 { e } else { TeacherError::RetriesExhausted { attempts: attempt + 1, last: Box::new(e) } });
+                        return Err(if attempt == 0 {
+                            e
+                        } else {
+                            TeacherError::RetriesExhausted { attempts: attempt + 1, last: Box::new(e) }
+                        });
                     }
                     let delay = self.retry_delay(attempt, &e);
                     if e.kind() == "rate_limited" {
@@ -478,7 +482,9 @@ pub fn parse_completion(bytes: &[u8], prompt_tokens_estimate: u64, secret: Optio
             prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
             completion_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
         },
-        None => Usage { prompt_tokens: prompt_tokens_estimate, completion_tokens: choices.iter().map(|c| estimate_tokens(&c.content)).sum() },
+        None => {
+            Usage { prompt_tokens: prompt_tokens_estimate, completion_tokens: choices.iter().map(|c| estimate_tokens(&c.content)).sum() }
+        }
     };
     Ok((choices, usage))
 }
@@ -528,7 +534,15 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
                     return None;
                 }
                 let yy = p[2].parse::<i64>().ok()?;
-                let y = if p[2].len() == 2 { if yy >= 70 { 1900 + yy } else { 2000 + yy } } else { yy };
+                let y = if p[2].len() == 2 {
+                    if yy >= 70 {
+                        1900 + yy
+                    } else {
+                        2000 + yy
+                    }
+                } else {
+                    yy
+                };
                 (y, month(p[1])?, p[0].parse::<u32>().ok()?, hms(time)?)
             }
             _ => return None,
@@ -800,7 +814,7 @@ mod tests {
         assert_eq!(ac.limit(), 4);
         ac.on_congestion(); // within 500 ms: one burst counts once
         assert_eq!(ac.limit(), 4);
-        for _ in 0..20 {
+        for _ in 0..30 {
             ac.on_success();
         }
         assert_eq!(ac.limit(), 8);
@@ -822,6 +836,28 @@ mod tests {
         assert!(!h.is_finished());
         drop(p);
         tokio::time::timeout(Duration::from_secs(2), h).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn tpm_bucket_uses_estimates_then_actual_usage() {
+        // 6000 tokens/min = 100/s, bucket of 100.
+        let lim = RateLimiter::new(None, 1.0, Some(6000.0), Some(100.0));
+        let t0 = Instant::now();
+        lim.acquire(100).await; // the full bucket
+        lim.settle(100, 10); // the answer used 10: 90 come back
+        lim.acquire(100).await; // needs 10 more: ~0.1 s
+        let dt = t0.elapsed().as_secs_f64();
+        assert!((0.05..0.5).contains(&dt), "{dt}");
+        lim.acquire(100).await; // without a refund: ~1 s
+        let dt2 = t0.elapsed().as_secs_f64() - dt;
+        assert!((0.8..1.6).contains(&dt2), "{dt2}");
+        // A request larger than the bucket waits for a full bucket, then goes into debt.
+        let big = RateLimiter::new(None, 1.0, Some(6000.0), Some(100.0));
+        big.acquire(150).await;
+        let t1 = Instant::now();
+        big.acquire(1).await; // 50 of debt + 1 token: ~0.5 s at 100/s
+        let waited = t1.elapsed().as_secs_f64();
+        assert!((0.4..1.2).contains(&waited), "{waited}");
     }
 
     #[tokio::test]

@@ -216,7 +216,11 @@ fn reason(status: u16) -> &'static str {
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, extra: &[(&str, String)], body: &[u8]) -> bool {
-    let mut head = format!("HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", reason(status), body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len()
+    );
     for (k, v) in extra {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -285,7 +289,7 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
     let x = if no_generated { h64(&["small", &seed.to_string(), &i.to_string()]) % 20 } else { h % 100_000 };
     let input = format!("[Posted: 2020-01-01] Event number {x} happened last year.");
     let base = format!("last year == {}", 2019 - (x % 50) as i64);
-    let output = if h % 10 == 0 { format!("{base} (alternative reading)") } else { base };
+    let output = if h.is_multiple_of(10) { format!("{base} (alternative reading)") } else { base };
     let obj = json!({"input": input, "output": output}).to_string();
     match (h >> 8) % 20 {
         0..=9 => obj,
@@ -304,7 +308,14 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
     let digest = hex::encode(Sha256::digest(&body));
     let auth = headers.get("authorization").cloned();
     let record = |status: u16, fault: Option<Fault>, n: u64| {
-        state.seen.lock().unwrap().push(Seen { at: Instant::now(), status, fault, body_digest: digest.clone(), n, authorization: auth.clone() });
+        state.seen.lock().unwrap().push(Seen {
+            at: Instant::now(),
+            status,
+            fault,
+            body_digest: digest.clone(),
+            n,
+            authorization: auth.clone(),
+        });
     };
     if state.frozen.load(Ordering::SeqCst) {
         while state.frozen.load(Ordering::SeqCst) {
@@ -325,7 +336,8 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
     if let Some(key) = &cfg.expect_key {
         if auth.as_deref() != Some(&format!("Bearer {key}")) {
             record(401, None, 0);
-            let msg = json!({"error": {"message": format!("Incorrect API key provided: {}", auth.clone().unwrap_or_default())}}).to_string();
+            let msg =
+                json!({"error": {"message": format!("Incorrect API key provided: {}", auth.clone().unwrap_or_default())}}).to_string();
             respond(&mut stream, 401, &[], msg.as_bytes()).await;
             return;
         }

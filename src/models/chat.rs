@@ -1,0 +1,528 @@
+//! A chat model from one GGUF file: the tokenizer rebuilt from the file's metadata, the chat
+//! template the file carries (`tokenizer.chat_template`, rendered with minijinja the way
+//! transformers' `apply_chat_template` renders it with jinja2), and generation through
+//! [`Llama`](super::llama::Llama).
+//!
+//! ```no_run
+//! # use prompt2model::models::{chat::{ChatModel, ChatMessage}, sampling::SamplingConfig};
+//! let model = ChatModel::load(std::path::Path::new("SmolLM2-135M-Instruct.Q4_1.gguf"), tch::Device::cuda_if_available())?;
+//! let reply = model.chat(&[ChatMessage::user("What is 2 + 2?")], &SamplingConfig::greedy(32))?;
+//! # anyhow::Ok(())
+//! ```
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::json;
+use tch::Device;
+use tokenizers::Tokenizer;
+
+use super::gguf::GgufFile;
+use super::llama::{Generated, Llama};
+use super::sampling::SamplingConfig;
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer
+// ---------------------------------------------------------------------------------------------
+
+/// GPT-2's byte → printable-character table (`bytes_to_unicode`): byte-level BPE vocabularies spell
+/// every byte as one of these characters (space is `Ġ`, newline `Ċ`).
+fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..256u32 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        table[b as usize] = if printable {
+            char::from_u32(b).unwrap()
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap()
+        };
+    }
+    table
+}
+
+/// The pre-tokenizer (as tokenizer.json) for llama.cpp's `tokenizer.ggml.pre` names of byte-level
+/// vocabularies. The names and their splits follow llama.cpp's `llama-vocab.cpp`, which mirror the
+/// `tokenizer.json` of the original models.
+fn pre_tokenizer_for(pre: &str) -> Result<serde_json::Value> {
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    // Llama 3's split (also used by several derivatives).
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let split = |re: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            byte_level(false),
+        ]})
+    };
+    Ok(match pre {
+        // GPT-2's own regex inside ByteLevel.
+        "default" | "gpt-2" | "gpt2" | "phi-2" | "olmo" | "jais" => byte_level(true),
+        // StarCoder-family vocabularies (SmolLM, SmolLM2 among them): every digit is its own
+        // pre-token (`Digits(individual_digits=True)`), then GPT-2's split. This is the
+        // `tokenizer.json` of HuggingFaceTB/SmolLM2-*; llama.cpp's regex is `\p{N}` then GPT-2's.
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => json!({
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
+        }),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "smaug-bpe" | "dbrx" => split(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => split(QWEN2),
+        other => bail!("tokenizer.ggml.pre `{other}` is not supported by this tokenizer builder"),
+    })
+}
+
+/// A `tokenizers::Tokenizer` rebuilt from a GGUF's `tokenizer.ggml.*` metadata, with the special
+/// token ids the model and chat template need.
+pub struct GgufTokenizer {
+    tokenizer: Tokenizer,
+    pub bos_token_id: Option<i64>,
+    pub eos_token_id: Option<i64>,
+    pub pad_token_id: Option<i64>,
+    pub unk_token_id: Option<i64>,
+    /// Token strings of the ids above (what chat templates see as `bos_token`, ...).
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub unk_token: Option<String>,
+    pub add_bos_token: bool,
+    pub add_eos_token: bool,
+}
+
+impl GgufTokenizer {
+    /// The tokenizer.json (tokenizers' serialisation) this file describes.
+    ///
+    /// Only byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is built; SentencePiece vocabularies
+    /// (`"llama"`) are refused with an error. What it builds is what transformers builds from the
+    /// same file (`integrations/gguf/gguf_tokenizer_mapping.py`): the vocabulary in file order
+    /// (tokens outside the byte alphabet re-spelled byte by byte), the file's merges, control
+    /// tokens (type 3) as special added tokens, user-defined ones (type 4) as plain added tokens,
+    /// ByteLevel decoding; BOS / EOS added by a post-processor only when the file asks for it.
+    pub fn tokenizer_json(g: &GgufFile) -> Result<serde_json::Value> {
+        let model = g.get_str("tokenizer.ggml.model")?;
+        ensure!(model == "gpt2", "{}: tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)", g.path().display());
+        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
+        let merges = g.get_str_array("tokenizer.ggml.merges")?;
+        let types = g.get_i64_array_opt("tokenizer.ggml.token_type")?;
+        if let Some(t) = &types {
+            ensure!(t.len() == tokens.len(), "{}: {} token types for {} tokens", g.path().display(), t.len(), tokens.len());
+        }
+        let pre = g.get_str_opt("tokenizer.ggml.pre")?.unwrap_or("default");
+        let table = bytes_to_unicode();
+        let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
+        let spell = |t: &str| -> String {
+            if t.chars().all(|c| alphabet.contains(&c)) {
+                t.to_string()
+            } else {
+                t.bytes().map(|b| table[b as usize]).collect()
+            }
+        };
+
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            // A duplicated spelling keeps its first id, as a Python dict comprehension keeps the last;
+            // both are unreachable for well-formed files, so refuse them instead of choosing.
+            ensure!(vocab.insert(spell(t), json!(i)).is_none(), "{}: token {t:?} appears twice in the vocabulary", g.path().display());
+        }
+        let merges: Vec<serde_json::Value> = merges
+            .iter()
+            .map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| anyhow!("merge {m:?} is not `left right`")))
+            .collect::<Result<_>>()?;
+
+        let mut added = Vec::new();
+        if let Some(types) = &types {
+            for (i, (&t, &ty)) in tokens.iter().zip(types).enumerate() {
+                // Control tokens spelled outside the byte alphabet are llama.cpp mislabels
+                // (transformers skips them too).
+                let special = ty == 3 && t.chars().all(|c| alphabet.contains(&c));
+                if special || ty == 4 {
+                    added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special}));
+                }
+            }
+        }
+
+        let id = |k: &str| g.get_i64_opt(k);
+        let add_bos = g.get_bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let add_eos = g.get_bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let post = if add_bos || add_eos {
+            let mut single = vec![];
+            let mut special = serde_json::Map::new();
+            let mut piece = |key: &str, single: &mut Vec<serde_json::Value>| -> Result<()> {
+                let tid = id(key)?.ok_or_else(|| anyhow!("{key} is required when the file asks to add it"))?;
+                let tok = tokens.get(tid as usize).ok_or_else(|| anyhow!("{key} {tid} outside the vocabulary"))?.to_string();
+                single.push(json!({"SpecialToken": {"id": tok, "type_id": 0}}));
+                special.insert(tok.clone(), json!({"id": tok, "ids": [tid], "tokens": [tok]}));
+                Ok(())
+            };
+            if add_bos {
+                piece("tokenizer.ggml.bos_token_id", &mut single)?;
+            }
+            single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+            if add_eos {
+                piece("tokenizer.ggml.eos_token_id", &mut single)?;
+            }
+            let mut pair = single.clone();
+            pair.extend(single.iter().map(|p| if p.get("Sequence").is_some() { json!({"Sequence": {"id": "B", "type_id": 1}}) } else { p.clone() }));
+            json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special})
+        } else {
+            serde_json::Value::Null
+        };
+
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer_for(pre)?,
+            "post_processor": post,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            },
+        }))
+    }
+
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let spec = Self::tokenizer_json(g)?;
+        let tokenizer = Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow!("{}: building the tokenizer: {e}", g.path().display()))?;
+        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
+        let name = |id: Option<i64>| id.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+        let bos = g.get_i64_opt("tokenizer.ggml.bos_token_id")?;
+        let eos = g.get_i64_opt("tokenizer.ggml.eos_token_id")?;
+        let pad = g.get_i64_opt("tokenizer.ggml.padding_token_id")?;
+        let unk = g.get_i64_opt("tokenizer.ggml.unknown_token_id")?;
+        Ok(GgufTokenizer {
+            tokenizer,
+            bos_token_id: bos,
+            eos_token_id: eos,
+            pad_token_id: pad,
+            unk_token_id: unk,
+            bos_token: name(bos),
+            eos_token: name(eos),
+            pad_token: name(pad),
+            unk_token: name(unk),
+            add_bos_token: g.get_bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
+            add_eos_token: g.get_bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+        })
+    }
+
+    /// Token ids of `text`; `add_special_tokens` adds BOS / EOS where the file asks for them (as
+    /// `tokenizer(text)` does; `apply_chat_template` encodes without).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let enc = self.tokenizer.encode(text, add_special_tokens).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i)).collect::<Result<_, _>>().context("negative token id")?;
+        self.tokenizer.decode(&ids, skip_special_tokens).map_err(|e| anyhow!("detokenizing: {e}"))
+    }
+
+    /// The underlying `tokenizers` tokenizer (e.g. to save it as tokenizer.json).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat template
+// ---------------------------------------------------------------------------------------------
+
+/// One chat turn, as transformers' message dicts (`{"role": ..., "content": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, which is what transformers'
+/// `tojson` filter does (jinja2's own `tojson`, and minijinja's, escape `<>&'` for HTML; chat
+/// templates must not). Separators are Python's defaults: `", "` and `": "` without indent, `","`
+/// and `": "` with one.
+fn py_json(v: &minijinja::Value, indent: Option<usize>, level: usize, out: &mut String) -> Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    let nl = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if let Some(i) = v.as_i64() {
+                out.push_str(&i.to_string());
+            } else {
+                let f = f64::try_from(v.clone()).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+                // Python's float repr: shortest round-trip, always with a '.' or exponent.
+                let s = if f.is_finite() && f == f.trunc() && f.abs() < 1e16 { format!("{f:.1}") } else { format!("{f:?}") };
+                out.push_str(match s.as_str() {
+                    "NaN" => "NaN",
+                    "inf" => "Infinity",
+                    "-inf" => "-Infinity",
+                    s => s,
+                });
+            }
+        }
+        ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).unwrap()),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<minijinja::Value> = v.try_iter()?.collect();
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                nl(out, level + 1);
+                py_json(item, indent, level + 1, out)?;
+            }
+            if !items.is_empty() {
+                nl(out, level);
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let keys: Vec<minijinja::Value> = v.try_iter()?.collect();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                nl(out, level + 1);
+                out.push_str(&serde_json::to_string(&k.to_string()).unwrap());
+                out.push_str(": ");
+                py_json(&v.get_item(k)?, indent, level + 1, out)?;
+            }
+            if !keys.is_empty() {
+                nl(out, level);
+            }
+            out.push('}');
+        }
+        _ => out.push_str(&serde_json::to_string(&v.to_string()).unwrap()),
+    }
+    Ok(())
+}
+
+/// A Hugging Face chat template compiled with minijinja, configured as transformers configures
+/// jinja2 for `apply_chat_template`: `trim_blocks`, `lstrip_blocks`, loop controls, the
+/// `raise_exception` and `strftime_now` globals, Python-style `tojson`, and Python string / dict
+/// methods (`.strip()`, `.startswith()`, `.items()`, ...) through minijinja-contrib's pycompat.
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<minijinja::Value, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("chat template raised: {msg}")))
+        });
+        env.add_function("strftime_now", |fmt: String| -> String { chrono::Local::now().format(&fmt).to_string() });
+        env.add_filter("tojson", |v: minijinja::Value, kwargs: minijinja::value::Kwargs| -> Result<String, minijinja::Error> {
+            let indent: Option<usize> = kwargs.get("indent")?;
+            kwargs.assert_all_used()?;
+            let mut s = String::new();
+            py_json(&v, indent, 0, &mut s)?;
+            Ok(s)
+        });
+        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("compiling the chat template: {e:#}"))?;
+        Ok(ChatTemplate { env })
+    }
+
+    /// Render `messages`; `extra` holds the other variables transformers passes (`bos_token`,
+    /// `eos_token`, ...).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, extra: &serde_json::Map<String, serde_json::Value>) -> Result<String> {
+        // Built from minijinja values (not a serde_json map, which would sort keys) so that a
+        // message renders its keys in declaration order, as a Python dict would.
+        let extra = minijinja::Value::from_serialize(extra);
+        let ctx = minijinja::context! {
+            messages => minijinja::Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            ..extra
+        };
+        let tmpl = self.env.get_template("chat")?;
+        tmpl.render(ctx).map_err(|e| anyhow!("rendering the chat template: {e:#}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat model
+// ---------------------------------------------------------------------------------------------
+
+/// A generation with its token counts (for cost accounting).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    /// The generated text, special tokens removed.
+    pub text: String,
+    /// Tokens of the prompt (after the chat template), without padding.
+    pub prompt_tokens: usize,
+    /// Tokens generated, the closing EOS included when there is one.
+    pub completion_tokens: usize,
+    /// Generation ended on an EOS token (rather than on `max_new_tokens`).
+    pub stopped_on_eos: bool,
+}
+
+/// A llama-family chat model loaded from one GGUF file.
+pub struct ChatModel {
+    model: Llama,
+    tokenizer: GgufTokenizer,
+    template: Option<ChatTemplate>,
+    template_vars: serde_json::Map<String, serde_json::Value>,
+    eos_token_ids: Vec<i64>,
+    pad_token_id: i64,
+    /// Rows generated together; longer inputs are split into batches of this size.
+    pub max_batch: usize,
+}
+
+impl ChatModel {
+    /// Load the model, tokenizer and chat template from a GGUF file.
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let g = GgufFile::open(path)?;
+        let model = Llama::from_gguf(&g, device).with_context(|| format!("loading the model from {}", path.display()))?;
+        let tokenizer = GgufTokenizer::from_gguf(&g)?;
+        let template = g.get_str_opt("tokenizer.chat_template")?.map(ChatTemplate::new).transpose()?;
+        let mut template_vars = serde_json::Map::new();
+        for (k, v) in [("bos_token", &tokenizer.bos_token), ("eos_token", &tokenizer.eos_token), ("pad_token", &tokenizer.pad_token), ("unk_token", &tokenizer.unk_token)] {
+            if let Some(v) = v {
+                template_vars.insert(k.into(), json!(v));
+            }
+        }
+        let mut eos_token_ids = model.config.eos_token_ids.clone();
+        if eos_token_ids.is_empty() {
+            bail!("{}: no EOS token id in the metadata", path.display());
+        }
+        eos_token_ids.dedup();
+        // transformers pads with the pad token, or with EOS when there is none.
+        let pad_token_id = tokenizer.pad_token_id.unwrap_or(eos_token_ids[0]);
+        Ok(ChatModel { model, tokenizer, template, template_vars, eos_token_ids, pad_token_id, max_batch: 16 })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+
+    /// The conversation as the prompt text (`apply_chat_template(..., tokenize=False)`).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let t = self.template.as_ref().ok_or_else(|| anyhow!("the GGUF file has no tokenizer.chat_template"))?;
+        t.render(messages, add_generation_prompt, &self.template_vars)
+    }
+
+    /// The prompt token ids of a conversation (`apply_chat_template(..., tokenize=True)`, which
+    /// encodes without adding special tokens: the template writes them).
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<i64>> {
+        let text = self.apply_chat_template(messages, true)?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// Generate from token-id prompts, in batches of `max_batch`.
+    pub fn generate_ids(&self, prompts: &[Vec<i64>], cfg: &SamplingConfig) -> Result<Vec<Generated>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(self.max_batch.max(1)) {
+            out.extend(self.model.generate(chunk, cfg, &self.eos_token_ids, self.pad_token_id)?);
+        }
+        Ok(out)
+    }
+
+    fn finish(&self, prompts: &[Vec<i64>], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
+        let gens = self.generate_ids(prompts, cfg)?;
+        prompts
+            .iter()
+            .zip(gens)
+            .map(|(p, g)| {
+                Ok(Completion {
+                    text: self.tokenizer.decode(&g.tokens, true)?,
+                    prompt_tokens: p.len(),
+                    completion_tokens: g.tokens.len(),
+                    stopped_on_eos: g.stopped_on_eos,
+                })
+            })
+            .collect()
+    }
+
+    /// Reply to one conversation, with token counts.
+    pub fn chat_with_usage(&self, messages: &[ChatMessage], cfg: &SamplingConfig) -> Result<Completion> {
+        Ok(self.chat_batch_with_usage(&[messages.to_vec()], cfg)?.remove(0))
+    }
+
+    /// Reply to several conversations (batched, left-padded), with token counts.
+    pub fn chat_batch_with_usage(&self, conversations: &[Vec<ChatMessage>], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
+        let prompts = conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<Vec<_>>>()?;
+        self.finish(&prompts, cfg)
+    }
+
+    /// Raw completion of text prompts (no chat template; BOS added only if the file asks), with
+    /// token counts.
+    pub fn complete_with_usage(&self, prompts: &[String], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
+        let ids = prompts.iter().map(|p| self.tokenizer.encode(p, true)).collect::<Result<Vec<_>>>()?;
+        ensure!(ids.iter().all(|p| !p.is_empty()), "an empty prompt has no token to continue from");
+        self.finish(&ids, cfg)
+    }
+
+    /// Reply to one conversation.
+    pub fn chat(&self, messages: &[ChatMessage], cfg: &SamplingConfig) -> Result<String> {
+        Ok(self.chat_with_usage(messages, cfg)?.text)
+    }
+
+    /// Reply to several conversations.
+    pub fn chat_batch(&self, conversations: &[Vec<ChatMessage>], cfg: &SamplingConfig) -> Result<Vec<String>> {
+        Ok(self.chat_batch_with_usage(conversations, cfg)?.into_iter().map(|c| c.text).collect())
+    }
+
+    /// Raw completion of text prompts.
+    pub fn complete(&self, prompts: &[String], cfg: &SamplingConfig) -> Result<Vec<String>> {
+        Ok(self.complete_with_usage(prompts, cfg)?.into_iter().map(|c| c.text).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_matches_gpt2() {
+        let t = bytes_to_unicode();
+        assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[b'a' as usize], 'a');
+        assert_eq!(t[0], 'Ā');
+        let distinct: std::collections::HashSet<_> = t.iter().collect();
+        assert_eq!(distinct.len(), 256);
+    }
+
+    #[test]
+    fn template_like_transformers() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{% if m.role == 'bad' %}{{ raise_exception('no') }}{% endif %}\n  {{ m.content.strip() | upper }}|{{ m | tojson }}\n{% endfor %}",
+        )
+        .unwrap();
+        let out = t.render(&[ChatMessage::user(" <hi> ")], false, &Default::default()).unwrap();
+        assert_eq!(out, "  <HI>|{\"role\": \"user\", \"content\": \" <hi> \"}\n");
+        assert!(t.render(&[ChatMessage::new("bad", "")], false, &Default::default()).is_err());
+    }
+}

@@ -1,0 +1,564 @@
+//! A llama-family decoder (SmolLM2, Llama 2/3 without rope scaling, TinyLlama, ...) in tch, loaded
+//! from a GGUF checkpoint or from Hugging Face safetensors, with a per-layer KV cache and batched
+//! generation.
+//!
+//! The computation mirrors transformers' `LlamaForCausalLM` (v5) operation for operation, because
+//! the parity tests compare our logits with PyTorch's at 1e-4 and our greedy generations token for
+//! token:
+//! - RMSNorm in f32: `w * (x * rsqrt(mean(x²) + eps))`.
+//! - rotary embeddings in the "rotate half" layout, `inv_freq = 1 / theta^(2i/d)`, angles
+//!   `position * inv_freq` (an element-wise product, as transformers computes it).
+//! - attention through `scaled_dot_product_attention`, dispatched like transformers' sdpa path: no
+//!   padding → no mask (causal flag in the prefill, GQA inside the kernel); padding → a boolean
+//!   mask with the KV heads repeated (`repeat_kv`).
+//! - SwiGLU MLP `down(silu(gate(x)) * up(x))`, tied or untied LM head.
+//!
+//! GGUF weights are dequantised to f32 at load (see `gguf.rs`); attn_q / attn_k rows are put back
+//! from llama.cpp's interleaved rotary layout into Hugging Face's layout, as transformers does.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::gguf::{reverse_rope_permutation, GgufFile};
+use super::sampling::{select_batch, SamplingConfig, SeededRng};
+
+/// The hyper-parameters of a llama-family decoder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// Per-head dimension; `hidden_size / num_attention_heads` unless the checkpoint says otherwise.
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    /// The LM head reuses the token embedding matrix.
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<i64>,
+    /// Generation stops on any of these.
+    pub eos_token_ids: Vec<i64>,
+    pub pad_token_id: Option<i64>,
+}
+
+impl LlamaConfig {
+    /// From the `llama.*` (generally `<general.architecture>.*`) metadata of a GGUF file.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.get_str("general.architecture")?;
+        ensure!(
+            matches!(arch, "llama"),
+            "{}: architecture `{arch}` is not a llama-family decoder this loader handles",
+            g.path().display()
+        );
+        let key = |k: &str| format!("{arch}.{k}");
+        let num_attention_heads = g.get_i64(&key("attention.head_count"))? as usize;
+        let hidden_size = g.get_i64(&key("embedding_length"))? as usize;
+        if let Some(t) = g.get_str_opt(&key("rope.scaling.type"))? {
+            ensure!(t == "none" || t == "linear" && g.get_f64_opt(&key("rope.scaling.factor"))?.unwrap_or(1.0) == 1.0, "{}: rope scaling `{t}` is not implemented", g.path().display());
+        }
+        // The vocabulary size: the metadata key when present, else the token list (as transformers).
+        let vocab_size = match g.get_i64_opt(&key("vocab_size"))? {
+            Some(v) => v as usize,
+            None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let head_dim = match g.get_i64_opt(&key("attention.key_length"))? {
+            Some(v) => v as usize,
+            None => g.get_i64_opt(&key("rope.dimension_count"))?.map(|v| v as usize).unwrap_or(hidden_size / num_attention_heads),
+        };
+        let eos = g.get_i64_opt("tokenizer.ggml.eos_token_id")?;
+        let mut eos_token_ids: Vec<i64> = eos.into_iter().collect();
+        // Newer converters also record an end-of-turn token; generation should stop on it too.
+        if let Some(eot) = g.get_i64_opt("tokenizer.ggml.eot_token_id")? {
+            if !eos_token_ids.contains(&eot) {
+                eos_token_ids.push(eot);
+            }
+        }
+        Ok(LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: g.get_i64(&key("feed_forward_length"))? as usize,
+            num_hidden_layers: g.get_i64(&key("block_count"))? as usize,
+            num_attention_heads,
+            num_key_value_heads: g.get_i64_opt(&key("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(num_attention_heads),
+            head_dim,
+            rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            // llama.cpp's default when the key is absent.
+            rope_theta: g.get_f64_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            max_position_embeddings: g.get_i64_opt(&key("context_length"))?.map(|v| v as usize).unwrap_or(2048),
+            // As transformers: tied exactly when the file has no separate output matrix.
+            tie_word_embeddings: !g.has_tensor("output.weight"),
+            bos_token_id: g.get_i64_opt("tokenizer.ggml.bos_token_id")?,
+            eos_token_ids,
+            pad_token_id: g.get_i64_opt("tokenizer.ggml.padding_token_id")?,
+        })
+    }
+
+    /// From a Hugging Face `config.json` of a `LlamaForCausalLM` (transformers v4 or v5 layout).
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let int = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+        let req = |k: &str| int(k).ok_or_else(|| anyhow!("{}: missing integer `{k}`", path.display()));
+        if let Some(act) = v.get("hidden_act").and_then(|x| x.as_str()) {
+            ensure!(act == "silu", "{}: hidden_act `{act}` is not supported (only silu)", path.display());
+        }
+        for flag in ["attention_bias", "mlp_bias"] {
+            ensure!(!v.get(flag).and_then(|x| x.as_bool()).unwrap_or(false), "{}: `{flag}: true` is not supported", path.display());
+        }
+        // v5 nests rope settings in `rope_parameters`; v4 has `rope_theta` and `rope_scaling`.
+        let rope = v.get("rope_parameters").filter(|x| x.is_object());
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type"))
+            .or_else(|| v.get("rope_scaling").filter(|x| !x.is_null()).map(|s| s.get("rope_type").or(s.get("type")).unwrap_or(&serde_json::Value::Null)))
+            .and_then(|x| x.as_str())
+            .unwrap_or("default");
+        ensure!(rope_type == "default", "{}: rope type `{rope_type}` is not implemented", path.display());
+        let rope_theta = rope
+            .and_then(|r| r.get("rope_theta"))
+            .or(v.get("rope_theta"))
+            .and_then(|x| x.as_f64())
+            .unwrap_or(10_000.0);
+        let ids = |k: &str| -> Vec<i64> {
+            match v.get(k) {
+                Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+                _ => vec![],
+            }
+        };
+        let hidden_size = req("hidden_size")?;
+        let num_attention_heads = req("num_attention_heads")?;
+        Ok(LlamaConfig {
+            vocab_size: req("vocab_size")?,
+            hidden_size,
+            intermediate_size: req("intermediate_size")?,
+            num_hidden_layers: req("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: int("num_key_value_heads").unwrap_or(num_attention_heads),
+            head_dim: int("head_dim").unwrap_or(hidden_size / num_attention_heads),
+            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: int("max_position_embeddings").unwrap_or(2048),
+            // LlamaConfig's default is untied.
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            bos_token_id: ids("bos_token_id").first().copied(),
+            eos_token_ids: ids("eos_token_id"),
+            pad_token_id: ids("pad_token_id").first().copied(),
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(self.num_attention_heads > 0 && self.num_key_value_heads > 0, "head counts must be positive");
+        ensure!(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            "{} attention heads are not a multiple of {} KV heads",
+            self.num_attention_heads,
+            self.num_key_value_heads
+        );
+        ensure!(self.head_dim % 2 == 0, "rotary embeddings need an even head_dim, got {}", self.head_dim);
+        Ok(())
+    }
+}
+
+/// One decoder layer's weights, as `[out, in]` matrices (the layout of `nn.Linear`).
+struct Layer {
+    input_layernorm: Tensor,
+    q_proj: Tensor,
+    k_proj: Tensor,
+    v_proj: Tensor,
+    o_proj: Tensor,
+    post_attention_layernorm: Tensor,
+    gate_proj: Tensor,
+    up_proj: Tensor,
+    down_proj: Tensor,
+}
+
+/// A llama-family causal LM.
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// A shallow clone of `embed_tokens` when the embeddings are tied.
+    lm_head: Tensor,
+    /// `1 / theta^(2i/d)`, `[head_dim / 2]` f32.
+    inv_freq: Tensor,
+    device: Device,
+}
+
+/// Keys and values of every layer for a batch, preallocated to `capacity` positions so that a
+/// decoding step writes in place instead of concatenating (`[batch, kv_heads, capacity, head_dim]`).
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    /// Positions filled so far.
+    len: i64,
+    capacity: i64,
+}
+
+impl KvCache {
+    pub fn new(model: &Llama, batch: i64, capacity: i64) -> Self {
+        let c = &model.config;
+        let shape = [batch, c.num_key_value_heads as i64, capacity, c.head_dim as i64];
+        let alloc = || Tensor::zeros(shape, (Kind::Float, model.device));
+        KvCache {
+            keys: (0..c.num_hidden_layers).map(|_| alloc()).collect(),
+            values: (0..c.num_hidden_layers).map(|_| alloc()).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Which attention mask a forward pass uses.
+pub enum AttnMask<'a> {
+    /// No padding anywhere: plain causal attention over the cache and the new tokens.
+    Causal,
+    /// `[batch, past + new]` 1/0 (any integer or bool kind) marking real (1) and padding (0) key
+    /// positions, over the cache positions followed by the new tokens.
+    Padded(&'a Tensor),
+}
+
+/// The generated tokens of one row: without padding, with the EOS token when one ended it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    pub tokens: Vec<i64>,
+    pub stopped_on_eos: bool,
+}
+
+impl Llama {
+    /// Load from a GGUF file (dequantised to f32 on `device`).
+    pub fn from_gguf(g: &GgufFile, device: Device) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(g)?;
+        config.validate()?;
+        let load = |name: &str| -> Result<Tensor> {
+            let (data, shape) = g.tensor_f32(name)?;
+            Ok(Tensor::from_slice(&data).reshape(&shape).to_device(device))
+        };
+        // Q and K rows come back from llama.cpp's rotary layout; K uses the KV head count.
+        let load_qk = |name: &str, n_head: usize| -> Result<Tensor> {
+            let (data, shape) = g.tensor_f32(name)?;
+            ensure!(shape.len() == 2, "{name}: expected a matrix, got shape {shape:?}");
+            let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+            let data = reverse_rope_permutation(&data, rows, cols, n_head);
+            Ok(Tensor::from_slice(&data).reshape(&shape).to_device(device))
+        };
+        let c = &config;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                input_layernorm: load(&p("attn_norm"))?,
+                q_proj: load_qk(&p("attn_q"), c.num_attention_heads)?,
+                k_proj: load_qk(&p("attn_k"), c.num_key_value_heads)?,
+                v_proj: load(&p("attn_v"))?,
+                o_proj: load(&p("attn_output"))?,
+                post_attention_layernorm: load(&p("ffn_norm"))?,
+                gate_proj: load(&p("ffn_gate"))?,
+                up_proj: load(&p("ffn_up"))?,
+                down_proj: load(&p("ffn_down"))?,
+            });
+        }
+        let embed_tokens = load("token_embd.weight")?;
+        let lm_head = if c.tie_word_embeddings { embed_tokens.shallow_clone() } else { load("output.weight")? };
+        let norm = load("output_norm.weight")?;
+        Self::assemble(config, embed_tokens, layers, norm, lm_head, device)
+    }
+
+    /// Load a GGUF checkpoint from a path.
+    pub fn load_gguf(path: &Path, device: Device) -> Result<Self> {
+        let g = GgufFile::open(path)?;
+        Self::from_gguf(&g, device)
+    }
+
+    /// Load a Hugging Face checkpoint directory: `config.json` plus `model.safetensors` or the
+    /// shards named in `model.safetensors.index.json`. Module names are those of transformers'
+    /// `LlamaForCausalLM` (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+    pub fn load_hf_dir(dir: &Path, device: Device) -> Result<Self> {
+        let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: no weight_map", index.display()))?;
+            let mut names: Vec<&str> = map.values().filter_map(|x| x.as_str()).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        Self::from_safetensors(config, &files, device)
+    }
+
+    /// Build from safetensors files and a config.
+    pub fn from_safetensors(config: LlamaConfig, files: &[PathBuf], device: Device) -> Result<Self> {
+        config.validate()?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for f in files {
+            let read = Tensor::read_safetensors(f).with_context(|| format!("reading {}", f.display()))?;
+            tensors.extend(read);
+        }
+        let mut take = |name: &str| -> Result<Tensor> {
+            let t = tensors.remove(name).ok_or_else(|| anyhow!("tensor `{name}` not found in {files:?}"))?;
+            Ok(t.to_kind(Kind::Float).to_device(device))
+        };
+        let c = &config;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            layers.push(Layer {
+                input_layernorm: take(&p("input_layernorm"))?,
+                q_proj: take(&p("self_attn.q_proj"))?,
+                k_proj: take(&p("self_attn.k_proj"))?,
+                v_proj: take(&p("self_attn.v_proj"))?,
+                o_proj: take(&p("self_attn.o_proj"))?,
+                post_attention_layernorm: take(&p("post_attention_layernorm"))?,
+                gate_proj: take(&p("mlp.gate_proj"))?,
+                up_proj: take(&p("mlp.up_proj"))?,
+                down_proj: take(&p("mlp.down_proj"))?,
+            });
+        }
+        let embed_tokens = take("model.embed_tokens.weight")?;
+        let norm = take("model.norm.weight")?;
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            take("lm_head.weight")?
+        };
+        Self::assemble(config, embed_tokens, layers, norm, lm_head, device)
+    }
+
+    fn assemble(config: LlamaConfig, embed_tokens: Tensor, layers: Vec<Layer>, norm: Tensor, lm_head: Tensor, device: Device) -> Result<Self> {
+        let c = &config;
+        let (h, kv, hd) = (c.hidden_size as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let q_out = c.num_attention_heads as i64 * hd;
+        let check = |what: &str, t: &Tensor, want: &[i64]| -> Result<()> {
+            ensure!(t.size() == want, "{what}: shape {:?}, config implies {want:?}", t.size());
+            Ok(())
+        };
+        check("token embedding", &embed_tokens, &[c.vocab_size as i64, h])?;
+        check("lm head", &lm_head, &[c.vocab_size as i64, h])?;
+        check("final norm", &norm, &[h])?;
+        for (i, l) in layers.iter().enumerate() {
+            check(&format!("layer {i} q_proj"), &l.q_proj, &[q_out, h])?;
+            check(&format!("layer {i} k_proj"), &l.k_proj, &[kv * hd, h])?;
+            check(&format!("layer {i} v_proj"), &l.v_proj, &[kv * hd, h])?;
+            check(&format!("layer {i} o_proj"), &l.o_proj, &[h, q_out])?;
+            check(&format!("layer {i} gate_proj"), &l.gate_proj, &[c.intermediate_size as i64, h])?;
+            check(&format!("layer {i} up_proj"), &l.up_proj, &[c.intermediate_size as i64, h])?;
+            check(&format!("layer {i} down_proj"), &l.down_proj, &[h, c.intermediate_size as i64])?;
+            check(&format!("layer {i} norms"), &l.input_layernorm, &[h])?;
+            check(&format!("layer {i} norms"), &l.post_attention_layernorm, &[h])?;
+        }
+        // transformers: inv_freq = 1.0 / (base ** (arange(0, dim, 2).float() / dim)), in f32 on the
+        // CPU at init. `1.0 / t` is `t.reciprocal() * 1.0` in PyTorch, i.e. `reciprocal`.
+        let exponents = Tensor::arange_start_step(0, hd, 2, (Kind::Float, Device::Cpu)) / (hd as f64);
+        let inv_freq = Tensor::pow_scalar(c.rope_theta, &exponents).reciprocal().to_device(device);
+        Ok(Llama { config, embed_tokens, layers, norm, lm_head, inv_freq, device })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// transformers' `LlamaRMSNorm` in f32.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        w * (x * (var + self.config.rms_norm_eps).rsqrt())
+    }
+
+    /// `cos` and `sin` of the rotary angles for `[batch, seq]` positions: `[batch, 1, seq, head_dim]`.
+    fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.unsqueeze(-1).to_kind(Kind::Float) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().unsqueeze(1), emb.sin().unsqueeze(1))
+    }
+
+    /// Run `input_ids` (`[batch, seq]`, i64) at `positions` (`[batch, seq]`) through the model,
+    /// appending their keys and values to `cache`. Returns logits `[batch, seq, vocab]`, or
+    /// `[batch, vocab]` for the last position only when `last_only` (what generation needs: the
+    /// LM head is the most expensive matmul of a small model).
+    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: AttnMask<'_>, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let c = &self.config;
+        let (b, t) = input_ids.size2().context("input_ids must be [batch, seq]")?;
+        ensure!(positions.size() == [b, t], "positions {:?} do not match input_ids {:?}", positions.size(), [b, t]);
+        ensure!(cache.keys.first().is_none_or(|k| k.size()[0] == b), "cache batch does not match input batch {b}");
+        let past = cache.len;
+        let total = past + t;
+        ensure!(total <= cache.capacity, "KV cache holds {} positions, {} needed", cache.capacity, total);
+        let (min_id, max_id) = (input_ids.min().int64_value(&[]), input_ids.max().int64_value(&[]));
+        ensure!(min_id >= 0 && (max_id as usize) < c.vocab_size, "token ids {min_id}..={max_id} outside the vocabulary of {}", c.vocab_size);
+
+        let (nh, kvh, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let n_rep = nh / kvh;
+        let input_ids = input_ids.to_device(self.device);
+        let (cos, sin) = self.rotary(&positions.to_device(self.device));
+
+        // The boolean mask `[batch, 1, seq, total]` when there is padding: key s is visible to query
+        // t (absolute position past + t) when s ≤ past + t and s is not padding. A padding query
+        // also sees itself, so that no row of the softmax is empty (an all-masked row would give
+        // NaN, and NaN values at padding positions would leak into real rows through 0 · NaN).
+        let bool_mask = match mask {
+            AttnMask::Causal => None,
+            AttnMask::Padded(m) => {
+                ensure!(m.size() == [b, total], "mask {:?} must be [batch, past + seq] = {:?}", m.size(), [b, total]);
+                let keys_ok = m.to_device(self.device).ne(0).view([b, 1, 1, total]);
+                let q_pos = Tensor::arange_start(past, total, (Kind::Int64, self.device)).view([1, 1, t, 1]);
+                let k_pos = Tensor::arange(total, (Kind::Int64, self.device)).view([1, 1, 1, total]);
+                let causal = k_pos.le_tensor(&q_pos);
+                Some(causal.logical_and(&keys_ok).logical_or(&k_pos.eq_tensor(&q_pos)))
+            }
+        };
+        if bool_mask.is_none() {
+            ensure!(past == 0 || t == 1, "causal attention with a cache takes one token at a time; pass a mask");
+        }
+
+        let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let residual = x.shallow_clone();
+            let h = self.rms_norm(&x, &layer.input_layernorm);
+            let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
+            let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+            let v = h.linear::<Tensor>(&layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let k = &k * &cos + rotate_half(&k) * &sin;
+            cache.keys[l].narrow(2, past, t).copy_(&k);
+            cache.values[l].narrow(2, past, t).copy_(&v);
+            let keys = cache.keys[l].narrow(2, 0, total);
+            let values = cache.values[l].narrow(2, 0, total);
+            let scale = (hd as f64).powf(-0.5);
+            let attn = match &bool_mask {
+                // As transformers' sdpa path without a mask: GQA inside the kernel, causal in the
+                // prefill (a single new token attends to everything cached).
+                None => Tensor::scaled_dot_product_attention::<Tensor>(&q, &keys, &values, None, 0.0, t > 1, scale, n_rep > 1),
+                // With a mask transformers repeats the KV heads (`repeat_kv`) first.
+                Some(m) => {
+                    let (keys, values) = (repeat_kv(&keys, n_rep), repeat_kv(&values, n_rep));
+                    Tensor::scaled_dot_product_attention(&q, &keys, &values, Some(m), 0.0, false, scale, false)
+                }
+            };
+            let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
+            x = residual + attn.linear::<Tensor>(&layer.o_proj, None);
+            let residual = x.shallow_clone();
+            let h = self.rms_norm(&x, &layer.post_attention_layernorm);
+            let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu() * h.linear::<Tensor>(&layer.up_proj, None)).linear::<Tensor>(&layer.down_proj, None);
+            x = residual + mlp;
+        }
+        cache.len = total;
+        let x = if last_only { x.select(1, t - 1) } else { x };
+        let x = self.rms_norm(&x, &self.norm);
+        Ok(x.linear::<Tensor>(&self.lm_head, None))
+    }
+
+    /// Logits `[seq, vocab]` at every position of one unpadded sequence.
+    pub fn logits(&self, ids: &[i64]) -> Result<Tensor> {
+        ensure!(!ids.is_empty(), "empty input");
+        let n = ids.len() as i64;
+        let input = Tensor::from_slice(ids).view([1, n]);
+        let positions = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([1, n]);
+        let mut cache = KvCache::new(self, 1, n);
+        Ok(self.forward(&input, &positions, AttnMask::Causal, &mut cache, false)?.squeeze_dim(0))
+    }
+
+    /// Generate up to `cfg.max_new_tokens` tokens after each prompt, batched with LEFT padding.
+    ///
+    /// As transformers' `generate`: positions come from the attention mask (`cumsum - 1`, so a row's
+    /// first real token is at position 0 whatever its padding), a row that emits one of
+    /// `eos_token_ids` is finished and gets `pad_id` from then on, and the loop ends when every row
+    /// is finished. Token selection (greedy, temperature / top-p, repetition penalty) is
+    /// `sampling::select_batch` with one seeded generator for the batch.
+    ///
+    /// The repetition penalty sees a row's prompt and generated tokens, but not its padding:
+    /// transformers penalises the pad id of padded rows too (it gathers over the padded
+    /// `input_ids`), which makes a row's output depend on its batch mates whenever pad is a real
+    /// token (here pad = `<|im_end|>` = EOS). We keep rows independent of batching; with
+    /// `repetition_penalty == 1` (and for unpadded rows always) the two agree exactly.
+    pub fn generate(&self, prompts: &[Vec<i64>], cfg: &SamplingConfig, eos_token_ids: &[i64], pad_id: i64) -> Result<Vec<Generated>> {
+        let _guard = tch::no_grad_guard();
+        if prompts.is_empty() {
+            return Ok(vec![]);
+        }
+        ensure!(prompts.iter().all(|p| !p.is_empty()), "every prompt needs at least one token");
+        let b = prompts.len();
+        let max_len = prompts.iter().map(|p| p.len()).max().unwrap();
+        let capacity = (max_len + cfg.max_new_tokens) as i64;
+        let padded = prompts.iter().any(|p| p.len() != max_len);
+
+        // Left padding: row r is `pad … pad prompt`, mask 0 … 0 1 … 1.
+        let mut ids = Vec::with_capacity(b * max_len);
+        let mut mask = Vec::with_capacity(b * capacity as usize);
+        for p in prompts {
+            let pad = max_len - p.len();
+            ids.extend(std::iter::repeat_n(pad_id, pad));
+            ids.extend_from_slice(p);
+            mask.extend(std::iter::repeat_n(0i64, pad));
+            mask.extend(std::iter::repeat_n(1i64, p.len() + cfg.max_new_tokens));
+        }
+        let mask = Tensor::from_slice(&mask).view([b as i64, capacity]);
+        // positions = cumsum(mask) - 1, padding set to 1 (transformers' `masked_fill_(mask == 0, 1)`).
+        let positions_all = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
+
+        let mut cache = KvCache::new(self, b as i64, capacity);
+        let mut input = Tensor::from_slice(&ids).view([b as i64, max_len as i64]);
+        let mut out: Vec<Generated> = vec![Generated { tokens: vec![], stopped_on_eos: false }; b];
+        let mut seen: Vec<Vec<i64>> = prompts.to_vec();
+        let mut finished = vec![false; b];
+        let mut rng = SeededRng::new(cfg.seed);
+        for _step in 0..cfg.max_new_tokens {
+            let (start, len) = (cache.len(), input.size()[1]);
+            let positions = positions_all.narrow(1, start, len);
+            let key_mask = mask.narrow(1, 0, start + len);
+            let m = if padded { AttnMask::Padded(&key_mask) } else { AttnMask::Causal };
+            let logits = self.forward(&input, &positions, m, &mut cache, true)?;
+            let next = select_batch(&logits, &seen, &finished, pad_id, cfg, &mut rng);
+            for (r, &tok) in next.iter().enumerate() {
+                if finished[r] {
+                    continue;
+                }
+                out[r].tokens.push(tok);
+                seen[r].push(tok);
+                if eos_token_ids.contains(&tok) {
+                    finished[r] = true;
+                    out[r].stopped_on_eos = true;
+                }
+            }
+            if finished.iter().all(|&f| f) {
+                break;
+            }
+            input = Tensor::from_slice(&next).view([b as i64, 1]);
+        }
+        Ok(out)
+    }
+}
+
+/// `cat(-x2, x1)` over the last dimension's halves (transformers' `rotate_half`).
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap() / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// `[b, kv, s, d]` → `[b, kv * n_rep, s, d]`, each KV head repeated `n_rep` times in place
+/// (transformers' `repeat_kv`).
+fn repeat_kv(x: &Tensor, n_rep: i64) -> Tensor {
+    if n_rep == 1 {
+        return x.shallow_clone();
+    }
+    let (b, kv, s, d) = x.size4().expect("[b, kv, s, d]");
+    x.unsqueeze(2).expand([b, kv, n_rep, s, d], false).reshape([b, kv * n_rep, s, d])
+}
