@@ -24,4 +24,33 @@ fn main() {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=P2M_RUSTC_VERSION={}", version.trim());
+    link_libtorch();
+}
+
+/// tch 0.24 is built for libtorch 2.11.0 exactly. The PyPI wheel has no `build-version` file for
+/// torch-sys to check, so the version is read from `torch/version.py` here and a mismatch stops
+/// the build with a clear message. An rpath to `$LIBTORCH/lib` lets binaries and tests run
+/// without LD_LIBRARY_PATH.
+fn link_libtorch() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let Ok(libtorch) = std::env::var("LIBTORCH") else {
+        return; // torch-sys explains what is missing
+    };
+    let version_py = std::path::Path::new(&libtorch).join("version.py");
+    if let Ok(text) = std::fs::read_to_string(&version_py) {
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("__version__ = "))
+            .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+            .unwrap_or_default();
+        if !version.starts_with("2.11.0") {
+            panic!("LIBTORCH={libtorch} is PyTorch {version}, but tch 0.24 needs 2.11.0: run `bash scripts/setup.sh` or point LIBTORCH at a 2.11.0 install");
+        }
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{libtorch}/lib");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        for arg in ["-Wl,--no-as-needed", "-ltorch_cuda", "-ltorch", "-Wl,--as-needed"] {
+            println!("cargo:rustc-link-arg={arg}");
+        }
+    }
 }

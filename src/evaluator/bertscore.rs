@@ -191,6 +191,12 @@ impl BertScorer {
         if config.batch_size == 0 {
             bail!("BERTScore batch_size must be at least 1");
         }
+        // bert_score encodes with `add_prefix_space=True` for byte-level BPE tokenizers (RoBERTa,
+        // GPT-2); that is not reproduced here, so such models are refused rather than scored
+        // differently. XLM-R (SentencePiece) and WordPiece models are unaffected.
+        if matches!(encoder.model.config.model_type.as_str(), "roberta" | "gpt2") {
+            bail!("`{model_name}` ({}) uses a byte-level BPE tokenizer, which BERTScore here does not support yet", encoder.model.config.model_type);
+        }
         if encoder.cls_id.is_none() || encoder.sep_id.is_none() {
             bail!("`{model_name}`: the tokenizer has no CLS/SEP tokens, which BERTScore excludes from the weights");
         }
@@ -391,41 +397,56 @@ impl BertScorer {
         for start in (0..cands.len()).step_by(self.config.batch_size) {
             let end = (start + self.config.batch_size).min(cands.len());
             let pick = |sents: &[&str]| -> Vec<&(Tensor, Vec<f32>)> { sents[start..end].iter().map(|s| &stats[index_of[s]]).collect() };
-            let (ref_emb, ref_mask, ref_idf, ref_lens) = pad_stats(&pick(refs), device);
-            let (hyp_emb, hyp_mask, hyp_idf, hyp_lens) = pad_stats(&pick(cands), device);
-            let ref_emb = &ref_emb / ref_emb.norm_scalaropt_dim(2, [-1], true);
-            let hyp_emb = &hyp_emb / hyp_emb.norm_scalaropt_dim(2, [-1], true);
-            // [B, hyp_len, ref_len]; padding rows/columns multiplied to 0 (and 0 can win a max:
-            // see the module notes).
-            let sim = hyp_emb.bmm(&ref_emb.transpose(1, 2));
-            let masks = hyp_mask.unsqueeze(2).bmm(&ref_mask.unsqueeze(1));
-            let sim = sim * masks;
-            let word_precision = sim.amax(2, false);
-            let word_recall = sim.amax(1, false);
-            let hyp_scale = &hyp_idf / hyp_idf.sum_dim_intlist(1, true, Kind::Float);
-            let ref_scale = &ref_idf / ref_idf.sum_dim_intlist(1, true, Kind::Float);
-            let p = (word_precision * hyp_scale).sum_dim_intlist(1, false, Kind::Float);
-            let r = (word_recall * ref_scale).sum_dim_intlist(1, false, Kind::Float);
-            let f = 2.0 * &p * &r / (&p + &r);
-            let to_vec = |t: &Tensor| -> Vec<f32> { Vec::<f32>::try_from(t.to_device(Device::Cpu)).expect("a 1-d f32 tensor") };
-            let (p, r, f) = (to_vec(&p), to_vec(&r), to_vec(&f));
-            for k in 0..(end - start) {
-                // bert_score: F is computed first; P and R of 2-token (empty) sides are then set
-                // to 0, and a NaN F to 0.
-                let empty = hyp_lens[k] == 2 || ref_lens[k] == 2;
-                if hyp_lens[k] == 2 || ref_lens[k] == 2 {
-                    tracing::warn!(
-                        "BERTScore: empty {} detected; setting its P and R to 0",
-                        if hyp_lens[k] == 2 { "candidate" } else { "reference" }
-                    );
-                }
-                ps.push(if empty { 0.0 } else { p[k] });
-                rs.push(if empty { 0.0 } else { r[k] });
-                fs.push(if f[k].is_nan() { 0.0 } else { f[k] });
-            }
+            let (p, r, f) = greedy_match(&pick(refs), &pick(cands), device);
+            ps.extend(p);
+            rs.extend(r);
+            fs.extend(f);
         }
         Ok((ps, rs, fs))
     }
+}
+
+/// P, R, F of one batch of aligned pairs, each side given as per-sentence (token embeddings
+/// `[len, dim]`, token weights): bert_score's `greedy_cos_idf` on `pad_batch_stats` output.
+fn greedy_match(
+    refs: &[&(Tensor, Vec<f32>)],
+    hyps: &[&(Tensor, Vec<f32>)],
+    device: Device,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (ref_emb, ref_mask, ref_idf, ref_lens) = pad_stats(refs, device);
+    let (hyp_emb, hyp_mask, hyp_idf, hyp_lens) = pad_stats(hyps, device);
+    let ref_emb = &ref_emb / ref_emb.norm_scalaropt_dim(2, [-1], true);
+    let hyp_emb = &hyp_emb / hyp_emb.norm_scalaropt_dim(2, [-1], true);
+    // [B, hyp_len, ref_len]; padding rows/columns multiplied to 0 (and 0 can win a max: see the
+    // module notes).
+    let sim = hyp_emb.bmm(&ref_emb.transpose(1, 2));
+    let masks = hyp_mask.unsqueeze(2).bmm(&ref_mask.unsqueeze(1));
+    let sim = sim * masks;
+    let word_precision = sim.amax(2, false);
+    let word_recall = sim.amax(1, false);
+    let hyp_scale = &hyp_idf / hyp_idf.sum_dim_intlist(1, true, Kind::Float);
+    let ref_scale = &ref_idf / ref_idf.sum_dim_intlist(1, true, Kind::Float);
+    let p = (word_precision * hyp_scale).sum_dim_intlist(1, false, Kind::Float);
+    let r = (word_recall * ref_scale).sum_dim_intlist(1, false, Kind::Float);
+    let f = 2.0 * &p * &r / (&p + &r);
+    let to_vec = |t: &Tensor| -> Vec<f32> { Vec::<f32>::try_from(t.to_device(Device::Cpu)).expect("a 1-d f32 tensor") };
+    let (p, r, f) = (to_vec(&p), to_vec(&r), to_vec(&f));
+    let (mut ps, mut rs, mut fs) = (Vec::with_capacity(p.len()), Vec::with_capacity(p.len()), Vec::with_capacity(p.len()));
+    for k in 0..p.len() {
+        // bert_score: F is computed first; P and R of 2-token (empty) sides are then set to 0,
+        // and a NaN F to 0.
+        let empty = hyp_lens[k] == 2 || ref_lens[k] == 2;
+        if empty {
+            tracing::warn!(
+                "BERTScore: empty {} detected; setting its P and R to 0",
+                if hyp_lens[k] == 2 { "candidate" } else { "reference" }
+            );
+        }
+        ps.push(if empty { 0.0 } else { p[k] });
+        rs.push(if empty { 0.0 } else { r[k] });
+        fs.push(if f[k].is_nan() { 0.0 } else { f[k] });
+    }
+    (ps, rs, fs)
 }
 
 /// Pad a batch of per-sentence (embeddings, weights) the way bert_score's `pad_batch_stats` does:
@@ -472,5 +493,31 @@ mod tests {
         assert!(Baseline::from_csv(text, 2, "x/y.tsv").is_err());
         assert!(Baseline::from_csv("A,B\n", 0, "bad").is_err());
         assert!((b.apply(0.7, b.p) - 0.5).abs() < 1e-12);
+    }
+
+    fn sentence(rows: &[[f32; 2]]) -> (Tensor, Vec<f32>) {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        (Tensor::from_slice(&flat).view([rows.len() as i64, 2]), vec![1.0; rows.len()])
+    }
+
+    #[test]
+    fn greedy_matching_keeps_bert_scores_padding_quirk() {
+        // Every candidate token of pair 0 points away from every reference token (cosines < 0).
+        let hyp0 = sentence(&[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]);
+        let ref0 = sentence(&[[-1.0, 0.1], [-1.0, -0.1], [-1.0, 0.0]]);
+        // Pair 1 has a longer reference, so pair 0's reference is padded within the batch.
+        let hyp1 = sentence(&[[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]]);
+        let ref1 = sentence(&[[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [2.0, 0.0]]);
+        let alone = greedy_match(&[&ref0], &[&hyp0], Device::Cpu);
+        let cos = 1.0 / (1.0f32 + 0.01).sqrt();
+        assert!((alone.0[0] + cos).abs() < 1e-6, "{alone:?}");
+        assert!((alone.1[0] + (2.0 * cos + 1.0) / 3.0).abs() < 1e-6, "{alone:?}");
+        let batched = greedy_match(&[&ref0, &ref1], &[&hyp0, &hyp1], Device::Cpu);
+        // In the batch, the zeros of the padded reference column win the max: P = 0, R unchanged
+        // (the candidate side is not padded), F = 2·0·R/(0+R) = 0.
+        assert_eq!(batched.0[0], 0.0);
+        assert!((batched.1[0] - alone.1[0]).abs() < 1e-6);
+        assert_eq!(batched.2[0], 0.0);
+        assert!((batched.2[1] - 1.0).abs() < 1e-6, "pair 1 matches itself: {batched:?}");
     }
 }

@@ -5,8 +5,10 @@
 //! - [`exact_match`]: raw string equality (the Prompt2Model reference) and SQuAD-official
 //!   normalisation, multi-reference.
 //! - [`chrf`]: chrF / chrF++ identical to sacrebleu 2.x.
+//! - [`bertscore`]: BERTScore P/R/F1 as the bert_score package computes them.
 //! - [`kendall`]: Kendall's tau-b with scipy's two-sided p-value.
 
+pub mod bertscore;
 pub mod chrf;
 pub mod exact_match;
 pub mod kendall;

@@ -42,10 +42,27 @@ fn bytes_to_unicode() -> [char; 256] {
     table
 }
 
+/// Which pre-tokenization a rebuilt tokenizer follows where the two references disagree.
+///
+/// For the StarCoder family of `tokenizer.ggml.pre` names (`smollm`, `starcoder`, `refact`, ...)
+/// the original `tokenizer.json` (and llama.cpp) splits every digit into its own pre-token before
+/// GPT-2's regex, while transformers' GGUF loader ignores the name and applies GPT-2's regex alone.
+/// The two give the same ids on ASCII digits (these vocabularies have no multi-digit tokens and
+/// no `Ġ`+digit merges) but differ where a space or another numeric character meets a non-ASCII
+/// numeric one: `" ½"` is `[216, 16738]` (`Ġ`, `½`) originally and `[3351, 138]` in transformers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenizerFlavor {
+    /// The tokenizer the model was trained with (= llama.cpp): the default.
+    #[default]
+    Original,
+    /// Exactly what `AutoTokenizer.from_pretrained(dir, gguf_file=...)` builds.
+    TransformersGguf,
+}
+
 /// The pre-tokenizer (as tokenizer.json) for llama.cpp's `tokenizer.ggml.pre` names of byte-level
 /// vocabularies. The names and their splits follow llama.cpp's `llama-vocab.cpp`, which mirror the
 /// `tokenizer.json` of the original models.
-fn pre_tokenizer_for(pre: &str) -> Result<serde_json::Value> {
+fn pre_tokenizer_for(pre: &str, flavor: TokenizerFlavor) -> Result<serde_json::Value> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     // Llama 3's split (also used by several derivatives).
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -62,6 +79,7 @@ fn pre_tokenizer_for(pre: &str) -> Result<serde_json::Value> {
         // StarCoder-family vocabularies (SmolLM, SmolLM2 among them): every digit is its own
         // pre-token (`Digits(individual_digits=True)`), then GPT-2's split. This is the
         // `tokenizer.json` of HuggingFaceTB/SmolLM2-*; llama.cpp's regex is `\p{N}` then GPT-2's.
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" if flavor == TokenizerFlavor::TransformersGguf => byte_level(true),
         "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => json!({
             "type": "Sequence",
             "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
@@ -98,7 +116,7 @@ impl GgufTokenizer {
     /// (tokens outside the byte alphabet re-spelled byte by byte), the file's merges, control
     /// tokens (type 3) as special added tokens, user-defined ones (type 4) as plain added tokens,
     /// ByteLevel decoding; BOS / EOS added by a post-processor only when the file asks for it.
-    pub fn tokenizer_json(g: &GgufFile) -> Result<serde_json::Value> {
+    pub fn tokenizer_json(g: &GgufFile, flavor: TokenizerFlavor) -> Result<serde_json::Value> {
         let model = g.get_str("tokenizer.ggml.model")?;
         ensure!(model == "gpt2", "{}: tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)", g.path().display());
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
@@ -174,7 +192,7 @@ impl GgufTokenizer {
             "padding": null,
             "added_tokens": added,
             "normalizer": null,
-            "pre_tokenizer": pre_tokenizer_for(pre)?,
+            "pre_tokenizer": pre_tokenizer_for(pre, flavor)?,
             "post_processor": post,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {
@@ -185,8 +203,13 @@ impl GgufTokenizer {
         }))
     }
 
+    /// The tokenizer the model was trained with ([`TokenizerFlavor::Original`]).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let spec = Self::tokenizer_json(g)?;
+        Self::from_gguf_flavor(g, TokenizerFlavor::Original)
+    }
+
+    pub fn from_gguf_flavor(g: &GgufFile, flavor: TokenizerFlavor) -> Result<Self> {
+        let spec = Self::tokenizer_json(g, flavor)?;
         let tokenizer = Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow!("{}: building the tokenizer: {e}", g.path().display()))?;
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
         let name = |id: Option<i64>| id.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
@@ -397,11 +420,16 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Load the model, tokenizer and chat template from a GGUF file.
+    /// Load the model, tokenizer ([`TokenizerFlavor::Original`]) and chat template from a GGUF file.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
+        Self::load_with_flavor(path, device, TokenizerFlavor::Original)
+    }
+
+    /// As [`load`](Self::load), choosing the tokenizer flavor.
+    pub fn load_with_flavor(path: &Path, device: Device, flavor: TokenizerFlavor) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let model = Llama::from_gguf(&g, device).with_context(|| format!("loading the model from {}", path.display()))?;
-        let tokenizer = GgufTokenizer::from_gguf(&g)?;
+        let tokenizer = GgufTokenizer::from_gguf_flavor(&g, flavor)?;
         let template = g.get_str_opt("tokenizer.chat_template")?.map(ChatTemplate::new).transpose()?;
         let mut template_vars = serde_json::Map::new();
         for (k, v) in [("bos_token", &tokenizer.bos_token), ("eos_token", &tokenizer.eos_token), ("pad_token", &tokenizer.pad_token), ("unk_token", &tokenizer.unk_token)] {

@@ -40,7 +40,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::models::seq2seq::{
     additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map, save_var_store,
-    split_heads, weights_file_in, Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
+    seeded_normal, split_heads, weights_file_in, Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
 };
 
 // ------------------------------------------------------------------------------------------------

@@ -707,6 +707,8 @@ pub fn reverse_rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: 
     out
 }
 
+/// [`dequantize`] was given a type it has no kernel for (see [`GgufFile::tensor_f32`] for the
+/// error that names the tensor).
 #[derive(Debug)]
 pub struct UnsupportedType;
 

@@ -213,8 +213,10 @@ impl T5LayerNorm {
     }
 }
 
-fn no_bias_linear(p: nn::Path, in_dim: i64, out_dim: i64, std: f64) -> Linear {
-    Linear { weight: p.var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: std }), bias: None }
+/// Weights are created zero-filled; [`T5ForConditionalGeneration::new`] draws them afterwards
+/// (see [`init_std`]) and loading overwrites them.
+fn no_bias_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
+    Linear { weight: p.var("weight", &[out_dim, in_dim], nn::Init::Const(0.0)), bias: None }
 }
 
 /// Relative position → bucket, exactly transformers' `T5Attention._relative_position_bucket`
@@ -255,21 +257,13 @@ struct T5Attention {
 impl T5Attention {
     fn new(p: nn::Path, cfg: &T5Config, has_bias: bool) -> Self {
         let (d, inner) = (cfg.d_model, cfg.num_heads * cfg.d_kv);
-        let f = cfg.initializer_factor;
-        // transformers' init: q is scaled by (d_model * d_kv)^-0.5, which replaces the usual
-        // 1/sqrt(d_kv) on the scores.
         T5Attention {
-            q: no_bias_linear(&p / "q", d, inner, f * ((d * cfg.d_kv) as f64).powf(-0.5)),
-            k: no_bias_linear(&p / "k", d, inner, f * (d as f64).powf(-0.5)),
-            v: no_bias_linear(&p / "v", d, inner, f * (d as f64).powf(-0.5)),
-            o: no_bias_linear(&p / "o", inner, d, f * (inner as f64).powf(-0.5)),
-            relative_attention_bias: has_bias.then(|| {
-                (&p / "relative_attention_bias").var(
-                    "weight",
-                    &[cfg.relative_attention_num_buckets, cfg.num_heads],
-                    nn::Init::Randn { mean: 0.0, stdev: f * (d as f64).powf(-0.5) },
-                )
-            }),
+            q: no_bias_linear(&p / "q", d, inner),
+            k: no_bias_linear(&p / "k", d, inner),
+            v: no_bias_linear(&p / "v", d, inner),
+            o: no_bias_linear(&p / "o", inner, d),
+            relative_attention_bias: has_bias
+                .then(|| (&p / "relative_attention_bias").var("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads], nn::Init::Const(0.0))),
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             dropout: cfg.dropout_rate,
@@ -330,15 +324,12 @@ struct T5FeedForward {
 impl T5FeedForward {
     fn new(p: nn::Path, cfg: &T5Config) -> anyhow::Result<Self> {
         let (gated, act) = cfg.feed_forward()?;
-        let f = cfg.initializer_factor;
-        let std_in = f * (cfg.d_model as f64).powf(-0.5);
-        let std_out = f * (cfg.d_ff as f64).powf(-0.5);
         let (wi, wi_0, wi_1) = if gated {
-            (None, Some(no_bias_linear(&p / "wi_0", cfg.d_model, cfg.d_ff, std_in)), Some(no_bias_linear(&p / "wi_1", cfg.d_model, cfg.d_ff, std_in)))
+            (None, Some(no_bias_linear(&p / "wi_0", cfg.d_model, cfg.d_ff)), Some(no_bias_linear(&p / "wi_1", cfg.d_model, cfg.d_ff)))
         } else {
-            (Some(no_bias_linear(&p / "wi", cfg.d_model, cfg.d_ff, std_in)), None, None)
+            (Some(no_bias_linear(&p / "wi", cfg.d_model, cfg.d_ff)), None, None)
         };
-        Ok(T5FeedForward { wi, wi_0, wi_1, wo: no_bias_linear(&p / "wo", cfg.d_ff, cfg.d_model, std_out), act, dropout: cfg.dropout_rate })
+        Ok(T5FeedForward { wi, wi_0, wi_1, wo: no_bias_linear(&p / "wo", cfg.d_ff, cfg.d_model), act, dropout: cfg.dropout_rate })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -412,6 +403,24 @@ impl T5Stack {
     }
 }
 
+/// transformers' T5 `_init_weights` standard deviation for a variable, `None` for the layer norms
+/// (constant `initializer_factor`). The query's `(d_model * d_kv)^-0.5` is where T5 puts the
+/// `1/sqrt(d_kv)` that other transformers apply to the scores.
+pub fn init_std(cfg: &T5Config, name: &str) -> Option<f64> {
+    let f = cfg.initializer_factor;
+    let pow = |x: i64| f * (x as f64).powf(-0.5);
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    let last = module.rsplit('.').next().unwrap_or(module);
+    match last {
+        "shared" | "lm_head" => Some(f),
+        "q" => Some(pow(cfg.d_model * cfg.d_kv)),
+        "k" | "v" | "relative_attention_bias" | "wi" | "wi_0" | "wi_1" => Some(pow(cfg.d_model)),
+        "o" => Some(pow(cfg.num_heads * cfg.d_kv)),
+        "wo" => Some(pow(cfg.d_ff)),
+        _ => None,
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // The model
 // ------------------------------------------------------------------------------------------------
@@ -434,26 +443,41 @@ impl std::fmt::Debug for T5ForConditionalGeneration {
 }
 
 impl T5ForConditionalGeneration {
-    /// A randomly initialised model (transformers' `_init_weights` distributions). Seed with
-    /// `tch::manual_seed` beforehand for a reproducible draw.
-    pub fn new(config: T5Config, device: Device) -> anyhow::Result<Self> {
+    /// The architecture with zero-filled weights (layer norms at 1), to be loaded or initialised.
+    fn build(config: T5Config, device: Device) -> anyhow::Result<Self> {
         config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let f = config.initializer_factor;
-        let shared = (&root / "shared").var("weight", &[config.vocab_size, config.d_model], nn::Init::Randn { mean: 0.0, stdev: f });
+        let shared = (&root / "shared").var("weight", &[config.vocab_size, config.d_model], nn::Init::Const(0.0));
         let encoder = T5Stack::new(&root / "encoder", &config, false)?;
         let decoder = T5Stack::new(&root / "decoder", &config, true)?;
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| (&root / "lm_head").var("weight", &[config.vocab_size, config.d_model], nn::Init::Randn { mean: 0.0, stdev: f }));
+        let lm_head = (!config.tie_word_embeddings).then(|| (&root / "lm_head").var("weight", &[config.vocab_size, config.d_model], nn::Init::Const(0.0)));
         Ok(T5ForConditionalGeneration { vs, config, shared, encoder, decoder, lm_head })
+    }
+
+    /// A randomly initialised model with transformers' `_init_weights` distributions ([`init_std`]),
+    /// drawn by [`seeded_normal`] from `seed` and each variable's name: reproducible, and
+    /// independent of libtorch's global generator and of the device.
+    pub fn new(config: T5Config, device: Device, seed: u64) -> anyhow::Result<Self> {
+        let model = Self::build(config, device)?;
+        tch::no_grad(|| {
+            for (name, mut var) in model.vs.variables() {
+                match init_std(&model.config, &name) {
+                    Some(std) => var.copy_(&seeded_normal(&var.size(), std, seed, &name).to_kind(var.kind())),
+                    None => {
+                        let _ = var.fill_(model.config.initializer_factor);
+                    }
+                }
+            }
+        });
+        Ok(model)
     }
 
     /// Loads `config.json` and `model.safetensors` (or a sharded index) from a Hugging Face model
     /// directory. Every model variable must be in the checkpoint.
     pub fn from_pretrained(dir: &Path, device: Device) -> anyhow::Result<Self> {
         let config = T5Config::from_file(&dir.join("config.json"))?;
-        let mut model = Self::new(config, device)?;
+        let mut model = Self::build(config, device)?;
         model.load_safetensors(&weights_file_in(dir)?, true)?;
         Ok(model)
     }

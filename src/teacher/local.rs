@@ -1,0 +1,120 @@
+//! The in-process teacher: a llama-family chat model on tch (offline default:
+//! SmolLM2-135M-Instruct from its PyPI wheel). It answers the same [`Teacher`] calls as the HTTP
+//! backends, so the generator, parser, cache and accounting treat it alike.
+//!
+//! The `n` choices of a request are generated together as one batch of `n` copies of the
+//! conversation, sampled from one generator seeded with the request's seed, so a request is
+//! reproducible and a cache replay is exact.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+
+use super::{Accounting, ChatRequest, ChatResponse, Choice, Pricing, Role, Teacher, TeacherError, TeacherStats, Usage};
+use crate::models::chat::{ChatMessage as ModelMessage, ChatModel};
+use crate::models::sampling::SamplingConfig;
+
+/// Completion tokens per choice when a request sets no `max_tokens`.
+const DEFAULT_MAX_NEW_TOKENS: usize = 256;
+
+pub struct LocalTeacher {
+    /// libtorch tensors are `Send` but not `Sync`: one generation at a time, on a blocking thread.
+    model: Arc<Mutex<ChatModel>>,
+    name: String,
+    accounting: Accounting,
+}
+
+impl LocalTeacher {
+    /// Load a GGUF chat model; `name` goes into cache keys and reports.
+    pub fn load(gguf: &Path, name: &str, max_calls: Option<u64>) -> anyhow::Result<Self> {
+        let model = ChatModel::load(gguf, crate::models::default_device())?;
+        Ok(LocalTeacher { model: Arc::new(Mutex::new(model)), name: name.to_string(), accounting: Accounting::new(Pricing::FREE, max_calls) })
+    }
+
+    /// The registry's offline default teacher (SmolLM2-135M-Instruct, GGUF Q4_1).
+    pub fn offline_default(max_calls: Option<u64>) -> anyhow::Result<Self> {
+        let registry = crate::models::weights::ModelRegistry::from_env()?;
+        let id = DEFAULT_TEACHER;
+        let entry = registry.model(id)?;
+        let file = entry.files.first().ok_or_else(|| anyhow::anyhow!("model `{id}` lists no files in data/models.toml"))?;
+        let path = registry.resolve_file(id, &file.name)?;
+        Self::load(&path, id, max_calls)
+    }
+}
+
+/// Registry id of the offline teacher.
+pub const DEFAULT_TEACHER: &str = "SmolLM2-135M-Instruct-Q4_1";
+
+fn to_model_messages(request: &ChatRequest) -> Vec<ModelMessage> {
+    request
+        .messages
+        .iter()
+        .map(|m| {
+            let role = match m.role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            ModelMessage::new(role, m.content.clone())
+        })
+        .collect()
+}
+
+impl Teacher for LocalTeacher {
+    fn backend(&self) -> &str {
+        "local-tch"
+    }
+
+    fn model(&self) -> &str {
+        &self.name
+    }
+
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+        Box::pin(async move {
+            self.accounting.reserve_call()?;
+            let n = request.params.n.max(1) as usize;
+            let cfg = SamplingConfig {
+                max_new_tokens: request.params.max_tokens.map(|t| t as usize).unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+                temperature: request.params.temperature.max(0.0),
+                top_p: request.params.top_p,
+                repetition_penalty: 1.0,
+                seed: request.params.seed.unwrap_or(0),
+            };
+            let conversations = vec![to_model_messages(request); n];
+            let model = self.model.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let model = model.lock().map_err(|_| TeacherError::Backend("the local model panicked earlier".into()))?;
+                model.chat_batch_with_usage(&conversations, &cfg).map_err(|e| TeacherError::Backend(format!("{e:#}")))
+            })
+            .await
+            .map_err(|e| TeacherError::Backend(format!("generation thread failed: {e}")));
+            let completions = match result.and_then(|r| r) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.accounting.record_failure();
+                    return Err(e);
+                }
+            };
+            let mut usage = Usage::default();
+            let choices = completions
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    // The prompt is billed once, as an API bills one request with n choices.
+                    if i == 0 {
+                        usage.prompt_tokens = c.prompt_tokens as u64;
+                    }
+                    usage.completion_tokens += c.completion_tokens as u64;
+                    Choice { index: i as u32, content: c.text, finish_reason: Some(if c.stopped_on_eos { "stop" } else { "length" }.into()) }
+                })
+                .collect();
+            let cost_usd = self.accounting.record_success(&usage);
+            Ok(ChatResponse { choices, usage, cost_usd, cached: false })
+        })
+    }
+
+    fn stats(&self) -> TeacherStats {
+        self.accounting.snapshot()
+    }
+}
