@@ -6,6 +6,7 @@
 //! - [`config`]: where data, caches and reports live (environment overrides).
 //! - [`registry`]: the dataset registry (`data/datasets.toml`, `data/files.tsv`) and file resolution
 //!   (cache → local mirror → upstream download → Hugging Face hub), always sha256-verified.
+//! - [`download`]: verified, retried HTTP downloads (shared by both registries).
 //! - [`datasets`]: loaders into polars frames with one common schema.
 //! - [`tasks`]: the paper's three tasks as data (`data/tasks.toml`) and the paper's printed numbers.
 //! - [`evaluator`]: exact metrics (exact match, chrF++, Kendall's tau-b), each score with a signature.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dataset_generator;
 pub mod datasets;
+pub mod download;
 pub mod evaluator;
 pub mod generate_cli;
 pub mod models;

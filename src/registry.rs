@@ -8,10 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -377,86 +376,19 @@ fn copy_atomically(from: &Path, to: &Path) -> DataResult<()> {
     Ok(())
 }
 
-/// Download `url` into `target`, verifying size and sha256 before the final rename. Transient
-/// failures (connection errors, 5xx, 429) are retried with exponential backoff.
+/// Download `url` into `target` (size and sha256 verified before the final rename).
 pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataResult<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| DataError::Download { url: url.into(), detail: e.to_string() })?;
-    runtime.block_on(download_with_retries(url, target, entry))
-}
-
-async fn download_with_retries(url: &str, target: &Path, entry: &FileEntry) -> DataResult<()> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| DataError::Download { url: url.into(), detail: e.to_string() })?;
-    let attempts = 4;
-    let mut last = String::new();
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-        }
-        match download_once(&client, url, target, entry).await {
-            Ok(()) => return Ok(()),
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(detail)) => last = detail,
-        }
-    }
-    Err(DataError::Download { url: url.into(), detail: format!("{last} (after {attempts} attempts)") })
-}
-
-enum Attempt {
-    Retry(String),
-    Fatal(DataError),
-}
-
-async fn download_once(client: &reqwest::Client, url: &str, target: &Path, entry: &FileEntry) -> Result<(), Attempt> {
-    use futures_util::StreamExt;
-    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(e.to_string()))?;
-    let status = response.status();
-    if status.is_server_error() || status.as_u16() == 429 {
-        return Err(Attempt::Retry(format!("HTTP {status}")));
-    }
-    if !status.is_success() {
-        return Err(Attempt::Fatal(DataError::Download { url: url.into(), detail: format!("HTTP {status}") }));
-    }
+    use crate::download::{download_to_temp_blocking, DownloadError, Expected};
     let parent = target.parent().expect("cache paths have a parent");
-    fs::create_dir_all(parent).map_err(|e| Attempt::Fatal(io_err(parent)(e)))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Attempt::Fatal(io_err(parent)(e)))?;
-    let progress = indicatif::ProgressBar::new(entry.bytes);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("static template"),
-    );
-    progress.set_message(entry.path.clone());
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {e}")))?;
-        hasher.update(&chunk);
-        tmp.write_all(&chunk).map_err(|e| Attempt::Fatal(io_err(target)(e)))?;
-        received += chunk.len() as u64;
-        progress.set_position(received);
-    }
-    progress.finish_and_clear();
-    if received != entry.bytes {
-        return Err(Attempt::Retry(format!("received {received} bytes, expected {}", entry.bytes)));
-    }
-    let actual = hex::encode(hasher.finalize());
-    if actual != entry.sha256 {
-        return Err(Attempt::Fatal(DataError::ChecksumMismatch {
-            dataset: entry.path.clone(),
-            path: PathBuf::from(url),
-            expected: entry.sha256.clone(),
-            actual,
-        }));
-    }
-    tmp.persist(target).map_err(|e| Attempt::Fatal(io_err(target)(e.error)))?;
+    let expected = Expected { bytes: Some(entry.bytes), sha256: &entry.sha256, label: &entry.path };
+    let tmp = download_to_temp_blocking(url, parent, &expected).map_err(|e| match e {
+        DownloadError::Checksum { url, expected, actual } => {
+            DataError::ChecksumMismatch { dataset: entry.path.clone(), path: PathBuf::from(url), expected, actual }
+        }
+        DownloadError::Http { url, detail } => DataError::Download { url, detail },
+        DownloadError::Io { path, source } => DataError::Io { path, source },
+    })?;
+    tmp.persist(target).map_err(|e| DataError::Io { path: target.to_path_buf(), source: e.error })?;
     Ok(())
 }
 

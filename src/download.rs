@@ -1,0 +1,147 @@
+//! Verified HTTP downloads, shared by the dataset registry and the model registry.
+//!
+//! A download streams into a temporary file beside its destination while hashing, is retried with
+//! exponential backoff on transient failures (connection errors, 5xx, 429, short bodies), and is
+//! handed back only once its size and sha256 match; the caller renames it into place. A killed
+//! run therefore never leaves a half-written file where a verified one is expected.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("download of {url} failed: {detail}")]
+    Http { url: String, detail: String },
+    #[error("{url} served bytes with sha256 {actual}, expected {expected}")]
+    Checksum { url: String, expected: String, actual: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What the downloaded bytes must be.
+pub struct Expected<'a> {
+    pub bytes: Option<u64>,
+    pub sha256: &'a str,
+    /// Shown beside the progress bar.
+    pub label: &'a str,
+}
+
+/// Environment variables naming a CA bundle, first set wins (OpenSSL's, pip's, requests', curl's).
+const CA_BUNDLE_VARS: [&str; 4] = ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
+
+/// An HTTP client with timeouts and our user agent. rustls trusts only its built-in roots; behind
+/// a TLS-intercepting proxy (corporate or sandbox egress) pip works because it is told about the
+/// proxy's CA, so the same settings are honoured here, in addition to the built-in roots.
+pub fn http_client() -> Result<reqwest::Client, DownloadError> {
+    let err = |detail: String| DownloadError::Http { url: "(client setup)".into(), detail };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")));
+    for var in CA_BUNDLE_VARS {
+        if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            let pem = std::fs::read(&path).map_err(|e| err(format!("{var}={}: {e}", Path::new(&path).display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| err(format!("{var}={}: not a PEM bundle: {}", Path::new(&path).display(), error_chain(&e))))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+            break;
+        }
+    }
+    builder.build().map_err(|e| err(error_chain(&e)))
+}
+
+/// An error and its sources, `outer: inner: root` (reqwest's own message alone is rarely enough:
+/// "error sending request" hides a TLS or DNS failure).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(DownloadError),
+}
+
+const ATTEMPTS: u32 = 4;
+
+/// Download `url` into a temporary file in `dir` whose size and sha256 match `expected`.
+pub async fn download_to_temp(client: &reqwest::Client, url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, DownloadError> {
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+        }
+        match download_once(client, url, dir, expected).await {
+            Ok(tmp) => return Ok(tmp),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retry(detail)) => last = detail,
+        }
+    }
+    Err(DownloadError::Http { url: url.into(), detail: format!("{last} (after {ATTEMPTS} attempts)") })
+}
+
+/// The blocking form, for callers outside an async runtime.
+pub fn download_to_temp_blocking(url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, DownloadError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DownloadError::Http { url: url.into(), detail: e.to_string() })?;
+    let client = http_client()?;
+    runtime.block_on(download_to_temp(&client, url, dir, expected))
+}
+
+async fn download_once(client: &reqwest::Client, url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, Attempt> {
+    use futures_util::StreamExt;
+    let io = |e: std::io::Error| Attempt::Fatal(DownloadError::Io { path: dir.to_path_buf(), source: e });
+    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(error_chain(&e)))?;
+    let status = response.status();
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(Attempt::Retry(format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(Attempt::Fatal(DownloadError::Http { url: url.into(), detail: format!("HTTP {status}") }));
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new().prefix(".download-").tempfile_in(dir).map_err(io)?;
+    let progress = indicatif::ProgressBar::new(expected.bytes.or(response.content_length()).unwrap_or(0));
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").expect("static template"),
+    );
+    progress.set_message(expected.label.to_string());
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {}", error_chain(&e))))?;
+        hasher.update(&chunk);
+        tmp.write_all(&chunk).map_err(io)?;
+        received += chunk.len() as u64;
+        progress.set_position(received);
+    }
+    progress.finish_and_clear();
+    if let Some(bytes) = expected.bytes {
+        if received != bytes {
+            return Err(Attempt::Retry(format!("received {received} bytes, expected {bytes}")));
+        }
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != expected.sha256 {
+        return Err(Attempt::Fatal(DownloadError::Checksum { url: url.into(), expected: expected.sha256.to_string(), actual }));
+    }
+    tmp.flush().map_err(io)?;
+    Ok(tmp)
+}
