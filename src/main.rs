@@ -60,8 +60,14 @@ struct ScoreArgs {
     #[arg(long = "reference-col", default_values_t = vec!["references".to_string()])]
     reference_cols: Vec<String>,
     /// Metric(s) to compute. Repeat for several.
-    #[arg(long = "metric", short = 'm', value_enum, required = true)]
+    #[arg(long = "metric", short = 'm', value_enum, required_unless_present = "bertscore")]
     metrics: Vec<Metric>,
+    /// Also compute BERTScore precision/recall/F1 (needs the encoder's weights; see `p2m models`).
+    #[arg(long)]
+    bertscore: bool,
+    /// Registry id of the BERTScore encoder (the paper used xlm-roberta-base, online only).
+    #[arg(long, default_value = prompt2model::evaluator::bertscore::DEFAULT_OFFLINE_MODEL)]
+    bertscore_model: String,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -102,11 +108,37 @@ fn score(args: ScoreArgs) -> Result<()> {
     for metric in &args.metrics {
         scores.push(evaluator::score(*metric, &data.predictions, &data.references)?);
     }
+    let bertscore = if args.bertscore {
+        let registry = prompt2model::models::weights::ModelRegistry::from_env()?;
+        let scorer = prompt2model::evaluator::bertscore::BertScorer::from_registry(
+            &registry,
+            &args.bertscore_model,
+            None,
+            false,
+            None,
+            prompt2model::models::default_device(),
+        )?;
+        let s = scorer.score_multi(&data.predictions, &data.references)?;
+        let (p, r, f) = s.mean();
+        Some(serde_json::json!({ "metric": "bertscore", "precision": p, "recall": r, "f1": f, "n": s.f1.len(), "signature": s.signature }))
+    } else {
+        None
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": args.predictions, "scores": scores }))?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": args.predictions, "scores": scores, "bertscore": bertscore }))?);
     } else {
         for s in scores {
             println!("{s}");
+        }
+        if let Some(b) = bertscore {
+            println!(
+                "BERTScore P/R/F1 = {:.4} / {:.4} / {:.4}  (n={}; {})",
+                b["precision"].as_f64().unwrap_or(f64::NAN),
+                b["recall"].as_f64().unwrap_or(f64::NAN),
+                b["f1"].as_f64().unwrap_or(f64::NAN),
+                b["n"],
+                b["signature"].as_str().unwrap_or("")
+            );
         }
     }
     Ok(())

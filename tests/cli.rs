@@ -67,3 +67,33 @@ fn table2_says_what_it_needs_and_fails() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs the trainer"));
 }
+
+#[test]
+fn bertscore_runs_on_a_recorded_prediction_set() {
+    // gpt-3.5-turbo's recorded MCoNaLa outputs (210 rows), scored with the offline encoder.
+    let cache = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(cache.path());
+    let p = prompt2model::tables::load_recorded_predictions(&registry, "p2m_runs/baseline/gpt_baseline/results/jp2python_gpt_results").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jp2python.jsonl");
+    let lines: Vec<String> = p
+        .predictions
+        .iter()
+        .zip(&p.references)
+        .map(|(pred, refs)| serde_json::json!({ "prediction": pred, "references": refs }).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = p2m(&["score", "-p", path.to_str().unwrap(), "--bertscore", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &v["bertscore"];
+    assert_eq!(b["n"], 210);
+    let f1 = b["f1"].as_f64().unwrap();
+    assert!(f1 > 0.3 && f1 < 1.0, "F1 {f1}");
+    assert!(b["signature"].as_str().unwrap().starts_with("BERTScore|model:all-MiniLM-L6-v2|layer:6"));
+    // The same numbers as the library computes directly.
+    let models = prompt2model::models::weights::ModelRegistry::from_env().unwrap();
+    let scorer = prompt2model::evaluator::bertscore::BertScorer::offline_default(&models).unwrap();
+    let direct = scorer.score_multi(&p.predictions, &p.references).unwrap().mean();
+    assert!((direct.2 - f1).abs() < 1e-9, "{} vs {f1}", direct.2);
+}

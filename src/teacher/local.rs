@@ -15,7 +15,9 @@ use super::{Accounting, ChatRequest, ChatResponse, Choice, Pricing, Role, Teache
 use crate::models::chat::{ChatMessage as ModelMessage, ChatModel};
 use crate::models::sampling::SamplingConfig;
 
-/// Completion tokens per choice when a request sets no `max_tokens`.
+/// Completion tokens per choice when a request sets no `max_tokens`, and the most a request may
+/// ask for: the generator sizes `max_tokens` for a 4k-context API model (thousands of tokens), which
+/// a CPU-bound 135M model would spend rambling; one generated example fits well within this.
 const DEFAULT_MAX_NEW_TOKENS: usize = 256;
 
 pub struct LocalTeacher {
@@ -75,7 +77,7 @@ impl Teacher for LocalTeacher {
             self.accounting.reserve_call()?;
             let n = request.params.n.max(1) as usize;
             let cfg = SamplingConfig {
-                max_new_tokens: request.params.max_tokens.map(|t| t as usize).unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+                max_new_tokens: request.params.max_tokens.map(|t| t as usize).unwrap_or(DEFAULT_MAX_NEW_TOKENS).min(DEFAULT_MAX_NEW_TOKENS),
                 temperature: request.params.temperature.max(0.0),
                 top_p: request.params.top_p,
                 repetition_penalty: 1.0,
