@@ -82,7 +82,15 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
             if outputs.len() != gold.len() {
                 bail!("{}: {} outputs for {} SQuAD dev questions", local.display(), outputs.len(), gold.len());
             }
+            // The authors' SQuAD result file lists two exact-match values without saying which
+            // normalisation each is; they are reported in a note rather than paired with a row.
             let recorded_em: Vec<f64> = em_from_result_file(&result_text, "exact_match:").iter().map(|v| v * 100.0).collect();
+            if !recorded_em.is_empty() {
+                notes.push(format!(
+                    "The authors' SQuAD result file for gpt-3.5-turbo ({result_txt}) lists exact_match = {} (normalisation not stated).",
+                    recorded_em.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" and ")
+                ));
+            }
             for m in [Metric::ExactMatch, Metric::ExactMatchSquad] {
                 let s = evaluator::score(m, &outputs, &gold)?;
                 manifest.metric_signatures.insert(m.name().into(), s.signature.clone());
@@ -95,7 +103,7 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                     paper: paper_value("gpt-3.5-turbo", &task.id),
                     delta: paper_value("gpt-3.5-turbo", &task.id).map(|p| s.value - p),
                     n: Some(s.n),
-                    authors_recorded: recorded_em.last().copied(),
+                    authors_recorded: None,
                     closest_paper_row: None,
                     source: folder.clone(),
                 });
@@ -204,12 +212,12 @@ fn summary_notes(cells: &[Cell], tasks: &[Task]) -> Vec<String> {
             if let (Some(r), Some(p)) = (c.reproduced, c.paper) {
                 let verdict = if (round1(r) - p).abs() < 1e-9 { "matches the paper at its printed precision" } else { "does not match the paper" };
                 notes.push(format!(
-                    "gpt-3.5-turbo, {} {}: {:.2} vs paper {:.1} (Δ {:+.2}): {verdict}{}.",
+                    "gpt-3.5-turbo, {} {}: {:.2} vs paper {:.1} (Δ {}): {verdict}{}.",
                     t.paper_column,
                     c.metric.display_name(),
                     r,
                     p,
-                    r - p,
+                    signed2(r - p),
                     c.authors_recorded.map(|a| format!("; the authors' result file says {a:.4}")).unwrap_or_default()
                 ));
             }
@@ -229,6 +237,16 @@ fn summary_notes(cells: &[Cell], tasks: &[Task]) -> Vec<String> {
         "Prompt2Model rows: the recorded runs do not record which ablation (full, w/o model retrieval, w/o data retrieval) produced a student, so each recorded student run is listed on its own (`recorded: <model> (<generator setting>)`); its `paper` column holds the paper's Prompt2Model value and Δ is against it. The long table names the closest paper row.".into(),
     );
     notes
+}
+
+/// `+0.44`, `-0.04`, and `0.00` rather than `-0.00`.
+fn signed2(v: f64) -> String {
+    let s = format!("{v:+.2}");
+    if s == "-0.00" || s == "+0.00" {
+        "0.00".into()
+    } else {
+        s
+    }
 }
 
 fn round1(v: f64) -> f64 {
