@@ -108,9 +108,12 @@ fn draw_paired_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &st
                 .draw_series(std::iter::once(Text::new(g.label.clone(), (x_max * 0.01, base + 0.93), ("sans-serif", 13).into_font())))
                 .map_err(plot_err)?;
             for (value, y0, color, tag) in [(g.paper, base + 0.42, PAPER, "paper"), (g.reproduced, base + 0.08, OURS, "ours")] {
+                // A missing reproduction is worth saying; a missing paper value (a recorded run
+                // the paper does not print) is not.
                 let (rect_end, label) = match value {
                     Some(v) => (v, format!("{v:.1}")),
-                    None => (0.0, format!("{tag}: n/a")),
+                    None if tag == "ours" => (0.0, format!("{tag}: n/a")),
+                    None => continue,
                 };
                 chart
                     .draw_series(std::iter::once(Rectangle::new([(0.0, y0), (rect_end, y0 + 0.3)], color.filled())))

@@ -323,7 +323,7 @@ impl Table1 {
                         reproduced: c.reproduced,
                     })
                     .collect();
-                BarPanel { title: format!("{} ({})", t.paper_column, metric.display_name()), axis: metric.display_name().into(), groups }
+                BarPanel { title: format!("{}: {}", t.paper_column, metric.display_name()), axis: metric.display_name().into(), groups }
             })
             .collect()
     }
