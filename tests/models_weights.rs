@@ -428,10 +428,12 @@ fn nothing_available_offline_says_where_it_looked_and_how_to_fix() {
 
 #[test]
 fn hub_only_models_point_to_the_online_path() {
+    // Offline, a hub-only model cannot be had: the error names the hub repository and the files.
+    // (Online, it is fetched with hf-hub: tests/models_hub.rs.)
     let fx = Fixture::new(0);
-    let registry = fx.registry(no_sources(false));
+    let registry = fx.registry(no_sources(true));
     let msg = registry.resolve("hub-only").unwrap_err().to_string();
-    assert!(msg.contains("someone/hub-only") && msg.contains("online path") && msg.contains("config.json"), "{msg}");
+    assert!(msg.contains("someone/hub-only") && msg.contains("Hugging Face hub") && msg.contains("P2M_OFFLINE") && msg.contains("config.json"), "{msg}");
     // Lookup by hub repository name finds the same entry.
     assert_eq!(registry.model("someone/hub-only").unwrap().id, "hub-only");
     assert!(matches!(registry.model("nope"), Err(ModelError::UnknownModel { .. })));

