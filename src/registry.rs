@@ -237,7 +237,7 @@ impl Registry {
         if let Some(hf) = self.dataset(&dataset).ok().and_then(|d| d.hf.clone()) {
             if !self.paths.offline {
                 looked_in.push(format!("hub: {} (hf-hub, file {path})", hf.repo));
-                match fetch_from_hub(&hf, path, &cached) {
+                match fetch_from_hub(&hf, path, &cached, &self.paths.cache.join("hf-hub")) {
                     Ok(()) => return self.verify(&dataset, entry, &cached, Origin::Hub { repo: hf.repo.clone() }),
                     Err(e) => looked_in.push(format!("  ↳ {e}")),
                 }
@@ -393,12 +393,14 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
 }
 
 /// Fetch a file from a Hugging Face dataset repository with hf-hub (honours `HF_ENDPOINT` and
-/// `HF_HOME`), then place it at `target`; the caller verifies its hash.
-fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path) -> DataResult<()> {
+/// `HF_TOKEN`), then place it at `target`; the caller verifies its hash.
+fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) -> DataResult<()> {
     let err = |detail: String| DataError::Download { url: format!("hf://datasets/{}/{path}", hf.repo), detail };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
     let fetched = runtime.block_on(async {
-        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false);
+        // hf-hub keeps its own copy under the project cache (not ~/.cache/huggingface), so
+        // P2M_CACHE alone decides what a run can reuse.
+        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false).with_cache_dir(hub_cache.to_path_buf());
         if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
             builder = builder.with_endpoint(endpoint);
         }

@@ -180,3 +180,41 @@ fn the_task_prompts_are_the_papers_verbatim() {
     }
     assert_eq!(tasks.iter().map(|t| t.demonstrations.len()).collect::<Vec<_>>(), [3, 12, 6]);
 }
+
+#[test]
+fn a_dataset_with_a_hub_source_is_fetched_with_hf_hub() {
+    // A file with no mirror copy and no upstream URL, but a Hugging Face dataset repository.
+    let body = br#"[["[Posted: 2020-01-01] tomorrow", "tomorrow == 2020-01-02", "date"]]"#.to_vec();
+    let (url, seen) = common::fake_hub(vec![("tiny/t.json".into(), body.clone())], 20);
+    // hf-hub reads its endpoint from the environment; no other test of this binary uses the hub.
+    std::env::set_var("HF_ENDPOINT", &url);
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
+    fs::write(
+        data.join("datasets.toml"),
+        r#"[[dataset]]
+id = "tiny"
+title = "tiny"
+format = "temporal-json"
+files = ["tiny/t.json"]
+license = "test"
+citation = "test"
+homepage = "test"
+hf = { repo = "org/tiny" }
+"#,
+    )
+    .unwrap();
+    fs::write(data.join("files.tsv"), format!("path\tbytes\tsha256\turl\tsource\ntiny/t.json\t{}\t{sha}\t\ttest\n", body.len())).unwrap();
+    let registry = Registry::load(Paths::with(root.path(), None, cache.path().to_path_buf(), false)).unwrap();
+    let r = registry.resolve_file("tiny/t.json").unwrap();
+    assert_eq!(r.origin, Origin::Hub { repo: "org/tiny".into() });
+    assert_eq!(fs::read(&r.local).unwrap(), body);
+    assert!(seen.lock().unwrap().iter().any(|p| p.contains("datasets/org/tiny/resolve/main/tiny/t.json")), "{:?}", seen.lock().unwrap());
+    assert_eq!(prompt2model::datasets::load_dataset(&registry, "tiny").unwrap().frame.height(), 1);
+}

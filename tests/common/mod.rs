@@ -80,3 +80,51 @@ pub fn serve(replies: Vec<Reply>, max_requests: usize) -> TestServer {
     });
     TestServer { url, requests }
 }
+
+/// A loopback stand-in for the Hugging Face hub, speaking the parts of its protocol hf-hub uses
+/// (metadata from a `Range: bytes=0-0` GET with `ETag`/`X-Repo-Commit`/`Content-Range`, then ranged
+/// downloads). Serves `files` (name → bytes) under `/<repo>/resolve/<rev>/<name>`; records request paths;
+/// stops after `max_requests`.
+pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max_requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(path.clone());
+            let Some((_, body)) = files.iter().find(|(name, _)| path.ends_with(&format!("/resolve/main/{name}"))) else {
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let range = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string))
+                .and_then(|r| r.trim().split_once('-').map(|(a, b)| (a.parse::<usize>().unwrap_or(0), b.parse::<usize>().unwrap_or(body.len() - 1))));
+            let (start, end) = range.unwrap_or((0, body.len() - 1));
+            let end = end.min(body.len() - 1);
+            let slice = &body[start..=end];
+            let header = format!(
+                "HTTP/1.1 206 Partial Content\r\nETag: \"etag-{}\"\r\nX-Repo-Commit: 0123456789abcdef0123456789abcdef01234567\r\nContent-Range: bytes {start}-{end}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len(),
+                body.len(),
+                slice.len()
+            );
+            let _ = stream.write_all(header.as_bytes());
+            let _ = stream.write_all(slice);
+        }
+    });
+    (url, seen)
+}
+
