@@ -7,10 +7,6 @@ mod common;
 use prompt2model::config::Paths;
 use prompt2model::models::weights::{FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources};
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
 
 fn registry(root: &std::path::Path, cache: &std::path::Path, config_sha: &str, offline: bool) -> ModelRegistry {
     let text = format!(
@@ -49,10 +45,10 @@ fn hub_only_models_are_fetched_with_hf_hub_and_verified() {
     let cache = tempfile::tempdir().unwrap();
 
     // Offline, a hub-only model is an error that says so.
-    let err = registry(root.path(), cache.path(), &sha256(&config), true).resolve("hub-only").unwrap_err();
+    let err = registry(root.path(), cache.path(), &common::sha256_hex(&config), true).resolve("hub-only").unwrap_err();
     assert!(matches!(err, ModelError::NoOfflineSource { .. }), "{err}");
 
-    let resolved = registry(root.path(), cache.path(), &sha256(&config), false).resolve("hub-only").unwrap();
+    let resolved = registry(root.path(), cache.path(), &common::sha256_hex(&config), false).resolve("hub-only").unwrap();
     assert_eq!(std::fs::read(&resolved.files["config.json"].local).unwrap(), config);
     assert_eq!(std::fs::read(&resolved.files["weights.bin"].local).unwrap(), weights);
     assert!(resolved.files["config.json"].verified && !resolved.files["weights.bin"].verified);
@@ -62,5 +58,5 @@ fn hub_only_models_are_fetched_with_hf_hub_and_verified() {
     // A pinned hash that does not match is refused.
     let cache2 = tempfile::tempdir().unwrap();
     let err = registry(root.path(), cache2.path(), &"0".repeat(64), false).resolve("hub-only").unwrap_err();
-    assert!(err.to_string().contains(&sha256(&config)), "{err}");
+    assert!(err.to_string().contains(&common::sha256_hex(&config)), "{err}");
 }

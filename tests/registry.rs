@@ -85,17 +85,16 @@ fn a_missing_file_without_mirror_or_network_names_dataset_places_and_fix() {
     assert!(msg.contains("fix: set P2M_MIRROR"), "{msg}");
 }
 
-/// A throwaway data/ folder whose one dataset is served by a loopback server.
-fn served_registry(url: &str, body: &[u8], cache: &std::path::Path, root: &std::path::Path) -> Registry {
+/// A throwaway data/ folder with one Temporal-format dataset of one file, registered with the
+/// sha256 of `body` and, optionally, an upstream URL and a Hugging Face dataset repository.
+fn tiny_registry(root: &std::path::Path, cache: &std::path::Path, body: &[u8], url: Option<&str>, hf_repo: Option<&str>) -> Registry {
     let data = root.join("data");
     fs::create_dir_all(&data).unwrap();
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(body))
-    };
+    let hf = hf_repo.map(|r| format!("hf = {{ repo = \"{r}\" }}\n")).unwrap_or_default();
     fs::write(
         data.join("datasets.toml"),
-        r#"[[dataset]]
+        format!(
+            r#"[[dataset]]
 id = "tiny"
 title = "tiny"
 format = "temporal-json"
@@ -103,10 +102,13 @@ files = ["tiny/t.json"]
 license = "test"
 citation = "test"
 homepage = "test"
-"#,
+{hf}"#
+        ),
     )
     .unwrap();
-    fs::write(data.join("files.tsv"), format!("path\tbytes\tsha256\turl\tsource\ntiny/t.json\t{}\t{sha}\t{url}/t.json\ttest\n", body.len())).unwrap();
+    let url = url.map(|u| format!("{u}/t.json")).unwrap_or_default();
+    let row = format!("tiny/t.json\t{}\t{}\t{url}\ttest\n", body.len(), common::sha256_hex(body));
+    fs::write(data.join("files.tsv"), format!("path\tbytes\tsha256\turl\tsource\n{row}")).unwrap();
     Registry::load(Paths::with(root, None, cache.to_path_buf(), false)).unwrap()
 }
 
@@ -123,7 +125,7 @@ fn downloads_retry_transient_errors_verify_and_land_atomically() {
     );
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let registry = served_registry(&server.url, &body, cache.path(), root.path());
+    let registry = tiny_registry(root.path(), cache.path(), &body, Some(&server.url), None);
     let r = registry.resolve_file("tiny/t.json").unwrap();
     assert_eq!(r.origin, Origin::Download { url: format!("{}/t.json", server.url) });
     assert_eq!(fs::read(&r.local).unwrap(), body);
@@ -141,7 +143,7 @@ fn a_download_with_wrong_bytes_is_refused_and_leaves_nothing_behind() {
     let server = common::serve(vec![common::Reply { status: 200, body: b"something else entirely".to_vec() }], 10);
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let registry = served_registry(&server.url, &body, cache.path(), root.path());
+    let registry = tiny_registry(root.path(), cache.path(), &body, Some(&server.url), None);
     let err = registry.resolve_file("tiny/t.json").unwrap_err();
     assert!(err.to_string().contains("received 23 bytes, expected 20") || matches!(err, DataError::ChecksumMismatch { .. } | DataError::NotFound { .. }), "{err}");
     let leftovers: Vec<_> = walk(cache.path());
@@ -190,28 +192,7 @@ fn a_dataset_with_a_hub_source_is_fetched_with_hf_hub() {
     std::env::set_var("HF_ENDPOINT", &url);
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    fs::create_dir_all(&data).unwrap();
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&body))
-    };
-    fs::write(
-        data.join("datasets.toml"),
-        r#"[[dataset]]
-id = "tiny"
-title = "tiny"
-format = "temporal-json"
-files = ["tiny/t.json"]
-license = "test"
-citation = "test"
-homepage = "test"
-hf = { repo = "org/tiny" }
-"#,
-    )
-    .unwrap();
-    fs::write(data.join("files.tsv"), format!("path\tbytes\tsha256\turl\tsource\ntiny/t.json\t{}\t{sha}\t\ttest\n", body.len())).unwrap();
-    let registry = Registry::load(Paths::with(root.path(), None, cache.path().to_path_buf(), false)).unwrap();
+    let registry = tiny_registry(root.path(), cache.path(), &body, None, Some("org/tiny"));
     let r = registry.resolve_file("tiny/t.json").unwrap();
     assert_eq!(r.origin, Origin::Hub { repo: "org/tiny".into() });
     assert_eq!(fs::read(&r.local).unwrap(), body);

@@ -128,3 +128,9 @@ pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, 
     (url, seen)
 }
 
+
+/// Hex sha256 of bytes (what the registries pin).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
