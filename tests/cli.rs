@@ -1,6 +1,6 @@
 //! The `p2m` binary as a user runs it.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! exactly N unique examples despite faults, zero requests on replay, a SIGKILLed run resumed
 //! without re-billing, budget exhaustion keeping what was accepted, and the diversity ablation.
 
-mod fake_openai;
+use crate::fake_openai;
 
 use std::collections::HashSet;
 use std::path::Path;

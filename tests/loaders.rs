@@ -1,7 +1,7 @@
 //! Loaders: row counts and content of the real test sets, Hugging Face save_to_disk folders, and
 //! clear errors on malformed input.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

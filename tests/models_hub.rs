@@ -2,7 +2,7 @@
 //! the Hugging Face hub protocol hf-hub uses (metadata from a `Range: bytes=0-0` GET with
 //! `ETag`/`X-Repo-Commit`/`Content-Range`, then ranged downloads).
 
-mod common;
+use crate::common;
 
 use prompt2model::config::Paths;
 use prompt2model::models::weights::{FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources};
@@ -39,7 +39,8 @@ fn hub_only_models_are_fetched_with_hf_hub_and_verified() {
     let config = br#"{"d_model": 8}"#.to_vec();
     let weights: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     let (url, seen) = common::fake_hub(vec![("config.json".into(), config.clone()), ("weights.bin".into(), weights.clone())], 40);
-    // hf-hub reads the endpoint from the environment; this test binary sets it once, for itself.
+    // hf-hub reads its endpoint from the environment, which all tests share.
+    let _hub = common::hub_endpoint_lock();
     std::env::set_var("HF_ENDPOINT", &url);
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();

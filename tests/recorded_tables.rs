@@ -1,7 +1,7 @@
 //! Regression pins on the recorded reproductions: any change in a metric, loader or selection rule
 //! that moves a reported number fails here (values rounded to 2 decimals).
 
-mod common;
+use crate::common;
 
 use prompt2model::tables::{table1, table3};
 

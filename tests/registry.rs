@@ -1,7 +1,7 @@
 //! The registry: consistency of data/, resolution order, checksum refusal, clear not-found errors,
 //! and downloads from a (loopback) upstream.
 
-mod common;
+use crate::common;
 
 use std::fs;
 
@@ -188,7 +188,8 @@ fn a_dataset_with_a_hub_source_is_fetched_with_hf_hub() {
     // A file with no mirror copy and no upstream URL, but a Hugging Face dataset repository.
     let body = br#"[["[Posted: 2020-01-01] tomorrow", "tomorrow == 2020-01-02", "date"]]"#.to_vec();
     let (url, seen) = common::fake_hub(vec![("tiny/t.json".into(), body.clone())], 20);
-    // hf-hub reads its endpoint from the environment; no other test of this binary uses the hub.
+    // hf-hub reads its endpoint from the environment, which all tests share.
+    let _hub = common::hub_endpoint_lock();
     std::env::set_var("HF_ENDPOINT", &url);
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible backend and the record/replay cache against a fault-injecting server on
 //! loopback (`tests/fake_openai`).
 
-mod fake_openai;
+use crate::fake_openai;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

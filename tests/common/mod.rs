@@ -129,6 +129,13 @@ pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, 
 }
 
 
+/// Held by every test that points `HF_ENDPOINT` (process-wide, read by hf-hub at call time) at its
+/// own fake hub, for as long as it uses it: all integration tests share one process.
+pub fn hub_endpoint_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Hex sha256 of bytes (what the registries pin).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

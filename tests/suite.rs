@@ -1,0 +1,25 @@
+//! The integration tests, compiled as one test binary.
+//!
+//! Every test binary links libtorch and polars; as separate binaries (one per file) they took
+//! about 1 GB of disk each in debug builds and most of CI's time went to linking. One binary
+//! links once. Tests still run in parallel threads, so a test that touches process-wide state
+//! (environment variables) takes the lock for it in `common`.
+
+mod common;
+mod fake_openai;
+
+mod bertscore;
+mod cli;
+mod dataset_generator;
+mod loaders;
+mod metrics_differential;
+mod models_bert;
+mod models_hub;
+mod models_llama;
+mod models_seq2seq;
+mod models_weights;
+mod offline_models;
+mod prompt_parser;
+mod recorded_tables;
+mod registry;
+mod teacher_openai;
