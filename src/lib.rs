@@ -17,6 +17,8 @@
 //! - [`prompt_parser`]: a free-form prompt → instruction + demonstrations (LLM or deterministic).
 //! - [`teacher`]: teacher LLM backends (OpenAI-compatible HTTP), accounting, record/replay cache.
 //! - [`dataset_generator`]: the paper's high-diversity, temperature-annealed, self-consistent generator.
+//! - [`trainer`]: text-to-text fine-tuning of a student (own AdamW, exact resume from checkpoints).
+//! - [`executor`]: batched predictions of a trained student over a test set.
 //! - [`tables`]: the reproductions of the paper's tables, shared by `experiments/` and the tests.
 
 pub mod cli;
@@ -25,6 +27,7 @@ pub mod dataset_generator;
 pub mod datasets;
 pub mod download;
 pub mod evaluator;
+pub mod executor;
 pub mod generate_cli;
 pub mod models;
 pub mod predictions;
@@ -35,3 +38,5 @@ pub mod report;
 pub mod tables;
 pub mod tasks;
 pub mod teacher;
+pub mod train_cli;
+pub mod trainer;

@@ -35,6 +35,10 @@ enum Command {
     /// The model registry (data/models.toml).
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Fine-tune a student on examples (text-to-text); resumes from its checkpoints when re-run.
+    Train(prompt2model::train_cli::TrainArgs),
+    /// Predict with a trained student over a JSONL of inputs; writes parquet.
+    Predict(prompt2model::train_cli::PredictArgs),
 }
 
 #[derive(Subcommand)]
@@ -92,6 +96,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => prompt2model::generate_cli::generate(args),
         Command::Chat(args) => prompt2model::generate_cli::chat(args),
         Command::Models(ModelsCommand::List) => models_list(),
+        Command::Train(args) => prompt2model::train_cli::train(args),
+        Command::Predict(args) => prompt2model::train_cli::predict(args),
         Command::Models(ModelsCommand::Fetch) => {
             prompt2model::models::weights::fetch_offline_models(&prompt2model::config::Paths::from_env()?)
         }

@@ -62,10 +62,11 @@ fn bad_input_gets_a_clear_error() {
 }
 
 #[test]
-fn table2_says_what_it_needs_and_fails() {
-    let out = Command::new(env!("CARGO_BIN_EXE_table2")).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the trainer"));
+fn table2_names_a_bad_scale_and_fails() {
+    let out = Command::new(env!("CARGO_BIN_EXE_table2")).args(["--scale", "nosuch"]).current_dir(common::repo_root()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no scale `nosuch`") && err.contains("laptop"), "{err}");
 }
 
 #[test]

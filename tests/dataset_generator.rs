@@ -182,7 +182,7 @@ async fn sigkill_mid_run_then_resume_rebills_nothing() {
     let server = FakeServer::start(ServerConfig { freeze_after_ok: Some(7), ..faulty() }).await;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_generate_for_kill_test", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "dataset_generator::child_generate_for_kill_test", "--nocapture", "--test-threads", "1"])
         .env("P2M_KILL_CHILD_URL", &server.base_url)
         .env("P2M_KILL_CHILD_OUT", dir.path())
         .spawn()

@@ -22,4 +22,6 @@ mod offline_models;
 mod prompt_parser;
 mod recorded_tables;
 mod registry;
+mod table2;
 mod teacher_openai;
+mod trainer;

@@ -90,7 +90,7 @@ pub fn score<P: AsRef<str>, R: AsRef<str>>(metric: Metric, predictions: &[P], re
         Metric::ChrfPlusPlus => {
             let cfg = chrf::ChrfConfig::chrf_plus_plus();
             let v = chrf::corpus_chrf(predictions, references, &cfg)?;
-            (v, cfg.signature(&chrf::nrefs_label(references)))
+            (v, cfg.signature(chrf::nrefs_label(references)))
         }
     };
     Ok(Score { metric, value, n: predictions.len(), signature })

@@ -223,3 +223,59 @@ fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, p
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+/// One named line of a [`line_chart`].
+#[derive(Debug, Clone)]
+pub struct Curve {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+const CURVE_COLORS: [RGBColor; 6] =
+    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+
+/// Lines (e.g. learning curves) on one chart with a legend; writes `<stem>.png` and `<stem>.svg`.
+pub fn line_chart(dir: &Path, stem: &str, title: &str, x_desc: &str, y_desc: &str, curves: &[Curve]) -> Result<Vec<String>> {
+    ensure_font()?;
+    if curves.iter().all(|c| c.points.is_empty()) {
+        bail!("no points to draw in {stem}");
+    }
+    let size = (760, 480);
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    draw_lines(BitMapBackend::new(&png, size).into_drawing_area(), title, x_desc, y_desc, curves)?;
+    draw_lines(SVGBackend::new(&svg, size).into_drawing_area(), title, x_desc, y_desc, curves)?;
+    Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
+}
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, x_desc: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    let pts = curves.iter().flat_map(|c| c.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (x_max, y_max) = pts.fold((1.0f64, 0.0f64), |(a, b), &(x, y)| (a.max(x), b.max(y)));
+    let mut chart = ChartBuilder::on(&root)
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, 0f64..(y_max * 1.05).max(1e-6))
+        .map_err(plot_err)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+    for (i, c) in curves.iter().enumerate() {
+        let color = CURVE_COLORS[i % CURVE_COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(c.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! functions so that tests (snapshot and regression) run exactly what users run.
 
 pub mod table1;
+pub mod table2;
 pub mod table3;
 
 use anyhow::{Context, Result};

@@ -300,6 +300,7 @@ impl Table1 {
     }
 
     /// Rounded rows for snapshot tests: (system, task, metric, reproduced, paper).
+    #[allow(clippy::type_complexity)]
     pub fn snapshot_rows(&self) -> Vec<(String, String, String, Option<f64>, Option<f64>)> {
         self.cells
             .iter()

@@ -193,6 +193,7 @@ impl Table3 {
     }
 
     /// Rounded values for snapshot tests.
+    #[allow(clippy::type_complexity)]
     pub fn snapshot_rows(&self) -> Vec<(String, Vec<String>, Option<f64>, Option<f64>)> {
         self.results
             .iter()

@@ -1,0 +1,63 @@
+//! The executor: a trained student over a test set, batched, predictions written next to inputs
+//! and references.
+//!
+//! Generation settings are the reference's (`GenerationModelExecutor`): greedy decoding with a
+//! repetition penalty of 2.0 and a cap on new tokens. The input each example gets is the same
+//! textualisation the student was trained on ([`crate::trainer::model_input`]).
+
+use std::path::Path;
+
+use anyhow::Context;
+use polars::prelude::{Column, DataFrame, ParquetWriter};
+
+use crate::datasets::{string_column, INPUT, PREDICTION};
+use crate::models::sampling::SamplingConfig;
+use crate::trainer::{model_input, Student};
+
+/// How predictions are generated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    pub max_new_tokens: usize,
+    pub repetition_penalty: f64,
+    pub batch_size: usize,
+    pub max_source_len: usize,
+    /// The task id put in front of the instruction (the reference predicts as task 0).
+    pub task_id: u32,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig { max_new_tokens: 64, repetition_penalty: 2.0, batch_size: 16, max_source_len: 512, task_id: 0 }
+    }
+}
+
+impl ExecutorConfig {
+    pub fn sampling(&self) -> SamplingConfig {
+        SamplingConfig { repetition_penalty: self.repetition_penalty, ..SamplingConfig::greedy(self.max_new_tokens) }
+    }
+}
+
+/// Adds (or replaces) the `prediction` column of a common-schema frame with the student's outputs.
+pub fn predict_frame(student: &Student, instruction: &str, frame: &DataFrame, cfg: &ExecutorConfig) -> anyhow::Result<DataFrame> {
+    let inputs = string_column(frame, INPUT).context("the test set needs an `input` column (common schema)")?;
+    let sources: Vec<String> = inputs.iter().map(|i| model_input(cfg.task_id, instruction, i)).collect();
+    let predictions = student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)?;
+    let mut out = frame.clone();
+    if out.column(PREDICTION).is_ok() {
+        out = out.drop(PREDICTION)?;
+    }
+    out.with_column(Column::new(PREDICTION.into(), predictions))?;
+    Ok(out)
+}
+
+/// Writes a frame as parquet, atomically (temp file beside it, then rename).
+pub fn write_parquet(frame: &DataFrame, path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut frame = frame.clone();
+    ParquetWriter::new(tmp.as_file()).finish(&mut frame).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}

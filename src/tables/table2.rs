@@ -1,0 +1,484 @@
+//! Table 2 of the paper, re-run for real: SQuAD students trained on retrieved data only, generated
+//! data only, both, or human-annotated data, each evaluated by exact match on the same held-out
+//! SQuAD questions, with the cost of each kind of data.
+//!
+//! What is available offline, and so what each arm is (the report says all of this):
+//! - **Held-out test / custom annotation.** Only the SQuAD v1.1 *dev* set is here. It is split by
+//!   article (seeded): half the articles are the annotation pool the "custom annotation" arm trains
+//!   on, the other half the test set every arm is evaluated on. No arm ever trains on a test article.
+//! - **Generation.** By default the gpt-3.5-turbo data the authors generated for SQuAD
+//!   (`p2m_runs/.../SQuAD_0.3_1.4_with_filtering`); `--generated DIR` uses a dataset written by the
+//!   project's own generator (`p2m generate`), whose log carries its measured cost.
+//! - **Retrieval.** The paper retrieved the Children's Book Test; offline only its one-example dummy
+//!   exists, so the arm uses the closest QA dataset that is loadable here and not SQuAD: the
+//!   Natural Questions (open) rows of the recorded runs (questions without a context passage).
+//!
+//! Sizes, student and hyper-parameters come from a *scale* in `data/table2_scales.toml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use polars::prelude::{Column, DataFrame, IdxCa, IdxSize, PolarsResult};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::datasets::{self, HfDisk};
+use crate::evaluator::{self, Metric};
+use crate::executor::{self, ExecutorConfig};
+use crate::models::weights::ModelRegistry;
+use crate::registry::{Registry, ResolvedFile};
+use crate::report::figures::{self, BarGroup, BarPanel};
+use crate::report::{Manifest, Report, ReportTable};
+use crate::teacher::{estimate_tokens, Pricing, SplitMix64};
+use crate::trainer::{self, StepLog, Student, StudentSpec, TextPair, TrainConfig, Trainer};
+
+/// The authors' generated SQuAD training data (gpt-3.5-turbo, temperatures 0.3→1.4, filtered).
+pub const RECORDED_GENERATED: &str = "p2m_runs/generation/generated_dataset/SQuAD_0.3_1.4_with_filtering";
+/// The retrieval arm's dataset offline: Natural Questions (open) from the recorded runs.
+pub const OFFLINE_RETRIEVED: &str = "p2m_runs/baseline/real_datasets/datasets/NQ";
+pub const SQUAD_DATASET: &str = "squad-v1.1-dev";
+
+/// One scale of `data/table2_scales.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    pub description: String,
+    pub examples_per_source: usize,
+    pub validation_examples: usize,
+    /// 0 = every question of the held-out articles.
+    pub test_examples: usize,
+    #[serde(default)]
+    pub student: StudentSpec,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+}
+
+/// How the annotation cost is estimated: SQuAD's crowdworkers were paid $9/hour and asked to
+/// spend 4 minutes per paragraph (Rajpurkar et al., 2016, §3); so an annotated set costs
+/// `paragraphs × minutes / 60 × rate`, over the distinct paragraphs its questions come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostModel {
+    pub annotation_usd_per_hour: f64,
+    pub annotation_minutes_per_paragraph: f64,
+    /// The teacher whose price applies to the recorded generated data.
+    pub recorded_teacher: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ScalesFile {
+    cost_model: CostModel,
+    #[serde(flatten)]
+    scales: BTreeMap<String, Scale>,
+}
+
+/// Loads the scales (and the cost model) from `data/table2_scales.toml`.
+pub fn load_scales(data_dir: &Path) -> Result<(BTreeMap<String, Scale>, CostModel)> {
+    let path = data_dir.join("table2_scales.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ScalesFile = toml::from_str(&text).with_context(|| format!("{}: not a valid scales file", path.display()))?;
+    for (name, s) in &file.scales {
+        s.train.validate().with_context(|| format!("{}: scale `{name}`", path.display()))?;
+        if s.examples_per_source == 0 {
+            bail!("{}: scale `{name}`: examples_per_source must be at least 1", path.display());
+        }
+    }
+    Ok((file.scales, file.cost_model))
+}
+
+/// Where the generation arm's data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum GeneratedSource {
+    /// The authors' recorded gpt-3.5-turbo data ([`RECORDED_GENERATED`]).
+    Recorded,
+    /// A folder written by `p2m generate` (`examples.jsonl`, `generation_log.json`).
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scale: String,
+    pub generated: GeneratedSource,
+    pub seed: u64,
+    /// Where students and predictions of each arm are kept (resumable); default
+    /// `<cache>/runs/table2/<scale>`.
+    pub runs_dir: Option<PathBuf>,
+    pub device: Device,
+    pub progress: bool,
+}
+
+impl Options {
+    pub fn new(scale: &str) -> Self {
+        Options { scale: scale.into(), generated: GeneratedSource::Recorded, seed: 42, runs_dir: None, device: crate::models::default_device(), progress: true }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmResult {
+    pub arm: String,
+    pub train_examples: usize,
+    pub em_squad: f64,
+    pub em_raw: f64,
+    pub test_examples: usize,
+    pub cost_usd: Option<f64>,
+    pub cost_basis: String,
+    pub paper_examples: Option<u32>,
+    pub paper_em: Option<f64>,
+    pub paper_cost_usd: Option<f64>,
+    pub final_train_loss: Option<f64>,
+    pub final_validation_loss: Option<f64>,
+    pub optimizer_steps: u64,
+    pub train_seconds: f64,
+    pub examples_per_second: f64,
+}
+
+pub struct Table2 {
+    pub scale_name: String,
+    pub scale: Scale,
+    pub arms: Vec<ArmResult>,
+    pub curves: Vec<(String, Vec<StepLog>)>,
+    pub predictions: Vec<(String, DataFrame)>,
+    pub notes: Vec<String>,
+    pub manifest: Manifest,
+}
+
+/// `(input, output)` rows.
+type Pairs = Vec<(String, String)>;
+
+fn slug(arm: &str) -> String {
+    arm.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>().split('_').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("_")
+}
+
+/// `(input, output)` rows of a recorded `save_to_disk` folder (columns `input_col`, `output_col`).
+fn recorded_pairs(registry: &Registry, folder: &str) -> Result<(Pairs, Vec<ResolvedFile>)> {
+    let (disk, local, files) = datasets::load_registered_hf_disk(registry, folder)?;
+    let frame = match disk {
+        HfDisk::Dataset(df) => df,
+        HfDisk::Dict(mut d) => d.remove("train").with_context(|| format!("{}: a DatasetDict without a train split", local.display()))?,
+    };
+    let inputs = datasets::string_column(&frame, "input_col").with_context(|| format!("{}: no `input_col` column", local.display()))?;
+    let outputs = datasets::string_column(&frame, "output_col").with_context(|| format!("{}: no `output_col` column", local.display()))?;
+    Ok((inputs.into_iter().zip(outputs).collect(), files))
+}
+
+/// Seeded draw of `n` train + `v` validation rows (fewer if the source is smaller).
+fn draw(rows: &[(String, String)], n: usize, v: usize, seed: u64, tag: &str) -> (Pairs, Pairs) {
+    let mut rng = SplitMix64::new(seed ^ crate::models::seq2seq::fnv1a64(tag.as_bytes()));
+    let mut idx: Vec<usize> = (0..rows.len()).collect();
+    rng.shuffle(&mut idx);
+    let take = |r: std::ops::Range<usize>| idx[r.start.min(idx.len())..r.end.min(idx.len())].iter().map(|&i| rows[i].clone()).collect::<Vec<_>>();
+    (take(0..n), take(n..n + v))
+}
+
+/// SQuAD split by article: `(pool, test)` row indices.
+fn split_by_article(titles: &[String], seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut articles: Vec<&String> = titles.iter().collect::<BTreeSet<_>>().into_iter().collect();
+    SplitMix64::new(seed ^ 0x5155_4144).shuffle(&mut articles);
+    let pool_articles: BTreeSet<&String> = articles[..articles.len() / 2].iter().copied().collect();
+    (0..titles.len()).partition(|&i| pool_articles.contains(&titles[i]))
+}
+
+/// Runs the four arms (resuming finished or interrupted ones from `runs_dir`).
+pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> Result<Table2> {
+    let data_dir = &registry.paths.data;
+    let (scales, cost_model) = load_scales(data_dir)?;
+    let scale = scales
+        .get(&opts.scale)
+        .with_context(|| format!("no scale `{}` in {} (have: {})", opts.scale, data_dir.join("table2_scales.toml").display(), scales.keys().cloned().collect::<Vec<_>>().join(", ")))?
+        .clone();
+    let tasks = crate::tasks::load_tasks(data_dir)?;
+    let squad_task = crate::tasks::find(&tasks, "squad").context("data/tasks.toml has no `squad` task")?;
+    let instruction = squad_task.instruction.clone();
+    let paper = crate::tasks::load_paper_results(data_dir)?.table2;
+    let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| registry.paths.cache.join("runs/table2").join(&opts.scale));
+    let mut manifest = Manifest::new(
+        "table2",
+        &registry.paths.root,
+        serde_json::json!({ "scale": opts.scale, "scale_settings": scale, "cost_model": cost_model, "generated": opts.generated, "seed": opts.seed, "device": format!("{:?}", opts.device), "runs_dir": runs_dir }),
+    );
+    let mut notes = vec![format!("Scale `{}`: {}.", opts.scale, scale.description)];
+
+    // --- SQuAD: annotation pool and held-out test set, split by article ---------------------------
+    let squad = datasets::load_dataset(registry, SQUAD_DATASET)?;
+    manifest.add_inputs(squad.files.clone());
+    let frame = &squad.frame;
+    let titles = datasets::string_column(frame, "title")?;
+    let contexts = datasets::string_column(frame, "context")?;
+    let inputs = datasets::string_column(frame, datasets::INPUT)?;
+    let references = datasets::string_list_column(frame, datasets::REFERENCES)?;
+    let (pool_idx, mut test_idx) = split_by_article(&titles, opts.seed);
+    let test_articles: BTreeSet<&String> = test_idx.iter().map(|&i| &titles[i]).collect();
+    let all_test = test_idx.len();
+    if scale.test_examples > 0 && scale.test_examples < test_idx.len() {
+        SplitMix64::new(opts.seed ^ 0x7E57).shuffle(&mut test_idx);
+        test_idx.truncate(scale.test_examples);
+        test_idx.sort();
+    }
+    let test_frame = frame.take(&IdxCa::from_vec("idx".into(), test_idx.iter().map(|&i| i as IdxSize).collect()))?.select([datasets::ID, datasets::INPUT, datasets::REFERENCES])?;
+    notes.push(format!(
+        "Only the SQuAD v1.1 dev set is available here. Its {} articles are split in two (seed {}): {} questions of {} articles form the annotation pool, {} questions of {} articles the held-out test set; {} of these are evaluated. No arm trains on a held-out article.",
+        titles.iter().collect::<BTreeSet<_>>().len(),
+        opts.seed,
+        pool_idx.len(),
+        pool_idx.iter().map(|&i| &titles[i]).collect::<BTreeSet<_>>().len(),
+        all_test,
+        test_articles.len(),
+        test_idx.len()
+    ));
+
+    let annotated_rows: Vec<(String, String)> = pool_idx.iter().map(|&i| (inputs[i].clone(), references[i].first().cloned().unwrap_or_default())).collect();
+    let annotated_context: Vec<&String> = pool_idx.iter().map(|&i| &contexts[i]).collect();
+
+    // --- generated and retrieved data -------------------------------------------------------------
+    let (generated_rows, generated_cost, generated_basis) = match &opts.generated {
+        GeneratedSource::Recorded => {
+            let (rows, files) = recorded_pairs(registry, RECORDED_GENERATED)?;
+            manifest.add_inputs(files);
+            (rows, None, format!("recorded gpt-3.5-turbo data ({RECORDED_GENERATED})"))
+        }
+        GeneratedSource::Dir(dir) => {
+            let path = dir.join(crate::dataset_generator::EXAMPLES_FILE);
+            let examples = crate::dataset_generator::read_examples_jsonl(&path).with_context(|| format!("reading generated examples {}", path.display()))?;
+            let log_path = dir.join(crate::dataset_generator::LOG_FILE);
+            let log: Option<crate::dataset_generator::GenerationLog> = std::fs::read_to_string(&log_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+            let cost = log.as_ref().map(|l| l.cost_usd);
+            let basis = match &log {
+                Some(l) => format!("generated by the project's generator ({} / {}), {}", l.backend, l.model, dir.display()),
+                None => format!("generated data in {} (no generation_log.json: cost unknown)", dir.display()),
+            };
+            (examples.into_iter().map(|e| (e.input, e.output)).collect(), cost, basis)
+        }
+    };
+    let (retrieved_rows, retrieved_files) = recorded_pairs(registry, OFFLINE_RETRIEVED)?;
+    manifest.add_inputs(retrieved_files);
+    notes.push(format!(
+        "Retrieval arm: the paper retrieved the Children's Book Test; offline only its one-example dummy exists, so the arm trains on the closest loadable QA dataset that is not SQuAD: Natural Questions (open), {} rows from the recorded runs ({OFFLINE_RETRIEVED}); its inputs are questions without a context passage.",
+        retrieved_rows.len()
+    ));
+    notes.push(format!("Generation arm: {generated_basis}, {} rows.", generated_rows.len()));
+
+    let n = scale.examples_per_source;
+    let v = scale.validation_examples;
+    let (ret_train, ret_val) = draw(&retrieved_rows, n, v, opts.seed, "retrieved");
+    let (gen_train, gen_val) = draw(&generated_rows, n, v, opts.seed, "generated");
+    // The annotation draw keeps pool indices so the paragraphs it covers can be counted.
+    let (ann_train, ann_val) = draw(&annotated_rows, n, v, opts.seed, "annotated");
+    let ann_paragraphs = {
+        let mut rng = SplitMix64::new(opts.seed ^ crate::models::seq2seq::fnv1a64(b"annotated"));
+        let mut idx: Vec<usize> = (0..annotated_rows.len()).collect();
+        rng.shuffle(&mut idx);
+        idx.iter().take(n).map(|&i| annotated_context[i]).collect::<BTreeSet<_>>().len()
+    };
+    if gen_train.len() < n || ret_train.len() < n {
+        notes.push(format!("Fewer rows than the scale asks for: generated {} / retrieved {} of {n}.", gen_train.len(), ret_train.len()));
+    }
+
+    // Task ids as the reference: generated data is task 0, retrieved data task 1. Annotated SQuAD
+    // stands in for a user's own data: task 0, the task the student is asked to do at test time.
+    let gen_pairs = |rows: &[(String, String)]| trainer::textualise(0, &instruction, rows);
+    let ret_pairs = |rows: &[(String, String)]| trainer::textualise(1, &instruction, rows);
+    let pricing = Pricing::for_model(&cost_model.recorded_teacher);
+    let gen_cost = |rows: &[(String, String)]| -> (Option<f64>, String) {
+        match (&opts.generated, generated_cost) {
+            (GeneratedSource::Dir(_), Some(total)) => (Some(total * rows.len() as f64 / generated_rows.len().max(1) as f64), "measured (generation log), prorated to the rows used".into()),
+            (GeneratedSource::Dir(_), None) => (None, "unknown (no generation log)".into()),
+            (GeneratedSource::Recorded, _) => {
+                let tokens: u64 = rows.iter().map(|(i, o)| estimate_tokens(i) + estimate_tokens(o)).sum();
+                (Some(tokens as f64 / 1000.0 * pricing.output_per_1k_usd), format!("lower bound: completion tokens of the rows used (~{tokens}, estimated) at {} output prices; the prompts were not recorded", cost_model.recorded_teacher))
+            }
+        }
+    };
+    let annotation_cost = ann_paragraphs as f64 * cost_model.annotation_minutes_per_paragraph / 60.0 * cost_model.annotation_usd_per_hour;
+
+    struct Arm {
+        name: &'static str,
+        train: Vec<TextPair>,
+        validation: Vec<TextPair>,
+        cost: (Option<f64>, String),
+    }
+    let arms = vec![
+        Arm { name: "retrieval only", train: ret_pairs(&ret_train), validation: ret_pairs(&ret_val), cost: (Some(0.0), "retrieved data is free".into()) },
+        Arm { name: "generation only", train: gen_pairs(&gen_train), validation: gen_pairs(&gen_val), cost: gen_cost(&gen_train) },
+        Arm {
+            name: "retrieval + generation",
+            train: trainer::concatenate_and_shuffle(vec![ret_pairs(&ret_train), gen_pairs(&gen_train)], opts.seed),
+            validation: trainer::concatenate_and_shuffle(vec![ret_pairs(&ret_val), gen_pairs(&gen_val)], opts.seed),
+            cost: gen_cost(&gen_train),
+        },
+        Arm {
+            name: "custom annotation",
+            train: gen_pairs(&ann_train),
+            validation: gen_pairs(&ann_val),
+            cost: (
+                Some(annotation_cost),
+                format!(
+                    "{ann_paragraphs} SQuAD paragraphs × {} min at ${}/h (SQuAD's crowdworker rate and time per paragraph)",
+                    cost_model.annotation_minutes_per_paragraph, cost_model.annotation_usd_per_hour
+                ),
+            ),
+        },
+    ];
+
+    let mut results = Vec::new();
+    let mut curves = Vec::new();
+    let mut predictions = Vec::new();
+    let mut signatures = BTreeMap::new();
+    for arm in arms {
+        let arm_dir = runs_dir.join(slug(arm.name));
+        let mut student = Student::build(&scale.student, models, opts.device, opts.seed)?;
+        let mut trainer = Trainer::new(scale.train.clone(), &mut student, arm_dir.join("student"));
+        trainer.progress = opts.progress;
+        trainer.label = arm.name.to_string();
+        tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
+        let summary = trainer.train(&arm.train, &arm.validation).with_context(|| format!("training the `{}` arm", arm.name))?;
+        let predicted = executor::predict_frame(&student, &instruction, &test_frame, &scale.executor).with_context(|| format!("predicting with the `{}` arm", arm.name))?;
+        executor::write_parquet(&predicted, &arm_dir.join("predictions.parquet"))?;
+        let preds = datasets::string_column(&predicted, datasets::PREDICTION)?;
+        let refs = datasets::string_list_column(&predicted, datasets::REFERENCES)?;
+        let em_squad = evaluator::score(Metric::ExactMatchSquad, &preds, &refs)?;
+        let em_raw = evaluator::score(Metric::ExactMatch, &preds, &refs)?;
+        signatures.insert(Metric::ExactMatchSquad.name().to_string(), em_squad.signature.clone());
+        signatures.insert(Metric::ExactMatch.name().to_string(), em_raw.signature.clone());
+        let paper_row = paper.row.iter().find(|r| r.arm == arm.name);
+        let last_epoch = summary.epochs.last();
+        results.push(ArmResult {
+            arm: arm.name.to_string(),
+            train_examples: arm.train.len(),
+            em_squad: em_squad.value,
+            em_raw: em_raw.value,
+            test_examples: preds.len(),
+            cost_usd: arm.cost.0,
+            cost_basis: arm.cost.1,
+            paper_examples: paper_row.map(|r| r.examples),
+            paper_em: paper_row.map(|r| r.squad),
+            paper_cost_usd: paper_row.and_then(|r| r.cost_usd),
+            final_train_loss: last_epoch.map(|e| e.train_loss),
+            final_validation_loss: last_epoch.and_then(|e| e.validation_loss),
+            optimizer_steps: summary.optimizer_steps,
+            train_seconds: summary.seconds,
+            examples_per_second: summary.examples_per_second,
+        });
+        curves.push((arm.name.to_string(), summary.steps.clone()));
+        predictions.push((arm.name.to_string(), predicted));
+    }
+    manifest.metric_signatures = signatures;
+    notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator).".into());
+    notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
+    Ok(Table2 { scale_name: opts.scale.clone(), scale, arms: results, curves, predictions, notes, manifest })
+}
+
+impl Table2 {
+    pub fn frame(&self) -> PolarsResult<DataFrame> {
+        let a = &self.arms;
+        DataFrame::new_infer_height(vec![
+            Column::new("arm".into(), a.iter().map(|r| r.arm.clone()).collect::<Vec<_>>()),
+            Column::new("train examples".into(), a.iter().map(|r| r.train_examples as u64).collect::<Vec<_>>()),
+            Column::new("EM (SQuAD norm.)".into(), a.iter().map(|r| r.em_squad).collect::<Vec<_>>()),
+            Column::new("EM (raw)".into(), a.iter().map(|r| r.em_raw).collect::<Vec<_>>()),
+            Column::new("paper EM".into(), a.iter().map(|r| r.paper_em).collect::<Vec<_>>()),
+            Column::new("paper examples".into(), a.iter().map(|r| r.paper_examples.map(|x| x as u64)).collect::<Vec<_>>()),
+            Column::new("cost ($)".into(), a.iter().map(|r| r.cost_usd).collect::<Vec<_>>()),
+            Column::new("paper cost ($)".into(), a.iter().map(|r| r.paper_cost_usd).collect::<Vec<_>>()),
+        ])
+    }
+
+    pub fn details_frame(&self) -> PolarsResult<DataFrame> {
+        let a = &self.arms;
+        DataFrame::new_infer_height(vec![
+            Column::new("arm".into(), a.iter().map(|r| r.arm.clone()).collect::<Vec<_>>()),
+            Column::new("test examples".into(), a.iter().map(|r| r.test_examples as u64).collect::<Vec<_>>()),
+            Column::new("optimizer steps".into(), a.iter().map(|r| r.optimizer_steps).collect::<Vec<_>>()),
+            Column::new("final train loss".into(), a.iter().map(|r| r.final_train_loss).collect::<Vec<_>>()),
+            Column::new("final validation loss".into(), a.iter().map(|r| r.final_validation_loss).collect::<Vec<_>>()),
+            Column::new("train seconds".into(), a.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
+            Column::new("train examples/s".into(), a.iter().map(|r| r.examples_per_second).collect::<Vec<_>>()),
+            Column::new("cost basis".into(), a.iter().map(|r| r.cost_basis.clone()).collect::<Vec<_>>()),
+        ])
+    }
+
+    pub fn curves_frame(&self) -> PolarsResult<DataFrame> {
+        let rows: Vec<(&String, &StepLog)> = self.curves.iter().flat_map(|(arm, steps)| steps.iter().map(move |s| (arm, s))).collect();
+        DataFrame::new_infer_height(vec![
+            Column::new("arm".into(), rows.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>()),
+            Column::new("step".into(), rows.iter().map(|(_, s)| s.step).collect::<Vec<_>>()),
+            Column::new("epoch".into(), rows.iter().map(|(_, s)| s.epoch as u64).collect::<Vec<_>>()),
+            Column::new("loss".into(), rows.iter().map(|(_, s)| s.loss).collect::<Vec<_>>()),
+            Column::new("lr".into(), rows.iter().map(|(_, s)| s.lr).collect::<Vec<_>>()),
+            Column::new("grad norm".into(), rows.iter().map(|(_, s)| s.grad_norm).collect::<Vec<_>>()),
+        ])
+    }
+
+    /// Rounded rows for snapshot tests: (arm, train examples, EM squad, EM raw, cost, final train
+    /// loss, final validation loss).
+    #[allow(clippy::type_complexity)]
+    pub fn snapshot_rows(&self) -> Vec<(String, usize, f64, f64, Option<f64>, Option<f64>, Option<f64>)> {
+        self.arms
+            .iter()
+            .map(|r| {
+                (
+                    r.arm.clone(),
+                    r.train_examples,
+                    super::round2(r.em_squad),
+                    super::round2(r.em_raw),
+                    r.cost_usd.map(super::round2),
+                    r.final_train_loss.map(super::round2),
+                    r.final_validation_loss.map(super::round2),
+                )
+            })
+            .collect()
+    }
+
+    pub fn report(&self) -> Result<Report> {
+        let mut curves = ReportTable::new("table2_learning_curves", "Training loss per optimizer step", self.curves_frame()?);
+        curves.decimals = 4;
+        Ok(Report {
+            name: "table2".into(),
+            title: format!("Table 2 — SQuAD students by training data (scale `{}`)", self.scale_name),
+            tables: vec![
+                ReportTable::new("table2", "Table 2: exact match on held-out SQuAD questions, paper beside", self.frame()?),
+                ReportTable::new("table2_details", "Training details per arm", self.details_frame()?),
+                curves,
+            ],
+            notes: self.notes.clone(),
+            manifest: self.manifest.clone(),
+        })
+    }
+
+    /// Writes the figures (bars with the paper's values, learning curves) and the predictions.
+    fn write_extras(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut files = figures::paired_bars(
+            dir,
+            "table2",
+            &format!("Table 2: SQuAD EM by training data (scale {})", self.scale_name),
+            &[BarPanel {
+                title: "SQuAD exact match".into(),
+                axis: "EM (%)".into(),
+                groups: self.arms.iter().map(|a| BarGroup { label: a.arm.clone(), paper: a.paper_em, reproduced: Some(a.em_squad) }).collect(),
+            }],
+        )?;
+        let series: Vec<figures::Curve> = self
+            .curves
+            .iter()
+            .map(|(arm, steps)| figures::Curve { label: arm.clone(), points: steps.iter().map(|s| (s.step as f64, s.loss)).collect() })
+            .collect();
+        files.extend(figures::line_chart(dir, "table2_learning_curves", "Training loss by arm", "optimizer step", "loss", &series)?);
+        for (arm, frame) in &self.predictions {
+            let name = format!("predictions_{}.parquet", slug(arm));
+            executor::write_parquet(frame, &dir.join(&name))?;
+            files.push(name);
+        }
+        Ok(files)
+    }
+}
+
+/// Runs Table 2 at a scale and writes `reports/table2/`; returns the table and the folder.
+pub fn run(registry: &Registry, models: &ModelRegistry, opts: &Options) -> Result<(Table2, PathBuf)> {
+    let table = compute(registry, models, opts)?;
+    let report = table.report()?;
+    let dir = report.write(&registry.paths.reports, |dir| table.write_extras(dir)).context("writing the Table 2 report")?;
+    Ok((table, dir))
+}

@@ -1,0 +1,203 @@
+//! `p2m train` and `p2m predict`: the trainer and the executor on the command line.
+//!
+//! Training data are JSONL files of `{"input": ..., "output": ...}` objects (what `p2m generate`
+//! writes as `examples.jsonl`). `--train` files are task 0 (generated / the user's own data),
+//! `--retrieved` files task 1, as the reference numbers them.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::dataset_generator::read_examples_jsonl;
+use crate::executor::{self, ExecutorConfig};
+use crate::models::weights::ModelRegistry;
+use crate::trainer::{self, Student, StudentSpec, TextPair, Trainer};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training examples (JSONL, `input`/`output`), textualised as task 0; repeatable.
+    #[arg(long, required = true)]
+    pub train: Vec<PathBuf>,
+    /// Retrieved examples (JSONL, `input`/`output`), textualised as task 1; repeatable.
+    #[arg(long)]
+    pub retrieved: Vec<PathBuf>,
+    /// Validation examples (JSONL); the loss on them is reported after each epoch.
+    #[arg(long)]
+    pub validation: Option<PathBuf>,
+    /// The task instruction (else `--task`'s from data/tasks.toml).
+    #[arg(long, conflicts_with = "task")]
+    pub instruction: Option<String>,
+    /// A task of data/tasks.toml whose instruction to use (squad, mconala, temporal).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Output folder: checkpoints/ and final/. Running the same command again resumes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `warm-start` (BERT2BERT from all-MiniLM-L6-v2), `tiny:HIDDEN:LAYERS:HEADS`, or a model folder.
+    #[arg(long, default_value = "warm-start")]
+    pub student: String,
+    /// A TOML file of training settings (src/trainer TrainConfig fields); flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub max_source_len: Option<usize>,
+    #[arg(long)]
+    pub max_target_len: Option<usize>,
+    /// Run on the CPU even when a GPU is visible.
+    #[arg(long)]
+    pub cpu: bool,
+    /// Print the training summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A trained student folder (`final/` of `p2m train`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Inputs (JSONL with `input`, and optionally `output` as the reference).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write predictions (parquet: id, input, references, prediction).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, conflicts_with = "task")]
+    pub instruction: Option<String>,
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 2.0)]
+    pub repetition_penalty: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+fn instruction(instruction: &Option<String>, task: &Option<String>) -> anyhow::Result<String> {
+    if let Some(i) = instruction {
+        return Ok(i.clone());
+    }
+    let Some(task) = task else { anyhow::bail!("give --instruction TEXT or --task ID (a task of data/tasks.toml)") };
+    let paths = crate::config::Paths::from_env()?;
+    let tasks = crate::tasks::load_tasks(&paths.data)?;
+    let t = crate::tasks::find(&tasks, task).with_context(|| format!("no task `{task}` in data/tasks.toml"))?;
+    Ok(t.instruction.clone())
+}
+
+/// Parses `--student`.
+pub fn parse_student(s: &str) -> anyhow::Result<StudentSpec> {
+    if s == "warm-start" {
+        return Ok(StudentSpec::default());
+    }
+    if let Some(rest) = s.strip_prefix("tiny:") {
+        let parts: Vec<i64> = rest.split(':').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().with_context(|| format!("--student {s}: expected tiny:HIDDEN:LAYERS:HEADS"))?;
+        anyhow::ensure!(parts.len() == 3, "--student {s}: expected tiny:HIDDEN:LAYERS:HEADS");
+        return Ok(StudentSpec::Tiny { tokenizer_of: "all-MiniLM-L6-v2".into(), hidden: parts[0], layers: parts[1], heads: parts[2] });
+    }
+    let path = PathBuf::from(s);
+    anyhow::ensure!(path.join("config.json").exists(), "--student {s}: not `warm-start`, `tiny:H:L:A`, or a model folder with config.json");
+    Ok(StudentSpec::Pretrained { path })
+}
+
+fn read_pairs(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let examples = read_examples_jsonl(path).with_context(|| format!("{}: expected JSONL lines of {{\"input\": ..., \"output\": ...}}", path.display()))?;
+    anyhow::ensure!(!examples.is_empty(), "{}: no examples", path.display());
+    Ok(examples.into_iter().map(|e| (e.input, e.output)).collect())
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let instruction = instruction(&args.instruction, &args.task)?;
+    let mut cfg = match &args.config {
+        Some(p) => trainer::load_train_config(p)?,
+        None => trainer::TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($field:ident, $val:expr) => {
+            if let Some(v) = $val {
+                cfg.$field = v;
+            }
+        };
+    }
+    set!(epochs, args.epochs);
+    set!(learning_rate, args.lr);
+    set!(batch_size, args.batch_size);
+    set!(checkpoint_every, args.checkpoint_every);
+    set!(seed, args.seed);
+    set!(max_source_len, args.max_source_len);
+    set!(max_target_len, args.max_target_len);
+    if args.max_steps.is_some() {
+        cfg.max_steps = args.max_steps;
+    }
+    let mut parts = Vec::new();
+    for p in &args.train {
+        parts.push(trainer::textualise(0, &instruction, &read_pairs(p)?));
+    }
+    for p in &args.retrieved {
+        parts.push(trainer::textualise(1, &instruction, &read_pairs(p)?));
+    }
+    let train_set = trainer::concatenate_and_shuffle(parts, cfg.seed);
+    let validation: Vec<TextPair> = match &args.validation {
+        Some(p) => trainer::textualise(0, &instruction, &read_pairs(p)?),
+        None => vec![],
+    };
+    let device = if args.cpu { tch::Device::Cpu } else { crate::models::default_device() };
+    let models = ModelRegistry::from_env()?;
+    let mut student = Student::build(&parse_student(&args.student)?, &models, device, cfg.seed)?;
+    let mut trainer = Trainer::new(cfg, &mut student, &args.out);
+    trainer.label = "train".into();
+    let summary = trainer.train(&train_set, &validation)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for e in &summary.epochs {
+            println!(
+                "epoch {}: train loss {:.4}{}",
+                e.epoch + 1,
+                e.train_loss,
+                e.validation_loss.map(|v| format!(", validation loss {v:.4}")).unwrap_or_default()
+            );
+        }
+        println!(
+            "{} optimizer steps, {:.1} examples/s{}; model: {}",
+            summary.optimizer_steps,
+            summary.examples_per_second,
+            summary.resumed_from_step.map(|s| format!(" (resumed at step {s})")).unwrap_or_default(),
+            args.out.join("final").display()
+        );
+    }
+    Ok(())
+}
+
+pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let instruction = instruction(&args.instruction, &args.task)?;
+    let device = if args.cpu { tch::Device::Cpu } else { crate::models::default_device() };
+    let student = Student::from_dir(&args.model, device)?;
+    let rows = read_pairs(&args.input)?;
+    let ids: Vec<String> = (0..rows.len()).map(|i| i.to_string()).collect();
+    let inputs: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let refs: Vec<Vec<String>> = rows.iter().map(|r| vec![r.1.clone()]).collect();
+    let frame = crate::datasets::common_frame(ids, inputs, &refs, None)?;
+    let cfg = ExecutorConfig { max_new_tokens: args.max_new_tokens, repetition_penalty: args.repetition_penalty, batch_size: args.batch_size, ..ExecutorConfig::default() };
+    let out = executor::predict_frame(&student, &instruction, &frame, &cfg)?;
+    executor::write_parquet(&out, &args.out)?;
+    let preds = crate::datasets::string_column(&out, crate::datasets::PREDICTION)?;
+    let em = crate::evaluator::score(crate::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
+    println!("{} predictions → {}; {em}", preds.len(), args.out.display());
+    Ok(())
+}

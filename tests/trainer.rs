@@ -1,0 +1,228 @@
+//! The trainer: AdamW against PyTorch's, learning on a tiny student, exact resume after SIGKILL,
+//! a non-finite loss stopping the run, foreign checkpoints refused, and the executor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prompt2model::models::weights::ModelRegistry;
+use prompt2model::trainer::adamw::{scheduled_lr, AdamW, AdamWParams};
+use prompt2model::trainer::{self, Student, StudentSpec, TextPair, TrainConfig, TrainError, Trainer};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[test]
+fn adamw_follows_torch_step_for_step() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/adamw/trajectory.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let w = Tensor::from_slice(&floats(&fx["w0"])).view([3, 4]).set_requires_grad(true);
+    let b = Tensor::from_slice(&floats(&fx["b0"])).set_requires_grad(true);
+    // Names decide weight decay as the HF Trainer does: `.bias` is exempt.
+    let vars = HashMap::from([("x.weight".to_string(), w.shallow_clone()), ("x.bias".to_string(), b.shallow_clone())]);
+    let mut opt = AdamW::new(vars, AdamWParams { weight_decay: fx["weight_decay"].as_f64().unwrap(), ..AdamWParams::default() });
+    let steps = fx["steps"].as_u64().unwrap();
+    let warmup = fx["warmup"].as_u64().unwrap();
+    for step in 0..steps as usize {
+        opt.zero_grad();
+        let gw = Tensor::from_slice(&floats(&fx["grads"][step]["w"])).view([3, 4]);
+        let gb = Tensor::from_slice(&floats(&fx["grads"][step]["b"]));
+        // Gradients of sum(p * g) are g.
+        ((&w * &gw).sum(Kind::Float) + (&b * &gb).sum(Kind::Float)).backward();
+        let norm = opt.clip_grad_norm(Some(fx["max_norm"].as_f64().unwrap()));
+        let want_norm = fx["grad_norms"][step].as_f64().unwrap();
+        assert!((norm - want_norm).abs() < 1e-5 * want_norm.max(1.0), "step {step}: grad norm {norm} vs torch {want_norm}");
+        let lr = scheduled_lr(fx["lr"].as_f64().unwrap(), step as u64, steps, warmup, true);
+        let want_lr = fx["lrs"][step].as_f64().unwrap();
+        assert!((lr - want_lr).abs() < 1e-15, "step {step}: lr {lr} vs torch {want_lr}");
+        opt.step(lr);
+        for (name, t) in [("w", &w), ("b", &b)] {
+            let got = Vec::<f32>::try_from(t.detach().view([-1])).unwrap();
+            let want = floats(&fx["after"][step][name]);
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() <= 2e-6 * e.abs().max(1.0), "step {step} {name}: {got:?}\nvs torch {want:?}");
+            }
+        }
+    }
+}
+
+fn registry() -> ModelRegistry {
+    ModelRegistry::from_env().expect("data/models.toml loads (run scripts/setup.sh)")
+}
+
+fn tiny() -> StudentSpec {
+    StudentSpec::Tiny { tokenizer_of: "all-MiniLM-L6-v2".into(), hidden: 32, layers: 1, heads: 2 }
+}
+
+/// A toy task a tiny model can fit: copy the colour word.
+fn toy_pairs(n: usize) -> Vec<TextPair> {
+    let colours = ["red", "green", "blue", "yellow", "black", "white"];
+    let rows: Vec<(String, String)> = (0..n).map(|i| (format!("the {} car number {i}", colours[i % 6]), colours[i % 6].to_string())).collect();
+    trainer::textualise(0, "Name the colour.", &rows)
+}
+
+fn small_config() -> TrainConfig {
+    TrainConfig { epochs: 3, batch_size: 4, learning_rate: 3e-3, max_source_len: 32, max_target_len: 8, mixed_precision: false, seed: 7, ..TrainConfig::default() }
+}
+
+#[test]
+fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
+    let out = tempfile::tempdir().unwrap();
+    let mut student = Student::build(&tiny(), &registry(), Device::Cpu, 7).unwrap();
+    let data = toy_pairs(24);
+    let cfg = TrainConfig { epochs: 30, learning_rate: 1e-2, ..small_config() };
+    let mut trainer = Trainer::new(cfg, &mut student, out.path());
+    trainer.progress = false;
+    let summary = trainer.train(&data, &toy_pairs(6)).unwrap();
+    assert_eq!(summary.optimizer_steps, 30 * 6);
+    assert_eq!(summary.epochs.len(), 30);
+    let first = summary.epochs.first().unwrap().train_loss;
+    let last = summary.epochs.last().unwrap().train_loss;
+    assert!(last < 0.5 * first, "training loss {first} → {last}");
+    assert!(summary.epochs.iter().all(|e| e.validation_loss.is_some_and(f64::is_finite)));
+    // final/ holds a loadable student.
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "training_summary.json", "trainer_state.json"] {
+        assert!(out.path().join("final").join(f).exists(), "final/{f}");
+    }
+    let reloaded = Student::from_dir(&out.path().join("final"), Device::Cpu).unwrap();
+    let frame = prompt2model::datasets::common_frame(
+        vec!["a".into(), "b".into()],
+        vec!["the blue car number 99".into(), "the red car number 98".into()],
+        &[vec!["blue".into()], vec!["red".into()]],
+        None,
+    )
+    .unwrap();
+    let cfg = prompt2model::executor::ExecutorConfig { max_new_tokens: 4, max_source_len: 32, ..Default::default() };
+    let predicted = prompt2model::executor::predict_frame(&reloaded, "Name the colour.", &frame, &cfg).unwrap();
+    let preds = prompt2model::datasets::string_column(&predicted, "prediction").unwrap();
+    // The toy task is learnt: the colour is copied from inputs never seen in training.
+    assert_eq!(preds, ["blue", "red"]);
+    // Same weights, same inputs: the reloaded student predicts what the trained one does.
+    let again = prompt2model::executor::predict_frame(&student_from(&out.path().join("final")), "Name the colour.", &frame, &cfg).unwrap();
+    assert_eq!(prompt2model::datasets::string_column(&again, "prediction").unwrap(), preds);
+}
+
+fn student_from(dir: &Path) -> Student {
+    Student::from_dir(dir, Device::Cpu).unwrap()
+}
+
+fn write_jsonl(path: &Path, pairs: &[(String, String)]) {
+    let lines: Vec<String> = pairs.iter().map(|(i, o)| serde_json::json!({"input": i, "output": o}).to_string()).collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn train_cmd(data: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2m"));
+    cmd.args(["train", "--cpu", "--student", "tiny:32:1:2", "--instruction", "Name the colour.", "--epochs", "2", "--batch-size", "2", "--lr", "0.003", "--checkpoint-every", "1", "--seed", "3", "--json"])
+        .arg("--train")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+fn file_bytes(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    let colours = ["red", "green", "blue", "yellow"];
+    let rows: Vec<(String, String)> = (0..40).map(|i| (format!("a {} kite, {} of many", colours[i % 4], i), colours[i % 4].to_string())).collect();
+    write_jsonl(&data, &rows);
+
+    // Uninterrupted reference run.
+    let reference = dir.path().join("reference");
+    let out = train_cmd(&data, &reference).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Killed once a few checkpoints exist (40 steps in all), then started again.
+    let killed = dir.path().join("killed");
+    let mut child = train_cmd(&data, &killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let step = trainer::latest_checkpoint(&killed).unwrap().and_then(|p| p.file_name().unwrap().to_str().unwrap().strip_prefix("step-").map(|s| s.parse::<u64>().unwrap()));
+        if step.is_some_and(|s| s >= 5) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("final").exists(), "killed before the end");
+
+    let out = train_cmd(&data, &killed).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resumed = summary["resumed_from_step"].as_u64().expect("the second run resumed");
+    assert!((5..40).contains(&resumed), "resumed at {resumed}");
+    assert_eq!(summary["optimizer_steps"], 40);
+
+    assert!(file_bytes(killed.join("final/model.safetensors")) == file_bytes(reference.join("final/model.safetensors")), "final weights differ after resume");
+    let losses = |p: PathBuf| -> Vec<f64> {
+        let v: Value = serde_json::from_slice(&file_bytes(p)).unwrap();
+        v["steps"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect()
+    };
+    assert_eq!(losses(killed.join("final/trainer_state.json")), losses(reference.join("final/trainer_state.json")));
+
+    // A finished run is not trained again.
+    let out = train_cmd(&data, &killed).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(file_bytes(killed.join("final/model.safetensors")), file_bytes(reference.join("final/model.safetensors")));
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let mut student = Student::build(&tiny(), &registry(), Device::Cpu, 1).unwrap();
+    // An absurd learning rate and no clipping blow the weights up after the first update.
+    let cfg = TrainConfig { learning_rate: 1e30, max_grad_norm: None, checkpoint_every: 1, schedule: "constant".into(), ..small_config() };
+    let mut trainer = Trainer::new(cfg, &mut student, out.path());
+    trainer.progress = false;
+    let err = trainer.train(&toy_pairs(16), &[]).unwrap_err();
+    let TrainError::NonFiniteLoss { step, checkpoint, .. } = err.downcast_ref::<TrainError>().unwrap_or_else(|| panic!("{err:#}")) else { panic!("{err:#}") };
+    assert!(*step >= 1, "the first loss is finite");
+    assert!(Path::new(checkpoint).join("model.safetensors").exists(), "{checkpoint}");
+    assert!(err.to_string().contains("Lower the learning rate"), "{err}");
+    assert!(!out.path().join("final").exists());
+}
+
+#[test]
+fn a_checkpoint_of_another_run_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let reg = registry();
+    let cfg = TrainConfig { epochs: 1, max_steps: Some(2), checkpoint_every: 1, ..small_config() };
+    let mut student = Student::build(&tiny(), &reg, Device::Cpu, 1).unwrap();
+    let mut t = Trainer::new(cfg.clone(), &mut student, out.path());
+    t.progress = false;
+    t.train(&toy_pairs(16), &[]).unwrap();
+    let mut student = Student::build(&tiny(), &reg, Device::Cpu, 1).unwrap();
+    let mut t = Trainer::new(cfg, &mut student, out.path());
+    t.progress = false;
+    let err = t.train(&toy_pairs(17), &[]).unwrap_err();
+    assert!(matches!(err.downcast_ref::<TrainError>(), Some(TrainError::ForeignCheckpoint { .. })), "{err:#}");
+    assert!(err.to_string().contains("new output directory"), "{err}");
+}
+
+#[test]
+fn training_configs_from_toml_name_bad_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("train.toml");
+    std::fs::write(&p, "epochs = 2\nlearnin_rate = 1e-4\n").unwrap();
+    let err = format!("{:#}", trainer::load_train_config(&p).unwrap_err());
+    assert!(err.contains("train.toml") && err.contains("learnin_rate"), "{err}");
+    std::fs::write(&p, "epochs = 0\n").unwrap();
+    let err = format!("{:#}", trainer::load_train_config(&p).unwrap_err());
+    assert!(err.contains("epochs must be at least 1"), "{err}");
+}
