@@ -5,7 +5,9 @@
 //! English stop-word list and NLTK's Snowball English stemmer. This analyzer does the same steps in
 //! that order (stop words are removed before stemming, as there); it differs in that it removes
 //! *every* non-alphanumeric character (Unicode-aware) rather than retriv's ASCII punctuation set,
-//! so `état` stays one token and `C++` becomes `c`.
+//! so `état` stays one token and `C++` becomes `c`, and in that it splits text in scripts written
+//! without spaces (Chinese, Japanese, Korean) into character bigrams (retriv would keep a whole
+//! Japanese sentence as one token, which matches nothing).
 //!
 //! [`ANALYZER_VERSION`] names this behaviour; on-disk indices record it and are rebuilt when it
 //! changes.
@@ -16,7 +18,7 @@ use std::sync::OnceLock;
 use rust_stemmers::{Algorithm, Stemmer};
 
 /// Bumped whenever tokenisation, stop words or stemming change (invalidates cached indices).
-pub const ANALYZER_VERSION: &str = "lower+amp+punct+nltk-stop+snowball-en/1";
+pub const ANALYZER_VERSION: &str = "lower+amp+punct+cjk-bigrams+nltk-stop+snowball-en/2";
 
 /// NLTK's English stop-word list (179 words), the list retriv's `stopwords="english"` loads.
 pub const ENGLISH_STOP_WORDS: &[&str] = &[
@@ -40,20 +42,58 @@ fn stop_words() -> &'static HashSet<&'static str> {
     SET.get_or_init(|| ENGLISH_STOP_WORDS.iter().copied().collect())
 }
 
-/// Lowercase, `&` → ` and `, every non-alphanumeric character → space, then split on whitespace.
-/// Stop words are kept (see [`Analyzer::analyze`]).
+/// Han, Hiragana, Katakana and Hangul: scripts written without spaces between words.
+fn is_cjk(ch: char) -> bool {
+    matches!(ch as u32,
+        0x3040..=0x30FF      // Hiragana, Katakana
+        | 0x31F0..=0x31FF    // Katakana phonetic extensions
+        | 0x3400..=0x4DBF    // CJK extension A
+        | 0x4E00..=0x9FFF    // CJK unified ideographs
+        | 0xF900..=0xFAFF    // CJK compatibility ideographs
+        | 0xFF66..=0xFF9F    // half-width Katakana
+        | 0xAC00..=0xD7AF    // Hangul syllables
+        | 0x20000..=0x2FA1F) // CJK extensions B–F, compatibility supplement
+}
+
+/// Lowercase, `&` → `and`, every character that is neither a letter nor a digit separates
+/// words. Runs of CJK characters (no spaces between words) become overlapping character bigrams,
+/// as Lucene's CJK analyzer does, and a script change separates words (`Pythonで` → `python`, `で`),
+/// so a Japanese instruction still matches `python`. Stop words are kept (see [`Analyzer::analyze`]).
 pub fn raw_tokens(text: &str) -> Vec<String> {
-    let mut normalized = String::with_capacity(text.len());
-    for ch in text.chars() {
-        if ch == '&' {
-            normalized.push_str(" and ");
-        } else if ch.is_alphanumeric() {
-            normalized.extend(ch.to_lowercase());
-        } else {
-            normalized.push(' ');
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut cjk: Vec<char> = Vec::new();
+    fn flush_cjk(cjk: &mut Vec<char>, out: &mut Vec<String>) {
+        match cjk.len() {
+            0 => {}
+            1 => out.push(cjk[0].to_string()),
+            _ => out.extend(cjk.windows(2).map(|w| w.iter().collect::<String>())),
+        }
+        cjk.clear();
+    }
+    fn flush_word(word: &mut String, out: &mut Vec<String>) {
+        if !word.is_empty() {
+            out.push(std::mem::take(word));
         }
     }
-    normalized.split_whitespace().map(str::to_string).collect()
+    for ch in text.chars() {
+        if is_cjk(ch) {
+            flush_word(&mut word, &mut out);
+            cjk.push(ch);
+        } else if ch.is_alphanumeric() {
+            flush_cjk(&mut cjk, &mut out);
+            word.extend(ch.to_lowercase());
+        } else {
+            flush_word(&mut word, &mut out);
+            flush_cjk(&mut cjk, &mut out);
+            if ch == '&' {
+                out.push("and".into());
+            }
+        }
+    }
+    flush_word(&mut word, &mut out);
+    flush_cjk(&mut cjk, &mut out);
+    out
 }
 
 /// The analyzer: [`raw_tokens`], minus stop words, stemmed.
@@ -110,6 +150,8 @@ mod tests {
         assert_eq!(raw_tokens("Hello, World! T5-base & BART."), ["hello", "world", "t5", "base", "and", "bart"]);
         assert_eq!(raw_tokens("  ...  "), Vec::<String>::new());
         assert_eq!(raw_tokens("Éclair über"), ["éclair", "über"]);
+        assert_eq!(raw_tokens("Pythonで1行のコード"), ["python", "で", "1", "行の", "のコ", "コー", "ード"]);
+        assert_eq!(raw_tokens("日本語 a"), ["日本", "本語", "a"]);
     }
 
     #[test]
