@@ -749,7 +749,12 @@ pub fn hyde_prompt(instruction: &str) -> String {
 
 /// Ask a teacher for a hypothetical model card (HyDE, Gao et al. 2022), temperature 0.
 pub async fn hyde_query(teacher: &dyn Teacher, instruction: &str) -> Result<String> {
-    let params = SamplingParams { temperature: 0.0, top_p: 1.0, max_tokens: Some(320), n: 1, seed: Some(0), ..Default::default() };
+    hyde_query_with(teacher, instruction, 320).await
+}
+
+/// [`hyde_query`] with a cap on the card's length in tokens.
+pub async fn hyde_query_with(teacher: &dyn Teacher, instruction: &str, max_tokens: u32) -> Result<String> {
+    let params = SamplingParams { temperature: 0.0, top_p: 1.0, max_tokens: Some(max_tokens), n: 1, seed: Some(0), ..Default::default() };
     let request = ChatRequest::user(hyde_prompt(instruction), params);
     let response = teacher.chat(&request).await.with_context(|| format!("HyDE: the teacher ({} {}) did not answer", teacher.backend(), teacher.model()))?;
     let card = response.choices.first().map(|c| c.content.trim().to_string()).unwrap_or_default();

@@ -22,4 +22,5 @@ mod offline_models;
 mod prompt_parser;
 mod recorded_tables;
 mod registry;
+mod retrievers;
 mod teacher_openai;
