@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn hand_computed_lucene_scores() {
         let index = Bm25Index::build(&docs());
-        assert_eq!((index.n_docs(), index.n_terms(), index.n_postings()), (4, 6, 8));
+        assert_eq!((index.n_docs(), index.n_terms(), index.n_postings()), (4, 6, 9));
         assert!((index.avgdl() - 2.5).abs() < 1e-12);
         let p = Bm25Params::default();
         // "dog": N = 4, df = 2 → idf = ln(1 + 2.5/2.5) = ln 2.
