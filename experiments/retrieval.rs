@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
 use clap::Parser;
 use polars::prelude::*;
 use prompt2model::config::Paths;
