@@ -409,53 +409,61 @@ fn progress_bar(label: &str, show: bool) -> indicatif::ProgressBar {
     pb
 }
 
+/// Every usable card of a source with its description (the README text BM25 indexes), in index
+/// order, skipping what the reference skips; an error when nothing is usable.
+pub fn read_usable_cards(source: &IndexSource, show_progress: bool) -> Result<(Vec<ModelCard>, Vec<String>, IndexStats), IndexError> {
+    let mut stats = IndexStats::default();
+    let mut cards = Vec::new();
+    let mut descriptions = Vec::new();
+    let pb = progress_bar("reading model cards", show_progress);
+    if !source.path.is_dir() {
+        pb.set_length(11_929);
+    }
+    for_each_card(&source.path, &pb, |member, bytes| {
+        stats.files += 1;
+        let raw = parse_card(bytes).map_err(|detail| IndexError::Card { archive: source.path.clone(), member: member.to_string(), detail })?;
+        let Some(raw) = raw else {
+            stats.empty += 1;
+            return Ok(());
+        };
+        if BLOCKLIST_ORGS.iter().any(|org| raw.name.starts_with(&format!("{org}/"))) {
+            stats.blocked += 1;
+            return Ok(());
+        }
+        let Some(description) = raw.description else {
+            stats.no_description += 1;
+            return Ok(());
+        };
+        if raw.size_bytes == 0 {
+            stats.no_size += 1;
+            return Ok(());
+        }
+        let (architecture, architecture_reason) = classify_architecture(&raw.name, &description);
+        descriptions.push(description);
+        cards.push(ModelCard { name: raw.name, size_bytes: raw.size_bytes, downloads: raw.downloads, architecture, architecture_reason });
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    stats.indexed = cards.len() as u64;
+    if cards.is_empty() {
+        return Err(IndexError::Empty {
+            path: source.path.clone(),
+            detail: format!(
+                "no usable model card ({} files: {} empty, {} without description, {} without size, {} blocklisted)",
+                stats.files, stats.empty, stats.no_description, stats.no_size, stats.blocked
+            ),
+            fix: "use the full index (`prompt2model/model_info.tar.gz` from the data mirror) or a folder of cards with pretrained_model_name, description, size_bytes, downloads".into(),
+        });
+    }
+    Ok((cards, descriptions, stats))
+}
+
 impl ModelIndex {
     /// Parse a source and build the BM25 index (no cache involved).
     pub fn build(source: &IndexSource, show_progress: bool) -> Result<Self, IndexError> {
+        let (cards, descriptions, stats) = read_usable_cards(source, show_progress)?;
         let analyzer = Analyzer::new();
-        let mut stats = IndexStats::default();
-        let mut cards = Vec::new();
-        let mut docs: Vec<Vec<String>> = Vec::new();
-        let pb = progress_bar("indexing model cards", show_progress);
-        if !source.path.is_dir() {
-            pb.set_length(11_929);
-        }
-        for_each_card(&source.path, &pb, |member, bytes| {
-            stats.files += 1;
-            let raw = parse_card(bytes).map_err(|detail| IndexError::Card { archive: source.path.clone(), member: member.to_string(), detail })?;
-            let Some(raw) = raw else {
-                stats.empty += 1;
-                return Ok(());
-            };
-            if BLOCKLIST_ORGS.iter().any(|org| raw.name.starts_with(&format!("{org}/"))) {
-                stats.blocked += 1;
-                return Ok(());
-            }
-            let Some(description) = raw.description else {
-                stats.no_description += 1;
-                return Ok(());
-            };
-            if raw.size_bytes == 0 {
-                stats.no_size += 1;
-                return Ok(());
-            }
-            let (architecture, architecture_reason) = classify_architecture(&raw.name, &description);
-            docs.push(analyzer.analyze(&description));
-            cards.push(ModelCard { name: raw.name, size_bytes: raw.size_bytes, downloads: raw.downloads, architecture, architecture_reason });
-            Ok(())
-        })?;
-        pb.finish_and_clear();
-        stats.indexed = cards.len() as u64;
-        if cards.is_empty() {
-            return Err(IndexError::Empty {
-                path: source.path.clone(),
-                detail: format!(
-                    "no usable model card ({} files: {} empty, {} without description, {} without size, {} blocklisted)",
-                    stats.files, stats.empty, stats.no_description, stats.no_size, stats.blocked
-                ),
-                fix: "use the full index (`prompt2model/model_info.tar.gz` from the data mirror) or a folder of cards with pretrained_model_name, description, size_bytes, downloads".into(),
-            });
-        }
+        let docs: Vec<Vec<String>> = descriptions.iter().map(|d| analyzer.analyze(d)).collect();
         let bm25 = Bm25Index::build(&docs);
         Ok(ModelIndex { cards, bm25, stats, source_sha256: source.sha256.clone() })
     }
