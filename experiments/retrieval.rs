@@ -72,8 +72,7 @@ fn main() -> ExitCode {
             }
             let staged = index.rank(&query, &cfg, None);
             let full = index.rank(&query, &all_cfg, None);
-            for (t, model, why) in MODEL_JUDGEMENT.iter().filter(|j| j.0 == task.id) {
-                let _ = t;
+            for (_, model, why) in MODEL_JUDGEMENT.iter().filter(|j| j.0 == task.id) {
                 j_task.push(task.id.clone());
                 j_model.push(model.to_string());
                 j_rank.push(staged.models.iter().find(|m| m.name == *model).map(|m| m.rank as u32));

@@ -648,6 +648,7 @@ pub struct SavedDataset {
 
 /// Textualise every split and write `<out>/<split>.parquet` plus `retrieved_dataset.json`
 /// (each file through a temporary file and a rename).
+#[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the saved dataset
 pub fn save(out: &Path, dataset: &str, registry_id: &str, splits: &[RawSplit], choice: &ColumnChoice, max_rows: usize, chosen_by: &str, inputs: Vec<ResolvedFile>) -> Result<SavedDataset> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut saved = SavedDataset {
