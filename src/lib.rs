@@ -20,21 +20,30 @@
 //! - [`trainer`]: text-to-text fine-tuning of a student (own AdamW, exact resume from checkpoints).
 //! - [`executor`]: batched predictions of a trained student over a test set.
 //! - [`tables`]: the reproductions of the paper's tables, shared by `experiments/` and the tests.
+//! - [`retrieval`]: BM25, the text analyzer and exact dense search shared by the retrievers.
+//! - [`model_retriever`]: HyDE + BM25 over the Hugging Face model cards (§3.4).
+//! - [`dataset_retriever`]: dense retrieval over the Hugging Face dataset index, reranking, column
+//!   selection and textualisation (§3.2).
+//! - [`retrieve_cli`]: `p2m retrieve-model` and `p2m retrieve-dataset`.
 
 pub mod cli;
 pub mod config;
 pub mod dataset_generator;
+pub mod dataset_retriever;
 pub mod datasets;
 pub mod download;
 pub mod evaluator;
 pub mod executor;
 pub mod generate_cli;
+pub mod model_retriever;
 pub mod models;
 pub mod predictions;
 pub mod prompt_parser;
 pub mod recorded;
 pub mod registry;
 pub mod report;
+pub mod retrieval;
+pub mod retrieve_cli;
 pub mod tables;
 pub mod tasks;
 pub mod teacher;

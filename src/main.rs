@@ -2,6 +2,7 @@
 //!
 //! - `p2m score`: score a predictions file with exact match or chrF++, each score with its signature.
 //! - `p2m data list` / `p2m data fetch`: the dataset registry and where each file resolves from.
+//! - `p2m retrieve-model` / `p2m retrieve-dataset`: the model and dataset retrievers.
 //!
 //! The paper's tables are their own binaries: `cargo run --release --bin table1` (and `table3`).
 
@@ -39,6 +40,10 @@ enum Command {
     Train(prompt2model::train_cli::TrainArgs),
     /// Predict with a trained student over a JSONL of inputs; writes parquet.
     Predict(prompt2model::train_cli::PredictArgs),
+    /// Retrieve pretrained models for an instruction (HyDE + BM25 over the Hugging Face model cards).
+    RetrieveModel(prompt2model::retrieve_cli::RetrieveModelArgs),
+    /// Retrieve datasets for an instruction (dense retrieval over the Hugging Face dataset index).
+    RetrieveDataset(prompt2model::retrieve_cli::RetrieveDatasetArgs),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +103,8 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::List) => models_list(),
         Command::Train(args) => prompt2model::train_cli::train(args),
         Command::Predict(args) => prompt2model::train_cli::predict(args),
+        Command::RetrieveModel(args) => prompt2model::retrieve_cli::retrieve_model_cmd(args),
+        Command::RetrieveDataset(args) => prompt2model::retrieve_cli::retrieve_dataset_cmd(args),
         Command::Models(ModelsCommand::Fetch) => {
             prompt2model::models::weights::fetch_offline_models(&prompt2model::config::Paths::from_env()?)
         }

@@ -88,6 +88,10 @@ pub struct DatasetEntry {
     pub hf: Option<HfSource>,
     #[serde(default)]
     pub task: Option<String>,
+    /// Names of this dataset in the Hugging Face dataset index of the dataset retriever
+    /// (`prompt2model/dataset_index.json`), so a retrieved dataset can be loaded from here.
+    #[serde(default)]
+    pub hf_index_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@ mod offline_models;
 mod prompt_parser;
 mod recorded_tables;
 mod registry;
+mod retrievers;
 mod table2;
 mod teacher_openai;
 mod trainer;

@@ -278,6 +278,9 @@ fn h64(parts: &[&str]) -> u64 {
 
 /// The fake model's answer to `prompt` for choice `i` (deterministic).
 pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
+    if let Some(answer) = retriever_answer(prompt) {
+        return answer;
+    }
     if !prompt.contains("[new example (in JSON)]:") {
         // Not a generation prompt (e.g. a parsing or translation prompt): echo something short.
         return format!("ECHO {}", &prompt.chars().take(40).collect::<String>());
@@ -300,6 +303,26 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
         18 => "I'm sorry, but I cannot help with that.".to_string(),
         _ => format!("New example:\n{{\"input\": \"{input}\", \"output\": \"{output}\"}}\nThat's all."),
     }
+}
+
+/// Answers to the retrievers' prompts: a model card for HyDE, the first listed candidate for
+/// dataset reranking, and "every column but the last → the last" for column selection.
+fn retriever_answer(prompt: &str) -> Option<String> {
+    if prompt.trim_end().ends_with("Hypothetical model card:") {
+        return Some(
+            "---\nlanguage: en\ntags:\n- question-answering\n- t5\npipeline_tag: text2text-generation\n---\n\n# T5 for extractive question answering\n\nGiven a question and a context passage, the model generates the answer span. Fine-tuned on SQuAD.".into(),
+        );
+    }
+    if prompt.contains("Which one dataset is the most useful") {
+        let first = prompt.lines().find_map(|l| l.strip_prefix("- ").and_then(|r| r.split_once(':')).map(|(n, _)| n.to_string()))?;
+        return Some(format!("{{\"name\": \"{first}\"}}"));
+    }
+    if prompt.contains("which single column is the output") {
+        let cols: Vec<&str> = prompt.split("has the columns: ").nth(1)?.split(".\n").next()?.split(", ").collect();
+        let (out, inputs) = cols.split_last()?;
+        return Some(serde_json::json!({"input": inputs, "output": out}).to_string());
+    }
+    None
 }
 
 async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerConfig>) {

