@@ -340,6 +340,8 @@ impl<'a> Trainer<'a> {
         let pad = self.student.model.special_tokens().pad;
         let use_autocast = cfg.mixed_precision && device.is_cuda();
         let bar = progress_bar(self.progress, total_steps, &self.label);
+        let interactive = self.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let log_every = (total_steps / 20).max(1);
         bar.set_position(state.optimizer_step);
         let started = Instant::now();
         let (mut run_examples, mut run_tokens) = (0u64, 0i64);
@@ -390,6 +392,17 @@ impl<'a> Trainer<'a> {
                 bar.set_position(state.optimizer_step);
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("loss {group_loss:.4}  {:.1} ex/s", run_examples as f64 / secs));
+                // Without a terminal the bar is hidden; a log line every ~5% keeps long runs visible.
+                if !interactive && (state.optimizer_step % log_every == 0 || state.optimizer_step == total_steps) {
+                    tracing::info!(
+                        "{}: step {}/{total_steps}, epoch {}, loss {group_loss:.4}, {:.2} examples/s, {:.0} s",
+                        self.label,
+                        state.optimizer_step,
+                        state.epoch + 1,
+                        run_examples as f64 / secs,
+                        secs
+                    );
+                }
 
                 let at_epoch_end = state.batch_in_epoch >= batches.len();
                 let out_of_steps = state.optimizer_step >= total_steps;
