@@ -1024,6 +1024,7 @@ impl<'a> Core<'a> {
                 seed: Some(seed),
                 presence_penalty: self.cfg.presence_penalty,
                 frequency_penalty: self.cfg.frequency_penalty,
+                json_fields: Some(vec!["input".into(), "output".into()]),
             };
             reqs.push(ChatRequest::user(p.text, params));
         }

@@ -43,7 +43,7 @@ pub const DATASET_INDEX_FILE: &str = "prompt2model/dataset_index.json";
 /// The offline encoder of descriptions and queries (model registry id).
 pub const DEFAULT_ENCODER: &str = "all-MiniLM-L6-v2";
 /// Registry formats with a common-schema loader.
-pub const LOADABLE_FORMATS: &[&str] = &["squad-json", "conala-json", "temporal-json"];
+pub const LOADABLE_FORMATS: &[&str] = &["squad-json", "conala-json", "temporal-json", "p2m-hf-disk"];
 
 const EMB_MAGIC: &str = "P2M-DATASET-EMBEDDINGS";
 const EMB_FORMAT: u32 = 1;
@@ -593,6 +593,8 @@ pub fn load_raw(registry: &Registry, registry_id: &str) -> Result<(Vec<RawSplit>
             ("snippet".to_string(), RawColumn::Text(first(&refs))),
         ],
         "temporal-json" => vec![("input".to_string(), RawColumn::Text(text(crate::datasets::INPUT)?)), ("output".to_string(), RawColumn::Text(first(&refs)))],
+        // NQ-Open's hub columns: `question` and `answer` (a list).
+        "p2m-hf-disk" => vec![("question".to_string(), RawColumn::Text(text(crate::datasets::INPUT)?)), ("answer".to_string(), RawColumn::List(refs))],
         other => bail!("dataset `{registry_id}` has format `{other}`, which has no loader for retrieval ({})", LOADABLE_FORMATS.join(", ")),
     };
     let split = entry.splits.first().cloned().unwrap_or_else(|| "train".into());
@@ -606,6 +608,7 @@ pub fn default_columns(format: &str) -> Option<ColumnChoice> {
         "squad-json" => c(&["question", "context"], "answers"),
         "conala-json" => c(&["rewritten_intent"], "snippet"),
         "temporal-json" => c(&["input"], "output"),
+        "p2m-hf-disk" => c(&["question"], "answer"),
         _ => None,
     }
 }

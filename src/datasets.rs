@@ -280,6 +280,21 @@ pub fn load_dataset(registry: &Registry, id: &str) -> DataResult<Loaded> {
         path: registry.paths.data.join("datasets.toml"),
         detail: format!("dataset `{id}` lists no files to load"),
     })?;
+    if entry.format == "p2m-hf-disk" {
+        // A save_to_disk folder: every file of the entry lives in it.
+        let dir = Path::new(file).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+        let (disk, local, files) = load_registered_hf_disk(registry, &dir)?;
+        let frame = match disk {
+            HfDisk::Dataset(df) => p2m_to_common(&df, &local)?,
+            HfDisk::Dict(_) => return Err(malformed(&local, "expected a single dataset, found a DatasetDict")),
+        };
+        if let Some(rows) = entry.rows {
+            if frame.height() as u64 != rows {
+                return Err(malformed(&local, format!("expected {rows} rows (data/datasets.toml), found {}", frame.height())));
+            }
+        }
+        return Ok(Loaded { frame, files });
+    }
     let resolved = registry.resolve_file(file)?;
     let frame = match entry.format.as_str() {
         "squad-json" => load_squad_json(&resolved.local)?,
@@ -288,7 +303,7 @@ pub fn load_dataset(registry: &Registry, id: &str) -> DataResult<Loaded> {
         other => {
             return Err(DataError::Registry {
                 path: registry.paths.data.join("datasets.toml"),
-                detail: format!("dataset `{id}` has format `{other}`, which has no common-schema loader (squad-json, conala-json, temporal-json)"),
+                detail: format!("dataset `{id}` has format `{other}`, which has no common-schema loader (squad-json, conala-json, temporal-json, p2m-hf-disk)"),
             })
         }
     };

@@ -21,7 +21,7 @@ pub enum Backend {
     Openai,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct TeacherArgs {
     /// Which teacher answers.
     #[arg(long, value_enum, default_value = "local")]
@@ -142,7 +142,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         cfg.max_temperature = t;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (examples, _log) = runtime.block_on(async {
+    let (examples, log) = runtime.block_on(async {
         let parser = ParserConfig { mode: if args.deterministic_parse { ParseMode::Deterministic } else { ParseMode::Auto }, ..ParserConfig::default() };
         let parsed = prompt_parser::parse_prompt(&prompt, Some(&teacher), &parser).await?;
         tracing::info!(language = parsed.language.name(), demonstrations = parsed.demonstrations.len(), "prompt parsed");
@@ -152,11 +152,13 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         anyhow::Ok(result?)
     })?;
     write_examples_parquet(&args.out.join("examples.parquet"), &examples)?;
+    let report = write_generation_report(&args.out, &prompt, &log, &cfg)?;
     let stats = teacher.stats();
     println!(
-        "{} examples in {} (examples.jsonl, examples.parquet, generation_log.json); teacher calls {}, cache hits {}, tokens {}+{}, cost ${:.4}",
+        "{} examples in {} (examples.jsonl, examples.parquet, generation_log.json); report {}; teacher calls {}, cache hits {}, tokens {}+{}, cost ${:.4}",
         examples.len(),
         args.out.display(),
+        report.display(),
         stats.calls,
         stats.cache_hits,
         stats.prompt_tokens,
@@ -208,5 +210,172 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let out = model.chat_with_usage(&messages, &cfg)?;
     println!("{}", out.text);
     tracing::info!(prompt_tokens = out.prompt_tokens, completion_tokens = out.completion_tokens, "done");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports
+
+fn counts_frame(rows: &[(String, f64)]) -> Result<DataFrame> {
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new("quantity".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
+        Column::new("value".into(), rows.iter().map(|r| r.1).collect::<Vec<_>>()),
+    ])?)
+}
+
+/// `DIR/report/`: what the generation did (from `generation_log.json`), the temperature curve,
+/// and the manifest (teacher, settings, the prompt's sha256 through the config).
+pub fn write_generation_report(out: &Path, prompt: &str, log: &dataset_generator::GenerationLog, cfg: &GeneratorConfig) -> Result<PathBuf> {
+    use crate::report::{figures, Manifest, Report, ReportTable};
+    let paths = crate::config::Paths::from_env()?;
+    let mut rows: Vec<(String, f64)> = vec![
+        ("target examples".into(), log.target as f64),
+        ("accepted examples".into(), log.accepted as f64),
+        ("rounds".into(), log.rounds as f64),
+        ("requests".into(), log.requests as f64),
+        ("failed requests".into(), log.failed_requests as f64),
+        ("responses replayed from the cache".into(), log.cached_responses as f64),
+        ("choices".into(), log.choices as f64),
+        ("choices cut at the token limit".into(), log.truncated_choices as f64),
+        ("parsed candidates".into(), log.candidates as f64),
+        ("duplicate inputs".into(), log.duplicate_inputs as f64),
+        ("inputs with conflicting outputs".into(), log.conflicting_inputs as f64),
+        ("prompt tokens (billed)".into(), log.prompt_tokens as f64),
+        ("completion tokens (billed)".into(), log.completion_tokens as f64),
+        ("cost (USD)".into(), log.cost_usd),
+    ];
+    rows.extend(log.rejected.iter().map(|(k, v)| (format!("rejected: {k}"), *v as f64)));
+    rows.extend(log.errors.iter().map(|(k, v)| (format!("request error: {k}"), *v as f64)));
+    let mut table = ReportTable::new("generation", "Generation summary", counts_frame(&rows)?);
+    table.decimals = 4;
+    let curve = DataFrame::new_infer_height(vec![
+        Column::new("round".into(), log.temperature_curve.iter().map(|p| p.round).collect::<Vec<_>>()),
+        Column::new("accepted".into(), log.temperature_curve.iter().map(|p| p.accepted as u64).collect::<Vec<_>>()),
+        Column::new("temperature".into(), log.temperature_curve.iter().map(|p| p.temperature).collect::<Vec<_>>()),
+        Column::new("requests".into(), log.temperature_curve.iter().map(|p| p.requests as u64).collect::<Vec<_>>()),
+    ])?;
+    use sha2::Digest;
+    let manifest = Manifest::new(
+        "report",
+        &paths.root,
+        serde_json::json!({
+            "backend": log.backend, "model": log.model, "generator": cfg,
+            "prompt_sha256": hex::encode(sha2::Sha256::digest(prompt.as_bytes())), "output_dir": out,
+        }),
+    );
+    let report = Report {
+        name: "report".into(),
+        title: format!("Dataset generation: {} examples from {} / {}", log.accepted, log.backend, log.model),
+        tables: vec![table, ReportTable::new("temperature_curve", "Temperature annealing per round", curve)],
+        notes: vec![format!(
+            "Temperatures anneal from {} to {} with the accepted fraction (T = T0 + (Tmax − T0) · accepted / N); high-diversity prompting {}; self-consistency filtering {}.",
+            cfg.initial_temperature,
+            cfg.max_temperature,
+            if cfg.high_diversity { "on" } else { "off" },
+            if cfg.filter_duplicated_examples { "on" } else { "off" }
+        )],
+        manifest,
+    };
+    let points: Vec<(f64, f64)> = log.temperature_curve.iter().map(|p| (p.accepted as f64, p.temperature)).collect();
+    report.write(out, |dir| {
+        if points.is_empty() {
+            return Ok(vec![]);
+        }
+        figures::line_chart(dir, "temperature_curve", "Temperature by accepted examples", "accepted examples", "temperature", &[figures::Curve { label: log.model.clone(), points }])
+    })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DiversityArgs {
+    /// A task of data/tasks.toml (squad, temporal, mconala).
+    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    pub task: Option<String>,
+    /// A prompt file instead of a task.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Raw examples generated per arm (the paper: 200).
+    #[arg(long, default_value_t = 200)]
+    pub n: usize,
+    #[command(flatten)]
+    pub teacher: TeacherArgs,
+    /// Record/replay cache (default `<cache>/teacher/diversity.sqlite`): a rerun replays.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    #[arg(long)]
+    pub replay_only: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// The paper's diversity ablation: duplicates among `n` raw generated examples with and without
+/// high-diversity few-shot prompting; writes `reports/diversity/` with the paper's numbers beside.
+pub fn diversity(args: DiversityArgs) -> Result<()> {
+    use crate::report::{figures, Manifest, Report, ReportTable};
+    let gen_args_prompt = GenerateArgs {
+        task: args.task.clone(),
+        prompt_file: args.prompt_file.clone(),
+        n: args.n,
+        out: PathBuf::new(),
+        teacher: args.teacher.clone(),
+        cache: None,
+        replay_only: false,
+        seed: None,
+        initial_temperature: None,
+        max_temperature: None,
+        no_high_diversity: false,
+        deterministic_parse: true,
+    };
+    let prompt = read_prompt(&gen_args_prompt)?;
+    let paths = crate::config::Paths::from_env()?;
+    let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
+    let cache_path = args.cache.clone().unwrap_or_else(|| paths.cache.join("teacher/diversity.sqlite"));
+    if let Some(dir) = cache_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let teacher = CachedTeacher::open(args.teacher.build()?, &cache_path, mode)?;
+    let mut cfg = GeneratorConfig { num_examples: args.n, ..GeneratorConfig::default() };
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        let parser = ParserConfig { mode: ParseMode::Deterministic, ..ParserConfig::default() };
+        let parsed = prompt_parser::parse_prompt(&prompt, Some(&teacher), &parser).await?;
+        anyhow::Ok(dataset_generator::diversity_experiment(&teacher, &parsed, args.n, &cfg).await?)
+    })?;
+    let (paper_without, paper_with, paper_n) = report.paper;
+    let scale = |d: usize| d as f64 * 100.0 / report.n.max(1) as f64;
+    let frame = DataFrame::new_infer_height(vec![
+        Column::new("prompting".into(), vec!["without high-diversity".to_string(), "with high-diversity".to_string()]),
+        Column::new("examples".into(), vec![report.without_high_diversity.examples as u64, report.with_high_diversity.examples as u64]),
+        Column::new("duplicate inputs".into(), vec![report.without_high_diversity.duplicate_inputs as u64, report.with_high_diversity.duplicate_inputs as u64]),
+        Column::new("duplicates (%)".into(), vec![scale(report.without_high_diversity.duplicate_inputs), scale(report.with_high_diversity.duplicate_inputs)]),
+        Column::new("paper duplicates (%)".into(), vec![paper_without as f64 * 100.0 / paper_n as f64, paper_with as f64 * 100.0 / paper_n as f64]),
+        Column::new("requests".into(), vec![report.without_high_diversity.requests, report.with_high_diversity.requests]),
+    ])?;
+    let stats = teacher.stats();
+    let mut manifest = Manifest::new("diversity", &paths.root, serde_json::json!({ "task": args.task, "n": args.n, "generator": cfg, "teacher_backend": teacher.backend(), "teacher_model": teacher.model() }));
+    manifest.tool_versions.insert("teacher".into(), format!("{} / {}", teacher.backend(), teacher.model()));
+    let r = Report {
+        name: "diversity".into(),
+        title: format!("High-diversity few-shot prompting: duplicates among {} generated examples ({})", args.n, teacher.model()),
+        tables: vec![ReportTable::new("diversity", "Duplicate inputs with and without generated examples in the prompt", frame)],
+        notes: vec![
+            format!("The paper (gpt-3.5-turbo) reports {paper_without}/{paper_n} duplicates without and {paper_with}/{paper_n} with high-diversity prompting."),
+            format!("Teacher calls {} (cache hits {}), tokens {}+{}, cost ${:.4}.", stats.calls, stats.cache_hits, stats.prompt_tokens, stats.completion_tokens, stats.cost_usd),
+        ],
+        manifest,
+    };
+    let panels = [figures::BarPanel {
+        title: "duplicate inputs (%)".into(),
+        axis: "duplicates (%)".into(),
+        groups: vec![
+            figures::BarGroup { label: "without".into(), paper: Some(paper_without as f64 * 100.0 / paper_n as f64), reproduced: Some(scale(report.without_high_diversity.duplicate_inputs)) },
+            figures::BarGroup { label: "with".into(), paper: Some(paper_with as f64 * 100.0 / paper_n as f64), reproduced: Some(scale(report.with_high_diversity.duplicate_inputs)) },
+        ],
+    }];
+    let dir = r.write(&paths.reports, |dir| figures::paired_bars(dir, "diversity", "Duplicates: paper (gpt-3.5-turbo) vs this teacher", &panels))?;
+    println!("{}", std::fs::read_to_string(dir.join("diversity.md"))?);
+    println!("report: {}", dir.display());
     Ok(())
 }

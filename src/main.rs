@@ -31,6 +31,8 @@ enum Command {
     Data(DataCommand),
     /// Generate a training dataset from a prompt with a teacher LLM.
     Generate(prompt2model::generate_cli::GenerateArgs),
+    /// The paper's diversity ablation: duplicates with and without high-diversity prompting.
+    Diversity(prompt2model::generate_cli::DiversityArgs),
     /// Chat with the offline teacher model (SmolLM2-135M-Instruct).
     Chat(prompt2model::generate_cli::ChatArgs),
     /// The model registry (data/models.toml).
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         Command::Data(DataCommand::Fetch { ids }) => data_fetch(ids),
         Command::Generate(args) => prompt2model::generate_cli::generate(args),
         Command::Chat(args) => prompt2model::generate_cli::chat(args),
+        Command::Diversity(args) => prompt2model::generate_cli::diversity(args),
         Command::Models(ModelsCommand::List) => models_list(),
         Command::Train(args) => prompt2model::train_cli::train(args),
         Command::Predict(args) => prompt2model::train_cli::predict(args),

@@ -657,6 +657,7 @@ pub async fn parse_with_teacher(teacher: &dyn Teacher, prompt: &str, cfg: &Parse
             seed: Some(attempt as u64),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            json_fields: None,
         };
         match teacher.chat(&ChatRequest::user(text.clone(), params)).await {
             Err(e) if e.is_fatal() => return Err(ParseError::Teacher(e)),

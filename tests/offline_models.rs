@@ -54,3 +54,25 @@ fn t5_tokenizer_gives_t5_ids() {
     // Expected ids from the Python `tokenizers` package on the same file.
     assert_eq!(ids, [13959, 1566, 12, 2968, 10, 37, 629, 19, 1627, 5, 1]);
 }
+
+#[test]
+fn smollm2_structured_generation_always_gives_the_json_object_asked_for() {
+    let registry = registry();
+    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
+    let conv = vec![ChatMessage::user(
+        "Write one example of turning a date phrase into a date. Reply as JSON: {\"input\": \"...\", \"output\": \"...\"}",
+    )];
+    let fields = vec!["input".to_string(), "output".to_string()];
+    let cfg = SamplingConfig { temperature: 0.9, seed: 5, ..SamplingConfig::greedy(24) };
+    let replies = model.chat_json_batch_with_usage(&[conv.clone(), conv], &fields, &cfg).unwrap();
+    assert_eq!(replies.len(), 2);
+    for r in &replies {
+        let v: serde_json::Value = serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("{e}: {}", r.text));
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["input", "output"], "{}", r.text);
+        assert!(obj.values().all(|x| x.as_str().is_some_and(|s| !s.contains('"'))), "{}", r.text);
+        assert!(r.completion_tokens > 0 && r.completion_tokens <= 48, "{}", r.completion_tokens);
+    }
+    assert!(replies.iter().any(|r| r.text.len() > r#"{"input":"","output":""}"#.len()), "the model wrote something");
+}

@@ -27,7 +27,7 @@ fn every_registered_dataset_resolves_from_the_mirror_with_matching_hashes() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12, "every file of the non-collection datasets");
+    assert_eq!(checked, 15, "every file of the non-collection datasets");
     let runs = registry.dataset_files("p2m-runs").unwrap();
     assert!(runs.len() > 300, "p2m-runs lists {} files", runs.len());
 }

@@ -301,7 +301,7 @@ fn dataset_index_full_parses_and_marks_loadable_local_datasets() {
     assert!(index.entries.windows(2).all(|w| w[0].name < w[1].name), "name order, as the reference");
     let local = dr::local_sources(&registry);
     let loadable: Vec<&str> = local.iter().filter(|(_, l)| l.loadable).map(|(n, _)| n.as_str()).collect();
-    assert_eq!(loadable, ["neulab/conala", "neulab/mconala", "squad"]);
+    assert_eq!(loadable, ["neulab/conala", "neulab/mconala", "nq_open", "squad"]);
     assert!(!local["cbt"].loadable, "only the dummy zips of cbt are here");
     for name in local.keys() {
         assert!(index.entries.iter().any(|e| &e.name == name), "`{name}` of data/datasets.toml is an index name");

@@ -417,6 +417,8 @@ pub struct ChatModel {
     pad_token_id: i64,
     /// Rows generated together; longer inputs are split into batches of this size.
     pub max_batch: usize,
+    /// Tokens containing `"` (structured generation stops a value on them), found once.
+    quote_tokens: std::sync::OnceLock<Vec<i64>>,
 }
 
 impl ChatModel {
@@ -444,7 +446,7 @@ impl ChatModel {
         eos_token_ids.dedup();
         // transformers pads with the pad token, or with EOS when there is none.
         let pad_token_id = tokenizer.pad_token_id.unwrap_or(eos_token_ids[0]);
-        Ok(ChatModel { model, tokenizer, template, template_vars, eos_token_ids, pad_token_id, max_batch: 16 })
+        Ok(ChatModel { model, tokenizer, template, template_vars, eos_token_ids, pad_token_id, max_batch: 16, quote_tokens: Default::default() })
     }
 
     pub fn model(&self) -> &Llama {
@@ -510,6 +512,76 @@ impl ChatModel {
         let ids = prompts.iter().map(|p| self.tokenizer.encode(p, true)).collect::<Result<Vec<_>>>()?;
         ensure!(ids.iter().all(|p| !p.is_empty()), "an empty prompt has no token to continue from");
         self.finish(&ids, cfg)
+    }
+
+    /// Replies that are a flat JSON object of string `fields`, decoded field by field: after the
+    /// chat prompt the object's text so far (`{"input": "`) is forced, the model writes the value
+    /// until it emits a token containing `"` (or reaches `cfg.max_new_tokens` for that value), the
+    /// value is cut at the quote, and the next field's key is forced. The reply is the object
+    /// serialised by serde (so always valid JSON); `completion_tokens` counts the generated tokens.
+    pub fn chat_json_batch_with_usage(&self, conversations: &[Vec<ChatMessage>], fields: &[String], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
+        ensure!(!fields.is_empty(), "structured generation needs at least one field");
+        let base: Vec<Vec<i64>> = conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<_>>()?;
+        let quote_tokens = self.quote_token_ids()?;
+        let mut stops = self.eos_token_ids.clone();
+        stops.extend(&quote_tokens);
+        let mut values: Vec<Vec<String>> = vec![Vec::new(); base.len()];
+        let mut generated = vec![0usize; base.len()];
+        let mut all_closed = vec![true; base.len()];
+        for (fi, field) in fields.iter().enumerate() {
+            let prompts: Vec<Vec<i64>> = base
+                .iter()
+                .zip(&values)
+                .map(|(ids, done)| {
+                    let mut text = String::from("{");
+                    for (f, v) in fields.iter().zip(done) {
+                        text.push_str(&format!("\"{f}\": \"{v}\", "));
+                    }
+                    text.push_str(&format!("\"{field}\": \""));
+                    let mut p = ids.clone();
+                    p.extend(self.tokenizer.encode(&text, false)?);
+                    Ok(p)
+                })
+                .collect::<Result<_>>()?;
+            let field_cfg = SamplingConfig { seed: cfg.seed.wrapping_add(fi as u64), ..cfg.clone() };
+            let mut gens = Vec::with_capacity(prompts.len());
+            for chunk in prompts.chunks(self.max_batch.max(1)) {
+                gens.extend(self.model.generate(chunk, &field_cfg, &stops, self.pad_token_id)?);
+            }
+            for (row, g) in gens.into_iter().enumerate() {
+                generated[row] += g.tokens.len();
+                let closed = g.tokens.last().is_some_and(|t| quote_tokens.contains(t));
+                all_closed[row] &= closed;
+                let text = self.tokenizer.decode(&g.tokens, true)?;
+                let value = text.split('"').next().unwrap_or("").trim_end_matches('\\').trim().to_string();
+                values[row].push(value);
+            }
+        }
+        base.iter()
+            .zip(values)
+            .enumerate()
+            .map(|(row, (p, vals))| {
+                let object: serde_json::Map<String, serde_json::Value> = fields.iter().cloned().zip(vals.into_iter().map(serde_json::Value::String)).collect();
+                Ok(Completion { text: serde_json::to_string(&object)?, prompt_tokens: p.len(), completion_tokens: generated[row], stopped_on_eos: all_closed[row] })
+            })
+            .collect()
+    }
+
+    /// Ids of every vocabulary token whose text contains a double quote.
+    fn quote_token_ids(&self) -> Result<Vec<i64>> {
+        if let Some(ids) = self.quote_tokens.get() {
+            return Ok(ids.clone());
+        }
+        let vocab = self.tokenizer.inner().get_vocab(true);
+        let mut ids = Vec::new();
+        for (_, id) in vocab {
+            if self.tokenizer.decode(&[id as i64], false)?.contains('"') {
+                ids.push(id as i64);
+            }
+        }
+        ids.sort_unstable();
+        ensure!(!ids.is_empty(), "the tokenizer has no token with a double quote");
+        Ok(self.quote_tokens.get_or_init(|| ids).clone())
     }
 
     /// Reply to one conversation.

@@ -10,8 +10,9 @@
 //!   (`p2m_runs/.../SQuAD_0.3_1.4_with_filtering`); `--generated DIR` uses a dataset written by the
 //!   project's own generator (`p2m generate`), whose log carries its measured cost.
 //! - **Retrieval.** The paper retrieved the Children's Book Test; offline only its one-example dummy
-//!   exists, so the arm uses the closest QA dataset that is loadable here and not SQuAD: the
-//!   Natural Questions (open) rows of the recorded runs (questions without a context passage).
+//!   exists. The arm runs the project's dataset retriever on the SQuAD instruction and trains on
+//!   the best-ranked dataset that is loadable here and is not SQuAD itself (offline: NQ-Open, from
+//!   the recorded runs: questions without a context passage); a scale may name a dataset instead.
 //!
 //! Sizes, student and hyper-parameters come from a *scale* in `data/table2_scales.toml`.
 
@@ -35,8 +36,6 @@ use crate::trainer::{self, StepLog, Student, StudentSpec, TextPair, TrainConfig,
 
 /// The authors' generated SQuAD training data (gpt-3.5-turbo, temperatures 0.3→1.4, filtered).
 pub const RECORDED_GENERATED: &str = "p2m_runs/generation/generated_dataset/SQuAD_0.3_1.4_with_filtering";
-/// The retrieval arm's dataset offline: Natural Questions (open) from the recorded runs.
-pub const OFFLINE_RETRIEVED: &str = "p2m_runs/baseline/real_datasets/datasets/NQ";
 pub const SQUAD_DATASET: &str = "squad-v1.1-dev";
 
 /// One scale of `data/table2_scales.toml`.
@@ -48,12 +47,74 @@ pub struct Scale {
     pub validation_examples: usize,
     /// 0 = every question of the held-out articles.
     pub test_examples: usize,
+    /// The retrieval arm's dataset: `auto` runs the dataset retriever on the SQuAD instruction
+    /// and takes the best-ranked dataset loadable here other than SQuAD itself; anything else is
+    /// a registry id (data/datasets.toml).
+    #[serde(default = "default_retrieval_dataset")]
+    pub retrieval_dataset: String,
     #[serde(default)]
     pub student: StudentSpec,
     #[serde(default)]
     pub train: TrainConfig,
     #[serde(default)]
     pub executor: ExecutorConfig,
+}
+
+fn default_retrieval_dataset() -> String {
+    "auto".into()
+}
+
+/// The retrieval arm's data: `(input, output)` rows of the chosen dataset, what was chosen and why.
+struct Retrieved {
+    rows: Pairs,
+    registry_id: String,
+    note: String,
+    files: Vec<ResolvedFile>,
+}
+
+/// Loads a local dataset's rows through the dataset retriever's own textualisation (its natural
+/// columns as `col: value` lines), so the arm sees what `p2m retrieve-dataset` would save.
+fn retrieved_rows(registry: &Registry, registry_id: &str) -> Result<(Pairs, Vec<ResolvedFile>)> {
+    let entry = registry.dataset(registry_id)?;
+    let choice = crate::dataset_retriever::default_columns(&entry.format)
+        .with_context(|| format!("dataset `{registry_id}` (format {}) has no default columns for retrieval", entry.format))?;
+    let (splits, files) = crate::dataset_retriever::load_raw(registry, registry_id)?;
+    let mut rows = Vec::new();
+    for split in &splits {
+        let frame = crate::dataset_retriever::textualize(split, &choice, usize::MAX)?;
+        let inputs = datasets::string_column(&frame, datasets::INPUT)?;
+        let refs = datasets::string_list_column(&frame, datasets::REFERENCES)?;
+        rows.extend(inputs.into_iter().zip(refs).map(|(i, r)| (i, r.into_iter().next().unwrap_or_default())));
+    }
+    Ok((rows, files))
+}
+
+fn choose_retrieved(registry: &Registry, setting: &str, instruction: &str, progress: bool) -> Result<Retrieved> {
+    if setting != "auto" {
+        let (rows, files) = retrieved_rows(registry, setting)?;
+        let note = format!("Retrieval arm: dataset `{setting}` as configured by the scale ({} rows).", rows.len());
+        return Ok(Retrieved { rows, registry_id: setting.to_string(), note, files });
+    }
+    let (retriever, _) = crate::retrieve_cli::open_dataset_retriever(&registry.paths, None, progress)?;
+    let ranked = retriever.retrieve(instruction, None)?;
+    let chosen = ranked
+        .iter()
+        .find(|c| c.loadable() && c.local.as_ref().is_some_and(|l| l.registry_id != SQUAD_DATASET))
+        .context("the dataset retriever found no dataset loadable here other than SQuAD")?;
+    let local = chosen.local.as_ref().expect("loadable");
+    let (rows, files) = retrieved_rows(registry, &local.registry_id)?;
+    let squad_rank = ranked.iter().find(|c| c.name == "squad").map(|c| c.rank.to_string()).unwrap_or_else(|| "—".into());
+    let top: Vec<String> = ranked.iter().take(5).map(|c| format!("{} ({:.3})", c.name, c.score)).collect();
+    let note = format!(
+        "Retrieval arm: the dataset retriever (MiniLM dense search over the {} dataset descriptions) ranks for the SQuAD instruction: {}; `squad` itself at {squad_rank}, excluded because it is the task's own test data. The best-ranked dataset loadable here is `{}` (rank {}, registry `{}`, {} rows). The paper retrieved the Children's Book Test, of which only a one-example dummy exists offline.",
+        ranked.len(),
+        top.join(", "),
+        chosen.name,
+        chosen.rank,
+        local.registry_id,
+        rows.len()
+    );
+    Ok(Retrieved { rows, registry_id: local.registry_id.clone(), note, files })
 }
 
 /// How the annotation cost is estimated: SQuAD's crowdworkers were paid $9/hour and asked to
@@ -120,9 +181,14 @@ impl Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmResult {
     pub arm: String,
+    /// Where the training data came from (registry ids / folders).
+    pub data: String,
     pub train_examples: usize,
     pub em_squad: f64,
     pub em_raw: f64,
+    /// chrF++ against the gold answers: not in the paper's Table 2, but graded where EM is all or
+    /// nothing, so small-scale runs still show how far each arm's answers are from the gold ones.
+    pub chrf: f64,
     pub test_examples: usize,
     pub cost_usd: Option<f64>,
     pub cost_basis: String,
@@ -198,7 +264,7 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let mut manifest = Manifest::new(
         "table2",
         &registry.paths.root,
-        serde_json::json!({ "scale": opts.scale, "scale_settings": scale, "cost_model": cost_model, "generated": opts.generated, "seed": opts.seed, "device": format!("{:?}", opts.device), "runs_dir": runs_dir }),
+        serde_json::json!({ "scale": opts.scale, "scale_settings": scale, "cost_model": cost_model, "generated": opts.generated, "seed": opts.seed, "retrieval_dataset_setting": scale.retrieval_dataset, "device": format!("{:?}", opts.device), "runs_dir": runs_dir }),
     );
     let mut notes = vec![format!("Scale `{}`: {}.", opts.scale, scale.description)];
 
@@ -253,12 +319,15 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
             (examples.into_iter().map(|e| (e.input, e.output)).collect(), cost, basis)
         }
     };
-    let (retrieved_rows, retrieved_files) = recorded_pairs(registry, OFFLINE_RETRIEVED)?;
-    manifest.add_inputs(retrieved_files);
-    notes.push(format!(
-        "Retrieval arm: the paper retrieved the Children's Book Test; offline only its one-example dummy exists, so the arm trains on the closest loadable QA dataset that is not SQuAD: Natural Questions (open), {} rows from the recorded runs ({OFFLINE_RETRIEVED}); its inputs are questions without a context passage.",
-        retrieved_rows.len()
-    ));
+    let retrieved = choose_retrieved(registry, &scale.retrieval_dataset, &instruction, opts.progress)?;
+    manifest.add_inputs(retrieved.files.clone());
+    notes.push(retrieved.note.clone());
+    let retrieved_rows = retrieved.rows;
+    let retrieved_id = retrieved.registry_id;
+    let generated_id = match &opts.generated {
+        GeneratedSource::Recorded => RECORDED_GENERATED.to_string(),
+        GeneratedSource::Dir(d) => d.display().to_string(),
+    };
     notes.push(format!("Generation arm: {generated_basis}, {} rows.", generated_rows.len()));
 
     let n = scale.examples_per_source;
@@ -296,21 +365,24 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
 
     struct Arm {
         name: &'static str,
+        data: String,
         train: Vec<TextPair>,
         validation: Vec<TextPair>,
         cost: (Option<f64>, String),
     }
     let arms = vec![
-        Arm { name: "retrieval only", train: ret_pairs(&ret_train), validation: ret_pairs(&ret_val), cost: (Some(0.0), "retrieved data is free".into()) },
-        Arm { name: "generation only", train: gen_pairs(&gen_train), validation: gen_pairs(&gen_val), cost: gen_cost(&gen_train) },
+        Arm { name: "retrieval only", data: retrieved_id.clone(), train: ret_pairs(&ret_train), validation: ret_pairs(&ret_val), cost: (Some(0.0), "retrieved data is free".into()) },
+        Arm { name: "generation only", data: generated_id.clone(), train: gen_pairs(&gen_train), validation: gen_pairs(&gen_val), cost: gen_cost(&gen_train) },
         Arm {
             name: "retrieval + generation",
+            data: format!("{retrieved_id} + {generated_id}"),
             train: trainer::concatenate_and_shuffle(vec![ret_pairs(&ret_train), gen_pairs(&gen_train)], opts.seed),
             validation: trainer::concatenate_and_shuffle(vec![ret_pairs(&ret_val), gen_pairs(&gen_val)], opts.seed),
             cost: gen_cost(&gen_train),
         },
         Arm {
             name: "custom annotation",
+            data: format!("{SQUAD_DATASET} (annotation-pool articles)"),
             train: gen_pairs(&ann_train),
             validation: gen_pairs(&ann_val),
             cost: (
@@ -341,15 +413,19 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         let refs = datasets::string_list_column(&predicted, datasets::REFERENCES)?;
         let em_squad = evaluator::score(Metric::ExactMatchSquad, &preds, &refs)?;
         let em_raw = evaluator::score(Metric::ExactMatch, &preds, &refs)?;
+        let chrf = evaluator::score(Metric::ChrfPlusPlus, &preds, &refs)?;
+        signatures.insert(Metric::ChrfPlusPlus.name().to_string(), chrf.signature.clone());
         signatures.insert(Metric::ExactMatchSquad.name().to_string(), em_squad.signature.clone());
         signatures.insert(Metric::ExactMatch.name().to_string(), em_raw.signature.clone());
         let paper_row = paper.row.iter().find(|r| r.arm == arm.name);
         let last_epoch = summary.epochs.last();
         results.push(ArmResult {
             arm: arm.name.to_string(),
+            data: arm.data.clone(),
             train_examples: arm.train.len(),
             em_squad: em_squad.value,
             em_raw: em_raw.value,
+            chrf: chrf.value,
             test_examples: preds.len(),
             cost_usd: arm.cost.0,
             cost_basis: arm.cost.1,
@@ -366,7 +442,7 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         predictions.push((arm.name.to_string(), predicted));
     }
     manifest.metric_signatures = signatures;
-    notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator).".into());
+    notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
     notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
     Ok(Table2 { scale_name: opts.scale.clone(), scale, arms: results, curves, predictions, notes, manifest })
 }
@@ -380,6 +456,7 @@ impl Table2 {
             Column::new("EM (SQuAD norm.)".into(), a.iter().map(|r| r.em_squad).collect::<Vec<_>>()),
             Column::new("EM (raw)".into(), a.iter().map(|r| r.em_raw).collect::<Vec<_>>()),
             Column::new("paper EM".into(), a.iter().map(|r| r.paper_em).collect::<Vec<_>>()),
+            Column::new("chrF++".into(), a.iter().map(|r| r.chrf).collect::<Vec<_>>()),
             Column::new("paper examples".into(), a.iter().map(|r| r.paper_examples.map(|x| x as u64)).collect::<Vec<_>>()),
             Column::new("cost ($)".into(), a.iter().map(|r| r.cost_usd).collect::<Vec<_>>()),
             Column::new("paper cost ($)".into(), a.iter().map(|r| r.paper_cost_usd).collect::<Vec<_>>()),
@@ -390,6 +467,7 @@ impl Table2 {
         let a = &self.arms;
         DataFrame::new_infer_height(vec![
             Column::new("arm".into(), a.iter().map(|r| r.arm.clone()).collect::<Vec<_>>()),
+            Column::new("training data".into(), a.iter().map(|r| r.data.clone()).collect::<Vec<_>>()),
             Column::new("test examples".into(), a.iter().map(|r| r.test_examples as u64).collect::<Vec<_>>()),
             Column::new("optimizer steps".into(), a.iter().map(|r| r.optimizer_steps).collect::<Vec<_>>()),
             Column::new("final train loss".into(), a.iter().map(|r| r.final_train_loss).collect::<Vec<_>>()),
@@ -412,10 +490,10 @@ impl Table2 {
         ])
     }
 
-    /// Rounded rows for snapshot tests: (arm, train examples, EM squad, EM raw, cost, final train
-    /// loss, final validation loss).
+    /// Rounded rows for snapshot tests: (arm, train examples, EM squad, EM raw, chrF++, cost, final
+    /// train loss, final validation loss).
     #[allow(clippy::type_complexity)]
-    pub fn snapshot_rows(&self) -> Vec<(String, usize, f64, f64, Option<f64>, Option<f64>, Option<f64>)> {
+    pub fn snapshot_rows(&self) -> Vec<(String, usize, f64, f64, f64, Option<f64>, Option<f64>, Option<f64>)> {
         self.arms
             .iter()
             .map(|r| {
@@ -424,6 +502,7 @@ impl Table2 {
                     r.train_examples,
                     super::round2(r.em_squad),
                     super::round2(r.em_raw),
+                    super::round2(r.chrf),
                     r.cost_usd.map(super::round2),
                     r.final_train_loss.map(super::round2),
                     r.final_validation_loss.map(super::round2),

@@ -349,6 +349,11 @@ fn key_value(backend: &str, model: &str, req: &ChatRequest, choice: Option<u32>)
         },
         "seed": p.seed,
     });
+    // Structured generation changes the answer: part of the key, but only when asked for, so the
+    // keys of every other request stay what they were.
+    if let Some(fields) = &p.json_fields {
+        v["params"]["json_fields"] = json!(fields);
+    }
     if let Some(c) = choice {
         v.as_object_mut().expect("object").insert("choice".into(), json!(c));
     }

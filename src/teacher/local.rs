@@ -84,10 +84,15 @@ impl Teacher for LocalTeacher {
                 seed: request.params.seed.unwrap_or(0),
             };
             let conversations = vec![to_model_messages(request); n];
+            let json_fields = request.params.json_fields.clone();
             let model = self.model.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let model = model.lock().map_err(|_| TeacherError::Backend("the local model panicked earlier".into()))?;
-                model.chat_batch_with_usage(&conversations, &cfg).map_err(|e| TeacherError::Backend(format!("{e:#}")))
+                match &json_fields {
+                    Some(fields) => model.chat_json_batch_with_usage(&conversations, fields, &cfg),
+                    None => model.chat_batch_with_usage(&conversations, &cfg),
+                }
+                .map_err(|e| TeacherError::Backend(format!("{e:#}")))
             })
             .await
             .map_err(|e| TeacherError::Backend(format!("generation thread failed: {e}")));

@@ -77,11 +77,16 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     pub presence_penalty: f64,
     pub frequency_penalty: f64,
+    /// The answer is a flat JSON object of these string fields (e.g. `["input", "output"]`). HTTP
+    /// backends only see it in the prompt; the local teacher decodes the object field by field
+    /// (structured generation), because a 135M model will not reliably write JSON unaided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_fields: Option<Vec<String>>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, max_tokens: None, n: 1, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0 }
+        SamplingParams { temperature: 1.0, top_p: 1.0, max_tokens: None, n: 1, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0, json_fields: None }
     }
 }
 

@@ -88,7 +88,9 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Stop when the validation loss has not improved for this many epochs.
     pub early_stopping_patience: Option<usize>,
-    /// bf16 autocast on CUDA (ignored on CPU, where it would only be slower).
+    /// Autocast on CUDA (ignored on CPU). tch exposes no autocast dtype, so this is libtorch's
+    /// CUDA default, fp16, and there is no loss scaling: off by default; the non-finite-loss stop
+    /// guards a run that underflows.
     pub mixed_precision: bool,
     /// Stop after this many optimizer steps in total (a budget for small scales; `None`: all epochs).
     pub max_steps: Option<u64>,
@@ -112,7 +114,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 2,
             early_stopping_patience: None,
-            mixed_precision: true,
+            mixed_precision: false,
             max_steps: None,
         }
     }
