@@ -76,3 +76,18 @@ fn smollm2_structured_generation_always_gives_the_json_object_asked_for() {
     }
     assert!(replies.iter().any(|r| r.text.len() > r#"{"input":"","output":""}"#.len()), "the model wrote something");
 }
+
+#[test]
+fn n_copies_of_one_prompt_share_a_prefill_and_decode_like_a_single_row() {
+    let registry = registry();
+    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
+    let ids = model.chat_prompt_ids(&[ChatMessage::user("Name three rivers of Europe.")]).unwrap();
+    let cfg = SamplingConfig::greedy(12);
+    let single = model.generate_ids(std::slice::from_ref(&ids), &cfg).unwrap().remove(0);
+    let copies = model.generate_ids(&[ids.clone(), ids.clone(), ids], &cfg).unwrap();
+    assert!(!single.tokens.is_empty());
+    for c in copies {
+        assert_eq!(c, single);
+    }
+}

@@ -221,6 +221,13 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Copies a batch-1 cache into `batch` identical rows (a shared prompt prefilled once).
+    fn expand_rows(&mut self, batch: i64) {
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            *t = t.repeat([batch, 1, 1, 1]);
+        }
+    }
 }
 
 /// Which attention mask a forward pass uses.
@@ -512,18 +519,29 @@ impl Llama {
         // positions = cumsum(mask) - 1, padding set to 1 (transformers' `masked_fill_(mask == 0, 1)`).
         let positions_all = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
 
-        let mut cache = KvCache::new(self, b as i64, capacity);
+        // n samples of one prompt (a teacher request with n choices): prefill the prompt once and
+        // copy its keys/values into the n rows, instead of prefilling n identical rows.
+        let shared_prompt = b > 1 && prompts.iter().all(|p| p == &prompts[0]);
+        let mut cache = KvCache::new(self, if shared_prompt { 1 } else { b as i64 }, capacity);
         let mut input = Tensor::from_slice(&ids).view([b as i64, max_len as i64]);
+        if shared_prompt {
+            input = input.narrow(0, 0, 1);
+        }
         let mut out: Vec<Generated> = vec![Generated { tokens: vec![], stopped_on_eos: false }; b];
         let mut seen: Vec<Vec<i64>> = prompts.to_vec();
         let mut finished = vec![false; b];
         let mut rng = SeededRng::new(cfg.seed);
-        for _step in 0..cfg.max_new_tokens {
+        for step in 0..cfg.max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
-            let positions = positions_all.narrow(1, start, len);
+            let rows = input.size()[0];
+            let positions = positions_all.narrow(1, start, len).narrow(0, 0, rows);
             let key_mask = mask.narrow(1, 0, start + len);
             let m = if padded { AttnMask::Padded(&key_mask) } else { AttnMask::Causal };
-            let logits = self.forward(&input, &positions, m, &mut cache, true)?;
+            let mut logits = self.forward(&input, &positions, m, &mut cache, true)?;
+            if shared_prompt && step == 0 {
+                logits = logits.repeat([b as i64, 1]);
+                cache.expand_rows(b as i64);
+            }
             let next = select_batch(&logits, &seen, &finished, pad_id, cfg, &mut rng);
             for (r, &tok) in next.iter().enumerate() {
                 if finished[r] {
