@@ -34,7 +34,8 @@ pub struct TrainArgs {
     /// Output folder: checkpoints/ and final/. Running the same command again resumes.
     #[arg(long)]
     pub out: PathBuf,
-    /// `warm-start` (BERT2BERT from all-MiniLM-L6-v2), `tiny:HIDDEN:LAYERS:HEADS`, or a model folder.
+    /// `warm-start` (BERT2BERT from all-MiniLM-L6-v2), `decoder` (SmolLM2-135M-Instruct, decoder-only),
+    /// `tiny:HIDDEN:LAYERS:HEADS`, or a model folder (T5, BERT2BERT or llama-family).
     #[arg(long, default_value = "warm-start")]
     pub student: String,
     /// A TOML file of training settings (src/trainer TrainConfig fields); flags below override it.
@@ -105,13 +106,16 @@ pub fn parse_student(s: &str) -> anyhow::Result<StudentSpec> {
     if s == "warm-start" {
         return Ok(StudentSpec::default());
     }
+    if s == "decoder" {
+        return Ok(StudentSpec::Decoder { model: crate::teacher::local::DEFAULT_TEACHER.into() });
+    }
     if let Some(rest) = s.strip_prefix("tiny:") {
         let parts: Vec<i64> = rest.split(':').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().with_context(|| format!("--student {s}: expected tiny:HIDDEN:LAYERS:HEADS"))?;
         anyhow::ensure!(parts.len() == 3, "--student {s}: expected tiny:HIDDEN:LAYERS:HEADS");
         return Ok(StudentSpec::Tiny { tokenizer_of: "all-MiniLM-L6-v2".into(), hidden: parts[0], layers: parts[1], heads: parts[2] });
     }
     let path = PathBuf::from(s);
-    anyhow::ensure!(path.join("config.json").exists(), "--student {s}: not `warm-start`, `tiny:H:L:A`, or a model folder with config.json");
+    anyhow::ensure!(path.join("config.json").exists(), "--student {s}: not `warm-start`, `decoder`, `tiny:H:L:A`, or a model folder with config.json");
     Ok(StudentSpec::Pretrained { path })
 }
 

@@ -226,3 +226,61 @@ fn training_configs_from_toml_name_bad_fields() {
     let err = format!("{:#}", trainer::load_train_config(&p).unwrap_err());
     assert!(err.contains("epochs must be at least 1"), "{err}");
 }
+
+fn smollm2() -> (prompt2model::models::llama::Llama, Vec<i64>) {
+    let registry = registry();
+    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF (run scripts/setup.sh)");
+    let g = prompt2model::models::gguf::GgufFile::open(&path).unwrap();
+    let tok = prompt2model::models::chat::GgufTokenizer::from_gguf(&g).unwrap();
+    let ids = tok.encode("<task 0>Answer.\nExample:\nWhere is Paris?\nLabel:\nFrance", false).unwrap();
+    (prompt2model::models::llama::Llama::from_gguf(&g, Device::Cpu).unwrap(), ids)
+}
+
+#[test]
+fn the_decoders_training_forward_matches_its_cached_forward_with_and_without_padding() {
+    let (model, ids) = smollm2();
+    let n = ids.len() as i64;
+    let cached = model.logits(&ids).unwrap();
+    let single = tch::no_grad(|| model.forward_train(&Tensor::from_slice(&ids).view([1, n]), &Tensor::ones([1, n], (Kind::Int64, Device::Cpu))));
+    let diff = (single.squeeze_dim(0) - &cached).abs().max().double_value(&[]);
+    assert!(diff < 1e-3, "max |Δlogit| {diff}");
+    // A shorter row beside it, right-padded: its real positions see only themselves.
+    let short = &ids[..ids.len() - 3];
+    let mut batch: Vec<i64> = ids.clone();
+    batch.extend(short.iter().copied().chain([0, 0, 0]));
+    let mask: Vec<i64> = std::iter::repeat_n(1, ids.len()).chain(std::iter::repeat_n(1, short.len())).chain([0, 0, 0]).collect();
+    let both = tch::no_grad(|| model.forward_train(&Tensor::from_slice(&batch).view([2, n]), &Tensor::from_slice(&mask).view([2, n])));
+    let short_cached = model.logits(short).unwrap();
+    let diff = (both.get(1).narrow(0, 0, short.len() as i64) - short_cached).abs().max().double_value(&[]);
+    assert!(diff < 1e-3, "padded row: max |Δlogit| {diff}");
+}
+
+#[test]
+fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
+    let out = tempfile::tempdir().unwrap();
+    let mut student = Student::build(&StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() }, &registry(), Device::Cpu, 1).unwrap();
+    let rows: Vec<(String, String)> = (0..4).map(|i| (format!("the {} kite", ["red", "blue"][i % 2]), ["red", "blue"][i % 2].to_string())).collect();
+    let data = trainer::textualise(0, "Name the colour.", &rows);
+    // The labels are the target + EOS; the prompt is not trained on.
+    let enc = student.encode_pairs(&data[..1], 64, 8).unwrap();
+    let batch = student.collate(&[&enc[0]]);
+    let labels = Vec::<i64>::try_from(batch.labels.view([-1])).unwrap();
+    assert_eq!(labels.iter().filter(|&&l| l != -100).count(), enc[0].labels.len());
+    assert_eq!(&labels[..enc[0].source.len()], vec![-100; enc[0].source.len()].as_slice());
+
+    let cfg = TrainConfig { epochs: 2, batch_size: 2, learning_rate: 1e-4, max_source_len: 64, max_target_len: 8, seed: 1, ..TrainConfig::default() };
+    let mut t = Trainer::new(cfg, &mut student, out.path());
+    t.progress = false;
+    let summary = t.train(&data, &data[..2]).unwrap();
+    assert_eq!(summary.optimizer_steps, 4);
+    let (first, last) = (summary.steps.first().unwrap().loss, summary.steps.last().unwrap().loss);
+    assert!(last.is_finite() && last < first, "loss {first} → {last}");
+    let reloaded = Student::from_dir(&out.path().join("final"), Device::Cpu).unwrap();
+    assert!(matches!(reloaded.model, prompt2model::trainer::student::StudentModel::Decoder(_)));
+    let enc = reloaded.encode_pairs(&data[..2], 64, 8).unwrap();
+    let a = reloaded.mean_loss(&enc, 2).unwrap();
+    let b = student.mean_loss(&enc, 2).unwrap();
+    assert!((a - b).abs() < 1e-4, "reloaded loss {a} vs trained {b}");
+    let preds = reloaded.generate(&[data[0].source.clone()], 64, &prompt2model::models::sampling::SamplingConfig::greedy(4), 1).unwrap();
+    assert_eq!(preds.len(), 1);
+}

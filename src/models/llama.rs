@@ -471,6 +471,111 @@ impl Llama {
         Ok(x.linear::<Tensor>(&self.lm_head, None))
     }
 
+    /// Every weight under its transformers (`LlamaForCausalLM`) name; a tied LM head is the
+    /// embedding and is listed once.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            out.extend([
+                (p("input_layernorm"), l.input_layernorm.shallow_clone()),
+                (p("self_attn.q_proj"), l.q_proj.shallow_clone()),
+                (p("self_attn.k_proj"), l.k_proj.shallow_clone()),
+                (p("self_attn.v_proj"), l.v_proj.shallow_clone()),
+                (p("self_attn.o_proj"), l.o_proj.shallow_clone()),
+                (p("post_attention_layernorm"), l.post_attention_layernorm.shallow_clone()),
+                (p("mlp.gate_proj"), l.gate_proj.shallow_clone()),
+                (p("mlp.up_proj"), l.up_proj.shallow_clone()),
+                (p("mlp.down_proj"), l.down_proj.shallow_clone()),
+            ]);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.shallow_clone()));
+        }
+        out
+    }
+
+    /// Makes every weight a trainable leaf (gradients on). The tied LM head shares the embedding's
+    /// storage and flag.
+    pub fn set_trainable(&self) {
+        for (_, t) in self.named_parameters() {
+            let _ = t.set_requires_grad(true);
+        }
+    }
+
+    /// Overwrites the weights with those of a safetensors file with transformers names (every
+    /// weight must be there, with its shape).
+    pub fn load_weights(&self, path: &Path) -> Result<()> {
+        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut t) in self.named_parameters() {
+                let s = saved.get(&name).ok_or_else(|| anyhow!("{}: no tensor `{name}`", path.display()))?;
+                ensure!(s.size() == t.size(), "{}: `{name}` has shape {:?}, the model {:?}", path.display(), s.size(), t.size());
+                t.copy_(&s.to_kind(Kind::Float).to_device(self.device));
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `config.json` (a transformers `LlamaConfig`) and `model.safetensors`.
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let c = &self.config;
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta, "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings, "bos_token_id": c.bos_token_id,
+            "eos_token_id": c.eos_token_ids, "pad_token_id": c.pad_token_id,
+        });
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        let tensors: Vec<(String, Tensor)> = self.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
+        Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).with_context(|| format!("writing {}", dir.join("model.safetensors").display()))
+    }
+
+    /// Teacher-forced forward over whole sequences, with gradients (training): `input_ids` and
+    /// `attention_mask` `[batch, seq]`, RIGHT-padded; positions count the real tokens from 0.
+    /// Returns logits `[batch, seq, vocab]`. The same computation as [`Llama::forward`] without the
+    /// cache (which is written in place and so cannot carry gradients).
+    pub fn forward_train(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let c = &self.config;
+        let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
+        let (nh, kvh, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let n_rep = nh / kvh;
+        let input_ids = input_ids.to_device(self.device);
+        let mask = attention_mask.to_device(self.device);
+        let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        let (cos, sin) = self.rotary(&positions);
+        let keys_ok = mask.ne(0).view([b, 1, 1, t]);
+        let q_pos = Tensor::arange(t, (Kind::Int64, self.device)).view([1, 1, t, 1]);
+        let k_pos = Tensor::arange(t, (Kind::Int64, self.device)).view([1, 1, 1, t]);
+        // As in `forward`: a padding query sees itself so that no softmax row is empty.
+        let bool_mask = k_pos.le_tensor(&q_pos).logical_and(&keys_ok).logical_or(&k_pos.eq_tensor(&q_pos));
+        let scale = (hd as f64).powf(-0.5);
+        let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
+        for layer in &self.layers {
+            let residual = x.shallow_clone();
+            let h = self.rms_norm(&x, &layer.input_layernorm);
+            let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
+            let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+            let v = h.linear::<Tensor>(&layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let k = &k * &cos + rotate_half(&k) * &sin;
+            let (k, v) = (repeat_kv(&k, n_rep), repeat_kv(&v, n_rep));
+            let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bool_mask), 0.0, false, scale, false);
+            let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
+            x = residual + attn.linear::<Tensor>(&layer.o_proj, None);
+            let residual = x.shallow_clone();
+            let h = self.rms_norm(&x, &layer.post_attention_layernorm);
+            let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu() * h.linear::<Tensor>(&layer.up_proj, None)).linear::<Tensor>(&layer.down_proj, None);
+            x = residual + mlp;
+        }
+        self.rms_norm(&x, &self.norm).linear::<Tensor>(&self.lm_head, None)
+    }
+
     /// Logits `[seq, vocab]` at every position of one unpadded sequence.
     pub fn logits(&self, ids: &[i64]) -> Result<Tensor> {
         ensure!(!ids.is_empty(), "empty input");

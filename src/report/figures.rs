@@ -69,7 +69,8 @@ const OURS: RGBColor = RGBColor(31, 119, 180);
 pub fn paired_bars(dir: &Path, stem: &str, title: &str, panels: &[BarPanel]) -> Result<Vec<String>> {
     ensure_font()?;
     let rows = panels.iter().map(|p| p.groups.len()).max().unwrap_or(1).max(1);
-    let size = (420 * panels.len().max(1) as u32, 140 + 46 * rows as u32);
+    // Wide enough for the title (about 11 px per character at 20 px) even with one panel.
+    let size = ((420 * panels.len().max(1) as u32).max(11 * title.chars().count() as u32 + 40), 140 + 46 * rows as u32);
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     draw_paired_bars(BitMapBackend::new(&png, size).into_drawing_area(), title, panels)?;

@@ -19,16 +19,15 @@
 pub mod adamw;
 pub mod student;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use crate::models::seq2seq::{Seq2SeqModel, IGNORE_INDEX};
+use crate::models::seq2seq::IGNORE_INDEX;
 use crate::teacher::SplitMix64;
 use adamw::{AdamW, AdamWParams};
 pub use student::{Student, StudentSpec};
@@ -309,7 +308,7 @@ impl<'a> Trainer<'a> {
         let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
 
         let params = AdamWParams { weight_decay: cfg.weight_decay, ..AdamWParams::default() };
-        let mut optimizer = AdamW::new(self.student.model.var_store().variables(), params);
+        let mut optimizer = AdamW::new(self.student.parameters(), params);
         let mut state = TrainerState {
             fingerprint: fingerprint.clone(),
             optimizer_step: 0,
@@ -338,8 +337,7 @@ impl<'a> Trainer<'a> {
             state = saved;
         }
 
-        let device = self.student.model.device();
-        let pad = self.student.model.special_tokens().pad;
+        let device = self.student.device();
         let use_autocast = cfg.mixed_precision && device.is_cuda();
         let bar = progress_bar(self.progress, total_steps, &self.label);
         let interactive = self.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -364,12 +362,8 @@ impl<'a> Trainer<'a> {
                     // (seed, step, pass), so a resumed run draws exactly what the original would have.
                     tch::manual_seed(mix_seed(cfg.seed, state.optimizer_step, offset as u64) as i64);
                     let items: Vec<&Encoded> = batch_idx.iter().map(|&i| &train_enc[i]).collect();
-                    let batch = collate(&items, pad, device);
-                    let loss = if use_autocast {
-                        tch::autocast(true, || self.student.model.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, true))
-                    } else {
-                        self.student.model.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, true)
-                    };
+                    let batch = self.student.collate(&items);
+                    let loss = if use_autocast { tch::autocast(true, || self.student.loss(&batch, true)) } else { self.student.loss(&batch, true) };
                     let loss_value = loss.double_value(&[]);
                     if !loss_value.is_finite() {
                         bar.abandon();
@@ -579,34 +573,12 @@ fn progress_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Mean teacher-forced loss over `examples` (no dropout, no gradients), example-weighted.
-pub fn mean_loss(model: &dyn Seq2SeqModel, examples: &[Encoded], batch_size: usize) -> f64 {
-    let pad = model.special_tokens().pad;
-    let device = model.device();
-    let (mut sum, mut n) = (0.0, 0usize);
-    tch::no_grad(|| {
-        for chunk in examples.chunks(batch_size.max(1)) {
-            let items: Vec<&Encoded> = chunk.iter().collect();
-            let b = collate(&items, pad, device);
-            let loss = model.forward_train(&b.input_ids, &b.attention_mask, &b.labels, false).to_kind(Kind::Double).double_value(&[]);
-            sum += loss * chunk.len() as f64;
-            n += chunk.len();
-        }
-    });
-    sum / n.max(1) as f64
-}
-
 /// Loads a TOML training configuration (unknown keys are errors that name the file).
 pub fn load_train_config(path: &Path) -> anyhow::Result<TrainConfig> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: not a valid training configuration", path.display()))?;
     cfg.validate().with_context(|| path.display().to_string())?;
     Ok(cfg)
-}
-
-/// All variables of a model as CPU tensors by name (for comparing runs).
-pub fn weights_of(model: &dyn Seq2SeqModel) -> HashMap<String, Tensor> {
-    model.var_store().variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect()
 }
 
 #[cfg(test)]

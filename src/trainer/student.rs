@@ -1,20 +1,28 @@
-//! The student: an encoder-decoder model and its tokenizer, loaded, tokenised for, saved.
+//! The student: a model and its tokenizer, loaded, tokenised for, trained on, saved.
 //!
-//! Offline the default student is the BERT2BERT encoder-decoder warm-started from
-//! all-MiniLM-L6-v2 (no T5 weights exist offline); any T5 / flan-T5 or BERT2BERT folder in the
-//! Hugging Face layout (`config.json`, `model.safetensors`, `tokenizer.json`) works too, which is
-//! what a trained student's `final/` folder is.
+//! Two kinds, as the reference supports:
+//! - **encoder-decoder** ([`Seq2SeqModel`]): offline by default the BERT2BERT warm-started from
+//!   all-MiniLM-L6-v2 (no T5 weights exist offline); any T5 / flan-T5 or BERT2BERT folder in the
+//!   Hugging Face layout works too;
+//! - **decoder-only** ([`Llama`]): SmolLM2-135M-Instruct offline (its GGUF, dequantised), or any
+//!   llama-family folder. The sequence is prompt + target + EOS, the loss covers the target tokens
+//!   only (prompt positions are labelled −100), sources are truncated from the left so the
+//!   `Label:` cue at the end survives, and generation left-pads (as transformers does).
+//!
+//! A trained student's `final/` folder is again such a folder (`config.json`, `model.safetensors`,
+//! `tokenizer.json`).
 
 use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Kind, Reduction, Tensor};
 
 use super::{Encoded, TextPair};
 use crate::models::encoder_decoder::{bert_special_tokens, Bert2Bert, BertConfig, EncoderDecoderConfig};
+use crate::models::llama::Llama;
 use crate::models::sampling::SamplingConfig;
-use crate::models::seq2seq::{generate, load_into_var_store, read_safetensors_map, weights_file_in, Seq2SeqModel};
+use crate::models::seq2seq::{generate, load_into_var_store, read_safetensors_map, weights_file_in, Seq2SeqModel, IGNORE_INDEX};
 use crate::models::t5::T5ForConditionalGeneration;
 use crate::models::weights::ModelRegistry;
 
@@ -35,8 +43,17 @@ pub enum StudentSpec {
         layers: i64,
         heads: i64,
     },
-    /// A model folder in the Hugging Face layout (T5 / flan-T5 or BERT2BERT).
+    /// A decoder-only llama-family model of the registry (default SmolLM2-135M-Instruct, GGUF).
+    Decoder {
+        #[serde(default = "default_decoder")]
+        model: String,
+    },
+    /// A model folder in the Hugging Face layout (T5 / flan-T5, BERT2BERT or llama-family).
     Pretrained { path: std::path::PathBuf },
+}
+
+fn default_decoder() -> String {
+    crate::teacher::local::DEFAULT_TEACHER.into()
 }
 
 fn default_encoder() -> String {
@@ -49,8 +66,14 @@ impl Default for StudentSpec {
     }
 }
 
+/// The network of a student.
+pub enum StudentModel {
+    Seq2Seq(Box<dyn Seq2SeqModel>),
+    Decoder(Box<Llama>),
+}
+
 pub struct Student {
-    pub model: Box<dyn Seq2SeqModel>,
+    pub model: StudentModel,
     pub tokenizer: tokenizers::Tokenizer,
     /// Stable description (enters the run fingerprint and reports).
     pub name: String,
@@ -74,7 +97,7 @@ impl Student {
                 let tok_path = resolved.path("tokenizer.json")?;
                 let tokens = bert_special_tokens(tok_path)?;
                 let (model, _report) = Bert2Bert::warm_start_from(config, resolved.path("model.safetensors")?, tokens, device, seed)?;
-                Ok(Student { model: Box::new(model), tokenizer: plain_tokenizer(tok_path)?, name: format!("bert2bert-warm-start({encoder}, seed {seed})") })
+                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer: plain_tokenizer(tok_path)?, name: format!("bert2bert-warm-start({encoder}, seed {seed})") })
             }
             StudentSpec::Tiny { tokenizer_of, hidden, layers, heads } => {
                 let tok_path = registry.resolve_file(tokenizer_of, "tokenizer.json")?;
@@ -84,7 +107,18 @@ impl Student {
                 bert.max_position_embeddings = 512;
                 bert.pad_token_id = tokens.pad;
                 let model = Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
-                Ok(Student { model: Box::new(model), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
+                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
+            }
+            StudentSpec::Decoder { model } => {
+                let entry = registry.model(model)?;
+                let file = entry.files.first().with_context(|| format!("model `{model}` lists no files in data/models.toml"))?;
+                let path = registry.resolve_file(model, &file.name)?;
+                anyhow::ensure!(file.name.ends_with(".gguf"), "decoder student `{model}`: only GGUF registry models are supported here; pass a model folder instead");
+                let g = crate::models::gguf::GgufFile::open(&path)?;
+                let llama = Llama::from_gguf(&g, device)?;
+                let tokenizer = crate::models::chat::GgufTokenizer::from_gguf(&g)?.inner().clone();
+                llama.set_trainable();
+                Ok(Student { model: StudentModel::Decoder(Box::new(llama)), tokenizer, name: format!("decoder({model})") })
             }
             StudentSpec::Pretrained { path } => Self::from_dir(path, device),
         }
@@ -95,12 +129,16 @@ impl Student {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: a student folder needs config.json, model.safetensors and tokenizer.json", dir.display()))?;
         let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-        let model: Box<dyn Seq2SeqModel> = if config.get("encoder").is_some() && config.get("decoder").is_some() {
-            Box::new(Bert2Bert::from_pretrained(dir, device)?)
+        let model = if config.get("encoder").is_some() && config.get("decoder").is_some() {
+            StudentModel::Seq2Seq(Box::new(Bert2Bert::from_pretrained(dir, device)?))
         } else if config.get("model_type").and_then(|m| m.as_str()) == Some("t5") || config.get("d_model").is_some() {
-            Box::new(T5ForConditionalGeneration::from_pretrained(dir, device)?)
+            StudentModel::Seq2Seq(Box::new(T5ForConditionalGeneration::from_pretrained(dir, device)?))
+        } else if matches!(config.get("model_type").and_then(|m| m.as_str()), Some("llama") | Some("mistral")) {
+            let llama = Llama::load_hf_dir(dir, device)?;
+            llama.set_trainable();
+            StudentModel::Decoder(Box::new(llama))
         } else {
-            anyhow::bail!("{}: neither a T5 nor a BERT2BERT encoder-decoder config", config_path.display());
+            anyhow::bail!("{}: not a T5, BERT2BERT or llama-family config", config_path.display());
         };
         let tokenizer = plain_tokenizer(&dir.join("tokenizer.json"))?;
         Ok(Student { model, tokenizer, name: format!("pretrained({})", dir.display()) })
@@ -110,53 +148,166 @@ impl Student {
         self.name.clone()
     }
 
+    pub fn device(&self) -> Device {
+        match &self.model {
+            StudentModel::Seq2Seq(m) => m.device(),
+            StudentModel::Decoder(m) => m.device(),
+        }
+    }
+
+    /// Padding id of batches.
+    pub fn pad_id(&self) -> i64 {
+        match &self.model {
+            StudentModel::Seq2Seq(m) => m.special_tokens().pad,
+            StudentModel::Decoder(m) => m.config.pad_token_id.or(m.config.eos_token_ids.first().copied()).unwrap_or(0),
+        }
+    }
+
+    fn eos_ids(&self) -> Vec<i64> {
+        match &self.model {
+            StudentModel::Seq2Seq(m) => vec![m.special_tokens().eos],
+            StudentModel::Decoder(m) => m.config.eos_token_ids.clone(),
+        }
+    }
+
+    /// The trainable weights by name (what AdamW optimises and checkpoints hold).
+    pub fn parameters(&self) -> std::collections::HashMap<String, Tensor> {
+        match &self.model {
+            StudentModel::Seq2Seq(m) => m.var_store().variables(),
+            StudentModel::Decoder(m) => m.named_parameters().into_iter().collect(),
+        }
+    }
+
+    /// Token ids of `text`, at most `max_len`: encoder-decoder sources keep their head and the
+    /// closing special token; decoder prompts keep their tail (the `Label:` cue is at the end).
     fn encode_one(&self, text: &str, max_len: usize) -> anyhow::Result<Vec<i64>> {
         let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenising {:?}: {e}", crate::teacher::excerpt(text, 60)))?;
         let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         if ids.len() > max_len {
-            // Keep the closing special token ([SEP] / </s>), as the tokenizers' own truncation does.
-            let last = *ids.last().expect("non-empty");
-            ids.truncate(max_len - 1);
-            ids.push(last);
+            match self.model {
+                StudentModel::Seq2Seq(_) => {
+                    // Keep the closing special token ([SEP] / </s>), as the tokenizers' own truncation does.
+                    let last = *ids.last().expect("non-empty");
+                    ids.truncate(max_len - 1);
+                    ids.push(last);
+                }
+                StudentModel::Decoder(_) => {
+                    ids.drain(..ids.len() - max_len);
+                }
+            }
         }
         Ok(ids)
     }
 
-    /// Tokenises training pairs: the source with its special tokens; the labels are the target's
-    /// ids *after* the decoder start token (BERT's leading `[CLS]` is the decoder start, so it is
-    /// dropped from the labels; T5's targets already end in `</s>` and have no start token).
+    /// Tokenises training pairs. Encoder-decoder: the source with its special tokens; labels are
+    /// the target's ids *after* the decoder start token (BERT's leading `[CLS]` is the decoder
+    /// start, so it is dropped; T5's targets already end in `</s>`). Decoder-only: the prompt, and
+    /// labels = the target's ids + EOS.
     pub fn encode_pairs(&self, pairs: &[TextPair], max_source: usize, max_target: usize) -> anyhow::Result<Vec<Encoded>> {
-        let start = self.model.special_tokens().decoder_start;
-        let pad = self.model.special_tokens().pad;
         pairs
             .iter()
             .map(|p| {
                 let source = self.encode_one(&p.source, max_source)?;
-                let mut labels = self.encode_one(&p.target, max_target + 1)?;
-                if start != pad && labels.first() == Some(&start) {
-                    labels.remove(0);
-                }
-                labels.truncate(max_target.max(1));
+                let labels = match &self.model {
+                    StudentModel::Seq2Seq(m) => {
+                        let (start, pad) = (m.special_tokens().decoder_start, m.special_tokens().pad);
+                        let mut labels = self.encode_one(&p.target, max_target + 1)?;
+                        if start != pad && labels.first() == Some(&start) {
+                            labels.remove(0);
+                        }
+                        labels.truncate(max_target.max(1));
+                        labels
+                    }
+                    StudentModel::Decoder(m) => {
+                        let enc = self.tokenizer.encode(p.target.as_str(), false).map_err(|e| anyhow!("tokenising a target: {e}"))?;
+                        let mut labels: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+                        labels.truncate(max_target.saturating_sub(1).max(1));
+                        labels.push(m.config.eos_token_ids.first().copied().context("the decoder has no EOS id")?);
+                        labels
+                    }
+                };
                 Ok(Encoded { source, labels })
             })
             .collect()
     }
 
+    /// A padded batch in the model's layout (see [`super::collate`] for encoder-decoders; for a
+    /// decoder, `prompt ++ labels` right-padded, labels −100 over the prompt and the padding).
+    pub fn collate(&self, items: &[&Encoded]) -> super::Batch {
+        let device = self.device();
+        let pad = self.pad_id();
+        match &self.model {
+            StudentModel::Seq2Seq(_) => super::collate(items, pad, device),
+            StudentModel::Decoder(_) => {
+                let len = items.iter().map(|e| e.source.len() + e.labels.len()).max().unwrap_or(1).max(1);
+                let (mut ids, mut mask, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+                let mut tokens = 0i64;
+                for e in items {
+                    let n = e.source.len() + e.labels.len();
+                    ids.extend(e.source.iter().chain(&e.labels).copied().chain(std::iter::repeat_n(pad, len - n)));
+                    mask.extend(std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, len - n)));
+                    labels.extend(std::iter::repeat_n(IGNORE_INDEX, e.source.len()).chain(e.labels.iter().copied()).chain(std::iter::repeat_n(IGNORE_INDEX, len - n)));
+                    tokens += n as i64;
+                }
+                let b = items.len() as i64;
+                super::Batch {
+                    input_ids: Tensor::from_slice(&ids).view([b, len as i64]).to_device(device),
+                    attention_mask: Tensor::from_slice(&mask).view([b, len as i64]).to_device(device),
+                    labels: Tensor::from_slice(&labels).view([b, len as i64]).to_device(device),
+                    examples: items.len(),
+                    tokens,
+                }
+            }
+        }
+    }
+
+    /// Mean token cross-entropy of a batch (`train` switches dropout on where the model has it).
+    pub fn loss(&self, batch: &super::Batch, train: bool) -> Tensor {
+        match &self.model {
+            StudentModel::Seq2Seq(m) => m.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, train),
+            StudentModel::Decoder(m) => {
+                // Position t predicts token t + 1 (transformers' causal-LM loss).
+                let logits = m.forward_train(&batch.input_ids, &batch.attention_mask);
+                let (b, t, v) = logits.size3().expect("[batch, seq, vocab]");
+                let shifted = logits.narrow(1, 0, t - 1).to_kind(Kind::Float).reshape([b * (t - 1), v]);
+                let targets = batch.labels.narrow(1, 1, t - 1).reshape([b * (t - 1)]).to_device(shifted.device());
+                shifted.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, IGNORE_INDEX, 0.0)
+            }
+        }
+    }
+
     pub fn mean_loss(&self, examples: &[Encoded], batch_size: usize) -> anyhow::Result<f64> {
-        Ok(super::mean_loss(self.model.as_ref(), examples, batch_size))
+        let (mut sum, mut n) = (0.0, 0usize);
+        tch::no_grad(|| {
+            for chunk in examples.chunks(batch_size.max(1)) {
+                let items: Vec<&Encoded> = chunk.iter().collect();
+                let loss = self.loss(&self.collate(&items), false).double_value(&[]);
+                sum += loss * chunk.len() as f64;
+                n += chunk.len();
+            }
+        });
+        Ok(sum / n.max(1) as f64)
     }
 
     /// Replaces the weights with those in `dir/model.safetensors` (every variable must be there).
     pub fn load_weights(&mut self, dir: &Path) -> anyhow::Result<()> {
         let path = weights_file_in(dir)?;
-        let tensors = read_safetensors_map(&path)?;
-        load_into_var_store(self.model.var_store(), &tensors, &|n| vec![n.to_string()], true, &path.display().to_string())?;
+        match &self.model {
+            StudentModel::Seq2Seq(m) => {
+                let tensors = read_safetensors_map(&path)?;
+                load_into_var_store(m.var_store(), &tensors, &|n| vec![n.to_string()], true, &path.display().to_string())?;
+            }
+            StudentModel::Decoder(m) => m.load_weights(&path)?,
+        }
         Ok(())
     }
 
     /// Writes the model (Hugging Face layout) and its tokenizer into `dir`.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        self.model.save_pretrained(dir)?;
+        match &self.model {
+            StudentModel::Seq2Seq(m) => m.save_pretrained(dir)?,
+            StudentModel::Decoder(m) => m.save_hf_dir(dir)?,
+        }
         self.tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| anyhow!("writing {}: {e}", dir.join("tokenizer.json").display()))?;
         Ok(())
     }
@@ -164,21 +315,28 @@ impl Student {
     /// Generates for each source text (already textualised), batched; special tokens are removed
     /// from the decoded text.
     pub fn generate(&self, sources: &[String], max_source: usize, sampling: &SamplingConfig, batch_size: usize) -> anyhow::Result<Vec<String>> {
-        let pad = self.model.special_tokens().pad;
-        let eos = self.model.special_tokens().eos;
-        let device = self.model.device();
+        let pad = self.pad_id();
+        let eos = self.eos_ids();
         let encoded: Vec<Vec<i64>> = sources.iter().map(|s| self.encode_one(s, max_source)).collect::<anyhow::Result<_>>()?;
-        // Longest first inside the call keeps batches tight; outputs go back to input order.
+        // Longest first keeps batches tight; outputs go back to input order.
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
         let mut out = vec![String::new(); sources.len()];
         for chunk in order.chunks(batch_size.max(1)) {
-            let items: Vec<super::Encoded> = chunk.iter().map(|&i| super::Encoded { source: encoded[i].clone(), labels: vec![] }).collect();
-            let refs: Vec<&super::Encoded> = items.iter().collect();
-            let batch = super::collate(&refs, pad, device);
-            let generated = generate(self.model.as_ref(), &batch.input_ids, &batch.attention_mask, sampling);
+            let generated: Vec<Vec<i64>> = match &self.model {
+                StudentModel::Seq2Seq(m) => {
+                    let items: Vec<Encoded> = chunk.iter().map(|&i| Encoded { source: encoded[i].clone(), labels: vec![] }).collect();
+                    let refs: Vec<&Encoded> = items.iter().collect();
+                    let batch = super::collate(&refs, pad, self.device());
+                    generate(m.as_ref(), &batch.input_ids, &batch.attention_mask, sampling)
+                }
+                StudentModel::Decoder(m) => {
+                    let prompts: Vec<Vec<i64>> = chunk.iter().map(|&i| encoded[i].clone()).collect();
+                    m.generate(&prompts, sampling, &eos, pad)?.into_iter().map(|g| g.tokens).collect()
+                }
+            };
             for (&i, ids) in chunk.iter().zip(generated) {
-                let ids: Vec<u32> = ids.into_iter().filter(|&t| t != eos && t != pad).map(|t| t as u32).collect();
+                let ids: Vec<u32> = ids.into_iter().filter(|t| !eos.contains(t) && *t != pad).map(|t| t as u32).collect();
                 out[i] = self.tokenizer.decode(&ids, true).map_err(|e| anyhow!("decoding: {e}"))?.trim().to_string();
             }
         }
