@@ -387,6 +387,28 @@ impl Llama {
         w * (x * (var + self.config.rms_norm_eps).rsqrt())
     }
 
+    /// A layer's queries, keys and values of `x` `[batch, seq, hidden]` (after the input norm and
+    /// the rotary embedding), as `[batch, heads, seq, head_dim]`.
+    fn rotated_qkv(&self, layer: &Layer, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let c = &self.config;
+        let (b, t, _) = x.size3().expect("[batch, seq, hidden]");
+        let (nh, kvh, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let h = self.rms_norm(x, &layer.input_layernorm);
+        let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
+        let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+        let v = h.linear::<Tensor>(&layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+        let q = &q * cos + rotate_half(&q) * sin;
+        let k = &k * cos + rotate_half(&k) * sin;
+        (q, k, v)
+    }
+
+    /// The MLP half of a layer with its residual: `x + down(silu(gate(n(x))) · up(n(x)))`.
+    fn feed_forward(&self, layer: &Layer, x: Tensor) -> Tensor {
+        let h = self.rms_norm(&x, &layer.post_attention_layernorm);
+        let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu() * h.linear::<Tensor>(&layer.up_proj, None)).linear::<Tensor>(&layer.down_proj, None);
+        x + mlp
+    }
+
     /// `cos` and `sin` of the rotary angles for `[batch, seq]` positions: `[batch, 1, seq, head_dim]`.
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let freqs = positions.unsqueeze(-1).to_kind(Kind::Float) * &self.inv_freq;
@@ -437,12 +459,7 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
         for (l, layer) in self.layers.iter().enumerate() {
             let residual = x.shallow_clone();
-            let h = self.rms_norm(&x, &layer.input_layernorm);
-            let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
-            let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
-            let v = h.linear::<Tensor>(&layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let k = &k * &cos + rotate_half(&k) * &sin;
+            let (q, k, v) = self.rotated_qkv(layer, &x, &cos, &sin);
             cache.keys[l].narrow(2, past, t).copy_(&k);
             cache.values[l].narrow(2, past, t).copy_(&v);
             let keys = cache.keys[l].narrow(2, 0, total);
@@ -459,11 +476,7 @@ impl Llama {
                 }
             };
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = residual + attn.linear::<Tensor>(&layer.o_proj, None);
-            let residual = x.shallow_clone();
-            let h = self.rms_norm(&x, &layer.post_attention_layernorm);
-            let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu() * h.linear::<Tensor>(&layer.up_proj, None)).linear::<Tensor>(&layer.down_proj, None);
-            x = residual + mlp;
+            x = self.feed_forward(layer, residual + attn.linear::<Tensor>(&layer.o_proj, None));
         }
         cache.len = total;
         let x = if last_only { x.select(1, t - 1) } else { x };
@@ -558,20 +571,11 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
         for layer in &self.layers {
             let residual = x.shallow_clone();
-            let h = self.rms_norm(&x, &layer.input_layernorm);
-            let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
-            let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
-            let v = h.linear::<Tensor>(&layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let k = &k * &cos + rotate_half(&k) * &sin;
+            let (q, k, v) = self.rotated_qkv(layer, &x, &cos, &sin);
             let (k, v) = (repeat_kv(&k, n_rep), repeat_kv(&v, n_rep));
             let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bool_mask), 0.0, false, scale, false);
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = residual + attn.linear::<Tensor>(&layer.o_proj, None);
-            let residual = x.shallow_clone();
-            let h = self.rms_norm(&x, &layer.post_attention_layernorm);
-            let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu() * h.linear::<Tensor>(&layer.up_proj, None)).linear::<Tensor>(&layer.down_proj, None);
-            x = residual + mlp;
+            x = self.feed_forward(layer, residual + attn.linear::<Tensor>(&layer.o_proj, None));
         }
         self.rms_norm(&x, &self.norm).linear::<Tensor>(&self.lm_head, None)
     }
