@@ -121,13 +121,19 @@ impl AdamW {
                 if *decay && p.weight_decay != 0.0 {
                     let _ = var.g_mul_scalar_(1.0 - lr * p.weight_decay);
                 }
+                // In place wherever libtorch allows: the step is memory-bound (each pass reads and
+                // writes every parameter), so every avoided temporary is a pass saved.
                 let m = &mut self.exp_avg[i];
                 let _ = m.lerp_(&grad, 1.0 - p.beta1);
                 let v = &mut self.exp_avg_sq[i];
                 let _ = v.g_mul_scalar_(p.beta2);
                 let _ = v.addcmul_(&(&grad * (1.0 - p.beta2)), &grad);
-                let denom = (v.sqrt() / bias_correction2_sqrt) + p.eps;
-                let update = (&*m / denom) * step_size;
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+                let _ = denom.g_add_scalar_(p.eps);
+                // p ← p − step_size · (m / denom): PyTorch's addcdiv_ with value −step_size.
+                let mut update = &*m / &denom;
+                let _ = update.g_mul_scalar_(step_size);
                 let _ = var.g_sub_(&update);
             }
         });
