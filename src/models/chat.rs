@@ -407,6 +407,9 @@ pub struct Completion {
     pub stopped_on_eos: bool,
 }
 
+/// Token budget of one value in structured (JSON-field) generation.
+pub const MAX_JSON_FIELD_TOKENS: usize = 64;
+
 /// A llama-family chat model loaded from one GGUF file.
 pub struct ChatModel {
     model: Llama,
@@ -514,7 +517,8 @@ impl ChatModel {
         self.finish(&ids, cfg)
     }
 
-    /// Replies that are a flat JSON object of string `fields`, decoded field by field: after the
+    /// Replies that are a flat JSON object of string `fields`, decoded field by field (at most
+    /// [`MAX_JSON_FIELD_TOKENS`] tokens each): after the
     /// chat prompt the object's text so far (`{"input": "`) is forced, the model writes the value
     /// until it emits a token containing `"` (or reaches `cfg.max_new_tokens` for that value), the
     /// value is cut at the quote, and the next field's key is forced. The reply is the object
@@ -543,7 +547,9 @@ impl ChatModel {
                     Ok(p)
                 })
                 .collect::<Result<_>>()?;
-            let field_cfg = SamplingConfig { seed: cfg.seed.wrapping_add(fi as u64), ..cfg.clone() };
+            // A small model often never closes a value: a per-field cap keeps one runaway field from
+            // spending the whole budget (a dataset example's field is a sentence or two).
+            let field_cfg = SamplingConfig { seed: cfg.seed.wrapping_add(fi as u64), max_new_tokens: cfg.max_new_tokens.min(MAX_JSON_FIELD_TOKENS), ..cfg.clone() };
             let mut gens = Vec::with_capacity(prompts.len());
             for chunk in prompts.chunks(self.max_batch.max(1)) {
                 gens.extend(self.model.generate(chunk, &field_cfg, &stops, self.pad_token_id)?);
