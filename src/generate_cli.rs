@@ -48,11 +48,7 @@ impl TeacherArgs {
         Ok(match self.backend {
             Backend::Local => Box::new(LocalTeacher::offline_default(self.max_api_calls)?),
             Backend::Openai => {
-                let mut cfg = if self.base_url.contains("api.openai.com") {
-                    OpenAiConfig::openai(self.model.clone())
-                } else {
-                    OpenAiConfig::vllm(self.base_url.clone(), self.model.clone())
-                };
+                let mut cfg = OpenAiConfig::for_base_url(&self.base_url, &self.model);
                 cfg.api_key_env = self.api_key_env.clone();
                 cfg.requests_per_minute = self.requests_per_minute;
                 cfg.max_api_calls = self.max_api_calls;

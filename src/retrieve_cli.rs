@@ -51,11 +51,7 @@ impl RetrieverTeacherArgs {
             TeacherKind::None => return Ok(None),
             TeacherKind::Local => Box::new(LocalTeacher::offline_default(None)?),
             TeacherKind::Openai => {
-                let mut cfg = if self.base_url.contains("api.openai.com") {
-                    OpenAiConfig::openai(self.model.clone())
-                } else {
-                    OpenAiConfig::vllm(self.base_url.clone(), self.model.clone())
-                };
+                let mut cfg = OpenAiConfig::for_base_url(&self.base_url, &self.model);
                 cfg.api_key_env = self.api_key_env.clone();
                 Box::new(OpenAiTeacher::new(cfg)?)
             }

@@ -107,6 +107,15 @@ impl OpenAiConfig {
     pub fn openai(model: impl Into<String>) -> Self {
         OpenAiConfig { model: model.into(), ..Default::default() }
     }
+    /// The configuration a command line gives: api.openai.com when the base URL is OpenAI's,
+    /// otherwise an OpenAI-compatible server at `base_url` (vLLM defaults).
+    pub fn for_base_url(base_url: &str, model: &str) -> Self {
+        if base_url.contains("api.openai.com") {
+            Self::openai(model)
+        } else {
+            Self::vllm(base_url, model)
+        }
+    }
     /// A vLLM server, e.g. `http://localhost:8000/v1`.
     pub fn vllm(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self::local(base_url, model, "vllm")
