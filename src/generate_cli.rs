@@ -187,9 +187,7 @@ pub struct ChatArgs {
 pub fn chat(args: ChatArgs) -> Result<()> {
     use crate::models::chat::{ChatMessage, ChatModel};
     let registry = crate::models::weights::ModelRegistry::from_env()?;
-    let id = crate::teacher::local::DEFAULT_TEACHER;
-    let file = registry.model(id)?.files.first().map(|f| f.name.clone()).context("the teacher model lists no files")?;
-    let path = registry.resolve_file(id, &file)?;
+    let path = registry.resolve_main_file(crate::teacher::local::DEFAULT_TEACHER)?;
     let model = ChatModel::load(&path, crate::models::default_device())?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {

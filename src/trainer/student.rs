@@ -110,10 +110,11 @@ impl Student {
                 Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
             }
             StudentSpec::Decoder { model } => {
-                let entry = registry.model(model)?;
-                let file = entry.files.first().with_context(|| format!("model `{model}` lists no files in data/models.toml"))?;
-                let path = registry.resolve_file(model, &file.name)?;
-                anyhow::ensure!(file.name.ends_with(".gguf"), "decoder student `{model}`: only GGUF registry models are supported here; pass a model folder instead");
+                let path = registry.resolve_main_file(model)?;
+                anyhow::ensure!(
+                    path.extension().is_some_and(|e| e == "gguf"),
+                    "decoder student `{model}`: only GGUF registry models are supported here; pass a model folder instead"
+                );
                 let g = crate::models::gguf::GgufFile::open(&path)?;
                 let llama = Llama::from_gguf(&g, device)?;
                 let tokenizer = crate::models::chat::GgufTokenizer::from_gguf(&g)?.inner().clone();
