@@ -21,7 +21,7 @@ pub enum Backend {
     Openai,
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug)]
 pub struct TeacherArgs {
     /// Which teacher answers.
     #[arg(long, value_enum, default_value = "local")]
@@ -58,14 +58,37 @@ impl TeacherArgs {
     }
 }
 
+/// Where the prompt comes from: a paper task or a file.
 #[derive(clap::Args, Debug)]
-pub struct GenerateArgs {
+pub struct PromptArgs {
     /// A task of data/tasks.toml whose prompt to use (squad, temporal, mconala).
     #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     pub task: Option<String>,
     /// A file holding a free-form prompt (instruction + demonstrations).
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
+}
+
+impl PromptArgs {
+    /// The prompt text: the file's, or the task's as a user writes it (data/tasks.toml).
+    pub fn read(&self) -> Result<String> {
+        if let Some(path) = &self.prompt_file {
+            return std::fs::read_to_string(path).with_context(|| format!("reading the prompt file {}", path.display()));
+        }
+        let id = self.task.as_deref().expect("clap requires --task or --prompt-file");
+        let paths = crate::config::Paths::from_env()?;
+        let tasks = crate::tasks::load_tasks(&paths.data)?;
+        match crate::tasks::find(&tasks, id) {
+            Some(t) => Ok(t.prompt.clone()),
+            None => bail!("unknown task `{id}`; data/tasks.toml has: {}", tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// Unique examples to generate.
     #[arg(long, default_value_t = 200)]
     pub n: usize,
@@ -96,19 +119,6 @@ pub struct GenerateArgs {
     pub deterministic_parse: bool,
 }
 
-fn read_prompt(args: &GenerateArgs) -> Result<String> {
-    if let Some(path) = &args.prompt_file {
-        return std::fs::read_to_string(path).with_context(|| format!("reading the prompt file {}", path.display()));
-    }
-    let id = args.task.as_deref().expect("clap requires --task or --prompt-file");
-    let paths = crate::config::Paths::from_env()?;
-    let tasks = crate::tasks::load_tasks(&paths.data)?;
-    match crate::tasks::find(&tasks, id) {
-        Some(t) => Ok(t.prompt.clone()),
-        None => bail!("unknown task `{id}`; data/tasks.toml has: {}", tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")),
-    }
-}
-
 /// Write the examples as parquet beside the JSONL the generator wrote (temp file, then rename).
 pub fn write_examples_parquet(path: &Path, examples: &[Example]) -> Result<()> {
     let mut df = DataFrame::new_infer_height(vec![
@@ -123,7 +133,7 @@ pub fn write_examples_parquet(path: &Path, examples: &[Example]) -> Result<()> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let prompt = read_prompt(&args)?;
+    let prompt = args.prompt.read()?;
     let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
     let cache_path = args.cache.clone().unwrap_or_else(|| args.out.join("teacher_cache.sqlite"));
     let teacher = CachedTeacher::open(args.teacher.build()?, &cache_path, mode)?;
@@ -281,12 +291,8 @@ pub fn write_generation_report(out: &Path, prompt: &str, log: &dataset_generator
 
 #[derive(clap::Args, Debug)]
 pub struct DiversityArgs {
-    /// A task of data/tasks.toml (squad, temporal, mconala).
-    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
-    pub task: Option<String>,
-    /// A prompt file instead of a task.
-    #[arg(long)]
-    pub prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// Raw examples generated per arm (the paper: 200).
     #[arg(long, default_value_t = 200)]
     pub n: usize,
@@ -305,21 +311,7 @@ pub struct DiversityArgs {
 /// high-diversity few-shot prompting; writes `reports/diversity/` with the paper's numbers beside.
 pub fn diversity(args: DiversityArgs) -> Result<()> {
     use crate::report::{figures, Manifest, Report, ReportTable};
-    let gen_args_prompt = GenerateArgs {
-        task: args.task.clone(),
-        prompt_file: args.prompt_file.clone(),
-        n: args.n,
-        out: PathBuf::new(),
-        teacher: args.teacher.clone(),
-        cache: None,
-        replay_only: false,
-        seed: None,
-        initial_temperature: None,
-        max_temperature: None,
-        no_high_diversity: false,
-        deterministic_parse: true,
-    };
-    let prompt = read_prompt(&gen_args_prompt)?;
+    let prompt = args.prompt.read()?;
     let paths = crate::config::Paths::from_env()?;
     let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
     let cache_path = args.cache.clone().unwrap_or_else(|| paths.cache.join("teacher/diversity.sqlite"));
@@ -348,7 +340,7 @@ pub fn diversity(args: DiversityArgs) -> Result<()> {
         Column::new("requests".into(), vec![report.without_high_diversity.requests, report.with_high_diversity.requests]),
     ])?;
     let stats = teacher.stats();
-    let mut manifest = Manifest::new("diversity", &paths.root, serde_json::json!({ "task": args.task, "n": args.n, "generator": cfg, "teacher_backend": teacher.backend(), "teacher_model": teacher.model() }));
+    let mut manifest = Manifest::new("diversity", &paths.root, serde_json::json!({ "task": args.prompt.task, "n": args.n, "generator": cfg, "teacher_backend": teacher.backend(), "teacher_model": teacher.model() }));
     manifest.tool_versions.insert("teacher".into(), format!("{} / {}", teacher.backend(), teacher.model()));
     let r = Report {
         name: "diversity".into(),

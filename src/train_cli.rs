@@ -12,6 +12,7 @@ use clap::Args;
 use crate::dataset_generator::read_examples_jsonl;
 use crate::executor::{self, ExecutorConfig};
 use crate::models::weights::ModelRegistry;
+use crate::retrieve_cli::InstructionArgs;
 use crate::trainer::{self, Student, StudentSpec, TextPair, Trainer};
 
 #[derive(Debug, Args)]
@@ -25,12 +26,8 @@ pub struct TrainArgs {
     /// Validation examples (JSONL); the loss on them is reported after each epoch.
     #[arg(long)]
     pub validation: Option<PathBuf>,
-    /// The task instruction (else `--task`'s from data/tasks.toml).
-    #[arg(long, conflicts_with = "task")]
-    pub instruction: Option<String>,
-    /// A task of data/tasks.toml whose instruction to use (squad, mconala, temporal).
-    #[arg(long)]
-    pub task: Option<String>,
+    #[command(flatten)]
+    pub instruction: InstructionArgs,
     /// Output folder: checkpoints/ and final/. Running the same command again resumes.
     #[arg(long)]
     pub out: PathBuf,
@@ -76,10 +73,8 @@ pub struct PredictArgs {
     /// Where to write predictions (parquet: id, input, references, prediction).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, conflicts_with = "task")]
-    pub instruction: Option<String>,
-    #[arg(long)]
-    pub task: Option<String>,
+    #[command(flatten)]
+    pub instruction: InstructionArgs,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 2.0)]
@@ -88,17 +83,6 @@ pub struct PredictArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub cpu: bool,
-}
-
-fn instruction(instruction: &Option<String>, task: &Option<String>) -> anyhow::Result<String> {
-    if let Some(i) = instruction {
-        return Ok(i.clone());
-    }
-    let Some(task) = task else { anyhow::bail!("give --instruction TEXT or --task ID (a task of data/tasks.toml)") };
-    let paths = crate::config::Paths::from_env()?;
-    let tasks = crate::tasks::load_tasks(&paths.data)?;
-    let t = crate::tasks::find(&tasks, task).with_context(|| format!("no task `{task}` in data/tasks.toml"))?;
-    Ok(t.instruction.clone())
 }
 
 /// Parses `--student`.
@@ -126,7 +110,7 @@ fn read_pairs(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let instruction = instruction(&args.instruction, &args.task)?;
+    let instruction = args.instruction.text(&crate::config::Paths::from_env()?)?;
     let mut cfg = match &args.config {
         Some(p) => trainer::load_train_config(p)?,
         None => trainer::TrainConfig::default(),
@@ -189,7 +173,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let instruction = instruction(&args.instruction, &args.task)?;
+    let instruction = args.instruction.text(&crate::config::Paths::from_env()?)?;
     let device = if args.cpu { tch::Device::Cpu } else { crate::models::default_device() };
     let student = Student::from_dir(&args.model, device)?;
     let rows = read_pairs(&args.input)?;
