@@ -5,10 +5,8 @@
 //! repetition penalty of 2.0 and a cap on new tokens. The input each example gets is the same
 //! textualisation the student was trained on ([`crate::trainer::model_input`]).
 
-use std::path::Path;
-
 use anyhow::Context;
-use polars::prelude::{Column, DataFrame, ParquetWriter};
+use polars::prelude::{Column, DataFrame};
 
 use crate::datasets::{string_column, INPUT, PREDICTION};
 use crate::models::sampling::SamplingConfig;
@@ -49,15 +47,4 @@ pub fn predict_frame(student: &Student, instruction: &str, frame: &DataFrame, cf
     }
     out.with_column(Column::new(PREDICTION.into(), predictions))?;
     Ok(out)
-}
-
-/// Writes a frame as parquet, atomically (temp file beside it, then rename).
-pub fn write_parquet(frame: &DataFrame, path: &Path) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    let mut frame = frame.clone();
-    ParquetWriter::new(tmp.as_file()).finish(&mut frame).with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
 }

@@ -121,15 +121,11 @@ pub struct GenerateArgs {
 
 /// Write the examples as parquet beside the JSONL the generator wrote (temp file, then rename).
 pub fn write_examples_parquet(path: &Path, examples: &[Example]) -> Result<()> {
-    let mut df = DataFrame::new_infer_height(vec![
+    let df = DataFrame::new_infer_height(vec![
         Column::new("input".into(), examples.iter().map(|e| e.input.clone()).collect::<Vec<_>>()),
         Column::new("output".into(), examples.iter().map(|e| e.output.clone()).collect::<Vec<_>>()),
     ])?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    ParquetWriter::new(tmp.as_file()).finish(&mut df).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    tmp.persist(path)?;
-    Ok(())
+    crate::report::write_parquet_atomic(&df, path)
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {

@@ -183,7 +183,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let frame = crate::datasets::common_frame(ids, inputs, &refs, None)?;
     let cfg = ExecutorConfig { max_new_tokens: args.max_new_tokens, repetition_penalty: args.repetition_penalty, batch_size: args.batch_size, ..ExecutorConfig::default() };
     let out = executor::predict_frame(&student, &instruction, &frame, &cfg)?;
-    executor::write_parquet(&out, &args.out)?;
+    crate::report::write_parquet_atomic(&out, &args.out)?;
     let preds = crate::datasets::string_column(&out, crate::datasets::PREDICTION)?;
     let em = crate::evaluator::score(crate::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
     println!("{} predictions → {}; {em}", preds.len(), args.out.display());

@@ -149,6 +149,18 @@ pub fn tex_escape(s: &str) -> String {
     out
 }
 
+/// Writes a frame as parquet, atomically (a temp file beside `path`, then a rename), creating the
+/// folder if needed.
+pub fn write_parquet_atomic(frame: &DataFrame, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut frame = frame.clone();
+    ParquetWriter::new(tmp.as_file()).finish(&mut frame).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
 /// A complete report: tables, notes, figures and the manifest of the run that made it.
 pub struct Report {
     /// Folder name under the reports directory (`table1`).

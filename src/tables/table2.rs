@@ -408,7 +408,7 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
         let summary = trainer.train(&arm.train, &arm.validation).with_context(|| format!("training the `{}` arm", arm.name))?;
         let predicted = executor::predict_frame(&student, &instruction, &test_frame, &scale.executor).with_context(|| format!("predicting with the `{}` arm", arm.name))?;
-        executor::write_parquet(&predicted, &arm_dir.join("predictions.parquet"))?;
+        crate::report::write_parquet_atomic(&predicted, &arm_dir.join("predictions.parquet"))?;
         let preds = datasets::string_column(&predicted, datasets::PREDICTION)?;
         let refs = datasets::string_list_column(&predicted, datasets::REFERENCES)?;
         let em_squad = evaluator::score(Metric::ExactMatchSquad, &preds, &refs)?;
@@ -547,7 +547,7 @@ impl Table2 {
         files.extend(figures::line_chart(dir, "table2_learning_curves", "Training loss by arm", "optimizer step", "loss", &series)?);
         for (arm, frame) in &self.predictions {
             let name = format!("predictions_{}.parquet", slug(arm));
-            executor::write_parquet(frame, &dir.join(&name))?;
+            crate::report::write_parquet_atomic(frame, &dir.join(&name))?;
             files.push(name);
         }
         Ok(files)
