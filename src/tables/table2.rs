@@ -232,12 +232,23 @@ fn recorded_pairs(registry: &Registry, folder: &str) -> Result<(Pairs, Vec<Resol
 }
 
 /// Seeded draw of `n` train + `v` validation rows (fewer if the source is smaller).
-fn draw(rows: &[(String, String)], n: usize, v: usize, seed: u64, tag: &str) -> (Pairs, Pairs) {
+/// The row indices of the draw: `(train, validation)`.
+fn draw_indices(len: usize, n: usize, v: usize, seed: u64, tag: &str) -> (Vec<usize>, Vec<usize>) {
     let mut rng = SplitMix64::new(seed ^ crate::models::seq2seq::fnv1a64(tag.as_bytes()));
-    let mut idx: Vec<usize> = (0..rows.len()).collect();
+    let mut idx: Vec<usize> = (0..len).collect();
     rng.shuffle(&mut idx);
-    let take = |r: std::ops::Range<usize>| idx[r.start.min(idx.len())..r.end.min(idx.len())].iter().map(|&i| rows[i].clone()).collect::<Vec<_>>();
-    (take(0..n), take(n..n + v))
+    let validation = idx[n.min(len)..(n + v).min(len)].to_vec();
+    idx.truncate(n.min(len));
+    (idx, validation)
+}
+
+fn pick(rows: &[(String, String)], idx: &[usize]) -> Pairs {
+    idx.iter().map(|&i| rows[i].clone()).collect()
+}
+
+fn draw(rows: &[(String, String)], n: usize, v: usize, seed: u64, tag: &str) -> (Pairs, Pairs) {
+    let (train, validation) = draw_indices(rows.len(), n, v, seed, tag);
+    (pick(rows, &train), pick(rows, &validation))
 }
 
 /// SQuAD split by article: `(pool, test)` row indices.
@@ -334,14 +345,10 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let v = scale.validation_examples;
     let (ret_train, ret_val) = draw(&retrieved_rows, n, v, opts.seed, "retrieved");
     let (gen_train, gen_val) = draw(&generated_rows, n, v, opts.seed, "generated");
-    // The annotation draw keeps pool indices so the paragraphs it covers can be counted.
-    let (ann_train, ann_val) = draw(&annotated_rows, n, v, opts.seed, "annotated");
-    let ann_paragraphs = {
-        let mut rng = SplitMix64::new(opts.seed ^ crate::models::seq2seq::fnv1a64(b"annotated"));
-        let mut idx: Vec<usize> = (0..annotated_rows.len()).collect();
-        rng.shuffle(&mut idx);
-        idx.iter().take(n).map(|&i| annotated_context[i]).collect::<BTreeSet<_>>().len()
-    };
+    // The annotation draw keeps its indices so the paragraphs it covers can be counted.
+    let (ann_train_idx, ann_val_idx) = draw_indices(annotated_rows.len(), n, v, opts.seed, "annotated");
+    let (ann_train, ann_val) = (pick(&annotated_rows, &ann_train_idx), pick(&annotated_rows, &ann_val_idx));
+    let ann_paragraphs = ann_train_idx.iter().map(|&i| annotated_context[i]).collect::<BTreeSet<_>>().len();
     if gen_train.len() < n || ret_train.len() < n {
         notes.push(format!("Fewer rows than the scale asks for: generated {} / retrieved {} of {n}.", gen_train.len(), ret_train.len()));
     }
