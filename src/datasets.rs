@@ -280,39 +280,39 @@ pub fn load_dataset(registry: &Registry, id: &str) -> DataResult<Loaded> {
         path: registry.paths.data.join("datasets.toml"),
         detail: format!("dataset `{id}` lists no files to load"),
     })?;
-    if entry.format == "p2m-hf-disk" {
-        // A save_to_disk folder: every file of the entry lives in it.
-        let dir = Path::new(file).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
-        let (disk, local, files) = load_registered_hf_disk(registry, &dir)?;
-        let frame = match disk {
-            HfDisk::Dataset(df) => p2m_to_common(&df, &local)?,
-            HfDisk::Dict(_) => return Err(malformed(&local, "expected a single dataset, found a DatasetDict")),
-        };
-        if let Some(rows) = entry.rows {
-            if frame.height() as u64 != rows {
-                return Err(malformed(&local, format!("expected {rows} rows (data/datasets.toml), found {}", frame.height())));
-            }
+    let (frame, local, files) = match entry.format.as_str() {
+        "p2m-hf-disk" => {
+            // A save_to_disk folder: every file of the entry lives in it.
+            let dir = Path::new(file).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+            let (disk, local, files) = load_registered_hf_disk(registry, &dir)?;
+            let frame = match disk {
+                HfDisk::Dataset(df) => p2m_to_common(&df, &local)?,
+                HfDisk::Dict(_) => return Err(malformed(&local, "expected a single dataset, found a DatasetDict")),
+            };
+            (frame, local, files)
         }
-        return Ok(Loaded { frame, files });
-    }
-    let resolved = registry.resolve_file(file)?;
-    let frame = match entry.format.as_str() {
-        "squad-json" => load_squad_json(&resolved.local)?,
-        "conala-json" => load_conala_json(&resolved.local)?,
-        "temporal-json" => load_temporal_json(&resolved.local)?,
-        other => {
-            return Err(DataError::Registry {
-                path: registry.paths.data.join("datasets.toml"),
-                detail: format!("dataset `{id}` has format `{other}`, which has no common-schema loader (squad-json, conala-json, temporal-json, p2m-hf-disk)"),
-            })
+        format => {
+            let resolved = registry.resolve_file(file)?;
+            let frame = match format {
+                "squad-json" => load_squad_json(&resolved.local)?,
+                "conala-json" => load_conala_json(&resolved.local)?,
+                "temporal-json" => load_temporal_json(&resolved.local)?,
+                other => {
+                    return Err(DataError::Registry {
+                        path: registry.paths.data.join("datasets.toml"),
+                        detail: format!("dataset `{id}` has format `{other}`, which has no common-schema loader (squad-json, conala-json, temporal-json, p2m-hf-disk)"),
+                    })
+                }
+            };
+            (frame, resolved.local.clone(), vec![resolved])
         }
     };
     if let Some(rows) = entry.rows {
         if frame.height() as u64 != rows {
-            return Err(malformed(&resolved.local, format!("expected {rows} rows (data/datasets.toml), found {}", frame.height())));
+            return Err(malformed(&local, format!("expected {rows} rows (data/datasets.toml), found {}", frame.height())));
         }
     }
-    Ok(Loaded { frame, files: vec![resolved] })
+    Ok(Loaded { frame, files })
 }
 
 /// Load a registered `save_to_disk` folder (e.g. a recorded run under `p2m_runs/`).
