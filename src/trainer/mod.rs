@@ -324,12 +324,13 @@ impl<'a> Trainer<'a> {
             finished: false,
         };
         let mut resumed_from = None;
-        if let Some(ckpt) = latest_checkpoint(&self.output_dir)? {
+        let checkpoint_found = latest_checkpoint(&self.output_dir)?;
+        if let Some(ckpt) = &checkpoint_found {
             let saved: TrainerState = read_json(&ckpt.join("trainer_state.json"))?;
             if saved.fingerprint != fingerprint {
                 return Err(TrainError::ForeignCheckpoint { dir: ckpt.display().to_string(), found: saved.fingerprint, expected: fingerprint }.into());
             }
-            self.student.load_weights(&ckpt)?;
+            self.student.load_weights(ckpt)?;
             let moments = adamw::read_state(&ckpt.join("optimizer.safetensors"))?;
             optimizer.load_state(&moments, saved.optimizer_step, &ckpt.join("optimizer.safetensors").display().to_string())?;
             tracing::info!("{}: resuming from {} (optimizer step {})", self.label, ckpt.display(), saved.optimizer_step);
@@ -346,7 +347,7 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let (mut run_examples, mut run_tokens) = (0u64, 0i64);
         let mut stopped_early = false;
-        let mut last_checkpoint = latest_checkpoint(&self.output_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
+        let mut last_checkpoint = checkpoint_found.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
 
         'epochs: while state.epoch < cfg.epochs && state.optimizer_step < total_steps {
             let batches = epoch_batches(&lengths, cfg.batch_size, cfg.bucket_window, cfg.seed, state.epoch);
