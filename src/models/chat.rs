@@ -18,7 +18,7 @@ use tch::Device;
 use tokenizers::Tokenizer;
 
 use super::gguf::GgufFile;
-use super::llama::{Generated, Llama};
+use super::llama::{Generated, Llama, Steer, SteeredRow};
 use super::sampling::SamplingConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -407,6 +407,15 @@ pub struct Completion {
     pub stopped_on_eos: bool,
 }
 
+/// One request of [`ChatModel::chat_json_requests`]: a conversation, its number of choices and
+/// its sampling (seed included).
+#[derive(Debug, Clone)]
+pub struct JsonRequest {
+    pub messages: Vec<ChatMessage>,
+    pub n: usize,
+    pub sampling: SamplingConfig,
+}
+
 /// Token budget of one value in structured (JSON-field) generation.
 pub const MAX_JSON_FIELD_TOKENS: usize = 64;
 
@@ -449,7 +458,7 @@ impl ChatModel {
         eos_token_ids.dedup();
         // transformers pads with the pad token, or with EOS when there is none.
         let pad_token_id = tokenizer.pad_token_id.unwrap_or(eos_token_ids[0]);
-        Ok(ChatModel { model, tokenizer, template, template_vars, eos_token_ids, pad_token_id, max_batch: 16, quote_tokens: Default::default() })
+        Ok(ChatModel { model, tokenizer, template, template_vars, eos_token_ids, pad_token_id, max_batch: 32, quote_tokens: Default::default() })
     }
 
     pub fn model(&self) -> &Llama {
@@ -518,57 +527,132 @@ impl ChatModel {
     }
 
     /// Replies that are a flat JSON object of string `fields`, decoded field by field (at most
-    /// [`MAX_JSON_FIELD_TOKENS`] tokens each): after the
-    /// chat prompt the object's text so far (`{"input": "`) is forced, the model writes the value
-    /// until it emits a token containing `"` (or reaches `cfg.max_new_tokens` for that value), the
-    /// value is cut at the quote, and the next field's key is forced. The reply is the object
-    /// serialised by serde (so always valid JSON); `completion_tokens` counts the generated tokens.
+    /// [`MAX_JSON_FIELD_TOKENS`] tokens each): after the chat prompt the object's opening
+    /// (`{"input": "`) is forced, the model writes the value until it samples a token containing
+    /// `"` (or EOS, or reaches the field's budget), the value is cut at the quote, and the next
+    /// field's key (`", "output": "`) is forced in place of that token, all in one generation pass
+    /// (one prefill per distinct prompt). The reply is the object serialised by serde (so always
+    /// valid JSON); `completion_tokens` counts the sampled tokens. All rows draw from one
+    /// generator seeded with `cfg.seed`.
     pub fn chat_json_batch_with_usage(&self, conversations: &[Vec<ChatMessage>], fields: &[String], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
-        ensure!(!fields.is_empty(), "structured generation needs at least one field");
-        let base: Vec<Vec<i64>> = conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<_>>()?;
-        let quote_tokens = self.quote_token_ids()?;
-        let mut stops = self.eos_token_ids.clone();
-        stops.extend(&quote_tokens);
-        let mut values: Vec<Vec<String>> = vec![Vec::new(); base.len()];
-        let mut generated = vec![0usize; base.len()];
-        let mut all_closed = vec![true; base.len()];
-        for (fi, field) in fields.iter().enumerate() {
-            let prompts: Vec<Vec<i64>> = base
-                .iter()
-                .zip(&values)
-                .map(|(ids, done)| {
-                    let mut text = String::from("{");
-                    for (f, v) in fields.iter().zip(done) {
-                        text.push_str(&format!("\"{f}\": \"{v}\", "));
-                    }
-                    text.push_str(&format!("\"{field}\": \""));
-                    let mut p = ids.clone();
-                    p.extend(self.tokenizer.encode(&text, false)?);
-                    Ok(p)
-                })
-                .collect::<Result<_>>()?;
-            // A small model often never closes a value: a per-field cap keeps one runaway field from
-            // spending the whole budget (a dataset example's field is a sentence or two).
-            let field_cfg = SamplingConfig { seed: cfg.seed.wrapping_add(fi as u64), max_new_tokens: cfg.max_new_tokens.min(MAX_JSON_FIELD_TOKENS), ..cfg.clone() };
-            let mut gens = Vec::with_capacity(prompts.len());
-            for chunk in prompts.chunks(self.max_batch.max(1)) {
-                gens.extend(self.model.generate(chunk, &field_cfg, &stops, self.pad_token_id)?);
+        let prompts: Vec<Vec<i64>> = conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<_>>()?;
+        let rows: Vec<(Vec<i64>, usize)> = prompts.into_iter().map(|p| (p, 0)).collect();
+        self.json_rows(&rows, std::slice::from_ref(cfg), fields)
+    }
+
+    /// Several structured requests generated together (as one batch of all their choices, in
+    /// chunks of whole requests of at most `max_batch` rows): request `i`'s `n` choices share one
+    /// prefill and draw from a generator seeded with its own `sampling.seed`, so a request's
+    /// replies do not depend on the sampling of the requests batched with it.
+    pub fn chat_json_requests(&self, requests: &[JsonRequest], fields: &[String]) -> Result<Vec<Vec<Completion>>> {
+        let mut out = Vec::with_capacity(requests.len());
+        let mut start = 0;
+        while start < requests.len() {
+            // Whole requests up to `max_batch` rows (at least one request).
+            let mut end = start + 1;
+            let mut rows = requests[start].n.max(1);
+            while end < requests.len() && rows + requests[end].n.max(1) <= self.max_batch.max(1) {
+                rows += requests[end].n.max(1);
+                end += 1;
             }
-            for (row, g) in gens.into_iter().enumerate() {
-                generated[row] += g.tokens.len();
-                let closed = g.tokens.last().is_some_and(|t| quote_tokens.contains(t));
-                all_closed[row] &= closed;
-                let text = self.tokenizer.decode(&g.tokens, true)?;
-                let value = text.split('"').next().unwrap_or("").trim_end_matches('\\').trim().to_string();
-                values[row].push(value);
+            let chunk = &requests[start..end];
+            let mut batch: Vec<(Vec<i64>, usize)> = Vec::with_capacity(rows);
+            for (g, req) in chunk.iter().enumerate() {
+                let ids = self.chat_prompt_ids(&req.messages)?;
+                batch.extend(std::iter::repeat_n((ids, g), req.n.max(1)));
             }
+            let samplings: Vec<SamplingConfig> = chunk.iter().map(|r| r.sampling.clone()).collect();
+            let mut completions = self.json_rows(&batch, &samplings, fields)?.into_iter();
+            for req in chunk {
+                out.push(completions.by_ref().take(req.n.max(1)).collect());
+            }
+            start = end;
         }
-        base.iter()
-            .zip(values)
-            .enumerate()
-            .map(|(row, (p, vals))| {
-                let object: serde_json::Map<String, serde_json::Value> = fields.iter().cloned().zip(vals.into_iter().map(serde_json::Value::String)).collect();
-                Ok(Completion { text: serde_json::to_string(&object)?, prompt_tokens: p.len(), completion_tokens: generated[row], stopped_on_eos: all_closed[row] })
+        Ok(out)
+    }
+
+    /// The structured decoder behind both entry points: `rows` are (chat prompt ids, index into
+    /// `samplings`).
+    fn json_rows(&self, rows: &[(Vec<i64>, usize)], samplings: &[SamplingConfig], fields: &[String]) -> Result<Vec<Completion>> {
+        ensure!(!fields.is_empty(), "structured generation needs at least one field");
+        let quote_tokens = self.quote_token_ids()?;
+        let opening = self.tokenizer.encode(&format!("{{\"{}\": \"", fields[0]), false)?;
+        let steered: Vec<SteeredRow> = rows
+            .iter()
+            .map(|(ids, g)| SteeredRow { prompt: ids.iter().chain(&opening).copied().collect(), generator: *g })
+            .collect();
+        // A small model often never closes a value: a per-field cap keeps one runaway field from
+        // spending the whole budget (a dataset example's field is a sentence or two).
+        let caps: Vec<usize> = samplings.iter().map(|s| s.max_new_tokens.clamp(1, MAX_JSON_FIELD_TOKENS)).collect();
+        // Room for every field's value and the forced keys between them.
+        let keys: Vec<Vec<i64>> = fields.iter().skip(1).map(|f| self.tokenizer.encode(&format!("\", \"{f}\": \""), false)).collect::<Result<_>>()?;
+        let longest_key = keys.iter().map(Vec::len).max().unwrap_or(0);
+        let budget = |cap: usize| fields.len() * (cap + longest_key + 8);
+        let generators: Vec<SamplingConfig> = samplings.iter().zip(&caps).map(|(s, &cap)| SamplingConfig { max_new_tokens: budget(cap), ..s.clone() }).collect();
+
+        struct RowState {
+            field: usize,
+            current: Vec<i64>,
+            values: Vec<String>,
+            sampled: usize,
+            all_closed: bool,
+        }
+        let mut state: Vec<RowState> = rows.iter().map(|_| RowState { field: 0, current: vec![], values: vec![], sampled: 0, all_closed: true }).collect();
+        let clean = |text: &str| text.split('"').next().unwrap_or("").trim_end_matches('\\').trim().to_string();
+        let mut error: Option<anyhow::Error> = None;
+        let mut steer = |r: usize, token: i64| -> Steer {
+            let st = &mut state[r];
+            st.sampled += 1;
+            let quote = quote_tokens.binary_search(&token).is_ok();
+            let eos = self.eos_token_ids.contains(&token);
+            let cap = caps[rows[r].1];
+            if !quote && !eos && st.current.len() + 1 < cap {
+                st.current.push(token);
+                return Steer::Keep;
+            }
+            // The value ends here: at a quote, at EOS, or at the field's cap.
+            if !eos {
+                st.current.push(token);
+            }
+            let (value, tail) = match (self.tokenizer.decode(&st.current, true), self.tokenizer.decode(&[token], true)) {
+                (Ok(v), Ok(t)) => (clean(&v), if eos { String::new() } else { t.split('"').next().unwrap_or("").to_string() }),
+                (Err(e), _) | (_, Err(e)) => {
+                    error.get_or_insert(e);
+                    return Steer::Stop;
+                }
+            };
+            st.all_closed &= quote;
+            st.values.push(value);
+            st.current.clear();
+            st.field += 1;
+            if st.field == fields.len() {
+                return Steer::Stop;
+            }
+            // Feed the value's last piece and the next key instead of the sampled token.
+            match self.tokenizer.encode(&format!("{tail}\", \"{}\": \"", fields[st.field]), false) {
+                Ok(ids) if !ids.is_empty() => Steer::Replace(ids),
+                Ok(_) => Steer::Stop,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    Steer::Stop
+                }
+            }
+        };
+        self.model.generate_steered(&steered, &generators, self.pad_token_id, &mut steer)?;
+        if let Some(e) = error {
+            return Err(e.context("structured generation"));
+        }
+        rows.iter()
+            .zip(state)
+            .map(|((prompt, _), mut st)| {
+                // A row that ran out of budget mid-object keeps what it wrote; missing fields are empty.
+                if st.values.len() < fields.len() {
+                    st.values.push(clean(&self.tokenizer.decode(&st.current, true)?));
+                    st.all_closed = false;
+                }
+                st.values.resize(fields.len(), String::new());
+                let object: serde_json::Map<String, serde_json::Value> = fields.iter().cloned().zip(st.values.into_iter().map(serde_json::Value::String)).collect();
+                Ok(Completion { text: serde_json::to_string(&object)?, prompt_tokens: prompt.len(), completion_tokens: st.sampled, stopped_on_eos: st.all_closed })
             })
             .collect()
     }

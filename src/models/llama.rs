@@ -23,7 +23,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::gguf::{reverse_rope_permutation, GgufFile};
-use super::sampling::{select_batch, SamplingConfig, SeededRng};
+use super::sampling::{apply_repetition_penalty, select, SamplingConfig, SeededRng};
 
 /// The hyper-parameters of a llama-family decoder.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -222,12 +222,32 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Copies a batch-1 cache into `batch` identical rows (a shared prompt prefilled once).
-    fn expand_rows(&mut self, batch: i64) {
+    /// Row `i` becomes a copy of row `index[i]` (prompts prefilled once, shared by several rows).
+    fn select_rows(&mut self, index: &Tensor) {
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            *t = t.repeat([batch, 1, 1, 1]);
+            *t = t.index_select(0, index);
         }
     }
+}
+
+/// One row of [`Llama::generate_steered`]: its prompt and which seeded generator it draws from.
+#[derive(Debug, Clone)]
+pub struct SteeredRow {
+    pub prompt: Vec<i64>,
+    pub generator: usize,
+}
+
+/// What [`Llama::generate_steered`] does with a row's sampled token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steer {
+    /// Keep the token and go on sampling.
+    Keep,
+    /// Drop the sampled token and feed these instead, one per step, before sampling again.
+    Replace(Vec<i64>),
+    /// Keep the token and end the row.
+    Finish,
+    /// Drop the token and end the row.
+    Stop,
 }
 
 /// Which attention mask a forward pass uses.
@@ -469,11 +489,11 @@ impl Llama {
                 // As transformers' sdpa path without a mask: GQA inside the kernel, causal in the
                 // prefill (a single new token attends to everything cached).
                 None => Tensor::scaled_dot_product_attention::<Tensor>(&q, &keys, &values, None, 0.0, t > 1, scale, n_rep > 1),
-                // With a mask transformers repeats the KV heads (`repeat_kv`) first.
-                Some(m) => {
-                    let (keys, values) = (repeat_kv(&keys, n_rep), repeat_kv(&values, n_rep));
-                    Tensor::scaled_dot_product_attention(&q, &keys, &values, Some(m), 0.0, false, scale, false)
-                }
+                // With a mask: the query heads that share a KV head attend as one group, the same
+                // sums as transformers' `repeat_kv` + sdpa without copying the keys and values
+                // `n_rep` times (at a batch of 25 long rows those copies cost more than the
+                // matmuls).
+                Some(m) => grouped_attention(&q, &keys, &values, m, n_rep, scale),
             };
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
             x = self.feed_forward(layer, residual + attn.linear::<Tensor>(&layer.o_proj, None));
@@ -596,7 +616,7 @@ impl Llama {
     /// first real token is at position 0 whatever its padding), a row that emits one of
     /// `eos_token_ids` is finished and gets `pad_id` from then on, and the loop ends when every row
     /// is finished. Token selection (greedy, temperature / top-p, repetition penalty) is
-    /// `sampling::select_batch` with one seeded generator for the batch.
+    /// `sampling::select` with one seeded generator for the batch, drawn in row order.
     ///
     /// The repetition penalty sees a row's prompt and generated tokens, but not its padding:
     /// transformers penalises the pad id of padded rows too (it gathers over the padded
@@ -604,64 +624,134 @@ impl Llama {
     /// token (here pad = `<|im_end|>` = EOS). We keep rows independent of batching; with
     /// `repetition_penalty == 1` (and for unpadded rows always) the two agree exactly.
     pub fn generate(&self, prompts: &[Vec<i64>], cfg: &SamplingConfig, eos_token_ids: &[i64], pad_id: i64) -> Result<Vec<Generated>> {
+        let rows: Vec<SteeredRow> = prompts.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();
+        let mut stop_at_eos = |_row: usize, token: i64| if eos_token_ids.contains(&token) { Steer::Finish } else { Steer::Keep };
+        self.generate_steered(&rows, std::slice::from_ref(cfg), pad_id, &mut stop_at_eos)
+    }
+
+    /// Generation whose caller looks at every sampled token and decides what happens to it
+    /// ([`Steer`]): keep it, replace it by forced tokens (fed one per step, e.g. the next key of a
+    /// JSON object being written field by field), or end the row. One forward pass per step for
+    /// the whole batch: a structured reply costs one prefill, not one per field.
+    ///
+    /// Rows with the same prompt share one prefill (a teacher request's `n` choices, or several
+    /// requests batched together). `generators[row.generator]` is the sampling of a row
+    /// (temperature, top-p, repetition penalty) and seeds the generator it draws from, so rows of
+    /// different requests sample independently of each other. Each step draws for the unfinished,
+    /// unforced rows in row order. A finished row's `tokens` end with the token that finished it
+    /// when [`Steer::Finish`] kept it; `stopped_on_eos` says whether the caller ended the row
+    /// (rather than the step budget, the largest `max_new_tokens` of `generators`).
+    pub fn generate_steered(
+        &self,
+        rows: &[SteeredRow],
+        generators: &[SamplingConfig],
+        pad_id: i64,
+        steer: &mut dyn FnMut(usize, i64) -> Steer,
+    ) -> Result<Vec<Generated>> {
         let _guard = tch::no_grad_guard();
-        if prompts.is_empty() {
+        if rows.is_empty() {
             return Ok(vec![]);
         }
-        ensure!(prompts.iter().all(|p| !p.is_empty()), "every prompt needs at least one token");
-        let b = prompts.len();
-        let max_len = prompts.iter().map(|p| p.len()).max().unwrap();
-        let capacity = (max_len + cfg.max_new_tokens) as i64;
-        let padded = prompts.iter().any(|p| p.len() != max_len);
+        ensure!(rows.iter().all(|r| !r.prompt.is_empty()), "every prompt needs at least one token");
+        ensure!(rows.iter().all(|r| r.generator < generators.len()), "a row names a generator that does not exist");
+        let b = rows.len();
+        let max_len = rows.iter().map(|r| r.prompt.len()).max().unwrap();
+        let max_new_tokens = generators.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
+        let capacity = (max_len + max_new_tokens) as i64;
+        let padded = rows.iter().any(|r| r.prompt.len() != max_len);
+
+        // Distinct prompts, each prefilled once; `source[row]` is the prefilled row it copies.
+        let mut distinct: Vec<usize> = Vec::new();
+        let mut source: Vec<i64> = Vec::with_capacity(b);
+        for (i, r) in rows.iter().enumerate() {
+            match distinct.iter().position(|&d| rows[d].prompt == r.prompt) {
+                Some(k) => source.push(k as i64),
+                None => {
+                    source.push(distinct.len() as i64);
+                    distinct.push(i);
+                }
+            }
+        }
+        let shared = distinct.len() < b;
 
         // Left padding: row r is `pad … pad prompt`, mask 0 … 0 1 … 1.
-        let mut ids = Vec::with_capacity(b * max_len);
-        let mut mask = Vec::with_capacity(b * capacity as usize);
-        for p in prompts {
-            let pad = max_len - p.len();
-            ids.extend(std::iter::repeat_n(pad_id, pad));
+        let mut ids = Vec::with_capacity(distinct.len() * max_len);
+        for &d in &distinct {
+            let p = &rows[d].prompt;
+            ids.extend(std::iter::repeat_n(pad_id, max_len - p.len()));
             ids.extend_from_slice(p);
-            mask.extend(std::iter::repeat_n(0i64, pad));
-            mask.extend(std::iter::repeat_n(1i64, p.len() + cfg.max_new_tokens));
+        }
+        let mut mask = Vec::with_capacity(b * capacity as usize);
+        for r in rows {
+            mask.extend(std::iter::repeat_n(0i64, max_len - r.prompt.len()));
+            mask.extend(std::iter::repeat_n(1i64, r.prompt.len() + max_new_tokens));
         }
         let mask = Tensor::from_slice(&mask).view([b as i64, capacity]);
         // positions = cumsum(mask) - 1, padding set to 1 (transformers' `masked_fill_(mask == 0, 1)`).
         let positions_all = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
+        let prefill_rows = Tensor::from_slice(&distinct.iter().map(|&d| d as i64).collect::<Vec<_>>());
 
-        // n samples of one prompt (a teacher request with n choices): prefill the prompt once and
-        // copy its keys/values into the n rows, instead of prefilling n identical rows.
-        let shared_prompt = b > 1 && prompts.iter().all(|p| p == &prompts[0]);
-        let mut cache = KvCache::new(self, if shared_prompt { 1 } else { b as i64 }, capacity);
-        let mut input = Tensor::from_slice(&ids).view([b as i64, max_len as i64]);
-        if shared_prompt {
-            input = input.narrow(0, 0, 1);
-        }
+        let mut cache = KvCache::new(self, distinct.len() as i64, capacity);
+        let mut input = Tensor::from_slice(&ids).view([distinct.len() as i64, max_len as i64]);
         let mut out: Vec<Generated> = vec![Generated { tokens: vec![], stopped_on_eos: false }; b];
-        let mut seen: Vec<Vec<i64>> = prompts.to_vec();
+        let mut seen: Vec<Vec<i64>> = rows.iter().map(|r| r.prompt.clone()).collect();
+        let mut forced: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); b];
         let mut finished = vec![false; b];
-        let mut rng = SeededRng::new(cfg.seed);
-        for step in 0..cfg.max_new_tokens {
+        let mut rngs: Vec<SeededRng> = generators.iter().map(|g| SeededRng::new(g.seed)).collect();
+        for step in 0..max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
-            let rows = input.size()[0];
-            let positions = positions_all.narrow(1, start, len).narrow(0, 0, rows);
-            let key_mask = mask.narrow(1, 0, start + len);
+            let (positions, key_mask) = if step == 0 {
+                (positions_all.index_select(0, &prefill_rows).narrow(1, 0, len), mask.index_select(0, &prefill_rows).narrow(1, 0, len))
+            } else {
+                (positions_all.narrow(1, start, len), mask.narrow(1, 0, start + len))
+            };
             let m = if padded { AttnMask::Padded(&key_mask) } else { AttnMask::Causal };
             let mut logits = self.forward(&input, &positions, m, &mut cache, true)?;
-            if shared_prompt && step == 0 {
-                logits = logits.repeat([b as i64, 1]);
-                cache.expand_rows(b as i64);
+            if step == 0 && shared {
+                let index = Tensor::from_slice(&source);
+                logits = logits.index_select(0, &index);
+                cache.select_rows(&index);
             }
-            let next = select_batch(&logits, &seen, &finished, pad_id, cfg, &mut rng);
-            for (r, &tok) in next.iter().enumerate() {
+            let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+            let vocab = logits.size()[1] as usize;
+            let flat: Vec<f32> = Vec::<f32>::try_from(logits.view([-1])).context("reading logits")?;
+            let mut next = vec![pad_id; b];
+            for r in 0..b {
                 if finished[r] {
                     continue;
                 }
-                out[r].tokens.push(tok);
-                seen[r].push(tok);
-                if eos_token_ids.contains(&tok) {
-                    finished[r] = true;
-                    out[r].stopped_on_eos = true;
-                }
+                let token = match forced[r].pop_front() {
+                    Some(t) => t,
+                    None => {
+                        let g = rows[r].generator;
+                        let mut row = flat[r * vocab..(r + 1) * vocab].to_vec();
+                        apply_repetition_penalty(&mut row, &seen[r], generators[g].repetition_penalty);
+                        let sampled = select(&row, &generators[g], &mut rngs[g]);
+                        match steer(r, sampled) {
+                            Steer::Keep => sampled,
+                            Steer::Finish => {
+                                finished[r] = true;
+                                out[r].stopped_on_eos = true;
+                                out[r].tokens.push(sampled);
+                                continue;
+                            }
+                            Steer::Stop => {
+                                finished[r] = true;
+                                out[r].stopped_on_eos = true;
+                                continue;
+                            }
+                            Steer::Replace(tokens) => {
+                                let mut tokens = std::collections::VecDeque::from(tokens);
+                                let first = tokens.pop_front().context("Steer::Replace needs at least one token")?;
+                                forced[r] = tokens;
+                                first
+                            }
+                        }
+                    }
+                };
+                out[r].tokens.push(token);
+                seen[r].push(token);
+                next[r] = token;
             }
             if finished.iter().all(|&f| f) {
                 break;
@@ -678,6 +768,19 @@ fn rotate_half(x: &Tensor) -> Tensor {
     let x1 = x.narrow(-1, 0, half);
     let x2 = x.narrow(-1, half, half);
     Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// Masked attention for grouped-query heads: `q` `[b, kv * n_rep, t, d]`, `keys`/`values`
+/// `[b, kv, s, d]`, `mask` `[b, 1, t, s]` (true = visible). Query head `h` uses KV head
+/// `h / n_rep`, as after `repeat_kv`.
+fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, mask: &Tensor, n_rep: i64, scale: f64) -> Tensor {
+    let (b, nh, t, d) = q.size4().expect("[b, heads, t, d] queries");
+    let (kvh, s) = (nh / n_rep, keys.size()[2]);
+    let q = q.reshape([b, kvh, n_rep * t, d]);
+    let scores = (q.matmul(&keys.transpose(-1, -2)) * scale).view([b, kvh, n_rep, t, s]);
+    let visible = mask.view([b, 1, 1, t, s]);
+    let probs = scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY).softmax(-1, scores.kind());
+    probs.view([b, kvh, n_rep * t, s]).matmul(values).view([b, nh, t, d])
 }
 
 /// `[b, kv, s, d]` → `[b, kv * n_rep, s, d]`, each KV head repeated `n_rep` times in place
