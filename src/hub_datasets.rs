@@ -325,7 +325,7 @@ fn label_of(names: &[String], v: &Value) -> Value {
 }
 
 /// Rows as the server sends them → one column per scalar, list or struct field (`parent.field`),
-/// in the order the features list them. A column that is a list in any row is a list column;
+/// top-level columns in the order the features list them, a struct's fields in name order. A column that is a list in any row is a list column;
 /// missing values are empty.
 pub fn flatten_rows(split: &str, rows: &[(u64, Value)], features: &Value) -> RawSplit {
     let labels = label_names(features);
@@ -692,7 +692,9 @@ mod tests {
             (1, json!({"id": "b", "question": "r?", "answers": {"text": ["z"], "answer_start": [2]}, "label": 0, "extra": true})),
         ];
         let s = flatten_rows("train", &rows, &features);
-        assert_eq!(s.column_names(), ["id", "question", "answers.text", "answers.answer_start", "label", "meta.k", "extra"]);
+        // Top-level columns in feature order; a struct's fields in name order (JSON objects are
+        // read without their key order).
+        assert_eq!(s.column_names(), ["id", "question", "answers.answer_start", "answers.text", "label", "meta.k", "extra"]);
         assert_eq!(s.ids, ["0", "1"]);
         let ex = s.example(0);
         assert_eq!(ex["answers.text"], "x | y");
@@ -700,7 +702,7 @@ mod tests {
         assert_eq!(ex["meta.k"], "[{\"deep\":1}]", "a list of structs is kept as JSON text");
         assert_eq!(s.example(1)["meta.k"], "", "missing values are empty");
         assert_eq!(s.example(1)["extra"], "true");
-        assert!(matches!(s.columns[2].1, RawColumn::List(_)));
+        assert!(matches!(s.columns[3].1, RawColumn::List(_)));
     }
 
     #[test]

@@ -371,7 +371,7 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         let storage = &storages[&t.storage.key];
         let numel = storage.size()[0];
         // The view must lie inside its storage (a corrupt file must not read out of bounds).
-        let empty = t.size.iter().any(|&s| s == 0);
+        let empty = t.size.contains(&0);
         let last = t.offset + t.size.iter().zip(&t.stride).map(|(&s, &st)| (s - 1).max(0) * st).sum::<i64>();
         if t.offset < 0 || t.stride.iter().any(|&s| s < 0) || (!empty && last >= numel) {
             bail!("{what}: `{name}` (size {:?}, stride {:?}, offset {}) reaches past its storage of {numel} elements", t.size, t.stride, t.offset);
