@@ -4,10 +4,12 @@
 //! 1. **Index.** The 2,494 entries of `prompt2model/dataset_index.json` (name → description,
 //!    evaluation metadata), in name order as the reference sorts them.
 //! 2. **Dense retrieval.** Every description is encoded once with a sentence encoder (MiniLM
-//!    offline; the paper's DataFinder encoder is a hub model) and the matrix is cached on disk
+//!    offline; the paper's DataFinder encoder online, fetched from the hub, see
+//!    [`choose_encoder`]) and the matrix is cached on disk
 //!    (`retrieval/dataset_embeddings-<encoder>.bin`), keyed by the index's and the encoder
 //!    weights' sha256. A query is the instruction's embedding; search is an exact inner product
-//!    (embeddings are L2-normalised, so this is cosine similarity), top-25.
+//!    (MiniLM's embeddings are L2-normalised, so cosine similarity; DataFinder's CLS vectors are
+//!    not, as in the reference), top-25.
 //! 3. **Choice.** Optionally an LLM reranks the candidates by majority over several sampled votes,
 //!    names that are not candidates counting as abstentions ([`llm_rerank`]). Without an LLM the
 //!    user picks in the terminal ([`interactive_pick`]) or names the dataset in a config file
@@ -19,7 +21,8 @@
 //!    column gives the references; at most 3,000 rows per split; saved in the registry's common
 //!    schema (`<split>.parquet`) with a `retrieved_dataset.json` that says what was chosen and why.
 //!
-//! Offline only datasets with a local source can be loaded: `data/datasets.toml` names each local
+//! Online any dataset of the index loads from the hub ([`crate::hub_datasets`]). Offline only
+//! datasets with a local source (or a hub copy in the cache) can be loaded: `data/datasets.toml` names each local
 //! dataset's names in the index (`hf_index_names`), and those whose format has a loader are marked
 //! loadable.
 
