@@ -4,10 +4,12 @@
 //! 1. **Index.** The 2,494 entries of `prompt2model/dataset_index.json` (name → description,
 //!    evaluation metadata), in name order as the reference sorts them.
 //! 2. **Dense retrieval.** Every description is encoded once with a sentence encoder (MiniLM
-//!    offline; the paper's DataFinder encoder is a hub model) and the matrix is cached on disk
+//!    offline; the paper's DataFinder encoder online, fetched from the hub, see
+//!    [`choose_encoder`]) and the matrix is cached on disk
 //!    (`retrieval/dataset_embeddings-<encoder>.bin`), keyed by the index's and the encoder
 //!    weights' sha256. A query is the instruction's embedding; search is an exact inner product
-//!    (embeddings are L2-normalised, so this is cosine similarity), top-25.
+//!    (MiniLM's embeddings are L2-normalised, so cosine similarity; DataFinder's CLS vectors are
+//!    not, as in the reference), top-25.
 //! 3. **Choice.** Optionally an LLM reranks the candidates by majority over several sampled votes,
 //!    names that are not candidates counting as abstentions ([`llm_rerank`]). Without an LLM the
 //!    user picks in the terminal ([`interactive_pick`]) or names the dataset in a config file
@@ -19,7 +21,8 @@
 //!    column gives the references; at most 3,000 rows per split; saved in the registry's common
 //!    schema (`<split>.parquet`) with a `retrieved_dataset.json` that says what was chosen and why.
 //!
-//! Offline only datasets with a local source can be loaded: `data/datasets.toml` names each local
+//! Online any dataset of the index loads from the hub ([`crate::hub_datasets`]). Offline only
+//! datasets with a local source (or a hub copy in the cache) can be loaded: `data/datasets.toml` names each local
 //! dataset's names in the index (`hf_index_names`), and those whose format has a loader are marked
 //! loadable.
 
@@ -42,6 +45,8 @@ use crate::teacher::{ChatRequest, SamplingParams, Teacher};
 pub const DATASET_INDEX_FILE: &str = "prompt2model/dataset_index.json";
 /// The offline encoder of descriptions and queries (model registry id).
 pub const DEFAULT_ENCODER: &str = "all-MiniLM-L6-v2";
+/// The paper's encoder (DataFinder), fetched from the hub when online (model registry id).
+pub const DATAFINDER_ENCODER: &str = "datafinder-huggingface-prompt-queries";
 /// Registry formats with a common-schema loader.
 pub const LOADABLE_FORMATS: &[&str] = &["squad-json", "conala-json", "temporal-json", "p2m-hf-disk"];
 
@@ -57,6 +62,10 @@ pub struct DatasetInfo {
     pub description: String,
     /// `task` of each evaluation_metadata entry (e.g. `question-answering`).
     pub tasks: Vec<String>,
+    /// `config` of the first evaluation_metadata entry (the hub config to load, e.g. `plain_text`).
+    pub eval_config: Option<String>,
+    /// `col_mapping` of each evaluation_metadata entry (source column → task role).
+    pub col_mappings: Vec<serde_json::Value>,
 }
 
 pub struct DatasetIndex {
@@ -86,12 +95,11 @@ impl DatasetIndex {
             let description = entry.get("description").and_then(|d| d.as_str()).ok_or_else(|| {
                 bad(format!("entry `{name}`: field `description` is missing or not a string"), "repair or remove that entry")
             })?;
-            let tasks = entry
-                .get("evaluation_metadata")
-                .and_then(|m| m.as_array())
-                .map(|a| a.iter().filter_map(|m| m.get("task").and_then(|t| t.as_str()).map(str::to_string)).collect())
-                .unwrap_or_default();
-            entries.push(DatasetInfo { name: name.clone(), description: description.to_string(), tasks });
+            let meta: &[serde_json::Value] = entry.get("evaluation_metadata").and_then(|m| m.as_array()).map(Vec::as_slice).unwrap_or_default();
+            let tasks = meta.iter().filter_map(|m| m.get("task").and_then(|t| t.as_str()).map(str::to_string)).collect();
+            let eval_config = meta.first().and_then(|m| m.get("config")).and_then(|c| c.as_str()).map(str::to_string);
+            let col_mappings = meta.iter().filter_map(|m| m.get("col_mapping").filter(|c| c.is_object()).cloned()).collect();
+            entries.push(DatasetInfo { name: name.clone(), description: description.to_string(), tasks, eval_config, col_mappings });
         }
         if entries.is_empty() {
             return Err(bad("the index has no datasets".into(), "use the full index (`prompt2model/dataset_index.json` from the data mirror)"));
@@ -141,12 +149,109 @@ impl Encoder {
         Ok(Encoder { encoder, id: id.to_string(), weights_sha256 })
     }
 
+    /// A BERT-family encoder whose only source is the hub (DataFinder): its folder in the cache
+    /// when an earlier run fetched it, else (online) fetched with hf-hub, a `pytorch_model.bin`
+    /// converted once to `model.safetensors`, and loaded with the registry's pooling settings.
+    pub fn from_hub(models: &crate::models::weights::ModelRegistry, id: &str) -> Result<Self> {
+        let entry = models.model(id)?;
+        if entry.family != crate::models::weights::Family::Bert {
+            bail!("model `{id}` is of family {:?}, not a BERT-family encoder", entry.family);
+        }
+        let hf = entry.hf.as_ref().with_context(|| format!("data/models.toml: model `{id}` names no hub repository (hf = {{ repo = ... }})"))?;
+        let dir = models.model_dir(id);
+        // model.safetensors is written last, so its presence means the folder is complete.
+        let complete = dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() && (dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file());
+        if !complete {
+            if models.paths.offline {
+                bail!("`{id}` is not in the cache ({}) and P2M_OFFLINE=1 forbids fetching it from the hub ({}); fix: run once online, or use --encoder minilm", dir.display(), hf.repo);
+            }
+            fetch_hub_encoder(&models.paths.cache, &hf.repo, hf.revision.as_deref(), &dir).with_context(|| format!("fetching `{id}` from the hub ({})", hf.repo))?;
+        }
+        let weights_sha256 = crate::models::weights::sha256_file(&dir.join("model.safetensors"))?;
+        let mut encoder = BertEncoder::from_dir(&dir, tch::Device::Cpu).with_context(|| format!("loading `{id}` from {}", dir.display()))?;
+        encoder.apply_entry(entry)?;
+        Ok(Encoder { encoder, id: id.to_string(), weights_sha256 })
+    }
+
     /// Embeddings of texts as rows of a flat `f32` vector.
     pub fn embed(&self, texts: &[&str]) -> Result<(Vec<f32>, usize)> {
         let t = self.encoder.embed_sentences(texts)?;
         let dim = t.size().get(1).copied().unwrap_or(0) as usize;
         let flat: Vec<f32> = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).context("reading embeddings")?;
         Ok((flat, dim))
+    }
+}
+
+/// Fetch a BERT encoder's files with hf-hub (honours `HF_ENDPOINT`, `HF_TOKEN`) into `dir`:
+/// config, tokenizer (`tokenizer.json`, else `vocab.txt`), optional tokenizer settings, and the
+/// weights (`model.safetensors`, else `pytorch_model.bin` converted to it). Each file goes through
+/// a temporary file and a rename; the weights come last.
+fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (files, weights) = runtime.block_on(async {
+        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false).with_cache_dir(cache.join("hf-hub"));
+        if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty()) {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder.build().context("hf-hub client")?;
+        let r = api.repo(match revision {
+            Some(rev) => hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.to_string()),
+            None => hf_hub::Repo::model(repo.to_string()),
+        });
+        let mut files = vec![("config.json", r.get("config.json").await.with_context(|| format!("{repo}/config.json"))?)];
+        match r.get("tokenizer.json").await {
+            Ok(p) => files.push(("tokenizer.json", p)),
+            Err(first) => files.push(("vocab.txt", r.get("vocab.txt").await.with_context(|| format!("{repo}: neither tokenizer.json ({first}) nor vocab.txt"))?)),
+        }
+        // Optional: settings the tokenizer falls back to defaults without.
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            if let Ok(p) = r.get(name).await {
+                files.push((name, p));
+            }
+        }
+        let weights = match r.get("model.safetensors").await {
+            Ok(p) => ("model.safetensors", p),
+            Err(first) => ("pytorch_model.bin", r.get("pytorch_model.bin").await.with_context(|| format!("{repo}: neither model.safetensors ({first}) nor pytorch_model.bin"))?),
+        };
+        Ok::<_, anyhow::Error>((files, weights))
+    })?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = |name: &str, from: &Path| -> Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::copy(&mut fs::File::open(from).with_context(|| format!("opening {}", from.display()))?, tmp.as_file_mut())?;
+        tmp.persist(dir.join(name)).map_err(|e| e.error).with_context(|| format!("writing {}", dir.join(name).display()))?;
+        Ok(())
+    };
+    for (name, path) in &files {
+        copy(name, path)?;
+    }
+    match weights {
+        ("model.safetensors", p) => copy("model.safetensors", &p)?,
+        (_, p) => crate::models::torch_pickle::convert_to_safetensors(&p, &dir.join("model.safetensors")).with_context(|| format!("converting {repo}/pytorch_model.bin to safetensors"))?,
+    }
+    Ok(())
+}
+
+/// `--encoder`: `minilm`, `datafinder` or a registered BERT-family model id; by default DataFinder
+/// online (the paper's encoder) and MiniLM offline. When a hub encoder cannot be had, MiniLM is
+/// used instead and the returned notes (also printed on stderr) say why.
+pub fn choose_encoder(models: &crate::models::weights::ModelRegistry, requested: Option<&str>, offline: bool) -> Result<(Encoder, Vec<String>)> {
+    let id = match requested.unwrap_or(if offline { "minilm" } else { "datafinder" }) {
+        "minilm" => DEFAULT_ENCODER,
+        "datafinder" => DATAFINDER_ENCODER,
+        other => other,
+    };
+    let entry = models.model(id).map_err(|e| anyhow::anyhow!("--encoder {id}: {e}; use minilm, datafinder or a BERT-family id of data/models.toml"))?;
+    if entry.wheel().is_some() {
+        return Ok((Encoder::from_registry(models, id)?, vec![]));
+    }
+    match Encoder::from_hub(models, id) {
+        Ok(e) => Ok((e, vec![])),
+        Err(e) => {
+            let note = format!("encoder `{id}` unavailable ({e:#}); using {DEFAULT_ENCODER} instead");
+            eprintln!("warning: {note}");
+            Ok((Encoder::from_registry(models, DEFAULT_ENCODER)?, vec![note]))
+        }
     }
 }
 
@@ -464,6 +569,9 @@ pub async fn llm_select_columns(
 pub struct SelectionConfig {
     /// A name of the dataset index (e.g. `squad`).
     pub dataset: String,
+    /// The hub config to load when the dataset comes from the hub (e.g. `plain_text`).
+    #[serde(default)]
+    pub config: Option<String>,
     #[serde(default)]
     pub input_columns: Vec<String>,
     #[serde(default)]
@@ -475,7 +583,7 @@ pub struct SelectionConfig {
 impl SelectionConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}\n  expected: dataset = \"squad\", input_columns = [\"question\", \"context\"], output_column = \"answers\"", path.display()))
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}\n  expected: dataset = \"squad\", config = \"plain_text\" (optional), input_columns = [\"question\", \"context\"], output_column = \"answers\"", path.display()))
     }
 }
 
@@ -602,6 +710,8 @@ pub fn load_raw(registry: &Registry, registry_id: &str) -> Result<(Vec<RawSplit>
 }
 
 /// The natural columns of each local format (used when nobody chose).
+pub use crate::hub_datasets::default_hub_columns;
+
 pub fn default_columns(format: &str) -> Option<ColumnChoice> {
     let c = |i: &[&str], o: &str| Some(ColumnChoice { input: i.iter().map(|s| s.to_string()).collect(), output: o.to_string() });
     match format {
@@ -647,12 +757,44 @@ pub struct SavedDataset {
     pub splits: BTreeMap<String, usize>,
     pub files: Vec<String>,
     pub inputs: Vec<ResolvedFile>,
+    /// Where a hub dataset came from (absent for local datasets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<HubSource>,
+}
+
+/// The hub origin of a saved dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubSource {
+    pub dataset: String,
+    pub config: String,
+    pub config_chosen_by: String,
+    /// The datasets-server `/rows` URL (first split; pages add `offset` and `length`).
+    pub url: String,
+    /// Whether the rows came from the local cache of an earlier fetch.
+    pub from_cache: bool,
+    pub cache_dir: PathBuf,
 }
 
 /// Textualise every split and write `<out>/<split>.parquet` plus `retrieved_dataset.json`
 /// (each file through a temporary file and a rename).
 #[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the saved dataset
 pub fn save(out: &Path, dataset: &str, registry_id: &str, splits: &[RawSplit], choice: &ColumnChoice, max_rows: usize, chosen_by: &str, inputs: Vec<ResolvedFile>) -> Result<SavedDataset> {
+    save_with_source(out, dataset, registry_id, splits, choice, max_rows, chosen_by, inputs, None)
+}
+
+/// [`save`], recording the hub origin of the rows.
+#[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the saved dataset
+pub fn save_with_source(
+    out: &Path,
+    dataset: &str,
+    registry_id: &str,
+    splits: &[RawSplit],
+    choice: &ColumnChoice,
+    max_rows: usize,
+    chosen_by: &str,
+    inputs: Vec<ResolvedFile>,
+    source: Option<HubSource>,
+) -> Result<SavedDataset> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut saved = SavedDataset {
         dataset: dataset.into(),
@@ -663,6 +805,7 @@ pub fn save(out: &Path, dataset: &str, registry_id: &str, splits: &[RawSplit], c
         splits: BTreeMap::new(),
         files: Vec::new(),
         inputs,
+        source,
     };
     for split in splits {
         let mut df = textualize(split, choice, max_rows)?;

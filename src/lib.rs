@@ -24,6 +24,7 @@
 //! - [`model_retriever`]: HyDE + BM25 over the Hugging Face model cards (§3.4).
 //! - [`dataset_retriever`]: dense retrieval over the Hugging Face dataset index, reranking, column
 //!   selection and textualisation (§3.2).
+//! - [`hub_datasets`]: a retrieved dataset from the live hub (datasets-server rows, flattened, cached).
 //! - [`retrieve_cli`]: `p2m retrieve-model` and `p2m retrieve-dataset`.
 
 pub mod cli;
@@ -35,6 +36,7 @@ pub mod download;
 pub mod evaluator;
 pub mod executor;
 pub mod generate_cli;
+pub mod hub_datasets;
 pub mod model_retriever;
 pub mod models;
 pub mod predictions;

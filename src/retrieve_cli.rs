@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::config::Paths;
 use crate::dataset_retriever::{self as dr, Candidate, ColumnChoice, DatasetIndex, DatasetRetriever, SelectionConfig};
+use crate::hub_datasets as hub;
 use crate::model_retriever::{self as mr, IndexSource, ModelIndex, ModelRetrieverConfig};
 use crate::registry::Registry;
 use crate::teacher::cache::{CacheMode, CachedTeacher};
@@ -261,6 +262,14 @@ pub struct RetrieveDatasetArgs {
     /// A dataset_index.json instead of the registry's.
     #[arg(long)]
     pub index: Option<PathBuf>,
+    /// The encoder of descriptions and queries: `datafinder` (the paper's; hub only), `minilm`
+    /// (offline) or a BERT-family id of data/models.toml. Default: datafinder online, minilm offline.
+    #[arg(long)]
+    pub encoder: Option<String>,
+    /// The hub config of a dataset loaded from the hub (default: the index's evaluation config,
+    /// else `default`, else the first the server lists).
+    #[arg(long)]
+    pub hf_config: Option<String>,
     #[command(flatten)]
     pub teacher: RetrieverTeacherArgs,
     /// Print JSON instead of text.
@@ -270,13 +279,18 @@ pub struct RetrieveDatasetArgs {
 
 /// The dataset retriever over the registry's (or a given) index, with the offline encoder.
 pub fn open_dataset_retriever(paths: &Paths, index_path: Option<&PathBuf>, show_progress: bool) -> Result<(DatasetRetriever, Registry)> {
+    let models = crate::models::weights::ModelRegistry::load(paths.clone())?;
+    let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER)?;
+    open_dataset_retriever_with(paths, index_path, encoder, show_progress)
+}
+
+/// The dataset retriever with a given encoder (MiniLM, DataFinder, ...).
+pub fn open_dataset_retriever_with(paths: &Paths, index_path: Option<&PathBuf>, encoder: dr::Encoder, show_progress: bool) -> Result<(DatasetRetriever, Registry)> {
     let registry = Registry::load(paths.clone())?;
     let index = match index_path {
         Some(p) => DatasetIndex::load(p, None)?,
         None => DatasetIndex::from_registry(&registry)?.0,
     };
-    let models = crate::models::weights::ModelRegistry::load(paths.clone())?;
-    let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER)?;
     let local = dr::local_sources(&registry);
     Ok((DatasetRetriever::new(index, encoder, local, &paths.cache, show_progress)?, registry))
 }
@@ -285,16 +299,31 @@ pub fn retrieve_dataset_cmd(args: RetrieveDatasetArgs) -> Result<()> {
     let paths = Paths::from_env()?;
     let instruction = args.instruction.text(&paths)?;
     let show = !args.json && std::io::stderr().is_terminal();
-    let (retriever, registry) = open_dataset_retriever(&paths, args.index.as_ref(), show)?;
+    let models = crate::models::weights::ModelRegistry::load(paths.clone())?;
+    let (encoder, encoder_notes) = dr::choose_encoder(&models, args.encoder.as_deref(), paths.offline)?;
+    let (retriever, registry) = open_dataset_retriever_with(&paths, args.index.as_ref(), encoder, show)?;
     let all = retriever.retrieve(&instruction, None)?;
     let top: Vec<Candidate> = all.iter().take(args.top_k).cloned().collect();
     let best_loadable = all.iter().find(|c| c.loadable()).cloned();
+    // Online every dataset of the index loads from the hub (datasets-server); offline only those
+    // with a local source or a hub copy in the cache.
+    let config = args.config.as_ref().map(|p| SelectionConfig::read(p)).transpose()?;
+    let hf_config = args.hf_config.clone().or_else(|| config.as_ref().and_then(|c| c.config.clone()));
+    let info_of = |name: &str| retriever.index.entries.iter().find(|e| e.name == name);
+    let hub_request = |c: &Candidate, max_rows: usize| hub::HubRequest {
+        dataset: c.name.clone(),
+        config: hf_config.clone(),
+        index_config: info_of(&c.name).and_then(|i| i.eval_config.clone()),
+        max_rows_per_split: max_rows,
+    };
+    let max_rows = config.as_ref().and_then(|c| c.max_rows_per_split).unwrap_or(args.max_rows_per_split);
+    let from_hub = |c: &Candidate| !c.loadable() && (!paths.offline || hub::find_cached(&paths.cache, &hub_request(c, max_rows)).is_some());
+    let best_usable = all.iter().find(|c| c.loadable() || from_hub(c)).cloned();
     let teacher = args.teacher.build()?;
     let rt = runtime()?;
 
     // Which dataset.
-    let mut notes: Vec<String> = Vec::new();
-    let config = args.config.as_ref().map(|p| SelectionConfig::read(p)).transpose()?;
+    let mut notes: Vec<String> = encoder_notes;
     let (chosen, chosen_by): (Option<Candidate>, String) = if let Some(cfg) = &config {
         let c = all.iter().find(|c| c.name == cfg.dataset).cloned().with_context(|| format!("{}: dataset `{}` is not in the index", args.config.as_ref().unwrap().display(), cfg.dataset))?;
         (Some(c), "config file".into())
@@ -307,41 +336,80 @@ pub fn retrieve_dataset_cmd(args: RetrieveDatasetArgs) -> Result<()> {
         notes.push(format!("LLM rerank ({} `{}`): votes {:?}, {} abstentions", t.backend(), t.model(), outcome.votes, outcome.abstentions));
         match outcome.chosen {
             Some(name) => (top.iter().find(|c| c.name == name).cloned(), "LLM rerank".into()),
-            None => (best_loadable.clone(), "best loadable (the LLM chose none)".into()),
+            None => (best_usable.clone(), "best loadable (the LLM chose none)".into()),
         }
+    } else if best_usable.as_ref().is_some_and(|c| !c.loadable()) {
+        (best_usable.clone(), if paths.offline { "best-ranked dataset loadable here (its hub copy is cached)" } else { "best-ranked dataset (online: loaded from the hub)" }.into())
     } else {
-        (best_loadable.clone(), "best-ranked dataset loadable here".into())
+        (best_usable.clone(), "best-ranked dataset loadable here".into())
     };
     let mut chosen = chosen;
     if let Some(c) = &chosen {
-        if !c.loadable() {
-            notes.push(format!(
-                "`{}` has no local source here{}; using the best loadable dataset instead",
-                c.name,
-                if paths.offline { " (offline)" } else { " (loading arbitrary hub datasets is not implemented yet)" }
-            ));
+        if !c.loadable() && !from_hub(c) {
+            notes.push(format!("`{}` has no local source here (offline, and no hub copy in the cache); using the best loadable dataset instead", c.name));
             chosen = best_loadable.clone();
         }
     }
 
     let mut saved = None;
     if let (Some(out), Some(c)) = (&args.out, &chosen) {
-        let local = c.local.as_ref().expect("loadable");
-        let (splits, inputs) = dr::load_raw(&registry, &local.registry_id)?;
+        // The rows with their source's column names: the local copy when there is one, else the hub.
+        let (splits, inputs, source, format) = match &c.local {
+            Some(local) if local.loadable => {
+                let (splits, inputs) = dr::load_raw(&registry, &local.registry_id)?;
+                (splits, inputs, None, Some(local.format.clone()))
+            }
+            _ => {
+                let loaded = hub::load(&paths.cache, paths.offline, &hub::ServerConfig::from_env(), &hub_request(c, max_rows)).with_context(|| format!("loading `{}` from the hub", c.name))?;
+                notes.extend(loaded.notes.iter().cloned());
+                notes.push(format!(
+                    "`{}` config `{}` ({}) {}",
+                    c.name,
+                    loaded.config,
+                    loaded.config_chosen_by,
+                    if loaded.from_cache { format!("read from the cache {}", loaded.cache_dir.display()) } else { format!("fetched from {} into {}", loaded.source_url, loaded.cache_dir.display()) }
+                ));
+                let source = dr::HubSource {
+                    dataset: loaded.dataset.clone(),
+                    config: loaded.config.clone(),
+                    config_chosen_by: loaded.config_chosen_by.clone(),
+                    url: loaded.source_url.clone(),
+                    from_cache: loaded.from_cache,
+                    cache_dir: loaded.cache_dir.clone(),
+                };
+                let splits: Vec<dr::RawSplit> = loaded.splits.into_iter().filter(|s| s.rows() > 0).collect();
+                anyhow::ensure!(!splits.is_empty(), "`{}` config `{}`: every split is empty on the datasets server; choose another dataset", c.name, source.config);
+                (splits, Vec::new(), Some(source), None)
+            }
+        };
         let columns = splits[0].column_names();
         let example = splits[0].example(0);
-        let choice: ColumnChoice = if let Some(cfg) = config.as_ref().filter(|c| !c.input_columns.is_empty()) {
-            ColumnChoice { input: cfg.input_columns.clone(), output: cfg.output_column.clone().context("the config names input_columns but no output_column")? }
+        let (choice, columns_by): (ColumnChoice, String) = if let Some(cfg) = config.as_ref().filter(|c| !c.input_columns.is_empty()) {
+            (ColumnChoice { input: cfg.input_columns.clone(), output: cfg.output_column.clone().context("the config names input_columns but no output_column")? }, "the config file".into())
         } else if args.interactive {
             let stdin = std::io::stdin();
-            dr::interactive_columns(&columns, &example, &mut stdin.lock(), &mut std::io::stderr())?
+            (dr::interactive_columns(&columns, &example, &mut stdin.lock(), &mut std::io::stderr())?, "picked in the terminal".into())
         } else if let Some(t) = &teacher {
-            rt.block_on(dr::llm_select_columns(t.as_ref(), &instruction, &c.name, &c.description, &columns, &example, 3))?
+            (rt.block_on(dr::llm_select_columns(t.as_ref(), &instruction, &c.name, &c.description, &columns, &example, 3))?, format!("LLM column selection ({} `{}`)", t.backend(), t.model()))
+        } else if let Some(format) = &format {
+            (dr::default_columns(format).context("no default columns for this format")?, format!("the natural columns of the local `{format}` format"))
         } else {
-            dr::default_columns(&local.format).context("no default columns for this format")?
+            let mappings = info_of(&c.name).map(|i| i.col_mappings.clone()).unwrap_or_default();
+            dr::default_hub_columns(&columns, &mappings)?
         };
-        let max_rows = config.as_ref().and_then(|c| c.max_rows_per_split).unwrap_or(args.max_rows_per_split);
-        saved = Some(dr::save(out, &c.name, &local.registry_id, &splits, &choice, max_rows, &chosen_by, inputs)?);
+        notes.push(format!("columns: {columns_by}"));
+        // A split without the chosen columns (an unlabelled test split) is left out, and said so.
+        let wanted: Vec<&String> = choice.input.iter().chain(std::iter::once(&choice.output)).collect();
+        let (usable, skipped): (Vec<dr::RawSplit>, Vec<dr::RawSplit>) = splits.into_iter().partition(|s| wanted.iter().all(|w| s.column_names().contains(w)));
+        for s in &skipped {
+            notes.push(format!("split `{}` lacks some of the chosen columns; left out", s.split));
+        }
+        anyhow::ensure!(!usable.is_empty(), "no split of `{}` has the columns {:?}", c.name, wanted);
+        let (registry_id, chosen_by) = match &source {
+            Some(s) => (format!("hub:{}/{}", s.dataset, s.config), format!("{chosen_by}; columns: {columns_by}")),
+            None => (c.local.as_ref().map(|l| l.registry_id.clone()).unwrap_or_default(), chosen_by.clone()),
+        };
+        saved = Some(dr::save_with_source(out, &c.name, &registry_id, &usable, &choice, max_rows, &chosen_by, inputs, source)?);
     }
 
     if args.json {
@@ -349,7 +417,7 @@ pub fn retrieve_dataset_cmd(args: RetrieveDatasetArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "instruction": instruction, "encoder": retriever.encoder.id, "index": retriever.index.path, "index_sha256": retriever.index.sha256,
-                "candidates": top, "best_loadable": best_loadable, "chosen": chosen.as_ref().map(|c| &c.name), "chosen_by": chosen_by,
+                "candidates": top, "best_loadable": best_loadable, "best_usable": best_usable.as_ref().map(|c| &c.name), "chosen": chosen.as_ref().map(|c| &c.name), "chosen_by": chosen_by,
                 "notes": notes, "saved": saved,
             }))?
         );
@@ -364,6 +432,7 @@ pub fn retrieve_dataset_cmd(args: RetrieveDatasetArgs) -> Result<()> {
     for c in &top {
         let mark = match &c.local {
             Some(l) if l.loadable => format!("✓ loadable here ({})", l.registry_id),
+            _ if from_hub(c) => if paths.offline { "✓ hub copy in the cache".to_string() } else { "✓ from the hub".to_string() },
             Some(l) => format!("local copy `{}` has no loader ({})", l.registry_id, l.format),
             None => "no local source".into(),
         };

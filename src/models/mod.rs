@@ -19,6 +19,7 @@ pub mod llama;
 pub mod sampling;
 pub mod seq2seq;
 pub mod t5;
+pub mod torch_pickle;
 pub mod weights;
 
 /// The device every model uses by default: the first CUDA device when libtorch sees one.

@@ -184,6 +184,13 @@ pub struct ModelEntry {
     /// sentence-transformers' `max_seq_length`, for sentence embeddings.
     #[serde(default)]
     pub max_seq_length: Option<usize>,
+    /// Sentence-embedding pooling (`mean`, `cls`, `max`) when the folder has no sentence-transformers
+    /// pooling config.
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// Whether sentence embeddings are L2-normalised (overrides the folder's modules.json).
+    #[serde(default)]
+    pub normalize: Option<bool>,
     pub offline: OfflineSource,
     #[serde(default, rename = "file")]
     pub files: Vec<ModelFile>,

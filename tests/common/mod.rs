@@ -11,6 +11,8 @@ use std::time::Duration;
 use prompt2model::config::Paths;
 use prompt2model::registry::Registry;
 
+pub mod datasets_server;
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
