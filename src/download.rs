@@ -94,14 +94,27 @@ pub async fn download_to_temp(client: &reqwest::Client, url: &str, dir: &Path, e
     Err(DownloadError::Http { url: url.into(), detail: format!("{last} (after {ATTEMPTS} attempts)") })
 }
 
-/// The blocking form, for callers outside an async runtime.
+/// The blocking form, for synchronous callers (inside an async runtime or not).
 pub fn download_to_temp_blocking(url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, DownloadError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| DownloadError::Http { url: url.into(), detail: e.to_string() })?;
     let client = http_client()?;
-    runtime.block_on(download_to_temp(&client, url, dir, expected))
+    block_on(download_to_temp(&client, url, dir, expected)).map_err(|e| DownloadError::Http { url: url.into(), detail: e.to_string() })?
+}
+
+/// Drive `future` to completion from synchronous code on a fresh current-thread runtime. A
+/// synchronous function that fetches lazily (a model file on first use) can be reached from
+/// async code, where blocking on a nested runtime panics ("cannot start a runtime from within a
+/// runtime"); there the fresh runtime runs on a scoped thread of its own.
+pub fn block_on<F>(future: F) -> std::io::Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let run = move || tokio::runtime::Builder::new_current_thread().enable_all().build().map(|rt| rt.block_on(future));
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(run).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    } else {
+        run()
+    }
 }
 
 async fn download_once(client: &reqwest::Client, url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, Attempt> {

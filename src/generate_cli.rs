@@ -41,6 +41,9 @@ pub struct TeacherArgs {
     /// Stop after this many billed calls (everything obtained so far is kept).
     #[arg(long)]
     pub max_api_calls: Option<u64>,
+    /// Seconds before an unanswered request is abandoned and retried (OpenAI-compatible backend).
+    #[arg(long, default_value_t = 120.0)]
+    pub request_timeout: f64,
 }
 
 impl TeacherArgs {
@@ -52,6 +55,7 @@ impl TeacherArgs {
                 cfg.api_key_env = self.api_key_env.clone();
                 cfg.requests_per_minute = self.requests_per_minute;
                 cfg.max_api_calls = self.max_api_calls;
+                cfg.request_timeout_secs = self.request_timeout;
                 Box::new(OpenAiTeacher::new(cfg)?)
             }
         })
@@ -117,6 +121,12 @@ pub struct GenerateArgs {
     /// Parse the prompt with layout rules only (no teacher call).
     #[arg(long)]
     pub deterministic_parse: bool,
+    /// Also run the paper's diversity ablation (duplicates among the first `--n` raw examples
+    /// with and without high-diversity prompting) and put its table and figure in the report.
+    /// The arm with high-diversity prompting replays this run's requests from the cache; only
+    /// the arm without costs teacher calls.
+    #[arg(long)]
+    pub diversity_ablation: bool,
 }
 
 /// Write the examples as parquet beside the JSONL the generator wrote (temp file, then rename).
@@ -144,17 +154,27 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         cfg.max_temperature = t;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (examples, log) = runtime.block_on(async {
+    let (examples, log, diversity) = runtime.block_on(async {
         let parser = ParserConfig { mode: if args.deterministic_parse { ParseMode::Deterministic } else { ParseMode::Auto }, ..ParserConfig::default() };
         let parsed = prompt_parser::parse_prompt(&prompt, Some(&teacher), &parser).await?;
         tracing::info!(language = parsed.language.name(), demonstrations = parsed.demonstrations.len(), "prompt parsed");
         let progress = dataset_generator::default_progress_bar(cfg.num_examples);
         let result = dataset_generator::generate(&teacher, &parsed, &cfg, &args.out, Some(&progress)).await;
         progress.finish_and_clear();
-        anyhow::Ok(result?)
+        let (examples, log) = result?;
+        let diversity = if args.diversity_ablation {
+            tracing::info!(n = cfg.num_examples, "diversity ablation: the arm with high-diversity prompting replays this run; the arm without is generated");
+            // The arms differ only in high-diversity prompting and otherwise use this run's settings
+            // and seed, so the arm with it repeats this run's first rounds: cache hits.
+            let base = GeneratorConfig { high_diversity: true, ..cfg.clone() };
+            Some(dataset_generator::diversity_experiment(&teacher, &parsed, cfg.num_examples, &base).await?)
+        } else {
+            None
+        };
+        anyhow::Ok((examples, log, diversity))
     })?;
     write_examples_parquet(&args.out.join("examples.parquet"), &examples)?;
-    let report = write_generation_report(&args.out, &prompt, &log, &cfg)?;
+    let report = write_generation_report(&args.out, &prompt, &log, &cfg, diversity.as_ref())?;
     let stats = teacher.stats();
     println!(
         "{} examples in {} (examples.jsonl, examples.parquet, generation_log.json); report {}; teacher calls {}, cache hits {}, tokens {}+{}, cost ${:.4}",
@@ -225,7 +245,13 @@ fn counts_frame(rows: &[(String, f64)]) -> Result<DataFrame> {
 
 /// `DIR/report/`: what the generation did (from `generation_log.json`), the temperature curve,
 /// and the manifest (teacher, settings, the prompt's sha256 through the config).
-pub fn write_generation_report(out: &Path, prompt: &str, log: &dataset_generator::GenerationLog, cfg: &GeneratorConfig) -> Result<PathBuf> {
+pub fn write_generation_report(
+    out: &Path,
+    prompt: &str,
+    log: &dataset_generator::GenerationLog,
+    cfg: &GeneratorConfig,
+    diversity: Option<&dataset_generator::DiversityReport>,
+) -> Result<PathBuf> {
     use crate::report::{figures, Manifest, Report, ReportTable};
     let paths = crate::config::Paths::from_env()?;
     let mut rows: Vec<(String, f64)> = vec![
@@ -263,26 +289,81 @@ pub fn write_generation_report(out: &Path, prompt: &str, log: &dataset_generator
             "prompt_sha256": hex::encode(sha2::Sha256::digest(prompt.as_bytes())), "output_dir": out,
         }),
     );
+    let mut tables = vec![table, ReportTable::new("temperature_curve", "Temperature annealing per round", curve)];
+    let mut notes = Vec::new();
+    if let Some(d) = diversity {
+        tables.push(diversity_table(d)?);
+        notes.push(diversity_note(d));
+    }
     let report = Report {
         name: "report".into(),
         title: format!("Dataset generation: {} examples from {} / {}", log.accepted, log.backend, log.model),
-        tables: vec![table, ReportTable::new("temperature_curve", "Temperature annealing per round", curve)],
+        tables,
         notes: vec![format!(
             "Temperatures anneal from {} to {} with the accepted fraction (T = T0 + (Tmax − T0) · accepted / N); high-diversity prompting {}; self-consistency filtering {}.",
             cfg.initial_temperature,
             cfg.max_temperature,
             if cfg.high_diversity { "on" } else { "off" },
             if cfg.filter_duplicated_examples { "on" } else { "off" }
-        )],
+        )]
+        .into_iter()
+        .chain(notes)
+        .collect(),
         manifest,
     };
     let points: Vec<(f64, f64)> = log.temperature_curve.iter().map(|p| (p.accepted as f64, p.temperature)).collect();
     report.write(out, |dir| {
-        if points.is_empty() {
-            return Ok(vec![]);
+        let mut files = Vec::new();
+        if !points.is_empty() {
+            files.extend(figures::line_chart(dir, "temperature_curve", "Temperature by accepted examples", "accepted examples", "temperature", &[figures::Curve { label: log.model.clone(), points }])?);
         }
-        figures::line_chart(dir, "temperature_curve", "Temperature by accepted examples", "accepted examples", "temperature", &[figures::Curve { label: log.model.clone(), points }])
+        if let Some(d) = diversity {
+            files.extend(diversity_figure(dir, d)?);
+        }
+        Ok(files)
     })
+}
+
+/// The ablation as a table: duplicates with and without high-diversity prompting, the paper's beside.
+fn diversity_table(report: &dataset_generator::DiversityReport) -> Result<crate::report::ReportTable> {
+    let (paper_without, paper_with, paper_n) = report.paper;
+    let pct = |d: usize, n: usize| d as f64 * 100.0 / n.max(1) as f64;
+    let (without, with) = (&report.without_high_diversity, &report.with_high_diversity);
+    let frame = DataFrame::new_infer_height(vec![
+        Column::new("prompting".into(), vec!["without high-diversity".to_string(), "with high-diversity".to_string()]),
+        Column::new("examples".into(), vec![without.examples as u64, with.examples as u64]),
+        Column::new("duplicate inputs".into(), vec![without.duplicate_inputs as u64, with.duplicate_inputs as u64]),
+        Column::new("duplicates (%)".into(), vec![pct(without.duplicate_inputs, without.examples), pct(with.duplicate_inputs, with.examples)]),
+        Column::new("paper duplicates (%)".into(), vec![pct(paper_without, paper_n), pct(paper_with, paper_n)]),
+        Column::new("requests".into(), vec![without.requests, with.requests]),
+    ])?;
+    Ok(crate::report::ReportTable::new("diversity", "Duplicate inputs with and without generated examples in the prompt", frame))
+}
+
+fn diversity_note(report: &dataset_generator::DiversityReport) -> String {
+    let (paper_without, paper_with, paper_n) = report.paper;
+    format!(
+        "Diversity ablation over the first {} raw examples: {} duplicate inputs without high-diversity prompting, {} with; the paper (gpt-3.5-turbo) reports {paper_without}/{paper_n} without and {paper_with}/{paper_n} with.",
+        report.n, report.without_high_diversity.duplicate_inputs, report.with_high_diversity.duplicate_inputs
+    )
+}
+
+/// The ablation as paired bars (this teacher vs the paper), `diversity.png/svg`.
+fn diversity_figure(dir: &Path, report: &dataset_generator::DiversityReport) -> Result<Vec<String>> {
+    use crate::report::figures;
+    let (paper_without, paper_with, paper_n) = report.paper;
+    let pct = |d: usize, n: usize| d as f64 * 100.0 / n.max(1) as f64;
+    let arm = |label: &str, paper: usize, a: &dataset_generator::DiversityArm| figures::BarGroup {
+        label: label.into(),
+        paper: Some(pct(paper, paper_n)),
+        reproduced: Some(pct(a.duplicate_inputs, a.examples)),
+    };
+    let panels = [figures::BarPanel {
+        title: "duplicate inputs (%)".into(),
+        axis: "duplicates (%)".into(),
+        groups: vec![arm("without", paper_without, &report.without_high_diversity), arm("with", paper_with, &report.with_high_diversity)],
+    }];
+    figures::paired_bars(dir, "diversity", "Duplicates: paper (gpt-3.5-turbo) vs this teacher", &panels)
 }
 
 #[derive(clap::Args, Debug)]
@@ -306,7 +387,7 @@ pub struct DiversityArgs {
 /// The paper's diversity ablation: duplicates among `n` raw generated examples with and without
 /// high-diversity few-shot prompting; writes `reports/diversity/` with the paper's numbers beside.
 pub fn diversity(args: DiversityArgs) -> Result<()> {
-    use crate::report::{figures, Manifest, Report, ReportTable};
+    use crate::report::{Manifest, Report};
     let prompt = args.prompt.read()?;
     let paths = crate::config::Paths::from_env()?;
     let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
@@ -325,38 +406,20 @@ pub fn diversity(args: DiversityArgs) -> Result<()> {
         let parsed = prompt_parser::parse_prompt(&prompt, Some(&teacher), &parser).await?;
         anyhow::Ok(dataset_generator::diversity_experiment(&teacher, &parsed, args.n, &cfg).await?)
     })?;
-    let (paper_without, paper_with, paper_n) = report.paper;
-    let scale = |d: usize| d as f64 * 100.0 / report.n.max(1) as f64;
-    let frame = DataFrame::new_infer_height(vec![
-        Column::new("prompting".into(), vec!["without high-diversity".to_string(), "with high-diversity".to_string()]),
-        Column::new("examples".into(), vec![report.without_high_diversity.examples as u64, report.with_high_diversity.examples as u64]),
-        Column::new("duplicate inputs".into(), vec![report.without_high_diversity.duplicate_inputs as u64, report.with_high_diversity.duplicate_inputs as u64]),
-        Column::new("duplicates (%)".into(), vec![scale(report.without_high_diversity.duplicate_inputs), scale(report.with_high_diversity.duplicate_inputs)]),
-        Column::new("paper duplicates (%)".into(), vec![paper_without as f64 * 100.0 / paper_n as f64, paper_with as f64 * 100.0 / paper_n as f64]),
-        Column::new("requests".into(), vec![report.without_high_diversity.requests, report.with_high_diversity.requests]),
-    ])?;
     let stats = teacher.stats();
     let mut manifest = Manifest::new("diversity", &paths.root, serde_json::json!({ "task": args.prompt.task, "n": args.n, "generator": cfg, "teacher_backend": teacher.backend(), "teacher_model": teacher.model() }));
     manifest.tool_versions.insert("teacher".into(), format!("{} / {}", teacher.backend(), teacher.model()));
     let r = Report {
         name: "diversity".into(),
         title: format!("High-diversity few-shot prompting: duplicates among {} generated examples ({})", args.n, teacher.model()),
-        tables: vec![ReportTable::new("diversity", "Duplicate inputs with and without generated examples in the prompt", frame)],
+        tables: vec![diversity_table(&report)?],
         notes: vec![
-            format!("The paper (gpt-3.5-turbo) reports {paper_without}/{paper_n} duplicates without and {paper_with}/{paper_n} with high-diversity prompting."),
+            diversity_note(&report),
             format!("Teacher calls {} (cache hits {}), tokens {}+{}, cost ${:.4}.", stats.calls, stats.cache_hits, stats.prompt_tokens, stats.completion_tokens, stats.cost_usd),
         ],
         manifest,
     };
-    let panels = [figures::BarPanel {
-        title: "duplicate inputs (%)".into(),
-        axis: "duplicates (%)".into(),
-        groups: vec![
-            figures::BarGroup { label: "without".into(), paper: Some(paper_without as f64 * 100.0 / paper_n as f64), reproduced: Some(scale(report.without_high_diversity.duplicate_inputs)) },
-            figures::BarGroup { label: "with".into(), paper: Some(paper_with as f64 * 100.0 / paper_n as f64), reproduced: Some(scale(report.with_high_diversity.duplicate_inputs)) },
-        ],
-    }];
-    let dir = r.write(&paths.reports, |dir| figures::paired_bars(dir, "diversity", "Duplicates: paper (gpt-3.5-turbo) vs this teacher", &panels))?;
+    let dir = r.write(&paths.reports, |dir| diversity_figure(dir, &report))?;
     println!("{}", std::fs::read_to_string(dir.join("diversity.md"))?);
     println!("report: {}", dir.display());
     Ok(())

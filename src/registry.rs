@@ -400,8 +400,7 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
 /// `HF_TOKEN`), then place it at `target`; the caller verifies its hash.
 fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) -> DataResult<()> {
     let err = |detail: String| DataError::Download { url: format!("hf://datasets/{}/{path}", hf.repo), detail };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
-    let fetched = runtime.block_on(async {
+    let fetched = crate::download::block_on(async {
         // hf-hub keeps its own copy under the project cache (not ~/.cache/huggingface), so
         // P2M_CACHE alone decides what a run can reuse.
         let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false).with_cache_dir(hub_cache.to_path_buf());
@@ -414,6 +413,7 @@ fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) ->
             None => hf_hub::Repo::new(hf.repo.clone(), hf_hub::RepoType::Dataset),
         };
         api.repo(repo).get(path).await.map_err(|e| err(e.to_string()))
-    })?;
+    })
+    .map_err(|e| err(e.to_string()))??;
     copy_atomically(&fetched, target)
 }

@@ -302,3 +302,68 @@ async fn invalid_configs_are_rejected() {
     let (r, _, _) = run(&server.base_url, &dir.path().join("c.sqlite"), CacheMode::ReadWrite, dir.path(), &fresh, None).await;
     assert_valid(&r.unwrap().0, 5);
 }
+
+/// The command as a user runs it, against the fault-injecting server: 200 valid unique
+/// examples (JSONL + parquet), a report with the diversity ablation's figure, then the same
+/// command with `--replay-only` from the recorded cache, without a single request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2m_generate_200_against_the_fault_server_then_replay_only() {
+    let server = FakeServer::start(faulty()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run1 = dir.path().join("run1");
+    let cache = run1.join("teacher_cache.sqlite");
+    let base_url = server.base_url.clone();
+    let p2m = move |out: std::path::PathBuf, extra: Vec<String>| {
+        let mut args: Vec<String> = ["generate", "--task", "temporal", "--n", "200", "--backend", "openai", "--model", "fake-gpt"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--base-url".into(), base_url.clone(), "--api-key-env".into(), "P2M_TEST_GEN_NO_KEY".into()]);
+        args.extend(["--request-timeout".into(), "0.5".into(), "--deterministic-parse".into(), "--diversity-ablation".into()]);
+        args.extend(["--out".into(), out.display().to_string()]);
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_p2m")).args(&args).current_dir(crate::common::repo_root()).output().unwrap()
+        })
+    };
+
+    let out = p2m(run1.clone(), vec![]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let examples = read_examples_jsonl(&run1.join(dataset_generator::EXAMPLES_FILE)).unwrap();
+    assert_valid(&examples, 200);
+    assert!(server.state.faults_injected.load(std::sync::atomic::Ordering::SeqCst) >= 5, "faults were injected");
+    let read_parquet = |path: std::path::PathBuf| {
+        use polars::prelude::SerReader;
+        polars::prelude::ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap()
+    };
+    let frame = read_parquet(run1.join("examples.parquet"));
+    assert_eq!(frame.height(), 200);
+    let names: Vec<String> = frame.get_column_names().iter().map(|n| n.to_string()).collect();
+    assert_eq!(names, ["input", "output"]);
+    let readme = std::fs::read_to_string(run1.join("report/README.md")).unwrap();
+    assert!(readme.contains("the paper (gpt-3.5-turbo) reports 120/200 without and 25/200 with"), "{readme}");
+    assert!(readme.contains("diversity.png"), "the figure is shown in the report: {readme}");
+    let table = std::fs::read_to_string(run1.join("report/diversity.md")).unwrap();
+    assert!(table.contains("Duplicate inputs with and without generated examples in the prompt"), "{table}");
+    for figure in ["diversity.png", "diversity.svg", "temperature_curve.png"] {
+        assert!(run1.join("report").join(figure).is_file(), "{figure} in the report");
+    }
+    let diversity = read_parquet(run1.join("report/diversity.parquet"));
+    let duplicates: Vec<u64> = diversity.column("duplicate inputs").unwrap().u64().unwrap().into_no_null_iter().collect();
+    // The fake model repeats itself from a 20-input space without generated examples in the prompt.
+    assert!(duplicates[0] >= 150 && duplicates[1] < duplicates[0], "{duplicates:?}");
+    let requests = server.state.request_count();
+
+    // The same command, replay-only from the recorded cache into a fresh folder: no request at all.
+    let run2 = dir.path().join("run2");
+    let out = p2m(run2.clone(), vec!["--replay-only".into(), "--cache".into(), cache.display().to_string()]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.state.request_count(), requests, "zero requests on replay");
+    assert_eq!(read_examples_jsonl(&run2.join(dataset_generator::EXAMPLES_FILE)).unwrap(), examples);
+    // The same duplicates from the cache alone (the request counts include transient failures,
+    // which differ between a live run and its replay).
+    let replayed = read_parquet(run2.join("report/diversity.parquet"));
+    assert_eq!(replayed.column("duplicate inputs").unwrap(), diversity.column("duplicate inputs").unwrap());
+    eprintln!("live:\n{diversity}\nreplayed:\n{replayed}");
+}

