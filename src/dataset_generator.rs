@@ -224,6 +224,7 @@ pub struct GenerationLog {
     pub resumed_from_round: Option<u64>,
     pub complete: bool,
     pub stop_reason: Option<String>,
+    /// Wall-clock seconds over every run of this generation (a resumed run adds to the journal's).
     pub elapsed_secs: f64,
     /// The teacher's own counters at the end of the latest run.
     pub teacher_stats: TeacherStats,
@@ -910,6 +911,9 @@ struct Core<'a> {
     seen_inputs: HashSet<String>,
     accepted: Vec<Example>,
     log: GenerationLog,
+    /// Seconds spent by earlier runs of a resumed generation (from the journal).
+    elapsed_before: f64,
+    started: Instant,
 }
 
 enum RoundEnd {
@@ -932,7 +936,14 @@ impl<'a> Core<'a> {
             seen_inputs: HashSet::new(),
             accepted: Vec::new(),
             log: GenerationLog { backend: teacher.backend().to_string(), model: teacher.model().to_string(), target, ..Default::default() },
+            elapsed_before: 0.0,
+            started: Instant::now(),
         }
+    }
+
+    /// Wall-clock seconds of the whole generation: earlier runs plus this one.
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
 
     fn revote(&mut self) {
@@ -959,6 +970,7 @@ impl<'a> Core<'a> {
             curve.push(r.point);
             self.log = r.log;
         }
+        self.elapsed_before = self.log.elapsed_secs;
         self.log.temperature_curve = curve;
         self.revote();
     }
@@ -1093,6 +1105,7 @@ impl<'a> Core<'a> {
         self.candidates.extend(new_candidates.iter().cloned());
         self.revote();
         self.log.rounds += 1;
+        self.log.elapsed_secs = self.elapsed();
         self.log.temperature_curve.push(point.clone());
         let new_accepted: Vec<Example> = self.accepted.iter().filter(|e| !before.contains(&e.input)).cloned().collect();
         let record = RoundRecord {
@@ -1229,7 +1242,6 @@ pub async fn generate(
     progress: Option<&ProgressBar>,
 ) -> Result<(Vec<Example>, GenerationLog), GenerateError> {
     cfg.validate()?;
-    let started = Instant::now();
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let n = cfg.num_examples;
     let checkpoint = out_dir.join(CHECKPOINT_FILE);
@@ -1288,7 +1300,7 @@ pub async fn generate(
     let mut examples = core.accepted.clone();
     examples.truncate(n);
     let mut log = core.log.clone();
-    log.elapsed_secs += started.elapsed().as_secs_f64();
+    log.elapsed_secs = core.elapsed();
     log.teacher_stats = teacher.stats();
     log.complete = stop.is_none();
     log.stop_reason = stop.as_ref().map(|(r, _)| r.clone());
