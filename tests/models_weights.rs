@@ -3,7 +3,7 @@
 //! written here, from a tiny wheel built here; no test touches the real network.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -173,15 +173,7 @@ fn serve(routes: impl FnOnce(&str) -> HashMap<String, Vec<Reply>>, max_requests:
         for stream in listener.incoming().take(max_requests) {
             let Ok(mut stream) = stream else { continue };
             stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let text = String::from_utf8_lossy(&head);
+            let text = crate::common::read_request_head(&mut stream);
             let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
             log2.lock().unwrap().push(path.clone());
             let reply = match routes.get(&path) {

@@ -3,7 +3,7 @@
 //! numbers. It records each request's path and `Authorization` header, and stops after
 //! `max_requests` so no test can loop forever.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,15 +78,7 @@ pub fn fake_datasets_server(datasets: Value, faults: Vec<Fault>, max_requests: u
         for (n, stream) in listener.incoming().take(max_requests).enumerate() {
             let Ok(mut stream) = stream else { continue };
             stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => head.extend_from_slice(&buf[..k]),
-                }
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
+            let head = super::read_request_head(&mut stream);
             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
             let authorization = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string()));
             log.lock().unwrap().push(Seen { path: path.clone(), authorization });

@@ -56,14 +56,7 @@ pub fn serve(replies: Vec<Reply>, max_requests: usize) -> TestServer {
         for stream in listener.incoming().take(max_requests) {
             let Ok(mut stream) = stream else { continue };
             stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = [0u8; 4096];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_request_head(&mut stream);
             let n = {
                 let mut c = counter.lock().unwrap();
                 *c += 1;
@@ -83,6 +76,19 @@ pub fn serve(replies: Vec<Reply>, max_requests: usize) -> TestServer {
     TestServer { url, requests }
 }
 
+/// The request line and headers of an HTTP request (up to the blank line), as text.
+pub fn read_request_head(stream: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&head).to_string()
+}
+
 /// A loopback stand-in for the Hugging Face hub, speaking the parts of its protocol hf-hub uses
 /// (metadata from a `Range: bytes=0-0` GET with `ETag`/`X-Repo-Commit`/`Content-Range`, then ranged
 /// downloads). Serves `files` (name → bytes) under `/<repo>/resolve/<rev>/<name>`; records request paths;
@@ -95,15 +101,7 @@ pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, 
     std::thread::spawn(move || {
         for stream in listener.incoming().take(max_requests) {
             let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
+            let head = read_request_head(&mut stream);
             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
             log.lock().unwrap().push(path.clone());
             let Some((_, body)) = files.iter().find(|(name, _)| path.ends_with(&format!("/resolve/main/{name}"))) else {
