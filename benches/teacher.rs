@@ -81,7 +81,34 @@ async fn main() {
             tokens += teacher.chat(&r).await.expect("generation").usage.completion_tokens;
         }
         let secs = t0.elapsed().as_secs_f64();
-        serde_json::json!({ "model": teacher.model(), "choices_per_request": 5, "completion_tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs })
+
+        // A generator round: 5 structured requests of 5 choices. Sent one at a time, each is
+        // decoded alone (5 rows); sent together, the local teacher decodes them as one batch of
+        // 25 rows. Different seeds per request, so tokens per second is the comparable figure.
+        let structured = |seed: u64| {
+            ChatRequest::user(
+                "Write one new example of a date phrase in a short sentence and the date it refers to. Reply as JSON with fields input and output.",
+                SamplingParams { temperature: 0.8, n: 5, seed: Some(seed), max_tokens: Some(64), json_fields: Some(vec!["input".into(), "output".into()]), ..Default::default() },
+            )
+        };
+        let t1 = Instant::now();
+        let mut one_at_a_time = 0u64;
+        for seed in 100..105u64 {
+            one_at_a_time += teacher.chat(&structured(seed)).await.expect("structured generation").usage.completion_tokens;
+        }
+        let secs_one = t1.elapsed().as_secs_f64();
+        let round: Vec<ChatRequest> = (200..205u64).map(structured).collect();
+        let t2 = Instant::now();
+        let together: u64 = teacher.chat_batch(&round).await.into_iter().map(|r| r.expect("structured generation").usage.completion_tokens).sum();
+        let secs_together = t2.elapsed().as_secs_f64();
+        serde_json::json!({
+            "model": teacher.model(), "choices_per_request": 5, "completion_tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs,
+            "structured_round": {
+                "requests": 5, "choices_per_request": 5,
+                "one_at_a_time": { "completion_tokens": one_at_a_time, "seconds": secs_one, "tokens_per_s": one_at_a_time as f64 / secs_one },
+                "batched": { "completion_tokens": together, "seconds": secs_together, "tokens_per_s": together as f64 / secs_together },
+            },
+        })
     };
     println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "throttling": throttling, "local_teacher": local })).unwrap());
 }

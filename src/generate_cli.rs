@@ -122,9 +122,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub deterministic_parse: bool,
     /// Also run the paper's diversity ablation (duplicates among the first `--n` raw examples
-    /// with and without high-diversity prompting) and put its table and figure in the report.
-    /// The arm with high-diversity prompting replays this run's requests from the cache; only
-    /// the arm without costs teacher calls.
+    /// with and without high-diversity prompting, same teacher and settings) and put its table and
+    /// figure in the report. Both arms cost teacher calls (they anneal the temperature by raw
+    /// examples, so they do not repeat this run's rounds); they go through the same cache, so a
+    /// rerun or `--replay-only` replays them.
     #[arg(long)]
     pub diversity_ablation: bool,
 }
@@ -163,9 +164,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         progress.finish_and_clear();
         let (examples, log) = result?;
         let diversity = if args.diversity_ablation {
-            tracing::info!(n = cfg.num_examples, "diversity ablation: the arm with high-diversity prompting replays this run; the arm without is generated");
-            // The arms differ only in high-diversity prompting and otherwise use this run's settings
-            // and seed, so the arm with it repeats this run's first rounds: cache hits.
+            tracing::info!(n = cfg.num_examples, "diversity ablation: two arms of raw examples, with and without high-diversity prompting");
+            // The arms differ only in high-diversity prompting and otherwise use this run's settings and seed.
             let base = GeneratorConfig { high_diversity: true, ..cfg.clone() };
             Some(dataset_generator::diversity_experiment(&teacher, &parsed, cfg.num_examples, &base).await?)
         } else {
