@@ -187,13 +187,8 @@ impl Encoder {
 /// weights (`model.safetensors`, else `pytorch_model.bin` converted to it). Each file goes through
 /// a temporary file and a rename; the weights come last.
 fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Path) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (files, weights) = runtime.block_on(async {
-        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false).with_cache_dir(cache.join("hf-hub"));
-        if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty()) {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let api = builder.build().context("hf-hub client")?;
+    let (files, weights) = crate::download::block_on(async {
+        let api = crate::download::hf_hub_api(&cache.join("hf-hub"), false).context("hf-hub client")?;
         let r = api.repo(match revision {
             Some(rev) => hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.to_string()),
             None => hf_hub::Repo::model(repo.to_string()),
@@ -214,14 +209,8 @@ fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Pat
             Err(first) => ("pytorch_model.bin", r.get("pytorch_model.bin").await.with_context(|| format!("{repo}: neither model.safetensors ({first}) nor pytorch_model.bin"))?),
         };
         Ok::<_, anyhow::Error>((files, weights))
-    })?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let copy = |name: &str, from: &Path| -> Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::copy(&mut fs::File::open(from).with_context(|| format!("opening {}", from.display()))?, tmp.as_file_mut())?;
-        tmp.persist(dir.join(name)).map_err(|e| e.error).with_context(|| format!("writing {}", dir.join(name).display()))?;
-        Ok(())
-    };
+    })??;
+    let copy = |name: &str, from: &Path| -> Result<()> { Ok(crate::registry::copy_atomically(from, &dir.join(name))?) };
     for (name, path) in &files {
         copy(name, path)?;
     }
@@ -389,7 +378,8 @@ impl DatasetRetriever {
 // ---------------------------------------------------------------------------------------------
 // LLM reranking and column selection
 
-fn excerpt(text: &str, max: usize) -> String {
+/// `text` with its whitespace flattened, at most `max` characters (with a marker when cut).
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
         flat

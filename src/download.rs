@@ -100,6 +100,17 @@ pub fn download_to_temp_blocking(url: &str, dir: &Path, expected: &Expected<'_>)
     block_on(download_to_temp(&client, url, dir, expected)).map_err(|e| DownloadError::Http { url: url.into(), detail: e.to_string() })?
 }
 
+/// An hf-hub client that keeps its files under `hub_cache` (inside the project cache, not
+/// ~/.cache/huggingface, so `P2M_CACHE` alone decides what a run can reuse) and honours
+/// `HF_ENDPOINT` (when set and not empty) and `HF_TOKEN`.
+pub fn hf_hub_api(hub_cache: &Path, progress: bool) -> Result<hf_hub::api::tokio::Api, hf_hub::api::tokio::ApiError> {
+    let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(progress).with_cache_dir(hub_cache.to_path_buf());
+    if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty()) {
+        builder = builder.with_endpoint(endpoint);
+    }
+    builder.build()
+}
+
 /// Drive `future` to completion from synchronous code on a fresh current-thread runtime. A
 /// synchronous function that fetches lazily (a model file on first use) can be reached from
 /// async code, where blocking on a nested runtime panics ("cannot start a runtime from within a

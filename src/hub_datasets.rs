@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::dataset_retriever::{ColumnChoice, RawColumn, RawSplit};
+use crate::download::error_chain;
 
 pub const DEFAULT_ENDPOINT: &str = "https://datasets-server.huggingface.co";
 /// The most rows `/rows` returns per request.
@@ -85,24 +86,9 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// The server's text in an error message: whitespace flattened, at most 300 characters.
 fn excerpt(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 300 {
-        format!("{}…", flat.chars().take(300).collect::<String>())
-    } else {
-        flat
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+    crate::dataset_retriever::excerpt(text, 300)
 }
 
 impl Client {
@@ -132,13 +118,7 @@ impl Client {
             let (detail, retry_after) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|s| s.trim().parse::<f64>().ok())
-                        .filter(|s| s.is_finite() && *s >= 0.0)
-                        .map(Duration::from_secs_f64);
+                    let retry_after = crate::teacher::openai::retry_after_from_headers(response.headers(), std::time::SystemTime::now());
                     if status.is_success() {
                         match response.bytes().await {
                             Ok(bytes) => {
@@ -644,8 +624,7 @@ pub fn load(cache: &Path, offline: bool, server: &ServerConfig, req: &HubRequest
         );
     }
     let client = Client::new(server.clone())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
+    crate::download::block_on(async {
         let listed = client.splits(&req.dataset).await?;
         let (config, chosen_by) = choose_config(&listed, req.config.as_deref(), req.index_config.as_deref())
             .map_err(|e| anyhow!("`{}` on {}: {e}; fix: pass --config with one of them", req.dataset, client.endpoint()))?;
@@ -675,7 +654,7 @@ pub fn load(cache: &Path, offline: bool, server: &ServerConfig, req: &HubRequest
         loaded.from_cache = false;
         loaded.notes.extend(notes);
         Ok(loaded)
-    })
+    })?
 }
 
 #[cfg(test)]

@@ -860,15 +860,8 @@ pub fn fetch_trainable(models: &crate::models::weights::ModelRegistry, plan: &Tr
 }
 
 fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(true).with_cache_dir(cache.join("hf-hub"));
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            if !endpoint.is_empty() {
-                builder = builder.with_endpoint(endpoint);
-            }
-        }
-        let api = builder.build().context("hf-hub client")?;
+    crate::download::block_on(async {
+        let api = crate::download::hf_hub_api(&cache.join("hf-hub"), true).context("hf-hub client")?;
         let r = api.model(repo.to_string());
         let config = r.get("config.json").await.with_context(|| format!("fetching {repo}/config.json from the hub"))?;
         let mut weights = None;
@@ -883,7 +876,7 @@ fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
             let _ = r.get(name).await;
         }
         Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
-    })
+    })?
 }
 
 #[cfg(test)]

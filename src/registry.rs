@@ -370,7 +370,8 @@ pub fn sha256_file(path: &Path) -> DataResult<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn copy_atomically(from: &Path, to: &Path) -> DataResult<()> {
+/// Copy `from` to `to` through a temporary file beside `to` and a rename (creating `to`'s folder).
+pub fn copy_atomically(from: &Path, to: &Path) -> DataResult<()> {
     let parent = to.parent().expect("cache paths have a parent");
     fs::create_dir_all(parent).map_err(io_err(parent))?;
     let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err(parent))?;
@@ -401,13 +402,7 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
 fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) -> DataResult<()> {
     let err = |detail: String| DataError::Download { url: format!("hf://datasets/{}/{path}", hf.repo), detail };
     let fetched = crate::download::block_on(async {
-        // hf-hub keeps its own copy under the project cache (not ~/.cache/huggingface), so
-        // P2M_CACHE alone decides what a run can reuse.
-        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(false).with_cache_dir(hub_cache.to_path_buf());
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let api = builder.build().map_err(|e| err(e.to_string()))?;
+        let api = crate::download::hf_hub_api(hub_cache, false).map_err(|e| err(e.to_string()))?;
         let repo = match &hf.revision {
             Some(rev) => hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Dataset, rev.clone()),
             None => hf_hub::Repo::new(hf.repo.clone(), hf_hub::RepoType::Dataset),

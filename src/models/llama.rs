@@ -457,19 +457,12 @@ impl Llama {
         let input_ids = input_ids.to_device(self.device);
         let (cos, sin) = self.rotary(&positions.to_device(self.device));
 
-        // The boolean mask `[batch, 1, seq, total]` when there is padding: key s is visible to query
-        // t (absolute position past + t) when s ≤ past + t and s is not padding. A padding query
-        // also sees itself, so that no row of the softmax is empty (an all-masked row would give
-        // NaN, and NaN values at padding positions would leak into real rows through 0 · NaN).
+        // With padding, the boolean mask of the visible keys (see `visible_keys`).
         let bool_mask = match mask {
             AttnMask::Causal => None,
             AttnMask::Padded(m) => {
                 ensure!(m.size() == [b, total], "mask {:?} must be [batch, past + seq] = {:?}", m.size(), [b, total]);
-                let keys_ok = m.to_device(self.device).ne(0).view([b, 1, 1, total]);
-                let q_pos = Tensor::arange_start(past, total, (Kind::Int64, self.device)).view([1, 1, t, 1]);
-                let k_pos = Tensor::arange(total, (Kind::Int64, self.device)).view([1, 1, 1, total]);
-                let causal = k_pos.le_tensor(&q_pos);
-                Some(causal.logical_and(&keys_ok).logical_or(&k_pos.eq_tensor(&q_pos)))
+                Some(visible_keys(&m.to_device(self.device), past))
             }
         };
         if bool_mask.is_none() {
@@ -582,11 +575,7 @@ impl Llama {
         let mask = attention_mask.to_device(self.device);
         let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
         let (cos, sin) = self.rotary(&positions);
-        let keys_ok = mask.ne(0).view([b, 1, 1, t]);
-        let q_pos = Tensor::arange(t, (Kind::Int64, self.device)).view([1, 1, t, 1]);
-        let k_pos = Tensor::arange(t, (Kind::Int64, self.device)).view([1, 1, 1, t]);
-        // As in `forward`: a padding query sees itself so that no softmax row is empty.
-        let bool_mask = k_pos.le_tensor(&q_pos).logical_and(&keys_ok).logical_or(&k_pos.eq_tensor(&q_pos));
+        let bool_mask = visible_keys(&mask, 0);
         let scale = (hd as f64).powf(-0.5);
         let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
         for layer in &self.layers {
@@ -768,6 +757,20 @@ fn rotate_half(x: &Tensor) -> Tensor {
     let x1 = x.narrow(-1, 0, half);
     let x2 = x.narrow(-1, half, half);
     Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// The boolean attention mask `[batch, 1, seq, total]` for queries at absolute positions
+/// `past..total` over a `[batch, total]` 1/0 key mask: key s is visible to query t when s ≤ t and
+/// s is not padding. A padding query also sees itself, so that no row of the softmax is empty (an
+/// all-masked row would give NaN, and NaN values at padding positions would leak into real rows
+/// through 0 · NaN).
+fn visible_keys(key_mask: &Tensor, past: i64) -> Tensor {
+    let (b, total) = key_mask.size2().expect("[batch, total] key mask");
+    let device = key_mask.device();
+    let keys_ok = key_mask.ne(0).view([b, 1, 1, total]);
+    let q_pos = Tensor::arange_start(past, total, (Kind::Int64, device)).view([1, 1, total - past, 1]);
+    let k_pos = Tensor::arange(total, (Kind::Int64, device)).view([1, 1, 1, total]);
+    k_pos.le_tensor(&q_pos).logical_and(&keys_ok).logical_or(&k_pos.eq_tensor(&q_pos))
 }
 
 /// Masked attention for grouped-query heads: `q` `[b, kv * n_rep, t, d]`, `keys`/`values`

@@ -430,11 +430,7 @@ impl ModelRegistry {
     fn fetch_from_hub(&self, entry: &ModelEntry, hf: &HfRepo, dir: &Path, missing: &[&ModelFile]) -> ModelResult<Vec<ResolvedFile>> {
         let hub_err = |file: &str, detail: String| ModelError::Download { url: format!("hf://{}/{file}", hf.repo), detail };
         let fetched = crate::download::block_on(async {
-            let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(true).with_cache_dir(self.paths.cache.join("hf-hub"));
-            if let Some(endpoint) = non_empty_env("HF_ENDPOINT") {
-                builder = builder.with_endpoint(endpoint);
-            }
-            let api = builder.build().map_err(|e| hub_err("", error_chain(&e)))?;
+            let api = crate::download::hf_hub_api(&self.paths.cache.join("hf-hub"), true).map_err(|e| hub_err("", error_chain(&e)))?;
             let repo = match &hf.revision {
                 Some(rev) => hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Model, rev.clone()),
                 None => hf_hub::Repo::model(hf.repo.clone()),

@@ -22,6 +22,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::download::error_chain;
+
 use super::{
     estimate_tokens, excerpt, redact, Accounting, ChatRequest, ChatResponse, Choice, Pricing, SamplingParams, SplitMix64, Teacher,
     TeacherError, TeacherStats, Usage,
@@ -437,16 +439,6 @@ impl Teacher for OpenAiTeacher {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 /// Parse a chat-completions body into choices and usage (usage estimated when absent).
 pub fn parse_completion(bytes: &[u8], prompt_tokens_estimate: u64, secret: Option<&str>) -> Result<(Vec<Choice>, Usage), TeacherError> {
@@ -501,7 +493,8 @@ pub fn parse_completion(bytes: &[u8], prompt_tokens_estimate: u64, secret: Optio
 // ---------------------------------------------------------------------------------------------
 // Retry-After
 
-fn retry_after_from_headers(h: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
+/// The wait a server asks for: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date).
+pub(crate) fn retry_after_from_headers(h: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(ms) = h.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()) {
         if ms.is_finite() && ms >= 0.0 {
             return Some(Duration::from_secs_f64(ms / 1000.0));
