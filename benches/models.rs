@@ -15,7 +15,7 @@ use prompt2model::models::chat::ChatModel;
 use prompt2model::models::encoder_decoder::Bert2Bert;
 use prompt2model::models::sampling::SamplingConfig;
 use prompt2model::models::seq2seq::Seq2SeqModel;
-use prompt2model::models::weights::ModelRegistry;
+use prompt2model::models::registry::ModelRegistry;
 use prompt2model::trainer::adamw::{AdamW, AdamWParams};
 use tch::{Device, Kind, Tensor};
 

@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prompt2model::config::Paths;
 use prompt2model::dataset_retriever::{self as dr, DatasetIndex};
 use prompt2model::model_retriever::{read_usable_cards, IndexSource};
-use prompt2model::registry::Registry;
+use prompt2model::data::registry::Registry;
 use prompt2model::retrieval::bm25::{Bm25Index, Bm25Params};
 use prompt2model::retrieval::text::Analyzer;
 
@@ -23,7 +23,7 @@ fn benchmarking() -> bool {
 }
 
 fn instructions(paths: &Paths) -> Vec<String> {
-    prompt2model::tasks::load_tasks(&paths.data).expect("tasks").iter().map(|t| t.instruction.trim().to_string()).collect()
+    prompt2model::data::tasks::load_tasks(&paths.data).expect("tasks").iter().map(|t| t.instruction.trim().to_string()).collect()
 }
 
 fn bm25(c: &mut Criterion) {
@@ -38,7 +38,7 @@ fn bm25(c: &mut Criterion) {
     let analysed: Vec<Vec<String>> = queries.iter().map(|q| analyzer.analyze(q)).collect();
     let dump = paths.cache.join("retrieval").join("bm25_bench_corpus.json");
     let json = serde_json::json!({ "docs": docs, "queries": analysed });
-    prompt2model::retrieval::binfile::write_atomically(&dump, json.to_string().as_bytes()).expect("corpus dump");
+    prompt2model::util::fs::write_atomic(&dump, json.to_string().as_bytes()).expect("corpus dump");
 
     let mut g = c.benchmark_group("bm25");
     g.sample_size(10);
@@ -61,7 +61,7 @@ fn dense(c: &mut Criterion) {
     let paths = Paths::from_env().expect("paths");
     let registry = Registry::load(paths.clone()).expect("registry");
     let (index, _) = DatasetIndex::from_registry(&registry).expect("dataset index");
-    let models = prompt2model::models::weights::ModelRegistry::load(paths.clone()).expect("model registry");
+    let models = prompt2model::models::registry::ModelRegistry::load(paths.clone()).expect("model registry");
     let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER).expect("MiniLM (run scripts/setup.sh)");
     let n = if benchmarking() { index.entries.len() } else { 64 };
     let texts: Vec<&str> = index.entries.iter().take(n).map(|e| e.description.as_str()).collect();

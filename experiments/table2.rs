@@ -2,12 +2,16 @@
 //! human-annotated data, evaluated on held-out SQuAD questions, with the cost of each kind of data.
 //! `cargo run --release --bin table2` (default scale `laptop`) writes `reports/table2/`.
 
+#[path = "../src/bin/shared/mod.rs"]
+#[allow(dead_code)] // each binary uses part of the shared arguments
+mod shared;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use prompt2model::models::weights::ModelRegistry;
-use prompt2model::registry::Registry;
+use prompt2model::models::registry::ModelRegistry;
+use prompt2model::data::registry::Registry;
 use prompt2model::tables::table2::{self, GeneratedSource, Options};
 
 #[derive(Parser)]
@@ -33,7 +37,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    prompt2model::cli::main_with(|| {
+    shared::main_with(|| {
         let args = Args::parse();
         let registry = Registry::from_env()?;
         let models = ModelRegistry::from_env()?;

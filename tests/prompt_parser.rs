@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
-use prompt2model::dataset_generator::Example;
+use prompt2model::data::examples::Example;
 use prompt2model::prompt_parser::{
     detect_language, format_demonstrations, parse_deterministic, parse_prompt, parse_with_teacher, translate_instruction, Language,
     ParseError, ParseMode, ParsedPrompt, ParserConfig,

@@ -35,7 +35,7 @@ fn reports_are_written_whole_with_manifest_and_figures() {
     let reports = tempfile::tempdir().unwrap();
     let mut registry = common::mirror_registry(cache.path());
     registry.paths.reports = reports.path().to_path_buf();
-    let dir = table1::run(&registry, prompt2model::tables::Source::Recorded).unwrap();
+    let dir = table1::run_recorded(&registry).unwrap();
     for f in ["table1.parquet", "table1.csv", "table1.md", "table1.tex", "table1_long.parquet", "table1.png", "table1.svg", "manifest.json", "README.md"] {
         let p = dir.join(f);
         assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 0, "{f} missing or empty");
@@ -47,11 +47,11 @@ fn reports_are_written_whole_with_manifest_and_figures() {
     let tex = std::fs::read_to_string(dir.join("table1.tex")).unwrap();
     assert!(tex.contains("\\toprule") && tex.contains("gpt-3.5-turbo"));
     // Re-running replaces the report atomically and leaves no staging folders behind.
-    table1::run(&registry, prompt2model::tables::Source::Recorded).unwrap();
+    table1::run_recorded(&registry).unwrap();
     let names: Vec<String> = std::fs::read_dir(reports.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["table1"]);
 
-    let dir3 = table3::run(&registry, prompt2model::tables::Source::Recorded).unwrap();
+    let dir3 = table3::run_recorded(&registry).unwrap();
     for f in ["table3.parquet", "table3_models.csv", "table3.png", "table3.svg", "manifest.json"] {
         assert!(dir3.join(f).is_file(), "{f} missing");
     }

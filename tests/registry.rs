@@ -6,7 +6,8 @@ use crate::common;
 use std::fs;
 
 use prompt2model::config::Paths;
-use prompt2model::registry::{sha256_file, DataError, Origin, Registry};
+use prompt2model::data::registry::{DataError, Origin, Registry};
+use prompt2model::util::fs::sha256_file;
 
 #[test]
 fn every_registered_dataset_resolves_from_the_mirror_with_matching_hashes() {
@@ -133,7 +134,7 @@ fn downloads_retry_transient_errors_verify_and_land_atomically() {
     // A second resolution is served by the cache.
     let again = registry.resolve_file("tiny/t.json").unwrap();
     assert_eq!(again.origin, Origin::Cache);
-    let loaded = prompt2model::datasets::load_dataset(&registry, "tiny").unwrap();
+    let loaded = prompt2model::data::loaders::load_dataset(&registry, "tiny").unwrap();
     assert_eq!(loaded.frame.height(), 1);
 }
 
@@ -167,7 +168,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn the_task_prompts_are_the_papers_verbatim() {
-    let tasks = prompt2model::tasks::load_tasks(&common::repo_root().join("data")).unwrap();
+    let tasks = prompt2model::data::tasks::load_tasks(&common::repo_root().join("data")).unwrap();
     assert_eq!(tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["squad", "temporal", "mconala"]);
     let md = fs::read_to_string(common::mirror().join("prompt2model/prompt_examples.md")).unwrap();
     for t in &tasks {
@@ -198,5 +199,5 @@ fn a_dataset_with_a_hub_source_is_fetched_with_hf_hub() {
     assert_eq!(r.origin, Origin::Hub { repo: "org/tiny".into() });
     assert_eq!(fs::read(&r.local).unwrap(), body);
     assert!(seen.lock().unwrap().iter().any(|p| p.contains("datasets/org/tiny/resolve/main/tiny/t.json")), "{:?}", seen.lock().unwrap());
-    assert_eq!(prompt2model::datasets::load_dataset(&registry, "tiny").unwrap().frame.height(), 1);
+    assert_eq!(prompt2model::data::loaders::load_dataset(&registry, "tiny").unwrap().frame.height(), 1);
 }

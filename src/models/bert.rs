@@ -486,9 +486,9 @@ impl BertEncoder {
     }
 
     /// Resolve a registered model (verified files in the cache) and load it.
-    pub fn from_registry(registry: &crate::models::weights::ModelRegistry, id: &str, device: Device) -> Result<Self> {
+    pub fn from_registry(registry: &crate::models::registry::ModelRegistry, id: &str, device: Device) -> Result<Self> {
         let entry = registry.model(id)?;
-        if entry.family != crate::models::weights::Family::Bert {
+        if entry.family != crate::models::registry::Family::Bert {
             bail!("model `{}` is of family {:?}, not a BERT-family encoder", entry.id, entry.family);
         }
         let resolved = registry.resolve(id)?;
@@ -500,7 +500,7 @@ impl BertEncoder {
     /// The registry's sentence-embedding settings for a model (`max_seq_length`, `pooling`,
     /// `normalize`), over what its folder says: repos that are not sentence-transformers folders
     /// (DataFinder's tevatron encoder) carry no pooling files.
-    pub fn apply_entry(&mut self, entry: &crate::models::weights::ModelEntry) -> Result<()> {
+    pub fn apply_entry(&mut self, entry: &crate::models::registry::ModelEntry) -> Result<()> {
         if let Some(n) = entry.max_seq_length {
             self.set_max_length(n)?;
         }

@@ -23,7 +23,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::gguf::{reverse_rope_permutation, GgufFile};
-use super::sampling::{apply_repetition_penalty, select, SamplingConfig, SeededRng};
+use super::sampling::{apply_repetition_penalty, select, SamplingConfig};
+use crate::util::rng::SplitMix64;
 
 /// The hyper-parameters of a llama-family decoder.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -686,7 +687,7 @@ impl Llama {
         let mut seen: Vec<Vec<i64>> = rows.iter().map(|r| r.prompt.clone()).collect();
         let mut forced: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); b];
         let mut finished = vec![false; b];
-        let mut rngs: Vec<SeededRng> = generators.iter().map(|g| SeededRng::new(g.seed)).collect();
+        let mut rngs: Vec<SplitMix64> = generators.iter().map(|g| SplitMix64::new(g.seed)).collect();
         for step in 0..max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
             let (positions, key_mask) = if step == 0 {

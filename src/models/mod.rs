@@ -20,7 +20,7 @@ pub mod sampling;
 pub mod seq2seq;
 pub mod t5;
 pub mod torch_pickle;
-pub mod weights;
+pub mod registry;
 
 /// The device every model uses by default: the first CUDA device when libtorch sees one.
 pub fn default_device() -> tch::Device {

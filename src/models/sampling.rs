@@ -8,6 +8,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::util::rng::SplitMix64;
+
 /// Generation settings. `temperature == 0` means greedy.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingConfig {
@@ -31,29 +33,6 @@ impl SamplingConfig {
     }
 }
 
-/// SplitMix64: tiny, fast and fully determined by its seed.
-#[derive(Debug, Clone)]
-pub struct SeededRng(u64);
-
-impl SeededRng {
-    pub fn new(seed: u64) -> Self {
-        SeededRng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Penalise every token id already in `seen` (prompt and generated tokens, as transformers'
 /// `RepetitionPenaltyLogitsProcessor` does with `input_ids`): a positive logit is divided by the
 /// penalty, a negative one multiplied, so the token always becomes less likely.
@@ -73,7 +52,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[i64], penalty: f64) 
 }
 
 /// Choose the next token from one row of logits (penalty already applied).
-pub fn select(logits: &[f32], cfg: &SamplingConfig, rng: &mut SeededRng) -> i64 {
+pub fn select(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> i64 {
     if cfg.temperature <= 0.0 {
         return argmax(logits);
     }
@@ -119,7 +98,7 @@ fn argmax(logits: &[f32]) -> i64 {
 
 /// Apply the penalty and select, for every row of `[batch, vocab]` logits. `seen[b]` holds the ids
 /// row `b` has seen so far; rows in `finished` are skipped (their entry is `pad_id`).
-pub fn select_batch(logits: &Tensor, seen: &[Vec<i64>], finished: &[bool], pad_id: i64, cfg: &SamplingConfig, rng: &mut SeededRng) -> Vec<i64> {
+pub fn select_batch(logits: &Tensor, seen: &[Vec<i64>], finished: &[bool], pad_id: i64, cfg: &SamplingConfig, rng: &mut SplitMix64) -> Vec<i64> {
     let logits = logits.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
     let (batch, vocab) = logits.size2().expect("[batch, vocab] logits");
     let flat: Vec<f32> = Vec::<f32>::try_from(logits.view([-1])).expect("f32 logits");
@@ -149,7 +128,7 @@ mod tests {
 
     #[test]
     fn greedy_and_top_p() {
-        let mut rng = SeededRng::new(7);
+        let mut rng = SplitMix64::new(7);
         let logits = [0.0f32, 5.0, 1.0];
         assert_eq!(select(&logits, &SamplingConfig::greedy(1), &mut rng), 1);
         // A tiny nucleus keeps only the most likely token, whatever the draw.
@@ -160,7 +139,7 @@ mod tests {
         // Sampling is a function of the seed.
         let cfg = SamplingConfig { temperature: 1.5, top_p: 1.0, ..Default::default() };
         let draw = |seed| {
-            let mut r = SeededRng::new(seed);
+            let mut r = SplitMix64::new(seed);
             (0..32).map(|_| select(&logits, &cfg, &mut r)).collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));

@@ -21,7 +21,8 @@ use std::path::Path;
 use anyhow::Context;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use crate::models::sampling::{select_batch, SamplingConfig, SeededRng};
+use crate::models::sampling::{select_batch, SamplingConfig};
+use crate::util::{rng::fnv1a64, rng::SplitMix64};
 
 /// Label value that the loss ignores (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -164,7 +165,7 @@ pub fn seq2seq_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// Returns, per row, the generated tokens *after* the decoder start token, up to and including EOS
 /// when the row produced it (no padding). Rows stop independently at EOS; the loop stops when all
 /// rows have or after `cfg.max_new_tokens` steps. Greedy when `cfg.temperature == 0`, otherwise
-/// seeded temperature/top-p sampling (one [`SeededRng`] for the batch, drawn row by row).
+/// seeded temperature/top-p sampling (one [`SplitMix64`] for the batch, drawn row by row).
 pub fn generate<M: Seq2SeqModel + ?Sized>(model: &M, input_ids: &Tensor, attention_mask: &Tensor, cfg: &SamplingConfig) -> Vec<Vec<i64>> {
     tch::no_grad(|| {
         let device = model.device();
@@ -182,7 +183,7 @@ pub fn generate<M: Seq2SeqModel + ?Sized>(model: &M, input_ids: &Tensor, attenti
         // decoder start token (for T5 that is the pad id, which therefore gets penalised too).
         let mut seen: Vec<Vec<i64>> = vec![vec![tokens.decoder_start]; batch];
         let mut finished = vec![false; batch];
-        let mut rng = SeededRng::new(cfg.seed);
+        let mut rng = SplitMix64::new(cfg.seed);
         let mut next = Tensor::full([batch as i64, 1], tokens.decoder_start, (Kind::Int64, device));
         for _ in 0..cfg.max_new_tokens {
             let logits = model.decode_step(&next, &encoder_states, &attention_mask, &mut cache);
@@ -392,26 +393,16 @@ pub fn gelu_new(x: &Tensor) -> Tensor {
     x * 0.5 * (inner.tanh() + 1.0)
 }
 
-/// FNV-1a (64-bit) of a byte string: keys a parameter's random stream by its name.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// Deterministic `N(0, std^2)` f32 values for the parameter `name`, independent of libtorch's global
 /// generator (which other threads, e.g. parallel tests, also draw from) and of the device.
 ///
-/// The stream is [`SeededRng`] (SplitMix64) seeded with `seed ^ fnv1a64(name)`; consecutive pairs of
+/// The stream is [`SplitMix64`] (SplitMix64) seeded with `seed ^ fnv1a64(name)`; consecutive pairs of
 /// uniforms `u1, u2` give, by Box-Muller, `r = sqrt(-2 ln(1 - u1))`, `t = 2 pi u2`, the values
 /// `f32(std * r * cos t)` and `f32(std * r * sin t)`, in that order, filling the tensor row-major.
 /// `scripts/parity/make_seq2seq_fixtures.py` (`seeded_normal`) computes the same numbers with numpy.
 pub fn seeded_normal(shape: &[i64], std: f64, seed: u64, name: &str) -> Tensor {
     let n = shape.iter().product::<i64>() as usize;
-    let mut rng = SeededRng::new(seed ^ fnv1a64(name.as_bytes()));
+    let mut rng = SplitMix64::new(seed ^ fnv1a64(name.as_bytes()));
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
         let (u1, u2) = (rng.next_f64(), rng.next_f64());

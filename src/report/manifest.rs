@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::registry::ResolvedFile;
+use crate::data::registry::ResolvedFile;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {

@@ -115,7 +115,7 @@ fn flatten_lists(df: &DataFrame) -> Result<DataFrame> {
     let mut cols = Vec::with_capacity(df.width());
     for c in df.columns() {
         if matches!(c.dtype(), DataType::List(_)) {
-            let lists = crate::datasets::string_list_column(df, c.name())?;
+            let lists = crate::data::loaders::string_list_column(df, c.name())?;
             cols.push(Column::new(c.name().clone(), lists.iter().map(|l| l.join(" || ")).collect::<Vec<_>>()));
         } else {
             cols.push(c.clone());
@@ -152,13 +152,9 @@ pub fn tex_escape(s: &str) -> String {
 /// Writes a frame as parquet, atomically (a temp file beside `path`, then a rename), creating the
 /// folder if needed.
 pub fn write_parquet_atomic(frame: &DataFrame, path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut frame = frame.clone();
-    ParquetWriter::new(tmp.as_file()).finish(&mut frame).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::util::fs::write_atomic_with(path, |file| ParquetWriter::new(file).finish(&mut frame).map(|_| ()).map_err(std::io::Error::other))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A complete report: tables, notes, figures and the manifest of the run that made it.
@@ -176,30 +172,21 @@ impl Report {
     /// Write everything into `<reports_dir>/<name>/`, atomically replacing an older report.
     /// `draw_figures` draws into the new folder and returns the file names it wrote.
     pub fn write(&self, reports_dir: &Path, draw_figures: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<PathBuf> {
-        fs::create_dir_all(reports_dir).with_context(|| format!("creating {}", reports_dir.display()))?;
-        let staging = tempfile::Builder::new().prefix(&format!(".{}.partial-", self.name)).tempdir_in(reports_dir)?;
-        let dir = staging.path();
-        let mut files = Vec::new();
-        for t in &self.tables {
-            files.extend(t.write_files(dir)?);
-        }
-        let figures = draw_figures(dir)?;
-        files.extend(figures.iter().cloned());
-        let mut manifest = self.manifest.clone();
-        manifest.files = files;
-        fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
-        fs::write(dir.join("README.md"), self.markdown(&figures, &manifest))?;
-
         let target = reports_dir.join(&self.name);
-        let staged = staging.keep();
-        if target.exists() {
-            let old = reports_dir.join(format!(".{}.old-{}", self.name, std::process::id()));
-            fs::rename(&target, &old)?;
-            fs::rename(&staged, &target)?;
-            fs::remove_dir_all(&old)?;
-        } else {
-            fs::rename(&staged, &target)?;
-        }
+        crate::util::fs::write_dir_atomic(&target, |dir: &Path| -> Result<()> {
+            let mut files = Vec::new();
+            for t in &self.tables {
+                files.extend(t.write_files(dir)?);
+            }
+            let figures = draw_figures(dir)?;
+            files.extend(figures.iter().cloned());
+            let mut manifest = self.manifest.clone();
+            manifest.files = files;
+            fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+            fs::write(dir.join("README.md"), self.markdown(&figures, &manifest))?;
+            Ok(())
+        })
+        .with_context(|| format!("writing the report {}", target.display()))?;
         Ok(target)
     }
 

@@ -2,12 +2,9 @@
 //!
 //! Why not JSON: the model index holds millions of postings; a flat binary file loads in
 //! milliseconds. Every file starts with a magic string and a format version, and is written to a
-//! temporary file in the target folder and renamed into place ([`write_atomically`]), so readers
+//! temporary file in the target folder and renamed into place ([`crate::util::fs::write_atomic`]), so readers
 //! see either the old file or the complete new one.
 
-use std::fs;
-use std::io::Write;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -98,16 +95,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("cache files have a parent folder")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().ok();
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

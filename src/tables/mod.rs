@@ -4,21 +4,14 @@
 pub mod table1;
 pub mod table2;
 pub mod table3;
+pub mod retrieval;
 
 use anyhow::{Context, Result};
 
-use crate::datasets::{self, HfDisk};
+use crate::data::loaders::{self, HfDisk};
 use crate::evaluator::{self, Metric, Score};
-use crate::recorded::RecordedRun;
-use crate::registry::{Registry, ResolvedFile};
-
-/// Where a table's numbers come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// Re-score the paper authors' recorded outputs against the real test sets.
-    Recorded,
-}
+use crate::data::recorded::RecordedRun;
+use crate::data::registry::{Registry, ResolvedFile};
 
 /// Predictions and references of a recorded prediction folder (columns `output`, `output_col`).
 pub struct RecordedPredictions {
@@ -29,18 +22,18 @@ pub struct RecordedPredictions {
 }
 
 pub fn load_recorded_predictions(registry: &Registry, folder: &str) -> Result<RecordedPredictions> {
-    let (disk, local, files) = datasets::load_registered_hf_disk(registry, folder)?;
+    let (disk, local, files) = loaders::load_registered_hf_disk(registry, folder)?;
     let frame = match disk {
         HfDisk::Dataset(df) => df,
         HfDisk::Dict(_) => anyhow::bail!("{}: expected a single dataset of predictions, found a DatasetDict", local.display()),
     };
-    let common = datasets::p2m_to_common(&frame, &local)?;
-    let predictions = datasets::string_column(&common, datasets::PREDICTION)
+    let common = loaders::p2m_to_common(&frame, &local)?;
+    let predictions = loaders::string_column(&common, loaders::PREDICTION)
         .with_context(|| format!("{}: no `output` (prediction) column", local.display()))?;
     Ok(RecordedPredictions {
         predictions,
-        references: datasets::string_list_column(&common, datasets::REFERENCES)?,
-        inputs: datasets::string_column(&common, datasets::INPUT)?,
+        references: loaders::string_list_column(&common, loaders::REFERENCES)?,
+        inputs: loaders::string_column(&common, loaders::INPUT)?,
         files,
     })
 }

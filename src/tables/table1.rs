@@ -9,14 +9,14 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use serde::Serialize;
 
-use super::{load_recorded_predictions, round2, score_recorded, Source};
-use crate::datasets::{self, HfDisk};
+use super::{load_recorded_predictions, round2, score_recorded};
+use crate::data::loaders::{self, HfDisk};
 use crate::evaluator::{self, Metric};
-use crate::recorded::{self, TestSet, GPT_BASELINE};
-use crate::registry::Registry;
+use crate::data::recorded::{self, TestSet, GPT_BASELINE};
+use crate::data::registry::Registry;
 use crate::report::figures::{BarGroup, BarPanel};
 use crate::report::{Manifest, Report, ReportTable};
-use crate::tasks::{self, Task};
+use crate::data::tasks::{self, Task};
 
 /// One reproduced (or missing) cell of Table 1.
 #[derive(Debug, Clone, Serialize)]
@@ -55,17 +55,17 @@ fn em_from_result_file(text: &str, key: &str) -> Vec<f64> {
 /// Re-score Table 1 from the recorded runs.
 pub fn recorded(registry: &Registry) -> Result<Table1> {
     let tasks = tasks::load_tasks(&registry.paths.data)?;
-    let paper = tasks::load_paper_results(&registry.paths.data)?;
-    let mut manifest = Manifest::new("table1", &registry.paths.root, serde_json::json!({ "source": Source::Recorded }));
+    let paper = crate::data::paper::load_paper_results(&registry.paths.data)?;
+    let mut manifest = Manifest::new("table1", &registry.paths.root, serde_json::json!({ "source": "recorded" }));
     let mut cells = Vec::new();
     let mut notes = Vec::new();
     let paper_value = |system: &str, task: &str| paper.table1.row.iter().find(|r| r.system == system).and_then(|r| r.value(task));
 
     for task in &tasks {
         let metric = task.metric();
-        let test = datasets::load_dataset(registry, &task.test_dataset)?;
+        let test = loaders::load_dataset(registry, &task.test_dataset)?;
         manifest.add_inputs(test.files.clone());
-        let gold = datasets::string_list_column(&test.frame, datasets::REFERENCES)?;
+        let gold = loaders::string_list_column(&test.frame, loaders::REFERENCES)?;
 
         // --- gpt-3.5-turbo -------------------------------------------------------------------
         let result_txt = format!("{GPT_BASELINE}/results/{}.txt", task.recorded_name);
@@ -75,10 +75,10 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
         if task.id == "squad" {
             // SQuAD's gpt-3.5-turbo outputs are stored alone, in SQuAD dev order.
             let folder = format!("{GPT_BASELINE}/gpt_output");
-            let (disk, local, files) = datasets::load_registered_hf_disk(registry, &folder)?;
+            let (disk, local, files) = loaders::load_registered_hf_disk(registry, &folder)?;
             manifest.add_inputs(files);
             let HfDisk::Dataset(frame) = disk else { bail!("{}: expected one dataset", local.display()) };
-            let outputs = datasets::string_column(&frame, "output")?;
+            let outputs = loaders::string_column(&frame, "output")?;
             if outputs.len() != gold.len() {
                 bail!("{}: {} outputs for {} SQuAD dev questions", local.display(), outputs.len(), gold.len());
             }
@@ -343,11 +343,9 @@ impl Table1 {
     }
 }
 
-/// Run the table and write its report; returns the report folder.
-pub fn run(registry: &Registry, source: Source) -> Result<std::path::PathBuf> {
-    let table = match source {
-        Source::Recorded => recorded(registry)?,
-    };
+/// Re-score the authors' recorded runs and write the report; returns the report folder.
+pub fn run_recorded(registry: &Registry) -> Result<std::path::PathBuf> {
+    let table = recorded(registry)?;
     let report = table.report()?;
     let panels = table.bar_panels();
     report

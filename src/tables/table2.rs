@@ -24,14 +24,15 @@ use polars::prelude::{Column, DataFrame, IdxCa, IdxSize, PolarsResult};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::datasets::{self, HfDisk};
+use crate::data::loaders::{self, HfDisk};
 use crate::evaluator::{self, Metric};
 use crate::executor::{self, ExecutorConfig};
-use crate::models::weights::ModelRegistry;
-use crate::registry::{Registry, ResolvedFile};
+use crate::models::registry::ModelRegistry;
+use crate::data::registry::{Registry, ResolvedFile};
 use crate::report::figures::{self, BarGroup, BarPanel};
 use crate::report::{Manifest, Report, ReportTable};
-use crate::teacher::{estimate_tokens, Pricing, SplitMix64};
+use crate::teacher::{estimate_tokens, Pricing};
+use crate::util::rng::SplitMix64;
 use crate::trainer::{self, StepLog, Student, StudentSpec, TextPair, TrainConfig, Trainer};
 
 /// The authors' generated SQuAD training data (gpt-3.5-turbo, temperatures 0.3→1.4, filtered).
@@ -81,9 +82,9 @@ fn retrieved_rows(registry: &Registry, registry_id: &str) -> Result<(Pairs, Vec<
     let (splits, files) = crate::dataset_retriever::load_raw(registry, registry_id)?;
     let mut rows = Vec::new();
     for split in &splits {
-        let frame = crate::dataset_retriever::textualize(split, &choice, usize::MAX)?;
-        let inputs = datasets::string_column(&frame, datasets::INPUT)?;
-        let refs = datasets::string_list_column(&frame, datasets::REFERENCES)?;
+        let frame = crate::dataset_retriever::columns_as_text(split, &choice, usize::MAX)?;
+        let inputs = loaders::string_column(&frame, loaders::INPUT)?;
+        let refs = loaders::string_list_column(&frame, loaders::REFERENCES)?;
         rows.extend(inputs.into_iter().zip(refs).map(|(i, r)| (i, r.into_iter().next().unwrap_or_default())));
     }
     Ok((rows, files))
@@ -95,7 +96,7 @@ fn choose_retrieved(registry: &Registry, setting: &str, instruction: &str, progr
         let note = format!("Retrieval arm: dataset `{setting}` as configured by the scale ({} rows).", rows.len());
         return Ok(Retrieved { rows, registry_id: setting.to_string(), note, files });
     }
-    let (retriever, _) = crate::retrieve_cli::open_dataset_retriever(&registry.paths, None, progress)?;
+    let (retriever, _) = crate::dataset_retriever::open_dataset_retriever(&registry.paths, None, progress)?;
     let ranked = retriever.retrieve(instruction, None)?;
     let chosen = ranked
         .iter()
@@ -221,20 +222,20 @@ fn slug(arm: &str) -> String {
 
 /// `(input, output)` rows of a recorded `save_to_disk` folder (columns `input_col`, `output_col`).
 fn recorded_pairs(registry: &Registry, folder: &str) -> Result<(Pairs, Vec<ResolvedFile>)> {
-    let (disk, local, files) = datasets::load_registered_hf_disk(registry, folder)?;
+    let (disk, local, files) = loaders::load_registered_hf_disk(registry, folder)?;
     let frame = match disk {
         HfDisk::Dataset(df) => df,
         HfDisk::Dict(mut d) => d.remove("train").with_context(|| format!("{}: a DatasetDict without a train split", local.display()))?,
     };
-    let inputs = datasets::string_column(&frame, "input_col").with_context(|| format!("{}: no `input_col` column", local.display()))?;
-    let outputs = datasets::string_column(&frame, "output_col").with_context(|| format!("{}: no `output_col` column", local.display()))?;
+    let inputs = loaders::string_column(&frame, "input_col").with_context(|| format!("{}: no `input_col` column", local.display()))?;
+    let outputs = loaders::string_column(&frame, "output_col").with_context(|| format!("{}: no `output_col` column", local.display()))?;
     Ok((inputs.into_iter().zip(outputs).collect(), files))
 }
 
 /// Seeded draw of `n` train + `v` validation rows (fewer if the source is smaller).
 /// The row indices of the draw: `(train, validation)`.
 fn draw_indices(len: usize, n: usize, v: usize, seed: u64, tag: &str) -> (Vec<usize>, Vec<usize>) {
-    let mut rng = SplitMix64::new(seed ^ crate::models::seq2seq::fnv1a64(tag.as_bytes()));
+    let mut rng = SplitMix64::new(seed ^ crate::util::rng::fnv1a64(tag.as_bytes()));
     let mut idx: Vec<usize> = (0..len).collect();
     rng.shuffle(&mut idx);
     let validation = idx[n.min(len)..(n + v).min(len)].to_vec();
@@ -267,10 +268,10 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         .get(&opts.scale)
         .with_context(|| format!("no scale `{}` in {} (have: {})", opts.scale, data_dir.join("table2_scales.toml").display(), scales.keys().cloned().collect::<Vec<_>>().join(", ")))?
         .clone();
-    let tasks = crate::tasks::load_tasks(data_dir)?;
-    let squad_task = crate::tasks::find(&tasks, "squad").context("data/tasks.toml has no `squad` task")?;
+    let tasks = crate::data::tasks::load_tasks(data_dir)?;
+    let squad_task = crate::data::tasks::find(&tasks, "squad").context("data/tasks.toml has no `squad` task")?;
     let instruction = squad_task.instruction.clone();
-    let paper = crate::tasks::load_paper_results(data_dir)?.table2;
+    let paper = crate::data::paper::load_paper_results(data_dir)?.table2;
     let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| registry.paths.cache.join("runs/table2").join(&opts.scale));
     let mut manifest = Manifest::new(
         "table2",
@@ -280,13 +281,13 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let mut notes = vec![format!("Scale `{}`: {}.", opts.scale, scale.description)];
 
     // --- SQuAD: annotation pool and held-out test set, split by article ---------------------------
-    let squad = datasets::load_dataset(registry, SQUAD_DATASET)?;
+    let squad = loaders::load_dataset(registry, SQUAD_DATASET)?;
     manifest.add_inputs(squad.files.clone());
     let frame = &squad.frame;
-    let titles = datasets::string_column(frame, "title")?;
-    let contexts = datasets::string_column(frame, "context")?;
-    let inputs = datasets::string_column(frame, datasets::INPUT)?;
-    let references = datasets::string_list_column(frame, datasets::REFERENCES)?;
+    let titles = loaders::string_column(frame, "title")?;
+    let contexts = loaders::string_column(frame, "context")?;
+    let inputs = loaders::string_column(frame, loaders::INPUT)?;
+    let references = loaders::string_list_column(frame, loaders::REFERENCES)?;
     let (pool_idx, mut test_idx) = split_by_article(&titles, opts.seed);
     let test_articles: BTreeSet<&String> = test_idx.iter().map(|&i| &titles[i]).collect();
     let all_test = test_idx.len();
@@ -295,7 +296,7 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         test_idx.truncate(scale.test_examples);
         test_idx.sort();
     }
-    let test_frame = frame.take(&IdxCa::from_vec("idx".into(), test_idx.iter().map(|&i| i as IdxSize).collect()))?.select([datasets::ID, datasets::INPUT, datasets::REFERENCES])?;
+    let test_frame = frame.take(&IdxCa::from_vec("idx".into(), test_idx.iter().map(|&i| i as IdxSize).collect()))?.select([loaders::ID, loaders::INPUT, loaders::REFERENCES])?;
     notes.push(format!(
         "Only the SQuAD v1.1 dev set is available here. Its {} articles are split in two (seed {}): {} questions of {} articles form the annotation pool, {} questions of {} articles the held-out test set; {} of these are evaluated. No arm trains on a held-out article.",
         titles.iter().collect::<BTreeSet<_>>().len(),
@@ -319,7 +320,7 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         }
         GeneratedSource::Dir(dir) => {
             let path = dir.join(crate::dataset_generator::EXAMPLES_FILE);
-            let examples = crate::dataset_generator::read_examples_jsonl(&path).with_context(|| format!("reading generated examples {}", path.display()))?;
+            let examples = crate::data::examples::read_examples_jsonl(&path).with_context(|| format!("reading generated examples {}", path.display()))?;
             let log_path = dir.join(crate::dataset_generator::LOG_FILE);
             let log: Option<crate::dataset_generator::GenerationLog> = std::fs::read_to_string(&log_path).ok().and_then(|t| serde_json::from_str(&t).ok());
             let cost = log.as_ref().map(|l| l.cost_usd);
@@ -355,8 +356,8 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
 
     // Task ids as the reference: generated data is task 0, retrieved data task 1. Annotated SQuAD
     // stands in for a user's own data: task 0, the task the student is asked to do at test time.
-    let gen_pairs = |rows: &[(String, String)]| trainer::textualise(0, &instruction, rows);
-    let ret_pairs = |rows: &[(String, String)]| trainer::textualise(1, &instruction, rows);
+    let gen_pairs = |rows: &[(String, String)]| trainer::apply_template(0, &instruction, rows);
+    let ret_pairs = |rows: &[(String, String)]| trainer::apply_template(1, &instruction, rows);
     let pricing = Pricing::for_model(&cost_model.recorded_teacher);
     let gen_cost = |rows: &[(String, String)]| -> (Option<f64>, String) {
         match (&opts.generated, generated_cost) {
@@ -416,8 +417,8 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         let summary = trainer.train(&arm.train, &arm.validation).with_context(|| format!("training the `{}` arm", arm.name))?;
         let predicted = executor::predict_frame(&student, &instruction, &test_frame, &scale.executor).with_context(|| format!("predicting with the `{}` arm", arm.name))?;
         crate::report::write_parquet_atomic(&predicted, &arm_dir.join("predictions.parquet"))?;
-        let preds = datasets::string_column(&predicted, datasets::PREDICTION)?;
-        let refs = datasets::string_list_column(&predicted, datasets::REFERENCES)?;
+        let preds = loaders::string_column(&predicted, loaders::PREDICTION)?;
+        let refs = loaders::string_list_column(&predicted, loaders::REFERENCES)?;
         let em_squad = evaluator::score(Metric::ExactMatchSquad, &preds, &refs)?;
         let em_raw = evaluator::score(Metric::ExactMatch, &preds, &refs)?;
         let chrf = evaluator::score(Metric::ChrfPlusPlus, &preds, &refs)?;

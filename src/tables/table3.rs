@@ -11,14 +11,14 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::Serialize;
 
-use super::{round2, score_recorded, Source};
+use super::{round2, score_recorded};
 use crate::evaluator::kendall::{kendall_tau_b, KendallTau};
 use crate::evaluator::Metric;
-use crate::recorded::{self, RecordedRun, TestSet};
-use crate::registry::Registry;
+use crate::data::recorded::{self, RecordedRun, TestSet};
+use crate::data::registry::Registry;
 use crate::report::figures::{ScatterPanel, ScatterPoint};
 use crate::report::{Manifest, Report, ReportTable};
-use crate::tasks::{self, Task};
+use crate::data::tasks::{self, Task};
 
 /// One model × setting with scores on both test sets.
 #[derive(Debug, Clone, Serialize)]
@@ -68,8 +68,8 @@ fn preference(config: &str, post_filter: bool) -> (u8, u8) {
 
 pub fn recorded(registry: &Registry) -> Result<Table3> {
     let tasks = tasks::load_tasks(&registry.paths.data)?;
-    let paper = tasks::load_paper_results(&registry.paths.data)?;
-    let mut manifest = Manifest::new("table3", &registry.paths.root, serde_json::json!({ "source": Source::Recorded, "selection": "per model: without post-filter, then 0.3_1.4_with_filtering, then default" }));
+    let paper = crate::data::paper::load_paper_results(&registry.paths.data)?;
+    let mut manifest = Manifest::new("table3", &registry.paths.root, serde_json::json!({ "source": "recorded", "selection": "per model: without post-filter, then 0.3_1.4_with_filtering, then default" }));
     let runs = recorded::discover(registry);
     let mut pairs = Vec::new();
     let mut results = Vec::new();
@@ -243,10 +243,9 @@ impl Table3 {
     }
 }
 
-pub fn run(registry: &Registry, source: Source) -> Result<std::path::PathBuf> {
-    let table = match source {
-        Source::Recorded => recorded(registry)?,
-    };
+/// Re-score the authors' recorded runs and write the report; returns the report folder.
+pub fn run_recorded(registry: &Registry) -> Result<std::path::PathBuf> {
+    let table = recorded(registry)?;
     let report = table.report()?;
     let panels = table.scatter_panels();
     report

@@ -55,7 +55,7 @@ impl LocalTeacher {
 
     /// The registry's offline default teacher (SmolLM2-135M-Instruct, GGUF Q4_1).
     pub fn offline_default(max_calls: Option<u64>) -> anyhow::Result<Self> {
-        let registry = crate::models::weights::ModelRegistry::from_env()?;
+        let registry = crate::models::registry::ModelRegistry::from_env()?;
         let path = registry.resolve_main_file(DEFAULT_TEACHER)?;
         Self::load(&path, DEFAULT_TEACHER, max_calls)
     }

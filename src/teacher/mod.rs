@@ -8,12 +8,14 @@
 //! - [`Accounting`]: run accounting shared by the backends: calls, HTTP attempts, retries, tokens
 //!   in/out, cost ([`Pricing`] per model) and the max-API-calls budget
 //!   ([`TeacherError::BudgetExhausted`]; the caller keeps what it has).
-//! - Small shared helpers: a seeded RNG ([`SplitMix64`]), a token estimate ([`estimate_tokens`]) and
-//!   secret redaction ([`redact`]).
+//! - [`settings::TeacherSettings`]: which teacher answers, as data; every command builds its teacher
+//!   through it, so the defaults (80 requests a minute) are the same everywhere.
+//! - Small shared helpers: a token estimate ([`estimate_tokens`]) and secret redaction ([`redact`]).
 
 pub mod cache;
 pub mod local;
 pub mod openai;
+pub mod settings;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheMode, CachedTeacher};
 pub use openai::{OpenAiConfig, OpenAiTeacher};
+pub use settings::{TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE};
 
 // ---------------------------------------------------------------------------------------------
 // Requests and responses
@@ -473,69 +476,6 @@ impl Accounting {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// SplitMix64 (Steele, Lea & Flood 2014): the seeded RNG for every random choice of the data
-/// generator, so that runs are reproducible and resumable (the state is one `u64`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitMix64 {
-    pub state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `0..bound` (`bound > 0`), without modulo bias.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0, "SplitMix64::below(0)");
-        let zone = u64::MAX - u64::MAX % bound;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % bound;
-            }
-        }
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range_inclusive(&mut self, lo: usize, hi: usize) -> usize {
-        assert!(lo <= hi);
-        lo + self.below((hi - lo + 1) as u64) as usize
-    }
-
-    /// `k` distinct indices of `0..n` in random order (partial Fisher–Yates).
-    pub fn sample_indices(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let k = k.min(n);
-        let mut idx: Vec<usize> = (0..n).collect();
-        for i in 0..k {
-            let j = i + self.below((n - i) as u64) as usize;
-            idx.swap(i, j);
-        }
-        idx.truncate(k);
-        idx
-    }
-
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below((i + 1) as u64) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
 /// Rough token count without a tokenizer: ~4 characters per token for ASCII text (the usual
 /// rule of thumb for GPT tokenizers), one token per non-ASCII character (CJK text is about one
 /// token per character in cl100k). Used for throttling estimates and the prompt-length cutoff;
@@ -592,15 +532,6 @@ pub fn redact(text: &str, secret: Option<&str>) -> String {
     out
 }
 
-/// At most `max_chars` characters of `text`, with a marker when cut.
-pub fn excerpt(text: &str, max_chars: usize) -> String {
-    let mut it = text.char_indices();
-    match it.nth(max_chars) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,22 +567,5 @@ mod tests {
         assert!(!r.contains("abcdefghijklmnop") && !r.contains("xyz123456789") && !r.contains("MYSECRETVALUE"), "{r}");
         assert_eq!(redact("sk-1 short", None), "sk-1 short");
         assert_eq!(redact("task-0123456789 stays", None), "task-0123456789 stays");
-    }
-
-    #[test]
-    fn rng_is_reproducible() {
-        let mut a = SplitMix64::new(7);
-        let mut b = SplitMix64::new(7);
-        assert_eq!((0..10).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..10).map(|_| b.next_u64()).collect::<Vec<_>>());
-        let s = a.sample_indices(10, 4);
-        assert_eq!(s.len(), 4);
-        let mut d = s.clone();
-        d.sort();
-        d.dedup();
-        assert_eq!(d.len(), 4);
-        for _ in 0..100 {
-            let x = a.range_inclusive(1, 3);
-            assert!((1..=3).contains(&x));
-        }
     }
 }

@@ -23,9 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::download::error_chain;
+use crate::util::rng::SplitMix64;
+use crate::util::text::excerpt;
 
 use super::{
-    estimate_tokens, excerpt, redact, Accounting, ChatRequest, ChatResponse, Choice, Pricing, SamplingParams, SplitMix64, Teacher,
+    estimate_tokens, redact, Accounting, ChatRequest, ChatResponse, Choice, Pricing, SamplingParams, Teacher,
     TeacherError, TeacherStats, Usage,
 };
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::models::seq2seq::IGNORE_INDEX;
-use crate::teacher::SplitMix64;
+use crate::util::rng::SplitMix64;
 use adamw::{AdamW, AdamWParams};
 pub use student::{Student, StudentSpec};
 
@@ -44,8 +44,9 @@ pub struct TextPair {
     pub target: String,
 }
 
-/// Textualises `(input, output)` rows of one dataset as task `task_id`.
-pub fn textualise(task_id: u32, instruction: &str, rows: &[(String, String)]) -> Vec<TextPair> {
+/// `(input, output)` rows of one dataset as the student's text-to-text pairs: each input wrapped
+/// in the template `<task {task_id}>{instruction}\nExample:\n{input}\nLabel:\n` ([`model_input`]).
+pub fn apply_template(task_id: u32, instruction: &str, rows: &[(String, String)]) -> Vec<TextPair> {
     rows.iter().map(|(i, o)| TextPair { source: model_input(task_id, instruction, i), target: o.clone() }).collect()
 }
 
@@ -458,7 +459,7 @@ impl<'a> Trainer<'a> {
             stopped_early,
             device: format!("{device:?}"),
         };
-        write_dir_atomically(&final_dir, |tmp| {
+        crate::util::fs::write_dir_atomic(&final_dir, |tmp| {
             self.student.save(tmp)?;
             write_json(&tmp.join("trainer_state.json"), &state)?;
             write_json(&tmp.join("training_config.json"), &cfg)?;
@@ -469,7 +470,7 @@ impl<'a> Trainer<'a> {
 
     fn write_checkpoint(&self, state: &TrainerState, optimizer: &AdamW) -> anyhow::Result<PathBuf> {
         let dir = self.output_dir.join("checkpoints").join(format!("step-{:08}", state.optimizer_step));
-        write_dir_atomically(&dir, |tmp| {
+        crate::util::fs::write_dir_atomic(&dir, |tmp| {
             self.student.save(tmp)?;
             let moments: Vec<(String, Tensor)> = optimizer.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
             Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors"))?;
@@ -535,24 +536,8 @@ pub fn latest_checkpoint(output_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(list_checkpoints(output_dir)?.pop())
 }
 
-/// Builds a directory under a temporary name beside `dir`, then renames it into place (replacing
-/// an older `dir`), so that no reader ever sees it half-written.
-pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let parent = dir.parent().context("directory has no parent")?;
-    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dir.file_name().and_then(|n| n.to_str()).context("directory name")?;
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempdir_in(parent)?;
-    fill(tmp.path())?;
-    let kept = tmp.keep();
-    if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
-    }
-    fs::rename(&kept, dir).with_context(|| format!("renaming {} to {}", kept.display(), dir.display()))?;
-    Ok(())
-}
-
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    fs::write(path, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", path.display()))
+    crate::util::fs::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {

@@ -24,7 +24,7 @@ use crate::models::llama::Llama;
 use crate::models::sampling::SamplingConfig;
 use crate::models::seq2seq::{generate, load_into_var_store, read_safetensors_map, weights_file_in, Seq2SeqModel, IGNORE_INDEX};
 use crate::models::t5::T5ForConditionalGeneration;
-use crate::models::weights::ModelRegistry;
+use crate::models::registry::ModelRegistry;
 
 /// Which student to build (the `student` field of a scale or of `p2m train`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,37 @@ pub enum StudentSpec {
     },
     /// A model folder in the Hugging Face layout (T5 / flan-T5, BERT2BERT or llama-family).
     Pretrained { path: std::path::PathBuf },
+}
+
+impl std::str::FromStr for StudentSpec {
+    type Err = anyhow::Error;
+
+    /// `warm-start`, `decoder`, `tiny:HIDDEN:LAYERS:HEADS` or a model folder with `config.json`
+    /// (what `--student` takes).
+    fn from_str(s: &str) -> anyhow::Result<StudentSpec> {
+        use anyhow::Context;
+        if s == "warm-start" {
+            return Ok(StudentSpec::default());
+        }
+        if s == "decoder" {
+            return Ok(StudentSpec::Decoder { model: default_decoder() });
+        }
+        if let Some(rest) = s.strip_prefix("tiny:") {
+            let parts: Vec<i64> = rest
+                .split(':')
+                .map(|p| p.parse::<i64>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("student `{s}`: expected tiny:HIDDEN:LAYERS:HEADS"))?;
+            anyhow::ensure!(parts.len() == 3, "student `{s}`: expected tiny:HIDDEN:LAYERS:HEADS");
+            return Ok(StudentSpec::Tiny { tokenizer_of: default_encoder(), hidden: parts[0], layers: parts[1], heads: parts[2] });
+        }
+        let path = std::path::PathBuf::from(s);
+        anyhow::ensure!(
+            path.join("config.json").exists(),
+            "student `{s}`: not `warm-start`, `decoder`, `tiny:H:L:A`, or a model folder with config.json"
+        );
+        Ok(StudentSpec::Pretrained { path })
+    }
 }
 
 fn default_decoder() -> String {
@@ -182,7 +213,7 @@ impl Student {
     /// Token ids of `text`, at most `max_len`: encoder-decoder sources keep their head and the
     /// closing special token; decoder prompts keep their tail (the `Label:` cue is at the end).
     fn encode_one(&self, text: &str, max_len: usize) -> anyhow::Result<Vec<i64>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenising {:?}: {e}", crate::teacher::excerpt(text, 60)))?;
+        let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenising {:?}: {e}", crate::util::text::excerpt(text, 60)))?;
         let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         if ids.len() > max_len {
             match self.model {

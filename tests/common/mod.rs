@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use prompt2model::config::Paths;
-use prompt2model::registry::Registry;
+use prompt2model::data::registry::Registry;
 
 pub mod datasets_server;
 

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use prompt2model::data::examples::read_examples_jsonl;
+use prompt2model::executor::{self, ExecutorConfig};
+use prompt2model::models::registry::ModelRegistry;
+use prompt2model::trainer::{self, Student, StudentSpec, TextPair, Trainer};
 
-use crate::dataset_generator::read_examples_jsonl;
-use crate::executor::{self, ExecutorConfig};
-use crate::models::weights::ModelRegistry;
-use crate::retrieve_cli::InstructionArgs;
-use crate::trainer::{self, Student, StudentSpec, TextPair, Trainer};
+use crate::shared::InstructionArgs;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -85,24 +85,6 @@ pub struct PredictArgs {
     pub cpu: bool,
 }
 
-/// Parses `--student`.
-pub fn parse_student(s: &str) -> anyhow::Result<StudentSpec> {
-    if s == "warm-start" {
-        return Ok(StudentSpec::default());
-    }
-    if s == "decoder" {
-        return Ok(StudentSpec::Decoder { model: crate::teacher::local::DEFAULT_TEACHER.into() });
-    }
-    if let Some(rest) = s.strip_prefix("tiny:") {
-        let parts: Vec<i64> = rest.split(':').map(|p| p.parse::<i64>()).collect::<Result<_, _>>().with_context(|| format!("--student {s}: expected tiny:HIDDEN:LAYERS:HEADS"))?;
-        anyhow::ensure!(parts.len() == 3, "--student {s}: expected tiny:HIDDEN:LAYERS:HEADS");
-        return Ok(StudentSpec::Tiny { tokenizer_of: "all-MiniLM-L6-v2".into(), hidden: parts[0], layers: parts[1], heads: parts[2] });
-    }
-    let path = PathBuf::from(s);
-    anyhow::ensure!(path.join("config.json").exists(), "--student {s}: not `warm-start`, `decoder`, `tiny:H:L:A`, or a model folder with config.json");
-    Ok(StudentSpec::Pretrained { path })
-}
-
 fn read_pairs(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let examples = read_examples_jsonl(path).with_context(|| format!("{}: expected JSONL lines of {{\"input\": ..., \"output\": ...}}", path.display()))?;
     anyhow::ensure!(!examples.is_empty(), "{}: no examples", path.display());
@@ -110,7 +92,7 @@ fn read_pairs(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let instruction = args.instruction.text(&crate::config::Paths::from_env()?)?;
+    let instruction = args.instruction.text(&prompt2model::config::Paths::from_env()?)?;
     let mut cfg = match &args.config {
         Some(p) => trainer::load_train_config(p)?,
         None => trainer::TrainConfig::default(),
@@ -134,19 +116,19 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let mut parts = Vec::new();
     for p in &args.train {
-        parts.push(trainer::textualise(0, &instruction, &read_pairs(p)?));
+        parts.push(trainer::apply_template(0, &instruction, &read_pairs(p)?));
     }
     for p in &args.retrieved {
-        parts.push(trainer::textualise(1, &instruction, &read_pairs(p)?));
+        parts.push(trainer::apply_template(1, &instruction, &read_pairs(p)?));
     }
     let train_set = trainer::concatenate_and_shuffle(parts, cfg.seed);
     let validation: Vec<TextPair> = match &args.validation {
-        Some(p) => trainer::textualise(0, &instruction, &read_pairs(p)?),
+        Some(p) => trainer::apply_template(0, &instruction, &read_pairs(p)?),
         None => vec![],
     };
-    let device = if args.cpu { tch::Device::Cpu } else { crate::models::default_device() };
+    let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let models = ModelRegistry::from_env()?;
-    let mut student = Student::build(&parse_student(&args.student)?, &models, device, cfg.seed)?;
+    let mut student = Student::build(&args.student.parse::<StudentSpec>()?, &models, device, cfg.seed)?;
     let mut trainer = Trainer::new(cfg, &mut student, &args.out);
     trainer.label = "train".into();
     let summary = trainer.train(&train_set, &validation)?;
@@ -173,19 +155,19 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let instruction = args.instruction.text(&crate::config::Paths::from_env()?)?;
-    let device = if args.cpu { tch::Device::Cpu } else { crate::models::default_device() };
+    let instruction = args.instruction.text(&prompt2model::config::Paths::from_env()?)?;
+    let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let student = Student::from_dir(&args.model, device)?;
     let rows = read_pairs(&args.input)?;
     let ids: Vec<String> = (0..rows.len()).map(|i| i.to_string()).collect();
     let inputs: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let refs: Vec<Vec<String>> = rows.iter().map(|r| vec![r.1.clone()]).collect();
-    let frame = crate::datasets::common_frame(ids, inputs, &refs, None)?;
+    let frame = prompt2model::data::loaders::common_frame(ids, inputs, &refs, None)?;
     let cfg = ExecutorConfig { max_new_tokens: args.max_new_tokens, repetition_penalty: args.repetition_penalty, batch_size: args.batch_size, ..ExecutorConfig::default() };
     let out = executor::predict_frame(&student, &instruction, &frame, &cfg)?;
-    crate::report::write_parquet_atomic(&out, &args.out)?;
-    let preds = crate::datasets::string_column(&out, crate::datasets::PREDICTION)?;
-    let em = crate::evaluator::score(crate::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
+    prompt2model::report::write_parquet_atomic(&out, &args.out)?;
+    let preds = prompt2model::data::loaders::string_column(&out, prompt2model::data::loaders::PREDICTION)?;
+    let em = prompt2model::evaluator::score(prompt2model::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
     println!("{} predictions → {}; {em}", preds.len(), args.out.display());
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Jsonl,
     Csv,
@@ -16,6 +16,13 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, by the name the command line uses.
+    pub const ALL: [(&'static str, Format); 3] = [("jsonl", Format::Jsonl), ("csv", Format::Csv), ("parquet", Format::Parquet)];
+
+    pub fn parse(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|(n, _)| n.eq_ignore_ascii_case(name.trim())).map(|(_, f)| f)
+    }
+
     pub fn from_path(path: &Path) -> Result<Format> {
         match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
             Some("jsonl") | Some("ndjson") => Ok(Format::Jsonl),
@@ -99,16 +106,16 @@ fn from_frame(path: &Path, df: &DataFrame, prediction_col: &str, reference_cols:
     if df.column(prediction_col).is_err() {
         return Err(missing(prediction_col));
     }
-    let predictions = crate::datasets::string_column(df, prediction_col)?;
+    let predictions = crate::data::loaders::string_column(df, prediction_col)?;
     let mut references = vec![Vec::new(); df.height()];
     for col in reference_cols {
         let c = df.column(col).map_err(|_| missing(col))?;
         if matches!(c.dtype(), DataType::List(_)) {
-            for (row, refs) in crate::datasets::string_list_column(df, col)?.into_iter().enumerate() {
+            for (row, refs) in crate::data::loaders::string_list_column(df, col)?.into_iter().enumerate() {
                 references[row].extend(refs);
             }
         } else {
-            for (row, r) in crate::datasets::string_column(df, col)?.into_iter().enumerate() {
+            for (row, r) in crate::data::loaders::string_column(df, col)?.into_iter().enumerate() {
                 references[row].push(r);
             }
         }

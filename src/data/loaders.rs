@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde::Deserialize;
 
-use crate::registry::{DataError, DataResult, Registry, ResolvedFile};
+use crate::data::registry::{DataError, DataResult, Registry, ResolvedFile};
 
 pub const ID: &str = "id";
 pub const INPUT: &str = "input";
@@ -32,7 +32,7 @@ fn polars_err(path: &Path) -> impl FnOnce(PolarsError) -> DataError + '_ {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> DataResult<T> {
-    let bytes = fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = fs::read(path).map_err(|source| DataError::File(crate::util::fs::FileError { path: path.to_path_buf(), source }))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         malformed(path, format!("not a valid {what} file at line {}, column {}: {e}", e.line(), e.column()))
     })
@@ -234,7 +234,7 @@ fn load_hf_dataset(dir: &Path) -> DataResult<DataFrame> {
     let mut frame: Option<DataFrame> = None;
     for shard in &state.data_files {
         let path = dir.join(&shard.filename);
-        let file = fs::File::open(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+        let file = fs::File::open(&path).map_err(|source| DataError::File(crate::util::fs::FileError { path: path.clone(), source }))?;
         let df = IpcStreamReader::new(file)
             .finish()
             .map_err(|e| malformed(&path, format!("not a readable Arrow IPC stream: {e}")))?;

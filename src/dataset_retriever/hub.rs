@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::dataset_retriever::{ColumnChoice, RawColumn, RawSplit};
 use crate::download::error_chain;
+use crate::util::text::flat_excerpt;
 
 pub const DEFAULT_ENDPOINT: &str = "https://datasets-server.huggingface.co";
 /// The most rows `/rows` returns per request.
@@ -86,11 +87,6 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// The server's text in an error message: whitespace flattened, at most 300 characters.
-fn excerpt(text: &str) -> String {
-    crate::dataset_retriever::excerpt(text, 300)
-}
-
 impl Client {
     pub fn new(cfg: ServerConfig) -> Result<Self> {
         let http = reqwest::Client::builder().user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION"))).build().context("building the HTTP client")?;
@@ -123,7 +119,7 @@ impl Client {
                         match response.bytes().await {
                             Ok(bytes) => {
                                 return serde_json::from_slice(&bytes).map_err(|e| {
-                                    anyhow!("GET {url}: the answer is not JSON ({e}; it starts: {:?}); fix: {SERVER_FIX}", excerpt(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)])))
+                                    anyhow!("GET {url}: the answer is not JSON ({e}; it starts: {:?}); fix: {SERVER_FIX}", flat_excerpt(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), 300))
                                 })
                             }
                             Err(e) => (format!("reading the answer: {}", error_chain(&e)), None),
@@ -131,7 +127,7 @@ impl Client {
                     } else {
                         let body = response.text().await.unwrap_or_default();
                         // The server explains its errors as {"error": "..."}.
-                        let why = serde_json::from_str::<Value>(&body).ok().and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string)).unwrap_or_else(|| excerpt(&body));
+                        let why = serde_json::from_str::<Value>(&body).ok().and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string)).unwrap_or_else(|| flat_excerpt(&body, 300));
                         if status.as_u16() != 429 && !status.is_server_error() {
                             let fix = match status.as_u16() {
                                 401 | 403 => "the dataset is gated or private: accept its terms on huggingface.co and set HF_TOKEN to a token with access",
@@ -518,7 +514,7 @@ fn write_split(path: &Path, rows: &[(u64, Value)]) -> Result<()> {
         text.push_str(&serde_json::json!({"row_idx": idx, "row": row}).to_string());
         text.push('\n');
     }
-    crate::retrieval::binfile::write_atomically(path, text.as_bytes())
+    crate::util::fs::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_split(path: &Path, limit: usize) -> Result<Vec<(u64, Value)>> {
@@ -649,7 +645,8 @@ pub fn load(cache: &Path, offline: bool, server: &ServerConfig, req: &HubRequest
             meta.splits.push(CachedSplit { split: s.split.clone(), rows: page.rows.len(), num_rows_total: page.num_rows_total, truncated_cells: page.truncated_cells, features: page.features });
         }
         // meta.json last: its presence means every split file is complete.
-        crate::retrieval::binfile::write_atomically(&dir.join("meta.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        let meta_path = dir.join("meta.json");
+        crate::util::fs::write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes()).with_context(|| format!("writing {}", meta_path.display()))?;
         let mut loaded = from_cache(&dir, &meta, cap)?;
         loaded.from_cache = false;
         loaded.notes.extend(notes);

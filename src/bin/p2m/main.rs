@@ -1,0 +1,89 @@
+//! `p2m`: the user's entry point to prompt2model-rs. Each subcommand's arguments and output live in
+//! its own file here; the work is done by the library.
+//!
+//! The paper's tables are their own binaries: `cargo run --release --bin table1` (and `table2`,
+//! `table3`, `retrieval`).
+
+#[path = "../shared/mod.rs"]
+mod shared;
+
+mod data;
+mod generate;
+mod retrieve;
+mod score;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "p2m", version, about = "Prompt2Model, reproducibly: from a prompt to a small deployable model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a predictions file (JSONL, CSV or parquet) against its references.
+    Score(score::ScoreArgs),
+    /// The dataset registry.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Generate a training dataset from a prompt with a teacher LLM.
+    Generate(generate::GenerateArgs),
+    /// The paper's diversity ablation: duplicates with and without high-diversity prompting.
+    Diversity(generate::DiversityArgs),
+    /// Chat with the offline teacher model (SmolLM2-135M-Instruct).
+    Chat(generate::ChatArgs),
+    /// The model registry (data/models.toml).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Fine-tune a student on examples (text-to-text); resumes from its checkpoints when re-run.
+    Train(train::TrainArgs),
+    /// Predict with a trained student over a JSONL of inputs; writes parquet.
+    Predict(train::PredictArgs),
+    /// Retrieve pretrained models for an instruction (HyDE + BM25 over the Hugging Face model cards).
+    RetrieveModel(retrieve::RetrieveModelArgs),
+    /// Retrieve datasets for an instruction (dense retrieval over the Hugging Face dataset index).
+    RetrieveDataset(retrieve::RetrieveDatasetArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the registered models and whether each has an offline source.
+    List,
+    /// Fetch and sha256-verify every model with an offline source into the cache.
+    Fetch,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// List the registered datasets.
+    List,
+    /// Resolve and sha256-verify every file of a dataset (or of all datasets), fetching what is missing.
+    Fetch {
+        /// Dataset ids; none means all.
+        ids: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    shared::main_with(|| match Cli::parse().command {
+        Command::Score(args) => score::score(args),
+        Command::Data(DataCommand::List) => data::data_list(),
+        Command::Data(DataCommand::Fetch { ids }) => data::data_fetch(ids),
+        Command::Generate(args) => generate::generate(args),
+        Command::Chat(args) => generate::chat(args),
+        Command::Diversity(args) => generate::diversity(args),
+        Command::Models(ModelsCommand::List) => data::models_list(),
+        Command::Models(ModelsCommand::Fetch) => {
+            prompt2model::models::registry::fetch_offline_models(&prompt2model::config::Paths::from_env()?)
+        }
+        Command::Train(args) => train::train(args),
+        Command::Predict(args) => train::predict(args),
+        Command::RetrieveModel(args) => retrieve::retrieve_model(args),
+        Command::RetrieveDataset(args) => retrieve::retrieve_dataset(args),
+    })
+}

@@ -1,0 +1,171 @@
+//! What every binary shares (included with `#[path]` by `src/bin/p2m/main.rs` and the
+//! `experiments/` binaries; the library has no argument parsing): logging, error reporting, and the
+//! arguments several commands take — one `TeacherArgs`, one `PromptArgs`, one `InstructionArgs`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use prompt2model::config::Paths;
+use prompt2model::data::tasks;
+use prompt2model::teacher::{Teacher, TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE};
+
+/// Log to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Run a binary's body; print the error chain and exit non-zero on failure.
+pub fn main_with(body: impl FnOnce() -> Result<()>) -> ExitCode {
+    init_tracing();
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--teacher`: which LLM answers (`none` only where a command can do without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeacherChoice {
+    /// No LLM: the retrievers query with the instruction and take choices from a person, a
+    /// config file or their defaults.
+    None,
+    /// The in-process offline model (SmolLM2-135M-Instruct).
+    Local,
+    /// Any OpenAI-compatible chat-completions server (OpenAI, vLLM, llama.cpp, Ollama).
+    Openai,
+}
+
+/// The teacher flags of every command that calls an LLM (generate, diversity, the retrievers, the
+/// retrieval report): one set of flags with one set of defaults, so two commands pointed at the
+/// same server behave the same.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TeacherArgs {
+    /// Which teacher answers (default: `local` for generate and diversity, `none` for the retrievers).
+    #[arg(long = "teacher", visible_alias = "backend", value_enum)]
+    pub choice: Option<TeacherChoice>,
+    /// Base URL of the OpenAI-compatible server, up to and including `/v1`.
+    #[arg(long, default_value = "https://api.openai.com/v1")]
+    pub base_url: String,
+    /// Model name at the server.
+    #[arg(long, default_value = "gpt-3.5-turbo")]
+    pub model: String,
+    /// Environment variable that holds the API key (the key is never passed on the command line).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Requests-per-minute limit of the server (the reference's 80 by default; 0 = no limit).
+    #[arg(long, default_value_t = DEFAULT_REQUESTS_PER_MINUTE)]
+    pub requests_per_minute: f64,
+    /// Stop after this many billed calls (everything obtained so far is kept).
+    #[arg(long)]
+    pub max_api_calls: Option<u64>,
+    /// Seconds before an unanswered request is abandoned and retried (OpenAI-compatible backend).
+    #[arg(long, default_value_t = 120.0)]
+    pub request_timeout: f64,
+}
+
+impl TeacherArgs {
+    /// The settings these flags describe, with `default` when `--teacher` was not given; `None`
+    /// for `--teacher none`.
+    pub fn settings(&self, default: TeacherChoice) -> Option<TeacherSettings> {
+        let kind = match self.choice.unwrap_or(default) {
+            TeacherChoice::None => return None,
+            TeacherChoice::Local => TeacherKind::Local,
+            TeacherChoice::Openai => TeacherKind::Openai,
+        };
+        Some(TeacherSettings {
+            kind,
+            base_url: self.base_url.clone(),
+            model: self.model.clone(),
+            api_key_env: self.api_key_env.clone(),
+            requests_per_minute: (self.requests_per_minute > 0.0).then_some(self.requests_per_minute),
+            max_api_calls: self.max_api_calls,
+            request_timeout_secs: self.request_timeout,
+        })
+    }
+
+    /// The teacher of a command that needs one (`local` unless told otherwise).
+    #[allow(dead_code)] // not every binary that includes this module generates
+    pub fn build_required(&self, command: &str) -> Result<Box<dyn Teacher>> {
+        match self.settings(TeacherChoice::Local) {
+            Some(s) => s.build(),
+            None => bail!("`{command}` needs a teacher; use --teacher local (offline) or --teacher openai --base-url …"),
+        }
+    }
+
+    /// The teacher of a command that can do without one (`none` unless told otherwise).
+    #[allow(dead_code)]
+    pub fn build_optional(&self) -> Result<Option<Box<dyn Teacher>>> {
+        self.settings(TeacherChoice::None).map(|s| s.build()).transpose()
+    }
+}
+
+/// Where the prompt comes from: a paper task or a file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PromptArgs {
+    /// A task of data/tasks.toml whose prompt to use (squad, temporal, mconala).
+    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    pub task: Option<String>,
+    /// A file holding a free-form prompt (instruction + demonstrations).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+}
+
+#[allow(dead_code)]
+impl PromptArgs {
+    /// The prompt text: the file's, or the task's as a user writes it (data/tasks.toml).
+    pub fn read(&self) -> Result<String> {
+        if let Some(path) = &self.prompt_file {
+            return std::fs::read_to_string(path).with_context(|| format!("reading the prompt file {}", path.display()));
+        }
+        let id = self.task.as_deref().expect("clap requires --task or --prompt-file");
+        Ok(find_task(&Paths::from_env()?, id)?.prompt)
+    }
+}
+
+/// An instruction: given, or a paper task's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InstructionArgs {
+    /// The task instruction.
+    #[arg(long, required_unless_present = "task", conflicts_with = "task")]
+    pub instruction: Option<String>,
+    /// Use the instruction of a paper task of data/tasks.toml (squad, temporal, mconala).
+    #[arg(long)]
+    pub task: Option<String>,
+}
+
+#[allow(dead_code)]
+impl InstructionArgs {
+    pub fn text(&self, paths: &Paths) -> Result<String> {
+        if let Some(i) = &self.instruction {
+            if i.trim().is_empty() {
+                bail!("--instruction is empty; describe the task in a sentence or two");
+            }
+            return Ok(i.clone());
+        }
+        let id = self.task.as_deref().expect("clap requires --instruction or --task");
+        Ok(find_task(paths, id)?.instruction.trim().to_string())
+    }
+}
+
+/// A paper task by id, or an error listing the valid ids.
+fn find_task(paths: &Paths, id: &str) -> Result<tasks::Task> {
+    let all = tasks::load_tasks(&paths.data)?;
+    match tasks::find(&all, id) {
+        Some(t) => Ok(t.clone()),
+        None => bail!("unknown task `{id}`; data/tasks.toml has: {}", all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// A tokio runtime for the binaries' async calls (two workers: the machine's cores).
+#[allow(dead_code)]
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}

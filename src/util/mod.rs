@@ -1,0 +1,8 @@
+//! Small helpers every stage uses, each written once: atomic file writes and hashing ([`fs`]),
+//! the seeded random numbers behind every reproducible choice ([`rng`]), the lenient scan for JSON
+//! in model answers ([`json_scan`]) and short excerpts of text for messages ([`text`]).
+
+pub mod fs;
+pub mod json_scan;
+pub mod rng;
+pub mod text;
