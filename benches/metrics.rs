@@ -37,17 +37,13 @@ fn vocabulary(rng: &mut Rng, size: usize) -> Vec<String> {
     (0..size)
         .map(|_| {
             let k = 1 + rng.below(3);
-            (0..k)
-                .map(|_| SYLLABLES[rng.below(SYLLABLES.len())])
-                .collect::<String>()
+            (0..k).map(|_| SYLLABLES[rng.below(SYLLABLES.len())]).collect::<String>()
         })
         .collect()
 }
 
 fn sentence(rng: &mut Rng, vocab: &[String], words: usize) -> Vec<String> {
-    (0..words)
-        .map(|_| vocab[rng.below(vocab.len())].clone())
-        .collect()
+    (0..words).map(|_| vocab[rng.below(vocab.len())].clone()).collect()
 }
 
 fn join(rng: &mut Rng, words: &[String]) -> String {
@@ -98,11 +94,7 @@ fn qa_corpus(n: usize) -> (Vec<String>, Vec<Vec<String>>) {
             .map(|_| {
                 let len = 1 + rng.below(4);
                 let w = sentence(&mut rng, &vocab, len);
-                format!(
-                    "{}{}",
-                    articles[rng.below(articles.len())],
-                    join(&mut rng, &w)
-                )
+                format!("{}{}", articles[rng.below(articles.len())], join(&mut rng, &w))
             })
             .collect();
         let pred = if rng.below(2) == 0 {

@@ -13,9 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prompt2model::models::bert::BertEncoder;
 use prompt2model::models::chat::ChatModel;
 use prompt2model::models::encoder_decoder::Bert2Bert;
+use prompt2model::models::registry::ModelRegistry;
 use prompt2model::models::sampling::SamplingConfig;
 use prompt2model::models::seq2seq::Seq2SeqModel;
-use prompt2model::models::registry::ModelRegistry;
 use prompt2model::trainer::adamw::{AdamW, AdamWParams};
 use tch::{Device, Kind, Tensor};
 
@@ -28,29 +28,43 @@ pub fn sentences(n: usize) -> Vec<String> {
 
 fn encoder(c: &mut Criterion) {
     let registry = ModelRegistry::from_env().expect("model registry");
-    let enc = BertEncoder::from_registry(&registry, MINILM, Device::Cpu).expect("MiniLM (run scripts/setup.sh)");
+    let enc = BertEncoder::from_registry(&registry, MINILM, Device::Cpu)
+        .expect("MiniLM (run scripts/setup.sh)");
     let texts = sentences(64);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut g = c.benchmark_group("encoder");
     g.sample_size(10);
     g.throughput(Throughput::Elements(refs.len() as u64));
-    g.bench_function("minilm_embed_64_sentences", |b| b.iter(|| enc.embed_sentences(&refs).unwrap()));
+    g.bench_function("minilm_embed_64_sentences", |b| {
+        b.iter(|| enc.embed_sentences(&refs).unwrap())
+    });
     g.finish();
 }
 
 fn generation(c: &mut Criterion) {
     let registry = ModelRegistry::from_env().expect("model registry");
-    let path = registry.resolve_file(SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf").expect("SmolLM2 (run scripts/setup.sh)");
+    let path = registry
+        .resolve_file(SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("SmolLM2 (run scripts/setup.sh)");
     let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
     let cfg = SamplingConfig::greedy(32);
     let mut g = c.benchmark_group("smollm2_generation");
     g.sample_size(10);
     for batch in [1usize, 16] {
-        let prompts: Vec<String> = (0..batch).map(|i| format!("Once upon a time, in a village number {i}, there lived")).collect();
+        let prompts: Vec<String> = (0..batch)
+            .map(|i| format!("Once upon a time, in a village number {i}, there lived"))
+            .collect();
         // Throughput is counted from the tokens actually generated in a calibration call.
-        let produced: usize = model.complete_with_usage(&prompts, &cfg).unwrap().iter().map(|c| c.completion_tokens).sum();
+        let produced: usize = model
+            .complete_with_usage(&prompts, &cfg)
+            .unwrap()
+            .iter()
+            .map(|c| c.completion_tokens)
+            .sum();
         g.throughput(Throughput::Elements(produced as u64));
-        g.bench_function(format!("greedy_32_tokens_batch_{batch}"), |b| b.iter(|| model.complete(&prompts, &cfg).unwrap()));
+        g.bench_function(format!("greedy_32_tokens_batch_{batch}"), |b| {
+            b.iter(|| model.complete(&prompts, &cfg).unwrap())
+        });
     }
     g.finish();
 }
@@ -70,14 +84,17 @@ fn training(c: &mut Criterion) {
         let mask = Tensor::ones([batch, src_len], (Kind::Int64, Device::Cpu));
         let labels = Tensor::randint_low(1000, vocab, [batch, tgt_len], (Kind::Int64, Device::Cpu));
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_function(format!("bert2bert_adamw_step_batch{batch}_src{src_len}_tgt{tgt_len}"), |b| {
-            b.iter(|| {
-                opt.zero_grad();
-                model.forward_train(&ids, &mask, &labels, true).backward();
-                opt.clip_grad_norm(Some(1.0));
-                opt.step(5e-5);
-            })
-        });
+        g.bench_function(
+            format!("bert2bert_adamw_step_batch{batch}_src{src_len}_tgt{tgt_len}"),
+            |b| {
+                b.iter(|| {
+                    opt.zero_grad();
+                    model.forward_train(&ids, &mask, &labels, true).backward();
+                    opt.clip_grad_norm(Some(1.0));
+                    opt.step(5e-5);
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -12,9 +12,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prompt2model::config::Paths;
+use prompt2model::data::registry::Registry;
 use prompt2model::dataset_retriever::{self as dr, DatasetIndex};
 use prompt2model::model_retriever::{read_usable_cards, IndexSource};
-use prompt2model::data::registry::Registry;
 use prompt2model::retrieval::bm25::{Bm25Index, Bm25Params};
 use prompt2model::retrieval::text::Analyzer;
 
@@ -23,13 +23,18 @@ fn benchmarking() -> bool {
 }
 
 fn instructions(paths: &Paths) -> Vec<String> {
-    prompt2model::data::tasks::load_tasks(&paths.data).expect("tasks").iter().map(|t| t.instruction.trim().to_string()).collect()
+    prompt2model::data::tasks::load_tasks(&paths.data)
+        .expect("tasks")
+        .iter()
+        .map(|t| t.instruction.trim().to_string())
+        .collect()
 }
 
 fn bm25(c: &mut Criterion) {
     let paths = Paths::from_env().expect("paths");
     let registry = Registry::load(paths.clone()).expect("registry");
-    let source = IndexSource::from_registry(&registry).expect("model index (needs the data mirror)");
+    let source =
+        IndexSource::from_registry(&registry).expect("model index (needs the data mirror)");
     let (_, descriptions, _) = read_usable_cards(&source, false).expect("cards");
     let analyzer = Analyzer::new();
     let docs: Vec<Vec<String>> = descriptions.iter().map(|d| analyzer.analyze(d)).collect();
@@ -44,7 +49,9 @@ fn bm25(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(descriptions.len() as u64));
     g.bench_function("build_11320_cards_incl_analysis", |b| {
-        b.iter(|| Bm25Index::build(&descriptions.iter().map(|d| analyzer.analyze(d)).collect::<Vec<_>>()))
+        b.iter(|| {
+            Bm25Index::build(&descriptions.iter().map(|d| analyzer.analyze(d)).collect::<Vec<_>>())
+        })
     });
     g.bench_function("build_11320_cards_pre_analysed", |b| b.iter(|| Bm25Index::build(&docs)));
     g.finish();
@@ -52,7 +59,9 @@ fn bm25(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let p = Bm25Params::default();
     for (i, q) in queries.iter().enumerate() {
-        g.bench_function(format!("query_top5_task{i}_incl_analysis"), |b| b.iter(|| index.top_k(&analyzer.analyze(q), &p, 5, |_| true)));
+        g.bench_function(format!("query_top5_task{i}_incl_analysis"), |b| {
+            b.iter(|| index.top_k(&analyzer.analyze(q), &p, 5, |_| true))
+        });
     }
     g.finish();
 }
@@ -61,14 +70,18 @@ fn dense(c: &mut Criterion) {
     let paths = Paths::from_env().expect("paths");
     let registry = Registry::load(paths.clone()).expect("registry");
     let (index, _) = DatasetIndex::from_registry(&registry).expect("dataset index");
-    let models = prompt2model::models::registry::ModelRegistry::load(paths.clone()).expect("model registry");
-    let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER).expect("MiniLM (run scripts/setup.sh)");
+    let models =
+        prompt2model::models::registry::ModelRegistry::load(paths.clone()).expect("model registry");
+    let encoder = dr::Encoder::from_registry(&models, dr::DEFAULT_ENCODER)
+        .expect("MiniLM (run scripts/setup.sh)");
     let n = if benchmarking() { index.entries.len() } else { 64 };
     let texts: Vec<&str> = index.entries.iter().take(n).map(|e| e.description.as_str()).collect();
     let mut g = c.benchmark_group("dense");
     g.sample_size(10);
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function(format!("encode_{n}_descriptions"), |b| b.iter(|| encoder.embed(&texts).unwrap()));
+    g.bench_function(format!("encode_{n}_descriptions"), |b| {
+        b.iter(|| encoder.embed(&texts).unwrap())
+    });
     let (matrix, dim) = encoder.embed(&texts).unwrap();
     let emb = dr::Embeddings { dim, matrix };
     let queries = instructions(&paths);

@@ -21,7 +21,11 @@ use prompt2model::teacher::{ChatRequest, OpenAiConfig, OpenAiTeacher, SamplingPa
 
 fn arg(name: &str, default: f64) -> f64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +36,14 @@ async fn main() {
     let requests = if quick { 12 } else { arg("--requests", 150.0) as usize };
     let latency = Duration::from_millis(arg("--latency-ms", 200.0) as u64);
 
-    let server = FakeServer::start(ServerConfig { rpm_limit: Some(rpm), rpm_burst: 2.0, latency, max_requests: 100_000, ..Default::default() }).await;
+    let server = FakeServer::start(ServerConfig {
+        rpm_limit: Some(rpm),
+        rpm_burst: 2.0,
+        latency,
+        max_requests: 100_000,
+        ..Default::default()
+    })
+    .await;
     let teacher = OpenAiTeacher::new(OpenAiConfig {
         base_url: server.base_url.clone(),
         model: "fake-gpt".into(),
@@ -48,7 +59,17 @@ async fn main() {
     })
     .expect("client");
     let reqs: Vec<ChatRequest> = (0..requests)
-        .map(|i| ChatRequest::user(format!("[new example (in JSON)]: {i}"), SamplingParams { n: 1, seed: Some(i as u64), max_tokens: Some(64), ..Default::default() }))
+        .map(|i| {
+            ChatRequest::user(
+                format!("[new example (in JSON)]: {i}"),
+                SamplingParams {
+                    n: 1,
+                    seed: Some(i as u64),
+                    max_tokens: Some(64),
+                    ..Default::default()
+                },
+            )
+        })
         .collect();
     let t0 = Instant::now();
     let results = teacher.chat_batch(&reqs).await;
@@ -58,7 +79,9 @@ async fn main() {
     let first = seen.iter().map(|s| s.at).min().expect("requests seen");
     let last = seen.iter().map(|s| s.at).max().expect("requests seen");
     // Rate between the first and the last request sent (the first burst token is free).
-    let achieved = (seen.len().saturating_sub(1)) as f64 / last.duration_since(first).as_secs_f64().max(1e-9) * 60.0;
+    let achieved = (seen.len().saturating_sub(1)) as f64
+        / last.duration_since(first).as_secs_f64().max(1e-9)
+        * 60.0;
     let throttling = serde_json::json!({
         "limit_rpm": rpm, "requests": requests, "ok": ok, "latency_ms": latency.as_millis() as u64,
         "achieved_rpm": achieved, "fraction_of_limit": achieved / rpm,
@@ -71,13 +94,22 @@ async fn main() {
         let teacher = LocalTeacher::offline_default(None).expect("SmolLM2 (run scripts/setup.sh)");
         let req = ChatRequest::user(
             "Write one example of a question about geography and its answer.",
-            SamplingParams { temperature: 0.8, n: 5, seed: Some(3), max_tokens: Some(64), ..Default::default() },
+            SamplingParams {
+                temperature: 0.8,
+                n: 5,
+                seed: Some(3),
+                max_tokens: Some(64),
+                ..Default::default()
+            },
         );
         let _ = teacher.chat(&req).await.expect("warm-up");
         let t0 = Instant::now();
         let mut tokens = 0u64;
         for seed in 0..3u64 {
-            let r = ChatRequest { params: SamplingParams { seed: Some(10 + seed), ..req.params.clone() }, ..req.clone() };
+            let r = ChatRequest {
+                params: SamplingParams { seed: Some(10 + seed), ..req.params.clone() },
+                ..req.clone()
+            };
             tokens += teacher.chat(&r).await.expect("generation").usage.completion_tokens;
         }
         let secs = t0.elapsed().as_secs_f64();
@@ -94,12 +126,22 @@ async fn main() {
         let t1 = Instant::now();
         let mut one_at_a_time = 0u64;
         for seed in 100..105u64 {
-            one_at_a_time += teacher.chat(&structured(seed)).await.expect("structured generation").usage.completion_tokens;
+            one_at_a_time += teacher
+                .chat(&structured(seed))
+                .await
+                .expect("structured generation")
+                .usage
+                .completion_tokens;
         }
         let secs_one = t1.elapsed().as_secs_f64();
         let round: Vec<ChatRequest> = (200..205u64).map(structured).collect();
         let t2 = Instant::now();
-        let together: u64 = teacher.chat_batch(&round).await.into_iter().map(|r| r.expect("structured generation").usage.completion_tokens).sum();
+        let together: u64 = teacher
+            .chat_batch(&round)
+            .await
+            .into_iter()
+            .map(|r| r.expect("structured generation").usage.completion_tokens)
+            .sum();
         let secs_together = t2.elapsed().as_secs_f64();
         serde_json::json!({
             "model": teacher.model(), "choices_per_request": 5, "completion_tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs,
@@ -110,5 +152,11 @@ async fn main() {
             },
         })
     };
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "throttling": throttling, "local_teacher": local })).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "throttling": throttling, "local_teacher": local })
+        )
+        .unwrap()
+    );
 }

@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use prompt2model::models::registry::ModelRegistry;
 use prompt2model::data::registry::Registry;
+use prompt2model::models::registry::ModelRegistry;
 use prompt2model::tables::table2::{self, GeneratedSource, Options};
 
 #[derive(Parser)]
-#[command(about = "Re-run Table 2 (SQuAD: retrieval only / generation only / both / custom annotation)")]
+#[command(
+    about = "Re-run Table 2 (SQuAD: retrieval only / generation only / both / custom annotation)"
+)]
 struct Args {
     /// A scale of data/table2_scales.toml: smoke (seconds), laptop (~30 min on 2 CPU cores), paper.
     #[arg(long, default_value = "laptop")]
@@ -42,7 +44,8 @@ fn main() -> ExitCode {
         let registry = Registry::from_env()?;
         let models = ModelRegistry::from_env()?;
         let mut opts = Options::new(&args.scale);
-        opts.generated = args.generated.map(GeneratedSource::Dir).unwrap_or(GeneratedSource::Recorded);
+        opts.generated =
+            args.generated.map(GeneratedSource::Dir).unwrap_or(GeneratedSource::Recorded);
         opts.seed = args.seed;
         opts.runs_dir = args.runs_dir;
         if args.cpu {

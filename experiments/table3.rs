@@ -12,7 +12,9 @@ use prompt2model::data::registry::Registry;
 use prompt2model::tables::table3;
 
 #[derive(Parser)]
-#[command(about = "Reproduce Table 3 (generated vs real test sets: Kendall's tau of model rankings)")]
+#[command(
+    about = "Reproduce Table 3 (generated vs real test sets: Kendall's tau of model rankings)"
+)]
 struct Args {}
 
 fn main() -> ExitCode {

@@ -41,7 +41,10 @@ impl Paths {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
                 if !dir.is_dir() {
-                    bail!("P2M_MIRROR={} is not a folder; unset it or point it at the data mirror", dir.display());
+                    bail!(
+                        "P2M_MIRROR={} is not a folder; unset it or point it at the data mirror",
+                        dir.display()
+                    );
                 }
                 Some(dir)
             }
@@ -50,9 +53,14 @@ impl Paths {
                 beside.is_dir().then(|| normalize(&beside))
             }
         };
-        let cache = std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
-        let reports = std::env::var_os("P2M_REPORTS").map(PathBuf::from).unwrap_or_else(|| root.join("reports"));
-        let offline = std::env::var("P2M_OFFLINE").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
+        let cache =
+            std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
+        let reports = std::env::var_os("P2M_REPORTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("reports"));
+        let offline = std::env::var("P2M_OFFLINE")
+            .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+            .unwrap_or(false);
         Ok(Paths { data: root.join("data"), root, mirror, cache, reports, offline })
     }
 

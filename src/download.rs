@@ -30,7 +30,8 @@ pub struct Expected<'a> {
 }
 
 /// Environment variables naming a CA bundle, first set wins (OpenSSL's, pip's, requests', curl's).
-const CA_BUNDLE_VARS: [&str; 4] = ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
+const CA_BUNDLE_VARS: [&str; 4] =
+    ["SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
 
 /// An HTTP client with timeouts and our user agent. rustls trusts only its built-in roots; behind
 /// a TLS-intercepting proxy (corporate or sandbox egress) pip works because it is told about the
@@ -43,9 +44,15 @@ pub fn http_client() -> Result<reqwest::Client, DownloadError> {
         .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")));
     for var in CA_BUNDLE_VARS {
         if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            let pem = std::fs::read(&path).map_err(|e| err(format!("{var}={}: {e}", Path::new(&path).display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| err(format!("{var}={}: not a PEM bundle: {}", Path::new(&path).display(), error_chain(&e))))?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| err(format!("{var}={}: {e}", Path::new(&path).display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                err(format!(
+                    "{var}={}: not a PEM bundle: {}",
+                    Path::new(&path).display(),
+                    error_chain(&e)
+                ))
+            })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -79,7 +86,12 @@ enum Attempt {
 const ATTEMPTS: u32 = 4;
 
 /// Download `url` into a temporary file in `dir` whose size and sha256 match `expected`.
-pub async fn download_to_temp(client: &reqwest::Client, url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, DownloadError> {
+pub async fn download_to_temp(
+    client: &reqwest::Client,
+    url: &str,
+    dir: &Path,
+    expected: &Expected<'_>,
+) -> Result<tempfile::NamedTempFile, DownloadError> {
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
@@ -91,20 +103,33 @@ pub async fn download_to_temp(client: &reqwest::Client, url: &str, dir: &Path, e
             Err(Attempt::Retry(detail)) => last = detail,
         }
     }
-    Err(DownloadError::Http { url: url.into(), detail: format!("{last} (after {ATTEMPTS} attempts)") })
+    Err(DownloadError::Http {
+        url: url.into(),
+        detail: format!("{last} (after {ATTEMPTS} attempts)"),
+    })
 }
 
 /// The blocking form, for synchronous callers (inside an async runtime or not).
-pub fn download_to_temp_blocking(url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, DownloadError> {
+pub fn download_to_temp_blocking(
+    url: &str,
+    dir: &Path,
+    expected: &Expected<'_>,
+) -> Result<tempfile::NamedTempFile, DownloadError> {
     let client = http_client()?;
-    block_on(download_to_temp(&client, url, dir, expected)).map_err(|e| DownloadError::Http { url: url.into(), detail: e.to_string() })?
+    block_on(download_to_temp(&client, url, dir, expected))
+        .map_err(|e| DownloadError::Http { url: url.into(), detail: e.to_string() })?
 }
 
 /// An hf-hub client that keeps its files under `hub_cache` (inside the project cache, not
 /// ~/.cache/huggingface, so `P2M_CACHE` alone decides what a run can reuse) and honours
 /// `HF_ENDPOINT` (when set and not empty) and `HF_TOKEN`.
-pub fn hf_hub_api(hub_cache: &Path, progress: bool) -> Result<hf_hub::api::tokio::Api, hf_hub::api::tokio::ApiError> {
-    let mut builder = hf_hub::api::tokio::ApiBuilder::from_env().with_progress(progress).with_cache_dir(hub_cache.to_path_buf());
+pub fn hf_hub_api(
+    hub_cache: &Path,
+    progress: bool,
+) -> Result<hf_hub::api::tokio::Api, hf_hub::api::tokio::ApiError> {
+    let mut builder = hf_hub::api::tokio::ApiBuilder::from_env()
+        .with_progress(progress)
+        .with_cache_dir(hub_cache.to_path_buf());
     if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty()) {
         builder = builder.with_endpoint(endpoint);
     }
@@ -120,37 +145,60 @@ where
     F: std::future::Future + Send,
     F::Output: Send,
 {
-    let run = move || tokio::runtime::Builder::new_current_thread().enable_all().build().map(|rt| rt.block_on(future));
+    let run = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(future))
+    };
     if tokio::runtime::Handle::try_current().is_ok() {
-        std::thread::scope(|s| s.spawn(run).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        std::thread::scope(|s| {
+            s.spawn(run).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     } else {
         run()
     }
 }
 
-async fn download_once(client: &reqwest::Client, url: &str, dir: &Path, expected: &Expected<'_>) -> Result<tempfile::NamedTempFile, Attempt> {
+async fn download_once(
+    client: &reqwest::Client,
+    url: &str,
+    dir: &Path,
+    expected: &Expected<'_>,
+) -> Result<tempfile::NamedTempFile, Attempt> {
     use futures_util::StreamExt;
-    let io = |e: std::io::Error| Attempt::Fatal(DownloadError::Io { path: dir.to_path_buf(), source: e });
+    let io = |e: std::io::Error| {
+        Attempt::Fatal(DownloadError::Io { path: dir.to_path_buf(), source: e })
+    };
     let response = client.get(url).send().await.map_err(|e| Attempt::Retry(error_chain(&e)))?;
     let status = response.status();
     if status.is_server_error() || status.as_u16() == 429 {
         return Err(Attempt::Retry(format!("HTTP {status}")));
     }
     if !status.is_success() {
-        return Err(Attempt::Fatal(DownloadError::Http { url: url.into(), detail: format!("HTTP {status}") }));
+        return Err(Attempt::Fatal(DownloadError::Http {
+            url: url.into(),
+            detail: format!("HTTP {status}"),
+        }));
     }
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut tmp = tempfile::Builder::new().prefix(".download-").tempfile_in(dir).map_err(io)?;
-    let progress = indicatif::ProgressBar::new(expected.bytes.or(response.content_length()).unwrap_or(0));
+    let progress =
+        indicatif::ProgressBar::new(expected.bytes.or(response.content_length()).unwrap_or(0));
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}").expect("static template"),
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("static template"),
     );
     progress.set_message(expected.label.to_string());
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(format!("body interrupted after {received} bytes: {}", error_chain(&e))))?;
+        let chunk = chunk.map_err(|e| {
+            Attempt::Retry(format!("body interrupted after {received} bytes: {}", error_chain(&e)))
+        })?;
         hasher.update(&chunk);
         tmp.write_all(&chunk).map_err(io)?;
         received += chunk.len() as u64;
@@ -164,7 +212,11 @@ async fn download_once(client: &reqwest::Client, url: &str, dir: &Path, expected
     }
     let actual = hex::encode(hasher.finalize());
     if actual != expected.sha256 {
-        return Err(Attempt::Fatal(DownloadError::Checksum { url: url.into(), expected: expected.sha256.to_string(), actual }));
+        return Err(Attempt::Fatal(DownloadError::Checksum {
+            url: url.into(),
+            expected: expected.sha256.to_string(),
+            actual,
+        }));
     }
     tmp.flush().map_err(io)?;
     Ok(tmp)

@@ -26,21 +26,38 @@ pub struct ExecutorConfig {
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { max_new_tokens: 64, repetition_penalty: 2.0, batch_size: 16, max_source_len: 512, task_id: 0 }
+        ExecutorConfig {
+            max_new_tokens: 64,
+            repetition_penalty: 2.0,
+            batch_size: 16,
+            max_source_len: 512,
+            task_id: 0,
+        }
     }
 }
 
 impl ExecutorConfig {
     pub fn sampling(&self) -> SamplingConfig {
-        SamplingConfig { repetition_penalty: self.repetition_penalty, ..SamplingConfig::greedy(self.max_new_tokens) }
+        SamplingConfig {
+            repetition_penalty: self.repetition_penalty,
+            ..SamplingConfig::greedy(self.max_new_tokens)
+        }
     }
 }
 
 /// Adds (or replaces) the `prediction` column of a common-schema frame with the student's outputs.
-pub fn predict_frame(student: &Student, instruction: &str, frame: &DataFrame, cfg: &ExecutorConfig) -> anyhow::Result<DataFrame> {
-    let inputs = string_column(frame, INPUT).context("the test set needs an `input` column (common schema)")?;
-    let sources: Vec<String> = inputs.iter().map(|i| model_input(cfg.task_id, instruction, i)).collect();
-    let predictions = student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)?;
+pub fn predict_frame(
+    student: &Student,
+    instruction: &str,
+    frame: &DataFrame,
+    cfg: &ExecutorConfig,
+) -> anyhow::Result<DataFrame> {
+    let inputs = string_column(frame, INPUT)
+        .context("the test set needs an `input` column (common schema)")?;
+    let sources: Vec<String> =
+        inputs.iter().map(|i| model_input(cfg.task_id, instruction, i)).collect();
+    let predictions =
+        student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)?;
     let mut out = frame.clone();
     if out.column(PREDICTION).is_ok() {
         out = out.drop(PREDICTION)?;

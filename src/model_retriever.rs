@@ -123,7 +123,12 @@ fn card_metadata(description: &str) -> (Option<String>, Vec<String>) {
         } else if let Some(v) = line.strip_prefix("tags:") {
             let v = v.trim();
             if v.starts_with('[') {
-                tags.extend(v.trim_matches(|c| c == '[' || c == ']').split(',').map(unquote).filter(|t| !t.is_empty()));
+                tags.extend(
+                    v.trim_matches(|c| c == '[' || c == ']')
+                        .split(',')
+                        .map(unquote)
+                        .filter(|t| !t.is_empty()),
+                );
                 in_tags = false;
             } else if !v.is_empty() {
                 tags.push(unquote(v));
@@ -145,20 +150,105 @@ fn card_metadata(description: &str) -> (Option<String>, Vec<String>) {
 fn family_of_word(word: &str) -> Option<Architecture> {
     use Architecture::*;
     const ENC_DEC: &[&str] = &[
-        "bart", "mbart", "distilbart", "plbart", "pegasus", "bigbirdpegasus", "marian", "marianmt", "m2m100", "m2m", "nllb", "led", "prophetnet",
-        "xlmprophetnet", "fsmt", "blenderbot", "t0", "t0pp", "ul2", "bert2bert", "roberta2roberta", "encoderdecoder", "seq2seq", "text2text",
-        "switch", "rebel", "mrebel", "keytotext",
+        "bart",
+        "mbart",
+        "distilbart",
+        "plbart",
+        "pegasus",
+        "bigbirdpegasus",
+        "marian",
+        "marianmt",
+        "m2m100",
+        "m2m",
+        "nllb",
+        "led",
+        "prophetnet",
+        "xlmprophetnet",
+        "fsmt",
+        "blenderbot",
+        "t0",
+        "t0pp",
+        "ul2",
+        "bert2bert",
+        "roberta2roberta",
+        "encoderdecoder",
+        "seq2seq",
+        "text2text",
+        "switch",
+        "rebel",
+        "mrebel",
+        "keytotext",
     ];
     const DECODER: &[&str] = &[
-        "gpt", "gpt2", "gptj", "gptneo", "gptneox", "neox", "llama", "alpaca", "vicuna", "bloom", "bloomz", "opt", "falcon", "mpt", "pythia",
-        "codegen", "santacoder", "starcoder", "mistral", "belle", "chatglm", "rwkv", "dolly", "baichuan", "qwen", "moss", "galactica", "xglm",
-        "ctrl", "koala", "guanaco",
+        "gpt",
+        "gpt2",
+        "gptj",
+        "gptneo",
+        "gptneox",
+        "neox",
+        "llama",
+        "alpaca",
+        "vicuna",
+        "bloom",
+        "bloomz",
+        "opt",
+        "falcon",
+        "mpt",
+        "pythia",
+        "codegen",
+        "santacoder",
+        "starcoder",
+        "mistral",
+        "belle",
+        "chatglm",
+        "rwkv",
+        "dolly",
+        "baichuan",
+        "qwen",
+        "moss",
+        "galactica",
+        "xglm",
+        "ctrl",
+        "koala",
+        "guanaco",
     ];
-    const ENCODER: &[&str] = &["bert", "roberta", "deberta", "electra", "albert", "distilbert", "xlmroberta", "camembert", "xlnet", "mpnet", "minilm"];
-    const OTHER: &[&str] = &["pix2struct", "donut", "trocr", "vit", "blip", "blip2", "instructblip", "whisper", "wav2vec2", "git", "kosmos", "pop2piano", "deplot", "matcha"];
+    const ENCODER: &[&str] = &[
+        "bert",
+        "roberta",
+        "deberta",
+        "electra",
+        "albert",
+        "distilbert",
+        "xlmroberta",
+        "camembert",
+        "xlnet",
+        "mpnet",
+        "minilm",
+    ];
+    const OTHER: &[&str] = &[
+        "pix2struct",
+        "donut",
+        "trocr",
+        "vit",
+        "blip",
+        "blip2",
+        "instructblip",
+        "whisper",
+        "wav2vec2",
+        "git",
+        "kosmos",
+        "pop2piano",
+        "deplot",
+        "matcha",
+    ];
     let w = word;
     // The T5 family: t5, mt5, byt5, longt5, umt5, flant5, codet5, codet5p, ... (any token ending in t5).
-    if w.ends_with("t5") || w.ends_with("t5p") || w.starts_with("t5") || w.starts_with("mt5") || w.starts_with("codet5") {
+    if w.ends_with("t5")
+        || w.ends_with("t5p")
+        || w.starts_with("t5")
+        || w.starts_with("mt5")
+        || w.starts_with("codet5")
+    {
         return Some(EncoderDecoder);
     }
     if ENC_DEC.contains(&w) {
@@ -178,7 +268,11 @@ fn family_of_word(word: &str) -> Option<Architecture> {
 
 /// Words of a name or tag (`Helsinki-NLP/opus-mt-en-de` → helsinki, nlp, opus, mt, en, de).
 fn words(s: &str) -> Vec<String> {
-    s.to_ascii_lowercase().split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect()
+    s.to_ascii_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn family_of_text(s: &str) -> Option<(Architecture, String)> {
@@ -199,7 +293,12 @@ fn family_of_text(s: &str) -> Option<(Architecture, String)> {
 pub fn classify_architecture(name: &str, description: &str) -> (Architecture, String) {
     let (pipeline, tags) = card_metadata(description);
     if let Some(p) = &pipeline {
-        if p.starts_with("image") || p.contains("visual") || p.starts_with("automatic-speech") || p.starts_with("document") || p.starts_with("audio") {
+        if p.starts_with("image")
+            || p.contains("visual")
+            || p.starts_with("automatic-speech")
+            || p.starts_with("document")
+            || p.starts_with("audio")
+        {
             return (Architecture::Other, format!("pipeline_tag `{p}`"));
         }
     }
@@ -213,9 +312,16 @@ pub fn classify_architecture(name: &str, description: &str) -> (Architecture, St
     }
     if let Some(p) = &pipeline {
         let arch = match p.as_str() {
-            "text2text-generation" | "translation" | "summarization" => Some(Architecture::EncoderDecoder),
+            "text2text-generation" | "translation" | "summarization" => {
+                Some(Architecture::EncoderDecoder)
+            }
             "text-generation" | "conversational" => Some(Architecture::DecoderOnly),
-            "fill-mask" | "token-classification" | "text-classification" | "question-answering" | "feature-extraction" | "sentence-similarity"
+            "fill-mask"
+            | "token-classification"
+            | "text-classification"
+            | "question-answering"
+            | "feature-extraction"
+            | "sentence-similarity"
             | "zero-shot-classification" => Some(Architecture::EncoderOnly),
             _ => None,
         };
@@ -223,7 +329,10 @@ pub fn classify_architecture(name: &str, description: &str) -> (Architecture, St
             return (a, format!("pipeline_tag `{p}`"));
         }
     }
-    (Architecture::EncoderDecoder, "assumed: no architecture on the card (the index holds text-to-text models)".into())
+    (
+        Architecture::EncoderDecoder,
+        "assumed: no architecture on the card (the index holds text-to-text models)".into(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,7 +391,11 @@ impl IndexSource {
             for (name, file) in dir_cards(path)? {
                 h.update(name.as_bytes());
                 h.update([0]);
-                h.update(crate::util::fs::sha256_file(&file).map_err(|e| archive_err(path, e.to_string()))?.as_bytes());
+                h.update(
+                    crate::util::fs::sha256_file(&file)
+                        .map_err(|e| archive_err(path, e.to_string()))?
+                        .as_bytes(),
+                );
             }
             hex::encode(h.finalize())
         } else {
@@ -312,7 +425,9 @@ fn dir_cards(dir: &Path) -> Result<Vec<(String, PathBuf)>, IndexError> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "json") && !e.file_name().to_string_lossy().starts_with('.') {
+            } else if p.extension().is_some_and(|x| x == "json")
+                && !e.file_name().to_string_lossy().starts_with('.')
+            {
                 let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().into_owned();
                 out.push((rel, p));
             }
@@ -333,7 +448,10 @@ struct RawCard {
 fn number_field(v: Option<&serde_json::Value>, field: &str) -> Result<u64, String> {
     match v {
         None | Some(serde_json::Value::Null) => Ok(0),
-        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)).ok_or_else(|| format!("field `{field}` is not a non-negative number: {n}")),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .ok_or_else(|| format!("field `{field}` is not a non-negative number: {n}")),
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(0),
         Some(serde_json::Value::String(s)) => s
             .trim()
@@ -348,7 +466,8 @@ fn parse_card(bytes: &[u8]) -> Result<Option<RawCard>, String> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON at line {}, column {}: {e}", e.line(), e.column()))?;
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not valid JSON at line {}, column {}: {e}", e.line(), e.column()))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let name = obj
         .get("pretrained_model_name")
@@ -360,11 +479,20 @@ fn parse_card(bytes: &[u8]) -> Result<Option<RawCard>, String> {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("field `description` is not a string".into()),
     };
-    Ok(Some(RawCard { name, description, size_bytes: number_field(obj.get("size_bytes"), "size_bytes")?, downloads: number_field(obj.get("downloads"), "downloads")? }))
+    Ok(Some(RawCard {
+        name,
+        description,
+        size_bytes: number_field(obj.get("size_bytes"), "size_bytes")?,
+        downloads: number_field(obj.get("downloads"), "downloads")?,
+    }))
 }
 
 /// Read every card of a source, calling `each(member, bytes)`.
-fn for_each_card(source: &Path, progress: &indicatif::ProgressBar, mut each: impl FnMut(&str, &[u8]) -> Result<(), IndexError>) -> Result<(), IndexError> {
+fn for_each_card(
+    source: &Path,
+    progress: &indicatif::ProgressBar,
+    mut each: impl FnMut(&str, &[u8]) -> Result<(), IndexError>,
+) -> Result<(), IndexError> {
     if source.is_dir() {
         let cards = dir_cards(source)?;
         progress.set_length(cards.len() as u64);
@@ -376,7 +504,8 @@ fn for_each_card(source: &Path, progress: &indicatif::ProgressBar, mut each: imp
         return Ok(());
     }
     let file = fs::File::open(source).map_err(|e| archive_err(source, e.to_string()))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let entries = archive.entries().map_err(|e| archive_err(source, e.to_string()))?;
     let mut buf = Vec::new();
     for entry in entries {
@@ -384,13 +513,19 @@ fn for_each_card(source: &Path, progress: &indicatif::ProgressBar, mut each: imp
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let member = entry.path().map_err(|e| archive_err(source, e.to_string()))?.to_string_lossy().into_owned();
+        let member = entry
+            .path()
+            .map_err(|e| archive_err(source, e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
         let base = member.rsplit('/').next().unwrap_or(&member);
         if !member.ends_with(".json") || base.starts_with('.') {
             continue;
         }
         buf.clear();
-        entry.read_to_end(&mut buf).map_err(|e| archive_err(source, format!("reading member `{member}`: {e}")))?;
+        entry
+            .read_to_end(&mut buf)
+            .map_err(|e| archive_err(source, format!("reading member `{member}`: {e}")))?;
         each(&member, &buf)?;
         progress.inc(1);
     }
@@ -402,7 +537,9 @@ fn progress_bar(label: &str, show: bool) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message(label.to_string());
@@ -411,7 +548,10 @@ fn progress_bar(label: &str, show: bool) -> indicatif::ProgressBar {
 
 /// Every usable card of a source with its description (the README text BM25 indexes), in index
 /// order, skipping what the reference skips; an error when nothing is usable.
-pub fn read_usable_cards(source: &IndexSource, show_progress: bool) -> Result<(Vec<ModelCard>, Vec<String>, IndexStats), IndexError> {
+pub fn read_usable_cards(
+    source: &IndexSource,
+    show_progress: bool,
+) -> Result<(Vec<ModelCard>, Vec<String>, IndexStats), IndexError> {
     let mut stats = IndexStats::default();
     let mut cards = Vec::new();
     let mut descriptions = Vec::new();
@@ -421,7 +561,11 @@ pub fn read_usable_cards(source: &IndexSource, show_progress: bool) -> Result<(V
     }
     for_each_card(&source.path, &pb, |member, bytes| {
         stats.files += 1;
-        let raw = parse_card(bytes).map_err(|detail| IndexError::Card { archive: source.path.clone(), member: member.to_string(), detail })?;
+        let raw = parse_card(bytes).map_err(|detail| IndexError::Card {
+            archive: source.path.clone(),
+            member: member.to_string(),
+            detail,
+        })?;
         let Some(raw) = raw else {
             stats.empty += 1;
             return Ok(());
@@ -440,7 +584,13 @@ pub fn read_usable_cards(source: &IndexSource, show_progress: bool) -> Result<(V
         }
         let (architecture, architecture_reason) = classify_architecture(&raw.name, &description);
         descriptions.push(description);
-        cards.push(ModelCard { name: raw.name, size_bytes: raw.size_bytes, downloads: raw.downloads, architecture, architecture_reason });
+        cards.push(ModelCard {
+            name: raw.name,
+            size_bytes: raw.size_bytes,
+            downloads: raw.downloads,
+            architecture,
+            architecture_reason,
+        });
         Ok(())
     })?;
     pb.finish_and_clear();
@@ -474,7 +624,14 @@ impl ModelIndex {
         w.u32(INDEX_FORMAT);
         w.str(&self.source_sha256);
         w.str(ANALYZER_VERSION);
-        for v in [self.stats.files, self.stats.empty, self.stats.no_description, self.stats.no_size, self.stats.blocked, self.stats.indexed] {
+        for v in [
+            self.stats.files,
+            self.stats.empty,
+            self.stats.no_description,
+            self.stats.no_size,
+            self.stats.blocked,
+            self.stats.indexed,
+        ] {
             w.u64(v);
         }
         w.u64(self.cards.len() as u64);
@@ -503,7 +660,14 @@ impl ModelIndex {
         for v in s.iter_mut() {
             *v = r.u64()?;
         }
-        let stats = IndexStats { files: s[0], empty: s[1], no_description: s[2], no_size: s[3], blocked: s[4], indexed: s[5] };
+        let stats = IndexStats {
+            files: s[0],
+            empty: s[1],
+            no_description: s[2],
+            no_size: s[3],
+            blocked: s[4],
+            indexed: s[5],
+        };
         let n = r.u64()? as usize;
         let mut cards = Vec::with_capacity(n.min(1 << 20));
         for _ in 0..n {
@@ -512,27 +676,47 @@ impl ModelIndex {
             let downloads = r.u64()?;
             let architecture = Architecture::from_code(r.u8()?)?;
             let architecture_reason = r.str()?;
-            cards.push(ModelCard { name, size_bytes, downloads, architecture, architecture_reason });
+            cards.push(ModelCard {
+                name,
+                size_bytes,
+                downloads,
+                architecture,
+                architecture_reason,
+            });
         }
         let bm25 = Bm25Index::read(&mut r)?;
-        anyhow::ensure!(bm25.n_docs() == cards.len(), "{what}: {} cards but {} BM25 documents", cards.len(), bm25.n_docs());
+        anyhow::ensure!(
+            bm25.n_docs() == cards.len(),
+            "{what}: {} cards but {} BM25 documents",
+            cards.len(),
+            bm25.n_docs()
+        );
         anyhow::ensure!(r.at_end(), "{what}: trailing bytes");
         Ok(Some(ModelIndex { cards, bm25, stats, source_sha256: sha }))
     }
 
     /// The cached index for `source` under `cache_dir`, built (and written atomically) when absent,
     /// unreadable, or made from another source or analyzer. Returns whether it was rebuilt.
-    pub fn load_or_build(source: &IndexSource, cache_dir: &Path, show_progress: bool) -> Result<(Self, bool)> {
+    pub fn load_or_build(
+        source: &IndexSource,
+        cache_dir: &Path,
+        show_progress: bool,
+    ) -> Result<(Self, bool)> {
         let path = cache_dir.join("retrieval").join("model_index.bin");
         if let Ok(bytes) = fs::read(&path) {
             match Self::from_bytes(&bytes, &path.display().to_string(), &source.sha256) {
                 Ok(Some(index)) => return Ok((index, false)),
-                Ok(None) => tracing::info!(path = %path.display(), "model index cache is for another source or analyzer: rebuilding"),
-                Err(e) => tracing::warn!(path = %path.display(), "model index cache unreadable ({e:#}): rebuilding"),
+                Ok(None) => {
+                    tracing::info!(path = %path.display(), "model index cache is for another source or analyzer: rebuilding")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "model index cache unreadable ({e:#}): rebuilding")
+                }
             }
         }
         let index = Self::build(source, show_progress)?;
-        crate::util::fs::write_atomic(&path, &index.to_bytes()).with_context(|| format!("writing {}", &path.display()))?;
+        crate::util::fs::write_atomic(&path, &index.to_bytes())
+            .with_context(|| format!("writing {}", &path.display()))?;
         Ok((index, true))
     }
 
@@ -550,7 +734,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.replace('_', "").parse().with_context(|| format!("size `{text}`: expected a number with an optional unit such as 3GB or 500MB"))?;
+    let value: f64 = num.replace('_', "").parse().with_context(|| {
+        format!("size `{text}`: expected a number with an optional unit such as 3GB or 500MB")
+    })?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -561,7 +747,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024f64.powi(4),
-        other => anyhow::bail!("size `{text}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+        other => anyhow::bail!(
+            "size `{text}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        ),
     };
     anyhow::ensure!(value.is_finite() && value >= 0.0, "size `{text}` must not be negative");
     Ok((value * mult).round() as u64)
@@ -596,7 +784,14 @@ pub struct ModelRetrieverConfig {
 
 impl Default for ModelRetrieverConfig {
     fn default() -> Self {
-        ModelRetrieverConfig { top_k: 5, first_stage_depth: 1000, size_limit_bytes: 3_000_000_000, allow_decoder_only: false, downloads_offset: 2.0, bm25: Bm25Params::default() }
+        ModelRetrieverConfig {
+            top_k: 5,
+            first_stage_depth: 1000,
+            size_limit_bytes: 3_000_000_000,
+            allow_decoder_only: false,
+            downloads_offset: 2.0,
+            bm25: Bm25Params::default(),
+        }
     }
 }
 
@@ -666,9 +861,15 @@ impl ModelIndex {
         }
         let scores = self.bm25.scores(&terms, &cfg.bm25);
         let matched = (0..scores.len()).filter(|&d| ok[d] && scores[d] > 0.0).count();
-        let first = crate::retrieval::bm25::top_k_of(&scores, cfg.first_stage_depth, |d| ok[d] && scores[d] > 0.0);
-        let mut rescaled: Vec<(usize, f64, f64)> =
-            first.into_iter().map(|(d, s)| (d, s * (self.cards[d].downloads as f64 + cfg.downloads_offset).log10(), s)).collect();
+        let first = crate::retrieval::bm25::top_k_of(&scores, cfg.first_stage_depth, |d| {
+            ok[d] && scores[d] > 0.0
+        });
+        let mut rescaled: Vec<(usize, f64, f64)> = first
+            .into_iter()
+            .map(|(d, s)| {
+                (d, s * (self.cards[d].downloads as f64 + cfg.downloads_offset).log10(), s)
+            })
+            .collect();
         rescaled.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         rescaled.truncate(limit.unwrap_or(usize::MAX));
         let mut first_word: BTreeMap<&str, &str> = BTreeMap::new();
@@ -693,24 +894,45 @@ impl ModelIndex {
                 }
             })
             .collect();
-        Ranking { query: query.to_string(), eligible: ok.iter().filter(|&&o| o).count(), removed_by_size: removed_size, removed_by_architecture: removed_arch, matched, models }
+        Ranking {
+            query: query.to_string(),
+            eligible: ok.iter().filter(|&&o| o).count(),
+            removed_by_size: removed_size,
+            removed_by_architecture: removed_arch,
+            matched,
+            models,
+        }
     }
 
-    fn matched_terms(&self, doc: usize, terms: &[&str], first_word: &BTreeMap<&str, &str>, p: &Bm25Params) -> Vec<MatchedTerm> {
+    fn matched_terms(
+        &self,
+        doc: usize,
+        terms: &[&str],
+        first_word: &BTreeMap<&str, &str>,
+        p: &Bm25Params,
+    ) -> Vec<MatchedTerm> {
         let mut seen = HashSet::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for t in terms {
             *counts.entry(t).or_default() += 1;
         }
-        let norm = p.k1 * (1.0 - p.b + p.b * self.bm25.doc_len(doc) as f64 / self.bm25.avgdl().max(f64::MIN_POSITIVE));
+        let norm = p.k1
+            * (1.0 - p.b
+                + p.b * self.bm25.doc_len(doc) as f64 / self.bm25.avgdl().max(f64::MIN_POSITIVE));
         let mut out: Vec<MatchedTerm> = terms
             .iter()
             .filter(|t| seen.insert(**t))
             .filter_map(|t| {
                 let tf = self.bm25.tf(t, doc);
                 (tf > 0).then(|| {
-                    let per = self.bm25.idf(t, p.idf) * tf as f64 * (p.k1 + 1.0) / (tf as f64 + norm);
-                    MatchedTerm { word: first_word.get(t).copied().unwrap_or(t).to_string(), stem: t.to_string(), tf, contribution: per * counts[t] as f64 }
+                    let per =
+                        self.bm25.idf(t, p.idf) * tf as f64 * (p.k1 + 1.0) / (tf as f64 + norm);
+                    MatchedTerm {
+                        word: first_word.get(t).copied().unwrap_or(t).to_string(),
+                        stem: t.to_string(),
+                        tf,
+                        contribution: per * counts[t] as f64,
+                    }
                 })
             })
             .collect();
@@ -749,7 +971,9 @@ pub fn hyde_prompt(instruction: &str) -> String {
          Hugging Face model that would be ideal for the user's instruction. Here are examples:\n\n",
     );
     for (instruction, card) in HYDE_EXAMPLES {
-        p.push_str(&format!("Instruction: \"{instruction}\"\nHypothetical model card:\n{card}\n\n"));
+        p.push_str(&format!(
+            "Instruction: \"{instruction}\"\nHypothetical model card:\n{card}\n\n"
+        ));
     }
     p.push_str(&format!("Instruction: \"{}\"\nHypothetical model card:\n", instruction.trim()));
     p
@@ -761,10 +985,23 @@ pub async fn hyde_query(teacher: &dyn Teacher, instruction: &str) -> Result<Stri
 }
 
 /// [`hyde_query`] with a cap on the card's length in tokens.
-pub async fn hyde_query_with(teacher: &dyn Teacher, instruction: &str, max_tokens: u32) -> Result<String> {
-    let params = SamplingParams { temperature: 0.0, top_p: 1.0, max_tokens: Some(max_tokens), n: 1, seed: Some(0), ..Default::default() };
+pub async fn hyde_query_with(
+    teacher: &dyn Teacher,
+    instruction: &str,
+    max_tokens: u32,
+) -> Result<String> {
+    let params = SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        max_tokens: Some(max_tokens),
+        n: 1,
+        seed: Some(0),
+        ..Default::default()
+    };
     let request = ChatRequest::user(hyde_prompt(instruction), params);
-    let response = teacher.chat(&request).await.with_context(|| format!("HyDE: the teacher ({} {}) did not answer", teacher.backend(), teacher.model()))?;
+    let response = teacher.chat(&request).await.with_context(|| {
+        format!("HyDE: the teacher ({} {}) did not answer", teacher.backend(), teacher.model())
+    })?;
     let card = response.choices.first().map(|c| c.content.trim().to_string()).unwrap_or_default();
     anyhow::ensure!(
         !card.is_empty(),
@@ -798,16 +1035,28 @@ pub struct TrainablePlan {
 
 /// Find a registry entry for a hub id: its registry id, its repo, or a legacy short name
 /// (`t5-base` for `google-t5/t5-base`).
-pub fn registered_model<'a>(models: &'a crate::models::registry::ModelRegistry, name: &str) -> Option<&'a crate::models::registry::ModelEntry> {
+pub fn registered_model<'a>(
+    models: &'a crate::models::registry::ModelRegistry,
+    name: &str,
+) -> Option<&'a crate::models::registry::ModelEntry> {
     let repo_of = |e: &crate::models::registry::ModelEntry| e.hf.as_ref().map(|h| h.repo.clone());
-    models.models().iter().filter(|e| e.kind == crate::models::registry::ModelKind::Model).find(|e| {
-        e.id == name || repo_of(e).as_deref() == Some(name) || (!name.contains('/') && repo_of(e).is_some_and(|r| r.rsplit('/').next() == Some(name)))
-    })
+    models.models().iter().filter(|e| e.kind == crate::models::registry::ModelKind::Model).find(
+        |e| {
+            e.id == name
+                || repo_of(e).as_deref() == Some(name)
+                || (!name.contains('/')
+                    && repo_of(e).is_some_and(|r| r.rsplit('/').next() == Some(name)))
+        },
+    )
 }
 
 /// Decide how a retrieved model becomes a student here. Resolving a registered model checks its
 /// files (from the cache or its wheel; never the network when offline).
-pub fn plan_trainable(models: &crate::models::registry::ModelRegistry, name: &str, offline: bool) -> TrainablePlan {
+pub fn plan_trainable(
+    models: &crate::models::registry::ModelRegistry,
+    name: &str,
+    offline: bool,
+) -> TrainablePlan {
     let fallback = |why: String| {
         let available = models.resolve(FALLBACK_ENCODER).is_ok();
         TrainablePlan {
@@ -822,12 +1071,23 @@ pub fn plan_trainable(models: &crate::models::registry::ModelRegistry, name: &st
     if let Some(entry) = registered_model(models, name) {
         let hf_repo = entry.hf.as_ref().map(|h| h.repo.clone());
         let has_offline_source = entry.wheel().is_some();
-        let resolved = if offline && !has_offline_source { models.resolve(&entry.id).is_ok() } else { has_offline_source && models.resolve(&entry.id).is_ok() };
+        let resolved = if offline && !has_offline_source {
+            models.resolve(&entry.id).is_ok()
+        } else {
+            has_offline_source && models.resolve(&entry.id).is_ok()
+        };
         if resolved {
             return TrainablePlan {
                 retrieved: name.into(),
-                source: TrainableSource::Registered { registry_id: entry.id.clone(), hf_repo, available: true },
-                explanation: format!("registered as `{}` and its files are available locally", entry.id),
+                source: TrainableSource::Registered {
+                    registry_id: entry.id.clone(),
+                    hf_repo,
+                    available: true,
+                },
+                explanation: format!(
+                    "registered as `{}` and its files are available locally",
+                    entry.id
+                ),
             };
         }
         if !offline {
@@ -837,13 +1097,18 @@ pub fn plan_trainable(models: &crate::models::registry::ModelRegistry, name: &st
                 explanation: format!("registered as `{}`; its weights come from the hub ({}) with hf-hub (`--fetch`)", entry.id, hf_repo.unwrap_or_default()),
             };
         }
-        return fallback(format!("`{name}` is registered as `{}` but offline and not in the cache", entry.id));
+        return fallback(format!(
+            "`{name}` is registered as `{}` but offline and not in the cache",
+            entry.id
+        ));
     }
     if !offline {
         return TrainablePlan {
             retrieved: name.into(),
             source: TrainableSource::Hub { repo: name.into() },
-            explanation: format!("not registered; online, `{name}` is fetched from the hub with hf-hub (`--fetch`)"),
+            explanation: format!(
+                "not registered; online, `{name}` is fetched from the hub with hf-hub (`--fetch`)"
+            ),
         };
     }
     fallback(format!("offline (P2M_OFFLINE=1) and `{name}` has no local copy"))
@@ -851,7 +1116,10 @@ pub fn plan_trainable(models: &crate::models::registry::ModelRegistry, name: &st
 
 /// Fetch what a plan names (online): a registered model through the model registry, a hub model's
 /// config, weights and tokenizer with hf-hub into the project cache. Returns the local folder.
-pub fn fetch_trainable(models: &crate::models::registry::ModelRegistry, plan: &TrainablePlan) -> Result<PathBuf> {
+pub fn fetch_trainable(
+    models: &crate::models::registry::ModelRegistry,
+    plan: &TrainablePlan,
+) -> Result<PathBuf> {
     match &plan.source {
         TrainableSource::Registered { registry_id, .. } => Ok(models.resolve(registry_id)?.dir),
         TrainableSource::Fallback { encoder, .. } => Ok(models.resolve(encoder)?.dir),
@@ -861,9 +1129,13 @@ pub fn fetch_trainable(models: &crate::models::registry::ModelRegistry, plan: &T
 
 fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
     crate::download::block_on(async {
-        let api = crate::download::hf_hub_api(&cache.join("hf-hub"), true).context("hf-hub client")?;
+        let api =
+            crate::download::hf_hub_api(&cache.join("hf-hub"), true).context("hf-hub client")?;
         let r = api.model(repo.to_string());
-        let config = r.get("config.json").await.with_context(|| format!("fetching {repo}/config.json from the hub"))?;
+        let config = r
+            .get("config.json")
+            .await
+            .with_context(|| format!("fetching {repo}/config.json from the hub"))?;
         let mut weights = None;
         for name in ["model.safetensors", "pytorch_model.bin"] {
             if let Ok(p) = r.get(name).await {
@@ -871,8 +1143,18 @@ fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
                 break;
             }
         }
-        anyhow::ensure!(weights.is_some(), "{repo}: neither model.safetensors nor pytorch_model.bin could be fetched");
-        for name in ["tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json", "vocab.json", "merges.txt"] {
+        anyhow::ensure!(
+            weights.is_some(),
+            "{repo}: neither model.safetensors nor pytorch_model.bin could be fetched"
+        );
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "spiece.model",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+        ] {
             let _ = r.get(name).await;
         }
         Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
@@ -923,7 +1205,14 @@ pub fn retrieve_models(
         None => (search.instruction.clone(), "the instruction (no teacher: HyDE off)".to_string()),
         Some(t) => {
             let card = runtime.block_on(hyde_query(t, &search.instruction))?;
-            (card, format!("HyDE: a hypothetical model card written by {} `{}`", t.backend(), t.model()))
+            (
+                card,
+                format!(
+                    "HyDE: a hypothetical model card written by {} `{}`",
+                    t.backend(),
+                    t.model()
+                ),
+            )
         }
     };
     let ranking = index.rank(&query, &cfg, Some(cfg.top_k));
@@ -941,7 +1230,10 @@ pub fn retrieve_models(
     let mut fetched = None;
     if search.fetch {
         if let Some(plan) = &trainable {
-            fetched = Some(fetch_trainable(&models, plan).with_context(|| format!("fetching `{}`", plan.retrieved))?);
+            fetched = Some(
+                fetch_trainable(&models, plan)
+                    .with_context(|| format!("fetching `{}`", plan.retrieved))?,
+            );
         }
     }
     Ok(ModelRetrievalOutput {
@@ -986,7 +1278,10 @@ mod tests {
         assert_eq!(c("someone/model", "---\npipeline_tag: image-to-text\n---\n"), Other);
         assert_eq!(c("someone/model", "---\ntags:\n- llama\n- lora\n---\ntext"), DecoderOnly);
         assert_eq!(c("someone/model", "---\ntags: [\"t5\"]\n---\n"), EncoderDecoder);
-        assert_eq!(c("someone/model", "---\npipeline_tag: \"text-generation\"\n---\n"), DecoderOnly);
+        assert_eq!(
+            c("someone/model", "---\npipeline_tag: \"text-generation\"\n---\n"),
+            DecoderOnly
+        );
         let (a, why) = classify_architecture("someone/model", "no metadata");
         assert_eq!(a, EncoderDecoder);
         assert!(why.starts_with("assumed"), "{why}");
@@ -1008,7 +1303,9 @@ mod tests {
     #[test]
     fn hyde_prompt_ends_with_the_instruction() {
         let p = hyde_prompt("  Answer questions about a passage. ");
-        assert!(p.ends_with("Instruction: \"Answer questions about a passage.\"\nHypothetical model card:\n"));
+        assert!(p.ends_with(
+            "Instruction: \"Answer questions about a passage.\"\nHypothetical model card:\n"
+        ));
         assert_eq!(p.matches("Hypothetical model card:").count(), HYDE_EXAMPLES.len() + 1);
     }
 }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::data::examples::Example;
-use crate::util::json_scan::json_values;
 use crate::teacher::{ChatRequest, SamplingParams, Teacher, TeacherError};
+use crate::util::json_scan::json_values;
 
 /// Language of a prompt, by script (and, for Latin script, common English words).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,12 +105,21 @@ pub struct ParserConfig {
 
 impl Default for ParserConfig {
     fn default() -> Self {
-        ParserConfig { mode: ParseMode::Auto, max_attempts: 3, retry_temperature: 0.3, max_tokens: None }
+        ParserConfig {
+            mode: ParseMode::Auto,
+            max_attempts: 3,
+            retry_temperature: 0.3,
+            max_tokens: None,
+        }
     }
 }
 
 /// Parse `prompt` according to `cfg.mode`.
-pub async fn parse_prompt(prompt: &str, teacher: Option<&dyn Teacher>, cfg: &ParserConfig) -> Result<ParsedPrompt, ParseError> {
+pub async fn parse_prompt(
+    prompt: &str,
+    teacher: Option<&dyn Teacher>,
+    cfg: &ParserConfig,
+) -> Result<ParsedPrompt, ParseError> {
     match (cfg.mode, teacher) {
         (ParseMode::Deterministic, _) | (ParseMode::Auto, None) => parse_deterministic(prompt),
         (ParseMode::Llm, None) => Err(ParseError::NoTeacher),
@@ -156,7 +165,11 @@ pub struct DemoScan {
 
 /// The demonstrations as the generator shows them (the paper's prompt format).
 pub fn format_demonstrations(demos: &[Example]) -> String {
-    demos.iter().map(|d| format!("input=\"{}\"\noutput=\"{}\"", d.input, d.output)).collect::<Vec<_>>().join("\n\n")
+    demos
+        .iter()
+        .map(|d| format!("input=\"{}\"\noutput=\"{}\"", d.input, d.output))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,7 +263,9 @@ fn skip_enumerator(text: &str, pos: usize) -> usize {
 
 /// Byte offsets of line starts.
 fn line_starts(text: &str) -> impl Iterator<Item = usize> + '_ {
-    std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).filter(move |&i| i <= text.len())
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .filter(move |&i| i <= text.len())
 }
 
 fn line_at(text: &str, start: usize) -> &str {
@@ -262,10 +277,12 @@ fn line_at(text: &str, start: usize) -> &str {
 fn is_example_header(line: &str) -> bool {
     let l = line.trim().trim_start_matches('#').trim().trim_end_matches([':', '：', '.']).trim();
     let lower = l.to_lowercase();
-    for w in ["example", "examples", "sample", "demonstration", "例", "示例", "样例", "例題"] {
+    for w in ["example", "examples", "sample", "demonstration", "例", "示例", "样例", "例題"]
+    {
         if let Some(rest) = lower.strip_prefix(w) {
             let rest = rest.trim().trim_start_matches(['#', '№']);
-            return rest.chars().all(|c| c.is_ascii_digit() || c.is_whitespace()) && rest.chars().count() <= 4;
+            return rest.chars().all(|c| c.is_ascii_digit() || c.is_whitespace())
+                && rest.chars().count() <= 4;
         }
     }
     false
@@ -276,7 +293,10 @@ fn skip_gap(text: &str, mut pos: usize) -> usize {
     loop {
         pos = skip_space(text, pos);
         let line = line_at(text, pos);
-        if !line.is_empty() && is_example_header(line) && marker_at(text, skip_enumerator(text, pos)).is_none() {
+        if !line.is_empty()
+            && is_example_header(line)
+            && marker_at(text, skip_enumerator(text, pos)).is_none()
+        {
             pos += line.len();
             continue;
         }
@@ -337,7 +357,9 @@ fn read_value(text: &str, vstart: usize, next: Kind) -> (String, usize) {
                 end = i;
                 break;
             }
-            if next_line <= text.len() && marker_at(text, skip_enumerator(text, skip_hspace(text, next_line))).is_some() {
+            if next_line <= text.len()
+                && marker_at(text, skip_enumerator(text, skip_hspace(text, next_line))).is_some()
+            {
                 end = i;
                 break;
             }
@@ -368,7 +390,10 @@ pub fn extract_demonstrations(text: &str) -> DemoScan {
     // … or else inline, after whitespace (`… my problems. Input: What is CI/CD? Output: …`).
     if first.is_none() {
         for (i, c) in text.char_indices() {
-            if i > 0 && text[..i].ends_with(char::is_whitespace) && matches!(inline_marker_at(text, i), Some((Kind::Input, _))) {
+            if i > 0
+                && text[..i].ends_with(char::is_whitespace)
+                && matches!(inline_marker_at(text, i), Some((Kind::Input, _)))
+            {
                 first = Some((i, i));
                 break;
             }
@@ -413,9 +438,20 @@ fn strip_lead_in(before: &str) -> String {
     let lower = last.to_lowercase();
     let lead_in = (last.ends_with(':') || last.ends_with('：'))
         && last.chars().count() <= 300
-        && ["example", "demonstration", "sample", "here are", "here is", "for instance", "例", "以下", "示例", "样例"]
-            .iter()
-            .any(|w| lower.contains(w));
+        && [
+            "example",
+            "demonstration",
+            "sample",
+            "here are",
+            "here is",
+            "for instance",
+            "例",
+            "以下",
+            "示例",
+            "样例",
+        ]
+        .iter()
+        .any(|w| lower.contains(w));
     let kept = if lead_in { &t[..last_start] } else { t };
     kept.trim().to_string()
 }
@@ -426,7 +462,8 @@ fn strip_lead_in(before: &str) -> String {
 /// Language of `text` by script: kana → Japanese; Hangul → Korean; Han without kana → Chinese;
 /// Latin script with common English function words → English; anything else → Other.
 pub fn detect_language(text: &str) -> Language {
-    let (mut kana, mut han, mut hangul, mut latin_words, mut other) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut kana, mut han, mut hangul, mut latin_words, mut other) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut words: Vec<String> = Vec::new();
     let mut cur = String::new();
     let flush = |cur: &mut String, words: &mut Vec<String>, latin_words: &mut usize| {
@@ -468,8 +505,9 @@ pub fn detect_language(text: &str) -> Language {
     }
     if share(latin_words) >= 0.6 {
         const EN: [&str; 32] = [
-            "the", "a", "an", "and", "or", "of", "to", "in", "is", "are", "be", "for", "with", "that", "this", "on", "it", "as", "by",
-            "from", "your", "you", "each", "if", "should", "will", "can", "not", "which", "given", "what", "into",
+            "the", "a", "an", "and", "or", "of", "to", "in", "is", "are", "be", "for", "with",
+            "that", "this", "on", "it", "as", "by", "from", "your", "you", "each", "if", "should",
+            "will", "can", "not", "which", "given", "what", "into",
         ];
         let hits = words.iter().filter(|w| EN.contains(&w.as_str())).count();
         if hits * 100 >= words.len() * 8 || (words.len() < 8 && hits > 0) {
@@ -589,7 +627,8 @@ fn normalise_ws(s: &str) -> String {
 }
 
 fn get_ci<'a>(m: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
-    m.get(name).or_else(|| m.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    m.get(name)
+        .or_else(|| m.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 /// Validate a teacher's parse of `prompt`; the problem in words when it is not acceptable.
@@ -601,7 +640,11 @@ pub fn validate_llm_parse(prompt: &str, answer: &str) -> Result<ParsedPrompt, St
             _ => None,
         })
         .ok_or_else(|| "the answer has no JSON object with an `Instruction` field".to_string())?;
-    let instruction = get_ci(&obj, "instruction").and_then(Value::as_str).map(str::trim).unwrap_or_default().to_string();
+    let instruction = get_ci(&obj, "instruction")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
     if instruction.is_empty() || instruction == "N/A" {
         return Err("`Instruction` is empty".into());
     }
@@ -619,9 +662,12 @@ pub fn validate_llm_parse(prompt: &str, answer: &str) -> Result<ParsedPrompt, St
             let mut out = Vec::new();
             for x in a {
                 let m = x.as_object().ok_or("a demonstration is not an object")?;
-                let field = |k: &str| get_ci(m, k).and_then(Value::as_str).map(|s| s.trim().to_string());
+                let field =
+                    |k: &str| get_ci(m, k).and_then(Value::as_str).map(|s| s.trim().to_string());
                 match (field("input"), field("output")) {
-                    (Some(i), Some(o)) if !i.is_empty() && !o.is_empty() => out.push(Example { input: i, output: o }),
+                    (Some(i), Some(o)) if !i.is_empty() && !o.is_empty() => {
+                        out.push(Example { input: i, output: o })
+                    }
                     _ => return Err("a demonstration lacks a non-empty `input` or `output`".into()),
                 }
             }
@@ -635,14 +681,21 @@ pub fn validate_llm_parse(prompt: &str, answer: &str) -> Result<ParsedPrompt, St
     }
     for d in &demos {
         if !hay.contains(&normalise_ws(&d.input)) || !hay.contains(&normalise_ws(&d.output)) {
-            return Err(format!("demonstration {:?} is not a verbatim part of the prompt", crate::util::text::excerpt(&d.input, 60)));
+            return Err(format!(
+                "demonstration {:?} is not a verbatim part of the prompt",
+                crate::util::text::excerpt(&d.input, 60)
+            ));
         }
     }
     Ok(ParsedPrompt::new(instruction, demos))
 }
 
 /// Parse `prompt` with the teacher: at most `cfg.max_attempts` calls, each answer validated.
-pub async fn parse_with_teacher(teacher: &dyn Teacher, prompt: &str, cfg: &ParserConfig) -> Result<ParsedPrompt, ParseError> {
+pub async fn parse_with_teacher(
+    teacher: &dyn Teacher,
+    prompt: &str,
+    cfg: &ParserConfig,
+) -> Result<ParsedPrompt, ParseError> {
     if prompt.trim().is_empty() {
         return Err(ParseError::Empty);
     }
@@ -682,7 +735,13 @@ fn strip_wrapping(s: &str) -> String {
     let mut t = s.trim();
     if t.starts_with("```") {
         t = t.trim_start_matches('`');
-        t = t.split_once('\n').map_or("", |(first, rest)| if first.trim().chars().all(char::is_alphanumeric) { rest } else { t });
+        t = t.split_once('\n').map_or("", |(first, rest)| {
+            if first.trim().chars().all(char::is_alphanumeric) {
+                rest
+            } else {
+                t
+            }
+        });
         t = t.trim_end().trim_end_matches('`').trim();
     }
     for (a, b) in [('"', '"'), ('“', '”'), ('「', '」')] {
@@ -694,14 +753,24 @@ fn strip_wrapping(s: &str) -> String {
 }
 
 /// Translate `text` (in `from`) into English through the teacher.
-pub async fn translate_to_english(teacher: &dyn Teacher, text: &str, from: Language, max_attempts: u32) -> Result<String, ParseError> {
+pub async fn translate_to_english(
+    teacher: &dyn Teacher,
+    text: &str,
+    from: Language,
+    max_attempts: u32,
+) -> Result<String, ParseError> {
     let prompt = format!(
         "Translate the following {} task description into English. Keep code, identifiers, anything in backticks or quotes, numbers and line breaks exactly as they are. Reply with the translation only.\n\n{text}",
         from.name()
     );
     let mut last = String::new();
     for attempt in 0..max_attempts.max(1) {
-        let params = SamplingParams { temperature: 0.0, n: 1, seed: Some(attempt as u64), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.0,
+            n: 1,
+            seed: Some(attempt as u64),
+            ..Default::default()
+        };
         match teacher.chat(&ChatRequest::user(prompt.clone(), params)).await {
             Err(e) if e.is_fatal() => return Err(ParseError::Teacher(e)),
             Err(e) => last = e.to_string(),
@@ -719,12 +788,20 @@ pub async fn translate_to_english(teacher: &dyn Teacher, text: &str, from: Langu
 
 /// A copy of `parsed` with its instruction translated into English (unchanged when already
 /// English). Demonstrations are kept as they are: they define the task's input/output language.
-pub async fn translate_instruction(teacher: &dyn Teacher, parsed: &ParsedPrompt) -> Result<ParsedPrompt, ParseError> {
+pub async fn translate_instruction(
+    teacher: &dyn Teacher,
+    parsed: &ParsedPrompt,
+) -> Result<ParsedPrompt, ParseError> {
     if parsed.language == Language::English {
         return Ok(parsed.clone());
     }
-    let instruction = translate_to_english(teacher, &parsed.instruction, parsed.language, 3).await?;
-    Ok(ParsedPrompt { instruction, demonstrations: parsed.demonstrations.clone(), language: Language::English })
+    let instruction =
+        translate_to_english(teacher, &parsed.instruction, parsed.language, 3).await?;
+    Ok(ParsedPrompt {
+        instruction,
+        demonstrations: parsed.demonstrations.clone(),
+        language: Language::English,
+    })
 }
 
 #[cfg(test)]
@@ -733,16 +810,31 @@ mod tests {
 
     #[test]
     fn layouts() {
-        let p = parse_deterministic("Translate to French.\n\nInput: cat\nOutput: chat\n\nInput: dog\nOutput: chien\n").unwrap();
+        let p = parse_deterministic(
+            "Translate to French.\n\nInput: cat\nOutput: chat\n\nInput: dog\nOutput: chien\n",
+        )
+        .unwrap();
         assert_eq!(p.instruction, "Translate to French.");
-        assert_eq!(p.demonstrations, vec![Example::new("cat", "chat"), Example::new("dog", "chien")]);
-        let p = parse_deterministic("Answer.\nExample 1:\nInput: 1+1\nOutput: 2\nExample 2:\nInput: 2+2\nOutput: 4").unwrap();
+        assert_eq!(
+            p.demonstrations,
+            vec![Example::new("cat", "chat"), Example::new("dog", "chien")]
+        );
+        let p = parse_deterministic(
+            "Answer.\nExample 1:\nInput: 1+1\nOutput: 2\nExample 2:\nInput: 2+2\nOutput: 4",
+        )
+        .unwrap();
         assert_eq!(p.instruction, "Answer.");
         assert_eq!(p.demonstrations.len(), 2);
-        let p = parse_deterministic("Sum them.\n1. input=\"1 2\" output=\"3\"\n2. input=“2 2” output=“4”\n").unwrap();
+        let p = parse_deterministic(
+            "Sum them.\n1. input=\"1 2\" output=\"3\"\n2. input=“2 2” output=“4”\n",
+        )
+        .unwrap();
         assert_eq!(p.demonstrations, vec![Example::new("1 2", "3"), Example::new("2 2", "4")]);
         let p = parse_deterministic("As a programer, I am learning software development. Here are some of my problems. Input: What is CI/CD? Output: CI/CD is a way. Input: What is Git? Output:").unwrap();
-        assert_eq!(p.instruction, "As a programer, I am learning software development. Here are some of my problems.");
+        assert_eq!(
+            p.instruction,
+            "As a programer, I am learning software development. Here are some of my problems."
+        );
         assert_eq!(p.demonstrations, vec![Example::new("What is CI/CD?", "CI/CD is a way.")]);
         let p = parse_deterministic("Just do it.").unwrap();
         assert_eq!((p.instruction.as_str(), p.demonstrations.len()), ("Just do it.", 0));
@@ -753,11 +845,22 @@ mod tests {
 
     #[test]
     fn languages() {
-        assert_eq!(detect_language("Your task is to generate an answer to a natural question."), Language::English);
-        assert_eq!(detect_language("Pythonで1行のコードを生成し、StackOverflowの日本語の質問を解決してください。"), Language::Japanese);
+        assert_eq!(
+            detect_language("Your task is to generate an answer to a natural question."),
+            Language::English
+        );
+        assert_eq!(
+            detect_language(
+                "Pythonで1行のコードを生成し、StackOverflowの日本語の質問を解決してください。"
+            ),
+            Language::Japanese
+        );
         assert_eq!(detect_language("来到美国后，我需要学习如何自己做饭。"), Language::Chinese);
         assert_eq!(detect_language("다음 문장을 영어로 번역하세요."), Language::Korean);
-        assert_eq!(detect_language("Traduisez la phrase suivante en anglais, s'il vous plaît, avec soin."), Language::Other);
+        assert_eq!(
+            detect_language("Traduisez la phrase suivante en anglais, s'il vous plaît, avec soin."),
+            Language::Other
+        );
         assert_eq!(detect_language("Переведите это предложение."), Language::Other);
     }
 

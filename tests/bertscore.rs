@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 
 use prompt2model::config::Paths;
-use prompt2model::evaluator::bertscore::{Baseline, BertScoreConfig, BertScorer, BERT_SCORE_HASH_VERSION};
+use prompt2model::evaluator::bertscore::{
+    Baseline, BertScoreConfig, BertScorer, BERT_SCORE_HASH_VERSION,
+};
 use prompt2model::models::bert::BertEncoder;
 use prompt2model::models::registry::ModelRegistry;
 use serde_json::Value;
@@ -19,7 +21,9 @@ const MODEL: &str = "all-MiniLM-L6-v2";
 const TOL: f64 = 1e-4;
 
 fn repo_root() -> PathBuf {
-    std::env::var_os("P2M_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    std::env::var_os("P2M_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn fixture_path(name: &str) -> PathBuf {
@@ -28,12 +32,16 @@ fn fixture_path(name: &str) -> PathBuf {
 
 fn fixture() -> Value {
     let path = fixture_path("bertscore_minilm.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 fn registry() -> ModelRegistry {
     let root = repo_root();
-    let cache = std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
+    let cache =
+        std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
     ModelRegistry::load(Paths::with(&root, None, cache, true)).expect("data/models.toml loads")
 }
 
@@ -57,7 +65,10 @@ fn config_of(setting: &Value) -> BertScoreConfig {
         config.batch_size = bs as usize;
     }
     if s.get("rescale_with_baseline").and_then(Value::as_bool).unwrap_or(false) {
-        config.baseline = Some(Baseline::from_file(&fixture_path("bertscore_custom_baseline.tsv"), config.layer).unwrap());
+        config.baseline = Some(
+            Baseline::from_file(&fixture_path("bertscore_custom_baseline.tsv"), config.layer)
+                .unwrap(),
+        );
     }
     config
 }
@@ -67,7 +78,11 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 /// Max |ours - theirs| over P, R and F; also asserts the per-pair values within TOL.
-fn compare(name: &str, ours: &prompt2model::evaluator::bertscore::BertScores, want: &Value) -> (f64, f64) {
+fn compare(
+    name: &str,
+    ours: &prompt2model::evaluator::bertscore::BertScores,
+    want: &Value,
+) -> (f64, f64) {
     let mut worst = 0f64;
     let mut worst_f = 0f64;
     for (key, got) in [("P", &ours.precision), ("R", &ours.recall), ("F", &ours.f1)] {
@@ -75,7 +90,10 @@ fn compare(name: &str, ours: &prompt2model::evaluator::bertscore::BertScores, wa
         assert_eq!(got.len(), expected.len(), "{name}: {key} length");
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             let d = (g - e).abs();
-            assert!(d <= TOL, "{name}: {key}[{i}] = {g:.7} but bert_score gives {e:.7} (diff {d:.2e})");
+            assert!(
+                d <= TOL,
+                "{name}: {key}[{i}] = {g:.7} but bert_score gives {e:.7} (diff {d:.2e})"
+            );
             worst = worst.max(d);
             if key == "F" {
                 worst_f = worst_f.max(d);
@@ -97,7 +115,10 @@ fn bertscore_matches_bert_score_on_50_pairs() {
         *scorer.config_mut() = config_of(setting);
         let ours = scorer.score(&cands, &refs).unwrap();
         let (worst, worst_f) = compare(name, &ours, setting);
-        eprintln!("{name:18} max |ΔP,ΔR,ΔF| {worst:.2e}  max |ΔF1| {worst_f:.2e}  ({})", ours.signature);
+        eprintln!(
+            "{name:18} max |ΔP,ΔR,ΔF| {worst:.2e}  max |ΔF1| {worst_f:.2e}  ({})",
+            ours.signature
+        );
         // bert_score's own hash, without its `(hug_trans=...)` part.
         let hash = setting["hash"].as_str().unwrap();
         let (head, rest) = hash.split_once("(hug_trans=").unwrap();
@@ -126,7 +147,11 @@ fn multi_reference_scores_take_the_best_reference() {
 fn tokens_match_bert_score_sent_encode() {
     let fx = fixture();
     let scorer = scorer(BertScoreConfig::new(6));
-    assert_eq!(scorer.encoder().max_length(), 512, "bert_score truncates at the tokenizer's model_max_length");
+    assert_eq!(
+        scorer.encoder().max_length(),
+        512,
+        "bert_score truncates at the tokenizer's model_max_length"
+    );
     let table = fx["sent_encode"].as_object().unwrap();
     let sentences: Vec<&str> = table.keys().map(String::as_str).collect();
     let ours = scorer.encode(&sentences).unwrap();
@@ -150,11 +175,15 @@ fn signature_and_edge_cases() {
             "BERTScore|model:{MODEL}|layer:6|idf:yes|rescale:yes(en/xlm-roberta-base.tsv)|nrefs:1|maxlen:512|bs:64|tok:fast|impl:prompt2model-rs-{v}|ref:bert_score-0.3.13"
         )
     );
-    assert_eq!(scorer.bert_score_hash(), format!("{MODEL}_L6_idf_version={BERT_SCORE_HASH_VERSION}-rescaled_fast-tokenizer"));
+    assert_eq!(
+        scorer.bert_score_hash(),
+        format!("{MODEL}_L6_idf_version={BERT_SCORE_HASH_VERSION}-rescaled_fast-tokenizer")
+    );
 
     let plain = self::scorer(BertScoreConfig::new(6));
     // Identical sentences score 1; empty sides score 0 (bert_score's convention).
-    let s = plain.score(&["same words here", "", "text"], &["same words here", "text", ""]).unwrap();
+    let s =
+        plain.score(&["same words here", "", "text"], &["same words here", "text", ""]).unwrap();
     assert!((s.f1[0] - 1.0).abs() < 1e-5, "{}", s.f1[0]);
     assert_eq!((s.precision[1], s.recall[1], s.f1[1]), (0.0, 0.0, 0.0));
     assert_eq!((s.precision[2], s.recall[2], s.f1[2]), (0.0, 0.0, 0.0));

@@ -5,7 +5,11 @@ use crate::common;
 use std::process::Command;
 
 fn p2m(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_p2m")).args(args).current_dir(common::repo_root()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_p2m"))
+        .args(args)
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -20,7 +24,18 @@ fn score_jsonl_with_multiple_references_and_json_output() {
         ),
     )
     .unwrap();
-    let out = p2m(&["score", "-p", path.to_str().unwrap(), "-m", "em", "-m", "em-squad", "-m", "chrf++", "--json"]);
+    let out = p2m(&[
+        "score",
+        "-p",
+        path.to_str().unwrap(),
+        "-m",
+        "em",
+        "-m",
+        "em-squad",
+        "-m",
+        "chrf++",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let scores = v["scores"].as_array().unwrap();
@@ -41,7 +56,17 @@ fn score_csv_with_reference_columns_prints_signatures() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("preds.csv");
     std::fs::write(&path, "pred,gold\nabc,abc\nabd,xyz\n").unwrap();
-    let out = p2m(&["score", "-p", path.to_str().unwrap(), "--prediction-col", "pred", "--reference-col", "gold", "-m", "em"]);
+    let out = p2m(&[
+        "score",
+        "-p",
+        path.to_str().unwrap(),
+        "--prediction-col",
+        "pred",
+        "--reference-col",
+        "gold",
+        "-m",
+        "em",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("EM = 50.00  (n=2; em|norm:raw"), "{text}");
@@ -51,11 +76,17 @@ fn score_csv_with_reference_columns_prints_signatures() {
 fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("preds.jsonl");
-    std::fs::write(&path, "{\"prediction\": \"a\", \"references\": [\"a\"]}\n{\"pred\": \"b\"}\n").unwrap();
+    std::fs::write(&path, "{\"prediction\": \"a\", \"references\": [\"a\"]}\n{\"pred\": \"b\"}\n")
+        .unwrap();
     let out = p2m(&["score", "-p", path.to_str().unwrap(), "-m", "em"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 2") && err.contains("no field `prediction`") && err.contains("--prediction-col"), "{err}");
+    assert!(
+        err.contains("line 2")
+            && err.contains("no field `prediction`")
+            && err.contains("--prediction-col"),
+        "{err}"
+    );
 
     let out = p2m(&["score", "-p", "/nonexistent/preds.txt", "-m", "em"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --format"));
@@ -63,7 +94,11 @@ fn bad_input_gets_a_clear_error() {
 
 #[test]
 fn table2_names_a_bad_scale_and_fails() {
-    let out = Command::new(env!("CARGO_BIN_EXE_table2")).args(["--scale", "nosuch"]).current_dir(common::repo_root()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_table2"))
+        .args(["--scale", "nosuch"])
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no scale `nosuch`") && err.contains("laptop"), "{err}");
@@ -74,14 +109,20 @@ fn bertscore_runs_on_a_recorded_prediction_set() {
     // gpt-3.5-turbo's recorded MCoNaLa outputs (210 rows), scored with the offline encoder.
     let cache = tempfile::tempdir().unwrap();
     let registry = common::mirror_registry(cache.path());
-    let p = prompt2model::tables::load_recorded_predictions(&registry, "p2m_runs/baseline/gpt_baseline/results/jp2python_gpt_results").unwrap();
+    let p = prompt2model::tables::load_recorded_predictions(
+        &registry,
+        "p2m_runs/baseline/gpt_baseline/results/jp2python_gpt_results",
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jp2python.jsonl");
     let lines: Vec<String> = p
         .predictions
         .iter()
         .zip(&p.references)
-        .map(|(pred, refs)| serde_json::json!({ "prediction": pred, "references": refs }).to_string())
+        .map(|(pred, refs)| {
+            serde_json::json!({ "prediction": pred, "references": refs }).to_string()
+        })
         .collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
     let out = p2m(&["score", "-p", path.to_str().unwrap(), "--bertscore", "--json"]);
@@ -91,7 +132,10 @@ fn bertscore_runs_on_a_recorded_prediction_set() {
     assert_eq!(b["n"], 210);
     let f1 = b["f1"].as_f64().unwrap();
     assert!(f1 > 0.3 && f1 < 1.0, "F1 {f1}");
-    assert!(b["signature"].as_str().unwrap().starts_with("BERTScore|model:all-MiniLM-L6-v2|layer:6"));
+    assert!(b["signature"]
+        .as_str()
+        .unwrap()
+        .starts_with("BERTScore|model:all-MiniLM-L6-v2|layer:6"));
     // The same numbers as the library computes directly.
     let models = prompt2model::models::registry::ModelRegistry::from_env().unwrap();
     let scorer = prompt2model::evaluator::bertscore::BertScorer::offline_default(&models).unwrap();

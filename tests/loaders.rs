@@ -15,10 +15,16 @@ fn squad_dev_keeps_every_gold_answer() {
     let squad = loaders::load_dataset(&registry, "squad-v1.1-dev").unwrap().frame;
     assert_eq!(squad.height(), 10570);
     let refs = loaders::string_list_column(&squad, loaders::REFERENCES).unwrap();
-    assert_eq!(refs.iter().map(Vec::len).sum::<usize>(), 34726, "all gold answers (duplicates included) are kept");
+    assert_eq!(
+        refs.iter().map(Vec::len).sum::<usize>(),
+        34726,
+        "all gold answers (duplicates included) are kept"
+    );
     assert_eq!(refs[0], ["Denver Broncos", "Denver Broncos", "Denver Broncos"]);
     let inputs = loaders::string_column(&squad, loaders::INPUT).unwrap();
-    assert!(inputs[0].starts_with("Question: Which NFL team represented the AFC at Super Bowl 50? Context: Super Bowl 50 was"));
+    assert!(inputs[0].starts_with(
+        "Question: Which NFL team represented the AFC at Super Bowl 50? Context: Super Bowl 50 was"
+    ));
 }
 
 #[test]
@@ -27,13 +33,19 @@ fn mconala_conala_and_temporal_load_in_the_common_schema() {
     let registry = common::mirror_registry(cache.path());
     let m = loaders::load_dataset(&registry, "mconala-ja-test").unwrap().frame;
     assert_eq!(m.height(), 210);
-    assert_eq!(loaders::string_column(&m, "input").unwrap()[0], "2次元配列`arr`の要素となっている1次元配列から先頭の値のみを抜き出す");
+    assert_eq!(
+        loaders::string_column(&m, "input").unwrap()[0],
+        "2次元配列`arr`の要素となっている1次元配列から先頭の値のみを抜き出す"
+    );
     assert_eq!(loaders::string_list_column(&m, "references").unwrap()[0], ["arr[:, 0]"]);
     let c = loaders::load_dataset(&registry, "conala-train").unwrap().frame;
     assert_eq!(c.height(), 2379);
     let t = loaders::load_dataset(&registry, "temporal").unwrap().frame;
     assert_eq!(t.height(), 860);
-    assert_eq!(loaders::string_list_column(&t, "references").unwrap()[0], ["2009 == 2009 | 2010 == 2010"]);
+    assert_eq!(
+        loaders::string_list_column(&t, "references").unwrap()[0],
+        ["2009 == 2009 | 2010 == 2010"]
+    );
     for df in [&m, &c, &t] {
         assert_eq!(&df.get_column_names()[..3], &["id", "input", "references"]);
     }
@@ -49,7 +61,11 @@ fn recorded_gpt_references_equal_the_registry_test_sets() {
     ] {
         let p = prompt2model::tables::load_recorded_predictions(&registry, folder).unwrap();
         let test = loaders::load_dataset(&registry, dataset).unwrap().frame;
-        assert_eq!(p.references, loaders::string_list_column(&test, "references").unwrap(), "{folder}");
+        assert_eq!(
+            p.references,
+            loaders::string_list_column(&test, "references").unwrap(),
+            "{folder}"
+        );
         assert_eq!(p.inputs, loaders::string_column(&test, "input").unwrap(), "{folder}");
     }
 }
@@ -58,10 +74,17 @@ fn recorded_gpt_references_equal_the_registry_test_sets() {
 fn dataset_dicts_load_every_split() {
     let cache = tempfile::tempdir().unwrap();
     let registry = common::mirror_registry(cache.path());
-    let (disk, _, files) = loaders::load_registered_hf_disk(&registry, "p2m_runs/generation/generated_dataset/flan-t5-base_jp2python").unwrap();
+    let (disk, _, files) = loaders::load_registered_hf_disk(
+        &registry,
+        "p2m_runs/generation/generated_dataset/flan-t5-base_jp2python",
+    )
+    .unwrap();
     let HfDisk::Dict(splits) = disk else { panic!("expected a DatasetDict") };
     let sizes: Vec<(String, usize)> = splits.iter().map(|(k, v)| (k.clone(), v.height())).collect();
-    assert_eq!(sizes, [("test".to_string(), 1000), ("train".to_string(), 3000), ("val".to_string(), 1000)]);
+    assert_eq!(
+        sizes,
+        [("test".to_string(), 1000), ("train".to_string(), 3000), ("val".to_string(), 1000)]
+    );
     assert!(files.len() >= 10);
     let train = &splits["train"];
     for c in ["input_col", "output_col", "model_input", "model_output"] {
@@ -73,7 +96,11 @@ fn dataset_dicts_load_every_split() {
 fn malformed_json_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dev.json");
-    fs::write(&path, "{\"data\": [{\"title\": \"x\",\n \"paragraphs\": [ {\"context\": 3 } ] } ] }").unwrap();
+    fs::write(
+        &path,
+        "{\"data\": [{\"title\": \"x\",\n \"paragraphs\": [ {\"context\": 3 } ] } ] }",
+    )
+    .unwrap();
     let err = loaders::load_squad_json(&path).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, DataError::Malformed { .. }));

@@ -24,8 +24,8 @@ use std::process::Command;
 
 use prompt2model::evaluator::chrf::{self, ChrfConfig};
 use prompt2model::evaluator::exact_match::{self, EmNormalization};
-use prompt2model::evaluator::pystr;
 use prompt2model::evaluator::kendall::{self, KendallMethod};
+use prompt2model::evaluator::pystr;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -214,18 +214,8 @@ const JAPANESE: &[&str] = &[
     "ｶﾀｶﾅ",
     "私は学生です。",
 ];
-const EMOJI: &[&str] = &[
-    "😀",
-    "👍",
-    "👍🏽",
-    "🇯🇵",
-    "👨\u{200d}👩\u{200d}👧",
-    "❤\u{fe0f}",
-    "🎉",
-    "🙂🙃",
-    "🤖!",
-    "(😀)",
-];
+const EMOJI: &[&str] =
+    &["😀", "👍", "👍🏽", "🇯🇵", "👨\u{200d}👩\u{200d}👧", "❤\u{fe0f}", "🎉", "🙂🙃", "🤖!", "(😀)"];
 const MIXED: &[&str] = &[
     "ΟΔΥΣΣΕΥΣ",
     "Σοφία",
@@ -284,21 +274,12 @@ const SEPS: &[&str] = &[
     "\r\n",
     " \u{180e} ",
 ];
-const WS_ONLY: &[&str] = &[
-    " ",
-    "\t",
-    "  \n ",
-    "\u{3000}",
-    "\u{1c}\u{1d}",
-    "\u{a0}\u{2009}",
-    "\u{85}",
-];
+const WS_ONLY: &[&str] =
+    &[" ", "\t", "  \n ", "\u{3000}", "\u{1c}\u{1d}", "\u{a0}\u{2009}", "\u{85}"];
 
 impl Gen {
     fn new(seed: u64) -> Gen {
-        Gen {
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Gen { rng: StdRng::seed_from_u64(seed) }
     }
     fn below(&mut self, n: usize) -> usize {
         self.rng.random_range(0..n)
@@ -355,11 +336,7 @@ impl Gen {
         }
         for (i, w) in words.iter().enumerate() {
             if i > 0 {
-                s.push_str(if self.chance(0.85) {
-                    " "
-                } else {
-                    self.pick(SEPS)
-                });
+                s.push_str(if self.chance(0.85) { " " } else { self.pick(SEPS) });
             }
             s.push_str(w);
         }
@@ -395,11 +372,7 @@ impl Gen {
                 }
                 3 if !w.is_empty() => {
                     let i = self.below(w.len());
-                    w[i] = if self.chance(0.5) {
-                        w[i].to_uppercase()
-                    } else {
-                        w[i].to_lowercase()
-                    };
+                    w[i] = if self.chance(0.5) { w[i].to_uppercase() } else { w[i].to_lowercase() };
                 }
                 4 if !w.is_empty() => {
                     let i = self.below(w.len());
@@ -444,11 +417,7 @@ impl Gen {
             }
         };
         let style = self.below(4);
-        let n = if self.chance(0.12) {
-            1
-        } else {
-            self.range(2, 20)
-        };
+        let n = if self.chance(0.12) { 1 } else { self.range(2, 20) };
         let variable = self.chance(0.3);
         let fixed_k = self.range(1, 4);
         let identical = self.chance(0.08);
@@ -459,11 +428,7 @@ impl Gen {
             let base = self.words(style);
             let mut rs: Vec<String> = (0..k)
                 .map(|j| {
-                    let w = if j == 0 {
-                        base.clone()
-                    } else {
-                        self.perturb(&base, style)
-                    };
+                    let w = if j == 0 { base.clone() } else { self.perturb(&base, style) };
                     let s = self.sentence_from_words(&w);
                     self.special_or(s)
                 })
@@ -551,11 +516,7 @@ impl Gen {
         }
         for (i, w) in words.iter().enumerate() {
             if i > 0 {
-                s.push_str(if self.chance(0.8) {
-                    " "
-                } else {
-                    self.pick(SEPS)
-                });
+                s.push_str(if self.chance(0.8) { " " } else { self.pick(SEPS) });
             }
             s.push_str(w);
         }
@@ -617,9 +578,7 @@ impl Gen {
         out.push((vec![0.0, -0.0, 0.0], vec![1.0, 2.0, 3.0]));
         out.push((vec![7.0; 40], iota(40)));
         // closed-form exact branches: 0 or 1 inversion (or their mirror), any n
-        for &n in &[
-            2usize, 3, 5, 20, 34, 45, 60, 100, 169, 170, 171, 172, 173, 200,
-        ] {
+        for &n in &[2usize, 3, 5, 20, 34, 45, 60, 100, 169, 170, 171, 172, 173, 200] {
             let x = iota(n);
             out.push((x.clone(), iota(n))); // dis = 0
             let mut y1 = iota(n);
@@ -635,9 +594,7 @@ impl Gen {
             out.push((mid, x));
         }
         // 4c == n(n-1) (tau exactly 0, exact p = 1) and c = 2 near the edges
-        for &n in &[
-            4usize, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29, 32, 33,
-        ] {
+        for &n in &[4usize, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29, 32, 33] {
             let half = n * (n - 1) / 4;
             out.push((iota(n), self.perm_with_inversions(n, half)));
             out.push((iota(n), self.perm_with_inversions(n, 2)));
@@ -685,13 +642,10 @@ impl Gen {
                 }
                 // real-valued scores, correlated, with occasional duplicates, ±0 and ±inf
                 4 => {
-                    let mut x: Vec<f64> = (0..n)
-                        .map(|_| self.rng.random::<f64>() * 2.0 - 1.0)
-                        .collect();
-                    let mut y: Vec<f64> = x
-                        .iter()
-                        .map(|v| v + 0.7 * (self.rng.random::<f64>() - 0.5))
-                        .collect();
+                    let mut x: Vec<f64> =
+                        (0..n).map(|_| self.rng.random::<f64>() * 2.0 - 1.0).collect();
+                    let mut y: Vec<f64> =
+                        x.iter().map(|v| v + 0.7 * (self.rng.random::<f64>() - 0.5)).collect();
                     for v in x.iter_mut().chain(y.iter_mut()) {
                         match self.below(25) {
                             0 => *v = 0.0,
@@ -733,21 +687,14 @@ const HOW_TO_FIX: &str =
 fn python_interpreter() -> PathBuf {
     match std::env::var_os("P2M_PYTHON") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(".venv")
-            .join("bin")
-            .join("python"),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv").join("bin").join("python"),
     }
 }
 
 fn run_reference(input: &Input) -> Output {
     let python = python_interpreter();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/metrics_reference.py");
-    assert!(
-        script.is_file(),
-        "reference script missing: {}",
-        script.display()
-    );
+    assert!(script.is_file(), "reference script missing: {}", script.display());
     if !python.exists() {
         panic!(
             "metrics_differential: the Python reference interpreter {} does not exist.\n\
@@ -755,26 +702,19 @@ fn run_reference(input: &Input) -> Output {
             python.display()
         );
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let stamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let dir = std::env::temp_dir().join(format!("p2m-metrics-diff-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let in_path = dir.join("in.json");
     let out_path = dir.join("out.json");
     std::fs::write(&in_path, serde_json::to_vec(input).unwrap()).unwrap();
-    let res = Command::new(&python)
-        .arg(&script)
-        .arg(&in_path)
-        .arg(&out_path)
-        .output();
+    let res = Command::new(&python).arg(&script).arg(&in_path).arg(&out_path).output();
     let res = match res {
         Ok(r) => r,
-        Err(e) => panic!(
-            "metrics_differential: cannot run {}: {e}.\n{HOW_TO_FIX}.",
-            python.display()
-        ),
+        Err(e) => {
+            panic!("metrics_differential: cannot run {}: {e}.\n{HOW_TO_FIX}.", python.display())
+        }
     };
     if !res.status.success() {
         panic!(
@@ -786,11 +726,7 @@ fn run_reference(input: &Input) -> Output {
     let out: Output =
         serde_json::from_slice(&std::fs::read(&out_path).unwrap()).expect("reference output JSON");
     if std::env::var_os("P2M_DIFF_KEEP").is_some() {
-        eprintln!(
-            "metrics_differential: kept {} and {}",
-            in_path.display(),
-            out_path.display()
-        );
+        eprintln!("metrics_differential: kept {} and {}", in_path.display(), out_path.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -824,10 +760,7 @@ impl Tally {
             self.max_abs_diff = self.max_abs_diff.max((ours - reference).abs());
         }
         if !ok {
-            self.failures.push(format!(
-                "{}: ours {ours:?} vs reference {reference:?}",
-                what()
-            ));
+            self.failures.push(format!("{}: ours {ours:?} vs reference {reference:?}", what()));
         }
     }
     fn exact<T: PartialEq + std::fmt::Debug>(
@@ -840,10 +773,7 @@ impl Tally {
         if ours == reference {
             self.bit_identical += 1;
         } else {
-            self.failures.push(format!(
-                "{}: ours {ours:?} vs reference {reference:?}",
-                what()
-            ));
+            self.failures.push(format!("{}: ours {ours:?} vs reference {reference:?}", what()));
         }
     }
 }
@@ -881,11 +811,7 @@ fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
     let ranges_inside = [&u.word, &u.cased, &u.case_ignorable]
         .iter()
         .all(|rs| rs.iter().all(|&(a, b)| covered(a) && covered(b)));
-    let points_inside = u
-        .space
-        .iter()
-        .chain(u.lower.iter().map(|(c, _)| c))
-        .all(|&c| covered(c));
+    let points_inside = u.space.iter().chain(u.lower.iter().map(|(c, _)| c)).all(|&c| covered(c));
     assert!(
         ranges_inside && points_inside,
         "the interpreter's Unicode tables reach outside the checked area"
@@ -901,24 +827,14 @@ fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
         };
         n += 1;
         let checks = [
-            (
-                "isspace",
-                pystr::is_space(c),
-                u.space.binary_search(&cp).is_ok(),
-            ),
+            ("isspace", pystr::is_space(c), u.space.binary_search(&cp).is_ok()),
             ("\\w", pystr::is_word(c), in_ranges(&u.word, cp)),
             ("cased", pystr::is_cased(c), in_ranges(&u.cased, cp)),
-            (
-                "case_ignorable",
-                pystr::is_case_ignorable(c),
-                in_ranges(&u.case_ignorable, cp),
-            ),
+            ("case_ignorable", pystr::is_case_ignorable(c), in_ranges(&u.case_ignorable, cp)),
         ];
         for (name, ours, py) in checks {
             if ours != py {
-                t.failures.push(format!(
-                    "pystr {name}(U+{cp:04X}): ours {ours} vs Python {py}"
-                ));
+                t.failures.push(format!("pystr {name}(U+{cp:04X}): ours {ours} vs Python {py}"));
             }
         }
         buf.clear();
@@ -937,11 +853,7 @@ fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
     t.compared += n;
     format!(
         "{n} code points{} x 5 properties identical (Python {}, Unicode {})",
-        if cfg!(debug_assertions) {
-            " (planes 0-3, 14: debug build)"
-        } else {
-            ""
-        },
+        if cfg!(debug_assertions) { " (planes 0-3, 14: debug build)" } else { "" },
         u.python,
         u.unidata_version
     )
@@ -953,10 +865,8 @@ fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
 
 #[test]
 fn metrics_match_python_references() {
-    let seed: u64 = std::env::var("P2M_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_2023);
+    let seed: u64 =
+        std::env::var("P2M_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_2023);
     let mut g = Gen::new(seed);
     let chrf_cases: Vec<ChrfCase> = (0..N_CHRF_CORPORA).map(|i| g.chrf_case(i)).collect();
     let em_cases: Vec<EmCase> = (0..N_EM_CASES).map(|_| g.em_case()).collect();
@@ -1014,12 +924,8 @@ fn metrics_match_python_references() {
             .next()
             .unwrap()
             .to_string();
-        let theirs = r
-            .signature
-            .rsplit_once("|version:")
-            .map(|x| x.0)
-            .unwrap_or(&r.signature)
-            .to_string();
+        let theirs =
+            r.signature.rsplit_once("|version:").map(|x| x.0).unwrap_or(&r.signature).to_string();
         sig.exact(|| format!("chrF signature #{i}"), core, theirs);
     }
 
@@ -1059,11 +965,7 @@ fn metrics_match_python_references() {
     }
     let corpus_em =
         exact_match::corpus_exact_match(&em_rows.0, &em_rows.1, EmNormalization::Squad).unwrap();
-    em.exact(
-        || "corpus SQuAD EM".into(),
-        corpus_em,
-        em_hits.0 as f64 / em_hits.1 as f64,
-    );
+    em.exact(|| "corpus SQuAD EM".into(), corpus_em, em_hits.0 as f64 / em_hits.1 as f64);
 
     // ---- Kendall ------------------------------------------------------------------------------
     let mut kt = Tally::default();
@@ -1076,18 +978,8 @@ fn metrics_match_python_references() {
             KendallMethod::Undefined => 2,
         }] += 1;
         let desc = || format!("n={} x={x:?} y={y:?}", x.len());
-        kt.float(
-            || format!("Kendall tau #{i} {}", desc()),
-            ours.tau,
-            f64::from_bits(r.tau),
-            1e-12,
-        );
-        kt.float(
-            || format!("Kendall p #{i} {}", desc()),
-            ours.p_value,
-            f64::from_bits(r.p),
-            1e-12,
-        );
+        kt.float(|| format!("Kendall tau #{i} {}", desc()), ours.tau, f64::from_bits(r.tau), 1e-12);
+        kt.float(|| format!("Kendall p #{i} {}", desc()), ours.p_value, f64::from_bits(r.p), 1e-12);
     }
 
     // ---- Python str tables ----------------------------------------------------------------------
@@ -1121,17 +1013,12 @@ fn metrics_match_python_references() {
         methods,
     );
 
-    let failures: Vec<&String> = [&corpus, &sentence, &sig, &em, &kt, &uni]
-        .iter()
-        .flat_map(|t| &t.failures)
-        .collect();
+    let failures: Vec<&String> =
+        [&corpus, &sentence, &sig, &em, &kt, &uni].iter().flat_map(|t| &t.failures).collect();
     if !failures.is_empty() {
         for f in failures.iter().take(25) {
             eprintln!("MISMATCH {f}");
         }
-        panic!(
-            "{} mismatches against the Python references (first 25 above)",
-            failures.len()
-        );
+        panic!("{} mismatches against the Python references (first 25 above)", failures.len());
     }
 }

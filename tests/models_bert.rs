@@ -17,10 +17,13 @@ const MODEL: &str = "all-MiniLM-L6-v2";
 const TOL: f64 = 1e-4;
 
 /// The sentences of `minilm_hidden_states.safetensors` (see the fixture script).
-const HIDDEN_SENTENCES: [&str; 3] = ["The cat sat on the mat.", "Prompt2Model trains small models.", "Hello!"];
+const HIDDEN_SENTENCES: [&str; 3] =
+    ["The cat sat on the mat.", "Prompt2Model trains small models.", "Hello!"];
 
 fn repo_root() -> PathBuf {
-    std::env::var_os("P2M_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    std::env::var_os("P2M_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -34,7 +37,8 @@ fn device() -> Device {
 /// The registry over the project's data/ and cache, never online.
 fn registry() -> ModelRegistry {
     let root = repo_root();
-    let cache = std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
+    let cache =
+        std::env::var_os("P2M_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
     ModelRegistry::load(Paths::with(&root, None, cache, true)).expect("data/models.toml loads")
 }
 
@@ -50,7 +54,11 @@ fn minilm() -> BertEncoder {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_device(Device::Cpu).to_kind(Kind::Double) - b.to_device(Device::Cpu).to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_device(Device::Cpu).to_kind(Kind::Double)
+        - b.to_device(Device::Cpu).to_kind(Kind::Double))
+    .abs()
+    .max()
+    .double_value(&[])
 }
 
 fn read_json(name: &str) -> serde_json::Value {
@@ -70,12 +78,19 @@ fn matrix(v: &serde_json::Value) -> Tensor {
 fn hidden_states_match_transformers() {
     let encoder = minilm();
     let fx: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(fixture("minilm_hidden_states.safetensors")).expect("fixture reads").into_iter().collect();
+        Tensor::read_safetensors(fixture("minilm_hidden_states.safetensors"))
+            .expect("fixture reads")
+            .into_iter()
+            .collect();
     let (states, batch) = encoder.hidden_states(&HIDDEN_SENTENCES).unwrap();
 
     // Same tokens and padding as the transformers tokenizer.
     let want_ids = &fx["input_ids"];
-    assert_eq!(batch.input_ids.to_device(Device::Cpu), *want_ids, "token ids differ from transformers'");
+    assert_eq!(
+        batch.input_ids.to_device(Device::Cpu),
+        *want_ids,
+        "token ids differ from transformers'"
+    );
     assert_eq!(batch.attention_mask.to_device(Device::Cpu), fx["attention_mask"]);
 
     assert_eq!(states.len(), 7, "embeddings output + 6 layers");
@@ -123,20 +138,33 @@ fn tokenization_and_sentence_embeddings_match_sentence_transformers() {
         assert!(d_st <= TOL, "embeddings differ from sentence-transformers' by {d_st:.3e}");
     }
     let norms = ours.norm_scalaropt_dim(2, [1], false);
-    assert!(max_abs_diff(&norms, &Tensor::ones([texts.len() as i64], (Kind::Float, Device::Cpu))) < 1e-5);
+    assert!(
+        max_abs_diff(&norms, &Tensor::ones([texts.len() as i64], (Kind::Float, Device::Cpu)))
+            < 1e-5
+    );
 }
 
 #[test]
 fn embeddings_do_not_depend_on_batching() {
     let mut encoder = minilm();
-    let texts = ["a short one", "a somewhat longer sentence with more tokens in it", "mid length text here"];
+    let texts = [
+        "a short one",
+        "a somewhat longer sentence with more tokens in it",
+        "mid length text here",
+    ];
     let together = encoder.embed_sentences(&texts).unwrap();
     encoder.batch_size = 1;
     let alone = encoder.embed_sentences(&texts).unwrap();
     let diff = max_abs_diff(&together, &alone);
     assert!(diff < 1e-5, "padding changed embeddings by {diff:.3e}");
     // Paraphrases are closer than unrelated sentences.
-    let e = encoder.embed_sentences(&["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell today."]).unwrap();
+    let e = encoder
+        .embed_sentences(&[
+            "A man is playing a guitar.",
+            "Someone plays the guitar.",
+            "The stock market fell today.",
+        ])
+        .unwrap();
     let cos = |i: i64, j: i64| e.get(i).dot(&e.get(j)).double_value(&[]);
     assert!(cos(0, 1) > cos(0, 2) + 0.3, "{} vs {}", cos(0, 1), cos(0, 2));
     assert_eq!(encoder.embed_sentences(&[]).unwrap().size(), vec![0, 384]);

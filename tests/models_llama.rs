@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use prompt2model::models::chat::{ChatMessage, ChatModel, GgufTokenizer, TokenizerFlavor};
-use prompt2model::models::gguf::{dequantize, reverse_rope_permutation, GgmlType, GgufError, GgufFile};
+use prompt2model::models::gguf::{
+    dequantize, reverse_rope_permutation, GgmlType, GgufError, GgufFile,
+};
 use prompt2model::models::llama::{AttnMask, KvCache, Llama};
 use prompt2model::models::sampling::SamplingConfig;
 use serde_json::Value;
@@ -34,7 +36,9 @@ fn fixtures() -> PathBuf {
 
 fn fixture(name: &str) -> Value {
     let p = fixtures().join(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e} (regenerate with scripts/parity/make_llama_fixtures.py)", p.display()));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!("{}: {e} (regenerate with scripts/parity/make_llama_fixtures.py)", p.display())
+    });
     serde_json::from_str(&text).unwrap()
 }
 
@@ -43,7 +47,8 @@ fn gguf_path() -> PathBuf {
         return PathBuf::from(p);
     }
     // Through the model registry: extracted from the PyPI wheel into the cache and sha256-verified.
-    let registry = prompt2model::models::registry::ModelRegistry::from_env().expect("data/models.toml loads");
+    let registry =
+        prompt2model::models::registry::ModelRegistry::from_env().expect("data/models.toml loads");
     registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").unwrap_or_else(|e| {
         panic!("SmolLM2 GGUF unavailable: {e}\nrun `bash scripts/setup.sh` (it downloads the model wheels) or set P2M_SMOLLM2_GGUF to the file")
     })
@@ -53,7 +58,11 @@ fn gguf_path() -> PathBuf {
 fn chat_model() -> MutexGuard<'static, ChatModel> {
     static MODEL: OnceLock<Mutex<ChatModel>> = OnceLock::new();
     MODEL
-        .get_or_init(|| Mutex::new(ChatModel::load(&gguf_path(), Device::Cpu).expect("loading the GGUF chat model")))
+        .get_or_init(|| {
+            Mutex::new(
+                ChatModel::load(&gguf_path(), Device::Cpu).expect("loading the GGUF chat model"),
+            )
+        })
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
@@ -100,15 +109,24 @@ fn dequantize_synthetic_blocks_bit_exact() {
     for case in fx["synthetic"].as_array().unwrap() {
         let ty = GgmlType(case["type_id"].as_u64().unwrap() as u32);
         let n = case["n"].as_u64().unwrap() as usize;
-        let got = dequantize(ty, &hex_decode(case["hex"].as_str().unwrap()), n).unwrap_or_else(|_| panic!("{ty} unsupported"));
+        let got = dequantize(ty, &hex_decode(case["hex"].as_str().unwrap()), n)
+            .unwrap_or_else(|_| panic!("{ty} unsupported"));
         let want = bits_of(&case["f32_bits"]);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), *w, "{ty}: element {i}: got {g}, gguf.quants gives {}", f32::from_bits(*w));
+            assert_eq!(
+                g.to_bits(),
+                *w,
+                "{ty}: element {i}: got {g}, gguf.quants gives {}",
+                f32::from_bits(*w)
+            );
         }
         types.push(ty.name());
     }
-    for t in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+    for t in [
+        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+        "Q5_K", "Q6_K",
+    ] {
         assert!(types.contains(&t), "no fixture for {t}");
     }
 }
@@ -144,9 +162,21 @@ fn real_tensors_match_gguf_python_and_transformers_layout() {
         let name = case["name"].as_str().unwrap();
         let (data, shape) = g.tensor_f32(name).unwrap();
         assert_eq!(shape, ids_of(&case["shape"]), "{name}");
-        let idx: Vec<usize> = case["indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let idx: Vec<usize> = case["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         for (&i, w) in idx.iter().zip(bits_of(&case["gguf_f32_bits"])) {
-            assert_eq!(data[i].to_bits(), w, "{name}[{i}] ({}): {} vs gguf.quants {}", case["type"], data[i], f32::from_bits(w));
+            assert_eq!(
+                data[i].to_bits(),
+                w,
+                "{name}[{i}] ({}): {} vs gguf.quants {}",
+                case["type"],
+                data[i],
+                f32::from_bits(w)
+            );
         }
         let sum: f64 = data.iter().map(|&x| x as f64).sum();
         let sum_sq: f64 = data.iter().map(|&x| (x as f64) * (x as f64)).sum();
@@ -155,8 +185,12 @@ fn real_tensors_match_gguf_python_and_transformers_layout() {
         assert!((sum_sq - wq).abs() <= 1e-9 * wq, "{name}: sum of squares {sum_sq} vs {wq}");
         // The layout transformers loads: q / k un-permuted, everything else as stored.
         let hf = match name {
-            n if n.contains("attn_q") => reverse_rope_permutation(&data, shape[0] as usize, shape[1] as usize, heads),
-            n if n.contains("attn_k") => reverse_rope_permutation(&data, shape[0] as usize, shape[1] as usize, kv_heads),
+            n if n.contains("attn_q") => {
+                reverse_rope_permutation(&data, shape[0] as usize, shape[1] as usize, heads)
+            }
+            n if n.contains("attn_k") => {
+                reverse_rope_permutation(&data, shape[0] as usize, shape[1] as usize, kv_heads)
+            }
             _ => data,
         };
         for (&i, w) in idx.iter().zip(bits_of(&case["hf_f32_bits"])) {
@@ -226,18 +260,32 @@ fn gguf_errors_name_file_offset_tensor_and_type() {
     let p = write_temp("cut-data.gguf", &full[..full.len() - 3]);
     let e = GgufFile::open(&p).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, GgufError::Truncated { .. }) && msg.contains("cut-data.gguf") && msg.contains("byte offset 96") && msg.contains("`weird`"), "{msg}");
+    assert!(
+        matches!(e, GgufError::Truncated { .. })
+            && msg.contains("cut-data.gguf")
+            && msg.contains("byte offset 96")
+            && msg.contains("`weird`"),
+        "{msg}"
+    );
 
     // Truncated inside the header.
     let p = write_temp("cut-header.gguf", &full[..30]);
     let msg = GgufFile::open(&p).unwrap_err().to_string();
-    assert!(msg.contains("cut-header.gguf") && msg.contains("byte offset 24") && msg.contains("metadata key #0"), "{msg}");
+    assert!(
+        msg.contains("cut-header.gguf")
+            && msg.contains("byte offset 24")
+            && msg.contains("metadata key #0"),
+        "{msg}"
+    );
 
     // The real file cut in the middle of its tensor data.
     let real = std::fs::read(gguf_path()).unwrap();
     let p = write_temp("cut-real.gguf", &real[..real.len() / 2]);
     let msg = GgufFile::open(&p).unwrap_err().to_string();
-    assert!(msg.contains("truncated") && msg.contains("cut-real.gguf") && msg.contains("byte offset"), "{msg}");
+    assert!(
+        msg.contains("truncated") && msg.contains("cut-real.gguf") && msg.contains("byte offset"),
+        "{msg}"
+    );
     let _ = std::fs::remove_file(&p);
 
     // Not a GGUF; an old version.
@@ -246,7 +294,10 @@ fn gguf_errors_name_file_offset_tensor_and_type() {
     let mut v1 = full.clone();
     v1[4] = 1;
     let p = write_temp("v1.gguf", &v1);
-    assert!(matches!(GgufFile::open(&p).unwrap_err(), GgufError::UnsupportedVersion { version: 1, .. }));
+    assert!(matches!(
+        GgufFile::open(&p).unwrap_err(),
+        GgufError::UnsupportedVersion { version: 1, .. }
+    ));
     let _ = std::fs::remove_dir_all(p.parent().unwrap());
 }
 
@@ -268,13 +319,25 @@ fn tokenizer_ids_match_transformers() {
         let want = ids_of(&case["ids"]);
         assert_eq!(tok.encode(text, true).unwrap(), want, "ids of {text:?}");
         let want_original = ids_of(&case["ids_original"]);
-        assert_eq!(original.encode(text, true).unwrap(), want_original, "original-pipeline ids of {text:?}");
+        assert_eq!(
+            original.encode(text, true).unwrap(),
+            want_original,
+            "original-pipeline ids of {text:?}"
+        );
         if want_original != want {
             differ.push(text);
         }
         assert_eq!(original.decode(&want, false).unwrap(), case["decoded"].as_str().unwrap());
-        assert_eq!(tok.decode(&want, false).unwrap(), case["decoded"].as_str().unwrap(), "decode of {text:?}");
-        assert_eq!(tok.decode(&want, true).unwrap(), case["decoded_skip_special"].as_str().unwrap(), "decode (skip special) of {text:?}");
+        assert_eq!(
+            tok.decode(&want, false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&want, true).unwrap(),
+            case["decoded_skip_special"].as_str().unwrap(),
+            "decode (skip special) of {text:?}"
+        );
     }
     // The flavors differ only where a non-ASCII numeric character meets a space or another one.
     eprintln!("original vs transformers pre-tokenization differ on: {differ:?}");
@@ -287,7 +350,10 @@ fn chat_template_matches_transformers() {
     let m = chat_model();
     for case in fx["cases"].as_array().unwrap() {
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
-        assert_eq!(m.apply_chat_template(&messages, true).unwrap(), case["prompt_text"].as_str().unwrap());
+        assert_eq!(
+            m.apply_chat_template(&messages, true).unwrap(),
+            case["prompt_text"].as_str().unwrap()
+        );
         assert_eq!(m.chat_prompt_ids(&messages).unwrap(), ids_of(&case["prompt_ids"]));
     }
 }
@@ -307,13 +373,21 @@ fn logits_match_pytorch() {
         assert_eq!(logits.len(), ids.len());
         let mut diff = 0f32;
         // Top-5 at every position: our logit at each of PyTorch's top ids.
-        for (pos, (tids, tvals)) in case["top5_ids"].as_array().unwrap().iter().zip(case["top5_values"].as_array().unwrap()).enumerate() {
+        for (pos, (tids, tvals)) in case["top5_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["top5_values"].as_array().unwrap())
+            .enumerate()
+        {
             for (id, v) in ids_of(tids).into_iter().zip(floats_of(tvals)) {
                 diff = diff.max((logits[pos][id as usize] - v).abs());
             }
         }
         let last = logits.last().unwrap();
-        for (id, v) in ids_of(&case["last_top50_ids"]).into_iter().zip(floats_of(&case["last_top50_values"])) {
+        for (id, v) in
+            ids_of(&case["last_top50_ids"]).into_iter().zip(floats_of(&case["last_top50_values"]))
+        {
             diff = diff.max((last[id as usize] - v).abs());
         }
         let stride = case["last_stride"].as_u64().unwrap() as usize;
@@ -325,7 +399,8 @@ fn logits_match_pytorch() {
         assert_eq!(argmax, case["last_top50_ids"][0].as_i64().unwrap(), "case {ci}: argmax");
         if ci == 0 {
             let full = std::fs::read(fixtures().join("logits_full.f32")).unwrap();
-            let want: Vec<f32> = full.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let want: Vec<f32> =
+                full.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             assert_eq!(want.len(), last.len());
             for (a, b) in last.iter().zip(&want) {
                 diff = diff.max((a - b).abs());
@@ -345,14 +420,19 @@ fn greedy_generation_matches_transformers() {
     let cfg = SamplingConfig::greedy(max_new);
     let m = chat_model();
     let cases = fx["cases"].as_array().unwrap();
-    let convs: Vec<Vec<ChatMessage>> = cases.iter().map(|c| serde_json::from_value(c["messages"].clone()).unwrap()).collect();
+    let convs: Vec<Vec<ChatMessage>> =
+        cases.iter().map(|c| serde_json::from_value(c["messages"].clone()).unwrap()).collect();
 
     // One conversation at a time.
     for (conv, case) in convs.iter().zip(cases) {
         let out = m.chat_with_usage(conv, &cfg).unwrap();
         let prompt = m.chat_prompt_ids(conv).unwrap();
         let gen = m.generate_ids(std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
-        assert_eq!(gen.tokens, until_eos(&ids_of(&case["new_ids"]), eos), "greedy tokens for {conv:?}");
+        assert_eq!(
+            gen.tokens,
+            until_eos(&ids_of(&case["new_ids"]), eos),
+            "greedy tokens for {conv:?}"
+        );
         assert_eq!(out.text, case["new_text"].as_str().unwrap());
         assert_eq!(out.prompt_tokens, prompt.len());
         assert_eq!(out.completion_tokens, gen.tokens.len());
@@ -391,10 +471,26 @@ fn padded_batch_forward_matches_unpadded() {
     let mask = Tensor::from_slice(&mask).view([2, w as i64]);
     let pos = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
     let mut cache = KvCache::new(model, 2, w as i64);
-    let batch = to_vec2(&model.forward(&Tensor::from_slice(&ids).view([2, w as i64]), &pos, AttnMask::Padded(&mask), &mut cache, true).unwrap());
+    let batch = to_vec2(
+        &model
+            .forward(
+                &Tensor::from_slice(&ids).view([2, w as i64]),
+                &pos,
+                AttnMask::Padded(&mask),
+                &mut cache,
+                true,
+            )
+            .unwrap(),
+    );
     for (row, s) in [&a, &b].into_iter().enumerate() {
         let single = to_vec2(&model.logits(s).unwrap());
-        let d = single.last().unwrap().iter().zip(&batch[row]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = single
+            .last()
+            .unwrap()
+            .iter()
+            .zip(&batch[row])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d <= LOGIT_TOL, "row {row}: padded vs unpadded logits differ by {d:e}");
     }
 }
@@ -402,7 +498,13 @@ fn padded_batch_forward_matches_unpadded() {
 #[test]
 fn sampling_is_seeded_and_counts_tokens() {
     let m = chat_model();
-    let cfg = SamplingConfig { max_new_tokens: 12, temperature: 0.8, top_p: 0.9, repetition_penalty: 1.3, seed: 42 };
+    let cfg = SamplingConfig {
+        max_new_tokens: 12,
+        temperature: 0.8,
+        top_p: 0.9,
+        repetition_penalty: 1.3,
+        seed: 42,
+    };
     let conv = vec![ChatMessage::user("Name three colours.")];
     let a = m.chat_with_usage(&conv, &cfg).unwrap();
     let b = m.chat_with_usage(&conv, &cfg).unwrap();
@@ -410,7 +512,10 @@ fn sampling_is_seeded_and_counts_tokens() {
     assert!(a.completion_tokens >= 1 && a.completion_tokens <= 12);
     assert_eq!(a.prompt_tokens, m.chat_prompt_ids(&conv).unwrap().len());
     // Raw completion: no template, no BOS (the file says add_bos_token = false).
-    let c = m.complete_with_usage(&["Once upon a time".to_string()], &SamplingConfig::greedy(8)).unwrap().remove(0);
+    let c = m
+        .complete_with_usage(&["Once upon a time".to_string()], &SamplingConfig::greedy(8))
+        .unwrap()
+        .remove(0);
     assert_eq!(c.prompt_tokens, m.tokenizer().encode("Once upon a time", true).unwrap().len());
     assert_eq!(c.completion_tokens, 8);
     assert!(!c.text.is_empty());
@@ -426,7 +531,10 @@ fn hf_safetensors_tiny_model_matches_pytorch() {
     let fx = fixture("tiny-hf/expected.json");
     let model = Llama::load_hf_dir(&dir, Device::Cpu).unwrap();
     assert!(!model.config.tie_word_embeddings);
-    assert_eq!((model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim), (4, 2, 8));
+    assert_eq!(
+        (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim),
+        (4, 2, 8)
+    );
     let seqs: Vec<Vec<i64>> = fx["seqs"].as_array().unwrap().iter().map(ids_of).collect();
     let mut worst = 0f32;
     for (s, want) in seqs.iter().zip(fx["logits"].as_array().unwrap()) {
@@ -449,7 +557,17 @@ fn hf_safetensors_tiny_model_matches_pytorch() {
     let mask = Tensor::from_slice(&mask).view([b, w as i64]);
     let pos = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
     let mut cache = KvCache::new(&model, b, w as i64);
-    let got = to_vec2(&model.forward(&Tensor::from_slice(&ids).view([b, w as i64]), &pos, AttnMask::Padded(&mask), &mut cache, true).unwrap());
+    let got = to_vec2(
+        &model
+            .forward(
+                &Tensor::from_slice(&ids).view([b, w as i64]),
+                &pos,
+                AttnMask::Padded(&mask),
+                &mut cache,
+                true,
+            )
+            .unwrap(),
+    );
     for (g, want) in got.iter().zip(fx["batch_last_logits"].as_array().unwrap()) {
         for (a, b) in g.iter().zip(floats_of(want)) {
             worst = worst.max((a - b).abs());

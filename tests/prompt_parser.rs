@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use prompt2model::data::examples::Example;
 use prompt2model::prompt_parser::{
-    detect_language, format_demonstrations, parse_deterministic, parse_prompt, parse_with_teacher, translate_instruction, Language,
-    ParseError, ParseMode, ParsedPrompt, ParserConfig,
+    detect_language, format_demonstrations, parse_deterministic, parse_prompt, parse_with_teacher,
+    translate_instruction, Language, ParseError, ParseMode, ParsedPrompt, ParserConfig,
 };
 use prompt2model::teacher::{ChatRequest, ChatResponse, Choice, Teacher, TeacherError, Usage};
 
@@ -55,7 +55,10 @@ impl Teacher for Scripted {
     fn model(&self) -> &str {
         "script"
     }
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
         Box::pin(async move {
             self.seen.lock().unwrap().push(request.clone());
             let next = self.answers.lock().unwrap().pop_front().expect("the script ran out");
@@ -82,7 +85,12 @@ fn deterministic_mode_reproduces_the_stored_split_of_the_papers_prompts() {
     for t in &tasks {
         let p = parse_deterministic(&t.prompt).unwrap();
         assert_eq!(p.instruction, t.instruction, "instruction of `{}`", t.id);
-        assert_eq!(p.demonstrations.len(), t.demonstrations.len(), "number of demonstrations of `{}`", t.id);
+        assert_eq!(
+            p.demonstrations.len(),
+            t.demonstrations.len(),
+            "number of demonstrations of `{}`",
+            t.id
+        );
         for (i, (got, want)) in p.demonstrations.iter().zip(&t.demonstrations).enumerate() {
             assert_eq!(got, want, "demonstration {i} of `{}`", t.id);
         }
@@ -95,7 +103,11 @@ fn deterministic_mode_reproduces_the_stored_split_of_the_papers_prompts() {
 fn deterministic_mode_handles_curly_quotes_and_one_line_pairs() {
     let t = tasks().into_iter().find(|t| t.id == "temporal").unwrap();
     // The same prompt with curly quotes around the values.
-    let curly = t.prompt.replace("input=\"", "input=“").replace("output=\"", "output=“").replace("\"\n", "”\n");
+    let curly = t
+        .prompt
+        .replace("input=\"", "input=“")
+        .replace("output=\"", "output=“")
+        .replace("\"\n", "”\n");
     let p = parse_deterministic(&curly).unwrap();
     assert_eq!(p.demonstrations, t.demonstrations);
     // Pairs on one line each.
@@ -111,7 +123,10 @@ fn language_detection_by_script() {
     assert_eq!(detect_language("Classify the sentiment of the sentence."), Language::English);
     assert_eq!(detect_language("データベースの設定を表示する"), Language::Japanese);
     assert_eq!(detect_language("你能告诉我一些菜需要准备的原料么？"), Language::Chinese);
-    assert_eq!(detect_language("Klassifizieren Sie die Stimmung des Satzes bitte sorgfältig."), Language::Other);
+    assert_eq!(
+        detect_language("Klassifizieren Sie die Stimmung des Satzes bitte sorgfältig."),
+        Language::Other
+    );
     assert_eq!(detect_language("12345 !!!"), Language::Other);
 }
 
@@ -126,7 +141,9 @@ async fn llm_mode_parses_the_papers_prompts() {
         assert_eq!(seen.len(), 1);
         let sent = &seen[0].messages[0].content;
         assert!(sent.starts_with("\nAs a PromptParser"));
-        assert!(sent.ends_with(&format!("Prompt: \"\"\"\n{}\n\"\"\"\n\nParsed Outputs:\n", t.prompt)));
+        assert!(
+            sent.ends_with(&format!("Prompt: \"\"\"\n{}\n\"\"\"\n\nParsed Outputs:\n", t.prompt))
+        );
         assert_eq!(seen[0].params.temperature, 0.0);
     }
 }
@@ -146,10 +163,17 @@ async fn llm_mode_validates_and_retries_a_bounded_number_of_times() {
     ]);
     let cfg = ParserConfig { max_attempts: 4, ..Default::default() };
     let p = parse_with_teacher(&teacher, &t.prompt, &cfg).await.unwrap();
-    assert_eq!((p.instruction.as_str(), &p.demonstrations), (t.instruction.as_str(), &t.demonstrations));
+    assert_eq!(
+        (p.instruction.as_str(), &p.demonstrations),
+        (t.instruction.as_str(), &t.demonstrations)
+    );
     assert_eq!(teacher.calls(), 4);
     let seeds: Vec<_> = teacher.seen.lock().unwrap().iter().map(|r| r.params.seed).collect();
-    assert_eq!(seeds, [Some(0), Some(1), Some(2), Some(3)], "retries are distinct requests (distinct cache keys)");
+    assert_eq!(
+        seeds,
+        [Some(0), Some(1), Some(2), Some(3)],
+        "retries are distinct requests (distinct cache keys)"
+    );
 
     // A hallucinated instruction and a made-up demonstration are rejected; after the attempts
     // the LLM mode errors and the auto mode falls back to the layout rules.
@@ -185,9 +209,18 @@ async fn llm_mode_validates_and_retries_a_bounded_number_of_times() {
 #[tokio::test]
 async fn llm_mode_accepts_no_demonstrations() {
     let prompt = "Summarise the given news article in one sentence.";
-    let teacher = Scripted::new(vec![Ok(format!(r#"{{"Instruction": "{prompt}", "Demonstrations": "N/A"}}"#))]);
+    let teacher = Scripted::new(vec![Ok(format!(
+        r#"{{"Instruction": "{prompt}", "Demonstrations": "N/A"}}"#
+    ))]);
     let p = parse_with_teacher(&teacher, prompt, &ParserConfig::default()).await.unwrap();
-    assert_eq!(p, ParsedPrompt { instruction: prompt.into(), demonstrations: vec![], language: Language::English });
+    assert_eq!(
+        p,
+        ParsedPrompt {
+            instruction: prompt.into(),
+            demonstrations: vec![],
+            language: Language::English
+        }
+    );
 }
 
 #[tokio::test]
@@ -195,7 +228,10 @@ async fn translation_of_a_non_english_instruction() {
     let t = tasks().into_iter().find(|t| t.id == "mconala").unwrap();
     let parsed = parse_deterministic(&t.prompt).unwrap();
     let english = "Generate one line of Python code that solves a Japanese StackOverflow question. Do not include comments or expressions. No import statements are needed.";
-    let teacher = Scripted::new(vec![Err(TeacherError::Timeout(std::time::Duration::from_secs(1))), Ok(format!("```\n{english}\n```"))]);
+    let teacher = Scripted::new(vec![
+        Err(TeacherError::Timeout(std::time::Duration::from_secs(1))),
+        Ok(format!("```\n{english}\n```")),
+    ]);
     let tr = translate_instruction(&teacher, &parsed).await.unwrap();
     assert_eq!(tr.instruction, english);
     assert_eq!(tr.language, Language::English);

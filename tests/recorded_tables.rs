@@ -16,7 +16,11 @@ fn table1_recorded_snapshot() {
         let (ours, paper) = (c.reproduced.unwrap(), c.paper.unwrap());
         assert!((ours - paper).abs() <= 0.05, "{task}: {ours} vs paper {paper}");
         // ... and the authors' own result file to floating-point precision.
-        assert!((ours - c.authors_recorded.unwrap()).abs() < 1e-9, "{task}: {ours} vs {:?}", c.authors_recorded);
+        assert!(
+            (ours - c.authors_recorded.unwrap()).abs() < 1e-9,
+            "{task}: {ours} vs {:?}",
+            c.authors_recorded
+        );
     }
     insta::assert_yaml_snapshot!("table1_recorded", t.snapshot_rows());
 }
@@ -36,19 +40,35 @@ fn reports_are_written_whole_with_manifest_and_figures() {
     let mut registry = common::mirror_registry(cache.path());
     registry.paths.reports = reports.path().to_path_buf();
     let dir = table1::run_recorded(&registry).unwrap();
-    for f in ["table1.parquet", "table1.csv", "table1.md", "table1.tex", "table1_long.parquet", "table1.png", "table1.svg", "manifest.json", "README.md"] {
+    for f in [
+        "table1.parquet",
+        "table1.csv",
+        "table1.md",
+        "table1.tex",
+        "table1_long.parquet",
+        "table1.png",
+        "table1.svg",
+        "manifest.json",
+        "README.md",
+    ] {
         let p = dir.join(f);
         assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 0, "{f} missing or empty");
     }
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     assert!(manifest["metric_signatures"]["chrf++"].as_str().unwrap().contains("nc:6|nw:2"));
     let inputs = manifest["inputs"].as_array().unwrap();
-    assert!(inputs.iter().any(|i| i["path"] == "squad/dev-v1.1.json" && i["sha256"].as_str().unwrap().len() == 64));
+    assert!(inputs
+        .iter()
+        .any(|i| i["path"] == "squad/dev-v1.1.json" && i["sha256"].as_str().unwrap().len() == 64));
     let tex = std::fs::read_to_string(dir.join("table1.tex")).unwrap();
     assert!(tex.contains("\\toprule") && tex.contains("gpt-3.5-turbo"));
     // Re-running replaces the report atomically and leaves no staging folders behind.
     table1::run_recorded(&registry).unwrap();
-    let names: Vec<String> = std::fs::read_dir(reports.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(reports.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, ["table1"]);
 
     let dir3 = table3::run_recorded(&registry).unwrap();

@@ -41,7 +41,9 @@ fn registry_matches_the_mirror_manifest() {
     let mut rows = 0;
     for line in manifest.lines().skip(1) {
         let cols: Vec<&str> = line.split('\t').collect();
-        let entry = registry.file_entry(cols[0]).unwrap_or_else(|| panic!("{} missing from data/files.tsv", cols[0]));
+        let entry = registry
+            .file_entry(cols[0])
+            .unwrap_or_else(|| panic!("{} missing from data/files.tsv", cols[0]));
         assert_eq!(entry.sha256, cols[2], "{}", cols[0]);
         assert_eq!(entry.bytes.to_string(), cols[1], "{}", cols[0]);
         rows += 1;
@@ -58,7 +60,13 @@ fn a_corrupted_file_is_refused_showing_both_hashes() {
     let mut bad = good.clone();
     bad[10] ^= 1;
     fs::write(mirror.path().join("temporal/temporal.json"), &bad).unwrap();
-    let registry = Registry::load(Paths::with(&common::repo_root(), Some(mirror.path().to_path_buf()), cache.path().to_path_buf(), true)).unwrap();
+    let registry = Registry::load(Paths::with(
+        &common::repo_root(),
+        Some(mirror.path().to_path_buf()),
+        cache.path().to_path_buf(),
+        true,
+    ))
+    .unwrap();
     let err = registry.resolve_file("temporal/temporal.json").unwrap_err();
     let actual = sha256_file(&mirror.path().join("temporal/temporal.json")).unwrap();
     match &err {
@@ -76,7 +84,9 @@ fn a_corrupted_file_is_refused_showing_both_hashes() {
 #[test]
 fn a_missing_file_without_mirror_or_network_names_dataset_places_and_fix() {
     let cache = tempfile::tempdir().unwrap();
-    let registry = Registry::load(Paths::with(&common::repo_root(), None, cache.path().to_path_buf(), true)).unwrap();
+    let registry =
+        Registry::load(Paths::with(&common::repo_root(), None, cache.path().to_path_buf(), true))
+            .unwrap();
     let err = registry.resolve_file("squad/dev-v1.1.json").unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, DataError::NotFound { .. }));
@@ -88,7 +98,13 @@ fn a_missing_file_without_mirror_or_network_names_dataset_places_and_fix() {
 
 /// A throwaway data/ folder with one Temporal-format dataset of one file, registered with the
 /// sha256 of `body` and, optionally, an upstream URL and a Hugging Face dataset repository.
-fn tiny_registry(root: &std::path::Path, cache: &std::path::Path, body: &[u8], url: Option<&str>, hf_repo: Option<&str>) -> Registry {
+fn tiny_registry(
+    root: &std::path::Path,
+    cache: &std::path::Path,
+    body: &[u8],
+    url: Option<&str>,
+    hf_repo: Option<&str>,
+) -> Registry {
     let data = root.join("data");
     fs::create_dir_all(&data).unwrap();
     let hf = hf_repo.map(|r| format!("hf = {{ repo = \"{r}\" }}\n")).unwrap_or_default();
@@ -141,12 +157,19 @@ fn downloads_retry_transient_errors_verify_and_land_atomically() {
 #[test]
 fn a_download_with_wrong_bytes_is_refused_and_leaves_nothing_behind() {
     let body = b"the registered bytes".to_vec();
-    let server = common::serve(vec![common::Reply { status: 200, body: b"something else entirely".to_vec() }], 10);
+    let server = common::serve(
+        vec![common::Reply { status: 200, body: b"something else entirely".to_vec() }],
+        10,
+    );
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let registry = tiny_registry(root.path(), cache.path(), &body, Some(&server.url), None);
     let err = registry.resolve_file("tiny/t.json").unwrap_err();
-    assert!(err.to_string().contains("received 23 bytes, expected 20") || matches!(err, DataError::ChecksumMismatch { .. } | DataError::NotFound { .. }), "{err}");
+    assert!(
+        err.to_string().contains("received 23 bytes, expected 20")
+            || matches!(err, DataError::ChecksumMismatch { .. } | DataError::NotFound { .. }),
+        "{err}"
+    );
     let leftovers: Vec<_> = walk(cache.path());
     assert!(leftovers.is_empty(), "cache holds {leftovers:?}");
 }
@@ -169,16 +192,31 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn the_task_prompts_are_the_papers_verbatim() {
     let tasks = prompt2model::data::tasks::load_tasks(&common::repo_root().join("data")).unwrap();
-    assert_eq!(tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["squad", "temporal", "mconala"]);
+    assert_eq!(
+        tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["squad", "temporal", "mconala"]
+    );
     let md = fs::read_to_string(common::mirror().join("prompt2model/prompt_examples.md")).unwrap();
     for t in &tasks {
         let heading = format!("### {}\n\n```text\n\"\"\"", t.source.section);
-        let start = md.find(&heading).unwrap_or_else(|| panic!("section {} not in prompt_examples.md", t.source.section)) + heading.len();
+        let start = md
+            .find(&heading)
+            .unwrap_or_else(|| panic!("section {} not in prompt_examples.md", t.source.section))
+            + heading.len();
         let end = start + md[start..].find("\"\"\"\n```").unwrap();
         assert_eq!(t.prompt, md[start..end], "task {}", t.id);
-        assert!(t.prompt.starts_with(&t.instruction), "task {}: instruction is the prompt's head", t.id);
+        assert!(
+            t.prompt.starts_with(&t.instruction),
+            "task {}: instruction is the prompt's head",
+            t.id
+        );
         for d in &t.demonstrations {
-            assert!(t.prompt.contains(&format!("input=\"{}\"\noutput=\"{}\"", d.input, d.output)), "task {}: {:?}", t.id, d.input);
+            assert!(
+                t.prompt.contains(&format!("input=\"{}\"\noutput=\"{}\"", d.input, d.output)),
+                "task {}: {:?}",
+                t.id,
+                d.input
+            );
         }
     }
     assert_eq!(tasks.iter().map(|t| t.demonstrations.len()).collect::<Vec<_>>(), [3, 12, 6]);
@@ -198,6 +236,16 @@ fn a_dataset_with_a_hub_source_is_fetched_with_hf_hub() {
     let r = registry.resolve_file("tiny/t.json").unwrap();
     assert_eq!(r.origin, Origin::Hub { repo: "org/tiny".into() });
     assert_eq!(fs::read(&r.local).unwrap(), body);
-    assert!(seen.lock().unwrap().iter().any(|p| p.contains("datasets/org/tiny/resolve/main/tiny/t.json")), "{:?}", seen.lock().unwrap());
-    assert_eq!(prompt2model::data::loaders::load_dataset(&registry, "tiny").unwrap().frame.height(), 1);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.contains("datasets/org/tiny/resolve/main/tiny/t.json")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(
+        prompt2model::data::loaders::load_dataset(&registry, "tiny").unwrap().frame.height(),
+        1
+    );
 }

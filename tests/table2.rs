@@ -26,19 +26,41 @@ fn table2_smoke_is_deterministic_and_complete() {
     let (table, dir) = table2::run(&registry, &models, &options(runs.path())).unwrap();
 
     let arms: Vec<&str> = table.arms.iter().map(|a| a.arm.as_str()).collect();
-    assert_eq!(arms, ["retrieval only", "generation only", "retrieval + generation", "custom annotation"]);
+    assert_eq!(
+        arms,
+        ["retrieval only", "generation only", "retrieval + generation", "custom annotation"]
+    );
     assert_eq!(table.arms.iter().map(|a| a.train_examples).collect::<Vec<_>>(), [24, 24, 48, 24]);
     assert!(table.arms.iter().all(|a| a.test_examples == 24 && a.paper_em.is_some()));
     let annotation = &table.arms[3];
-    assert!(annotation.cost_usd.unwrap() > 0.0 && annotation.cost_basis.contains("paragraphs"), "{}", annotation.cost_basis);
+    assert!(
+        annotation.cost_usd.unwrap() > 0.0 && annotation.cost_basis.contains("paragraphs"),
+        "{}",
+        annotation.cost_basis
+    );
     for f in [
-        "table2.md", "table2.tex", "table2.csv", "table2.parquet", "table2_details.md", "table2_learning_curves.csv",
-        "table2.png", "table2.svg", "table2_learning_curves.png", "predictions_custom_annotation.parquet", "manifest.json",
+        "table2.md",
+        "table2.tex",
+        "table2.csv",
+        "table2.parquet",
+        "table2_details.md",
+        "table2_learning_curves.csv",
+        "table2.png",
+        "table2.svg",
+        "table2_learning_curves.png",
+        "predictions_custom_annotation.parquet",
+        "manifest.json",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing from {}", dir.display());
     }
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let inputs: Vec<&str> = manifest["inputs"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap()).collect();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let inputs: Vec<&str> = manifest["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
     assert!(inputs.iter().any(|p| p.contains("squad/dev-v1.1.json")), "{inputs:?}");
     assert!(inputs.iter().any(|p| p.contains("SQuAD_0.3_1.4_with_filtering")), "{inputs:?}");
     assert!(manifest["metric_signatures"]["em-squad"].is_string());
@@ -59,7 +81,15 @@ fn an_unknown_scale_lists_the_known_ones() {
     let cache = tempfile::tempdir().unwrap();
     let registry = common::mirror_registry(cache.path());
     let models = ModelRegistry::from_env().unwrap();
-    let err = table2::compute(&registry, &models, &Options::new("galactic")).err().expect("unknown scale");
+    let err = table2::compute(&registry, &models, &Options::new("galactic"))
+        .err()
+        .expect("unknown scale");
     let msg = format!("{err:#}");
-    assert!(msg.contains("galactic") && msg.contains("laptop") && msg.contains("smoke") && msg.contains("table2_scales.toml"), "{msg}");
+    assert!(
+        msg.contains("galactic")
+            && msg.contains("laptop")
+            && msg.contains("smoke")
+            && msg.contains("table2_scales.toml"),
+        "{msg}"
+    );
 }

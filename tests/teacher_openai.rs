@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fake_openai::{FakeServer, Fault, ServerConfig};
-use prompt2model::teacher::{CacheMode, CachedTeacher, ChatRequest, OpenAiConfig, OpenAiTeacher, SamplingParams, Teacher, TeacherError};
+use prompt2model::teacher::{
+    CacheMode, CachedTeacher, ChatRequest, OpenAiConfig, OpenAiTeacher, SamplingParams, Teacher,
+    TeacherError,
+};
 
 fn client(base_url: &str) -> OpenAiConfig {
     OpenAiConfig {
@@ -29,10 +32,22 @@ fn client(base_url: &str) -> OpenAiConfig {
 
 fn gen_request(tag: &str, n: u32) -> ChatRequest {
     let prompt = format!("[low-quality examples]:\nsomething {tag}\n\n[new example (in JSON)]:");
-    ChatRequest::user(prompt, SamplingParams { temperature: 0.7, n, seed: Some(7), max_tokens: Some(100), ..Default::default() })
+    ChatRequest::user(
+        prompt,
+        SamplingParams {
+            temperature: 0.7,
+            n,
+            seed: Some(7),
+            max_tokens: Some(100),
+            ..Default::default()
+        },
+    )
 }
 
-async fn one_fault(fault: Fault) -> (Result<prompt2model::teacher::ChatResponse, TeacherError>, OpenAiTeacher, FakeServer, Duration) {
+async fn one_fault(
+    fault: Fault,
+) -> (Result<prompt2model::teacher::ChatResponse, TeacherError>, OpenAiTeacher, FakeServer, Duration)
+{
     let server = FakeServer::start(ServerConfig {
         faults: vec![fault],
         fault_period: 1,
@@ -106,15 +121,20 @@ async fn typed_errors_for_bad_bodies_and_client_errors() {
         ..Default::default()
     })
     .await;
-    let t = OpenAiTeacher::new(OpenAiConfig { max_retries: 2, ..client(&server.base_url) }).unwrap();
+    let t =
+        OpenAiTeacher::new(OpenAiConfig { max_retries: 2, ..client(&server.base_url) }).unwrap();
     let r = t.chat(&gen_request("y", 1)).await;
     assert!(matches!(&r, Err(TeacherError::RetriesExhausted { attempts: 3, .. })), "{r:?}");
     assert_eq!(server.state.request_count(), 3);
 
     // Nothing listening: a connection error (retried, then reported).
-    let t = OpenAiTeacher::new(OpenAiConfig { max_retries: 1, ..client("http://127.0.0.1:9/v1") }).unwrap();
+    let t = OpenAiTeacher::new(OpenAiConfig { max_retries: 1, ..client("http://127.0.0.1:9/v1") })
+        .unwrap();
     let r = t.chat(&gen_request("z", 1)).await;
-    assert!(matches!(&r, Err(TeacherError::RetriesExhausted { last, .. }) if matches!(**last, TeacherError::Connection(_))), "{r:?}");
+    assert!(
+        matches!(&r, Err(TeacherError::RetriesExhausted { last, .. }) if matches!(**last, TeacherError::Connection(_))),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
@@ -132,7 +152,8 @@ async fn n_choices_and_servers_that_ignore_n() {
     let r = t.chat(&gen_request("n", 3)).await.unwrap();
     assert_eq!(r.choices.len(), 3);
     assert_eq!(server.state.request_count(), 3, "follow-up requests fill the missing choices");
-    let distinct: std::collections::HashSet<_> = r.choices.iter().map(|c| c.content.clone()).collect();
+    let distinct: std::collections::HashSet<_> =
+        r.choices.iter().map(|c| c.content.clone()).collect();
     assert_eq!(distinct.len(), 3, "follow-ups use other seeds");
 }
 
@@ -164,7 +185,12 @@ async fn concurrency_shrinks_on_429_and_grows_back() {
 /// with the limit configured, the client keeps to it (no 429) and still reaches it.
 #[tokio::test]
 async fn rpm_throttling_reaches_the_limit_without_429() {
-    let server_cfg = ServerConfig { rpm_limit: Some(120.0), rpm_burst: 2.0, latency: Duration::from_secs(1), ..Default::default() };
+    let server_cfg = ServerConfig {
+        rpm_limit: Some(120.0),
+        rpm_burst: 2.0,
+        latency: Duration::from_secs(1),
+        ..Default::default()
+    };
     let server = FakeServer::start(server_cfg.clone()).await;
     let t = OpenAiTeacher::new(OpenAiConfig {
         requests_per_minute: Some(120.0),
@@ -178,7 +204,11 @@ async fn rpm_throttling_reaches_the_limit_without_429() {
     let results = t.chat_batch(&reqs).await;
     let wall = t0.elapsed();
     assert!(results.iter().all(Result::is_ok));
-    assert_eq!(server.state.rate_limited.load(Ordering::SeqCst), 0, "no 429 when the limit is known");
+    assert_eq!(
+        server.state.rate_limited.load(Ordering::SeqCst),
+        0,
+        "no 429 when the limit is known"
+    );
     let seen = server.state.seen.lock().unwrap().clone();
     let first = seen.iter().map(|s| s.at).min().unwrap();
     let last = seen.iter().map(|s| s.at).max().unwrap();
@@ -188,7 +218,12 @@ async fn rpm_throttling_reaches_the_limit_without_429() {
 
     // Control: the same burst unthrottled trips the server's limit.
     let server = FakeServer::start(server_cfg).await;
-    let t = OpenAiTeacher::new(OpenAiConfig { max_retries: 0, request_timeout_secs: 5.0, ..client(&server.base_url) }).unwrap();
+    let t = OpenAiTeacher::new(OpenAiConfig {
+        max_retries: 0,
+        request_timeout_secs: 5.0,
+        ..client(&server.base_url)
+    })
+    .unwrap();
     let results = t.chat_batch(&reqs).await;
     assert!(results.iter().any(|r| matches!(r, Err(TeacherError::Status { status: 429, .. }))));
     assert!(server.state.rate_limited.load(Ordering::SeqCst) > 0);
@@ -197,7 +232,8 @@ async fn rpm_throttling_reaches_the_limit_without_429() {
 #[tokio::test]
 async fn budget_is_a_typed_error() {
     let server = FakeServer::start(ServerConfig::default()).await;
-    let t = OpenAiTeacher::new(OpenAiConfig { max_api_calls: Some(2), ..client(&server.base_url) }).unwrap();
+    let t = OpenAiTeacher::new(OpenAiConfig { max_api_calls: Some(2), ..client(&server.base_url) })
+        .unwrap();
     t.chat(&gen_request("b1", 1)).await.unwrap();
     t.chat(&gen_request("b2", 1)).await.unwrap();
     let e = t.chat(&gen_request("b3", 1)).await.unwrap_err();
@@ -211,9 +247,14 @@ async fn budget_is_a_typed_error() {
 #[tokio::test]
 async fn cost_accounting_uses_the_configured_price() {
     let server = FakeServer::start(ServerConfig::default()).await;
-    let t = OpenAiTeacher::new(OpenAiConfig { model: "gpt-3.5-turbo".into(), ..client(&server.base_url) }).unwrap();
+    let t = OpenAiTeacher::new(OpenAiConfig {
+        model: "gpt-3.5-turbo".into(),
+        ..client(&server.base_url)
+    })
+    .unwrap();
     let r = t.chat(&gen_request("cost", 2)).await.unwrap();
-    let expected = r.usage.prompt_tokens as f64 * 0.0015 / 1000.0 + r.usage.completion_tokens as f64 * 0.002 / 1000.0;
+    let expected = r.usage.prompt_tokens as f64 * 0.0015 / 1000.0
+        + r.usage.completion_tokens as f64 * 0.002 / 1000.0;
     assert!((r.cost_usd - expected).abs() < 1e-12);
     assert!((t.stats().cost_usd - expected).abs() < 1e-12);
 }
@@ -225,7 +266,12 @@ async fn cache_records_then_replays_and_fails_loudly_on_replay_miss() {
     let server = FakeServer::start(ServerConfig::default()).await;
     let reqs: Vec<ChatRequest> = (0..4).map(|i| gen_request(&format!("k{i}"), 3)).collect();
     let first = {
-        let t = CachedTeacher::open(OpenAiTeacher::new(client(&server.base_url)).unwrap(), &db, CacheMode::ReadWrite).unwrap();
+        let t = CachedTeacher::open(
+            OpenAiTeacher::new(client(&server.base_url)).unwrap(),
+            &db,
+            CacheMode::ReadWrite,
+        )
+        .unwrap();
         let r: Vec<_> = t.chat_batch(&reqs).await.into_iter().map(Result::unwrap).collect();
         assert_eq!((t.hits(), t.misses()), (0, 4));
         assert_eq!(t.len().unwrap(), 12);
@@ -234,7 +280,12 @@ async fn cache_records_then_replays_and_fails_loudly_on_replay_miss() {
     };
     assert_eq!(server.state.request_count(), 4);
     // Reopened (a new process would do the same): all hits, no request.
-    let t = CachedTeacher::open(OpenAiTeacher::new(client(&server.base_url)).unwrap(), &db, CacheMode::ReplayOnly).unwrap();
+    let t = CachedTeacher::open(
+        OpenAiTeacher::new(client(&server.base_url)).unwrap(),
+        &db,
+        CacheMode::ReplayOnly,
+    )
+    .unwrap();
     let again: Vec<_> = t.chat_batch(&reqs).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(server.state.request_count(), 4);
     assert_eq!((t.hits(), t.misses()), (4, 0));
@@ -252,11 +303,19 @@ async fn cache_records_then_replays_and_fails_loudly_on_replay_miss() {
     let e = t.chat(&other).await.unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TeacherError::ReplayMiss { .. }) && e.is_fatal());
-    assert!(msg.contains("sha256:") && msg.contains("Hint:") && msg.contains("teacher.sqlite"), "{msg}");
+    assert!(
+        msg.contains("sha256:") && msg.contains("Hint:") && msg.contains("teacher.sqlite"),
+        "{msg}"
+    );
     assert_eq!(server.state.request_count(), 4);
 
     // Read-write with more choices than recorded: only the missing ones are requested.
-    let t = CachedTeacher::open(OpenAiTeacher::new(client(&server.base_url)).unwrap(), &db, CacheMode::ReadWrite).unwrap();
+    let t = CachedTeacher::open(
+        OpenAiTeacher::new(client(&server.base_url)).unwrap(),
+        &db,
+        CacheMode::ReadWrite,
+    )
+    .unwrap();
     let mut more = reqs[1].clone();
     more.params.n = 5;
     let r = t.chat(&more).await.unwrap();
@@ -269,9 +328,17 @@ async fn cache_records_then_replays_and_fails_loudly_on_replay_miss() {
 #[tokio::test]
 async fn concurrent_identical_requests_call_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeServer::start(ServerConfig { latency: Duration::from_millis(100), ..Default::default() }).await;
-    let t = CachedTeacher::open(OpenAiTeacher::new(client(&server.base_url)).unwrap(), dir.path().join("c.sqlite"), CacheMode::ReadWrite)
-        .unwrap();
+    let server = FakeServer::start(ServerConfig {
+        latency: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let t = CachedTeacher::open(
+        OpenAiTeacher::new(client(&server.base_url)).unwrap(),
+        dir.path().join("c.sqlite"),
+        CacheMode::ReadWrite,
+    )
+    .unwrap();
     let reqs = vec![gen_request("same", 2); 4];
     let r = t.chat_batch(&reqs).await;
     assert!(r.iter().all(Result::is_ok));
@@ -297,7 +364,11 @@ async fn api_key_never_leaks() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keys.sqlite");
     {
-        let cfg = OpenAiConfig { api_key_env: "P2M_TEST_KEY_GOOD".into(), require_api_key: Some(true), ..client(&server.base_url) };
+        let cfg = OpenAiConfig {
+            api_key_env: "P2M_TEST_KEY_GOOD".into(),
+            require_api_key: Some(true),
+            ..client(&server.base_url)
+        };
         let teacher = OpenAiTeacher::new(cfg).unwrap();
         assert!(!format!("{teacher:?}").contains(KEY));
         let t = CachedTeacher::open(teacher, &db, CacheMode::ReadWrite).unwrap();
@@ -305,7 +376,13 @@ async fn api_key_never_leaks() {
         for r in t.chat_batch(&reqs).await {
             r.unwrap();
         }
-        assert!(server.state.seen.lock().unwrap().iter().all(|s| s.authorization.as_deref() == Some(&format!("Bearer {KEY}"))));
+        assert!(server
+            .state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.authorization.as_deref() == Some(&format!("Bearer {KEY}"))));
         assert!(server.state.faults_injected.load(Ordering::SeqCst) > 0);
     }
     let mut bytes = Vec::new();
@@ -332,7 +409,11 @@ async fn api_key_never_leaks() {
         ..Default::default()
     })
     .await;
-    let cfg = OpenAiConfig { api_key_env: "P2M_TEST_KEY_GOOD".into(), max_retries: 1, ..client(&echo.base_url) };
+    let cfg = OpenAiConfig {
+        api_key_env: "P2M_TEST_KEY_GOOD".into(),
+        max_retries: 1,
+        ..client(&echo.base_url)
+    };
     let e = OpenAiTeacher::new(cfg).unwrap().chat(&gen_request("echo", 1)).await.unwrap_err();
     let shown = format!("{e} {e:?}");
     assert!(shown.contains("internal error") && !shown.contains("P2M-SECRET"), "{shown}");
@@ -344,7 +425,10 @@ async fn api_key_never_leaks() {
         ..client(&server.base_url)
     })
     .unwrap_err();
-    assert!(matches!(e, TeacherError::MissingApiKey { .. }) && e.to_string().contains("P2M_TEST_KEY_UNSET"));
+    assert!(
+        matches!(e, TeacherError::MissingApiKey { .. })
+            && e.to_string().contains("P2M_TEST_KEY_UNSET")
+    );
 }
 
 #[tokio::test]
@@ -353,11 +437,21 @@ async fn refresh_mode_calls_again_and_overwrites() {
     let db = dir.path().join("r.sqlite");
     let server = FakeServer::start(ServerConfig::default()).await;
     let req = gen_request("refresh", 2);
-    let t = CachedTeacher::open(OpenAiTeacher::new(client(&server.base_url)).unwrap(), &db, CacheMode::ReadWrite).unwrap();
+    let t = CachedTeacher::open(
+        OpenAiTeacher::new(client(&server.base_url)).unwrap(),
+        &db,
+        CacheMode::ReadWrite,
+    )
+    .unwrap();
     t.chat(&req).await.unwrap();
     t.chat(&req).await.unwrap();
     assert_eq!(server.state.request_count(), 1);
-    let t = CachedTeacher::open(OpenAiTeacher::new(client(&server.base_url)).unwrap(), &db, CacheMode::Refresh).unwrap();
+    let t = CachedTeacher::open(
+        OpenAiTeacher::new(client(&server.base_url)).unwrap(),
+        &db,
+        CacheMode::Refresh,
+    )
+    .unwrap();
     let r = t.chat(&req).await.unwrap();
     assert!(!r.cached);
     assert_eq!(server.state.request_count(), 2);

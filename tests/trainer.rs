@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use prompt2model::models::registry::ModelRegistry;
 use prompt2model::trainer::adamw::{scheduled_lr, AdamW, AdamWParams};
-use prompt2model::trainer::{self, Student, StudentSpec, TextPair, TrainConfig, TrainError, Trainer};
+use prompt2model::trainer::{
+    self, Student, StudentSpec, TextPair, TrainConfig, TrainError, Trainer,
+};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -18,13 +20,23 @@ fn floats(v: &Value) -> Vec<f32> {
 
 #[test]
 fn adamw_follows_torch_step_for_step() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/adamw/trajectory.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/adamw/trajectory.json");
     let fx: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let w = Tensor::from_slice(&floats(&fx["w0"])).view([3, 4]).set_requires_grad(true);
     let b = Tensor::from_slice(&floats(&fx["b0"])).set_requires_grad(true);
     // Names decide weight decay as the HF Trainer does: `.bias` is exempt.
-    let vars = HashMap::from([("x.weight".to_string(), w.shallow_clone()), ("x.bias".to_string(), b.shallow_clone())]);
-    let mut opt = AdamW::new(vars, AdamWParams { weight_decay: fx["weight_decay"].as_f64().unwrap(), ..AdamWParams::default() });
+    let vars = HashMap::from([
+        ("x.weight".to_string(), w.shallow_clone()),
+        ("x.bias".to_string(), b.shallow_clone()),
+    ]);
+    let mut opt = AdamW::new(
+        vars,
+        AdamWParams {
+            weight_decay: fx["weight_decay"].as_f64().unwrap(),
+            ..AdamWParams::default()
+        },
+    );
     let steps = fx["steps"].as_u64().unwrap();
     let warmup = fx["warmup"].as_u64().unwrap();
     for step in 0..steps as usize {
@@ -35,7 +47,10 @@ fn adamw_follows_torch_step_for_step() {
         ((&w * &gw).sum(Kind::Float) + (&b * &gb).sum(Kind::Float)).backward();
         let norm = opt.clip_grad_norm(Some(fx["max_norm"].as_f64().unwrap()));
         let want_norm = fx["grad_norms"][step].as_f64().unwrap();
-        assert!((norm - want_norm).abs() < 1e-5 * want_norm.max(1.0), "step {step}: grad norm {norm} vs torch {want_norm}");
+        assert!(
+            (norm - want_norm).abs() < 1e-5 * want_norm.max(1.0),
+            "step {step}: grad norm {norm} vs torch {want_norm}"
+        );
         let lr = scheduled_lr(fx["lr"].as_f64().unwrap(), step as u64, steps, warmup, true);
         let want_lr = fx["lrs"][step].as_f64().unwrap();
         assert!((lr - want_lr).abs() < 1e-15, "step {step}: lr {lr} vs torch {want_lr}");
@@ -44,7 +59,10 @@ fn adamw_follows_torch_step_for_step() {
             let got = Vec::<f32>::try_from(t.detach().view([-1])).unwrap();
             let want = floats(&fx["after"][step][name]);
             for (g, e) in got.iter().zip(&want) {
-                assert!((g - e).abs() <= 2e-6 * e.abs().max(1.0), "step {step} {name}: {got:?}\nvs torch {want:?}");
+                assert!(
+                    (g - e).abs() <= 2e-6 * e.abs().max(1.0),
+                    "step {step} {name}: {got:?}\nvs torch {want:?}"
+                );
             }
         }
     }
@@ -61,12 +79,23 @@ fn tiny() -> StudentSpec {
 /// A toy task a tiny model can fit: copy the colour word.
 fn toy_pairs(n: usize) -> Vec<TextPair> {
     let colours = ["red", "green", "blue", "yellow", "black", "white"];
-    let rows: Vec<(String, String)> = (0..n).map(|i| (format!("the {} car number {i}", colours[i % 6]), colours[i % 6].to_string())).collect();
+    let rows: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("the {} car number {i}", colours[i % 6]), colours[i % 6].to_string()))
+        .collect();
     trainer::apply_template(0, "Name the colour.", &rows)
 }
 
 fn small_config() -> TrainConfig {
-    TrainConfig { epochs: 3, batch_size: 4, learning_rate: 3e-3, max_source_len: 32, max_target_len: 8, mixed_precision: false, seed: 7, ..TrainConfig::default() }
+    TrainConfig {
+        epochs: 3,
+        batch_size: 4,
+        learning_rate: 3e-3,
+        max_source_len: 32,
+        max_target_len: 8,
+        mixed_precision: false,
+        seed: 7,
+        ..TrainConfig::default()
+    }
 }
 
 #[test]
@@ -85,7 +114,13 @@ fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
     assert!(last < 0.5 * first, "training loss {first} → {last}");
     assert!(summary.epochs.iter().all(|e| e.validation_loss.is_some_and(f64::is_finite)));
     // final/ holds a loadable student.
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "training_summary.json", "trainer_state.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training_summary.json",
+        "trainer_state.json",
+    ] {
         assert!(out.path().join("final").join(f).exists(), "final/{f}");
     }
     let reloaded = Student::from_dir(&out.path().join("final"), Device::Cpu).unwrap();
@@ -96,13 +131,24 @@ fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
         None,
     )
     .unwrap();
-    let cfg = prompt2model::executor::ExecutorConfig { max_new_tokens: 4, max_source_len: 32, ..Default::default() };
-    let predicted = prompt2model::executor::predict_frame(&reloaded, "Name the colour.", &frame, &cfg).unwrap();
+    let cfg = prompt2model::executor::ExecutorConfig {
+        max_new_tokens: 4,
+        max_source_len: 32,
+        ..Default::default()
+    };
+    let predicted =
+        prompt2model::executor::predict_frame(&reloaded, "Name the colour.", &frame, &cfg).unwrap();
     let preds = prompt2model::data::loaders::string_column(&predicted, "prediction").unwrap();
     // The toy task is learnt: the colour is copied from inputs never seen in training.
     assert_eq!(preds, ["blue", "red"]);
     // Same weights, same inputs: the reloaded student predicts what the trained one does.
-    let again = prompt2model::executor::predict_frame(&student_from(&out.path().join("final")), "Name the colour.", &frame, &cfg).unwrap();
+    let again = prompt2model::executor::predict_frame(
+        &student_from(&out.path().join("final")),
+        "Name the colour.",
+        &frame,
+        &cfg,
+    )
+    .unwrap();
     assert_eq!(prompt2model::data::loaders::string_column(&again, "prediction").unwrap(), preds);
 }
 
@@ -111,18 +157,39 @@ fn student_from(dir: &Path) -> Student {
 }
 
 fn write_jsonl(path: &Path, pairs: &[(String, String)]) {
-    let lines: Vec<String> = pairs.iter().map(|(i, o)| serde_json::json!({"input": i, "output": o}).to_string()).collect();
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|(i, o)| serde_json::json!({"input": i, "output": o}).to_string())
+        .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 fn train_cmd(data: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2m"));
-    cmd.args(["train", "--cpu", "--student", "tiny:32:1:2", "--instruction", "Name the colour.", "--epochs", "2", "--batch-size", "2", "--lr", "0.003", "--checkpoint-every", "1", "--seed", "3", "--json"])
-        .arg("--train")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .env("OMP_NUM_THREADS", "1");
+    cmd.args([
+        "train",
+        "--cpu",
+        "--student",
+        "tiny:32:1:2",
+        "--instruction",
+        "Name the colour.",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.003",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+    ])
+    .arg("--train")
+    .arg(data)
+    .arg("--out")
+    .arg(out)
+    .env("OMP_NUM_THREADS", "1");
     cmd
 }
 
@@ -135,7 +202,9 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
     let colours = ["red", "green", "blue", "yellow"];
-    let rows: Vec<(String, String)> = (0..40).map(|i| (format!("a {} kite, {} of many", colours[i % 4], i), colours[i % 4].to_string())).collect();
+    let rows: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("a {} kite, {} of many", colours[i % 4], i), colours[i % 4].to_string()))
+        .collect();
     write_jsonl(&data, &rows);
 
     // Uninterrupted reference run.
@@ -145,10 +214,18 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
 
     // Killed once a few checkpoints exist (40 steps in all), then started again.
     let killed = dir.path().join("killed");
-    let mut child = train_cmd(&data, &killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        train_cmd(&data, &killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     loop {
-        let step = trainer::latest_checkpoint(&killed).unwrap().and_then(|p| p.file_name().unwrap().to_str().unwrap().strip_prefix("step-").map(|s| s.parse::<u64>().unwrap()));
+        let step = trainer::latest_checkpoint(&killed).unwrap().and_then(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .strip_prefix("step-")
+                .map(|s| s.parse::<u64>().unwrap())
+        });
         if step.is_some_and(|s| s >= 5) {
             break;
         }
@@ -169,17 +246,27 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
     assert!((5..40).contains(&resumed), "resumed at {resumed}");
     assert_eq!(summary["optimizer_steps"], 40);
 
-    assert!(file_bytes(killed.join("final/model.safetensors")) == file_bytes(reference.join("final/model.safetensors")), "final weights differ after resume");
+    assert!(
+        file_bytes(killed.join("final/model.safetensors"))
+            == file_bytes(reference.join("final/model.safetensors")),
+        "final weights differ after resume"
+    );
     let losses = |p: PathBuf| -> Vec<f64> {
         let v: Value = serde_json::from_slice(&file_bytes(p)).unwrap();
         v["steps"].as_array().unwrap().iter().map(|s| s["loss"].as_f64().unwrap()).collect()
     };
-    assert_eq!(losses(killed.join("final/trainer_state.json")), losses(reference.join("final/trainer_state.json")));
+    assert_eq!(
+        losses(killed.join("final/trainer_state.json")),
+        losses(reference.join("final/trainer_state.json"))
+    );
 
     // A finished run is not trained again.
     let out = train_cmd(&data, &killed).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(file_bytes(killed.join("final/model.safetensors")), file_bytes(reference.join("final/model.safetensors")));
+    assert_eq!(
+        file_bytes(killed.join("final/model.safetensors")),
+        file_bytes(reference.join("final/model.safetensors"))
+    );
 }
 
 #[test]
@@ -187,11 +274,21 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     let out = tempfile::tempdir().unwrap();
     let mut student = Student::build(&tiny(), &registry(), Device::Cpu, 1).unwrap();
     // An absurd learning rate and no clipping blow the weights up after the first update.
-    let cfg = TrainConfig { learning_rate: 1e30, max_grad_norm: None, checkpoint_every: 1, schedule: "constant".into(), ..small_config() };
+    let cfg = TrainConfig {
+        learning_rate: 1e30,
+        max_grad_norm: None,
+        checkpoint_every: 1,
+        schedule: "constant".into(),
+        ..small_config()
+    };
     let mut trainer = Trainer::new(cfg, &mut student, out.path());
     trainer.progress = false;
     let err = trainer.train(&toy_pairs(16), &[]).unwrap_err();
-    let TrainError::NonFiniteLoss { step, checkpoint, .. } = err.downcast_ref::<TrainError>().unwrap_or_else(|| panic!("{err:#}")) else { panic!("{err:#}") };
+    let TrainError::NonFiniteLoss { step, checkpoint, .. } =
+        err.downcast_ref::<TrainError>().unwrap_or_else(|| panic!("{err:#}"))
+    else {
+        panic!("{err:#}")
+    };
     assert!(*step >= 1, "the first loss is finite");
     assert!(Path::new(checkpoint).join("model.safetensors").exists(), "{checkpoint}");
     assert!(err.to_string().contains("Lower the learning rate"), "{err}");
@@ -211,7 +308,10 @@ fn a_checkpoint_of_another_run_is_refused() {
     let mut t = Trainer::new(cfg, &mut student, out.path());
     t.progress = false;
     let err = t.train(&toy_pairs(17), &[]).unwrap_err();
-    assert!(matches!(err.downcast_ref::<TrainError>(), Some(TrainError::ForeignCheckpoint { .. })), "{err:#}");
+    assert!(
+        matches!(err.downcast_ref::<TrainError>(), Some(TrainError::ForeignCheckpoint { .. })),
+        "{err:#}"
+    );
     assert!(err.to_string().contains("new output directory"), "{err}");
 }
 
@@ -229,10 +329,13 @@ fn training_configs_from_toml_name_bad_fields() {
 
 fn smollm2() -> (prompt2model::models::llama::Llama, Vec<i64>) {
     let registry = registry();
-    let path = registry.resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("GGUF (run scripts/setup.sh)");
+    let path = registry
+        .resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("GGUF (run scripts/setup.sh)");
     let g = prompt2model::models::gguf::GgufFile::open(&path).unwrap();
     let tok = prompt2model::models::chat::GgufTokenizer::from_gguf(&g).unwrap();
-    let ids = tok.encode("<task 0>Answer.\nExample:\nWhere is Paris?\nLabel:\nFrance", false).unwrap();
+    let ids =
+        tok.encode("<task 0>Answer.\nExample:\nWhere is Paris?\nLabel:\nFrance", false).unwrap();
     (prompt2model::models::llama::Llama::from_gguf(&g, Device::Cpu).unwrap(), ids)
 }
 
@@ -241,25 +344,49 @@ fn the_decoders_training_forward_matches_its_cached_forward_with_and_without_pad
     let (model, ids) = smollm2();
     let n = ids.len() as i64;
     let cached = model.logits(&ids).unwrap();
-    let single = tch::no_grad(|| model.forward_train(&Tensor::from_slice(&ids).view([1, n]), &Tensor::ones([1, n], (Kind::Int64, Device::Cpu))));
+    let single = tch::no_grad(|| {
+        model.forward_train(
+            &Tensor::from_slice(&ids).view([1, n]),
+            &Tensor::ones([1, n], (Kind::Int64, Device::Cpu)),
+        )
+    });
     let diff = (single.squeeze_dim(0) - &cached).abs().max().double_value(&[]);
     assert!(diff < 1e-3, "max |Δlogit| {diff}");
     // A shorter row beside it, right-padded: its real positions see only themselves.
     let short = &ids[..ids.len() - 3];
     let mut batch: Vec<i64> = ids.clone();
     batch.extend(short.iter().copied().chain([0, 0, 0]));
-    let mask: Vec<i64> = std::iter::repeat_n(1, ids.len()).chain(std::iter::repeat_n(1, short.len())).chain([0, 0, 0]).collect();
-    let both = tch::no_grad(|| model.forward_train(&Tensor::from_slice(&batch).view([2, n]), &Tensor::from_slice(&mask).view([2, n])));
+    let mask: Vec<i64> = std::iter::repeat_n(1, ids.len())
+        .chain(std::iter::repeat_n(1, short.len()))
+        .chain([0, 0, 0])
+        .collect();
+    let both = tch::no_grad(|| {
+        model.forward_train(
+            &Tensor::from_slice(&batch).view([2, n]),
+            &Tensor::from_slice(&mask).view([2, n]),
+        )
+    });
     let short_cached = model.logits(short).unwrap();
-    let diff = (both.get(1).narrow(0, 0, short.len() as i64) - short_cached).abs().max().double_value(&[]);
+    let diff =
+        (both.get(1).narrow(0, 0, short.len() as i64) - short_cached).abs().max().double_value(&[]);
     assert!(diff < 1e-3, "padded row: max |Δlogit| {diff}");
 }
 
 #[test]
 fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
     let out = tempfile::tempdir().unwrap();
-    let mut student = Student::build(&StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() }, &registry(), Device::Cpu, 1).unwrap();
-    let rows: Vec<(String, String)> = (0..4).map(|i| (format!("the {} kite", ["red", "blue"][i % 2]), ["red", "blue"][i % 2].to_string())).collect();
+    let mut student = Student::build(
+        &StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() },
+        &registry(),
+        Device::Cpu,
+        1,
+    )
+    .unwrap();
+    let rows: Vec<(String, String)> = (0..4)
+        .map(|i| {
+            (format!("the {} kite", ["red", "blue"][i % 2]), ["red", "blue"][i % 2].to_string())
+        })
+        .collect();
     let data = trainer::apply_template(0, "Name the colour.", &rows);
     // The labels are the target + EOS; the prompt is not trained on.
     let enc = student.encode_pairs(&data[..1], 64, 8).unwrap();
@@ -268,7 +395,15 @@ fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
     assert_eq!(labels.iter().filter(|&&l| l != -100).count(), enc[0].labels.len());
     assert_eq!(&labels[..enc[0].source.len()], vec![-100; enc[0].source.len()].as_slice());
 
-    let cfg = TrainConfig { epochs: 2, batch_size: 2, learning_rate: 1e-4, max_source_len: 64, max_target_len: 8, seed: 1, ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 2,
+        learning_rate: 1e-4,
+        max_source_len: 64,
+        max_target_len: 8,
+        seed: 1,
+        ..TrainConfig::default()
+    };
     let mut t = Trainer::new(cfg, &mut student, out.path());
     t.progress = false;
     let summary = t.train(&data, &data[..2]).unwrap();
@@ -281,6 +416,13 @@ fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
     let a = reloaded.mean_loss(&enc, 2).unwrap();
     let b = student.mean_loss(&enc, 2).unwrap();
     assert!((a - b).abs() < 1e-4, "reloaded loss {a} vs trained {b}");
-    let preds = reloaded.generate(&[data[0].source.clone()], 64, &prompt2model::models::sampling::SamplingConfig::greedy(4), 1).unwrap();
+    let preds = reloaded
+        .generate(
+            &[data[0].source.clone()],
+            64,
+            &prompt2model::models::sampling::SamplingConfig::greedy(4),
+            1,
+        )
+        .unwrap();
     assert_eq!(preds.len(), 1);
 }

@@ -32,21 +32,36 @@ fn polars_err(path: &Path) -> impl FnOnce(PolarsError) -> DataError + '_ {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> DataResult<T> {
-    let bytes = fs::read(path).map_err(|source| DataError::File(crate::util::fs::FileError { path: path.to_path_buf(), source }))?;
+    let bytes = fs::read(path).map_err(|source| {
+        DataError::File(crate::util::fs::FileError { path: path.to_path_buf(), source })
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        malformed(path, format!("not a valid {what} file at line {}, column {}: {e}", e.line(), e.column()))
+        malformed(
+            path,
+            format!("not a valid {what} file at line {}, column {}: {e}", e.line(), e.column()),
+        )
     })
 }
 
 /// A `list[str]` column from per-row string lists.
 pub fn list_column(name: &str, rows: &[Vec<String>]) -> Column {
-    let series: Vec<Series> = rows.iter().map(|r| Series::new(PlSmallStr::EMPTY, r.as_slice())).collect();
+    let series: Vec<Series> =
+        rows.iter().map(|r| Series::new(PlSmallStr::EMPTY, r.as_slice())).collect();
     Column::new(name.into(), series)
 }
 
 /// Build a frame in the common schema.
-pub fn common_frame(ids: Vec<String>, inputs: Vec<String>, references: &[Vec<String>], predictions: Option<Vec<String>>) -> PolarsResult<DataFrame> {
-    let mut cols = vec![Column::new(ID.into(), ids), Column::new(INPUT.into(), inputs), list_column(REFERENCES, references)];
+pub fn common_frame(
+    ids: Vec<String>,
+    inputs: Vec<String>,
+    references: &[Vec<String>],
+    predictions: Option<Vec<String>>,
+) -> PolarsResult<DataFrame> {
+    let mut cols = vec![
+        Column::new(ID.into(), ids),
+        Column::new(INPUT.into(), inputs),
+        list_column(REFERENCES, references),
+    ];
     if let Some(p) = predictions {
         cols.push(Column::new(PREDICTION.into(), p));
     }
@@ -67,7 +82,9 @@ pub fn string_list_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<Vec<St
     let mut out = Vec::with_capacity(list.len());
     for i in 0..list.len() {
         match list.get_as_series(i) {
-            Some(s) => out.push(s.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect()),
+            Some(s) => {
+                out.push(s.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+            }
             None => out.push(Vec::new()),
         }
     }
@@ -106,12 +123,19 @@ struct SquadAnswer {
 /// `Question: {question} Context: {context}`; every gold answer is kept, in file order.
 pub fn load_squad_json(path: &Path) -> DataResult<DataFrame> {
     let file: SquadFile = read_json(path, "SQuAD v1.1 JSON")?;
-    let (mut ids, mut inputs, mut refs, mut titles, mut questions, mut contexts) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut ids, mut inputs, mut refs, mut titles, mut questions, mut contexts) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for article in &file.data {
         for paragraph in &article.paragraphs {
             for qa in &paragraph.qas {
                 if qa.answers.is_empty() {
-                    return Err(malformed(path, format!("question id {} has no answers (SQuAD v1.1 has at least one)", qa.id)));
+                    return Err(malformed(
+                        path,
+                        format!(
+                            "question id {} has no answers (SQuAD v1.1 has at least one)",
+                            qa.id
+                        ),
+                    ));
                 }
                 ids.push(qa.id.clone());
                 inputs.push(format!("Question: {} Context: {}", qa.question, paragraph.context));
@@ -153,7 +177,13 @@ pub fn load_conala_json(path: &Path) -> DataResult<DataFrame> {
     let mut intents = Vec::with_capacity(rows.len());
     for (i, row) in rows.into_iter().enumerate() {
         let input = row.rewritten_intent.clone().or(row.intent.clone()).ok_or_else(|| {
-            malformed(path, format!("row {i} (question_id {}) has neither `rewritten_intent` nor `intent`", row.question_id))
+            malformed(
+                path,
+                format!(
+                    "row {i} (question_id {}) has neither `rewritten_intent` nor `intent`",
+                    row.question_id
+                ),
+            )
         })?;
         ids.push(format!("{}-{i}", row.question_id));
         inputs.push(input);
@@ -173,9 +203,12 @@ pub fn load_temporal_json(path: &Path) -> DataResult<DataFrame> {
     let mut inputs = Vec::with_capacity(rows.len());
     let mut refs = Vec::with_capacity(rows.len());
     for (i, row) in rows.into_iter().enumerate() {
-        let [input, output, _kind]: [String; 3] = row
-            .try_into()
-            .map_err(|r: Vec<String>| malformed(path, format!("row {i}: expected [input, output, kind], found {} fields", r.len())))?;
+        let [input, output, _kind]: [String; 3] = row.try_into().map_err(|r: Vec<String>| {
+            malformed(
+                path,
+                format!("row {i}: expected [input, output, kind], found {} fields", r.len()),
+            )
+        })?;
         inputs.push(input);
         refs.push(vec![output]);
     }
@@ -225,7 +258,10 @@ pub fn load_hf_disk(dir: &Path) -> DataResult<HfDisk> {
 fn load_hf_dataset(dir: &Path) -> DataResult<DataFrame> {
     let state_path = dir.join("state.json");
     if !state_path.is_file() {
-        return Err(malformed(dir, "not a Hugging Face save_to_disk folder: no state.json or dataset_dict.json"));
+        return Err(malformed(
+            dir,
+            "not a Hugging Face save_to_disk folder: no state.json or dataset_dict.json",
+        ));
     }
     let state: HfState = read_json(&state_path, "state.json")?;
     if state.data_files.is_empty() {
@@ -234,7 +270,9 @@ fn load_hf_dataset(dir: &Path) -> DataResult<DataFrame> {
     let mut frame: Option<DataFrame> = None;
     for shard in &state.data_files {
         let path = dir.join(&shard.filename);
-        let file = fs::File::open(&path).map_err(|source| DataError::File(crate::util::fs::FileError { path: path.clone(), source }))?;
+        let file = fs::File::open(&path).map_err(|source| {
+            DataError::File(crate::util::fs::FileError { path: path.clone(), source })
+        })?;
         let df = IpcStreamReader::new(file)
             .finish()
             .map_err(|e| malformed(&path, format!("not a readable Arrow IPC stream: {e}")))?;
@@ -253,7 +291,10 @@ fn load_hf_dataset(dir: &Path) -> DataResult<DataFrame> {
 pub fn p2m_to_common(df: &DataFrame, path: &Path) -> DataResult<DataFrame> {
     let need = |c: &str| -> DataResult<Vec<String>> {
         string_column(df, c).map_err(|_| {
-            malformed(path, format!("missing string column `{c}` (found: {:?})", df.get_column_names()))
+            malformed(
+                path,
+                format!("missing string column `{c}` (found: {:?})", df.get_column_names()),
+            )
         })
     };
     let inputs = need("input_col")?;
@@ -283,11 +324,16 @@ pub fn load_dataset(registry: &Registry, id: &str) -> DataResult<Loaded> {
     let (frame, local, files) = match entry.format.as_str() {
         "p2m-hf-disk" => {
             // A save_to_disk folder: every file of the entry lives in it.
-            let dir = Path::new(file).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+            let dir = Path::new(file)
+                .parent()
+                .map(|p| p.to_string_lossy().to_string())
+                .unwrap_or_default();
             let (disk, local, files) = load_registered_hf_disk(registry, &dir)?;
             let frame = match disk {
                 HfDisk::Dataset(df) => p2m_to_common(&df, &local)?,
-                HfDisk::Dict(_) => return Err(malformed(&local, "expected a single dataset, found a DatasetDict")),
+                HfDisk::Dict(_) => {
+                    return Err(malformed(&local, "expected a single dataset, found a DatasetDict"))
+                }
             };
             (frame, local, files)
         }
@@ -309,14 +355,20 @@ pub fn load_dataset(registry: &Registry, id: &str) -> DataResult<Loaded> {
     };
     if let Some(rows) = entry.rows {
         if frame.height() as u64 != rows {
-            return Err(malformed(&local, format!("expected {rows} rows (data/datasets.toml), found {}", frame.height())));
+            return Err(malformed(
+                &local,
+                format!("expected {rows} rows (data/datasets.toml), found {}", frame.height()),
+            ));
         }
     }
     Ok(Loaded { frame, files })
 }
 
 /// Load a registered `save_to_disk` folder (e.g. a recorded run under `p2m_runs/`).
-pub fn load_registered_hf_disk(registry: &Registry, dir: &str) -> DataResult<(HfDisk, PathBuf, Vec<ResolvedFile>)> {
+pub fn load_registered_hf_disk(
+    registry: &Registry,
+    dir: &str,
+) -> DataResult<(HfDisk, PathBuf, Vec<ResolvedFile>)> {
     let (local, files) = registry.resolve_dir(dir)?;
     Ok((load_hf_disk(&local)?, local, files))
 }

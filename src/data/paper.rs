@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::registry::DataError;
 
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Table1Row {
     pub system: String,
@@ -82,6 +81,8 @@ pub struct PaperResults {
 
 pub fn load_paper_results(data_dir: &Path) -> Result<PaperResults, DataError> {
     let path = data_dir.join("paper_results.toml");
-    let text = std::fs::read_to_string(&path).map_err(|source| DataError::File(crate::util::fs::FileError { path: path.clone(), source }))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        DataError::File(crate::util::fs::FileError { path: path.clone(), source })
+    })?;
     toml::from_str(&text).map_err(|e| DataError::Registry { path, detail: e.to_string() })
 }

@@ -17,7 +17,8 @@ pub enum Format {
 
 impl Format {
     /// Every format, by the name the command line uses.
-    pub const ALL: [(&'static str, Format); 3] = [("jsonl", Format::Jsonl), ("csv", Format::Csv), ("parquet", Format::Parquet)];
+    pub const ALL: [(&'static str, Format); 3] =
+        [("jsonl", Format::Jsonl), ("csv", Format::Csv), ("parquet", Format::Parquet)];
 
     pub fn parse(name: &str) -> Option<Format> {
         Format::ALL.into_iter().find(|(n, _)| n.eq_ignore_ascii_case(name.trim())).map(|(_, f)| f)
@@ -28,7 +29,10 @@ impl Format {
             Some("jsonl") | Some("ndjson") => Ok(Format::Jsonl),
             Some("csv") => Ok(Format::Csv),
             Some("parquet") => Ok(Format::Parquet),
-            _ => bail!("{}: cannot tell the format from the extension; pass --format jsonl|csv|parquet", path.display()),
+            _ => bail!(
+                "{}: cannot tell the format from the extension; pass --format jsonl|csv|parquet",
+                path.display()
+            ),
         }
     }
 }
@@ -39,7 +43,12 @@ pub struct Scored {
     pub references: Vec<Vec<String>>,
 }
 
-pub fn read(path: &Path, format: Format, prediction_col: &str, reference_cols: &[String]) -> Result<Scored> {
+pub fn read(
+    path: &Path,
+    format: Format,
+    prediction_col: &str,
+    reference_cols: &[String],
+) -> Result<Scored> {
     if reference_cols.is_empty() {
         bail!("name at least one reference column with --reference-col");
     }
@@ -55,7 +64,9 @@ pub fn read(path: &Path, format: Format, prediction_col: &str, reference_cols: &
         }
         Format::Parquet => {
             let file = fs::File::open(path).with_context(|| path.display().to_string())?;
-            let df = ParquetReader::new(file).finish().map_err(|e| anyhow!("{}: not a readable parquet file: {e}", path.display()))?;
+            let df = ParquetReader::new(file)
+                .finish()
+                .map_err(|e| anyhow!("{}: not a readable parquet file: {e}", path.display()))?;
             from_frame(path, &df, prediction_col, reference_cols)
         }
     }
@@ -70,13 +81,19 @@ fn read_jsonl(path: &Path, prediction_col: &str, reference_cols: &[String]) -> R
             continue;
         }
         let at = || format!("{}: line {}", path.display(), i + 1);
-        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
         let obj = value.as_object().ok_or_else(|| anyhow!("{}: expected a JSON object", at()))?;
         let pred = match obj.get(prediction_col) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Null) => String::new(),
-            Some(other) => bail!("{}: field `{prediction_col}` must be a string, found {other}", at()),
-            None => bail!("{}: no field `{prediction_col}` (set the prediction field with --prediction-col)", at()),
+            Some(other) => {
+                bail!("{}: field `{prediction_col}` must be a string, found {other}", at())
+            }
+            None => bail!(
+                "{}: no field `{prediction_col}` (set the prediction field with --prediction-col)",
+                at()
+            ),
         };
         let mut refs = Vec::new();
         for col in reference_cols {
@@ -84,11 +101,26 @@ fn read_jsonl(path: &Path, prediction_col: &str, reference_cols: &[String]) -> R
                 Some(serde_json::Value::String(s)) => refs.push(s.clone()),
                 Some(serde_json::Value::Array(items)) => {
                     for item in items {
-                        refs.push(item.as_str().ok_or_else(|| anyhow!("{}: field `{col}` must hold strings, found {item}", at()))?.to_string());
+                        refs.push(
+                            item.as_str()
+                                .ok_or_else(|| {
+                                    anyhow!(
+                                        "{}: field `{col}` must hold strings, found {item}",
+                                        at()
+                                    )
+                                })?
+                                .to_string(),
+                        );
                     }
                 }
-                Some(other) => bail!("{}: field `{col}` must be a string or a list of strings, found {other}", at()),
-                None => bail!("{}: no field `{col}` (set the reference field(s) with --reference-col)", at()),
+                Some(other) => bail!(
+                    "{}: field `{col}` must be a string or a list of strings, found {other}",
+                    at()
+                ),
+                None => bail!(
+                    "{}: no field `{col}` (set the reference field(s) with --reference-col)",
+                    at()
+                ),
             }
         }
         predictions.push(pred);
@@ -100,9 +132,20 @@ fn read_jsonl(path: &Path, prediction_col: &str, reference_cols: &[String]) -> R
     Ok(Scored { predictions, references })
 }
 
-fn from_frame(path: &Path, df: &DataFrame, prediction_col: &str, reference_cols: &[String]) -> Result<Scored> {
+fn from_frame(
+    path: &Path,
+    df: &DataFrame,
+    prediction_col: &str,
+    reference_cols: &[String],
+) -> Result<Scored> {
     let names = df.get_column_names_owned();
-    let missing = |c: &str| anyhow!("{}: no column `{c}` (columns: {})", path.display(), names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "));
+    let missing = |c: &str| {
+        anyhow!(
+            "{}: no column `{c}` (columns: {})",
+            path.display(),
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    };
     if df.column(prediction_col).is_err() {
         return Err(missing(prediction_col));
     }
@@ -111,7 +154,9 @@ fn from_frame(path: &Path, df: &DataFrame, prediction_col: &str, reference_cols:
     for col in reference_cols {
         let c = df.column(col).map_err(|_| missing(col))?;
         if matches!(c.dtype(), DataType::List(_)) {
-            for (row, refs) in crate::data::loaders::string_list_column(df, col)?.into_iter().enumerate() {
+            for (row, refs) in
+                crate::data::loaders::string_list_column(df, col)?.into_iter().enumerate()
+            {
                 references[row].extend(refs);
             }
         } else {

@@ -65,7 +65,8 @@ impl RecordedRun {
                 }
                 let model = rest[..pos].to_string();
                 let config = after.trim_start_matches('_');
-                let config = if config.is_empty() { "default".to_string() } else { config.to_string() };
+                let config =
+                    if config.is_empty() { "default".to_string() } else { config.to_string() };
                 return Some((model, task.to_string(), config, test_set, post_filter));
             }
         }
@@ -86,7 +87,14 @@ pub fn discover(registry: &Registry) -> Vec<RecordedRun> {
         .into_iter()
         .filter_map(|name| {
             let (model, task, config, test_set, post_filter) = RecordedRun::parse(&name)?;
-            Some(RecordedRun { folder: format!("{prefix}{name}"), model, task, config, test_set, post_filter })
+            Some(RecordedRun {
+                folder: format!("{prefix}{name}"),
+                model,
+                task,
+                config,
+                test_set,
+                post_filter,
+            })
         })
         .collect()
 }
@@ -97,10 +105,31 @@ mod tests {
 
     #[test]
     fn parses_the_naming_scheme() {
-        let p = RecordedRun::parse("flan-t5-base_normalization_0.3_1.4_with_filtering_real_dataset_without_post_filter").unwrap();
-        assert_eq!(p, ("flan-t5-base".into(), "normalization".into(), "0.3_1.4_with_filtering".into(), TestSet::Real, false));
+        let p = RecordedRun::parse(
+            "flan-t5-base_normalization_0.3_1.4_with_filtering_real_dataset_without_post_filter",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            (
+                "flan-t5-base".into(),
+                "normalization".into(),
+                "0.3_1.4_with_filtering".into(),
+                TestSet::Real,
+                false
+            )
+        );
         let p = RecordedRun::parse("long-t5-tglobal-base-16384-book-summary_jp2python_generated_test_dataset_with_post_filter").unwrap();
-        assert_eq!(p, ("long-t5-tglobal-base-16384-book-summary".into(), "jp2python".into(), "default".into(), TestSet::GeneratedTest, true));
+        assert_eq!(
+            p,
+            (
+                "long-t5-tglobal-base-16384-book-summary".into(),
+                "jp2python".into(),
+                "default".into(),
+                TestSet::GeneratedTest,
+                true
+            )
+        );
         assert!(RecordedRun::parse("flan-t5-base_SQuAD_0.3_1.4_with_filtering").is_none());
         assert!(RecordedRun::parse("retrived_jp2python").is_none());
     }

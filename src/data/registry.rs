@@ -42,7 +42,6 @@ pub enum DataError {
 
 pub type DataResult<T> = std::result::Result<T, DataError>;
 
-
 /// One row of `data/files.tsv`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileEntry {
@@ -136,7 +135,10 @@ impl Registry {
         let mut seen = std::collections::BTreeSet::new();
         for d in &parsed.dataset {
             if !seen.insert(d.id.clone()) {
-                return Err(DataError::Registry { path: toml_path, detail: format!("dataset id `{}` appears twice", d.id) });
+                return Err(DataError::Registry {
+                    path: toml_path,
+                    detail: format!("dataset id `{}` appears twice", d.id),
+                });
             }
             for f in &d.files {
                 if !files.contains_key(f) {
@@ -151,7 +153,12 @@ impl Registry {
                 }
             }
         }
-        Ok(Registry { paths, datasets: parsed.dataset, files, verified: Mutex::new(BTreeMap::new()) })
+        Ok(Registry {
+            paths,
+            datasets: parsed.dataset,
+            files,
+            verified: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Load with the locations from the environment (see [`crate::config`]).
@@ -164,7 +171,10 @@ impl Registry {
     }
 
     pub fn dataset(&self, id: &str) -> DataResult<&DatasetEntry> {
-        self.datasets.iter().find(|d| d.id == id).ok_or_else(|| DataError::UnknownDataset(id.to_string()))
+        self.datasets
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| DataError::UnknownDataset(id.to_string()))
     }
 
     pub fn file_entry(&self, path: &str) -> Option<&FileEntry> {
@@ -190,7 +200,10 @@ impl Registry {
     pub fn owner_of(&self, path: &str) -> String {
         self.datasets
             .iter()
-            .find(|d| d.files.iter().any(|f| f == path) || d.file_prefix.as_deref().is_some_and(|p| path.starts_with(p)))
+            .find(|d| {
+                d.files.iter().any(|f| f == path)
+                    || d.file_prefix.as_deref().is_some_and(|p| path.starts_with(p))
+            })
             .map(|d| d.id.clone())
             .unwrap_or_else(|| "(unregistered)".to_string())
     }
@@ -218,7 +231,8 @@ impl Registry {
                 return self.verify(&dataset, entry, &mirrored, Origin::Mirror);
             }
         } else {
-            looked_in.push("mirror: none configured (P2M_MIRROR unset and no ../shared/mirror)".into());
+            looked_in
+                .push("mirror: none configured (P2M_MIRROR unset and no ../shared/mirror)".into());
         }
         if let Some(url) = &entry.url {
             if self.paths.offline {
@@ -226,19 +240,34 @@ impl Registry {
             } else {
                 looked_in.push(format!("upstream: {url}"));
                 match download_verified(url, &cached, entry) {
-                    Ok(()) => return self.verify(&dataset, entry, &cached, Origin::Download { url: url.clone() }),
+                    Ok(()) => {
+                        return self.verify(
+                            &dataset,
+                            entry,
+                            &cached,
+                            Origin::Download { url: url.clone() },
+                        )
+                    }
                     Err(e @ DataError::ChecksumMismatch { .. }) => return Err(e),
                     Err(e) => looked_in.push(format!("  ↳ {e}")),
                 }
             }
         } else {
-            looked_in.push("upstream: no URL registered for this file (mirror-only artefact)".into());
+            looked_in
+                .push("upstream: no URL registered for this file (mirror-only artefact)".into());
         }
         if let Some(hf) = self.dataset(&dataset).ok().and_then(|d| d.hf.clone()) {
             if !self.paths.offline {
                 looked_in.push(format!("hub: {} (hf-hub, file {path})", hf.repo));
                 match fetch_from_hub(&hf, path, &cached, &self.paths.cache.join("hf-hub")) {
-                    Ok(()) => return self.verify(&dataset, entry, &cached, Origin::Hub { repo: hf.repo.clone() }),
+                    Ok(()) => {
+                        return self.verify(
+                            &dataset,
+                            entry,
+                            &cached,
+                            Origin::Hub { repo: hf.repo.clone() },
+                        )
+                    }
                     Err(e) => looked_in.push(format!("  ↳ {e}")),
                 }
             }
@@ -266,7 +295,10 @@ impl Registry {
             return Err(DataError::NotFound {
                 dataset: self.owner_of(&prefix),
                 file: prefix.clone(),
-                looked_in: vec![format!("{} (no registered file under this folder)", self.paths.data.join("files.tsv").display())],
+                looked_in: vec![format!(
+                    "{} (no registered file under this folder)",
+                    self.paths.data.join("files.tsv").display()
+                )],
                 hint: "check the folder name; `p2m data list` shows the registry".into(),
             });
         }
@@ -294,7 +326,13 @@ impl Registry {
         self.paths.cache.join("files").join(path)
     }
 
-    fn verify(&self, dataset: &str, entry: &FileEntry, local: &Path, origin: Origin) -> DataResult<ResolvedFile> {
+    fn verify(
+        &self,
+        dataset: &str,
+        entry: &FileEntry,
+        local: &Path,
+        origin: Origin,
+    ) -> DataResult<ResolvedFile> {
         let known = self.verified.lock().unwrap().get(local).cloned();
         let actual = match known {
             Some(sha) => sha,
@@ -309,7 +347,13 @@ impl Registry {
             });
         }
         self.verified.lock().unwrap().insert(local.to_path_buf(), actual.clone());
-        Ok(ResolvedFile { dataset: dataset.to_string(), path: entry.path.clone(), local: local.to_path_buf(), sha256: actual, origin })
+        Ok(ResolvedFile {
+            dataset: dataset.to_string(),
+            path: entry.path.clone(),
+            local: local.to_path_buf(),
+            sha256: actual,
+            origin,
+        })
     }
 }
 
@@ -320,7 +364,8 @@ fn read_files_tsv(path: &Path) -> DataResult<BTreeMap<String, FileEntry>> {
     if header != "path\tbytes\tsha256\turl\tsource" {
         return Err(DataError::Registry {
             path: path.to_path_buf(),
-            detail: "line 1: expected the header `path<TAB>bytes<TAB>sha256<TAB>url<TAB>source`".into(),
+            detail: "line 1: expected the header `path<TAB>bytes<TAB>sha256<TAB>url<TAB>source`"
+                .into(),
         });
     }
     let mut files = BTreeMap::new();
@@ -329,11 +374,16 @@ fn read_files_tsv(path: &Path) -> DataResult<BTreeMap<String, FileEntry>> {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
-        let bad = |detail: String| DataError::Registry { path: path.to_path_buf(), detail: format!("line {}: {detail}", i + 1) };
+        let bad = |detail: String| DataError::Registry {
+            path: path.to_path_buf(),
+            detail: format!("line {}: {detail}", i + 1),
+        };
         if cols.len() != 5 {
             return Err(bad(format!("expected 5 tab-separated fields, found {}", cols.len())));
         }
-        let bytes = cols[1].parse().map_err(|_| bad(format!("field `bytes` is not a number: `{}`", cols[1])))?;
+        let bytes = cols[1]
+            .parse()
+            .map_err(|_| bad(format!("field `bytes` is not a number: `{}`", cols[1])))?;
         if cols[2].len() != 64 || !cols[2].bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(format!("field `sha256` is not 64 hex digits: `{}`", cols[2])));
         }
@@ -351,17 +401,18 @@ fn read_files_tsv(path: &Path) -> DataResult<BTreeMap<String, FileEntry>> {
     Ok(files)
 }
 
-
-
 /// Download `url` into `target` (size and sha256 verified before the final rename).
 pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataResult<()> {
     use crate::download::{download_to_temp_blocking, DownloadError, Expected};
     let parent = target.parent().expect("cache paths have a parent");
     let expected = Expected { bytes: Some(entry.bytes), sha256: &entry.sha256, label: &entry.path };
     let tmp = download_to_temp_blocking(url, parent, &expected).map_err(|e| match e {
-        DownloadError::Checksum { url, expected, actual } => {
-            DataError::ChecksumMismatch { dataset: entry.path.clone(), path: PathBuf::from(url), expected, actual }
-        }
+        DownloadError::Checksum { url, expected, actual } => DataError::ChecksumMismatch {
+            dataset: entry.path.clone(),
+            path: PathBuf::from(url),
+            expected,
+            actual,
+        },
         DownloadError::Http { url, detail } => DataError::Download { url, detail },
         DownloadError::Io { path, source } => FileError { path, source }.into(),
     })?;
@@ -372,11 +423,16 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
 /// Fetch a file from a Hugging Face dataset repository with hf-hub (honours `HF_ENDPOINT` and
 /// `HF_TOKEN`), then place it at `target`; the caller verifies its hash.
 fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) -> DataResult<()> {
-    let err = |detail: String| DataError::Download { url: format!("hf://datasets/{}/{path}", hf.repo), detail };
+    let err = |detail: String| DataError::Download {
+        url: format!("hf://datasets/{}/{path}", hf.repo),
+        detail,
+    };
     let fetched = crate::download::block_on(async {
         let api = crate::download::hf_hub_api(hub_cache, false).map_err(|e| err(e.to_string()))?;
         let repo = match &hf.revision {
-            Some(rev) => hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Dataset, rev.clone()),
+            Some(rev) => {
+                hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Dataset, rev.clone())
+            }
             None => hf_hub::Repo::new(hf.repo.clone(), hf_hub::RepoType::Dataset),
         };
         api.repo(repo).get(path).await.map_err(|e| err(e.to_string()))

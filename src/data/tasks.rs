@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluator::Metric;
 use crate::data::registry::DataError;
+use crate::evaluator::Metric;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Demonstration {
@@ -54,13 +54,19 @@ struct TasksToml {
 /// Read and validate `data/tasks.toml`.
 pub fn load_tasks(data_dir: &Path) -> Result<Vec<Task>, DataError> {
     let path = data_dir.join("tasks.toml");
-    let text = std::fs::read_to_string(&path).map_err(|source| DataError::File(crate::util::fs::FileError { path: path.clone(), source }))?;
-    let parsed: TasksToml = toml::from_str(&text).map_err(|e| DataError::Registry { path: path.clone(), detail: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        DataError::File(crate::util::fs::FileError { path: path.clone(), source })
+    })?;
+    let parsed: TasksToml = toml::from_str(&text)
+        .map_err(|e| DataError::Registry { path: path.clone(), detail: e.to_string() })?;
     for t in &parsed.task {
         if Metric::parse(&t.metric).is_none() {
             return Err(DataError::Registry {
                 path,
-                detail: format!("task `{}`: field `metric` = `{}` is not one of em, em-squad, chrf++", t.id, t.metric),
+                detail: format!(
+                    "task `{}`: field `metric` = `{}` is not one of em, em-squad, chrf++",
+                    t.id, t.metric
+                ),
             });
         }
     }

@@ -102,7 +102,9 @@ impl GeneratorConfig {
         if self.num_examples == 0 {
             return bad("num_examples must be > 0");
         }
-        if !(0.0..=2.0).contains(&self.initial_temperature) || !(0.0..=2.0).contains(&self.max_temperature) {
+        if !(0.0..=2.0).contains(&self.initial_temperature)
+            || !(0.0..=2.0).contains(&self.max_temperature)
+        {
             return bad("temperatures must lie in [0, 2]");
         }
         if self.initial_temperature > self.max_temperature {
@@ -122,7 +124,8 @@ impl GeneratorConfig {
 
     /// The annealed temperature after `accepted` of `n` examples.
     pub fn temperature(&self, accepted: usize, n: usize) -> f64 {
-        let t = self.initial_temperature + (self.max_temperature - self.initial_temperature) * accepted as f64 / n.max(1) as f64;
+        let t = self.initial_temperature
+            + (self.max_temperature - self.initial_temperature) * accepted as f64 / n.max(1) as f64;
         t.clamp(0.0, 2.0)
     }
 }
@@ -235,5 +238,3 @@ impl GenerateError {
         }
     }
 }
-
-

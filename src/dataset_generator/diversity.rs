@@ -76,4 +76,3 @@ pub async fn diversity_experiment(
     let with = arms.pop().expect("two arms");
     Ok(DiversityReport { n, with_high_diversity: with, without_high_diversity: without })
 }
-

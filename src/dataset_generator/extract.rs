@@ -8,7 +8,6 @@ use crate::data::examples::Example;
 use crate::prompt_parser::extract_demonstrations;
 use crate::util::json_scan::{scan_objects, Scanned};
 
-
 /// What one choice yielded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Extraction {
@@ -62,7 +61,8 @@ pub fn extract_examples(text: &str) -> Extraction {
 }
 
 fn field<'a>(m: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
-    m.get(name).or_else(|| m.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    m.get(name)
+        .or_else(|| m.iter().find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 fn value_text(v: &Value) -> String {
@@ -133,9 +133,11 @@ pub fn self_consistency(candidates: &[Example]) -> (Vec<Example>, usize) {
                     }
                 }
             });
-            Example { input: input.to_string(), output: best.expect("non-empty group").0.to_string() }
+            Example {
+                input: input.to_string(),
+                output: best.expect("non-empty group").0.to_string(),
+            }
         })
         .collect();
     (out, conflicts)
 }
-

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{GenerateError, GenerationLog, GeneratorConfig, TemperaturePoint, ALGORITHM_VERSION};
+use super::config::{
+    GenerateError, GenerationLog, GeneratorConfig, TemperaturePoint, ALGORITHM_VERSION,
+};
 use crate::data::examples::Example;
 use crate::prompt_parser::ParsedPrompt;
 use crate::teacher::Teacher;
 use crate::util::fs::{sha256_hex, FileError};
-
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -76,7 +77,10 @@ impl Journal {
                 }
                 Err(_) if last => break,
                 Err(e) => {
-                    return Err(GenerateError::Checkpoint { path: path.to_path_buf(), detail: format!("line {} is corrupt: {e}", i + 1) });
+                    return Err(GenerateError::Checkpoint {
+                        path: path.to_path_buf(),
+                        detail: format!("line {} is corrupt: {e}", i + 1),
+                    });
                 }
             }
         }
@@ -84,15 +88,21 @@ impl Journal {
     }
 
     pub(super) fn reopen(path: &Path, valid_len: u64) -> Result<Journal, GenerateError> {
-        let file = std::fs::OpenOptions::new().write(true).open(path).map_err(FileError::at(path))?;
+        let file =
+            std::fs::OpenOptions::new().write(true).open(path).map_err(FileError::at(path))?;
         file.set_len(valid_len).map_err(FileError::at(path))?;
         drop(file);
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(FileError::at(path))?;
+        let file =
+            std::fs::OpenOptions::new().append(true).open(path).map_err(FileError::at(path))?;
         Ok(Journal { path: path.to_path_buf(), file })
     }
 }
 
-pub(super) fn fingerprint(teacher: &dyn Teacher, prompt: &ParsedPrompt, cfg: &GeneratorConfig) -> String {
+pub(super) fn fingerprint(
+    teacher: &dyn Teacher,
+    prompt: &ParsedPrompt,
+    cfg: &GeneratorConfig,
+) -> String {
     let v = serde_json::json!({
         "algorithm": ALGORITHM_VERSION,
         "backend": teacher.backend(),
@@ -118,4 +128,3 @@ pub(super) fn fingerprint(teacher: &dyn Teacher, prompt: &ParsedPrompt, cfg: &Ge
     });
     sha256_hex(crate::teacher::cache::canonical_json(&v).as_bytes())
 }
-

@@ -34,7 +34,10 @@ pub mod report;
 mod run;
 mod templates;
 
-pub use config::{GenerateError, GenerationLog, GeneratorConfig, Stopped, TemperaturePoint, CHECKPOINT_FILE, EXAMPLES_FILE, LOG_FILE};
+pub use config::{
+    GenerateError, GenerationLog, GeneratorConfig, Stopped, TemperaturePoint, CHECKPOINT_FILE,
+    EXAMPLES_FILE, LOG_FILE,
+};
 pub use diversity::{diversity_experiment, DiversityArm, DiversityReport};
 pub use extract::{extract_examples, self_consistency, Extraction};
 pub use run::{default_progress_bar, generate};
@@ -59,7 +62,10 @@ mod tests {
         let e = extract_examples("input=\"q\"\noutput=\"r\"");
         assert_eq!(e.examples, vec![Example::new("q", "r")]);
         assert_eq!(extract_examples("{\"question\": \"x\"}").rejected, Some("missing_keys"));
-        assert_eq!(extract_examples("{\"input\": \"\", \"output\": \"y\"}").rejected, Some("empty_field"));
+        assert_eq!(
+            extract_examples("{\"input\": \"\", \"output\": \"y\"}").rejected,
+            Some("empty_field")
+        );
         assert_eq!(extract_examples("{\"input\": \"x\", \"outp").rejected, Some("truncated_json"));
         assert_eq!(extract_examples("no idea").rejected, Some("no_json"));
         let e = extract_examples("{\"input\": \"brace } in string\", \"output\": \"ok\"}");
@@ -79,7 +85,15 @@ mod tests {
             Example::new("d", "short"),
         ];
         let (v, conflicts) = self_consistency(&c);
-        assert_eq!(v, vec![Example::new("a", "long answer"), Example::new("b", "1"), Example::new("c", "xx"), Example::new("d", "short")]);
+        assert_eq!(
+            v,
+            vec![
+                Example::new("a", "long answer"),
+                Example::new("b", "1"),
+                Example::new("c", "xx"),
+                Example::new("d", "short")
+            ]
+        );
         assert_eq!(conflicts, 3);
     }
 
@@ -89,7 +103,11 @@ mod tests {
         assert!((cfg.temperature(0, 100) - 0.5).abs() < 1e-12);
         assert!((cfg.temperature(50, 100) - 1.1).abs() < 1e-12);
         assert!((cfg.temperature(100, 100) - 1.7).abs() < 1e-12);
-        let wild = GeneratorConfig { initial_temperature: 1.5, max_temperature: 2.0, ..Default::default() };
+        let wild = GeneratorConfig {
+            initial_temperature: 1.5,
+            max_temperature: 2.0,
+            ..Default::default()
+        };
         assert!(wild.temperature(300, 100) <= 2.0);
         let squad = GeneratorConfig::paper_squad();
         assert!((squad.temperature(100, 100) - 1.4).abs() < 1e-12);
@@ -105,7 +123,8 @@ mod tests {
         assert!(p.text.contains("- Example 2") && !p.text.contains("- Example 3"));
         assert!(p.text.starts_with("\n\nAs a DatasetGenerator"));
         assert!(p.text.ends_with("\n[new example (in JSON)]:"));
-        let gen: Vec<Example> = (0..30).map(|i| Example::new(format!("in{i}"), format!("out{i}"))).collect();
+        let gen: Vec<Example> =
+            (0..30).map(|i| Example::new(format!("in{i}"), format!("out{i}"))).collect();
         for _ in 0..50 {
             let p = build_prompt(&mut rng, "Do X.", "hq", &gen, &cfg);
             assert!((1..=10).contains(&p.k));

@@ -12,7 +12,6 @@ use crate::data::paper::PaperDiversity;
 use crate::report::{figures, Manifest, Report, ReportTable};
 use crate::util::fs::sha256_hex;
 
-
 fn counts_frame(rows: &[(String, f64)]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         Column::new("quantity".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
@@ -51,10 +50,22 @@ pub fn write_generation_report(
     let mut table = ReportTable::new("generation", "Generation summary", counts_frame(&rows)?);
     table.decimals = 4;
     let curve = DataFrame::new_infer_height(vec![
-        Column::new("round".into(), log.temperature_curve.iter().map(|p| p.round).collect::<Vec<_>>()),
-        Column::new("accepted".into(), log.temperature_curve.iter().map(|p| p.accepted as u64).collect::<Vec<_>>()),
-        Column::new("temperature".into(), log.temperature_curve.iter().map(|p| p.temperature).collect::<Vec<_>>()),
-        Column::new("requests".into(), log.temperature_curve.iter().map(|p| p.requests as u64).collect::<Vec<_>>()),
+        Column::new(
+            "round".into(),
+            log.temperature_curve.iter().map(|p| p.round).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "accepted".into(),
+            log.temperature_curve.iter().map(|p| p.accepted as u64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "temperature".into(),
+            log.temperature_curve.iter().map(|p| p.temperature).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "requests".into(),
+            log.temperature_curve.iter().map(|p| p.requests as u64).collect::<Vec<_>>(),
+        ),
     ])?;
     let manifest = Manifest::new(
         "report",
@@ -64,7 +75,10 @@ pub fn write_generation_report(
             "prompt_sha256": sha256_hex(prompt.as_bytes()), "output_dir": out,
         }),
     );
-    let mut tables = vec![table, ReportTable::new("temperature_curve", "Temperature annealing per round", curve)];
+    let mut tables = vec![
+        table,
+        ReportTable::new("temperature_curve", "Temperature annealing per round", curve),
+    ];
     let mut notes = Vec::new();
     if let Some((d, paper)) = diversity {
         tables.push(diversity_table(d, paper)?);
@@ -86,11 +100,19 @@ pub fn write_generation_report(
         .collect(),
         manifest,
     };
-    let points: Vec<(f64, f64)> = log.temperature_curve.iter().map(|p| (p.accepted as f64, p.temperature)).collect();
+    let points: Vec<(f64, f64)> =
+        log.temperature_curve.iter().map(|p| (p.accepted as f64, p.temperature)).collect();
     report.write(out, |dir| {
         let mut files = Vec::new();
         if !points.is_empty() {
-            files.extend(figures::line_chart(dir, "temperature_curve", "Temperature by accepted examples", "accepted examples", "temperature", &[figures::Curve { label: log.model.clone(), points }])?);
+            files.extend(figures::line_chart(
+                dir,
+                "temperature_curve",
+                "Temperature by accepted examples",
+                "accepted examples",
+                "temperature",
+                &[figures::Curve { label: log.model.clone(), points }],
+            )?);
         }
         if let Some((d, paper)) = diversity {
             files.extend(diversity_figure(dir, d, paper)?);
@@ -105,14 +127,33 @@ pub fn diversity_table(report: &DiversityReport, paper: &PaperDiversity) -> Resu
     let pct = |d: usize, n: usize| d as f64 * 100.0 / n.max(1) as f64;
     let (without, with) = (&report.without_high_diversity, &report.with_high_diversity);
     let frame = DataFrame::new_infer_height(vec![
-        Column::new("prompting".into(), vec!["without high-diversity".to_string(), "with high-diversity".to_string()]),
+        Column::new(
+            "prompting".into(),
+            vec!["without high-diversity".to_string(), "with high-diversity".to_string()],
+        ),
         Column::new("examples".into(), vec![without.examples as u64, with.examples as u64]),
-        Column::new("duplicate inputs".into(), vec![without.duplicate_inputs as u64, with.duplicate_inputs as u64]),
-        Column::new("duplicates (%)".into(), vec![pct(without.duplicate_inputs, without.examples), pct(with.duplicate_inputs, with.examples)]),
-        Column::new("paper duplicates (%)".into(), vec![pct(paper_without, paper_n), pct(paper_with, paper_n)]),
+        Column::new(
+            "duplicate inputs".into(),
+            vec![without.duplicate_inputs as u64, with.duplicate_inputs as u64],
+        ),
+        Column::new(
+            "duplicates (%)".into(),
+            vec![
+                pct(without.duplicate_inputs, without.examples),
+                pct(with.duplicate_inputs, with.examples),
+            ],
+        ),
+        Column::new(
+            "paper duplicates (%)".into(),
+            vec![pct(paper_without, paper_n), pct(paper_with, paper_n)],
+        ),
         Column::new("requests".into(), vec![without.requests, with.requests]),
     ])?;
-    Ok(ReportTable::new("diversity", "Duplicate inputs with and without generated examples in the prompt", frame))
+    Ok(ReportTable::new(
+        "diversity",
+        "Duplicate inputs with and without generated examples in the prompt",
+        frame,
+    ))
 }
 
 pub fn diversity_note(report: &DiversityReport, paper: &PaperDiversity) -> String {
@@ -124,7 +165,11 @@ pub fn diversity_note(report: &DiversityReport, paper: &PaperDiversity) -> Strin
 }
 
 /// The ablation as paired bars (this teacher vs the paper), `diversity.png/svg`.
-pub fn diversity_figure(dir: &Path, report: &DiversityReport, paper: &PaperDiversity) -> Result<Vec<String>> {
+pub fn diversity_figure(
+    dir: &Path,
+    report: &DiversityReport,
+    paper: &PaperDiversity,
+) -> Result<Vec<String>> {
     let (paper_without, paper_with, paper_n) = (paper.without, paper.with, paper.of);
     let pct = |d: usize, n: usize| d as f64 * 100.0 / n.max(1) as f64;
     let arm = |label: &str, paper: usize, a: &DiversityArm| figures::BarGroup {
@@ -135,8 +180,15 @@ pub fn diversity_figure(dir: &Path, report: &DiversityReport, paper: &PaperDiver
     let panels = [figures::BarPanel {
         title: "duplicate inputs (%)".into(),
         axis: "duplicates (%)".into(),
-        groups: vec![arm("without", paper_without, &report.without_high_diversity), arm("with", paper_with, &report.with_high_diversity)],
+        groups: vec![
+            arm("without", paper_without, &report.without_high_diversity),
+            arm("with", paper_with, &report.with_high_diversity),
+        ],
     }];
-    figures::paired_bars(dir, "diversity", "Duplicates: paper (gpt-3.5-turbo) vs this teacher", &panels)
+    figures::paired_bars(
+        dir,
+        "diversity",
+        "Duplicates: paper (gpt-3.5-turbo) vs this teacher",
+        &panels,
+    )
 }
-

@@ -13,10 +13,11 @@ use super::journal::{fingerprint, Journal, JournalLine, RoundRecord};
 use super::templates::build_prompt;
 use crate::data::examples::{write_examples_jsonl, Example};
 use crate::prompt_parser::{format_demonstrations, ParsedPrompt};
-use crate::teacher::{estimate_tokens, ChatRequest, ChatResponse, SamplingParams, Teacher, TeacherError};
+use crate::teacher::{
+    estimate_tokens, ChatRequest, ChatResponse, SamplingParams, Teacher, TeacherError,
+};
 use crate::util::fs::{write_atomic, FileError};
 use crate::util::rng::SplitMix64;
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum StopAt {
@@ -49,8 +50,17 @@ enum RoundEnd {
 }
 
 impl<'a> Core<'a> {
-    pub(super) fn new(teacher: &'a dyn Teacher, prompt: &'a ParsedPrompt, cfg: &'a GeneratorConfig, target: usize) -> Self {
-        let high_quality = if prompt.demonstrations.is_empty() { "N/A".to_string() } else { format_demonstrations(&prompt.demonstrations) };
+    pub(super) fn new(
+        teacher: &'a dyn Teacher,
+        prompt: &'a ParsedPrompt,
+        cfg: &'a GeneratorConfig,
+        target: usize,
+    ) -> Self {
+        let high_quality = if prompt.demonstrations.is_empty() {
+            "N/A".to_string()
+        } else {
+            format_demonstrations(&prompt.demonstrations)
+        };
         Core {
             teacher,
             cfg,
@@ -62,7 +72,12 @@ impl<'a> Core<'a> {
             candidates: Vec::new(),
             seen_inputs: HashSet::new(),
             accepted: Vec::new(),
-            log: GenerationLog { backend: teacher.backend().to_string(), model: teacher.model().to_string(), target, ..Default::default() },
+            log: GenerationLog {
+                backend: teacher.backend().to_string(),
+                model: teacher.model().to_string(),
+                target,
+                ..Default::default()
+            },
             elapsed_before: 0.0,
             started: Instant::now(),
         }
@@ -115,7 +130,10 @@ impl<'a> Core<'a> {
     /// Send a batch; transient failures are sent again (same requests) up to
     /// `request_attempts` times. Returns the final results and the kinds of the failures that
     /// were retried.
-    async fn send(&self, reqs: &[ChatRequest]) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<&'static str>) {
+    async fn send(
+        &self,
+        reqs: &[ChatRequest],
+    ) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<&'static str>) {
         let mut retried = Vec::new();
         let mut results: Vec<Option<Result<ChatResponse, TeacherError>>> =
             self.teacher.chat_batch(reqs).await.into_iter().map(Some).collect();
@@ -123,8 +141,12 @@ impl<'a> Core<'a> {
             if results.iter().any(|r| matches!(r, Some(Err(e)) if e.is_fatal())) {
                 break;
             }
-            let retry: Vec<usize> =
-                results.iter().enumerate().filter(|(_, r)| matches!(r, Some(Err(e)) if e.is_transient())).map(|(i, _)| i).collect();
+            let retry: Vec<usize> = results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| matches!(r, Some(Err(e)) if e.is_transient()))
+                .map(|(i, _)| i)
+                .collect();
             if retry.is_empty() {
                 break;
             }
@@ -149,10 +171,17 @@ impl<'a> Core<'a> {
         let per_req = self.cfg.responses_per_request as usize;
         let batch = self.cfg.max_batch_size.min((n - have).div_ceil(per_req)).max(1);
         let temperature = self.cfg.temperature(have, n);
-        let point = TemperaturePoint { round: self.round, accepted: have, temperature, requests: batch };
+        let point =
+            TemperaturePoint { round: self.round, accepted: have, temperature, requests: batch };
         let mut reqs = Vec::with_capacity(batch);
         for _ in 0..batch {
-            let p = build_prompt(&mut self.rng, self.instruction, &self.high_quality, &self.accepted, self.cfg);
+            let p = build_prompt(
+                &mut self.rng,
+                self.instruction,
+                &self.high_quality,
+                &self.accepted,
+                self.cfg,
+            );
             GenerationLog::bump(&mut self.log.templates, p.template.name());
             let seed = self.rng.next_u64() >> 33; // < 2^31: accepted by every server
             let params = SamplingParams {
@@ -204,7 +233,9 @@ impl<'a> Core<'a> {
                             GenerationLog::bump(&mut self.log.rejected, reason);
                         }
                         for e in ex.examples {
-                            if self.cfg.drop_demonstration_copies && self.demo_inputs.contains(e.input.trim()) {
+                            if self.cfg.drop_demonstration_copies
+                                && self.demo_inputs.contains(e.input.trim())
+                            {
                                 GenerationLog::bump(&mut self.log.rejected, "copies_demonstration");
                                 continue;
                             }
@@ -234,7 +265,8 @@ impl<'a> Core<'a> {
         self.log.rounds += 1;
         self.log.elapsed_secs = self.elapsed();
         self.log.temperature_curve.push(point.clone());
-        let new_accepted: Vec<Example> = self.accepted.iter().filter(|e| !before.contains(&e.input)).cloned().collect();
+        let new_accepted: Vec<Example> =
+            self.accepted.iter().filter(|e| !before.contains(&e.input)).cloned().collect();
         let record = RoundRecord {
             round: self.round,
             rng: self.rng.state,
@@ -291,7 +323,9 @@ impl<'a> Core<'a> {
                 ));
             }
             match end {
-                RoundEnd::Stop { reason, source: Some(e) } if e.is_fatal() => return Ok(Some((reason, Some(e)))),
+                RoundEnd::Stop { reason, source: Some(e) } if e.is_fatal() => {
+                    return Ok(Some((reason, Some(e))))
+                }
                 RoundEnd::Stop { source, .. } => {
                     failed_rounds += 1;
                     if failed_rounds >= self.cfg.max_failed_rounds {
@@ -309,7 +343,10 @@ impl<'a> Core<'a> {
             } else {
                 stalled += 1;
                 if stalled >= self.cfg.max_rounds_without_progress {
-                    return Ok(Some((format!("no new example in {stalled} consecutive rounds"), None)));
+                    return Ok(Some((
+                        format!("no new example in {stalled} consecutive rounds"),
+                        None,
+                    )));
                 }
             }
         }
@@ -319,7 +356,9 @@ impl<'a> Core<'a> {
 /// A progress bar for `n` examples, as the CLI shows it.
 pub fn default_progress_bar(n: usize) -> ProgressBar {
     let pb = ProgressBar::new(n as u64);
-    if let Ok(style) = ProgressStyle::with_template("{spinner} generating [{bar:30}] {pos}/{len} examples {msg} ({elapsed})") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} generating [{bar:30}] {pos}/{len} examples {msg} ({elapsed})",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb
@@ -360,16 +399,22 @@ pub async fn generate(
                 let rounds: Vec<RoundRecord> = it
                     .map(|l| match l {
                         JournalLine::Round(r) => Ok(*r),
-                        JournalLine::Header { .. } => {
-                            Err(GenerateError::Checkpoint { path: checkpoint.clone(), detail: "a second header".into() })
-                        }
+                        JournalLine::Header { .. } => Err(GenerateError::Checkpoint {
+                            path: checkpoint.clone(),
+                            detail: "a second header".into(),
+                        }),
                     })
                     .collect::<Result<_, _>>()?;
                 let resumed_round = rounds.last().map(|r| r.round);
                 core.restore(rounds);
                 if let Some(r) = resumed_round {
                     core.log.resumed_from_round = Some(r);
-                    tracing::info!(round = r, accepted = core.accepted.len(), "resuming from {}", checkpoint.display());
+                    tracing::info!(
+                        round = r,
+                        accepted = core.accepted.len(),
+                        "resuming from {}",
+                        checkpoint.display()
+                    );
                 }
                 Journal::reopen(&checkpoint, valid)?
             }
@@ -403,16 +448,24 @@ pub async fn generate(
     log.complete = stop.is_none();
     log.stop_reason = stop.as_ref().map(|(r, _)| r.clone());
 
-    write_examples_jsonl(&out_dir.join(EXAMPLES_FILE), &examples).map_err(FileError::at(&out_dir.join(EXAMPLES_FILE)))?;
+    write_examples_jsonl(&out_dir.join(EXAMPLES_FILE), &examples)
+        .map_err(FileError::at(&out_dir.join(EXAMPLES_FILE)))?;
     let log_json = serde_json::to_vec_pretty(&log).expect("serialisable");
-    write_atomic(&out_dir.join(LOG_FILE), &log_json).map_err(FileError::at(&out_dir.join(LOG_FILE)))?;
+    write_atomic(&out_dir.join(LOG_FILE), &log_json)
+        .map_err(FileError::at(&out_dir.join(LOG_FILE)))?;
     if let Some(pb) = progress {
         pb.set_position(examples.len() as u64);
         pb.finish();
     }
     match stop {
         None => Ok((examples, log)),
-        Some((reason, source)) => Err(GenerateError::Stopped(Box::new(Stopped { reason, source, target: n, checkpoint, examples, log }))),
+        Some((reason, source)) => Err(GenerateError::Stopped(Box::new(Stopped {
+            reason,
+            source,
+            target: n,
+            checkpoint,
+            examples,
+            log,
+        }))),
     }
 }
-

@@ -8,11 +8,12 @@ use crate::data::examples::Example;
 use crate::teacher::estimate_tokens;
 use crate::util::rng::SplitMix64;
 
-
 const META_PROMPT: &str = "\nAs a DatasetGenerator, your task is to generate a new example (`input` and `output`) based on the [new instruction] and [few-shot examples]. Please provide a JSON dictionary response that includes the new `input` and its corresponding `output`. Use the `input` and `output` keys in the dictionary. The 'input' field should be marked as 'N/A' if the instruction doesn't require additional input.\n\nTry you best to ensure that the input and output you generate are distinct from the provided examples while maintaining a diverse, detailed, precise, comprehensive, and high-quality response.\n\nAvoid generate examples that are the same to the provided examples.\n";
 
-const RULE_92: &str = "--------------------------------------------------------------------------------------------";
-const RULE_93: &str = "---------------------------------------------------------------------------------------------";
+const RULE_92: &str =
+    "--------------------------------------------------------------------------------------------";
+const RULE_93: &str =
+    "---------------------------------------------------------------------------------------------";
 
 /// The 24 meta-examples of other tasks (Apache-2.0, neulab/prompt2model, paper-time version).
 const META_EXAMPLES: [&str; 24] = [
@@ -166,7 +167,13 @@ impl Template {
 }
 
 /// Fill a template: `meta` are the meta-examples shown (2–4).
-pub fn render_prompt(template: Template, meta: &[&str], instruction: &str, high_quality: &str, low_quality: &str) -> String {
+pub fn render_prompt(
+    template: Template,
+    meta: &[&str],
+    instruction: &str,
+    high_quality: &str,
+    low_quality: &str,
+) -> String {
     let mut s = String::with_capacity(4096);
     s.push('\n');
     s.push_str(META_PROMPT);
@@ -182,7 +189,9 @@ pub fn render_prompt(template: Template, meta: &[&str], instruction: &str, high_
     }
     s.push('\n');
     s.push_str(RULE_92);
-    s.push_str("\nHere is the requirement for the generation of a new example:\n\n[new instruction]:\n");
+    s.push_str(
+        "\nHere is the requirement for the generation of a new example:\n\n[new instruction]:\n",
+    );
     s.push_str(instruction);
     s.push('\n');
     s.push_str(RULE_93);
@@ -220,11 +229,19 @@ pub fn build_prompt(
         tries += 1;
         let use_generated = cfg.high_diversity && !generated.is_empty() && tries <= 20;
         let (k, low) = if use_generated {
-            let k = rng.range_inclusive(1, generated.len().min(cfg.max_generated_examples_in_prompt.max(1)));
+            let k = rng.range_inclusive(
+                1,
+                generated.len().min(cfg.max_generated_examples_in_prompt.max(1)),
+            );
             let mut shown: Vec<String> = rng
                 .sample_indices(generated.len(), k)
                 .into_iter()
-                .map(|i| format!("input=\"{}\"\noutput=\"{}\"\n", generated[i].input, generated[i].output))
+                .map(|i| {
+                    format!(
+                        "input=\"{}\"\noutput=\"{}\"\n",
+                        generated[i].input, generated[i].output
+                    )
+                })
                 .collect();
             rng.shuffle(&mut shown);
             (k, shown.join("\n"))
@@ -232,14 +249,20 @@ pub fn build_prompt(
             (0, "N/A\n".to_string())
         };
         let template = Template::for_k(k);
-        let meta: Vec<&str> = rng.sample_indices(META_EXAMPLES.len(), 4).into_iter().map(|i| META_EXAMPLES[i]).collect();
+        let meta: Vec<&str> = rng
+            .sample_indices(META_EXAMPLES.len(), 4)
+            .into_iter()
+            .map(|i| META_EXAMPLES[i])
+            .collect();
         let text = render_prompt(template, &meta, instruction, high_quality, &low);
         if estimate_tokens(&text) < cfg.context_cutoff_tokens || tries > 20 {
             if tries > 20 {
-                tracing::warn!("the prompt stays above {} estimated tokens; consider a shorter prompt", cfg.context_cutoff_tokens);
+                tracing::warn!(
+                    "the prompt stays above {} estimated tokens; consider a shorter prompt",
+                    cfg.context_cutoff_tokens
+                );
             }
             return BuiltPrompt { text, k, template };
         }
     }
 }
-

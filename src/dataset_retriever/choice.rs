@@ -2,8 +2,8 @@
 //! choice, a config file, or a person at the terminal.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
 use std::fs;
+use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -14,9 +14,6 @@ use super::textualise::{check_columns, ColumnChoice};
 use crate::teacher::{ChatRequest, SamplingParams, Teacher};
 use crate::util::json_scan::first_json_object;
 use crate::util::text::flat_excerpt;
-
-
-
 
 pub fn rerank_prompt(instruction: &str, candidates: &[Candidate]) -> String {
     let mut p = format!(
@@ -47,43 +44,72 @@ pub fn tally_votes(answers: &[String], candidates: &[Candidate]) -> RerankOutcom
     let mut votes: BTreeMap<String, usize> = BTreeMap::new();
     let mut abstentions = 0;
     for a in answers {
-        let name = first_json_object(a).and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string));
+        let name = first_json_object(a)
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string));
         match name {
             Some(n) if candidates.iter().any(|c| c.name == n) => *votes.entry(n).or_default() += 1,
             _ => abstentions += 1,
         }
     }
-    let chosen = candidates.iter().filter(|c| votes.contains_key(&c.name)).max_by(|a, b| votes[&a.name].cmp(&votes[&b.name]).then(b.rank.cmp(&a.rank))).map(|c| c.name.clone());
+    let chosen = candidates
+        .iter()
+        .filter(|c| votes.contains_key(&c.name))
+        .max_by(|a, b| votes[&a.name].cmp(&votes[&b.name]).then(b.rank.cmp(&a.rank)))
+        .map(|c| c.name.clone());
     RerankOutcome { chosen, votes, abstentions }
 }
 
 /// Ask the teacher `votes` times (one request, `n = votes`, temperature 0.7) which candidate fits.
-pub async fn llm_rerank(teacher: &dyn Teacher, instruction: &str, candidates: &[Candidate], votes: u32, seed: u64) -> Result<RerankOutcome> {
-    let params = SamplingParams { temperature: 0.7, n: votes.max(1), max_tokens: Some(60), seed: Some(seed), ..Default::default() };
-    let response = teacher.chat(&ChatRequest::user(rerank_prompt(instruction, candidates), params)).await.context("dataset reranking: the teacher did not answer")?;
+pub async fn llm_rerank(
+    teacher: &dyn Teacher,
+    instruction: &str,
+    candidates: &[Candidate],
+    votes: u32,
+    seed: u64,
+) -> Result<RerankOutcome> {
+    let params = SamplingParams {
+        temperature: 0.7,
+        n: votes.max(1),
+        max_tokens: Some(60),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let response = teacher
+        .chat(&ChatRequest::user(rerank_prompt(instruction, candidates), params))
+        .await
+        .context("dataset reranking: the teacher did not answer")?;
     let answers: Vec<String> = response.choices.into_iter().map(|c| c.content).collect();
     Ok(tally_votes(&answers, candidates))
 }
-
 
 /// Validate an LLM's column answer (`{"input": [...], "output": "..."}`) against the columns.
 pub fn validate_column_choice(answer: &str, columns: &[String]) -> Result<ColumnChoice, String> {
     let v = first_json_object(answer).ok_or("no JSON object in the answer")?;
     let input: Vec<String> = match v.get("input") {
-        Some(serde_json::Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).ok_or("`input` must be a list of column names")).collect::<Result<_, _>>()?,
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or("`input` must be a list of column names"))
+            .collect::<Result<_, _>>()?,
         Some(serde_json::Value::String(s)) => vec![s.clone()],
         _ => return Err("field `input` (a list of column names) is missing".into()),
     };
     let output = match v.get("output") {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
+        Some(serde_json::Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
         _ => return Err("field `output` (one column name) is missing".into()),
     };
     check_columns(&ColumnChoice { input, output }, columns)
 }
 
-
-pub fn column_prompt(instruction: &str, dataset: &str, description: &str, columns: &[String], example: &BTreeMap<String, String>) -> String {
+pub fn column_prompt(
+    instruction: &str,
+    dataset: &str,
+    description: &str,
+    columns: &[String],
+    example: &BTreeMap<String, String>,
+) -> String {
     let mut p = format!(
         "A user wants to train a model for this task:\n\"{}\"\n\nThe dataset `{dataset}` ({}) has the columns: {}.\nAn example row:\n",
         instruction.trim(),
@@ -91,7 +117,10 @@ pub fn column_prompt(instruction: &str, dataset: &str, description: &str, column
         columns.join(", ")
     );
     for c in columns {
-        p.push_str(&format!("{c}: {}\n", flat_excerpt(example.get(c).map(String::as_str).unwrap_or(""), 200)));
+        p.push_str(&format!(
+            "{c}: {}\n",
+            flat_excerpt(example.get(c).map(String::as_str).unwrap_or(""), 200)
+        ));
     }
     p.push_str("\nWhich columns should be the model's input, and which single column is the output it must produce? Answer with JSON only: {\"input\": [\"<column>\", ...], \"output\": \"<column>\"}\n");
     p
@@ -110,8 +139,17 @@ pub async fn llm_select_columns(
     let prompt = column_prompt(instruction, dataset, description, columns, example);
     let mut problems = Vec::new();
     for attempt in 0..attempts.max(1) {
-        let params = SamplingParams { temperature: if attempt == 0 { 0.0 } else { 0.7 }, n: 1, max_tokens: Some(80), seed: Some(attempt as u64), ..Default::default() };
-        let response = teacher.chat(&ChatRequest::user(prompt.clone(), params)).await.context("column selection: the teacher did not answer")?;
+        let params = SamplingParams {
+            temperature: if attempt == 0 { 0.0 } else { 0.7 },
+            n: 1,
+            max_tokens: Some(80),
+            seed: Some(attempt as u64),
+            ..Default::default()
+        };
+        let response = teacher
+            .chat(&ChatRequest::user(prompt.clone(), params))
+            .await
+            .context("column selection: the teacher did not answer")?;
         let answer = response.choices.first().map(|c| c.content.clone()).unwrap_or_default();
         match validate_column_choice(&answer, columns) {
             Ok(choice) => return Ok(choice),
@@ -146,7 +184,8 @@ pub struct SelectionConfig {
 
 impl SelectionConfig {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}\n  expected: dataset = \"squad\", config = \"plain_text\" (optional), input_columns = [\"question\", \"context\"], output_column = \"answers\"", path.display()))
     }
 }
@@ -158,10 +197,21 @@ fn read_line(input: &mut dyn BufRead) -> Result<String> {
 }
 
 /// List the candidates and let the user pick one by number (empty answer: none).
-pub fn interactive_pick(candidates: &[Candidate], input: &mut dyn BufRead, out: &mut dyn Write) -> Result<Option<usize>> {
+pub fn interactive_pick(
+    candidates: &[Candidate],
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<Option<usize>> {
     writeln!(out, "Datasets retrieved for your instruction (✓ = loadable here):")?;
     for (i, c) in candidates.iter().enumerate() {
-        writeln!(out, "{:>3}) {} {:<40} {}", i + 1, if c.loadable() { "✓" } else { " " }, c.name, flat_excerpt(&c.description, 100))?;
+        writeln!(
+            out,
+            "{:>3}) {} {:<40} {}",
+            i + 1,
+            if c.loadable() { "✓" } else { " " },
+            c.name,
+            flat_excerpt(&c.description, 100)
+        )?;
     }
     loop {
         write!(out, "Which dataset should be used? Give a number 1–{} (Enter: none, use generated data only): ", candidates.len())?;
@@ -178,15 +228,28 @@ pub fn interactive_pick(candidates: &[Candidate], input: &mut dyn BufRead, out: 
 }
 
 /// Show the columns and an example row; read the input columns and the output column.
-pub fn interactive_columns(columns: &[String], example: &BTreeMap<String, String>, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<ColumnChoice> {
+pub fn interactive_columns(
+    columns: &[String],
+    example: &BTreeMap<String, String>,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<ColumnChoice> {
     writeln!(out, "Example row:")?;
     for c in columns {
-        writeln!(out, "  {c}: {}", flat_excerpt(example.get(c).map(String::as_str).unwrap_or(""), 120))?;
+        writeln!(
+            out,
+            "  {c}: {}",
+            flat_excerpt(example.get(c).map(String::as_str).unwrap_or(""), 120)
+        )?;
     }
     loop {
         write!(out, "Input column(s), comma-separated, from {}: ", columns.join(", "))?;
         out.flush()?;
-        let inputs: Vec<String> = read_line(input)?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let inputs: Vec<String> = read_line(input)?
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         write!(out, "Output column (one of {}): ", columns.join(", "))?;
         out.flush()?;
         let output = read_line(input)?;
@@ -196,4 +259,3 @@ pub fn interactive_columns(columns: &[String], example: &BTreeMap<String, String
         }
     }
 }
-

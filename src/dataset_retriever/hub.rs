@@ -52,9 +52,13 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let env =
+            |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         ServerConfig {
-            endpoint: env("HF_DATASETS_SERVER").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()).trim_end_matches('/').to_string(),
+            endpoint: env("HF_DATASETS_SERVER")
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+                .trim_end_matches('/')
+                .to_string(),
             token: env("HF_TOKEN"),
             max_retries: 6,
             backoff_base: Duration::from_millis(500),
@@ -89,7 +93,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(cfg: ServerConfig) -> Result<Self> {
-        let http = reqwest::Client::builder().user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION"))).build().context("building the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
         Ok(Client { cfg, http })
     }
 
@@ -98,7 +105,10 @@ impl Client {
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Url> {
-        let mut url = reqwest::Url::parse(&format!("{}/{path}", self.cfg.endpoint)).map_err(|e| anyhow!("`{}/{path}` is not a URL ({e}); fix: {SERVER_FIX}", self.cfg.endpoint))?;
+        let mut url =
+            reqwest::Url::parse(&format!("{}/{path}", self.cfg.endpoint)).map_err(|e| {
+                anyhow!("`{}/{path}` is not a URL ({e}); fix: {SERVER_FIX}", self.cfg.endpoint)
+            })?;
         url.query_pairs_mut().extend_pairs(query);
         Ok(url)
     }
@@ -114,7 +124,10 @@ impl Client {
             let (detail, retry_after) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
-                    let retry_after = crate::teacher::openai::retry_after_from_headers(response.headers(), std::time::SystemTime::now());
+                    let retry_after = crate::teacher::openai::retry_after_from_headers(
+                        response.headers(),
+                        std::time::SystemTime::now(),
+                    );
                     if status.is_success() {
                         match response.bytes().await {
                             Ok(bytes) => {
@@ -127,7 +140,12 @@ impl Client {
                     } else {
                         let body = response.text().await.unwrap_or_default();
                         // The server explains its errors as {"error": "..."}.
-                        let why = serde_json::from_str::<Value>(&body).ok().and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string)).unwrap_or_else(|| flat_excerpt(&body, 300));
+                        let why = serde_json::from_str::<Value>(&body)
+                            .ok()
+                            .and_then(|v| {
+                                v.get("error").and_then(|e| e.as_str()).map(str::to_string)
+                            })
+                            .unwrap_or_else(|| flat_excerpt(&body, 300));
                         if status.as_u16() != 429 && !status.is_server_error() {
                             let fix = match status.as_u16() {
                                 401 | 403 => "the dataset is gated or private: accept its terms on huggingface.co and set HF_TOKEN to a token with access",
@@ -140,7 +158,8 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+                    let retryable =
+                        e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
                     if !retryable {
                         bail!("GET {url}: {}; fix: {SERVER_FIX}", error_chain(&e));
                     }
@@ -150,9 +169,16 @@ impl Client {
             if attempt >= self.cfg.max_retries {
                 bail!("GET {url}: gave up after {} attempts, last: {detail}; fix: try again later, or check the network and HF_DATASETS_SERVER", attempt + 1);
             }
-            let backoff = self.cfg.backoff_base.saturating_mul(1u32 << attempt.min(16)).min(self.cfg.backoff_max);
+            let backoff = self
+                .cfg
+                .backoff_base
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(self.cfg.backoff_max);
             let wait = match retry_after {
-                Some(d) if d > MAX_RETRY_AFTER => bail!("GET {url}: {detail}; the server asks to wait {} s; fix: try again later", d.as_secs()),
+                Some(d) if d > MAX_RETRY_AFTER => bail!(
+                    "GET {url}: {detail}; the server asks to wait {} s; fix: try again later",
+                    d.as_secs()
+                ),
                 Some(d) => d,
                 None => backoff,
             };
@@ -166,10 +192,16 @@ impl Client {
     pub async fn splits(&self, dataset: &str) -> Result<Vec<SplitRef>> {
         let url = self.url("splits", &[("dataset", dataset)])?;
         let v = self.get_json(&url).await?;
-        let list = v.get("splits").and_then(|s| s.as_array()).ok_or_else(|| anyhow!("GET {url}: no `splits` list in the answer; fix: {SERVER_FIX}"))?;
+        let list = v.get("splits").and_then(|s| s.as_array()).ok_or_else(|| {
+            anyhow!("GET {url}: no `splits` list in the answer; fix: {SERVER_FIX}")
+        })?;
         let mut out = Vec::with_capacity(list.len());
         for (i, s) in list.iter().enumerate() {
-            let field = |k: &str| s.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("GET {url}: splits[{i}] has no string `{k}`; fix: {SERVER_FIX}"));
+            let field = |k: &str| {
+                s.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
+                    anyhow!("GET {url}: splits[{i}] has no string `{k}`; fix: {SERVER_FIX}")
+                })
+            };
             out.push(SplitRef { config: field("config")?, split: field("split")? });
         }
         if out.is_empty() {
@@ -179,28 +211,69 @@ impl Client {
     }
 
     /// One page of rows.
-    pub async fn rows(&self, dataset: &str, config: &str, split: &str, offset: usize, length: usize) -> Result<RowsPage> {
+    pub async fn rows(
+        &self,
+        dataset: &str,
+        config: &str,
+        split: &str,
+        offset: usize,
+        length: usize,
+    ) -> Result<RowsPage> {
         let (offset_s, length_s) = (offset.to_string(), length.min(PAGE_ROWS).to_string());
-        let url = self.url("rows", &[("dataset", dataset), ("config", config), ("split", split), ("offset", &offset_s), ("length", &length_s)])?;
+        let url = self.url(
+            "rows",
+            &[
+                ("dataset", dataset),
+                ("config", config),
+                ("split", split),
+                ("offset", &offset_s),
+                ("length", &length_s),
+            ],
+        )?;
         let v = self.get_json(&url).await?;
         let bad = |what: String| anyhow!("GET {url}: {what}; fix: {SERVER_FIX}");
-        let list = v.get("rows").and_then(|r| r.as_array()).ok_or_else(|| bad("no `rows` list in the answer".into()))?;
-        let num_rows_total = v.get("num_rows_total").and_then(|n| n.as_u64()).ok_or_else(|| bad("no integer `num_rows_total` in the answer".into()))?;
+        let list = v
+            .get("rows")
+            .and_then(|r| r.as_array())
+            .ok_or_else(|| bad("no `rows` list in the answer".into()))?;
+        let num_rows_total = v
+            .get("num_rows_total")
+            .and_then(|n| n.as_u64())
+            .ok_or_else(|| bad("no integer `num_rows_total` in the answer".into()))?;
         let features = v.get("features").cloned().unwrap_or(Value::Array(vec![]));
         let mut rows = Vec::with_capacity(list.len());
         let mut truncated_cells = 0;
         for (i, r) in list.iter().enumerate() {
-            let idx = r.get("row_idx").and_then(|x| x.as_u64()).ok_or_else(|| bad(format!("rows[{i}] has no integer `row_idx`")))?;
-            let row = r.get("row").filter(|x| x.is_object()).cloned().ok_or_else(|| bad(format!("rows[{i}] has no object `row`")))?;
-            truncated_cells += r.get("truncated_cells").and_then(|t| t.as_array()).map_or(0, |t| t.len());
+            let idx = r
+                .get("row_idx")
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| bad(format!("rows[{i}] has no integer `row_idx`")))?;
+            let row = r
+                .get("row")
+                .filter(|x| x.is_object())
+                .cloned()
+                .ok_or_else(|| bad(format!("rows[{i}] has no object `row`")))?;
+            truncated_cells +=
+                r.get("truncated_cells").and_then(|t| t.as_array()).map_or(0, |t| t.len());
             rows.push((idx, row));
         }
         Ok(RowsPage { features, rows, num_rows_total, truncated_cells })
     }
 
     /// The first `cap` rows of a split (fewer when the split is shorter), page by page.
-    pub async fn fetch_split(&self, dataset: &str, config: &str, split: &str, cap: usize) -> Result<RowsPage> {
-        let mut all = RowsPage { features: Value::Array(vec![]), rows: Vec::new(), num_rows_total: 0, truncated_cells: 0 };
+    pub async fn fetch_split(
+        &self,
+        dataset: &str,
+        config: &str,
+        split: &str,
+        cap: usize,
+    ) -> Result<RowsPage> {
+        let mut all = RowsPage {
+            features: Value::Array(vec![]),
+            rows: Vec::new(),
+            num_rows_total: 0,
+            truncated_cells: 0,
+        };
         loop {
             let offset = all.rows.len();
             let want = cap.saturating_sub(offset).min(PAGE_ROWS);
@@ -224,7 +297,11 @@ impl Client {
 }
 
 /// Choose the config: asked for → the index's evaluation config → `default` → the first listed.
-pub fn choose_config(listed: &[SplitRef], asked: Option<&str>, index_config: Option<&str>) -> Result<(String, String), String> {
+pub fn choose_config(
+    listed: &[SplitRef],
+    asked: Option<&str>,
+    index_config: Option<&str>,
+) -> Result<(String, String), String> {
     let mut configs: Vec<&str> = Vec::new();
     for s in listed {
         if !configs.contains(&s.config.as_str()) {
@@ -232,7 +309,14 @@ pub fn choose_config(listed: &[SplitRef], asked: Option<&str>, index_config: Opt
         }
     }
     if let Some(c) = asked {
-        return if configs.contains(&c) { Ok((c.to_string(), "asked for".into())) } else { Err(format!("config `{c}` is not one of the dataset's configs ({})", configs.join(", "))) };
+        return if configs.contains(&c) {
+            Ok((c.to_string(), "asked for".into()))
+        } else {
+            Err(format!(
+                "config `{c}` is not one of the dataset's configs ({})",
+                configs.join(", ")
+            ))
+        };
     }
     if let Some(c) = index_config.filter(|c| configs.contains(c)) {
         return Ok((c.to_string(), "the index's evaluation_metadata config".into()));
@@ -240,7 +324,10 @@ pub fn choose_config(listed: &[SplitRef], asked: Option<&str>, index_config: Opt
     if configs.contains(&"default") {
         return Ok(("default".into(), "`default`".into()));
     }
-    configs.first().map(|c| (c.to_string(), "the first config the server lists".into())).ok_or_else(|| "the server lists no configs".into())
+    configs
+        .first()
+        .map(|c| (c.to_string(), "the first config the server lists".into()))
+        .ok_or_else(|| "the server lists no configs".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,11 +369,20 @@ fn flatten_value(prefix: &str, v: &Value, out: &mut Vec<(String, Flat)>) {
 fn label_names(features: &Value) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for f in features.as_array().into_iter().flatten() {
-        let (Some(name), Some(ty)) = (f.get("name").and_then(|n| n.as_str()), f.get("type")) else { continue };
-        let inner = if ty.get("_type").and_then(|t| t.as_str()) == Some("Sequence") { ty.get("feature").unwrap_or(&Value::Null) } else { ty };
+        let (Some(name), Some(ty)) = (f.get("name").and_then(|n| n.as_str()), f.get("type")) else {
+            continue;
+        };
+        let inner = if ty.get("_type").and_then(|t| t.as_str()) == Some("Sequence") {
+            ty.get("feature").unwrap_or(&Value::Null)
+        } else {
+            ty
+        };
         if inner.get("_type").and_then(|t| t.as_str()) == Some("ClassLabel") {
             if let Some(names) = inner.get("names").and_then(|n| n.as_array()) {
-                out.insert(name.to_string(), names.iter().map(|n| n.as_str().unwrap_or_default().to_string()).collect());
+                out.insert(
+                    name.to_string(),
+                    names.iter().map(|n| n.as_str().unwrap_or_default().to_string()).collect(),
+                );
             }
         }
     }
@@ -308,7 +404,12 @@ pub fn flatten_rows(split: &str, rows: &[(u64, Value)], features: &Value) -> Raw
     let mut order: Vec<String> = Vec::new();
     let mut is_list: BTreeMap<String, bool> = BTreeMap::new();
     let mut flat_rows: Vec<BTreeMap<String, Flat>> = Vec::with_capacity(rows.len());
-    let feature_order: Vec<String> = features.as_array().into_iter().flatten().filter_map(|f| f.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect();
+    let feature_order: Vec<String> = features
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .collect();
     for (_, row) in rows {
         let mut flat = Vec::new();
         let obj = row.as_object();
@@ -318,7 +419,9 @@ pub fn flatten_rows(split: &str, rows: &[(u64, Value)], features: &Value) -> Raw
         for k in keys {
             let v = &obj.expect("has keys")[k.as_str()];
             let v = match (labels.get(k.as_str()), v) {
-                (Some(names), Value::Array(items)) => Value::Array(items.iter().map(|x| label_of(names, x)).collect()),
+                (Some(names), Value::Array(items)) => {
+                    Value::Array(items.iter().map(|x| label_of(names, x)).collect())
+                }
                 (Some(names), x) => label_of(names, x),
                 (None, x) => x.clone(),
             };
@@ -361,37 +464,79 @@ pub fn flatten_rows(split: &str, rows: &[(u64, Value)], features: &Value) -> Raw
         };
         columns.push((name, column));
     }
-    RawSplit { split: split.to_string(), ids: rows.iter().map(|(i, _)| i.to_string()).collect(), columns }
+    RawSplit {
+        split: split.to_string(),
+        ids: rows.iter().map(|(i, _)| i.to_string()).collect(),
+        columns,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Column choice without an LLM or a person
 
 /// Names that mark a column as what a model should produce.
-const OUTPUT_NAMES: &[&str] = &["target", "tags", "label", "labels", "answer", "answers", "output", "summary", "target_text", "completion", "response"];
+const OUTPUT_NAMES: &[&str] = &[
+    "target",
+    "tags",
+    "label",
+    "labels",
+    "answer",
+    "answers",
+    "output",
+    "summary",
+    "target_text",
+    "completion",
+    "response",
+];
 /// Preferred output columns when the index has no col_mapping, best first.
 const OUTPUT_HEURISTIC: &[&str] = &[
-    "answers.text", "answer", "answers", "answer.text", "output", "target", "summary", "highlights", "abstract", "response", "completion", "label", "labels", "ner_tags", "tags",
-    "snippet", "code", "translation",
+    "answers.text",
+    "answer",
+    "answers",
+    "answer.text",
+    "output",
+    "target",
+    "summary",
+    "highlights",
+    "abstract",
+    "response",
+    "completion",
+    "label",
+    "labels",
+    "ner_tags",
+    "tags",
+    "snippet",
+    "code",
+    "translation",
 ];
 
 fn id_like(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n == "id" || n == "idx" || n == "guid" || n.ends_with("_id") || n.ends_with(".id") || n.ends_with("answer_start")
+    n == "id"
+        || n == "idx"
+        || n == "guid"
+        || n.ends_with("_id")
+        || n.ends_with(".id")
+        || n.ends_with("answer_start")
 }
 
 /// Columns of a hub dataset when nobody chose: from the index's `evaluation_metadata[].col_mapping`
 /// (a column mapped to a target/label/answer name is the output, the other mapped columns are the
 /// inputs; a struct mapping such as SQuAD's `answers: {text, answer_start}` gives `answers.text`),
 /// else by name. Returns the choice and how it was made.
-pub fn default_hub_columns(columns: &[String], col_mappings: &[Value]) -> Result<(ColumnChoice, String)> {
+pub fn default_hub_columns(
+    columns: &[String],
+    col_mappings: &[Value],
+) -> Result<(ColumnChoice, String)> {
     for mapping in col_mappings {
         let Some(m) = mapping.as_object() else { continue };
         let mut inputs = Vec::new();
         let mut output = None;
         for (src, dst) in m {
             match dst {
-                Value::String(d) if OUTPUT_NAMES.contains(&d.as_str()) => output = output.or(Some(src.clone())),
+                Value::String(d) if OUTPUT_NAMES.contains(&d.as_str()) => {
+                    output = output.or(Some(src.clone()))
+                }
                 Value::String(_) => inputs.push(src.clone()),
                 Value::Object(fields) => {
                     // A struct: its `text` field is the answer when the struct is answer-like; its
@@ -414,7 +559,10 @@ pub fn default_hub_columns(columns: &[String], col_mappings: &[Value]) -> Result
         inputs.retain(|c| columns.contains(c));
         if let Some(out) = output.filter(|o| columns.contains(o)) {
             if !inputs.is_empty() {
-                let how = format!("from the index's evaluation_metadata col_mapping ({})", Value::Object(m.clone()));
+                let how = format!(
+                    "from the index's evaluation_metadata col_mapping ({})",
+                    Value::Object(m.clone())
+                );
                 return Ok((ColumnChoice { input: inputs, output: out }, how));
             }
         }
@@ -429,9 +577,20 @@ pub fn default_hub_columns(columns: &[String], col_mappings: &[Value]) -> Result
     };
     // Sibling fields of a struct output (answers.answer_start beside answers.text) are not input.
     let parent = output.rsplit_once('.').map(|(p, _)| format!("{p}."));
-    let input: Vec<String> = columns.iter().filter(|c| **c != output && !id_like(c) && !parent.as_ref().is_some_and(|p| c.starts_with(p.as_str()))).cloned().collect();
+    let input: Vec<String> = columns
+        .iter()
+        .filter(|c| {
+            **c != output
+                && !id_like(c)
+                && !parent.as_ref().is_some_and(|p| c.starts_with(p.as_str()))
+        })
+        .cloned()
+        .collect();
     if input.is_empty() {
-        bail!("only the output column `{output}` is usable ({}); name the columns with --config", columns.join(", "));
+        bail!(
+            "only the output column `{output}` is usable ({}); name the columns with --config",
+            columns.join(", ")
+        );
     }
     Ok((ColumnChoice { input, output }, how))
 }
@@ -503,7 +662,11 @@ fn read_meta(dir: &Path) -> Option<CacheMeta> {
 /// The cached configs of a dataset (folders with a complete `meta.json`).
 pub fn cached_configs(cache: &Path, dataset: &str) -> Vec<CacheMeta> {
     let Ok(entries) = fs::read_dir(dataset_dir(cache, dataset)) else { return vec![] };
-    let mut metas: Vec<CacheMeta> = entries.filter_map(|e| e.ok()).filter_map(|e| read_meta(&e.path())).filter(|m| m.dataset == dataset).collect();
+    let mut metas: Vec<CacheMeta> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| read_meta(&e.path()))
+        .filter(|m| m.dataset == dataset)
+        .collect();
     metas.sort_by(|a, b| a.config.cmp(&b.config));
     metas
 }
@@ -514,15 +677,29 @@ fn write_split(path: &Path, rows: &[(u64, Value)]) -> Result<()> {
         text.push_str(&serde_json::json!({"row_idx": idx, "row": row}).to_string());
         text.push('\n');
     }
-    crate::util::fs::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    crate::util::fs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_split(path: &Path, limit: usize) -> Result<Vec<(u64, Value)>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading the cached rows {}", path.display()))?;
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading the cached rows {}", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().take(limit) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: line {} is not JSON; delete the folder to fetch it again", path.display(), i + 1))?;
-        let idx = v.get("row_idx").and_then(|x| x.as_u64()).with_context(|| format!("{}: line {} has no row_idx; delete the folder to fetch it again", path.display(), i + 1))?;
+        let v: Value = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}: line {} is not JSON; delete the folder to fetch it again",
+                path.display(),
+                i + 1
+            )
+        })?;
+        let idx = v.get("row_idx").and_then(|x| x.as_u64()).with_context(|| {
+            format!(
+                "{}: line {} has no row_idx; delete the folder to fetch it again",
+                path.display(),
+                i + 1
+            )
+        })?;
         rows.push((idx, v.get("row").cloned().unwrap_or(Value::Null)));
     }
     Ok(rows)
@@ -564,7 +741,11 @@ fn from_cache(dir: &Path, meta: &CacheMeta, cap: usize) -> Result<HubDataset> {
             bail!("{}: {} rows cached for split `{}` but meta.json says {}; delete {} to fetch it again", dir.display(), rows.len(), s.split, s.rows, dir.display());
         }
         if rows.len() < cap && (rows.len() as u64) < s.num_rows_total {
-            notes.push(format!("split `{}`: only {} of the asked {cap} rows are cached (offline)", s.split, rows.len()));
+            notes.push(format!(
+                "split `{}`: only {} of the asked {cap} rows are cached (offline)",
+                s.split,
+                rows.len()
+            ));
         }
         splits.push(flatten_rows(&s.split, &rows, &s.features));
     }
@@ -573,7 +754,12 @@ fn from_cache(dir: &Path, meta: &CacheMeta, cap: usize) -> Result<HubDataset> {
         config: meta.config.clone(),
         config_chosen_by: meta.config_chosen_by.clone(),
         splits,
-        source_url: rows_url(&meta.endpoint, &meta.dataset, &meta.config, meta.splits.first().map_or("", |s| s.split.as_str())),
+        source_url: rows_url(
+            &meta.endpoint,
+            &meta.dataset,
+            &meta.config,
+            meta.splits.first().map_or("", |s| s.split.as_str()),
+        ),
         from_cache: true,
         cache_dir: dir.to_path_buf(),
         notes,
@@ -583,7 +769,11 @@ fn from_cache(dir: &Path, meta: &CacheMeta, cap: usize) -> Result<HubDataset> {
 fn rows_url(endpoint: &str, dataset: &str, config: &str, split: &str) -> String {
     match reqwest::Url::parse(&format!("{endpoint}/rows")) {
         Ok(mut u) => {
-            u.query_pairs_mut().extend_pairs([("dataset", dataset), ("config", config), ("split", split)]);
+            u.query_pairs_mut().extend_pairs([
+                ("dataset", dataset),
+                ("config", config),
+                ("split", split),
+            ]);
             u.to_string()
         }
         Err(_) => format!("{endpoint}/rows?dataset={dataset}&config={config}&split={split}"),
@@ -597,13 +787,23 @@ pub fn find_cached(cache: &Path, req: &HubRequest) -> Option<CacheMeta> {
     let pick = |c: &str| metas.iter().find(|m| m.config == c).cloned();
     match req.config.as_deref() {
         Some(c) => pick(c),
-        None => req.index_config.as_deref().and_then(pick).or_else(|| pick("default")).or_else(|| metas.first().cloned()),
+        None => req
+            .index_config
+            .as_deref()
+            .and_then(pick)
+            .or_else(|| pick("default"))
+            .or_else(|| metas.first().cloned()),
     }
 }
 
 /// Load a dataset: from the cache when it holds enough rows, else (online) from the server,
 /// caching what was fetched.
-pub fn load(cache: &Path, offline: bool, server: &ServerConfig, req: &HubRequest) -> Result<HubDataset> {
+pub fn load(
+    cache: &Path,
+    offline: bool,
+    server: &ServerConfig,
+    req: &HubRequest,
+) -> Result<HubDataset> {
     let cap = req.max_rows_per_split;
     let cached = find_cached(cache, req);
     if let Some(meta) = &cached {
@@ -622,8 +822,16 @@ pub fn load(cache: &Path, offline: bool, server: &ServerConfig, req: &HubRequest
     let client = Client::new(server.clone())?;
     crate::download::block_on(async {
         let listed = client.splits(&req.dataset).await?;
-        let (config, chosen_by) = choose_config(&listed, req.config.as_deref(), req.index_config.as_deref())
-            .map_err(|e| anyhow!("`{}` on {}: {e}; fix: pass --config with one of them", req.dataset, client.endpoint()))?;
+        let (config, chosen_by) =
+            choose_config(&listed, req.config.as_deref(), req.index_config.as_deref()).map_err(
+                |e| {
+                    anyhow!(
+                        "`{}` on {}: {e}; fix: pass --config with one of them",
+                        req.dataset,
+                        client.endpoint()
+                    )
+                },
+            )?;
         let dir = dataset_dir(cache, &req.dataset).join(component(&config));
         let mut meta = CacheMeta {
             format: META_FORMAT,
@@ -639,14 +847,24 @@ pub fn load(cache: &Path, offline: bool, server: &ServerConfig, req: &HubRequest
         for s in listed.iter().filter(|s| s.config == config) {
             let page = client.fetch_split(&req.dataset, &config, &s.split, cap).await?;
             if page.truncated_cells > 0 {
-                notes.push(format!("split `{}`: the server truncated {} long cells", s.split, page.truncated_cells));
+                notes.push(format!(
+                    "split `{}`: the server truncated {} long cells",
+                    s.split, page.truncated_cells
+                ));
             }
             write_split(&dir.join(format!("{}.jsonl", component(&s.split))), &page.rows)?;
-            meta.splits.push(CachedSplit { split: s.split.clone(), rows: page.rows.len(), num_rows_total: page.num_rows_total, truncated_cells: page.truncated_cells, features: page.features });
+            meta.splits.push(CachedSplit {
+                split: s.split.clone(),
+                rows: page.rows.len(),
+                num_rows_total: page.num_rows_total,
+                truncated_cells: page.truncated_cells,
+                features: page.features,
+            });
         }
         // meta.json last: its presence means every split file is complete.
         let meta_path = dir.join("meta.json");
-        crate::util::fs::write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes()).with_context(|| format!("writing {}", meta_path.display()))?;
+        crate::util::fs::write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())
+            .with_context(|| format!("writing {}", meta_path.display()))?;
         let mut loaded = from_cache(&dir, &meta, cap)?;
         loaded.from_cache = false;
         loaded.notes.extend(notes);
@@ -664,13 +882,22 @@ mod tests {
         let features = json!([{"name": "id", "type": {}}, {"name": "question", "type": {}}, {"name": "answers", "type": {}},
                               {"name": "label", "type": {"_type": "ClassLabel", "names": ["neg", "pos"]}}]);
         let rows = vec![
-            (0, json!({"id": "a", "question": "q?", "answers": {"text": ["x", "y"], "answer_start": [1, 5]}, "label": 1, "meta": {"k": [{"deep": 1}]}})),
-            (1, json!({"id": "b", "question": "r?", "answers": {"text": ["z"], "answer_start": [2]}, "label": 0, "extra": true})),
+            (
+                0,
+                json!({"id": "a", "question": "q?", "answers": {"text": ["x", "y"], "answer_start": [1, 5]}, "label": 1, "meta": {"k": [{"deep": 1}]}}),
+            ),
+            (
+                1,
+                json!({"id": "b", "question": "r?", "answers": {"text": ["z"], "answer_start": [2]}, "label": 0, "extra": true}),
+            ),
         ];
         let s = flatten_rows("train", &rows, &features);
         // Top-level columns in feature order; a struct's fields in name order (JSON objects are
         // read without their key order).
-        assert_eq!(s.column_names(), ["id", "question", "answers.answer_start", "answers.text", "label", "meta.k", "extra"]);
+        assert_eq!(
+            s.column_names(),
+            ["id", "question", "answers.answer_start", "answers.text", "label", "meta.k", "extra"]
+        );
         assert_eq!(s.ids, ["0", "1"]);
         let ex = s.example(0);
         assert_eq!(ex["answers.text"], "x | y");
@@ -683,19 +910,36 @@ mod tests {
 
     #[test]
     fn columns_from_col_mapping_then_names() {
-        let cols: Vec<String> = ["id", "title", "context", "question", "answers.text", "answers.answer_start"].map(String::from).to_vec();
+        let cols: Vec<String> =
+            ["id", "title", "context", "question", "answers.text", "answers.answer_start"]
+                .map(String::from)
+                .to_vec();
         let squad = json!({"question": "question", "context": "context", "answers": {"text": "text", "answer_start": "answer_start"}});
         let (c, how) = default_hub_columns(&cols, &[squad]).unwrap();
-        assert_eq!(c, ColumnChoice { input: vec!["context".into(), "question".into()], output: "answers.text".into() });
+        assert_eq!(
+            c,
+            ColumnChoice {
+                input: vec!["context".into(), "question".into()],
+                output: "answers.text".into()
+            }
+        );
         assert!(how.contains("col_mapping"), "{how}");
         let (c, how) = default_hub_columns(&cols, &[]).unwrap();
-        assert_eq!(c, ColumnChoice { input: vec!["title".into(), "context".into(), "question".into()], output: "answers.text".into() });
+        assert_eq!(
+            c,
+            ColumnChoice {
+                input: vec!["title".into(), "context".into(), "question".into()],
+                output: "answers.text".into()
+            }
+        );
         assert!(how.starts_with("by name"), "{how}");
         let cls: Vec<String> = ["text", "label"].map(String::from).to_vec();
-        let (c, _) = default_hub_columns(&cls, &[json!({"text": "text", "label": "target"})]).unwrap();
+        let (c, _) =
+            default_hub_columns(&cls, &[json!({"text": "text", "label": "target"})]).unwrap();
         assert_eq!(c, ColumnChoice { input: vec!["text".into()], output: "label".into() });
         let odd: Vec<String> = ["premise", "verdict"].map(String::from).to_vec();
-        let (c, how) = default_hub_columns(&odd, &[json!({"missing": "target", "premise": "text"})]).unwrap();
+        let (c, how) =
+            default_hub_columns(&odd, &[json!({"missing": "target", "premise": "text"})]).unwrap();
         assert_eq!(c.output, "verdict");
         assert!(how.starts_with("guessed"), "{how}");
         assert!(default_hub_columns(&["id".to_string()], &[]).is_err());
@@ -706,7 +950,9 @@ mod tests {
         let l = |c: &str| SplitRef { config: c.into(), split: "train".into() };
         let listed = [l("plain_text"), l("default"), l("other")];
         assert_eq!(choose_config(&listed, Some("other"), Some("plain_text")).unwrap().0, "other");
-        assert!(choose_config(&listed, Some("nope"), None).unwrap_err().contains("plain_text, default, other"));
+        assert!(choose_config(&listed, Some("nope"), None)
+            .unwrap_err()
+            .contains("plain_text, default, other"));
         assert_eq!(choose_config(&listed, None, Some("plain_text")).unwrap().0, "plain_text");
         assert_eq!(choose_config(&listed, None, Some("gone")).unwrap().0, "default");
         assert_eq!(choose_config(&[l("b"), l("a")], None, None).unwrap().0, "b");

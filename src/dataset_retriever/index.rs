@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::model_retriever::IndexError;
-use crate::models::bert::BertEncoder;
+use super::textualise::LOADABLE_FORMATS;
 use crate::config::Paths;
 use crate::data::registry::{Registry, ResolvedFile};
-use super::textualise::LOADABLE_FORMATS;
+use crate::model_retriever::IndexError;
+use crate::models::bert::BertEncoder;
 use crate::retrieval::binfile::{Reader, Writer};
 
 /// Registry path of the dataset index.
@@ -49,7 +49,11 @@ pub struct DatasetIndex {
 impl DatasetIndex {
     /// Read and validate an index file (a JSON object: name → {description, ...}).
     pub fn load(path: &Path, sha256: Option<String>) -> Result<Self, IndexError> {
-        let bad = |detail: String, fix: &str| IndexError::Empty { path: path.to_path_buf(), detail, fix: fix.to_string() };
+        let bad = |detail: String, fix: &str| IndexError::Empty {
+            path: path.to_path_buf(),
+            detail,
+            fix: fix.to_string(),
+        };
         if !path.is_file() {
             return Err(IndexError::Missing {
                 what: "dataset index",
@@ -57,29 +61,66 @@ impl DatasetIndex {
                 fix: "run `p2m data fetch hf-dataset-index`, set P2M_MIRROR to the data mirror, or pass --index with a dataset_index.json".into(),
             });
         }
-        let bytes = fs::read(path).map_err(|e| bad(e.to_string(), "check the file's permissions"))?;
+        let bytes =
+            fs::read(path).map_err(|e| bad(e.to_string(), "check the file's permissions"))?;
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            bad(format!("not valid JSON at line {}, column {}: {e}", e.line(), e.column()), "the file is truncated or corrupt: re-fetch it (`p2m data fetch hf-dataset-index`)")
+            bad(
+                format!("not valid JSON at line {}, column {}: {e}", e.line(), e.column()),
+                "the file is truncated or corrupt: re-fetch it (`p2m data fetch hf-dataset-index`)",
+            )
         })?;
-        let obj = value.as_object().ok_or_else(|| bad("the top level is not a JSON object of name → entry".into(), "use the reference's dataset_index.json"))?;
+        let obj = value.as_object().ok_or_else(|| {
+            bad(
+                "the top level is not a JSON object of name → entry".into(),
+                "use the reference's dataset_index.json",
+            )
+        })?;
         let mut entries = Vec::with_capacity(obj.len());
         for (name, entry) in obj {
-            let description = entry.get("description").and_then(|d| d.as_str()).ok_or_else(|| {
-                bad(format!("entry `{name}`: field `description` is missing or not a string"), "repair or remove that entry")
-            })?;
-            let meta: &[serde_json::Value] = entry.get("evaluation_metadata").and_then(|m| m.as_array()).map(Vec::as_slice).unwrap_or_default();
-            let tasks = meta.iter().filter_map(|m| m.get("task").and_then(|t| t.as_str()).map(str::to_string)).collect();
-            let eval_config = meta.first().and_then(|m| m.get("config")).and_then(|c| c.as_str()).map(str::to_string);
-            let col_mappings = meta.iter().filter_map(|m| m.get("col_mapping").filter(|c| c.is_object()).cloned()).collect();
-            entries.push(DatasetInfo { name: name.clone(), description: description.to_string(), tasks, eval_config, col_mappings });
+            let description =
+                entry.get("description").and_then(|d| d.as_str()).ok_or_else(|| {
+                    bad(
+                        format!("entry `{name}`: field `description` is missing or not a string"),
+                        "repair or remove that entry",
+                    )
+                })?;
+            let meta: &[serde_json::Value] = entry
+                .get("evaluation_metadata")
+                .and_then(|m| m.as_array())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let tasks = meta
+                .iter()
+                .filter_map(|m| m.get("task").and_then(|t| t.as_str()).map(str::to_string))
+                .collect();
+            let eval_config = meta
+                .first()
+                .and_then(|m| m.get("config"))
+                .and_then(|c| c.as_str())
+                .map(str::to_string);
+            let col_mappings = meta
+                .iter()
+                .filter_map(|m| m.get("col_mapping").filter(|c| c.is_object()).cloned())
+                .collect();
+            entries.push(DatasetInfo {
+                name: name.clone(),
+                description: description.to_string(),
+                tasks,
+                eval_config,
+                col_mappings,
+            });
         }
         if entries.is_empty() {
-            return Err(bad("the index has no datasets".into(), "use the full index (`prompt2model/dataset_index.json` from the data mirror)"));
+            return Err(bad(
+                "the index has no datasets".into(),
+                "use the full index (`prompt2model/dataset_index.json` from the data mirror)",
+            ));
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let sha256 = match sha256 {
             Some(s) => s,
-            None => crate::util::fs::sha256_file(path).map_err(|e| bad(e.to_string(), "check the file"))?,
+            None => crate::util::fs::sha256_file(path)
+                .map_err(|e| bad(e.to_string(), "check the file"))?,
         };
         Ok(DatasetIndex { entries, path: path.to_path_buf(), sha256 })
     }
@@ -110,7 +151,10 @@ pub struct Encoder {
 
 impl Encoder {
     /// Load a registered sentence encoder on the CPU (small enough; deterministic).
-    pub fn from_registry(models: &crate::models::registry::ModelRegistry, id: &str) -> Result<Self> {
+    pub fn from_registry(
+        models: &crate::models::registry::ModelRegistry,
+        id: &str,
+    ) -> Result<Self> {
         let resolved = models.resolve(id)?;
         let weights_sha256 = resolved
             .files
@@ -129,18 +173,27 @@ impl Encoder {
         if entry.family != crate::models::registry::Family::Bert {
             bail!("model `{id}` is of family {:?}, not a BERT-family encoder", entry.family);
         }
-        let hf = entry.hf.as_ref().with_context(|| format!("data/models.toml: model `{id}` names no hub repository (hf = {{ repo = ... }})"))?;
+        let hf = entry.hf.as_ref().with_context(|| {
+            format!(
+                "data/models.toml: model `{id}` names no hub repository (hf = {{ repo = ... }})"
+            )
+        })?;
         let dir = models.model_dir(id);
         // model.safetensors is written last, so its presence means the folder is complete.
-        let complete = dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() && (dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file());
+        let complete = dir.join("config.json").is_file()
+            && dir.join("model.safetensors").is_file()
+            && (dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file());
         if !complete {
             if models.paths.offline {
                 bail!("`{id}` is not in the cache ({}) and P2M_OFFLINE=1 forbids fetching it from the hub ({}); fix: run once online, or use --encoder minilm", dir.display(), hf.repo);
             }
-            fetch_hub_encoder(&models.paths.cache, &hf.repo, hf.revision.as_deref(), &dir).with_context(|| format!("fetching `{id}` from the hub ({})", hf.repo))?;
+            fetch_hub_encoder(&models.paths.cache, &hf.repo, hf.revision.as_deref(), &dir)
+                .with_context(|| format!("fetching `{id}` from the hub ({})", hf.repo))?;
         }
-        let weights_sha256 = crate::util::fs::sha256_file(&dir.join("model.safetensors")).context("hashing the encoder weights")?;
-        let mut encoder = BertEncoder::from_dir(&dir, tch::Device::Cpu).with_context(|| format!("loading `{id}` from {}", dir.display()))?;
+        let weights_sha256 = crate::util::fs::sha256_file(&dir.join("model.safetensors"))
+            .context("hashing the encoder weights")?;
+        let mut encoder = BertEncoder::from_dir(&dir, tch::Device::Cpu)
+            .with_context(|| format!("loading `{id}` from {}", dir.display()))?;
         encoder.apply_entry(entry)?;
         Ok(Encoder { encoder, id: id.to_string(), weights_sha256 })
     }
@@ -149,7 +202,8 @@ impl Encoder {
     pub fn embed(&self, texts: &[&str]) -> Result<(Vec<f32>, usize)> {
         let t = self.encoder.embed_sentences(texts)?;
         let dim = t.size().get(1).copied().unwrap_or(0) as usize;
-        let flat: Vec<f32> = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).context("reading embeddings")?;
+        let flat: Vec<f32> = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1))
+            .context("reading embeddings")?;
         Ok((flat, dim))
     }
 }
@@ -160,15 +214,28 @@ impl Encoder {
 /// a temporary file and a rename; the weights come last.
 fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Path) -> Result<()> {
     let (files, weights) = crate::download::block_on(async {
-        let api = crate::download::hf_hub_api(&cache.join("hf-hub"), false).context("hf-hub client")?;
+        let api =
+            crate::download::hf_hub_api(&cache.join("hf-hub"), false).context("hf-hub client")?;
         let r = api.repo(match revision {
-            Some(rev) => hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.to_string()),
+            Some(rev) => hf_hub::Repo::with_revision(
+                repo.to_string(),
+                hf_hub::RepoType::Model,
+                rev.to_string(),
+            ),
             None => hf_hub::Repo::model(repo.to_string()),
         });
-        let mut files = vec![("config.json", r.get("config.json").await.with_context(|| format!("{repo}/config.json"))?)];
+        let mut files = vec![(
+            "config.json",
+            r.get("config.json").await.with_context(|| format!("{repo}/config.json"))?,
+        )];
         match r.get("tokenizer.json").await {
             Ok(p) => files.push(("tokenizer.json", p)),
-            Err(first) => files.push(("vocab.txt", r.get("vocab.txt").await.with_context(|| format!("{repo}: neither tokenizer.json ({first}) nor vocab.txt"))?)),
+            Err(first) => files.push((
+                "vocab.txt",
+                r.get("vocab.txt").await.with_context(|| {
+                    format!("{repo}: neither tokenizer.json ({first}) nor vocab.txt")
+                })?,
+            )),
         }
         // Optional: settings the tokenizer falls back to defaults without.
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {
@@ -178,17 +245,28 @@ fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Pat
         }
         let weights = match r.get("model.safetensors").await {
             Ok(p) => ("model.safetensors", p),
-            Err(first) => ("pytorch_model.bin", r.get("pytorch_model.bin").await.with_context(|| format!("{repo}: neither model.safetensors ({first}) nor pytorch_model.bin"))?),
+            Err(first) => (
+                "pytorch_model.bin",
+                r.get("pytorch_model.bin").await.with_context(|| {
+                    format!("{repo}: neither model.safetensors ({first}) nor pytorch_model.bin")
+                })?,
+            ),
         };
         Ok::<_, anyhow::Error>((files, weights))
     })??;
-    let copy = |name: &str, from: &Path| -> Result<()> { Ok(crate::util::fs::copy_atomic(from, &dir.join(name)).with_context(|| format!("copying {} into {}", from.display(), dir.display()))?) };
+    let copy = |name: &str, from: &Path| -> Result<()> {
+        Ok(crate::util::fs::copy_atomic(from, &dir.join(name))
+            .with_context(|| format!("copying {} into {}", from.display(), dir.display()))?)
+    };
     for (name, path) in &files {
         copy(name, path)?;
     }
     match weights {
         ("model.safetensors", p) => copy("model.safetensors", &p)?,
-        (_, p) => crate::models::torch_pickle::convert_to_safetensors(&p, &dir.join("model.safetensors")).with_context(|| format!("converting {repo}/pytorch_model.bin to safetensors"))?,
+        (_, p) => {
+            crate::models::torch_pickle::convert_to_safetensors(&p, &dir.join("model.safetensors"))
+                .with_context(|| format!("converting {repo}/pytorch_model.bin to safetensors"))?
+        }
     }
     Ok(())
 }
@@ -196,20 +274,29 @@ fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Pat
 /// `--encoder`: `minilm`, `datafinder` or a registered BERT-family model id; by default DataFinder
 /// online (the paper's encoder) and MiniLM offline. When a hub encoder cannot be had, MiniLM is
 /// used instead and the returned notes (also printed on stderr) say why.
-pub fn choose_encoder(models: &crate::models::registry::ModelRegistry, requested: Option<&str>, offline: bool) -> Result<(Encoder, Vec<String>)> {
+pub fn choose_encoder(
+    models: &crate::models::registry::ModelRegistry,
+    requested: Option<&str>,
+    offline: bool,
+) -> Result<(Encoder, Vec<String>)> {
     let id = match requested.unwrap_or(if offline { "minilm" } else { "datafinder" }) {
         "minilm" => DEFAULT_ENCODER,
         "datafinder" => DATAFINDER_ENCODER,
         other => other,
     };
-    let entry = models.model(id).map_err(|e| anyhow::anyhow!("--encoder {id}: {e}; use minilm, datafinder or a BERT-family id of data/models.toml"))?;
+    let entry = models.model(id).map_err(|e| {
+        anyhow::anyhow!(
+            "--encoder {id}: {e}; use minilm, datafinder or a BERT-family id of data/models.toml"
+        )
+    })?;
     if entry.wheel().is_some() {
         return Ok((Encoder::from_registry(models, id)?, vec![]));
     }
     match Encoder::from_hub(models, id) {
         Ok(e) => Ok((e, vec![])),
         Err(e) => {
-            let note = format!("encoder `{id}` unavailable ({e:#}); using {DEFAULT_ENCODER} instead");
+            let note =
+                format!("encoder `{id}` unavailable ({e:#}); using {DEFAULT_ENCODER} instead");
             eprintln!("warning: {note}");
             Ok((Encoder::from_registry(models, DEFAULT_ENCODER)?, vec![note]))
         }
@@ -218,18 +305,33 @@ pub fn choose_encoder(models: &crate::models::registry::ModelRegistry, requested
 
 /// Encode every description, or read the cached matrix when it was made from the same index and
 /// encoder weights. Returns whether it was (re)computed.
-pub fn load_or_encode(index: &DatasetIndex, encoder: &Encoder, cache_dir: &Path, show_progress: bool) -> Result<(Embeddings, bool)> {
+pub fn load_or_encode(
+    index: &DatasetIndex,
+    encoder: &Encoder,
+    cache_dir: &Path,
+    show_progress: bool,
+) -> Result<(Embeddings, bool)> {
     let path = cache_dir.join("retrieval").join(format!("dataset_embeddings-{}.bin", encoder.id));
     if let Ok(bytes) = fs::read(&path) {
         match read_embeddings(&bytes, &path.display().to_string(), index, encoder) {
             Ok(Some(e)) => return Ok((e, false)),
-            Ok(None) => tracing::info!(path = %path.display(), "description embeddings are for another index or encoder: re-encoding"),
-            Err(e) => tracing::warn!(path = %path.display(), "description embeddings unreadable ({e:#}): re-encoding"),
+            Ok(None) => {
+                tracing::info!(path = %path.display(), "description embeddings are for another index or encoder: re-encoding")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "description embeddings unreadable ({e:#}): re-encoding")
+            }
         }
     }
     let n = index.entries.len();
-    let pb = if show_progress { indicatif::ProgressBar::new(n as u64) } else { indicatif::ProgressBar::hidden() };
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} encoding dataset descriptions [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})") {
+    let pb = if show_progress {
+        indicatif::ProgressBar::new(n as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} encoding dataset descriptions [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     let mut matrix = Vec::new();
@@ -251,11 +353,17 @@ pub fn load_or_encode(index: &DatasetIndex, encoder: &Encoder, cache_dir: &Path,
     w.u64(n as u64);
     w.u64(dim as u64);
     w.f32s(&matrix);
-    crate::util::fs::write_atomic(&path, &w.buf).with_context(|| format!("writing {}", &path.display()))?;
+    crate::util::fs::write_atomic(&path, &w.buf)
+        .with_context(|| format!("writing {}", &path.display()))?;
     Ok((Embeddings { dim, matrix }, true))
 }
 
-fn read_embeddings(bytes: &[u8], what: &str, index: &DatasetIndex, encoder: &Encoder) -> Result<Option<Embeddings>> {
+fn read_embeddings(
+    bytes: &[u8],
+    what: &str,
+    index: &DatasetIndex,
+    encoder: &Encoder,
+) -> Result<Option<Embeddings>> {
     let mut r = Reader::new(bytes, what);
     if r.str()? != EMB_MAGIC || r.u32()? != EMB_FORMAT {
         return Ok(None);
@@ -266,7 +374,11 @@ fn read_embeddings(bytes: &[u8], what: &str, index: &DatasetIndex, encoder: &Enc
     let n = r.u64()? as usize;
     let dim = r.u64()? as usize;
     let matrix = r.f32s()?;
-    anyhow::ensure!(n == index.entries.len() && matrix.len() == n * dim, "{what}: {n} × {dim} header but {} values", matrix.len());
+    anyhow::ensure!(
+        n == index.entries.len() && matrix.len() == n * dim,
+        "{what}: {n} × {dim} header but {} values",
+        matrix.len()
+    );
     Ok(Some(Embeddings { dim, matrix }))
 }
 
@@ -289,7 +401,11 @@ pub fn local_sources(registry: &Registry) -> BTreeMap<String, LocalSource> {
         for name in &d.hf_index_names {
             out.insert(
                 name.clone(),
-                LocalSource { registry_id: d.id.clone(), format: d.format.clone(), loadable: LOADABLE_FORMATS.contains(&d.format.as_str()) },
+                LocalSource {
+                    registry_id: d.id.clone(),
+                    format: d.format.clone(),
+                    loadable: LOADABLE_FORMATS.contains(&d.format.as_str()),
+                },
             );
         }
     }
@@ -313,13 +429,26 @@ impl Candidate {
 }
 
 /// The `k` nearest descriptions to a query embedding (all of them with `k = n`).
-pub fn rank(index: &DatasetIndex, emb: &Embeddings, query: &[f32], k: usize, local: &BTreeMap<String, LocalSource>) -> Vec<Candidate> {
+pub fn rank(
+    index: &DatasetIndex,
+    emb: &Embeddings,
+    query: &[f32],
+    k: usize,
+    local: &BTreeMap<String, LocalSource>,
+) -> Vec<Candidate> {
     crate::retrieval::dense::top_k(&emb.matrix, emb.dim, query, k)
         .into_iter()
         .enumerate()
         .map(|(i, (row, score))| {
             let e = &index.entries[row];
-            Candidate { rank: i + 1, name: e.name.clone(), score, description: e.description.clone(), tasks: e.tasks.clone(), local: local.get(&e.name).cloned() }
+            Candidate {
+                rank: i + 1,
+                name: e.name.clone(),
+                score,
+                description: e.description.clone(),
+                tasks: e.tasks.clone(),
+                local: local.get(&e.name).cloned(),
+            }
         })
         .collect()
 }
@@ -335,7 +464,13 @@ pub struct DatasetRetriever {
 }
 
 impl DatasetRetriever {
-    pub fn new(index: DatasetIndex, encoder: Encoder, local: BTreeMap<String, LocalSource>, cache_dir: &Path, show_progress: bool) -> Result<Self> {
+    pub fn new(
+        index: DatasetIndex,
+        encoder: Encoder,
+        local: BTreeMap<String, LocalSource>,
+        cache_dir: &Path,
+        show_progress: bool,
+    ) -> Result<Self> {
         let (embeddings, encoded_now) = load_or_encode(&index, &encoder, cache_dir, show_progress)?;
         Ok(DatasetRetriever { index, embeddings, encoder, local, encoded_now })
     }
@@ -343,21 +478,35 @@ impl DatasetRetriever {
     /// Rank by the instruction's embedding; `k = None` ranks all.
     pub fn retrieve(&self, instruction: &str, k: Option<usize>) -> Result<Vec<Candidate>> {
         let (q, _) = self.encoder.embed(&[instruction])?;
-        Ok(rank(&self.index, &self.embeddings, &q, k.unwrap_or(self.index.entries.len()), &self.local))
+        Ok(rank(
+            &self.index,
+            &self.embeddings,
+            &q,
+            k.unwrap_or(self.index.entries.len()),
+            &self.local,
+        ))
     }
 }
 
-
 /// The dataset retriever over the registry's index (or the one at `index_path`) with the offline
 /// encoder (MiniLM); also returns the registry it was opened from.
-pub fn open_dataset_retriever(paths: &Paths, index_path: Option<&Path>, show_progress: bool) -> Result<(DatasetRetriever, Registry)> {
+pub fn open_dataset_retriever(
+    paths: &Paths,
+    index_path: Option<&Path>,
+    show_progress: bool,
+) -> Result<(DatasetRetriever, Registry)> {
     let models = crate::models::registry::ModelRegistry::load(paths.clone())?;
     let encoder = Encoder::from_registry(&models, DEFAULT_ENCODER)?;
     open_dataset_retriever_with(paths, index_path, encoder, show_progress)
 }
 
 /// The dataset retriever with a given encoder (MiniLM, DataFinder, ...).
-pub fn open_dataset_retriever_with(paths: &Paths, index_path: Option<&Path>, encoder: Encoder, show_progress: bool) -> Result<(DatasetRetriever, Registry)> {
+pub fn open_dataset_retriever_with(
+    paths: &Paths,
+    index_path: Option<&Path>,
+    encoder: Encoder,
+    show_progress: bool,
+) -> Result<(DatasetRetriever, Registry)> {
     let registry = Registry::load(paths.clone())?;
     let index = match index_path {
         Some(p) => DatasetIndex::load(p, None)?,

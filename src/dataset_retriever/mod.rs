@@ -46,18 +46,38 @@ mod tests {
     use crate::util::json_scan::first_json_object;
 
     fn cand(rank: usize, name: &str) -> Candidate {
-        Candidate { rank, name: name.into(), score: 1.0 / rank as f64, description: String::new(), tasks: vec![], local: None }
+        Candidate {
+            rank,
+            name: name.into(),
+            score: 1.0 / rank as f64,
+            description: String::new(),
+            tasks: vec![],
+            local: None,
+        }
     }
 
     #[test]
     fn votes_count_only_candidates_and_ties_go_to_the_better_rank() {
         let c = [cand(1, "squad"), cand(2, "adversarial_qa"), cand(3, "trivia_qa")];
-        let answers = ["{\"name\": \"trivia_qa\"}", "```json\n{\"name\": \"adversarial_qa\"}\n```", "{\"name\": \"made_up\"}", "no idea", "{\"name\": null}"]
-            .map(String::from);
+        let answers = [
+            "{\"name\": \"trivia_qa\"}",
+            "```json\n{\"name\": \"adversarial_qa\"}\n```",
+            "{\"name\": \"made_up\"}",
+            "no idea",
+            "{\"name\": null}",
+        ]
+        .map(String::from);
         let o = tally_votes(&answers, &c);
         assert_eq!(o.chosen.as_deref(), Some("adversarial_qa"), "1–1 tie: rank 2 beats rank 3");
         assert_eq!(o.abstentions, 3);
-        let o = tally_votes(&["{\"name\":\"trivia_qa\"}".into(), "{\"name\":\"trivia_qa\"}".into(), "{\"name\":\"squad\"}".into()], &c);
+        let o = tally_votes(
+            &[
+                "{\"name\":\"trivia_qa\"}".into(),
+                "{\"name\":\"trivia_qa\"}".into(),
+                "{\"name\":\"squad\"}".into(),
+            ],
+            &c,
+        );
         assert_eq!(o.chosen.as_deref(), Some("trivia_qa"));
         assert_eq!(tally_votes(&["nothing".into()], &c).chosen, None);
     }
@@ -65,10 +85,30 @@ mod tests {
     #[test]
     fn column_answers_are_validated() {
         let cols: Vec<String> = ["context", "question", "answers"].map(String::from).to_vec();
-        let ok = validate_column_choice("Sure: {\"input\": [\"context\", \"question\"], \"output\": \"answers\"} done", &cols).unwrap();
-        assert_eq!(ok, ColumnChoice { input: vec!["context".into(), "question".into()], output: "answers".into() });
-        assert!(validate_column_choice("{\"input\": [\"passage\"], \"output\": \"answers\"}", &cols).unwrap_err().contains("`passage` is not a column"));
-        assert!(validate_column_choice("{\"input\": [\"answers\"], \"output\": \"answers\"}", &cols).unwrap_err().contains("also an input"));
+        let ok = validate_column_choice(
+            "Sure: {\"input\": [\"context\", \"question\"], \"output\": \"answers\"} done",
+            &cols,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            ColumnChoice {
+                input: vec!["context".into(), "question".into()],
+                output: "answers".into()
+            }
+        );
+        assert!(validate_column_choice(
+            "{\"input\": [\"passage\"], \"output\": \"answers\"}",
+            &cols
+        )
+        .unwrap_err()
+        .contains("`passage` is not a column"));
+        assert!(validate_column_choice(
+            "{\"input\": [\"answers\"], \"output\": \"answers\"}",
+            &cols
+        )
+        .unwrap_err()
+        .contains("also an input"));
         assert!(validate_column_choice("{\"input\": []}", &cols).is_err());
         assert!(validate_column_choice("no json", &cols).unwrap_err().contains("no JSON"));
     }
@@ -87,14 +127,26 @@ mod tests {
             columns: vec![
                 ("question".into(), RawColumn::Text(vec!["q1".into(), "q2".into(), "q3".into()])),
                 ("context".into(), RawColumn::Text(vec!["c1".into(), "c2".into(), "c3".into()])),
-                ("answers".into(), RawColumn::List(vec![vec!["x".into(), "y".into()], vec!["z".into()], vec![]])),
+                (
+                    "answers".into(),
+                    RawColumn::List(vec![vec!["x".into(), "y".into()], vec!["z".into()], vec![]]),
+                ),
             ],
         };
-        let choice = ColumnChoice { input: vec!["question".into(), "context".into()], output: "answers".into() };
+        let choice = ColumnChoice {
+            input: vec!["question".into(), "context".into()],
+            output: "answers".into(),
+        };
         let df = columns_as_text(&split, &choice, 2).unwrap();
         assert_eq!(df.height(), 2);
-        assert_eq!(crate::data::loaders::string_column(&df, "input").unwrap(), ["question: q1\ncontext: c1", "question: q2\ncontext: c2"]);
-        assert_eq!(crate::data::loaders::string_list_column(&df, "references").unwrap(), [vec!["x".to_string(), "y".to_string()], vec!["z".to_string()]]);
+        assert_eq!(
+            crate::data::loaders::string_column(&df, "input").unwrap(),
+            ["question: q1\ncontext: c1", "question: q2\ncontext: c2"]
+        );
+        assert_eq!(
+            crate::data::loaders::string_list_column(&df, "references").unwrap(),
+            [vec!["x".to_string(), "y".to_string()], vec!["z".to_string()]]
+        );
     }
 
     #[test]
@@ -104,12 +156,16 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(interactive_pick(&c, &mut input, &mut out).unwrap(), Some(1));
         let shown = String::from_utf8(out).unwrap();
-        assert!(shown.contains("trivia_qa") && shown.contains("`7` is not a number between 1 and 2"), "{shown}");
+        assert!(
+            shown.contains("trivia_qa") && shown.contains("`7` is not a number between 1 and 2"),
+            "{shown}"
+        );
         let mut input: &[u8] = b"\n";
         assert_eq!(interactive_pick(&c, &mut input, &mut Vec::new()).unwrap(), None);
         let cols: Vec<String> = ["q", "a"].map(String::from).to_vec();
         let mut input: &[u8] = b"q\nq\nq\na\n";
-        let choice = interactive_columns(&cols, &BTreeMap::new(), &mut input, &mut Vec::new()).unwrap();
+        let choice =
+            interactive_columns(&cols, &BTreeMap::new(), &mut input, &mut Vec::new()).unwrap();
         assert_eq!(choice, ColumnChoice { input: vec!["q".into()], output: "a".into() });
     }
 }

@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::choice::{interactive_columns, interactive_pick, llm_rerank, llm_select_columns, SelectionConfig};
+use super::choice::{
+    interactive_columns, interactive_pick, llm_rerank, llm_select_columns, SelectionConfig,
+};
 use super::hub::{self, default_hub_columns};
 use super::index::{Candidate, DatasetRetriever};
-use super::textualise::{default_columns, load_raw, save_with_source, ColumnChoice, HubSource, RawSplit, SavedDataset};
+use super::textualise::{
+    default_columns, load_raw, save_with_source, ColumnChoice, HubSource, RawSplit, SavedDataset,
+};
 use crate::config::Paths;
 use crate::data::registry::Registry;
 use crate::teacher::Teacher;
@@ -84,13 +88,18 @@ pub fn select_dataset(
         index_config: info_of(&c.name).and_then(|i| i.eval_config.clone()),
         max_rows_per_split: max_rows,
     };
-    let from_hub = |c: &Candidate| !c.loadable() && (!paths.offline || hub::find_cached(&paths.cache, &hub_request(c)).is_some());
+    let from_hub = |c: &Candidate| {
+        !c.loadable()
+            && (!paths.offline || hub::find_cached(&paths.cache, &hub_request(c)).is_some())
+    };
     let best_usable = all.iter().find(|c| c.loadable() || from_hub(c)).cloned();
     let top_availability = top
         .iter()
         .map(|c| match &c.local {
             Some(l) if l.loadable => format!("✓ loadable here ({})", l.registry_id),
-            _ if from_hub(c) => if paths.offline { "✓ hub copy in the cache" } else { "✓ from the hub" }.to_string(),
+            _ if from_hub(c) => {
+                if paths.offline { "✓ hub copy in the cache" } else { "✓ from the hub" }.to_string()
+            }
             Some(l) => format!("local copy `{}` has no loader ({})", l.registry_id, l.format),
             None => "no local source".into(),
         })
@@ -100,11 +109,9 @@ pub fn select_dataset(
     let mut notes = Vec::new();
     let (mut chosen, chosen_by): (Option<Candidate>, String) = match &mut chooser {
         Chooser::Config { config, path } => {
-            let c = all
-                .iter()
-                .find(|c| c.name == config.dataset)
-                .cloned()
-                .with_context(|| format!("{}: dataset `{}` is not in the index", path.display(), config.dataset))?;
+            let c = all.iter().find(|c| c.name == config.dataset).cloned().with_context(|| {
+                format!("{}: dataset `{}` is not in the index", path.display(), config.dataset)
+            })?;
             (Some(c), "config file".into())
         }
         Chooser::Interactive { input, output } => {
@@ -112,7 +119,8 @@ pub fn select_dataset(
             (pick.map(|i| top[i].clone()), "picked in the terminal".into())
         }
         Chooser::Llm { teacher, votes } => {
-            let outcome = runtime.block_on(llm_rerank(*teacher, &request.instruction, &top, *votes, 0))?;
+            let outcome =
+                runtime.block_on(llm_rerank(*teacher, &request.instruction, &top, *votes, 0))?;
             notes.push(format!(
                 "LLM rerank ({} `{}`): votes {:?}, {} abstentions",
                 teacher.backend(),
@@ -155,8 +163,13 @@ pub fn select_dataset(
                 (splits, inputs, None, Some(local.format.clone()))
             }
             _ => {
-                let loaded = hub::load(&paths.cache, paths.offline, &hub::ServerConfig::from_env(), &hub_request(c))
-                    .with_context(|| format!("loading `{}` from the hub", c.name))?;
+                let loaded = hub::load(
+                    &paths.cache,
+                    paths.offline,
+                    &hub::ServerConfig::from_env(),
+                    &hub_request(c),
+                )
+                .with_context(|| format!("loading `{}` from the hub", c.name))?;
                 notes.extend(loaded.notes.iter().cloned());
                 notes.push(format!(
                     "`{}` config `{}` ({}) {}",
@@ -166,7 +179,11 @@ pub fn select_dataset(
                     if loaded.from_cache {
                         format!("read from the cache {}", loaded.cache_dir.display())
                     } else {
-                        format!("fetched from {} into {}", loaded.source_url, loaded.cache_dir.display())
+                        format!(
+                            "fetched from {} into {}",
+                            loaded.source_url,
+                            loaded.cache_dir.display()
+                        )
                     }
                 ));
                 let source = HubSource {
@@ -177,7 +194,8 @@ pub fn select_dataset(
                     from_cache: loaded.from_cache,
                     cache_dir: loaded.cache_dir.clone(),
                 };
-                let splits: Vec<RawSplit> = loaded.splits.into_iter().filter(|s| s.rows() > 0).collect();
+                let splits: Vec<RawSplit> =
+                    loaded.splits.into_iter().filter(|s| s.rows() > 0).collect();
                 anyhow::ensure!(
                     !splits.is_empty(),
                     "`{}` config `{}`: every split is empty on the datasets server; choose another dataset",
@@ -193,13 +211,27 @@ pub fn select_dataset(
             Chooser::Config { config, .. } if !config.input_columns.is_empty() => (
                 ColumnChoice {
                     input: config.input_columns.clone(),
-                    output: config.output_column.clone().context("the config names input_columns but no output_column")?,
+                    output: config
+                        .output_column
+                        .clone()
+                        .context("the config names input_columns but no output_column")?,
                 },
                 "the config file".into(),
             ),
-            Chooser::Interactive { input, output } => (interactive_columns(&columns, &example, *input, *output)?, "picked in the terminal".into()),
+            Chooser::Interactive { input, output } => (
+                interactive_columns(&columns, &example, *input, *output)?,
+                "picked in the terminal".into(),
+            ),
             Chooser::Llm { teacher, .. } => (
-                runtime.block_on(llm_select_columns(*teacher, &request.instruction, &c.name, &c.description, &columns, &example, 3))?,
+                runtime.block_on(llm_select_columns(
+                    *teacher,
+                    &request.instruction,
+                    &c.name,
+                    &c.description,
+                    &columns,
+                    &example,
+                    3,
+                ))?,
                 format!("LLM column selection ({} `{}`)", teacher.backend(), teacher.model()),
             ),
             _ => match &format {
@@ -208,25 +240,58 @@ pub fn select_dataset(
                     format!("the natural columns of the local `{format}` format"),
                 ),
                 None => {
-                    let mappings = info_of(&c.name).map(|i| i.col_mappings.clone()).unwrap_or_default();
+                    let mappings =
+                        info_of(&c.name).map(|i| i.col_mappings.clone()).unwrap_or_default();
                     default_hub_columns(&columns, &mappings)?
                 }
             },
         };
         notes.push(format!("columns: {columns_by}"));
         // A split without the chosen columns (an unlabelled test split) is left out, and said so.
-        let wanted: Vec<&String> = choice.input.iter().chain(std::iter::once(&choice.output)).collect();
+        let wanted: Vec<&String> =
+            choice.input.iter().chain(std::iter::once(&choice.output)).collect();
         let (usable, skipped): (Vec<RawSplit>, Vec<RawSplit>) =
             splits.into_iter().partition(|s| wanted.iter().all(|w| s.column_names().contains(w)));
         for s in &skipped {
             notes.push(format!("split `{}` lacks some of the chosen columns; left out", s.split));
         }
-        anyhow::ensure!(!usable.is_empty(), "no split of `{}` has the columns {:?}", c.name, wanted);
+        anyhow::ensure!(
+            !usable.is_empty(),
+            "no split of `{}` has the columns {:?}",
+            c.name,
+            wanted
+        );
         let (registry_id, chosen_by) = match &source {
-            Some(s) => (format!("hub:{}/{}", s.dataset, s.config), format!("{chosen_by}; columns: {columns_by}")),
-            None => (c.local.as_ref().map(|l| l.registry_id.clone()).unwrap_or_default(), chosen_by.clone()),
+            Some(s) => (
+                format!("hub:{}/{}", s.dataset, s.config),
+                format!("{chosen_by}; columns: {columns_by}"),
+            ),
+            None => (
+                c.local.as_ref().map(|l| l.registry_id.clone()).unwrap_or_default(),
+                chosen_by.clone(),
+            ),
         };
-        saved = Some(save_with_source(out, &c.name, &registry_id, &usable, &choice, max_rows, &chosen_by, inputs, source)?);
+        saved = Some(save_with_source(
+            out,
+            &c.name,
+            &registry_id,
+            &usable,
+            &choice,
+            max_rows,
+            &chosen_by,
+            inputs,
+            source,
+        )?);
     }
-    Ok(Selection { all, top, top_availability, best_loadable, best_usable, chosen, chosen_by, notes, saved })
+    Ok(Selection {
+        all,
+        top,
+        top_availability,
+        best_loadable,
+        best_usable,
+        chosen,
+        chosen_by,
+        notes,
+        saved,
+    })
 }

@@ -13,7 +13,8 @@ use crate::data::registry::{Registry, ResolvedFile};
 use crate::util::fs::write_atomic;
 
 /// Local formats with a loader for retrieval.
-pub const LOADABLE_FORMATS: &[&str] = &["squad-json", "conala-json", "temporal-json", "p2m-hf-disk"];
+pub const LOADABLE_FORMATS: &[&str] =
+    &["squad-json", "conala-json", "temporal-json", "p2m-hf-disk"];
 
 /// Input columns and one output column of a dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +23,10 @@ pub struct ColumnChoice {
     pub output: String,
 }
 
-pub(crate) fn check_columns(choice: &ColumnChoice, columns: &[String]) -> Result<ColumnChoice, String> {
+pub(crate) fn check_columns(
+    choice: &ColumnChoice,
+    columns: &[String],
+) -> Result<ColumnChoice, String> {
     if choice.input.is_empty() {
         return Err("no input column".into());
     }
@@ -36,7 +40,6 @@ pub(crate) fn check_columns(choice: &ColumnChoice, columns: &[String]) -> Result
     }
     Ok(choice.clone())
 }
-
 
 /// One column of a raw split: text, or a list of texts (SQuAD's answers).
 #[derive(Debug, Clone)]
@@ -75,7 +78,11 @@ impl RawSplit {
         self.ids.len()
     }
     pub fn example(&self, row: usize) -> BTreeMap<String, String> {
-        self.columns.iter().filter(|(_, c)| row < c.len()).map(|(n, c)| (n.clone(), c.text(row))).collect()
+        self.columns
+            .iter()
+            .filter(|(_, c)| row < c.len())
+            .map(|(n, c)| (n.clone(), c.text(row)))
+            .collect()
     }
     fn column(&self, name: &str) -> Option<&RawColumn> {
         self.columns.iter().find(|(n, _)| n == name).map(|(_, c)| c)
@@ -83,13 +90,21 @@ impl RawSplit {
 }
 
 /// Load a local dataset with its source's column names (what a hub copy of it would have).
-pub fn load_raw(registry: &Registry, registry_id: &str) -> Result<(Vec<RawSplit>, Vec<ResolvedFile>)> {
+pub fn load_raw(
+    registry: &Registry,
+    registry_id: &str,
+) -> Result<(Vec<RawSplit>, Vec<ResolvedFile>)> {
     let entry = registry.dataset(registry_id)?;
     let loaded = crate::data::loaders::load_dataset(registry, registry_id)?;
     let df = &loaded.frame;
-    let text = |c: &str| crate::data::loaders::string_column(df, c).map_err(|e| anyhow::anyhow!("{registry_id}: column `{c}`: {e}"));
+    let text = |c: &str| {
+        crate::data::loaders::string_column(df, c)
+            .map_err(|e| anyhow::anyhow!("{registry_id}: column `{c}`: {e}"))
+    };
     let refs = crate::data::loaders::string_list_column(df, crate::data::loaders::REFERENCES)?;
-    let first = |r: &Vec<Vec<String>>| r.iter().map(|x| x.first().cloned().unwrap_or_default()).collect::<Vec<_>>();
+    let first = |r: &Vec<Vec<String>>| {
+        r.iter().map(|x| x.first().cloned().unwrap_or_default()).collect::<Vec<_>>()
+    };
     let columns = match entry.format.as_str() {
         "squad-json" => vec![
             ("title".to_string(), RawColumn::Text(text("title")?)),
@@ -102,10 +117,19 @@ pub fn load_raw(registry: &Registry, registry_id: &str) -> Result<(Vec<RawSplit>
             ("rewritten_intent".to_string(), RawColumn::Text(text(crate::data::loaders::INPUT)?)),
             ("snippet".to_string(), RawColumn::Text(first(&refs))),
         ],
-        "temporal-json" => vec![("input".to_string(), RawColumn::Text(text(crate::data::loaders::INPUT)?)), ("output".to_string(), RawColumn::Text(first(&refs)))],
+        "temporal-json" => vec![
+            ("input".to_string(), RawColumn::Text(text(crate::data::loaders::INPUT)?)),
+            ("output".to_string(), RawColumn::Text(first(&refs))),
+        ],
         // NQ-Open's hub columns: `question` and `answer` (a list).
-        "p2m-hf-disk" => vec![("question".to_string(), RawColumn::Text(text(crate::data::loaders::INPUT)?)), ("answer".to_string(), RawColumn::List(refs))],
-        other => bail!("dataset `{registry_id}` has format `{other}`, which has no loader for retrieval ({})", LOADABLE_FORMATS.join(", ")),
+        "p2m-hf-disk" => vec![
+            ("question".to_string(), RawColumn::Text(text(crate::data::loaders::INPUT)?)),
+            ("answer".to_string(), RawColumn::List(refs)),
+        ],
+        other => bail!(
+            "dataset `{registry_id}` has format `{other}`, which has no loader for retrieval ({})",
+            LOADABLE_FORMATS.join(", ")
+        ),
     };
     let split = entry.splits.first().cloned().unwrap_or_else(|| "train".into());
     Ok((vec![RawSplit { split, ids: text(crate::data::loaders::ID)?, columns }], loaded.files))
@@ -113,7 +137,12 @@ pub fn load_raw(registry: &Registry, registry_id: &str) -> Result<(Vec<RawSplit>
 
 /// The natural columns of each local format (used when nobody chose).
 pub fn default_columns(format: &str) -> Option<ColumnChoice> {
-    let c = |i: &[&str], o: &str| Some(ColumnChoice { input: i.iter().map(|s| s.to_string()).collect(), output: o.to_string() });
+    let c = |i: &[&str], o: &str| {
+        Some(ColumnChoice {
+            input: i.iter().map(|s| s.to_string()).collect(),
+            output: o.to_string(),
+        })
+    };
     match format {
         "squad-json" => c(&["question", "context"], "answers"),
         "conala-json" => c(&["rewritten_intent"], "snippet"),
@@ -126,16 +155,26 @@ pub fn default_columns(format: &str) -> Option<ColumnChoice> {
 /// Textualise one split into the common schema: input = `col: value` lines of the input columns,
 /// references = the output column (every answer for a list column), at most `max_rows` rows in
 /// source order.
-pub fn columns_as_text(split: &RawSplit, choice: &ColumnChoice, max_rows: usize) -> Result<DataFrame> {
+pub fn columns_as_text(
+    split: &RawSplit,
+    choice: &ColumnChoice,
+    max_rows: usize,
+) -> Result<DataFrame> {
     let names = split.column_names();
     check_columns(choice, &names).map_err(|e| anyhow::anyhow!("split `{}`: {e}", split.split))?;
     let n = split.rows().min(max_rows);
-    let inputs_cols: Vec<&RawColumn> = choice.input.iter().map(|c| split.column(c).expect("checked")).collect();
+    let inputs_cols: Vec<&RawColumn> =
+        choice.input.iter().map(|c| split.column(c).expect("checked")).collect();
     let output = split.column(&choice.output).expect("checked");
     let mut inputs = Vec::with_capacity(n);
     let mut refs = Vec::with_capacity(n);
     for i in 0..n {
-        let lines: Vec<String> = choice.input.iter().zip(&inputs_cols).map(|(name, col)| format!("{name}: {}", col.text(i))).collect();
+        let lines: Vec<String> = choice
+            .input
+            .iter()
+            .zip(&inputs_cols)
+            .map(|(name, col)| format!("{name}: {}", col.text(i)))
+            .collect();
         inputs.push(lines.join("\n").trim().to_string());
         refs.push(match output {
             RawColumn::Text(v) => vec![v[i].clone()],
@@ -178,7 +217,16 @@ pub struct HubSource {
 /// Textualise every split and write `<out>/<split>.parquet` plus `retrieved_dataset.json`
 /// (each file through a temporary file and a rename).
 #[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the saved dataset
-pub fn save(out: &Path, dataset: &str, registry_id: &str, splits: &[RawSplit], choice: &ColumnChoice, max_rows: usize, chosen_by: &str, inputs: Vec<ResolvedFile>) -> Result<SavedDataset> {
+pub fn save(
+    out: &Path,
+    dataset: &str,
+    registry_id: &str,
+    splits: &[RawSplit],
+    choice: &ColumnChoice,
+    max_rows: usize,
+    chosen_by: &str,
+    inputs: Vec<ResolvedFile>,
+) -> Result<SavedDataset> {
     save_with_source(out, dataset, registry_id, splits, choice, max_rows, chosen_by, inputs, None)
 }
 
@@ -215,7 +263,7 @@ pub fn save_with_source(
         saved.files.push(name);
     }
     let meta_path = out.join("retrieved_dataset.json");
-    write_atomic(&meta_path, serde_json::to_string_pretty(&saved)?.as_bytes()).with_context(|| format!("writing {}", meta_path.display()))?;
+    write_atomic(&meta_path, serde_json::to_string_pretty(&saved)?.as_bytes())
+        .with_context(|| format!("writing {}", meta_path.display()))?;
     Ok(saved)
 }
-

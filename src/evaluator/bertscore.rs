@@ -83,24 +83,37 @@ impl Baseline {
             bail!("{source}: expected the header `LAYER,P,R,F`, found `{header}`");
         }
         let rows: Vec<&str> = lines.collect();
-        let row = rows
-            .get(layer)
-            .ok_or_else(|| anyhow!("{source}: no row for layer {layer} (the file has {} rows)", rows.len()))?;
+        let row = rows.get(layer).ok_or_else(|| {
+            anyhow!("{source}: no row for layer {layer} (the file has {} rows)", rows.len())
+        })?;
         let values: Vec<f64> = row
             .split(',')
             .skip(1)
-            .map(|v| v.trim().parse::<f64>().with_context(|| format!("{source}: bad number `{v}` in `{row}`")))
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .with_context(|| format!("{source}: bad number `{v}` in `{row}`"))
+            })
             .collect::<Result<_>>()?;
         if values.len() != 3 {
             bail!("{source}: row `{row}` does not have 4 fields");
         }
-        Ok(Baseline { p: values[0], r: values[1], f: values[2], source: source.to_string(), shipped: false })
+        Ok(Baseline {
+            p: values[0],
+            r: values[1],
+            f: values[2],
+            source: source.to_string(),
+            shipped: false,
+        })
     }
 
     pub fn from_file(path: &Path, layer: usize) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let source = match (path.parent().and_then(|p| p.file_name()), path.file_name()) {
-            (Some(lang), Some(name)) => format!("{}/{}", lang.to_string_lossy(), name.to_string_lossy()),
+            (Some(lang), Some(name)) => {
+                format!("{}/{}", lang.to_string_lossy(), name.to_string_lossy())
+            }
             _ => path.display().to_string(),
         };
         let mut baseline = Self::from_csv(&text, layer, &source)?;
@@ -151,7 +164,13 @@ impl BertScores {
 
     /// Corpus means (P, R, F1), as reports print them.
     pub fn mean(&self) -> (f64, f64, f64) {
-        let m = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let m = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
         (m(&self.precision), m(&self.recall), m(&self.f1))
     }
 }
@@ -180,7 +199,11 @@ pub struct BertScorer {
 impl BertScorer {
     /// Score with `encoder` (called `model_name` in signatures). Truncation is set to the
     /// tokenizer's `model_max_length`, as bert_score.
-    pub fn new(mut encoder: BertEncoder, model_name: &str, config: BertScoreConfig) -> Result<Self> {
+    pub fn new(
+        mut encoder: BertEncoder,
+        model_name: &str,
+        config: BertScoreConfig,
+    ) -> Result<Self> {
         if config.layer > encoder.model.num_layers() {
             bail!(
                 "BERTScore layer {} is out of range: `{model_name}` has {} layers (0 = embeddings)",
@@ -218,7 +241,9 @@ impl BertScorer {
         let entry = registry.model(id)?;
         let layer = match layer.or(entry.bertscore_layer) {
             Some(l) => l,
-            None => bail!("model `{}` has no bertscore_layer in the registry; pass a layer", entry.id),
+            None => {
+                bail!("model `{}` has no bertscore_layer in the registry; pass a layer", entry.id)
+            }
         };
         let encoder = BertEncoder::from_registry(registry, id, device)?;
         let config = BertScoreConfig { layer, idf, baseline, batch_size: 64 };
@@ -228,7 +253,14 @@ impl BertScorer {
     /// The offline default: all-MiniLM-L6-v2 at its registered layer, no idf, no rescaling, on the
     /// GPU when there is one.
     pub fn offline_default(registry: &crate::models::registry::ModelRegistry) -> Result<Self> {
-        Self::from_registry(registry, DEFAULT_OFFLINE_MODEL, None, false, None, Device::cuda_if_available())
+        Self::from_registry(
+            registry,
+            DEFAULT_OFFLINE_MODEL,
+            None,
+            false,
+            None,
+            Device::cuda_if_available(),
+        )
     }
 
     pub fn config(&self) -> &BertScoreConfig {
@@ -301,12 +333,17 @@ impl BertScorer {
                 *df.entry(id).or_default() += 1;
             }
         }
-        let weights = df.into_iter().map(|(id, c)| (id, ((n + 1.0) / (c as f64 + 1.0)).ln())).collect();
+        let weights =
+            df.into_iter().map(|(id, c)| (id, ((n + 1.0) / (c as f64 + 1.0)).ln())).collect();
         Ok(IdfWeights { weights, default: (n + 1.0).ln() })
     }
 
     /// One reference per candidate.
-    pub fn score<C: AsRef<str>, R: AsRef<str>>(&self, candidates: &[C], references: &[R]) -> Result<BertScores> {
+    pub fn score<C: AsRef<str>, R: AsRef<str>>(
+        &self,
+        candidates: &[C],
+        references: &[R],
+    ) -> Result<BertScores> {
         if candidates.len() != references.len() {
             bail!("BERTScore: {} candidates but {} references", candidates.len(), references.len());
         }
@@ -316,15 +353,27 @@ impl BertScorer {
 
     /// Any number (at least one) of references per candidate; P, R and F1 are each the best over
     /// a candidate's references.
-    pub fn score_multi<C: AsRef<str>, R: AsRef<str>>(&self, candidates: &[C], references: &[Vec<R>]) -> Result<BertScores> {
+    pub fn score_multi<C: AsRef<str>, R: AsRef<str>>(
+        &self,
+        candidates: &[C],
+        references: &[Vec<R>],
+    ) -> Result<BertScores> {
         if candidates.len() != references.len() {
-            bail!("BERTScore: {} candidates but {} reference lists", candidates.len(), references.len());
+            bail!(
+                "BERTScore: {} candidates but {} reference lists",
+                candidates.len(),
+                references.len()
+            );
         }
         if let Some(i) = references.iter().position(|r| r.is_empty()) {
             bail!("BERTScore: candidate {i} has no reference");
         }
         let first = references.first().map(Vec::len).unwrap_or(1);
-        let nrefs = if references.iter().all(|r| r.len() == first) { first.to_string() } else { "var".to_string() };
+        let nrefs = if references.iter().all(|r| r.len() == first) {
+            first.to_string()
+        } else {
+            "var".to_string()
+        };
         let signature = self.signature(nrefs);
         // Flatten to (candidate, reference) pairs, remembering each candidate's group.
         let mut cands_flat: Vec<&str> = Vec::new();
@@ -339,9 +388,11 @@ impl BertScorer {
             groups.push(start..refs_flat.len());
         }
         let (p, r, f) = self.score_pairs(&cands_flat, &refs_flat)?;
-        let mut out = BertScores { precision: Vec::new(), recall: Vec::new(), f1: Vec::new(), signature };
+        let mut out =
+            BertScores { precision: Vec::new(), recall: Vec::new(), f1: Vec::new(), signature };
         for g in groups {
-            let best = |v: &[f32]| v[g.clone()].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let best =
+                |v: &[f32]| v[g.clone()].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let (mut bp, mut br, mut bf) = (best(&p), best(&r), best(&f));
             if let Some(b) = &self.config.baseline {
                 bp = b.apply(bp, b.p);
@@ -380,7 +431,8 @@ impl BertScorer {
         for chunk in order.chunks(self.config.batch_size) {
             let rows: Vec<Vec<i64>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             let (states, batch) = self.encoder.hidden_states_of_ids(&rows, Some(self.config.layer));
-            let emb = states.last().expect("hidden states").to_kind(Kind::Float).to_device(Device::Cpu);
+            let emb =
+                states.last().expect("hidden states").to_kind(Kind::Float).to_device(Device::Cpu);
             for (k, &i) in chunk.iter().enumerate() {
                 let len = batch.lengths[k];
                 let e = emb.get(k as i64).narrow(0, 0, len).contiguous();
@@ -389,14 +441,21 @@ impl BertScorer {
                 stats[i] = Some((e, w));
             }
         }
-        let stats: Vec<(Tensor, Vec<f32>)> = stats.into_iter().map(|s| s.expect("every sentence embedded")).collect();
+        let stats: Vec<(Tensor, Vec<f32>)> =
+            stats.into_iter().map(|s| s.expect("every sentence embedded")).collect();
 
         // Greedy matching in bert_score's batches of pairs.
         let device = self.encoder.model.device;
-        let (mut ps, mut rs, mut fs) = (Vec::with_capacity(cands.len()), Vec::with_capacity(cands.len()), Vec::with_capacity(cands.len()));
+        let (mut ps, mut rs, mut fs) = (
+            Vec::with_capacity(cands.len()),
+            Vec::with_capacity(cands.len()),
+            Vec::with_capacity(cands.len()),
+        );
         for start in (0..cands.len()).step_by(self.config.batch_size) {
             let end = (start + self.config.batch_size).min(cands.len());
-            let pick = |sents: &[&str]| -> Vec<&(Tensor, Vec<f32>)> { sents[start..end].iter().map(|s| &stats[index_of[s]]).collect() };
+            let pick = |sents: &[&str]| -> Vec<&(Tensor, Vec<f32>)> {
+                sents[start..end].iter().map(|s| &stats[index_of[s]]).collect()
+            };
             let (p, r, f) = greedy_match(&pick(refs), &pick(cands), device);
             ps.extend(p);
             rs.extend(r);
@@ -429,9 +488,12 @@ fn greedy_match(
     let p = (word_precision * hyp_scale).sum_dim_intlist(1, false, Kind::Float);
     let r = (word_recall * ref_scale).sum_dim_intlist(1, false, Kind::Float);
     let f = 2.0 * &p * &r / (&p + &r);
-    let to_vec = |t: &Tensor| -> Vec<f32> { Vec::<f32>::try_from(t.to_device(Device::Cpu)).expect("a 1-d f32 tensor") };
+    let to_vec = |t: &Tensor| -> Vec<f32> {
+        Vec::<f32>::try_from(t.to_device(Device::Cpu)).expect("a 1-d f32 tensor")
+    };
     let (p, r, f) = (to_vec(&p), to_vec(&r), to_vec(&f));
-    let (mut ps, mut rs, mut fs) = (Vec::with_capacity(p.len()), Vec::with_capacity(p.len()), Vec::with_capacity(p.len()));
+    let (mut ps, mut rs, mut fs) =
+        (Vec::with_capacity(p.len()), Vec::with_capacity(p.len()), Vec::with_capacity(p.len()));
     for k in 0..p.len() {
         // bert_score: F is computed first; P and R of 2-token (empty) sides are then set to 0,
         // and a NaN F to 0.
@@ -462,7 +524,10 @@ fn pad_stats(stats: &[&(Tensor, Vec<f32>)], device: Device) -> (Tensor, Tensor, 
             if pad == 0 {
                 e.shallow_clone()
             } else {
-                Tensor::cat(&[e.shallow_clone(), Tensor::full([pad, dim], 2.0, (Kind::Float, Device::Cpu))], 0)
+                Tensor::cat(
+                    &[e.shallow_clone(), Tensor::full([pad, dim], 2.0, (Kind::Float, Device::Cpu))],
+                    0,
+                )
             }
         })
         .collect();

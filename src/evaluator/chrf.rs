@@ -41,7 +41,6 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use super::pystr;
 use super::MetricError;
 
-
 /// sacrebleu version the implementation is verified against (used in signatures).
 pub const SACREBLEU_REFERENCE_VERSION: &str = "2.6.0";
 
@@ -84,10 +83,7 @@ impl ChrfConfig {
 
     /// Plain chrF (sacrebleu's defaults): `nc:6, nw:0, β=2`.
     pub const fn chrf() -> Self {
-        ChrfConfig {
-            word_order: 0,
-            ..Self::chrf_plus_plus()
-        }
+        ChrfConfig { word_order: 0, ..Self::chrf_plus_plus() }
     }
 
     /// Total number of n-gram orders (`char_order + word_order`).
@@ -252,31 +248,22 @@ const MAX_PACKED_ORDER: usize = 6;
 
 impl<'s> Segment<'s> {
     fn new(s: &'s str, cfg: &ChrfConfig) -> Segment<'s> {
-        let text: Cow<'s, str> = if cfg.lowercase {
-            Cow::Owned(pystr::lower(s))
-        } else {
-            Cow::Borrowed(s)
-        };
+        let text: Cow<'s, str> =
+            if cfg.lowercase { Cow::Owned(pystr::lower(s)) } else { Cow::Borrowed(s) };
         let strip = !cfg.whitespace;
         let stripped = (cfg.char_order > MAX_PACKED_ORDER).then(|| match &text {
             _ if !strip => text.clone(),
             Cow::Borrowed(b) if !b.chars().any(pystr::is_space) => Cow::Borrowed(*b),
             t => Cow::Owned(t.chars().filter(|&c| !pystr::is_space(c)).collect()),
         });
-        Segment {
-            text,
-            strip,
-            stripped,
-        }
+        Segment { text, strip, stripped }
     }
 
     /// The characters that character n-grams are taken from: `''.join(line.split())`, or the
     /// whole line with `whitespace`.
     fn char_stream(&self) -> impl Iterator<Item = char> + '_ {
         let strip = self.strip;
-        self.text
-            .chars()
-            .filter(move |&c| !(strip && pystr::is_space(c)))
+        self.text.chars().filter(move |&c| !(strip && pystr::is_space(c)))
     }
 
     /// `CHRF._remove_punctuation(text)`.
@@ -342,10 +329,8 @@ impl<'a> Ngrams<'a> {
             }
             CharKeys::Packed(orders)
         } else {
-            let chars: &str = seg
-                .stripped
-                .as_deref()
-                .expect("materialised for char_order > MAX_PACKED_ORDER");
+            let chars: &str =
+                seg.stripped.as_deref().expect("materialised for char_order > MAX_PACKED_ORDER");
             let mut offsets: Vec<usize> = chars.char_indices().map(|(i, _)| i).collect();
             offsets.push(chars.len());
             let n_chars = offsets.len() - 1;
@@ -353,16 +338,12 @@ impl<'a> Ngrams<'a> {
                 (1..=cfg.char_order)
                     .map(|n| {
                         let count = (n_chars + 1).saturating_sub(n);
-                        (0..count)
-                            .map(|i| &chars[offsets[i]..offsets[i + n]])
-                            .collect()
+                        (0..count).map(|i| &chars[offsets[i]..offsets[i + n]]).collect()
                     })
                     .collect(),
             )
         };
-        let words = (1..=cfg.word_order)
-            .map(|n| words.windows(n).collect())
-            .collect();
+        let words = (1..=cfg.word_order).map(|n| words.windows(n).collect()).collect();
         Ngrams { chars, words }
     }
 
@@ -411,22 +392,10 @@ pub fn score_from_statistics(stats: &[u64], cfg: &ChrfConfig) -> f64 {
     for i in 0..order {
         let (n_hyp, n_ref, n_match) = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]);
         // chrF++.py style EPS smoothing (also used by Moses and NLTK)
-        let prec = if n_hyp > 0 {
-            n_match as f64 / n_hyp as f64
-        } else {
-            eps
-        };
-        let rec = if n_ref > 0 {
-            n_match as f64 / n_ref as f64
-        } else {
-            eps
-        };
+        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
+        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
         let denom = factor * prec + rec;
-        score += if denom > 0.0 {
-            (1.0 + factor) * prec * rec / denom
-        } else {
-            eps
-        };
+        score += if denom > 0.0 { (1.0 + factor) * prec * rec / denom } else { eps };
         // sacreBLEU <2.0.0 style effective order smoothing
         if n_hyp > 0 && n_ref > 0 {
             avg_prec += prec;
@@ -469,14 +438,7 @@ pub fn segment_statistics<S: AsRef<str>>(
     }
     let mut best = Vec::with_capacity(3 * cfg.order());
     let mut scratch = Vec::with_capacity(3 * cfg.order());
-    best_stats(
-        hyp,
-        refs,
-        cfg,
-        &mut Workspace::default(),
-        &mut best,
-        &mut scratch,
-    );
+    best_stats(hyp, refs, cfg, &mut Workspace::default(), &mut best, &mut scratch);
     Ok(best)
 }
 
@@ -489,21 +451,13 @@ fn best_stats<S: AsRef<str>>(
     scratch: &mut Vec<u64>,
 ) {
     let hseg = Segment::new(hyp, cfg);
-    let hwords = if cfg.word_order > 0 {
-        hseg.words()
-    } else {
-        Vec::new()
-    };
+    let hwords = if cfg.word_order > 0 { hseg.words() } else { Vec::new() };
     let hng = Ngrams::new(&hseg, &hwords, cfg);
     let mut best_f = -1.0f64;
     best.clear();
     for r in refs {
         let rseg = Segment::new(r.as_ref(), cfg);
-        let rwords = if cfg.word_order > 0 {
-            rseg.words()
-        } else {
-            Vec::new()
-        };
+        let rwords = if cfg.word_order > 0 { rseg.words() } else { Vec::new() };
         let rng = Ngrams::new(&rseg, &rwords, cfg);
         hng.stats_against(&rng, ws, scratch);
         let f = score_from_statistics(scratch, cfg);
@@ -604,55 +558,22 @@ mod tests {
         ];
         let cfg = ChrfConfig::chrf_plus_plus();
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 55.68776108084011);
-        let sent = [
-            69.43695278069349,
-            36.24716553287982,
-            0.0,
-            84.69357571588779,
-            0.0,
-        ];
+        let sent = [69.43695278069349, 36.24716553287982, 0.0, 84.69357571588779, 0.0];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(
-                sentence_chrf(hyps[i], &refs[i], &cfg),
-                *want,
-                "pp sentence {i}"
-            );
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "pp sentence {i}");
         }
         let cfg = ChrfConfig::chrf();
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 53.0924705263057);
-        let sent = [
-            67.17273492330233,
-            42.288359788359784,
-            0.0,
-            89.02263497716442,
-            0.0,
-        ];
+        let sent = [67.17273492330233, 42.288359788359784, 0.0, 89.02263497716442, 0.0];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(
-                sentence_chrf(hyps[i], &refs[i], &cfg),
-                *want,
-                "c sentence {i}"
-            );
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "c sentence {i}");
         }
-        let cfg = ChrfConfig {
-            lowercase: true,
-            eps_smoothing: true,
-            ..ChrfConfig::chrf_plus_plus()
-        };
+        let cfg =
+            ChrfConfig { lowercase: true, eps_smoothing: true, ..ChrfConfig::chrf_plus_plus() };
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 55.61580943263094);
-        let sent = [
-            69.42671676320066,
-            31.71626984126984,
-            0.0,
-            84.6830150137816,
-            1.25e-15,
-        ];
+        let sent = [69.42671676320066, 31.71626984126984, 0.0, 84.6830150137816, 1.25e-15];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(
-                sentence_chrf(hyps[i], &refs[i], &cfg),
-                *want,
-                "lc_eps sentence {i}"
-            );
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "lc_eps sentence {i}");
         }
         let cfg = ChrfConfig {
             word_order: 1,
@@ -662,66 +583,37 @@ mod tests {
             ..ChrfConfig::chrf_plus_plus()
         };
         assert_eq!(corpus_chrf(&hyps, &refs, &cfg).unwrap(), 67.76848986354241);
-        let sent = [
-            82.53021113415323,
-            47.888888888888886,
-            0.0,
-            91.01054084945174,
-            0.0,
-        ];
+        let sent = [82.53021113415323, 47.888888888888886, 0.0, 91.01054084945174, 0.0];
         for (i, want) in sent.iter().enumerate() {
-            assert_eq!(
-                sentence_chrf(hyps[i], &refs[i], &cfg),
-                *want,
-                "ws_b1 sentence {i}"
-            );
+            assert_eq!(sentence_chrf(hyps[i], &refs[i], &cfg), *want, "ws_b1 sentence {i}");
         }
         assert_eq!(
-            sentence_chrf(
-                "👍\u{1f3fd} ok 🇯🇵",
-                &["👍 ok 🇯🇵!"],
-                &ChrfConfig::chrf_plus_plus()
-            ),
+            sentence_chrf("👍\u{1f3fd} ok 🇯🇵", &["👍 ok 🇯🇵!"], &ChrfConfig::chrf_plus_plus()),
             39.51732673267326
         );
         assert_eq!(
             sentence_chrf(
                 "👍\u{1f3fd} ok 🇯🇵",
                 &["👍 ok 🇯🇵!"],
-                &ChrfConfig {
-                    lowercase: true,
-                    ..ChrfConfig::chrf_plus_plus()
-                }
+                &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }
             ),
             39.51732673267326
         );
-        assert_eq!(
-            sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig::chrf_plus_plus()),
-            0.0
-        );
+        assert_eq!(sentence_chrf("ΟΔΥΣΣΕΥΣ", &["οδυσσευς"], &ChrfConfig::chrf_plus_plus()), 0.0);
         assert_eq!(
             sentence_chrf(
                 "ΟΔΥΣΣΕΥΣ",
                 &["οδυσσευς"],
-                &ChrfConfig {
-                    lowercase: true,
-                    ..ChrfConfig::chrf_plus_plus()
-                }
+                &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }
             ),
             100.0
         );
-        assert_eq!(
-            sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig::chrf_plus_plus()),
-            100.0
-        );
+        assert_eq!(sentence_chrf("a\u{1c}b", &["a b"], &ChrfConfig::chrf_plus_plus()), 100.0);
         assert_eq!(
             sentence_chrf(
                 "a\u{1c}b",
                 &["a b"],
-                &ChrfConfig {
-                    lowercase: true,
-                    ..ChrfConfig::chrf_plus_plus()
-                }
+                &ChrfConfig { lowercase: true, ..ChrfConfig::chrf_plus_plus() }
             ),
             100.0
         );
@@ -733,42 +625,21 @@ mod tests {
         let seg = Segment::new("(hi) a, .x y. Hello!! 日本。 ", &cfg);
         assert_eq!(
             seg.words(),
-            [
-                "(hi",
-                ")",
-                "a",
-                ",",
-                ".",
-                "x",
-                "y",
-                ".",
-                "Hello!",
-                "!",
-                "日本。"
-            ]
+            ["(hi", ")", "a", ",", ".", "x", "y", ".", "Hello!", "!", "日本。"]
         );
         // whitespace is Python's: U+001C separates words and is removed from char n-grams
         let seg = Segment::new("a\u{1c}b\u{3000}c\u{200b}d", &cfg);
         assert_eq!(seg.words(), ["a", "b", "c\u{200b}d"]);
         assert_eq!(seg.char_stream().collect::<String>(), "abc\u{200b}d");
-        let long = ChrfConfig {
-            char_order: 7,
-            ..cfg
-        };
-        assert_eq!(
-            Segment::new("a\u{1c}b c", &long).stripped.as_deref(),
-            Some("abc")
-        );
+        let long = ChrfConfig { char_order: 7, ..cfg };
+        assert_eq!(Segment::new("a\u{1c}b c", &long).stripped.as_deref(), Some("abc"));
     }
 
     #[test]
     fn errors_and_degenerate_inputs() {
         let cfg = pp();
         let e: [&str; 0] = [];
-        assert_eq!(
-            corpus_chrf(&e, &Vec::<Vec<&str>>::new(), &cfg),
-            Err(MetricError::EmptyCorpus)
-        );
+        assert_eq!(corpus_chrf(&e, &Vec::<Vec<&str>>::new(), &cfg), Err(MetricError::EmptyCorpus));
         assert!(matches!(
             corpus_chrf(&["a"], &[vec!["a"], vec!["b"]], &cfg),
             Err(MetricError::LengthMismatch { .. })
@@ -784,17 +655,10 @@ mod tests {
             corpus_chrf(&["a"], &[vec!["a"]], &bad),
             Err(MetricError::InvalidConfig(_))
         ));
-        let bad = ChrfConfig {
-            char_order: 0,
-            word_order: 0,
-            ..cfg
-        };
+        let bad = ChrfConfig { char_order: 0, word_order: 0, ..cfg };
         assert!(try_sentence_chrf("a", &["a"], &bad).is_err());
         // identical strings score 100, empty or whitespace-only hypotheses 0
-        assert_eq!(
-            sentence_chrf("The cat sat.", &["The cat sat."], &cfg),
-            100.0
-        );
+        assert_eq!(sentence_chrf("The cat sat.", &["The cat sat."], &cfg), 100.0);
         assert_eq!(sentence_chrf("", &["The cat"], &cfg), 0.0);
         assert_eq!(sentence_chrf(" \t\u{3000}", &["The cat"], &cfg), 0.0);
         assert_eq!(sentence_chrf("", &[""], &cfg), 0.0);

@@ -174,18 +174,13 @@ where
 /// not of the metric, and `evaluator::score` appends `|nrefs:N` (or `|nrefs:var`) itself. Use
 /// [`signature_with_nrefs`] for a self-contained string.
 pub fn signature(norm: EmNormalization) -> String {
-    format!(
-        "em|norm:{}|impl:prompt2model-rs-{}",
-        norm.as_str(),
-        env!("CARGO_PKG_VERSION")
-    )
+    format!("em|norm:{}|impl:prompt2model-rs-{}", norm.as_str(), env!("CARGO_PKG_VERSION"))
 }
 
 /// [`signature`] followed by `|nrefs:{nrefs}` (pass a count or `"var"`).
 pub fn signature_with_nrefs(norm: EmNormalization, nrefs: impl std::fmt::Display) -> String {
     format!("{}|nrefs:{nrefs}", signature(norm))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -236,17 +231,9 @@ mod tests {
 
     #[test]
     fn exact_match_raw_and_squad() {
-        assert!(exact_match(
-            "Paris",
-            &["London", "Paris"],
-            EmNormalization::Raw
-        ));
+        assert!(exact_match("Paris", &["London", "Paris"], EmNormalization::Raw));
         assert!(!exact_match("paris", &["Paris"], EmNormalization::Raw));
-        assert!(exact_match(
-            "paris.",
-            &["The Paris"],
-            EmNormalization::Squad
-        ));
+        assert!(exact_match("paris.", &["The Paris"], EmNormalization::Squad));
         assert!(!exact_match("x", &[] as &[&str], EmNormalization::Squad));
         // "" vs "the": both normalise to ""
         assert!(exact_match("", &["the"], EmNormalization::Squad));
@@ -256,14 +243,8 @@ mod tests {
     fn corpus_exact_match_fraction_and_errors() {
         let preds = ["Paris", "the cat", "x"];
         let refs = vec![vec!["paris"], vec!["Cat", "dog"], vec!["y"]];
-        assert_eq!(
-            corpus_exact_match(&preds, &refs, EmNormalization::Squad).unwrap(),
-            2.0 / 3.0
-        );
-        assert_eq!(
-            corpus_exact_match(&preds, &refs, EmNormalization::Raw).unwrap(),
-            0.0
-        );
+        assert_eq!(corpus_exact_match(&preds, &refs, EmNormalization::Squad).unwrap(), 2.0 / 3.0);
+        assert_eq!(corpus_exact_match(&preds, &refs, EmNormalization::Raw).unwrap(), 0.0);
         assert!(matches!(
             corpus_exact_match(&preds[..2], &refs, EmNormalization::Raw),
             Err(MetricError::LengthMismatch { .. })
@@ -289,10 +270,7 @@ mod tests {
         for c in ['\u{200b}', '\u{feff}', 'a', '\u{180e}'] {
             assert!(!is_space(c), "{c:?}");
         }
-        assert_eq!(
-            split(" a\u{1c}b\u{3000}\u{3000}c ").collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        assert_eq!(split(" a\u{1c}b\u{3000}\u{3000}c ").collect::<Vec<_>>(), ["a", "b", "c"]);
         assert!(is_word('_') && is_word('²') && is_word('東') && is_word('٣'));
         assert!(!is_word('\u{301}') && !is_word('Ⓐ') && !is_word('-'));
         assert_eq!(lower("ΣΑΣ ΣΑΣ. Σ"), "σας σας. σ");

@@ -87,12 +87,8 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Result<KendallTau, MetricError> {
         }
     }
     let n = x.len();
-    let undefined = KendallTau {
-        tau: f64::NAN,
-        p_value: f64::NAN,
-        method: KendallMethod::Undefined,
-        n,
-    };
+    let undefined =
+        KendallTau { tau: f64::NAN, p_value: f64::NAN, method: KendallMethod::Undefined, n };
     if n < 2 {
         // scipy: empty input → NaN; one observation is "too small" → NaN (with a warning).
         return Ok(undefined);
@@ -146,12 +142,7 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> Result<KendallTau, MetricError> {
         // _get_pvalue(z, _SimpleNormal(), 'two-sided') = 2 * ndtr(-|z|)
         (2.0 * ndtr(-z.abs()), KendallMethod::Asymptotic)
     };
-    Ok(KendallTau {
-        tau,
-        p_value,
-        method,
-        n,
-    })
+    Ok(KendallTau { tau, p_value, method, n })
 }
 
 /// Dense ranks 1..=k of `v` (equal values, including `-0.0` and `0.0`, share a rank).
@@ -431,11 +422,7 @@ mod tests {
     fn matches_scipy_values() {
         fn check(x: &[f64], y: &[f64], tau: f64, p: f64, method: KendallMethod) {
             let r = kendall_tau_b(x, y).unwrap();
-            assert_eq!(
-                (r.tau, r.method, r.n),
-                (tau, method, x.len()),
-                "x={x:?} y={y:?}"
-            );
+            assert_eq!((r.tau, r.method, r.n), (tau, method, x.len()), "x={x:?} y={y:?}");
             // exact p-values are bit-identical; asymptotic ones may differ in the last bits (erfc)
             assert!(
                 (r.p_value - p).abs() <= 1e-15 * p.max(1e-300).max(1.0),
@@ -463,13 +450,7 @@ mod tests {
             KendallMethod::Exact,
         );
         // 4c == n(n-1): p = 1
-        check(
-            &[1.0, 2.0, 3.0, 4.0],
-            &[2.0, 4.0, 1.0, 3.0],
-            0.0,
-            1.0,
-            KendallMethod::Exact,
-        );
+        check(&[1.0, 2.0, 3.0, 4.0], &[2.0, 4.0, 1.0, 3.0], 0.0, 1.0, KendallMethod::Exact);
         // ties (asymptotic)
         check(
             &[1.0, 1.0, 2.0, 3.0, 4.0, 4.0],
@@ -480,49 +461,22 @@ mod tests {
         );
         // n=40 reversed with one swap (exact, c=1 closed form)
         let x: Vec<f64> = (0..40).map(f64::from).collect();
-        let y: Vec<f64> = [38.0, 39.0]
-            .into_iter()
-            .chain((0..38).rev().map(f64::from))
-            .collect();
-        check(
-            &x,
-            &y,
-            -0.9974358974358974,
-            9.804939513027087e-47,
-            KendallMethod::Exact,
-        );
+        let y: Vec<f64> = [38.0, 39.0].into_iter().chain((0..38).rev().map(f64::from)).collect();
+        check(&x, &y, -0.9974358974358974, 9.804939513027087e-47, KendallMethod::Exact);
         // n=200 sorted (exact, 2/n! underflows to the 0.0 branch)
         let x: Vec<f64> = (0..200).map(f64::from).collect();
         check(&x, &x, 1.0, 0.0, KendallMethod::Exact);
         // n=35 with ties (7i mod 35 repeats every 5): asymptotic
         let x: Vec<f64> = (0..35).map(f64::from).collect();
         let y: Vec<f64> = (0..35).map(|i| ((7 * i) % 35) as f64).collect();
-        check(
-            &x,
-            &y,
-            0.12964074471043288,
-            0.3091081171471306,
-            KendallMethod::Asymptotic,
-        );
+        check(&x, &y, 0.12964074471043288, 0.3091081171471306, KendallMethod::Asymptotic);
         // n=35 without ties: asymptotic (n > 33)
         let y: Vec<f64> = (0..35).map(|i| ((8 * i) % 35) as f64).collect();
-        check(
-            &x,
-            &y,
-            0.08235294117647059,
-            0.48651013968926915,
-            KendallMethod::Asymptotic,
-        );
+        check(&x, &y, 0.08235294117647059, 0.48651013968926915, KendallMethod::Asymptotic);
         // n=20 without ties: exact Mahonian recursion
         let x: Vec<f64> = (0..20).map(f64::from).collect();
         let y: Vec<f64> = (0..20).map(|i| ((3 * i) % 20) as f64).collect();
-        check(
-            &x,
-            &y,
-            0.3368421052631579,
-            0.039762136700688226,
-            KendallMethod::Exact,
-        );
+        check(&x, &y, 0.3368421052631579, 0.039762136700688226, KendallMethod::Exact);
         // -0.0 and 0.0 tie
         check(
             &[-0.0, 0.0, 1.0, 2.0],
@@ -560,17 +514,11 @@ mod tests {
         ));
         assert_eq!(
             kendall_tau_b(&[1.0, f64::NAN], &[1.0, 2.0]),
-            Err(MetricError::NanInput {
-                which: "x",
-                index: 1
-            })
+            Err(MetricError::NanInput { which: "x", index: 1 })
         );
         assert_eq!(
             kendall_tau_b(&[1.0, 2.0], &[1.0, f64::NAN]),
-            Err(MetricError::NanInput {
-                which: "y",
-                index: 1
-            })
+            Err(MetricError::NanInput { which: "y", index: 1 })
         );
     }
 

@@ -25,12 +25,7 @@ use serde::Serialize;
 pub enum MetricError {
     /// Two inputs that must be parallel have different lengths.
     #[error("length mismatch: {left_name} has {left} items but {right_name} has {right}")]
-    LengthMismatch {
-        left_name: &'static str,
-        left: usize,
-        right_name: &'static str,
-        right: usize,
-    },
+    LengthMismatch { left_name: &'static str, left: usize, right_name: &'static str, right: usize },
     /// A corpus metric was asked to score zero segments.
     #[error("empty corpus: nothing to score")]
     EmptyCorpus,
@@ -61,7 +56,8 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in the order the command line lists them.
-    pub const ALL: [Metric; 3] = [Metric::ExactMatch, Metric::ExactMatchSquad, Metric::ChrfPlusPlus];
+    pub const ALL: [Metric; 3] =
+        [Metric::ExactMatch, Metric::ExactMatchSquad, Metric::ChrfPlusPlus];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -98,12 +94,23 @@ pub struct Score {
 
 impl fmt::Display for Score {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {:.2}  (n={}; {})", self.metric.display_name(), self.value, self.n, self.signature)
+        write!(
+            f,
+            "{} = {:.2}  (n={}; {})",
+            self.metric.display_name(),
+            self.value,
+            self.n,
+            self.signature
+        )
     }
 }
 
 /// Score predictions against per-row reference lists.
-pub fn score<P: AsRef<str>, R: AsRef<str>>(metric: Metric, predictions: &[P], references: &[Vec<R>]) -> Result<Score, MetricError> {
+pub fn score<P: AsRef<str>, R: AsRef<str>>(
+    metric: Metric,
+    predictions: &[P],
+    references: &[Vec<R>],
+) -> Result<Score, MetricError> {
     let (value, signature) = match metric {
         Metric::ExactMatch | Metric::ExactMatchSquad => {
             let norm = if metric == Metric::ExactMatch {
@@ -112,7 +119,10 @@ pub fn score<P: AsRef<str>, R: AsRef<str>>(metric: Metric, predictions: &[P], re
                 exact_match::EmNormalization::Squad
             };
             let v = exact_match::corpus_exact_match(predictions, references, norm)?;
-            (100.0 * v, format!("{}|nrefs:{}", exact_match::signature(norm), chrf::nrefs_label(references)))
+            (
+                100.0 * v,
+                format!("{}|nrefs:{}", exact_match::signature(norm), chrf::nrefs_label(references)),
+            )
         }
         Metric::ChrfPlusPlus => {
             let cfg = chrf::ChrfConfig::chrf_plus_plus();

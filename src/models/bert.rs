@@ -91,18 +91,27 @@ fn default_pos_type() -> String {
 
 impl BertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: BertConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: BertConfig =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         config.validate().with_context(|| format!("{}", path.display()))?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<()> {
         if self.hidden_size % self.num_attention_heads != 0 {
-            bail!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
         }
         if self.position_embedding_type != "absolute" {
-            bail!("position_embedding_type `{}` is not supported (only `absolute`)", self.position_embedding_type);
+            bail!(
+                "position_embedding_type `{}` is not supported (only `absolute`)",
+                self.position_embedding_type
+            );
         }
         Ok(())
     }
@@ -110,7 +119,9 @@ impl BertConfig {
     /// RoBERTa-style models number positions after the padding index.
     pub fn position_ids(&self) -> PositionIds {
         match self.model_type.as_str() {
-            "roberta" | "xlm-roberta" | "camembert" => PositionIds::PaddingOffset { padding_idx: self.pad_token_id.unwrap_or(1) },
+            "roberta" | "xlm-roberta" | "camembert" => {
+                PositionIds::PaddingOffset { padding_idx: self.pad_token_id.unwrap_or(1) }
+            }
             _ => PositionIds::Absolute,
         }
     }
@@ -119,7 +130,9 @@ impl BertConfig {
     pub fn max_input_length(&self) -> i64 {
         match self.position_ids() {
             PositionIds::Absolute => self.max_position_embeddings,
-            PositionIds::PaddingOffset { padding_idx } => self.max_position_embeddings - padding_idx - 1,
+            PositionIds::PaddingOffset { padding_idx } => {
+                self.max_position_embeddings - padding_idx - 1
+            }
         }
     }
 }
@@ -137,14 +150,20 @@ struct WeightMap {
 
 impl WeightMap {
     fn read_safetensors(path: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let named = Tensor::read_safetensors(path).with_context(|| format!("reading weights {}", path.display()))?;
+        let named = Tensor::read_safetensors(path)
+            .with_context(|| format!("reading weights {}", path.display()))?;
         // Task checkpoints (BertForMaskedLM, XLMRobertaForMaskedLM, ...) nest the encoder under a
         // prefix; find it from the word embeddings and keep only the encoder's tensors.
         let anchor = "embeddings.word_embeddings.weight";
         let prefix = named
             .iter()
             .find_map(|(name, _)| name.strip_suffix(anchor).map(str::to_string))
-            .ok_or_else(|| anyhow!("{}: no `{anchor}` tensor; is this a BERT-family checkpoint?", path.display()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no `{anchor}` tensor; is this a BERT-family checkpoint?",
+                    path.display()
+                )
+            })?;
         let mut tensors = HashMap::new();
         for (name, t) in named {
             if let Some(rest) = name.strip_prefix(prefix.as_str()) {
@@ -163,13 +182,20 @@ impl WeightMap {
 
     /// LayerNorm weights under either naming (`weight`/`bias`, or TF-era `gamma`/`beta`).
     fn take_layer_norm(&mut self, prefix: &str, eps: f64) -> Result<LayerNorm> {
-        let weight = self.take(&format!("{prefix}.weight")).or_else(|_| self.take(&format!("{prefix}.gamma")))?;
-        let bias = self.take(&format!("{prefix}.bias")).or_else(|_| self.take(&format!("{prefix}.beta")))?;
+        let weight = self
+            .take(&format!("{prefix}.weight"))
+            .or_else(|_| self.take(&format!("{prefix}.gamma")))?;
+        let bias = self
+            .take(&format!("{prefix}.bias"))
+            .or_else(|_| self.take(&format!("{prefix}.beta")))?;
         Ok(LayerNorm { weight, bias, eps })
     }
 
     fn take_linear(&mut self, prefix: &str) -> Result<Linear> {
-        Ok(Linear { weight: self.take(&format!("{prefix}.weight"))?, bias: self.take(&format!("{prefix}.bias"))? })
+        Ok(Linear {
+            weight: self.take(&format!("{prefix}.weight"))?,
+            bias: self.take(&format!("{prefix}.bias"))?,
+        })
     }
 }
 
@@ -214,7 +240,9 @@ impl Embeddings {
     fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Tensor {
         let (batch, seq) = input_ids.size2().expect("input_ids is [batch, seq]");
         let positions = match self.position_ids {
-            PositionIds::Absolute => Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([batch, seq], false),
+            PositionIds::Absolute => Tensor::arange(seq, (Kind::Int64, input_ids.device()))
+                .unsqueeze(0)
+                .expand([batch, seq], false),
             PositionIds::PaddingOffset { padding_idx } => {
                 // As transformers' create_position_ids_from_input_ids: depends on the pad id in
                 // the input, not on the attention mask.
@@ -256,7 +284,8 @@ impl Layer {
         let v = split(self.value.forward(x));
         // `keep` is [batch, 1, 1, seq], true on real tokens: padding keys get no weight. Every
         // row has at least one real token ([CLS]), so no softmax row is empty.
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(keep), 0.0, false, None, false);
+        let ctx =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(keep), 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([batch, seq, hidden]);
         let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         let h = self.intermediate.forward(&a);
@@ -284,7 +313,12 @@ impl BertModel {
     }
 
     /// Load, casting floating weights to `kind` (e.g. `Kind::Half` on a GPU).
-    pub fn load_with_kind(config: BertConfig, weights: &Path, device: Device, kind: Kind) -> Result<Self> {
+    pub fn load_with_kind(
+        config: BertConfig,
+        weights: &Path,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         let _guard = tch::no_grad_guard();
         let mut w = WeightMap::read_safetensors(weights, device, kind)?;
         let eps = config.layer_norm_eps;
@@ -297,7 +331,11 @@ impl BertModel {
         };
         let word_rows = embeddings.word.size()[0];
         if word_rows != config.vocab_size {
-            bail!("{}: word embeddings have {word_rows} rows but config.vocab_size is {}", weights.display(), config.vocab_size);
+            bail!(
+                "{}: word embeddings have {word_rows} rows but config.vocab_size is {}",
+                weights.display(),
+                config.vocab_size
+            );
         }
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -323,7 +361,12 @@ impl BertModel {
 
     /// All hidden states of a padded batch: `[embeddings, layer 1, ..., layer n]`, each
     /// `[batch, seq, hidden]`. `attention_mask` is 1 on real tokens, 0 on padding.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, token_type_ids: Option<&Tensor>) -> Vec<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+    ) -> Vec<Tensor> {
         self.forward_layers(input_ids, attention_mask, token_type_ids, self.layers.len())
     }
 
@@ -336,7 +379,11 @@ impl BertModel {
         token_type_ids: Option<&Tensor>,
         n_layers: usize,
     ) -> Vec<Tensor> {
-        assert!(n_layers <= self.layers.len(), "asked for {n_layers} layers of a {}-layer model", self.layers.len());
+        assert!(
+            n_layers <= self.layers.len(),
+            "asked for {n_layers} layers of a {}-layer model",
+            self.layers.len()
+        );
         let _guard = tch::no_grad_guard();
         let input_ids = input_ids.to_device(self.device);
         let keep = attention_mask.to_device(self.device).ne(0).unsqueeze(1).unsqueeze(1);
@@ -344,7 +391,8 @@ impl BertModel {
         let mut states = Vec::with_capacity(n_layers + 1);
         let mut h = self.embeddings.forward(&input_ids, token_type_ids.as_ref());
         for layer in &self.layers[..n_layers] {
-            let next = layer.forward(&h, &keep, self.config.num_attention_heads, self.config.hidden_act);
+            let next =
+                layer.forward(&h, &keep, self.config.num_attention_heads, self.config.hidden_act);
             states.push(h);
             h = next;
         }
@@ -402,10 +450,15 @@ impl BertEncoder {
         let tok_config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = if tok_path.is_file() || !dir.join("vocab.txt").is_file() {
-            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?
+            tokenizers::Tokenizer::from_file(&tok_path)
+                .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?
         } else {
             // Older hub repos ship only the slow tokenizer's files.
-            let lower = tok_config.as_ref().and_then(|c| c.get("do_lower_case")).and_then(|v| v.as_bool()).unwrap_or(true);
+            let lower = tok_config
+                .as_ref()
+                .and_then(|c| c.get("do_lower_case"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
             wordpiece_from_vocab(&dir.join("vocab.txt"), lower)?
         };
 
@@ -432,9 +485,16 @@ impl BertEncoder {
             .map(|v| v as usize)
             .unwrap_or(tokenizer_max_length)
             .min(position_limit);
-        let lowercase = st_config.as_ref().and_then(|c| c.get("do_lower_case")).and_then(|v| v.as_bool()).unwrap_or(false);
+        let lowercase = st_config
+            .as_ref()
+            .and_then(|c| c.get("do_lower_case"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let normalize = modules.as_ref().and_then(|m| m.as_array()).is_some_and(|mods| {
-            mods.iter().any(|m| m.get("type").and_then(|t| t.as_str()) == Some("sentence_transformers.models.Normalize"))
+            mods.iter().any(|m| {
+                m.get("type").and_then(|t| t.as_str())
+                    == Some("sentence_transformers.models.Normalize")
+            })
         });
         let pooling = match &pooling_config {
             None => Pooling::Mean,
@@ -447,7 +507,10 @@ impl BertEncoder {
                 } else if on("pooling_mode_max_tokens") {
                     Pooling::Max
                 } else {
-                    bail!("{}: unsupported pooling mode (mean, cls and max are)", dir.join("1_Pooling/config.json").display())
+                    bail!(
+                        "{}: unsupported pooling mode (mean, cls and max are)",
+                        dir.join("1_Pooling/config.json").display()
+                    )
                 }
             }
         };
@@ -455,13 +518,21 @@ impl BertEncoder {
         let special = |name: &str| -> Option<String> {
             [&tok_config, &special_map].into_iter().flatten().find_map(|c| match c.get(name)? {
                 serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content").and_then(|v| v.as_str()).map(str::to_string),
+                serde_json::Value::Object(o) => {
+                    o.get("content").and_then(|v| v.as_str()).map(str::to_string)
+                }
                 _ => None,
             })
         };
         let id_of = |token: &str| tokenizer.token_to_id(token).map(i64::from);
-        let cls_id = special("cls_token").and_then(|t| id_of(&t)).or_else(|| id_of("[CLS]")).or_else(|| id_of("<s>"));
-        let sep_id = special("sep_token").and_then(|t| id_of(&t)).or_else(|| id_of("[SEP]")).or_else(|| id_of("</s>"));
+        let cls_id = special("cls_token")
+            .and_then(|t| id_of(&t))
+            .or_else(|| id_of("[CLS]"))
+            .or_else(|| id_of("<s>"));
+        let sep_id = special("sep_token")
+            .and_then(|t| id_of(&t))
+            .or_else(|| id_of("[SEP]"))
+            .or_else(|| id_of("</s>"));
         let pad_id = special("pad_token")
             .and_then(|t| id_of(&t))
             .or(model.config.pad_token_id)
@@ -486,13 +557,22 @@ impl BertEncoder {
     }
 
     /// Resolve a registered model (verified files in the cache) and load it.
-    pub fn from_registry(registry: &crate::models::registry::ModelRegistry, id: &str, device: Device) -> Result<Self> {
+    pub fn from_registry(
+        registry: &crate::models::registry::ModelRegistry,
+        id: &str,
+        device: Device,
+    ) -> Result<Self> {
         let entry = registry.model(id)?;
         if entry.family != crate::models::registry::Family::Bert {
-            bail!("model `{}` is of family {:?}, not a BERT-family encoder", entry.id, entry.family);
+            bail!(
+                "model `{}` is of family {:?}, not a BERT-family encoder",
+                entry.id,
+                entry.family
+            );
         }
         let resolved = registry.resolve(id)?;
-        let mut encoder = Self::from_dir(&resolved.dir, device).with_context(|| format!("loading model `{}`", entry.id))?;
+        let mut encoder = Self::from_dir(&resolved.dir, device)
+            .with_context(|| format!("loading model `{}`", entry.id))?;
         encoder.apply_entry(entry)?;
         Ok(encoder)
     }
@@ -509,7 +589,10 @@ impl BertEncoder {
                 "mean" => Pooling::Mean,
                 "cls" => Pooling::Cls,
                 "max" => Pooling::Max,
-                other => bail!("data/models.toml: model `{}`: pooling `{other}` is not mean, cls or max", entry.id),
+                other => bail!(
+                    "data/models.toml: model `{}`: pooling `{other}` is not mean, cls or max",
+                    entry.id
+                ),
             };
         }
         if let Some(n) = entry.normalize {
@@ -549,7 +632,10 @@ impl BertEncoder {
 
     /// Token ids with special tokens, truncated to [`Self::max_length`]. Texts are used as given.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<i64>>> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect())
     }
 
@@ -574,7 +660,11 @@ impl BertEncoder {
 
     /// Hidden states `0..=n_layers` (all layers when `None`) of already tokenized rows, padded
     /// together as one batch; token types are all 0, as transformers defaults them.
-    pub fn hidden_states_of_ids(&self, ids: &[Vec<i64>], n_layers: Option<usize>) -> (Vec<Tensor>, Batch) {
+    pub fn hidden_states_of_ids(
+        &self,
+        ids: &[Vec<i64>],
+        n_layers: Option<usize>,
+    ) -> (Vec<Tensor>, Batch) {
         let batch = self.pad(ids);
         let n = n_layers.unwrap_or(self.model.num_layers());
         let states = self.model.forward_layers(&batch.input_ids, &batch.attention_mask, None, n);
@@ -593,8 +683,10 @@ impl BertEncoder {
     /// then L2-normalised when [`Self::normalize`] is set.
     pub fn embed_sentences(&self, texts: &[&str]) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        let prepared: Vec<String> =
-            texts.iter().map(|t| if self.lowercase { t.trim().to_lowercase() } else { t.trim().to_string() }).collect();
+        let prepared: Vec<String> = texts
+            .iter()
+            .map(|t| if self.lowercase { t.trim().to_lowercase() } else { t.trim().to_string() })
+            .collect();
         let refs: Vec<&str> = prepared.iter().map(String::as_str).collect();
         let ids = self.tokenize(&refs)?;
         // Length bucketing: longest first, so each batch pads little.
@@ -607,7 +699,10 @@ impl BertEncoder {
             let last = states.last().expect("at least the embeddings output").to_kind(Kind::Float);
             let mask = batch.attention_mask.to_kind(Kind::Float).unsqueeze(-1);
             let vectors = match self.pooling {
-                Pooling::Mean => (&last * &mask).sum_dim_intlist(1, false, Kind::Float) / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9),
+                Pooling::Mean => {
+                    (&last * &mask).sum_dim_intlist(1, false, Kind::Float)
+                        / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9)
+                }
                 Pooling::Cls => last.select(1, 0),
                 // Padding set to a large negative value so it never wins, as sentence-transformers.
                 Pooling::Max => last.masked_fill(&mask.eq(0.0), -1e9).amax(1, false),
@@ -617,9 +712,15 @@ impl BertEncoder {
             }
         }
         if pooled.is_empty() {
-            return Ok(Tensor::zeros([0, self.model.config.hidden_size], (Kind::Float, self.model.device)));
+            return Ok(Tensor::zeros(
+                [0, self.model.config.hidden_size],
+                (Kind::Float, self.model.device),
+            ));
         }
-        let stacked = Tensor::stack(&pooled.into_iter().map(|t| t.expect("every row pooled")).collect::<Vec<_>>(), 0);
+        let stacked = Tensor::stack(
+            &pooled.into_iter().map(|t| t.expect("every row pooled")).collect::<Vec<_>>(),
+            0,
+        );
         Ok(if self.normalize { l2_normalize(&stacked) } else { stacked })
     }
 }
@@ -636,7 +737,8 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
 /// `[CLS] … [SEP]` around each text, the vocabulary's bracketed specials kept whole.
 pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<tokenizers::Tokenizer> {
     use tokenizers::models::wordpiece::WordPiece;
-    let text = std::fs::read_to_string(vocab).with_context(|| format!("reading {}", vocab.display()))?;
+    let text =
+        std::fs::read_to_string(vocab).with_context(|| format!("reading {}", vocab.display()))?;
     let tokens: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
     let id = |t: &str| tokens.iter().position(|x| *x == t).map(|i| i as u32);
     let (Some(cls), Some(sep)) = (id("[CLS]"), id("[SEP]")) else {
@@ -645,7 +747,8 @@ pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<tokenizers:
     if id("[UNK]").is_none() {
         bail!("{}: no [UNK] token; is this a BERT WordPiece vocabulary?", vocab.display());
     }
-    let path = vocab.to_str().with_context(|| format!("{}: the path is not UTF-8", vocab.display()))?;
+    let path =
+        vocab.to_str().with_context(|| format!("{}: the path is not UTF-8", vocab.display()))?;
     let model = WordPiece::from_file(path)
         .unk_token("[UNK]".into())
         .continuing_subword_prefix("##".into())
@@ -653,19 +756,29 @@ pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<tokenizers:
         .build()
         .map_err(|e| anyhow!("{}: {e}", vocab.display()))?;
     let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_normalizer(Some(tokenizers::normalizers::bert::BertNormalizer::new(true, true, None, lowercase)));
+    tok.with_normalizer(Some(tokenizers::normalizers::bert::BertNormalizer::new(
+        true, true, None, lowercase,
+    )));
     tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
-    tok.with_post_processor(Some(tokenizers::processors::bert::BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    tok.with_post_processor(Some(tokenizers::processors::bert::BertProcessing::new(
+        ("[SEP]".into(), sep),
+        ("[CLS]".into(), cls),
+    )));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    let specials: Vec<tokenizers::AddedToken> =
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().filter(|t| id(t).is_some()).map(|t| tokenizers::AddedToken::from(t.to_string(), true)).collect();
+    let specials: Vec<tokenizers::AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .filter(|t| id(t).is_some())
+        .map(|t| tokenizers::AddedToken::from(t.to_string(), true))
+        .collect();
     tok.add_special_tokens(&specials);
     Ok(tok)
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)),
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

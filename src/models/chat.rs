@@ -31,7 +31,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -79,12 +80,20 @@ fn pre_tokenizer_for(pre: &str, flavor: TokenizerFlavor) -> Result<serde_json::V
         // StarCoder-family vocabularies (SmolLM, SmolLM2 among them): every digit is its own
         // pre-token (`Digits(individual_digits=True)`), then GPT-2's split. This is the
         // `tokenizer.json` of HuggingFaceTB/SmolLM2-*; llama.cpp's regex is `\p{N}` then GPT-2's.
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" if flavor == TokenizerFlavor::TransformersGguf => byte_level(true),
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => json!({
-            "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
-        }),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "smaug-bpe" | "dbrx" => split(LLAMA3),
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r"
+            if flavor == TokenizerFlavor::TransformersGguf =>
+        {
+            byte_level(true)
+        }
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "command-r" => {
+            json!({
+                "type": "Sequence",
+                "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)],
+            })
+        }
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "smaug-bpe" | "dbrx" => {
+            split(LLAMA3)
+        }
         "qwen2" | "deepseek-r1-qwen" | "megrez" => split(QWEN2),
         other => bail!("tokenizer.ggml.pre `{other}` is not supported by this tokenizer builder"),
     })
@@ -118,12 +127,22 @@ impl GgufTokenizer {
     /// ByteLevel decoding; BOS / EOS added by a post-processor only when the file asks for it.
     pub fn tokenizer_json(g: &GgufFile, flavor: TokenizerFlavor) -> Result<serde_json::Value> {
         let model = g.get_str("tokenizer.ggml.model")?;
-        ensure!(model == "gpt2", "{}: tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)", g.path().display());
+        ensure!(
+            model == "gpt2",
+            "{}: tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)",
+            g.path().display()
+        );
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
         let merges = g.get_str_array("tokenizer.ggml.merges")?;
         let types = g.get_i64_array_opt("tokenizer.ggml.token_type")?;
         if let Some(t) = &types {
-            ensure!(t.len() == tokens.len(), "{}: {} token types for {} tokens", g.path().display(), t.len(), tokens.len());
+            ensure!(
+                t.len() == tokens.len(),
+                "{}: {} token types for {} tokens",
+                g.path().display(),
+                t.len(),
+                tokens.len()
+            );
         }
         let pre = g.get_str_opt("tokenizer.ggml.pre")?.unwrap_or("default");
         let table = bytes_to_unicode();
@@ -140,11 +159,19 @@ impl GgufTokenizer {
         for (i, t) in tokens.iter().enumerate() {
             // A duplicated spelling keeps its first id, as a Python dict comprehension keeps the last;
             // both are unreachable for well-formed files, so refuse them instead of choosing.
-            ensure!(vocab.insert(spell(t), json!(i)).is_none(), "{}: token {t:?} appears twice in the vocabulary", g.path().display());
+            ensure!(
+                vocab.insert(spell(t), json!(i)).is_none(),
+                "{}: token {t:?} appears twice in the vocabulary",
+                g.path().display()
+            );
         }
         let merges: Vec<serde_json::Value> = merges
             .iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| anyhow!("merge {m:?} is not `left right`")))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| json!([a, b]))
+                    .ok_or_else(|| anyhow!("merge {m:?} is not `left right`"))
+            })
             .collect::<Result<_>>()?;
 
         let mut added = Vec::new();
@@ -166,8 +193,12 @@ impl GgufTokenizer {
             let mut single = vec![];
             let mut special = serde_json::Map::new();
             let mut piece = |key: &str, single: &mut Vec<serde_json::Value>| -> Result<()> {
-                let tid = id(key)?.ok_or_else(|| anyhow!("{key} is required when the file asks to add it"))?;
-                let tok = tokens.get(tid as usize).ok_or_else(|| anyhow!("{key} {tid} outside the vocabulary"))?.to_string();
+                let tid = id(key)?
+                    .ok_or_else(|| anyhow!("{key} is required when the file asks to add it"))?;
+                let tok = tokens
+                    .get(tid as usize)
+                    .ok_or_else(|| anyhow!("{key} {tid} outside the vocabulary"))?
+                    .to_string();
                 single.push(json!({"SpecialToken": {"id": tok, "type_id": 0}}));
                 special.insert(tok.clone(), json!({"id": tok, "ids": [tid], "tokens": [tok]}));
                 Ok(())
@@ -180,7 +211,13 @@ impl GgufTokenizer {
                 piece("tokenizer.ggml.eos_token_id", &mut single)?;
             }
             let mut pair = single.clone();
-            pair.extend(single.iter().map(|p| if p.get("Sequence").is_some() { json!({"Sequence": {"id": "B", "type_id": 1}}) } else { p.clone() }));
+            pair.extend(single.iter().map(|p| {
+                if p.get("Sequence").is_some() {
+                    json!({"Sequence": {"id": "B", "type_id": 1}})
+                } else {
+                    p.clone()
+                }
+            }));
             json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special})
         } else {
             serde_json::Value::Null
@@ -210,7 +247,8 @@ impl GgufTokenizer {
 
     pub fn from_gguf_flavor(g: &GgufFile, flavor: TokenizerFlavor) -> Result<Self> {
         let spec = Self::tokenizer_json(g, flavor)?;
-        let tokenizer = Tokenizer::from_bytes(serde_json::to_vec(&spec)?).map_err(|e| anyhow!("{}: building the tokenizer: {e}", g.path().display()))?;
+        let tokenizer = Tokenizer::from_bytes(serde_json::to_vec(&spec)?)
+            .map_err(|e| anyhow!("{}: building the tokenizer: {e}", g.path().display()))?;
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
         let name = |id: Option<i64>| id.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
         let bos = g.get_i64_opt("tokenizer.ggml.bos_token_id")?;
@@ -235,12 +273,19 @@ impl GgufTokenizer {
     /// Token ids of `text`; `add_special_tokens` adds BOS / EOS where the file asks for them (as
     /// `tokenizer(text)` does; `apply_chat_template` encodes without).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
-        let enc = self.tokenizer.encode(text, add_special_tokens).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
-        let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i)).collect::<Result<_, _>>().context("negative token id")?;
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&i| u32::try_from(i))
+            .collect::<Result<_, _>>()
+            .context("negative token id")?;
         self.tokenizer.decode(&ids, skip_special_tokens).map_err(|e| anyhow!("detokenizing: {e}"))
     }
 
@@ -280,7 +325,12 @@ impl ChatMessage {
 /// `tojson` filter does (jinja2's own `tojson`, and minijinja's, escape `<>&'` for HTML; chat
 /// templates must not). Separators are Python's defaults: `", "` and `": "` without indent, `","`
 /// and `": "` with one.
-fn py_json(v: &minijinja::Value, indent: Option<usize>, level: usize, out: &mut String) -> Result<(), minijinja::Error> {
+fn py_json(
+    v: &minijinja::Value,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> Result<(), minijinja::Error> {
     use minijinja::value::ValueKind;
     let nl = |out: &mut String, level: usize| {
         if let Some(n) = indent {
@@ -296,9 +346,18 @@ fn py_json(v: &minijinja::Value, indent: Option<usize>, level: usize, out: &mut 
             if let Some(i) = v.as_i64() {
                 out.push_str(&i.to_string());
             } else {
-                let f = f64::try_from(v.clone()).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+                let f = f64::try_from(v.clone()).map_err(|e| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("tojson: {e}"),
+                    )
+                })?;
                 // Python's float repr: shortest round-trip, always with a '.' or exponent.
-                let s = if f.is_finite() && f == f.trunc() && f.abs() < 1e16 { format!("{f:.1}") } else { format!("{f:?}") };
+                let s = if f.is_finite() && f == f.trunc() && f.abs() < 1e16 {
+                    format!("{f:.1}")
+                } else {
+                    format!("{f:?}")
+                };
                 out.push_str(match s.as_str() {
                     "NaN" => "NaN",
                     "inf" => "Infinity",
@@ -307,7 +366,9 @@ fn py_json(v: &minijinja::Value, indent: Option<usize>, level: usize, out: &mut 
                 });
             }
         }
-        ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).unwrap()),
+        ValueKind::String => {
+            out.push_str(&serde_json::to_string(v.as_str().unwrap_or_default()).unwrap())
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<minijinja::Value> = v.try_iter()?.collect();
             out.push('[');
@@ -359,24 +420,43 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<minijinja::Value, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("chat template raised: {msg}")))
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<minijinja::Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("chat template raised: {msg}"),
+                ))
+            },
+        );
+        env.add_function("strftime_now", |fmt: String| -> String {
+            chrono::Local::now().format(&fmt).to_string()
         });
-        env.add_function("strftime_now", |fmt: String| -> String { chrono::Local::now().format(&fmt).to_string() });
-        env.add_filter("tojson", |v: minijinja::Value, kwargs: minijinja::value::Kwargs| -> Result<String, minijinja::Error> {
-            let indent: Option<usize> = kwargs.get("indent")?;
-            kwargs.assert_all_used()?;
-            let mut s = String::new();
-            py_json(&v, indent, 0, &mut s)?;
-            Ok(s)
-        });
-        env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("compiling the chat template: {e:#}"))?;
+        env.add_filter(
+            "tojson",
+            |v: minijinja::Value,
+             kwargs: minijinja::value::Kwargs|
+             -> Result<String, minijinja::Error> {
+                let indent: Option<usize> = kwargs.get("indent")?;
+                kwargs.assert_all_used()?;
+                let mut s = String::new();
+                py_json(&v, indent, 0, &mut s)?;
+                Ok(s)
+            },
+        );
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| anyhow!("compiling the chat template: {e:#}"))?;
         Ok(ChatTemplate { env })
     }
 
     /// Render `messages`; `extra` holds the other variables transformers passes (`bos_token`,
     /// `eos_token`, ...).
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, extra: &serde_json::Map<String, serde_json::Value>) -> Result<String> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         // Built from minijinja values (not a serde_json map, which would sort keys) so that a
         // message renders its keys in declaration order, as a Python dict would.
         let extra = minijinja::Value::from_serialize(extra);
@@ -442,11 +522,18 @@ impl ChatModel {
     /// As [`load`](Self::load), choosing the tokenizer flavor.
     pub fn load_with_flavor(path: &Path, device: Device, flavor: TokenizerFlavor) -> Result<Self> {
         let g = GgufFile::open(path)?;
-        let model = Llama::from_gguf(&g, device).with_context(|| format!("loading the model from {}", path.display()))?;
+        let model = Llama::from_gguf(&g, device)
+            .with_context(|| format!("loading the model from {}", path.display()))?;
         let tokenizer = GgufTokenizer::from_gguf_flavor(&g, flavor)?;
-        let template = g.get_str_opt("tokenizer.chat_template")?.map(ChatTemplate::new).transpose()?;
+        let template =
+            g.get_str_opt("tokenizer.chat_template")?.map(ChatTemplate::new).transpose()?;
         let mut template_vars = serde_json::Map::new();
-        for (k, v) in [("bos_token", &tokenizer.bos_token), ("eos_token", &tokenizer.eos_token), ("pad_token", &tokenizer.pad_token), ("unk_token", &tokenizer.unk_token)] {
+        for (k, v) in [
+            ("bos_token", &tokenizer.bos_token),
+            ("eos_token", &tokenizer.eos_token),
+            ("pad_token", &tokenizer.pad_token),
+            ("unk_token", &tokenizer.unk_token),
+        ] {
             if let Some(v) = v {
                 template_vars.insert(k.into(), json!(v));
             }
@@ -458,7 +545,16 @@ impl ChatModel {
         eos_token_ids.dedup();
         // transformers pads with the pad token, or with EOS when there is none.
         let pad_token_id = tokenizer.pad_token_id.unwrap_or(eos_token_ids[0]);
-        Ok(ChatModel { model, tokenizer, template, template_vars, eos_token_ids, pad_token_id, max_batch: 32, quote_tokens: Default::default() })
+        Ok(ChatModel {
+            model,
+            tokenizer,
+            template,
+            template_vars,
+            eos_token_ids,
+            pad_token_id,
+            max_batch: 32,
+            quote_tokens: Default::default(),
+        })
     }
 
     pub fn model(&self) -> &Llama {
@@ -470,8 +566,15 @@ impl ChatModel {
     }
 
     /// The conversation as the prompt text (`apply_chat_template(..., tokenize=False)`).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let t = self.template.as_ref().ok_or_else(|| anyhow!("the GGUF file has no tokenizer.chat_template"))?;
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| anyhow!("the GGUF file has no tokenizer.chat_template"))?;
         t.render(messages, add_generation_prompt, &self.template_vars)
     }
 
@@ -483,7 +586,11 @@ impl ChatModel {
     }
 
     /// Generate from token-id prompts, in batches of `max_batch`.
-    pub fn generate_ids(&self, prompts: &[Vec<i64>], cfg: &SamplingConfig) -> Result<Vec<Generated>> {
+    pub fn generate_ids(
+        &self,
+        prompts: &[Vec<i64>],
+        cfg: &SamplingConfig,
+    ) -> Result<Vec<Generated>> {
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(self.max_batch.max(1)) {
             out.extend(self.model.generate(chunk, cfg, &self.eos_token_ids, self.pad_token_id)?);
@@ -508,20 +615,34 @@ impl ChatModel {
     }
 
     /// Reply to one conversation, with token counts.
-    pub fn chat_with_usage(&self, messages: &[ChatMessage], cfg: &SamplingConfig) -> Result<Completion> {
+    pub fn chat_with_usage(
+        &self,
+        messages: &[ChatMessage],
+        cfg: &SamplingConfig,
+    ) -> Result<Completion> {
         Ok(self.chat_batch_with_usage(&[messages.to_vec()], cfg)?.remove(0))
     }
 
     /// Reply to several conversations (batched, left-padded), with token counts.
-    pub fn chat_batch_with_usage(&self, conversations: &[Vec<ChatMessage>], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
-        let prompts = conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<Vec<_>>>()?;
+    pub fn chat_batch_with_usage(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        cfg: &SamplingConfig,
+    ) -> Result<Vec<Completion>> {
+        let prompts =
+            conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<Vec<_>>>()?;
         self.finish(&prompts, cfg)
     }
 
     /// Raw completion of text prompts (no chat template; BOS added only if the file asks), with
     /// token counts.
-    pub fn complete_with_usage(&self, prompts: &[String], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
-        let ids = prompts.iter().map(|p| self.tokenizer.encode(p, true)).collect::<Result<Vec<_>>>()?;
+    pub fn complete_with_usage(
+        &self,
+        prompts: &[String],
+        cfg: &SamplingConfig,
+    ) -> Result<Vec<Completion>> {
+        let ids =
+            prompts.iter().map(|p| self.tokenizer.encode(p, true)).collect::<Result<Vec<_>>>()?;
         ensure!(ids.iter().all(|p| !p.is_empty()), "an empty prompt has no token to continue from");
         self.finish(&ids, cfg)
     }
@@ -534,8 +655,14 @@ impl ChatModel {
     /// (one prefill per distinct prompt). The reply is the object serialised by serde (so always
     /// valid JSON); `completion_tokens` counts the sampled tokens. All rows draw from one
     /// generator seeded with `cfg.seed`.
-    pub fn chat_json_batch_with_usage(&self, conversations: &[Vec<ChatMessage>], fields: &[String], cfg: &SamplingConfig) -> Result<Vec<Completion>> {
-        let prompts: Vec<Vec<i64>> = conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<_>>()?;
+    pub fn chat_json_batch_with_usage(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        fields: &[String],
+        cfg: &SamplingConfig,
+    ) -> Result<Vec<Completion>> {
+        let prompts: Vec<Vec<i64>> =
+            conversations.iter().map(|m| self.chat_prompt_ids(m)).collect::<Result<_>>()?;
         let rows: Vec<(Vec<i64>, usize)> = prompts.into_iter().map(|p| (p, 0)).collect();
         self.json_rows(&rows, std::slice::from_ref(cfg), fields)
     }
@@ -544,7 +671,11 @@ impl ChatModel {
     /// chunks of whole requests of at most `max_batch` rows): request `i`'s `n` choices share one
     /// prefill and draw from a generator seeded with its own `sampling.seed`, so a request's
     /// replies do not depend on the sampling of the requests batched with it.
-    pub fn chat_json_requests(&self, requests: &[JsonRequest], fields: &[String]) -> Result<Vec<Vec<Completion>>> {
+    pub fn chat_json_requests(
+        &self,
+        requests: &[JsonRequest],
+        fields: &[String],
+    ) -> Result<Vec<Vec<Completion>>> {
         let mut out = Vec::with_capacity(requests.len());
         let mut start = 0;
         while start < requests.len() {
@@ -573,22 +704,39 @@ impl ChatModel {
 
     /// The structured decoder behind both entry points: `rows` are (chat prompt ids, index into
     /// `samplings`).
-    fn json_rows(&self, rows: &[(Vec<i64>, usize)], samplings: &[SamplingConfig], fields: &[String]) -> Result<Vec<Completion>> {
+    fn json_rows(
+        &self,
+        rows: &[(Vec<i64>, usize)],
+        samplings: &[SamplingConfig],
+        fields: &[String],
+    ) -> Result<Vec<Completion>> {
         ensure!(!fields.is_empty(), "structured generation needs at least one field");
         let quote_tokens = self.quote_token_ids()?;
         let opening = self.tokenizer.encode(&format!("{{\"{}\": \"", fields[0]), false)?;
         let steered: Vec<SteeredRow> = rows
             .iter()
-            .map(|(ids, g)| SteeredRow { prompt: ids.iter().chain(&opening).copied().collect(), generator: *g })
+            .map(|(ids, g)| SteeredRow {
+                prompt: ids.iter().chain(&opening).copied().collect(),
+                generator: *g,
+            })
             .collect();
         // A small model often never closes a value: a per-field cap keeps one runaway field from
         // spending the whole budget (a dataset example's field is a sentence or two).
-        let caps: Vec<usize> = samplings.iter().map(|s| s.max_new_tokens.clamp(1, MAX_JSON_FIELD_TOKENS)).collect();
+        let caps: Vec<usize> =
+            samplings.iter().map(|s| s.max_new_tokens.clamp(1, MAX_JSON_FIELD_TOKENS)).collect();
         // Room for every field's value and the forced keys between them.
-        let keys: Vec<Vec<i64>> = fields.iter().skip(1).map(|f| self.tokenizer.encode(&format!("\", \"{f}\": \""), false)).collect::<Result<_>>()?;
+        let keys: Vec<Vec<i64>> = fields
+            .iter()
+            .skip(1)
+            .map(|f| self.tokenizer.encode(&format!("\", \"{f}\": \""), false))
+            .collect::<Result<_>>()?;
         let longest_key = keys.iter().map(Vec::len).max().unwrap_or(0);
         let budget = |cap: usize| fields.len() * (cap + longest_key + 8);
-        let generators: Vec<SamplingConfig> = samplings.iter().zip(&caps).map(|(s, &cap)| SamplingConfig { max_new_tokens: budget(cap), ..s.clone() }).collect();
+        let generators: Vec<SamplingConfig> = samplings
+            .iter()
+            .zip(&caps)
+            .map(|(s, &cap)| SamplingConfig { max_new_tokens: budget(cap), ..s.clone() })
+            .collect();
 
         struct RowState {
             field: usize,
@@ -597,8 +745,19 @@ impl ChatModel {
             sampled: usize,
             all_closed: bool,
         }
-        let mut state: Vec<RowState> = rows.iter().map(|_| RowState { field: 0, current: vec![], values: vec![], sampled: 0, all_closed: true }).collect();
-        let clean = |text: &str| text.split('"').next().unwrap_or("").trim_end_matches('\\').trim().to_string();
+        let mut state: Vec<RowState> = rows
+            .iter()
+            .map(|_| RowState {
+                field: 0,
+                current: vec![],
+                values: vec![],
+                sampled: 0,
+                all_closed: true,
+            })
+            .collect();
+        let clean = |text: &str| {
+            text.split('"').next().unwrap_or("").trim_end_matches('\\').trim().to_string()
+        };
         let mut error: Option<anyhow::Error> = None;
         let mut steer = |r: usize, token: i64| -> Steer {
             let st = &mut state[r];
@@ -614,8 +773,14 @@ impl ChatModel {
             if !eos {
                 st.current.push(token);
             }
-            let (value, tail) = match (self.tokenizer.decode(&st.current, true), self.tokenizer.decode(&[token], true)) {
-                (Ok(v), Ok(t)) => (clean(&v), if eos { String::new() } else { t.split('"').next().unwrap_or("").to_string() }),
+            let (value, tail) = match (
+                self.tokenizer.decode(&st.current, true),
+                self.tokenizer.decode(&[token], true),
+            ) {
+                (Ok(v), Ok(t)) => (
+                    clean(&v),
+                    if eos { String::new() } else { t.split('"').next().unwrap_or("").to_string() },
+                ),
                 (Err(e), _) | (_, Err(e)) => {
                     error.get_or_insert(e);
                     return Steer::Stop;
@@ -651,8 +816,17 @@ impl ChatModel {
                     st.all_closed = false;
                 }
                 st.values.resize(fields.len(), String::new());
-                let object: serde_json::Map<String, serde_json::Value> = fields.iter().cloned().zip(st.values.into_iter().map(serde_json::Value::String)).collect();
-                Ok(Completion { text: serde_json::to_string(&object)?, prompt_tokens: prompt.len(), completion_tokens: st.sampled, stopped_on_eos: st.all_closed })
+                let object: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .cloned()
+                    .zip(st.values.into_iter().map(serde_json::Value::String))
+                    .collect();
+                Ok(Completion {
+                    text: serde_json::to_string(&object)?,
+                    prompt_tokens: prompt.len(),
+                    completion_tokens: st.sampled,
+                    stopped_on_eos: st.all_closed,
+                })
             })
             .collect()
     }
@@ -680,7 +854,11 @@ impl ChatModel {
     }
 
     /// Reply to several conversations.
-    pub fn chat_batch(&self, conversations: &[Vec<ChatMessage>], cfg: &SamplingConfig) -> Result<Vec<String>> {
+    pub fn chat_batch(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        cfg: &SamplingConfig,
+    ) -> Result<Vec<String>> {
         Ok(self.chat_batch_with_usage(conversations, cfg)?.into_iter().map(|c| c.text).collect())
     }
 

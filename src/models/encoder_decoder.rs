@@ -39,8 +39,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::models::seq2seq::{
-    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map, save_var_store,
-    seeded_normal, split_heads, weights_file_in, Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
+    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store,
+    merge_heads, read_safetensors_map, save_var_store, seeded_normal, split_heads, weights_file_in,
+    Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -107,21 +108,34 @@ pub struct BertConfig {
 
 impl BertConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: BertConfig = serde_json::from_str(&text).with_context(|| format!("parsing BERT config {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: BertConfig = serde_json::from_str(&text)
+            .with_context(|| format!("parsing BERT config {}", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.hidden_size % self.num_attention_heads == 0, "BERT config: hidden_size must be a multiple of num_attention_heads");
-        anyhow::ensure!(self.position_embedding_type == "absolute", "BERT config: only absolute position embeddings are supported");
+        anyhow::ensure!(
+            self.hidden_size % self.num_attention_heads == 0,
+            "BERT config: hidden_size must be a multiple of num_attention_heads"
+        );
+        anyhow::ensure!(
+            self.position_embedding_type == "absolute",
+            "BERT config: only absolute position embeddings are supported"
+        );
         Activation::parse(&self.hidden_act)?;
         Ok(())
     }
 
     /// A small BERT configuration for tests.
-    pub fn tiny(vocab_size: i64, hidden_size: i64, num_hidden_layers: i64, num_attention_heads: i64) -> Self {
+    pub fn tiny(
+        vocab_size: i64,
+        hidden_size: i64,
+        num_hidden_layers: i64,
+        num_attention_heads: i64,
+    ) -> Self {
         BertConfig {
             model_type: d_bert(),
             vocab_size,
@@ -181,8 +195,10 @@ impl EncoderDecoderConfig {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: EncoderDecoderConfig = serde_json::from_str(&text).with_context(|| format!("parsing encoder-decoder config {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: EncoderDecoderConfig = serde_json::from_str(&text)
+            .with_context(|| format!("parsing encoder-decoder config {}", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -200,22 +216,32 @@ impl EncoderDecoderConfig {
     }
 
     fn tokens(&self) -> SpecialTokens {
-        SpecialTokens { decoder_start: self.decoder_start_token_id, eos: self.eos_token_id, pad: self.pad_token_id }
+        SpecialTokens {
+            decoder_start: self.decoder_start_token_id,
+            eos: self.eos_token_id,
+            pad: self.pad_token_id,
+        }
     }
 }
 
 /// `[CLS]` / `[SEP]` / `[PAD]` ids of a BERT WordPiece `tokenizer.json` (looked up in
 /// `added_tokens`, then in the model vocabulary), as decoder start / EOS / pad.
 pub fn bert_special_tokens(tokenizer_json: &Path) -> anyhow::Result<SpecialTokens> {
-    let text = std::fs::read_to_string(tokenizer_json).with_context(|| format!("reading {}", tokenizer_json.display()))?;
-    let tok: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", tokenizer_json.display()))?;
+    let text = std::fs::read_to_string(tokenizer_json)
+        .with_context(|| format!("reading {}", tokenizer_json.display()))?;
+    let tok: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", tokenizer_json.display()))?;
     let find = |content: &str| -> anyhow::Result<i64> {
         if let Some(added) = tok["added_tokens"].as_array() {
-            if let Some(id) = added.iter().find(|t| t["content"] == content).and_then(|t| t["id"].as_i64()) {
+            if let Some(id) =
+                added.iter().find(|t| t["content"] == content).and_then(|t| t["id"].as_i64())
+            {
                 return Ok(id);
             }
         }
-        tok["model"]["vocab"][content].as_i64().with_context(|| format!("{}: no {content} token", tokenizer_json.display()))
+        tok["model"]["vocab"][content]
+            .as_i64()
+            .with_context(|| format!("{}: no {content} token", tokenizer_json.display()))
     };
     Ok(SpecialTokens { decoder_start: find("[CLS]")?, eos: find("[SEP]")?, pad: find("[PAD]")? })
 }
@@ -229,7 +255,10 @@ fn zeros(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
 }
 
 fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
-    Linear { weight: zeros(&p, "weight", &[out_dim, in_dim]), bias: Some(zeros(&p, "bias", &[out_dim])) }
+    Linear {
+        weight: zeros(&p, "weight", &[out_dim, in_dim]),
+        bias: Some(zeros(&p, "bias", &[out_dim])),
+    }
 }
 
 #[derive(Debug)]
@@ -263,8 +292,16 @@ impl BertEmbeddings {
     fn new(p: nn::Path, c: &BertConfig) -> Self {
         BertEmbeddings {
             word: zeros(&(&p / "word_embeddings"), "weight", &[c.vocab_size, c.hidden_size]),
-            position: zeros(&(&p / "position_embeddings"), "weight", &[c.max_position_embeddings, c.hidden_size]),
-            token_type: zeros(&(&p / "token_type_embeddings"), "weight", &[c.type_vocab_size, c.hidden_size]),
+            position: zeros(
+                &(&p / "position_embeddings"),
+                "weight",
+                &[c.max_position_embeddings, c.hidden_size],
+            ),
+            token_type: zeros(
+                &(&p / "token_type_embeddings"),
+                "weight",
+                &[c.type_vocab_size, c.hidden_size],
+            ),
             norm: LayerNorm::new(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
             dropout: c.hidden_dropout_prob,
         }
@@ -274,7 +311,11 @@ impl BertEmbeddings {
     fn forward(&self, ids: &Tensor, past: i64, train: bool) -> Tensor {
         let len = ids.size()[1];
         let max = self.position.size()[0];
-        assert!(past + len <= max, "sequence of {} positions exceeds max_position_embeddings = {max}", past + len);
+        assert!(
+            past + len <= max,
+            "sequence of {} positions exceeds max_position_embeddings = {max}",
+            past + len
+        );
         let words = Tensor::embedding(&self.word, &ids.to_kind(Kind::Int64), -1, false, false);
         let x = words + self.token_type.get(0) + self.position.narrow(0, past, len);
         self.norm.forward(&x).dropout(self.dropout, train)
@@ -314,7 +355,15 @@ impl BertAttention {
         }
     }
 
-    fn attend(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn attend(
+        &self,
+        x: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         // transformers' eager attention: (q k^T) * head_dim^-0.5, + additive mask, softmax.
         // Functional adds (not `+=`): libtorch's in-place ops would clash with autograd's saved tensors.
         let scores = q.matmul(&k.transpose(-1, -2)) * (self.head_dim as f64).powf(-0.5);
@@ -322,12 +371,22 @@ impl BertAttention {
             Some(m) => scores + m,
             None => scores,
         };
-        let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind()).dropout(self.attn_dropout, train);
-        let h = self.dense.forward(&merge_heads(&weights.matmul(v))).dropout(self.hidden_dropout, train);
+        let weights =
+            scores.softmax(-1, Kind::Float).to_kind(q.kind()).dropout(self.attn_dropout, train);
+        let h = self
+            .dense
+            .forward(&merge_heads(&weights.matmul(v)))
+            .dropout(self.hidden_dropout, train);
         self.norm.forward(&(h + x))
     }
 
-    fn self_attention(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+    fn self_attention(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
         let q = split_heads(&self.query.forward(x), self.heads, self.head_dim);
         let k = split_heads(&self.key.forward(x), self.heads, self.head_dim);
         let v = split_heads(&self.value.forward(x), self.heads, self.head_dim);
@@ -335,7 +394,14 @@ impl BertAttention {
         self.attend(x, &q, &k, &v, mask, train)
     }
 
-    fn cross_attention(&self, x: &Tensor, encoder_states: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+    fn cross_attention(
+        &self,
+        x: &Tensor,
+        encoder_states: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
         let q = split_heads(&self.query.forward(x), self.heads, self.head_dim);
         let (k, v) = cached_cross_kv(cache, || {
             (
@@ -367,18 +433,32 @@ impl BertLayer {
             crossattention: cross.then(|| BertAttention::new(&p / "crossattention", c)),
             intermediate: linear(&p / "intermediate" / "dense", c.hidden_size, c.intermediate_size),
             output: linear(&p / "output" / "dense", c.intermediate_size, c.hidden_size),
-            output_norm: LayerNorm::new(&p / "output" / "LayerNorm", c.hidden_size, c.layer_norm_eps),
+            output_norm: LayerNorm::new(
+                &p / "output" / "LayerNorm",
+                c.hidden_size,
+                c.layer_norm_eps,
+            ),
             act: Activation::parse(&c.hidden_act)?,
             dropout: c.hidden_dropout_prob,
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, enc: Option<(&Tensor, &Tensor)>, mut cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        enc: Option<(&Tensor, &Tensor)>,
+        mut cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
         let mut h = self.attention.self_attention(x, mask, cache.as_deref_mut(), train);
         if let (Some(cross), Some((states, enc_mask))) = (&self.crossattention, enc) {
             h = cross.cross_attention(&h, states, enc_mask, cache, train);
         }
-        let ff = self.output.forward(&self.act.apply(&self.intermediate.forward(&h))).dropout(self.dropout, train);
+        let ff = self
+            .output
+            .forward(&self.act.apply(&self.intermediate.forward(&h)))
+            .dropout(self.dropout, train);
         self.output_norm.forward(&(ff + h))
     }
 }
@@ -392,7 +472,9 @@ struct BertStack {
 impl BertStack {
     /// `p` is the `BertModel` prefix (`encoder` or `decoder.bert`).
     fn new(p: nn::Path, c: &BertConfig, cross: bool) -> anyhow::Result<Self> {
-        let layers = (0..c.num_hidden_layers).map(|i| BertLayer::new(&p / "encoder" / "layer" / i, c, cross)).collect::<anyhow::Result<Vec<_>>>()?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::new(&p / "encoder" / "layer" / i, c, cross))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(BertStack { embeddings: BertEmbeddings::new(&p / "embeddings", c), layers })
     }
 }
@@ -422,7 +504,10 @@ pub struct Bert2Bert {
 
 impl std::fmt::Debug for Bert2Bert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bert2Bert").field("config", &self.config).field("device", &self.vs.device()).finish()
+        f.debug_struct("Bert2Bert")
+            .field("config", &self.config)
+            .field("device", &self.vs.device())
+            .finish()
     }
 }
 
@@ -431,7 +516,9 @@ impl std::fmt::Debug for Bert2Bert {
 /// `BertForPreTraining`), and the old TF-converted `gamma`/`beta` LayerNorm names.
 fn bert_checkpoint_names(rest: &str) -> Vec<String> {
     let mut names = vec![rest.to_string(), format!("bert.{rest}")];
-    for (new, old) in [("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta")] {
+    for (new, old) in
+        [("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta")]
+    {
         if let Some(stem) = rest.strip_suffix(new) {
             names.push(format!("{stem}{old}"));
             names.push(format!("bert.{stem}{old}"));
@@ -452,7 +539,11 @@ impl Bert2Bert {
         let head = LmHead {
             dense: linear(&pred / "transform" / "dense", d.hidden_size, d.hidden_size),
             act: Activation::parse(&d.hidden_act)?,
-            norm: LayerNorm::new(&pred / "transform" / "LayerNorm", d.hidden_size, d.layer_norm_eps),
+            norm: LayerNorm::new(
+                &pred / "transform" / "LayerNorm",
+                d.hidden_size,
+                d.layer_norm_eps,
+            ),
             bias: zeros(&pred, "bias", &[d.vocab_size]),
         };
         Ok(Bert2Bert { vs, config, encoder, decoder, head })
@@ -466,9 +557,10 @@ impl Bert2Bert {
         model.init_variables(&names, seed);
         // nn.Embedding(padding_idx=pad) starts with a zero pad row.
         tch::no_grad(|| {
-            for (emb, pad) in
-                [(&model.encoder.embeddings.word, model.config.encoder.pad_token_id), (&model.decoder.embeddings.word, model.config.decoder.pad_token_id)]
-            {
+            for (emb, pad) in [
+                (&model.encoder.embeddings.word, model.config.encoder.pad_token_id),
+                (&model.decoder.embeddings.word, model.config.decoder.pad_token_id),
+            ] {
                 if (0..emb.size()[0]).contains(&pad) {
                     let _ = emb.get(pad).fill_(0.0);
                 }
@@ -481,14 +573,24 @@ impl Bert2Bert {
     /// `tokenizer.json` for the `[CLS]`/`[SEP]`/`[PAD]` ids): encoder and decoder get copies of the
     /// BERT weights, the rest is initialised from `seed` (module docs). The report's `missing` lists
     /// the new variables.
-    pub fn warm_start(bert_dir: &Path, device: Device, seed: u64) -> anyhow::Result<(Self, LoadReport)> {
+    pub fn warm_start(
+        bert_dir: &Path,
+        device: Device,
+        seed: u64,
+    ) -> anyhow::Result<(Self, LoadReport)> {
         let bert = BertConfig::from_file(&bert_dir.join("config.json"))?;
         let tokens = bert_special_tokens(&bert_dir.join("tokenizer.json"))?;
         Self::warm_start_from(bert, &weights_file_in(bert_dir)?, tokens, device, seed)
     }
 
     /// [`Bert2Bert::warm_start`] with the pieces given explicitly.
-    pub fn warm_start_from(bert: BertConfig, weights: &Path, tokens: SpecialTokens, device: Device, seed: u64) -> anyhow::Result<(Self, LoadReport)> {
+    pub fn warm_start_from(
+        bert: BertConfig,
+        weights: &Path,
+        tokens: SpecialTokens,
+        device: Device,
+        seed: u64,
+    ) -> anyhow::Result<(Self, LoadReport)> {
         let model = Self::build(EncoderDecoderConfig::from_bert(bert, tokens), device)?;
         let tensors = read_safetensors_map(weights)?;
         let lookup = |name: &str| -> Vec<String> {
@@ -503,12 +605,26 @@ impl Bert2Bert {
                 vec![]
             }
         };
-        let report = load_into_var_store(&model.vs, &tensors, &lookup, false, &weights.display().to_string())?;
+        let report = load_into_var_store(
+            &model.vs,
+            &tensors,
+            &lookup,
+            false,
+            &weights.display().to_string(),
+        )?;
         anyhow::ensure!(
-            report.missing.iter().all(|n| n.contains(".crossattention.") || n.starts_with("decoder.cls.")),
+            report
+                .missing
+                .iter()
+                .all(|n| n.contains(".crossattention.") || n.starts_with("decoder.cls.")),
             "{}: not a BERT checkpoint for this config; missing {:?}",
             weights.display(),
-            report.missing.iter().filter(|n| !(n.contains(".crossattention.") || n.starts_with("decoder.cls."))).take(5).collect::<Vec<_>>()
+            report
+                .missing
+                .iter()
+                .filter(|n| !(n.contains(".crossattention.") || n.starts_with("decoder.cls.")))
+                .take(5)
+                .collect::<Vec<_>>()
         );
         model.init_variables(&report.missing, seed);
         Ok((model, report))
@@ -532,11 +648,20 @@ impl Bert2Bert {
         self.load_tensors(&tensors, strict, &path.display().to_string())
     }
 
-    pub fn load_tensors(&mut self, tensors: &HashMap<String, Tensor>, strict: bool, source: &str) -> anyhow::Result<LoadReport> {
+    pub fn load_tensors(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        strict: bool,
+        source: &str,
+    ) -> anyhow::Result<LoadReport> {
         let lookup = |name: &str| -> Vec<String> {
             match name {
-                "decoder.bert.embeddings.word_embeddings.weight" => vec![name.into(), "decoder.cls.predictions.decoder.weight".into()],
-                "decoder.cls.predictions.bias" => vec![name.into(), "decoder.cls.predictions.decoder.bias".into()],
+                "decoder.bert.embeddings.word_embeddings.weight" => {
+                    vec![name.into(), "decoder.cls.predictions.decoder.weight".into()]
+                }
+                "decoder.cls.predictions.bias" => {
+                    vec![name.into(), "decoder.cls.predictions.decoder.bias".into()]
+                }
                 _ => vec![name.into()],
             }
         };
@@ -551,7 +676,10 @@ impl Bert2Bert {
         let obj = cfg.as_object_mut().expect("config is an object");
         obj.entry("architectures").or_insert_with(|| serde_json::json!(["EncoderDecoderModel"]));
         obj.insert("is_encoder_decoder".into(), true.into());
-        obj["encoder"].as_object_mut().expect("encoder config is an object").insert("architectures".into(), serde_json::json!(["BertModel"]));
+        obj["encoder"]
+            .as_object_mut()
+            .expect("encoder config is an object")
+            .insert("architectures".into(), serde_json::json!(["BertModel"]));
         let dec = obj["decoder"].as_object_mut().expect("decoder config is an object");
         dec.insert("is_decoder".into(), true.into());
         dec.insert("add_cross_attention".into(), true.into());
@@ -580,8 +708,15 @@ impl Bert2Bert {
                 } else if name.ends_with(".bias") {
                     let _ = var.fill_(0.0);
                 } else {
-                    let half = if name.starts_with("encoder.") { &self.config.encoder } else { &self.config.decoder };
-                    var.copy_(&seeded_normal(&var.size(), half.initializer_range, seed, name).to_kind(var.kind()));
+                    let half = if name.starts_with("encoder.") {
+                        &self.config.encoder
+                    } else {
+                        &self.config.decoder
+                    };
+                    var.copy_(
+                        &seeded_normal(&var.size(), half.initializer_range, seed, name)
+                            .to_kind(var.kind()),
+                    );
                 }
             }
         });
@@ -647,7 +782,13 @@ impl Seq2SeqModel for Bert2Bert {
         let mut x = self.decoder.embeddings.forward(&ids, past, train);
         for (i, layer) in self.decoder.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, self_mask.as_ref(), Some((&encoder_states, &cross_mask)), layer_cache, train);
+            x = layer.forward(
+                &x,
+                self_mask.as_ref(),
+                Some((&encoder_states, &cross_mask)),
+                layer_cache,
+                train,
+            );
         }
         let h = self.head.norm.forward(&self.head.act.apply(&self.head.dense.forward(&x)));
         h.linear(&self.decoder.embeddings.word, Some(&self.head.bias))

@@ -169,7 +169,9 @@ impl GgufValue {
     pub fn describe(&self) -> String {
         match self {
             GgufValue::Array(t, v) => format!("array of {} {:?}", v.len(), t),
-            GgufValue::String(s) if s.len() > 40 => format!("string {:?}...", &s[..s.char_indices().nth(40).map_or(s.len(), |c| c.0)]),
+            GgufValue::String(s) if s.len() > 40 => {
+                format!("string {:?}...", &s[..s.char_indices().nth(40).map_or(s.len(), |c| c.0)])
+            }
             other => format!("{other:?}"),
         }
     }
@@ -243,18 +245,18 @@ impl GgmlType {
             0 => (1, 4),
             1 => (1, 2),
             30 => (1, 2),
-            2 => (32, 2 + 16),             // block_q4_0: d f16, qs[16]
-            3 => (32, 2 + 2 + 16),         // block_q4_1: d, m f16, qs[16]
-            6 => (32, 2 + 4 + 16),         // block_q5_0: d f16, qh[4], qs[16]
-            7 => (32, 2 + 2 + 4 + 16),     // block_q5_1: d, m f16, qh[4], qs[16]
-            8 => (32, 2 + 32),             // block_q8_0: d f16, qs[32] i8
-            9 => (32, 2 + 2 + 32),         // block_q8_1: d, s f16, qs[32] i8
-            10 => (256, 16 + 64 + 2 + 2),  // block_q2_K: scales[16], qs[64], d, dmin
-            11 => (256, 32 + 64 + 12 + 2), // block_q3_K: hmask[32], qs[64], scales[12], d
-            12 => (256, 2 + 2 + 12 + 128), // block_q4_K: d, dmin, scales[12], qs[128]
+            2 => (32, 2 + 16),                  // block_q4_0: d f16, qs[16]
+            3 => (32, 2 + 2 + 16),              // block_q4_1: d, m f16, qs[16]
+            6 => (32, 2 + 4 + 16),              // block_q5_0: d f16, qh[4], qs[16]
+            7 => (32, 2 + 2 + 4 + 16),          // block_q5_1: d, m f16, qh[4], qs[16]
+            8 => (32, 2 + 32),                  // block_q8_0: d f16, qs[32] i8
+            9 => (32, 2 + 2 + 32),              // block_q8_1: d, s f16, qs[32] i8
+            10 => (256, 16 + 64 + 2 + 2),       // block_q2_K: scales[16], qs[64], d, dmin
+            11 => (256, 32 + 64 + 12 + 2),      // block_q3_K: hmask[32], qs[64], scales[12], d
+            12 => (256, 2 + 2 + 12 + 128),      // block_q4_K: d, dmin, scales[12], qs[128]
             13 => (256, 2 + 2 + 12 + 32 + 128), // block_q5_K: d, dmin, scales[12], qh[32], qs[128]
-            14 => (256, 128 + 64 + 16 + 2), // block_q6_K: ql[128], qh[64], scales[16] i8, d
-            15 => (256, 4 + 256 + 32),     // block_q8_K: d f32, qs[256] i8, bsums[16] i16
+            14 => (256, 128 + 64 + 16 + 2),     // block_q6_K: ql[128], qh[64], scales[16] i8, d
+            15 => (256, 4 + 256 + 32),          // block_q8_K: d f32, qs[256] i8, bsums[16] i16
             24 => (1, 1),
             25 => (1, 2),
             26 => (1, 4),
@@ -380,7 +382,8 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| self.corrupt(at, format!("{what} is not valid UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| self.corrupt(at, format!("{what} is not valid UTF-8: {e}")))
     }
 
     fn value(&mut self, ty: GgufValueType, what: &str, depth: usize) -> Result<GgufValue> {
@@ -401,7 +404,11 @@ impl<'a> Cursor<'a> {
                 match self.u8(what)? {
                     0 => GgufValue::Bool(false),
                     1 => GgufValue::Bool(true),
-                    b => return Err(self.corrupt(at, format!("{what}: bool byte {b} is neither 0 nor 1"))),
+                    b => {
+                        return Err(
+                            self.corrupt(at, format!("{what}: bool byte {b} is neither 0 nor 1"))
+                        )
+                    }
                 }
             }
             T::String => GgufValue::String(self.string(what)?),
@@ -411,8 +418,9 @@ impl<'a> Cursor<'a> {
                     return Err(self.corrupt(at, format!("{what}: arrays nested more than 8 deep")));
                 }
                 let elem_id = self.u32(what)?;
-                let elem = GgufValueType::from_id(elem_id)
-                    .ok_or_else(|| self.corrupt(at, format!("{what}: unknown array element type {elem_id}")))?;
+                let elem = GgufValueType::from_id(elem_id).ok_or_else(|| {
+                    self.corrupt(at, format!("{what}: unknown array element type {elem_id}"))
+                })?;
                 let count = self.u64(what)?;
                 // Every element takes at least one byte: a count larger than the rest of the file
                 // is corruption, and checking it first avoids a huge allocation.
@@ -473,7 +481,13 @@ impl GgufFile {
                     hint: " (v1 used 32-bit counts; re-convert the model with a current llama.cpp)",
                 })
             }
-            v => return Err(GgufError::UnsupportedVersion { path: path.to_path_buf(), version: v, hint: "" }),
+            v => {
+                return Err(GgufError::UnsupportedVersion {
+                    path: path.to_path_buf(),
+                    version: v,
+                    hint: "",
+                })
+            }
         }
         let n_tensors = c.u64("the tensor count")?;
         let n_kv = c.u64("the metadata count")?;
@@ -483,8 +497,9 @@ impl GgufFile {
             let key = c.string(&format!("metadata key #{i}"))?;
             let at = c.pos;
             let ty_id = c.u32(&format!("the value type of `{key}`"))?;
-            let ty = GgufValueType::from_id(ty_id)
-                .ok_or_else(|| c.corrupt(at, format!("metadata `{key}` has unknown value type {ty_id}")))?;
+            let ty = GgufValueType::from_id(ty_id).ok_or_else(|| {
+                c.corrupt(at, format!("metadata `{key}` has unknown value type {ty_id}"))
+            })?;
             let value = c.value(ty, &format!("the value of `{key}`"), 0)?;
             if metadata.insert(key.clone(), value).is_some() {
                 return Err(c.corrupt(at, format!("metadata key `{key}` appears twice")));
@@ -513,7 +528,10 @@ impl GgufFile {
             let name = c.string(&format!("the name of tensor #{i}"))?;
             let n_dims = c.u32(&format!("the rank of `{name}`"))?;
             if n_dims > 8 {
-                return Err(c.corrupt(at, format!("tensor `{name}` claims {n_dims} dimensions (ggml has at most 4)")));
+                return Err(c.corrupt(
+                    at,
+                    format!("tensor `{name}` claims {n_dims} dimensions (ggml has at most 4)"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -543,13 +561,27 @@ impl GgufFile {
                         offset: start,
                         needed: n,
                         len: file_len,
-                        what: format!("the data of tensor `{}` ({} {:?})", t.name, t.ggml_type.name(), t.dims),
+                        what: format!(
+                            "the data of tensor `{}` ({} {:?})",
+                            t.name,
+                            t.ggml_type.name(),
+                            t.dims
+                        ),
                     });
                 }
             }
         }
 
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, index, alignment, data_offset, map })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            index,
+            alignment,
+            data_offset,
+            map,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -561,11 +593,18 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&GgufValue> {
-        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.into() })
+        self.metadata
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.into() })
     }
 
     fn wrong(&self, key: &str, expected: &'static str, v: &GgufValue) -> GgufError {
-        GgufError::WrongType { path: self.path.clone(), key: key.into(), expected, found: v.describe() }
+        GgufError::WrongType {
+            path: self.path.clone(),
+            key: key.into(),
+            expected,
+            found: v.describe(),
+        }
     }
 
     /// A required integer value (any integer width).
@@ -617,14 +656,19 @@ impl GgufFile {
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let v = self.require(key)?;
         let arr = v.as_array().ok_or_else(|| self.wrong(key, "an array of strings", v))?;
-        arr.iter().map(|x| x.as_str().ok_or_else(|| self.wrong(key, "an array of strings", v))).collect()
+        arr.iter()
+            .map(|x| x.as_str().ok_or_else(|| self.wrong(key, "an array of strings", v)))
+            .collect()
     }
 
     /// An optional array of integers (e.g. `tokenizer.ggml.token_type`).
     pub fn get_i64_array_opt(&self, key: &str) -> Result<Option<Vec<i64>>> {
         let Some(v) = self.metadata.get(key) else { return Ok(None) };
         let arr = v.as_array().ok_or_else(|| self.wrong(key, "an array of integers", v))?;
-        arr.iter().map(|x| x.as_i64().ok_or_else(|| self.wrong(key, "an array of integers", v))).collect::<Result<Vec<_>>>().map(Some)
+        arr.iter()
+            .map(|x| x.as_i64().ok_or_else(|| self.wrong(key, "an array of integers", v)))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
@@ -637,7 +681,10 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (checked against the file length at open).
     pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self.tensor_info(name).ok_or_else(|| GgufError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+        let info = self.tensor_info(name).ok_or_else(|| GgufError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.into(),
+        })?;
         let n = info.n_bytes().ok_or_else(|| self.unsupported(info))?;
         let start = (self.data_offset + info.offset) as usize;
         Ok((info, &self.map[start..start + n as usize]))
@@ -654,7 +701,10 @@ impl GgufFile {
 
     /// Dequantise a tensor to f32; returns the data (row-major) and the torch shape.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<i64>)> {
-        let info = self.tensor_info(name).ok_or_else(|| GgufError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+        let info = self.tensor_info(name).ok_or_else(|| GgufError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.into(),
+        })?;
         if !info.ggml_type.can_dequantize() {
             return Err(self.unsupported(info));
         }
@@ -669,7 +719,8 @@ impl GgufFile {
             });
         }
         let (_, bytes) = self.tensor_bytes(name)?;
-        let data = dequantize(info.ggml_type, bytes, info.n_elements() as usize).map_err(|_| self.unsupported(info))?;
+        let data = dequantize(info.ggml_type, bytes, info.n_elements() as usize)
+            .map_err(|_| self.unsupported(info))?;
         Ok((data, info.shape()))
     }
 }
@@ -691,7 +742,10 @@ impl GgufFile {
 /// `h*hd + 2*i + j` (j ∈ {0, 1}). `data` is `[rows, cols]` row-major.
 pub fn reverse_rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
     assert_eq!(data.len(), rows * cols, "reverse_rope_permutation: data is not [rows, cols]");
-    assert!(n_head > 0 && rows % (2 * n_head) == 0, "rows {rows} not divisible into {n_head} heads of even size");
+    assert!(
+        n_head > 0 && rows % (2 * n_head) == 0,
+        "rows {rows} not divisible into {n_head} heads of even size"
+    );
     let head_dim = rows / n_head;
     let half = head_dim / 2;
     let mut out = vec![0f32; data.len()];
@@ -700,7 +754,8 @@ pub fn reverse_rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: 
             for i in 0..half {
                 let dst = h * head_dim + j * half + i;
                 let src = h * head_dim + 2 * i + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }

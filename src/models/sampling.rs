@@ -23,7 +23,13 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingConfig {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -59,7 +65,8 @@ pub fn select(logits: &[f32], cfg: &SamplingConfig, rng: &mut SplitMix64) -> i64
     // Softmax at the temperature, in f64 for a stable nucleus cut.
     let t = cfg.temperature;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / t).exp())).collect();
+    let mut probs: Vec<(usize, f64)> =
+        logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / t).exp())).collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
     for p in probs.iter_mut() {
         p.1 /= total;
@@ -98,7 +105,14 @@ fn argmax(logits: &[f32]) -> i64 {
 
 /// Apply the penalty and select, for every row of `[batch, vocab]` logits. `seen[b]` holds the ids
 /// row `b` has seen so far; rows in `finished` are skipped (their entry is `pad_id`).
-pub fn select_batch(logits: &Tensor, seen: &[Vec<i64>], finished: &[bool], pad_id: i64, cfg: &SamplingConfig, rng: &mut SplitMix64) -> Vec<i64> {
+pub fn select_batch(
+    logits: &Tensor,
+    seen: &[Vec<i64>],
+    finished: &[bool],
+    pad_id: i64,
+    cfg: &SamplingConfig,
+    rng: &mut SplitMix64,
+) -> Vec<i64> {
     let logits = logits.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
     let (batch, vocab) = logits.size2().expect("[batch, vocab] logits");
     let flat: Vec<f32> = Vec::<f32>::try_from(logits.view([-1])).expect("f32 logits");

@@ -114,13 +114,25 @@ pub trait Seq2SeqModel {
     }
 
     /// One incremental decoding step (inference, no dropout): logits of the new tokens.
-    fn decode_step(&self, decoder_input_ids: &Tensor, encoder_states: &Tensor, encoder_mask: &Tensor, cache: &mut DecoderCache) -> Tensor {
+    fn decode_step(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder_states: &Tensor,
+        encoder_mask: &Tensor,
+        cache: &mut DecoderCache,
+    ) -> Tensor {
         self.decode(decoder_input_ids, None, encoder_states, encoder_mask, Some(cache), false)
     }
 
     /// Teacher-forced forward pass with `labels` `[batch, tgt_len]` (`-100` = ignored): decoder
     /// inputs are the shifted labels, the loss is the mean cross-entropy over non-ignored labels.
-    fn forward_labels(&self, input_ids: &Tensor, attention_mask: &Tensor, labels: &Tensor, train: bool) -> Seq2SeqOutput {
+    fn forward_labels(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        train: bool,
+    ) -> Seq2SeqOutput {
         let device = self.device();
         let input_ids = input_ids.to_device(device);
         let attention_mask = attention_mask.to_device(device);
@@ -129,13 +141,26 @@ pub trait Seq2SeqModel {
         let decoder_input_ids = shift_right(&labels, tokens.decoder_start, tokens.pad);
         let decoder_mask = self.decoder_mask_for_labels(&decoder_input_ids);
         let encoder_states = self.encode(&input_ids, &attention_mask, train);
-        let logits = self.decode(&decoder_input_ids, decoder_mask.as_ref(), &encoder_states, &attention_mask, None, train);
+        let logits = self.decode(
+            &decoder_input_ids,
+            decoder_mask.as_ref(),
+            &encoder_states,
+            &attention_mask,
+            None,
+            train,
+        );
         let loss = seq2seq_loss(&logits, &labels);
         Seq2SeqOutput { loss, logits }
     }
 
     /// The training loss (scalar tensor with a graph when gradients are on).
-    fn forward_train(&self, input_ids: &Tensor, attention_mask: &Tensor, labels: &Tensor, train: bool) -> Tensor {
+    fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        train: bool,
+    ) -> Tensor {
         self.forward_labels(input_ids, attention_mask, labels, train).loss
     }
 }
@@ -166,7 +191,12 @@ pub fn seq2seq_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// when the row produced it (no padding). Rows stop independently at EOS; the loop stops when all
 /// rows have or after `cfg.max_new_tokens` steps. Greedy when `cfg.temperature == 0`, otherwise
 /// seeded temperature/top-p sampling (one [`SplitMix64`] for the batch, drawn row by row).
-pub fn generate<M: Seq2SeqModel + ?Sized>(model: &M, input_ids: &Tensor, attention_mask: &Tensor, cfg: &SamplingConfig) -> Vec<Vec<i64>> {
+pub fn generate<M: Seq2SeqModel + ?Sized>(
+    model: &M,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    cfg: &SamplingConfig,
+) -> Vec<Vec<i64>> {
     tch::no_grad(|| {
         let device = model.device();
         let input_ids = input_ids.to_device(device).to_kind(Kind::Int64);
@@ -225,7 +255,12 @@ pub fn additive_key_mask(mask: &Tensor) -> Tensor {
 /// Additive causal mask `[1, 1, new, past + new]` for queries at positions `past..past + new`,
 /// combined with an optional `[batch, past + new]` key mask. `None` when nothing is masked (a
 /// single new token with no key mask), which saves an addition per layer.
-pub fn causal_additive_mask(new_len: i64, past: i64, key_mask: Option<&Tensor>, device: Device) -> Option<Tensor> {
+pub fn causal_additive_mask(
+    new_len: i64,
+    past: i64,
+    key_mask: Option<&Tensor>,
+    device: Device,
+) -> Option<Tensor> {
     let total = past + new_len;
     // Built as a boolean "blocked" mask first and converted once, as transformers' mask utilities
     // do, so a position blocked twice gets MASK_VALUE rather than an overflow to -inf.
@@ -254,8 +289,11 @@ pub fn causal_additive_mask(new_len: i64, past: i64, key_mask: Option<&Tensor>, 
 pub fn read_safetensors_map(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if name.ends_with(".index.json") {
-        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("parsing {}", path.display()))?;
+        let index: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
         let shards: BTreeSet<String> = index["weight_map"]
             .as_object()
             .with_context(|| format!("{}: no weight_map", path.display()))?
@@ -269,7 +307,8 @@ pub fn read_safetensors_map(path: &Path) -> anyhow::Result<HashMap<String, Tenso
         }
         return Ok(all);
     }
-    let tensors = Tensor::read_safetensors(path).with_context(|| format!("reading safetensors {}", path.display()))?;
+    let tensors = Tensor::read_safetensors(path)
+        .with_context(|| format!("reading safetensors {}", path.display()))?;
     Ok(tensors.into_iter().collect())
 }
 
@@ -323,7 +362,13 @@ pub fn load_into_var_store(
             Some(src_name) => {
                 let src = &tensors[&src_name];
                 if src.size() != var.size() {
-                    return Err(WeightsError::Shape { file: file.into(), name: src_name, expected: var.size(), found: src.size() }.into());
+                    return Err(WeightsError::Shape {
+                        file: file.into(),
+                        name: src_name,
+                        expected: var.size(),
+                        found: src.size(),
+                    }
+                    .into());
                 }
                 tch::no_grad(|| var.copy_(&src.to_kind(var.kind())));
                 used.insert(src_name);
@@ -342,7 +387,11 @@ pub fn load_into_var_store(
 
 /// Writes all variables of `vs` (their names are the Hugging Face names) as one safetensors file.
 pub fn save_var_store(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&vars, path).with_context(|| format!("writing {}", path.display()))
 }
@@ -458,7 +507,10 @@ pub fn cached_self_kv(k: Tensor, v: Tensor, cache: Option<&mut LayerCache>) -> (
 
 /// Cross-attention keys/values: taken from the cache when present, else computed by `compute` (and
 /// stored when there is a cache), so the encoder states are projected once per generation.
-pub fn cached_cross_kv(cache: Option<&mut LayerCache>, compute: impl FnOnce() -> (Tensor, Tensor)) -> (Tensor, Tensor) {
+pub fn cached_cross_kv(
+    cache: Option<&mut LayerCache>,
+    compute: impl FnOnce() -> (Tensor, Tensor),
+) -> (Tensor, Tensor) {
     match cache {
         None => compute(),
         Some(c) => {

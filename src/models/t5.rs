@@ -28,8 +28,9 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use crate::models::seq2seq::Activation;
 use crate::models::seq2seq::{
-    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store, merge_heads, read_safetensors_map, save_var_store,
-    seeded_normal, split_heads, weights_file_in, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
+    additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store,
+    merge_heads, read_safetensors_map, save_var_store, seeded_normal, split_heads, weights_file_in,
+    DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -77,7 +78,9 @@ fn int_or_first<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error>
     }
     match IntOrList::deserialize(d)? {
         IntOrList::Int(i) => Ok(i),
-        IntOrList::List(v) => v.first().copied().ok_or_else(|| serde::de::Error::custom("empty eos_token_id list")),
+        IntOrList::List(v) => {
+            v.first().copied().ok_or_else(|| serde::de::Error::custom("empty eos_token_id list"))
+        }
     }
 }
 
@@ -128,16 +131,24 @@ pub struct T5Config {
 
 impl T5Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: T5Config = serde_json::from_str(&text).with_context(|| format!("parsing T5 config {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: T5Config = serde_json::from_str(&text)
+            .with_context(|| format!("parsing T5 config {}", path.display()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.feed_forward()?;
-        anyhow::ensure!(self.d_model > 0 && self.d_kv > 0 && self.num_heads > 0 && self.d_ff > 0, "T5 config: sizes must be positive");
-        anyhow::ensure!(self.relative_attention_num_buckets >= 4, "T5 config: need at least 4 relative attention buckets");
+        anyhow::ensure!(
+            self.d_model > 0 && self.d_kv > 0 && self.num_heads > 0 && self.d_ff > 0,
+            "T5 config: sizes must be positive"
+        );
+        anyhow::ensure!(
+            self.relative_attention_num_buckets >= 4,
+            "T5 config: need at least 4 relative attention buckets"
+        );
         Ok(())
     }
 
@@ -156,9 +167,16 @@ impl T5Config {
         let (gated, act) = match parts.as_slice() {
             [act] => (false, *act),
             ["gated", act] => (true, *act),
-            _ => anyhow::bail!("T5 config: feed_forward_proj {:?} is not `ACT` or `gated-ACT`", self.feed_forward_proj),
+            _ => anyhow::bail!(
+                "T5 config: feed_forward_proj {:?} is not `ACT` or `gated-ACT`",
+                self.feed_forward_proj
+            ),
         };
-        let act = if self.feed_forward_proj == "gated-gelu" { Activation::GeluNew } else { Activation::parse(act)? };
+        let act = if self.feed_forward_proj == "gated-gelu" {
+            Activation::GeluNew
+        } else {
+            Activation::parse(act)?
+        };
         Ok((gated, act))
     }
 
@@ -208,7 +226,11 @@ impl T5LayerNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         let variance = x.to_kind(Kind::Float).pow_tensor_scalar(2).mean_dim(-1, true, None::<Kind>);
         let x = x * (variance + self.eps).rsqrt();
-        let x = if matches!(self.weight.kind(), Kind::Half | Kind::BFloat16) { x.to_kind(self.weight.kind()) } else { x };
+        let x = if matches!(self.weight.kind(), Kind::Half | Kind::BFloat16) {
+            x.to_kind(self.weight.kind())
+        } else {
+            x
+        };
         &self.weight * x
     }
 }
@@ -225,7 +247,12 @@ fn no_bias_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
 /// Half of the buckets (per direction when bidirectional) are exact offsets `0..max_exact`; the
 /// rest cover `max_exact..max_distance` logarithmically; farther offsets share the last bucket.
 /// In the causal case only keys at or before the query exist, so only `memory - query <= 0` counts.
-pub fn relative_position_bucket(relative_position: &Tensor, bidirectional: bool, num_buckets: i64, max_distance: i64) -> Tensor {
+pub fn relative_position_bucket(
+    relative_position: &Tensor,
+    bidirectional: bool,
+    num_buckets: i64,
+    max_distance: i64,
+) -> Tensor {
     let mut num_buckets = num_buckets;
     let (mut buckets, rel) = if bidirectional {
         num_buckets /= 2;
@@ -235,7 +262,9 @@ pub fn relative_position_bucket(relative_position: &Tensor, bidirectional: bool,
     };
     let max_exact = num_buckets / 2;
     let is_small = rel.lt(max_exact);
-    let large = (rel.to_kind(Kind::Float) / max_exact).log() / (max_distance as f64 / max_exact as f64).ln() * (num_buckets - max_exact);
+    let large = (rel.to_kind(Kind::Float) / max_exact).log()
+        / (max_distance as f64 / max_exact as f64).ln()
+        * (num_buckets - max_exact);
     let large = (large.to_kind(Kind::Int64) + max_exact).clamp_max(num_buckets - 1);
     buckets += rel.where_self(&is_small, &large);
     buckets
@@ -262,8 +291,13 @@ impl T5Attention {
             k: no_bias_linear(&p / "k", d, inner),
             v: no_bias_linear(&p / "v", d, inner),
             o: no_bias_linear(&p / "o", inner, d),
-            relative_attention_bias: has_bias
-                .then(|| (&p / "relative_attention_bias").var("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads], nn::Init::Const(0.0))),
+            relative_attention_bias: has_bias.then(|| {
+                (&p / "relative_attention_bias").var(
+                    "weight",
+                    &[cfg.relative_attention_num_buckets, cfg.num_heads],
+                    nn::Init::Const(0.0),
+                )
+            }),
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             dropout: cfg.dropout_rate,
@@ -271,29 +305,55 @@ impl T5Attention {
     }
 
     /// `[1, heads, q_len, k_len]` position bias for queries at `past..past + q_len`.
-    fn compute_bias(&self, cfg: &T5Config, q_len: i64, k_len: i64, past: i64, bidirectional: bool) -> Tensor {
+    fn compute_bias(
+        &self,
+        cfg: &T5Config,
+        q_len: i64,
+        k_len: i64,
+        past: i64,
+        bidirectional: bool,
+    ) -> Tensor {
         let table = self.relative_attention_bias.as_ref().expect("first layer owns the bias table");
         let device = table.device();
         let context = Tensor::arange(q_len, (Kind::Int64, device)).unsqueeze(1) + past;
         let memory = Tensor::arange(k_len, (Kind::Int64, device)).unsqueeze(0);
-        let buckets = relative_position_bucket(&(memory - context), bidirectional, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance);
+        let buckets = relative_position_bucket(
+            &(memory - context),
+            bidirectional,
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+        );
         Tensor::embedding(table, &buckets, -1, false, false).permute([2, 0, 1]).unsqueeze(0)
     }
 
     /// Scores `q k^T + bias` (unscaled), softmax in f32, dropout, weighted values, output projection.
     /// `bias` already contains the additive mask.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, train: bool) -> Tensor {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         // Functional adds (not `+=`): libtorch's in-place ops would clash with autograd's saved tensors.
         let scores = q.matmul(&k.transpose(-1, -2));
         let scores = match bias {
             Some(b) => scores + b,
             None => scores,
         };
-        let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind()).dropout(self.dropout, train);
+        let weights =
+            scores.softmax(-1, Kind::Float).to_kind(q.kind()).dropout(self.dropout, train);
         self.o.forward(&merge_heads(&weights.matmul(v)))
     }
 
-    fn self_attention(&self, x: &Tensor, bias: Option<&Tensor>, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+    fn self_attention(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
         let q = split_heads(&self.q.forward(x), self.heads, self.d_kv);
         let k = split_heads(&self.k.forward(x), self.heads, self.d_kv);
         let v = split_heads(&self.v.forward(x), self.heads, self.d_kv);
@@ -301,10 +361,20 @@ impl T5Attention {
         self.attend(&q, &k, &v, bias, train)
     }
 
-    fn cross_attention(&self, x: &Tensor, encoder_states: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+    fn cross_attention(
+        &self,
+        x: &Tensor,
+        encoder_states: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
         let q = split_heads(&self.q.forward(x), self.heads, self.d_kv);
         let (k, v) = cached_cross_kv(cache, || {
-            (split_heads(&self.k.forward(encoder_states), self.heads, self.d_kv), split_heads(&self.v.forward(encoder_states), self.heads, self.d_kv))
+            (
+                split_heads(&self.k.forward(encoder_states), self.heads, self.d_kv),
+                split_heads(&self.v.forward(encoder_states), self.heads, self.d_kv),
+            )
         });
         // Cross-attention has no position bias: transformers adds zeros plus the encoder mask.
         self.attend(&q, &k, &v, Some(mask), train)
@@ -325,11 +395,22 @@ impl T5FeedForward {
     fn new(p: nn::Path, cfg: &T5Config) -> anyhow::Result<Self> {
         let (gated, act) = cfg.feed_forward()?;
         let (wi, wi_0, wi_1) = if gated {
-            (None, Some(no_bias_linear(&p / "wi_0", cfg.d_model, cfg.d_ff)), Some(no_bias_linear(&p / "wi_1", cfg.d_model, cfg.d_ff)))
+            (
+                None,
+                Some(no_bias_linear(&p / "wi_0", cfg.d_model, cfg.d_ff)),
+                Some(no_bias_linear(&p / "wi_1", cfg.d_model, cfg.d_ff)),
+            )
         } else {
             (Some(no_bias_linear(&p / "wi", cfg.d_model, cfg.d_ff)), None, None)
         };
-        Ok(T5FeedForward { wi, wi_0, wi_1, wo: no_bias_linear(&p / "wo", cfg.d_ff, cfg.d_model), act, dropout: cfg.dropout_rate })
+        Ok(T5FeedForward {
+            wi,
+            wi_0,
+            wi_1,
+            wo: no_bias_linear(&p / "wo", cfg.d_ff, cfg.d_model),
+            act,
+            dropout: cfg.dropout_rate,
+        })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -361,7 +442,13 @@ impl T5Block {
         let self_attn = T5Attention::new(&l / 0 / "SelfAttention", cfg, has_bias);
         let self_norm = T5LayerNorm::new(&l / 0 / "layer_norm", cfg.d_model, eps);
         let (cross, ff_idx) = if is_decoder {
-            (Some((T5Attention::new(&l / 1 / "EncDecAttention", cfg, false), T5LayerNorm::new(&l / 1 / "layer_norm", cfg.d_model, eps))), 2)
+            (
+                Some((
+                    T5Attention::new(&l / 1 / "EncDecAttention", cfg, false),
+                    T5LayerNorm::new(&l / 1 / "layer_norm", cfg.d_model, eps),
+                )),
+                2,
+            )
         } else {
             (None, 1)
         };
@@ -370,8 +457,20 @@ impl T5Block {
         Ok(T5Block { self_attn, self_norm, cross, ff, ff_norm, dropout: cfg.dropout_rate })
     }
 
-    fn forward(&self, x: &Tensor, self_bias: Option<&Tensor>, enc: Option<(&Tensor, &Tensor)>, mut cache: Option<&mut LayerCache>, train: bool) -> Tensor {
-        let h = self.self_attn.self_attention(&self.self_norm.forward(x), self_bias, cache.as_deref_mut(), train);
+    fn forward(
+        &self,
+        x: &Tensor,
+        self_bias: Option<&Tensor>,
+        enc: Option<(&Tensor, &Tensor)>,
+        mut cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
+        let h = self.self_attn.self_attention(
+            &self.self_norm.forward(x),
+            self_bias,
+            cache.as_deref_mut(),
+            train,
+        );
         let mut x = x + h.dropout(self.dropout, train);
         if let (Some((attn, norm)), Some((states, mask))) = (&self.cross, enc) {
             let h = attn.cross_attention(&norm.forward(&x), states, mask, cache, train);
@@ -393,10 +492,16 @@ struct T5Stack {
 impl T5Stack {
     fn new(p: nn::Path, cfg: &T5Config, is_decoder: bool) -> anyhow::Result<Self> {
         let n = if is_decoder { cfg.decoder_layers() } else { cfg.num_layers };
-        let blocks = (0..n).map(|i| T5Block::new(&p / "block" / i, cfg, is_decoder, i == 0)).collect::<anyhow::Result<Vec<_>>>()?;
+        let blocks = (0..n)
+            .map(|i| T5Block::new(&p / "block" / i, cfg, is_decoder, i == 0))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(T5Stack {
             blocks,
-            final_layer_norm: T5LayerNorm::new(&p / "final_layer_norm", cfg.d_model, cfg.layer_norm_epsilon),
+            final_layer_norm: T5LayerNorm::new(
+                &p / "final_layer_norm",
+                cfg.d_model,
+                cfg.layer_norm_epsilon,
+            ),
             is_decoder,
             dropout: cfg.dropout_rate,
         })
@@ -438,7 +543,10 @@ pub struct T5ForConditionalGeneration {
 
 impl std::fmt::Debug for T5ForConditionalGeneration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("T5ForConditionalGeneration").field("config", &self.config).field("device", &self.vs.device()).finish()
+        f.debug_struct("T5ForConditionalGeneration")
+            .field("config", &self.config)
+            .field("device", &self.vs.device())
+            .finish()
     }
 }
 
@@ -448,10 +556,20 @@ impl T5ForConditionalGeneration {
         config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let shared = (&root / "shared").var("weight", &[config.vocab_size, config.d_model], nn::Init::Const(0.0));
+        let shared = (&root / "shared").var(
+            "weight",
+            &[config.vocab_size, config.d_model],
+            nn::Init::Const(0.0),
+        );
         let encoder = T5Stack::new(&root / "encoder", &config, false)?;
         let decoder = T5Stack::new(&root / "decoder", &config, true)?;
-        let lm_head = (!config.tie_word_embeddings).then(|| (&root / "lm_head").var("weight", &[config.vocab_size, config.d_model], nn::Init::Const(0.0)));
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            (&root / "lm_head").var(
+                "weight",
+                &[config.vocab_size, config.d_model],
+                nn::Init::Const(0.0),
+            )
+        });
         Ok(T5ForConditionalGeneration { vs, config, shared, encoder, decoder, lm_head })
     }
 
@@ -463,7 +581,9 @@ impl T5ForConditionalGeneration {
         tch::no_grad(|| {
             for (name, mut var) in model.vs.variables() {
                 match init_std(&model.config, &name) {
-                    Some(std) => var.copy_(&seeded_normal(&var.size(), std, seed, &name).to_kind(var.kind())),
+                    Some(std) => {
+                        var.copy_(&seeded_normal(&var.size(), std, seed, &name).to_kind(var.kind()))
+                    }
                     None => {
                         let _ = var.fill_(model.config.initializer_factor);
                     }
@@ -491,10 +611,19 @@ impl T5ForConditionalGeneration {
         self.load_tensors(&tensors, strict, &path.display().to_string())
     }
 
-    pub fn load_tensors(&mut self, tensors: &HashMap<String, Tensor>, strict: bool, source: &str) -> anyhow::Result<LoadReport> {
+    pub fn load_tensors(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        strict: bool,
+        source: &str,
+    ) -> anyhow::Result<LoadReport> {
         let lookup = |name: &str| -> Vec<String> {
             if name == "shared.weight" {
-                vec![name.into(), "encoder.embed_tokens.weight".into(), "decoder.embed_tokens.weight".into()]
+                vec![
+                    name.into(),
+                    "encoder.embed_tokens.weight".into(),
+                    "decoder.embed_tokens.weight".into(),
+                ]
             } else {
                 vec![name.into()]
             }
@@ -508,7 +637,8 @@ impl T5ForConditionalGeneration {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cfg = serde_json::to_value(&self.config)?;
         let obj = cfg.as_object_mut().expect("config is an object");
-        obj.entry("architectures").or_insert_with(|| serde_json::json!(["T5ForConditionalGeneration"]));
+        obj.entry("architectures")
+            .or_insert_with(|| serde_json::json!(["T5ForConditionalGeneration"]));
         obj.entry("is_encoder_decoder").or_insert(serde_json::Value::Bool(true));
         obj.insert("num_decoder_layers".into(), self.config.decoder_layers().into());
         obj.insert("decoder_start_token_id".into(), self.config.decoder_start().into());
@@ -531,7 +661,11 @@ impl T5ForConditionalGeneration {
 
 impl Seq2SeqModel for T5ForConditionalGeneration {
     fn special_tokens(&self) -> SpecialTokens {
-        SpecialTokens { decoder_start: self.config.decoder_start(), eos: self.config.eos_token_id, pad: self.config.pad_token_id }
+        SpecialTokens {
+            decoder_start: self.config.decoder_start(),
+            eos: self.config.eos_token_id,
+            pad: self.config.pad_token_id,
+        }
     }
 
     fn vocab_size(&self) -> i64 {
@@ -562,7 +696,8 @@ impl Seq2SeqModel for T5ForConditionalGeneration {
         debug_assert!(!stack.is_decoder);
         // Position bias (first layer's table) plus the padding mask, computed once and shared by all
         // layers, as transformers passes the first layer's bias down the stack.
-        let bias = stack.blocks[0].self_attn.compute_bias(&self.config, len, len, 0, true) + additive_key_mask(&attention_mask.to_device(device));
+        let bias = stack.blocks[0].self_attn.compute_bias(&self.config, len, len, 0, true)
+            + additive_key_mask(&attention_mask.to_device(device));
         let mut x = self.embed(&input_ids).dropout(self.config.dropout_rate, train);
         for block in &stack.blocks {
             x = block.forward(&x, Some(&bias), None, None, train);
@@ -585,7 +720,13 @@ impl Seq2SeqModel for T5ForConditionalGeneration {
         let past = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
         let stack = &self.decoder;
         debug_assert!(stack.is_decoder);
-        let self_bias = stack.blocks[0].self_attn.compute_bias(&self.config, new_len, past + new_len, past, false);
+        let self_bias = stack.blocks[0].self_attn.compute_bias(
+            &self.config,
+            new_len,
+            past + new_len,
+            past,
+            false,
+        );
         let self_bias = match causal_additive_mask(new_len, past, decoder_attention_mask, device) {
             Some(m) => self_bias + m,
             None => self_bias,
@@ -595,13 +736,21 @@ impl Seq2SeqModel for T5ForConditionalGeneration {
         let mut x = self.embed(&ids).dropout(self.config.dropout_rate, train);
         for (i, block) in stack.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, Some(&self_bias), Some((&encoder_states, &cross_mask)), layer_cache, train);
+            x = block.forward(
+                &x,
+                Some(&self_bias),
+                Some((&encoder_states, &cross_mask)),
+                layer_cache,
+                train,
+            );
         }
         let x = stack.final_layer_norm.forward(&x).dropout(stack.dropout, train);
         match &self.lm_head {
             Some(w) => x.linear::<Tensor>(w, None),
             // Tied v1.0 head: transformers rescales the decoder output by d_model^-0.5 first.
-            None => (x * (self.config.d_model as f64).powf(-0.5)).linear::<Tensor>(&self.shared, None),
+            None => {
+                (x * (self.config.d_model as f64).powf(-0.5)).linear::<Tensor>(&self.shared, None)
+            }
         }
     }
 }

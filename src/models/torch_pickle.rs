@@ -82,7 +82,16 @@ fn elem_size(kind: Kind) -> usize {
 
 fn ints(v: &V, what: &str) -> Result<Vec<i64>> {
     match v {
-        V::Tuple(items) | V::List(items) => items.iter().map(|x| if let V::Int(i) = x { Ok(*i) } else { bail!("{what}: expected integers, got {x:?}") }).collect(),
+        V::Tuple(items) | V::List(items) => items
+            .iter()
+            .map(|x| {
+                if let V::Int(i) = x {
+                    Ok(*i)
+                } else {
+                    bail!("{what}: expected integers, got {x:?}")
+                }
+            })
+            .collect(),
         other => bail!("{what}: expected a tuple of integers, got {other:?}"),
     }
 }
@@ -96,7 +105,10 @@ fn unpickle(data: &[u8]) -> Result<V> {
     macro_rules! take {
         ($n:expr) => {{
             let n = $n;
-            let end = pos.checked_add(n).filter(|&e| e <= data.len()).ok_or_else(|| anyhow!("the pickle ends inside an opcode at byte {pos}"))?;
+            let end = pos
+                .checked_add(n)
+                .filter(|&e| e <= data.len())
+                .ok_or_else(|| anyhow!("the pickle ends inside an opcode at byte {pos}"))?;
             let s = &data[pos..end];
             pos = end;
             s
@@ -291,7 +303,8 @@ fn persistent(pid: V) -> Result<V> {
     let V::Tuple(items) = pid else { bail!("not a tuple: {pid:?}") };
     match items.as_slice() {
         [V::Str(tag), V::Global(module, name), V::Str(key), _location, ..] if tag == "storage" => {
-            let kind = storage_kind(name).ok_or_else(|| anyhow!("unsupported storage type {module}.{name}"))?;
+            let kind = storage_kind(name)
+                .ok_or_else(|| anyhow!("unsupported storage type {module}.{name}"))?;
             Ok(V::Storage(StorageRef { key: key.clone(), kind }))
         }
         other => bail!("not a ('storage', type, key, location, numel) tuple: {other:?}"),
@@ -314,7 +327,8 @@ fn reduce(callable: V, args: V) -> Result<V> {
             V::Tensor(TensorRef { storage: storage.clone(), offset: *offset, size, stride })
         }
         // nn.Parameter(tensor, requires_grad, hooks): the tensor is what matters.
-        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => match args.into_iter().next() {
+        ("torch._utils", "_rebuild_parameter")
+        | ("torch._utils", "_rebuild_parameter_with_state") => match args.into_iter().next() {
             Some(t @ V::Tensor(_)) => t,
             other => bail!("{name}: first argument is not a tensor: {other:?}"),
         },
@@ -332,7 +346,9 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let pkl_name = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() == 1)
-        .ok_or_else(|| anyhow!("{what}: no `<archive>/data.pkl` member; is this a torch.save checkpoint?"))?;
+        .ok_or_else(|| {
+            anyhow!("{what}: no `<archive>/data.pkl` member; is this a torch.save checkpoint?")
+        })?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let mut read_member = |name: &str| -> Result<Vec<u8>> {
         let mut f = zip.by_name(name).map_err(|e| anyhow!("{what}: member `{name}`: {e}"))?;
@@ -342,41 +358,58 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     };
     if let Ok(order) = read_member(&format!("{prefix}byteorder")) {
         if order.trim_ascii() != b"little" {
-            bail!("{what}: byteorder `{}` (only little-endian checkpoints are read)", String::from_utf8_lossy(&order));
+            bail!(
+                "{what}: byteorder `{}` (only little-endian checkpoints are read)",
+                String::from_utf8_lossy(&order)
+            );
         }
     }
     let pickle = read_member(&pkl_name)?;
     let root = unpickle(&pickle).with_context(|| format!("{what}: `{pkl_name}`"))?;
-    let V::Dict(entries) = root else { bail!("{what}: the checkpoint is not a dict of tensors (a state dict)") };
+    let V::Dict(entries) = root else {
+        bail!("{what}: the checkpoint is not a dict of tensors (a state dict)")
+    };
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (k, v) in entries {
         let V::Str(name) = k else { bail!("{what}: a state-dict key is not a string: {k:?}") };
         let t = match v {
             V::Tensor(t) => t,
-            other => bail!("{what}: `{name}` is not a tensor ({})", match other {
-                V::Opaque(s) => format!("built by {s}"),
-                o => format!("{o:?}"),
-            }),
+            other => bail!(
+                "{what}: `{name}` is not a tensor ({})",
+                match other {
+                    V::Opaque(s) => format!("built by {s}"),
+                    o => format!("{o:?}"),
+                }
+            ),
         };
         if !storages.contains_key(&t.storage.key) {
             let bytes = read_member(&format!("{prefix}data/{}", t.storage.key))?;
             let es = elem_size(t.storage.kind);
             if bytes.len() % es != 0 {
-                bail!("{what}: storage `{}` has {} bytes, not a multiple of {es}", t.storage.key, bytes.len());
+                bail!(
+                    "{what}: storage `{}` has {} bytes, not a multiple of {es}",
+                    t.storage.key,
+                    bytes.len()
+                );
             }
-            let flat = Tensor::f_from_data_size(&bytes, &[(bytes.len() / es) as i64], t.storage.kind).with_context(|| format!("{what}: storage `{}`", t.storage.key))?;
+            let flat =
+                Tensor::f_from_data_size(&bytes, &[(bytes.len() / es) as i64], t.storage.kind)
+                    .with_context(|| format!("{what}: storage `{}`", t.storage.key))?;
             storages.insert(t.storage.key.clone(), flat);
         }
         let storage = &storages[&t.storage.key];
         let numel = storage.size()[0];
         // The view must lie inside its storage (a corrupt file must not read out of bounds).
         let empty = t.size.contains(&0);
-        let last = t.offset + t.size.iter().zip(&t.stride).map(|(&s, &st)| (s - 1).max(0) * st).sum::<i64>();
+        let last = t.offset
+            + t.size.iter().zip(&t.stride).map(|(&s, &st)| (s - 1).max(0) * st).sum::<i64>();
         if t.offset < 0 || t.stride.iter().any(|&s| s < 0) || (!empty && last >= numel) {
             bail!("{what}: `{name}` (size {:?}, stride {:?}, offset {}) reaches past its storage of {numel} elements", t.size, t.stride, t.offset);
         }
-        let view = storage.f_as_strided(t.size.as_slice(), t.stride.as_slice(), Some(t.offset))?.contiguous();
+        let view = storage
+            .f_as_strided(t.size.as_slice(), t.stride.as_slice(), Some(t.offset))?
+            .contiguous();
         out.push((name, view));
     }
     if out.is_empty() {
@@ -391,9 +424,13 @@ pub fn convert_to_safetensors(bin: &Path, out: &Path) -> Result<()> {
     let tensors = read_state_dict(bin)?;
     let dir = out.parent().context("the output has a folder")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".convert-").suffix(".safetensors").tempfile_in(dir)?;
-    Tensor::write_safetensors(&tensors, tmp.path()).with_context(|| format!("writing {}", out.display()))?;
-    tmp.persist(out).map_err(|e| e.error).with_context(|| format!("renaming into {}", out.display()))?;
+    let tmp =
+        tempfile::Builder::new().prefix(".convert-").suffix(".safetensors").tempfile_in(dir)?;
+    Tensor::write_safetensors(&tensors, tmp.path())
+        .with_context(|| format!("writing {}", out.display()))?;
+    tmp.persist(out)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", out.display()))?;
     Ok(())
 }
 
@@ -413,6 +450,9 @@ mod tests {
         // An opcode outside the subset is refused by name and position.
         let err = unpickle(b"\x80\x02I1\n.").unwrap_err().to_string();
         assert!(err.contains("opcode 0x49 at byte 2"), "{err}");
-        assert!(unpickle(b"\x80\x02X\x09\x00\x00\x00ab").unwrap_err().to_string().contains("ends inside"));
+        assert!(unpickle(b"\x80\x02X\x09\x00\x00\x00ab")
+            .unwrap_err()
+            .to_string()
+            .contains("ends inside"));
     }
 }

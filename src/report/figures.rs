@@ -66,11 +66,19 @@ const OURS: RGBColor = RGBColor(31, 119, 180);
 
 /// Horizontal paired bars (paper grey, reproduced blue), one panel per task; writes
 /// `<stem>.png` and `<stem>.svg` and returns their file names.
-pub fn paired_bars(dir: &Path, stem: &str, title: &str, panels: &[BarPanel]) -> Result<Vec<String>> {
+pub fn paired_bars(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    panels: &[BarPanel],
+) -> Result<Vec<String>> {
     ensure_font()?;
     let rows = panels.iter().map(|p| p.groups.len()).max().unwrap_or(1).max(1);
     // Wide enough for the title (about 11 px per character at 20 px) even with one panel.
-    let size = ((420 * panels.len().max(1) as u32).max(11 * title.chars().count() as u32 + 40), 140 + 46 * rows as u32);
+    let size = (
+        (420 * panels.len().max(1) as u32).max(11 * title.chars().count() as u32 + 40),
+        140 + 46 * rows as u32,
+    );
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     draw_paired_bars(BitMapBackend::new(&png, size).into_drawing_area(), title, panels)?;
@@ -78,14 +86,25 @@ pub fn paired_bars(dir: &Path, stem: &str, title: &str, panels: &[BarPanel]) -> 
     Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
 }
 
-fn draw_paired_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, panels: &[BarPanel]) -> Result<()> {
+fn draw_paired_bars<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[BarPanel],
+) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
-    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    let root = root
+        .titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold))
+        .map_err(plot_err)?;
     let (body, legend) = root.split_vertically(root.dim_in_pixel().1 - 30);
     let areas = body.split_evenly((1, panels.len().max(1)));
     for (area, panel) in areas.iter().zip(panels) {
         let n = panel.groups.len().max(1) as f64;
-        let max = panel.groups.iter().flat_map(|g| [g.paper, g.reproduced]).flatten().fold(0.0f64, f64::max);
+        let max = panel
+            .groups
+            .iter()
+            .flat_map(|g| [g.paper, g.reproduced])
+            .flatten()
+            .fold(0.0f64, f64::max);
         let x_max = ((max * 1.25) / 10.0).ceil().max(1.0) * 10.0;
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 16))
@@ -106,9 +125,15 @@ fn draw_paired_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &st
             // Rows top to bottom in the order given.
             let base = n - 1.0 - i as f64;
             chart
-                .draw_series(std::iter::once(Text::new(g.label.clone(), (x_max * 0.01, base + 0.93), ("sans-serif", 13).into_font())))
+                .draw_series(std::iter::once(Text::new(
+                    g.label.clone(),
+                    (x_max * 0.01, base + 0.93),
+                    ("sans-serif", 13).into_font(),
+                )))
                 .map_err(plot_err)?;
-            for (value, y0, color, tag) in [(g.paper, base + 0.42, PAPER, "paper"), (g.reproduced, base + 0.08, OURS, "ours")] {
+            for (value, y0, color, tag) in
+                [(g.paper, base + 0.42, PAPER, "paper"), (g.reproduced, base + 0.08, OURS, "ours")]
+            {
                 // A missing reproduction is worth saying; a missing paper value (a recorded run
                 // the paper does not print) is not.
                 let (rect_end, label) = match value {
@@ -117,17 +142,26 @@ fn draw_paired_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &st
                     None => continue,
                 };
                 chart
-                    .draw_series(std::iter::once(Rectangle::new([(0.0, y0), (rect_end, y0 + 0.3)], color.filled())))
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(0.0, y0), (rect_end, y0 + 0.3)],
+                        color.filled(),
+                    )))
                     .map_err(plot_err)?;
                 chart
-                    .draw_series(std::iter::once(Text::new(label, (rect_end + x_max * 0.01, y0 + 0.27), ("sans-serif", 11).into_font())))
+                    .draw_series(std::iter::once(Text::new(
+                        label,
+                        (rect_end + x_max * 0.01, y0 + 0.27),
+                        ("sans-serif", 11).into_font(),
+                    )))
                     .map_err(plot_err)?;
             }
         }
     }
     let swatch = |x: i32, color: RGBColor, text: &str| -> Result<()> {
         legend.draw(&Rectangle::new([(x, 8), (x + 14, 22)], color.filled())).map_err(plot_err)?;
-        legend.draw(&Text::new(text.to_string(), (x + 20, 8), ("sans-serif", 13).into_font())).map_err(plot_err)?;
+        legend
+            .draw(&Text::new(text.to_string(), (x + 20, 8), ("sans-serif", 13).into_font()))
+            .map_err(plot_err)?;
         Ok(())
     };
     swatch(20, PAPER, "paper (as printed)")?;
@@ -175,7 +209,12 @@ pub struct ScatterPanel {
 }
 
 /// Labelled scatter plots, one panel each; writes `<stem>.png` and `<stem>.svg`.
-pub fn scatter(dir: &Path, stem: &str, title: &str, panels: &[ScatterPanel]) -> Result<Vec<String>> {
+pub fn scatter(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    panels: &[ScatterPanel],
+) -> Result<Vec<String>> {
     ensure_font()?;
     if panels.is_empty() {
         bail!("no panels to draw");
@@ -188,9 +227,15 @@ pub fn scatter(dir: &Path, stem: &str, title: &str, panels: &[ScatterPanel]) -> 
     Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
 }
 
-fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, panels: &[ScatterPanel]) -> Result<()> {
+fn draw_scatter<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[ScatterPanel],
+) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
-    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    let root = root
+        .titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold))
+        .map_err(plot_err)?;
     let areas = root.split_evenly((1, panels.len()));
     for (area, panel) in areas.iter().zip(panels) {
         let hi = panel.points.iter().flat_map(|p| [p.x, p.y]).fold(0.0f64, f64::max);
@@ -211,14 +256,19 @@ fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, p
             .map_err(plot_err)?;
         // The diagonal: a model that scores the same on both test sets.
         chart
-            .draw_series(LineSeries::new([(0.0, 0.0), (top, top)], RGBColor(200, 200, 200).stroke_width(1)))
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (top, top)],
+                RGBColor(200, 200, 200).stroke_width(1),
+            ))
             .map_err(plot_err)?;
         chart
             .draw_series(panel.points.iter().map(|p| Circle::new((p.x, p.y), 5, OURS.filled())))
             .map_err(plot_err)?;
         let placed = place_labels(&panel.points, top, area.dim_in_pixel().0 as f64 - 90.0);
         chart
-            .draw_series(panel.points.iter().zip(placed).map(|(p, y)| Text::new(p.label.clone(), (p.x + top * 0.015, y), ("sans-serif", 11).into_font())))
+            .draw_series(panel.points.iter().zip(placed).map(|(p, y)| {
+                Text::new(p.label.clone(), (p.x + top * 0.015, y), ("sans-serif", 11).into_font())
+            }))
             .map_err(plot_err)?;
     }
     root.present().map_err(plot_err)?;
@@ -232,11 +282,24 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-const CURVE_COLORS: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const CURVE_COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 /// Lines (e.g. learning curves) on one chart with a legend; writes `<stem>.png` and `<stem>.svg`.
-pub fn line_chart(dir: &Path, stem: &str, title: &str, x_desc: &str, y_desc: &str, curves: &[Curve]) -> Result<Vec<String>> {
+pub fn line_chart(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Result<Vec<String>> {
     ensure_font()?;
     if curves.iter().all(|c| c.points.is_empty()) {
         bail!("no points to draw in {stem}");
@@ -249,10 +312,19 @@ pub fn line_chart(dir: &Path, stem: &str, title: &str, x_desc: &str, y_desc: &st
     Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
 }
 
-fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, x_desc: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
+fn draw_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
-    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
-    let pts = curves.iter().flat_map(|c| c.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let root = root
+        .titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold))
+        .map_err(plot_err)?;
+    let pts =
+        curves.iter().flat_map(|c| c.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
     let (x_max, y_max) = pts.fold((1.0f64, 0.0f64), |(a, b), &(x, y)| (a.max(x), b.max(y)));
     let mut chart = ChartBuilder::on(&root)
         .margin(14)
@@ -260,14 +332,25 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, x_d
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..x_max, 0f64..(y_max * 1.05).max(1e-6))
         .map_err(plot_err)?;
-    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(plot_err)?;
     for (i, c) in curves.iter().enumerate() {
         let color = CURVE_COLORS[i % CURVE_COLORS.len()];
         chart
-            .draw_series(LineSeries::new(c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()),
+                color.stroke_width(2),
+            ))
             .map_err(plot_err)?
             .label(c.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

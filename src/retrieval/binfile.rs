@@ -5,7 +5,6 @@
 //! temporary file in the target folder and renamed into place ([`crate::util::fs::write_atomic`]), so readers
 //! see either the old file or the complete new one.
 
-
 use anyhow::{bail, Context, Result};
 
 #[derive(Default)]
@@ -57,7 +56,11 @@ impl<'a> Reader<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.pos + n > self.buf.len() {
-            bail!("{}: truncated at byte {} (wanted {n} more bytes); delete it to rebuild", self.what, self.pos);
+            bail!(
+                "{}: truncated at byte {} (wanted {n} more bytes); delete it to rebuild",
+                self.what,
+                self.pos
+            );
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -78,23 +81,29 @@ impl<'a> Reader<'a> {
     pub fn str(&mut self) -> Result<String> {
         let n = self.u32()? as usize;
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).with_context(|| format!("{}: a string at byte {} is not UTF-8", self.what, self.pos))
+        String::from_utf8(bytes.to_vec())
+            .with_context(|| format!("{}: a string at byte {} is not UTF-8", self.what, self.pos))
     }
     pub fn u32s(&mut self) -> Result<Vec<u32>> {
         let n = self.u64()? as usize;
         let bytes = self.take(n.checked_mul(4).context("length overflow")?)?;
-        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
     }
     pub fn f32s(&mut self) -> Result<Vec<f32>> {
         let n = self.u64()? as usize;
         let bytes = self.take(n.checked_mul(4).context("length overflow")?)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
     }
     pub fn at_end(&self) -> bool {
         self.pos == self.buf.len()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -111,7 +111,16 @@ impl Bm25Index {
                 cursor[id as usize] += 1;
             }
         }
-        let mut index = Bm25Index { terms, term_ids, offsets, post_docs, post_tfs, doc_lens, avgdl: 0.0, okapi_mean_idf: 0.0 };
+        let mut index = Bm25Index {
+            terms,
+            term_ids,
+            offsets,
+            post_docs,
+            post_tfs,
+            doc_lens,
+            avgdl: 0.0,
+            okapi_mean_idf: 0.0,
+        };
         index.finish();
         index
     }
@@ -121,7 +130,11 @@ impl Bm25Index {
         let total: u64 = self.doc_lens.iter().map(|&l| l as u64).sum();
         self.avgdl = if n == 0 { 0.0 } else { total as f64 / n as f64 };
         let v = self.terms.len();
-        self.okapi_mean_idf = if v == 0 { 0.0 } else { (0..v).map(|t| self.okapi_raw_idf(t as u32)).sum::<f64>() / v as f64 };
+        self.okapi_mean_idf = if v == 0 {
+            0.0
+        } else {
+            (0..v).map(|t| self.okapi_raw_idf(t as u32)).sum::<f64>() / v as f64
+        };
     }
 
     pub fn n_docs(&self) -> usize {
@@ -150,7 +163,9 @@ impl Bm25Index {
 
     /// Number of documents containing the term.
     pub fn df(&self, term: &str) -> u32 {
-        self.term_id(term).map(|t| self.offsets[t as usize + 1] - self.offsets[t as usize]).unwrap_or(0)
+        self.term_id(term)
+            .map(|t| self.offsets[t as usize + 1] - self.offsets[t as usize])
+            .unwrap_or(0)
     }
 
     /// Frequency of `term` in `doc` (binary search in the term's postings).
@@ -196,11 +211,16 @@ impl Bm25Index {
             return scores;
         }
         let (k1, b) = (params.k1, params.b);
-        let norm: Vec<f64> = self.doc_lens.iter().map(|&l| k1 * (1.0 - b + b * l as f64 / self.avgdl.max(f64::MIN_POSITIVE))).collect();
+        let norm: Vec<f64> = self
+            .doc_lens
+            .iter()
+            .map(|&l| k1 * (1.0 - b + b * l as f64 / self.avgdl.max(f64::MIN_POSITIVE)))
+            .collect();
         for term in query {
             let Some(t) = self.term_id(term.as_ref()) else { continue };
             let idf = self.idf(term.as_ref(), params.idf);
-            let (lo, hi) = (self.offsets[t as usize] as usize, self.offsets[t as usize + 1] as usize);
+            let (lo, hi) =
+                (self.offsets[t as usize] as usize, self.offsets[t as usize + 1] as usize);
             for i in lo..hi {
                 let d = self.post_docs[i] as usize;
                 let tf = self.post_tfs[i] as f64;
@@ -212,7 +232,13 @@ impl Bm25Index {
 
     /// The `k` best documents with a positive score among those `keep` accepts, best first (ties:
     /// lower document index first, so results are deterministic).
-    pub fn top_k<S: AsRef<str>>(&self, query: &[S], params: &Bm25Params, k: usize, keep: impl Fn(usize) -> bool) -> Vec<(usize, f64)> {
+    pub fn top_k<S: AsRef<str>>(
+        &self,
+        query: &[S],
+        params: &Bm25Params,
+        k: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, f64)> {
         let scores = self.scores(query, params);
         top_k_of(&scores, k, |d| scores[d] > 0.0 && keep(d))
     }
@@ -238,14 +264,30 @@ impl Bm25Index {
         let post_docs = r.u32s()?;
         let post_tfs = r.u32s()?;
         let doc_lens = r.u32s()?;
-        if offsets.len() != v + 1 || post_docs.len() != post_tfs.len() || offsets.last().copied() != Some(post_docs.len() as u32) {
-            bail!("inconsistent BM25 index sections (vocabulary {v}, offsets {}, postings {})", offsets.len(), post_docs.len());
+        if offsets.len() != v + 1
+            || post_docs.len() != post_tfs.len()
+            || offsets.last().copied() != Some(post_docs.len() as u32)
+        {
+            bail!(
+                "inconsistent BM25 index sections (vocabulary {v}, offsets {}, postings {})",
+                offsets.len(),
+                post_docs.len()
+            );
         }
         if post_docs.iter().any(|&d| d as usize >= doc_lens.len()) {
             bail!("a BM25 posting points past the last document");
         }
         let term_ids = terms.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let mut index = Bm25Index { terms, term_ids, offsets, post_docs, post_tfs, doc_lens, avgdl: 0.0, okapi_mean_idf: 0.0 };
+        let mut index = Bm25Index {
+            terms,
+            term_ids,
+            offsets,
+            post_docs,
+            post_tfs,
+            doc_lens,
+            avgdl: 0.0,
+            okapi_mean_idf: 0.0,
+        };
         index.finish();
         Ok(index)
     }
@@ -253,7 +295,8 @@ impl Bm25Index {
 
 /// Indices of the `k` largest values among those `keep` accepts, best first; ties by index.
 pub fn top_k_of(scores: &[f64], k: usize, keep: impl Fn(usize) -> bool) -> Vec<(usize, f64)> {
-    let mut cand: Vec<(usize, f64)> = (0..scores.len()).filter(|&d| keep(d)).map(|d| (d, scores[d])).collect();
+    let mut cand: Vec<(usize, f64)> =
+        (0..scores.len()).filter(|&d| keep(d)).map(|d| (d, scores[d])).collect();
     let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if k == 0 {
         return Vec::new();
@@ -271,7 +314,12 @@ mod tests {
     use super::*;
 
     fn docs() -> Vec<Vec<&'static str>> {
-        vec![vec!["cat", "sat", "mat"], vec!["dog", "sat", "log", "dog"], vec!["cat", "dog"], vec!["bird"]]
+        vec![
+            vec!["cat", "sat", "mat"],
+            vec!["dog", "sat", "log", "dog"],
+            vec!["cat", "dog"],
+            vec!["bird"],
+        ]
     }
 
     #[test]
@@ -313,11 +361,18 @@ mod tests {
         let index = Bm25Index::build(&docs());
         let p = Bm25Params::default();
         let top = index.top_k(&["dog", "cat"], &p, 10, |_| true);
-        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [2, 1, 0], "doc 3 scores 0 and is left out");
+        assert_eq!(
+            top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            [2, 1, 0],
+            "doc 3 scores 0 and is left out"
+        );
         let top = index.top_k(&["dog", "cat"], &p, 1, |d| d != 2);
         assert_eq!(top.len(), 1);
         assert_eq!(top[0].0, 1);
-        assert_eq!(top_k_of(&[1.0, 3.0, 3.0, 2.0], 3, |_| true).iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            top_k_of(&[1.0, 3.0, 3.0, 2.0], 3, |_| true).iter().map(|t| t.0).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 pub fn inner_products(matrix: &[f32], dim: usize, query: &[f32]) -> Vec<f64> {
     assert_eq!(query.len(), dim, "query dimension");
     assert_eq!(matrix.len() % dim.max(1), 0, "matrix is rows × dim");
-    matrix.chunks_exact(dim).map(|row| row.iter().zip(query).map(|(a, b)| (*a as f64) * (*b as f64)).sum()).collect()
+    matrix
+        .chunks_exact(dim)
+        .map(|row| row.iter().zip(query).map(|(a, b)| (*a as f64) * (*b as f64)).sum())
+        .collect()
 }
 
 /// The `k` rows with the largest inner product, best first (ties by row index).

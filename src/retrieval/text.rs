@@ -22,19 +22,185 @@ pub const ANALYZER_VERSION: &str = "lower+amp+punct+cjk-bigrams+nltk-stop+snowba
 
 /// NLTK's English stop-word list (179 words), the list retriv's `stopwords="english"` loads.
 pub const ENGLISH_STOP_WORDS: &[&str] = &[
-    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "you're", "you've", "you'll", "you'd", "your", "yours",
-    "yourself", "yourselves", "he", "him", "his", "himself", "she", "she's", "her", "hers", "herself", "it", "it's", "its",
-    "itself", "they", "them", "their", "theirs", "themselves", "what", "which", "who", "whom", "this", "that", "that'll",
-    "these", "those", "am", "is", "are", "was", "were", "be", "been", "being", "have", "has", "had", "having", "do", "does",
-    "did", "doing", "a", "an", "the", "and", "but", "if", "or", "because", "as", "until", "while", "of", "at", "by", "for",
-    "with", "about", "against", "between", "into", "through", "during", "before", "after", "above", "below", "to", "from",
-    "up", "down", "in", "out", "on", "off", "over", "under", "again", "further", "then", "once", "here", "there", "when",
-    "where", "why", "how", "all", "any", "both", "each", "few", "more", "most", "other", "some", "such", "no", "nor", "not",
-    "only", "own", "same", "so", "than", "too", "very", "s", "t", "can", "will", "just", "don", "don't", "should",
-    "should've", "now", "d", "ll", "m", "o", "re", "ve", "y", "ain", "aren", "aren't", "couldn", "couldn't", "didn",
-    "didn't", "doesn", "doesn't", "hadn", "hadn't", "hasn", "hasn't", "haven", "haven't", "isn", "isn't", "ma", "mightn",
-    "mightn't", "mustn", "mustn't", "needn", "needn't", "shan", "shan't", "shouldn", "shouldn't", "wasn", "wasn't", "weren",
-    "weren't", "won", "won't", "wouldn", "wouldn't",
+    "i",
+    "me",
+    "my",
+    "myself",
+    "we",
+    "our",
+    "ours",
+    "ourselves",
+    "you",
+    "you're",
+    "you've",
+    "you'll",
+    "you'd",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+    "he",
+    "him",
+    "his",
+    "himself",
+    "she",
+    "she's",
+    "her",
+    "hers",
+    "herself",
+    "it",
+    "it's",
+    "its",
+    "itself",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "themselves",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "this",
+    "that",
+    "that'll",
+    "these",
+    "those",
+    "am",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "have",
+    "has",
+    "had",
+    "having",
+    "do",
+    "does",
+    "did",
+    "doing",
+    "a",
+    "an",
+    "the",
+    "and",
+    "but",
+    "if",
+    "or",
+    "because",
+    "as",
+    "until",
+    "while",
+    "of",
+    "at",
+    "by",
+    "for",
+    "with",
+    "about",
+    "against",
+    "between",
+    "into",
+    "through",
+    "during",
+    "before",
+    "after",
+    "above",
+    "below",
+    "to",
+    "from",
+    "up",
+    "down",
+    "in",
+    "out",
+    "on",
+    "off",
+    "over",
+    "under",
+    "again",
+    "further",
+    "then",
+    "once",
+    "here",
+    "there",
+    "when",
+    "where",
+    "why",
+    "how",
+    "all",
+    "any",
+    "both",
+    "each",
+    "few",
+    "more",
+    "most",
+    "other",
+    "some",
+    "such",
+    "no",
+    "nor",
+    "not",
+    "only",
+    "own",
+    "same",
+    "so",
+    "than",
+    "too",
+    "very",
+    "s",
+    "t",
+    "can",
+    "will",
+    "just",
+    "don",
+    "don't",
+    "should",
+    "should've",
+    "now",
+    "d",
+    "ll",
+    "m",
+    "o",
+    "re",
+    "ve",
+    "y",
+    "ain",
+    "aren",
+    "aren't",
+    "couldn",
+    "couldn't",
+    "didn",
+    "didn't",
+    "doesn",
+    "doesn't",
+    "hadn",
+    "hadn't",
+    "hasn",
+    "hasn't",
+    "haven",
+    "haven't",
+    "isn",
+    "isn't",
+    "ma",
+    "mightn",
+    "mightn't",
+    "mustn",
+    "mustn't",
+    "needn",
+    "needn't",
+    "shan",
+    "shan't",
+    "shouldn",
+    "shouldn't",
+    "wasn",
+    "wasn't",
+    "weren",
+    "weren't",
+    "won",
+    "won't",
+    "wouldn",
+    "wouldn't",
 ];
 
 fn stop_words() -> &'static HashSet<&'static str> {
@@ -120,14 +286,22 @@ impl Analyzer {
     /// Index terms of a text, in order, duplicates kept (term frequency matters to BM25).
     pub fn analyze(&self, text: &str) -> Vec<String> {
         let stops = stop_words();
-        raw_tokens(text).into_iter().filter(|t| !stops.contains(t.as_str())).map(|t| self.stem(&t)).collect()
+        raw_tokens(text)
+            .into_iter()
+            .filter(|t| !stops.contains(t.as_str()))
+            .map(|t| self.stem(&t))
+            .collect()
     }
 
     /// Like [`Analyzer::analyze`], but each term paired with the first surface word that produced it
     /// (so explanations can say "matched `translation` (stem `translat`)").
     pub fn analyze_with_surface(&self, text: &str) -> Vec<(String, String)> {
         let stops = stop_words();
-        raw_tokens(text).into_iter().filter(|t| !stops.contains(t.as_str())).map(|t| (self.stem(&t), t)).collect()
+        raw_tokens(text)
+            .into_iter()
+            .filter(|t| !stops.contains(t.as_str()))
+            .map(|t| (self.stem(&t), t))
+            .collect()
     }
 }
 
@@ -147,10 +321,16 @@ mod tests {
 
     #[test]
     fn tokens_lowercase_and_drop_punctuation() {
-        assert_eq!(raw_tokens("Hello, World! T5-base & BART."), ["hello", "world", "t5", "base", "and", "bart"]);
+        assert_eq!(
+            raw_tokens("Hello, World! T5-base & BART."),
+            ["hello", "world", "t5", "base", "and", "bart"]
+        );
         assert_eq!(raw_tokens("  ...  "), Vec::<String>::new());
         assert_eq!(raw_tokens("Éclair über"), ["éclair", "über"]);
-        assert_eq!(raw_tokens("Pythonで1行のコード"), ["python", "で", "1", "行の", "のコ", "コー", "ード"]);
+        assert_eq!(
+            raw_tokens("Pythonで1行のコード"),
+            ["python", "で", "1", "行の", "のコ", "コー", "ード"]
+        );
         assert_eq!(raw_tokens("日本語 a"), ["日本", "本語", "a"]);
     }
 
@@ -184,10 +364,19 @@ mod tests {
     #[test]
     fn analyze_removes_stop_words_before_stemming() {
         let a = Analyzer::new();
-        assert_eq!(a.analyze("The models are answering the questions"), ["model", "answer", "question"]);
+        assert_eq!(
+            a.analyze("The models are answering the questions"),
+            ["model", "answer", "question"]
+        );
         // "don't" splits into "don" and "t", both NLTK stop words.
         assert_eq!(a.analyze("Don't translate"), ["translat"]);
         let with = a.analyze_with_surface("Translating news");
-        assert_eq!(with, [("translat".to_string(), "translating".to_string()), ("news".to_string(), "news".to_string())]);
+        assert_eq!(
+            with,
+            [
+                ("translat".to_string(), "translating".to_string()),
+                ("news".to_string(), "news".to_string())
+            ]
+        );
     }
 }

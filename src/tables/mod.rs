@@ -1,17 +1,17 @@
 //! Reproductions of the paper's tables. The `experiments/` binaries are thin wrappers around these
 //! functions so that tests (snapshot and regression) run exactly what users run.
 
+pub mod retrieval;
 pub mod table1;
 pub mod table2;
 pub mod table3;
-pub mod retrieval;
 
 use anyhow::{Context, Result};
 
 use crate::data::loaders::{self, HfDisk};
-use crate::evaluator::{self, Metric, Score};
 use crate::data::recorded::RecordedRun;
 use crate::data::registry::{Registry, ResolvedFile};
+use crate::evaluator::{self, Metric, Score};
 
 /// Predictions and references of a recorded prediction folder (columns `output`, `output_col`).
 pub struct RecordedPredictions {
@@ -25,7 +25,10 @@ pub fn load_recorded_predictions(registry: &Registry, folder: &str) -> Result<Re
     let (disk, local, files) = loaders::load_registered_hf_disk(registry, folder)?;
     let frame = match disk {
         HfDisk::Dataset(df) => df,
-        HfDisk::Dict(_) => anyhow::bail!("{}: expected a single dataset of predictions, found a DatasetDict", local.display()),
+        HfDisk::Dict(_) => anyhow::bail!(
+            "{}: expected a single dataset of predictions, found a DatasetDict",
+            local.display()
+        ),
     };
     let common = loaders::p2m_to_common(&frame, &local)?;
     let predictions = loaders::string_column(&common, loaders::PREDICTION)
@@ -39,9 +42,14 @@ pub fn load_recorded_predictions(registry: &Registry, folder: &str) -> Result<Re
 }
 
 /// Score a recorded run with a metric.
-pub fn score_recorded(registry: &Registry, run: &RecordedRun, metric: Metric) -> Result<(Score, Vec<ResolvedFile>)> {
+pub fn score_recorded(
+    registry: &Registry,
+    run: &RecordedRun,
+    metric: Metric,
+) -> Result<(Score, Vec<ResolvedFile>)> {
     let p = load_recorded_predictions(registry, &run.folder)?;
-    let score = evaluator::score(metric, &p.predictions, &p.references).with_context(|| run.folder.clone())?;
+    let score = evaluator::score(metric, &p.predictions, &p.references)
+        .with_context(|| run.folder.clone())?;
     Ok((score, p.files))
 }
 

@@ -45,8 +45,14 @@ pub const JUDGEMENTS_FILE: &str = "retrieval_judgements.toml";
 
 pub fn load_judgements(data_dir: &Path) -> Result<Judgements> {
     let path = data_dir.join(JUDGEMENTS_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: expected [[model]] and [[dataset]] tables with task, model/dataset and why", path.display()))
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected [[model]] and [[dataset]] tables with task, model/dataset and why",
+            path.display()
+        )
+    })
 }
 
 fn rank_text(rank: Option<u32>, of: usize) -> String {
@@ -69,9 +75,18 @@ pub fn run(paths: &Paths, teacher: Option<&dyn Teacher>) -> Result<PathBuf> {
     let (index, _) = ModelIndex::load_or_build(&source, &paths.cache, true)?;
     let cfg = ModelRetrieverConfig::default();
     let all_cfg = ModelRetrieverConfig { first_stage_depth: usize::MAX, ..Default::default() };
-    let (mut m_task, mut m_rank, mut m_name, mut m_score, mut m_bm25, mut m_dl, mut m_size, mut m_terms) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut j_task, mut j_model, mut j_rank, mut j_rank_all, mut j_why) = (vec![], vec![], vec![], vec![], vec![]);
+    let (
+        mut m_task,
+        mut m_rank,
+        mut m_name,
+        mut m_score,
+        mut m_bm25,
+        mut m_dl,
+        mut m_size,
+        mut m_terms,
+    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut j_task, mut j_model, mut j_rank, mut j_rank_all, mut j_why) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let mut queries = Vec::new();
     let mut model_sentences = Vec::new();
     for task in &tasks {
@@ -90,7 +105,14 @@ pub fn run(paths: &Paths, teacher: Option<&dyn Teacher>) -> Result<PathBuf> {
             m_bm25.push(m.bm25);
             m_dl.push(m.downloads);
             m_size.push(mr::format_size(m.size_bytes));
-            m_terms.push(m.matched_terms.iter().take(5).map(|t| t.word.clone()).collect::<Vec<_>>().join(", "));
+            m_terms.push(
+                m.matched_terms
+                    .iter()
+                    .take(5)
+                    .map(|t| t.word.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
         }
         let staged = index.rank(&query, &cfg, None);
         let full = index.rank(&query, &all_cfg, None);
@@ -101,7 +123,13 @@ pub fn run(paths: &Paths, teacher: Option<&dyn Teacher>) -> Result<PathBuf> {
             j_rank.push(rank);
             j_rank_all.push(full.models.iter().find(|m| m.name == j.model).map(|m| m.rank as u32));
             j_why.push(j.why.clone());
-            model_sentences.push(format!("{}: {} ({}) {}", task.id, j.model, j.why, rank_text(rank, staged.eligible)));
+            model_sentences.push(format!(
+                "{}: {} ({}) {}",
+                task.id,
+                j.model,
+                j.why,
+                rank_text(rank, staged.eligible)
+            ));
         }
     }
     let models_top5 = df!("task" => m_task, "rank" => m_rank, "model" => m_name, "score" => m_score, "bm25" => m_bm25,
@@ -112,7 +140,8 @@ pub fn run(paths: &Paths, teacher: Option<&dyn Teacher>) -> Result<PathBuf> {
     // Datasets.
     let (retriever, _) = open_dataset_retriever(paths, None, true)?;
     let n_datasets = retriever.index.entries.len();
-    let (mut d_task, mut d_rank, mut d_name, mut d_score, mut d_local) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut d_task, mut d_rank, mut d_name, mut d_score, mut d_local) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let (mut k_task, mut k_name, mut k_rank, mut k_why) = (vec![], vec![], vec![], vec![]);
     let (mut b_task, mut b_name, mut b_rank) = (vec![], vec![], vec![]);
     let mut dataset_sentences = Vec::new();
@@ -159,9 +188,15 @@ pub fn run(paths: &Paths, teacher: Option<&dyn Teacher>) -> Result<PathBuf> {
                             "query": if teacher.is_some() { "HyDE" } else { "instruction" }, "queries": queries,
                             "judgements": paths.data.join(JUDGEMENTS_FILE) }),
     );
-    manifest.add_inputs([registry.resolve_file(mr::MODEL_INDEX_FILE)?, DatasetIndex::from_registry(&registry)?.1]);
-    let non_english: Vec<&str> =
-        tasks.iter().filter(|t| detect_language(&t.instruction) != Language::English).map(|t| t.id.as_str()).collect();
+    manifest.add_inputs([
+        registry.resolve_file(mr::MODEL_INDEX_FILE)?,
+        DatasetIndex::from_registry(&registry)?.1,
+    ]);
+    let non_english: Vec<&str> = tasks
+        .iter()
+        .filter(|t| detect_language(&t.instruction) != Language::English)
+        .map(|t| t.id.as_str())
+        .collect();
     let mut notes = vec![
         format!(
             "Model query: {}. Score = BM25 (k1 1.2, b 0.75) × log10(downloads + {}) over the best {} by BM25 (the reference code); \
@@ -185,17 +220,33 @@ pub fn run(paths: &Paths, teacher: Option<&dyn Teacher>) -> Result<PathBuf> {
             retriever.encoder.id
         ));
     }
-    let mut t4 = ReportTable::new("datasets_top5", &format!("Dataset retriever: top-5 per task ({}, inner product)", retriever.encoder.id), datasets_top5);
+    let mut t4 = ReportTable::new(
+        "datasets_top5",
+        &format!("Dataset retriever: top-5 per task ({}, inner product)", retriever.encoder.id),
+        datasets_top5,
+    );
     t4.decimals = 4;
     let report = Report {
         name: "retrieval".into(),
         title: "Retrieval quality on the paper's three prompts".into(),
         tables: vec![
-            ReportTable::new("models_judged", "Model retriever: ranks of the models a person would choose", models_judged),
+            ReportTable::new(
+                "models_judged",
+                "Model retriever: ranks of the models a person would choose",
+                models_judged,
+            ),
             ReportTable::new("models_top5", "Model retriever: top-5 per task", models_top5),
-            ReportTable::new("datasets_judged", "Dataset retriever: ranks of the datasets a person would choose", datasets_judged),
+            ReportTable::new(
+                "datasets_judged",
+                "Dataset retriever: ranks of the datasets a person would choose",
+                datasets_judged,
+            ),
             t4,
-            ReportTable::new("datasets_best_loadable", "Dataset retriever: the best dataset loadable offline", best_loadable),
+            ReportTable::new(
+                "datasets_best_loadable",
+                "Dataset retriever: the best dataset loadable offline",
+                best_loadable,
+            ),
         ],
         notes,
         manifest,

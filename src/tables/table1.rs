@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use super::{load_recorded_predictions, round2, score_recorded};
 use crate::data::loaders::{self, HfDisk};
-use crate::evaluator::{self, Metric};
 use crate::data::recorded::{self, TestSet, GPT_BASELINE};
 use crate::data::registry::Registry;
+use crate::data::tasks::{self, Task};
+use crate::evaluator::{self, Metric};
 use crate::report::figures::{BarGroup, BarPanel};
 use crate::report::{Manifest, Report, ReportTable};
-use crate::data::tasks::{self, Task};
 
 /// One reproduced (or missing) cell of Table 1.
 #[derive(Debug, Clone, Serialize)]
@@ -56,10 +56,13 @@ fn em_from_result_file(text: &str, key: &str) -> Vec<f64> {
 pub fn recorded(registry: &Registry) -> Result<Table1> {
     let tasks = tasks::load_tasks(&registry.paths.data)?;
     let paper = crate::data::paper::load_paper_results(&registry.paths.data)?;
-    let mut manifest = Manifest::new("table1", &registry.paths.root, serde_json::json!({ "source": "recorded" }));
+    let mut manifest =
+        Manifest::new("table1", &registry.paths.root, serde_json::json!({ "source": "recorded" }));
     let mut cells = Vec::new();
     let mut notes = Vec::new();
-    let paper_value = |system: &str, task: &str| paper.table1.row.iter().find(|r| r.system == system).and_then(|r| r.value(task));
+    let paper_value = |system: &str, task: &str| {
+        paper.table1.row.iter().find(|r| r.system == system).and_then(|r| r.value(task))
+    };
 
     for task in &tasks {
         let metric = task.metric();
@@ -77,14 +80,24 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
             let folder = format!("{GPT_BASELINE}/gpt_output");
             let (disk, local, files) = loaders::load_registered_hf_disk(registry, &folder)?;
             manifest.add_inputs(files);
-            let HfDisk::Dataset(frame) = disk else { bail!("{}: expected one dataset", local.display()) };
+            let HfDisk::Dataset(frame) = disk else {
+                bail!("{}: expected one dataset", local.display())
+            };
             let outputs = loaders::string_column(&frame, "output")?;
             if outputs.len() != gold.len() {
-                bail!("{}: {} outputs for {} SQuAD dev questions", local.display(), outputs.len(), gold.len());
+                bail!(
+                    "{}: {} outputs for {} SQuAD dev questions",
+                    local.display(),
+                    outputs.len(),
+                    gold.len()
+                );
             }
             // The authors' SQuAD result file lists two exact-match values without saying which
             // normalisation each is; they are reported in a note rather than paired with a row.
-            let recorded_em: Vec<f64> = em_from_result_file(&result_text, "exact_match:").iter().map(|v| v * 100.0).collect();
+            let recorded_em: Vec<f64> = em_from_result_file(&result_text, "exact_match:")
+                .iter()
+                .map(|v| v * 100.0)
+                .collect();
             if !recorded_em.is_empty() {
                 notes.push(format!(
                     "The authors' SQuAD result file for gpt-3.5-turbo ({result_txt}) lists exact_match = {} (normalisation not stated).",
@@ -149,7 +162,8 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                 n: None,
                 authors_recorded: None,
                 closest_paper_row: None,
-                source: "not identifiable in the recorded runs (see the recorded student rows)".into(),
+                source: "not identifiable in the recorded runs (see the recorded student rows)"
+                    .into(),
             });
         }
 
@@ -207,10 +221,15 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
 fn summary_notes(cells: &[Cell], tasks: &[Task]) -> Vec<String> {
     let mut notes = Vec::new();
     for t in tasks {
-        let gpt: Vec<&Cell> = cells.iter().filter(|c| c.task == t.id && c.system == "gpt-3.5-turbo").collect();
+        let gpt: Vec<&Cell> =
+            cells.iter().filter(|c| c.task == t.id && c.system == "gpt-3.5-turbo").collect();
         for c in &gpt {
             if let (Some(r), Some(p)) = (c.reproduced, c.paper) {
-                let verdict = if (round1(r) - p).abs() < 1e-9 { "matches the paper at its printed precision" } else { "does not match the paper" };
+                let verdict = if (round1(r) - p).abs() < 1e-9 {
+                    "matches the paper at its printed precision"
+                } else {
+                    "does not match the paper"
+                };
                 notes.push(format!(
                     "gpt-3.5-turbo, {} {}: {:.2} vs paper {:.1} (Δ {}): {verdict}{}.",
                     t.paper_column,
@@ -218,14 +237,25 @@ fn summary_notes(cells: &[Cell], tasks: &[Task]) -> Vec<String> {
                     r,
                     p,
                     signed2(r - p),
-                    c.authors_recorded.map(|a| format!("; the authors' result file says {a:.4}")).unwrap_or_default()
+                    c.authors_recorded
+                        .map(|a| format!("; the authors' result file says {a:.4}"))
+                        .unwrap_or_default()
                 ));
             }
         }
         if t.id == "squad" {
-            let by_metric: BTreeMap<Metric, f64> = gpt.iter().filter_map(|c| c.reproduced.map(|r| (c.metric, r))).collect();
-            if let (Some(raw), Some(norm), Some(p)) = (by_metric.get(&Metric::ExactMatch), by_metric.get(&Metric::ExactMatchSquad), gpt.first().and_then(|c| c.paper)) {
-                let (closer, other) = if (norm - p).abs() <= (raw - p).abs() { ("SQuAD-normalised", "raw") } else { ("raw", "SQuAD-normalised") };
+            let by_metric: BTreeMap<Metric, f64> =
+                gpt.iter().filter_map(|c| c.reproduced.map(|r| (c.metric, r))).collect();
+            if let (Some(raw), Some(norm), Some(p)) = (
+                by_metric.get(&Metric::ExactMatch),
+                by_metric.get(&Metric::ExactMatchSquad),
+                gpt.first().and_then(|c| c.paper),
+            ) {
+                let (closer, other) = if (norm - p).abs() <= (raw - p).abs() {
+                    ("SQuAD-normalised", "raw")
+                } else {
+                    ("raw", "SQuAD-normalised")
+                };
                 notes.push(format!(
                     "SQuAD EM normalisation: raw string equality gives {raw:.2}, the official SQuAD normalisation {norm:.2}; the {closer} EM is the closer to the paper's {p:.1}, the {other} one is not. \
                      Both are maxima over all gold answers of SQuAD v1.1 dev."
@@ -261,13 +291,22 @@ impl Table1 {
             Column::new("system".into(), c.iter().map(|x| x.system.clone()).collect::<Vec<_>>()),
             Column::new("kind".into(), c.iter().map(|x| x.kind.clone()).collect::<Vec<_>>()),
             Column::new("task".into(), c.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
-            Column::new("metric".into(), c.iter().map(|x| x.metric.name().to_string()).collect::<Vec<_>>()),
+            Column::new(
+                "metric".into(),
+                c.iter().map(|x| x.metric.name().to_string()).collect::<Vec<_>>(),
+            ),
             Column::new("reproduced".into(), c.iter().map(|x| x.reproduced).collect::<Vec<_>>()),
             Column::new("paper".into(), c.iter().map(|x| x.paper).collect::<Vec<_>>()),
             Column::new("delta".into(), c.iter().map(|x| x.delta).collect::<Vec<_>>()),
             Column::new("n".into(), c.iter().map(|x| x.n.map(|n| n as u32)).collect::<Vec<_>>()),
-            Column::new("authors_recorded".into(), c.iter().map(|x| x.authors_recorded).collect::<Vec<_>>()),
-            Column::new("closest_paper_row".into(), c.iter().map(|x| x.closest_paper_row.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "authors_recorded".into(),
+                c.iter().map(|x| x.authors_recorded).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "closest_paper_row".into(),
+                c.iter().map(|x| x.closest_paper_row.clone()).collect::<Vec<_>>(),
+            ),
             Column::new("source".into(), c.iter().map(|x| x.source.clone()).collect::<Vec<_>>()),
         ])
     }
@@ -282,19 +321,32 @@ impl Table1 {
             }
         }
         // Paper rows first, in the paper's order, then the recorded students by name.
-        let paper_rows: Vec<String> = systems.iter().filter(|s| !s.starts_with("recorded:")).cloned().collect();
-        let mut students: Vec<String> = systems.iter().filter(|s| s.starts_with("recorded:")).cloned().collect();
+        let paper_rows: Vec<String> =
+            systems.iter().filter(|s| !s.starts_with("recorded:")).cloned().collect();
+        let mut students: Vec<String> =
+            systems.iter().filter(|s| s.starts_with("recorded:")).cloned().collect();
         students.sort();
         let systems: Vec<String> = paper_rows.into_iter().chain(students).collect();
         let mut cols = vec![Column::new("System".into(), systems.clone())];
         for t in &self.tasks {
             let metric = t.metric();
-            let find = |s: &String| self.cells.iter().find(|c| &c.system == s && c.task == t.id && c.metric == metric);
+            let find = |s: &String| {
+                self.cells.iter().find(|c| &c.system == s && c.task == t.id && c.metric == metric)
+            };
             let short = t.paper_column.clone();
             let label = if metric == Metric::ChrfPlusPlus { "chrF++" } else { "EM" };
-            cols.push(Column::new(format!("{short} {label} paper").into(), systems.iter().map(|s| find(s).and_then(|c| c.paper)).collect::<Vec<_>>()));
-            cols.push(Column::new(format!("{short} {label} ours").into(), systems.iter().map(|s| find(s).and_then(|c| c.reproduced)).collect::<Vec<_>>()));
-            cols.push(Column::new(format!("{short} Δ").into(), systems.iter().map(|s| find(s).and_then(|c| c.delta)).collect::<Vec<_>>()));
+            cols.push(Column::new(
+                format!("{short} {label} paper").into(),
+                systems.iter().map(|s| find(s).and_then(|c| c.paper)).collect::<Vec<_>>(),
+            ));
+            cols.push(Column::new(
+                format!("{short} {label} ours").into(),
+                systems.iter().map(|s| find(s).and_then(|c| c.reproduced)).collect::<Vec<_>>(),
+            ));
+            cols.push(Column::new(
+                format!("{short} Δ").into(),
+                systems.iter().map(|s| find(s).and_then(|c| c.delta)).collect::<Vec<_>>(),
+            ));
         }
         DataFrame::new_infer_height(cols)
     }
@@ -305,7 +357,15 @@ impl Table1 {
         self.cells
             .iter()
             .filter(|c| c.reproduced.is_some())
-            .map(|c| (c.system.clone(), c.task.clone(), c.metric.name().to_string(), c.reproduced.map(round2), c.paper))
+            .map(|c| {
+                (
+                    c.system.clone(),
+                    c.task.clone(),
+                    c.metric.name().to_string(),
+                    c.reproduced.map(round2),
+                    c.paper,
+                )
+            })
             .collect()
     }
 
@@ -317,14 +377,24 @@ impl Table1 {
                 let groups = self
                     .cells
                     .iter()
-                    .filter(|c| c.task == t.id && c.metric == metric && !(c.kind == "paper-row" && c.paper.is_none() && c.reproduced.is_none()))
+                    .filter(|c| {
+                        c.task == t.id
+                            && c.metric == metric
+                            && !(c.kind == "paper-row"
+                                && c.paper.is_none()
+                                && c.reproduced.is_none())
+                    })
                     .map(|c| BarGroup {
                         label: c.system.trim_start_matches("recorded: ").to_string(),
                         paper: c.paper.filter(|_| c.kind == "paper-row"),
                         reproduced: c.reproduced,
                     })
                     .collect();
-                BarPanel { title: format!("{}: {}", t.paper_column, metric.display_name()), axis: metric.display_name().into(), groups }
+                BarPanel {
+                    title: format!("{}: {}", t.paper_column, metric.display_name()),
+                    axis: metric.display_name().into(),
+                    groups,
+                }
             })
             .collect()
     }
@@ -332,10 +402,20 @@ impl Table1 {
     pub fn report(&self) -> Result<Report> {
         Ok(Report {
             name: "table1".into(),
-            title: "Table 1 — downstream performance on real test sets (re-scored from recorded runs)".into(),
+            title:
+                "Table 1 — downstream performance on real test sets (re-scored from recorded runs)"
+                    .into(),
             tables: vec![
-                ReportTable::new("table1", "Table 1: paper vs reproduced (paper layout)", self.wide_frame()?),
-                ReportTable::new("table1_long", "Table 1, long format (every metric, source folder, authors' recorded score)", self.long_frame()?),
+                ReportTable::new(
+                    "table1",
+                    "Table 1: paper vs reproduced (paper layout)",
+                    self.wide_frame()?,
+                ),
+                ReportTable::new(
+                    "table1_long",
+                    "Table 1, long format (every metric, source folder, authors' recorded score)",
+                    self.long_frame()?,
+                ),
             ],
             notes: self.notes.clone(),
             manifest: self.manifest.clone(),
@@ -350,7 +430,12 @@ pub fn run_recorded(registry: &Registry) -> Result<std::path::PathBuf> {
     let panels = table.bar_panels();
     report
         .write(&registry.paths.reports, |dir| {
-            crate::report::figures::paired_bars(dir, "table1", "Table 1: paper vs reproduced from the recorded runs", &panels)
+            crate::report::figures::paired_bars(
+                dir,
+                "table1",
+                "Table 1: paper vs reproduced from the recorded runs",
+                &panels,
+            )
         })
         .context("writing the Table 1 report")
 }

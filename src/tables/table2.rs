@@ -25,18 +25,19 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::data::loaders::{self, HfDisk};
+use crate::data::registry::{Registry, ResolvedFile};
 use crate::evaluator::{self, Metric};
 use crate::executor::{self, ExecutorConfig};
 use crate::models::registry::ModelRegistry;
-use crate::data::registry::{Registry, ResolvedFile};
 use crate::report::figures::{self, BarGroup, BarPanel};
 use crate::report::{Manifest, Report, ReportTable};
 use crate::teacher::{estimate_tokens, Pricing};
-use crate::util::rng::SplitMix64;
 use crate::trainer::{self, StepLog, Student, StudentSpec, TextPair, TrainConfig, Trainer};
+use crate::util::rng::SplitMix64;
 
 /// The authors' generated SQuAD training data (gpt-3.5-turbo, temperatures 0.3→1.4, filtered).
-pub const RECORDED_GENERATED: &str = "p2m_runs/generation/generated_dataset/SQuAD_0.3_1.4_with_filtering";
+pub const RECORDED_GENERATED: &str =
+    "p2m_runs/generation/generated_dataset/SQuAD_0.3_1.4_with_filtering";
 pub const SQUAD_DATASET: &str = "squad-v1.1-dev";
 
 /// One scale of `data/table2_scales.toml`.
@@ -77,26 +78,44 @@ struct Retrieved {
 /// columns as `col: value` lines), so the arm sees what `p2m retrieve-dataset` would save.
 fn retrieved_rows(registry: &Registry, registry_id: &str) -> Result<(Pairs, Vec<ResolvedFile>)> {
     let entry = registry.dataset(registry_id)?;
-    let choice = crate::dataset_retriever::default_columns(&entry.format)
-        .with_context(|| format!("dataset `{registry_id}` (format {}) has no default columns for retrieval", entry.format))?;
+    let choice = crate::dataset_retriever::default_columns(&entry.format).with_context(|| {
+        format!(
+            "dataset `{registry_id}` (format {}) has no default columns for retrieval",
+            entry.format
+        )
+    })?;
     let (splits, files) = crate::dataset_retriever::load_raw(registry, registry_id)?;
     let mut rows = Vec::new();
     for split in &splits {
         let frame = crate::dataset_retriever::columns_as_text(split, &choice, usize::MAX)?;
         let inputs = loaders::string_column(&frame, loaders::INPUT)?;
         let refs = loaders::string_list_column(&frame, loaders::REFERENCES)?;
-        rows.extend(inputs.into_iter().zip(refs).map(|(i, r)| (i, r.into_iter().next().unwrap_or_default())));
+        rows.extend(
+            inputs
+                .into_iter()
+                .zip(refs)
+                .map(|(i, r)| (i, r.into_iter().next().unwrap_or_default())),
+        );
     }
     Ok((rows, files))
 }
 
-fn choose_retrieved(registry: &Registry, setting: &str, instruction: &str, progress: bool) -> Result<Retrieved> {
+fn choose_retrieved(
+    registry: &Registry,
+    setting: &str,
+    instruction: &str,
+    progress: bool,
+) -> Result<Retrieved> {
     if setting != "auto" {
         let (rows, files) = retrieved_rows(registry, setting)?;
-        let note = format!("Retrieval arm: dataset `{setting}` as configured by the scale ({} rows).", rows.len());
+        let note = format!(
+            "Retrieval arm: dataset `{setting}` as configured by the scale ({} rows).",
+            rows.len()
+        );
         return Ok(Retrieved { rows, registry_id: setting.to_string(), note, files });
     }
-    let (retriever, _) = crate::dataset_retriever::open_dataset_retriever(&registry.paths, None, progress)?;
+    let (retriever, _) =
+        crate::dataset_retriever::open_dataset_retriever(&registry.paths, None, progress)?;
     let ranked = retriever.retrieve(instruction, None)?;
     let chosen = ranked
         .iter()
@@ -104,8 +123,13 @@ fn choose_retrieved(registry: &Registry, setting: &str, instruction: &str, progr
         .context("the dataset retriever found no dataset loadable here other than SQuAD")?;
     let local = chosen.local.as_ref().expect("loadable");
     let (rows, files) = retrieved_rows(registry, &local.registry_id)?;
-    let squad_rank = ranked.iter().find(|c| c.name == "squad").map(|c| c.rank.to_string()).unwrap_or_else(|| "—".into());
-    let top: Vec<String> = ranked.iter().take(5).map(|c| format!("{} ({:.3})", c.name, c.score)).collect();
+    let squad_rank = ranked
+        .iter()
+        .find(|c| c.name == "squad")
+        .map(|c| c.rank.to_string())
+        .unwrap_or_else(|| "—".into());
+    let top: Vec<String> =
+        ranked.iter().take(5).map(|c| format!("{} ({:.3})", c.name, c.score)).collect();
     let note = format!(
         "Retrieval arm: the dataset retriever (MiniLM dense search over the {} dataset descriptions) ranks for the SQuAD instruction: {}; `squad` itself at {squad_rank}, excluded because it is the task's own test data. The best-ranked dataset loadable here is `{}` (rank {}, registry `{}`, {} rows). The paper retrieved the Children's Book Test, of which only a one-example dummy exists offline.",
         ranked.len(),
@@ -140,8 +164,10 @@ struct ScalesFile {
 /// Loads the scales (and the cost model) from `data/table2_scales.toml`.
 pub fn load_scales(data_dir: &Path) -> Result<(BTreeMap<String, Scale>, CostModel)> {
     let path = data_dir.join("table2_scales.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let file: ScalesFile = toml::from_str(&text).with_context(|| format!("{}: not a valid scales file", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ScalesFile = toml::from_str(&text)
+        .with_context(|| format!("{}: not a valid scales file", path.display()))?;
     for (name, s) in &file.scales {
         s.train.validate().with_context(|| format!("{}: scale `{name}`", path.display()))?;
         if s.examples_per_source == 0 {
@@ -174,7 +200,14 @@ pub struct Options {
 
 impl Options {
     pub fn new(scale: &str) -> Self {
-        Options { scale: scale.into(), generated: GeneratedSource::Recorded, seed: 42, runs_dir: None, device: crate::models::default_device(), progress: true }
+        Options {
+            scale: scale.into(),
+            generated: GeneratedSource::Recorded,
+            seed: 42,
+            runs_dir: None,
+            device: crate::models::default_device(),
+            progress: true,
+        }
     }
 }
 
@@ -217,7 +250,13 @@ pub struct Table2 {
 type Pairs = Vec<(String, String)>;
 
 fn slug(arm: &str) -> String {
-    arm.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>().split('_').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("_")
+    arm.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .split('_')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 /// `(input, output)` rows of a recorded `save_to_disk` folder (columns `input_col`, `output_col`).
@@ -225,10 +264,14 @@ fn recorded_pairs(registry: &Registry, folder: &str) -> Result<(Pairs, Vec<Resol
     let (disk, local, files) = loaders::load_registered_hf_disk(registry, folder)?;
     let frame = match disk {
         HfDisk::Dataset(df) => df,
-        HfDisk::Dict(mut d) => d.remove("train").with_context(|| format!("{}: a DatasetDict without a train split", local.display()))?,
+        HfDisk::Dict(mut d) => d
+            .remove("train")
+            .with_context(|| format!("{}: a DatasetDict without a train split", local.display()))?,
     };
-    let inputs = loaders::string_column(&frame, "input_col").with_context(|| format!("{}: no `input_col` column", local.display()))?;
-    let outputs = loaders::string_column(&frame, "output_col").with_context(|| format!("{}: no `output_col` column", local.display()))?;
+    let inputs = loaders::string_column(&frame, "input_col")
+        .with_context(|| format!("{}: no `input_col` column", local.display()))?;
+    let outputs = loaders::string_column(&frame, "output_col")
+        .with_context(|| format!("{}: no `output_col` column", local.display()))?;
     Ok((inputs.into_iter().zip(outputs).collect(), files))
 }
 
@@ -266,13 +309,24 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let (scales, cost_model) = load_scales(data_dir)?;
     let scale = scales
         .get(&opts.scale)
-        .with_context(|| format!("no scale `{}` in {} (have: {})", opts.scale, data_dir.join("table2_scales.toml").display(), scales.keys().cloned().collect::<Vec<_>>().join(", ")))?
+        .with_context(|| {
+            format!(
+                "no scale `{}` in {} (have: {})",
+                opts.scale,
+                data_dir.join("table2_scales.toml").display(),
+                scales.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?
         .clone();
     let tasks = crate::data::tasks::load_tasks(data_dir)?;
-    let squad_task = crate::data::tasks::find(&tasks, "squad").context("data/tasks.toml has no `squad` task")?;
+    let squad_task =
+        crate::data::tasks::find(&tasks, "squad").context("data/tasks.toml has no `squad` task")?;
     let instruction = squad_task.instruction.clone();
     let paper = crate::data::paper::load_paper_results(data_dir)?.table2;
-    let runs_dir = opts.runs_dir.clone().unwrap_or_else(|| registry.paths.cache.join("runs/table2").join(&opts.scale));
+    let runs_dir = opts
+        .runs_dir
+        .clone()
+        .unwrap_or_else(|| registry.paths.cache.join("runs/table2").join(&opts.scale));
     let mut manifest = Manifest::new(
         "table2",
         &registry.paths.root,
@@ -296,7 +350,9 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         test_idx.truncate(scale.test_examples);
         test_idx.sort();
     }
-    let test_frame = frame.take(&IdxCa::from_vec("idx".into(), test_idx.iter().map(|&i| i as IdxSize).collect()))?.select([loaders::ID, loaders::INPUT, loaders::REFERENCES])?;
+    let test_frame = frame
+        .take(&IdxCa::from_vec("idx".into(), test_idx.iter().map(|&i| i as IdxSize).collect()))?
+        .select([loaders::ID, loaders::INPUT, loaders::REFERENCES])?;
     notes.push(format!(
         "Only the SQuAD v1.1 dev set is available here. Its {} articles are split in two (seed {}): {} questions of {} articles form the annotation pool, {} questions of {} articles the held-out test set; {} of these are evaluated. No arm trains on a held-out article.",
         titles.iter().collect::<BTreeSet<_>>().len(),
@@ -308,7 +364,10 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         test_idx.len()
     ));
 
-    let annotated_rows: Vec<(String, String)> = pool_idx.iter().map(|&i| (inputs[i].clone(), references[i].first().cloned().unwrap_or_default())).collect();
+    let annotated_rows: Vec<(String, String)> = pool_idx
+        .iter()
+        .map(|&i| (inputs[i].clone(), references[i].first().cloned().unwrap_or_default()))
+        .collect();
     let annotated_context: Vec<&String> = pool_idx.iter().map(|&i| &contexts[i]).collect();
 
     // --- generated and retrieved data -------------------------------------------------------------
@@ -320,18 +379,29 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         }
         GeneratedSource::Dir(dir) => {
             let path = dir.join(crate::dataset_generator::EXAMPLES_FILE);
-            let examples = crate::data::examples::read_examples_jsonl(&path).with_context(|| format!("reading generated examples {}", path.display()))?;
+            let examples = crate::data::examples::read_examples_jsonl(&path)
+                .with_context(|| format!("reading generated examples {}", path.display()))?;
             let log_path = dir.join(crate::dataset_generator::LOG_FILE);
-            let log: Option<crate::dataset_generator::GenerationLog> = std::fs::read_to_string(&log_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+            let log: Option<crate::dataset_generator::GenerationLog> =
+                std::fs::read_to_string(&log_path).ok().and_then(|t| serde_json::from_str(&t).ok());
             let cost = log.as_ref().map(|l| l.cost_usd);
             let basis = match &log {
-                Some(l) => format!("generated by the project's generator ({} / {}), {}", l.backend, l.model, dir.display()),
-                None => format!("generated data in {} (no generation_log.json: cost unknown)", dir.display()),
+                Some(l) => format!(
+                    "generated by the project's generator ({} / {}), {}",
+                    l.backend,
+                    l.model,
+                    dir.display()
+                ),
+                None => format!(
+                    "generated data in {} (no generation_log.json: cost unknown)",
+                    dir.display()
+                ),
             };
             (examples.into_iter().map(|e| (e.input, e.output)).collect(), cost, basis)
         }
     };
-    let retrieved = choose_retrieved(registry, &scale.retrieval_dataset, &instruction, opts.progress)?;
+    let retrieved =
+        choose_retrieved(registry, &scale.retrieval_dataset, &instruction, opts.progress)?;
     manifest.add_inputs(retrieved.files.clone());
     notes.push(retrieved.note.clone());
     let retrieved_rows = retrieved.rows;
@@ -347,11 +417,18 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let (ret_train, ret_val) = draw(&retrieved_rows, n, v, opts.seed, "retrieved");
     let (gen_train, gen_val) = draw(&generated_rows, n, v, opts.seed, "generated");
     // The annotation draw keeps its indices so the paragraphs it covers can be counted.
-    let (ann_train_idx, ann_val_idx) = draw_indices(annotated_rows.len(), n, v, opts.seed, "annotated");
-    let (ann_train, ann_val) = (pick(&annotated_rows, &ann_train_idx), pick(&annotated_rows, &ann_val_idx));
-    let ann_paragraphs = ann_train_idx.iter().map(|&i| annotated_context[i]).collect::<BTreeSet<_>>().len();
+    let (ann_train_idx, ann_val_idx) =
+        draw_indices(annotated_rows.len(), n, v, opts.seed, "annotated");
+    let (ann_train, ann_val) =
+        (pick(&annotated_rows, &ann_train_idx), pick(&annotated_rows, &ann_val_idx));
+    let ann_paragraphs =
+        ann_train_idx.iter().map(|&i| annotated_context[i]).collect::<BTreeSet<_>>().len();
     if gen_train.len() < n || ret_train.len() < n {
-        notes.push(format!("Fewer rows than the scale asks for: generated {} / retrieved {} of {n}.", gen_train.len(), ret_train.len()));
+        notes.push(format!(
+            "Fewer rows than the scale asks for: generated {} / retrieved {} of {n}.",
+            gen_train.len(),
+            ret_train.len()
+        ));
     }
 
     // Task ids as the reference: generated data is task 0, retrieved data task 1. Annotated SQuAD
@@ -361,15 +438,21 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let pricing = Pricing::for_model(&cost_model.recorded_teacher);
     let gen_cost = |rows: &[(String, String)]| -> (Option<f64>, String) {
         match (&opts.generated, generated_cost) {
-            (GeneratedSource::Dir(_), Some(total)) => (Some(total * rows.len() as f64 / generated_rows.len().max(1) as f64), "measured (generation log), prorated to the rows used".into()),
+            (GeneratedSource::Dir(_), Some(total)) => (
+                Some(total * rows.len() as f64 / generated_rows.len().max(1) as f64),
+                "measured (generation log), prorated to the rows used".into(),
+            ),
             (GeneratedSource::Dir(_), None) => (None, "unknown (no generation log)".into()),
             (GeneratedSource::Recorded, _) => {
-                let tokens: u64 = rows.iter().map(|(i, o)| estimate_tokens(i) + estimate_tokens(o)).sum();
+                let tokens: u64 =
+                    rows.iter().map(|(i, o)| estimate_tokens(i) + estimate_tokens(o)).sum();
                 (Some(tokens as f64 / 1000.0 * pricing.output_per_1k_usd), format!("lower bound: completion tokens of the rows used (~{tokens}, estimated) at {} output prices; the prompts were not recorded", cost_model.recorded_teacher))
             }
         }
     };
-    let annotation_cost = ann_paragraphs as f64 * cost_model.annotation_minutes_per_paragraph / 60.0 * cost_model.annotation_usd_per_hour;
+    let annotation_cost = ann_paragraphs as f64 * cost_model.annotation_minutes_per_paragraph
+        / 60.0
+        * cost_model.annotation_usd_per_hour;
 
     struct Arm {
         name: &'static str,
@@ -414,8 +497,12 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         trainer.progress = opts.progress;
         trainer.label = arm.name.to_string();
         tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
-        let summary = trainer.train(&arm.train, &arm.validation).with_context(|| format!("training the `{}` arm", arm.name))?;
-        let predicted = executor::predict_frame(&student, &instruction, &test_frame, &scale.executor).with_context(|| format!("predicting with the `{}` arm", arm.name))?;
+        let summary = trainer
+            .train(&arm.train, &arm.validation)
+            .with_context(|| format!("training the `{}` arm", arm.name))?;
+        let predicted =
+            executor::predict_frame(&student, &instruction, &test_frame, &scale.executor)
+                .with_context(|| format!("predicting with the `{}` arm", arm.name))?;
         crate::report::write_parquet_atomic(&predicted, &arm_dir.join("predictions.parquet"))?;
         let preds = loaders::string_column(&predicted, loaders::PREDICTION)?;
         let refs = loaders::string_list_column(&predicted, loaders::REFERENCES)?;
@@ -452,7 +539,15 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     manifest.metric_signatures = signatures;
     notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
     notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
-    Ok(Table2 { scale_name: opts.scale.clone(), scale, arms: results, curves, predictions, notes, manifest })
+    Ok(Table2 {
+        scale_name: opts.scale.clone(),
+        scale,
+        arms: results,
+        curves,
+        predictions,
+        notes,
+        manifest,
+    })
 }
 
 impl Table2 {
@@ -460,14 +555,26 @@ impl Table2 {
         let a = &self.arms;
         DataFrame::new_infer_height(vec![
             Column::new("arm".into(), a.iter().map(|r| r.arm.clone()).collect::<Vec<_>>()),
-            Column::new("train examples".into(), a.iter().map(|r| r.train_examples as u64).collect::<Vec<_>>()),
-            Column::new("EM (SQuAD norm.)".into(), a.iter().map(|r| r.em_squad).collect::<Vec<_>>()),
+            Column::new(
+                "train examples".into(),
+                a.iter().map(|r| r.train_examples as u64).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "EM (SQuAD norm.)".into(),
+                a.iter().map(|r| r.em_squad).collect::<Vec<_>>(),
+            ),
             Column::new("EM (raw)".into(), a.iter().map(|r| r.em_raw).collect::<Vec<_>>()),
             Column::new("paper EM".into(), a.iter().map(|r| r.paper_em).collect::<Vec<_>>()),
             Column::new("chrF++".into(), a.iter().map(|r| r.chrf).collect::<Vec<_>>()),
-            Column::new("paper examples".into(), a.iter().map(|r| r.paper_examples.map(|x| x as u64)).collect::<Vec<_>>()),
+            Column::new(
+                "paper examples".into(),
+                a.iter().map(|r| r.paper_examples.map(|x| x as u64)).collect::<Vec<_>>(),
+            ),
             Column::new("cost ($)".into(), a.iter().map(|r| r.cost_usd).collect::<Vec<_>>()),
-            Column::new("paper cost ($)".into(), a.iter().map(|r| r.paper_cost_usd).collect::<Vec<_>>()),
+            Column::new(
+                "paper cost ($)".into(),
+                a.iter().map(|r| r.paper_cost_usd).collect::<Vec<_>>(),
+            ),
         ])
     }
 
@@ -475,33 +582,69 @@ impl Table2 {
         let a = &self.arms;
         DataFrame::new_infer_height(vec![
             Column::new("arm".into(), a.iter().map(|r| r.arm.clone()).collect::<Vec<_>>()),
-            Column::new("training data".into(), a.iter().map(|r| r.data.clone()).collect::<Vec<_>>()),
-            Column::new("test examples".into(), a.iter().map(|r| r.test_examples as u64).collect::<Vec<_>>()),
-            Column::new("optimizer steps".into(), a.iter().map(|r| r.optimizer_steps).collect::<Vec<_>>()),
-            Column::new("final train loss".into(), a.iter().map(|r| r.final_train_loss).collect::<Vec<_>>()),
-            Column::new("final validation loss".into(), a.iter().map(|r| r.final_validation_loss).collect::<Vec<_>>()),
-            Column::new("train seconds".into(), a.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
-            Column::new("train examples/s".into(), a.iter().map(|r| r.examples_per_second).collect::<Vec<_>>()),
-            Column::new("cost basis".into(), a.iter().map(|r| r.cost_basis.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "training data".into(),
+                a.iter().map(|r| r.data.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "test examples".into(),
+                a.iter().map(|r| r.test_examples as u64).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "optimizer steps".into(),
+                a.iter().map(|r| r.optimizer_steps).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "final train loss".into(),
+                a.iter().map(|r| r.final_train_loss).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "final validation loss".into(),
+                a.iter().map(|r| r.final_validation_loss).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "train seconds".into(),
+                a.iter().map(|r| r.train_seconds).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "train examples/s".into(),
+                a.iter().map(|r| r.examples_per_second).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "cost basis".into(),
+                a.iter().map(|r| r.cost_basis.clone()).collect::<Vec<_>>(),
+            ),
         ])
     }
 
     pub fn curves_frame(&self) -> PolarsResult<DataFrame> {
-        let rows: Vec<(&String, &StepLog)> = self.curves.iter().flat_map(|(arm, steps)| steps.iter().map(move |s| (arm, s))).collect();
+        let rows: Vec<(&String, &StepLog)> = self
+            .curves
+            .iter()
+            .flat_map(|(arm, steps)| steps.iter().map(move |s| (arm, s)))
+            .collect();
         DataFrame::new_infer_height(vec![
             Column::new("arm".into(), rows.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>()),
             Column::new("step".into(), rows.iter().map(|(_, s)| s.step).collect::<Vec<_>>()),
-            Column::new("epoch".into(), rows.iter().map(|(_, s)| s.epoch as u64).collect::<Vec<_>>()),
+            Column::new(
+                "epoch".into(),
+                rows.iter().map(|(_, s)| s.epoch as u64).collect::<Vec<_>>(),
+            ),
             Column::new("loss".into(), rows.iter().map(|(_, s)| s.loss).collect::<Vec<_>>()),
             Column::new("lr".into(), rows.iter().map(|(_, s)| s.lr).collect::<Vec<_>>()),
-            Column::new("grad norm".into(), rows.iter().map(|(_, s)| s.grad_norm).collect::<Vec<_>>()),
+            Column::new(
+                "grad norm".into(),
+                rows.iter().map(|(_, s)| s.grad_norm).collect::<Vec<_>>(),
+            ),
         ])
     }
 
     /// Rounded rows for snapshot tests: (arm, train examples, EM squad, EM raw, chrF++, cost, final
     /// train loss, final validation loss).
     #[allow(clippy::type_complexity)]
-    pub fn snapshot_rows(&self) -> Vec<(String, usize, f64, f64, f64, Option<f64>, Option<f64>, Option<f64>)> {
+    pub fn snapshot_rows(
+        &self,
+    ) -> Vec<(String, usize, f64, f64, f64, Option<f64>, Option<f64>, Option<f64>)> {
         self.arms
             .iter()
             .map(|r| {
@@ -520,14 +663,29 @@ impl Table2 {
     }
 
     pub fn report(&self) -> Result<Report> {
-        let mut curves = ReportTable::new("table2_learning_curves", "Training loss per optimizer step", self.curves_frame()?);
+        let mut curves = ReportTable::new(
+            "table2_learning_curves",
+            "Training loss per optimizer step",
+            self.curves_frame()?,
+        );
         curves.decimals = 4;
         Ok(Report {
             name: "table2".into(),
-            title: format!("Table 2 — SQuAD students by training data (scale `{}`)", self.scale_name),
+            title: format!(
+                "Table 2 — SQuAD students by training data (scale `{}`)",
+                self.scale_name
+            ),
             tables: vec![
-                ReportTable::new("table2", "Table 2: exact match on held-out SQuAD questions, paper beside", self.frame()?),
-                ReportTable::new("table2_details", "Training details per arm", self.details_frame()?),
+                ReportTable::new(
+                    "table2",
+                    "Table 2: exact match on held-out SQuAD questions, paper beside",
+                    self.frame()?,
+                ),
+                ReportTable::new(
+                    "table2_details",
+                    "Training details per arm",
+                    self.details_frame()?,
+                ),
                 curves,
             ],
             notes: self.notes.clone(),
@@ -544,15 +702,33 @@ impl Table2 {
             &[BarPanel {
                 title: "SQuAD exact match".into(),
                 axis: "EM (%)".into(),
-                groups: self.arms.iter().map(|a| BarGroup { label: a.arm.clone(), paper: a.paper_em, reproduced: Some(a.em_squad) }).collect(),
+                groups: self
+                    .arms
+                    .iter()
+                    .map(|a| BarGroup {
+                        label: a.arm.clone(),
+                        paper: a.paper_em,
+                        reproduced: Some(a.em_squad),
+                    })
+                    .collect(),
             }],
         )?;
         let series: Vec<figures::Curve> = self
             .curves
             .iter()
-            .map(|(arm, steps)| figures::Curve { label: arm.clone(), points: steps.iter().map(|s| (s.step as f64, s.loss)).collect() })
+            .map(|(arm, steps)| figures::Curve {
+                label: arm.clone(),
+                points: steps.iter().map(|s| (s.step as f64, s.loss)).collect(),
+            })
             .collect();
-        files.extend(figures::line_chart(dir, "table2_learning_curves", "Training loss by arm", "optimizer step", "loss", &series)?);
+        files.extend(figures::line_chart(
+            dir,
+            "table2_learning_curves",
+            "Training loss by arm",
+            "optimizer step",
+            "loss",
+            &series,
+        )?);
         for (arm, frame) in &self.predictions {
             let name = format!("predictions_{}.parquet", slug(arm));
             crate::report::write_parquet_atomic(frame, &dir.join(&name))?;
@@ -563,9 +739,15 @@ impl Table2 {
 }
 
 /// Runs Table 2 at a scale and writes `reports/table2/`; returns the table and the folder.
-pub fn run(registry: &Registry, models: &ModelRegistry, opts: &Options) -> Result<(Table2, PathBuf)> {
+pub fn run(
+    registry: &Registry,
+    models: &ModelRegistry,
+    opts: &Options,
+) -> Result<(Table2, PathBuf)> {
     let table = compute(registry, models, opts)?;
     let report = table.report()?;
-    let dir = report.write(&registry.paths.reports, |dir| table.write_extras(dir)).context("writing the Table 2 report")?;
+    let dir = report
+        .write(&registry.paths.reports, |dir| table.write_extras(dir))
+        .context("writing the Table 2 report")?;
     Ok((table, dir))
 }

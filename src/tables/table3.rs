@@ -12,13 +12,13 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use super::{round2, score_recorded};
-use crate::evaluator::kendall::{kendall_tau_b, KendallTau};
-use crate::evaluator::Metric;
 use crate::data::recorded::{self, RecordedRun, TestSet};
 use crate::data::registry::Registry;
+use crate::data::tasks::{self, Task};
+use crate::evaluator::kendall::{kendall_tau_b, KendallTau};
+use crate::evaluator::Metric;
 use crate::report::figures::{ScatterPanel, ScatterPoint};
 use crate::report::{Manifest, Report, ReportTable};
-use crate::data::tasks::{self, Task};
 
 /// One model × setting with scores on both test sets.
 #[derive(Debug, Clone, Serialize)]
@@ -69,7 +69,11 @@ fn preference(config: &str, post_filter: bool) -> (u8, u8) {
 pub fn recorded(registry: &Registry) -> Result<Table3> {
     let tasks = tasks::load_tasks(&registry.paths.data)?;
     let paper = crate::data::paper::load_paper_results(&registry.paths.data)?;
-    let mut manifest = Manifest::new("table3", &registry.paths.root, serde_json::json!({ "source": "recorded", "selection": "per model: without post-filter, then 0.3_1.4_with_filtering, then default" }));
+    let mut manifest = Manifest::new(
+        "table3",
+        &registry.paths.root,
+        serde_json::json!({ "source": "recorded", "selection": "per model: without post-filter, then 0.3_1.4_with_filtering, then default" }),
+    );
     let runs = recorded::discover(registry);
     let mut pairs = Vec::new();
     let mut results = Vec::new();
@@ -78,9 +82,11 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
     for task in &tasks {
         let metric = task.metric();
         // (model, config, post_filter) → [generated, real]
-        let mut by_key: BTreeMap<(String, String, bool), [Option<&RecordedRun>; 2]> = BTreeMap::new();
+        let mut by_key: BTreeMap<(String, String, bool), [Option<&RecordedRun>; 2]> =
+            BTreeMap::new();
         for r in runs.iter().filter(|r| r.task == task.recorded_name) {
-            let slot = by_key.entry((r.model.clone(), r.config.clone(), r.post_filter)).or_default();
+            let slot =
+                by_key.entry((r.model.clone(), r.config.clone(), r.post_filter)).or_default();
             slot[if r.test_set == TestSet::GeneratedTest { 0 } else { 1 }] = Some(r);
         }
         let mut task_pairs = Vec::new();
@@ -107,7 +113,10 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
         for (i, p) in task_pairs.iter().enumerate() {
             let better = match best.get(&p.model) {
                 None => true,
-                Some(&j) => preference(&p.config, p.post_filter) < preference(&task_pairs[j].config, task_pairs[j].post_filter),
+                Some(&j) => {
+                    preference(&p.config, p.post_filter)
+                        < preference(&task_pairs[j].config, task_pairs[j].post_filter)
+                }
             };
             if better {
                 best.insert(p.model.clone(), i);
@@ -155,15 +164,38 @@ impl Table3 {
     pub fn summary_frame(&self) -> PolarsResult<DataFrame> {
         let r = &self.results;
         DataFrame::new_infer_height(vec![
-            Column::new("Task".into(), r.iter().map(|x| x.paper_column.clone()).collect::<Vec<_>>()),
-            Column::new("Metric".into(), r.iter().map(|x| x.metric.display_name().to_string()).collect::<Vec<_>>()),
-            Column::new("Models".into(), r.iter().map(|x| x.models.len() as u32).collect::<Vec<_>>()),
-            Column::new("τ×100 ours".into(), r.iter().map(|x| x.tau.as_ref().map(|t| 100.0 * t.tau)).collect::<Vec<_>>()),
-            Column::new("p ours".into(), r.iter().map(|x| x.tau.as_ref().map(|t| t.p_value)).collect::<Vec<_>>()),
-            Column::new("p method".into(), r.iter().map(|x| x.tau.as_ref().map(|t| format!("{:?}", t.method).to_lowercase())).collect::<Vec<_>>()),
+            Column::new(
+                "Task".into(),
+                r.iter().map(|x| x.paper_column.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "Metric".into(),
+                r.iter().map(|x| x.metric.display_name().to_string()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "Models".into(),
+                r.iter().map(|x| x.models.len() as u32).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "τ×100 ours".into(),
+                r.iter().map(|x| x.tau.as_ref().map(|t| 100.0 * t.tau)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "p ours".into(),
+                r.iter().map(|x| x.tau.as_ref().map(|t| t.p_value)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "p method".into(),
+                r.iter()
+                    .map(|x| x.tau.as_ref().map(|t| format!("{:?}", t.method).to_lowercase()))
+                    .collect::<Vec<_>>(),
+            ),
             Column::new("τ×100 paper".into(), r.iter().map(|x| x.paper_tau).collect::<Vec<_>>()),
             Column::new("p paper".into(), r.iter().map(|x| x.paper_p).collect::<Vec<_>>()),
-            Column::new("Models paper".into(), r.iter().map(|_| self.paper_models).collect::<Vec<_>>()),
+            Column::new(
+                "Models paper".into(),
+                r.iter().map(|_| self.paper_models).collect::<Vec<_>>(),
+            ),
         ])
     }
 
@@ -173,7 +205,8 @@ impl Table3 {
             if !me.selected {
                 return None;
             }
-            let scores: Vec<f64> = p.iter().filter(|q| q.task == task && q.selected).map(pick).collect();
+            let scores: Vec<f64> =
+                p.iter().filter(|q| q.task == task && q.selected).map(pick).collect();
             let mine = pick(me);
             let above = scores.iter().filter(|&&s| s > mine).count() as f64;
             let ties = scores.iter().filter(|&&s| s == mine).count() as f64;
@@ -187,8 +220,14 @@ impl Table3 {
             Column::new("selected".into(), p.iter().map(|x| x.selected).collect::<Vec<_>>()),
             Column::new("generated_test".into(), p.iter().map(|x| x.generated).collect::<Vec<_>>()),
             Column::new("real_test".into(), p.iter().map(|x| x.real).collect::<Vec<_>>()),
-            Column::new("rank_generated".into(), p.iter().map(|x| rank(&x.task, |q| q.generated, x)).collect::<Vec<_>>()),
-            Column::new("rank_real".into(), p.iter().map(|x| rank(&x.task, |q| q.real, x)).collect::<Vec<_>>()),
+            Column::new(
+                "rank_generated".into(),
+                p.iter().map(|x| rank(&x.task, |q| q.generated, x)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "rank_real".into(),
+                p.iter().map(|x| rank(&x.task, |q| q.real, x)).collect::<Vec<_>>(),
+            ),
         ])
     }
 
@@ -197,7 +236,14 @@ impl Table3 {
     pub fn snapshot_rows(&self) -> Vec<(String, Vec<String>, Option<f64>, Option<f64>)> {
         self.results
             .iter()
-            .map(|r| (r.task.clone(), r.models.clone(), r.tau.as_ref().map(|t| round2(100.0 * t.tau)), r.tau.as_ref().map(|t| round2(t.p_value))))
+            .map(|r| {
+                (
+                    r.task.clone(),
+                    r.models.clone(),
+                    r.tau.as_ref().map(|t| round2(100.0 * t.tau)),
+                    r.tau.as_ref().map(|t| round2(t.p_value)),
+                )
+            })
             .collect()
     }
 
@@ -232,10 +278,19 @@ impl Table3 {
     pub fn report(&self) -> Result<Report> {
         Ok(Report {
             name: "table3".into(),
-            title: "Table 3 — do generated test sets rank models like real ones? (recorded runs)".into(),
+            title: "Table 3 — do generated test sets rank models like real ones? (recorded runs)"
+                .into(),
             tables: vec![
-                ReportTable::new("table3", "Table 3: Kendall's τ between rankings on generated and real test sets", self.summary_frame()?),
-                ReportTable::new("table3_models", "Per-model scores (every recorded pair; `selected` pairs are ranked)", self.pairs_frame()?),
+                ReportTable::new(
+                    "table3",
+                    "Table 3: Kendall's τ between rankings on generated and real test sets",
+                    self.summary_frame()?,
+                ),
+                ReportTable::new(
+                    "table3_models",
+                    "Per-model scores (every recorded pair; `selected` pairs are ranked)",
+                    self.pairs_frame()?,
+                ),
             ],
             notes: self.notes.clone(),
             manifest: self.manifest.clone(),
@@ -253,7 +308,12 @@ pub fn run_recorded(registry: &Registry) -> Result<std::path::PathBuf> {
             if panels.is_empty() {
                 return Ok(Vec::new());
             }
-            crate::report::figures::scatter(dir, "table3", "Table 3: generated vs real test-set scores per model", &panels)
+            crate::report::figures::scatter(
+                dir,
+                "table3",
+                "Table 3: generated vs real test-set scores per model",
+                &panels,
+            )
         })
         .context("writing the Table 3 report")
 }

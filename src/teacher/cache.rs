@@ -78,13 +78,19 @@ impl<T: Teacher> CachedTeacher<T> {
     pub fn open(inner: T, path: impl AsRef<Path>, mode: CacheMode) -> Result<Self, TeacherError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| TeacherError::Cache(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                TeacherError::Cache(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let conn = Connection::open(&path).map_err(db_err(&path))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err(&path))?;
-        let mode_name: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(db_err(&path))?;
+        let mode_name: String =
+            conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(db_err(&path))?;
         if !mode_name.eq_ignore_ascii_case("wal") {
-            return Err(TeacherError::Cache(format!("{}: cannot switch to WAL (journal_mode={mode_name})", path.display())));
+            return Err(TeacherError::Cache(format!(
+                "{}: cannot switch to WAL (journal_mode={mode_name})",
+                path.display()
+            )));
         }
         conn.execute_batch(
             "PRAGMA synchronous=NORMAL;
@@ -108,11 +114,19 @@ impl<T: Teacher> CachedTeacher<T> {
              CREATE INDEX IF NOT EXISTS choices_by_request ON choices(request_digest);",
         )
         .map_err(db_err(&path))?;
-        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('key_version', ?1)", params![KEY_VERSION.to_string()])
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('key_version', ?1)",
+            params![KEY_VERSION.to_string()],
+        )
+        .map_err(db_err(&path))?;
+        let v: String = conn
+            .query_row("SELECT value FROM meta WHERE key='key_version'", [], |r| r.get(0))
             .map_err(db_err(&path))?;
-        let v: String = conn.query_row("SELECT value FROM meta WHERE key='key_version'", [], |r| r.get(0)).map_err(db_err(&path))?;
         if v != KEY_VERSION.to_string() {
-            return Err(TeacherError::Cache(format!("{}: key scheme v{v}, this build uses v{KEY_VERSION}", path.display())));
+            return Err(TeacherError::Cache(format!(
+                "{}: key scheme v{v}, this build uses v{KEY_VERSION}",
+                path.display()
+            )));
         }
         Ok(CachedTeacher {
             inner,
@@ -146,7 +160,9 @@ impl<T: Teacher> CachedTeacher<T> {
     /// Number of stored choices.
     pub fn len(&self) -> Result<u64, TeacherError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row("SELECT COUNT(*) FROM choices", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(db_err(&self.path))
+        conn.query_row("SELECT COUNT(*) FROM choices", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(db_err(&self.path))
     }
 
     pub fn is_empty(&self) -> Result<bool, TeacherError> {
@@ -174,8 +190,16 @@ impl<T: Teacher> CachedTeacher<T> {
             .collect()
     }
 
-    fn store(&self, req: &ChatRequest, digest: &str, new: &[(u32, String, &Choice)], usage: Usage, cost: f64) -> Result<(), TeacherError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    fn store(
+        &self,
+        req: &ChatRequest,
+        digest: &str,
+        new: &[(u32, String, &Choice)],
+        usage: Usage,
+        cost: f64,
+    ) -> Result<(), TeacherError> {
+        let now =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let k = new.len().max(1) as u64;
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().map_err(db_err(&self.path))?;
@@ -233,7 +257,10 @@ impl<T: Teacher> CachedTeacher<T> {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                usage += Usage { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens };
+                usage += Usage {
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                };
                 Choice { index: i as u32, content: r.content, finish_reason: r.finish_reason }
             })
             .collect();
@@ -272,13 +299,22 @@ impl<T: Teacher> CachedTeacher<T> {
         let result = async {
             let _guard = flight.lock().await;
             // Another task may have recorded it while we waited.
-            let rows = if self.mode == CacheMode::Refresh { keys.iter().map(|_| None).collect() } else { self.lookup(&keys)? };
+            let rows = if self.mode == CacheMode::Refresh {
+                keys.iter().map(|_| None).collect()
+            } else {
+                self.lookup(&keys)?
+            };
             if rows.iter().all(Option::is_some) {
                 self.hits.fetch_add(1, Ordering::SeqCst);
                 return Ok(Self::hit_response(rows.into_iter().flatten().collect()));
             }
             self.misses.fetch_add(1, Ordering::SeqCst);
-            let missing: Vec<u32> = rows.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i as u32).collect();
+            let missing: Vec<u32> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_none())
+                .map(|(i, _)| i as u32)
+                .collect();
             let mut sub = req.clone();
             sub.params.n = missing.len() as u32;
             if missing.len() < n as usize {
@@ -287,16 +323,32 @@ impl<T: Teacher> CachedTeacher<T> {
                 sub.params.seed = sub.params.seed.map(|s| s.wrapping_add(missing[0] as u64));
             }
             let resp = self.inner.chat(&sub).await?;
-            let new: Vec<(u32, String, &Choice)> =
-                missing.iter().zip(resp.choices.iter()).map(|(&i, c)| (i, keys[i as usize].clone(), c)).collect();
+            let new: Vec<(u32, String, &Choice)> = missing
+                .iter()
+                .zip(resp.choices.iter())
+                .map(|(&i, c)| (i, keys[i as usize].clone(), c))
+                .collect();
             // Committed before anything is returned.
             self.store(req, &digest, &new, resp.usage, resp.cost_usd)?;
-            let mut by_index: Vec<Option<Choice>> =
-                rows.into_iter().map(|r| r.map(|r| Choice { index: 0, content: r.content, finish_reason: r.finish_reason })).collect();
+            let mut by_index: Vec<Option<Choice>> = rows
+                .into_iter()
+                .map(|r| {
+                    r.map(|r| Choice {
+                        index: 0,
+                        content: r.content,
+                        finish_reason: r.finish_reason,
+                    })
+                })
+                .collect();
             for (i, _, c) in &new {
                 by_index[*i as usize] = Some((*c).clone());
             }
-            let choices = by_index.into_iter().flatten().enumerate().map(|(i, c)| Choice { index: i as u32, ..c }).collect();
+            let choices = by_index
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| Choice { index: i as u32, ..c })
+                .collect();
             Ok(ChatResponse { choices, usage: resp.usage, cost_usd: resp.cost_usd, cached: false })
         }
         .await;
@@ -313,7 +365,10 @@ impl<T: Teacher> Teacher for CachedTeacher<T> {
     fn model(&self) -> &str {
         self.inner.model()
     }
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
         Box::pin(self.chat_impl(request))
     }
     fn stats(&self) -> TeacherStats {
@@ -398,7 +453,12 @@ pub fn canonical_json(v: &Value) -> String {
 }
 
 /// Canonical JSON of a request (with `choice` when given) — what the keys hash.
-pub fn canonical_request_json(backend: &str, model: &str, req: &ChatRequest, choice: Option<u32>) -> String {
+pub fn canonical_request_json(
+    backend: &str,
+    model: &str,
+    req: &ChatRequest,
+    choice: Option<u32>,
+) -> String {
     canonical_json(&key_value(backend, model, req, choice))
 }
 
@@ -409,7 +469,9 @@ pub fn request_digest(backend: &str, model: &str, req: &ChatRequest) -> String {
 
 /// The cache key of choice `choice` of `req`.
 pub fn choice_key(backend: &str, model: &str, req: &ChatRequest, choice: u32) -> String {
-    hex::encode(Sha256::digest(canonical_request_json(backend, model, req, Some(choice)).as_bytes()))
+    hex::encode(Sha256::digest(
+        canonical_request_json(backend, model, req, Some(choice)).as_bytes(),
+    ))
 }
 
 #[cfg(test)]

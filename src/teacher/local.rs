@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 
-use super::{Accounting, ChatRequest, ChatResponse, Choice, Pricing, Role, Teacher, TeacherError, TeacherStats, Usage};
+use super::{
+    Accounting, ChatRequest, ChatResponse, Choice, Pricing, Role, Teacher, TeacherError,
+    TeacherStats, Usage,
+};
 use crate::models::chat::{ChatMessage as ModelMessage, ChatModel, Completion, JsonRequest};
 use crate::models::sampling::SamplingConfig;
 
@@ -50,7 +53,12 @@ impl LocalTeacher {
     /// Load a GGUF chat model; `name` goes into cache keys and reports.
     pub fn load(gguf: &Path, name: &str, max_calls: Option<u64>) -> anyhow::Result<Self> {
         let model = ChatModel::load(gguf, crate::models::default_device())?;
-        Ok(LocalTeacher { model: Arc::new(Mutex::new(model)), queue: Default::default(), name: name.to_string(), accounting: Accounting::new(Pricing::FREE, max_calls) })
+        Ok(LocalTeacher {
+            model: Arc::new(Mutex::new(model)),
+            queue: Default::default(),
+            name: name.to_string(),
+            accounting: Accounting::new(Pricing::FREE, max_calls),
+        })
     }
 
     /// The registry's offline default teacher (SmolLM2-135M-Instruct, GGUF Q4_1).
@@ -83,9 +91,17 @@ impl LocalTeacher {
     /// Queue a structured request and wait for the batch that takes it. Every call starts a
     /// blocking task that waits [`BATCH_WINDOW`], takes the model, then takes the whole queue:
     /// the first task of a round serves the round; the later ones find the queue empty.
-    async fn batched_json(&self, request: JsonRequest, fields: Vec<String>) -> Result<Vec<Completion>, TeacherError> {
+    async fn batched_json(
+        &self,
+        request: JsonRequest,
+        fields: Vec<String>,
+    ) -> Result<Vec<Completion>, TeacherError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(PendingJson { request, fields, reply });
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(PendingJson {
+            request,
+            fields,
+            reply,
+        });
         let (model, queue) = (self.model.clone(), self.queue.clone());
         tokio::task::spawn_blocking(move || {
             std::thread::sleep(BATCH_WINDOW);
@@ -99,7 +115,12 @@ impl LocalTeacher {
             };
             serve_json_batch(&model, batch);
         });
-        answer.await.map_err(|_| TeacherError::Backend("the generation thread ended without an answer".into()))?.map_err(TeacherError::Backend)
+        answer
+            .await
+            .map_err(|_| {
+                TeacherError::Backend("the generation thread ended without an answer".into())
+            })?
+            .map_err(TeacherError::Backend)
     }
 }
 
@@ -107,7 +128,8 @@ impl LocalTeacher {
 fn serve_json_batch(model: &ChatModel, mut batch: Vec<PendingJson>) {
     while !batch.is_empty() {
         let fields = batch[0].fields.clone();
-        let (group, rest): (Vec<PendingJson>, Vec<PendingJson>) = batch.into_iter().partition(|p| p.fields == fields);
+        let (group, rest): (Vec<PendingJson>, Vec<PendingJson>) =
+            batch.into_iter().partition(|p| p.fields == fields);
         batch = rest;
         let requests: Vec<JsonRequest> = group.iter().map(|p| p.request.clone()).collect();
         match model.chat_json_requests(&requests, &fields) {
@@ -135,25 +157,43 @@ impl Teacher for LocalTeacher {
         &self.name
     }
 
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
         Box::pin(async move {
             self.accounting.reserve_call()?;
             let n = request.params.n.max(1) as usize;
             let cfg = SamplingConfig {
-                max_new_tokens: request.params.max_tokens.map(|t| t as usize).unwrap_or(DEFAULT_MAX_NEW_TOKENS).min(DEFAULT_MAX_NEW_TOKENS),
+                max_new_tokens: request
+                    .params
+                    .max_tokens
+                    .map(|t| t as usize)
+                    .unwrap_or(DEFAULT_MAX_NEW_TOKENS)
+                    .min(DEFAULT_MAX_NEW_TOKENS),
                 temperature: request.params.temperature.max(0.0),
                 top_p: request.params.top_p,
                 repetition_penalty: 1.0,
                 seed: request.params.seed.unwrap_or(0),
             };
             let result = match request.params.json_fields.clone() {
-                Some(fields) => self.batched_json(JsonRequest { messages: to_model_messages(request), n, sampling: cfg }, fields).await,
+                Some(fields) => {
+                    self.batched_json(
+                        JsonRequest { messages: to_model_messages(request), n, sampling: cfg },
+                        fields,
+                    )
+                    .await
+                }
                 None => {
                     let conversations = vec![to_model_messages(request); n];
                     let model = self.model.clone();
                     tokio::task::spawn_blocking(move || {
-                        let model = model.lock().map_err(|_| TeacherError::Backend("the local model panicked earlier".into()))?;
-                        model.chat_batch_with_usage(&conversations, &cfg).map_err(|e| TeacherError::Backend(format!("{e:#}")))
+                        let model = model.lock().map_err(|_| {
+                            TeacherError::Backend("the local model panicked earlier".into())
+                        })?;
+                        model
+                            .chat_batch_with_usage(&conversations, &cfg)
+                            .map_err(|e| TeacherError::Backend(format!("{e:#}")))
                     })
                     .await
                     .map_err(|e| TeacherError::Backend(format!("generation thread failed: {e}")))
@@ -177,7 +217,13 @@ impl Teacher for LocalTeacher {
                         usage.prompt_tokens = c.prompt_tokens as u64;
                     }
                     usage.completion_tokens += c.completion_tokens as u64;
-                    Choice { index: i as u32, content: c.text, finish_reason: Some(if c.stopped_on_eos { "stop" } else { "length" }.into()) }
+                    Choice {
+                        index: i as u32,
+                        content: c.text,
+                        finish_reason: Some(
+                            if c.stopped_on_eos { "stop" } else { "length" }.into(),
+                        ),
+                    }
                 })
                 .collect();
             let cost_usd = self.accounting.record_success(&usage);

@@ -89,7 +89,16 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, max_tokens: None, n: 1, seed: None, presence_penalty: 0.0, frequency_penalty: 0.0, json_fields: None }
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: None,
+            n: 1,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            json_fields: None,
+        }
     }
 }
 
@@ -161,10 +170,16 @@ pub trait Teacher: Send + Sync {
     /// Model name, part of the cache key.
     fn model(&self) -> &str;
     /// One chat completion with `request.params.n` choices.
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>>;
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>>;
     /// Many requests at once; results come back in request order. The default runs them
     /// concurrently; backends bound the concurrency themselves (the OpenAI backend adapts it).
-    fn chat_batch<'a>(&'a self, requests: &'a [ChatRequest]) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
+    fn chat_batch<'a>(
+        &'a self,
+        requests: &'a [ChatRequest],
+    ) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
         Box::pin(futures_util::future::join_all(requests.iter().map(|r| self.chat(r))))
     }
     /// Counters of this teacher (and of the teachers it wraps).
@@ -180,10 +195,16 @@ impl<T: Teacher + ?Sized> Teacher for Box<T> {
     fn model(&self) -> &str {
         (**self).model()
     }
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
         (**self).chat(request)
     }
-    fn chat_batch<'a>(&'a self, requests: &'a [ChatRequest]) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
+    fn chat_batch<'a>(
+        &'a self,
+        requests: &'a [ChatRequest],
+    ) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
         (**self).chat_batch(requests)
     }
     fn stats(&self) -> TeacherStats {
@@ -198,10 +219,16 @@ impl<T: Teacher + ?Sized> Teacher for Arc<T> {
     fn model(&self) -> &str {
         (**self).model()
     }
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
         (**self).chat(request)
     }
-    fn chat_batch<'a>(&'a self, requests: &'a [ChatRequest]) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
+    fn chat_batch<'a>(
+        &'a self,
+        requests: &'a [ChatRequest],
+    ) -> BoxFuture<'a, Vec<Result<ChatResponse, TeacherError>>> {
         (**self).chat_batch(requests)
     }
     fn stats(&self) -> TeacherStats {
@@ -239,7 +266,14 @@ pub enum TeacherError {
     #[error("gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted { attempts: u32, last: Box<TeacherError> },
     #[error("replay-only cache miss: no recorded response for request sha256:{digest} (backend `{backend}`, model `{model}`, choice {choice}) in {cache}. Hint: {hint}")]
-    ReplayMiss { digest: String, backend: String, model: String, choice: u32, cache: String, hint: &'static str },
+    ReplayMiss {
+        digest: String,
+        backend: String,
+        model: String,
+        choice: u32,
+        cache: String,
+        hint: &'static str,
+    },
     #[error("teacher cache error: {0}")]
     Cache(String),
     #[error("teacher backend error: {0}")]
@@ -251,8 +285,12 @@ impl TeacherError {
     /// truncated bodies).
     pub fn is_retryable(&self) -> bool {
         match self {
-            TeacherError::Status { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
-            TeacherError::Timeout(_) | TeacherError::Connection(_) | TeacherError::Truncated(_) => true,
+            TeacherError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 429) || *status >= 500
+            }
+            TeacherError::Timeout(_) | TeacherError::Connection(_) | TeacherError::Truncated(_) => {
+                true
+            }
             _ => false,
         }
     }
@@ -276,7 +314,9 @@ impl TeacherError {
     /// [`TeacherError::RetriesExhausted`] (the backend already tried hard).
     pub fn is_transient(&self) -> bool {
         match self {
-            TeacherError::MalformedJson { .. } | TeacherError::Schema(_) | TeacherError::EmptyChoices => true,
+            TeacherError::MalformedJson { .. }
+            | TeacherError::Schema(_)
+            | TeacherError::EmptyChoices => true,
             _ => self.is_retryable() && !self.is_fatal(),
         }
     }
@@ -319,9 +359,11 @@ impl Pricing {
     /// gpt-3.5-turbo (4K context) as at the paper's time: $0.0015 / 1K input tokens and
     /// $0.002 / 1K output tokens. Source: OpenAI, "Function calling and other API updates"
     /// (openai.com/blog, 13 June 2023) and the openai.com/pricing page of June–November 2023.
-    pub const GPT_35_TURBO_2023: Pricing = Pricing { input_per_1k_usd: 0.0015, output_per_1k_usd: 0.002 };
+    pub const GPT_35_TURBO_2023: Pricing =
+        Pricing { input_per_1k_usd: 0.0015, output_per_1k_usd: 0.002 };
     /// gpt-3.5-turbo-16k, same source and date: $0.003 / $0.004.
-    pub const GPT_35_TURBO_16K_2023: Pricing = Pricing { input_per_1k_usd: 0.003, output_per_1k_usd: 0.004 };
+    pub const GPT_35_TURBO_16K_2023: Pricing =
+        Pricing { input_per_1k_usd: 0.003, output_per_1k_usd: 0.004 };
     /// gpt-4 (8K), same source and date: $0.03 / $0.06.
     pub const GPT_4_2023: Pricing = Pricing { input_per_1k_usd: 0.03, output_per_1k_usd: 0.06 };
 
@@ -341,7 +383,8 @@ impl Pricing {
     }
 
     pub fn cost(&self, usage: &Usage) -> f64 {
-        usage.prompt_tokens as f64 / 1000.0 * self.input_per_1k_usd + usage.completion_tokens as f64 / 1000.0 * self.output_per_1k_usd
+        usage.prompt_tokens as f64 / 1000.0 * self.input_per_1k_usd
+            + usage.completion_tokens as f64 / 1000.0 * self.output_per_1k_usd
     }
 }
 
@@ -549,7 +592,10 @@ mod tests {
             .map(|h| h.join().unwrap())
             .sum();
         assert_eq!(ok, 5);
-        assert!(matches!(acc.reserve_call(), Err(TeacherError::BudgetExhausted { limit: 5, used: 5 })));
+        assert!(matches!(
+            acc.reserve_call(),
+            Err(TeacherError::BudgetExhausted { limit: 5, used: 5 })
+        ));
     }
 
     #[test]
@@ -564,7 +610,12 @@ mod tests {
     fn redaction() {
         let s = "bad key sk-abcdefghijklmnop and Bearer xyz123456789 and MYSECRETVALUE";
         let r = redact(s, Some("MYSECRETVALUE"));
-        assert!(!r.contains("abcdefghijklmnop") && !r.contains("xyz123456789") && !r.contains("MYSECRETVALUE"), "{r}");
+        assert!(
+            !r.contains("abcdefghijklmnop")
+                && !r.contains("xyz123456789")
+                && !r.contains("MYSECRETVALUE"),
+            "{r}"
+        );
         assert_eq!(redact("sk-1 short", None), "sk-1 short");
         assert_eq!(redact("task-0123456789 stays", None), "task-0123456789 stays");
     }

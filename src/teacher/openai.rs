@@ -27,8 +27,8 @@ use crate::util::rng::SplitMix64;
 use crate::util::text::excerpt;
 
 use super::{
-    estimate_tokens, redact, Accounting, ChatRequest, ChatResponse, Choice, Pricing, SamplingParams, Teacher,
-    TeacherError, TeacherStats, Usage,
+    estimate_tokens, redact, Accounting, ChatRequest, ChatResponse, Choice, Pricing,
+    SamplingParams, Teacher, TeacherError, TeacherStats, Usage,
 };
 
 /// Configuration of an OpenAI-compatible backend. Every field has a default (serde too).
@@ -146,7 +146,10 @@ impl OpenAiConfig {
     fn validate(&self) -> Result<(), TeacherError> {
         let bad = |m: String| Err(TeacherError::Config(m));
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return bad(format!("base_url `{}` must start with http:// or https://", self.base_url));
+            return bad(format!(
+                "base_url `{}` must start with http:// or https://",
+                self.base_url
+            ));
         }
         if self.model.trim().is_empty() {
             return bad("model is empty".into());
@@ -160,7 +163,10 @@ impl OpenAiConfig {
         if self.max_concurrency == 0 {
             return bad("max_concurrency must be ≥ 1".into());
         }
-        for (name, v) in [("requests_per_minute", self.requests_per_minute), ("tokens_per_minute", self.tokens_per_minute)] {
+        for (name, v) in [
+            ("requests_per_minute", self.requests_per_minute),
+            ("tokens_per_minute", self.tokens_per_minute),
+        ] {
             if let Some(v) = v {
                 if !(v > 0.0 && v.is_finite()) {
                     return bad(format!("{name} must be > 0"));
@@ -217,13 +223,17 @@ impl OpenAiTeacher {
     }
 
     /// Like [`OpenAiTeacher::new`] but sharing `accounting` (one budget for several teachers).
-    pub fn with_accounting(cfg: OpenAiConfig, accounting: Arc<Accounting>) -> Result<Self, TeacherError> {
+    pub fn with_accounting(
+        cfg: OpenAiConfig,
+        accounting: Arc<Accounting>,
+    ) -> Result<Self, TeacherError> {
         cfg.validate()?;
         let api_key = match std::env::var(&cfg.api_key_env) {
             Ok(k) if !k.trim().is_empty() => Some(ApiKey(k.trim().to_string())),
             _ => None,
         };
-        let required = cfg.require_api_key.unwrap_or_else(|| cfg.base_url.contains("api.openai.com"));
+        let required =
+            cfg.require_api_key.unwrap_or_else(|| cfg.base_url.contains("api.openai.com"));
         if required && api_key.is_none() {
             return Err(TeacherError::MissingApiKey { env: cfg.api_key_env.clone() });
         }
@@ -239,7 +249,12 @@ impl OpenAiTeacher {
             client,
             api_key,
             accounting,
-            limiter: RateLimiter::new(cfg.requests_per_minute, cfg.rpm_burst, cfg.tokens_per_minute, tpm_burst),
+            limiter: RateLimiter::new(
+                cfg.requests_per_minute,
+                cfg.rpm_burst,
+                cfg.tokens_per_minute,
+                tpm_burst,
+            ),
             concurrency: AdaptiveConcurrency::new(cfg.initial_concurrency, cfg.max_concurrency),
             jitter: Mutex::new(SplitMix64::new(cfg.jitter_seed)),
             cfg,
@@ -328,10 +343,15 @@ impl OpenAiTeacher {
         Ok(ChatResponse { choices, usage, cost_usd: cost, cached: false })
     }
 
-    async fn call_with_retries(&self, req: &ChatRequest, p: &SamplingParams) -> Result<(Vec<Choice>, Usage), TeacherError> {
+    async fn call_with_retries(
+        &self,
+        req: &ChatRequest,
+        p: &SamplingParams,
+    ) -> Result<(Vec<Choice>, Usage), TeacherError> {
         let body = self.body(req, p);
         let prompt_est = req.estimated_prompt_tokens();
-        let per_choice = p.max_tokens.unwrap_or(u32::MAX).min(self.cfg.completion_tokens_estimate) as u64;
+        let per_choice =
+            p.max_tokens.unwrap_or(u32::MAX).min(self.cfg.completion_tokens_estimate) as u64;
         let est = prompt_est + per_choice * p.n as u64;
         let mut attempt: u32 = 0;
         loop {
@@ -357,7 +377,10 @@ impl OpenAiTeacher {
                         return Err(if attempt == 0 {
                             e
                         } else {
-                            TeacherError::RetriesExhausted { attempts: attempt + 1, last: Box::new(e) }
+                            TeacherError::RetriesExhausted {
+                                attempts: attempt + 1,
+                                last: Box::new(e),
+                            }
                         });
                     }
                     let delay = self.retry_delay(attempt, &e);
@@ -383,12 +406,20 @@ impl OpenAiTeacher {
             let jitter = rng.next_f64() * (ra.as_secs_f64() * 0.1).min(0.25);
             return ra + Duration::from_secs_f64(jitter);
         }
-        let exp = self.cfg.backoff_base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.cfg.backoff_max_ms) as f64;
+        let exp = self
+            .cfg
+            .backoff_base_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(self.cfg.backoff_max_ms) as f64;
         // "Equal jitter": half fixed, half uniform.
         Duration::from_secs_f64((exp / 2.0 + rng.next_f64() * exp / 2.0) / 1000.0)
     }
 
-    async fn send_once(&self, body: &[u8], prompt_est: u64) -> Result<(Vec<Choice>, Usage), TeacherError> {
+    async fn send_once(
+        &self,
+        body: &[u8],
+        prompt_est: u64,
+    ) -> Result<(Vec<Choice>, Usage), TeacherError> {
         let mut rb = self
             .client
             .post(&self.endpoint)
@@ -410,7 +441,11 @@ impl OpenAiTeacher {
         })?;
         if !(200..300).contains(&status) {
             let text = redact(&String::from_utf8_lossy(&bytes), self.key());
-            return Err(TeacherError::Status { status, body: excerpt(text.trim(), 500), retry_after });
+            return Err(TeacherError::Status {
+                status,
+                body: excerpt(text.trim(), 500),
+                retry_after,
+            });
         }
         parse_completion(&bytes, prompt_est, self.key())
     }
@@ -433,35 +468,59 @@ impl Teacher for OpenAiTeacher {
     fn model(&self) -> &str {
         &self.cfg.model
     }
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, TeacherError>> {
         Box::pin(self.chat_impl(request))
     }
     fn stats(&self) -> TeacherStats {
-        TeacherStats { concurrency_limit: self.concurrency.limit() as u64, ..self.accounting.snapshot() }
+        TeacherStats {
+            concurrency_limit: self.concurrency.limit() as u64,
+            ..self.accounting.snapshot()
+        }
     }
 }
 
-
 /// Parse a chat-completions body into choices and usage (usage estimated when absent).
-pub fn parse_completion(bytes: &[u8], prompt_tokens_estimate: u64, secret: Option<&str>) -> Result<(Vec<Choice>, Usage), TeacherError> {
+pub fn parse_completion(
+    bytes: &[u8],
+    prompt_tokens_estimate: u64,
+    secret: Option<&str>,
+) -> Result<(Vec<Choice>, Usage), TeacherError> {
     let v: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) if e.is_eof() => {
-            return Err(TeacherError::Truncated(format!("the JSON body ends early after {} bytes ({e})", bytes.len())));
+            return Err(TeacherError::Truncated(format!(
+                "the JSON body ends early after {} bytes ({e})",
+                bytes.len()
+            )));
         }
         Err(e) => {
             let text = redact(&String::from_utf8_lossy(bytes), secret);
-            return Err(TeacherError::MalformedJson { detail: e.to_string(), excerpt: excerpt(&text, 200) });
+            return Err(TeacherError::MalformedJson {
+                detail: e.to_string(),
+                excerpt: excerpt(&text, 200),
+            });
         }
     };
     let schema = |m: String| TeacherError::Schema(redact(&m, secret));
-    let obj = v.as_object().ok_or_else(|| schema("the top-level JSON value is not an object".into()))?;
+    let obj =
+        v.as_object().ok_or_else(|| schema("the top-level JSON value is not an object".into()))?;
     if let Some(err) = obj.get("error") {
-        return Err(schema(format!("an `error` object in a 2xx response: {}", excerpt(&err.to_string(), 300))));
+        return Err(schema(format!(
+            "an `error` object in a 2xx response: {}",
+            excerpt(&err.to_string(), 300)
+        )));
     }
     let arr = obj
         .get("choices")
-        .ok_or_else(|| schema(format!("no `choices` field (fields: {})", obj.keys().cloned().collect::<Vec<_>>().join(", "))))?
+        .ok_or_else(|| {
+            schema(format!(
+                "no `choices` field (fields: {})",
+                obj.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?
         .as_array()
         .ok_or_else(|| schema("`choices` is not an array".into()))?;
     if arr.is_empty() {
@@ -485,9 +544,10 @@ pub fn parse_completion(bytes: &[u8], prompt_tokens_estimate: u64, secret: Optio
             prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
             completion_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
         },
-        None => {
-            Usage { prompt_tokens: prompt_tokens_estimate, completion_tokens: choices.iter().map(|c| estimate_tokens(&c.content)).sum() }
-        }
+        None => Usage {
+            prompt_tokens: prompt_tokens_estimate,
+            completion_tokens: choices.iter().map(|c| estimate_tokens(&c.content)).sum(),
+        },
     };
     Ok((choices, usage))
 }
@@ -496,13 +556,22 @@ pub fn parse_completion(bytes: &[u8], prompt_tokens_estimate: u64, secret: Optio
 // Retry-After
 
 /// The wait a server asks for: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date).
-pub(crate) fn retry_after_from_headers(h: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(ms) = h.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()) {
+pub(crate) fn retry_after_from_headers(
+    h: &reqwest::header::HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    if let Some(ms) = h
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
         if ms.is_finite() && ms >= 0.0 {
             return Some(Duration::from_secs_f64(ms / 1000.0));
         }
     }
-    h.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|s| parse_retry_after(s, now))
+    h.get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| parse_retry_after(s, now))
 }
 
 /// `Retry-After`: delay-seconds (fractions tolerated) or an HTTP date (a date in the past is 0).
@@ -519,7 +588,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// RFC 850 form `Sunday, 06-Nov-94 08:49:37 GMT` and asctime `Sun Nov  6 08:49:37 1994`.
 pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     let month = |m: &str| -> Option<u32> {
-        let names = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+        let names =
+            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
         names.iter().position(|n| m.eq_ignore_ascii_case(n)).map(|i| i as u32 + 1)
     };
     let hms = |t: &str| -> Option<(u32, u32, u32)> {
@@ -531,7 +601,9 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     let (y, mo, d, (hh, mm, ss)) = if let Some((_, rest)) = s.split_once(',') {
         let t: Vec<&str> = rest.split_whitespace().collect();
         match t.as_slice() {
-            [d, m, y, time, "GMT"] => (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(time)?),
+            [d, m, y, time, "GMT"] => {
+                (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(time)?)
+            }
             [dmy, time, "GMT"] => {
                 let p: Vec<&str> = dmy.split('-').collect();
                 if p.len() != 3 {
@@ -553,7 +625,9 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
         }
     } else {
         match toks.as_slice() {
-            [_, m, d, time, y] => (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(time)?),
+            [_, m, d, time, y] => {
+                (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(time)?)
+            }
             _ => return None,
         }
     };
@@ -618,7 +692,11 @@ impl AdaptiveConcurrency {
     pub fn new(initial: usize, max: usize) -> Self {
         let max = max.max(1);
         AdaptiveConcurrency {
-            state: Mutex::new(AcState { limit: initial.clamp(1, max) as f64, in_flight: 0, last_decrease: None }),
+            state: Mutex::new(AcState {
+                limit: initial.clamp(1, max) as f64,
+                in_flight: 0,
+                last_decrease: None,
+            }),
             max,
             notify: tokio::sync::Notify::new(),
         }
@@ -738,7 +816,8 @@ impl RateLimiter {
             let wait = {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                let mut w = s.cooldown_until.map(|c| c.saturating_duration_since(now)).unwrap_or_default();
+                let mut w =
+                    s.cooldown_until.map(|c| c.saturating_duration_since(now)).unwrap_or_default();
                 if let Some(b) = s.rpm.as_mut() {
                     b.refill(now);
                     w = w.max(b.wait_for(1.0));
@@ -791,10 +870,16 @@ mod tests {
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
         assert_eq!(parse_http_date("yesterday"), None);
         let now = UNIX_EPOCH + Duration::from_secs(784_111_770);
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("0.5", now), Some(Duration::from_millis(500)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now + Duration::from_secs(60)), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now + Duration::from_secs(60)),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("-1", now), None);
     }
 
@@ -804,11 +889,23 @@ mod tests {
         let (c, u) = parse_completion(ok, 0, None).unwrap();
         assert_eq!(c.iter().map(|c| c.content.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(u, Usage { prompt_tokens: 3, completion_tokens: 2 });
-        assert!(matches!(parse_completion(b"{\"choices\":[]}", 0, None), Err(TeacherError::EmptyChoices)));
+        assert!(matches!(
+            parse_completion(b"{\"choices\":[]}", 0, None),
+            Err(TeacherError::EmptyChoices)
+        ));
         assert!(matches!(parse_completion(b"{\"foo\":1}", 0, None), Err(TeacherError::Schema(_))));
-        assert!(matches!(parse_completion(b"<html>", 0, None), Err(TeacherError::MalformedJson { .. })));
-        assert!(matches!(parse_completion(b"{\"choices\":[{\"mess", 0, None), Err(TeacherError::Truncated(_))));
-        assert!(matches!(parse_completion(br#"{"choices":[{"message":{"content":null}}]}"#, 0, None), Err(TeacherError::Schema(_))));
+        assert!(matches!(
+            parse_completion(b"<html>", 0, None),
+            Err(TeacherError::MalformedJson { .. })
+        ));
+        assert!(matches!(
+            parse_completion(b"{\"choices\":[{\"mess", 0, None),
+            Err(TeacherError::Truncated(_))
+        ));
+        assert!(matches!(
+            parse_completion(br#"{"choices":[{"message":{"content":null}}]}"#, 0, None),
+            Err(TeacherError::Schema(_))
+        ));
     }
 
     #[tokio::test]

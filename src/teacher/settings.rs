@@ -79,8 +79,15 @@ mod tests {
 
     #[test]
     fn every_server_gets_the_reference_rate_by_default() {
-        let local_server = TeacherSettings { kind: TeacherKind::Openai, base_url: "http://127.0.0.1:8000/v1".into(), ..Default::default() };
-        assert_eq!(local_server.openai_config().requests_per_minute, Some(DEFAULT_REQUESTS_PER_MINUTE));
+        let local_server = TeacherSettings {
+            kind: TeacherKind::Openai,
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            local_server.openai_config().requests_per_minute,
+            Some(DEFAULT_REQUESTS_PER_MINUTE)
+        );
         assert_eq!(TeacherSettings::default().openai_config().requests_per_minute, Some(80.0));
         let unthrottled = TeacherSettings { requests_per_minute: None, ..local_server };
         assert_eq!(unthrottled.openai_config().requests_per_minute, None);

@@ -54,11 +54,15 @@ pub fn exempt_from_decay(name: &str) -> bool {
 impl AdamW {
     /// `vars`: the trainable variables by name (a `VarStore`'s `variables()`).
     pub fn new(vars: HashMap<String, Tensor>, params: AdamWParams) -> Self {
-        let sorted: BTreeMap<String, Tensor> = vars.into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        let vars: Vec<(String, Tensor, bool)> = sorted.into_iter().map(|(n, t)| {
-            let decay = !exempt_from_decay(&n);
-            (n, t, decay)
-        }).collect();
+        let sorted: BTreeMap<String, Tensor> =
+            vars.into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let vars: Vec<(String, Tensor, bool)> = sorted
+            .into_iter()
+            .map(|(n, t)| {
+                let decay = !exempt_from_decay(&n);
+                (n, t, decay)
+            })
+            .collect();
         let exp_avg = vars.iter().map(|(_, t, _)| t.zeros_like().detach()).collect();
         let exp_avg_sq = vars.iter().map(|(_, t, _)| t.zeros_like().detach()).collect();
         AdamW { params, vars, exp_avg, exp_avg_sq, step: 0 }
@@ -81,7 +85,13 @@ impl AdamW {
     /// Global L2 norm of the gradients, and (when `max_norm` is given) the gradients scaled by
     /// `max_norm / (norm + 1e-6)` if that is below 1 — `torch.nn.utils.clip_grad_norm_`.
     pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> f64 {
-        let norms: Vec<Tensor> = self.vars.iter().map(|(_, t, _)| t.grad()).filter(|g| g.defined()).map(|g| g.norm()).collect();
+        let norms: Vec<Tensor> = self
+            .vars
+            .iter()
+            .map(|(_, t, _)| t.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.norm())
+            .collect();
         if norms.is_empty() {
             return 0.0;
         }
@@ -151,13 +161,26 @@ impl AdamW {
 
     /// Restores the moments written by [`AdamW::state_tensors`]; every parameter must be there
     /// with its shape (a checkpoint of another model is refused).
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64, source: &str) -> anyhow::Result<()> {
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        step: u64,
+        source: &str,
+    ) -> anyhow::Result<()> {
         for (i, (name, var, _)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.exp_avg[i]), ("v", &mut self.exp_avg_sq[i])] {
                 let key = format!("{prefix}.{name}");
-                let Some(saved) = tensors.get(&key) else { bail!("{source}: optimizer state has no `{key}` (a checkpoint of another model?)") };
+                let Some(saved) = tensors.get(&key) else {
+                    bail!(
+                        "{source}: optimizer state has no `{key}` (a checkpoint of another model?)"
+                    )
+                };
                 if saved.size() != var.size() {
-                    bail!("{source}: `{key}` has shape {:?}, the model's parameter {:?}", saved.size(), var.size());
+                    bail!(
+                        "{source}: `{key}` has shape {:?}, the model's parameter {:?}",
+                        saved.size(),
+                        var.size()
+                    );
                 }
                 tch::no_grad(|| slot.copy_(&saved.to_kind(Kind::Float).to_device(var.device())));
             }
@@ -183,7 +206,8 @@ pub fn scheduled_lr(base: f64, step: u64, total: u64, warmup: u64, linear_decay:
 
 /// Reads a safetensors file of optimizer state.
 pub fn read_state(path: &std::path::Path) -> anyhow::Result<HashMap<String, Tensor>> {
-    let list = Tensor::read_safetensors(path).with_context(|| format!("reading optimizer state {}", path.display()))?;
+    let list = Tensor::read_safetensors(path)
+        .with_context(|| format!("reading optimizer state {}", path.display()))?;
     Ok(list.into_iter().collect())
 }
 
@@ -215,7 +239,10 @@ mod tests {
         // With a constant gradient g, after t steps m̂ = g and v̂ = g², so each step moves the
         // parameter by lr · g / (|g| + ε'), i.e. by ≈ lr·sign(g).
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(HashMap::from([("w".to_string(), p.shallow_clone())]), AdamWParams::default());
+        let mut opt = AdamW::new(
+            HashMap::from([("w".to_string(), p.shallow_clone())]),
+            AdamWParams::default(),
+        );
         for _ in 0..3 {
             opt.zero_grad();
             let loss = (&p * Tensor::from_slice(&[0.5f32, -4.0])).sum(Kind::Float);
@@ -223,6 +250,9 @@ mod tests {
             opt.step(0.1);
         }
         let got = Vec::<f32>::try_from(p.detach()).unwrap();
-        assert!((got[0] - (1.0 - 0.3)).abs() < 1e-5 && (got[1] - (-2.0 + 0.3)).abs() < 1e-5, "{got:?}");
+        assert!(
+            (got[0] - (1.0 - 0.3)).abs() < 1e-5 && (got[1] - (-2.0 + 0.3)).abs() < 1e-5,
+            "{got:?}"
+        );
     }
 }

@@ -47,7 +47,9 @@ pub struct TextPair {
 /// `(input, output)` rows of one dataset as the student's text-to-text pairs: each input wrapped
 /// in the template `<task {task_id}>{instruction}\nExample:\n{input}\nLabel:\n` ([`model_input`]).
 pub fn apply_template(task_id: u32, instruction: &str, rows: &[(String, String)]) -> Vec<TextPair> {
-    rows.iter().map(|(i, o)| TextPair { source: model_input(task_id, instruction, i), target: o.clone() }).collect()
+    rows.iter()
+        .map(|(i, o)| TextPair { source: model_input(task_id, instruction, i), target: o.clone() })
+        .collect()
 }
 
 /// Concatenates datasets and shuffles them with `seed` (the reference's `concatenate_datasets` +
@@ -123,12 +125,28 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let fix = "fix the training configuration";
-        anyhow::ensure!(self.learning_rate > 0.0 && self.learning_rate.is_finite(), "learning_rate must be a positive number ({fix})");
+        anyhow::ensure!(
+            self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+            "learning_rate must be a positive number ({fix})"
+        );
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1 ({fix})");
-        anyhow::ensure!(self.batch_size >= 1 && self.grad_accumulation >= 1, "batch_size and grad_accumulation must be at least 1 ({fix})");
-        anyhow::ensure!((0.0..1.0).contains(&self.warmup_ratio), "warmup_ratio must be in [0, 1) ({fix})");
-        anyhow::ensure!(matches!(self.schedule.as_str(), "linear" | "constant"), "schedule `{}`: use `linear` or `constant`", self.schedule);
-        anyhow::ensure!(self.max_source_len >= 2 && self.max_target_len >= 2, "max_source_len and max_target_len must be at least 2 ({fix})");
+        anyhow::ensure!(
+            self.batch_size >= 1 && self.grad_accumulation >= 1,
+            "batch_size and grad_accumulation must be at least 1 ({fix})"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "warmup_ratio must be in [0, 1) ({fix})"
+        );
+        anyhow::ensure!(
+            matches!(self.schedule.as_str(), "linear" | "constant"),
+            "schedule `{}`: use `linear` or `constant`",
+            self.schedule
+        );
+        anyhow::ensure!(
+            self.max_source_len >= 2 && self.max_target_len >= 2,
+            "max_source_len and max_target_len must be at least 2 ({fix})"
+        );
         anyhow::ensure!(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1 ({fix})");
         Ok(())
     }
@@ -159,9 +177,19 @@ pub fn collate(items: &[&Encoded], pad: i64, device: Device) -> Batch {
     let mut labels = Vec::with_capacity(items.len() * tgt_len);
     let mut tokens = 0i64;
     for e in items {
-        ids.extend(e.source.iter().copied().chain(std::iter::repeat_n(pad, src_len - e.source.len())));
-        mask.extend(std::iter::repeat_n(1i64, e.source.len()).chain(std::iter::repeat_n(0, src_len - e.source.len())));
-        labels.extend(e.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, tgt_len - e.labels.len())));
+        ids.extend(
+            e.source.iter().copied().chain(std::iter::repeat_n(pad, src_len - e.source.len())),
+        );
+        mask.extend(
+            std::iter::repeat_n(1i64, e.source.len())
+                .chain(std::iter::repeat_n(0, src_len - e.source.len())),
+        );
+        labels.extend(
+            e.labels
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(IGNORE_INDEX, tgt_len - e.labels.len())),
+        );
         tokens += (e.source.len() + e.labels.len()) as i64;
     }
     let n = items.len() as i64;
@@ -177,7 +205,13 @@ pub fn collate(items: &[&Encoded], pad: i64, device: Device) -> Batch {
 /// The batches of one epoch, as index lists: a seeded shuffle, then (when `window > 0`) sorting by
 /// source length inside windows of `window` batches, then a seeded shuffle of the batch order. A
 /// pure function of `(lengths, batch_size, window, seed, epoch)`, which is what makes resuming exact.
-pub fn epoch_batches(lengths: &[usize], batch_size: usize, window: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    window: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = SplitMix64::new(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     rng.shuffle(&mut order);
@@ -272,33 +306,58 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(config: TrainConfig, student: &'a mut Student, output_dir: impl Into<PathBuf>) -> Self {
-        Trainer { config, student, output_dir: output_dir.into(), progress: true, label: String::new() }
+    pub fn new(
+        config: TrainConfig,
+        student: &'a mut Student,
+        output_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Trainer {
+            config,
+            student,
+            output_dir: output_dir.into(),
+            progress: true,
+            label: String::new(),
+        }
     }
 
     /// Trains on `train` (and reports the loss on `validation` after each epoch), resuming from
     /// the newest checkpoint in `output_dir` when there is one. A finished run found in
     /// `output_dir` is loaded and returned without training again.
-    pub fn train(&mut self, train: &[TextPair], validation: &[TextPair]) -> anyhow::Result<TrainSummary> {
+    pub fn train(
+        &mut self,
+        train: &[TextPair],
+        validation: &[TextPair],
+    ) -> anyhow::Result<TrainSummary> {
         self.config.validate()?;
         anyhow::ensure!(!train.is_empty(), "no training examples: the training set is empty");
         let cfg = self.config.clone();
         let fingerprint = run_fingerprint(&cfg, train, validation, &self.student.describe());
-        fs::create_dir_all(&self.output_dir).with_context(|| format!("creating {}", self.output_dir.display()))?;
+        fs::create_dir_all(&self.output_dir)
+            .with_context(|| format!("creating {}", self.output_dir.display()))?;
 
         let final_dir = self.output_dir.join("final");
         if let Ok(summary) = read_json::<TrainSummary>(&final_dir.join("training_summary.json")) {
             let state: TrainerState = read_json(&final_dir.join("trainer_state.json"))?;
             if state.fingerprint != fingerprint {
-                return Err(TrainError::ForeignCheckpoint { dir: final_dir.display().to_string(), found: state.fingerprint, expected: fingerprint }.into());
+                return Err(TrainError::ForeignCheckpoint {
+                    dir: final_dir.display().to_string(),
+                    found: state.fingerprint,
+                    expected: fingerprint,
+                }
+                .into());
             }
             self.student.load_weights(&final_dir)?;
-            tracing::info!("{}: finished run found in {}; loaded it", self.label, final_dir.display());
+            tracing::info!(
+                "{}: finished run found in {}; loaded it",
+                self.label,
+                final_dir.display()
+            );
             return Ok(summary);
         }
 
         let train_enc = self.student.encode_pairs(train, cfg.max_source_len, cfg.max_target_len)?;
-        let val_enc = self.student.encode_pairs(validation, cfg.max_source_len, cfg.max_target_len)?;
+        let val_enc =
+            self.student.encode_pairs(validation, cfg.max_source_len, cfg.max_target_len)?;
         let lengths: Vec<usize> = train_enc.iter().map(|e| e.source.len()).collect();
         let batches_per_epoch = lengths.len().div_ceil(cfg.batch_size);
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accumulation) as u64;
@@ -329,12 +388,26 @@ impl<'a> Trainer<'a> {
         if let Some(ckpt) = &checkpoint_found {
             let saved: TrainerState = read_json(&ckpt.join("trainer_state.json"))?;
             if saved.fingerprint != fingerprint {
-                return Err(TrainError::ForeignCheckpoint { dir: ckpt.display().to_string(), found: saved.fingerprint, expected: fingerprint }.into());
+                return Err(TrainError::ForeignCheckpoint {
+                    dir: ckpt.display().to_string(),
+                    found: saved.fingerprint,
+                    expected: fingerprint,
+                }
+                .into());
             }
             self.student.load_weights(ckpt)?;
             let moments = adamw::read_state(&ckpt.join("optimizer.safetensors"))?;
-            optimizer.load_state(&moments, saved.optimizer_step, &ckpt.join("optimizer.safetensors").display().to_string())?;
-            tracing::info!("{}: resuming from {} (optimizer step {})", self.label, ckpt.display(), saved.optimizer_step);
+            optimizer.load_state(
+                &moments,
+                saved.optimizer_step,
+                &ckpt.join("optimizer.safetensors").display().to_string(),
+            )?;
+            tracing::info!(
+                "{}: resuming from {} (optimizer step {})",
+                self.label,
+                ckpt.display(),
+                saved.optimizer_step
+            );
             resumed_from = Some(saved.optimizer_step);
             state = saved;
         }
@@ -348,15 +421,19 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let (mut run_examples, mut run_tokens) = (0u64, 0i64);
         let mut stopped_early = false;
-        let mut last_checkpoint = checkpoint_found.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
+        let mut last_checkpoint = checkpoint_found
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(none yet)".into());
 
         'epochs: while state.epoch < cfg.epochs && state.optimizer_step < total_steps {
-            let batches = epoch_batches(&lengths, cfg.batch_size, cfg.bucket_window, cfg.seed, state.epoch);
+            let batches =
+                epoch_batches(&lengths, cfg.batch_size, cfg.bucket_window, cfg.seed, state.epoch);
             // Optimizer steps group `grad_accumulation` consecutive batches; an epoch's last group may be short.
             while state.batch_in_epoch < batches.len() {
                 let group_start = state.batch_in_epoch;
                 let group_end = (group_start + cfg.grad_accumulation).min(batches.len());
-                let group_examples: usize = batches[group_start..group_end].iter().map(Vec::len).sum();
+                let group_examples: usize =
+                    batches[group_start..group_end].iter().map(Vec::len).sum();
                 optimizer.zero_grad();
                 let mut group_loss = 0.0;
                 for (offset, batch_idx) in batches[group_start..group_end].iter().enumerate() {
@@ -365,11 +442,21 @@ impl<'a> Trainer<'a> {
                     tch::manual_seed(mix_seed(cfg.seed, state.optimizer_step, offset as u64) as i64);
                     let items: Vec<&Encoded> = batch_idx.iter().map(|&i| &train_enc[i]).collect();
                     let batch = self.student.collate(&items);
-                    let loss = if use_autocast { tch::autocast(true, || self.student.loss(&batch, true)) } else { self.student.loss(&batch, true) };
+                    let loss = if use_autocast {
+                        tch::autocast(true, || self.student.loss(&batch, true))
+                    } else {
+                        self.student.loss(&batch, true)
+                    };
                     let loss_value = loss.double_value(&[]);
                     if !loss_value.is_finite() {
                         bar.abandon();
-                        return Err(TrainError::NonFiniteLoss { loss: loss_value, step: state.optimizer_step, epoch: state.epoch, checkpoint: last_checkpoint }.into());
+                        return Err(TrainError::NonFiniteLoss {
+                            loss: loss_value,
+                            step: state.optimizer_step,
+                            epoch: state.epoch,
+                            checkpoint: last_checkpoint,
+                        }
+                        .into());
                     }
                     // Each pass weighs by its share of the group's examples, so the accumulated
                     // gradient is that of the mean loss over the whole group.
@@ -379,19 +466,37 @@ impl<'a> Trainer<'a> {
                     run_tokens += batch.tokens;
                 }
                 let grad_norm = optimizer.clip_grad_norm(cfg.max_grad_norm.filter(|n| *n > 0.0));
-                let lr = adamw::scheduled_lr(cfg.learning_rate, state.optimizer_step, total_steps, warmup, cfg.schedule == "linear");
+                let lr = adamw::scheduled_lr(
+                    cfg.learning_rate,
+                    state.optimizer_step,
+                    total_steps,
+                    warmup,
+                    cfg.schedule == "linear",
+                );
                 optimizer.step(lr);
                 state.optimizer_step += 1;
                 state.batch_in_epoch = group_end;
                 state.epoch_loss_sum += group_loss;
                 state.epoch_batches += 1;
                 state.examples_seen += group_examples as u64;
-                state.steps.push(StepLog { step: state.optimizer_step, epoch: state.epoch, loss: group_loss, lr, grad_norm });
+                state.steps.push(StepLog {
+                    step: state.optimizer_step,
+                    epoch: state.epoch,
+                    loss: group_loss,
+                    lr,
+                    grad_norm,
+                });
                 bar.set_position(state.optimizer_step);
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {group_loss:.4}  {:.1} ex/s", run_examples as f64 / secs));
+                bar.set_message(format!(
+                    "loss {group_loss:.4}  {:.1} ex/s",
+                    run_examples as f64 / secs
+                ));
                 // Without a terminal the bar is hidden; a log line every ~5% keeps long runs visible.
-                if !interactive && (state.optimizer_step % log_every == 0 || state.optimizer_step == total_steps) {
+                if !interactive
+                    && (state.optimizer_step % log_every == 0
+                        || state.optimizer_step == total_steps)
+                {
                     tracing::info!(
                         "{}: step {}/{total_steps}, epoch {}, loss {group_loss:.4}, {:.2} examples/s, {:.0} s",
                         self.label,
@@ -406,7 +511,11 @@ impl<'a> Trainer<'a> {
                 let out_of_steps = state.optimizer_step >= total_steps;
                 if at_epoch_end || out_of_steps {
                     let train_loss = state.epoch_loss_sum / state.epoch_batches.max(1) as f64;
-                    let validation_loss = if val_enc.is_empty() { None } else { Some(self.student.mean_loss(&val_enc, cfg.batch_size)?) };
+                    let validation_loss = if val_enc.is_empty() {
+                        None
+                    } else {
+                        Some(self.student.mean_loss(&val_enc, cfg.batch_size)?)
+                    };
                     state.epochs.push(EpochLog { epoch: state.epoch, train_loss, validation_loss });
                     if let Some(v) = validation_loss {
                         if state.best_validation.is_none_or(|b| v < b) {
@@ -426,9 +535,11 @@ impl<'a> Trainer<'a> {
                         }
                     }
                 }
-                let periodic = cfg.checkpoint_every > 0 && state.optimizer_step % cfg.checkpoint_every as u64 == 0;
+                let periodic = cfg.checkpoint_every > 0
+                    && state.optimizer_step % cfg.checkpoint_every as u64 == 0;
                 if periodic || at_epoch_end || out_of_steps {
-                    last_checkpoint = self.write_checkpoint(&state, &optimizer)?.display().to_string();
+                    last_checkpoint =
+                        self.write_checkpoint(&state, &optimizer)?.display().to_string();
                 }
                 if stopped_early || out_of_steps {
                     break 'epochs;
@@ -469,10 +580,15 @@ impl<'a> Trainer<'a> {
     }
 
     fn write_checkpoint(&self, state: &TrainerState, optimizer: &AdamW) -> anyhow::Result<PathBuf> {
-        let dir = self.output_dir.join("checkpoints").join(format!("step-{:08}", state.optimizer_step));
+        let dir =
+            self.output_dir.join("checkpoints").join(format!("step-{:08}", state.optimizer_step));
         crate::util::fs::write_dir_atomic(&dir, |tmp| {
             self.student.save(tmp)?;
-            let moments: Vec<(String, Tensor)> = optimizer.state_tensors().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+            let moments: Vec<(String, Tensor)> = optimizer
+                .state_tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
+                .collect();
             Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors"))?;
             write_json(&tmp.join("training_config.json"), &self.config)?;
             // Written last: a checkpoint folder exists only once it is complete (the rename), and
@@ -483,7 +599,8 @@ impl<'a> Trainer<'a> {
         let mut all = list_checkpoints(&self.output_dir)?;
         while all.len() > self.config.keep_checkpoints {
             let old = all.remove(0);
-            fs::remove_dir_all(&old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
+            fs::remove_dir_all(&old)
+                .with_context(|| format!("removing old checkpoint {}", old.display()))?;
         }
         Ok(dir)
     }
@@ -491,11 +608,18 @@ impl<'a> Trainer<'a> {
 
 /// Deterministic per-pass seed.
 fn mix_seed(seed: u64, step: u64, pass: u64) -> u64 {
-    let mut rng = SplitMix64::new(seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ pass.wrapping_mul(0x9FB2_1C65_1E98_DF25));
+    let mut rng = SplitMix64::new(
+        seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ pass.wrapping_mul(0x9FB2_1C65_1E98_DF25),
+    );
     rng.next_u64() >> 1
 }
 
-fn run_fingerprint(cfg: &TrainConfig, train: &[TextPair], validation: &[TextPair], student: &str) -> String {
+fn run_fingerprint(
+    cfg: &TrainConfig,
+    train: &[TextPair],
+    validation: &[TextPair],
+    student: &str,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     // Fields that change where a run goes, not how it is stored, are left out on purpose.
@@ -524,7 +648,11 @@ fn list_checkpoints(output_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        })
         .filter(|p| p.join("trainer_state.json").exists())
         .collect();
     out.sort();
@@ -537,12 +665,15 @@ pub fn latest_checkpoint(output_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    crate::util::fs::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    crate::util::fs::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a valid file of this kind (delete it to start over)", path.display()))
+    serde_json::from_str(&text).with_context(|| {
+        format!("{}: not a valid file of this kind (delete it to start over)", path.display())
+    })
 }
 
 fn progress_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
@@ -551,9 +682,11 @@ fn progress_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(if label.is_empty() { "train".to_string() } else { label.to_string() });
     bar
@@ -562,7 +695,8 @@ fn progress_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
 /// Loads a TOML training configuration (unknown keys are errors that name the file).
 pub fn load_train_config(path: &Path) -> anyhow::Result<TrainConfig> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: not a valid training configuration", path.display()))?;
+    let cfg: TrainConfig = toml::from_str(&text)
+        .with_context(|| format!("{}: not a valid training configuration", path.display()))?;
     cfg.validate().with_context(|| path.display().to_string())?;
     Ok(cfg)
 }
@@ -587,8 +721,20 @@ mod tests {
         assert_eq!(all, (0..103).collect::<Vec<_>>());
         assert_ne!(a, epoch_batches(&lengths, 8, 4, 7, 1), "epochs differ");
         // Bucketing: within a batch lengths are close (sorted windows).
-        let spread: usize = a.iter().map(|bt| bt.iter().map(|&i| lengths[i]).max().unwrap() - bt.iter().map(|&i| lengths[i]).min().unwrap()).sum();
-        let unbucketed: usize = epoch_batches(&lengths, 8, 0, 7, 0).iter().map(|bt| bt.iter().map(|&i| lengths[i]).max().unwrap() - bt.iter().map(|&i| lengths[i]).min().unwrap()).sum();
+        let spread: usize = a
+            .iter()
+            .map(|bt| {
+                bt.iter().map(|&i| lengths[i]).max().unwrap()
+                    - bt.iter().map(|&i| lengths[i]).min().unwrap()
+            })
+            .sum();
+        let unbucketed: usize = epoch_batches(&lengths, 8, 0, 7, 0)
+            .iter()
+            .map(|bt| {
+                bt.iter().map(|&i| lengths[i]).max().unwrap()
+                    - bt.iter().map(|&i| lengths[i]).min().unwrap()
+            })
+            .sum();
         assert!(spread < unbucketed, "{spread} vs {unbucketed}");
     }
 
@@ -598,8 +744,14 @@ mod tests {
         let b = Encoded { source: vec![5], labels: vec![8, 8, 2] };
         let batch = collate(&[&a, &b], 0, Device::Cpu);
         assert_eq!(Vec::<i64>::try_from(batch.input_ids.view([-1])).unwrap(), [5, 6, 7, 5, 0, 0]);
-        assert_eq!(Vec::<i64>::try_from(batch.attention_mask.view([-1])).unwrap(), [1, 1, 1, 1, 0, 0]);
-        assert_eq!(Vec::<i64>::try_from(batch.labels.view([-1])).unwrap(), [9, 2, IGNORE_INDEX, 8, 8, 2]);
+        assert_eq!(
+            Vec::<i64>::try_from(batch.attention_mask.view([-1])).unwrap(),
+            [1, 1, 1, 1, 0, 0]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(batch.labels.view([-1])).unwrap(),
+            [9, 2, IGNORE_INDEX, 8, 8, 2]
+        );
     }
 
     #[test]

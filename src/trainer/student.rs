@@ -19,12 +19,17 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::{Encoded, TextPair};
-use crate::models::encoder_decoder::{bert_special_tokens, Bert2Bert, BertConfig, EncoderDecoderConfig};
+use crate::models::encoder_decoder::{
+    bert_special_tokens, Bert2Bert, BertConfig, EncoderDecoderConfig,
+};
 use crate::models::llama::Llama;
-use crate::models::sampling::SamplingConfig;
-use crate::models::seq2seq::{generate, load_into_var_store, read_safetensors_map, weights_file_in, Seq2SeqModel, IGNORE_INDEX};
-use crate::models::t5::T5ForConditionalGeneration;
 use crate::models::registry::ModelRegistry;
+use crate::models::sampling::SamplingConfig;
+use crate::models::seq2seq::{
+    generate, load_into_var_store, read_safetensors_map, weights_file_in, Seq2SeqModel,
+    IGNORE_INDEX,
+};
+use crate::models::t5::T5ForConditionalGeneration;
 
 /// Which student to build (the `student` field of a scale or of `p2m train`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +77,12 @@ impl std::str::FromStr for StudentSpec {
                 .collect::<Result<_, _>>()
                 .with_context(|| format!("student `{s}`: expected tiny:HIDDEN:LAYERS:HEADS"))?;
             anyhow::ensure!(parts.len() == 3, "student `{s}`: expected tiny:HIDDEN:LAYERS:HEADS");
-            return Ok(StudentSpec::Tiny { tokenizer_of: default_encoder(), hidden: parts[0], layers: parts[1], heads: parts[2] });
+            return Ok(StudentSpec::Tiny {
+                tokenizer_of: default_encoder(),
+                hidden: parts[0],
+                layers: parts[1],
+                heads: parts[2],
+            });
         }
         let path = std::path::PathBuf::from(s);
         anyhow::ensure!(
@@ -111,7 +121,8 @@ pub struct Student {
 }
 
 fn plain_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
-    let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow!("{}: not a tokenizer.json ({e})", path.display()))?;
+    let mut tok = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| anyhow!("{}: not a tokenizer.json ({e})", path.display()))?;
     // Batches are padded by the collator and lengths capped by the trainer: the file's own
     // padding/truncation settings (MiniLM's pads and cuts everything to 128) must not apply.
     tok.with_padding(None);
@@ -120,24 +131,45 @@ fn plain_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
 }
 
 impl Student {
-    pub fn build(spec: &StudentSpec, registry: &ModelRegistry, device: Device, seed: u64) -> anyhow::Result<Self> {
+    pub fn build(
+        spec: &StudentSpec,
+        registry: &ModelRegistry,
+        device: Device,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         match spec {
             StudentSpec::WarmStart { encoder } => {
                 let resolved = registry.resolve(encoder)?;
                 let config = BertConfig::from_file(resolved.path("config.json")?)?;
                 let tok_path = resolved.path("tokenizer.json")?;
                 let tokens = bert_special_tokens(tok_path)?;
-                let (model, _report) = Bert2Bert::warm_start_from(config, resolved.path("model.safetensors")?, tokens, device, seed)?;
-                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer: plain_tokenizer(tok_path)?, name: format!("bert2bert-warm-start({encoder}, seed {seed})") })
+                let (model, _report) = Bert2Bert::warm_start_from(
+                    config,
+                    resolved.path("model.safetensors")?,
+                    tokens,
+                    device,
+                    seed,
+                )?;
+                Ok(Student {
+                    model: StudentModel::Seq2Seq(Box::new(model)),
+                    tokenizer: plain_tokenizer(tok_path)?,
+                    name: format!("bert2bert-warm-start({encoder}, seed {seed})"),
+                })
             }
             StudentSpec::Tiny { tokenizer_of, hidden, layers, heads } => {
                 let tok_path = registry.resolve_file(tokenizer_of, "tokenizer.json")?;
                 let tokenizer = plain_tokenizer(&tok_path)?;
                 let tokens = bert_special_tokens(&tok_path)?;
-                let mut bert = BertConfig::tiny(tokenizer.get_vocab_size(true) as i64, *hidden, *layers, *heads);
+                let mut bert = BertConfig::tiny(
+                    tokenizer.get_vocab_size(true) as i64,
+                    *hidden,
+                    *layers,
+                    *heads,
+                );
                 bert.max_position_embeddings = 512;
                 bert.pad_token_id = tokens.pad;
-                let model = Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
+                let model =
+                    Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
                 Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
             }
             StudentSpec::Decoder { model } => {
@@ -150,7 +182,11 @@ impl Student {
                 let llama = Llama::from_gguf(&g, device)?;
                 let tokenizer = crate::models::chat::GgufTokenizer::from_gguf(&g)?.inner().clone();
                 llama.set_trainable();
-                Ok(Student { model: StudentModel::Decoder(Box::new(llama)), tokenizer, name: format!("decoder({model})") })
+                Ok(Student {
+                    model: StudentModel::Decoder(Box::new(llama)),
+                    tokenizer,
+                    name: format!("decoder({model})"),
+                })
             }
             StudentSpec::Pretrained { path } => Self::from_dir(path, device),
         }
@@ -159,13 +195,26 @@ impl Student {
     /// Loads a model folder: BERT2BERT when `config.json` has `encoder`/`decoder` sections, else T5.
     pub fn from_dir(dir: &Path, device: Device) -> anyhow::Result<Self> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: a student folder needs config.json, model.safetensors and tokenizer.json", dir.display()))?;
-        let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+        let text = std::fs::read_to_string(&config_path).with_context(|| {
+            format!(
+                "{}: a student folder needs config.json, model.safetensors and tokenizer.json",
+                dir.display()
+            )
+        })?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", config_path.display()))?;
         let model = if config.get("encoder").is_some() && config.get("decoder").is_some() {
             StudentModel::Seq2Seq(Box::new(Bert2Bert::from_pretrained(dir, device)?))
-        } else if config.get("model_type").and_then(|m| m.as_str()) == Some("t5") || config.get("d_model").is_some() {
-            StudentModel::Seq2Seq(Box::new(T5ForConditionalGeneration::from_pretrained(dir, device)?))
-        } else if matches!(config.get("model_type").and_then(|m| m.as_str()), Some("llama") | Some("mistral")) {
+        } else if config.get("model_type").and_then(|m| m.as_str()) == Some("t5")
+            || config.get("d_model").is_some()
+        {
+            StudentModel::Seq2Seq(Box::new(T5ForConditionalGeneration::from_pretrained(
+                dir, device,
+            )?))
+        } else if matches!(
+            config.get("model_type").and_then(|m| m.as_str()),
+            Some("llama") | Some("mistral")
+        ) {
             let llama = Llama::load_hf_dir(dir, device)?;
             llama.set_trainable();
             StudentModel::Decoder(Box::new(llama))
@@ -191,7 +240,9 @@ impl Student {
     pub fn pad_id(&self) -> i64 {
         match &self.model {
             StudentModel::Seq2Seq(m) => m.special_tokens().pad,
-            StudentModel::Decoder(m) => m.config.pad_token_id.or(m.config.eos_token_ids.first().copied()).unwrap_or(0),
+            StudentModel::Decoder(m) => {
+                m.config.pad_token_id.or(m.config.eos_token_ids.first().copied()).unwrap_or(0)
+            }
         }
     }
 
@@ -213,7 +264,10 @@ impl Student {
     /// Token ids of `text`, at most `max_len`: encoder-decoder sources keep their head and the
     /// closing special token; decoder prompts keep their tail (the `Label:` cue is at the end).
     fn encode_one(&self, text: &str, max_len: usize) -> anyhow::Result<Vec<i64>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenising {:?}: {e}", crate::util::text::excerpt(text, 60)))?;
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenising {:?}: {e}", crate::util::text::excerpt(text, 60)))?;
         let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         if ids.len() > max_len {
             match self.model {
@@ -235,14 +289,20 @@ impl Student {
     /// the target's ids *after* the decoder start token (BERT's leading `[CLS]` is the decoder
     /// start, so it is dropped; T5's targets already end in `</s>`). Decoder-only: the prompt, and
     /// labels = the target's ids + EOS.
-    pub fn encode_pairs(&self, pairs: &[TextPair], max_source: usize, max_target: usize) -> anyhow::Result<Vec<Encoded>> {
+    pub fn encode_pairs(
+        &self,
+        pairs: &[TextPair],
+        max_source: usize,
+        max_target: usize,
+    ) -> anyhow::Result<Vec<Encoded>> {
         pairs
             .iter()
             .map(|p| {
                 let source = self.encode_one(&p.source, max_source)?;
                 let labels = match &self.model {
                     StudentModel::Seq2Seq(m) => {
-                        let (start, pad) = (m.special_tokens().decoder_start, m.special_tokens().pad);
+                        let (start, pad) =
+                            (m.special_tokens().decoder_start, m.special_tokens().pad);
                         let mut labels = self.encode_one(&p.target, max_target + 1)?;
                         if start != pad && labels.first() == Some(&start) {
                             labels.remove(0);
@@ -251,10 +311,20 @@ impl Student {
                         labels
                     }
                     StudentModel::Decoder(m) => {
-                        let enc = self.tokenizer.encode(p.target.as_str(), false).map_err(|e| anyhow!("tokenising a target: {e}"))?;
-                        let mut labels: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+                        let enc = self
+                            .tokenizer
+                            .encode(p.target.as_str(), false)
+                            .map_err(|e| anyhow!("tokenising a target: {e}"))?;
+                        let mut labels: Vec<i64> =
+                            enc.get_ids().iter().map(|&i| i as i64).collect();
                         labels.truncate(max_target.saturating_sub(1).max(1));
-                        labels.push(m.config.eos_token_ids.first().copied().context("the decoder has no EOS id")?);
+                        labels.push(
+                            m.config
+                                .eos_token_ids
+                                .first()
+                                .copied()
+                                .context("the decoder has no EOS id")?,
+                        );
                         labels
                     }
                 };
@@ -271,20 +341,35 @@ impl Student {
         match &self.model {
             StudentModel::Seq2Seq(_) => super::collate(items, pad, device),
             StudentModel::Decoder(_) => {
-                let len = items.iter().map(|e| e.source.len() + e.labels.len()).max().unwrap_or(1).max(1);
+                let len =
+                    items.iter().map(|e| e.source.len() + e.labels.len()).max().unwrap_or(1).max(1);
                 let (mut ids, mut mask, mut labels) = (Vec::new(), Vec::new(), Vec::new());
                 let mut tokens = 0i64;
                 for e in items {
                     let n = e.source.len() + e.labels.len();
-                    ids.extend(e.source.iter().chain(&e.labels).copied().chain(std::iter::repeat_n(pad, len - n)));
-                    mask.extend(std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, len - n)));
-                    labels.extend(std::iter::repeat_n(IGNORE_INDEX, e.source.len()).chain(e.labels.iter().copied()).chain(std::iter::repeat_n(IGNORE_INDEX, len - n)));
+                    ids.extend(
+                        e.source
+                            .iter()
+                            .chain(&e.labels)
+                            .copied()
+                            .chain(std::iter::repeat_n(pad, len - n)),
+                    );
+                    mask.extend(
+                        std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, len - n)),
+                    );
+                    labels.extend(
+                        std::iter::repeat_n(IGNORE_INDEX, e.source.len())
+                            .chain(e.labels.iter().copied())
+                            .chain(std::iter::repeat_n(IGNORE_INDEX, len - n)),
+                    );
                     tokens += n as i64;
                 }
                 let b = items.len() as i64;
                 super::Batch {
                     input_ids: Tensor::from_slice(&ids).view([b, len as i64]).to_device(device),
-                    attention_mask: Tensor::from_slice(&mask).view([b, len as i64]).to_device(device),
+                    attention_mask: Tensor::from_slice(&mask)
+                        .view([b, len as i64])
+                        .to_device(device),
                     labels: Tensor::from_slice(&labels).view([b, len as i64]).to_device(device),
                     examples: items.len(),
                     tokens,
@@ -296,14 +381,27 @@ impl Student {
     /// Mean token cross-entropy of a batch (`train` switches dropout on where the model has it).
     pub fn loss(&self, batch: &super::Batch, train: bool) -> Tensor {
         match &self.model {
-            StudentModel::Seq2Seq(m) => m.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, train),
+            StudentModel::Seq2Seq(m) => {
+                m.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, train)
+            }
             StudentModel::Decoder(m) => {
                 // Position t predicts token t + 1 (transformers' causal-LM loss).
                 let logits = m.forward_train(&batch.input_ids, &batch.attention_mask);
                 let (b, t, v) = logits.size3().expect("[batch, seq, vocab]");
-                let shifted = logits.narrow(1, 0, t - 1).to_kind(Kind::Float).reshape([b * (t - 1), v]);
-                let targets = batch.labels.narrow(1, 1, t - 1).reshape([b * (t - 1)]).to_device(shifted.device());
-                shifted.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, IGNORE_INDEX, 0.0)
+                let shifted =
+                    logits.narrow(1, 0, t - 1).to_kind(Kind::Float).reshape([b * (t - 1), v]);
+                let targets = batch
+                    .labels
+                    .narrow(1, 1, t - 1)
+                    .reshape([b * (t - 1)])
+                    .to_device(shifted.device());
+                shifted.cross_entropy_loss::<Tensor>(
+                    &targets,
+                    None,
+                    Reduction::Mean,
+                    IGNORE_INDEX,
+                    0.0,
+                )
             }
         }
     }
@@ -327,7 +425,13 @@ impl Student {
         match &self.model {
             StudentModel::Seq2Seq(m) => {
                 let tensors = read_safetensors_map(&path)?;
-                load_into_var_store(m.var_store(), &tensors, &|n| vec![n.to_string()], true, &path.display().to_string())?;
+                load_into_var_store(
+                    m.var_store(),
+                    &tensors,
+                    &|n| vec![n.to_string()],
+                    true,
+                    &path.display().to_string(),
+                )?;
             }
             StudentModel::Decoder(m) => m.load_weights(&path)?,
         }
@@ -340,16 +444,27 @@ impl Student {
             StudentModel::Seq2Seq(m) => m.save_pretrained(dir)?,
             StudentModel::Decoder(m) => m.save_hf_dir(dir)?,
         }
-        self.tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| anyhow!("writing {}: {e}", dir.join("tokenizer.json").display()))?;
+        self.tokenizer
+            .save(dir.join("tokenizer.json"), false)
+            .map_err(|e| anyhow!("writing {}: {e}", dir.join("tokenizer.json").display()))?;
         Ok(())
     }
 
     /// Generates for each source text (already textualised), batched; special tokens are removed
     /// from the decoded text.
-    pub fn generate(&self, sources: &[String], max_source: usize, sampling: &SamplingConfig, batch_size: usize) -> anyhow::Result<Vec<String>> {
+    pub fn generate(
+        &self,
+        sources: &[String],
+        max_source: usize,
+        sampling: &SamplingConfig,
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<String>> {
         let pad = self.pad_id();
         let eos = self.eos_ids();
-        let encoded: Vec<Vec<i64>> = sources.iter().map(|s| self.encode_one(s, max_source)).collect::<anyhow::Result<_>>()?;
+        let encoded: Vec<Vec<i64>> = sources
+            .iter()
+            .map(|s| self.encode_one(s, max_source))
+            .collect::<anyhow::Result<_>>()?;
         // Longest first keeps batches tight; outputs go back to input order.
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
@@ -357,19 +472,35 @@ impl Student {
         for chunk in order.chunks(batch_size.max(1)) {
             let generated: Vec<Vec<i64>> = match &self.model {
                 StudentModel::Seq2Seq(m) => {
-                    let items: Vec<Encoded> = chunk.iter().map(|&i| Encoded { source: encoded[i].clone(), labels: vec![] }).collect();
+                    let items: Vec<Encoded> = chunk
+                        .iter()
+                        .map(|&i| Encoded { source: encoded[i].clone(), labels: vec![] })
+                        .collect();
                     let refs: Vec<&Encoded> = items.iter().collect();
                     let batch = super::collate(&refs, pad, self.device());
                     generate(m.as_ref(), &batch.input_ids, &batch.attention_mask, sampling)
                 }
                 StudentModel::Decoder(m) => {
-                    let prompts: Vec<Vec<i64>> = chunk.iter().map(|&i| encoded[i].clone()).collect();
-                    m.generate(&prompts, sampling, &eos, pad)?.into_iter().map(|g| g.tokens).collect()
+                    let prompts: Vec<Vec<i64>> =
+                        chunk.iter().map(|&i| encoded[i].clone()).collect();
+                    m.generate(&prompts, sampling, &eos, pad)?
+                        .into_iter()
+                        .map(|g| g.tokens)
+                        .collect()
                 }
             };
             for (&i, ids) in chunk.iter().zip(generated) {
-                let ids: Vec<u32> = ids.into_iter().filter(|t| !eos.contains(t) && *t != pad).map(|t| t as u32).collect();
-                out[i] = self.tokenizer.decode(&ids, true).map_err(|e| anyhow!("decoding: {e}"))?.trim().to_string();
+                let ids: Vec<u32> = ids
+                    .into_iter()
+                    .filter(|t| !eos.contains(t) && *t != pad)
+                    .map(|t| t as u32)
+                    .collect();
+                out[i] = self
+                    .tokenizer
+                    .decode(&ids, true)
+                    .map_err(|e| anyhow!("decoding: {e}"))?
+                    .trim()
+                    .to_string();
             }
         }
         Ok(out)

@@ -33,7 +33,10 @@ fn parent_created(path: &Path) -> io::Result<&Path> {
 
 /// Write whatever `fill` writes to `path` atomically: a temporary file in the same folder (created
 /// if missing), synced, then renamed over `path`. If `fill` fails, nothing is left behind.
-pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = parent_created(path)?;
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     fill(tmp.as_file_mut())?;
@@ -56,10 +59,14 @@ pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
 /// Build the folder `dir` under a temporary name beside it, then move it into place (an older
 /// `dir` is renamed aside first and removed after), so no reader ever sees it half-written. If
 /// `fill` fails, the temporary folder is removed and an older `dir` is left as it was.
-pub fn write_dir_atomic<E: From<io::Error>>(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
+pub fn write_dir_atomic<E: From<io::Error>>(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let parent = parent_created(dir)?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
-    let staging = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent)?;
+    let staging =
+        tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent)?;
     fill(staging.path())?;
     let staged = staging.keep();
     if dir.exists() {
@@ -110,10 +117,17 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(fs::read(&path).unwrap(), b"second");
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         copy_atomic(&path, &dir.path().join("copy.txt")).unwrap();
         assert_eq!(sha256_file(&dir.path().join("copy.txt")).unwrap(), sha256_hex(b"second"));
-        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
 
         let folder = dir.path().join("run");
         write_dir_atomic(&folder, |d| fs::write(d.join("a"), b"1")).unwrap();
@@ -122,9 +136,17 @@ mod tests {
             Err(io::Error::other("killed"))
         });
         assert!(failed.is_err());
-        assert_eq!(fs::read(folder.join("a")).unwrap(), b"1", "the old folder survives a failed rewrite");
+        assert_eq!(
+            fs::read(folder.join("a")).unwrap(),
+            b"1",
+            "the old folder survives a failed rewrite"
+        );
         write_dir_atomic(&folder, |d| fs::write(d.join("c"), b"3")).unwrap();
         assert!(!folder.join("a").exists() && folder.join("c").exists());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3, "sub, copy.txt and run; nothing staged left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "sub, copy.txt and run; nothing staged left"
+        );
     }
 }

@@ -86,7 +86,10 @@ mod tests {
     fn rng_is_reproducible() {
         let mut a = SplitMix64::new(7);
         let mut b = SplitMix64::new(7);
-        assert_eq!((0..10).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..10).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_eq!(
+            (0..10).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..10).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
         let s = a.sample_indices(10, 4);
         assert_eq!(s.len(), 4);
         let mut d = s.clone();

@@ -53,7 +53,11 @@ fn answer(datasets: &Value, path: &str) -> (u16, Value) {
             (200, json!({"splits": splits, "pending": [], "failed": []}))
         }
         "/rows" => {
-            let Some(split) = q.get("config").and_then(|c| ds.get(c)).and_then(|c| q.get("split").and_then(|s| c.get(s))) else {
+            let Some(split) = q
+                .get("config")
+                .and_then(|c| ds.get(c))
+                .and_then(|c| q.get("split").and_then(|s| c.get(s)))
+            else {
                 return (404, json!({"error": "Not found."}));
             };
             let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
@@ -62,14 +66,27 @@ fn answer(datasets: &Value, path: &str) -> (u16, Value) {
                 return (422, json!({"error": "Parameter 'length' must not be greater than 100"}));
             }
             let rows = split["rows"].as_array().unwrap();
-            let page: Vec<Value> = rows.iter().enumerate().skip(offset).take(length).map(|(i, r)| json!({"row_idx": i, "row": r, "truncated_cells": []})).collect();
-            (200, json!({"features": split["features"], "rows": page, "num_rows_total": rows.len(), "num_rows_per_page": 100, "partial": false}))
+            let page: Vec<Value> = rows
+                .iter()
+                .enumerate()
+                .skip(offset)
+                .take(length)
+                .map(|(i, r)| json!({"row_idx": i, "row": r, "truncated_cells": []}))
+                .collect();
+            (
+                200,
+                json!({"features": split["features"], "rows": page, "num_rows_total": rows.len(), "num_rows_per_page": 100, "partial": false}),
+            )
         }
         _ => (404, json!({"error": "Not found."})),
     }
 }
 
-pub fn fake_datasets_server(datasets: Value, faults: Vec<Fault>, max_requests: usize) -> FakeDatasetsServer {
+pub fn fake_datasets_server(
+    datasets: Value,
+    faults: Vec<Fault>,
+    max_requests: usize,
+) -> FakeDatasetsServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -80,10 +97,18 @@ pub fn fake_datasets_server(datasets: Value, faults: Vec<Fault>, max_requests: u
             stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let head = super::read_request_head(&mut stream);
             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-            let authorization = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string()));
+            let authorization = head.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v.trim().to_string())
+            });
             log.lock().unwrap().push(Seen { path: path.clone(), authorization });
             let (status, body, extra) = match faults.iter().find(|f| f.at == n + 1) {
-                Some(f) => (f.status, json!({"error": "injected failure"}), f.retry_after.map(|r| format!("Retry-After: {r}\r\n")).unwrap_or_default()),
+                Some(f) => (
+                    f.status,
+                    json!({"error": "injected failure"}),
+                    f.retry_after.map(|r| format!("Retry-After: {r}\r\n")).unwrap_or_default(),
+                ),
                 None => {
                     let (s, b) = answer(&datasets, &path);
                     (s, b, String::new())

@@ -19,7 +19,9 @@ pub fn repo_root() -> PathBuf {
 
 /// The shared mirror; tests that re-score the recorded runs need it (CI has it beside the clone).
 pub fn mirror() -> PathBuf {
-    let dir = std::env::var_os("P2M_MIRROR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/mirror"));
+    let dir = std::env::var_os("P2M_MIRROR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/mirror"));
     assert!(
         dir.join("MANIFEST.tsv").is_file(),
         "these tests need the data mirror at {} (set P2M_MIRROR to its folder)",
@@ -30,7 +32,8 @@ pub fn mirror() -> PathBuf {
 
 /// A registry over the real data/ and the mirror, with a private cache and no network.
 pub fn mirror_registry(cache: &std::path::Path) -> Registry {
-    Registry::load(Paths::with(&repo_root(), Some(mirror()), cache.to_path_buf(), true)).expect("registry loads")
+    Registry::load(Paths::with(&repo_root(), Some(mirror()), cache.to_path_buf(), true))
+        .expect("registry loads")
 }
 
 /// One canned HTTP response.
@@ -93,7 +96,10 @@ pub fn read_request_head(stream: &mut std::net::TcpStream) -> String {
 /// (metadata from a `Range: bytes=0-0` GET with `ETag`/`X-Repo-Commit`/`Content-Range`, then ranged
 /// downloads). Serves `files` (name → bytes) under `/<repo>/resolve/<rev>/<name>`; records request paths;
 /// stops after `max_requests`.
-pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+pub fn fake_hub(
+    files: Vec<(String, Vec<u8>)>,
+    max_requests: usize,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -104,14 +110,27 @@ pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, 
             let head = read_request_head(&mut stream);
             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
             log.lock().unwrap().push(path.clone());
-            let Some((_, body)) = files.iter().find(|(name, _)| path.ends_with(&format!("/resolve/main/{name}"))) else {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let Some((_, body)) =
+                files.iter().find(|(name, _)| path.ends_with(&format!("/resolve/main/{name}")))
+            else {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 continue;
             };
             let range = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string))
-                .and_then(|r| r.trim().split_once('-').map(|(a, b)| (a.parse::<usize>().unwrap_or(0), b.parse::<usize>().unwrap_or(body.len() - 1))));
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string)
+                })
+                .and_then(|r| {
+                    r.trim().split_once('-').map(|(a, b)| {
+                        (
+                            a.parse::<usize>().unwrap_or(0),
+                            b.parse::<usize>().unwrap_or(body.len() - 1),
+                        )
+                    })
+                });
             let (start, end) = range.unwrap_or((0, body.len() - 1));
             let end = end.min(body.len() - 1);
             let slice = &body[start..=end];
@@ -127,7 +146,6 @@ pub fn fake_hub(files: Vec<(String, Vec<u8>)>, max_requests: usize) -> (String, 
     });
     (url, seen)
 }
-
 
 /// Held by every test that points `HF_ENDPOINT` (process-wide, read by hf-hub at call time) at its
 /// own fake hub, for as long as it uses it: all integration tests share one process.

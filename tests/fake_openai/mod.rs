@@ -169,7 +169,9 @@ impl FakeServer {
     }
 }
 
-async fn read_request(stream: &mut TcpStream) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
+async fn read_request(
+    stream: &mut TcpStream,
+) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(8192);
     let mut tmp = [0u8; 8192];
     let head_end = loop {
@@ -188,8 +190,10 @@ async fn read_request(stream: &mut TcpStream) -> Option<(String, HashMap<String,
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let mut lines = head.split("\r\n");
     let request_line = lines.next()?.to_string();
-    let headers: HashMap<String, String> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut body = buf[head_end..].to_vec();
     while body.len() < len {
@@ -215,7 +219,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, extra: &[(&str, String)], body: &[u8]) -> bool {
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    extra: &[(&str, String)],
+    body: &[u8],
+) -> bool {
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         reason(status),
@@ -262,7 +271,8 @@ fn http_date(t: SystemTime) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(m - 1) as usize];
+    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        [(m - 1) as usize];
     format!("{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
@@ -289,19 +299,27 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
     // Without generated examples in the prompt the "model" repeats itself a lot (a small input
     // space); with them it ranges widely — a caricature of what the paper measured.
     let no_generated = prompt.contains("[low-quality examples]:\nN/A\n");
-    let x = if no_generated { h64(&["small", &seed.to_string(), &i.to_string()]) % 20 } else { h % 100_000 };
+    let x = if no_generated {
+        h64(&["small", &seed.to_string(), &i.to_string()]) % 20
+    } else {
+        h % 100_000
+    };
     let input = format!("[Posted: 2020-01-01] Event number {x} happened last year.");
     let base = format!("last year == {}", 2019 - (x % 50) as i64);
     let output = if h % 10 == 0 { format!("{base} (alternative reading)") } else { base };
     let obj = json!({"input": input, "output": output}).to_string();
     match (h >> 8) % 20 {
         0..=9 => obj,
-        10..=12 => format!("Sure! Here is a new example:\n```json\n{obj}\n```\nLet me know if you need more."),
+        10..=12 => format!(
+            "Sure! Here is a new example:\n```json\n{obj}\n```\nLet me know if you need more."
+        ),
         13..=14 => format!("[{obj}, {{\"input\": \"[Posted: 2020-01-01] cut off"),
         15..=16 => format!("input=\"{input}\"\noutput=\"{output}\""),
         17 => format!("{{\"input\": \"{input}\",\n \"output\": \"{output}\"}}"),
         18 => "I'm sorry, but I cannot help with that.".to_string(),
-        _ => format!("New example:\n{{\"input\": \"{input}\", \"output\": \"{output}\"}}\nThat's all."),
+        _ => format!(
+            "New example:\n{{\"input\": \"{input}\", \"output\": \"{output}\"}}\nThat's all."
+        ),
     }
 }
 
@@ -314,11 +332,14 @@ fn retriever_answer(prompt: &str) -> Option<String> {
         );
     }
     if prompt.contains("Which one dataset is the most useful") {
-        let first = prompt.lines().find_map(|l| l.strip_prefix("- ").and_then(|r| r.split_once(':')).map(|(n, _)| n.to_string()))?;
+        let first = prompt.lines().find_map(|l| {
+            l.strip_prefix("- ").and_then(|r| r.split_once(':')).map(|(n, _)| n.to_string())
+        })?;
         return Some(format!("{{\"name\": \"{first}\"}}"));
     }
     if prompt.contains("which single column is the output") {
-        let cols: Vec<&str> = prompt.split("has the columns: ").nth(1)?.split(".\n").next()?.split(", ").collect();
+        let cols: Vec<&str> =
+            prompt.split("has the columns: ").nth(1)?.split(".\n").next()?.split(", ").collect();
         let (out, inputs) = cols.split_last()?;
         return Some(serde_json::json!({"input": inputs, "output": out}).to_string());
     }
@@ -348,7 +369,13 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
     }
     if index >= cfg.max_requests {
         record(503, None, 0);
-        respond(&mut stream, 503, &[], br#"{"error":{"message":"test server request budget exhausted"}}"#).await;
+        respond(
+            &mut stream,
+            503,
+            &[],
+            br#"{"error":{"message":"test server request budget exhausted"}}"#,
+        )
+        .await;
         return;
     }
     if !request_line.starts_with("POST /v1/chat/completions ") {
@@ -382,13 +409,25 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
         .to_string();
     if prompt.contains("BAD_REQUEST") {
         record(400, None, n);
-        respond(&mut stream, 400, &[], br#"{"error":{"message":"This model's maximum context length is exceeded"}}"#).await;
+        respond(
+            &mut stream,
+            400,
+            &[],
+            br#"{"error":{"message":"This model's maximum context length is exceeded"}}"#,
+        )
+        .await;
         return;
     }
     if !take_rpm_token(&state, &cfg) {
         state.rate_limited.fetch_add(1, Ordering::SeqCst);
         record(429, None, n);
-        respond(&mut stream, 429, &[("Retry-After", "1".into())], br#"{"error":{"message":"Rate limit reached for requests"}}"#).await;
+        respond(
+            &mut stream,
+            429,
+            &[("Retry-After", "1".into())],
+            br#"{"error":{"message":"Rate limit reached for requests"}}"#,
+        )
+        .await;
         return;
     }
 
@@ -410,16 +449,30 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
         match f {
             Fault::RateLimitSecs(v) => {
                 record(429, fault, n);
-                respond(&mut stream, 429, &[("Retry-After", v.to_string())], br#"{"error":{"message":"Rate limit reached"}}"#).await;
+                respond(
+                    &mut stream,
+                    429,
+                    &[("Retry-After", v.to_string())],
+                    br#"{"error":{"message":"Rate limit reached"}}"#,
+                )
+                .await;
             }
             Fault::RateLimitDate(secs) => {
                 record(429, fault, n);
                 let date = http_date(SystemTime::now() + Duration::from_secs(secs));
-                respond(&mut stream, 429, &[("Retry-After", date)], br#"{"error":{"message":"Rate limit reached"}}"#).await;
+                respond(
+                    &mut stream,
+                    429,
+                    &[("Retry-After", date)],
+                    br#"{"error":{"message":"Rate limit reached"}}"#,
+                )
+                .await;
             }
             Fault::Status500 => {
                 record(500, fault, n);
-                let msg = format!("{{\"error\":{{\"message\":\"internal error while serving {echo}\"}}}}");
+                let msg = format!(
+                    "{{\"error\":{{\"message\":\"internal error while serving {echo}\"}}}}"
+                );
                 respond(&mut stream, 500, &[], msg.as_bytes()).await;
             }
             Fault::Status503 => {
@@ -429,7 +482,9 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
             Fault::Stall(d) => {
                 record(0, fault, n);
                 tokio::time::sleep(d).await;
-                let _ = respond(&mut stream, 200, &[], completion(&prompt, seed, n, &cfg).as_bytes()).await;
+                let _ =
+                    respond(&mut stream, 200, &[], completion(&prompt, seed, n, &cfg).as_bytes())
+                        .await;
             }
             Fault::Truncated => {
                 record(200, fault, n);
@@ -449,11 +504,23 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
             }
             Fault::WrongSchema => {
                 record(200, fault, n);
-                respond(&mut stream, 200, &[], br#"{"id":"x","object":"chat.completion","result":"?"}"#).await;
+                respond(
+                    &mut stream,
+                    200,
+                    &[],
+                    br#"{"id":"x","object":"chat.completion","result":"?"}"#,
+                )
+                .await;
             }
             Fault::EmptyChoices => {
                 record(200, fault, n);
-                respond(&mut stream, 200, &[], br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":0}}"#).await;
+                respond(
+                    &mut stream,
+                    200,
+                    &[],
+                    br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":0}}"#,
+                )
+                .await;
             }
         }
         return;
@@ -462,7 +529,9 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
     if !cfg.latency.is_zero() {
         tokio::time::sleep(cfg.latency).await;
     }
-    if !state.freeze_disabled.load(Ordering::SeqCst) && cfg.freeze_after_ok.is_some_and(|k| state.ok.load(Ordering::SeqCst) >= k) {
+    if !state.freeze_disabled.load(Ordering::SeqCst)
+        && cfg.freeze_after_ok.is_some_and(|k| state.ok.load(Ordering::SeqCst) >= k)
+    {
         state.frozen.store(true, Ordering::SeqCst);
     }
     if state.frozen.load(Ordering::SeqCst) {
@@ -484,7 +553,10 @@ fn completion(prompt: &str, seed: u64, n: u64, cfg: &ServerConfig) -> String {
     let choices: Vec<Value> = (0..n)
         .map(|i| json!({"index": i, "message": {"role": "assistant", "content": fake_answer(prompt, seed, i)}, "finish_reason": "stop"}))
         .collect();
-    let completion_tokens: u64 = choices.iter().map(|c| c["message"]["content"].as_str().unwrap().len() as u64 / 4 + 1).sum();
+    let completion_tokens: u64 = choices
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap().len() as u64 / 4 + 1)
+        .sum();
     json!({
         "id": "chatcmpl-test",
         "object": "chat.completion",

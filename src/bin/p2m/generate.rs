@@ -7,7 +7,9 @@ use anyhow::Result;
 use prompt2model::config::Paths;
 use prompt2model::data::examples::write_examples_parquet;
 use prompt2model::data::paper::load_paper_results;
-use prompt2model::dataset_generator::report::{diversity_figure, diversity_note, diversity_table, write_generation_report};
+use prompt2model::dataset_generator::report::{
+    diversity_figure, diversity_note, diversity_table, write_generation_report,
+};
 use prompt2model::dataset_generator::{self, GeneratorConfig};
 use prompt2model::prompt_parser::{self, ParseMode, ParserConfig};
 use prompt2model::teacher::cache::{CacheMode, CachedTeacher};
@@ -61,7 +63,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
     let cache_path = args.cache.clone().unwrap_or_else(|| args.out.join("teacher_cache.sqlite"));
     let teacher = CachedTeacher::open(args.teacher.build_required("generate")?, &cache_path, mode)?;
-    let mut cfg = GeneratorConfig { num_examples: args.n, high_diversity: !args.no_high_diversity, ..GeneratorConfig::default() };
+    let mut cfg = GeneratorConfig {
+        num_examples: args.n,
+        high_diversity: !args.no_high_diversity,
+        ..GeneratorConfig::default()
+    };
     if let Some(s) = args.seed {
         cfg.seed = s;
     }
@@ -92,7 +98,13 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     })?;
     write_examples_parquet(&args.out.join("examples.parquet"), &examples)?;
     let paper = load_paper_results(&Paths::from_env()?.data)?.diversity;
-    let report = write_generation_report(&args.out, &prompt, &log, &cfg, diversity.as_ref().map(|d| (d, &paper)))?;
+    let report = write_generation_report(
+        &args.out,
+        &prompt,
+        &log,
+        &cfg,
+        diversity.as_ref().map(|d| (d, &paper)),
+    )?;
     let stats = teacher.stats();
     println!(
         "{} examples in {} (examples.jsonl, examples.parquet, generation_log.json); report {}; teacher calls {}, cache hits {}, tokens {}+{}, cost ${:.4}",
@@ -147,7 +159,11 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     };
     let out = model.chat_with_usage(&messages, &cfg)?;
     println!("{}", out.text);
-    tracing::info!(prompt_tokens = out.prompt_tokens, completion_tokens = out.completion_tokens, "done");
+    tracing::info!(
+        prompt_tokens = out.prompt_tokens,
+        completion_tokens = out.completion_tokens,
+        "done"
+    );
     Ok(())
 }
 
@@ -177,11 +193,13 @@ pub fn diversity(args: DiversityArgs) -> Result<()> {
     let paths = Paths::from_env()?;
     let paper = load_paper_results(&paths.data)?.diversity;
     let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
-    let cache_path = args.cache.clone().unwrap_or_else(|| paths.cache.join("teacher/diversity.sqlite"));
+    let cache_path =
+        args.cache.clone().unwrap_or_else(|| paths.cache.join("teacher/diversity.sqlite"));
     if let Some(dir) = cache_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let teacher = CachedTeacher::open(args.teacher.build_required("diversity")?, &cache_path, mode)?;
+    let teacher =
+        CachedTeacher::open(args.teacher.build_required("diversity")?, &cache_path, mode)?;
     let mut cfg = GeneratorConfig { num_examples: args.n, ..GeneratorConfig::default() };
     if let Some(s) = args.seed {
         cfg.seed = s;
@@ -193,15 +211,32 @@ pub fn diversity(args: DiversityArgs) -> Result<()> {
         anyhow::Ok(dataset_generator::diversity_experiment(&teacher, &parsed, args.n, &cfg).await?)
     })?;
     let stats = teacher.stats();
-    let mut manifest = Manifest::new("diversity", &paths.root, serde_json::json!({ "task": args.prompt.task, "n": args.n, "generator": cfg, "teacher_backend": teacher.backend(), "teacher_model": teacher.model() }));
-    manifest.tool_versions.insert("teacher".into(), format!("{} / {}", teacher.backend(), teacher.model()));
+    let mut manifest = Manifest::new(
+        "diversity",
+        &paths.root,
+        serde_json::json!({ "task": args.prompt.task, "n": args.n, "generator": cfg, "teacher_backend": teacher.backend(), "teacher_model": teacher.model() }),
+    );
+    manifest
+        .tool_versions
+        .insert("teacher".into(), format!("{} / {}", teacher.backend(), teacher.model()));
     let r = Report {
         name: "diversity".into(),
-        title: format!("High-diversity few-shot prompting: duplicates among {} generated examples ({})", args.n, teacher.model()),
+        title: format!(
+            "High-diversity few-shot prompting: duplicates among {} generated examples ({})",
+            args.n,
+            teacher.model()
+        ),
         tables: vec![diversity_table(&report, &paper)?],
         notes: vec![
             diversity_note(&report, &paper),
-            format!("Teacher calls {} (cache hits {}), tokens {}+{}, cost ${:.4}.", stats.calls, stats.cache_hits, stats.prompt_tokens, stats.completion_tokens, stats.cost_usd),
+            format!(
+                "Teacher calls {} (cache hits {}), tokens {}+{}, cost ${:.4}.",
+                stats.calls,
+                stats.cache_hits,
+                stats.prompt_tokens,
+                stats.completion_tokens,
+                stats.cost_usd
+            ),
         ],
         manifest,
     };

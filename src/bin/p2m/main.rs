@@ -18,7 +18,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "p2m", version, about = "Prompt2Model, reproducibly: from a prompt to a small deployable model")]
+#[command(
+    name = "p2m",
+    version,
+    about = "Prompt2Model, reproducibly: from a prompt to a small deployable model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,9 @@ fn main() -> ExitCode {
         Command::Diversity(args) => generate::diversity(args),
         Command::Models(ModelsCommand::List) => data::models_list(),
         Command::Models(ModelsCommand::Fetch) => {
-            prompt2model::models::registry::fetch_offline_models(&prompt2model::config::Paths::from_env()?)
+            prompt2model::models::registry::fetch_offline_models(
+                &prompt2model::config::Paths::from_env()?,
+            )
         }
         Command::Train(args) => train::train(args),
         Command::Predict(args) => train::predict(args),

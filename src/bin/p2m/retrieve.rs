@@ -9,7 +9,9 @@ use serde_json::json;
 
 use prompt2model::config::Paths;
 use prompt2model::data::registry::Registry;
-use prompt2model::dataset_retriever::{self as dr, select_dataset, Chooser, SelectionConfig, SelectionRequest};
+use prompt2model::dataset_retriever::{
+    self as dr, select_dataset, Chooser, SelectionConfig, SelectionRequest,
+};
 use prompt2model::model_retriever::{self as mr, ModelRetrieverConfig, ModelSearch};
 use prompt2model::teacher::cache::{CacheMode, CachedTeacher};
 use prompt2model::teacher::Teacher;
@@ -17,7 +19,10 @@ use prompt2model::teacher::Teacher;
 use crate::shared::{runtime, InstructionArgs, TeacherArgs};
 
 /// The retrievers' LLM, wrapped in a record/replay cache when one is named.
-fn retriever_teacher(args: &TeacherArgs, cache: Option<&PathBuf>) -> Result<Option<Box<dyn Teacher>>> {
+fn retriever_teacher(
+    args: &TeacherArgs,
+    cache: Option<&PathBuf>,
+) -> Result<Option<Box<dyn Teacher>>> {
     let Some(inner) = args.build_optional()? else { return Ok(None) };
     Ok(Some(match cache {
         Some(path) => Box::new(CachedTeacher::open(inner, path, CacheMode::ReadWrite)?),
@@ -114,14 +119,23 @@ pub fn retrieve_model(args: RetrieveModelArgs) -> Result<()> {
         r.removed_by_architecture,
         r.matched
     );
-    println!("score = BM25 × log10(downloads + {}) over the best {} by BM25\n", out.config.downloads_offset, out.config.first_stage_depth);
+    println!(
+        "score = BM25 × log10(downloads + {}) over the best {} by BM25\n",
+        out.config.downloads_offset, out.config.first_stage_depth
+    );
     for m in &r.models {
         println!(
             "{:>2}. {}  score {:.3} = BM25 {:.3} × log10({} + {})",
             m.rank, m.name, m.score, m.bm25, m.downloads, out.config.downloads_offset
         );
-        println!("    {}, {} ({})", mr::format_size(m.size_bytes), m.architecture.as_str(), m.architecture_reason);
-        let terms: Vec<String> = m.matched_terms.iter().map(|t| format!("{} ×{}", t.word, t.tf)).collect();
+        println!(
+            "    {}, {} ({})",
+            mr::format_size(m.size_bytes),
+            m.architecture.as_str(),
+            m.architecture_reason
+        );
+        let terms: Vec<String> =
+            m.matched_terms.iter().map(|t| format!("{} ×{}", t.word, t.tf)).collect();
         println!("    matched: {}", terms.join(", "));
     }
     if let Some(t) = &out.trainable {
@@ -179,7 +193,8 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     let instruction = args.instruction.text(&paths)?;
     let show = !args.json && std::io::stderr().is_terminal();
     let models = prompt2model::models::registry::ModelRegistry::load(paths.clone())?;
-    let (encoder, encoder_notes) = dr::choose_encoder(&models, args.encoder.as_deref(), paths.offline)?;
+    let (encoder, encoder_notes) =
+        dr::choose_encoder(&models, args.encoder.as_deref(), paths.offline)?;
     let (retriever, registry): (dr::DatasetRetriever, Registry) =
         dr::open_dataset_retriever_with(&paths, args.index.as_deref(), encoder, show)?;
     let config = args.config.as_ref().map(|p| SelectionConfig::read(p)).transpose()?;
@@ -187,7 +202,9 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     let (stdin, mut stderr) = (std::io::stdin(), std::io::stderr());
     let mut stdin = stdin.lock();
     let chooser = match (&config, &teacher) {
-        (Some(config), _) => Chooser::Config { config, path: args.config.as_deref().expect("a config was read") },
+        (Some(config), _) => {
+            Chooser::Config { config, path: args.config.as_deref().expect("a config was read") }
+        }
         _ if args.interactive => Chooser::Interactive { input: &mut stdin, output: &mut stderr },
         (None, Some(t)) => Chooser::Llm { teacher: t.as_ref(), votes: args.votes },
         (None, None) => Chooser::Default,
@@ -202,8 +219,14 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     let selection = select_dataset(&retriever, &registry, &paths, &request, chooser, &runtime()?)?;
     let mut notes = encoder_notes;
     notes.extend(selection.notes.iter().cloned());
-    let (top, best_loadable, best_usable, chosen, chosen_by, saved) =
-        (&selection.top, &selection.best_loadable, &selection.best_usable, &selection.chosen, &selection.chosen_by, &selection.saved);
+    let (top, best_loadable, best_usable, chosen, chosen_by, saved) = (
+        &selection.top,
+        &selection.best_loadable,
+        &selection.best_usable,
+        &selection.chosen,
+        &selection.chosen_by,
+        &selection.saved,
+    );
 
     if args.json {
         println!(
@@ -224,11 +247,20 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     );
     for (c, mark) in top.iter().zip(&selection.top_availability) {
         let desc: String = c.description.split_whitespace().collect::<Vec<_>>().join(" ");
-        let desc: String = if desc.chars().count() > 110 { format!("{}…", desc.chars().take(110).collect::<String>()) } else { desc };
+        let desc: String = if desc.chars().count() > 110 {
+            format!("{}…", desc.chars().take(110).collect::<String>())
+        } else {
+            desc
+        };
         println!("{:>3}. {:<36} {:.4}  {}\n     {}", c.rank, c.name, c.score, mark, desc);
     }
     match &best_loadable {
-        Some(b) => println!("\nbest loadable dataset: {} (rank {} of {})", b.name, b.rank, selection.all.len()),
+        Some(b) => println!(
+            "\nbest loadable dataset: {} (rank {} of {})",
+            b.name,
+            b.rank,
+            selection.all.len()
+        ),
         None => println!("\nno dataset of the index is loadable here"),
     }
     for n in &notes {
@@ -244,7 +276,9 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
             s.splits,
             args.out.as_ref().unwrap().display()
         ),
-        (Some(c), None) => println!("chosen: {} ({}); pass --out DIR to textualise it", c.name, chosen_by),
+        (Some(c), None) => {
+            println!("chosen: {} ({}); pass --out DIR to textualise it", c.name, chosen_by)
+        }
         (None, _) => println!("chosen: none (generated data only)"),
     }
     Ok(())

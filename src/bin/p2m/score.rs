@@ -40,7 +40,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         Some(name) => Format::parse(name).expect("clap checked the name"),
         None => Format::from_path(&args.predictions)?,
     };
-    let data = predictions::read(&args.predictions, format, &args.prediction_col, &args.reference_cols)?;
+    let data =
+        predictions::read(&args.predictions, format, &args.prediction_col, &args.reference_cols)?;
     let mut scores = Vec::new();
     for name in &args.metrics {
         let Some(metric) = Metric::parse(name) else { bail!("unknown metric `{name}`") };
@@ -58,12 +59,19 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         )?;
         let s = scorer.score_multi(&data.predictions, &data.references)?;
         let (p, r, f) = s.mean();
-        Some(serde_json::json!({ "metric": "bertscore", "precision": p, "recall": r, "f1": f, "n": s.f1.len(), "signature": s.signature }))
+        Some(
+            serde_json::json!({ "metric": "bertscore", "precision": p, "recall": r, "f1": f, "n": s.f1.len(), "signature": s.signature }),
+        )
     } else {
         None
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": args.predictions, "scores": scores, "bertscore": bertscore }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "file": args.predictions, "scores": scores, "bertscore": bertscore })
+            )?
+        );
     } else {
         for s in scores {
             println!("{s}");
@@ -81,4 +89,3 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     Ok(())
 }
-

@@ -86,7 +86,9 @@ pub struct PredictArgs {
 }
 
 fn read_pairs(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
-    let examples = read_examples_jsonl(path).with_context(|| format!("{}: expected JSONL lines of {{\"input\": ..., \"output\": ...}}", path.display()))?;
+    let examples = read_examples_jsonl(path).with_context(|| {
+        format!("{}: expected JSONL lines of {{\"input\": ..., \"output\": ...}}", path.display())
+    })?;
     anyhow::ensure!(!examples.is_empty(), "{}: no examples", path.display());
     Ok(examples.into_iter().map(|e| (e.input, e.output)).collect())
 }
@@ -128,7 +130,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let models = ModelRegistry::from_env()?;
-    let mut student = Student::build(&args.student.parse::<StudentSpec>()?, &models, device, cfg.seed)?;
+    let mut student =
+        Student::build(&args.student.parse::<StudentSpec>()?, &models, device, cfg.seed)?;
     let mut trainer = Trainer::new(cfg, &mut student, &args.out);
     trainer.label = "train".into();
     let summary = trainer.train(&train_set, &validation)?;
@@ -147,7 +150,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             "{} optimizer steps, {:.1} examples/s{}; model: {}",
             summary.optimizer_steps,
             summary.examples_per_second,
-            summary.resumed_from_step.map(|s| format!(" (resumed at step {s})")).unwrap_or_default(),
+            summary
+                .resumed_from_step
+                .map(|s| format!(" (resumed at step {s})"))
+                .unwrap_or_default(),
             args.out.join("final").display()
         );
     }
@@ -163,11 +169,21 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let inputs: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let refs: Vec<Vec<String>> = rows.iter().map(|r| vec![r.1.clone()]).collect();
     let frame = prompt2model::data::loaders::common_frame(ids, inputs, &refs, None)?;
-    let cfg = ExecutorConfig { max_new_tokens: args.max_new_tokens, repetition_penalty: args.repetition_penalty, batch_size: args.batch_size, ..ExecutorConfig::default() };
+    let cfg = ExecutorConfig {
+        max_new_tokens: args.max_new_tokens,
+        repetition_penalty: args.repetition_penalty,
+        batch_size: args.batch_size,
+        ..ExecutorConfig::default()
+    };
     let out = executor::predict_frame(&student, &instruction, &frame, &cfg)?;
     prompt2model::report::write_parquet_atomic(&out, &args.out)?;
-    let preds = prompt2model::data::loaders::string_column(&out, prompt2model::data::loaders::PREDICTION)?;
-    let em = prompt2model::evaluator::score(prompt2model::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
+    let preds =
+        prompt2model::data::loaders::string_column(&out, prompt2model::data::loaders::PREDICTION)?;
+    let em = prompt2model::evaluator::score(
+        prompt2model::evaluator::Metric::ExactMatchSquad,
+        &preds,
+        &refs,
+    )?;
     println!("{} predictions → {}; {em}", preds.len(), args.out.display());
     Ok(())
 }

@@ -12,8 +12,13 @@ use prompt2model::teacher::{Teacher, TeacherKind, TeacherSettings, DEFAULT_REQUE
 
 /// Log to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// Run a binary's body; print the error chain and exit non-zero on failure.
@@ -85,7 +90,8 @@ impl TeacherArgs {
             base_url: self.base_url.clone(),
             model: self.model.clone(),
             api_key_env: self.api_key_env.clone(),
-            requests_per_minute: (self.requests_per_minute > 0.0).then_some(self.requests_per_minute),
+            requests_per_minute: (self.requests_per_minute > 0.0)
+                .then_some(self.requests_per_minute),
             max_api_calls: self.max_api_calls,
             request_timeout_secs: self.request_timeout,
         })
@@ -123,7 +129,8 @@ impl PromptArgs {
     /// The prompt text: the file's, or the task's as a user writes it (data/tasks.toml).
     pub fn read(&self) -> Result<String> {
         if let Some(path) = &self.prompt_file {
-            return std::fs::read_to_string(path).with_context(|| format!("reading the prompt file {}", path.display()));
+            return std::fs::read_to_string(path)
+                .with_context(|| format!("reading the prompt file {}", path.display()));
         }
         let id = self.task.as_deref().expect("clap requires --task or --prompt-file");
         Ok(find_task(&Paths::from_env()?, id)?.prompt)
@@ -160,7 +167,10 @@ fn find_task(paths: &Paths, id: &str) -> Result<tasks::Task> {
     let all = tasks::load_tasks(&paths.data)?;
     match tasks::find(&all, id) {
         Some(t) => Ok(t.clone()),
-        None => bail!("unknown task `{id}`; data/tasks.toml has: {}", all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")),
+        None => bail!(
+            "unknown task `{id}`; data/tasks.toml has: {}",
+            all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
