@@ -13,6 +13,8 @@
 //! - [`trainer`] (§3.5): text-to-text fine-tuning of a student (own AdamW, exact resume).
 //! - [`executor`]: batched predictions of a trained student.
 //! - [`evaluator`] (§3.6): exact match, chrF++, BERTScore, Kendall's τ, each score with a signature.
+//! - [`pipeline`]: the stages chained into one resumable run (`p2m run`): a prompt in, a trained,
+//!   evaluated, packaged model out.
 //! - [`tables`]: the paper's Tables 1–3, shared by `experiments/` and the tests.
 //!
 //! Underneath: [`teacher`] (LLM backends, accounting, record/replay cache), [`models`] (the tch
@@ -35,6 +37,8 @@ pub mod trainer;
 pub mod executor;
 
 pub mod evaluator;
+
+pub mod pipeline;
 
 pub mod tables;
 

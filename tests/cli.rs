@@ -142,3 +142,49 @@ fn bertscore_runs_on_a_recorded_prediction_set() {
     let direct = scorer.score_multi(&p.predictions, &p.references).unwrap().mean();
     assert!((direct.2 - f1).abs() < 1e-9, "{} vs {f1}", direct.2);
 }
+
+/// Every command that calls an LLM takes the one `TeacherArgs`, whose default is the reference's
+/// 80 requests a minute, for any server: `p2m generate` against a server that allows 90/min (one
+/// request of burst) is never rate-limited, while the same run with `--requests-per-minute 0`
+/// (no limit) is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_teacher_command_defaults_to_80_requests_a_minute() {
+    use crate::fake_openai::{FakeServer, ServerConfig};
+    for command in ["generate", "diversity", "retrieve-model", "retrieve-dataset"] {
+        let help = String::from_utf8(p2m(&[command, "--help"]).stdout).unwrap();
+        assert!(help.contains("--requests-per-minute") && help.contains("[default: 80]"), "{command} --help:\n{help}");
+        assert!(help.contains("--teacher"), "{command} --help:\n{help}");
+    }
+    let run = |base_url: String, extra: &'static [&'static str]| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().to_str().unwrap().to_string();
+        let mut args = vec!["generate", "--task", "temporal", "--n", "12", "--deterministic-parse", "--teacher", "openai"];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.into_iter().map(str::to_string).chain(["--base-url".into(), base_url, "--out".into(), out]).collect();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_p2m")).args(&args).current_dir(common::repo_root()).output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    // The server allows a little more than 80/min, so network jitter between paced requests is not a 429.
+    let limited = || ServerConfig { rpm_limit: Some(90.0), rpm_burst: 1.0, ..Default::default() };
+
+    let server = FakeServer::start(limited()).await;
+    run(server.base_url.clone(), &[]).await;
+    let seen = server.state.seen.lock().unwrap().clone();
+    assert!(seen.len() >= 3, "the run should need several requests, saw {}", seen.len());
+    assert_eq!(server.state.rate_limited.load(std::sync::atomic::Ordering::SeqCst), 0, "the default pacing kept under the server's limit");
+    for w in seen.windows(2) {
+        let gap = w[1].at.duration_since(w[0].at).as_secs_f64();
+        assert!(gap > 0.6, "requests {gap:.3} s apart; 80/min paces them 0.75 s apart");
+    }
+
+    let server = FakeServer::start(limited()).await;
+    run(server.base_url.clone(), &["--requests-per-minute", "0"]).await;
+    assert!(
+        server.state.rate_limited.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "without a limit the same run exceeds 80/min (so the first run's pacing came from the default)"
+    );
+}

@@ -44,6 +44,8 @@ pub struct SelectionRequest {
     pub hf_config: Option<String>,
     /// Textualise the chosen dataset into this folder.
     pub out: Option<PathBuf>,
+    /// Registry ids never to choose (e.g. the dataset the real test set comes from).
+    pub exclude_registry_ids: Vec<String>,
 }
 
 /// The outcome: the ranking, what was chosen and why, and what was saved.
@@ -70,7 +72,13 @@ pub fn select_dataset(
     mut chooser: Chooser<'_>,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Selection> {
-    let all = retriever.retrieve(&request.instruction, None)?;
+    let mut all = retriever.retrieve(&request.instruction, None)?;
+    let mut notes = Vec::new();
+    let excluded = |c: &Candidate| c.local.as_ref().is_some_and(|l| request.exclude_registry_ids.contains(&l.registry_id));
+    for c in all.iter().filter(|c| excluded(c)) {
+        notes.push(format!("`{}` (rank {}) left out: it holds the test set ({})", c.name, c.rank, c.local.as_ref().map(|l| l.registry_id.as_str()).unwrap_or("")));
+    }
+    all.retain(|c| !excluded(c));
     let top: Vec<Candidate> = all.iter().take(request.top_k).cloned().collect();
     let best_loadable = all.iter().find(|c| c.loadable()).cloned();
     // Online every dataset of the index loads from the hub (datasets-server); offline only those
@@ -106,7 +114,6 @@ pub fn select_dataset(
         .collect();
 
     // Which dataset.
-    let mut notes = Vec::new();
     let (mut chosen, chosen_by): (Option<Candidate>, String) = match &mut chooser {
         Chooser::Config { config, path } => {
             let c = all.iter().find(|c| c.name == config.dataset).cloned().with_context(|| {

@@ -9,6 +9,7 @@
 //! - [`kendall`]: Kendall's tau-b with scipy's two-sided p-value.
 
 pub mod bertscore;
+pub mod bootstrap;
 pub mod chrf;
 pub mod exact_match;
 pub mod kendall;

@@ -79,7 +79,7 @@ fn redact_args(args: impl Iterator<Item = String>) -> Vec<String> {
     out
 }
 
-fn git_state(root: &Path) -> (Option<String>, Option<bool>) {
+pub(crate) fn git_state(root: &Path) -> (Option<String>, Option<bool>) {
     let run = |args: &[&str]| {
         Command::new("git")
             .arg("-C")

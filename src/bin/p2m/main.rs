@@ -10,6 +10,7 @@ mod shared;
 mod data;
 mod generate;
 mod retrieve;
+mod run;
 mod score;
 mod train;
 
@@ -52,6 +53,22 @@ enum Command {
     RetrieveModel(retrieve::RetrieveModelArgs),
     /// Retrieve datasets for an instruction (dense retrieval over the Hugging Face dataset index).
     RetrieveDataset(retrieve::RetrieveDatasetArgs),
+    /// Prompt2Model end to end: a prompt in, a trained, evaluated, packaged model out (resumable).
+    Run(Box<run::RunArgs>),
+    /// The runs of `p2m run`.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Every run: status and headline metric.
+    List,
+    /// One run: every stage, its time and output, the metrics, where everything is.
+    Show {
+        /// The run's name (its folder under runs/).
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,5 +108,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => train::predict(args),
         Command::RetrieveModel(args) => retrieve::retrieve_model(args),
         Command::RetrieveDataset(args) => retrieve::retrieve_dataset(args),
+        Command::Run(args) => run::run(*args),
+        Command::Runs(RunsCommand::List) => run::list(),
+        Command::Runs(RunsCommand::Show { name }) => run::show(name),
     })
 }

@@ -215,6 +215,7 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
         max_rows_per_split: args.max_rows_per_split,
         hf_config: args.hf_config.clone(),
         out: args.out.clone(),
+        exclude_registry_ids: Vec::new(),
     };
     let selection = select_dataset(&retriever, &registry, &paths, &request, chooser, &runtime()?)?;
     let mut notes = encoder_notes;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use prompt2model::data::examples::read_examples_jsonl;
-use prompt2model::executor::{self, ExecutorConfig};
+use prompt2model::executor;
 use prompt2model::models::registry::ModelRegistry;
 use prompt2model::trainer::{self, Student, StudentSpec, TextPair, Trainer};
 
@@ -64,23 +64,30 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// A trained student folder (`final/` of `p2m train`).
+    /// A trained student: `final/` of `p2m train`, or `runs/<name>/model` of `p2m run` (whose
+    /// p2m.json gives the instruction and the generation settings).
     #[arg(long)]
     pub model: PathBuf,
-    /// Inputs (JSONL with `input`, and optionally `output` as the reference).
+    /// Inputs: JSONL with `input`, and optionally `output` as the reference.
     #[arg(long)]
     pub input: PathBuf,
     /// Where to write predictions (parquet: id, input, references, prediction).
     #[arg(long)]
     pub out: PathBuf,
-    #[command(flatten)]
-    pub instruction: InstructionArgs,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 2.0)]
-    pub repetition_penalty: f64,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// The task instruction (default: the packaged model's).
+    #[arg(long, conflicts_with = "task")]
+    pub instruction: Option<String>,
+    /// Use the instruction of a paper task of data/tasks.toml.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Default: the packaged model's, else 64.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Default: the packaged model's, else 2.0 (the reference executor's).
+    #[arg(long)]
+    pub repetition_penalty: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[arg(long)]
     pub cpu: bool,
 }
@@ -161,29 +168,50 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let instruction = args.instruction.text(&prompt2model::config::Paths::from_env()?)?;
+    use prompt2model::pipeline::package::{ModelManifest, MANIFEST_FILE};
+    let packaged = if args.model.join(MANIFEST_FILE).exists() { Some(ModelManifest::read(&args.model)?) } else { None };
+    let instruction = match (&args.instruction, &args.task, &packaged) {
+        (None, None, Some(m)) => m.instruction.clone(),
+        (None, None, None) => anyhow::bail!(
+            "{} has no {MANIFEST_FILE} (it is not a model packaged by `p2m run`): pass --instruction or --task",
+            args.model.display()
+        ),
+        _ => InstructionArgs { instruction: args.instruction.clone(), task: args.task.clone() }
+            .text(&prompt2model::config::Paths::from_env()?)?,
+    };
+    let mut cfg = packaged.as_ref().map(|m| m.executor.clone()).unwrap_or_default();
+    if let Some(v) = args.max_new_tokens {
+        cfg.max_new_tokens = v;
+    }
+    if let Some(v) = args.repetition_penalty {
+        cfg.repetition_penalty = v;
+    }
+    if let Some(v) = args.batch_size {
+        cfg.batch_size = v;
+    }
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let student = Student::from_dir(&args.model, device)?;
-    let rows = read_pairs(&args.input)?;
-    let ids: Vec<String> = (0..rows.len()).map(|i| i.to_string()).collect();
-    let inputs: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    let refs: Vec<Vec<String>> = rows.iter().map(|r| vec![r.1.clone()]).collect();
+    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let mut inputs = Vec::new();
+    let mut refs: Vec<Vec<String>> = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", args.input.display(), i + 1))?;
+        let input = v["input"].as_str().with_context(|| format!("{} line {}: no string field `input`", args.input.display(), i + 1))?;
+        inputs.push(input.to_string());
+        refs.push(v["output"].as_str().map(|o| vec![o.to_string()]).unwrap_or_default());
+    }
+    anyhow::ensure!(!inputs.is_empty(), "{}: no inputs", args.input.display());
+    let ids: Vec<String> = (0..inputs.len()).map(|i| i.to_string()).collect();
     let frame = prompt2model::data::loaders::common_frame(ids, inputs, &refs, None)?;
-    let cfg = ExecutorConfig {
-        max_new_tokens: args.max_new_tokens,
-        repetition_penalty: args.repetition_penalty,
-        batch_size: args.batch_size,
-        ..ExecutorConfig::default()
-    };
     let out = executor::predict_frame(&student, &instruction, &frame, &cfg)?;
     prompt2model::report::write_parquet_atomic(&out, &args.out)?;
     let preds =
         prompt2model::data::loaders::string_column(&out, prompt2model::data::loaders::PREDICTION)?;
-    let em = prompt2model::evaluator::score(
-        prompt2model::evaluator::Metric::ExactMatchSquad,
-        &preds,
-        &refs,
-    )?;
-    println!("{} predictions → {}; {em}", preds.len(), args.out.display());
+    if refs.iter().all(|r| !r.is_empty()) {
+        let em = prompt2model::evaluator::score(prompt2model::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
+        println!("{} predictions → {}; {em}", preds.len(), args.out.display());
+    } else {
+        println!("{} predictions → {} (no references given: not scored)", preds.len(), args.out.display());
+    }
     Ok(())
 }

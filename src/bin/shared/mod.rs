@@ -46,6 +46,8 @@ pub enum TeacherChoice {
     Local,
     /// Any OpenAI-compatible chat-completions server (OpenAI, vLLM, llama.cpp, Ollama).
     Openai,
+    /// The paper authors' recorded gpt-3.5-turbo generations (`p2m run` on a paper task only).
+    Recorded,
 }
 
 /// The teacher flags of every command that calls an LLM (generate, diversity, the retrievers, the
@@ -53,7 +55,8 @@ pub enum TeacherChoice {
 /// same server behave the same.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TeacherArgs {
-    /// Which teacher answers (default: `local` for generate and diversity, `none` for the retrievers).
+    /// Which teacher answers (default: `local` for generate, diversity and run, `none` for the
+    /// retrievers; `recorded` only for `p2m run` on a paper task).
     #[arg(long = "teacher", visible_alias = "backend", value_enum)]
     pub choice: Option<TeacherChoice>,
     /// Base URL of the OpenAI-compatible server, up to and including `/v1`.
@@ -81,7 +84,7 @@ impl TeacherArgs {
     /// for `--teacher none`.
     pub fn settings(&self, default: TeacherChoice) -> Option<TeacherSettings> {
         let kind = match self.choice.unwrap_or(default) {
-            TeacherChoice::None => return None,
+            TeacherChoice::None | TeacherChoice::Recorded => return None,
             TeacherChoice::Local => TeacherKind::Local,
             TeacherChoice::Openai => TeacherKind::Openai,
         };
@@ -102,13 +105,16 @@ impl TeacherArgs {
     pub fn build_required(&self, command: &str) -> Result<Box<dyn Teacher>> {
         match self.settings(TeacherChoice::Local) {
             Some(s) => s.build(),
-            None => bail!("`{command}` needs a teacher; use --teacher local (offline) or --teacher openai --base-url …"),
+            None => bail!("`{command}` needs a live teacher; use --teacher local (offline) or --teacher openai --base-url …"),
         }
     }
 
     /// The teacher of a command that can do without one (`none` unless told otherwise).
     #[allow(dead_code)]
     pub fn build_optional(&self) -> Result<Option<Box<dyn Teacher>>> {
+        if self.choice == Some(TeacherChoice::Recorded) {
+            bail!("--teacher recorded is for `p2m run` on a paper task; here use none, local or openai");
+        }
         self.settings(TeacherChoice::None).map(|s| s.build()).transpose()
     }
 }

@@ -1,0 +1,240 @@
+//! `p2m run` (Prompt2Model end to end, resumable) and `p2m runs list|show`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use prompt2model::config::Paths;
+use prompt2model::pipeline::config::{RunConfig, TeacherSource};
+use prompt2model::pipeline::runs::{self, RunInfo};
+use prompt2model::pipeline::stage::Stage;
+use prompt2model::pipeline::{self, RunOptions};
+
+use crate::shared::{TeacherArgs, TeacherChoice};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// A paper task of data/tasks.toml (squad, temporal, mconala): its prompt, test set and metric.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub task: Option<String>,
+    /// A file holding a prompt (an instruction and a few demonstrations).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// The run's name: its folder is runs/<name>/ (default: the task, or the prompt file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A TOML file with any field of the run configuration (src/pipeline/config.rs); flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Ask at each decision (the dataset, the cost), showing the default.
+    #[arg(long)]
+    pub interactive: bool,
+    /// smoke | laptop | paper (data/run_scales.toml).
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// The teacher: --teacher local (offline SmolLM2, default), openai (--base-url …) or recorded
+    /// (the paper authors' gpt-3.5-turbo generations, paper tasks only).
+    #[command(flatten)]
+    pub server: TeacherArgs,
+    /// Stop before a paid generation unless its estimated cost (USD) fits.
+    #[arg(long)]
+    pub budget: Option<f64>,
+    #[arg(long)]
+    pub no_dataset_retrieval: bool,
+    /// Train the default student instead of the retrieved one.
+    #[arg(long)]
+    pub no_model_retrieval: bool,
+    #[arg(long)]
+    pub no_generation: bool,
+    /// warm-start | decoder | tiny:H:L:A | a model folder (implies no model retrieval).
+    #[arg(long)]
+    pub student: Option<String>,
+    /// Reuse a generation: a folder with examples.jsonl (from `p2m generate` or another run).
+    #[arg(long)]
+    pub generated: Option<PathBuf>,
+    /// Reuse a retrieved dataset: a folder from `p2m retrieve-dataset --out`.
+    #[arg(long)]
+    pub retrieved: Option<PathBuf>,
+    /// The real test set: a registry id (`p2m data list`) or a JSONL file of {input, output}.
+    #[arg(long)]
+    pub test_dataset: Option<String>,
+    /// Examples to generate (default: the scale's).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Redo this stage and everything after it.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Stage::ALL.map(Stage::name)))]
+    pub from: Option<String>,
+    /// Start over if runs/<name> holds another prompt.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Train and predict on the CPU even when a GPU is there.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
+    let mut cfg = match &args.config {
+        Some(p) => RunConfig::read(p)?,
+        None => RunConfig::default(),
+    };
+    if let Some(t) = &args.task {
+        cfg.task = Some(t.clone());
+    }
+    if let Some(p) = &args.prompt_file {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading the prompt file {}", p.display()))?;
+        cfg.prompt = Some(text);
+        cfg.prompt_source = format!("prompt file {}", p.display());
+    }
+    if cfg.prompt.is_none() {
+        match &cfg.task {
+            Some(id) => {
+                let tasks = prompt2model::data::tasks::load_tasks(&paths.data)?;
+                let t = prompt2model::data::tasks::find(&tasks, id).with_context(|| {
+                    format!("unknown task `{id}`; data/tasks.toml has: {}", tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", "))
+                })?;
+                cfg.prompt = Some(t.prompt.clone());
+                cfg.prompt_source = format!("the paper's {} prompt (data/tasks.toml)", t.id);
+            }
+            None => bail!("say what to do: --task squad|temporal|mconala, --prompt-file FILE, or --config run.toml with `task` or `prompt`"),
+        }
+    }
+    cfg.name = match (&args.name, &cfg.task, &args.prompt_file) {
+        (Some(n), _, _) => n.clone(),
+        _ if !cfg.name.is_empty() => cfg.name.clone(),
+        (None, _, Some(p)) => p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into()),
+        (None, Some(t), None) => format!(
+            "{t}-{}",
+            match args.server.choice {
+                Some(TeacherChoice::Openai) => "openai",
+                Some(TeacherChoice::Recorded) => "recorded",
+                Some(TeacherChoice::Local) => "local",
+                _ => match cfg.teacher {
+                    TeacherSource::Local => "local",
+                    TeacherSource::Openai => "openai",
+                    TeacherSource::Recorded => "recorded",
+                },
+            }
+        ),
+        (None, None, None) => "run".into(),
+    };
+    if let Some(s) = &args.scale {
+        cfg.scale = s.clone();
+    }
+    match args.server.choice {
+        Some(TeacherChoice::Openai) => cfg.teacher = TeacherSource::Openai,
+        Some(TeacherChoice::Recorded) => cfg.teacher = TeacherSource::Recorded,
+        Some(TeacherChoice::Local) => cfg.teacher = TeacherSource::Local,
+        Some(TeacherChoice::None) => bail!("`p2m run` needs a teacher: --teacher local, openai or recorded"),
+        None => {}
+    }
+    if cfg.teacher != TeacherSource::Recorded {
+        let choice = if cfg.teacher == TeacherSource::Openai { TeacherChoice::Openai } else { TeacherChoice::Local };
+        cfg.teacher_settings = args.server.settings(choice).expect("a teacher was chosen");
+    }
+    if args.budget.is_some() {
+        cfg.budget_usd = args.budget;
+    }
+    cfg.dataset_retrieval &= !args.no_dataset_retrieval;
+    cfg.model_retrieval &= !args.no_model_retrieval && args.student.is_none();
+    cfg.generation &= !args.no_generation;
+    if let Some(s) = &args.student {
+        s.parse::<prompt2model::trainer::StudentSpec>()?;
+        cfg.student = Some(s.clone());
+    }
+    cfg.generated_dir = args.generated.clone().or(cfg.generated_dir);
+    cfg.retrieved_dir = args.retrieved.clone().or(cfg.retrieved_dir);
+    cfg.test_dataset = args.test_dataset.clone().or(cfg.test_dataset);
+    cfg.num_examples = args.n.or(cfg.num_examples);
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    Ok(cfg)
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let paths = Paths::from_env()?;
+    let cfg = build_config(&args, &paths)?;
+    let interactive = args.interactive && std::io::stdin().is_terminal();
+    if args.interactive && !interactive {
+        eprintln!("note: --interactive, but standard input is not a terminal: running on autopilot (every default taken)");
+    }
+    let confirm: Option<Box<dyn Fn(&pipeline::CostEstimate) -> bool>> = if interactive {
+        Some(Box::new(|est: &pipeline::CostEstimate| {
+            eprint!("generate for about ${:.2} ({} requests to {})? [y/N] ", est.usd, est.requests, est.model);
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).is_ok() && line.trim().eq_ignore_ascii_case("y")
+        }))
+    } else {
+        None
+    };
+    let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
+    let opts = RunOptions {
+        runs_dir: pipeline::runs_dir(&paths),
+        from: args.from.as_deref().and_then(Stage::parse),
+        force: args.force,
+        interactive,
+        confirm_cost: confirm,
+        device,
+    };
+    let summary = pipeline::run(&cfg, &opts)?;
+    println!("\nrun {} ({})", cfg.name, summary.dir.display());
+    for (stage, ran, rec) in &summary.stages {
+        println!("  {:<18} {:<8} {:>8.1} s  {}", stage.name(), if *ran { "ran" } else { "cached" }, rec.total_seconds, rec.summary);
+    }
+    println!("metrics (95 % bootstrap intervals):");
+    for m in &summary.metrics {
+        println!("  {:<10} {}", m.test_set, m.display());
+    }
+    println!(
+        "teacher calls this time: {} (cost ${:.4}); model: {} (model_card.md); report: {}",
+        summary.teacher_calls,
+        summary.teacher_cost_usd,
+        summary.model_dir.display(),
+        summary.dir.join(Stage::Evaluate.name()).join("report").display()
+    );
+    Ok(())
+}
+
+pub fn list() -> Result<()> {
+    let paths = Paths::from_env()?;
+    let dir = pipeline::runs_dir(&paths);
+    let all = runs::list(&dir)?;
+    if all.is_empty() {
+        println!("no runs in {} (start one with `p2m run --task temporal`)", dir.display());
+    }
+    for r in all {
+        let metric = r.manifest.config.metric.clone().unwrap_or_else(|| headline_metric(&r));
+        println!("{:<24} {:<28} {}", r.manifest.name, r.status(), r.headline(&metric));
+    }
+    Ok(())
+}
+
+fn headline_metric(r: &RunInfo) -> String {
+    r.manifest.config.task.as_deref().map(|t| if t == "squad" { "em-squad" } else { "chrf++" }).unwrap_or("chrf++").to_string()
+}
+
+pub fn show(name: String) -> Result<()> {
+    let paths = Paths::from_env()?;
+    let dir = pipeline::runs_dir(&paths).join(&name);
+    anyhow::ensure!(dir.join("run.json").exists(), "no run `{name}` in {} (see `p2m runs list`)", dir.parent().unwrap_or(&dir).display());
+    let r = RunInfo::read(&dir)?;
+    println!("run {} — {}\n  folder: {}\n  prompt: {}\n  teacher: {:?}, scale {}", r.manifest.name, r.status(), r.dir.display(), r.manifest.config.prompt_source, r.manifest.config.teacher, r.manifest.config.scale);
+    for (stage, status, rec) in &r.stages {
+        let detail = rec.as_ref().map(|x| format!("{:>8.1} s  {}", x.total_seconds, x.summary)).unwrap_or_default();
+        println!("  {:<18} {:<8} {}", stage.name(), status, detail);
+    }
+    println!("  artefacts: generated examples {}, training sets {}, predictions {}, model {}",
+        r.dir.join(Stage::Generate.name()).join("examples.jsonl").display(),
+        r.dir.join(Stage::Assemble.name()).display(),
+        r.dir.join(Stage::Evaluate.name()).display(),
+        r.dir.join("model").display());
+    if let Some(c) = r.teacher_cost_usd {
+        println!("  teacher cost: ${c:.4}");
+    }
+    for m in &r.metrics {
+        println!("  {:<10} {}", m.test_set, m.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Confidence intervals for corpus scores by the percentile bootstrap over test examples (Efron &
+//! Tibshirani 1993): resample the examples with replacement, recompute the corpus score, and take
+//! the 2.5th and 97.5th percentiles. The score is recomputed the way the metric defines it (chrF++
+//! from summed n-gram statistics, not a mean of sentence scores), and every resample is drawn from
+//! a seeded [`SplitMix64`], so an interval is reproducible from its signature.
+
+use serde::{Deserialize, Serialize};
+
+use super::{chrf, exact_match, Metric, MetricError};
+use crate::util::rng::SplitMix64;
+
+/// How intervals are computed (the project's defaults: 1,000 resamples, 95 %, seed 0).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapConfig {
+    pub resamples: usize,
+    pub confidence: f64,
+    pub seed: u64,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        BootstrapConfig { resamples: 1000, confidence: 0.95, seed: 0 }
+    }
+}
+
+impl BootstrapConfig {
+    pub fn signature(&self) -> String {
+        format!("bootstrap:percentile|resamples:{}|conf:{}|seed:{}", self.resamples, self.confidence, self.seed)
+    }
+}
+
+/// A score with its bootstrap interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    pub n: usize,
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} [{:.2}, {:.2}]", self.value, self.low, self.high)
+    }
+}
+
+/// The percentile interval of `score` over `n` examples: `score` gets the indices of one resample
+/// (with repetitions) and returns the corpus score of those examples.
+pub fn bootstrap(n: usize, cfg: &BootstrapConfig, score: impl Fn(&[usize]) -> f64) -> Interval {
+    let all: Vec<usize> = (0..n).collect();
+    let value = score(&all);
+    if n == 0 || cfg.resamples == 0 {
+        return Interval { value, low: value, high: value, n };
+    }
+    let mut rng = SplitMix64::new(cfg.seed);
+    let mut idx = vec![0usize; n];
+    let mut stats: Vec<f64> = (0..cfg.resamples)
+        .map(|_| {
+            for slot in idx.iter_mut() {
+                *slot = rng.below(n as u64) as usize;
+            }
+            score(&idx)
+        })
+        .collect();
+    stats.sort_by(|a, b| a.total_cmp(b));
+    let alpha = (1.0 - cfg.confidence) / 2.0;
+    let at = |q: f64| {
+        // Linear interpolation between order statistics (numpy's default `percentile`).
+        let pos = q * (stats.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        stats[lo] + (stats[hi] - stats[lo]) * (pos - lo as f64)
+    };
+    Interval { value, low: at(alpha), high: at(1.0 - alpha), n }
+}
+
+/// The interval of the mean of per-example values (exact match, BERTScore F1), in their units.
+pub fn mean_interval(values: &[f64], cfg: &BootstrapConfig) -> Interval {
+    bootstrap(values.len(), cfg, |idx| {
+        if idx.is_empty() {
+            f64::NAN
+        } else {
+            idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64
+        }
+    })
+}
+
+/// A metric of [`Metric`] with its bootstrap interval, in percent as [`super::score`] reports it.
+pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
+    metric: Metric,
+    predictions: &[P],
+    references: &[Vec<R>],
+    cfg: &BootstrapConfig,
+) -> Result<Interval, MetricError> {
+    if predictions.len() != references.len() {
+        return Err(MetricError::LengthMismatch {
+            left_name: "predictions",
+            left: predictions.len(),
+            right_name: "references",
+            right: references.len(),
+        });
+    }
+    if predictions.is_empty() {
+        return Err(MetricError::EmptyCorpus);
+    }
+    match metric {
+        Metric::ExactMatch | Metric::ExactMatchSquad => {
+            let norm = if metric == Metric::ExactMatch {
+                exact_match::EmNormalization::Raw
+            } else {
+                exact_match::EmNormalization::Squad
+            };
+            let hits: Vec<f64> = predictions
+                .iter()
+                .zip(references)
+                .map(|(p, r)| if exact_match::exact_match(p.as_ref(), r, norm) { 100.0 } else { 0.0 })
+                .collect();
+            Ok(mean_interval(&hits, cfg))
+        }
+        Metric::ChrfPlusPlus => {
+            let chrf_cfg = chrf::ChrfConfig::chrf_plus_plus();
+            let stats: Vec<Vec<u64>> = predictions
+                .iter()
+                .zip(references)
+                .enumerate()
+                .map(|(i, (p, r))| {
+                    chrf::segment_statistics(p.as_ref(), r, &chrf_cfg).map_err(|e| match e {
+                        MetricError::NoReferences { .. } => MetricError::NoReferences { index: i },
+                        other => other,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let width = stats[0].len();
+            Ok(bootstrap(stats.len(), cfg, |idx| {
+                let mut sum = vec![0u64; width];
+                for &i in idx {
+                    for (s, v) in sum.iter_mut().zip(&stats[i]) {
+                        *s += v;
+                    }
+                }
+                chrf::score_from_statistics(&sum, &chrf_cfg)
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_contain_the_score_and_shrink_with_more_data() {
+        let cfg = BootstrapConfig::default();
+        let small: Vec<f64> = (0..20).map(|i| if i % 2 == 0 { 100.0 } else { 0.0 }).collect();
+        let large: Vec<f64> = (0..2000).map(|i| if i % 2 == 0 { 100.0 } else { 0.0 }).collect();
+        let (a, b) = (mean_interval(&small, &cfg), mean_interval(&large, &cfg));
+        assert_eq!((a.value, b.value), (50.0, 50.0));
+        assert!(a.low < 50.0 && a.high > 50.0 && b.low < 50.0 && b.high > 50.0);
+        assert!(b.high - b.low < (a.high - a.low) / 5.0, "{a} vs {b}");
+        // The binomial standard error at n = 2000 is 1.12 points: the 95 % interval is about ±2.2.
+        assert!((b.high - b.low - 4.4).abs() < 0.6, "{b}");
+        assert_eq!(mean_interval(&small, &cfg), mean_interval(&small, &cfg), "seeded");
+    }
+
+    #[test]
+    fn corpus_chrf_is_recomputed_from_statistics_per_resample() {
+        let preds = ["the cat sat", "a dog", "on the mat", "birds fly high"];
+        let refs: Vec<Vec<&str>> = vec![vec!["the cat sat down"], vec!["the dog"], vec!["on a mat"], vec!["birds fly"]];
+        let iv = metric_interval(Metric::ChrfPlusPlus, &preds, &refs, &BootstrapConfig::default()).unwrap();
+        let corpus = super::super::score(Metric::ChrfPlusPlus, &preds, &refs).unwrap().value;
+        assert!((iv.value - corpus).abs() < 1e-9, "the interval's centre is the corpus score");
+        assert!(iv.low <= iv.value && iv.value <= iv.high);
+        let em = metric_interval(Metric::ExactMatchSquad, &["Paris", "x"], &[vec!["paris"], vec!["y"]], &BootstrapConfig::default()).unwrap();
+        assert_eq!(em.value, 50.0);
+    }
+}

@@ -1,0 +1,218 @@
+//! A run's settings as data: the scale's (`data/run_scales.toml`), then a `--config` TOML file,
+//! then the command line, each overriding the one before. Everything a run does is decided here,
+//! recorded in `run.json`, and fingerprinted stage by stage.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluator::bootstrap::BootstrapConfig;
+use crate::executor::ExecutorConfig;
+use crate::teacher::TeacherSettings;
+use crate::trainer::TrainConfig;
+
+/// Which teacher writes the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherSource {
+    /// The offline SmolLM2-135M-Instruct, in process.
+    Local,
+    /// An OpenAI-compatible server.
+    Openai,
+    /// The paper authors' recorded gpt-3.5-turbo generations (`data/recorded_teachers.toml`).
+    Recorded,
+}
+
+/// How generated examples are split (the reference's `DatasetSplitter`: 0.7/0.1/0.2 with caps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    pub train: f64,
+    pub validation: f64,
+    pub test: f64,
+    pub max_train: usize,
+    pub max_validation: usize,
+    pub max_test: usize,
+    pub seed: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig { train: 0.7, validation: 0.1, test: 0.2, max_train: 3500, max_validation: 500, max_test: 1000, seed: 42 }
+    }
+}
+
+/// One `[<scale>]` of `data/run_scales.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunScale {
+    pub description: String,
+    pub num_examples: usize,
+    pub max_train_examples: usize,
+    /// Validation rows kept (the per-epoch validation loss), at most.
+    pub max_validation_examples: usize,
+    pub max_test_examples: usize,
+    pub student: String,
+    pub bertscore: bool,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+}
+
+pub const SCALES_FILE: &str = "run_scales.toml";
+
+pub fn load_scales(data_dir: &Path) -> Result<BTreeMap<String, RunScale>> {
+    let path = data_dir.join(SCALES_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: not a table of scales (see the comment at its top)", path.display()))
+}
+
+/// Everything a run is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// The run folder's name (`runs/<name>/`).
+    pub name: String,
+    /// A paper task of `data/tasks.toml` (its prompt, real test set and metric).
+    pub task: Option<String>,
+    /// The prompt text (instruction + demonstrations); for a paper task, its prompt.
+    pub prompt: Option<String>,
+    /// Where the prompt came from (a file or a task), for reports.
+    pub prompt_source: String,
+    pub scale: String,
+    pub teacher: TeacherSource,
+    /// The teacher's server settings (`openai`; `local` uses only `max_api_calls`).
+    pub teacher_settings: TeacherSettings,
+    /// Stop before the first paid call unless the estimated cost fits (USD).
+    pub budget_usd: Option<f64>,
+    pub dataset_retrieval: bool,
+    pub model_retrieval: bool,
+    pub generation: bool,
+    /// Reuse a generation (`examples.jsonl` of `p2m generate` or of another run).
+    pub generated_dir: Option<PathBuf>,
+    /// Reuse a retrieved dataset (`p2m retrieve-dataset --out DIR`).
+    pub retrieved_dir: Option<PathBuf>,
+    /// The student when model retrieval is off or cannot be followed here (default: the scale's).
+    pub student: Option<String>,
+    /// The real test set: a registry id of data/datasets.toml or a JSONL file of {input, output}
+    /// (default: the task's).
+    pub test_dataset: Option<String>,
+    pub num_examples: Option<usize>,
+    pub max_train_examples: Option<usize>,
+    pub max_test_examples: Option<usize>,
+    pub bertscore: Option<bool>,
+    /// Metric the run is judged by (default: the task's, else chrF++).
+    pub metric: Option<String>,
+    pub split: SplitConfig,
+    pub bootstrap: BootstrapConfig,
+    /// Trainer settings over the scale's (only the fields given).
+    pub train: Option<toml::Table>,
+    pub executor: Option<toml::Table>,
+    pub generator: Option<toml::Table>,
+    /// Translate a non-English instruction to English through the teacher before retrieval.
+    pub translate_instruction: bool,
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            name: String::new(),
+            task: None,
+            prompt: None,
+            prompt_source: String::new(),
+            scale: "laptop".into(),
+            teacher: TeacherSource::Local,
+            teacher_settings: TeacherSettings::default(),
+            budget_usd: None,
+            dataset_retrieval: true,
+            model_retrieval: true,
+            generation: true,
+            generated_dir: None,
+            retrieved_dir: None,
+            student: None,
+            test_dataset: None,
+            num_examples: None,
+            max_train_examples: None,
+            max_test_examples: None,
+            bertscore: None,
+            metric: None,
+            split: SplitConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+            train: None,
+            executor: None,
+            generator: None,
+            translate_instruction: false,
+            seed: 42,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Read a `--config` file (every field optional; unknown fields are refused by name).
+    pub fn read(path: &Path) -> Result<RunConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: not a run configuration (fields: see `p2m run --help` and src/pipeline/config.rs)", path.display()))
+    }
+}
+
+/// A table of overrides applied onto a serialisable settings struct, field by field.
+pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(base: &T, overrides: Option<&toml::Table>, what: &str) -> Result<T> {
+    let Some(over) = overrides else { return Ok(toml::from_str(&toml::to_string(base)?)?) };
+    let mut table: toml::Table = toml::from_str(&toml::to_string(base)?)?;
+    for (k, v) in over {
+        if !table.contains_key(k) && !matches!(k.as_str(), "max_steps" | "max_grad_norm" | "early_stopping_patience") {
+            bail!("[{what}] has no field `{k}` (fields: {})", table.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+        table.insert(k.clone(), v.clone());
+    }
+    toml::Value::Table(table).try_into().with_context(|| format!("[{what}]: a value has the wrong type"))
+}
+
+/// The settings a run resolves to (scale + config + command line), as the stages use them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolved {
+    pub num_examples: usize,
+    pub max_validation_examples: usize,
+    pub max_train_examples: usize,
+    pub max_test_examples: usize,
+    pub student: String,
+    pub bertscore: bool,
+    pub train: TrainConfig,
+    pub executor: ExecutorConfig,
+    pub generator: crate::dataset_generator::GeneratorConfig,
+}
+
+impl RunConfig {
+    pub fn resolve(&self, data_dir: &Path) -> Result<Resolved> {
+        let scales = load_scales(data_dir)?;
+        let Some(scale) = scales.get(&self.scale) else {
+            bail!(
+                "unknown scale `{}`; {} has: {}",
+                self.scale,
+                data_dir.join(SCALES_FILE).display(),
+                scales.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        let num_examples = self.num_examples.unwrap_or(scale.num_examples);
+        let mut train = with_overrides(&scale.train, self.train.as_ref(), "train")?;
+        train.seed = self.seed;
+        let generator_base = crate::dataset_generator::GeneratorConfig { num_examples, seed: self.seed, ..Default::default() };
+        let mut generator = with_overrides(&generator_base, self.generator.as_ref(), "generator")?;
+        generator.num_examples = num_examples;
+        Ok(Resolved {
+            num_examples,
+            max_validation_examples: scale.max_validation_examples,
+            max_train_examples: self.max_train_examples.unwrap_or(scale.max_train_examples),
+            max_test_examples: self.max_test_examples.unwrap_or(scale.max_test_examples),
+            student: self.student.clone().unwrap_or_else(|| scale.student.clone()),
+            bertscore: self.bertscore.unwrap_or(scale.bertscore),
+            train,
+            executor: with_overrides(&scale.executor, self.executor.as_ref(), "executor")?,
+            generator,
+        })
+    }
+}
