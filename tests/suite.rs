@@ -19,6 +19,7 @@ mod models_llama;
 mod models_seq2seq;
 mod models_weights;
 mod offline_models;
+mod pipeline;
 mod prompt_parser;
 mod recorded_tables;
 mod registry;

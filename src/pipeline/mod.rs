@@ -111,6 +111,9 @@ impl LazyTeacher<'_> {
         if self.built.is_none() {
             let mut settings = self.cfg.teacher_settings.clone();
             settings.kind = if self.cfg.teacher == TeacherSource::Local { TeacherKind::Local } else { TeacherKind::Openai };
+            if settings.kind == TeacherKind::Openai {
+                probe_server(&settings.base_url)?;
+            }
             let inner = settings.build().map_err(|e| {
                 if settings.kind == TeacherKind::Openai {
                     e.context(format!("the teacher at {} is not usable; fix the URL or key, or use --teacher local", settings.base_url))
@@ -121,6 +124,24 @@ impl LazyTeacher<'_> {
             self.built = Some(CachedTeacher::open(inner, &self.cache, CacheMode::ReadWrite)?);
         }
         Ok(self.built.as_ref())
+    }
+}
+
+/// Fail fast, naming the URL, when nothing answers at an OpenAI-compatible base URL (any HTTP
+/// answer, even a 404 for a server without `/models`, counts as reachable).
+fn probe_server(base_url: &str) -> Result<()> {
+    let url = format!("{}/models", base_url.trim_end_matches('/'));
+    let reached = crate::download::block_on(async {
+        let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).timeout(std::time::Duration::from_secs(20)).build()?;
+        client.get(&url).send().await.map(|_| ())
+    });
+    match reached {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!(
+            "the teacher at {base_url} is unreachable ({}); start the server or fix --base-url, or use --teacher local (offline)",
+            crate::download::error_chain(&e)
+        ),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -172,7 +193,7 @@ fn real_test_set(registry: &Registry, spec: &str, max: usize, seed: u64) -> Resu
 }
 
 /// Estimated cost of generating `n` examples with a priced teacher (None for free ones).
-pub fn estimate_generation_cost(cfg: &RunConfig, resolved: &Resolved, parsed: &ParsedPrompt) -> Option<CostEstimate> {
+pub fn estimate_generation_cost(cfg: &RunConfig, resolved: &Resolved, prompt: &str) -> Option<CostEstimate> {
     if cfg.teacher != TeacherSource::Openai {
         return None;
     }
@@ -183,8 +204,9 @@ pub fn estimate_generation_cost(cfg: &RunConfig, resolved: &Resolved, parsed: &P
     let g = &resolved.generator;
     // Twice the bare minimum of requests: duplicates and unparsable answers are usual.
     let requests = 2 * (resolved.num_examples as u64).div_ceil(g.responses_per_request.max(1) as u64);
-    let demos: String = parsed.demonstrations.iter().map(|d| format!("{}{}", d.input, d.output)).collect();
-    let prompt_tokens = requests * (1200 + crate::teacher::estimate_tokens(&parsed.instruction) + 2 * crate::teacher::estimate_tokens(&demos));
+    // Each request: the template and meta-examples (~1,200 tokens), the prompt, and up to ten
+    // earlier examples about as long as the prompt's own.
+    let prompt_tokens = requests * (1200 + 2 * crate::teacher::estimate_tokens(prompt));
     let completion_tokens = requests * g.responses_per_request as u64 * 120;
     let usd = crate::teacher::Pricing::cost(&pricing, &crate::teacher::Usage { prompt_tokens, completion_tokens });
     Some(CostEstimate { requests, prompt_tokens, completion_tokens, usd, model: cfg.teacher_settings.model.clone() })
@@ -255,6 +277,26 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     if let Some(from) = opts.from {
         for s in Stage::ALL.into_iter().filter(|s| *s >= from) {
             let _ = std::fs::remove_file(stage::record_path(&dir, s));
+        }
+    }
+    // Before the first paid call (parsing is one): the estimate, and the budget or the user's yes.
+    let generation_pending = cfg.generation && cfg.generated_dir.is_none() && recorded.is_none()
+        && stage::read_record(&dir, Stage::Generate).is_none_or(|r| r.status != stage::Status::Done);
+    if let Some(est) = estimate_generation_cost(cfg, &resolved, &prompt).filter(|_| generation_pending) {
+        eprintln!(
+            "estimate: about {} requests, {} prompt + {} completion tokens, ${:.2} at {}'s prices",
+            est.requests, est.prompt_tokens, est.completion_tokens, est.usd, est.model
+        );
+        let covered = cfg.budget_usd.is_some_and(|b| b >= est.usd);
+        let confirmed = !covered && opts.confirm_cost.as_ref().is_some_and(|ask| ask(&est));
+        if !covered && !confirmed {
+            bail!(
+                "generation would cost about ${:.2} ({} requests to {}); pass --budget {:.2} (or more) to allow it",
+                est.usd,
+                est.requests,
+                est.model,
+                (est.usd * 100.0).ceil() / 100.0
+            );
         }
     }
     let mut teacher = LazyTeacher { cfg, cache: dir.join("teacher_cache.sqlite"), built: None };
@@ -352,20 +394,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 write_examples_jsonl(&files[0], &[])?;
                 "off (--no-generation)".into()
             } else {
-                if let Some(est) = estimate_generation_cost(cfg, &resolved, &parsed) {
-                    eprintln!(
-                        "estimate: about {} requests, {} prompt + {} completion tokens, ${:.2} at {}'s prices",
-                        est.requests, est.prompt_tokens, est.completion_tokens, est.usd, est.model
-                    );
-                    let covered = cfg.budget_usd.is_some_and(|b| b >= est.usd);
-                    let confirmed = !covered && opts.confirm_cost.as_ref().is_some_and(|ask| ask(&est));
-                    if !covered && !confirmed {
-                        bail!(
-                            "generation would cost about ${:.2} ({} requests to {}); pass --budget {:.2} (or more) to allow it",
-                            est.usd, est.requests, est.model, (est.usd * 100.0).ceil() / 100.0
-                        );
-                    }
-                }
                 let t = teacher.get()?.expect("a live teacher");
                 let progress = crate::dataset_generator::default_progress_bar(resolved.num_examples);
                 let result = rt.block_on(crate::dataset_generator::generate(t, &parsed, &resolved.generator, stage_dir, Some(&progress)));

@@ -1,0 +1,274 @@
+//! `p2m run` as a user runs it: a loopback OpenAI-compatible teacher or the recorded teacher, a
+//! tiny student (scale `smoke`), kills at stage boundaries and mid-stage, edits, and bad input.
+
+use crate::common;
+use crate::fake_openai::{FakeServer, ServerConfig};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PROMPT: &str = "Given the name of a country, answer with the name of its capital city.\n\nInput: France\nOutput: Paris\n\nInput: Japan\nOutput: Tokyo\n";
+
+/// `p2m run …` with its runs under `runs` and no network.
+fn p2m(runs: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_p2m"));
+    c.args(args).current_dir(common::repo_root()).env("P2M_RUNS", runs).env("P2M_OFFLINE", "1").env("RUST_LOG", "warn");
+    c
+}
+
+fn ok(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "p2m failed:\n{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
+}
+
+fn prompt_file(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("prompt.txt");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The arguments of a smoke run against the fake teacher at `url` (unthrottled; 20 examples).
+fn fake_args<'a>(prompt: &'a str, url: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
+        "run", "--prompt-file", prompt, "--name", name, "--scale", "smoke", "--teacher", "openai", "--base-url", url,
+        "--model", "fake-model", "--requests-per-minute", "0", "--no-dataset-retrieval", "--test-dataset", "temporal",
+    ]
+}
+
+fn stage_json(run: &Path, stage: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join(stage).join("stage.json")).unwrap()).unwrap()
+}
+
+fn weights_sha(run: &Path) -> String {
+    common::sha256_hex(&std::fs::read(run.join("model/model.safetensors")).unwrap())
+}
+
+fn metrics(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("evaluation/metrics.json")).unwrap()).unwrap()
+}
+
+async fn run_blocking(mut c: Command) -> Output {
+    tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_run_against_a_fake_teacher_packages_a_model_and_a_rerun_is_free() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
+    let args = fake_args(prompt.to_str().unwrap(), &server.base_url, "capitals");
+    let out = ok(run_blocking(p2m(&runs, &args)).await);
+    let run = runs.join("capitals");
+    let model = run.join("model");
+    for f in ["model.safetensors", "tokenizer.json", "config.json", "p2m.json", "model_card.md", "prompt.txt"] {
+        assert!(model.join(f).is_file(), "model/{f} missing; output:\n{out}");
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("p2m.json")).unwrap()).unwrap();
+    assert!(manifest["instruction"].as_str().unwrap().contains("capital city"));
+    assert_eq!(manifest["demonstrations"].as_array().unwrap().len(), 2);
+    let m = metrics(&run);
+    for set in ["generated", "real"] {
+        for metric in ["em", "em-squad", "chrf++"] {
+            let r = m.as_array().unwrap().iter().find(|r| r["test_set"] == set && r["metric"] == metric).unwrap_or_else(|| panic!("{set} {metric} in {m}"));
+            let (v, lo, hi) = (r["value"].as_f64().unwrap(), r["low"].as_f64().unwrap(), r["high"].as_f64().unwrap());
+            assert!(lo <= v && v <= hi, "{r}");
+            assert!(r["signature"].as_str().unwrap().contains("bootstrap:percentile|resamples:1000"));
+        }
+    }
+    let card = std::fs::read_to_string(model.join("model_card.md")).unwrap();
+    assert!(card.contains("## Metrics") && card.contains("95 %") && card.contains("fake-model"), "{card}");
+    assert!(run.join("evaluation/report/metrics.png").is_file() && run.join("evaluation/predictions_real.parquet").is_file());
+    let requests = server.state.request_count();
+    assert!(requests > 0);
+
+    // A rerun: every stage up to date, no teacher call.
+    let again = ok(run_blocking(p2m(&runs, &args)).await);
+    assert_eq!(server.state.request_count(), requests, "a finished run makes no teacher call:\n{again}");
+    assert!(again.matches("cached").count() >= 8, "{again}");
+
+    // The packaged model predicts on its own (instruction and settings from p2m.json).
+    let inputs = dir.path().join("in.jsonl");
+    std::fs::write(&inputs, "{\"input\": \"Chile\"}\n{\"input\": \"Spain\", \"output\": \"Madrid\"}\n").unwrap();
+    let preds = dir.path().join("preds.parquet");
+    let out = ok(run_blocking(p2m(&runs, &["predict", "--model", model.to_str().unwrap(), "--input", inputs.to_str().unwrap(), "--out", preds.to_str().unwrap()])).await);
+    assert!(preds.is_file() && out.contains("2 predictions"), "{out}");
+
+    // `p2m runs` finds it.
+    let list = ok(run_blocking(p2m(&runs, &["runs", "list"])).await);
+    assert!(list.contains("capitals") && list.contains("complete"), "{list}");
+    let show = ok(run_blocking(p2m(&runs, &["runs", "show", "capitals"])).await);
+    assert!(show.contains("examples.jsonl") && show.contains("training") && show.contains("chrf++"), "{show}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorded_teacher_trains_on_the_authors_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = ok(run_blocking(p2m(&runs, &["run", "--task", "temporal", "--teacher", "recorded", "--scale", "smoke"])).await);
+    let run = runs.join("temporal-recorded");
+    let gen = stage_json(&run, "generation");
+    assert!(gen["summary"].as_str().unwrap().contains("recorded from gpt-3.5-turbo"), "{gen}");
+    let notes = std::fs::read_to_string(run.join("assembly/notes.json")).unwrap();
+    assert!(notes.contains("removed from the training pool"), "the recorded generated test set is held out: {notes}");
+    assert!(run.join("model/p2m.json").is_file(), "{out}");
+    let m = metrics(&run);
+    assert!(m.as_array().unwrap().iter().any(|r| r["test_set"] == "real" && r["metric"] == "chrf++"));
+    // Only paper tasks have recorded generations.
+    let prompt = prompt_file(dir.path(), PROMPT);
+    let bad = run_blocking(p2m(&runs, &["run", "--prompt-file", prompt.to_str().unwrap(), "--teacher", "recorded", "--scale", "smoke"])).await;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--teacher recorded needs a paper task"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_generated_examples_redoes_exactly_the_stages_after_generation() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
+    let args = fake_args(prompt.to_str().unwrap(), &server.base_url, "edit");
+    ok(run_blocking(p2m(&runs, &args)).await);
+    let run = runs.join("edit");
+    let examples = run.join("generation/examples.jsonl");
+    let text = std::fs::read_to_string(&examples).unwrap();
+    let kept: Vec<&str> = text.lines().skip(1).collect();
+    std::fs::write(&examples, kept.join("\n") + "\n").unwrap();
+    let before = server.state.request_count();
+    let out = ok(run_blocking(p2m(&runs, &args)).await);
+    assert_eq!(server.state.request_count(), before, "no teacher call: {out}");
+    let ran = |stage: &str| out.lines().any(|l| l.trim_start().starts_with(stage) && l.contains(" ran "));
+    for stage in ["parse", "dataset-retrieval", "generation", "model-retrieval"] {
+        assert!(!ran(stage), "{stage} should be cached:\n{out}");
+    }
+    for stage in ["assembly", "training", "evaluation", "package"] {
+        assert!(ran(stage), "{stage} should run again:\n{out}");
+    }
+    assert_eq!(std::fs::read_to_string(&examples).unwrap(), kept.join("\n") + "\n", "the edit is kept");
+}
+
+/// Wait until `ready` holds (polling), then SIGKILL the child.
+fn kill_when(child: &mut std::process::Child, ready: impl Fn() -> bool, what: &str) {
+    let start = Instant::now();
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("p2m ended ({status}) before {what}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends_as_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = prompt_file(dir.path(), PROMPT);
+    // More training than the smoke default, so a kill can land between checkpoints.
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, "max_train_examples = 200\nnum_examples = 40\n[train]\nbatch_size = 4\ncheckpoint_every = 1\nepochs = 2\n").unwrap();
+    let args = |url: &str, name: &str| -> Vec<String> {
+        let mut a: Vec<String> = fake_args(prompt.to_str().unwrap(), url, name).into_iter().map(str::to_string).collect();
+        a.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
+        a
+    };
+    let as_refs = |v: &[String]| v.iter().map(String::to_string).collect::<Vec<_>>();
+
+    // The uninterrupted reference run.
+    let clean_server = FakeServer::start(ServerConfig::default()).await;
+    let clean_runs = dir.path().join("clean");
+    let a = as_refs(&args(&clean_server.base_url, "r"));
+    ok(run_blocking(p2m(&clean_runs, &a.iter().map(String::as_str).collect::<Vec<_>>())).await);
+
+    // The same run, killed three times. The server holds every request after its 3rd answer, so
+    // the first kill lands mid-generation with no answer lost (nothing is paid twice).
+    let server = FakeServer::start(ServerConfig { freeze_after_ok: Some(3), ..Default::default() }).await;
+    let runs = dir.path().join("killed");
+    let run = runs.join("r");
+    let a = as_refs(&args(&server.base_url, "r"));
+    let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+    let state = server.state.clone();
+    let mut child = p2m(&runs, &argv).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let journal = run.join("generation/checkpoint.jsonl");
+    tokio::task::block_in_place(|| {
+        kill_when(&mut child, || state.frozen.load(std::sync::atomic::Ordering::SeqCst) && journal.exists(), "generation was under way");
+    });
+    assert_eq!(stage_json(&run, "generation")["status"], "running");
+    server.unfreeze();
+
+    // Second: right after generation finished (a stage boundary).
+    let mut child = p2m(&runs, &argv).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let gen_record = run.join("generation/stage.json");
+    tokio::task::block_in_place(|| {
+        kill_when(&mut child, || std::fs::read_to_string(&gen_record).is_ok_and(|t| t.contains("\"done\"")), "generation was done");
+    });
+
+    // Third: mid-training, once a few checkpoints exist.
+    let mut child = p2m(&runs, &argv).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let checkpoints = run.join("training/checkpoints");
+    tokio::task::block_in_place(|| {
+        kill_when(
+            &mut child,
+            || std::fs::read_dir(&checkpoints).is_ok_and(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("step-")).count() >= 2),
+            "training had checkpoints",
+        );
+    });
+    assert_eq!(stage_json(&run, "training")["status"], "running");
+
+    // Finish.
+    ok(run_blocking(p2m(&runs, &argv)).await);
+    let answered = server.state.ok_digests.lock().unwrap().clone();
+    let unique: std::collections::HashSet<&String> = answered.iter().collect();
+    assert_eq!(unique.len(), answered.len(), "no request answered twice (nothing paid twice)");
+    assert_eq!(weights_sha(&run), weights_sha(&clean_runs.join("r")), "identical final weights");
+    assert_eq!(metrics(&run), metrics(&clean_runs.join("r")), "identical metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let fail = |args: Vec<String>| {
+        let out = p2m(&runs, &args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+        assert!(!out.status.success(), "should fail: {args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let err = fail(s(&["run", "--prompt-file", empty.to_str().unwrap(), "--scale", "smoke"]));
+    assert!(err.contains("the prompt is empty"), "{err}");
+    let err = fail(s(&["run", "--task", "nope", "--scale", "smoke"]));
+    assert!(err.contains("unknown task `nope`") && err.contains("squad") && err.contains("temporal"), "{err}");
+    let err = fail(s(&["run", "--task", "temporal", "--teacher", "recorded", "--scale", "huge"]));
+    assert!(err.contains("unknown scale `huge`") && err.contains("laptop"), "{err}");
+    let prompt = prompt_file(dir.path(), PROMPT);
+    // An unreachable teacher: the URL is named and the offline teacher suggested.
+    let err = fail(s(&["run", "--prompt-file", prompt.to_str().unwrap(), "--scale", "smoke", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--requests-per-minute", "0", "--no-dataset-retrieval", "--name", "unreachable"]));
+    assert!(err.contains("127.0.0.1:9") && err.contains("--teacher local"), "{err}");
+    // A priced model without a budget: the estimate, and how to allow it.
+    let err = fail(s(&["run", "--prompt-file", prompt.to_str().unwrap(), "--scale", "smoke", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "gpt-3.5-turbo", "--no-dataset-retrieval", "--name", "priced"]));
+    assert!(err.contains("would cost about $") && err.contains("--budget"), "{err}");
+    let err = fail(s(&["run", "--prompt-file", prompt.to_str().unwrap(), "--scale", "smoke", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "gpt-3.5-turbo", "--budget", "0.0001", "--no-dataset-retrieval", "--name", "priced"]));
+    assert!(err.contains("would cost about $"), "a budget below the estimate stops too: {err}");
+    // Another prompt in the same run folder is refused without --force.
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "Translate English to French.\n\nInput: cat\nOutput: chat\n").unwrap();
+    let err = fail(s(&["run", "--prompt-file", other.to_str().unwrap(), "--scale", "smoke", "--name", "priced", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1"]));
+    assert!(err.contains("another prompt") && err.contains("--force"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_without_demonstrations_runs_with_a_warning_and_a_japanese_one_is_noted() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let prompt = prompt_file(dir.path(), "Answer with the capital city of the given country.");
+    let out = ok(run_blocking(p2m(&runs, &fake_args(prompt.to_str().unwrap(), &server.base_url, "nodemos"))).await);
+    assert!(out.contains("no demonstrations"), "{out}");
+    let ja = dir.path().join("ja.txt");
+    std::fs::write(&ja, "国の名前が与えられたら、その首都の名前を答えてください。\n\nInput: フランス\nOutput: パリ\n").unwrap();
+    let out = ok(run_blocking(p2m(&runs, &fake_args(ja.to_str().unwrap(), &server.base_url, "ja"))).await);
+    assert!(out.contains("Japanese"), "{out}");
+}
