@@ -272,3 +272,26 @@ async fn a_prompt_without_demonstrations_runs_with_a_warning_and_a_japanese_one_
     let out = ok(run_blocking(p2m(&runs, &fake_args(ja.to_str().unwrap(), &server.base_url, "ja"))).await);
     assert!(out.contains("Japanese"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_student_trains_each_candidate_briefly_and_reports_every_score() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
+    let config = dir.path().join("run.toml");
+    // Two tiny students of different sizes stand in for the candidates (the smoke scale).
+    std::fs::write(&config, "selection_steps = 2\nselect_candidates = [\"tiny:32:1:2\", \"tiny:48:1:2\"]\n").unwrap();
+    let mut args = fake_args(prompt.to_str().unwrap(), &server.base_url, "select");
+    args.extend(["--select-student", "2", "--config", config.to_str().unwrap()]);
+    let out = ok(run_blocking(p2m(&runs, &args)).await);
+    let run = runs.join("select");
+    let sel: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("training/selection.json")).unwrap()).unwrap();
+    let scores = sel["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2, "{sel}");
+    assert_eq!(scores[0][0], "tiny:32:1:2");
+    let best = scores.iter().map(|s| s[1].as_f64().unwrap()).fold(f64::MIN, f64::max);
+    let chosen = scores.iter().find(|s| s[0] == sel["chosen"]).unwrap();
+    assert_eq!(chosen[1].as_f64().unwrap(), best, "the best candidate is kept");
+    let report = std::fs::read_to_string(run.join("evaluation/report/README.md")).unwrap();
+    assert!(report.contains("student selection") && report.contains("tiny:32:1:2"), "{report}\n{out}");
+}

@@ -112,8 +112,15 @@ pub struct RunConfig {
     pub train: Option<toml::Table>,
     pub executor: Option<toml::Table>,
     pub generator: Option<toml::Table>,
-    /// Translate a non-English instruction to English through the teacher before retrieval.
+    /// Translate a non-English instruction to English through the teacher for the retrievers.
     pub translate_instruction: bool,
+    /// Train the best K candidate students for `selection_steps` optimizer steps each, keep the one
+    /// with the best score on the generated validation split, then train it fully (1 = off).
+    pub select_student: usize,
+    /// The short budget of each candidate (optimizer steps).
+    pub selection_steps: u64,
+    /// The candidates of `select_student`, instead of the retrieved and local students.
+    pub select_candidates: Vec<String>,
     pub seed: u64,
 }
 
@@ -146,6 +153,9 @@ impl Default for RunConfig {
             executor: None,
             generator: None,
             translate_instruction: false,
+            select_student: 1,
+            selection_steps: 24,
+            select_candidates: Vec::new(),
             seed: 42,
         }
     }

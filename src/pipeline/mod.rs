@@ -476,7 +476,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     let train_inputs = vec![asm_dir.join("train.jsonl"), asm_dir.join("validation.jsonl"), choice_path.clone(), parsed_path.clone()];
     record(
         Stage::Train,
-        run_stage(&dir, Stage::Train, StageInputs { settings: serde_json::json!({ "train": resolved.train }), files: train_inputs }, |stage_dir| {
+        run_stage(&dir, Stage::Train, StageInputs { settings: serde_json::json!({ "train": resolved.train, "select_student": cfg.select_student, "selection_steps": cfg.selection_steps, "select_candidates": cfg.select_candidates, "metric": metric_name }), files: train_inputs }, |stage_dir| {
             let to_pairs = |rows: &[Row], task: u32| -> Vec<crate::trainer::TextPair> {
                 let pairs: Vec<(String, String)> = rows.iter().filter(|r| r.task_id == task).map(|r| (r.input.clone(), r.output.clone())).collect();
                 crate::trainer::apply_template(task, &parsed.instruction, &pairs)
@@ -488,18 +488,34 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 .map(|r| crate::trainer::TextPair { source: crate::trainer::model_input(r.task_id, &parsed.instruction, &r.input), target: r.output.clone() })
                 .collect();
             let validation = to_pairs(&val_rows, 0);
-            let spec: crate::trainer::StudentSpec = choice.student.parse()?;
+            let chosen_student = if cfg.select_student > 1 {
+                let metric = crate::evaluator::Metric::parse(&metric_name).expect("checked");
+                let mut pool = choice.clone();
+                if !cfg.select_candidates.is_empty() {
+                    pool.student = cfg.select_candidates[0].clone();
+                    pool.trainable = cfg.select_candidates.clone();
+                }
+                let selection = select_student(&pool, cfg.select_student, cfg.selection_steps, &train, &val_rows, &parsed.instruction, metric, &resolved, &models, opts.device, stage_dir)?;
+                write_json(&stage_dir.join("selection.json"), &selection)?;
+                selection.chosen
+            } else {
+                choice.student.clone()
+            };
+            let spec: crate::trainer::StudentSpec = chosen_student.parse()?;
             let mut student = crate::trainer::Student::build(&spec, &models, opts.device, resolved.train.seed)?;
             let mut trainer = crate::trainer::Trainer::new(resolved.train.clone(), &mut student, stage_dir);
             trainer.label = name.to_string();
             let summary = trainer.train(&train, &validation)?;
             let final_dir = stage_dir.join("final");
-            let files = list_files(&final_dir)?;
+            let mut files = list_files(&final_dir)?;
+            if stage_dir.join("selection.json").exists() {
+                files.push(stage_dir.join("selection.json"));
+            }
             Ok(StageOutputs {
                 files,
                 summary: format!(
                     "{} on {} examples: {} optimizer steps, final train loss {:.4}{}, {:.1} examples/s",
-                    choice.student,
+                    chosen_student,
                     summary.train_examples,
                     summary.optimizer_steps,
                     summary.epochs.last().map(|e| e.train_loss).unwrap_or(f64::NAN),
@@ -513,6 +529,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     // 7. Evaluate.
     let eval_dir = dir.join(Stage::Evaluate.name());
     let mut eval_inputs = list_files(&train_dir.join("final"))?;
+    if train_dir.join("selection.json").exists() {
+        eval_inputs.push(train_dir.join("selection.json"));
+    }
     eval_inputs.extend([asm_dir.join("test.jsonl"), parsed_path.clone()]);
     let bertscore_id = evaluate::bertscore_model(paths.offline);
     let eval_settings = serde_json::json!({
@@ -553,7 +572,17 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
             };
             let (results, mut files) = evaluate::evaluate(&student, &parsed.instruction, &resolved.executor, &sets, scorer.as_ref(), bertscore_id, &cfg.bootstrap, stage_dir)?;
             write_json(&stage_dir.join("metrics.json"), &results)?;
-            let notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
+            let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
+            if let Ok(sel) = read_json::<StudentSelection>(&train_dir.join("selection.json")) {
+                notes.push(format!(
+                    "student selection ({} optimizer steps each, {} on {} generated validation examples): {}; chosen `{}`",
+                    sel.steps,
+                    sel.metric,
+                    sel.validation_examples,
+                    sel.scores.iter().map(|(s, v)| format!("`{s}` {v:.2}")).collect::<Vec<_>>().join(", "),
+                    sel.chosen
+                ));
+            }
             write_json(&stage_dir.join("notes.json"), &notes)?;
             files.push(stage_dir.join("metrics.json"));
             evaluate::write_report(&paths, stage_dir, name, &metric_name, &results, &notes)?;
@@ -587,7 +616,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 student: choice.clone(),
                 metrics: metrics.clone(),
                 metric: metric_name.clone(),
-                notes: [Stage::Parse, Stage::Assemble, Stage::Evaluate]
+                notes: [Stage::Parse, Stage::RetrieveDatasets, Stage::Assemble, Stage::Evaluate]
                     .iter()
                     .filter_map(|s| read_json::<Vec<String>>(&dir.join(s.name()).join("notes.json")).ok())
                     .flatten()
@@ -616,6 +645,69 @@ pub struct StudentChoice {
     pub why: String,
     /// The model retriever's top candidates, when it ran.
     pub candidates: Vec<String>,
+    /// Students that can be trained here, best first (what `--select-student K` tries).
+    #[serde(default)]
+    pub trainable: Vec<String>,
+}
+
+/// What `--select-student` measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StudentSelection {
+    pub metric: String,
+    pub steps: u64,
+    pub validation_examples: usize,
+    /// (student, score on the generated validation split)
+    pub scores: Vec<(String, f64)>,
+    pub chosen: String,
+}
+
+/// Train each of the first `k` trainable students for `steps` optimizer steps, score it on the
+/// validation rows with the run's metric, and return the best (ties: the earlier candidate).
+#[allow(clippy::too_many_arguments)] // each argument is one input of the selection
+fn select_student(
+    choice: &StudentChoice,
+    k: usize,
+    steps: u64,
+    train: &[crate::trainer::TextPair],
+    validation: &[Row],
+    instruction: &str,
+    metric: crate::evaluator::Metric,
+    resolved: &Resolved,
+    models: &ModelRegistry,
+    device: tch::Device,
+    stage_dir: &Path,
+) -> Result<StudentSelection> {
+    let mut pool: Vec<String> = Vec::new();
+    for s in std::iter::once(&choice.student).chain(&choice.trainable) {
+        if !pool.contains(s) {
+            pool.push(s.clone());
+        }
+    }
+    pool.truncate(k);
+    anyhow::ensure!(!validation.is_empty(), "--select-student needs a validation split (the assembly made none)");
+    let val: Vec<&Row> = validation.iter().take(64).collect();
+    let refs: Vec<Vec<String>> = val.iter().map(|r| vec![r.output.clone()]).collect();
+    let sources: Vec<String> = val.iter().map(|r| crate::trainer::model_input(0, instruction, &r.input)).collect();
+    let mut scores = Vec::new();
+    for (i, candidate) in pool.iter().enumerate() {
+        eprintln!("  selection: training `{candidate}` for {steps} steps");
+        let spec: crate::trainer::StudentSpec = candidate.parse()?;
+        let mut student = crate::trainer::Student::build(&spec, models, device, resolved.train.seed)?;
+        let cfg = crate::trainer::TrainConfig { max_steps: Some(steps), ..resolved.train.clone() };
+        let mut trainer = crate::trainer::Trainer::new(cfg, &mut student, stage_dir.join("selection").join(i.to_string()));
+        trainer.label = format!("selection {candidate}");
+        trainer.train(train, &[])?;
+        let predictions = student.generate(&sources, resolved.executor.max_source_len, &resolved.executor.sampling(), resolved.executor.batch_size)?;
+        let score = crate::evaluator::score(metric, &predictions, &refs)?.value;
+        eprintln!("  selection: `{candidate}` scores {score:.2} {} on {} validation examples", metric.name(), val.len());
+        scores.push((candidate.clone(), score));
+    }
+    let best = scores.iter().fold(None::<&(String, f64)>, |b, c| match b {
+        Some(b) if b.1 >= c.1 => Some(b),
+        _ => Some(c),
+    });
+    let chosen = best.map(|b| b.0.clone()).context("no candidate student")?;
+    Ok(StudentSelection { metric: metric.name().into(), steps, validation_examples: val.len(), scores, chosen })
 }
 
 fn choose_student(
@@ -627,9 +719,11 @@ fn choose_student(
     user_chose: bool,
     rt: &tokio::runtime::Runtime,
 ) -> Result<StudentChoice> {
+    // The students that train here without a download, after whatever retrieval finds.
+    let local: Vec<String> = [default_student, "decoder", "warm-start"].iter().map(|s| s.to_string()).collect();
     if user_chose || !retrieval {
         let why = if user_chose { "chosen with --student (or the config)" } else { "model retrieval off: the scale's default student" };
-        return Ok(StudentChoice { student: default_student.into(), why: why.into(), candidates: vec![] });
+        return Ok(StudentChoice { student: default_student.into(), why: why.into(), candidates: vec![], trainable: local });
     }
     let search = crate::model_retriever::ModelSearch {
         instruction: parsed.instruction.clone(),
@@ -646,10 +740,10 @@ fn choose_student(
     Ok(match &plan.source {
         TrainableSource::Registered { registry_id, available: true, .. } => {
             let dir = models.resolve(registry_id)?.dir;
-            StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{top}`, registered here as `{registry_id}`"), candidates }
+            StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{top}`, registered here as `{registry_id}`"), candidates, trainable: local }
         }
         TrainableSource::Hub { repo } if !paths.offline => match crate::model_retriever::fetch_trainable(models, &plan) {
-            Ok(dir) => StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{repo}`, fetched from the hub"), candidates },
+            Ok(dir) => StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{repo}`, fetched from the hub"), candidates, trainable: local },
             Err(e) => StudentChoice {
                 student: default_student.into(),
                 why: format!(
@@ -657,12 +751,14 @@ fn choose_student(
                     e.chain().map(|c| c.to_string()).last().unwrap_or_default()
                 ),
                 candidates,
+                trainable: local,
             },
         },
         _ => StudentChoice {
             student: default_student.into(),
             why: format!("the model retriever's top model `{top}` cannot be trained here (offline, no weights); the scale's default student instead"),
             candidates,
+            trainable: local,
         },
     })
 }

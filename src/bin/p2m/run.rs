@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// warm-start | decoder | tiny:H:L:A | a model folder (implies no model retrieval).
     #[arg(long)]
     pub student: Option<String>,
+    /// Train the K best candidate students briefly, keep the best on the generated validation
+    /// split (the run's metric), then train it fully; every candidate's score goes in the report.
+    #[arg(long)]
+    pub select_student: Option<usize>,
     /// Reuse a generation: a folder with examples.jsonl (from `p2m generate` or another run).
     #[arg(long)]
     pub generated: Option<PathBuf>,
@@ -147,6 +151,10 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     cfg.retrieved_dir = args.retrieved.clone().or(cfg.retrieved_dir);
     cfg.test_dataset = args.test_dataset.clone().or(cfg.test_dataset);
     cfg.num_examples = args.n.or(cfg.num_examples);
+    if let Some(k) = args.select_student {
+        anyhow::ensure!(k >= 1, "--select-student takes a number of candidates (1 or more)");
+        cfg.select_student = k;
+    }
     if let Some(s) = args.seed {
         cfg.seed = s;
     }
