@@ -271,6 +271,14 @@ async fn a_prompt_without_demonstrations_runs_with_a_warning_and_a_japanese_one_
     std::fs::write(&ja, "国の名前が与えられたら、その首都の名前を答えてください。\n\nInput: フランス\nOutput: パリ\n").unwrap();
     let out = ok(run_blocking(p2m(&runs, &fake_args(ja.to_str().unwrap(), &server.base_url, "ja"))).await);
     assert!(out.contains("Japanese"), "{out}");
+    // With --translate-instruction the retrievers search with the teacher's translation.
+    let mut args = fake_args(ja.to_str().unwrap(), &server.base_url, "ja-translated");
+    args.push("--translate-instruction");
+    ok(run_blocking(p2m(&runs, &args)).await);
+    let run = runs.join("ja-translated");
+    let query = std::fs::read_to_string(run.join("parse/retrieval_query.txt")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("parse/parsed.json")).unwrap()).unwrap();
+    assert!(!query.trim().is_empty() && query != parsed["instruction"].as_str().unwrap(), "{query}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

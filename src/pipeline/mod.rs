@@ -312,7 +312,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     let parse_mode = if cfg.teacher == TeacherSource::Recorded { "layout rules" } else { "LLM, layout rules as fallback" };
     record(
         Stage::Parse,
-        run_stage(&dir, Stage::Parse, StageInputs { settings: serde_json::json!({ "prompt": prompt, "teacher": teacher_id, "mode": parse_mode }), files: vec![] }, |stage_dir| {
+        run_stage(&dir, Stage::Parse, StageInputs { settings: serde_json::json!({ "prompt": prompt, "teacher": teacher_id, "mode": parse_mode, "translate": cfg.translate_instruction }), files: vec![] }, |stage_dir| {
             let parser = ParserConfig { mode: if cfg.teacher == TeacherSource::Recorded { ParseMode::Deterministic } else { ParseMode::Auto }, ..ParserConfig::default() };
             let t = teacher.get()?;
             let parsed = rt.block_on(prompt_parser::parse_prompt(&prompt, t.map(|t| t as &dyn Teacher), &parser))?;
@@ -326,15 +326,27 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
             for n in &notes {
                 eprintln!("warning: {n}");
             }
+            // What the retrievers search with: the instruction, or its English translation.
+            let query = if cfg.translate_instruction && parsed.language != Language::English {
+                let t = teacher.get()?.context("--translate-instruction needs a live teacher (--teacher local or openai)")?;
+                let english = rt.block_on(translate_to_english(t, &parsed.instruction))?;
+                notes.push(format!("the retrievers search with the teacher's English translation: {}", crate::util::text::flat_excerpt(&english, 200)));
+                english
+            } else {
+                parsed.instruction.clone()
+            };
+            write_atomic(&stage_dir.join("retrieval_query.txt"), query.as_bytes())?;
             write_json(&stage_dir.join("parsed.json"), &parsed)?;
             write_json(&stage_dir.join("notes.json"), &notes)?;
             Ok(StageOutputs {
-                files: vec![stage_dir.join("parsed.json")],
+                files: vec![stage_dir.join("parsed.json"), stage_dir.join("retrieval_query.txt")],
                 summary: format!("instruction of {} characters ({}), {} demonstrations", parsed.instruction.chars().count(), parsed.language.name(), parsed.demonstrations.len()),
             })
         })?,
     );
     let parsed: ParsedPrompt = read_json(&parsed_path)?;
+    let query_path = dir.join(Stage::Parse.name()).join("retrieval_query.txt");
+    let retrieval_query = std::fs::read_to_string(&query_path).with_context(|| format!("reading {}", query_path.display()))?;
 
     // 2. Retrieve a dataset.
     let retrieved_path = dir.join(Stage::RetrieveDatasets.name()).join("retrieved.jsonl");
@@ -344,7 +356,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     });
     record(
         Stage::RetrieveDatasets,
-        run_stage(&dir, Stage::RetrieveDatasets, StageInputs { settings: retrieval_settings, files: vec![parsed_path.clone()] }, |stage_dir| {
+        run_stage(&dir, Stage::RetrieveDatasets, StageInputs { settings: retrieval_settings, files: vec![parsed_path.clone(), query_path.clone()] }, |stage_dir| {
             let (rows, what): (Vec<Example>, String) = if !cfg.dataset_retrieval {
                 (vec![], "off (--no-dataset-retrieval)".into())
             } else if let Some(folder) = recorded.as_ref().and_then(|r| r.retrieved.clone()) {
@@ -358,7 +370,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 let n = rows.len();
                 (rows, format!("{n} rows from {}", src.display()))
             } else {
-                retrieve_dataset_rows(&paths, &parsed, test_dataset.as_deref(), opts.interactive, if cfg.teacher == TeacherSource::Openai { teacher.get()? } else { None }, stage_dir, &rt)?
+                retrieve_dataset_rows(&paths, &retrieval_query, test_dataset.as_deref(), opts.interactive, if cfg.teacher == TeacherSource::Openai { teacher.get()? } else { None }, stage_dir, &rt)?
             };
             write_examples_jsonl(&stage_dir.join("retrieved.jsonl"), &rows)?;
             Ok(StageOutputs { files: vec![stage_dir.join("retrieved.jsonl")], summary: what })
@@ -414,9 +426,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         run_stage(
             &dir,
             Stage::RetrieveModel,
-            StageInputs { settings: serde_json::json!({ "enabled": cfg.model_retrieval, "default_student": resolved.student, "offline": paths.offline }), files: vec![parsed_path.clone()] },
+            StageInputs { settings: serde_json::json!({ "enabled": cfg.model_retrieval, "default_student": resolved.student, "offline": paths.offline }), files: vec![query_path.clone()] },
             |stage_dir| {
-                let choice = choose_student(&paths, &models, &parsed, cfg.model_retrieval, &resolved.student, cfg.student.is_some(), &rt)?;
+                let choice = choose_student(&paths, &models, &retrieval_query, cfg.model_retrieval, &resolved.student, cfg.student.is_some(), &rt)?;
                 write_json(&stage_dir.join("choice.json"), &choice)?;
                 Ok(StageOutputs { files: vec![stage_dir.join("choice.json")], summary: format!("student `{}`: {}", choice.student, choice.why) })
             },
@@ -637,6 +649,17 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(RunSummary { dir, model_dir, stages, metrics, teacher_cost_usd, teacher_calls })
 }
 
+/// The instruction in English, by the teacher (greedy), for the retrievers.
+async fn translate_to_english(teacher: &dyn Teacher, instruction: &str) -> Result<String> {
+    use crate::teacher::{ChatRequest, SamplingParams};
+    let params = SamplingParams { temperature: 0.0, top_p: 1.0, max_tokens: Some(300), n: 1, seed: Some(0), ..Default::default() };
+    let prompt = format!("Translate this task description into English. Answer with the translation only.\n\n{}", instruction.trim());
+    let response = teacher.chat(&ChatRequest::user(prompt, params)).await.with_context(|| format!("translating the instruction with {} {}", teacher.backend(), teacher.model()))?;
+    let text = response.choices.first().map(|c| c.content.trim().to_string()).unwrap_or_default();
+    anyhow::ensure!(!text.is_empty(), "the teacher returned an empty translation; run without --translate-instruction");
+    Ok(text)
+}
+
 /// Which student is trained, and why.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StudentChoice {
@@ -713,7 +736,7 @@ fn select_student(
 fn choose_student(
     paths: &Paths,
     models: &ModelRegistry,
-    parsed: &ParsedPrompt,
+    query: &str,
     retrieval: bool,
     default_student: &str,
     user_chose: bool,
@@ -726,7 +749,7 @@ fn choose_student(
         return Ok(StudentChoice { student: default_student.into(), why: why.into(), candidates: vec![], trainable: local });
     }
     let search = crate::model_retriever::ModelSearch {
-        instruction: parsed.instruction.clone(),
+        instruction: query.to_string(),
         index: None,
         config: crate::model_retriever::ModelRetrieverConfig::default(),
         fetch: false,
@@ -767,7 +790,7 @@ fn choose_student(
 /// textualise it into `stage_dir/dataset/`; returns its rows.
 fn retrieve_dataset_rows(
     paths: &Paths,
-    parsed: &ParsedPrompt,
+    query: &str,
     exclude: Option<&str>,
     interactive: bool,
     teacher: Option<&CachedTeacher<Box<dyn Teacher>>>,
@@ -777,7 +800,7 @@ fn retrieve_dataset_rows(
     use crate::dataset_retriever::{open_dataset_retriever, select_dataset, Chooser, SelectionRequest};
     let (retriever, registry) = open_dataset_retriever(paths, None, false)?;
     let request = SelectionRequest {
-        instruction: parsed.instruction.clone(),
+        instruction: query.to_string(),
         top_k: 25,
         max_rows_per_split: 3000,
         hf_config: None,

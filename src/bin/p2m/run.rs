@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// Examples to generate (default: the scale's).
     #[arg(long)]
     pub n: Option<usize>,
+    /// Search datasets and models with the teacher's English translation of a non-English instruction.
+    #[arg(long)]
+    pub translate_instruction: bool,
     /// Redo this stage and everything after it.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Stage::ALL.map(Stage::name)))]
     pub from: Option<String>,
@@ -151,6 +154,7 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     cfg.retrieved_dir = args.retrieved.clone().or(cfg.retrieved_dir);
     cfg.test_dataset = args.test_dataset.clone().or(cfg.test_dataset);
     cfg.num_examples = args.n.or(cfg.num_examples);
+    cfg.translate_instruction |= args.translate_instruction;
     if let Some(k) = args.select_student {
         anyhow::ensure!(k >= 1, "--select-student takes a number of candidates (1 or more)");
         cfg.select_student = k;
