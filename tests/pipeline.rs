@@ -265,8 +265,13 @@ async fn a_prompt_without_demonstrations_runs_with_a_warning_and_a_japanese_one_
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     let prompt = prompt_file(dir.path(), "Answer with the capital city of the given country.");
-    let out = ok(run_blocking(p2m(&runs, &fake_args(prompt.to_str().unwrap(), &server.base_url, "nodemos"))).await);
+    let mut args = fake_args(prompt.to_str().unwrap(), &server.base_url, "nodemos");
+    args.push("--interactive");
+    let mut c = p2m(&runs, &args);
+    c.stdin(Stdio::null());
+    let out = ok(run_blocking(c).await);
     assert!(out.contains("no demonstrations"), "{out}");
+    assert!(out.contains("not a terminal: running on autopilot"), "--interactive without a terminal says so once: {out}");
     let ja = dir.path().join("ja.txt");
     std::fs::write(&ja, "国の名前が与えられたら、その首都の名前を答えてください。\n\nInput: フランス\nOutput: パリ\n").unwrap();
     let out = ok(run_blocking(p2m(&runs, &fake_args(ja.to_str().unwrap(), &server.base_url, "ja"))).await);

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub interactive: bool,
     /// The user confirmed a paid generation's estimate interactively.
     pub confirm_cost: Option<Box<dyn Fn(&CostEstimate) -> bool>>,
+    /// Ask a person: (question, default) → answer (the default when they just press Enter).
+    pub ask: Option<Box<dyn Fn(&str, &str) -> String>>,
     pub device: tch::Device,
 }
 
@@ -226,6 +228,24 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     if prompt.trim().is_empty() {
         bail!("the prompt is empty: write an instruction (and a few demonstrations) into the prompt file, or use --task squad|temporal|mconala");
     }
+    // Interactive: the number of examples and the temperatures, before anything runs (they are
+    // settings, so they are part of the run's configuration and fingerprints).
+    let mut asked = cfg.clone();
+    if let Some(ask) = &opts.ask {
+        let r = cfg.resolve(&paths.data)?;
+        if cfg.generation && cfg.generated_dir.is_none() && cfg.teacher != TeacherSource::Recorded {
+            let n = ask("examples to generate", &r.num_examples.to_string());
+            asked.num_examples = Some(n.trim().parse().with_context(|| format!("`{n}` is not a number of examples"))?);
+            let t = ask("temperatures: start and end of the annealing", &format!("{} {}", r.generator.initial_temperature, r.generator.max_temperature));
+            let v: Vec<f64> = t.split_whitespace().map(str::parse).collect::<Result<_, _>>().with_context(|| format!("`{t}`: two numbers, e.g. `0.5 1.7`"))?;
+            anyhow::ensure!(v.len() == 2, "`{t}`: two numbers, e.g. `0.5 1.7`");
+            let mut g = cfg.generator.clone().unwrap_or_default();
+            g.insert("initial_temperature".into(), toml::Value::Float(v[0]));
+            g.insert("max_temperature".into(), toml::Value::Float(v[1]));
+            asked.generator = Some(g);
+        }
+    }
+    let cfg = &asked;
     let resolved = cfg.resolve(&paths.data)?;
     let task = match &cfg.task {
         Some(id) => {
@@ -428,7 +448,26 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
             Stage::RetrieveModel,
             StageInputs { settings: serde_json::json!({ "enabled": cfg.model_retrieval, "default_student": resolved.student, "offline": paths.offline }), files: vec![query_path.clone()] },
             |stage_dir| {
-                let choice = choose_student(&paths, &models, &retrieval_query, cfg.model_retrieval, &resolved.student, cfg.student.is_some(), &rt)?;
+                let mut choice = choose_student(&paths, &models, &retrieval_query, cfg.model_retrieval, &resolved.student, cfg.student.is_some(), &rt)?;
+                if let Some(ask) = &opts.ask {
+                    eprintln!("students that train here:");
+                    for (i, s) in choice.trainable.iter().enumerate() {
+                        eprintln!("  {}) {s}", i + 1);
+                    }
+                    if !choice.candidates.is_empty() {
+                        eprintln!("the model retriever's ranking: {}", choice.candidates.join(", "));
+                    }
+                    let pick = ask("student (a number of the list, or a student: decoder, warm-start, tiny:H:L:A, a folder)", &choice.student);
+                    let picked = match pick.trim().parse::<usize>() {
+                        Ok(i) if (1..=choice.trainable.len()).contains(&i) => choice.trainable[i - 1].clone(),
+                        _ => pick.trim().to_string(),
+                    };
+                    if picked != choice.student {
+                        picked.parse::<crate::trainer::StudentSpec>()?;
+                        choice.why = format!("picked in the terminal (the default was `{}`: {})", choice.student, choice.why);
+                        choice.student = picked;
+                    }
+                }
                 write_json(&stage_dir.join("choice.json"), &choice)?;
                 Ok(StageOutputs { files: vec![stage_dir.join("choice.json")], summary: format!("student `{}`: {}", choice.student, choice.why) })
             },

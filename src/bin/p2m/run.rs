@@ -181,8 +181,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         None
     };
+    let ask: Option<Box<dyn Fn(&str, &str) -> String>> = if interactive {
+        Some(Box::new(|question: &str, default: &str| {
+            eprint!("{question} [{default}]: ");
+            let mut line = String::new();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(_) if !line.trim().is_empty() => line.trim().to_string(),
+                _ => default.to_string(),
+            }
+        }))
+    } else {
+        None
+    };
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let opts = RunOptions {
+        ask,
         runs_dir: pipeline::runs_dir(&paths),
         from: args.from.as_deref().and_then(Stage::parse),
         force: args.force,
