@@ -18,22 +18,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::activation::Activation;
+
 // ------------------------------------------------------------------------------------------------
 // Configuration
 // ------------------------------------------------------------------------------------------------
-
-/// The feed-forward activation (`hidden_act`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum Activation {
-    /// The exact (erf) GELU: transformers' `"gelu"`.
-    #[serde(rename = "gelu")]
-    Gelu,
-    /// The tanh approximation: transformers' `"gelu_new"` / `"gelu_pytorch_tanh"`.
-    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh")]
-    GeluTanh,
-    #[serde(rename = "relu")]
-    Relu,
-}
 
 /// How position ids are formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +34,10 @@ pub enum PositionIds {
     PaddingOffset { padding_idx: i64 },
 }
 
-/// A Hugging Face `config.json` of a BERT-family model. Unknown fields are ignored.
+/// A Hugging Face `config.json` of a BERT-family model: what the inference encoder here needs and
+/// what the BERT2BERT halves ([`super::encoder_decoder`]) need. Missing fields take transformers'
+/// `BertConfig` defaults; unknown fields are kept in `extra` and serialised back, so a config read
+/// and written again keeps them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BertConfig {
     #[serde(default = "default_model_type")]
@@ -55,23 +47,42 @@ pub struct BertConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: i64,
     pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+    /// Used in training only (inference does not model dropout).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: i64,
     /// 2 for BERT; 1 for RoBERTa / XLM-R (whose single row is still added, as transformers does).
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: i64,
+    /// Standard deviation of newly initialised weights.
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
     #[serde(default = "default_ln_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "default_act")]
-    pub hidden_act: Activation,
-    #[serde(default)]
+    /// `None` when the file has none: RoBERTa-style position ids then assume 1, and BERT2BERT
+    /// assumes transformers' default 0 (see [`BertConfig::pad_token_id_or`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<i64>,
     #[serde(default = "default_pos_type")]
     pub position_embedding_type: String,
+    /// Every other field of the file, written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_model_type() -> String {
     "bert".into()
+}
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_dropout() -> f64 {
+    0.1
 }
 fn default_max_positions() -> i64 {
     512
@@ -79,11 +90,11 @@ fn default_max_positions() -> i64 {
 fn default_type_vocab() -> i64 {
     2
 }
+fn default_init_range() -> f64 {
+    0.02
+}
 fn default_ln_eps() -> f64 {
     1e-12
-}
-fn default_act() -> Activation {
-    Activation::Gelu
 }
 fn default_pos_type() -> String {
     "absolute".into()
@@ -93,14 +104,14 @@ impl BertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: BertConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let config: BertConfig = serde_json::from_str(&text)
+            .with_context(|| format!("parsing BERT config {}", path.display()))?;
         config.validate().with_context(|| format!("{}", path.display()))?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
-        if self.hidden_size % self.num_attention_heads != 0 {
+    pub fn validate(&self) -> Result<()> {
+        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,
@@ -116,11 +127,48 @@ impl BertConfig {
         Ok(())
     }
 
+    /// A small BERT configuration for tests and tiny students (exact GELU, 64 positions, pad 0).
+    pub fn tiny(
+        vocab_size: i64,
+        hidden_size: i64,
+        num_hidden_layers: usize,
+        num_attention_heads: i64,
+    ) -> Self {
+        BertConfig {
+            model_type: default_model_type(),
+            vocab_size,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size: 2 * hidden_size,
+            hidden_act: Activation::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 64,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: Some(0),
+            position_embedding_type: default_pos_type(),
+            extra: Default::default(),
+        }
+    }
+
+    /// The pad id, or `default` when the file names none.
+    pub fn pad_token_id_or(&self, default: i64) -> i64 {
+        self.pad_token_id.unwrap_or(default)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> i64 {
+        self.hidden_size / self.num_attention_heads
+    }
+
     /// RoBERTa-style models number positions after the padding index.
     pub fn position_ids(&self) -> PositionIds {
         match self.model_type.as_str() {
             "roberta" | "xlm-roberta" | "camembert" => {
-                PositionIds::PaddingOffset { padding_idx: self.pad_token_id.unwrap_or(1) }
+                PositionIds::PaddingOffset { padding_idx: self.pad_token_id_or(1) }
             }
             _ => PositionIds::Absolute,
         }
@@ -289,11 +337,7 @@ impl Layer {
         let ctx = ctx.transpose(1, 2).contiguous().view([batch, seq, hidden]);
         let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         let h = self.intermediate.forward(&a);
-        let h = match act {
-            Activation::Gelu => h.gelu("none"),
-            Activation::GeluTanh => h.gelu("tanh"),
-            Activation::Relu => h.relu(),
-        };
+        let h = act.apply(&h);
         self.out_norm.forward(&(self.output.forward(&h) + a))
     }
 }
@@ -414,7 +458,7 @@ pub enum Pooling {
 }
 
 /// A padded batch on the model's device.
-pub struct Batch {
+pub struct EncoderBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     /// Tokens per row, special tokens included.
@@ -640,7 +684,7 @@ impl BertEncoder {
     }
 
     /// Right-pad id sequences with the pad id; the mask is 1 on real tokens.
-    pub fn pad(&self, ids: &[Vec<i64>]) -> Batch {
+    pub fn pad(&self, ids: &[Vec<i64>]) -> EncoderBatch {
         let longest = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut flat = Vec::with_capacity(ids.len() * longest);
         let mut mask = Vec::with_capacity(ids.len() * longest);
@@ -651,7 +695,7 @@ impl BertEncoder {
             mask.extend(std::iter::repeat_n(0i64, longest - row.len()));
         }
         let shape = [ids.len() as i64, longest as i64];
-        Batch {
+        EncoderBatch {
             input_ids: Tensor::from_slice(&flat).view(shape).to_device(self.model.device),
             attention_mask: Tensor::from_slice(&mask).view(shape).to_device(self.model.device),
             lengths: ids.iter().map(|r| r.len() as i64).collect(),
@@ -664,7 +708,7 @@ impl BertEncoder {
         &self,
         ids: &[Vec<i64>],
         n_layers: Option<usize>,
-    ) -> (Vec<Tensor>, Batch) {
+    ) -> (Vec<Tensor>, EncoderBatch) {
         let batch = self.pad(ids);
         let n = n_layers.unwrap_or(self.model.num_layers());
         let states = self.model.forward_layers(&batch.input_ids, &batch.attention_mask, None, n);
@@ -672,7 +716,7 @@ impl BertEncoder {
     }
 
     /// Tokenize, pad and run: every hidden state of the batch and the batch itself.
-    pub fn hidden_states(&self, texts: &[&str]) -> Result<(Vec<Tensor>, Batch)> {
+    pub fn hidden_states(&self, texts: &[&str]) -> Result<(Vec<Tensor>, EncoderBatch)> {
         let ids = self.tokenize(texts)?;
         Ok(self.hidden_states_of_ids(&ids, None))
     }
@@ -806,5 +850,16 @@ mod tests {
         .unwrap();
         assert_eq!(xlmr.position_ids(), PositionIds::PaddingOffset { padding_idx: 1 });
         assert_eq!(xlmr.max_input_length(), 512);
+        // Unknown fields survive a round trip (BERT2BERT writes its halves back this way).
+        let back = serde_json::to_value(&xlmr).unwrap();
+        assert_eq!(back["output_past"], serde_json::json!(true));
+        assert_eq!(back["hidden_act"], serde_json::json!("gelu"));
+        assert_eq!(back["num_hidden_layers"], serde_json::json!(12));
+        // A config without a pad id does not gain one.
+        assert!(serde_json::to_value(&bert).unwrap().get("pad_token_id").is_some());
+        let mut no_pad = bert.clone();
+        no_pad.pad_token_id = None;
+        assert!(serde_json::to_value(&no_pad).unwrap().get("pad_token_id").is_none());
+        assert_eq!(no_pad.pad_token_id_or(0), 0);
     }
 }

@@ -299,25 +299,53 @@ impl GgufTokenizer {
 // Chat template
 // ---------------------------------------------------------------------------------------------
 
-/// One chat turn, as transformers' message dicts (`{"role": ..., "content": ...}`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Who speaks a chat turn. Serialises as transformers' role strings (`"system"`, `"user"`,
+/// `"assistant"`), which is what chat templates compare against and what the teacher's request
+/// JSON (and so its cache keys) carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One chat turn, as transformers' message dicts (`{"role": ..., "content": ...}`): the input of
+/// the chat template here and of every teacher backend (re-exported as `teacher::ChatMessage`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
-    pub role: String,
+    pub role: Role,
     pub content: String,
 }
 
 impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage { role, content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
-        Self::new("system", content)
+        Self::new(Role::System, content)
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Self::new("user", content)
+        Self::new(Role::User, content)
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self::new("assistant", content)
+        Self::new(Role::Assistant, content)
     }
 }
 
@@ -886,11 +914,24 @@ mod tests {
     #[test]
     fn template_like_transformers() {
         let t = ChatTemplate::new(
-            "{% for m in messages %}{% if m.role == 'bad' %}{{ raise_exception('no') }}{% endif %}\n  {{ m.content.strip() | upper }}|{{ m | tojson }}\n{% endfor %}",
+            "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no') }}{% endif %}\n  {{ m.content.strip() | upper }}|{{ m | tojson }}\n{% endfor %}",
         )
         .unwrap();
         let out = t.render(&[ChatMessage::user(" <hi> ")], false, &Default::default()).unwrap();
         assert_eq!(out, "  <HI>|{\"role\": \"user\", \"content\": \" <hi> \"}\n");
-        assert!(t.render(&[ChatMessage::new("bad", "")], false, &Default::default()).is_err());
+        assert!(t.render(&[ChatMessage::system("")], false, &Default::default()).is_err());
+    }
+
+    #[test]
+    fn messages_serialise_as_role_strings() {
+        // The teacher's cache keys hash this form: it must stay `{"role": "user", ...}`.
+        let m = ChatMessage::user("hi");
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"role":"user","content":"hi"}"#);
+        for role in [Role::System, Role::User, Role::Assistant] {
+            assert_eq!(serde_json::to_value(role).unwrap(), serde_json::json!(role.as_str()));
+        }
+        let back: ChatMessage =
+            serde_json::from_str(r#"{"role":"assistant","content":"x"}"#).unwrap();
+        assert_eq!(back, ChatMessage::assistant("x"));
     }
 }

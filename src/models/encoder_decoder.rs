@@ -38,128 +38,17 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::models::activation::Activation;
+use crate::models::bert::BertConfig;
 use crate::models::seq2seq::{
     additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store,
     merge_heads, read_safetensors_map, save_var_store, seeded_normal, split_heads, weights_file_in,
-    Activation, DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
+    DecoderCache, LayerCache, Linear, LoadReport, Seq2SeqModel, SpecialTokens,
 };
 
 // ------------------------------------------------------------------------------------------------
 // Configuration
 // ------------------------------------------------------------------------------------------------
-
-fn d_gelu() -> String {
-    "gelu".into()
-}
-fn d_dropout() -> f64 {
-    0.1
-}
-fn d_512() -> i64 {
-    512
-}
-fn d_2() -> i64 {
-    2
-}
-fn d_init() -> f64 {
-    0.02
-}
-fn d_eps() -> f64 {
-    1e-12
-}
-fn d_absolute() -> String {
-    "absolute".into()
-}
-fn d_bert() -> String {
-    "bert".into()
-}
-
-/// The fields of a Hugging Face BERT `config.json` the model uses (defaults as `BertConfig`).
-/// Unknown fields are kept in `extra` and written back.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BertConfig {
-    #[serde(default = "d_bert")]
-    pub model_type: String,
-    pub vocab_size: i64,
-    pub hidden_size: i64,
-    pub num_hidden_layers: i64,
-    pub num_attention_heads: i64,
-    pub intermediate_size: i64,
-    #[serde(default = "d_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "d_dropout")]
-    pub hidden_dropout_prob: f64,
-    #[serde(default = "d_dropout")]
-    pub attention_probs_dropout_prob: f64,
-    #[serde(default = "d_512")]
-    pub max_position_embeddings: i64,
-    #[serde(default = "d_2")]
-    pub type_vocab_size: i64,
-    #[serde(default = "d_init")]
-    pub initializer_range: f64,
-    #[serde(default = "d_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default)]
-    pub pad_token_id: i64,
-    #[serde(default = "d_absolute")]
-    pub position_embedding_type: String,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl BertConfig {
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: BertConfig = serde_json::from_str(&text)
-            .with_context(|| format!("parsing BERT config {}", path.display()))?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.hidden_size % self.num_attention_heads == 0,
-            "BERT config: hidden_size must be a multiple of num_attention_heads"
-        );
-        anyhow::ensure!(
-            self.position_embedding_type == "absolute",
-            "BERT config: only absolute position embeddings are supported"
-        );
-        Activation::parse(&self.hidden_act)?;
-        Ok(())
-    }
-
-    /// A small BERT configuration for tests.
-    pub fn tiny(
-        vocab_size: i64,
-        hidden_size: i64,
-        num_hidden_layers: i64,
-        num_attention_heads: i64,
-    ) -> Self {
-        BertConfig {
-            model_type: d_bert(),
-            vocab_size,
-            hidden_size,
-            num_hidden_layers,
-            num_attention_heads,
-            intermediate_size: 2 * hidden_size,
-            hidden_act: d_gelu(),
-            hidden_dropout_prob: 0.1,
-            attention_probs_dropout_prob: 0.1,
-            max_position_embeddings: 64,
-            type_vocab_size: 2,
-            initializer_range: 0.02,
-            layer_norm_eps: 1e-12,
-            pad_token_id: 0,
-            position_embedding_type: d_absolute(),
-            extra: Default::default(),
-        }
-    }
-
-    fn head_dim(&self) -> i64 {
-        self.hidden_size / self.num_attention_heads
-    }
-}
 
 fn d_encoder_decoder() -> String {
     "encoder-decoder".into()
@@ -427,8 +316,8 @@ struct BertLayer {
 }
 
 impl BertLayer {
-    fn new(p: nn::Path, c: &BertConfig, cross: bool) -> anyhow::Result<Self> {
-        Ok(BertLayer {
+    fn new(p: nn::Path, c: &BertConfig, cross: bool) -> Self {
+        BertLayer {
             attention: BertAttention::new(&p / "attention", c),
             crossattention: cross.then(|| BertAttention::new(&p / "crossattention", c)),
             intermediate: linear(&p / "intermediate" / "dense", c.hidden_size, c.intermediate_size),
@@ -438,9 +327,9 @@ impl BertLayer {
                 c.hidden_size,
                 c.layer_norm_eps,
             ),
-            act: Activation::parse(&c.hidden_act)?,
+            act: c.hidden_act,
             dropout: c.hidden_dropout_prob,
-        })
+        }
     }
 
     fn forward(
@@ -471,11 +360,11 @@ struct BertStack {
 
 impl BertStack {
     /// `p` is the `BertModel` prefix (`encoder` or `decoder.bert`).
-    fn new(p: nn::Path, c: &BertConfig, cross: bool) -> anyhow::Result<Self> {
+    fn new(p: nn::Path, c: &BertConfig, cross: bool) -> Self {
         let layers = (0..c.num_hidden_layers)
             .map(|i| BertLayer::new(&p / "encoder" / "layer" / i, c, cross))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(BertStack { embeddings: BertEmbeddings::new(&p / "embeddings", c), layers })
+            .collect();
+        BertStack { embeddings: BertEmbeddings::new(&p / "embeddings", c), layers }
     }
 }
 
@@ -532,13 +421,13 @@ impl Bert2Bert {
         config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let encoder = BertStack::new(&root / "encoder", &config.encoder, false)?;
-        let decoder = BertStack::new(&root / "decoder" / "bert", &config.decoder, true)?;
+        let encoder = BertStack::new(&root / "encoder", &config.encoder, false);
+        let decoder = BertStack::new(&root / "decoder" / "bert", &config.decoder, true);
         let pred = &root / "decoder" / "cls" / "predictions";
         let d = &config.decoder;
         let head = LmHead {
             dense: linear(&pred / "transform" / "dense", d.hidden_size, d.hidden_size),
-            act: Activation::parse(&d.hidden_act)?,
+            act: d.hidden_act,
             norm: LayerNorm::new(
                 &pred / "transform" / "LayerNorm",
                 d.hidden_size,
@@ -558,8 +447,8 @@ impl Bert2Bert {
         // nn.Embedding(padding_idx=pad) starts with a zero pad row.
         tch::no_grad(|| {
             for (emb, pad) in [
-                (&model.encoder.embeddings.word, model.config.encoder.pad_token_id),
-                (&model.decoder.embeddings.word, model.config.decoder.pad_token_id),
+                (&model.encoder.embeddings.word, model.config.encoder.pad_token_id_or(0)),
+                (&model.decoder.embeddings.word, model.config.decoder.pad_token_id_or(0)),
             ] {
                 if (0..emb.size()[0]).contains(&pad) {
                     let _ = emb.get(pad).fill_(0.0);

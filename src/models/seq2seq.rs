@@ -396,52 +396,6 @@ pub fn save_var_store(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
     Tensor::write_safetensors(&vars, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Activation functions by their transformers names (`ACT2FN`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Relu,
-    /// Exact (erf) GELU: transformers' `"gelu"` (BERT).
-    Gelu,
-    /// Tanh-approximated GELU written out in Python ops: transformers' `"gelu_new"` (T5 v1.1's
-    /// `gated-gelu`).
-    GeluNew,
-    /// libtorch's fused tanh GELU: transformers' `"gelu_pytorch_tanh"`.
-    GeluPytorchTanh,
-    Silu,
-}
-
-impl Activation {
-    pub fn parse(name: &str) -> anyhow::Result<Self> {
-        Ok(match name {
-            "relu" => Activation::Relu,
-            "gelu" => Activation::Gelu,
-            "gelu_new" => Activation::GeluNew,
-            "gelu_pytorch_tanh" => Activation::GeluPytorchTanh,
-            "silu" | "swish" => Activation::Silu,
-            other => anyhow::bail!("unsupported activation {other:?}"),
-        })
-    }
-
-    pub fn apply(self, x: &Tensor) -> Tensor {
-        match self {
-            Activation::Relu => x.relu(),
-            Activation::Gelu => x.gelu("none"),
-            Activation::GeluNew => gelu_new(x),
-            Activation::GeluPytorchTanh => x.gelu("tanh"),
-            Activation::Silu => x.silu(),
-        }
-    }
-}
-
-/// transformers' `NewGELUActivation`, `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`,
-/// written with the same ops in the same order (rather than libtorch's fused tanh GELU) so the
-/// two agree to the last bit on the same hardware.
-pub fn gelu_new(x: &Tensor) -> Tensor {
-    let c = (2.0f64 / std::f64::consts::PI).sqrt();
-    let inner = (x + x.pow_tensor_scalar(3.0) * 0.044715) * c;
-    x * 0.5 * (inner.tanh() + 1.0)
-}
-
 /// Deterministic `N(0, std^2)` f32 values for the parameter `name`, independent of libtorch's global
 /// generator (which other threads, e.g. parallel tests, also draw from) and of the device.
 ///

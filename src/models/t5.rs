@@ -26,7 +26,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-pub use crate::models::seq2seq::Activation;
+pub use crate::models::activation::Activation;
 use crate::models::seq2seq::{
     additive_key_mask, cached_cross_kv, cached_self_kv, causal_additive_mask, load_into_var_store,
     merge_heads, read_safetensors_map, save_var_store, seeded_normal, split_heads, weights_file_in,

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::BoxFuture;
 
 use super::{
-    Accounting, ChatRequest, ChatResponse, Choice, Pricing, Role, Teacher, TeacherError,
-    TeacherStats, Usage,
+    Accounting, ChatRequest, ChatResponse, Choice, Pricing, Teacher, TeacherError, TeacherStats,
+    Usage,
 };
-use crate::models::chat::{ChatMessage as ModelMessage, ChatModel, Completion, JsonRequest};
+use crate::models::chat::{ChatModel, Completion, JsonRequest};
 use crate::models::sampling::SamplingConfig;
 
 /// Completion tokens per choice when a request sets no `max_tokens`, and the most a request may
@@ -71,21 +71,6 @@ impl LocalTeacher {
 
 /// Registry id of the offline teacher.
 pub const DEFAULT_TEACHER: &str = "SmolLM2-135M-Instruct-Q4_1";
-
-fn to_model_messages(request: &ChatRequest) -> Vec<ModelMessage> {
-    request
-        .messages
-        .iter()
-        .map(|m| {
-            let role = match m.role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            ModelMessage::new(role, m.content.clone())
-        })
-        .collect()
-}
 
 impl LocalTeacher {
     /// Queue a structured request and wait for the batch that takes it. Every call starts a
@@ -179,13 +164,13 @@ impl Teacher for LocalTeacher {
             let result = match request.params.json_fields.clone() {
                 Some(fields) => {
                     self.batched_json(
-                        JsonRequest { messages: to_model_messages(request), n, sampling: cfg },
+                        JsonRequest { messages: request.messages.clone(), n, sampling: cfg },
                         fields,
                     )
                     .await
                 }
                 None => {
-                    let conversations = vec![to_model_messages(request); n];
+                    let conversations = vec![request.messages.clone(); n];
                     let model = self.model.clone();
                     tokio::task::spawn_blocking(move || {
                         let model = model.lock().map_err(|_| {

@@ -31,41 +31,10 @@ pub use settings::{TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE};
 // ---------------------------------------------------------------------------------------------
 // Requests and responses
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn system(content: impl Into<String>) -> Self {
-        ChatMessage { role: Role::System, content: content.into() }
-    }
-    pub fn user(content: impl Into<String>) -> Self {
-        ChatMessage { role: Role::User, content: content.into() }
-    }
-    pub fn assistant(content: impl Into<String>) -> Self {
-        ChatMessage { role: Role::Assistant, content: content.into() }
-    }
-}
+/// One chat turn and its speaker: defined with the chat template in the models layer, which the
+/// local teacher runs on; the serde form (`{"role": "user", "content": ...}`) is what requests,
+/// and so cache keys, serialise.
+pub use crate::models::chat::{ChatMessage, Role};
 
 /// Sampling parameters of one request. `n` is the number of choices wanted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -160,7 +160,7 @@ pub struct Encoded {
 }
 
 /// A padded batch on the model's device.
-pub struct Batch {
+pub struct TrainingBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub labels: Tensor,
@@ -169,7 +169,7 @@ pub struct Batch {
 }
 
 /// Pads sources with `pad` (mask 0) and labels with [`IGNORE_INDEX`], to the batch's longest.
-pub fn collate(items: &[&Encoded], pad: i64, device: Device) -> Batch {
+pub fn collate(items: &[&Encoded], pad: i64, device: Device) -> TrainingBatch {
     let src_len = items.iter().map(|e| e.source.len()).max().unwrap_or(1).max(1);
     let tgt_len = items.iter().map(|e| e.labels.len()).max().unwrap_or(1).max(1);
     let mut ids = Vec::with_capacity(items.len() * src_len);
@@ -193,7 +193,7 @@ pub fn collate(items: &[&Encoded], pad: i64, device: Device) -> Batch {
         tokens += (e.source.len() + e.labels.len()) as i64;
     }
     let n = items.len() as i64;
-    Batch {
+    TrainingBatch {
         input_ids: Tensor::from_slice(&ids).view([n, src_len as i64]).to_device(device),
         attention_mask: Tensor::from_slice(&mask).view([n, src_len as i64]).to_device(device),
         labels: Tensor::from_slice(&labels).view([n, tgt_len as i64]).to_device(device),

@@ -19,9 +19,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::{Encoded, TextPair};
-use crate::models::encoder_decoder::{
-    bert_special_tokens, Bert2Bert, BertConfig, EncoderDecoderConfig,
-};
+use crate::models::bert::BertConfig;
+use crate::models::encoder_decoder::{bert_special_tokens, Bert2Bert, EncoderDecoderConfig};
 use crate::models::llama::Llama;
 use crate::models::registry::ModelRegistry;
 use crate::models::sampling::SamplingConfig;
@@ -160,14 +159,16 @@ impl Student {
                 let tok_path = registry.resolve_file(tokenizer_of, "tokenizer.json")?;
                 let tokenizer = plain_tokenizer(&tok_path)?;
                 let tokens = bert_special_tokens(&tok_path)?;
+                let layers_n = usize::try_from(*layers)
+                    .map_err(|_| anyhow!("tiny student: {layers} layers (must not be negative)"))?;
                 let mut bert = BertConfig::tiny(
                     tokenizer.get_vocab_size(true) as i64,
                     *hidden,
-                    *layers,
+                    layers_n,
                     *heads,
                 );
                 bert.max_position_embeddings = 512;
-                bert.pad_token_id = tokens.pad;
+                bert.pad_token_id = Some(tokens.pad);
                 let model =
                     Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
                 Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
@@ -335,7 +336,7 @@ impl Student {
 
     /// A padded batch in the model's layout (see [`super::collate`] for encoder-decoders; for a
     /// decoder, `prompt ++ labels` right-padded, labels −100 over the prompt and the padding).
-    pub fn collate(&self, items: &[&Encoded]) -> super::Batch {
+    pub fn collate(&self, items: &[&Encoded]) -> super::TrainingBatch {
         let device = self.device();
         let pad = self.pad_id();
         match &self.model {
@@ -365,7 +366,7 @@ impl Student {
                     tokens += n as i64;
                 }
                 let b = items.len() as i64;
-                super::Batch {
+                super::TrainingBatch {
                     input_ids: Tensor::from_slice(&ids).view([b, len as i64]).to_device(device),
                     attention_mask: Tensor::from_slice(&mask)
                         .view([b, len as i64])
@@ -379,7 +380,7 @@ impl Student {
     }
 
     /// Mean token cross-entropy of a batch (`train` switches dropout on where the model has it).
-    pub fn loss(&self, batch: &super::Batch, train: bool) -> Tensor {
+    pub fn loss(&self, batch: &super::TrainingBatch, train: bool) -> Tensor {
         match &self.model {
             StudentModel::Seq2Seq(m) => {
                 m.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, train)
