@@ -316,6 +316,30 @@ impl TeacherError {
 // ---------------------------------------------------------------------------------------------
 // Accounting
 
+/// One `[[model]]` of `data/pricing.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceEntry {
+    prefix: Option<String>,
+    exact: Option<String>,
+    input_per_1k_usd: f64,
+    output_per_1k_usd: f64,
+    #[allow(dead_code)] // documentation in the data file
+    source: String,
+}
+
+/// `data/pricing.toml`, parsed once (a broken table fails the build's tests, not a run).
+fn price_table() -> &'static [PriceEntry] {
+    #[derive(Deserialize)]
+    struct Table {
+        model: Vec<PriceEntry>,
+    }
+    static TABLE: std::sync::OnceLock<Vec<PriceEntry>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        toml::from_str::<Table>(include_str!("../../data/pricing.toml")).expect("data/pricing.toml parses (tested)").model
+    })
+}
+
 /// Price per 1,000 tokens in US dollars.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pricing {
@@ -325,30 +349,20 @@ pub struct Pricing {
 
 impl Pricing {
     pub const FREE: Pricing = Pricing { input_per_1k_usd: 0.0, output_per_1k_usd: 0.0 };
-    /// gpt-3.5-turbo (4K context) as at the paper's time: $0.0015 / 1K input tokens and
-    /// $0.002 / 1K output tokens. Source: OpenAI, "Function calling and other API updates"
-    /// (openai.com/blog, 13 June 2023) and the openai.com/pricing page of June–November 2023.
-    pub const GPT_35_TURBO_2023: Pricing =
-        Pricing { input_per_1k_usd: 0.0015, output_per_1k_usd: 0.002 };
-    /// gpt-3.5-turbo-16k, same source and date: $0.003 / $0.004.
-    pub const GPT_35_TURBO_16K_2023: Pricing =
-        Pricing { input_per_1k_usd: 0.003, output_per_1k_usd: 0.004 };
-    /// gpt-4 (8K), same source and date: $0.03 / $0.06.
-    pub const GPT_4_2023: Pricing = Pricing { input_per_1k_usd: 0.03, output_per_1k_usd: 0.06 };
 
-    /// Default price of a model name; unknown models (local servers) are free. Override with a
-    /// configured [`Pricing`].
+    /// The price of a model name from `data/pricing.toml` (first matching entry; compiled in);
+    /// unknown models (local servers) are free. Override with a configured [`Pricing`].
     pub fn for_model(model: &str) -> Pricing {
         let m = model.to_ascii_lowercase();
-        if m.starts_with("gpt-3.5-turbo-16k") {
-            Pricing::GPT_35_TURBO_16K_2023
-        } else if m.starts_with("gpt-3.5-turbo") {
-            Pricing::GPT_35_TURBO_2023
-        } else if m == "gpt-4" || m.starts_with("gpt-4-0") {
-            Pricing::GPT_4_2023
-        } else {
-            Pricing::FREE
-        }
+        price_table()
+            .iter()
+            .find(|e| match (&e.exact, &e.prefix) {
+                (Some(x), _) => m == x.to_ascii_lowercase(),
+                (None, Some(p)) => m.starts_with(&p.to_ascii_lowercase()),
+                (None, None) => false,
+            })
+            .map(|e| Pricing { input_per_1k_usd: e.input_per_1k_usd, output_per_1k_usd: e.output_per_1k_usd })
+            .unwrap_or(Pricing::FREE)
     }
 
     pub fn cost(&self, usage: &Usage) -> f64 {
@@ -569,6 +583,10 @@ mod tests {
 
     #[test]
     fn pricing_of_the_paper_time() {
+        assert!(price_table().iter().all(|e| e.prefix.is_some() != e.exact.is_some()), "each entry has a prefix or an exact name");
+        assert_eq!(Pricing::for_model("gpt-3.5-turbo-16k-0613").input_per_1k_usd, 0.003);
+        assert_eq!(Pricing::for_model("GPT-4").output_per_1k_usd, 0.06);
+        assert_eq!(Pricing::for_model("gpt-4o"), Pricing::FREE, "neither `gpt-4` exactly nor a dated gpt-4-0 snapshot");
         let p = Pricing::for_model("gpt-3.5-turbo-0613");
         let cost = p.cost(&Usage { prompt_tokens: 2000, completion_tokens: 1000 });
         assert!((cost - (0.003 + 0.002)).abs() < 1e-12);
