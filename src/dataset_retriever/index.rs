@@ -20,8 +20,6 @@ pub const DATASET_INDEX_FILE: &str = "prompt2model/dataset_index.json";
 pub const DEFAULT_ENCODER: &str = "all-MiniLM-L6-v2";
 /// The paper's encoder (DataFinder), fetched from the hub when online (model registry id).
 pub const DATAFINDER_ENCODER: &str = "datafinder-huggingface-prompt-queries";
-/// Registry formats with a common-schema loader.
-
 const EMB_MAGIC: &str = "P2M-DATASET-EMBEDDINGS";
 const EMB_FORMAT: u32 = 1;
 
@@ -255,8 +253,7 @@ fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Pat
         Ok::<_, anyhow::Error>((files, weights))
     })??;
     let copy = |name: &str, from: &Path| -> Result<()> {
-        Ok(crate::util::fs::copy_atomic(from, &dir.join(name))
-            .with_context(|| format!("copying {} into {}", from.display(), dir.display()))?)
+        crate::util::fs::copy_atomic(from, &dir.join(name)).with_context(|| format!("copying {} into {}", from.display(), dir.display()))
     };
     for (name, path) in &files {
         copy(name, path)?;

@@ -73,7 +73,7 @@ pub fn assemble(
     let mut train: Vec<Row> = pool[n_test + n_val..n_test + n_val + n_train].iter().map(|e| row(e, 0, &gen_prov)).collect();
     let ret_prov = format!("retrieved:{retrieved_from}");
     train.extend(retrieved.iter().map(|e| row(e, 1, &ret_prov)));
-    SplitMix64::new(split.seed ^ 0x7472_6169_6e).shuffle(&mut train);
+    SplitMix64::new(split.seed ^ 0x0074_7261_696e).shuffle(&mut train);
     if max_train > 0 && train.len() > max_train {
         notes.push(format!("training rows cut from {} to {} (the scale's max_train_examples; a seeded draw over generated and retrieved rows alike)", train.len(), max_train));
         train.truncate(max_train);

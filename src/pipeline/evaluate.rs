@@ -90,7 +90,7 @@ pub fn evaluate(
                     .zip(&set.references)
                     .map(|(p, r)| crate::evaluator::chrf::sentence_chrf(p, r, &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus()))
                     .collect(),
-                _ => predictions.iter().zip(&set.references).map(|(p, r)| crate::evaluator::score(metric, &[p], &[r.clone()]).map(|s| s.value).unwrap_or(f64::NAN)).collect(),
+                _ => predictions.iter().zip(&set.references).map(|(p, r)| crate::evaluator::score(metric, &[p], std::slice::from_ref(r)).map(|s| s.value).unwrap_or(f64::NAN)).collect(),
             };
             columns.push(Column::new(metric.name().into(), per_example));
             let signature = crate::evaluator::score(metric, &predictions, &set.references)?.signature;

@@ -40,6 +40,11 @@ pub fn runs_dir(paths: &Paths) -> PathBuf {
     std::env::var_os("P2M_RUNS").map(PathBuf::from).unwrap_or_else(|| paths.root.join("runs"))
 }
 
+/// A person's yes or no to a paid generation's estimate.
+pub type ConfirmCost = Box<dyn Fn(&CostEstimate) -> bool>;
+/// A question to a person: (question, default) → answer.
+pub type Ask = Box<dyn Fn(&str, &str) -> String>;
+
 /// How a run is carried out (not what it is: that is [`RunConfig`]).
 pub struct RunOptions {
     pub runs_dir: PathBuf,
@@ -50,9 +55,9 @@ pub struct RunOptions {
     /// Ask a person at each decision (stdin must be a terminal).
     pub interactive: bool,
     /// The user confirmed a paid generation's estimate interactively.
-    pub confirm_cost: Option<Box<dyn Fn(&CostEstimate) -> bool>>,
+    pub confirm_cost: Option<ConfirmCost>,
     /// Ask a person: (question, default) → answer (the default when they just press Enter).
-    pub ask: Option<Box<dyn Fn(&str, &str) -> String>>,
+    pub ask: Option<Ask>,
     pub device: tch::Device,
 }
 
@@ -599,7 +604,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 let mut idx: Vec<usize> = (0..test_rows.len()).collect();
                 let mut note = None;
                 if resolved.max_test_examples > 0 && idx.len() > resolved.max_test_examples {
-                    crate::util::rng::SplitMix64::new(cfg.seed ^ 0x6765_6e).shuffle(&mut idx);
+                    crate::util::rng::SplitMix64::new(cfg.seed ^ 0x0067_656e).shuffle(&mut idx);
                     idx.truncate(resolved.max_test_examples);
                     idx.sort_unstable();
                     note = Some(format!("{} of {} generated test examples (seeded draw; the scale's max_test_examples)", idx.len(), test_rows.len()));

@@ -98,11 +98,8 @@ pub fn package(
 
 fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
     let mut s = format!("# {}\n\nA small model trained by prompt2model-rs (`p2m run`) from a prompt", c.name);
-    match &c.task {
-        Some(t) => {
-            let _ = write!(s, " for the paper task *{t}*");
-        }
-        None => {}
+    if let Some(t) = &c.task {
+        let _ = write!(s, " for the paper task *{t}*");
     }
     let _ = writeln!(s, " ({}).\n\n## Task\n\n{}\n", c.prompt_source, parsed.instruction.trim());
     if !parsed.demonstrations.is_empty() {

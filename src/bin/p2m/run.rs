@@ -172,7 +172,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if args.interactive && !interactive {
         eprintln!("note: --interactive, but standard input is not a terminal: running on autopilot (every default taken)");
     }
-    let confirm: Option<Box<dyn Fn(&pipeline::CostEstimate) -> bool>> = if interactive {
+    let confirm: Option<pipeline::ConfirmCost> = if interactive {
         Some(Box::new(|est: &pipeline::CostEstimate| {
             eprint!("generate for about ${:.2} ({} requests to {})? [y/N] ", est.usd, est.requests, est.model);
             let mut line = String::new();
@@ -181,7 +181,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         None
     };
-    let ask: Option<Box<dyn Fn(&str, &str) -> String>> = if interactive {
+    let ask: Option<pipeline::Ask> = if interactive {
         Some(Box::new(|question: &str, default: &str| {
             eprint!("{question} [{default}]: ");
             let mut line = String::new();
