@@ -52,7 +52,9 @@ pub struct FileEntry {
     pub source: String,
 }
 
+/// A Hugging Face hub repository (a dataset's or a model's), optionally pinned to a revision.
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HfSource {
     pub repo: String,
     #[serde(default)]

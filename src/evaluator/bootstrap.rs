@@ -92,17 +92,7 @@ pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
     references: &[Vec<R>],
     cfg: &BootstrapConfig,
 ) -> Result<Interval, MetricError> {
-    if predictions.len() != references.len() {
-        return Err(MetricError::LengthMismatch {
-            left_name: "predictions",
-            left: predictions.len(),
-            right_name: "references",
-            right: references.len(),
-        });
-    }
-    if predictions.is_empty() {
-        return Err(MetricError::EmptyCorpus);
-    }
+    MetricError::check_corpus("predictions", predictions.len(), references.len())?;
     match metric {
         Metric::ExactMatch | Metric::ExactMatchSquad => {
             let norm = if metric == Metric::ExactMatch {

