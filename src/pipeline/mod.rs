@@ -410,7 +410,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         "enabled": cfg.generation, "teacher": teacher_id, "generator": resolved.generator, "generated_dir": cfg.generated_dir,
         "recorded": recorded.as_ref().map(|r| (&r.generated, &r.generated_test)),
     });
-    let mut generation_cost = 0.0;
     record(
         Stage::Generate,
         run_stage(&dir, Stage::Generate, StageInputs { settings: generation_settings, files: vec![parsed_path.clone()] }, |stage_dir| {
@@ -436,7 +435,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 let result = rt.block_on(crate::dataset_generator::generate(t, &parsed, &resolved.generator, stage_dir, Some(&progress)));
                 progress.finish_and_clear();
                 let (rows, log) = result.map_err(|e| anyhow::anyhow!(e).context("generation stopped; everything accepted so far is kept, and a rerun continues from it"))?;
-                generation_cost = log.cost_usd;
                 files.push(stage_dir.join(crate::dataset_generator::LOG_FILE));
                 format!("{} examples from {} in {} requests (${:.4})", rows.len(), t.model(), log.requests, log.cost_usd)
             };
@@ -682,7 +680,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
             Ok(StageOutputs { files, summary: format!("{} (model_card.md, p2m.json)", model_dir.display()) })
         })?,
     );
-    let _ = generation_cost;
     let (teacher_calls, teacher_cost_usd) = match teacher.built.as_ref() {
         Some(t) => {
             let s = t.stats();
