@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{chrf, exact_match, Metric, MetricError};
+use super::error::MetricError;
+use super::metric::Metric;
+use super::{chrf, exact_match};
 use crate::util::rng::SplitMix64;
 
 /// How intervals are computed (the project's defaults: 1,000 resamples, 95 %, seed 0).
@@ -26,7 +28,10 @@ impl Default for BootstrapConfig {
 
 impl BootstrapConfig {
     pub fn signature(&self) -> String {
-        format!("bootstrap:percentile|resamples:{}|conf:{}|seed:{}", self.resamples, self.confidence, self.seed)
+        format!(
+            "bootstrap:percentile|resamples:{}|conf:{}|seed:{}",
+            self.resamples, self.confidence, self.seed
+        )
     }
 }
 
@@ -103,7 +108,15 @@ pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
             let hits: Vec<f64> = predictions
                 .iter()
                 .zip(references)
-                .map(|(p, r)| if exact_match::exact_match(p.as_ref(), r, norm) { 100.0 } else { 0.0 })
+                .map(
+                    |(p, r)| {
+                        if exact_match::exact_match(p.as_ref(), r, norm) {
+                            100.0
+                        } else {
+                            0.0
+                        }
+                    },
+                )
                 .collect();
             Ok(mean_interval(&hits, cfg))
         }
@@ -155,12 +168,21 @@ mod tests {
     #[test]
     fn corpus_chrf_is_recomputed_from_statistics_per_resample() {
         let preds = ["the cat sat", "a dog", "on the mat", "birds fly high"];
-        let refs: Vec<Vec<&str>> = vec![vec!["the cat sat down"], vec!["the dog"], vec!["on a mat"], vec!["birds fly"]];
-        let iv = metric_interval(Metric::ChrfPlusPlus, &preds, &refs, &BootstrapConfig::default()).unwrap();
-        let corpus = super::super::score(Metric::ChrfPlusPlus, &preds, &refs).unwrap().value;
+        let refs: Vec<Vec<&str>> =
+            vec![vec!["the cat sat down"], vec!["the dog"], vec!["on a mat"], vec!["birds fly"]];
+        let iv = metric_interval(Metric::ChrfPlusPlus, &preds, &refs, &BootstrapConfig::default())
+            .unwrap();
+        let corpus =
+            super::super::metric::score(Metric::ChrfPlusPlus, &preds, &refs).unwrap().value;
         assert!((iv.value - corpus).abs() < 1e-9, "the interval's centre is the corpus score");
         assert!(iv.low <= iv.value && iv.value <= iv.high);
-        let em = metric_interval(Metric::ExactMatchSquad, &["Paris", "x"], &[vec!["paris"], vec!["y"]], &BootstrapConfig::default()).unwrap();
+        let em = metric_interval(
+            Metric::ExactMatchSquad,
+            &["Paris", "x"],
+            &[vec!["paris"], vec!["y"]],
+            &BootstrapConfig::default(),
+        )
+        .unwrap();
         assert_eq!(em.value, 50.0);
     }
 }

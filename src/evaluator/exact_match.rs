@@ -30,8 +30,8 @@
 //! overlaps, so "replace every maximal word run equal to `a`, `an` or `the` by a space" is exactly
 //! equivalent.
 
+pub use super::error::MetricError;
 use super::pystr;
-pub use super::MetricError;
 
 /// Which string normalisation to apply before comparing prediction and reference.
 #[derive(

@@ -45,7 +45,12 @@ pub fn assemble(
     max_train: usize,
 ) -> Assembled {
     let mut notes = Vec::new();
-    let row = |e: &Example, task_id: u32, provenance: &str| Row { input: e.input.clone(), output: e.output.clone(), task_id, provenance: provenance.to_string() };
+    let row = |e: &Example, task_id: u32, provenance: &str| Row {
+        input: e.input.clone(),
+        output: e.output.clone(),
+        task_id,
+        provenance: provenance.to_string(),
+    };
     let gen_prov = format!("generated:{generated_by}");
     let mut pool: Vec<&Example> = generated.iter().collect();
     let mut test: Vec<Row> = Vec::new();
@@ -61,16 +66,27 @@ pub fn assemble(
     SplitMix64::new(split.seed).shuffle(&mut pool);
     let n = pool.len();
     let (n_test, n_val) = if fixed_test.is_some() {
-        (0, ((n as f64 * split.validation / (split.train + split.validation)).round() as usize).min(split.max_validation))
+        (
+            0,
+            ((n as f64 * split.validation / (split.train + split.validation)).round() as usize)
+                .min(split.max_validation),
+        )
     } else {
-        (((n as f64 * split.test).round() as usize).min(split.max_test), ((n as f64 * split.validation).round() as usize).min(split.max_validation))
+        (
+            ((n as f64 * split.test).round() as usize).min(split.max_test),
+            ((n as f64 * split.validation).round() as usize).min(split.max_validation),
+        )
     };
     let n_train = n.saturating_sub(n_test + n_val).min(split.max_train);
     if fixed_test.is_none() {
         test = pool[..n_test].iter().map(|e| row(e, 0, &gen_prov)).collect();
     }
-    let validation: Vec<Row> = pool[n_test..n_test + n_val].iter().map(|e| row(e, 0, &gen_prov)).collect();
-    let mut train: Vec<Row> = pool[n_test + n_val..n_test + n_val + n_train].iter().map(|e| row(e, 0, &gen_prov)).collect();
+    let validation: Vec<Row> =
+        pool[n_test..n_test + n_val].iter().map(|e| row(e, 0, &gen_prov)).collect();
+    let mut train: Vec<Row> = pool[n_test + n_val..n_test + n_val + n_train]
+        .iter()
+        .map(|e| row(e, 0, &gen_prov))
+        .collect();
     let ret_prov = format!("retrieved:{retrieved_from}");
     train.extend(retrieved.iter().map(|e| row(e, 1, &ret_prov)));
     SplitMix64::new(split.seed ^ 0x0074_7261_696e).shuffle(&mut train);
@@ -87,7 +103,10 @@ pub fn rows_frame(rows: &[Row]) -> PolarsResult<DataFrame> {
         Column::new("input".into(), rows.iter().map(|r| r.input.clone()).collect::<Vec<_>>()),
         Column::new("output".into(), rows.iter().map(|r| r.output.clone()).collect::<Vec<_>>()),
         Column::new("task_id".into(), rows.iter().map(|r| r.task_id).collect::<Vec<_>>()),
-        Column::new("provenance".into(), rows.iter().map(|r| r.provenance.clone()).collect::<Vec<_>>()),
+        Column::new(
+            "provenance".into(),
+            rows.iter().map(|r| r.provenance.clone()).collect::<Vec<_>>(),
+        ),
     ])
 }
 
@@ -103,10 +122,21 @@ mod tests {
     fn generated_rows_split_seventy_ten_twenty_and_retrieved_rows_join_training() {
         let a = assemble(&ex(100, "g"), "t", &ex(10, "r"), "ds", None, &SplitConfig::default(), 0);
         assert_eq!((a.train.len(), a.validation.len(), a.test.len()), (70 + 10, 10, 20));
-        assert_eq!(a.train.iter().filter(|r| r.task_id == 1 && r.provenance == "retrieved:ds").count(), 10);
+        assert_eq!(
+            a.train.iter().filter(|r| r.task_id == 1 && r.provenance == "retrieved:ds").count(),
+            10
+        );
         let inputs = |rows: &[Row]| rows.iter().map(|r| r.input.clone()).collect::<HashSet<_>>();
-        assert!(inputs(&a.train).is_disjoint(&inputs(&a.test)) && inputs(&a.validation).is_disjoint(&inputs(&a.test)));
-        assert_eq!(a.train, assemble(&ex(100, "g"), "t", &ex(10, "r"), "ds", None, &SplitConfig::default(), 0).train, "seeded");
+        assert!(
+            inputs(&a.train).is_disjoint(&inputs(&a.test))
+                && inputs(&a.validation).is_disjoint(&inputs(&a.test))
+        );
+        assert_eq!(
+            a.train,
+            assemble(&ex(100, "g"), "t", &ex(10, "r"), "ds", None, &SplitConfig::default(), 0)
+                .train,
+            "seeded"
+        );
         let capped = assemble(&ex(100, "g"), "t", &[], "", None, &SplitConfig::default(), 16);
         assert_eq!(capped.train.len(), 16);
         assert_eq!(capped.notes.len(), 1);
@@ -118,7 +148,11 @@ mod tests {
         let test = gen[..5].to_vec();
         let a = assemble(&gen, "t", &[], "", Some(&test), &SplitConfig::default(), 0);
         assert_eq!(a.test.len(), 5);
-        assert!(a.train.iter().chain(&a.validation).all(|r| !test.iter().any(|t| t.input == r.input)));
+        assert!(a
+            .train
+            .iter()
+            .chain(&a.validation)
+            .all(|r| !test.iter().any(|t| t.input == r.input)));
         assert_eq!(a.train.len() + a.validation.len(), 45);
     }
 }

@@ -40,7 +40,15 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        SplitConfig { train: 0.7, validation: 0.1, test: 0.2, max_train: 3500, max_validation: 500, max_test: 1000, seed: 42 }
+        SplitConfig {
+            train: 0.7,
+            validation: 0.1,
+            test: 0.2,
+            max_train: 3500,
+            max_validation: 500,
+            max_test: 1000,
+            seed: 42,
+        }
     }
 }
 
@@ -66,8 +74,11 @@ pub const SCALES_FILE: &str = "run_scales.toml";
 
 pub fn load_scales(data_dir: &Path) -> Result<BTreeMap<String, RunScale>> {
     let path = data_dir.join(SCALES_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: not a table of scales (see the comment at its top)", path.display()))
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| {
+        format!("{}: not a table of scales (see the comment at its top)", path.display())
+    })
 }
 
 /// Everything a run is.
@@ -164,22 +175,34 @@ impl Default for RunConfig {
 impl RunConfig {
     /// Read a `--config` file (every field optional; unknown fields are refused by name).
     pub fn read(path: &Path) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}: not a run configuration (fields: see `p2m run --help` and src/pipeline/config.rs)", path.display()))
     }
 }
 
 /// A table of overrides applied onto a serialisable settings struct, field by field.
-pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(base: &T, overrides: Option<&toml::Table>, what: &str) -> Result<T> {
+pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(
+    base: &T,
+    overrides: Option<&toml::Table>,
+    what: &str,
+) -> Result<T> {
     let Some(over) = overrides else { return Ok(toml::from_str(&toml::to_string(base)?)?) };
     let mut table: toml::Table = toml::from_str(&toml::to_string(base)?)?;
     for (k, v) in over {
-        if !table.contains_key(k) && !matches!(k.as_str(), "max_steps" | "max_grad_norm" | "early_stopping_patience") {
-            bail!("[{what}] has no field `{k}` (fields: {})", table.keys().cloned().collect::<Vec<_>>().join(", "));
+        if !table.contains_key(k)
+            && !matches!(k.as_str(), "max_steps" | "max_grad_norm" | "early_stopping_patience")
+        {
+            bail!(
+                "[{what}] has no field `{k}` (fields: {})",
+                table.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
         table.insert(k.clone(), v.clone());
     }
-    toml::Value::Table(table).try_into().with_context(|| format!("[{what}]: a value has the wrong type"))
+    toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("[{what}]: a value has the wrong type"))
 }
 
 /// The settings a run resolves to (scale + config + command line), as the stages use them.
@@ -210,7 +233,11 @@ impl RunConfig {
         let num_examples = self.num_examples.unwrap_or(scale.num_examples);
         let mut train = with_overrides(&scale.train, self.train.as_ref(), "train")?;
         train.seed = self.seed;
-        let generator_base = crate::dataset_generator::GeneratorConfig { num_examples, seed: self.seed, ..Default::default() };
+        let generator_base = crate::dataset_generator::GeneratorConfig {
+            num_examples,
+            seed: self.seed,
+            ..Default::default()
+        };
         let mut generator = with_overrides(&generator_base, self.generator.as_ref(), "generator")?;
         generator.num_examples = num_examples;
         Ok(Resolved {

@@ -43,7 +43,10 @@ pub struct MetricResult {
 
 impl MetricResult {
     pub fn display(&self) -> String {
-        format!("{} {:.2} [{:.2}, {:.2}] (n={})", self.metric, self.value, self.low, self.high, self.n)
+        format!(
+            "{} {:.2} [{:.2}, {:.2}] (n={})",
+            self.metric, self.value, self.low, self.high, self.n
+        )
     }
 }
 
@@ -73,27 +76,59 @@ pub fn evaluate(
     let mut results = Vec::new();
     let mut files = Vec::new();
     for set in sets {
-        anyhow::ensure!(!set.inputs.is_empty(), "the {} test set ({}) is empty", set.name, set.source);
-        let sources: Vec<String> = set.inputs.iter().map(|i| model_input(executor.task_id, instruction, i)).collect();
+        anyhow::ensure!(
+            !set.inputs.is_empty(),
+            "the {} test set ({}) is empty",
+            set.name,
+            set.source
+        );
+        let sources: Vec<String> =
+            set.inputs.iter().map(|i| model_input(executor.task_id, instruction, i)).collect();
         eprintln!("  predicting {} {} examples", set.inputs.len(), set.name);
-        let predictions = student.generate(&sources, executor.max_source_len, &executor.sampling(), executor.batch_size)?;
+        let predictions = student.generate(
+            &sources,
+            executor.max_source_len,
+            &executor.sampling(),
+            executor.batch_size,
+        )?;
         let mut columns = vec![
             Column::new("input".into(), set.inputs.clone()),
-            Column::new("references".into(), set.references.iter().map(|r| r.join(" ||| ")).collect::<Vec<_>>()),
+            Column::new(
+                "references".into(),
+                set.references.iter().map(|r| r.join(" ||| ")).collect::<Vec<_>>(),
+            ),
             Column::new("prediction".into(), predictions.clone()),
         ];
         for metric in Metric::ALL {
-            let iv = metric_interval(metric, &predictions, &set.references, bootstrap).with_context(|| format!("scoring {} on the {} test set", metric.name(), set.name))?;
+            let iv = metric_interval(metric, &predictions, &set.references, bootstrap)
+                .with_context(|| {
+                    format!("scoring {} on the {} test set", metric.name(), set.name)
+                })?;
             let per_example: Vec<f64> = match metric {
                 Metric::ChrfPlusPlus => predictions
                     .iter()
                     .zip(&set.references)
-                    .map(|(p, r)| crate::evaluator::chrf::sentence_chrf(p, r, &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus()))
+                    .map(|(p, r)| {
+                        crate::evaluator::chrf::sentence_chrf(
+                            p,
+                            r,
+                            &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus(),
+                        )
+                    })
                     .collect(),
-                _ => predictions.iter().zip(&set.references).map(|(p, r)| crate::evaluator::score(metric, &[p], std::slice::from_ref(r)).map(|s| s.value).unwrap_or(f64::NAN)).collect(),
+                _ => predictions
+                    .iter()
+                    .zip(&set.references)
+                    .map(|(p, r)| {
+                        crate::evaluator::score(metric, &[p], std::slice::from_ref(r))
+                            .map(|s| s.value)
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect(),
             };
             columns.push(Column::new(metric.name().into(), per_example));
-            let signature = crate::evaluator::score(metric, &predictions, &set.references)?.signature;
+            let signature =
+                crate::evaluator::score(metric, &predictions, &set.references)?.signature;
             results.push(MetricResult {
                 test_set: set.name.clone(),
                 metric: metric.name().into(),
@@ -116,7 +151,11 @@ pub fn evaluate(
                 low: iv.low,
                 high: iv.high,
                 n: iv.n,
-                signature: format!("{}|model:{bertscore_id}|{}", scores.signature, bootstrap.signature()),
+                signature: format!(
+                    "{}|model:{bertscore_id}|{}",
+                    scores.signature,
+                    bootstrap.signature()
+                ),
             });
         }
         let frame = DataFrame::new_infer_height(columns)?;
@@ -131,31 +170,63 @@ pub fn evaluate(
 pub fn metrics_figure(dir: &Path, run_name: &str, results: &[MetricResult]) -> Result<Vec<String>> {
     let bars: Vec<IntervalBar> = results
         .iter()
-        .map(|r| IntervalBar { label: format!("{} · {}", r.test_set, r.metric), value: r.value, low: r.low, high: r.high })
+        .map(|r| IntervalBar {
+            label: format!("{} · {}", r.test_set, r.metric),
+            value: r.value,
+            low: r.low,
+            high: r.high,
+        })
         .collect();
-    interval_bars(dir, "metrics", &format!("{run_name}: metrics with 95 % bootstrap intervals"), "score", &bars)
+    interval_bars(
+        dir,
+        "metrics",
+        &format!("{run_name}: metrics with 95 % bootstrap intervals"),
+        "score",
+        &bars,
+    )
 }
 
 /// `evaluation/report/`: the metrics table (value and interval per test set), what was cut, the
 /// figure and the manifest.
-pub fn write_report(paths: &crate::config::Paths, stage_dir: &Path, run_name: &str, headline_metric: &str, results: &[MetricResult], notes: &[String]) -> Result<PathBuf> {
+pub fn write_report(
+    paths: &crate::config::Paths,
+    stage_dir: &Path,
+    run_name: &str,
+    headline_metric: &str,
+    results: &[MetricResult],
+    notes: &[String],
+) -> Result<PathBuf> {
     use crate::report::{Manifest, Report, ReportTable};
     let frame = DataFrame::new_infer_height(vec![
-        Column::new("test set".into(), results.iter().map(|r| r.test_set.clone()).collect::<Vec<_>>()),
+        Column::new(
+            "test set".into(),
+            results.iter().map(|r| r.test_set.clone()).collect::<Vec<_>>(),
+        ),
         Column::new("metric".into(), results.iter().map(|r| r.metric.clone()).collect::<Vec<_>>()),
         Column::new("value".into(), results.iter().map(|r| r.value).collect::<Vec<_>>()),
         Column::new("95% low".into(), results.iter().map(|r| r.low).collect::<Vec<_>>()),
         Column::new("95% high".into(), results.iter().map(|r| r.high).collect::<Vec<_>>()),
         Column::new("n".into(), results.iter().map(|r| r.n as u64).collect::<Vec<_>>()),
-        Column::new("signature".into(), results.iter().map(|r| r.signature.clone()).collect::<Vec<_>>()),
+        Column::new(
+            "signature".into(),
+            results.iter().map(|r| r.signature.clone()).collect::<Vec<_>>(),
+        ),
     ])?;
-    let manifest = Manifest::new("report", &paths.root, serde_json::json!({ "run": run_name, "headline_metric": headline_metric }));
+    let manifest = Manifest::new(
+        "report",
+        &paths.root,
+        serde_json::json!({ "run": run_name, "headline_metric": headline_metric }),
+    );
     let mut notes = notes.to_vec();
     notes.push(format!("The run is judged by {headline_metric}; intervals are 95 % percentile bootstrap intervals over test examples (1,000 seeded resamples)."));
     let report = Report {
         name: "report".into(),
         title: format!("{run_name}: evaluation of the trained student"),
-        tables: vec![ReportTable::new("metrics", "Metrics on the generated and real test sets", frame)],
+        tables: vec![ReportTable::new(
+            "metrics",
+            "Metrics on the generated and real test sets",
+            frame,
+        )],
         notes,
         manifest,
     };

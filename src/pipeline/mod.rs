@@ -16,6 +16,7 @@ pub mod package;
 pub mod recorded;
 pub mod runs;
 pub mod stage;
+pub mod student;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,7 @@ use assemble::{assemble, Row};
 use config::{Resolved, RunConfig, TeacherSource};
 use evaluate::MetricResult;
 use stage::{run_stage, Outcome, Stage, StageInputs, StageOutputs, StageRecord};
+use student::{choose_student, select_student, StudentChoice, StudentSelection};
 
 /// Where runs live: `P2M_RUNS`, else `<root>/runs`.
 pub fn runs_dir(paths: &Paths) -> PathBuf {
@@ -97,7 +99,9 @@ pub struct CostEstimate {
 fn teacher_identity(cfg: &RunConfig) -> String {
     match cfg.teacher {
         TeacherSource::Local => format!("local:{}", crate::teacher::local::DEFAULT_TEACHER),
-        TeacherSource::Openai => format!("openai:{}:{}", cfg.teacher_settings.base_url, cfg.teacher_settings.model),
+        TeacherSource::Openai => {
+            format!("openai:{}:{}", cfg.teacher_settings.base_url, cfg.teacher_settings.model)
+        }
         TeacherSource::Recorded => "recorded".into(),
     }
 }
@@ -117,7 +121,11 @@ impl LazyTeacher<'_> {
         }
         if self.built.is_none() {
             let mut settings = self.cfg.teacher_settings.clone();
-            settings.kind = if self.cfg.teacher == TeacherSource::Local { TeacherKind::Local } else { TeacherKind::Openai };
+            settings.kind = if self.cfg.teacher == TeacherSource::Local {
+                TeacherKind::Local
+            } else {
+                TeacherKind::Openai
+            };
             if settings.kind == TeacherKind::Openai {
                 probe_server(&settings.base_url)?;
             }
@@ -139,7 +147,10 @@ impl LazyTeacher<'_> {
 fn probe_server(base_url: &str) -> Result<()> {
     let url = format!("{}/models", base_url.trim_end_matches('/'));
     let reached = crate::download::block_on(async {
-        let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).timeout(std::time::Duration::from_secs(20)).build()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(20))
+            .build()?;
         client.get(&url).send().await.map(|_| ())
     });
     match reached {
@@ -152,32 +163,61 @@ fn probe_server(base_url: &str) -> Result<()> {
     }
 }
 
+/// Every file under `dir`, sorted (for fingerprints); none when it does not exist.
+fn list_files_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::util::fs::list_files(dir).with_context(|| format!("listing {}", dir.display()))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not the JSON this stage writes; rerun with --from {}", path.display(), path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string()).unwrap_or_default()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not the JSON this stage writes; rerun with --from {}",
+            path.display(),
+            path.parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+        )
+    })
 }
 
 /// The real test set of a run: a registry dataset or a JSONL file, seeded subsample.
-fn real_test_set(registry: &Registry, spec: &str, max: usize, seed: u64) -> Result<evaluate::TestSet> {
+fn real_test_set(
+    registry: &Registry,
+    spec: &str,
+    max: usize,
+    seed: u64,
+) -> Result<evaluate::TestSet> {
     let path = Path::new(spec);
     let (inputs, references, source) = if path.extension().is_some_and(|e| e == "jsonl") {
-        let rows = read_examples_jsonl(path).with_context(|| format!("reading the test set {}", path.display()))?;
-        (rows.iter().map(|r| r.input.clone()).collect::<Vec<_>>(), rows.iter().map(|r| vec![r.output.clone()]).collect::<Vec<_>>(), path.display().to_string())
+        let rows = read_examples_jsonl(path)
+            .with_context(|| format!("reading the test set {}", path.display()))?;
+        (
+            rows.iter().map(|r| r.input.clone()).collect::<Vec<_>>(),
+            rows.iter().map(|r| vec![r.output.clone()]).collect::<Vec<_>>(),
+            path.display().to_string(),
+        )
     } else {
         let ids: Vec<String> = registry.datasets().iter().map(|d| d.id.clone()).collect();
         anyhow::ensure!(ids.contains(&spec.to_string()), "unknown test dataset `{spec}`: give a JSONL file of {{input, output}} or a registry id ({})", ids.join(", "));
         let loaded = crate::data::loaders::load_dataset(registry, spec)?;
         (
             crate::data::loaders::string_column(&loaded.frame, crate::data::loaders::INPUT)?,
-            crate::data::loaders::string_list_column(&loaded.frame, crate::data::loaders::REFERENCES)?,
+            crate::data::loaders::string_list_column(
+                &loaded.frame,
+                crate::data::loaders::REFERENCES,
+            )?,
             format!("registry:{spec}"),
         )
     };
@@ -200,7 +240,11 @@ fn real_test_set(registry: &Registry, spec: &str, max: usize, seed: u64) -> Resu
 }
 
 /// Estimated cost of generating `n` examples with a priced teacher (None for free ones).
-pub fn estimate_generation_cost(cfg: &RunConfig, resolved: &Resolved, prompt: &str) -> Option<CostEstimate> {
+pub fn estimate_generation_cost(
+    cfg: &RunConfig,
+    resolved: &Resolved,
+    prompt: &str,
+) -> Option<CostEstimate> {
     if cfg.teacher != TeacherSource::Openai {
         return None;
     }
@@ -210,13 +254,23 @@ pub fn estimate_generation_cost(cfg: &RunConfig, resolved: &Resolved, prompt: &s
     }
     let g = &resolved.generator;
     // Twice the bare minimum of requests: duplicates and unparsable answers are usual.
-    let requests = 2 * (resolved.num_examples as u64).div_ceil(g.responses_per_request.max(1) as u64);
+    let requests =
+        2 * (resolved.num_examples as u64).div_ceil(g.responses_per_request.max(1) as u64);
     // Each request: the template and meta-examples (~1,200 tokens), the prompt, and up to ten
     // earlier examples about as long as the prompt's own.
     let prompt_tokens = requests * (1200 + 2 * crate::teacher::estimate_tokens(prompt));
     let completion_tokens = requests * g.responses_per_request as u64 * 120;
-    let usd = crate::teacher::Pricing::cost(&pricing, &crate::teacher::Usage { prompt_tokens, completion_tokens });
-    Some(CostEstimate { requests, prompt_tokens, completion_tokens, usd, model: cfg.teacher_settings.model.clone() })
+    let usd = crate::teacher::Pricing::cost(
+        &pricing,
+        &crate::teacher::Usage { prompt_tokens, completion_tokens },
+    );
+    Some(CostEstimate {
+        requests,
+        prompt_tokens,
+        completion_tokens,
+        usd,
+        model: cfg.teacher_settings.model.clone(),
+    })
 }
 
 /// Run (or resume) the pipeline; see the module docs.
@@ -240,9 +294,18 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         let r = cfg.resolve(&paths.data)?;
         if cfg.generation && cfg.generated_dir.is_none() && cfg.teacher != TeacherSource::Recorded {
             let n = ask("examples to generate", &r.num_examples.to_string());
-            asked.num_examples = Some(n.trim().parse().with_context(|| format!("`{n}` is not a number of examples"))?);
-            let t = ask("temperatures: start and end of the annealing", &format!("{} {}", r.generator.initial_temperature, r.generator.max_temperature));
-            let v: Vec<f64> = t.split_whitespace().map(str::parse).collect::<Result<_, _>>().with_context(|| format!("`{t}`: two numbers, e.g. `0.5 1.7`"))?;
+            asked.num_examples = Some(
+                n.trim().parse().with_context(|| format!("`{n}` is not a number of examples"))?,
+            );
+            let t = ask(
+                "temperatures: start and end of the annealing",
+                &format!("{} {}", r.generator.initial_temperature, r.generator.max_temperature),
+            );
+            let v: Vec<f64> = t
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("`{t}`: two numbers, e.g. `0.5 1.7`"))?;
             anyhow::ensure!(v.len() == 2, "`{t}`: two numbers, e.g. `0.5 1.7`");
             let mut g = cfg.generator.clone().unwrap_or_default();
             g.insert("initial_temperature".into(), toml::Value::Float(v[0]));
@@ -256,15 +319,30 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         Some(id) => {
             let tasks = crate::data::tasks::load_tasks(&paths.data)?;
             Some(crate::data::tasks::find(&tasks, id).cloned().with_context(|| {
-                format!("unknown task `{id}`; data/tasks.toml has: {}", tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", "))
+                format!(
+                    "unknown task `{id}`; data/tasks.toml has: {}",
+                    tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")
+                )
             })?)
         }
         None => None,
     };
-    let recorded = if cfg.teacher == TeacherSource::Recorded { Some(recorded::for_task(&paths.data, cfg.task.as_deref())?) } else { None };
-    let metric_name = cfg.metric.clone().or_else(|| task.as_ref().map(|t| t.metric.clone())).unwrap_or_else(|| "chrf++".into());
-    anyhow::ensure!(crate::evaluator::Metric::parse(&metric_name).is_some(), "unknown metric `{metric_name}` (em, em-squad, chrf++)");
-    let test_dataset = cfg.test_dataset.clone().or_else(|| task.as_ref().map(|t| t.test_dataset.clone()));
+    let recorded = if cfg.teacher == TeacherSource::Recorded {
+        Some(recorded::for_task(&paths.data, cfg.task.as_deref())?)
+    } else {
+        None
+    };
+    let metric_name = cfg
+        .metric
+        .clone()
+        .or_else(|| task.as_ref().map(|t| t.metric.clone()))
+        .unwrap_or_else(|| "chrf++".into());
+    anyhow::ensure!(
+        crate::evaluator::Metric::parse(&metric_name).is_some(),
+        "unknown metric `{metric_name}` (em, em-squad, chrf++)"
+    );
+    let test_dataset =
+        cfg.test_dataset.clone().or_else(|| task.as_ref().map(|t| t.test_dataset.clone()));
 
     // The run folder: one prompt per folder.
     let dir = opts.runs_dir.join(name);
@@ -305,9 +383,14 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     // Before the first paid call (parsing is one): the estimate, and the budget or the user's yes.
-    let generation_pending = cfg.generation && cfg.generated_dir.is_none() && recorded.is_none()
-        && stage::read_record(&dir, Stage::Generate).is_none_or(|r| r.status != stage::Status::Done);
-    if let Some(est) = estimate_generation_cost(cfg, &resolved, &prompt).filter(|_| generation_pending) {
+    let generation_pending = cfg.generation
+        && cfg.generated_dir.is_none()
+        && recorded.is_none()
+        && stage::read_record(&dir, Stage::Generate)
+            .is_none_or(|r| r.status != stage::Status::Done);
+    if let Some(est) =
+        estimate_generation_cost(cfg, &resolved, &prompt).filter(|_| generation_pending)
+    {
         eprintln!(
             "estimate: about {} requests, {} prompt + {} completion tokens, ${:.2} at {}'s prices",
             est.requests, est.prompt_tokens, est.completion_tokens, est.usd, est.model
@@ -334,44 +417,81 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     // 1. Parse the prompt.
     let parsed_path = dir.join(Stage::Parse.name()).join("parsed.json");
-    let parse_mode = if cfg.teacher == TeacherSource::Recorded { "layout rules" } else { "LLM, layout rules as fallback" };
+    let parse_mode = if cfg.teacher == TeacherSource::Recorded {
+        "layout rules"
+    } else {
+        "LLM, layout rules as fallback"
+    };
     record(
         Stage::Parse,
-        run_stage(&dir, Stage::Parse, StageInputs { settings: serde_json::json!({ "prompt": prompt, "teacher": teacher_id, "mode": parse_mode, "translate": cfg.translate_instruction }), files: vec![] }, |stage_dir| {
-            let parser = ParserConfig { mode: if cfg.teacher == TeacherSource::Recorded { ParseMode::Deterministic } else { ParseMode::Auto }, ..ParserConfig::default() };
-            let t = teacher.get()?;
-            let parsed = rt.block_on(prompt_parser::parse_prompt(&prompt, t.map(|t| t as &dyn Teacher), &parser))?;
-            let mut notes = Vec::new();
-            if parsed.demonstrations.is_empty() {
-                notes.push("the prompt has no demonstrations: the generator works from the instruction alone (add a few `input`/`output` examples for better data)".to_string());
-            }
-            if parsed.language != Language::English {
-                notes.push(format!("the instruction is in {} (detected); the dataset retriever's encoder reads English best", parsed.language.name()));
-            }
-            for n in &notes {
-                eprintln!("warning: {n}");
-            }
-            // What the retrievers search with: the instruction, or its English translation.
-            let query = if cfg.translate_instruction && parsed.language != Language::English {
-                let t = teacher.get()?.context("--translate-instruction needs a live teacher (--teacher local or openai)")?;
-                let english = rt.block_on(translate_to_english(t, &parsed.instruction))?;
-                notes.push(format!("the retrievers search with the teacher's English translation: {}", crate::util::text::flat_excerpt(&english, 200)));
-                english
-            } else {
-                parsed.instruction.clone()
-            };
-            write_atomic(&stage_dir.join("retrieval_query.txt"), query.as_bytes())?;
-            write_json(&stage_dir.join("parsed.json"), &parsed)?;
-            write_json(&stage_dir.join("notes.json"), &notes)?;
-            Ok(StageOutputs {
-                files: vec![stage_dir.join("parsed.json"), stage_dir.join("retrieval_query.txt")],
-                summary: format!("instruction of {} characters ({}), {} demonstrations", parsed.instruction.chars().count(), parsed.language.name(), parsed.demonstrations.len()),
-            })
-        })?,
+        run_stage(
+            &dir,
+            Stage::Parse,
+            StageInputs {
+                settings: serde_json::json!({ "prompt": prompt, "teacher": teacher_id, "mode": parse_mode, "translate": cfg.translate_instruction }),
+                files: vec![],
+            },
+            |stage_dir| {
+                let parser = ParserConfig {
+                    mode: if cfg.teacher == TeacherSource::Recorded {
+                        ParseMode::Deterministic
+                    } else {
+                        ParseMode::Auto
+                    },
+                    ..ParserConfig::default()
+                };
+                let t = teacher.get()?;
+                let parsed = rt.block_on(prompt_parser::parse_prompt(
+                    &prompt,
+                    t.map(|t| t as &dyn Teacher),
+                    &parser,
+                ))?;
+                let mut notes = Vec::new();
+                if parsed.demonstrations.is_empty() {
+                    notes.push("the prompt has no demonstrations: the generator works from the instruction alone (add a few `input`/`output` examples for better data)".to_string());
+                }
+                if parsed.language != Language::English {
+                    notes.push(format!("the instruction is in {} (detected); the dataset retriever's encoder reads English best", parsed.language.name()));
+                }
+                for n in &notes {
+                    eprintln!("warning: {n}");
+                }
+                // What the retrievers search with: the instruction, or its English translation.
+                let query = if cfg.translate_instruction && parsed.language != Language::English {
+                    let t = teacher.get()?.context(
+                        "--translate-instruction needs a live teacher (--teacher local or openai)",
+                    )?;
+                    let english = rt.block_on(translate_to_english(t, &parsed.instruction))?;
+                    notes.push(format!(
+                        "the retrievers search with the teacher's English translation: {}",
+                        crate::util::text::flat_excerpt(&english, 200)
+                    ));
+                    english
+                } else {
+                    parsed.instruction.clone()
+                };
+                write_atomic(&stage_dir.join("retrieval_query.txt"), query.as_bytes())?;
+                write_json(&stage_dir.join("parsed.json"), &parsed)?;
+                write_json(&stage_dir.join("notes.json"), &notes)?;
+                Ok(StageOutputs {
+                    files: vec![
+                        stage_dir.join("parsed.json"),
+                        stage_dir.join("retrieval_query.txt"),
+                    ],
+                    summary: format!(
+                        "instruction of {} characters ({}), {} demonstrations",
+                        parsed.instruction.chars().count(),
+                        parsed.language.name(),
+                        parsed.demonstrations.len()
+                    ),
+                })
+            },
+        )?,
     );
     let parsed: ParsedPrompt = read_json(&parsed_path)?;
     let query_path = dir.join(Stage::Parse.name()).join("retrieval_query.txt");
-    let retrieval_query = std::fs::read_to_string(&query_path).with_context(|| format!("reading {}", query_path.display()))?;
+    let retrieval_query = std::fs::read_to_string(&query_path)
+        .with_context(|| format!("reading {}", query_path.display()))?;
 
     // 2. Retrieve a dataset.
     let retrieved_path = dir.join(Stage::RetrieveDatasets.name()).join("retrieved.jsonl");
@@ -381,25 +501,41 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     });
     record(
         Stage::RetrieveDatasets,
-        run_stage(&dir, Stage::RetrieveDatasets, StageInputs { settings: retrieval_settings, files: vec![parsed_path.clone(), query_path.clone()] }, |stage_dir| {
-            let (rows, what): (Vec<Example>, String) = if !cfg.dataset_retrieval {
-                (vec![], "off (--no-dataset-retrieval)".into())
-            } else if let Some(folder) = recorded.as_ref().and_then(|r| r.retrieved.clone()) {
-                let (rows, _) = recorded::recorded_examples(&registry, &folder, &["train"])?;
-                let n = rows.len();
-                (rows, format!("{n} rows of the authors' recorded retrieved data {folder}"))
-            } else if recorded.is_some() {
-                (vec![], "none: the authors retrieved no dataset for this task".into())
-            } else if let Some(src) = &cfg.retrieved_dir {
-                let rows = read_retrieved_dir(src)?;
-                let n = rows.len();
-                (rows, format!("{n} rows from {}", src.display()))
-            } else {
-                retrieve_dataset_rows(&paths, &retrieval_query, test_dataset.as_deref(), opts.interactive, if cfg.teacher == TeacherSource::Openai { teacher.get()? } else { None }, stage_dir, &rt)?
-            };
-            write_examples_jsonl(&stage_dir.join("retrieved.jsonl"), &rows)?;
-            Ok(StageOutputs { files: vec![stage_dir.join("retrieved.jsonl")], summary: what })
-        })?,
+        run_stage(
+            &dir,
+            Stage::RetrieveDatasets,
+            StageInputs {
+                settings: retrieval_settings,
+                files: vec![parsed_path.clone(), query_path.clone()],
+            },
+            |stage_dir| {
+                let (rows, what): (Vec<Example>, String) = if !cfg.dataset_retrieval {
+                    (vec![], "off (--no-dataset-retrieval)".into())
+                } else if let Some(folder) = recorded.as_ref().and_then(|r| r.retrieved.clone()) {
+                    let (rows, _) = recorded::recorded_examples(&registry, &folder, &["train"])?;
+                    let n = rows.len();
+                    (rows, format!("{n} rows of the authors' recorded retrieved data {folder}"))
+                } else if recorded.is_some() {
+                    (vec![], "none: the authors retrieved no dataset for this task".into())
+                } else if let Some(src) = &cfg.retrieved_dir {
+                    let rows = read_retrieved_dir(src)?;
+                    let n = rows.len();
+                    (rows, format!("{n} rows from {}", src.display()))
+                } else {
+                    retrieve_dataset_rows(
+                        &paths,
+                        &retrieval_query,
+                        test_dataset.as_deref(),
+                        opts.interactive,
+                        if cfg.teacher == TeacherSource::Openai { teacher.get()? } else { None },
+                        stage_dir,
+                        &rt,
+                    )?
+                };
+                write_examples_jsonl(&stage_dir.join("retrieved.jsonl"), &rows)?;
+                Ok(StageOutputs { files: vec![stage_dir.join("retrieved.jsonl")], summary: what })
+            },
+        )?,
     );
 
     // 3. Generate examples.
@@ -412,34 +548,66 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     });
     record(
         Stage::Generate,
-        run_stage(&dir, Stage::Generate, StageInputs { settings: generation_settings, files: vec![parsed_path.clone()] }, |stage_dir| {
-            let mut files = vec![stage_dir.join(crate::dataset_generator::EXAMPLES_FILE)];
-            let summary = if let Some(r) = &recorded {
-                let (rows, _) = recorded::recorded_examples(&registry, &r.generated, &["train"])?;
-                let (test, _) = recorded::recorded_examples(&registry, &r.generated_test, &["test", "train"])?;
-                write_examples_jsonl(&files[0], &rows)?;
-                write_examples_jsonl(&stage_dir.join("generated_test.jsonl"), &test)?;
-                files.push(stage_dir.join("generated_test.jsonl"));
-                format!("{} examples and a generated test set of {} recorded from {} ({}; {})", rows.len(), test.len(), r.model, r.generated, r.note)
-            } else if let Some(src) = &cfg.generated_dir {
-                let from = src.join(crate::dataset_generator::EXAMPLES_FILE);
-                let rows = read_examples_jsonl(&from).with_context(|| format!("--generated {}: expected {}", src.display(), from.display()))?;
-                write_examples_jsonl(&files[0], &rows)?;
-                format!("{} examples reused from {}", rows.len(), from.display())
-            } else if !cfg.generation {
-                write_examples_jsonl(&files[0], &[])?;
-                "off (--no-generation)".into()
-            } else {
-                let t = teacher.get()?.expect("a live teacher");
-                let progress = crate::dataset_generator::default_progress_bar(resolved.num_examples);
-                let result = rt.block_on(crate::dataset_generator::generate(t, &parsed, &resolved.generator, stage_dir, Some(&progress)));
-                progress.finish_and_clear();
-                let (rows, log) = result.map_err(|e| anyhow::anyhow!(e).context("generation stopped; everything accepted so far is kept, and a rerun continues from it"))?;
-                files.push(stage_dir.join(crate::dataset_generator::LOG_FILE));
-                format!("{} examples from {} in {} requests (${:.4})", rows.len(), t.model(), log.requests, log.cost_usd)
-            };
-            Ok(StageOutputs { files, summary })
-        })?,
+        run_stage(
+            &dir,
+            Stage::Generate,
+            StageInputs { settings: generation_settings, files: vec![parsed_path.clone()] },
+            |stage_dir| {
+                let mut files = vec![stage_dir.join(crate::dataset_generator::EXAMPLES_FILE)];
+                let summary = if let Some(r) = &recorded {
+                    let (rows, _) =
+                        recorded::recorded_examples(&registry, &r.generated, &["train"])?;
+                    let (test, _) = recorded::recorded_examples(
+                        &registry,
+                        &r.generated_test,
+                        &["test", "train"],
+                    )?;
+                    write_examples_jsonl(&files[0], &rows)?;
+                    write_examples_jsonl(&stage_dir.join("generated_test.jsonl"), &test)?;
+                    files.push(stage_dir.join("generated_test.jsonl"));
+                    format!(
+                        "{} examples and a generated test set of {} recorded from {} ({}; {})",
+                        rows.len(),
+                        test.len(),
+                        r.model,
+                        r.generated,
+                        r.note
+                    )
+                } else if let Some(src) = &cfg.generated_dir {
+                    let from = src.join(crate::dataset_generator::EXAMPLES_FILE);
+                    let rows = read_examples_jsonl(&from).with_context(|| {
+                        format!("--generated {}: expected {}", src.display(), from.display())
+                    })?;
+                    write_examples_jsonl(&files[0], &rows)?;
+                    format!("{} examples reused from {}", rows.len(), from.display())
+                } else if !cfg.generation {
+                    write_examples_jsonl(&files[0], &[])?;
+                    "off (--no-generation)".into()
+                } else {
+                    let t = teacher.get()?.expect("a live teacher");
+                    let progress =
+                        crate::dataset_generator::default_progress_bar(resolved.num_examples);
+                    let result = rt.block_on(crate::dataset_generator::generate(
+                        t,
+                        &parsed,
+                        &resolved.generator,
+                        stage_dir,
+                        Some(&progress),
+                    ));
+                    progress.finish_and_clear();
+                    let (rows, log) = result.map_err(|e| anyhow::anyhow!(e).context("generation stopped; everything accepted so far is kept, and a rerun continues from it"))?;
+                    files.push(stage_dir.join(crate::dataset_generator::LOG_FILE));
+                    format!(
+                        "{} examples from {} in {} requests (${:.4})",
+                        rows.len(),
+                        t.model(),
+                        log.requests,
+                        log.cost_usd
+                    )
+                };
+                Ok(StageOutputs { files, summary })
+            },
+        )?,
     );
 
     // 4. Retrieve a model.
@@ -449,30 +617,52 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         run_stage(
             &dir,
             Stage::RetrieveModel,
-            StageInputs { settings: serde_json::json!({ "enabled": cfg.model_retrieval, "default_student": resolved.student, "offline": paths.offline }), files: vec![query_path.clone()] },
+            StageInputs {
+                settings: serde_json::json!({ "enabled": cfg.model_retrieval, "default_student": resolved.student, "offline": paths.offline }),
+                files: vec![query_path.clone()],
+            },
             |stage_dir| {
-                let mut choice = choose_student(&paths, &models, &retrieval_query, cfg.model_retrieval, &resolved.student, cfg.student.is_some(), &rt)?;
+                let mut choice = choose_student(
+                    &paths,
+                    &models,
+                    &retrieval_query,
+                    cfg.model_retrieval,
+                    &resolved.student,
+                    cfg.student.is_some(),
+                    &rt,
+                )?;
                 if let Some(ask) = &opts.ask {
                     eprintln!("students that train here:");
                     for (i, s) in choice.trainable.iter().enumerate() {
                         eprintln!("  {}) {s}", i + 1);
                     }
                     if !choice.candidates.is_empty() {
-                        eprintln!("the model retriever's ranking: {}", choice.candidates.join(", "));
+                        eprintln!(
+                            "the model retriever's ranking: {}",
+                            choice.candidates.join(", ")
+                        );
                     }
                     let pick = ask("student (a number of the list, or a student: decoder, warm-start, tiny:H:L:A, a folder)", &choice.student);
                     let picked = match pick.trim().parse::<usize>() {
-                        Ok(i) if (1..=choice.trainable.len()).contains(&i) => choice.trainable[i - 1].clone(),
+                        Ok(i) if (1..=choice.trainable.len()).contains(&i) => {
+                            choice.trainable[i - 1].clone()
+                        }
                         _ => pick.trim().to_string(),
                     };
                     if picked != choice.student {
                         picked.parse::<crate::trainer::StudentSpec>()?;
-                        choice.why = format!("picked in the terminal (the default was `{}`: {})", choice.student, choice.why);
+                        choice.why = format!(
+                            "picked in the terminal (the default was `{}`: {})",
+                            choice.student, choice.why
+                        );
                         choice.student = picked;
                     }
                 }
                 write_json(&stage_dir.join("choice.json"), &choice)?;
-                Ok(StageOutputs { files: vec![stage_dir.join("choice.json")], summary: format!("student `{}`: {}", choice.student, choice.why) })
+                Ok(StageOutputs {
+                    files: vec![stage_dir.join("choice.json")],
+                    summary: format!("student `{}`: {}", choice.student, choice.why),
+                })
             },
         )?,
     );
@@ -486,86 +676,176 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
     record(
         Stage::Assemble,
-        run_stage(&dir, Stage::Assemble, StageInputs { settings: serde_json::json!({ "split": cfg.split, "max_train": resolved.max_train_examples, "max_validation": resolved.max_validation_examples }), files: asm_inputs }, |stage_dir| {
-            let generated = read_examples_jsonl(&examples_path).with_context(|| format!("reading {}", examples_path.display()))?;
-            let retrieved = read_examples_jsonl(&retrieved_path)?;
-            let fixed_test = if gen_test_path.exists() { Some(read_examples_jsonl(&gen_test_path)?) } else { None };
-            anyhow::ensure!(
+        run_stage(
+            &dir,
+            Stage::Assemble,
+            StageInputs {
+                settings: serde_json::json!({ "split": cfg.split, "max_train": resolved.max_train_examples, "max_validation": resolved.max_validation_examples }),
+                files: asm_inputs,
+            },
+            |stage_dir| {
+                let generated = read_examples_jsonl(&examples_path)
+                    .with_context(|| format!("reading {}", examples_path.display()))?;
+                let retrieved = read_examples_jsonl(&retrieved_path)?;
+                let fixed_test = if gen_test_path.exists() {
+                    Some(read_examples_jsonl(&gen_test_path)?)
+                } else {
+                    None
+                };
+                anyhow::ensure!(
                 !generated.is_empty() || !retrieved.is_empty(),
                 "no training data: generation produced no examples and no dataset was retrieved; turn generation on or give --retrieved DIR"
             );
-            let source = read_json::<serde_json::Value>(&dir.join(Stage::RetrieveDatasets.name()).join("stage.json")).ok().and_then(|v| v["summary"].as_str().map(str::to_string)).unwrap_or_default();
-            let split = config::SplitConfig { max_validation: cfg.split.max_validation.min(resolved.max_validation_examples), ..cfg.split.clone() };
-            let a = assemble(&generated, &teacher_id, &retrieved, &source, fixed_test.as_deref(), &split, resolved.max_train_examples);
-            let mut files = Vec::new();
-            for (name, rows) in [("train", &a.train), ("validation", &a.validation), ("test", &a.test)] {
-                let path = stage_dir.join(format!("{name}.jsonl"));
-                let text: String = rows.iter().map(|r| serde_json::to_string(r).expect("serialisable") + "\n").collect();
-                write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-                crate::report::write_parquet_atomic(&assemble::rows_frame(rows)?, &stage_dir.join(format!("{name}.parquet")))?;
-                files.push(path);
-            }
-            write_json(&stage_dir.join("notes.json"), &a.notes)?;
-            Ok(StageOutputs {
-                files,
-                summary: format!(
-                    "train {} ({} generated, {} retrieved), validation {}, generated test {}",
-                    a.train.len(),
-                    a.train.iter().filter(|r| r.task_id == 0).count(),
-                    a.train.iter().filter(|r| r.task_id == 1).count(),
-                    a.validation.len(),
-                    a.test.len()
-                ),
-            })
-        })?,
+                let source = read_json::<serde_json::Value>(
+                    &dir.join(Stage::RetrieveDatasets.name()).join("stage.json"),
+                )
+                .ok()
+                .and_then(|v| v["summary"].as_str().map(str::to_string))
+                .unwrap_or_default();
+                let split = config::SplitConfig {
+                    max_validation: cfg.split.max_validation.min(resolved.max_validation_examples),
+                    ..cfg.split.clone()
+                };
+                let a = assemble(
+                    &generated,
+                    &teacher_id,
+                    &retrieved,
+                    &source,
+                    fixed_test.as_deref(),
+                    &split,
+                    resolved.max_train_examples,
+                );
+                let mut files = Vec::new();
+                for (name, rows) in
+                    [("train", &a.train), ("validation", &a.validation), ("test", &a.test)]
+                {
+                    let path = stage_dir.join(format!("{name}.jsonl"));
+                    let text: String = rows
+                        .iter()
+                        .map(|r| serde_json::to_string(r).expect("serialisable") + "\n")
+                        .collect();
+                    write_atomic(&path, text.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    crate::report::write_parquet_atomic(
+                        &assemble::rows_frame(rows)?,
+                        &stage_dir.join(format!("{name}.parquet")),
+                    )?;
+                    files.push(path);
+                }
+                write_json(&stage_dir.join("notes.json"), &a.notes)?;
+                Ok(StageOutputs {
+                    files,
+                    summary: format!(
+                        "train {} ({} generated, {} retrieved), validation {}, generated test {}",
+                        a.train.len(),
+                        a.train.iter().filter(|r| r.task_id == 0).count(),
+                        a.train.iter().filter(|r| r.task_id == 1).count(),
+                        a.validation.len(),
+                        a.test.len()
+                    ),
+                })
+            },
+        )?,
     );
     let read_rows = |name: &str| -> Result<Vec<Row>> {
         let path = asm_dir.join(format!("{name}.jsonl"));
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).with_context(|| format!("{}: a row is not {{input, output, task_id, provenance}}", path.display()))).collect()
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).with_context(|| {
+                    format!(
+                        "{}: a row is not {{input, output, task_id, provenance}}",
+                        path.display()
+                    )
+                })
+            })
+            .collect()
     };
 
     // 6. Train.
     let train_dir = dir.join(Stage::Train.name());
-    let train_inputs = vec![asm_dir.join("train.jsonl"), asm_dir.join("validation.jsonl"), choice_path.clone(), parsed_path.clone()];
+    let train_inputs = vec![
+        asm_dir.join("train.jsonl"),
+        asm_dir.join("validation.jsonl"),
+        choice_path.clone(),
+        parsed_path.clone(),
+    ];
     record(
         Stage::Train,
-        run_stage(&dir, Stage::Train, StageInputs { settings: serde_json::json!({ "train": resolved.train, "select_student": cfg.select_student, "selection_steps": cfg.selection_steps, "select_candidates": cfg.select_candidates, "metric": metric_name }), files: train_inputs }, |stage_dir| {
-            let to_pairs = |rows: &[Row], task: u32| -> Vec<crate::trainer::TextPair> {
-                let pairs: Vec<(String, String)> = rows.iter().filter(|r| r.task_id == task).map(|r| (r.input.clone(), r.output.clone())).collect();
-                crate::trainer::apply_template(task, &parsed.instruction, &pairs)
-            };
-            let (train_rows, val_rows) = (read_rows("train")?, read_rows("validation")?);
-            // Keep the assembled (already shuffled) order: template each row by its task.
-            let train: Vec<crate::trainer::TextPair> = train_rows
-                .iter()
-                .map(|r| crate::trainer::TextPair { source: crate::trainer::model_input(r.task_id, &parsed.instruction, &r.input), target: r.output.clone() })
-                .collect();
-            let validation = to_pairs(&val_rows, 0);
-            let chosen_student = if cfg.select_student > 1 {
-                let metric = crate::evaluator::Metric::parse(&metric_name).expect("checked");
-                let mut pool = choice.clone();
-                if !cfg.select_candidates.is_empty() {
-                    pool.student = cfg.select_candidates[0].clone();
-                    pool.trainable = cfg.select_candidates.clone();
+        run_stage(
+            &dir,
+            Stage::Train,
+            StageInputs {
+                settings: serde_json::json!({ "train": resolved.train, "select_student": cfg.select_student, "selection_steps": cfg.selection_steps, "select_candidates": cfg.select_candidates, "metric": metric_name }),
+                files: train_inputs,
+            },
+            |stage_dir| {
+                let to_pairs = |rows: &[Row], task: u32| -> Vec<crate::trainer::TextPair> {
+                    let pairs: Vec<(String, String)> = rows
+                        .iter()
+                        .filter(|r| r.task_id == task)
+                        .map(|r| (r.input.clone(), r.output.clone()))
+                        .collect();
+                    crate::trainer::apply_template(task, &parsed.instruction, &pairs)
+                };
+                let (train_rows, val_rows) = (read_rows("train")?, read_rows("validation")?);
+                // Keep the assembled (already shuffled) order: template each row by its task.
+                let train: Vec<crate::trainer::TextPair> = train_rows
+                    .iter()
+                    .map(|r| crate::trainer::TextPair {
+                        source: crate::trainer::model_input(
+                            r.task_id,
+                            &parsed.instruction,
+                            &r.input,
+                        ),
+                        target: r.output.clone(),
+                    })
+                    .collect();
+                let validation = to_pairs(&val_rows, 0);
+                let chosen_student = if cfg.select_student > 1 {
+                    let metric = crate::evaluator::Metric::parse(&metric_name).expect("checked");
+                    let mut pool = choice.clone();
+                    if !cfg.select_candidates.is_empty() {
+                        pool.student = cfg.select_candidates[0].clone();
+                        pool.trainable = cfg.select_candidates.clone();
+                    }
+                    let selection = select_student(
+                        &pool,
+                        cfg.select_student,
+                        cfg.selection_steps,
+                        &train,
+                        &val_rows,
+                        &parsed.instruction,
+                        metric,
+                        &resolved,
+                        &models,
+                        opts.device,
+                        stage_dir,
+                    )?;
+                    write_json(&stage_dir.join("selection.json"), &selection)?;
+                    selection.chosen
+                } else {
+                    choice.student.clone()
+                };
+                let spec: crate::trainer::StudentSpec = chosen_student.parse()?;
+                let mut student = crate::trainer::Student::build(
+                    &spec,
+                    &models,
+                    opts.device,
+                    resolved.train.seed,
+                )?;
+                let mut trainer =
+                    crate::trainer::Trainer::new(resolved.train.clone(), &mut student, stage_dir);
+                trainer.label = name.to_string();
+                let summary = trainer.train(&train, &validation)?;
+                let final_dir = stage_dir.join("final");
+                let mut files = list_files_of(&final_dir)?;
+                if stage_dir.join("selection.json").exists() {
+                    files.push(stage_dir.join("selection.json"));
                 }
-                let selection = select_student(&pool, cfg.select_student, cfg.selection_steps, &train, &val_rows, &parsed.instruction, metric, &resolved, &models, opts.device, stage_dir)?;
-                write_json(&stage_dir.join("selection.json"), &selection)?;
-                selection.chosen
-            } else {
-                choice.student.clone()
-            };
-            let spec: crate::trainer::StudentSpec = chosen_student.parse()?;
-            let mut student = crate::trainer::Student::build(&spec, &models, opts.device, resolved.train.seed)?;
-            let mut trainer = crate::trainer::Trainer::new(resolved.train.clone(), &mut student, stage_dir);
-            trainer.label = name.to_string();
-            let summary = trainer.train(&train, &validation)?;
-            let final_dir = stage_dir.join("final");
-            let mut files = list_files(&final_dir)?;
-            if stage_dir.join("selection.json").exists() {
-                files.push(stage_dir.join("selection.json"));
-            }
-            Ok(StageOutputs {
+                Ok(StageOutputs {
                 files,
                 summary: format!(
                     "{} on {} examples: {} optimizer steps, final train loss {:.4}{}, {:.1} examples/s",
@@ -577,12 +857,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                     summary.examples_per_second
                 ),
             })
-        })?,
+            },
+        )?,
     );
 
     // 7. Evaluate.
     let eval_dir = dir.join(Stage::Evaluate.name());
-    let mut eval_inputs = list_files(&train_dir.join("final"))?;
+    let mut eval_inputs = list_files_of(&train_dir.join("final"))?;
     if train_dir.join("selection.json").exists() {
         eval_inputs.push(train_dir.join("selection.json"));
     }
@@ -594,41 +875,70 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     });
     record(
         Stage::Evaluate,
-        run_stage(&dir, Stage::Evaluate, StageInputs { settings: eval_settings, files: eval_inputs }, |stage_dir| {
-            let student = crate::trainer::Student::from_dir(&train_dir.join("final"), opts.device)?;
-            let test_rows = read_rows("test")?;
-            let mut sets = Vec::new();
-            if !test_rows.is_empty() {
-                let mut idx: Vec<usize> = (0..test_rows.len()).collect();
-                let mut note = None;
-                if resolved.max_test_examples > 0 && idx.len() > resolved.max_test_examples {
-                    crate::util::rng::SplitMix64::new(cfg.seed ^ 0x0067_656e).shuffle(&mut idx);
-                    idx.truncate(resolved.max_test_examples);
-                    idx.sort_unstable();
-                    note = Some(format!("{} of {} generated test examples (seeded draw; the scale's max_test_examples)", idx.len(), test_rows.len()));
+        run_stage(
+            &dir,
+            Stage::Evaluate,
+            StageInputs { settings: eval_settings, files: eval_inputs },
+            |stage_dir| {
+                let student =
+                    crate::trainer::Student::from_dir(&train_dir.join("final"), opts.device)?;
+                let test_rows = read_rows("test")?;
+                let mut sets = Vec::new();
+                if !test_rows.is_empty() {
+                    let mut idx: Vec<usize> = (0..test_rows.len()).collect();
+                    let mut note = None;
+                    if resolved.max_test_examples > 0 && idx.len() > resolved.max_test_examples {
+                        crate::util::rng::SplitMix64::new(cfg.seed ^ 0x0067_656e).shuffle(&mut idx);
+                        idx.truncate(resolved.max_test_examples);
+                        idx.sort_unstable();
+                        note = Some(format!("{} of {} generated test examples (seeded draw; the scale's max_test_examples)", idx.len(), test_rows.len()));
+                    }
+                    sets.push(evaluate::TestSet {
+                        name: "generated".into(),
+                        source: "assembly/test.jsonl".into(),
+                        inputs: idx.iter().map(|&i| test_rows[i].input.clone()).collect(),
+                        references: idx
+                            .iter()
+                            .map(|&i| vec![test_rows[i].output.clone()])
+                            .collect(),
+                        note,
+                    });
                 }
-                sets.push(evaluate::TestSet {
-                    name: "generated".into(),
-                    source: "assembly/test.jsonl".into(),
-                    inputs: idx.iter().map(|&i| test_rows[i].input.clone()).collect(),
-                    references: idx.iter().map(|&i| vec![test_rows[i].output.clone()]).collect(),
-                    note,
-                });
-            }
-            if let Some(spec) = &test_dataset {
-                sets.push(real_test_set(&registry, spec, resolved.max_test_examples, cfg.seed)?);
-            }
-            anyhow::ensure!(!sets.is_empty(), "nothing to evaluate on: no generated test split and no real test set (give --test-dataset)");
-            let scorer = if resolved.bertscore {
-                Some(crate::evaluator::bertscore::BertScorer::from_registry(&models, bertscore_id, None, false, None, opts.device)?)
-            } else {
-                None
-            };
-            let (results, mut files) = evaluate::evaluate(&student, &parsed.instruction, &resolved.executor, &sets, scorer.as_ref(), bertscore_id, &cfg.bootstrap, stage_dir)?;
-            write_json(&stage_dir.join("metrics.json"), &results)?;
-            let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
-            if let Ok(sel) = read_json::<StudentSelection>(&train_dir.join("selection.json")) {
-                notes.push(format!(
+                if let Some(spec) = &test_dataset {
+                    sets.push(real_test_set(
+                        &registry,
+                        spec,
+                        resolved.max_test_examples,
+                        cfg.seed,
+                    )?);
+                }
+                anyhow::ensure!(!sets.is_empty(), "nothing to evaluate on: no generated test split and no real test set (give --test-dataset)");
+                let scorer = if resolved.bertscore {
+                    Some(crate::evaluator::bertscore::BertScorer::from_registry(
+                        &models,
+                        bertscore_id,
+                        None,
+                        false,
+                        None,
+                        opts.device,
+                    )?)
+                } else {
+                    None
+                };
+                let (results, mut files) = evaluate::evaluate(
+                    &student,
+                    &parsed.instruction,
+                    &resolved.executor,
+                    &sets,
+                    scorer.as_ref(),
+                    bertscore_id,
+                    &cfg.bootstrap,
+                    stage_dir,
+                )?;
+                write_json(&stage_dir.join("metrics.json"), &results)?;
+                let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
+                if let Ok(sel) = read_json::<StudentSelection>(&train_dir.join("selection.json")) {
+                    notes.push(format!(
                     "student selection ({} optimizer steps each, {} on {} generated validation examples): {}; chosen `{}`",
                     sel.steps,
                     sel.metric,
@@ -636,49 +946,92 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                     sel.scores.iter().map(|(s, v)| format!("`{s}` {v:.2}")).collect::<Vec<_>>().join(", "),
                     sel.chosen
                 ));
-            }
-            write_json(&stage_dir.join("notes.json"), &notes)?;
-            files.push(stage_dir.join("metrics.json"));
-            evaluate::write_report(&paths, stage_dir, name, &metric_name, &results, &notes)?;
-            let headline: Vec<String> = results.iter().filter(|r| r.metric == metric_name).map(|r| format!("{} {}", r.test_set, r.display())).collect();
-            Ok(StageOutputs { files, summary: headline.join("; ") })
-        })?,
+                }
+                write_json(&stage_dir.join("notes.json"), &notes)?;
+                files.push(stage_dir.join("metrics.json"));
+                evaluate::write_report(&paths, stage_dir, name, &metric_name, &results, &notes)?;
+                let headline: Vec<String> = results
+                    .iter()
+                    .filter(|r| r.metric == metric_name)
+                    .map(|r| format!("{} {}", r.test_set, r.display()))
+                    .collect();
+                Ok(StageOutputs { files, summary: headline.join("; ") })
+            },
+        )?,
     );
     let metrics: Vec<MetricResult> = read_json(&eval_dir.join("metrics.json"))?;
 
     // 8. Package.
     let model_dir = dir.join("model");
-    let mut pkg_inputs = list_files(&train_dir.join("final"))?;
+    let mut pkg_inputs = list_files_of(&train_dir.join("final"))?;
     pkg_inputs.extend([eval_dir.join("metrics.json"), parsed_path.clone(), choice_path.clone()]);
     let teacher_cost = match &recorded {
         Some(_) => None,
-        None => read_json::<crate::dataset_generator::GenerationLog>(&gen_dir.join(crate::dataset_generator::LOG_FILE)).ok().map(|l| l.cost_usd),
+        None => read_json::<crate::dataset_generator::GenerationLog>(
+            &gen_dir.join(crate::dataset_generator::LOG_FILE),
+        )
+        .ok()
+        .map(|l| l.cost_usd),
     };
     record(
         Stage::Package,
-        run_stage(&dir, Stage::Package, StageInputs { settings: serde_json::json!({ "executor": resolved.executor, "name": name }), files: pkg_inputs }, |_stage_dir| {
-            let card = package::CardFacts {
-                name: name.to_string(),
-                task: task.as_ref().map(|t| t.name.clone()),
-                prompt_source: cfg.prompt_source.clone(),
-                teacher: match &recorded {
-                    Some(r) => format!("the paper authors' recorded {} generations ({})", r.model, r.generated),
-                    None => teacher_id.clone(),
-                },
-                teacher_cost_usd: teacher_cost,
-                stages: Stage::ALL.iter().filter(|s| **s != Stage::Package).filter_map(|s| stage::read_record(&dir, *s).map(|r| (s.name().to_string(), r.summary))).collect(),
-                student: choice.clone(),
-                metrics: metrics.clone(),
-                metric: metric_name.clone(),
-                notes: [Stage::Parse, Stage::RetrieveDatasets, Stage::Assemble, Stage::Evaluate]
+        run_stage(
+            &dir,
+            Stage::Package,
+            StageInputs {
+                settings: serde_json::json!({ "executor": resolved.executor, "name": name }),
+                files: pkg_inputs,
+            },
+            |_stage_dir| {
+                let card = package::CardFacts {
+                    name: name.to_string(),
+                    task: task.as_ref().map(|t| t.name.clone()),
+                    prompt_source: cfg.prompt_source.clone(),
+                    teacher: match &recorded {
+                        Some(r) => format!(
+                            "the paper authors' recorded {} generations ({})",
+                            r.model, r.generated
+                        ),
+                        None => teacher_id.clone(),
+                    },
+                    teacher_cost_usd: teacher_cost,
+                    stages: Stage::ALL
+                        .iter()
+                        .filter(|s| **s != Stage::Package)
+                        .filter_map(|s| {
+                            stage::read_record(&dir, *s).map(|r| (s.name().to_string(), r.summary))
+                        })
+                        .collect(),
+                    student: choice.clone(),
+                    metrics: metrics.clone(),
+                    metric: metric_name.clone(),
+                    notes: [
+                        Stage::Parse,
+                        Stage::RetrieveDatasets,
+                        Stage::Assemble,
+                        Stage::Evaluate,
+                    ]
                     .iter()
-                    .filter_map(|s| read_json::<Vec<String>>(&dir.join(s.name()).join("notes.json")).ok())
+                    .filter_map(|s| {
+                        read_json::<Vec<String>>(&dir.join(s.name()).join("notes.json")).ok()
+                    })
                     .flatten()
                     .collect(),
-            };
-            let files = package::package(&train_dir.join("final"), &model_dir, &prompt, &parsed, &resolved.executor, &card)?;
-            Ok(StageOutputs { files, summary: format!("{} (model_card.md, p2m.json)", model_dir.display()) })
-        })?,
+                };
+                let files = package::package(
+                    &train_dir.join("final"),
+                    &model_dir,
+                    &prompt,
+                    &parsed,
+                    &resolved.executor,
+                    &card,
+                )?;
+                Ok(StageOutputs {
+                    files,
+                    summary: format!("{} (model_card.md, p2m.json)", model_dir.display()),
+                })
+            },
+        )?,
     );
     let (teacher_calls, teacher_cost_usd) = match teacher.built.as_ref() {
         Some(t) => {
@@ -693,138 +1046,27 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
 /// The instruction in English, by the teacher (greedy), for the retrievers.
 async fn translate_to_english(teacher: &dyn Teacher, instruction: &str) -> Result<String> {
     use crate::teacher::{ChatRequest, SamplingParams};
-    let params = SamplingParams { temperature: 0.0, top_p: 1.0, max_tokens: Some(300), n: 1, seed: Some(0), ..Default::default() };
-    let prompt = format!("Translate this task description into English. Answer with the translation only.\n\n{}", instruction.trim());
-    let response = teacher.chat(&ChatRequest::user(prompt, params)).await.with_context(|| format!("translating the instruction with {} {}", teacher.backend(), teacher.model()))?;
-    let text = response.choices.first().map(|c| c.content.trim().to_string()).unwrap_or_default();
-    anyhow::ensure!(!text.is_empty(), "the teacher returned an empty translation; run without --translate-instruction");
-    Ok(text)
-}
-
-/// Which student is trained, and why.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StudentChoice {
-    /// What `--student` takes: `decoder`, `warm-start`, `tiny:H:L:A` or a model folder.
-    pub student: String,
-    pub why: String,
-    /// The model retriever's top candidates, when it ran.
-    pub candidates: Vec<String>,
-    /// Students that can be trained here, best first (what `--select-student K` tries).
-    #[serde(default)]
-    pub trainable: Vec<String>,
-}
-
-/// What `--select-student` measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StudentSelection {
-    pub metric: String,
-    pub steps: u64,
-    pub validation_examples: usize,
-    /// (student, score on the generated validation split)
-    pub scores: Vec<(String, f64)>,
-    pub chosen: String,
-}
-
-/// Train each of the first `k` trainable students for `steps` optimizer steps, score it on the
-/// validation rows with the run's metric, and return the best (ties: the earlier candidate).
-#[allow(clippy::too_many_arguments)] // each argument is one input of the selection
-fn select_student(
-    choice: &StudentChoice,
-    k: usize,
-    steps: u64,
-    train: &[crate::trainer::TextPair],
-    validation: &[Row],
-    instruction: &str,
-    metric: crate::evaluator::Metric,
-    resolved: &Resolved,
-    models: &ModelRegistry,
-    device: tch::Device,
-    stage_dir: &Path,
-) -> Result<StudentSelection> {
-    let mut pool: Vec<String> = Vec::new();
-    for s in std::iter::once(&choice.student).chain(&choice.trainable) {
-        if !pool.contains(s) {
-            pool.push(s.clone());
-        }
-    }
-    pool.truncate(k);
-    anyhow::ensure!(!validation.is_empty(), "--select-student needs a validation split (the assembly made none)");
-    let val: Vec<&Row> = validation.iter().take(64).collect();
-    let refs: Vec<Vec<String>> = val.iter().map(|r| vec![r.output.clone()]).collect();
-    let sources: Vec<String> = val.iter().map(|r| crate::trainer::model_input(0, instruction, &r.input)).collect();
-    let mut scores = Vec::new();
-    for (i, candidate) in pool.iter().enumerate() {
-        eprintln!("  selection: training `{candidate}` for {steps} steps");
-        let spec: crate::trainer::StudentSpec = candidate.parse()?;
-        let mut student = crate::trainer::Student::build(&spec, models, device, resolved.train.seed)?;
-        let cfg = crate::trainer::TrainConfig { max_steps: Some(steps), ..resolved.train.clone() };
-        let mut trainer = crate::trainer::Trainer::new(cfg, &mut student, stage_dir.join("selection").join(i.to_string()));
-        trainer.label = format!("selection {candidate}");
-        trainer.train(train, &[])?;
-        let predictions = student.generate(&sources, resolved.executor.max_source_len, &resolved.executor.sampling(), resolved.executor.batch_size)?;
-        let score = crate::evaluator::score(metric, &predictions, &refs)?.value;
-        eprintln!("  selection: `{candidate}` scores {score:.2} {} on {} validation examples", metric.name(), val.len());
-        scores.push((candidate.clone(), score));
-    }
-    let best = scores.iter().fold(None::<&(String, f64)>, |b, c| match b {
-        Some(b) if b.1 >= c.1 => Some(b),
-        _ => Some(c),
-    });
-    let chosen = best.map(|b| b.0.clone()).context("no candidate student")?;
-    Ok(StudentSelection { metric: metric.name().into(), steps, validation_examples: val.len(), scores, chosen })
-}
-
-fn choose_student(
-    paths: &Paths,
-    models: &ModelRegistry,
-    query: &str,
-    retrieval: bool,
-    default_student: &str,
-    user_chose: bool,
-    rt: &tokio::runtime::Runtime,
-) -> Result<StudentChoice> {
-    // The students that train here without a download, after whatever retrieval finds.
-    let local: Vec<String> = [default_student, "decoder", "warm-start"].iter().map(|s| s.to_string()).collect();
-    if user_chose || !retrieval {
-        let why = if user_chose { "chosen with --student (or the config)" } else { "model retrieval off: the scale's default student" };
-        return Ok(StudentChoice { student: default_student.into(), why: why.into(), candidates: vec![], trainable: local });
-    }
-    let search = crate::model_retriever::ModelSearch {
-        instruction: query.to_string(),
-        index: None,
-        config: crate::model_retriever::ModelRetrieverConfig::default(),
-        fetch: false,
-        show_progress: false,
+    let params = SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        max_tokens: Some(300),
+        n: 1,
+        seed: Some(0),
+        ..Default::default()
     };
-    let out = crate::model_retriever::retrieve_models(paths, &search, None, rt)?;
-    let candidates: Vec<String> = out.ranking.models.iter().map(|m| format!("{} (score {:.1})", m.name, m.score)).collect();
-    let top = out.ranking.models.first().map(|m| m.name.clone()).unwrap_or_default();
-    use crate::model_retriever::TrainableSource;
-    let plan = out.trainable.context("the model retriever ranked no model")?;
-    Ok(match &plan.source {
-        TrainableSource::Registered { registry_id, available: true, .. } => {
-            let dir = models.resolve(registry_id)?.dir;
-            StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{top}`, registered here as `{registry_id}`"), candidates, trainable: local }
-        }
-        TrainableSource::Hub { repo } if !paths.offline => match crate::model_retriever::fetch_trainable(models, &plan) {
-            Ok(dir) => StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{repo}`, fetched from the hub"), candidates, trainable: local },
-            Err(e) => StudentChoice {
-                student: default_student.into(),
-                why: format!(
-                    "the model retriever's top model `{repo}` could not be fetched from the hub ({}); the scale's default student instead",
-                    e.chain().map(|c| c.to_string()).last().unwrap_or_default()
-                ),
-                candidates,
-                trainable: local,
-            },
-        },
-        _ => StudentChoice {
-            student: default_student.into(),
-            why: format!("the model retriever's top model `{top}` cannot be trained here (offline, no weights); the scale's default student instead"),
-            candidates,
-            trainable: local,
-        },
-    })
+    let prompt = format!(
+        "Translate this task description into English. Answer with the translation only.\n\n{}",
+        instruction.trim()
+    );
+    let response = teacher.chat(&ChatRequest::user(prompt, params)).await.with_context(|| {
+        format!("translating the instruction with {} {}", teacher.backend(), teacher.model())
+    })?;
+    let text = response.choices.first().map(|c| c.content.trim().to_string()).unwrap_or_default();
+    anyhow::ensure!(
+        !text.is_empty(),
+        "the teacher returned an empty translation; run without --translate-instruction"
+    );
+    Ok(text)
 }
 
 /// Retrieve a dataset for the instruction (excluding the real test set's own dataset) and
@@ -838,7 +1080,9 @@ fn retrieve_dataset_rows(
     stage_dir: &Path,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(Vec<Example>, String)> {
-    use crate::dataset_retriever::{open_dataset_retriever, select_dataset, Chooser, SelectionRequest};
+    use crate::dataset_retriever::{
+        open_dataset_retriever, select_dataset, Chooser, SelectionRequest,
+    };
     let (retriever, registry) = open_dataset_retriever(paths, None, false)?;
     let request = SelectionRequest {
         instruction: query.to_string(),
@@ -869,37 +1113,36 @@ fn retrieve_dataset_rows(
 pub fn read_retrieved_dir(dir: &Path) -> Result<Vec<Example>> {
     let mut rows = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading the retrieved dataset folder {} (made by `p2m retrieve-dataset --out`)", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading the retrieved dataset folder {} (made by `p2m retrieve-dataset --out`)",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .collect();
     files.sort();
-    anyhow::ensure!(!files.is_empty(), "{}: no <split>.parquet files (made by `p2m retrieve-dataset --out`)", dir.display());
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{}: no <split>.parquet files (made by `p2m retrieve-dataset --out`)",
+        dir.display()
+    );
     for f in files {
         let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
         use polars::prelude::SerReader;
-        let frame = polars::prelude::ParquetReader::new(file).finish().with_context(|| format!("reading {}", f.display()))?;
+        let frame = polars::prelude::ParquetReader::new(file)
+            .finish()
+            .with_context(|| format!("reading {}", f.display()))?;
         let inputs = crate::data::loaders::string_column(&frame, crate::data::loaders::INPUT)?;
-        let refs = crate::data::loaders::string_list_column(&frame, crate::data::loaders::REFERENCES)?;
-        rows.extend(inputs.into_iter().zip(refs).filter_map(|(i, r)| r.into_iter().next().map(|o| Example::new(i, o))));
+        let refs =
+            crate::data::loaders::string_list_column(&frame, crate::data::loaders::REFERENCES)?;
+        rows.extend(
+            inputs
+                .into_iter()
+                .zip(refs)
+                .filter_map(|(i, r)| r.into_iter().next().map(|o| Example::new(i, o))),
+        );
     }
     Ok(rows)
-}
-
-/// Every file under `dir`, sorted (for fingerprints).
-pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            out.extend(list_files(&p)?);
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
 }

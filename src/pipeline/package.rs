@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::MetricResult;
-use super::StudentChoice;
+use super::student::StudentChoice;
 use crate::data::examples::Example;
 use crate::executor::ExecutorConfig;
 use crate::prompt_parser::ParsedPrompt;
@@ -37,9 +37,17 @@ pub struct ModelManifest {
 impl ModelManifest {
     pub fn read(model_dir: &Path) -> Result<ModelManifest> {
         let path = model_dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (a model packaged by `p2m run`)", path.display()))?;
-        let m: ModelManifest = serde_json::from_str(&text).with_context(|| format!("{}: not a {FORMAT} manifest", path.display()))?;
-        anyhow::ensure!(m.format == FORMAT, "{}: format `{}`, this p2m reads `{FORMAT}`", path.display(), m.format);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading {} (a model packaged by `p2m run`)", path.display())
+        })?;
+        let m: ModelManifest = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a {FORMAT} manifest", path.display()))?;
+        anyhow::ensure!(
+            m.format == FORMAT,
+            "{}: format `{}`, this p2m reads `{FORMAT}`",
+            path.display(),
+            m.format
+        );
         Ok(m)
     }
 }
@@ -69,11 +77,14 @@ pub fn package(
     card: &CardFacts,
 ) -> Result<Vec<PathBuf>> {
     crate::util::fs::write_dir_atomic(model_dir, |dir: &Path| -> Result<()> {
-        for entry in std::fs::read_dir(trained).with_context(|| format!("reading the trained model {}", trained.display()))? {
+        for entry in std::fs::read_dir(trained)
+            .with_context(|| format!("reading the trained model {}", trained.display()))?
+        {
             let from = entry?.path();
             if from.is_file() {
                 let name = from.file_name().expect("a file name");
-                std::fs::copy(&from, dir.join(name)).with_context(|| format!("copying {}", from.display()))?;
+                std::fs::copy(&from, dir.join(name))
+                    .with_context(|| format!("copying {}", from.display()))?;
             }
         }
         std::fs::write(dir.join("prompt.txt"), prompt)?;
@@ -93,11 +104,15 @@ pub fn package(
         std::fs::write(dir.join("model_card.md"), model_card(card, parsed))?;
         Ok(())
     })?;
-    super::list_files(model_dir)
+    crate::util::fs::list_files(model_dir)
+        .with_context(|| format!("listing {}", model_dir.display()))
 }
 
 fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
-    let mut s = format!("# {}\n\nA small model trained by prompt2model-rs (`p2m run`) from a prompt", c.name);
+    let mut s = format!(
+        "# {}\n\nA small model trained by prompt2model-rs (`p2m run`) from a prompt",
+        c.name
+    );
     if let Some(t) = &c.task {
         let _ = write!(s, " for the paper task *{t}*");
     }
@@ -105,7 +120,12 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
     if !parsed.demonstrations.is_empty() {
         s.push_str("Demonstrations from the prompt:\n\n");
         for d in &parsed.demonstrations {
-            let _ = writeln!(s, "- `{}` → `{}`", d.input.replace('\n', " "), d.output.replace('\n', " "));
+            let _ = writeln!(
+                s,
+                "- `{}` → `{}`",
+                d.input.replace('\n', " "),
+                d.output.replace('\n', " ")
+            );
         }
         s.push('\n');
     }
@@ -126,10 +146,18 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
     if !c.student.candidates.is_empty() {
         let _ = writeln!(s, "Model retriever's candidates: {}.", c.student.candidates.join(", "));
     }
-    let _ = writeln!(s, "\n## Metrics\n\nJudged by {}. Values with 95 % bootstrap intervals over test examples.\n", c.metric);
+    let _ = writeln!(
+        s,
+        "\n## Metrics\n\nJudged by {}. Values with 95 % bootstrap intervals over test examples.\n",
+        c.metric
+    );
     s.push_str("| test set | metric | value | 95 % interval | n |\n|---|---|---:|---|---:|\n");
     for m in &c.metrics {
-        let _ = writeln!(s, "| {} | {} | {:.2} | [{:.2}, {:.2}] | {} |", m.test_set, m.metric, m.value, m.low, m.high, m.n);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | [{:.2}, {:.2}] | {} |",
+            m.test_set, m.metric, m.value, m.low, m.high, m.n
+        );
     }
     s.push_str("\n## Limits\n\n");
     s.push_str("- The generated test set comes from the same teacher as the training data: it measures agreement with the teacher, not truth.\n");

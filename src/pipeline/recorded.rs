@@ -33,7 +33,8 @@ struct File {
 
 pub fn load(data_dir: &Path) -> Result<Vec<RecordedTeacher>> {
     let path = data_dir.join(RECORDED_TEACHERS_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(toml::from_str::<File>(&text).with_context(|| format!("parsing {}", path.display()))?.task)
 }
 
@@ -49,20 +50,23 @@ pub fn for_task(data_dir: &Path, task: Option<&str>) -> Result<RecordedTeacher> 
 
 /// `{input_col, output_col}` rows of a recorded `save_to_disk` folder (a DatasetDict's splits in
 /// the given order).
-pub fn recorded_examples(registry: &Registry, folder: &str, splits: &[&str]) -> Result<(Vec<Example>, Vec<ResolvedFile>)> {
+pub fn recorded_examples(
+    registry: &Registry,
+    folder: &str,
+    splits: &[&str],
+) -> Result<(Vec<Example>, Vec<ResolvedFile>)> {
     let (disk, local, files) = loaders::load_registered_hf_disk(registry, folder)?;
     let frames = match disk {
         HfDisk::Dataset(df) => vec![df],
-        HfDisk::Dict(mut d) => splits
-            .iter()
-            .filter_map(|s| d.remove(*s))
-            .collect::<Vec<_>>(),
+        HfDisk::Dict(mut d) => splits.iter().filter_map(|s| d.remove(*s)).collect::<Vec<_>>(),
     };
     anyhow::ensure!(!frames.is_empty(), "{}: none of the splits {splits:?}", local.display());
     let mut out = Vec::new();
     for frame in frames {
-        let inputs = loaders::string_column(&frame, "input_col").with_context(|| format!("{}: no `input_col` column", local.display()))?;
-        let outputs = loaders::string_column(&frame, "output_col").with_context(|| format!("{}: no `output_col` column", local.display()))?;
+        let inputs = loaders::string_column(&frame, "input_col")
+            .with_context(|| format!("{}: no `input_col` column", local.display()))?;
+        let outputs = loaders::string_column(&frame, "output_col")
+            .with_context(|| format!("{}: no `output_col` column", local.display()))?;
         out.extend(inputs.into_iter().zip(outputs).map(|(i, o)| Example::new(i, o)));
     }
     Ok((out, files))

@@ -34,8 +34,13 @@ impl RunInfo {
                 (s, status.to_string(), rec)
             })
             .collect();
-        let metrics = super::read_json(&dir.join(Stage::Evaluate.name()).join("metrics.json")).unwrap_or_default();
-        let teacher_cost_usd = super::read_json::<crate::dataset_generator::GenerationLog>(&dir.join(Stage::Generate.name()).join(crate::dataset_generator::LOG_FILE)).ok().map(|l| l.cost_usd);
+        let metrics = super::read_json(&dir.join(Stage::Evaluate.name()).join("metrics.json"))
+            .unwrap_or_default();
+        let teacher_cost_usd = super::read_json::<crate::dataset_generator::GenerationLog>(
+            &dir.join(Stage::Generate.name()).join(crate::dataset_generator::LOG_FILE),
+        )
+        .ok()
+        .map(|l| l.cost_usd);
         Ok(RunInfo { dir: dir.to_path_buf(), manifest, stages, metrics, teacher_cost_usd })
     }
 
@@ -51,7 +56,12 @@ impl RunInfo {
 
     /// The run's own metric on each test set, e.g. `generated chrf++ 41.2 [38.0, 44.5]`.
     pub fn headline(&self, metric: &str) -> String {
-        self.metrics.iter().filter(|m| m.metric == metric).map(|m| format!("{} {}", m.test_set, m.display())).collect::<Vec<_>>().join("; ")
+        self.metrics
+            .iter()
+            .filter(|m| m.metric == metric)
+            .map(|m| format!("{} {}", m.test_set, m.display()))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -61,7 +71,9 @@ pub fn list(runs_dir: &Path) -> Result<Vec<RunInfo>> {
     if !runs_dir.exists() {
         return Ok(out);
     }
-    for e in std::fs::read_dir(runs_dir).with_context(|| format!("listing {}", runs_dir.display()))? {
+    for e in
+        std::fs::read_dir(runs_dir).with_context(|| format!("listing {}", runs_dir.display()))?
+    {
         let p = e?.path();
         if p.join("run.json").exists() {
             if let Ok(info) = RunInfo::read(&p) {

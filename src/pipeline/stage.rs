@@ -106,13 +106,19 @@ pub struct StageOutputs {
 }
 
 /// Fingerprint of settings and files (files by their path relative to `run_dir` and contents).
-pub fn fingerprint(run_dir: &Path, inputs: &StageInputs) -> Result<(String, BTreeMap<String, String>)> {
+pub fn fingerprint(
+    run_dir: &Path,
+    inputs: &StageInputs,
+) -> Result<(String, BTreeMap<String, String>)> {
     let mut hashes = BTreeMap::new();
     for f in &inputs.files {
-        let sha = sha256_file(f).with_context(|| format!("hashing the stage input {}", f.display()))?;
+        let sha =
+            sha256_file(f).with_context(|| format!("hashing the stage input {}", f.display()))?;
         hashes.insert(relative(run_dir, f), sha);
     }
-    let canonical = crate::teacher::cache::canonical_json(&serde_json::json!({ "settings": inputs.settings, "inputs": hashes }));
+    let canonical = crate::teacher::cache::canonical_json(
+        &serde_json::json!({ "settings": inputs.settings, "inputs": hashes }),
+    );
     Ok((sha256_hex(canonical.as_bytes()), hashes))
 }
 
@@ -131,7 +137,8 @@ pub fn read_record(run_dir: &Path, stage: Stage) -> Option<StageRecord> {
 
 fn write_record(run_dir: &Path, record: &StageRecord) -> Result<()> {
     let path = record_path(run_dir, record.stage);
-    write_atomic(&path, serde_json::to_string_pretty(record)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    write_atomic(&path, serde_json::to_string_pretty(record)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// What [`run_stage`] did.
@@ -153,15 +160,22 @@ pub fn run_stage(
     let (fp, hashes) = fingerprint(run_dir, &inputs)?;
     let previous = read_record(run_dir, stage);
     if let Some(rec) = &previous {
-        if rec.status == Status::Done && rec.fingerprint == fp && rec.outputs.keys().all(|f| run_dir.join(f).exists()) {
+        if rec.status == Status::Done
+            && rec.fingerprint == fp
+            && rec.outputs.keys().all(|f| run_dir.join(f).exists())
+        {
             eprintln!("[{}] up to date: {} (fingerprint {})", stage.name(), rec.summary, &fp[..12]);
             return Ok((Outcome::Skipped, rec.clone()));
         }
     }
-    let resumed = previous.as_ref().is_some_and(|r| r.status == Status::Running && r.fingerprint == fp);
-    let earlier_seconds = previous.as_ref().filter(|_| resumed).map(|r| r.total_seconds).unwrap_or(0.0);
+    let resumed =
+        previous.as_ref().is_some_and(|r| r.status == Status::Running && r.fingerprint == fp);
+    let earlier_seconds =
+        previous.as_ref().filter(|_| resumed).map(|r| r.total_seconds).unwrap_or(0.0);
     if !resumed && dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {} (its inputs or settings changed)", dir.display()))?;
+        std::fs::remove_dir_all(&dir).with_context(|| {
+            format!("clearing {} (its inputs or settings changed)", dir.display())
+        })?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let started = chrono::Utc::now().to_rfc3339();
@@ -180,7 +194,13 @@ pub fn run_stage(
     write_record(run_dir, &record)?;
     eprintln!("[{}] {}", stage.name(), if resumed { "resuming" } else { "starting" });
     let clock = Instant::now();
-    let out = body(&dir).with_context(|| format!("stage `{}` failed (its folder {} is kept; a rerun resumes it)", stage.name(), dir.display()))?;
+    let out = body(&dir).with_context(|| {
+        format!(
+            "stage `{}` failed (its folder {} is kept; a rerun resumes it)",
+            stage.name(),
+            dir.display()
+        )
+    })?;
     for f in &out.files {
         let sha = sha256_file(f).with_context(|| format!("hashing the output {}", f.display()))?;
         record.outputs.insert(relative(run_dir, f), sha);
@@ -203,31 +223,37 @@ mod tests {
         let run = tempfile::tempdir().unwrap();
         let input = run.path().join("in.txt");
         std::fs::write(&input, "a").unwrap();
-        let inputs = || StageInputs { settings: serde_json::json!({"k": 1}), files: vec![input.clone()] };
+        let inputs =
+            || StageInputs { settings: serde_json::json!({"k": 1}), files: vec![input.clone()] };
         let body = |dir: &Path| -> Result<StageOutputs> {
             let f = dir.join("out.txt");
             std::fs::write(&f, "x")?;
             Ok(StageOutputs { files: vec![f], summary: "one file".into() })
         };
         assert_eq!(run_stage(run.path(), Stage::Parse, inputs(), body).unwrap().0, Outcome::Ran);
-        assert_eq!(run_stage(run.path(), Stage::Parse, inputs(), body).unwrap().0, Outcome::Skipped);
+        assert_eq!(
+            run_stage(run.path(), Stage::Parse, inputs(), body).unwrap().0,
+            Outcome::Skipped
+        );
         std::fs::write(&input, "b").unwrap();
         let (o, rec) = run_stage(run.path(), Stage::Parse, inputs(), body).unwrap();
         assert_eq!(o, Outcome::Ran);
         assert_eq!(rec.outputs["parse/out.txt"], sha256_hex(b"x"));
         // A crash mid-stage leaves `running`; the rerun keeps the folder (resume), then finishes.
         std::fs::write(&input, "c").unwrap();
-        let failed = run_stage(run.path(), Stage::Parse, inputs(), |dir: &Path| -> Result<StageOutputs> {
-            std::fs::write(dir.join("partial"), "p")?;
-            anyhow::bail!("killed")
-        });
+        let failed =
+            run_stage(run.path(), Stage::Parse, inputs(), |dir: &Path| -> Result<StageOutputs> {
+                std::fs::write(dir.join("partial"), "p")?;
+                anyhow::bail!("killed")
+            });
         assert!(failed.is_err());
         assert_eq!(read_record(run.path(), Stage::Parse).unwrap().status, Status::Running);
-        let (o, _) = run_stage(run.path(), Stage::Parse, inputs(), |dir: &Path| -> Result<StageOutputs> {
-            assert!(dir.join("partial").exists(), "a resumed stage keeps its folder");
-            body(dir)
-        })
-        .unwrap();
+        let (o, _) =
+            run_stage(run.path(), Stage::Parse, inputs(), |dir: &Path| -> Result<StageOutputs> {
+                assert!(dir.join("partial").exists(), "a resumed stage keeps its folder");
+                body(dir)
+            })
+            .unwrap();
         assert_eq!(o, Outcome::Ran);
     }
 }

@@ -80,6 +80,24 @@ pub fn write_dir_atomic<E: From<io::Error>>(
     Ok(())
 }
 
+/// Every file under `dir`, sorted (for fingerprints).
+pub fn list_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(list_files(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = fs::File::open(path)?;

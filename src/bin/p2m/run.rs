@@ -90,7 +90,8 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
         cfg.task = Some(t.clone());
     }
     if let Some(p) = &args.prompt_file {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading the prompt file {}", p.display()))?;
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading the prompt file {}", p.display()))?;
         cfg.prompt = Some(text);
         cfg.prompt_source = format!("prompt file {}", p.display());
     }
@@ -110,7 +111,9 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     cfg.name = match (&args.name, &cfg.task, &args.prompt_file) {
         (Some(n), _, _) => n.clone(),
         _ if !cfg.name.is_empty() => cfg.name.clone(),
-        (None, _, Some(p)) => p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into()),
+        (None, _, Some(p)) => {
+            p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into())
+        }
         (None, Some(t), None) => format!(
             "{t}-{}",
             match args.server.choice {
@@ -133,11 +136,17 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
         Some(TeacherChoice::Openai) => cfg.teacher = TeacherSource::Openai,
         Some(TeacherChoice::Recorded) => cfg.teacher = TeacherSource::Recorded,
         Some(TeacherChoice::Local) => cfg.teacher = TeacherSource::Local,
-        Some(TeacherChoice::None) => bail!("`p2m run` needs a teacher: --teacher local, openai or recorded"),
+        Some(TeacherChoice::None) => {
+            bail!("`p2m run` needs a teacher: --teacher local, openai or recorded")
+        }
         None => {}
     }
     if cfg.teacher != TeacherSource::Recorded {
-        let choice = if cfg.teacher == TeacherSource::Openai { TeacherChoice::Openai } else { TeacherChoice::Local };
+        let choice = if cfg.teacher == TeacherSource::Openai {
+            TeacherChoice::Openai
+        } else {
+            TeacherChoice::Local
+        };
         cfg.teacher_settings = args.server.settings(choice).expect("a teacher was chosen");
     }
     if args.budget.is_some() {
@@ -174,7 +183,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let confirm: Option<pipeline::ConfirmCost> = if interactive {
         Some(Box::new(|est: &pipeline::CostEstimate| {
-            eprint!("generate for about ${:.2} ({} requests to {})? [y/N] ", est.usd, est.requests, est.model);
+            eprint!(
+                "generate for about ${:.2} ({} requests to {})? [y/N] ",
+                est.usd, est.requests, est.model
+            );
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).is_ok() && line.trim().eq_ignore_ascii_case("y")
         }))
@@ -206,7 +218,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let summary = pipeline::run(&cfg, &opts)?;
     println!("\nrun {} ({})", cfg.name, summary.dir.display());
     for (stage, ran, rec) in &summary.stages {
-        println!("  {:<18} {:<8} {:>8.1} s  {}", stage.name(), if *ran { "ran" } else { "cached" }, rec.total_seconds, rec.summary);
+        println!(
+            "  {:<18} {:<8} {:>8.1} s  {}",
+            stage.name(),
+            if *ran { "ran" } else { "cached" },
+            rec.total_seconds,
+            rec.summary
+        );
     }
     println!("metrics (95 % bootstrap intervals):");
     for m in &summary.metrics {
@@ -237,24 +255,47 @@ pub fn list() -> Result<()> {
 }
 
 fn headline_metric(r: &RunInfo) -> String {
-    r.manifest.config.task.as_deref().map(|t| if t == "squad" { "em-squad" } else { "chrf++" }).unwrap_or("chrf++").to_string()
+    r.manifest
+        .config
+        .task
+        .as_deref()
+        .map(|t| if t == "squad" { "em-squad" } else { "chrf++" })
+        .unwrap_or("chrf++")
+        .to_string()
 }
 
 pub fn show(name: String) -> Result<()> {
     let paths = Paths::from_env()?;
     let dir = pipeline::runs_dir(&paths).join(&name);
-    anyhow::ensure!(dir.join("run.json").exists(), "no run `{name}` in {} (see `p2m runs list`)", dir.parent().unwrap_or(&dir).display());
+    anyhow::ensure!(
+        dir.join("run.json").exists(),
+        "no run `{name}` in {} (see `p2m runs list`)",
+        dir.parent().unwrap_or(&dir).display()
+    );
     let r = RunInfo::read(&dir)?;
-    println!("run {} — {}\n  folder: {}\n  prompt: {}\n  teacher: {:?}, scale {}", r.manifest.name, r.status(), r.dir.display(), r.manifest.config.prompt_source, r.manifest.config.teacher, r.manifest.config.scale);
+    println!(
+        "run {} — {}\n  folder: {}\n  prompt: {}\n  teacher: {:?}, scale {}",
+        r.manifest.name,
+        r.status(),
+        r.dir.display(),
+        r.manifest.config.prompt_source,
+        r.manifest.config.teacher,
+        r.manifest.config.scale
+    );
     for (stage, status, rec) in &r.stages {
-        let detail = rec.as_ref().map(|x| format!("{:>8.1} s  {}", x.total_seconds, x.summary)).unwrap_or_default();
+        let detail = rec
+            .as_ref()
+            .map(|x| format!("{:>8.1} s  {}", x.total_seconds, x.summary))
+            .unwrap_or_default();
         println!("  {:<18} {:<8} {}", stage.name(), status, detail);
     }
-    println!("  artefacts: generated examples {}, training sets {}, predictions {}, model {}",
+    println!(
+        "  artefacts: generated examples {}, training sets {}, predictions {}, model {}",
         r.dir.join(Stage::Generate.name()).join("examples.jsonl").display(),
         r.dir.join(Stage::Assemble.name()).display(),
         r.dir.join(Stage::Evaluate.name()).display(),
-        r.dir.join("model").display());
+        r.dir.join("model").display()
+    );
     if let Some(c) = r.teacher_cost_usd {
         println!("  teacher cost: ${c:.4}");
     }

@@ -169,7 +169,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     use prompt2model::pipeline::package::{ModelManifest, MANIFEST_FILE};
-    let packaged = if args.model.join(MANIFEST_FILE).exists() { Some(ModelManifest::read(&args.model)?) } else { None };
+    let packaged = if args.model.join(MANIFEST_FILE).exists() {
+        Some(ModelManifest::read(&args.model)?)
+    } else {
+        None
+    };
     let instruction = match (&args.instruction, &args.task, &packaged) {
         (None, None, Some(m)) => m.instruction.clone(),
         (None, None, None) => anyhow::bail!(
@@ -191,12 +195,16 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let student = Student::from_dir(&args.model, device)?;
-    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
     let mut inputs = Vec::new();
     let mut refs: Vec<Vec<String>> = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", args.input.display(), i + 1))?;
-        let input = v["input"].as_str().with_context(|| format!("{} line {}: no string field `input`", args.input.display(), i + 1))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", args.input.display(), i + 1))?;
+        let input = v["input"].as_str().with_context(|| {
+            format!("{} line {}: no string field `input`", args.input.display(), i + 1)
+        })?;
         inputs.push(input.to_string());
         refs.push(v["output"].as_str().map(|o| vec![o.to_string()]).unwrap_or_default());
     }
@@ -208,10 +216,18 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let preds =
         prompt2model::data::loaders::string_column(&out, prompt2model::data::loaders::PREDICTION)?;
     if refs.iter().all(|r| !r.is_empty()) {
-        let em = prompt2model::evaluator::score(prompt2model::evaluator::Metric::ExactMatchSquad, &preds, &refs)?;
+        let em = prompt2model::evaluator::score(
+            prompt2model::evaluator::Metric::ExactMatchSquad,
+            &preds,
+            &refs,
+        )?;
         println!("{} predictions → {}; {em}", preds.len(), args.out.display());
     } else {
-        println!("{} predictions → {} (no references given: not scored)", preds.len(), args.out.display());
+        println!(
+            "{} predictions → {} (no references given: not scored)",
+            preds.len(),
+            args.out.display()
+        );
     }
     Ok(())
 }
