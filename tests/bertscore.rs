@@ -18,7 +18,15 @@ use serde_json::Value;
 use tch::Device;
 
 const MODEL: &str = "all-MiniLM-L6-v2";
-const TOL: f64 = 1e-4;
+
+/// Largest |ours − bert_score| allowed on any P, R or F value without baseline rescaling, over
+/// the settings of the 50-pair fixture (layers 0/5/6, idf, batch size 8) and the multi-reference
+/// cases. Measured (CPU, libtorch 2.11.0): 6.56e-7 (50 pairs), 2.38e-7 (multi-reference).
+/// README.md's parity table quotes it.
+const TOL: f64 = 2e-6;
+/// The same with baseline rescaling, which divides by `1 − baseline` and so magnifies the
+/// differences: measured 1.69e-6.
+const RESCALED_TOL: f64 = 5e-6;
 
 fn repo_root() -> PathBuf {
     std::env::var_os("P2M_ROOT")
@@ -77,12 +85,16 @@ fn floats(v: &Value) -> Vec<f64> {
     serde_json::from_value(v.clone()).unwrap()
 }
 
-/// Max |ours - theirs| over P, R and F; also asserts the per-pair values within TOL.
+/// Max |ours - theirs| over P, R and F; also asserts the per-pair values within [`TOL`] (or
+/// [`RESCALED_TOL`] for a setting with baseline rescaling).
 fn compare(
     name: &str,
     ours: &prompt2model::evaluator::bertscore::BertScores,
     want: &Value,
 ) -> (f64, f64) {
+    let rescaled =
+        want["settings"].get("rescale_with_baseline").and_then(Value::as_bool).unwrap_or(false);
+    let tol = if rescaled { RESCALED_TOL } else { TOL };
     let mut worst = 0f64;
     let mut worst_f = 0f64;
     for (key, got) in [("P", &ours.precision), ("R", &ours.recall), ("F", &ours.f1)] {
@@ -91,8 +103,8 @@ fn compare(
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             let d = (g - e).abs();
             assert!(
-                d <= TOL,
-                "{name}: {key}[{i}] = {g:.7} but bert_score gives {e:.7} (diff {d:.2e})"
+                d <= tol,
+                "{name}: {key}[{i}] = {g:.7} but bert_score gives {e:.7} (diff {d:.2e} > {tol:e})"
             );
             worst = worst.max(d);
             if key == "F" {
@@ -110,11 +122,13 @@ fn bertscore_matches_bert_score_on_50_pairs() {
     let refs: Vec<String> = serde_json::from_value(fx["pairs"]["references"].clone()).unwrap();
     assert_eq!(cands.len(), 50);
     let mut scorer = scorer(BertScoreConfig::new(6));
+    let mut overall = 0f64;
     for setting in fx["settings"].as_array().unwrap() {
         let name = setting["name"].as_str().unwrap();
         *scorer.config_mut() = config_of(setting);
         let ours = scorer.score(&cands, &refs).unwrap();
         let (worst, worst_f) = compare(name, &ours, setting);
+        overall = overall.max(worst);
         eprintln!(
             "{name:18} max |ΔP,ΔR,ΔF| {worst:.2e}  max |ΔF1| {worst_f:.2e}  ({})",
             ours.signature
@@ -125,6 +139,9 @@ fn bertscore_matches_bert_score_on_50_pairs() {
         let theirs = format!("{head}{}", rest.split_once(')').unwrap().1);
         assert_eq!(scorer.bert_score_hash(), format!("{theirs}_fast-tokenizer"), "{name}");
     }
+    eprintln!(
+        "all settings: max |ΔP,ΔR,ΔF| {overall:.3e} (bounds {TOL:e}, rescaled {RESCALED_TOL:e})"
+    );
 }
 
 #[test]
@@ -133,14 +150,17 @@ fn multi_reference_scores_take_the_best_reference() {
     let cands: Vec<String> = serde_json::from_value(fx["multi"]["candidates"].clone()).unwrap();
     let refs: Vec<Vec<String>> = serde_json::from_value(fx["multi"]["references"].clone()).unwrap();
     let mut scorer = scorer(BertScoreConfig::new(6));
+    let mut overall = 0f64;
     for setting in fx["multi_settings"].as_array().unwrap() {
         let name = setting["name"].as_str().unwrap();
         *scorer.config_mut() = config_of(setting);
         let ours = scorer.score_multi(&cands, &refs).unwrap();
         let (worst, worst_f) = compare(name, &ours, setting);
+        overall = overall.max(worst);
         eprintln!("{name:18} max |ΔP,ΔR,ΔF| {worst:.2e}  max |ΔF1| {worst_f:.2e}");
         assert!(ours.signature.contains("nrefs:var"), "{}", ours.signature);
     }
+    eprintln!("all multi-reference settings: max |ΔP,ΔR,ΔF| {overall:.3e} (bound {TOL:e})");
 }
 
 #[test]

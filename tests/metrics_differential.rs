@@ -14,7 +14,9 @@
 //! Tolerances: chrF corpus and sentence scores 1e-9 (they are in fact bit-identical), EM and the
 //! normalised strings exactly, Kendall τ and p 1e-12 (NaN must match NaN). The Python `str`
 //! tables embedded in `evaluator::pystr` are also compared with the interpreter code point by
-//! code point when its Unicode version is the one the tables were generated from.
+//! code point; an interpreter whose `unicodedata.unidata_version` is not the one the tables were
+//! generated from (`pystr::UNIDATA_VERSION`) fails the test, with instructions, since the tables
+//! cannot be checked against it.
 //!
 //! A missing or incomplete Python environment is a test *failure* with instructions, never a
 //! silent pass.
@@ -796,16 +798,45 @@ fn code_points_to_check() -> Vec<std::ops::Range<u32>> {
     }
 }
 
-/// Compare `evaluator::pystr` with the interpreter code point by code point.
-fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
-    if u.unidata_version != pystr::UNIDATA_VERSION {
-        return format!(
-            "SKIPPED (Python {} has Unicode {}, tables are from {}; the random cases were still compared)",
+/// Why the `pystr` tables cannot be compared with the reference output, if they cannot: the
+/// section is missing (the test always requests it) or comes from another Unicode version. Either
+/// is a test failure, never a skip.
+fn unicode_problem(u: Option<&UnicodeOut>) -> Option<String> {
+    let python = python_interpreter();
+    let Some(u) = u else {
+        return Some(format!(
+            "pystr tables NOT CHECKED: the reference output has no `unicode` section although the \
+             test requested it (`unicode_tables: true`); tests/reference/metrics_reference.py, run \
+             by {}, must write one.",
+            python.display()
+        ));
+    };
+    (u.unidata_version != pystr::UNIDATA_VERSION).then(|| {
+        format!(
+            "pystr tables NOT CHECKED: the reference interpreter {} (Python {}) has \
+             unicodedata.unidata_version {}, but src/evaluator/pystr_tables.rs was generated from \
+             Unicode {} (pystr::UNIDATA_VERSION).\n\
+             Either run the test with a Python whose Unicode version is {} (set P2M_PYTHON to it, or \
+             recreate .venv from it: `rm -rf .venv && bash scripts/setup.sh --python` builds .venv \
+             from the `python3` on PATH and prints its Unicode version), or, to move the tables to \
+             Unicode {}, regenerate them with that interpreter:\n\
+             \x20   {} tests/reference/metrics_reference.py --rust-tables\n\
+             and put its output into src/evaluator/pystr_tables.rs (below the module doc comment).",
+            python.display(),
             u.python,
             u.unidata_version,
-            pystr::UNIDATA_VERSION
-        );
-    }
+            pystr::UNIDATA_VERSION,
+            pystr::UNIDATA_VERSION,
+            u.unidata_version,
+            python.display(),
+        )
+    })
+}
+
+/// Compare `evaluator::pystr` with the interpreter code point by code point (the Unicode versions
+/// agree: see [`unicode_problem`]).
+fn check_unicode(u: &UnicodeOut, t: &mut Tally) -> String {
+    assert_eq!(u.unidata_version, pystr::UNIDATA_VERSION);
     let areas = code_points_to_check();
     let covered = |c: u32| areas.iter().any(|r| r.contains(&c));
     let ranges_inside = [&u.word, &u.cased, &u.case_ignorable]
@@ -881,6 +912,7 @@ fn metrics_match_python_references() {
                 y: y.iter().map(|v| v.to_bits()).collect(),
             })
             .collect(),
+        // Always requested: a missing `unicode` section in the output is a failure.
         unicode_tables: true,
     };
     let t_python = std::time::Instant::now();
@@ -984,9 +1016,10 @@ fn metrics_match_python_references() {
 
     // ---- Python str tables ----------------------------------------------------------------------
     let mut uni = Tally::default();
-    let uni_msg = match &out.unicode {
-        Some(u) => check_unicode(u, &mut uni),
-        None => "not requested".into(),
+    let uni_problem = unicode_problem(out.unicode.as_ref());
+    let uni_msg = match (&out.unicode, &uni_problem) {
+        (Some(u), None) => check_unicode(u, &mut uni),
+        _ => "FAILED: not compared (see the message below)".into(),
     };
 
     let t_rust = t_rust.elapsed();
@@ -1015,10 +1048,45 @@ fn metrics_match_python_references() {
 
     let failures: Vec<&String> =
         [&corpus, &sentence, &sig, &em, &kt, &uni].iter().flat_map(|t| &t.failures).collect();
+    let mut problems: Vec<String> = Vec::new();
     if !failures.is_empty() {
         for f in failures.iter().take(25) {
             eprintln!("MISMATCH {f}");
         }
-        panic!("{} mismatches against the Python references (first 25 above)", failures.len());
+        problems.push(format!(
+            "{} mismatches against the Python references (first 25 above)",
+            failures.len()
+        ));
     }
+    problems.extend(uni_problem);
+    if !problems.is_empty() {
+        panic!("{}", problems.join("\n\n"));
+    }
+}
+
+/// The checks around the table comparison fail rather than skip: another Unicode version, or no
+/// `unicode` section at all. (No Python needed.)
+#[test]
+fn unicode_table_check_cannot_be_skipped() {
+    let other = UnicodeOut {
+        unidata_version: "99.0.0".into(),
+        python: "3.99.0".into(),
+        space: vec![],
+        word: vec![],
+        cased: vec![],
+        case_ignorable: vec![],
+        lower: vec![],
+    };
+    let msg = unicode_problem(Some(&other)).expect("another Unicode version is a failure");
+    assert!(
+        msg.contains("99.0.0")
+            && msg.contains(pystr::UNIDATA_VERSION)
+            && msg.contains("tests/reference/metrics_reference.py --rust-tables")
+            && msg.contains("src/evaluator/pystr_tables.rs"),
+        "{msg}"
+    );
+    let missing = unicode_problem(None).expect("a missing section is a failure");
+    assert!(missing.contains("no `unicode` section"), "{missing}");
+    let same = UnicodeOut { unidata_version: pystr::UNIDATA_VERSION.into(), ..other };
+    assert_eq!(unicode_problem(Some(&same)), None);
 }

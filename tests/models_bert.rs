@@ -14,7 +14,19 @@ use prompt2model::models::registry::ModelRegistry;
 use tch::{Device, Kind, Tensor};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
-const TOL: f64 = 1e-4;
+
+// Tolerances: each is the largest |ours − reference| measured (CPU, libtorch 2.11.0, against the
+// fixtures in tests/fixtures/parity/) with a margin of about 2–4×, so a regression far smaller
+// than the old blanket 1e-4 still fails. README.md's parity table quotes these numbers.
+
+/// MiniLM hidden states (embeddings output and the 6 layers, real tokens) vs transformers:
+/// measured max |diff| 3.06e-6 (layer 4).
+const HIDDEN_TOL: f64 = 1e-5;
+/// Normalised sentence embeddings vs transformers + mean pooling and vs sentence-transformers:
+/// measured max |diff| 3.16e-7 (both).
+const EMBEDDING_TOL: f64 = 1e-6;
+/// Hidden states of the tiny random XLM-RoBERTa vs transformers: measured max |diff| 4.77e-7.
+const XLMR_TOL: f64 = 2e-6;
 
 /// The sentences of `minilm_hidden_states.safetensors` (see the fixture script).
 const HIDDEN_SENTENCES: [&str; 3] =
@@ -106,7 +118,10 @@ fn hidden_states_match_transformers() {
         eprintln!("hidden state {i}: max abs diff {diff:.3e}");
         worst = worst.max(diff);
     }
-    assert!(worst <= TOL, "hidden states differ from transformers by {worst:.3e} > {TOL:e}");
+    assert!(
+        worst <= HIDDEN_TOL,
+        "hidden states differ from transformers by {worst:.3e} > {HIDDEN_TOL:e}"
+    );
 }
 
 #[test]
@@ -131,11 +146,17 @@ fn tokenization_and_sentence_embeddings_match_sentence_transformers() {
     let manual = matrix(&fx["transformers_mean_pooled_normalized"]);
     let d_manual = max_abs_diff(&ours, &manual);
     eprintln!("embeddings vs transformers + mean pooling: max abs diff {d_manual:.3e}");
-    assert!(d_manual <= TOL, "embeddings differ from transformers' mean pooling by {d_manual:.3e}");
+    assert!(
+        d_manual <= EMBEDDING_TOL,
+        "embeddings differ from transformers' mean pooling by {d_manual:.3e} > {EMBEDDING_TOL:e}"
+    );
     if let Some(st) = fx.get("sentence_transformers") {
         let d_st = max_abs_diff(&ours, &matrix(st));
         eprintln!("embeddings vs sentence-transformers: max abs diff {d_st:.3e}");
-        assert!(d_st <= TOL, "embeddings differ from sentence-transformers' by {d_st:.3e}");
+        assert!(
+            d_st <= EMBEDDING_TOL,
+            "embeddings differ from sentence-transformers' by {d_st:.3e} > {EMBEDDING_TOL:e}"
+        );
     }
     let norms = ours.norm_scalaropt_dim(2, [1], false);
     assert!(
@@ -156,6 +177,7 @@ fn embeddings_do_not_depend_on_batching() {
     encoder.batch_size = 1;
     let alone = encoder.embed_sentences(&texts).unwrap();
     let diff = max_abs_diff(&together, &alone);
+    eprintln!("batched vs one at a time: max abs diff {diff:.3e}");
     assert!(diff < 1e-5, "padding changed embeddings by {diff:.3e}");
     // Paraphrases are closer than unrelated sentences.
     let e = encoder
@@ -191,7 +213,10 @@ fn xlm_roberta_checkpoint_matches_transformers() {
         let want = fx[&format!("hidden_state_{i}")].to_kind(Kind::Double) * &mask;
         let diff = max_abs_diff(&ours, &want);
         eprintln!("tiny XLM-R hidden state {i}: max abs diff {diff:.3e}");
-        assert!(diff <= TOL, "tiny XLM-R hidden state {i} differs by {diff:.3e}");
+        assert!(
+            diff <= XLMR_TOL,
+            "tiny XLM-R hidden state {i} differs by {diff:.3e} > {XLMR_TOL:e}"
+        );
     }
     // Running only the first layer gives the same first states (bert_score's truncation).
     let first = model.forward_layers(&fx["input_ids"], &fx["attention_mask"], None, 1);

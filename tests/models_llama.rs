@@ -19,8 +19,17 @@ use prompt2model::models::sampling::SamplingConfig;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-/// Largest |ours − PyTorch| allowed on f32 logits.
+/// Largest |ours − PyTorch| allowed on SmolLM2's f32 logits (top-5 at every position, top-50
+/// and a strided sample of the last position, the full last row of case 0). Measured (CPU,
+/// libtorch 2.11.0): 5.15e-5, so the logits are close but not bit-identical; the bound is about
+/// 2× that. README.md's parity table quotes it.
 const LOGIT_TOL: f32 = 1e-4;
+/// Largest |padded batch − one sequence alone| on the last logits (our own forward both times):
+/// measured 4.63e-5.
+const PADDED_TOL: f32 = 1e-4;
+/// Largest |ours − PyTorch| on the tiny random HF llama (single sequences and a left-padded
+/// batch): measured 8.94e-8.
+const TINY_HF_TOL: f32 = 3e-7;
 
 /// The repository's `tests/` directory. `file!()` is relative to the package root in the main
 /// crate and absolute when the file is compiled from elsewhere; `join` handles both (an absolute
@@ -409,6 +418,7 @@ fn logits_match_pytorch() {
         eprintln!("logits case {ci} ({} tokens): max |ours - pytorch| = {diff:.3e}", ids.len());
         worst = worst.max(diff);
     }
+    eprintln!("all logits cases: max |ours - pytorch| = {worst:.3e} (bound {LOGIT_TOL:e})");
     assert!(worst <= LOGIT_TOL, "max abs logit difference {worst:e} > {LOGIT_TOL:e}");
 }
 
@@ -491,7 +501,11 @@ fn padded_batch_forward_matches_unpadded() {
             .zip(&batch[row])
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        assert!(d <= LOGIT_TOL, "row {row}: padded vs unpadded logits differ by {d:e}");
+        eprintln!("row {row}: padded vs unpadded: max |diff| = {d:.3e}");
+        assert!(
+            d <= PADDED_TOL,
+            "row {row}: padded vs unpadded logits differ by {d:e} > {PADDED_TOL:e}"
+        );
     }
 }
 
@@ -574,5 +588,5 @@ fn hf_safetensors_tiny_model_matches_pytorch() {
         }
     }
     eprintln!("tiny HF model: max |ours - pytorch| = {worst:.3e}");
-    assert!(worst <= 1e-5, "tiny HF model logits differ by {worst:e}");
+    assert!(worst <= TINY_HF_TOL, "tiny HF model logits differ by {worst:e} > {TINY_HF_TOL:e}");
 }

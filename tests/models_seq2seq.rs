@@ -2,8 +2,8 @@
 //! transformers, against fixtures written by `scripts/parity/make_seq2seq_fixtures.py` (see its
 //! docstring for how to regenerate them), plus cache, save/load, sampling and training checks.
 //!
-//! Tolerances: hidden states and logits max abs diff <= 1e-4, losses <= 1e-5 (tiny models) and
-//! <= 1e-4 (MiniLM), greedy generations identical.
+//! Tolerances: the named constants below (each the measured max abs diff with a margin); greedy
+//! generations identical.
 //!
 //! The MiniLM test needs the real weights: `P2M_MINILM_DIR`, else the weights registry's cache
 //! folder `<P2M_CACHE or repo/.cache>/models/all-MiniLM-L6-v2/` (filled by `bash scripts/setup.sh`).
@@ -12,13 +12,45 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use prompt2model::models::encoder_decoder::{Bert2Bert, BertConfig};
+use prompt2model::models::bert::BertConfig;
+use prompt2model::models::encoder_decoder::Bert2Bert;
 use prompt2model::models::sampling::SamplingConfig;
 use prompt2model::models::seq2seq::{generate, DecoderCache, Seq2SeqModel, SpecialTokens};
 use prompt2model::models::t5::{T5Config, T5ForConditionalGeneration};
 use serde_json::Value;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
+
+// Tolerances: each is the largest |ours − PyTorch| measured (CPU, libtorch 2.11.0, against the
+// fixtures in tests/fixtures/parity/), in the comment beside it, with a margin of about 2–4×.
+// README.md's parity table quotes them.
+
+/// Bounds on one tiny fixture: encoder hidden states, teacher-forced decoder logits, loss.
+struct Bounds {
+    hidden: f64,
+    logits: f64,
+    loss: f64,
+}
+
+/// Teacher-forced loss of every tiny fixture: measured 0 (t5-tiny, bert2bert-tiny) and 9.54e-7
+/// (flan-t5-tiny, one f32 ulp at 13.8).
+const TINY_LOSS_TOL: f64 = 3e-6;
+
+/// T5 v1.0 (tied embeddings, ReLU): measured hidden 7.15e-7, logits 1.19e-6.
+const T5_TINY: Bounds = Bounds { hidden: 2e-6, logits: 5e-6, loss: TINY_LOSS_TOL };
+/// flan-T5 / T5 v1.1 (untied head, gated GELU): measured hidden 8.35e-7, logits 1.03e-5.
+const FLAN_T5_TINY: Bounds = Bounds { hidden: 2e-6, logits: 3e-5, loss: TINY_LOSS_TOL };
+/// BERT2BERT from a tiny BERT (fixture's new weights loaded): measured hidden 1.43e-6, logits
+/// 4.68e-6.
+const BERT2BERT_TINY: Bounds = Bounds { hidden: 5e-6, logits: 2e-5, loss: TINY_LOSS_TOL };
+/// BERT2BERT's seeded init of the new weights vs PyTorch's draw: measured 0 (the same libtorch
+/// RNG gives the same draw), so any difference at all fails.
+const SEEDED_INIT_TOL: f64 = 0.0;
+/// MiniLM (real weights) warm-started encoder vs plain `BertModel`: measured 1.91e-6.
+const MINILM_HIDDEN_TOL: f64 = 5e-6;
+/// MiniLM BERT2BERT loss before and after one AdamW step vs PyTorch: measured 1.8e-15 before,
+/// 9.54e-7 after (one f32 ulp at 9.76).
+const MINILM_LOSS_TOL: f64 = 3e-6;
 
 /// The repository root, both when this file is compiled by the main crate (`file!()` is relative,
 /// the manifest dir is the repo) and by a scratch crate that names it by absolute path.
@@ -79,7 +111,7 @@ fn greedy_cfg(max_new_tokens: usize, repetition_penalty: f64) -> SamplingConfig 
 }
 
 /// Encoder states, teacher-forced logits, loss and greedy generations against a fixture.
-fn check_parity(what: &str, model: &dyn Seq2SeqModel, dir: &Path) {
+fn check_parity(what: &str, model: &dyn Seq2SeqModel, dir: &Path, bounds: &Bounds) {
     let exp = read_json(&dir.join("expected.json"));
     let want = read_tensors(&dir.join("expected.safetensors"));
     let ids = ids_2d(&exp["input_ids"]);
@@ -87,13 +119,22 @@ fn check_parity(what: &str, model: &dyn Seq2SeqModel, dir: &Path) {
     let labels = ids_2d(&exp["labels"]);
 
     let enc = tch::no_grad(|| model.encode(&ids, &mask, false));
-    assert_close(&format!("{what} encoder hidden"), &enc, &want["encoder_hidden"], 1e-4);
+    assert_close(&format!("{what} encoder hidden"), &enc, &want["encoder_hidden"], bounds.hidden);
     let out = tch::no_grad(|| model.forward_labels(&ids, &mask, &labels, false));
-    assert_close(&format!("{what} decoder logits"), &out.logits, &want["decoder_logits"], 1e-4);
+    assert_close(
+        &format!("{what} decoder logits"),
+        &out.logits,
+        &want["decoder_logits"],
+        bounds.logits,
+    );
     let loss = out.loss.double_value(&[]);
     let want_loss = exp["loss"].as_f64().unwrap();
     eprintln!("{what} loss: {loss:.7} vs {want_loss:.7} (diff {:.2e})", (loss - want_loss).abs());
-    assert!((loss - want_loss).abs() <= 1e-5, "{what}: loss {loss} vs {want_loss}");
+    assert!(
+        (loss - want_loss).abs() <= bounds.loss,
+        "{what}: loss {loss} vs {want_loss} (bound {:e})",
+        bounds.loss
+    );
 
     let max_new = exp["max_new_tokens"].as_u64().unwrap() as usize;
     for (penalty, rows) in exp["greedy"].as_object().unwrap() {
@@ -141,7 +182,7 @@ fn t5_v1_0_tiny_matches_transformers() {
     let model = T5ForConditionalGeneration::from_pretrained(&dir, Device::Cpu).unwrap();
     assert!(model.config().tie_word_embeddings);
     assert_eq!(model.special_tokens(), SpecialTokens { decoder_start: 0, eos: 479, pad: 0 });
-    check_parity("t5-tiny", &model, &dir);
+    check_parity("t5-tiny", &model, &dir, &T5_TINY);
     check_cache("t5-tiny", &model, &dir);
 }
 
@@ -151,7 +192,7 @@ fn flan_t5_tiny_matches_transformers() {
     let model = T5ForConditionalGeneration::from_pretrained(&dir, Device::Cpu).unwrap();
     assert!(!model.config().tie_word_embeddings);
     assert_eq!(model.num_decoder_layers(), 3);
-    check_parity("flan-t5-tiny", &model, &dir);
+    check_parity("flan-t5-tiny", &model, &dir, &FLAN_T5_TINY);
     check_cache("flan-t5-tiny", &model, &dir);
 }
 
@@ -200,13 +241,16 @@ fn bert2bert_tiny_warm_start_matches_transformers() {
     let vars = model.var_store().variables();
     let worst = new.iter().map(|n| max_abs_diff(&vars[n], &fixture_new[n])).fold(0.0, f64::max);
     eprintln!("bert2bert-tiny seeded init vs PyTorch: max abs diff {worst:.3e}");
-    assert!(worst <= 1e-6, "seeded init of new weights differs from PyTorch by {worst}");
+    assert!(
+        worst <= SEEDED_INIT_TOL,
+        "seeded init of new weights differs from PyTorch by {worst} > {SEEDED_INIT_TOL:e}"
+    );
 
     // For the output comparison the fixture's new weights are loaded explicitly, so that parity
     // does not rest on the RNG (see encoder_decoder.rs / the fixture script).
     let loaded = model.load_safetensors(&dir.join("new_weights.safetensors"), false).unwrap();
     assert_eq!(loaded.loaded, new);
-    check_parity("bert2bert-tiny", &model, &dir);
+    check_parity("bert2bert-tiny", &model, &dir, &BERT2BERT_TINY);
     check_cache("bert2bert-tiny", &model, &dir);
 }
 
@@ -335,10 +379,12 @@ fn minilm_warm_start_matches_bert_and_one_adamw_step() {
     assert_eq!(report.missing, new);
     // The seeded init of the new weights is PyTorch's (checked by sums and first values).
     let vars = model.var_store().variables();
+    let (mut worst_sum, mut worst_first) = (0f64, 0f64);
     for (name, check) in exp["new_parameter_checks"].as_object().unwrap() {
         let v = &vars[name];
         let sum = v.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
         let want_sum = check["sum"].as_f64().unwrap();
+        worst_sum = worst_sum.max((sum - want_sum).abs() / (1.0 + want_sum.abs()));
         assert!(
             (sum - want_sum).abs() <= 1e-6 * (1.0 + want_sum.abs()),
             "{name}: sum {sum} vs {want_sum}"
@@ -348,15 +394,24 @@ fn minilm_warm_start_matches_bert_and_one_adamw_step() {
             Vec::try_from(v.flatten(0, -1).narrow(0, 0, first.len() as i64).to_kind(Kind::Double))
                 .unwrap();
         for (g, w) in got.iter().zip(&first) {
+            worst_first = worst_first.max((g - w).abs());
             assert!((g - w).abs() <= 1e-7, "{name}: first values {got:?} vs {first:?}");
         }
     }
+    eprintln!(
+        "MiniLM seeded init: max relative sum diff {worst_sum:.2e}, max first-value diff {worst_first:.2e}"
+    );
 
     let ids = ids_2d(&exp["input_ids"]);
     let mask = ids_2d(&exp["attention_mask"]);
     let labels = ids_2d(&exp["labels"]);
     let enc = tch::no_grad(|| model.encode(&ids, &mask, false));
-    assert_close("MiniLM encoder vs plain BertModel", &enc, &want["bert_hidden"], 1e-4);
+    assert_close(
+        "MiniLM encoder vs plain BertModel",
+        &enc,
+        &want["bert_hidden"],
+        MINILM_HIDDEN_TOL,
+    );
 
     let lr = exp["lr"].as_f64().unwrap();
     let mut opt = tch::nn::AdamW::default().build(model.var_store(), lr).unwrap();
@@ -367,9 +422,17 @@ fn minilm_warm_start_matches_bert_and_one_adamw_step() {
     let (want_before, want_after) =
         (exp["loss_before"].as_f64().unwrap(), exp["loss_after"].as_f64().unwrap());
     eprintln!("MiniLM loss before {before:.6} (torch {want_before:.6}), after one AdamW step {after:.6} (torch {want_after:.6})");
-    assert!((before - want_before).abs() <= 1e-4, "loss before: {before} vs {want_before}");
+    eprintln!(
+        "MiniLM loss diff before {:.2e}, after one AdamW step {:.2e}",
+        (before - want_before).abs(),
+        (after - want_after).abs()
+    );
     assert!(
-        (after - want_after).abs() <= 1e-4,
-        "loss after one AdamW step: {after} vs {want_after}"
+        (before - want_before).abs() <= MINILM_LOSS_TOL,
+        "loss before: {before} vs {want_before} (bound {MINILM_LOSS_TOL:e})"
+    );
+    assert!(
+        (after - want_after).abs() <= MINILM_LOSS_TOL,
+        "loss after one AdamW step: {after} vs {want_after} (bound {MINILM_LOSS_TOL:e})"
     );
 }
