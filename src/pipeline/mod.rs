@@ -983,7 +983,35 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 files: pkg_inputs,
             },
             |_stage_dir| {
+                let mut sources = Vec::new();
+                let rows =
+                    |f: &str| read_examples_jsonl(&gen_dir.join(f)).map(|r| r.len()).unwrap_or(0);
+                sources.push(match &recorded {
+                Some(r) => format!("generated: {} examples by {} recorded in the paper authors' runs ({}; the mirror's MANIFEST.tsv gives their licence)", rows(crate::dataset_generator::EXAMPLES_FILE), r.model, r.generated),
+                None => format!("generated: {} examples by {teacher_id} (the teacher's terms of use apply to its outputs)", rows(crate::dataset_generator::EXAMPLES_FILE)),
+            });
+                let retrieved_rows =
+                    read_examples_jsonl(&retrieved_path).map(|r| r.len()).unwrap_or(0);
+                if retrieved_rows > 0 {
+                    let what = stage::read_record(&dir, Stage::RetrieveDatasets)
+                        .map(|r| r.summary)
+                        .unwrap_or_default();
+                    sources.push(format!("retrieved: {what}"));
+                }
+                if let Some(spec) = &test_dataset {
+                    match registry.dataset(spec) {
+                        Ok(d) => sources.push(format!(
+                            "real test set: {} ({} rows, licence {}; {})",
+                            d.id,
+                            d.rows.map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
+                            d.license,
+                            d.title
+                        )),
+                        Err(_) => sources.push(format!("real test set: {spec}")),
+                    }
+                }
                 let card = package::CardFacts {
+                    sources,
                     name: name.to_string(),
                     task: task.as_ref().map(|t| t.name.clone()),
                     prompt_source: cfg.prompt_source.clone(),

@@ -65,6 +65,8 @@ pub struct CardFacts {
     pub metrics: Vec<MetricResult>,
     pub metric: String,
     pub notes: Vec<String>,
+    /// Data sources with their row counts and licences, one line each.
+    pub sources: Vec<String>,
 }
 
 /// Write the model folder (atomically: built beside, then moved into place); returns its files.
@@ -141,6 +143,12 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
     );
     for (stage, summary) in &c.stages {
         let _ = writeln!(s, "- **{stage}**: {summary}");
+    }
+    if !c.sources.is_empty() {
+        s.push_str("\nData sources:\n\n");
+        for src in &c.sources {
+            let _ = writeln!(s, "- {src}");
+        }
     }
     let _ = writeln!(s, "\n## Student\n\n`{}`: {}.", c.student.student, c.student.why);
     if !c.student.candidates.is_empty() {
