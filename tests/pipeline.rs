@@ -13,13 +13,21 @@ const PROMPT: &str = "Given the name of a country, answer with the name of its c
 /// `p2m run …` with its runs under `runs` and no network.
 fn p2m(runs: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_p2m"));
-    c.args(args).current_dir(common::repo_root()).env("P2M_RUNS", runs).env("P2M_OFFLINE", "1").env("RUST_LOG", "warn");
+    c.args(args)
+        .current_dir(common::repo_root())
+        .env("P2M_RUNS", runs)
+        .env("P2M_OFFLINE", "1")
+        .env("RUST_LOG", "warn");
     c
 }
 
 fn ok(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "p2m failed:\n{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "p2m failed:\n{stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).to_string() + &stderr
 }
 
@@ -32,13 +40,30 @@ fn prompt_file(dir: &Path, text: &str) -> PathBuf {
 /// The arguments of a smoke run against the fake teacher at `url` (unthrottled; 20 examples).
 fn fake_args<'a>(prompt: &'a str, url: &'a str, name: &'a str) -> Vec<&'a str> {
     vec![
-        "run", "--prompt-file", prompt, "--name", name, "--scale", "smoke", "--teacher", "openai", "--base-url", url,
-        "--model", "fake-model", "--requests-per-minute", "0", "--no-dataset-retrieval", "--test-dataset", "temporal",
+        "run",
+        "--prompt-file",
+        prompt,
+        "--name",
+        name,
+        "--scale",
+        "smoke",
+        "--teacher",
+        "openai",
+        "--base-url",
+        url,
+        "--model",
+        "fake-model",
+        "--requests-per-minute",
+        "0",
+        "--no-dataset-retrieval",
+        "--test-dataset",
+        "temporal",
     ]
 }
 
 fn stage_json(run: &Path, stage: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join(stage).join("stage.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(run.join(stage).join("stage.json")).unwrap())
+        .unwrap()
 }
 
 fn weights_sha(run: &Path) -> String {
@@ -46,7 +71,8 @@ fn weights_sha(run: &Path) -> String {
 }
 
 fn metrics(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("evaluation/metrics.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(run.join("evaluation/metrics.json")).unwrap())
+        .unwrap()
 }
 
 async fn run_blocking(mut c: Command) -> Output {
@@ -62,64 +88,139 @@ async fn smoke_run_against_a_fake_teacher_packages_a_model_and_a_rerun_is_free()
     let out = ok(run_blocking(p2m(&runs, &args)).await);
     let run = runs.join("capitals");
     let model = run.join("model");
-    for f in ["model.safetensors", "tokenizer.json", "config.json", "p2m.json", "model_card.md", "prompt.txt"] {
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+        "p2m.json",
+        "model_card.md",
+        "prompt.txt",
+    ] {
         assert!(model.join(f).is_file(), "model/{f} missing; output:\n{out}");
     }
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("p2m.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("p2m.json")).unwrap()).unwrap();
     assert!(manifest["instruction"].as_str().unwrap().contains("capital city"));
     assert_eq!(manifest["demonstrations"].as_array().unwrap().len(), 2);
     let m = metrics(&run);
     for set in ["generated", "real"] {
         for metric in ["em", "em-squad", "chrf++"] {
-            let r = m.as_array().unwrap().iter().find(|r| r["test_set"] == set && r["metric"] == metric).unwrap_or_else(|| panic!("{set} {metric} in {m}"));
-            let (v, lo, hi) = (r["value"].as_f64().unwrap(), r["low"].as_f64().unwrap(), r["high"].as_f64().unwrap());
+            let r = m
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["test_set"] == set && r["metric"] == metric)
+                .unwrap_or_else(|| panic!("{set} {metric} in {m}"));
+            let (v, lo, hi) = (
+                r["value"].as_f64().unwrap(),
+                r["low"].as_f64().unwrap(),
+                r["high"].as_f64().unwrap(),
+            );
             assert!(lo <= v && v <= hi, "{r}");
-            assert!(r["signature"].as_str().unwrap().contains("bootstrap:percentile|resamples:1000"));
+            assert!(r["signature"]
+                .as_str()
+                .unwrap()
+                .contains("bootstrap:percentile|resamples:1000"));
         }
     }
     let card = std::fs::read_to_string(model.join("model_card.md")).unwrap();
-    assert!(card.contains("## Metrics") && card.contains("95 %") && card.contains("fake-model"), "{card}");
-    assert!(run.join("evaluation/report/metrics.png").is_file() && run.join("evaluation/predictions_real.parquet").is_file());
+    assert!(
+        card.contains("## Metrics") && card.contains("95 %") && card.contains("fake-model"),
+        "{card}"
+    );
+    assert!(
+        run.join("evaluation/report/metrics.png").is_file()
+            && run.join("evaluation/predictions_real.parquet").is_file()
+    );
     let requests = server.state.request_count();
     assert!(requests > 0);
 
     // A rerun: every stage up to date, no teacher call.
     let again = ok(run_blocking(p2m(&runs, &args)).await);
-    assert_eq!(server.state.request_count(), requests, "a finished run makes no teacher call:\n{again}");
+    assert_eq!(
+        server.state.request_count(),
+        requests,
+        "a finished run makes no teacher call:\n{again}"
+    );
     assert!(again.matches("cached").count() >= 8, "{again}");
 
     // The packaged model predicts on its own (instruction and settings from p2m.json).
     let inputs = dir.path().join("in.jsonl");
-    std::fs::write(&inputs, "{\"input\": \"Chile\"}\n{\"input\": \"Spain\", \"output\": \"Madrid\"}\n").unwrap();
+    std::fs::write(
+        &inputs,
+        "{\"input\": \"Chile\"}\n{\"input\": \"Spain\", \"output\": \"Madrid\"}\n",
+    )
+    .unwrap();
     let preds = dir.path().join("preds.parquet");
-    let out = ok(run_blocking(p2m(&runs, &["predict", "--model", model.to_str().unwrap(), "--input", inputs.to_str().unwrap(), "--out", preds.to_str().unwrap()])).await);
+    let out = ok(run_blocking(p2m(
+        &runs,
+        &[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            inputs.to_str().unwrap(),
+            "--out",
+            preds.to_str().unwrap(),
+        ],
+    ))
+    .await);
     assert!(preds.is_file() && out.contains("2 predictions"), "{out}");
 
     // `p2m runs` finds it.
     let list = ok(run_blocking(p2m(&runs, &["runs", "list"])).await);
     assert!(list.contains("capitals") && list.contains("complete"), "{list}");
     let show = ok(run_blocking(p2m(&runs, &["runs", "show", "capitals"])).await);
-    assert!(show.contains("examples.jsonl") && show.contains("training") && show.contains("chrf++"), "{show}");
+    assert!(
+        show.contains("examples.jsonl") && show.contains("training") && show.contains("chrf++"),
+        "{show}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recorded_teacher_trains_on_the_authors_generations() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let out = ok(run_blocking(p2m(&runs, &["run", "--task", "temporal", "--teacher", "recorded", "--scale", "smoke"])).await);
+    let out = ok(run_blocking(p2m(
+        &runs,
+        &["run", "--task", "temporal", "--teacher", "recorded", "--scale", "smoke"],
+    ))
+    .await);
     let run = runs.join("temporal-recorded");
     let gen = stage_json(&run, "generation");
     assert!(gen["summary"].as_str().unwrap().contains("recorded from gpt-3.5-turbo"), "{gen}");
     let notes = std::fs::read_to_string(run.join("assembly/notes.json")).unwrap();
-    assert!(notes.contains("removed from the training pool"), "the recorded generated test set is held out: {notes}");
+    assert!(
+        notes.contains("removed from the training pool"),
+        "the recorded generated test set is held out: {notes}"
+    );
     assert!(run.join("model/p2m.json").is_file(), "{out}");
     let m = metrics(&run);
-    assert!(m.as_array().unwrap().iter().any(|r| r["test_set"] == "real" && r["metric"] == "chrf++"));
+    assert!(m
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["test_set"] == "real" && r["metric"] == "chrf++"));
     // Only paper tasks have recorded generations.
     let prompt = prompt_file(dir.path(), PROMPT);
-    let bad = run_blocking(p2m(&runs, &["run", "--prompt-file", prompt.to_str().unwrap(), "--teacher", "recorded", "--scale", "smoke"])).await;
+    let bad = run_blocking(p2m(
+        &runs,
+        &[
+            "run",
+            "--prompt-file",
+            prompt.to_str().unwrap(),
+            "--teacher",
+            "recorded",
+            "--scale",
+            "smoke",
+        ],
+    ))
+    .await;
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && err.contains("--teacher recorded needs a paper task"), "{err}");
+    assert!(
+        !bad.status.success() && err.contains("--teacher recorded needs a paper task"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,14 +238,19 @@ async fn editing_the_generated_examples_redoes_exactly_the_stages_after_generati
     let before = server.state.request_count();
     let out = ok(run_blocking(p2m(&runs, &args)).await);
     assert_eq!(server.state.request_count(), before, "no teacher call: {out}");
-    let ran = |stage: &str| out.lines().any(|l| l.trim_start().starts_with(stage) && l.contains(" ran "));
+    let ran =
+        |stage: &str| out.lines().any(|l| l.trim_start().starts_with(stage) && l.contains(" ran "));
     for stage in ["parse", "dataset-retrieval", "generation", "model-retrieval"] {
         assert!(!ran(stage), "{stage} should be cached:\n{out}");
     }
     for stage in ["assembly", "training", "evaluation", "package"] {
         assert!(ran(stage), "{stage} should run again:\n{out}");
     }
-    assert_eq!(std::fs::read_to_string(&examples).unwrap(), kept.join("\n") + "\n", "the edit is kept");
+    assert_eq!(
+        std::fs::read_to_string(&examples).unwrap(),
+        kept.join("\n") + "\n",
+        "the edit is kept"
+    );
 }
 
 /// Wait until `ready` holds (polling), then SIGKILL the child.
@@ -162,14 +268,18 @@ fn kill_when(child: &mut std::process::Child, ready: impl Fn() -> bool, what: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends_as_an_uninterrupted_run() {
+async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends_as_an_uninterrupted_run(
+) {
     let dir = tempfile::tempdir().unwrap();
     let prompt = prompt_file(dir.path(), PROMPT);
     // More training than the smoke default, so a kill can land between checkpoints.
     let config = dir.path().join("run.toml");
     std::fs::write(&config, "max_train_examples = 200\nnum_examples = 40\n[train]\nbatch_size = 4\ncheckpoint_every = 1\nepochs = 2\n").unwrap();
     let args = |url: &str, name: &str| -> Vec<String> {
-        let mut a: Vec<String> = fake_args(prompt.to_str().unwrap(), url, name).into_iter().map(str::to_string).collect();
+        let mut a: Vec<String> = fake_args(prompt.to_str().unwrap(), url, name)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         a.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
         a
     };
@@ -183,7 +293,8 @@ async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends
 
     // The same run, killed three times. The server holds every request after its 3rd answer, so
     // the first kill lands mid-generation with no answer lost (nothing is paid twice).
-    let server = FakeServer::start(ServerConfig { freeze_after_ok: Some(3), ..Default::default() }).await;
+    let server =
+        FakeServer::start(ServerConfig { freeze_after_ok: Some(3), ..Default::default() }).await;
     let runs = dir.path().join("killed");
     let run = runs.join("r");
     let a = as_refs(&args(&server.base_url, "r"));
@@ -192,7 +303,11 @@ async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends
     let mut child = p2m(&runs, &argv).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let journal = run.join("generation/checkpoint.jsonl");
     tokio::task::block_in_place(|| {
-        kill_when(&mut child, || state.frozen.load(std::sync::atomic::Ordering::SeqCst) && journal.exists(), "generation was under way");
+        kill_when(
+            &mut child,
+            || state.frozen.load(std::sync::atomic::Ordering::SeqCst) && journal.exists(),
+            "generation was under way",
+        );
     });
     assert_eq!(stage_json(&run, "generation")["status"], "running");
     server.unfreeze();
@@ -201,7 +316,11 @@ async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends
     let mut child = p2m(&runs, &argv).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let gen_record = run.join("generation/stage.json");
     tokio::task::block_in_place(|| {
-        kill_when(&mut child, || std::fs::read_to_string(&gen_record).is_ok_and(|t| t.contains("\"done\"")), "generation was done");
+        kill_when(
+            &mut child,
+            || std::fs::read_to_string(&gen_record).is_ok_and(|t| t.contains("\"done\"")),
+            "generation was done",
+        );
     });
 
     // Third: mid-training, once a few checkpoints exist.
@@ -210,7 +329,14 @@ async fn killed_mid_generation_mid_training_and_between_stages_then_resumed_ends
     tokio::task::block_in_place(|| {
         kill_when(
             &mut child,
-            || std::fs::read_dir(&checkpoints).is_ok_and(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("step-")).count() >= 2),
+            || {
+                std::fs::read_dir(&checkpoints).is_ok_and(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                        .count()
+                        >= 2
+                })
+            },
             "training had checkpoints",
         );
     });
@@ -230,7 +356,8 @@ async fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     let fail = |args: Vec<String>| {
-        let out = p2m(&runs, &args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+        let out =
+            p2m(&runs, &args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
         assert!(!out.status.success(), "should fail: {args:?}");
         String::from_utf8_lossy(&out.stderr).to_string()
     };
@@ -240,22 +367,86 @@ async fn bad_input_gets_a_clear_error() {
     let err = fail(s(&["run", "--prompt-file", empty.to_str().unwrap(), "--scale", "smoke"]));
     assert!(err.contains("the prompt is empty"), "{err}");
     let err = fail(s(&["run", "--task", "nope", "--scale", "smoke"]));
-    assert!(err.contains("unknown task `nope`") && err.contains("squad") && err.contains("temporal"), "{err}");
+    assert!(
+        err.contains("unknown task `nope`") && err.contains("squad") && err.contains("temporal"),
+        "{err}"
+    );
     let err = fail(s(&["run", "--task", "temporal", "--teacher", "recorded", "--scale", "huge"]));
     assert!(err.contains("unknown scale `huge`") && err.contains("laptop"), "{err}");
     let prompt = prompt_file(dir.path(), PROMPT);
     // An unreachable teacher: the URL is named and the offline teacher suggested.
-    let err = fail(s(&["run", "--prompt-file", prompt.to_str().unwrap(), "--scale", "smoke", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--requests-per-minute", "0", "--no-dataset-retrieval", "--name", "unreachable"]));
+    let err = fail(s(&[
+        "run",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--scale",
+        "smoke",
+        "--teacher",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--requests-per-minute",
+        "0",
+        "--no-dataset-retrieval",
+        "--name",
+        "unreachable",
+    ]));
     assert!(err.contains("127.0.0.1:9") && err.contains("--teacher local"), "{err}");
     // A priced model without a budget: the estimate, and how to allow it.
-    let err = fail(s(&["run", "--prompt-file", prompt.to_str().unwrap(), "--scale", "smoke", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "gpt-3.5-turbo", "--no-dataset-retrieval", "--name", "priced"]));
+    let err = fail(s(&[
+        "run",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--scale",
+        "smoke",
+        "--teacher",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "gpt-3.5-turbo",
+        "--no-dataset-retrieval",
+        "--name",
+        "priced",
+    ]));
     assert!(err.contains("would cost about $") && err.contains("--budget"), "{err}");
-    let err = fail(s(&["run", "--prompt-file", prompt.to_str().unwrap(), "--scale", "smoke", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "gpt-3.5-turbo", "--budget", "0.0001", "--no-dataset-retrieval", "--name", "priced"]));
+    let err = fail(s(&[
+        "run",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--scale",
+        "smoke",
+        "--teacher",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "gpt-3.5-turbo",
+        "--budget",
+        "0.0001",
+        "--no-dataset-retrieval",
+        "--name",
+        "priced",
+    ]));
     assert!(err.contains("would cost about $"), "a budget below the estimate stops too: {err}");
     // Another prompt in the same run folder is refused without --force.
     let other = dir.path().join("other.txt");
     std::fs::write(&other, "Translate English to French.\n\nInput: cat\nOutput: chat\n").unwrap();
-    let err = fail(s(&["run", "--prompt-file", other.to_str().unwrap(), "--scale", "smoke", "--name", "priced", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1"]));
+    let err = fail(s(&[
+        "run",
+        "--prompt-file",
+        other.to_str().unwrap(),
+        "--scale",
+        "smoke",
+        "--name",
+        "priced",
+        "--teacher",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    ]));
     assert!(err.contains("another prompt") && err.contains("--force"), "{err}");
 }
 
@@ -271,10 +462,15 @@ async fn a_prompt_without_demonstrations_runs_with_a_warning_and_a_japanese_one_
     c.stdin(Stdio::null());
     let out = ok(run_blocking(c).await);
     assert!(out.contains("no demonstrations"), "{out}");
-    assert!(out.contains("not a terminal: running on autopilot"), "--interactive without a terminal says so once: {out}");
+    assert!(
+        out.contains("not a terminal: running on autopilot"),
+        "--interactive without a terminal says so once: {out}"
+    );
     let ja = dir.path().join("ja.txt");
     std::fs::write(&ja, "国の名前が与えられたら、その首都の名前を答えてください。\n\nInput: フランス\nOutput: パリ\n").unwrap();
-    let out = ok(run_blocking(p2m(&runs, &fake_args(ja.to_str().unwrap(), &server.base_url, "ja"))).await);
+    let out =
+        ok(run_blocking(p2m(&runs, &fake_args(ja.to_str().unwrap(), &server.base_url, "ja")))
+            .await);
     assert!(out.contains("Japanese"), "{out}");
     // With --translate-instruction the retrievers search with the teacher's translation.
     let mut args = fake_args(ja.to_str().unwrap(), &server.base_url, "ja-translated");
@@ -282,8 +478,13 @@ async fn a_prompt_without_demonstrations_runs_with_a_warning_and_a_japanese_one_
     ok(run_blocking(p2m(&runs, &args)).await);
     let run = runs.join("ja-translated");
     let query = std::fs::read_to_string(run.join("parse/retrieval_query.txt")).unwrap();
-    let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("parse/parsed.json")).unwrap()).unwrap();
-    assert!(!query.trim().is_empty() && query != parsed["instruction"].as_str().unwrap(), "{query}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("parse/parsed.json")).unwrap())
+            .unwrap();
+    assert!(
+        !query.trim().is_empty() && query != parsed["instruction"].as_str().unwrap(),
+        "{query}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,12 +494,19 @@ async fn select_student_trains_each_candidate_briefly_and_reports_every_score() 
     let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
     let config = dir.path().join("run.toml");
     // Two tiny students of different sizes stand in for the candidates (the smoke scale).
-    std::fs::write(&config, "selection_steps = 2\nselect_candidates = [\"tiny:32:1:2\", \"tiny:48:1:2\"]\n").unwrap();
+    std::fs::write(
+        &config,
+        "selection_steps = 2\nselect_candidates = [\"tiny:32:1:2\", \"tiny:48:1:2\"]\n",
+    )
+    .unwrap();
     let mut args = fake_args(prompt.to_str().unwrap(), &server.base_url, "select");
     args.extend(["--select-student", "2", "--config", config.to_str().unwrap()]);
     let out = ok(run_blocking(p2m(&runs, &args)).await);
     let run = runs.join("select");
-    let sel: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("training/selection.json")).unwrap()).unwrap();
+    let sel: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("training/selection.json")).unwrap(),
+    )
+    .unwrap();
     let scores = sel["scores"].as_array().unwrap();
     assert_eq!(scores.len(), 2, "{sel}");
     assert_eq!(scores[0][0], "tiny:32:1:2");
@@ -306,5 +514,35 @@ async fn select_student_trains_each_candidate_briefly_and_reports_every_score() 
     let chosen = scores.iter().find(|s| s[0] == sel["chosen"]).unwrap();
     assert_eq!(chosen[1].as_f64().unwrap(), best, "the best candidate is kept");
     let report = std::fs::read_to_string(run.join("evaluation/report/README.md")).unwrap();
-    assert!(report.contains("student selection") && report.contains("tiny:32:1:2"), "{report}\n{out}");
+    assert!(
+        report.contains("student selection") && report.contains("tiny:32:1:2"),
+        "{report}\n{out}"
+    );
+}
+
+/// A full disk mid-stage: writes past a file-size limit fail (EFBIG, as ENOSPC would), the stage
+/// is not marked done, the error names what failed, and a rerun with room finishes the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_failing_mid_stage_leaves_it_unfinished_and_a_rerun_completes() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
+    let args = fake_args(prompt.to_str().unwrap(), &server.base_url, "full");
+    // 1 MiB per file: the teacher cache and the examples fit, the student's weights do not.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 1024; exec \"$0\" {}",
+        args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    let mut c = Command::new("bash");
+    c.args(["-c", &script, env!("CARGO_BIN_EXE_p2m")]).current_dir(common::repo_root()).env("P2M_RUNS", &runs).env("P2M_OFFLINE", "1").env("RUST_LOG", "warn");
+    let out = run_blocking(c).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run should fail: {err}");
+    assert!(err.contains("stage `training` failed") && err.contains("File too large"), "{err}");
+    let run = runs.join("full");
+    assert_eq!(stage_json(&run, "generation")["status"], "done");
+    assert_eq!(stage_json(&run, "training")["status"], "running", "the failed stage is not marked done");
+    ok(run_blocking(p2m(&runs, &args)).await);
+    assert_eq!(stage_json(&run, "training")["status"], "done");
+    assert!(run.join("model/model.safetensors").is_file());
 }
