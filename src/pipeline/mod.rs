@@ -913,15 +913,32 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                     )?);
                 }
                 anyhow::ensure!(!sets.is_empty(), "nothing to evaluate on: no generated test split and no real test set (give --test-dataset)");
+                // BERTScore with the paper's encoder online; the offline one when it cannot be had.
+                let mut bertscore_note = None;
+                let mut scorer_id = bertscore_id;
                 let scorer = if resolved.bertscore {
-                    Some(crate::evaluator::bertscore::BertScorer::from_registry(
-                        &models,
-                        bertscore_id,
-                        None,
-                        false,
-                        None,
-                        opts.device,
-                    )?)
+                    let load = |id: &str| {
+                        crate::evaluator::bertscore::BertScorer::from_registry(
+                            &models,
+                            id,
+                            None,
+                            false,
+                            None,
+                            opts.device,
+                        )
+                    };
+                    match load(bertscore_id) {
+                        Ok(s) => Some(s),
+                        Err(e) if !paths.offline => {
+                            scorer_id = evaluate::bertscore_model(true);
+                            bertscore_note = Some(format!(
+                                "BERTScore: `{bertscore_id}` could not be loaded ({}); `{scorer_id}` used instead",
+                                e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+                            ));
+                            Some(load(scorer_id)?)
+                        }
+                        Err(e) => return Err(e),
+                    }
                 } else {
                     None
                 };
@@ -931,12 +948,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                     &resolved.executor,
                     &sets,
                     scorer.as_ref(),
-                    bertscore_id,
+                    scorer_id,
                     &cfg.bootstrap,
                     stage_dir,
                 )?;
                 write_json(&stage_dir.join("metrics.json"), &results)?;
                 let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
+                notes.extend(bertscore_note);
                 if let Ok(sel) = read_json::<StudentSelection>(&train_dir.join("selection.json")) {
                     notes.push(format!(
                     "student selection ({} optimizer steps each, {} on {} generated validation examples): {}; chosen `{}`",
@@ -1108,10 +1126,13 @@ fn retrieve_dataset_rows(
     stage_dir: &Path,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(Vec<Example>, String)> {
-    use crate::dataset_retriever::{
-        open_dataset_retriever, select_dataset, Chooser, SelectionRequest,
-    };
-    let (retriever, registry) = open_dataset_retriever(paths, None, false)?;
+    use crate::dataset_retriever::{select_dataset, Chooser, SelectionRequest};
+    // The paper's DataFinder encoder online, MiniLM offline (or when DataFinder cannot be fetched).
+    let models = ModelRegistry::load(paths.clone())?;
+    let (encoder, encoder_notes) =
+        crate::dataset_retriever::choose_encoder(&models, None, paths.offline)?;
+    let (retriever, registry) =
+        crate::dataset_retriever::open_dataset_retriever_with(paths, None, encoder, false)?;
     let request = SelectionRequest {
         instruction: query.to_string(),
         top_k: 25,
@@ -1128,7 +1149,9 @@ fn retrieve_dataset_rows(
         None => Chooser::Default,
     };
     let selection = select_dataset(&retriever, &registry, paths, &request, chooser, rt)?;
-    write_json(&stage_dir.join("notes.json"), &selection.notes)?;
+    let notes: Vec<String> =
+        encoder_notes.into_iter().chain(selection.notes.iter().cloned()).collect();
+    write_json(&stage_dir.join("notes.json"), &notes)?;
     let Some(chosen) = &selection.chosen else {
         return Ok((vec![], "no dataset chosen (generated data only)".into()));
     };
