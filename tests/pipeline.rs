@@ -534,15 +534,73 @@ async fn a_write_failing_mid_stage_leaves_it_unfinished_and_a_rerun_completes() 
         args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
     );
     let mut c = Command::new("bash");
-    c.args(["-c", &script, env!("CARGO_BIN_EXE_p2m")]).current_dir(common::repo_root()).env("P2M_RUNS", &runs).env("P2M_OFFLINE", "1").env("RUST_LOG", "warn");
+    c.args(["-c", &script, env!("CARGO_BIN_EXE_p2m")])
+        .current_dir(common::repo_root())
+        .env("P2M_RUNS", &runs)
+        .env("P2M_OFFLINE", "1")
+        .env("RUST_LOG", "warn");
     let out = run_blocking(c).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the run should fail: {err}");
     assert!(err.contains("stage `training` failed") && err.contains("File too large"), "{err}");
     let run = runs.join("full");
     assert_eq!(stage_json(&run, "generation")["status"], "done");
-    assert_eq!(stage_json(&run, "training")["status"], "running", "the failed stage is not marked done");
+    assert_eq!(
+        stage_json(&run, "training")["status"],
+        "running",
+        "the failed stage is not marked done"
+    );
     ok(run_blocking(p2m(&runs, &args)).await);
     assert_eq!(stage_json(&run, "training")["status"], "done");
     assert!(run.join("model/model.safetensors").is_file());
+}
+
+/// `--budget`: a priced teacher's run stops before its first call unless the estimate fits; within
+/// the run the budget caps the paid calls, the run stops cleanly with everything kept, and a rerun
+/// with a larger budget continues without paying for any answer twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_stops_a_priced_run_cleanly_and_a_larger_one_continues_it() {
+    // One choice per request whatever `n` asks (as llama.cpp's server): far more requests than the
+    // estimate assumes.
+    let server = FakeServer::start(ServerConfig { ignore_n: true, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
+    let base: Vec<String> = fake_args(prompt.to_str().unwrap(), &server.base_url, "budget")
+        .into_iter()
+        .map(|a| if a == "fake-model" { "gpt-3.5-turbo".to_string() } else { a.to_string() })
+        .collect();
+    let with = |extra: &[&str]| -> Command {
+        let mut a = base.clone();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        p2m(&runs, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run_blocking(with(&[])).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("would cost about $"), "{err}");
+    assert_eq!(server.state.request_count(), 0, "nothing is sent before the budget allows it");
+    let suggested = err
+        .split("pass --budget ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    let out = run_blocking(with(&["--budget", &suggested])).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("stopped at the budget"), "{err}");
+    let run = runs.join("budget");
+    assert_eq!(stage_json(&run, "generation")["status"], "running");
+    let paid_first = server.state.ok_count();
+    assert!(paid_first > 0);
+
+    ok(run_blocking(with(&["--budget", "100"])).await);
+    assert!(run.join("model/p2m.json").is_file());
+    let answered = server.state.ok_digests.lock().unwrap().clone();
+    let unique: std::collections::HashSet<&String> = answered.iter().collect();
+    assert_eq!(unique.len(), answered.len(), "no answer paid for twice");
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("generation/generation_log.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(log["cost_usd"].as_f64().unwrap() > 0.0, "the spend is tracked: {log}");
 }

@@ -111,6 +111,8 @@ fn teacher_identity(cfg: &RunConfig) -> String {
 struct LazyTeacher<'a> {
     cfg: &'a RunConfig,
     cache: PathBuf,
+    /// Paid calls this invocation may make (from `--budget` and the estimated price of a call).
+    max_calls: Option<u64>,
     built: Option<CachedTeacher<Box<dyn Teacher>>>,
 }
 
@@ -128,6 +130,9 @@ impl LazyTeacher<'_> {
             };
             if settings.kind == TeacherKind::Openai {
                 probe_server(&settings.base_url)?;
+            }
+            if let Some(m) = self.max_calls {
+                settings.max_api_calls = Some(settings.max_api_calls.map_or(m, |x| x.min(m)));
             }
             let inner = settings.build().map_err(|e| {
                 if settings.kind == TeacherKind::Openai {
@@ -388,6 +393,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
         && recorded.is_none()
         && stage::read_record(&dir, Stage::Generate)
             .is_none_or(|r| r.status != stage::Status::Done);
+    let mut max_calls = None;
     if let Some(est) =
         estimate_generation_cost(cfg, &resolved, &prompt).filter(|_| generation_pending)
     {
@@ -406,8 +412,14 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 (est.usd * 100.0).ceil() / 100.0
             );
         }
+        // The budget caps this invocation's paid calls at the estimated price of one call.
+        if let Some(budget) = cfg.budget_usd {
+            let per_call = est.usd / est.requests.max(1) as f64;
+            max_calls = Some((budget / per_call).floor() as u64);
+        }
     }
-    let mut teacher = LazyTeacher { cfg, cache: dir.join("teacher_cache.sqlite"), built: None };
+    let mut teacher =
+        LazyTeacher { cfg, cache: dir.join("teacher_cache.sqlite"), max_calls, built: None };
     let teacher_id = teacher_identity(cfg);
     let rt = runtime()?;
     let mut stages: Vec<(Stage, bool, StageRecord)> = Vec::new();
@@ -595,7 +607,14 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                         Some(&progress),
                     ));
                     progress.finish_and_clear();
-                    let (rows, log) = result.map_err(|e| anyhow::anyhow!(e).context("generation stopped; everything accepted so far is kept, and a rerun continues from it"))?;
+                    let (rows, log) = result.map_err(|e| {
+                        let why = if e.is_budget_exhausted() {
+                            "generation stopped at the budget; everything accepted so far is kept, and a rerun with a larger --budget continues from it (answers already paid for are replayed from the run's cache)"
+                        } else {
+                            "generation stopped; everything accepted so far is kept, and a rerun continues from it"
+                        };
+                        anyhow::anyhow!(e).context(why)
+                    })?;
                     files.push(stage_dir.join(crate::dataset_generator::LOG_FILE));
                     format!(
                         "{} examples from {} in {} requests (${:.4})",
