@@ -690,6 +690,12 @@ pub fn validate_llm_parse(prompt: &str, answer: &str) -> Result<ParsedPrompt, St
     Ok(ParsedPrompt::new(instruction, demos))
 }
 
+/// The JSON Schema of a parse (`{"Instruction": "…", "Demonstrations": "…"}`), sent to HTTP
+/// teachers as structured output (see [`crate::teacher::structured`]).
+pub fn parse_answer_schema() -> Value {
+    crate::teacher::structured::object_of_strings(&["Instruction", "Demonstrations"])
+}
+
 /// Parse `prompt` with the teacher: at most `cfg.max_attempts` calls, each answer validated.
 pub async fn parse_with_teacher(
     teacher: &dyn Teacher,
@@ -712,6 +718,7 @@ pub async fn parse_with_teacher(
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             json_fields: None,
+            json_schema: Some(parse_answer_schema()),
         };
         match teacher.chat(&ChatRequest::user(text.clone(), params)).await {
             Err(e) if e.is_fatal() => return Err(ParseError::Teacher(e)),

@@ -152,17 +152,37 @@ async fn every_teacher_command_defaults_to_80_requests_a_minute() {
     use crate::fake_openai::{FakeServer, ServerConfig};
     for command in ["generate", "diversity", "retrieve-model", "retrieve-dataset"] {
         let help = String::from_utf8(p2m(&[command, "--help"]).stdout).unwrap();
-        assert!(help.contains("--requests-per-minute") && help.contains("[default: 80]"), "{command} --help:\n{help}");
+        assert!(
+            help.contains("--requests-per-minute") && help.contains("[default: 80]"),
+            "{command} --help:\n{help}"
+        );
         assert!(help.contains("--teacher"), "{command} --help:\n{help}");
     }
     let run = |base_url: String, extra: &'static [&'static str]| async move {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().to_str().unwrap().to_string();
-        let mut args = vec!["generate", "--task", "temporal", "--n", "12", "--deterministic-parse", "--teacher", "openai"];
+        let mut args = vec![
+            "generate",
+            "--task",
+            "temporal",
+            "--n",
+            "12",
+            "--deterministic-parse",
+            "--teacher",
+            "openai",
+        ];
         args.extend_from_slice(extra);
-        let args: Vec<String> = args.into_iter().map(str::to_string).chain(["--base-url".into(), base_url, "--out".into(), out]).collect();
+        let args: Vec<String> = args
+            .into_iter()
+            .map(str::to_string)
+            .chain(["--base-url".into(), base_url, "--out".into(), out])
+            .collect();
         let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_p2m")).args(&args).current_dir(common::repo_root()).output().unwrap()
+            Command::new(env!("CARGO_BIN_EXE_p2m"))
+                .args(&args)
+                .current_dir(common::repo_root())
+                .output()
+                .unwrap()
         })
         .await
         .unwrap();
@@ -175,7 +195,11 @@ async fn every_teacher_command_defaults_to_80_requests_a_minute() {
     run(server.base_url.clone(), &[]).await;
     let seen = server.state.seen.lock().unwrap().clone();
     assert!(seen.len() >= 3, "the run should need several requests, saw {}", seen.len());
-    assert_eq!(server.state.rate_limited.load(std::sync::atomic::Ordering::SeqCst), 0, "the default pacing kept under the server's limit");
+    assert_eq!(
+        server.state.rate_limited.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the default pacing kept under the server's limit"
+    );
     for w in seen.windows(2) {
         let gap = w[1].at.duration_since(w[0].at).as_secs_f64();
         assert!(gap > 0.6, "requests {gap:.3} s apart; 80/min paces them 0.75 s apart");

@@ -26,4 +26,5 @@ mod registry;
 mod retrievers;
 mod table2;
 mod teacher_openai;
+mod teacher_servers;
 mod trainer;

@@ -84,11 +84,32 @@ async fn retries_transient_faults_and_honours_retry_after() {
         assert_eq!(t.stats().retries, 1, "{f:?}");
     }
 
-    // A stall past the 0.6 s timeout: a timeout, then a retry.
-    let (r, t, _s, dt) = one_fault(Fault::Stall(Duration::from_secs(2))).await;
-    assert!(r.is_ok());
-    assert_eq!(t.stats().timeouts, 1);
-    assert!(dt >= Duration::from_millis(600) && dt < Duration::from_millis(1900), "{dt:?}");
+    // A stall past the 0.6 s request timeout: counted slow and waited for — never sent twice
+    // (issue #15: a second send is a second bill).
+    let (r, t, s, dt) = one_fault(Fault::Stall(Duration::from_secs(2))).await;
+    assert_eq!(r.unwrap().choices.len(), 2);
+    let st = t.stats();
+    assert_eq!((st.slow_requests, st.timeouts, st.retries, st.http_attempts), (1, 0, 0, 1));
+    assert_eq!(s.state.request_count(), 1, "a slow request is not sent again");
+    assert!(dt >= Duration::from_secs(2) && dt < Duration::from_millis(3500), "{dt:?}");
+
+    // Past `abandon_after_secs` it is given up — still not sent again, and not worth a resend.
+    let server = FakeServer::start(ServerConfig {
+        faults: vec![Fault::Stall(Duration::from_secs(3))],
+        fault_period: 1,
+        max_faults_per_request: 1,
+        ..Default::default()
+    })
+    .await;
+    let t = OpenAiTeacher::new(OpenAiConfig {
+        abandon_after_secs: Some(1.0),
+        ..client(&server.base_url)
+    })
+    .unwrap();
+    let e = t.chat(&gen_request("x", 2)).await.unwrap_err();
+    assert!(matches!(e, TeacherError::Timeout(_)) && !e.is_transient() && !e.is_retryable(), "{e}");
+    assert_eq!((t.stats().timeouts, t.stats().slow_requests), (1, 1));
+    assert_eq!(server.state.request_count(), 1);
 }
 
 #[tokio::test]

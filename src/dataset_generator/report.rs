@@ -45,6 +45,18 @@ pub fn write_generation_report(
         ("completion tokens (billed)".into(), log.completion_tokens as f64),
         ("cost (USD)".into(), log.cost_usd),
     ];
+    let t = &log.teacher_stats;
+    if t.slots > 0 {
+        // An HTTP teacher: where its time went (queue vs the server), and what was not resent.
+        rows.extend([
+            ("teacher HTTP requests".to_string(), t.http_attempts as f64),
+            ("teacher slots (in-flight cap)".into(), t.slots as f64),
+            ("teacher seconds queued (slot + rate limit)".into(), t.queue_secs),
+            ("teacher seconds in slots (sent → answered)".into(), t.decode_secs),
+            ("teacher requests slow (kept waiting, not resent)".into(), t.slow_requests as f64),
+            ("teacher response_format fallbacks".into(), t.format_fallbacks as f64),
+        ]);
+    }
     rows.extend(log.rejected.iter().map(|(k, v)| (format!("rejected: {k}"), *v as f64)));
     rows.extend(log.errors.iter().map(|(k, v)| (format!("request error: {k}"), *v as f64)));
     let mut table = ReportTable::new("generation", "Generation summary", counts_frame(&rows)?);

@@ -193,6 +193,7 @@ impl<'a> Core<'a> {
                 presence_penalty: self.cfg.presence_penalty,
                 frequency_penalty: self.cfg.frequency_penalty,
                 json_fields: Some(vec!["input".into(), "output".into()]),
+                json_schema: None,
             };
             reqs.push(ChatRequest::user(p.text, params));
         }

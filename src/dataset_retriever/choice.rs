@@ -39,6 +39,31 @@ pub struct RerankOutcome {
     pub abstentions: usize,
 }
 
+/// The JSON Schema of a rerank vote, `{"name": <a candidate's name> | null}`, sent to HTTP
+/// teachers as structured output (see [`crate::teacher::structured`]).
+pub fn rerank_schema(candidates: &[Candidate]) -> serde_json::Value {
+    let names: Vec<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
+    serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"anyOf": [{"type": "string", "enum": names}, {"type": "null"}]}},
+        "required": ["name"],
+        "additionalProperties": false,
+    })
+}
+
+/// The JSON Schema of a column choice, `{"input": [<column>, …], "output": <column>}`.
+pub fn column_schema(columns: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "input": {"type": "array", "items": {"type": "string", "enum": columns}},
+            "output": {"type": "string", "enum": columns},
+        },
+        "required": ["input", "output"],
+        "additionalProperties": false,
+    })
+}
+
 /// Count votes: each answer must name a candidate exactly.
 pub fn tally_votes(answers: &[String], candidates: &[Candidate]) -> RerankOutcome {
     let mut votes: BTreeMap<String, usize> = BTreeMap::new();
@@ -72,6 +97,7 @@ pub async fn llm_rerank(
         n: votes.max(1),
         max_tokens: Some(60),
         seed: Some(seed),
+        json_schema: Some(rerank_schema(candidates)),
         ..Default::default()
     };
     let response = teacher
@@ -144,6 +170,7 @@ pub async fn llm_select_columns(
             n: 1,
             max_tokens: Some(80),
             seed: Some(attempt as u64),
+            json_schema: Some(column_schema(columns)),
             ..Default::default()
         };
         let response = teacher

@@ -253,7 +253,8 @@ fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Pat
         Ok::<_, anyhow::Error>((files, weights))
     })??;
     let copy = |name: &str, from: &Path| -> Result<()> {
-        crate::util::fs::copy_atomic(from, &dir.join(name)).with_context(|| format!("copying {} into {}", from.display(), dir.display()))
+        crate::util::fs::copy_atomic(from, &dir.join(name))
+            .with_context(|| format!("copying {} into {}", from.display(), dir.display()))
     };
     for (name, path) in &files {
         copy(name, path)?;

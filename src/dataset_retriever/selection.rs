@@ -74,9 +74,16 @@ pub fn select_dataset(
 ) -> Result<Selection> {
     let mut all = retriever.retrieve(&request.instruction, None)?;
     let mut notes = Vec::new();
-    let excluded = |c: &Candidate| c.local.as_ref().is_some_and(|l| request.exclude_registry_ids.contains(&l.registry_id));
+    let excluded = |c: &Candidate| {
+        c.local.as_ref().is_some_and(|l| request.exclude_registry_ids.contains(&l.registry_id))
+    };
     for c in all.iter().filter(|c| excluded(c)) {
-        notes.push(format!("`{}` (rank {}) left out: it holds the test set ({})", c.name, c.rank, c.local.as_ref().map(|l| l.registry_id.as_str()).unwrap_or("")));
+        notes.push(format!(
+            "`{}` (rank {}) left out: it holds the test set ({})",
+            c.name,
+            c.rank,
+            c.local.as_ref().map(|l| l.registry_id.as_str()).unwrap_or("")
+        ));
     }
     all.retain(|c| !excluded(c));
     let top: Vec<Candidate> = all.iter().take(request.top_k).cloned().collect();

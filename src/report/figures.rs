@@ -374,9 +374,16 @@ pub struct IntervalBar {
 }
 
 /// Horizontal bars with interval whiskers, one per row, `<stem>.png/svg`.
-pub fn interval_bars(dir: &Path, stem: &str, title: &str, axis: &str, bars: &[IntervalBar]) -> Result<Vec<String>> {
+pub fn interval_bars(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    axis: &str,
+    bars: &[IntervalBar],
+) -> Result<Vec<String>> {
     ensure_font()?;
-    let size = ((11 * title.chars().count() as u32 + 40).max(640), 110 + 38 * bars.len().max(1) as u32);
+    let size =
+        ((11 * title.chars().count() as u32 + 40).max(640), 110 + 38 * bars.len().max(1) as u32);
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     draw_interval_bars(BitMapBackend::new(&png, size).into_drawing_area(), title, axis, bars)?;
@@ -384,11 +391,19 @@ pub fn interval_bars(dir: &Path, stem: &str, title: &str, axis: &str, bars: &[In
     Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
 }
 
-fn draw_interval_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, axis: &str, bars: &[IntervalBar]) -> Result<()> {
+fn draw_interval_bars<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    axis: &str,
+    bars: &[IntervalBar],
+) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
-    let root = root.titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold)).map_err(plot_err)?;
+    let root = root
+        .titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold))
+        .map_err(plot_err)?;
     let n = bars.len().max(1) as f64;
-    let max = bars.iter().map(|b| b.high.max(b.value)).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+    let max =
+        bars.iter().map(|b| b.high.max(b.value)).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
     let x_max = ((max * 1.2) / 10.0).ceil().max(1.0) * 10.0;
     let mut chart = ChartBuilder::on(&root)
         .margin(12)
@@ -396,17 +411,37 @@ fn draw_interval_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &
         .y_label_area_size(4)
         .build_cartesian_2d(0f64..x_max, 0f64..n)
         .map_err(plot_err)?;
-    chart.configure_mesh().disable_y_mesh().y_labels(0).x_desc(axis).label_style(("sans-serif", 12)).draw().map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc(axis)
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(plot_err)?;
     for (i, b) in bars.iter().enumerate() {
         let base = n - 1.0 - i as f64;
         let v = if b.value.is_finite() { b.value } else { 0.0 };
-        chart.draw_series(std::iter::once(Rectangle::new([(0.0, base + 0.15), (v, base + 0.55)], OURS.mix(0.8).filled()))).map_err(plot_err)?;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, base + 0.15), (v, base + 0.55)],
+                OURS.mix(0.8).filled(),
+            )))
+            .map_err(plot_err)?;
         let mid = base + 0.35;
         chart
-            .draw_series(std::iter::once(PathElement::new(vec![(b.low, mid), (b.high, mid)], BLACK.stroke_width(2))))
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(b.low, mid), (b.high, mid)],
+                BLACK.stroke_width(2),
+            )))
             .map_err(plot_err)?;
         for x in [b.low, b.high] {
-            chart.draw_series(std::iter::once(PathElement::new(vec![(x, mid - 0.12), (x, mid + 0.12)], BLACK.stroke_width(2)))).map_err(plot_err)?;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, mid - 0.12), (x, mid + 0.12)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(plot_err)?;
         }
         chart
             .draw_series(std::iter::once(Text::new(

@@ -379,6 +379,28 @@ impl<T: Teacher> Teacher for CachedTeacher<T> {
     }
 }
 
+/// The backend names recorded for `model` in the cache at `path` (none when there is no
+/// cache): what a replay-only run keys its requests by when it cannot ask the server.
+pub fn recorded_backends(path: &Path, model: &str) -> Result<Vec<String>, TeacherError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_err(path))?;
+    let mut stmt = match conn
+        .prepare("SELECT DISTINCT backend FROM requests WHERE model = ?1 ORDER BY backend")
+    {
+        Ok(s) => s,
+        Err(_) => return Ok(Vec::new()), // not a teacher cache (yet)
+    };
+    let rows = stmt
+        .query_map(params![model], |r| r.get::<_, String>(0))
+        .map_err(db_err(path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err(path));
+    rows
+}
+
 // ---------------------------------------------------------------------------------------------
 // Keys
 
@@ -408,6 +430,9 @@ fn key_value(backend: &str, model: &str, req: &ChatRequest, choice: Option<u32>)
     // keys of every other request stay what they were.
     if let Some(fields) = &p.json_fields {
         v["params"]["json_fields"] = json!(fields);
+    }
+    if let Some(schema) = &p.json_schema {
+        v["params"]["json_schema"] = schema.clone();
     }
     if let Some(c) = choice {
         v.as_object_mut().expect("object").insert("choice".into(), json!(c));

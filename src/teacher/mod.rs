@@ -3,8 +3,14 @@
 //!
 //! - [`Teacher`]: one object-safe async interface: chat messages + sampling parameters in, `n`
 //!   choices + token usage out. Backends: [`openai::OpenAiTeacher`] (any OpenAI-compatible chat
-//!   completions server: OpenAI, vLLM, llama.cpp server, Ollama) and the in-process local model
-//!   wired up elsewhere; wrappers: [`cache::CachedTeacher`] (record/replay).
+//!   completions server: OpenAI, vLLM, llama.cpp server, llama-cpp-python, Ollama; one endpoint,
+//!   with its slots, rate limit and structured-output fallbacks), [`fleet::FleetTeacher`]
+//!   (several endpoints, requests sharded by request id, failing endpoints taken out) and the
+//!   in-process local model wired up elsewhere; wrappers: [`cache::CachedTeacher`]
+//!   (record/replay).
+//! - [`structured`]: structured output over the API (a JSON schema sent as `response_format`,
+//!   with fallbacks where a server refuses a shape); [`discover`]: what a server is and how many
+//!   requests it decodes at once (`/v1/models`, llama.cpp's `/props`, …).
 //! - [`Accounting`]: run accounting shared by the backends: calls, HTTP attempts, retries, tokens
 //!   in/out, cost ([`Pricing`] per model) and the max-API-calls budget
 //!   ([`TeacherError::BudgetExhausted`]; the caller keeps what it has).
@@ -13,9 +19,12 @@
 //! - Small shared helpers: a token estimate ([`estimate_tokens`]) and secret redaction ([`redact`]).
 
 pub mod cache;
+pub mod discover;
+pub mod fleet;
 pub mod local;
 pub mod openai;
 pub mod settings;
+pub mod structured;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,8 +34,9 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheMode, CachedTeacher};
+pub use fleet::FleetTeacher;
 pub use openai::{OpenAiConfig, OpenAiTeacher};
-pub use settings::{TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE};
+pub use settings::{EndpointSettings, TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE};
 
 // ---------------------------------------------------------------------------------------------
 // Requests and responses
@@ -50,10 +60,17 @@ pub struct SamplingParams {
     pub presence_penalty: f64,
     pub frequency_penalty: f64,
     /// The answer is a flat JSON object of these string fields (e.g. `["input", "output"]`). HTTP
-    /// backends only see it in the prompt; the local teacher decodes the object field by field
-    /// (structured generation), because a 135M model will not reliably write JSON unaided.
+    /// backends ask the server for it as structured output (the schema of
+    /// [`structured::object_of_strings`] as `response_format`, see [`structured`]); the local
+    /// teacher decodes the object field by field (structured generation), because a 135M model
+    /// will not reliably write JSON unaided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub json_fields: Option<Vec<String>>,
+    /// The answer is JSON following this JSON Schema (the prompt parser's and the retrievers'
+    /// answers). HTTP backends send it as `response_format` (with fallbacks, see [`structured`]);
+    /// the local teacher only sees what the prompt says. Ignored when `json_fields` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
 }
 
 impl Default for SamplingParams {
@@ -67,6 +84,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             json_fields: None,
+            json_schema: None,
         }
     }
 }
@@ -220,7 +238,9 @@ pub enum TeacherError {
     BudgetExhausted { limit: u64, used: u64 },
     #[error("HTTP {status} from the teacher server: {body}")]
     Status { status: u16, body: String, retry_after: Option<Duration> },
-    #[error("request timed out after {0:?}")]
+    /// A request abandoned after this long in its slot (it is never sent again: a slow request
+    /// may still be answered, and billed, by the server).
+    #[error("request abandoned after {0:?} without an answer (not sent again)")]
     Timeout(Duration),
     #[error("connection error: {0}")]
     Connection(String),
@@ -250,16 +270,27 @@ pub enum TeacherError {
 }
 
 impl TeacherError {
-    /// Worth retrying the same HTTP request (429, 408, 409, 5xx, timeouts, connection errors,
-    /// truncated bodies).
+    /// Worth retrying the same HTTP request: the request was refused before any work (429, 408,
+    /// 409) or lost ([`TeacherError::is_lost`]). Not a request that was merely slow
+    /// ([`TeacherError::Timeout`]): it is never sent twice.
     pub fn is_retryable(&self) -> bool {
         match self {
             TeacherError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429) || *status >= 500
             }
-            TeacherError::Timeout(_) | TeacherError::Connection(_) | TeacherError::Truncated(_) => {
-                true
-            }
+            TeacherError::Connection(_) | TeacherError::Truncated(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The request (or its answer) was lost on the way: a connection error, a truncated body, a
+    /// 5xx — directly or as the last error of exhausted retries. What makes a fleet take an
+    /// endpoint out and send the request to another.
+    pub fn is_lost(&self) -> bool {
+        match self {
+            TeacherError::Status { status, .. } => *status >= 500,
+            TeacherError::Connection(_) | TeacherError::Truncated(_) => true,
+            TeacherError::RetriesExhausted { last, .. } => last.is_lost(),
             _ => false,
         }
     }
@@ -336,7 +367,9 @@ fn price_table() -> &'static [PriceEntry] {
     }
     static TABLE: std::sync::OnceLock<Vec<PriceEntry>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        toml::from_str::<Table>(include_str!("../../data/pricing.toml")).expect("data/pricing.toml parses (tested)").model
+        toml::from_str::<Table>(include_str!("../../data/pricing.toml"))
+            .expect("data/pricing.toml parses (tested)")
+            .model
     })
 }
 
@@ -361,7 +394,10 @@ impl Pricing {
                 (None, Some(p)) => m.starts_with(&p.to_ascii_lowercase()),
                 (None, None) => false,
             })
-            .map(|e| Pricing { input_per_1k_usd: e.input_per_1k_usd, output_per_1k_usd: e.output_per_1k_usd })
+            .map(|e| Pricing {
+                input_per_1k_usd: e.input_per_1k_usd,
+                output_per_1k_usd: e.output_per_1k_usd,
+            })
             .unwrap_or(Pricing::FREE)
     }
 
@@ -393,6 +429,73 @@ pub struct TeacherStats {
     pub cache_misses: u64,
     /// Current concurrency limit of an adaptive backend (0 when not applicable).
     pub concurrency_limit: u64,
+    /// Requests still unanswered after the request timeout: kept waiting, never sent twice.
+    pub slow_requests: u64,
+    /// Requests a server refused for their `response_format`, sent again with the next shape.
+    pub format_fallbacks: u64,
+    /// Seconds requests waited for a slot and the rate limit, summed over requests.
+    pub queue_secs: f64,
+    /// Seconds requests held a slot (sent until answered, the server's queue and decoding),
+    /// summed over requests.
+    pub decode_secs: f64,
+    /// In-flight request caps (slots), summed over the endpoints (0: not an HTTP backend).
+    pub slots: u64,
+    /// One entry per endpoint of an HTTP backend (several for a fleet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointStats>,
+}
+
+/// What one endpoint (one OpenAI-compatible server) did: what it is, how its requests went, and
+/// where their time went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointStats {
+    pub base_url: String,
+    /// The backend name: the user's, or what the server reported (see [`discover`]).
+    pub backend: String,
+    /// How the name was found (`setting`, `/v1/models owned_by=…`, `/props`, …).
+    pub backend_source: String,
+    /// The in-flight request cap.
+    pub slots: u64,
+    /// Where the cap came from (`setting`, `server /props total_slots`, `default`, …).
+    pub slots_source: String,
+    /// The `response_format` shape structured requests use now (see [`structured`]).
+    pub response_format: String,
+    /// HTTP requests sent, answered (2xx), lost (connection, truncated, 5xx) and slow.
+    pub http_attempts: u64,
+    pub answered: u64,
+    pub lost: u64,
+    pub slow: u64,
+    pub format_refusals: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub queue_secs: f64,
+    pub decode_secs: f64,
+    /// From the first request taking a slot to the last one leaving it.
+    pub active_secs: f64,
+    /// Taken out of a fleet after repeated failures.
+    pub out_of_service: bool,
+}
+
+impl EndpointStats {
+    /// Completion tokens per second of slot time (decode throughput across the slots).
+    pub fn tokens_per_sec(&self) -> f64 {
+        if self.active_secs > 0.0 {
+            self.completion_tokens as f64 / self.active_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Fraction of the slots' time (slots × active seconds) that requests held them.
+    pub fn slot_utilisation(&self) -> f64 {
+        let cap = self.slots as f64 * self.active_secs;
+        if cap > 0.0 {
+            (self.decode_secs / cap).min(1.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Thread-safe run accounting: calls, tokens, cost and the max-API-calls budget.
@@ -467,6 +570,11 @@ impl Accounting {
 
     pub fn record_http_attempt(&self) {
         self.http_attempts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Record a request given up after `abandon_after_secs` (not sent again).
+    pub fn record_timeout(&self) {
+        self.timeouts.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Record one failed HTTP attempt that will be retried.
@@ -583,10 +691,17 @@ mod tests {
 
     #[test]
     fn pricing_of_the_paper_time() {
-        assert!(price_table().iter().all(|e| e.prefix.is_some() != e.exact.is_some()), "each entry has a prefix or an exact name");
+        assert!(
+            price_table().iter().all(|e| e.prefix.is_some() != e.exact.is_some()),
+            "each entry has a prefix or an exact name"
+        );
         assert_eq!(Pricing::for_model("gpt-3.5-turbo-16k-0613").input_per_1k_usd, 0.003);
         assert_eq!(Pricing::for_model("GPT-4").output_per_1k_usd, 0.06);
-        assert_eq!(Pricing::for_model("gpt-4o"), Pricing::FREE, "neither `gpt-4` exactly nor a dated gpt-4-0 snapshot");
+        assert_eq!(
+            Pricing::for_model("gpt-4o"),
+            Pricing::FREE,
+            "neither `gpt-4` exactly nor a dated gpt-4-0 snapshot"
+        );
         let p = Pricing::for_model("gpt-3.5-turbo-0613");
         let cost = p.cost(&Usage { prompt_tokens: 2000, completion_tokens: 1000 });
         assert!((cost - (0.003 + 0.002)).abs() < 1e-12);

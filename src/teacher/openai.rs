@@ -1,20 +1,33 @@
 //! OpenAI-compatible chat completions (`POST {base_url}/chat/completions`) over reqwest + tokio:
-//! OpenAI itself, vLLM, llama.cpp's server, Ollama (`/v1`), LiteLLM proxies, …
+//! OpenAI itself, vLLM, llama.cpp's server, llama-cpp-python's server, Ollama (`/v1`), LiteLLM
+//! proxies, … One [`OpenAiTeacher`] is one endpoint; [`super::fleet::FleetTeacher`] spreads
+//! requests over several.
 //!
 //! - The API key is read only from an environment variable (default `OPENAI_API_KEY`), sent as a
 //!   bearer header marked sensitive, and never logged, cached or put into an error (every text a
 //!   server sends back goes through [`redact`] first; `Debug` prints `<redacted>`).
 //! - `n` choices per request; servers that ignore `n` (llama.cpp) get follow-up requests until
 //!   `n` choices are in.
-//! - Concurrency adapts (AIMD): halves on 429s and timeouts, grows by ~1 per window of successes,
-//!   within `1..=max_concurrency`.
+//! - Structured output: a request with `json_fields` or `json_schema` carries its schema as
+//!   `response_format`, stepping down a ladder of shapes where the server refuses one and
+//!   remembering the step that worked ([`super::structured`]).
+//! - Slots, not timeouts: at most `max_concurrency` requests are in flight (the server's slots:
+//!   set, or discovered by [`super::discover`]); a request waiting for a slot is not timed.
+//!   Once sent, a request that takes longer than `request_timeout_secs` is counted *slow* and kept
+//!   waiting — never sent twice (against a paid API a second send is a second bill); only after
+//!   `abandon_after_secs` is it given up, still without a resend. Queue time (slot + rate limit)
+//!   and decode time (in the slot) are counted separately ([`EndpointStats`]).
+//! - Concurrency adapts below the slot cap (AIMD): halves on 429s and slow requests, grows by ~1
+//!   per window of successes, within `1..=max_concurrency`.
 //! - Requests-per-minute and tokens-per-minute token buckets (estimated tokens before a request,
 //!   the server's actual usage settled after); a 429 pauses every request for its delay.
-//! - Retries with exponential backoff and jitter on 408/409/429/5xx, timeouts, connection errors
-//!   and truncated bodies, honouring `Retry-After` (seconds or HTTP date) and `retry-after-ms`.
+//! - Retries with exponential backoff and jitter for requests refused before any work (429, 408,
+//!   409) or lost (connection errors, 5xx, truncated bodies), honouring `Retry-After` (seconds or
+//!   HTTP date) and `retry-after-ms`.
 //! - Typed errors for non-retryable 4xx, malformed JSON, wrong schema, empty choices, truncated
 //!   bodies.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +39,9 @@ use crate::download::error_chain;
 use crate::util::rng::SplitMix64;
 use crate::util::text::excerpt;
 
+use super::structured::{self, ResponseFormat};
 use super::{
-    estimate_tokens, redact, Accounting, ChatRequest, ChatResponse, Choice, Pricing,
+    estimate_tokens, redact, Accounting, ChatRequest, ChatResponse, Choice, EndpointStats, Pricing,
     SamplingParams, Teacher, TeacherError, TeacherStats, Usage,
 };
 
@@ -44,10 +58,14 @@ pub struct OpenAiConfig {
     pub api_key_env: String,
     /// Whether a missing key is an error; `None`: required only for api.openai.com.
     pub require_api_key: Option<bool>,
-    /// Whole-request timeout (connect → last body byte), seconds.
+    /// Seconds a sent request may take before it counts as slow (logged, concurrency halved);
+    /// a slow request is kept waiting and never sent again.
     pub request_timeout_secs: f64,
+    /// Seconds after which a sent request is given up ([`TeacherError::Timeout`], not sent
+    /// again); `None` waits as long as the connection lives.
+    pub abandon_after_secs: Option<f64>,
     pub connect_timeout_secs: f64,
-    /// Retries per request after the first attempt.
+    /// Retries per request after the first attempt (429/408/409 and lost requests only).
     pub max_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -63,12 +81,16 @@ pub struct OpenAiConfig {
     pub tpm_burst: Option<f64>,
     /// Completion tokens per choice assumed before the server reports usage.
     pub completion_tokens_estimate: u32,
-    /// Upper bound of the adaptive concurrency (the reference's `max_batch_size` is 5).
+    /// The slots: most requests in flight at once (the server's parallel decoding slots; the
+    /// reference's `max_batch_size` is 5). The adaptive concurrency stays below it.
     pub max_concurrency: usize,
     /// Starting concurrency (clipped to `1..=max_concurrency`).
     pub initial_concurrency: usize,
     /// Send the request's `seed` (OpenAI, vLLM, llama.cpp and Ollama accept it).
     pub send_seed: bool,
+    /// The first `response_format` shape tried for structured requests (the ladder goes down
+    /// from there; [`ResponseFormat::None`] sends none).
+    pub response_format: ResponseFormat,
     /// Budget of API calls for this teacher; `None` = unlimited.
     pub max_api_calls: Option<u64>,
     /// Price override; default from [`Pricing::for_model`].
@@ -86,6 +108,7 @@ impl Default for OpenAiConfig {
             api_key_env: "OPENAI_API_KEY".into(),
             require_api_key: None,
             request_timeout_secs: 120.0,
+            abandon_after_secs: Some(1800.0),
             connect_timeout_secs: 10.0,
             max_retries: 6,
             backoff_base_ms: 500,
@@ -99,6 +122,7 @@ impl Default for OpenAiConfig {
             max_concurrency: 5,
             initial_concurrency: 5,
             send_seed: true,
+            response_format: ResponseFormat::JsonSchema,
             max_api_calls: None,
             pricing: None,
             jitter_seed: 0x5EED,
@@ -112,12 +136,13 @@ impl OpenAiConfig {
         OpenAiConfig { model: model.into(), ..Default::default() }
     }
     /// The configuration a command line gives: api.openai.com when the base URL is OpenAI's,
-    /// otherwise an OpenAI-compatible server at `base_url` (vLLM defaults).
+    /// otherwise an OpenAI-compatible server at `base_url`, named
+    /// [`super::discover::UNKNOWN_BACKEND`] until discovery or the user names it.
     pub fn for_base_url(base_url: &str, model: &str) -> Self {
         if base_url.contains("api.openai.com") {
             Self::openai(model)
         } else {
-            Self::vllm(base_url, model)
+            Self::local(base_url, model, super::discover::UNKNOWN_BACKEND)
         }
     }
     /// A vLLM server, e.g. `http://localhost:8000/v1`.
@@ -157,11 +182,16 @@ impl OpenAiConfig {
         if !(self.request_timeout_secs > 0.0 && self.request_timeout_secs.is_finite()) {
             return bad("request_timeout_secs must be > 0".into());
         }
+        if let Some(a) = self.abandon_after_secs {
+            if !(a > 0.0 && a.is_finite()) {
+                return bad("abandon_after_secs must be > 0 (or unset to wait for ever)".into());
+            }
+        }
         if !(self.connect_timeout_secs > 0.0 && self.connect_timeout_secs.is_finite()) {
             return bad("connect_timeout_secs must be > 0".into());
         }
         if self.max_concurrency == 0 {
-            return bad("max_concurrency must be ≥ 1".into());
+            return bad("max_concurrency (slots) must be ≥ 1".into());
         }
         for (name, v) in [
             ("requests_per_minute", self.requests_per_minute),
@@ -192,7 +222,49 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-/// An OpenAI-compatible chat-completions teacher.
+/// Counters and timings of one endpoint (see [`EndpointStats`]).
+#[derive(Debug, Default)]
+struct EndpointMetrics {
+    http_attempts: AtomicU64,
+    answered: AtomicU64,
+    lost: AtomicU64,
+    slow: AtomicU64,
+    format_refusals: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    queue_us: AtomicU64,
+    decode_us: AtomicU64,
+    /// First slot taken, last slot released.
+    window: Mutex<Option<(Instant, Instant)>>,
+    /// Lost attempts since the last answer (a fleet takes the endpoint out past a threshold).
+    consecutive_lost: AtomicU32,
+}
+
+impl EndpointMetrics {
+    fn slot_taken(&self, at: Instant) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_none() {
+            *w = Some((at, at));
+        }
+    }
+    fn slot_released(&self, sent: Instant) {
+        let now = Instant::now();
+        self.decode_us.fetch_add(now.duration_since(sent).as_micros() as u64, Ordering::SeqCst);
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, last) = w.get_or_insert((sent, now));
+        *last = (*last).max(now);
+        *first = (*first).min(sent);
+    }
+}
+
+/// Where an endpoint's name and slot count came from (set by the builder after discovery).
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    pub backend_source: String,
+    pub slots_source: String,
+}
+
+/// An OpenAI-compatible chat-completions teacher: one endpoint.
 pub struct OpenAiTeacher {
     cfg: OpenAiConfig,
     endpoint: String,
@@ -202,6 +274,13 @@ pub struct OpenAiTeacher {
     limiter: RateLimiter,
     concurrency: AdaptiveConcurrency,
     jitter: Mutex<SplitMix64>,
+    /// Index into [`ResponseFormat::LADDER`]: the shape structured requests start with.
+    format_step: AtomicUsize,
+    metrics: EndpointMetrics,
+    provenance: Provenance,
+    /// Lost attempts in a row after which the endpoint takes itself out (fleets only).
+    remove_after_lost: Option<u32>,
+    out_of_service: AtomicBool,
 }
 
 impl std::fmt::Debug for OpenAiTeacher {
@@ -228,10 +307,7 @@ impl OpenAiTeacher {
         accounting: Arc<Accounting>,
     ) -> Result<Self, TeacherError> {
         cfg.validate()?;
-        let api_key = match std::env::var(&cfg.api_key_env) {
-            Ok(k) if !k.trim().is_empty() => Some(ApiKey(k.trim().to_string())),
-            _ => None,
-        };
+        let api_key = read_api_key(&cfg.api_key_env);
         let required =
             cfg.require_api_key.unwrap_or_else(|| cfg.base_url.contains("api.openai.com"));
         if required && api_key.is_none() {
@@ -239,6 +315,9 @@ impl OpenAiTeacher {
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs_f64(cfg.connect_timeout_secs))
+            // Dead peers show up as connection errors (lost, retried) rather than as requests
+            // that never end.
+            .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("prompt2model-rs/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TeacherError::Config(format!("cannot build the HTTP client: {e}")))?;
@@ -247,7 +326,7 @@ impl OpenAiTeacher {
         Ok(OpenAiTeacher {
             endpoint,
             client,
-            api_key,
+            api_key: api_key.map(ApiKey),
             accounting,
             limiter: RateLimiter::new(
                 cfg.requests_per_minute,
@@ -257,8 +336,39 @@ impl OpenAiTeacher {
             ),
             concurrency: AdaptiveConcurrency::new(cfg.initial_concurrency, cfg.max_concurrency),
             jitter: Mutex::new(SplitMix64::new(cfg.jitter_seed)),
+            format_step: AtomicUsize::new(cfg.response_format.index()),
+            metrics: EndpointMetrics::default(),
+            provenance: Provenance {
+                backend_source: "configuration".into(),
+                slots_source: "configuration".into(),
+            },
+            remove_after_lost: None,
+            out_of_service: AtomicBool::new(false),
             cfg,
         })
+    }
+
+    /// Record where the name and the slots came from (shown in [`EndpointStats`]).
+    pub fn set_provenance(&mut self, provenance: Provenance) {
+        self.provenance = provenance;
+    }
+
+    /// Take the endpoint out of service after `n` lost attempts in a row (a fleet's setting:
+    /// its requests then go to the other endpoints).
+    pub fn set_remove_after_lost(&mut self, n: Option<u32>) {
+        self.remove_after_lost = n;
+    }
+
+    /// Taken out after repeated lost requests (see [`Self::set_remove_after_lost`]).
+    pub fn is_out_of_service(&self) -> bool {
+        self.out_of_service.load(Ordering::SeqCst)
+    }
+
+    /// Take the endpoint out of service now.
+    pub fn take_out_of_service(&self) {
+        if !self.out_of_service.swap(true, Ordering::SeqCst) {
+            tracing::warn!(endpoint = %self.cfg.base_url, "endpoint taken out of service");
+        }
     }
 
     pub fn config(&self) -> &OpenAiConfig {
@@ -273,15 +383,52 @@ impl OpenAiTeacher {
         &self.concurrency
     }
 
+    /// The `response_format` shape structured requests start with now.
+    pub fn response_format(&self) -> ResponseFormat {
+        ResponseFormat::from_index(self.format_step.load(Ordering::SeqCst))
+    }
+
     fn key(&self) -> Option<&str> {
         self.api_key.as_ref().map(|k| k.0.as_str())
     }
 
-    fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.cfg.request_timeout_secs)
+    /// What this endpoint did so far.
+    pub fn endpoint_stats(&self) -> EndpointStats {
+        let m = &self.metrics;
+        let load = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        let active = m
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(a, b)| b.duration_since(a).as_secs_f64())
+            .unwrap_or(0.0);
+        EndpointStats {
+            base_url: self.cfg.base_url.clone(),
+            backend: self.cfg.backend_name.clone(),
+            backend_source: self.provenance.backend_source.clone(),
+            slots: self.cfg.max_concurrency as u64,
+            slots_source: self.provenance.slots_source.clone(),
+            response_format: self.response_format().name().to_string(),
+            http_attempts: load(&m.http_attempts),
+            answered: load(&m.answered),
+            lost: load(&m.lost),
+            slow: load(&m.slow),
+            format_refusals: load(&m.format_refusals),
+            prompt_tokens: load(&m.prompt_tokens),
+            completion_tokens: load(&m.completion_tokens),
+            queue_secs: load(&m.queue_us) as f64 / 1e6,
+            decode_secs: load(&m.decode_us) as f64 / 1e6,
+            active_secs: active,
+            out_of_service: self.is_out_of_service(),
+        }
     }
 
-    fn body(&self, req: &ChatRequest, p: &SamplingParams) -> Vec<u8> {
+    fn body(
+        &self,
+        req: &ChatRequest,
+        p: &SamplingParams,
+        format: Option<(ResponseFormat, &Value)>,
+    ) -> Vec<u8> {
         let mut b = json!({
             "model": self.cfg.model,
             "messages": req.messages.iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect::<Vec<_>>(),
@@ -301,6 +448,9 @@ impl OpenAiTeacher {
         }
         if p.frequency_penalty != 0.0 {
             o.insert("frequency_penalty".into(), json!(p.frequency_penalty));
+        }
+        if let Some(rf) = format.and_then(|(f, schema)| f.payload(schema)) {
+            o.insert("response_format".into(), rf);
         }
         serde_json::to_vec(&b).expect("serialisable")
     }
@@ -324,7 +474,7 @@ impl OpenAiTeacher {
                 p.seed = p.seed.map(|s| s.wrapping_add(round));
             }
             self.accounting.reserve_call()?;
-            match self.call_with_retries(req, &p).await {
+            match self.call_structured(req, &p).await {
                 Ok((got, u)) => {
                     cost += self.accounting.record_success(&u);
                     usage += u;
@@ -343,34 +493,110 @@ impl OpenAiTeacher {
         Ok(ChatResponse { choices, usage, cost_usd: cost, cached: false })
     }
 
-    async fn call_with_retries(
+    /// One call, with the request's schema as `response_format` when it has one: refused shapes
+    /// are replaced by the next on the ladder at once, and the shape that worked is remembered.
+    async fn call_structured(
         &self,
         req: &ChatRequest,
         p: &SamplingParams,
     ) -> Result<(Vec<Choice>, Usage), TeacherError> {
-        let body = self.body(req, p);
+        let Some(schema) = structured::schema_for(p) else {
+            return self.call_with_retries(req, p, &self.body(req, p, None), false).await;
+        };
+        let mut step = self.response_format();
+        loop {
+            let body = self.body(req, p, Some((step, &schema)));
+            let with_format = step != ResponseFormat::None;
+            match self.call_with_retries(req, p, &body, with_format).await {
+                Ok(r) => {
+                    let before = self.format_step.fetch_max(step.index(), Ordering::SeqCst);
+                    if step.index() > before {
+                        tracing::info!(endpoint = %self.cfg.base_url, response_format = step.name(), "structured output: the server takes this shape; kept for its later requests");
+                    }
+                    return Ok(r);
+                }
+                Err(TeacherError::Status { status, body: msg, .. })
+                    if with_format && structured::is_refusal(status, &msg) =>
+                {
+                    self.metrics.format_refusals.fetch_add(1, Ordering::SeqCst);
+                    let next = ResponseFormat::from_index(
+                        step.next().index().max(self.format_step.load(Ordering::SeqCst)),
+                    );
+                    tracing::info!(endpoint = %self.cfg.base_url, refused = step.name(), next = next.name(), status, body = %excerpt(&msg, 200), "structured output: response_format refused; trying the next shape");
+                    step = next;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Send `body` until answered: retried when refused before any work (429, 408, 409) or lost
+    /// (connection errors, 5xx, truncated bodies) — except a refusal of its `response_format`
+    /// (`with_format`), which is returned at once for the next shape.
+    async fn call_with_retries(
+        &self,
+        req: &ChatRequest,
+        p: &SamplingParams,
+        body: &[u8],
+        with_format: bool,
+    ) -> Result<(Vec<Choice>, Usage), TeacherError> {
         let prompt_est = req.estimated_prompt_tokens();
         let per_choice =
             p.max_tokens.unwrap_or(u32::MAX).min(self.cfg.completion_tokens_estimate) as u64;
         let est = prompt_est + per_choice * p.n as u64;
         let mut attempt: u32 = 0;
         loop {
+            let queued_at = Instant::now();
             let permit = self.concurrency.acquire().await;
             self.limiter.acquire(est).await;
+            if self.is_out_of_service() {
+                return Err(TeacherError::Connection(format!(
+                    "{} was taken out of service after repeated lost requests",
+                    self.cfg.base_url
+                )));
+            }
+            let sent_at = Instant::now();
+            self.metrics
+                .queue_us
+                .fetch_add(sent_at.duration_since(queued_at).as_micros() as u64, Ordering::SeqCst);
+            self.metrics.slot_taken(sent_at);
+            self.metrics.http_attempts.fetch_add(1, Ordering::SeqCst);
             self.accounting.record_http_attempt();
-            let result = self.send_once(&body, prompt_est).await;
+            let result = self.send_once(body, prompt_est).await;
+            self.metrics.slot_released(sent_at);
             match result {
                 Ok((choices, usage)) => {
                     self.concurrency.on_success();
                     self.limiter.settle(est, usage.total());
+                    self.metrics.answered.fetch_add(1, Ordering::SeqCst);
+                    self.metrics.consecutive_lost.store(0, Ordering::SeqCst);
+                    self.metrics.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::SeqCst);
+                    self.metrics
+                        .completion_tokens
+                        .fetch_add(usage.completion_tokens, Ordering::SeqCst);
                     drop(permit);
                     return Ok((choices, usage));
                 }
                 Err(e) => {
-                    if matches!(e.kind(), "rate_limited" | "timeout") {
+                    if let (true, TeacherError::Status { status, body, .. }) = (with_format, &e) {
+                        if structured::is_refusal(*status, body) {
+                            return Err(e);
+                        }
+                    }
+                    if e.kind() == "rate_limited" {
                         self.concurrency.on_congestion();
                     }
-                    if !e.is_retryable() {
+                    if e.is_lost() {
+                        self.metrics.lost.fetch_add(1, Ordering::SeqCst);
+                        let run = self.metrics.consecutive_lost.fetch_add(1, Ordering::SeqCst) + 1;
+                        if self.remove_after_lost.is_some_and(|k| run >= k) {
+                            self.take_out_of_service();
+                        }
+                    }
+                    if e.kind() == "timeout" {
+                        self.accounting.record_timeout();
+                    }
+                    if !e.is_retryable() || self.is_out_of_service() {
                         return Err(e);
                     }
                     if attempt >= self.cfg.max_retries {
@@ -388,7 +614,7 @@ impl OpenAiTeacher {
                         self.limiter.cool_down(delay);
                     }
                     self.accounting.record_retry(&e);
-                    tracing::warn!(attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "teacher request failed; retrying");
+                    tracing::warn!(endpoint = %self.cfg.base_url, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "teacher request refused or lost; retrying");
                     drop(permit);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -415,7 +641,40 @@ impl OpenAiTeacher {
         Duration::from_secs_f64((exp / 2.0 + rng.next_f64() * exp / 2.0) / 1000.0)
     }
 
+    /// Send once and wait for the answer: past `request_timeout_secs` the request counts as slow
+    /// and is kept waiting; past `abandon_after_secs` it is given up (never sent again).
     async fn send_once(
+        &self,
+        body: &[u8],
+        prompt_est: u64,
+    ) -> Result<(Vec<Choice>, Usage), TeacherError> {
+        let exchange = self.exchange(body, prompt_est);
+        tokio::pin!(exchange);
+        let slow_after = Duration::from_secs_f64(self.cfg.request_timeout_secs);
+        let abandon_after = self.cfg.abandon_after_secs.map(Duration::from_secs_f64);
+        if abandon_after.is_some_and(|a| a <= slow_after) {
+            let a = abandon_after.expect("checked");
+            return tokio::time::timeout(a, exchange)
+                .await
+                .unwrap_or(Err(TeacherError::Timeout(a)));
+        }
+        match tokio::time::timeout(slow_after, &mut exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.slow.fetch_add(1, Ordering::SeqCst);
+                self.concurrency.on_congestion();
+                tracing::warn!(endpoint = %self.cfg.base_url, after_s = slow_after.as_secs_f64(), "teacher request is slow; still waiting for it (it is not sent again)");
+                match abandon_after {
+                    Some(a) => tokio::time::timeout(a - slow_after, exchange)
+                        .await
+                        .unwrap_or(Err(TeacherError::Timeout(a))),
+                    None => exchange.await,
+                }
+            }
+        }
+    }
+
+    async fn exchange(
         &self,
         body: &[u8],
         prompt_est: u64,
@@ -424,7 +683,6 @@ impl OpenAiTeacher {
             .client
             .post(&self.endpoint)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(self.timeout())
             .body(body.to_vec());
         if let Some(k) = self.key() {
             rb = rb.bearer_auth(k);
@@ -432,13 +690,10 @@ impl OpenAiTeacher {
         let resp = rb.send().await.map_err(|e| self.transport_error(e))?;
         let status = resp.status().as_u16();
         let retry_after = retry_after_from_headers(resp.headers(), SystemTime::now());
-        let bytes = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                TeacherError::Timeout(self.timeout())
-            } else {
-                TeacherError::Truncated(redact(&error_chain(&e), self.key()))
-            }
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| TeacherError::Truncated(redact(&error_chain(&e), self.key())))?;
         if !(200..300).contains(&status) {
             let text = redact(&String::from_utf8_lossy(&bytes), self.key());
             return Err(TeacherError::Status {
@@ -451,13 +706,20 @@ impl OpenAiTeacher {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> TeacherError {
-        if e.is_timeout() {
-            TeacherError::Timeout(self.timeout())
-        } else if e.is_body() || e.is_decode() {
+        if e.is_body() || e.is_decode() {
             TeacherError::Truncated(redact(&error_chain(&e), self.key()))
         } else {
+            // Connect errors and connect timeouts included: the request never reached the server.
             TeacherError::Connection(redact(&error_chain(&e), self.key()))
         }
+    }
+}
+
+/// The API key from the environment variable `env` (trimmed; empty counts as unset).
+pub(crate) fn read_api_key(env: &str) -> Option<String> {
+    match std::env::var(env) {
+        Ok(k) if !k.trim().is_empty() => Some(k.trim().to_string()),
+        _ => None,
     }
 }
 
@@ -475,8 +737,15 @@ impl Teacher for OpenAiTeacher {
         Box::pin(self.chat_impl(request))
     }
     fn stats(&self) -> TeacherStats {
+        let e = self.endpoint_stats();
         TeacherStats {
             concurrency_limit: self.concurrency.limit() as u64,
+            slow_requests: e.slow,
+            format_fallbacks: e.format_refusals,
+            queue_secs: e.queue_secs,
+            decode_secs: e.decode_secs,
+            slots: e.slots,
+            endpoints: vec![e],
             ..self.accounting.snapshot()
         }
     }

@@ -7,6 +7,12 @@
 //! - Faults are injected on a fixed schedule (`faults` cycled every `fault_period` requests), at
 //!   most `max_faults_per_request` times for the same request body, so every request eventually
 //!   succeeds and runs are deterministic.
+//! - Like a real server it answers discovery (`GET /v1/models`, and `/props` when it plays
+//!   llama.cpp); those GETs are counted apart (`probes`), not as requests.
+//! - `response_format`: it takes every shape, or only the ones in `accept_formats` (400 for the
+//!   others, as llama-cpp-python does for `json_schema`); each request's shape is in [`Seen`].
+//! - It can die mid-run (`die_after_ok`, [`FakeServer::kill`]): it stops listening and drops every
+//!   open connection unanswered.
 //! - Its "model" answers generation prompts with JSON examples derived deterministically from
 //!   (prompt, seed, choice index), in varied layouts (plain JSON, code fences with prose, cut-off
 //!   arrays, `input="…"` lines, the odd refusal) — see [`fake_answer`].
@@ -62,6 +68,19 @@ pub struct ServerConfig {
     pub ignore_n: bool,
     /// After this many successful answers, hold every further request and then drop it unanswered.
     pub freeze_after_ok: Option<usize>,
+    /// The `owned_by` of `GET /v1/models`.
+    pub owned_by: &'static str,
+    /// Serve llama.cpp's `GET /props` with this `total_slots`.
+    pub props_slots: Option<usize>,
+    /// The `response_format` shapes accepted (`json_schema`, `json_object+schema`,
+    /// `json_object`); `None`: all. A request without one is always accepted.
+    pub accept_formats: Option<Vec<&'static str>>,
+    /// After this many successful answers the server dies (see [`FakeServer::kill`]).
+    pub die_after_ok: Option<usize>,
+    /// The status of a refused `response_format` (llama-cpp-python 0.3 answers 500).
+    pub refuse_status: u16,
+    /// Serve `GET /openapi.json` with this title (llama-cpp-python's is "🦙 llama.cpp Python API").
+    pub openapi_title: Option<&'static str>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +97,12 @@ impl Default for ServerConfig {
             expect_key: None,
             ignore_n: false,
             freeze_after_ok: None,
+            owned_by: "fake",
+            props_slots: None,
+            accept_formats: None,
+            die_after_ok: None,
+            openapi_title: None,
+            refuse_status: 400,
         }
     }
 }
@@ -91,6 +116,11 @@ pub struct Seen {
     pub body_digest: String,
     pub n: u64,
     pub authorization: Option<String>,
+    /// The request's `response_format` shape (`json_schema`, `json_object+schema`,
+    /// `json_object`, or `none`).
+    pub response_format: &'static str,
+    /// The request's `response_format` value as sent.
+    pub format_value: Option<Value>,
 }
 
 #[derive(Default)]
@@ -104,6 +134,14 @@ pub struct ServerState {
     pub rate_limited: AtomicUsize,
     pub frozen: AtomicBool,
     freeze_disabled: AtomicBool,
+    /// Chat requests being handled now, and the most at once.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    /// Discovery GETs answered (not counted in `requests`).
+    pub probes: AtomicUsize,
+    /// Dead: nothing is answered any more.
+    pub dead: AtomicBool,
+    die: tokio::sync::Notify,
     pub seen: Mutex<Vec<Seen>>,
     /// Digests of request bodies that got a successful answer.
     pub ok_digests: Mutex<Vec<String>>,
@@ -121,6 +159,16 @@ impl ServerState {
     }
     pub fn request_count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+    /// Request bodies answered successfully more than once (each a second bill).
+    pub fn answered_twice(&self) -> usize {
+        let all = self.ok_digests.lock().unwrap();
+        all.len() - all.iter().collect::<HashSet<_>>().len()
+    }
+    fn kill(&self) {
+        if !self.dead.swap(true, Ordering::SeqCst) {
+            self.die.notify_one();
+        }
     }
 }
 
@@ -149,6 +197,7 @@ impl FakeServer {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
+                    _ = st.die.notified() => break,
                     acc = listener.accept() => {
                         let Ok((stream, _)) = acc else { continue };
                         let (st, cfg) = (st.clone(), cfg.clone());
@@ -162,6 +211,12 @@ impl FakeServer {
         FakeServer { addr, base_url: format!("http://{addr}/v1"), state, task }
     }
 
+    /// Die now: stop listening (connections are refused) and drop every open connection
+    /// unanswered.
+    pub fn kill(&self) {
+        self.state.kill();
+    }
+
     /// Release a freeze (held requests are dropped unanswered) and never freeze again.
     pub fn unfreeze(&self) {
         self.state.freeze_disabled.store(true, Ordering::SeqCst);
@@ -169,7 +224,7 @@ impl FakeServer {
     }
 }
 
-async fn read_request(
+pub async fn read_request(
     stream: &mut TcpStream,
 ) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(8192);
@@ -206,7 +261,7 @@ async fn read_request(
     Some((request_line, headers, body))
 }
 
-fn reason(status: u16) -> &'static str {
+pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
@@ -219,7 +274,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn respond(
+pub async fn respond(
     stream: &mut TcpStream,
     status: u16,
     extra: &[(&str, String)],
@@ -346,9 +401,69 @@ fn retriever_answer(prompt: &str) -> Option<String> {
     None
 }
 
+/// Counts a chat request in flight while alive.
+struct InFlight<'a>(&'a ServerState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a ServerState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The shape of a request's `response_format`.
+fn format_shape(req: &Value) -> &'static str {
+    match req.get("response_format") {
+        None | Some(Value::Null) => "none",
+        Some(rf) => match (rf.get("type").and_then(Value::as_str), rf.get("schema")) {
+            (Some("json_schema"), _) => "json_schema",
+            (Some("json_object"), Some(_)) => "json_object+schema",
+            (Some("json_object"), None) => "json_object",
+            _ => "unknown",
+        },
+    }
+}
+
 async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerConfig>) {
     let Some((request_line, headers, body)) = read_request(&mut stream).await else { return };
+    if state.dead.load(Ordering::SeqCst) {
+        return; // dropped unanswered
+    }
+    if request_line.starts_with("GET /v1/models ") {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        let list = json!({"object": "list", "data": [{"id": "fake-gpt", "object": "model", "owned_by": cfg.owned_by}]});
+        respond(&mut stream, 200, &[], list.to_string().as_bytes()).await;
+        return;
+    }
+    if let (true, Some(n)) = (request_line.starts_with("GET /props "), cfg.props_slots) {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        respond(&mut stream, 200, &[], json!({"total_slots": n}).to_string().as_bytes()).await;
+        return;
+    }
+    if let (true, Some(title)) = (request_line.starts_with("GET /openapi.json "), cfg.openapi_title)
+    {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        respond(&mut stream, 200, &[], json!({"info": {"title": title}}).to_string().as_bytes())
+            .await;
+        return;
+    }
+    if request_line.starts_with("GET ") && !request_line.starts_with("GET /v1/chat") {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        respond(&mut stream, 404, &[], br#"{"error":{"message":"not found"}}"#).await;
+        return;
+    }
     let index = state.requests.fetch_add(1, Ordering::SeqCst);
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let shape = parsed.as_ref().map(format_shape).unwrap_or("none");
+    let format_value = parsed.as_ref().and_then(|v| v.get("response_format")).cloned();
+    let _in_flight = InFlight::enter(&state);
     let digest = hex::encode(Sha256::digest(&body));
     let auth = headers.get("authorization").cloned();
     let record = |status: u16, fault: Option<Fault>, n: u64| {
@@ -359,6 +474,8 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
             body_digest: digest.clone(),
             n,
             authorization: auth.clone(),
+            response_format: shape,
+            format_value: format_value.clone(),
         });
     };
     if state.frozen.load(Ordering::SeqCst) {
@@ -417,6 +534,14 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
         )
         .await;
         return;
+    }
+    if let Some(accepted) = &cfg.accept_formats {
+        if shape != "none" && !accepted.contains(&shape) {
+            record(cfg.refuse_status, None, n);
+            let msg = json!({"error": {"message": format!("validation error: ('body', 'response_format', 'type'): {shape} is not supported")}});
+            respond(&mut stream, cfg.refuse_status, &[], msg.to_string().as_bytes()).await;
+            return;
+        }
     }
     if !take_rpm_token(&state, &cfg) {
         state.rate_limited.fetch_add(1, Ordering::SeqCst);
@@ -482,9 +607,12 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
             Fault::Stall(d) => {
                 record(0, fault, n);
                 tokio::time::sleep(d).await;
-                let _ =
-                    respond(&mut stream, 200, &[], completion(&prompt, seed, n, &cfg).as_bytes())
-                        .await;
+                // A slow answer is still an answer (and a bill) when the client waited for it.
+                let body = completion(&prompt, seed, n, &cfg);
+                if respond(&mut stream, 200, &[], body.as_bytes()).await {
+                    state.ok_digests.lock().unwrap().push(digest.clone());
+                    state.ok.fetch_add(1, Ordering::SeqCst);
+                }
             }
             Fault::Truncated => {
                 record(200, fault, n);
@@ -540,11 +668,17 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
         }
         return;
     }
+    if state.dead.load(Ordering::SeqCst) {
+        return; // died while this request was being decoded: dropped unanswered
+    }
     record(200, None, n);
     let body = completion(&prompt, seed, n, &cfg);
     if respond(&mut stream, 200, &[], body.as_bytes()).await {
         state.ok_digests.lock().unwrap().push(digest);
-        state.ok.fetch_add(1, Ordering::SeqCst);
+        let ok = state.ok.fetch_add(1, Ordering::SeqCst) + 1;
+        if cfg.die_after_ok.is_some_and(|k| ok >= k) {
+            state.kill();
+        }
     }
 }
 

@@ -12,10 +12,70 @@ use prompt2model::dataset_generator::report::{
 };
 use prompt2model::dataset_generator::{self, GeneratorConfig};
 use prompt2model::prompt_parser::{self, ParseMode, ParserConfig};
-use prompt2model::teacher::cache::{CacheMode, CachedTeacher};
-use prompt2model::teacher::Teacher;
+use prompt2model::teacher::cache::{recorded_backends, CacheMode, CachedTeacher};
+use prompt2model::teacher::{Teacher, TeacherKind, TeacherStats};
 
-use crate::shared::{PromptArgs, TeacherArgs};
+use crate::shared::{PromptArgs, TeacherArgs, TeacherChoice};
+
+/// The teacher of a command that records into (or replays from) `cache_path`. Replay-only, the
+/// servers are not contacted at all: the backend name the requests were keyed by comes from
+/// `--backend-name` or from the cache itself.
+fn cached_teacher_source(
+    args: &TeacherArgs,
+    command: &str,
+    replay_only: bool,
+    cache_path: &std::path::Path,
+) -> Result<Box<dyn Teacher>> {
+    let Some(mut settings) = args.settings(TeacherChoice::Local) else {
+        anyhow::bail!("`{command}` needs a live teacher; use --teacher local (offline) or --teacher openai --base-url …");
+    };
+    if replay_only && settings.kind == TeacherKind::Openai {
+        settings.discover = false;
+        if settings.backend_name.is_none() {
+            let recorded = recorded_backends(cache_path, &settings.model)?;
+            match recorded.as_slice() {
+                [one] => {
+                    tracing::info!(backend = %one, cache = %cache_path.display(), "replay-only: the backend name recorded in the cache");
+                    settings.backend_name = Some(one.clone());
+                }
+                [] => {}
+                several => anyhow::bail!(
+                    "{} holds answers of model `{}` from several backends ({}); name one with --backend-name",
+                    cache_path.display(),
+                    settings.model,
+                    several.join(", ")
+                ),
+            }
+        }
+    }
+    settings.build()
+}
+
+/// One line per endpoint of an HTTP teacher: what answered, how its time was spent.
+fn endpoint_lines(stats: &TeacherStats) -> Vec<String> {
+    stats
+        .endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "  {} ({}): {} slot(s) [{}], response_format {}, {} answered, {} lost, {} slow, queue {:.1} s, in slots {:.1} s, {:.1} completion tokens/s, slot utilisation {:.0} %{}",
+                e.base_url,
+                e.backend,
+                e.slots,
+                e.slots_source,
+                e.response_format,
+                e.answered,
+                e.lost,
+                e.slow,
+                e.queue_secs,
+                e.decode_secs,
+                e.tokens_per_sec(),
+                e.slot_utilisation() * 100.0,
+                if e.out_of_service { ", taken out of service" } else { "" }
+            )
+        })
+        .collect()
+}
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -62,7 +122,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let prompt = args.prompt.read()?;
     let mode = if args.replay_only { CacheMode::ReplayOnly } else { CacheMode::ReadWrite };
     let cache_path = args.cache.clone().unwrap_or_else(|| args.out.join("teacher_cache.sqlite"));
-    let teacher = CachedTeacher::open(args.teacher.build_required("generate")?, &cache_path, mode)?;
+    let teacher = CachedTeacher::open(
+        cached_teacher_source(&args.teacher, "generate", args.replay_only, &cache_path)?,
+        &cache_path,
+        mode,
+    )?;
     let mut cfg = GeneratorConfig {
         num_examples: args.n,
         high_diversity: !args.no_high_diversity,
@@ -107,16 +171,22 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     )?;
     let stats = teacher.stats();
     println!(
-        "{} examples in {} (examples.jsonl, examples.parquet, generation_log.json); report {}; teacher calls {}, cache hits {}, tokens {}+{}, cost ${:.4}",
+        "{} examples in {} (examples.jsonl, examples.parquet, generation_log.json); report {}; teacher {} / {}: calls {}, HTTP requests {}, cache hits {}, tokens {}+{}, cost ${:.4}",
         examples.len(),
         args.out.display(),
         report.display(),
+        teacher.backend(),
+        teacher.model(),
         stats.calls,
+        stats.http_attempts,
         stats.cache_hits,
         stats.prompt_tokens,
         stats.completion_tokens,
         stats.cost_usd
     );
+    for line in endpoint_lines(&stats) {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -198,8 +268,11 @@ pub fn diversity(args: DiversityArgs) -> Result<()> {
     if let Some(dir) = cache_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let teacher =
-        CachedTeacher::open(args.teacher.build_required("diversity")?, &cache_path, mode)?;
+    let teacher = CachedTeacher::open(
+        cached_teacher_source(&args.teacher, "diversity", args.replay_only, &cache_path)?,
+        &cache_path,
+        mode,
+    )?;
     let mut cfg = GeneratorConfig { num_examples: args.n, ..GeneratorConfig::default() };
     if let Some(s) = args.seed {
         cfg.seed = s;

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use prompt2model::config::Paths;
 use prompt2model::data::tasks;
-use prompt2model::teacher::{Teacher, TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE};
+use prompt2model::teacher::structured::ResponseFormat;
+use prompt2model::teacher::{
+    EndpointSettings, Teacher, TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE,
+};
 
 /// Log to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {
@@ -59,24 +62,63 @@ pub struct TeacherArgs {
     /// retrievers; `recorded` only for `p2m run` on a paper task).
     #[arg(long = "teacher", visible_alias = "backend", value_enum)]
     pub choice: Option<TeacherChoice>,
-    /// Base URL of the OpenAI-compatible server, up to and including `/v1`.
-    #[arg(long, default_value = "https://api.openai.com/v1")]
-    pub base_url: String,
+    /// Base URL of the OpenAI-compatible server, up to and including `/v1`. Several (commas, or
+    /// the flag repeated) make a fleet: requests are sharded over them and a failing one is taken
+    /// out. Per-endpoint settings after `#`: `http://h:8080/v1#slots=1&rpm=0&backend=llama.cpp`.
+    #[arg(long, value_delimiter = ',', default_value = "https://api.openai.com/v1")]
+    pub base_url: Vec<String>,
     /// Model name at the server.
     #[arg(long, default_value = "gpt-3.5-turbo")]
     pub model: String,
     /// Environment variable that holds the API key (the key is never passed on the command line).
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
-    /// Requests-per-minute limit of the server (the reference's 80 by default; 0 = no limit).
+    /// Requests-per-minute limit of each server (the reference's 80 by default; 0 = no limit).
     #[arg(long, default_value_t = DEFAULT_REQUESTS_PER_MINUTE)]
     pub requests_per_minute: f64,
     /// Stop after this many billed calls (everything obtained so far is kept).
     #[arg(long)]
     pub max_api_calls: Option<u64>,
-    /// Seconds before an unanswered request is abandoned and retried (OpenAI-compatible backend).
+    /// Seconds after which a sent request counts as slow (OpenAI-compatible backend): logged and
+    /// kept waiting, never sent a second time (waiting for a slot does not count).
     #[arg(long, default_value_t = 120.0)]
     pub request_timeout: f64,
+    /// Requests in flight per server (its slots); default: what the server reports (llama.cpp's
+    /// /props, llama-cpp-python: 1), else 5.
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Backend name in the teacher cache's keys and the logs; default: what the server reports
+    /// (llama.cpp, llama-cpp-python, vllm, ollama, openai, …).
+    #[arg(long)]
+    pub backend_name: Option<String>,
+    /// The first response_format shape for structured answers; a server that refuses it gets the
+    /// next (json-schema → json-object-schema → json-object → none).
+    #[arg(long, value_enum, default_value_t = ResponseFormatArg::JsonSchema)]
+    pub response_format: ResponseFormatArg,
+    /// Do not ask the servers what they are (name: --backend-name or `openai-compatible`; slots:
+    /// --slots or 5).
+    #[arg(long)]
+    pub no_discover: bool,
+}
+
+/// `--response-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResponseFormatArg {
+    JsonSchema,
+    JsonObjectSchema,
+    JsonObject,
+    None,
+}
+
+impl From<ResponseFormatArg> for ResponseFormat {
+    fn from(a: ResponseFormatArg) -> Self {
+        match a {
+            ResponseFormatArg::JsonSchema => ResponseFormat::JsonSchema,
+            ResponseFormatArg::JsonObjectSchema => ResponseFormat::JsonObjectSchema,
+            ResponseFormatArg::JsonObject => ResponseFormat::JsonObject,
+            ResponseFormatArg::None => ResponseFormat::None,
+        }
+    }
 }
 
 impl TeacherArgs {
@@ -88,15 +130,25 @@ impl TeacherArgs {
             TeacherChoice::Local => TeacherKind::Local,
             TeacherChoice::Openai => TeacherKind::Openai,
         };
+        let mut urls = self.base_url.iter().map(|u| u.trim()).filter(|u| !u.is_empty());
+        let first = urls.next().unwrap_or("https://api.openai.com/v1").to_string();
         Some(TeacherSettings {
             kind,
-            base_url: self.base_url.clone(),
+            base_url: first,
+            // Parsed (with any `#…` settings) when the teacher is built.
+            endpoints: urls
+                .map(|u| EndpointSettings { base_url: u.to_string(), ..Default::default() })
+                .collect(),
             model: self.model.clone(),
             api_key_env: self.api_key_env.clone(),
             requests_per_minute: (self.requests_per_minute > 0.0)
                 .then_some(self.requests_per_minute),
             max_api_calls: self.max_api_calls,
             request_timeout_secs: self.request_timeout,
+            backend_name: self.backend_name.clone(),
+            slots: self.slots,
+            response_format: self.response_format.into(),
+            discover: !self.no_discover,
         })
     }
 
