@@ -100,7 +100,9 @@ fn teacher_identity(cfg: &RunConfig) -> String {
     match cfg.teacher {
         TeacherSource::Local => format!("local:{}", crate::teacher::local::DEFAULT_TEACHER),
         TeacherSource::Openai => {
-            format!("openai:{}:{}", cfg.teacher_settings.base_url, cfg.teacher_settings.model)
+            let more: String =
+                cfg.teacher_settings.endpoints.iter().map(|e| format!(",{}", e.base_url)).collect();
+            format!("openai:{}{more}:{}", cfg.teacher_settings.base_url, cfg.teacher_settings.model)
         }
         TeacherSource::Recorded => "recorded".into(),
     }
@@ -129,7 +131,10 @@ impl LazyTeacher<'_> {
                 TeacherKind::Openai
             };
             if settings.kind == TeacherKind::Openai {
-                probe_server(&settings.base_url)?;
+                let urls: Vec<&str> = std::iter::once(settings.base_url.as_str())
+                    .chain(settings.endpoints.iter().map(|e| e.base_url.as_str()))
+                    .collect();
+                probe_servers(&urls)?;
             }
             if let Some(m) = self.max_calls {
                 settings.max_api_calls = Some(settings.max_api_calls.map_or(m, |x| x.min(m)));
@@ -147,25 +152,30 @@ impl LazyTeacher<'_> {
     }
 }
 
-/// Fail fast, naming the URL, when nothing answers at an OpenAI-compatible base URL (any HTTP
-/// answer, even a 404 for a server without `/models`, counts as reachable).
-fn probe_server(base_url: &str) -> Result<()> {
-    let url = format!("{}/models", base_url.trim_end_matches('/'));
-    let reached = crate::download::block_on(async {
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(20))
-            .build()?;
-        client.get(&url).send().await.map(|_| ())
-    });
-    match reached {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!(
-            "the teacher at {base_url} is unreachable ({}); start the server or fix --base-url, or use --teacher local (offline)",
-            crate::download::error_chain(&e)
-        ),
-        Err(e) => Err(e.into()),
+/// Fail fast, naming the URLs, when no server of the teacher answers (any HTTP answer, even a 404
+/// for a server without `/models`, counts as reachable; one reachable server of a fleet is enough).
+fn probe_servers(base_urls: &[&str]) -> Result<()> {
+    let mut failures = Vec::new();
+    for base_url in base_urls {
+        // A fleet's per-server settings follow a `#`; they are never sent.
+        let base = base_url.split('#').next().unwrap_or(base_url).trim_end_matches('/');
+        let url = format!("{base}/models");
+        let reached = crate::download::block_on(async {
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(20))
+                .build()?;
+            client.get(&url).send().await.map(|_| ())
+        })?;
+        match reached {
+            Ok(()) => return Ok(()),
+            Err(e) => failures.push(format!("{base} ({})", crate::download::error_chain(&e))),
+        }
     }
+    bail!(
+        "the teacher at {} is unreachable; start the server or fix --base-url, or use --teacher local (offline)",
+        failures.join(", ")
+    )
 }
 
 /// Every file under `dir`, sorted (for fingerprints); none when it does not exist.

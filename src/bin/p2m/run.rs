@@ -141,7 +141,12 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
         }
         None => {}
     }
-    if cfg.teacher != TeacherSource::Recorded {
+    // The teacher's server settings: the flags', unless a config file set them and no teacher flag
+    // was given (a fleet written in run.toml stays as written).
+    let from_file = args.config.is_some()
+        && cfg.teacher_settings != prompt2model::teacher::TeacherSettings::default()
+        && args.server.choice.is_none();
+    if cfg.teacher != TeacherSource::Recorded && !from_file {
         let choice = if cfg.teacher == TeacherSource::Openai {
             TeacherChoice::Openai
         } else {
