@@ -46,6 +46,9 @@ pub struct SelectionRequest {
     pub out: Option<PathBuf>,
     /// Registry ids never to choose (e.g. the dataset the real test set comes from).
     pub exclude_registry_ids: Vec<String>,
+    /// Choose only among the `top_k` candidates (as the reference, which shows the top 25), not
+    /// the best loadable dataset at any rank; with none of them usable, no dataset is chosen.
+    pub within_top_k: bool,
 }
 
 /// The outcome: the ranking, what was chosen and why, and what was saved.
@@ -87,7 +90,8 @@ pub fn select_dataset(
     }
     all.retain(|c| !excluded(c));
     let top: Vec<Candidate> = all.iter().take(request.top_k).cloned().collect();
-    let best_loadable = all.iter().find(|c| c.loadable()).cloned();
+    let pool = if request.within_top_k { &all[..request.top_k.min(all.len())] } else { &all[..] };
+    let best_loadable = pool.iter().find(|c| c.loadable()).cloned();
     // Online every dataset of the index loads from the hub (datasets-server); offline only those
     // with a local source or a hub copy in the cache.
     let config = match &chooser {
@@ -107,7 +111,13 @@ pub fn select_dataset(
         !c.loadable()
             && (!paths.offline || hub::find_cached(&paths.cache, &hub_request(c)).is_some())
     };
-    let best_usable = all.iter().find(|c| c.loadable() || from_hub(c)).cloned();
+    let best_usable = pool.iter().find(|c| c.loadable() || from_hub(c)).cloned();
+    if request.within_top_k && best_usable.is_none() {
+        notes.push(format!(
+            "none of the top {} datasets loads here: no dataset retrieved",
+            request.top_k
+        ));
+    }
     let top_availability = top
         .iter()
         .map(|c| match &c.local {

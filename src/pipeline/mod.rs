@@ -1169,6 +1169,7 @@ fn retrieve_dataset_rows(
         hf_config: None,
         out: Some(stage_dir.join("dataset")),
         exclude_registry_ids: exclude.map(|e| vec![e.to_string()]).unwrap_or_default(),
+        within_top_k: true,
     };
     let (stdin, mut stderr) = (std::io::stdin(), std::io::stderr());
     let mut stdin = stdin.lock();
@@ -1177,9 +1178,27 @@ fn retrieve_dataset_rows(
         Some(t) => Chooser::Llm { teacher: t, votes: 3 },
         None => Chooser::Default,
     };
-    let selection = select_dataset(&retriever, &registry, paths, &request, chooser, rt)?;
-    let notes: Vec<String> =
-        encoder_notes.into_iter().chain(selection.notes.iter().cloned()).collect();
+    let mut fallback_note = None;
+    let selection = match select_dataset(&retriever, &registry, paths, &request, chooser, rt) {
+        Ok(s) => s,
+        // Online, a chosen hub dataset that cannot be loaded (no network, a gated dataset) is not
+        // the end of the run: the best dataset that loads here is taken instead, and said so.
+        Err(e) if !paths.offline && !interactive => {
+            fallback_note = Some(format!(
+                "the chosen dataset could not be loaded ({}); the best of the top {} that loads here instead",
+                e.chain().last().map(|c| c.to_string()).unwrap_or_default(),
+                request.top_k
+            ));
+            let local = Paths { offline: true, ..paths.clone() };
+            select_dataset(&retriever, &registry, &local, &request, Chooser::Default, rt)?
+        }
+        Err(e) => return Err(e),
+    };
+    let notes: Vec<String> = encoder_notes
+        .into_iter()
+        .chain(fallback_note)
+        .chain(selection.notes.iter().cloned())
+        .collect();
     write_json(&stage_dir.join("notes.json"), &notes)?;
     let Some(chosen) = &selection.chosen else {
         return Ok((vec![], "no dataset chosen (generated data only)".into()));

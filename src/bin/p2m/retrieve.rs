@@ -216,6 +216,7 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
         hf_config: args.hf_config.clone(),
         out: args.out.clone(),
         exclude_registry_ids: Vec::new(),
+        within_top_k: false,
     };
     let selection = select_dataset(&retriever, &registry, &paths, &request, chooser, &runtime()?)?;
     let mut notes = encoder_notes;
