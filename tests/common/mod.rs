@@ -17,6 +17,16 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A paper task's prompt as a user writes it (`data/tasks.toml`).
+pub fn task_prompt(id: &str) -> String {
+    let tasks = prompt2model::data::tasks::load_tasks(&repo_root().join("data"))
+        .expect("data/tasks.toml loads");
+    prompt2model::data::tasks::find(&tasks, id)
+        .unwrap_or_else(|| panic!("no task `{id}`"))
+        .prompt
+        .clone()
+}
+
 /// The shared mirror; tests that re-score the recorded runs need it (CI has it beside the clone).
 pub fn mirror() -> PathBuf {
     let dir = std::env::var_os("P2M_MIRROR")
