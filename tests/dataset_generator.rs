@@ -20,19 +20,7 @@ use prompt2model::teacher::{
 };
 
 fn temporal_prompt() -> ParsedPrompt {
-    #[derive(serde::Deserialize)]
-    struct Tasks {
-        task: Vec<Task>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Task {
-        id: String,
-        prompt: String,
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tasks.toml");
-    let tasks: Tasks = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let t = tasks.task.into_iter().find(|t| t.id == "temporal").unwrap();
-    parse_deterministic(&t.prompt).unwrap()
+    parse_deterministic(&crate::common::task_prompt("temporal")).unwrap()
 }
 
 fn teacher_cfg(base_url: &str) -> OpenAiConfig {
