@@ -30,7 +30,7 @@ use crate::models::registry::ModelRegistry;
 use crate::prompt_parser::{self, Language, ParseMode, ParsedPrompt, ParserConfig};
 use crate::teacher::cache::{CacheMode, CachedTeacher};
 use crate::teacher::{Teacher, TeacherKind};
-use crate::util::fs::{sha256_hex, write_atomic};
+use crate::util::fs::{sha256_hex, write_atomic, write_json};
 use assemble::{assemble, Row};
 use config::{Resolved, RunConfig, TeacherSource};
 use evaluate::MetricResult;
@@ -185,11 +185,6 @@ fn list_files_of(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::models::seq2seq::IGNORE_INDEX;
+use crate::util::fs::write_json;
 use crate::util::rng::SplitMix64;
 use adamw::{AdamW, AdamWParams};
 pub use student::{Student, StudentSpec};
@@ -662,11 +663,6 @@ fn list_checkpoints(output_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// The newest complete checkpoint in `output_dir`, if any.
 pub fn latest_checkpoint(output_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(list_checkpoints(output_dir)?.pop())
-}
-
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    crate::util::fs::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
