@@ -34,7 +34,8 @@ pub struct Assembled {
 
 /// Split `generated` (unless `fixed_test` is given: then it is the test set, and generated rows
 /// whose input is in it are dropped from the pool first), add `retrieved` to training, shuffle,
-/// and cap training at `max_train` (0 = no cap).
+/// and cap training at `max_train` (0 = no cap): generated rows are kept first and retrieved rows
+/// fill the remainder.
 pub fn assemble(
     generated: &[Example],
     generated_by: &str,
@@ -87,13 +88,34 @@ pub fn assemble(
         .iter()
         .map(|e| row(e, 0, &gen_prov))
         .collect();
-    let ret_prov = format!("retrieved:{retrieved_from}");
-    train.extend(retrieved.iter().map(|e| row(e, 1, &ret_prov)));
-    SplitMix64::new(split.seed ^ 0x0074_7261_696e).shuffle(&mut train);
-    if max_train > 0 && train.len() > max_train {
-        notes.push(format!("training rows cut from {} to {} (the scale's max_train_examples; a seeded draw over generated and retrieved rows alike)", train.len(), max_train));
-        train.truncate(max_train);
+    // The cap keeps the task's own (generated) rows first; retrieved rows, a seeded draw, fill
+    // what is left. A cut over both alike lets a large retrieved set crowd out the generated
+    // rows, which are the only ones written for this exact task (measured: 4 of 256 rows).
+    let cap = if max_train > 0 { max_train } else { usize::MAX };
+    if train.len() > cap {
+        notes.push(format!(
+            "generated training rows cut from {} to {} (the scale's max_train_examples)",
+            train.len(),
+            cap
+        ));
+        train.truncate(cap);
     }
+    let ret_prov = format!("retrieved:{retrieved_from}");
+    let mut retrieved_rows: Vec<Row> = retrieved.iter().map(|e| row(e, 1, &ret_prov)).collect();
+    let room = cap - train.len();
+    if retrieved_rows.len() > room {
+        SplitMix64::new(split.seed ^ 0x0072_6574_7276).shuffle(&mut retrieved_rows);
+        notes.push(format!(
+            "retrieved training rows cut from {} to {} (max_train_examples {} less the {} generated rows, which are kept first; a seeded draw)",
+            retrieved_rows.len(),
+            room,
+            cap,
+            train.len()
+        ));
+        retrieved_rows.truncate(room);
+    }
+    train.extend(retrieved_rows);
+    SplitMix64::new(split.seed ^ 0x0074_7261_696e).shuffle(&mut train);
     Assembled { train, validation, test, notes }
 }
 
@@ -140,6 +162,18 @@ mod tests {
         let capped = assemble(&ex(100, "g"), "t", &[], "", None, &SplitConfig::default(), 16);
         assert_eq!(capped.train.len(), 16);
         assert_eq!(capped.notes.len(), 1);
+    }
+
+    #[test]
+    fn the_training_cap_keeps_generated_rows_and_fills_with_retrieved() {
+        let a = assemble(&ex(10, "g"), "t", &ex(300, "r"), "ds", None, &SplitConfig::default(), 16);
+        assert_eq!(a.train.len(), 16);
+        assert_eq!(a.train.iter().filter(|r| r.task_id == 0).count(), 7, "all 7 generated rows");
+        assert_eq!(a.train.iter().filter(|r| r.task_id == 1).count(), 9);
+        assert!(a.notes.iter().any(|n| n.contains("retrieved training rows cut from 300 to 9")));
+        let many =
+            assemble(&ex(100, "g"), "t", &ex(30, "r"), "ds", None, &SplitConfig::default(), 50);
+        assert!(many.train.iter().all(|r| r.task_id == 0), "generated rows fill the cap first");
     }
 
     #[test]
