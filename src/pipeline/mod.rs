@@ -202,6 +202,19 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     })
 }
 
+/// What identifies a real test set in a stage's fingerprint: a file by its content (so editing it
+/// redoes evaluation, and `data/x.jsonl` vs `/abs/data/x.jsonl` is the same set), a registry id by
+/// its name.
+fn test_set_identity(spec: Option<&str>) -> serde_json::Value {
+    match spec {
+        None => serde_json::Value::Null,
+        Some(spec) => match crate::util::fs::sha256_file(Path::new(spec)) {
+            Ok(sha) if Path::new(spec).is_file() => serde_json::json!({ "file_sha256": sha }),
+            _ => serde_json::json!(spec),
+        },
+    }
+}
+
 /// The real test set of a run: a registry dataset or a JSONL file, seeded subsample.
 fn real_test_set(
     registry: &Registry,
@@ -514,7 +527,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     let retrieved_path = dir.join(Stage::RetrieveDatasets.name()).join("retrieved.jsonl");
     let retrieval_settings = serde_json::json!({
         "enabled": cfg.dataset_retrieval, "retrieved_dir": cfg.retrieved_dir, "recorded": recorded.as_ref().and_then(|r| r.retrieved.clone()),
-        "teacher": if cfg.teacher == TeacherSource::Openai { teacher_id.clone() } else { "none".into() }, "exclude": test_dataset, "interactive": opts.interactive,
+        "teacher": if cfg.teacher == TeacherSource::Openai { teacher_id.clone() } else { "none".into() }, "exclude": test_set_identity(test_dataset.as_deref()), "interactive": opts.interactive,
     });
     record(
         Stage::RetrieveDatasets,
@@ -894,7 +907,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     eval_inputs.extend([asm_dir.join("test.jsonl"), parsed_path.clone()]);
     let bertscore_id = evaluate::bertscore_model(paths.offline);
     let eval_settings = serde_json::json!({
-        "executor": resolved.executor, "bootstrap": cfg.bootstrap, "real_test": test_dataset, "max_test": resolved.max_test_examples,
+        "executor": resolved.executor, "bootstrap": cfg.bootstrap, "real_test": test_set_identity(test_dataset.as_deref()), "max_test": resolved.max_test_examples,
         "bertscore": resolved.bertscore.then_some(bertscore_id), "seed": cfg.seed,
     });
     record(
