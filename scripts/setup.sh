@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what prompt2model-rs needs on a Debian-family machine, idempotently: system packages for
-# figures and building, and (with --python) the project-local Python venv that the differential
-# metric tests compare against (sacrebleu, scipy). Safe to run any number of times.
+# figures and building, and (with --python, for the tests) chromium and the project-local Python
+# venv that the differential metric tests compare against (sacrebleu, scipy) and the server tests
+# use (openai). Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
 # --- system packages -----------------------------------------------------------------------------
 apt_packages=(fonts-dejavu-core pkg-config git ca-certificates python3-venv)
+# The tests also drive a real browser (tests/serve.rs): chromium, headless.
+[ "$want_python" = 1 ] && apt_packages+=(chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

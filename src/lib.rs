@@ -15,6 +15,10 @@
 //! - [`evaluator`] (§3.6): exact match, chrF++, BERTScore, Kendall's τ, each score with a signature.
 //! - [`pipeline`]: the stages chained into one resumable run (`p2m run`): a prompt in, a trained,
 //!   evaluated, packaged model out.
+//! - [`review`]: people correcting a run's instruction and generated examples (the paper's future
+//!   work); the pipeline trains on what they kept.
+//! - [`serve`] (§3.6, the demo): the packaged model as a web page and an OpenAI-compatible API
+//!   (`p2m serve`), with the review page.
 //! - [`tables`]: the paper's Tables 1–3, shared by `experiments/` and the tests.
 //!
 //! Underneath: [`teacher`] (LLM backends, accounting, record/replay cache), [`models`] (the tch
@@ -39,6 +43,10 @@ pub mod executor;
 pub mod evaluator;
 
 pub mod pipeline;
+
+pub mod review;
+
+pub mod serve;
 
 pub mod tables;
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PROMPT: &str = "Given the name of a country, answer with the name of its capital city.\n\nInput: France\nOutput: Paris\n\nInput: Japan\nOutput: Tokyo\n";
+pub(crate) const PROMPT: &str = "Given the name of a country, answer with the name of its capital city.\n\nInput: France\nOutput: Paris\n\nInput: Japan\nOutput: Tokyo\n";
 
 /// `p2m run …` with its runs under `runs` and no network.
-fn p2m(runs: &Path, args: &[&str]) -> Command {
+pub(crate) fn p2m(runs: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_p2m"));
     c.args(args)
         .current_dir(common::repo_root())
@@ -21,7 +21,7 @@ fn p2m(runs: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn ok(out: Output) -> String {
+pub(crate) fn ok(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         out.status.success(),
@@ -31,14 +31,14 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &stderr
 }
 
-fn prompt_file(dir: &Path, text: &str) -> PathBuf {
+pub(crate) fn prompt_file(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("prompt.txt");
     std::fs::write(&p, text).unwrap();
     p
 }
 
 /// The arguments of a smoke run against the fake teacher at `url` (unthrottled; 20 examples).
-fn fake_args<'a>(prompt: &'a str, url: &'a str, name: &'a str) -> Vec<&'a str> {
+pub(crate) fn fake_args<'a>(prompt: &'a str, url: &'a str, name: &'a str) -> Vec<&'a str> {
     vec![
         "run",
         "--prompt-file",
@@ -75,7 +75,7 @@ fn metrics(run: &Path) -> serde_json::Value {
         .unwrap()
 }
 
-async fn run_blocking(mut c: Command) -> Output {
+pub(crate) async fn run_blocking(mut c: Command) -> Output {
     tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
 }
 

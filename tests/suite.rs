@@ -24,6 +24,7 @@ mod prompt_parser;
 mod recorded_tables;
 mod registry;
 mod retrievers;
+mod serve;
 mod table2;
 mod teacher_openai;
 mod teacher_servers;

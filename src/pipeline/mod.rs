@@ -705,6 +705,20 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     );
     let choice: StudentChoice = read_json(&choice_path)?;
 
+    // A person's review (the review page of `p2m serve`) replaces the teacher's examples from
+    // assembly on and the parsed prompt from training on; the teacher's files stay as they were.
+    let reviewed = crate::review::reviewed_inputs(&dir);
+    for (what, path) in [("examples", &reviewed.examples), ("instruction", &reviewed.parsed)] {
+        if let Some(p) = path {
+            println!("[review] the reviewed {what} are used: {}", p.display());
+        }
+    }
+    let examples_path = reviewed.examples.clone().unwrap_or(examples_path);
+    let (parsed_path, parsed) = match &reviewed.parsed {
+        Some(p) => (p.clone(), read_json::<ParsedPrompt>(p)?),
+        None => (parsed_path, parsed),
+    };
+
     // 5. Assemble train / validation / test.
     let asm_dir = dir.join(Stage::Assemble.name());
     let mut asm_inputs = vec![examples_path.clone(), retrieved_path.clone()];

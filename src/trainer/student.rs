@@ -119,7 +119,7 @@ pub struct Student {
     pub name: String,
 }
 
-fn plain_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
+pub fn plain_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
     let mut tok = tokenizers::Tokenizer::from_file(path)
         .map_err(|e| anyhow!("{}: not a tokenizer.json ({e})", path.display()))?;
     // Batches are padded by the collator and lengths capped by the trainer: the file's own

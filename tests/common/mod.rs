@@ -11,6 +11,7 @@ use std::time::Duration;
 use prompt2model::config::Paths;
 use prompt2model::data::registry::Registry;
 
+pub mod browser;
 pub mod datasets_server;
 
 pub fn repo_root() -> PathBuf {

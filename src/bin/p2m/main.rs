@@ -12,6 +12,7 @@ mod generate;
 mod retrieve;
 mod run;
 mod score;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ enum Command {
     RetrieveDataset(retrieve::RetrieveDatasetArgs),
     /// Prompt2Model end to end: a prompt in, a trained, evaluated, packaged model out (resumable).
     Run(Box<run::RunArgs>),
+    /// Serve a run's model: a web page, an OpenAI-compatible API and the review page.
+    Serve(Box<serve::ServeArgs>),
     /// The runs of `p2m run`.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::RetrieveModel(args) => retrieve::retrieve_model(args),
         Command::RetrieveDataset(args) => retrieve::retrieve_dataset(args),
         Command::Run(args) => run::run(*args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Runs(RunsCommand::List) => run::list(),
         Command::Runs(RunsCommand::Show { name }) => run::show(name),
     })

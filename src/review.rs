@@ -1,0 +1,504 @@
+//! People correcting a run's task and data (the paper's future work, §6): the parsed instruction
+//! and demonstrations, and each generated example accepted, edited or rejected.
+//!
+//! The teacher's output (`generation/examples.jsonl`) is never touched. A review lives in its own
+//! folder of the run, `review/`:
+//! - `examples.jsonl`: what training uses from now on (accepted and edited rows, and rows not yet
+//!   looked at; rejected rows are left out),
+//! - `parsed.json`: the reviewed instruction and demonstrations (the student's input template and
+//!   the packaged model use it),
+//! - `decisions.json`: the state of every example (so the page shows what was decided),
+//! - `log.jsonl`: append-only, one line per change (when, which example, before, after).
+//!
+//! `p2m run` picks the reviewed files up ([`reviewed_inputs`]); their hashes enter the fingerprints
+//! of assembly and training, so exactly assembly, training, evaluation and packaging are redone.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::examples::{read_examples_jsonl, write_examples_jsonl, Example};
+use crate::prompt_parser::ParsedPrompt;
+use crate::util::fs::write_json;
+
+pub const REVIEW_DIR: &str = "review";
+pub const EXAMPLES_FILE: &str = "examples.jsonl";
+pub const PARSED_FILE: &str = "parsed.json";
+pub const DECISIONS_FILE: &str = "decisions.json";
+pub const LOG_FILE: &str = "log.jsonl";
+
+/// Where a run keeps what the review replaces.
+const GENERATED: &str = "generation/examples.jsonl";
+const PARSED: &str = "parse/parsed.json";
+
+/// What a person decided about one generated example.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Not looked at yet: kept, as the teacher wrote it.
+    #[default]
+    Pending,
+    Accepted,
+    Edited,
+    Rejected,
+}
+
+/// One generated example as the review page shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReviewItem {
+    /// Its line in `generation/examples.jsonl` (0-based): the stable id of the example.
+    pub index: usize,
+    pub status: Status,
+    pub input: String,
+    pub output: String,
+    /// The teacher's text, for comparison after an edit.
+    pub original: Example,
+    /// `duplicate input`, `conflicting outputs`, `empty output`, `output copies input`.
+    pub flags: Vec<String>,
+}
+
+/// Everything the review page needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewState {
+    pub instruction: String,
+    pub demonstrations: Vec<Example>,
+    /// Whether the instruction or demonstrations were changed by a review.
+    pub prompt_reviewed: bool,
+    pub items: Vec<ReviewItem>,
+}
+
+/// One decision sent by the page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub index: usize,
+    pub status: Status,
+    /// The example's text after the review (ignored unless `status` is `edited`).
+    #[serde(default)]
+    pub input: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// What a save sends: the prompt as reviewed and the decisions that changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewSubmission {
+    pub instruction: String,
+    pub demonstrations: Vec<Example>,
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+}
+
+/// What a save did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SaveSummary {
+    pub changed: usize,
+    pub kept: usize,
+    pub rejected: usize,
+    pub edited: usize,
+    pub prompt_changed: bool,
+}
+
+/// One line of `log.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub time: String,
+    /// `example` or `prompt`.
+    pub what: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+}
+
+/// The reviewed files of a run that the pipeline should use instead of the originals.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReviewedInputs {
+    pub examples: Option<PathBuf>,
+    pub parsed: Option<PathBuf>,
+}
+
+/// The reviewed examples and prompt of `run_dir`, where a review saved them.
+pub fn reviewed_inputs(run_dir: &Path) -> ReviewedInputs {
+    let dir = run_dir.join(REVIEW_DIR);
+    let existing = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    ReviewedInputs { examples: existing(EXAMPLES_FILE), parsed: existing(PARSED_FILE) }
+}
+
+/// A run folder's review: reads the teacher's output and any earlier review, saves new ones.
+pub struct Review {
+    run_dir: PathBuf,
+}
+
+impl Review {
+    /// The review of `run_dir`; it needs the run's parse and generation stages to be done.
+    pub fn open(run_dir: &Path) -> Result<Review> {
+        for f in [GENERATED, PARSED] {
+            anyhow::ensure!(
+                run_dir.join(f).is_file(),
+                "{} has no {f}: review needs a run whose parse and generation stages are done (run `p2m run` first)",
+                run_dir.display()
+            );
+        }
+        Ok(Review { run_dir: run_dir.to_path_buf() })
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.run_dir.join(REVIEW_DIR)
+    }
+
+    fn generated(&self) -> Result<Vec<Example>> {
+        let path = self.run_dir.join(GENERATED);
+        read_examples_jsonl(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    fn original_prompt(&self) -> Result<ParsedPrompt> {
+        read_parsed(&self.run_dir.join(PARSED))
+    }
+
+    fn decisions(&self) -> Result<HashMap<usize, Decision>> {
+        let path = self.dir().join(DECISIONS_FILE);
+        if !path.is_file() {
+            return Ok(HashMap::new());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let list: Vec<Decision> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a list of review decisions (delete it to start the review over)",
+                path.display()
+            )
+        })?;
+        Ok(list.into_iter().map(|d| (d.index, d)).collect())
+    }
+
+    /// The prompt and every generated example with its decision and flags.
+    pub fn state(&self) -> Result<ReviewState> {
+        let generated = self.generated()?;
+        let decisions = self.decisions()?;
+        let original = self.original_prompt()?;
+        let reviewed_path = self.dir().join(PARSED_FILE);
+        let (prompt, prompt_reviewed) = if reviewed_path.is_file() {
+            (read_parsed(&reviewed_path)?, true)
+        } else {
+            (original, false)
+        };
+        let flags = flag_examples(&generated);
+        let items = generated
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                let d = decisions.get(&index);
+                let status = d.map(|d| d.status).unwrap_or_default();
+                let (input, output) = match d {
+                    Some(d) if d.status == Status::Edited => (
+                        d.input.clone().unwrap_or_else(|| e.input.clone()),
+                        d.output.clone().unwrap_or_else(|| e.output.clone()),
+                    ),
+                    _ => (e.input.clone(), e.output.clone()),
+                };
+                ReviewItem {
+                    index,
+                    status,
+                    input,
+                    output,
+                    original: e.clone(),
+                    flags: flags[index].clone(),
+                }
+            })
+            .collect();
+        Ok(ReviewState {
+            instruction: prompt.instruction,
+            demonstrations: prompt.demonstrations,
+            prompt_reviewed,
+            items,
+        })
+    }
+
+    /// Apply a submission: write the reviewed examples, prompt and decisions (each atomically)
+    /// and append what changed to the log.
+    pub fn save(&self, submission: &ReviewSubmission) -> Result<SaveSummary> {
+        anyhow::ensure!(
+            !submission.instruction.trim().is_empty(),
+            "the instruction is empty: write what the model should do"
+        );
+        let generated = self.generated()?;
+        let mut decisions = self.decisions()?;
+        let before_state = self.state()?;
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut log = Vec::new();
+        for d in &submission.decisions {
+            anyhow::ensure!(
+                d.index < generated.len(),
+                "decision for example {} but the run has {} generated examples",
+                d.index,
+                generated.len()
+            );
+            let mut d = d.clone();
+            if d.status == Status::Edited {
+                let e = &generated[d.index];
+                let input = d.input.take().unwrap_or_else(|| e.input.clone());
+                let output = d.output.take().unwrap_or_else(|| e.output.clone());
+                anyhow::ensure!(
+                    !input.trim().is_empty(),
+                    "example {}: the edited input is empty (reject the example instead)",
+                    d.index
+                );
+                if input == e.input && output == e.output {
+                    d.status = Status::Accepted;
+                } else {
+                    d.input = Some(input);
+                    d.output = Some(output);
+                }
+            } else {
+                d.input = None;
+                d.output = None;
+            }
+            let before = &before_state.items[d.index];
+            let after_text = |d: &Decision| {
+                serde_json::json!({
+                    "status": d.status,
+                    "input": d.input.clone().unwrap_or_else(|| generated[d.index].input.clone()),
+                    "output": d.output.clone().unwrap_or_else(|| generated[d.index].output.clone()),
+                })
+            };
+            let before_json = serde_json::json!({
+                "status": before.status, "input": before.input, "output": before.output,
+            });
+            let after_json = after_text(&d);
+            if before_json != after_json {
+                log.push(LogEntry {
+                    time: now.clone(),
+                    what: "example".into(),
+                    index: Some(d.index),
+                    before: before_json,
+                    after: after_json,
+                });
+            }
+            decisions.insert(d.index, d);
+        }
+        let prompt_changed = submission.instruction != before_state.instruction
+            || submission.demonstrations != before_state.demonstrations;
+        if prompt_changed {
+            log.push(LogEntry {
+                time: now.clone(),
+                what: "prompt".into(),
+                index: None,
+                before: serde_json::json!({ "instruction": before_state.instruction, "demonstrations": before_state.demonstrations }),
+                after: serde_json::json!({ "instruction": submission.instruction, "demonstrations": submission.demonstrations }),
+            });
+        }
+
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut summary = SaveSummary { changed: log.len(), prompt_changed, ..Default::default() };
+        let mut kept = Vec::new();
+        for (i, e) in generated.iter().enumerate() {
+            match decisions.get(&i) {
+                Some(d) if d.status == Status::Rejected => summary.rejected += 1,
+                Some(d) if d.status == Status::Edited => {
+                    summary.edited += 1;
+                    kept.push(Example::new(
+                        d.input.clone().unwrap_or_else(|| e.input.clone()),
+                        d.output.clone().unwrap_or_else(|| e.output.clone()),
+                    ));
+                }
+                _ => kept.push(e.clone()),
+            }
+        }
+        summary.kept = kept.len();
+        if log.is_empty() {
+            return Ok(summary);
+        }
+        // The log first: a save that stops half-way leaves a log line too many, never a change
+        // without its line.
+        append_log(&dir.join(LOG_FILE), &log)?;
+        let mut list: Vec<&Decision> =
+            decisions.values().filter(|d| d.status != Status::Pending).collect();
+        list.sort_by_key(|d| d.index);
+        write_json(&dir.join(DECISIONS_FILE), &list)?;
+        write_examples_jsonl(&dir.join(EXAMPLES_FILE), &kept)
+            .with_context(|| format!("writing {}", dir.join(EXAMPLES_FILE).display()))?;
+        if prompt_changed || dir.join(PARSED_FILE).is_file() {
+            let parsed = ParsedPrompt::new(
+                submission.instruction.clone(),
+                submission.demonstrations.clone(),
+            );
+            write_json(&dir.join(PARSED_FILE), &parsed)?;
+        }
+        Ok(summary)
+    }
+}
+
+fn read_parsed(path: &Path) -> Result<ParsedPrompt> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!("{}: not a parsed prompt (instruction, demonstrations)", path.display())
+    })
+}
+
+fn append_log(path: &Path, entries: &[LogEntry]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut text = String::new();
+    for e in entries {
+        text.push_str(&serde_json::to_string(e)?);
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Per example, what a reviewer should look at: the same input more than once (after trimming
+/// and lower-casing), the same input with different outputs, an empty output, an output that
+/// copies the input.
+pub fn flag_examples(examples: &[Example]) -> Vec<Vec<String>> {
+    let key = |s: &str| s.trim().to_lowercase();
+    let mut by_input: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, e) in examples.iter().enumerate() {
+        by_input.entry(key(&e.input)).or_default().push(i);
+    }
+    examples
+        .iter()
+        .map(|e| {
+            let mut flags = Vec::new();
+            let same = &by_input[&key(&e.input)];
+            if same.len() > 1 {
+                flags.push("duplicate input".to_string());
+                if same.iter().any(|&j| key(&examples[j].output) != key(&e.output)) {
+                    flags.push("conflicting outputs".to_string());
+                }
+            }
+            if e.output.trim().is_empty() {
+                flags.push("empty output".to_string());
+            } else if key(&e.output) == key(&e.input) {
+                flags.push("output copies input".to_string());
+            }
+            flags
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(examples: &[Example]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("generation")).unwrap();
+        std::fs::create_dir_all(dir.path().join("parse")).unwrap();
+        write_examples_jsonl(&dir.path().join(GENERATED), examples).unwrap();
+        let parsed =
+            ParsedPrompt::new("Answer with the capital.", vec![Example::new("France", "Paris")]);
+        write_json(&dir.path().join(PARSED), &parsed).unwrap();
+        dir
+    }
+
+    #[test]
+    fn flags_duplicates_conflicts_empty_and_copied_outputs() {
+        let ex = [
+            Example::new("Chile", "Santiago"),
+            Example::new(" chile", "Valparaiso"),
+            Example::new("Peru", ""),
+            Example::new("Lima", "lima"),
+        ];
+        let f = flag_examples(&ex);
+        assert_eq!(f[0], vec!["duplicate input", "conflicting outputs"]);
+        assert_eq!(f[1], vec!["duplicate input", "conflicting outputs"]);
+        assert_eq!(f[2], vec!["empty output"]);
+        assert_eq!(f[3], vec!["output copies input"]);
+    }
+
+    #[test]
+    fn a_save_writes_the_reviewed_data_and_a_log_and_keeps_the_teachers_file() {
+        let ex = vec![
+            Example::new("Chile", "Santiago"),
+            Example::new("Peru", "Cusco"),
+            Example::new("L", "L"),
+        ];
+        let run = run_with(&ex);
+        let original = std::fs::read(run.path().join(GENERATED)).unwrap();
+        let review = Review::open(run.path()).unwrap();
+        assert_eq!(reviewed_inputs(run.path()), ReviewedInputs::default());
+        let s = review
+            .save(&ReviewSubmission {
+                instruction: "Answer with the capital city only.".into(),
+                demonstrations: vec![Example::new("France", "Paris")],
+                decisions: vec![
+                    Decision { index: 0, status: Status::Accepted, input: None, output: None },
+                    Decision {
+                        index: 1,
+                        status: Status::Edited,
+                        input: None,
+                        output: Some("Lima".into()),
+                    },
+                    Decision { index: 2, status: Status::Rejected, input: None, output: None },
+                ],
+            })
+            .unwrap();
+        assert_eq!((s.kept, s.edited, s.rejected, s.prompt_changed), (2, 1, 1, true));
+        assert_eq!(std::fs::read(run.path().join(GENERATED)).unwrap(), original);
+        let reviewed = reviewed_inputs(run.path());
+        let kept = read_examples_jsonl(reviewed.examples.as_ref().unwrap()).unwrap();
+        assert_eq!(kept, vec![Example::new("Chile", "Santiago"), Example::new("Peru", "Lima")]);
+        let parsed = read_parsed(reviewed.parsed.as_ref().unwrap()).unwrap();
+        assert_eq!(parsed.instruction, "Answer with the capital city only.");
+        let log = std::fs::read_to_string(run.path().join("review").join(LOG_FILE)).unwrap();
+        assert_eq!(log.lines().count(), 4, "three examples and the prompt: {log}");
+
+        // The page sees the decisions; a second identical save changes and logs nothing.
+        let state = review.state().unwrap();
+        assert!(state.prompt_reviewed);
+        assert_eq!(state.items[1].output, "Lima");
+        assert_eq!(state.items[1].original.output, "Cusco");
+        assert_eq!(state.items[2].status, Status::Rejected);
+        let again = review
+            .save(&ReviewSubmission {
+                instruction: state.instruction.clone(),
+                demonstrations: state.demonstrations.clone(),
+                decisions: vec![Decision {
+                    index: 1,
+                    status: Status::Edited,
+                    input: None,
+                    output: Some("Lima".into()),
+                }],
+            })
+            .unwrap();
+        assert_eq!(again.changed, 0);
+        let log2 = std::fs::read_to_string(run.path().join("review").join(LOG_FILE)).unwrap();
+        assert_eq!(log, log2);
+    }
+
+    #[test]
+    fn bad_submissions_are_refused_with_the_reason() {
+        let run = run_with(&[Example::new("Chile", "Santiago")]);
+        let review = Review::open(run.path()).unwrap();
+        let sub = |instruction: &str, index: usize, input: Option<&str>| ReviewSubmission {
+            instruction: instruction.into(),
+            demonstrations: vec![],
+            decisions: vec![Decision {
+                index,
+                status: Status::Edited,
+                input: input.map(str::to_string),
+                output: None,
+            }],
+        };
+        let e = review.save(&sub(" ", 0, None)).unwrap_err().to_string();
+        assert!(e.contains("instruction is empty"), "{e}");
+        let e = review.save(&sub("x", 5, None)).unwrap_err().to_string();
+        assert!(e.contains("example 5") && e.contains("1 generated"), "{e}");
+        let e = review.save(&sub("x", 0, Some(""))).unwrap_err().to_string();
+        assert!(e.contains("edited input is empty"), "{e}");
+        assert!(!run.path().join("review").join(EXAMPLES_FILE).exists());
+        let e = Review::open(tempfile::tempdir().unwrap().path()).err().unwrap().to_string();
+        assert!(e.contains("p2m run"), "{e}");
+    }
+}
