@@ -18,8 +18,9 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
 # --- system packages -----------------------------------------------------------------------------
 apt_packages=(fonts-dejavu-core pkg-config git ca-certificates python3-venv)
-# The tests also drive a real browser (tests/serve.rs): chromium, headless.
-[ "$want_python" = 1 ] && apt_packages+=(chromium)
+# The tests also drive a real browser (tests/serve.rs: chromium, headless) and a single-node Slurm
+# cluster (tests/live_tables.rs: slurm-wlm and munge).
+[ "$want_python" = 1 ] && apt_packages+=(chromium slurm-wlm munge)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

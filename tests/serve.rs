@@ -294,6 +294,30 @@ async fn a_token_guards_the_api_and_sigterm_finishes_the_request_in_flight() {
     assert_eq!(long.await.unwrap().expect("an answer, not a dropped connection"), 200);
     let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "p2m serve exits cleanly on SIGTERM: {status:?}");
+
+    // A full queue answers 429 with Retry-After at once (one decoding, one waiting, the rest refused).
+    let small = start_server(&model, &["--queue", "1", "--max-batch", "1"], &[]);
+    let predict = format!("{}/v1/predict", small.url);
+    let body = serde_json::json!({
+        "inputs": (0..16).map(|i| format!("country {i}")).collect::<Vec<_>>(),
+        "max_new_tokens": 128,
+    });
+    let answers = futures_util::future::join_all((0..8).map(|_| {
+        let (http, predict, body) = (http.clone(), predict.clone(), body.clone());
+        async move {
+            let r = http.post(&predict).json(&body).send().await.unwrap();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        }
+    }))
+    .await;
+    assert!(answers.iter().any(|(s, _, _)| *s == 200), "{answers:?}");
+    let busy: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(!busy.is_empty(), "8 concurrent requests on a queue of 1: {answers:?}");
+    assert!(busy
+        .iter()
+        .all(|(_, retry, text)| retry.as_deref() == Some("1") && text.contains("queue is full")));
+    assert!(answers.iter().all(|(s, _, _)| *s == 200 || *s == 429), "{answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod fake_openai;
 mod bertscore;
 mod cli;
 mod dataset_generator;
+mod live_tables;
 mod loaders;
 mod metrics_differential;
 mod models_bert;

@@ -90,6 +90,102 @@ pub fn mean_interval(values: &[f64], cfg: &BootstrapConfig) -> Interval {
     })
 }
 
+/// A corpus metric over a fixed set of examples, recomputable on any resample of them: per-example
+/// values for exact match, per-example n-gram statistics for chrF++ (summed, then scored, as the
+/// metric defines the corpus score).
+pub struct CorpusScorer {
+    metric: Metric,
+    /// Exact match: one value per example (0 or 100). chrF++: the statistics, one row each.
+    values: Vec<f64>,
+    stats: Vec<Vec<u64>>,
+}
+
+impl CorpusScorer {
+    pub fn new<P: AsRef<str>, R: AsRef<str>>(
+        metric: Metric,
+        predictions: &[P],
+        references: &[Vec<R>],
+    ) -> Result<CorpusScorer, MetricError> {
+        MetricError::check_corpus("predictions", predictions.len(), references.len())?;
+        let mut scorer = CorpusScorer { metric, values: Vec::new(), stats: Vec::new() };
+        match metric {
+            Metric::ExactMatch | Metric::ExactMatchSquad => {
+                let norm = if metric == Metric::ExactMatch {
+                    exact_match::EmNormalization::Raw
+                } else {
+                    exact_match::EmNormalization::Squad
+                };
+                scorer.values =
+                    predictions
+                        .iter()
+                        .zip(references)
+                        .map(|(p, r)| {
+                            if exact_match::exact_match(p.as_ref(), r, norm) {
+                                100.0
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+            }
+            Metric::ChrfPlusPlus => {
+                let chrf_cfg = chrf::ChrfConfig::chrf_plus_plus();
+                scorer.stats = predictions
+                    .iter()
+                    .zip(references)
+                    .enumerate()
+                    .map(|(i, (p, r))| {
+                        chrf::segment_statistics(p.as_ref(), r, &chrf_cfg).map_err(|e| match e {
+                            MetricError::NoReferences { .. } => {
+                                MetricError::NoReferences { index: i }
+                            }
+                            other => other,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+        }
+        Ok(scorer)
+    }
+
+    /// How many examples.
+    pub fn len(&self) -> usize {
+        self.values.len().max(self.stats.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The corpus score of the examples at `idx` (repetitions count), in percent.
+    pub fn score(&self, idx: &[usize]) -> f64 {
+        match self.metric {
+            Metric::ExactMatch | Metric::ExactMatchSquad => {
+                if idx.is_empty() {
+                    f64::NAN
+                } else {
+                    idx.iter().map(|&i| self.values[i]).sum::<f64>() / idx.len() as f64
+                }
+            }
+            Metric::ChrfPlusPlus => {
+                let width = self.stats.first().map(Vec::len).unwrap_or(0);
+                let mut sum = vec![0u64; width];
+                for &i in idx {
+                    for (s, v) in sum.iter_mut().zip(&self.stats[i]) {
+                        *s += v;
+                    }
+                }
+                chrf::score_from_statistics(&sum, &chrf::ChrfConfig::chrf_plus_plus())
+            }
+        }
+    }
+
+    /// The score of every example together.
+    pub fn corpus(&self) -> f64 {
+        self.score(&(0..self.len()).collect::<Vec<_>>())
+    }
+}
+
 /// A metric of [`Metric`] with its bootstrap interval, in percent as [`super::score`] reports it.
 pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
     metric: Metric,
@@ -97,54 +193,88 @@ pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
     references: &[Vec<R>],
     cfg: &BootstrapConfig,
 ) -> Result<Interval, MetricError> {
-    MetricError::check_corpus("predictions", predictions.len(), references.len())?;
-    match metric {
-        Metric::ExactMatch | Metric::ExactMatchSquad => {
-            let norm = if metric == Metric::ExactMatch {
-                exact_match::EmNormalization::Raw
-            } else {
-                exact_match::EmNormalization::Squad
-            };
-            let hits: Vec<f64> = predictions
-                .iter()
-                .zip(references)
-                .map(
-                    |(p, r)| {
-                        if exact_match::exact_match(p.as_ref(), r, norm) {
-                            100.0
-                        } else {
-                            0.0
-                        }
-                    },
-                )
-                .collect();
-            Ok(mean_interval(&hits, cfg))
+    let scorer = CorpusScorer::new(metric, predictions, references)?;
+    Ok(bootstrap(scorer.len(), cfg, |idx| scorer.score(idx)))
+}
+
+/// Paired bootstrap test (Koehn 2004) of "system A scores higher than system B" on the same
+/// examples: the share of resamples in which A does not beat B (a one-sided p-value), with
+/// A − B on all examples.
+pub fn paired_bootstrap(
+    a: &CorpusScorer,
+    b: &CorpusScorer,
+    cfg: &BootstrapConfig,
+) -> Result<(f64, f64), MetricError> {
+    MetricError::check_corpus("system B's examples", b.len(), a.len())?;
+    let n = a.len();
+    let delta = a.corpus() - b.corpus();
+    if n == 0 || cfg.resamples == 0 {
+        return Ok((delta, f64::NAN));
+    }
+    let mut rng = SplitMix64::new(cfg.seed);
+    let mut idx = vec![0usize; n];
+    let mut not_better = 0usize;
+    for _ in 0..cfg.resamples {
+        for slot in idx.iter_mut() {
+            *slot = rng.below(n as u64) as usize;
         }
-        Metric::ChrfPlusPlus => {
-            let chrf_cfg = chrf::ChrfConfig::chrf_plus_plus();
-            let stats: Vec<Vec<u64>> = predictions
-                .iter()
-                .zip(references)
-                .enumerate()
-                .map(|(i, (p, r))| {
-                    chrf::segment_statistics(p.as_ref(), r, &chrf_cfg).map_err(|e| match e {
-                        MetricError::NoReferences { .. } => MetricError::NoReferences { index: i },
-                        other => other,
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            let width = stats[0].len();
-            Ok(bootstrap(stats.len(), cfg, |idx| {
-                let mut sum = vec![0u64; width];
-                for &i in idx {
-                    for (s, v) in sum.iter_mut().zip(&stats[i]) {
-                        *s += v;
-                    }
-                }
-                chrf::score_from_statistics(&sum, &chrf_cfg)
-            }))
+        if a.score(&idx) <= b.score(&idx) {
+            not_better += 1;
         }
     }
+    Ok((delta, not_better as f64 / cfg.resamples as f64))
+}
+
+/// The percentile interval of Kendall's τ-b between the models' scores on two test sets, each
+/// resampled over its own examples (the same resample for every model, so the models stay paired).
+pub fn kendall_interval(
+    first: &[CorpusScorer],
+    second: &[CorpusScorer],
+    cfg: &BootstrapConfig,
+) -> Interval {
+    let n = (
+        first.first().map(CorpusScorer::len).unwrap_or(0),
+        second.first().map(CorpusScorer::len).unwrap_or(0),
+    );
+    let tau = |a: &[f64], b: &[f64]| {
+        super::kendall::kendall_tau_b(a, b).map(|k| k.tau).unwrap_or(f64::NAN)
+    };
+    let all = |len: usize| (0..len).collect::<Vec<_>>();
+    let (ia, ib) = (all(n.0), all(n.1));
+    let value = tau(
+        &first.iter().map(|s| s.score(&ia)).collect::<Vec<_>>(),
+        &second.iter().map(|s| s.score(&ib)).collect::<Vec<_>>(),
+    );
+    let mut rng = SplitMix64::new(cfg.seed);
+    let (mut ra, mut rb) = (vec![0usize; n.0], vec![0usize; n.1]);
+    let mut stats: Vec<f64> = Vec::with_capacity(cfg.resamples);
+    for _ in 0..cfg.resamples {
+        for slot in ra.iter_mut() {
+            *slot = rng.below(n.0 as u64) as usize;
+        }
+        for slot in rb.iter_mut() {
+            *slot = rng.below(n.1 as u64) as usize;
+        }
+        let t = tau(
+            &first.iter().map(|s| s.score(&ra)).collect::<Vec<_>>(),
+            &second.iter().map(|s| s.score(&rb)).collect::<Vec<_>>(),
+        );
+        // A resample where every model ties on one side has no τ: it is left out.
+        if t.is_finite() {
+            stats.push(t);
+        }
+    }
+    if stats.is_empty() {
+        return Interval { value, low: f64::NAN, high: f64::NAN, n: first.len() };
+    }
+    stats.sort_by(|a, b| a.total_cmp(b));
+    let alpha = (1.0 - cfg.confidence) / 2.0;
+    let at = |q: f64| {
+        let pos = q * (stats.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        stats[lo] + (stats[hi] - stats[lo]) * (pos - lo as f64)
+    };
+    Interval { value, low: at(alpha), high: at(1.0 - alpha), n: first.len() }
 }
 
 #[cfg(test)]
@@ -184,5 +314,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(em.value, 50.0);
+    }
+
+    #[test]
+    fn paired_bootstrap_and_kendall_interval() {
+        let refs: Vec<Vec<String>> = (0..40).map(|i| vec![format!("answer {i}")]).collect();
+        let good: Vec<String> =
+            (0..40).map(|i| if i % 4 == 0 { "x".into() } else { format!("answer {i}") }).collect();
+        let bad: Vec<String> =
+            (0..40).map(|i| if i % 2 == 0 { "x".into() } else { format!("answer {i}") }).collect();
+        let a = CorpusScorer::new(Metric::ExactMatch, &good, &refs).unwrap();
+        let b = CorpusScorer::new(Metric::ExactMatch, &bad, &refs).unwrap();
+        assert_eq!((a.corpus(), b.corpus()), (75.0, 50.0));
+        let (delta, p) = paired_bootstrap(&a, &b, &BootstrapConfig::default()).unwrap();
+        assert_eq!(delta, 25.0);
+        assert!(p < 0.01, "A is better on every resample: p = {p}");
+        let (_, p_rev) = paired_bootstrap(&b, &a, &BootstrapConfig::default()).unwrap();
+        assert!(p_rev > 0.99);
+        // Three systems ranked the same on both "test sets": τ = 1, and the interval holds it.
+        let mid: Vec<String> =
+            (0..40).map(|i| if i % 3 == 0 { "x".into() } else { format!("answer {i}") }).collect();
+        let c = CorpusScorer::new(Metric::ExactMatch, &mid, &refs).unwrap();
+        let first = vec![
+            CorpusScorer::new(Metric::ExactMatch, &good, &refs).unwrap(),
+            CorpusScorer::new(Metric::ExactMatch, &mid, &refs).unwrap(),
+            CorpusScorer::new(Metric::ExactMatch, &bad, &refs).unwrap(),
+        ];
+        let second = vec![a, c, b];
+        let iv = kendall_interval(&first, &second, &BootstrapConfig::default());
+        assert_eq!(iv.value, 1.0);
+        assert!(iv.low <= 1.0 && iv.high == 1.0 && iv.low > -1.0, "{iv}");
     }
 }

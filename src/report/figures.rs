@@ -198,6 +198,9 @@ pub struct ScatterPoint {
     pub label: String,
     pub x: f64,
     pub y: f64,
+    /// A confidence interval on each axis, drawn as a bar.
+    pub x_interval: Option<(f64, f64)>,
+    pub y_interval: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,7 +241,14 @@ fn draw_scatter<DB: DrawingBackend>(
         .map_err(plot_err)?;
     let areas = root.split_evenly((1, panels.len()));
     for (area, panel) in areas.iter().zip(panels) {
-        let hi = panel.points.iter().flat_map(|p| [p.x, p.y]).fold(0.0f64, f64::max);
+        let hi = panel
+            .points
+            .iter()
+            .flat_map(|p| {
+                [p.x, p.y, p.x_interval.map_or(p.x, |i| i.1), p.y_interval.map_or(p.y, |i| i.1)]
+            })
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
         let top = ((hi * 1.1) / 10.0).ceil().max(1.0) * 10.0;
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 15))
@@ -260,6 +270,20 @@ fn draw_scatter<DB: DrawingBackend>(
                 [(0.0, 0.0), (top, top)],
                 RGBColor(200, 200, 200).stroke_width(1),
             ))
+            .map_err(plot_err)?;
+        // Interval bars: horizontal for the x axis, vertical for the y axis.
+        let bar = OURS.mix(0.45).stroke_width(1);
+        chart
+            .draw_series(panel.points.iter().flat_map(|p| {
+                let mut lines = Vec::new();
+                if let Some((lo, hi)) = p.x_interval {
+                    lines.push(PathElement::new(vec![(lo, p.y), (hi, p.y)], bar));
+                }
+                if let Some((lo, hi)) = p.y_interval {
+                    lines.push(PathElement::new(vec![(p.x, lo), (p.x, hi)], bar));
+                }
+                lines
+            }))
             .map_err(plot_err)?;
         chart
             .draw_series(panel.points.iter().map(|p| Circle::new((p.x, p.y), 5, OURS.filled())))

@@ -1,10 +1,12 @@
 //! Reproductions of the paper's tables. The `experiments/` binaries are thin wrappers around these
 //! functions so that tests (snapshot and regression) run exactly what users run.
 
+pub mod cells;
 pub mod retrieval;
 pub mod table1;
 pub mod table2;
 pub mod table3;
+pub mod table3_live;
 
 use anyhow::{Context, Result};
 

@@ -268,7 +268,13 @@ impl Table3 {
                         .pairs
                         .iter()
                         .filter(|p| p.task == r.task && p.selected)
-                        .map(|p| ScatterPoint { label: p.model.clone(), x: p.generated, y: p.real })
+                        .map(|p| ScatterPoint {
+                            label: p.model.clone(),
+                            x: p.generated,
+                            y: p.real,
+                            x_interval: None,
+                            y_interval: None,
+                        })
                         .collect(),
                 }
             })

@@ -141,6 +141,9 @@ pub struct ServerState {
     pub probes: AtomicUsize,
     /// Dead: nothing is answered any more.
     pub dead: AtomicBool,
+    /// Answers promised under `die_after_ok` (taken before answering, so concurrent requests
+    /// cannot both slip in as the last one).
+    answers_reserved: AtomicUsize,
     die: tokio::sync::Notify,
     pub seen: Mutex<Vec<Seen>>,
     /// Digests of request bodies that got a successful answer.
@@ -670,6 +673,11 @@ async fn handle(mut stream: TcpStream, state: Arc<ServerState>, cfg: Arc<ServerC
     }
     if state.dead.load(Ordering::SeqCst) {
         return; // died while this request was being decoded: dropped unanswered
+    }
+    if cfg.die_after_ok.is_some_and(|k| state.answers_reserved.fetch_add(1, Ordering::SeqCst) >= k)
+    {
+        state.kill();
+        return; // past the last answer it gives: dropped unanswered
     }
     record(200, None, n);
     let body = completion(&prompt, seed, n, &cfg);

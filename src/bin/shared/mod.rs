@@ -237,3 +237,144 @@ fn find_task(paths: &Paths, id: &str) -> Result<tasks::Task> {
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
+
+/// The live tables' flags (`table1`/`table3 --source live`): which cells, where, how many at once.
+#[derive(clap::Args, Debug, Clone)]
+#[allow(dead_code)] // the table binaries use it; p2m includes this file too
+pub struct LiveArgs {
+    /// Scale of the live cells (data/live_tables.toml): smoke, laptop or paper.
+    #[arg(long, default_value = "laptop")]
+    pub scale: String,
+    /// Teacher of the cells' pipeline runs: `recorded` (the authors' gpt-3.5-turbo data, offline)
+    /// or `local` (the offline SmolLM2 teacher).
+    #[arg(long, default_value = "recorded", value_parser = ["recorded", "local"])]
+    pub teacher: String,
+    /// Run this one cell in this process (what each job of the local runner and of the Slurm
+    /// array does).
+    #[arg(long)]
+    pub cell: Option<String>,
+    /// Print the cells (id, task, row, done or not) and stop.
+    #[arg(long)]
+    pub list_cells: bool,
+    /// Cells run at once by the local runner.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Write cells.sbatch, collect.sbatch and submit.sh into DIR (a Slurm array, one cell per
+    /// task) instead of running the cells here.
+    #[arg(long)]
+    pub emit_slurm: Option<std::path::PathBuf>,
+    /// Array tasks running at once on the cluster (`--array=0-N%K`).
+    #[arg(long, default_value_t = 8)]
+    pub slurm_parallel: usize,
+    /// Assemble the table from finished cells only (what the Slurm collector runs).
+    #[arg(long)]
+    pub collect_only: bool,
+    /// Where the cells' runs live [default: <cache>/runs].
+    #[arg(long)]
+    pub cells_dir: Option<std::path::PathBuf>,
+}
+
+#[allow(dead_code)] // the table binaries use it; p2m includes this file too
+impl LiveArgs {
+    pub fn teacher(&self) -> prompt2model::pipeline::config::TeacherSource {
+        match self.teacher.as_str() {
+            "local" => prompt2model::pipeline::config::TeacherSource::Local,
+            _ => prompt2model::pipeline::config::TeacherSource::Recorded,
+        }
+    }
+
+    /// The cells, planned from data/live_tables.toml.
+    pub fn plan(
+        &self,
+        paths: &prompt2model::config::Paths,
+        table: prompt2model::tables::cells::LiveTable,
+    ) -> Result<prompt2model::tables::cells::CellPlan> {
+        let root = match &self.cells_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                d.canonicalize()?
+            }
+            None => paths.cache.join("runs"),
+        };
+        prompt2model::tables::cells::plan(paths, table, &self.scale, self.teacher(), &root)
+    }
+
+    /// How a child process (local runner, Slurm node) is started for these cells.
+    pub fn child_args(&self, plan: &prompt2model::tables::cells::CellPlan) -> Vec<String> {
+        let root = plan.runs_dir.parent().and_then(|p| p.parent()).and_then(|p| p.parent());
+        let mut args = vec![
+            "--source".into(),
+            "live".into(),
+            "--scale".into(),
+            self.scale.clone(),
+            "--teacher".into(),
+            self.teacher.clone(),
+        ];
+        if let Some(root) = root {
+            args.push("--cells-dir".into());
+            args.push(root.display().to_string());
+        }
+        args
+    }
+
+    /// Everything but the assembly: one cell, the list, the Slurm files, or the missing cells.
+    /// Returns the plan when the table should now be assembled.
+    pub fn run_cells(
+        &self,
+        table: prompt2model::tables::cells::LiveTable,
+    ) -> Result<Option<prompt2model::tables::cells::CellPlan>> {
+        let paths = prompt2model::config::Paths::from_env()?;
+        let plan = self.plan(&paths, table)?;
+        if let Some(id) = &self.cell {
+            let summary = plan.run_cell(id, prompt2model::models::default_device())?;
+            for m in &summary.metrics {
+                println!("{id}: {} {}", m.test_set, m.display());
+            }
+            return Ok(None);
+        }
+        if self.list_cells {
+            for c in &plan.cells {
+                println!(
+                    "{:<28} {:<9} {:<22} {}",
+                    c.id,
+                    c.task,
+                    c.row,
+                    if plan.is_done(c) { "done" } else { "to run" }
+                );
+            }
+            println!("{} cells; runs in {}", plan.cells.len(), plan.runs_dir.display());
+            return Ok(None);
+        }
+        let program = std::env::current_exe()?;
+        if let Some(dir) = &self.emit_slurm {
+            let files = prompt2model::tables::cells::emit_slurm(
+                &plan,
+                dir,
+                &program,
+                &self.child_args(&plan),
+                self.slurm_parallel,
+            )?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "submit with: bash {}/submit.sh ({} cells, {} at a time)",
+                dir.display(),
+                plan.cells.len(),
+                self.slurm_parallel
+            );
+            return Ok(None);
+        }
+        if !self.collect_only {
+            let failed = plan.run_missing(&program, &self.child_args(&plan), self.jobs)?;
+            anyhow::ensure!(
+                failed.is_empty(),
+                "{} cells failed ({}); their logs are in {}; rerun to retry them",
+                failed.len(),
+                failed.join(", "),
+                plan.runs_dir.display()
+            );
+        }
+        Ok(Some(plan))
+    }
+}

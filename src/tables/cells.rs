@@ -1,0 +1,412 @@
+//! Live tables as **cells**: every row of Table 1 and every student of Table 3, per task, is one
+//! `p2m run` (the pipeline) whose settings are data (`data/live_tables.toml`). A cell is one
+//! process (`table3 --source live --cell ID`) writing one run folder under
+//! `<cells root>/<table>/<scale>/<teacher>/<cell>/`; the pipeline's stage fingerprints make it
+//! idempotent (a finished cell is skipped, a changed setting redoes what it touches, a killed cell
+//! resumes). The table binary runs whatever is missing, `--jobs N` at a time, or writes a Slurm
+//! array that runs them on a cluster ([`emit_slurm`]); then it assembles the table from the cells.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Paths;
+use crate::pipeline::config::{RunConfig, TeacherSource};
+use crate::pipeline::runs::RunInfo;
+use crate::pipeline::{RunOptions, RunSummary};
+
+pub const LIVE_TABLES_FILE: &str = "live_tables.toml";
+
+/// Which live table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LiveTable {
+    Table1,
+    Table3,
+}
+
+impl LiveTable {
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveTable::Table1 => "table1",
+            LiveTable::Table3 => "table3",
+        }
+    }
+}
+
+/// What one cell asks of a cluster node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmResources {
+    /// `--time`, e.g. `00:20:00`.
+    pub time: String,
+    /// `--mem`, e.g. `6G`.
+    pub mem: String,
+    pub cpus: u32,
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveScale {
+    pub description: String,
+    /// The paper tasks (data/tasks.toml ids) this scale runs.
+    pub tasks: Vec<String>,
+    pub slurm: SlurmResources,
+}
+
+/// A row of Table 1 or a student of Table 3.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowSpec {
+    pub id: String,
+    pub label: String,
+    /// Only at these scales (empty: all).
+    #[serde(default)]
+    pub scales: Vec<String>,
+    /// Only for these tasks (empty: all of the scale's).
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Run-configuration fields (src/pipeline/config.rs) on top of the table's defaults.
+    #[serde(default)]
+    pub run: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Run-configuration fields every cell of the table gets.
+    #[serde(default)]
+    pub run: toml::Table,
+    pub rows: Vec<RowSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveTables {
+    pub scales: BTreeMap<String, LiveScale>,
+    pub table1: TableSpec,
+    pub table3: TableSpec,
+}
+
+impl LiveTables {
+    pub fn load(data_dir: &Path) -> Result<LiveTables> {
+        let path = data_dir.join(LIVE_TABLES_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: not a live-tables file", path.display()))
+    }
+
+    fn spec(&self, table: LiveTable) -> &TableSpec {
+        match table {
+            LiveTable::Table1 => &self.table1,
+            LiveTable::Table3 => &self.table3,
+        }
+    }
+}
+
+/// One cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// `<task>-<row>`: the run folder's name.
+    pub id: String,
+    pub task: String,
+    pub row: String,
+    pub label: String,
+    pub config: RunConfig,
+}
+
+/// Every cell of a table at a scale, and where their runs live.
+#[derive(Debug, Clone)]
+pub struct CellPlan {
+    pub table: LiveTable,
+    pub scale: String,
+    pub teacher: TeacherSource,
+    pub scale_spec: LiveScale,
+    pub cells: Vec<Cell>,
+    /// The runs' parent folder.
+    pub runs_dir: PathBuf,
+}
+
+pub fn teacher_name(t: TeacherSource) -> &'static str {
+    match t {
+        TeacherSource::Local => "local",
+        TeacherSource::Openai => "openai",
+        TeacherSource::Recorded => "recorded",
+    }
+}
+
+/// `base` with the fields of `over` replacing its own (unknown fields refused by name).
+fn overlay(base: &RunConfig, over: &toml::Table, what: &str) -> Result<RunConfig> {
+    let mut table: toml::Table = toml::from_str(&toml::to_string(base)?)?;
+    for (k, v) in over {
+        table.insert(k.clone(), v.clone());
+    }
+    toml::Value::Table(table).try_into().with_context(|| {
+        format!("{what}: not run-configuration fields (see src/pipeline/config.rs)")
+    })
+}
+
+/// The cells of `table` at `scale` with `teacher`, their runs under `cells_root`.
+pub fn plan(
+    paths: &Paths,
+    table: LiveTable,
+    scale: &str,
+    teacher: TeacherSource,
+    cells_root: &Path,
+) -> Result<CellPlan> {
+    let live = LiveTables::load(&paths.data)?;
+    let scale_spec = live.scales.get(scale).cloned().with_context(|| {
+        format!(
+            "unknown scale `{scale}`; data/{LIVE_TABLES_FILE} has: {}",
+            live.scales.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let tasks = crate::data::tasks::load_tasks(&paths.data)?;
+    let spec = live.spec(table);
+    let mut cells = Vec::new();
+    for task_id in &scale_spec.tasks {
+        let task = crate::data::tasks::find(&tasks, task_id).with_context(|| {
+            format!("data/{LIVE_TABLES_FILE}: scale `{scale}` names task `{task_id}`, not in data/tasks.toml")
+        })?;
+        for row in &spec.rows {
+            if (!row.scales.is_empty() && !row.scales.iter().any(|s| s == scale))
+                || (!row.tasks.is_empty() && !row.tasks.iter().any(|t| t == task_id))
+            {
+                continue;
+            }
+            let id = format!("{task_id}-{}", row.id);
+            let base = RunConfig {
+                name: id.clone(),
+                task: Some(task.id.clone()),
+                prompt: Some(task.prompt.clone()),
+                prompt_source: format!("the paper's {} prompt (data/tasks.toml)", task.id),
+                scale: scale.to_string(),
+                teacher,
+                ..RunConfig::default()
+            };
+            let with_table = overlay(&base, &spec.run, &format!("[{}] run", table.name()))?;
+            let config =
+                overlay(&with_table, &row.run, &format!("{} row `{}`", table.name(), row.id))?;
+            cells.push(Cell {
+                id,
+                task: task.id.clone(),
+                row: row.id.clone(),
+                label: row.label.clone(),
+                config,
+            });
+        }
+    }
+    anyhow::ensure!(!cells.is_empty(), "{} has no cells at scale `{scale}`", table.name());
+    let runs_dir = cells_root.join(table.name()).join(scale).join(teacher_name(teacher));
+    Ok(CellPlan { table, scale: scale.to_string(), teacher, scale_spec, cells, runs_dir })
+}
+
+impl CellPlan {
+    pub fn cell(&self, id: &str) -> Result<&Cell> {
+        self.cells.iter().find(|c| c.id == id).with_context(|| {
+            format!(
+                "no cell `{id}` in {} at scale {}; --list-cells shows them",
+                self.table.name(),
+                self.scale
+            )
+        })
+    }
+
+    pub fn dir(&self, cell: &Cell) -> PathBuf {
+        self.runs_dir.join(&cell.id)
+    }
+
+    /// A cell is done when its run is complete with exactly this configuration.
+    pub fn is_done(&self, cell: &Cell) -> bool {
+        match RunInfo::read(&self.dir(cell)) {
+            Ok(info) => {
+                info.status() == "complete"
+                    && serde_json::to_value(&info.manifest.config).ok()
+                        == serde_json::to_value(&cell.config).ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Run one cell in this process (what `--cell ID` does, locally or on a cluster node).
+    pub fn run_cell(&self, id: &str, device: tch::Device) -> Result<RunSummary> {
+        let cell = self.cell(id)?;
+        std::fs::create_dir_all(&self.runs_dir)
+            .with_context(|| format!("creating {}", self.runs_dir.display()))?;
+        let opts = RunOptions {
+            runs_dir: self.runs_dir.clone(),
+            from: None,
+            force: false,
+            interactive: false,
+            confirm_cost: None,
+            ask: None,
+            device,
+        };
+        crate::pipeline::run(&cell.config, &opts)
+            .with_context(|| format!("cell {} ({})", cell.id, self.dir(cell).display()))
+    }
+
+    /// Run every cell that is not done, `jobs` at a time, each as `program args… --cell ID` (a
+    /// process of its own, its output in `<cell>/cell.log`). Returns the cells that failed.
+    pub fn run_missing(&self, program: &Path, args: &[String], jobs: usize) -> Result<Vec<String>> {
+        let todo: Vec<&Cell> = self.cells.iter().filter(|c| !self.is_done(c)).collect();
+        let total = self.cells.len();
+        println!(
+            "{}: {} cells at scale {} ({} done, {} to run, {} at a time) in {}",
+            self.table.name(),
+            total,
+            self.scale,
+            total - todo.len(),
+            todo.len(),
+            jobs.max(1),
+            self.runs_dir.display()
+        );
+        std::fs::create_dir_all(&self.runs_dir)
+            .with_context(|| format!("creating {}", self.runs_dir.display()))?;
+        let mut queue = todo.into_iter();
+        let mut running: Vec<(String, std::process::Child, Instant)> = Vec::new();
+        let mut failed = Vec::new();
+        let mut finished = 0usize;
+        loop {
+            while running.len() < jobs.max(1) {
+                let Some(cell) = queue.next() else { break };
+                let log_path = self.runs_dir.join(format!("{}.log", cell.id));
+                let log = std::fs::File::create(&log_path)
+                    .with_context(|| format!("creating {}", log_path.display()))?;
+                let child = Command::new(program)
+                    .args(args)
+                    .args(["--cell", &cell.id])
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .with_context(|| {
+                        format!("starting {} for cell {}", program.display(), cell.id)
+                    })?;
+                running.push((cell.id.clone(), child, Instant::now()));
+            }
+            if running.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut i = 0;
+            while i < running.len() {
+                if let Some(status) = running[i].1.try_wait()? {
+                    let (id, _, started) = running.remove(i);
+                    finished += 1;
+                    let log = self.runs_dir.join(format!("{id}.log"));
+                    if status.success() {
+                        println!(
+                            "  [{finished}] {id} done in {:.1} s",
+                            started.elapsed().as_secs_f64()
+                        );
+                    } else {
+                        println!(
+                            "  [{finished}] {id} FAILED ({status}); its output: {}",
+                            log.display()
+                        );
+                        failed.push(id);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// Write `cells.sbatch` (a Slurm array, one cell per task, `%K` at a time), `collect.sbatch` (the
+/// table from the cells) and `submit.sh` (both, the second `--dependency=afterok` on the first)
+/// into `dir`. `program` and `args` are how a node starts the table binary (an absolute path: the
+/// nodes share this file system).
+pub fn emit_slurm(
+    plan: &CellPlan,
+    dir: &Path,
+    program: &Path,
+    args: &[String],
+    max_parallel: usize,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let r = &plan.scale_spec.slurm;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let command: String = std::iter::once(program.display().to_string())
+        .chain(args.iter().cloned())
+        .map(|a| quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let ids: String = plan.cells.iter().map(|c| c.id.clone()).collect::<Vec<_>>().join(" ");
+    let cwd = std::env::current_dir()?;
+    let gpus = if r.gpus > 0 { format!("#SBATCH --gres=gpu:{}\n", r.gpus) } else { String::new() };
+    let name = format!("p2m-{}-{}", plan.table.name(), plan.scale);
+    let cells = format!(
+        "#!/bin/bash\n# {n} cells of {table} at scale {scale} (teacher {teacher}): one per array task.\n\
+         # Written by `{table} --emit-slurm`; resources from data/{LIVE_TABLES_FILE} [scales.{scale}.slurm].\n\
+         #SBATCH --job-name={name}-cells\n#SBATCH --array=0-{last}%{k}\n#SBATCH --time={time}\n#SBATCH --mem={mem}\n\
+         #SBATCH --cpus-per-task={cpus}\n{gpus}#SBATCH --output={out}/cell-%a.log\n#SBATCH --chdir={cwd}\n\
+         set -euo pipefail\nCELLS=({ids})\nexport OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-1}}\n\
+         exec {command} --cell \"${{CELLS[$SLURM_ARRAY_TASK_ID]}}\"\n",
+        n = plan.cells.len(),
+        table = plan.table.name(),
+        scale = plan.scale,
+        teacher = teacher_name(plan.teacher),
+        last = plan.cells.len() - 1,
+        k = max_parallel.max(1),
+        time = r.time,
+        mem = r.mem,
+        cpus = r.cpus,
+        out = dir.display(),
+        cwd = cwd.display(),
+    );
+    let collect = format!(
+        "#!/bin/bash\n# Assembles {table} from its cells once every array task has succeeded.\n\
+         #SBATCH --job-name={name}-collect\n#SBATCH --time=00:30:00\n#SBATCH --mem={mem}\n#SBATCH --cpus-per-task=1\n\
+         #SBATCH --output={out}/collect.log\n#SBATCH --chdir={cwd}\nset -euo pipefail\nexec {command} --collect-only\n",
+        table = plan.table.name(),
+        mem = r.mem,
+        out = dir.display(),
+        cwd = cwd.display(),
+    );
+    let submit = format!(
+        "#!/bin/bash\n# Submit the cells, then the collector after all of them succeeded.\nset -euo pipefail\n\
+         cd {d}\ncells=$(sbatch --parsable cells.sbatch)\ncollect=$(sbatch --parsable --dependency=afterok:${{cells%%;*}} collect.sbatch)\n\
+         echo \"cells: job $cells; collect: job $collect (output in {d})\"\n",
+        d = quote(&dir.display().to_string())
+    );
+    let mut written = Vec::new();
+    for (file, text) in
+        [("cells.sbatch", cells), ("collect.sbatch", collect), ("submit.sh", submit)]
+    {
+        let path = dir.join(file);
+        crate::util::fs::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Refuse an unfinished table: name the cells that are missing and how to make them.
+pub fn ensure_all_done(plan: &CellPlan) -> Result<()> {
+    let missing: Vec<&str> =
+        plan.cells.iter().filter(|c| !plan.is_done(c)).map(|c| c.id.as_str()).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} cells are not done ({}): run the table without --collect-only, or `--cell ID` for each",
+            missing.len(),
+            plan.cells.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}

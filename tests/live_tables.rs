@@ -1,0 +1,269 @@
+//! The live Table 3 at the smoke scale as users run it: every cell a `p2m run` of its own, run by
+//! the local runner, and the same grid as a Slurm array on a real single-node Slurm cluster
+//! (slurmctld + slurmd + munge on this machine), whose collected table must equal the local one.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn table3(reports: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_table3"));
+    c.args(["--source", "live", "--scale", "smoke"])
+        .args(args)
+        .current_dir(common::repo_root())
+        .env("P2M_REPORTS", reports)
+        .env("P2M_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn ok(out: Output) -> String {
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "table3 failed:\n{text}");
+    text
+}
+
+/// The per-student scores and the per-task τ of a written report, without the folder paths.
+fn table_values(report: &Path) -> (String, String) {
+    let students = std::fs::read_to_string(report.join("table3_students.csv")).unwrap();
+    // The last column is the cell id, the same in both; everything else must match exactly.
+    let summary = std::fs::read_to_string(report.join("table3.csv")).unwrap();
+    (summary, students)
+}
+
+#[test]
+fn the_live_table3_runs_every_cell_and_a_rerun_runs_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
+    let cells_arg = cells.to_str().unwrap();
+    let listed =
+        ok(table3(&reports, &["--cells-dir", cells_arg, "--list-cells"]).output().unwrap());
+    assert_eq!(listed.matches("to run").count(), 24, "8 students × 3 tasks:\n{listed}");
+
+    let started = Instant::now();
+    let out = ok(table3(&reports, &["--cells-dir", cells_arg, "--jobs", "2"]).output().unwrap());
+    println!("smoke live Table 3: {:.0} s\n{out}", started.elapsed().as_secs_f64());
+    let report = reports.join("table3-live-smoke");
+    for f in
+        ["table3.md", "table3.csv", "table3_students.csv", "table3-live-smoke.png", "manifest.json"]
+    {
+        assert!(report.join(f).is_file(), "{f} missing from {}:\n{out}", report.display());
+    }
+    let (summary, students) = table_values(&report);
+    assert_eq!(students.lines().count(), 1 + 24, "{students}");
+    for task in ["SQuAD", "Temporal", "MCoNaLa"] {
+        let line = summary
+            .lines()
+            .find(|l| l.contains(task))
+            .unwrap_or_else(|| panic!("{task}: {summary}"));
+        assert!(line.contains(",8,"), "8 students for {task}: {line}");
+    }
+    // τ is defined where the students differ, and its interval holds it.
+    let md = std::fs::read_to_string(report.join("table3.md")).unwrap();
+    assert!(md.contains("τ×100 live") && md.contains("τ×100 paper"), "{md}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["config"]["cells"].as_array().map(Vec::len),
+        Some(24),
+        "24 cells in the manifest"
+    );
+    // The untrained student really was not trained.
+    let untrained =
+        cells.join("table3/smoke/recorded/temporal-tiny32-untrained/training/stage.json");
+    let stage = std::fs::read_to_string(untrained).unwrap();
+    assert!(stage.contains("0 optimizer steps"), "{stage}");
+
+    // Every cell is done: a rerun runs none and writes the same table.
+    let again = ok(table3(&reports, &["--cells-dir", cells_arg]).output().unwrap());
+    assert!(again.contains("24 done, 0 to run"), "{again}");
+    assert_eq!(table_values(&report), (summary, students));
+    // A bad cell id says which exist.
+    let bad = table3(&reports, &["--cells-dir", cells_arg, "--cell", "nope"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--list-cells"));
+}
+
+/// A single-node Slurm cluster for the length of a test: munged, slurmctld and slurmd as root,
+/// configured in a temporary folder on free ports.
+struct SlurmCluster {
+    conf: PathBuf,
+    daemons: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SlurmCluster {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl SlurmCluster {
+    fn start() -> SlurmCluster {
+        for tool in ["slurmctld", "slurmd", "sbatch", "squeue", "munged"] {
+            assert!(
+                Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success()),
+                "{tool} is not installed: `bash scripts/setup.sh --python` installs slurm-wlm and munge"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        for sub in ["state", "spool", "log"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let d = dir.path().display();
+        let conf = dir.path().join("slurm.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ClusterName=p2mtest\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\n\
+                 ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core_Memory\n\
+                 SchedulerType=sched/backfill\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
+                 SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/log/slurmctld.log\n\
+                 SlurmdLogFile={d}/log/slurmd.log\nSlurmctldPort={}\nSlurmdPort={}\nReturnToService=2\nMpiDefault=none\n\
+                 JobCompType=jobcomp/none\nAccountingStorageType=accounting_storage/none\n\
+                 NodeName={host} CPUs=2 RealMemory=12000 State=UNKNOWN\nPartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+                free_port(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        // munged: one per machine; start it if it is not running (the package makes the key).
+        let munge_up =
+            Command::new("pgrep").args(["-x", "munged"]).output().is_ok_and(|o| o.status.success());
+        if !munge_up {
+            let _ = std::fs::create_dir_all("/run/munge");
+            let status = Command::new("munged").arg("--force").status().unwrap();
+            assert!(status.success(), "munged did not start");
+        }
+        let daemon = |name: &str| {
+            Command::new(name)
+                .args(["-D", "-f"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+        };
+        let ctld = daemon("slurmctld");
+        std::thread::sleep(Duration::from_secs(1));
+        let slurmd = daemon("slurmd");
+        let cluster = SlurmCluster { conf, daemons: vec![ctld, slurmd], _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = cluster.cmd("sinfo").args(["-h", "-o", "%t"]).output().unwrap();
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if state == "idle" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the Slurm node did not come up (state `{state}`)");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        cluster
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+}
+
+#[test]
+fn the_emitted_slurm_array_runs_on_a_real_cluster_and_collects_the_same_table() {
+    if !nix_is_root() {
+        println!("SKIPPED: the Slurm daemons need root here (slurmd runs jobs as their users); CI runs as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = SlurmCluster::start();
+
+    // The same grid, once locally and once through Slurm, into separate cell folders and reports.
+    let local_reports = dir.path().join("local-reports");
+    let local_cells = dir.path().join("local-cells");
+    ok(table3(&local_reports, &["--cells-dir", local_cells.to_str().unwrap(), "--jobs", "2"])
+        .output()
+        .unwrap());
+
+    let slurm_reports = dir.path().join("slurm-reports");
+    let slurm_cells = dir.path().join("slurm-cells");
+    let sbatch_dir = dir.path().join("sbatch");
+    let emitted = ok(table3(
+        &slurm_reports,
+        &[
+            "--cells-dir",
+            slurm_cells.to_str().unwrap(),
+            "--emit-slurm",
+            sbatch_dir.to_str().unwrap(),
+            "--slurm-parallel",
+            "2",
+        ],
+    )
+    .output()
+    .unwrap());
+    let cells_sbatch = std::fs::read_to_string(sbatch_dir.join("cells.sbatch")).unwrap();
+    assert!(cells_sbatch.contains("#SBATCH --array=0-23%2"), "{cells_sbatch}");
+    assert!(
+        cells_sbatch.contains("#SBATCH --mem=3G")
+            && cells_sbatch.contains("#SBATCH --time=00:10:00")
+    );
+    let collect = std::fs::read_to_string(sbatch_dir.join("collect.sbatch")).unwrap();
+    assert!(collect.contains("--collect-only"), "{collect}");
+
+    // Submit as a user would (the submitting environment travels with the jobs).
+    let submitted = cluster
+        .cmd("bash")
+        .arg(sbatch_dir.join("submit.sh"))
+        .env("P2M_REPORTS", &slurm_reports)
+        .env("P2M_OFFLINE", "1")
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    let text = ok(submitted);
+    assert!(text.contains("collect: job"), "{emitted}\n{text}");
+    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    let collect_log = sbatch_dir.join("collect.log");
+    loop {
+        let queue = cluster.cmd("squeue").args(["-h"]).output().unwrap();
+        let pending = String::from_utf8_lossy(&queue.stdout).trim().to_string();
+        if pending.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Slurm jobs still queued after 15 minutes:\n{pending}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let log = std::fs::read_to_string(&collect_log).unwrap_or_else(|e| {
+        panic!(
+            "no collector output {} ({e}); a cell failed? logs in {}",
+            collect_log.display(),
+            sbatch_dir.display()
+        )
+    });
+    assert!(log.contains("report:"), "{log}");
+    for i in 0..24 {
+        assert!(sbatch_dir.join(format!("cell-{i}.log")).is_file(), "array task {i} left no log");
+    }
+    // The collected table equals the local one, number for number.
+    let local = table_values(&local_reports.join("table3-live-smoke"));
+    let slurm = table_values(&slurm_reports.join("table3-live-smoke"));
+    assert_eq!(local, slurm);
+}
+
+fn nix_is_root() -> bool {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap().trim() == "0"
+}
