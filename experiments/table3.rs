@@ -35,11 +35,7 @@ fn main() -> ExitCode {
         } else {
             table3::run_recorded(&registry)?
         };
-        let md = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().is_some_and(|n| n == "table3.md"))
-            .unwrap_or_else(|| dir.join("table3.md"));
-        println!("{}", std::fs::read_to_string(md)?);
+        println!("{}", std::fs::read_to_string(dir.join("table3.md"))?);
         println!("report: {}", dir.display());
         Ok(())
     })

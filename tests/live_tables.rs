@@ -267,3 +267,46 @@ fn the_emitted_slurm_array_runs_on_a_real_cluster_and_collects_the_same_table() 
 fn nix_is_root() -> bool {
     String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap().trim() == "0"
 }
+
+#[test]
+fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_table1"));
+        c.args(["--source", "live", "--scale", "smoke", "--cells-dir", cells.to_str().unwrap()])
+            .args(args)
+            .current_dir(common::repo_root())
+            .env("P2M_REPORTS", &reports)
+            .env("P2M_OFFLINE", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .env("RUST_LOG", "warn");
+        ok(c.output().unwrap())
+    };
+    let out = run(&["--jobs", "2"]);
+    assert!(out.contains("9 cells at scale smoke (0 done, 9 to run"), "{out}");
+    let report = reports.join("table1-live-smoke");
+    let table = std::fs::read_to_string(report.join("table1.csv")).unwrap();
+    assert_eq!(table.lines().count(), 1 + 12, "3 tasks × (3 rows + the teacher):\n{table}");
+    for system in ["Prompt2Model", "w/o model retrieval", "w/o data retrieval", "gpt-3.5-turbo"] {
+        assert_eq!(table.matches(&format!(",{system},")).count(), 3, "{system}:\n{table}");
+    }
+    // Every score has an interval; the teacher is scored on the students' own 16 examples.
+    let md = std::fs::read_to_string(report.join("table1.md")).unwrap();
+    assert_eq!(
+        md.matches(" [").count(),
+        12 + 9,
+        "real-test intervals for 12 rows, generated for 9:\n{md}"
+    );
+    let paired = std::fs::read_to_string(report.join("table1_paired.csv")).unwrap();
+    assert_eq!(paired.lines().count(), 1 + 3, "{paired}");
+    // Offline, model retrieval falls back to the default student: identical rows are said to be.
+    let readme = std::fs::read_to_string(report.join("README.md")).unwrap();
+    assert!(
+        readme.contains("trained identical weights") && readme.contains("by construction"),
+        "{readme}"
+    );
+    assert!(report.join("table1-live-smoke.png").is_file());
+    let again = run(&[]);
+    assert!(again.contains("9 done, 0 to run"), "{again}");
+}

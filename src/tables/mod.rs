@@ -4,6 +4,7 @@
 pub mod cells;
 pub mod retrieval;
 pub mod table1;
+pub mod table1_live;
 pub mod table2;
 pub mod table3;
 pub mod table3_live;
