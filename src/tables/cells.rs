@@ -82,6 +82,10 @@ pub struct TableSpec {
     /// Run-configuration fields every cell of the table gets.
     #[serde(default)]
     pub run: toml::Table,
+    /// Per scale, fields every cell of the table gets at that scale (after `run`, before a row's
+    /// own): the cuts that fit a table into a scale's time.
+    #[serde(default)]
+    pub scale_run: BTreeMap<String, toml::Table>,
     pub rows: Vec<RowSpec>,
 }
 
@@ -190,8 +194,14 @@ pub fn plan(
                 ..RunConfig::default()
             };
             let with_table = overlay(&base, &spec.run, &format!("[{}] run", table.name()))?;
+            let with_scale = match spec.scale_run.get(scale) {
+                Some(over) => {
+                    overlay(&with_table, over, &format!("[{}.scale_run.{scale}]", table.name()))?
+                }
+                None => with_table,
+            };
             let config =
-                overlay(&with_table, &row.run, &format!("{} row `{}`", table.name(), row.id))?;
+                overlay(&with_scale, &row.run, &format!("{} row `{}`", table.name(), row.id))?;
             cells.push(Cell {
                 id,
                 task: task.id.clone(),
@@ -409,4 +419,66 @@ pub fn ensure_all_done(plan: &CellPlan) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_take_the_table_then_the_scale_then_the_row_settings() {
+        let paths = Paths::from_env().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let laptop =
+            plan(&paths, LiveTable::Table1, "laptop", TeacherSource::Recorded, root.path())
+                .unwrap();
+        assert_eq!(laptop.cells.len(), 9);
+        let c = laptop.cell("temporal-no-model-retrieval").unwrap();
+        assert_eq!((c.config.max_train_examples, c.config.max_test_examples), (Some(64), Some(60)));
+        assert!(!c.config.model_retrieval && c.config.dataset_retrieval);
+        assert_eq!(c.config.scale, "laptop");
+        let smoke =
+            plan(&paths, LiveTable::Table1, "smoke", TeacherSource::Recorded, root.path()).unwrap();
+        assert_eq!(smoke.cell("temporal-prompt2model").unwrap().config.max_train_examples, None);
+        let t3 =
+            plan(&paths, LiveTable::Table3, "smoke", TeacherSource::Recorded, root.path()).unwrap();
+        assert_eq!(t3.cells.len(), 24);
+        assert!(t3.cells.iter().all(|c| !c.config.dataset_retrieval && !c.config.model_retrieval));
+        assert!(t3.runs_dir.ends_with("table3/smoke/recorded"));
+        let e = plan(&paths, LiveTable::Table3, "huge", TeacherSource::Recorded, root.path());
+        assert!(e.unwrap_err().to_string().contains("smoke"));
+        let e = t3.cell("nope").unwrap_err().to_string();
+        assert!(e.contains("--list-cells"), "{e}");
+    }
+
+    #[test]
+    fn the_slurm_files_name_the_array_the_resources_and_the_collector() {
+        let paths = Paths::from_env().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let p = plan(&paths, LiveTable::Table3, "laptop", TeacherSource::Recorded, root.path())
+            .unwrap();
+        let out = root.path().join("slurm");
+        let files = emit_slurm(
+            &p,
+            &out,
+            Path::new("/opt/p2m/table3"),
+            &["--source".into(), "live".into()],
+            3,
+        )
+        .unwrap();
+        assert_eq!(files.len(), 3);
+        let cells = std::fs::read_to_string(out.join("cells.sbatch")).unwrap();
+        for needle in [
+            "#SBATCH --array=0-23%3",
+            "#SBATCH --time=01:00:00",
+            "#SBATCH --mem=8G",
+            "#SBATCH --cpus-per-task=2",
+            "'/opt/p2m/table3' '--source' 'live' --cell",
+        ] {
+            assert!(cells.contains(needle), "{needle} in\n{cells}");
+        }
+        assert!(!cells.contains("--gres"), "no GPU at the laptop scale");
+        let submit = std::fs::read_to_string(out.join("submit.sh")).unwrap();
+        assert!(submit.contains("--dependency=afterok:"), "{submit}");
+    }
 }
