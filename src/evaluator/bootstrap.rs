@@ -60,7 +60,7 @@ pub fn bootstrap(n: usize, cfg: &BootstrapConfig, score: impl Fn(&[usize]) -> f6
     }
     let mut rng = SplitMix64::new(cfg.seed);
     let mut idx = vec![0usize; n];
-    let mut stats: Vec<f64> = (0..cfg.resamples)
+    let stats: Vec<f64> = (0..cfg.resamples)
         .map(|_| {
             for slot in idx.iter_mut() {
                 *slot = rng.below(n as u64) as usize;
@@ -68,8 +68,13 @@ pub fn bootstrap(n: usize, cfg: &BootstrapConfig, score: impl Fn(&[usize]) -> f6
             score(&idx)
         })
         .collect();
+    percentile_interval(value, stats, cfg.confidence, n)
+}
+
+/// The central `confidence` interval of resampled statistics around `value` (non-empty `stats`).
+fn percentile_interval(value: f64, mut stats: Vec<f64>, confidence: f64, n: usize) -> Interval {
     stats.sort_by(|a, b| a.total_cmp(b));
-    let alpha = (1.0 - cfg.confidence) / 2.0;
+    let alpha = (1.0 - confidence) / 2.0;
     let at = |q: f64| {
         // Linear interpolation between order statistics (numpy's default `percentile`).
         let pos = q * (stats.len() - 1) as f64;
@@ -267,14 +272,7 @@ pub fn kendall_interval(
     if stats.is_empty() {
         return Interval { value, low: f64::NAN, high: f64::NAN, n: first.len() };
     }
-    stats.sort_by(|a, b| a.total_cmp(b));
-    let alpha = (1.0 - cfg.confidence) / 2.0;
-    let at = |q: f64| {
-        let pos = q * (stats.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        stats[lo] + (stats[hi] - stats[lo]) * (pos - lo as f64)
-    };
-    Interval { value, low: at(alpha), high: at(1.0 - alpha), n: first.len() }
+    percentile_interval(value, stats, cfg.confidence, first.len())
 }
 
 #[cfg(test)]
