@@ -42,6 +42,16 @@ pub struct MetricResult {
 }
 
 impl MetricResult {
+    /// The score with its interval.
+    pub fn interval(&self) -> crate::evaluator::bootstrap::Interval {
+        crate::evaluator::bootstrap::Interval {
+            value: self.value,
+            low: self.low,
+            high: self.high,
+            n: self.n,
+        }
+    }
+
     pub fn display(&self) -> String {
         format!(
             "{} {:.2} [{:.2}, {:.2}] (n={})",

@@ -52,12 +52,10 @@ pub struct Table1Live {
 }
 
 fn interval_of(results: &[MetricResult], test_set: &str, metric: &str) -> Option<Interval> {
-    results.iter().find(|r| r.test_set == test_set && r.metric == metric).map(|r| Interval {
-        value: r.value,
-        low: r.low,
-        high: r.high,
-        n: r.n,
-    })
+    results
+        .iter()
+        .find(|r| r.test_set == test_set && r.metric == metric)
+        .map(MetricResult::interval)
 }
 
 /// The authors' gpt-3.5-turbo output for each real test input of `task`.
@@ -120,7 +118,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         let paper_value = |system: &str| {
             paper.table1.row.iter().find(|r| r.system == system).and_then(|r| r.value(task_id))
         };
-        let mut p2m_real: Option<(Vec<String>, CorpusScorer)> = None;
+        let mut p2m_real: Option<(Vec<String>, Vec<Vec<String>>, CorpusScorer)> = None;
         let mut by_model: Vec<(String, String, String)> = Vec::new();
         for cell in plan.cells.iter().filter(|c| &c.task == task_id) {
             let dir = plan.dir(cell);
@@ -147,8 +145,8 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             }
             if cell.row == "prompt2model" {
                 let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
-                p2m_real =
-                    Some((r.inputs, CorpusScorer::new(metric, &r.predictions, &r.references)?));
+                let scorer = CorpusScorer::new(metric, &r.predictions, &r.references)?;
+                p2m_real = Some((r.inputs, r.references, scorer));
             }
             rows.push(LiveRow {
                 task: task_id.clone(),
@@ -197,17 +195,15 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             cell: None,
         };
         match (plan.teacher, &p2m_real) {
-            (TeacherSource::Recorded, Some((inputs, p2m))) => {
+            (TeacherSource::Recorded, Some((inputs, references, p2m))) => {
                 let outputs = recorded_teacher_outputs(registry, task)?;
                 let found: Vec<Option<&String>> = inputs.iter().map(|i| outputs.get(i)).collect();
                 let missing = found.iter().filter(|o| o.is_none()).count();
                 if missing > 0 {
                     notes.push(format!("{}: {missing} of the {} real test inputs have no recorded gpt-3.5-turbo output, so the teacher row and the paired test are left out", task.paper_column, inputs.len()));
                 } else {
-                    let dir = plan.dir(plan.cells.iter().find(|c| &c.task == task_id && c.row == "prompt2model").expect("found above"));
-                    let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
                     let teacher_preds: Vec<String> = found.into_iter().map(|o| o.expect("checked").clone()).collect();
-                    let teacher = CorpusScorer::new(metric, &teacher_preds, &r.references)?;
+                    let teacher = CorpusScorer::new(metric, &teacher_preds, references)?;
                     teacher_row.real = Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
                     let (delta, p) = paired_bootstrap(p2m, &teacher, &bootstrap_cfg)?;
                     paired.push((task_id.clone(), delta, p));

@@ -80,12 +80,10 @@ pub fn read_predictions(path: &Path) -> Result<CellPredictions> {
 }
 
 fn metric_of(results: &[MetricResult], test_set: &str, metric: Metric) -> Option<Interval> {
-    results.iter().find(|r| r.test_set == test_set && r.metric == metric.name()).map(|r| Interval {
-        value: r.value,
-        low: r.low,
-        high: r.high,
-        n: r.n,
-    })
+    results
+        .iter()
+        .find(|r| r.test_set == test_set && r.metric == metric.name())
+        .map(MetricResult::interval)
 }
 
 /// Assemble the table from finished cells (every cell must be done).
