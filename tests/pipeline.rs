@@ -98,6 +98,15 @@ async fn smoke_run_against_a_fake_teacher_packages_a_model_and_a_rerun_is_free()
     ] {
         assert!(model.join(f).is_file(), "model/{f} missing; output:\n{out}");
     }
+    // Disk: resume checkpoints go once training is done, and the packaged weights share the
+    // trained weights' bytes (a hard link) instead of a second copy.
+    assert!(!run.join("training/checkpoints").exists(), "checkpoints left after training");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let packaged = std::fs::metadata(model.join("model.safetensors")).unwrap();
+        let trained = std::fs::metadata(run.join("training/final/model.safetensors")).unwrap();
+        assert_eq!(packaged.ino(), trained.ino(), "model/ holds a copy, not a link");
+    }
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("p2m.json")).unwrap()).unwrap();
     assert!(manifest["instruction"].as_str().unwrap().contains("capital city"));

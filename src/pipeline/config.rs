@@ -132,6 +132,10 @@ pub struct RunConfig {
     pub selection_steps: u64,
     /// The candidates of `select_student`, instead of the retrieved and local students.
     pub select_candidates: Vec<String>,
+    /// Keep the trainer's resume checkpoints after training finished. They exist to resume a
+    /// killed training; once `training/final/` is written they are dead weight (model plus AdamW
+    /// state, about 1.6 GB each for the default student), so they are removed by default.
+    pub keep_checkpoints: bool,
     pub seed: u64,
 }
 
@@ -167,6 +171,7 @@ impl Default for RunConfig {
             select_student: 1,
             selection_steps: 24,
             select_candidates: Vec::new(),
+            keep_checkpoints: false,
             seed: 42,
         }
     }

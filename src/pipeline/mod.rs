@@ -892,6 +892,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 trainer.label = name.to_string();
                 let summary = trainer.train(&train, &validation)?;
                 let final_dir = stage_dir.join("final");
+                if !cfg.keep_checkpoints {
+                    crate::util::fs::remove_dir_if_present(&stage_dir.join("checkpoints"))
+                        .with_context(|| format!("removing {}/checkpoints", stage_dir.display()))?;
+                }
                 let mut files = list_files_of(&final_dir)?;
                 if stage_dir.join("selection.json").exists() {
                     files.push(stage_dir.join("selection.json"));

@@ -85,7 +85,9 @@ pub fn package(
             let from = entry?.path();
             if from.is_file() {
                 let name = from.file_name().expect("a file name");
-                std::fs::copy(&from, dir.join(name))
+                // `training/final/` is written once and replaced only by a rename, never edited
+                // in place, so a hard link shares its bytes safely (the model is ~0.5 GB).
+                crate::util::fs::link_or_copy(&from, &dir.join(name))
                     .with_context(|| format!("copying {}", from.display()))?;
             }
         }

@@ -73,11 +73,8 @@ pub(super) fn select_student(
         let mut student =
             crate::trainer::Student::build(&spec, models, device, resolved.train.seed)?;
         let cfg = crate::trainer::TrainConfig { max_steps: Some(steps), ..resolved.train.clone() };
-        let mut trainer = crate::trainer::Trainer::new(
-            cfg,
-            &mut student,
-            stage_dir.join("selection").join(i.to_string()),
-        );
+        let candidate_dir = stage_dir.join("selection").join(i.to_string());
+        let mut trainer = crate::trainer::Trainer::new(cfg, &mut student, candidate_dir.clone());
         trainer.label = format!("selection {candidate}");
         trainer.train(train, &[])?;
         let predictions = student.generate(
@@ -87,6 +84,10 @@ pub(super) fn select_student(
             resolved.executor.batch_size,
         )?;
         let score = crate::evaluator::score(metric, &predictions, &refs)?.value;
+        // The candidate's weights served only this score (kept in selection.json); a rerun
+        // retrains candidates anyway, so its folder (weights and checkpoints) goes.
+        crate::util::fs::remove_dir_if_present(&candidate_dir)
+            .with_context(|| format!("removing {}", candidate_dir.display()))?;
         eprintln!(
             "  selection: `{candidate}` scores {score:.2} {} on {} validation examples",
             metric.name(),

@@ -63,6 +63,23 @@ pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
     write_atomic_with(to, |f| io::copy(&mut src, f).map(|_| ()))
 }
 
+/// Remove the folder `dir` and everything in it; a missing folder is not an error.
+pub fn remove_dir_if_present(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Make `to` a hard link to `from`, or a copy where links cannot be made (another file system).
+/// Only for files that are replaced by renames and never written in place.
+pub fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) => fs::copy(from, to).map(|_| ()),
+    }
+}
+
 /// Build the folder `dir` under a temporary name beside it, then move it into place (an older
 /// `dir` is renamed aside first and removed after), so no reader ever sees it half-written. If
 /// `fill` fails, the temporary folder is removed and an older `dir` is left as it was.

@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// split (the run's metric), then train it fully; every candidate's score goes in the report.
     #[arg(long)]
     pub select_student: Option<usize>,
+    /// Keep the trainer's resume checkpoints after training finished (removed by default: they
+    /// are model plus optimizer state, ~1.6 GB each for the default student).
+    #[arg(long)]
+    pub keep_checkpoints: bool,
     /// Reuse a generation: a folder with examples.jsonl (from `p2m generate` or another run).
     #[arg(long)]
     pub generated: Option<PathBuf>,
@@ -169,6 +173,7 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     cfg.test_dataset = args.test_dataset.clone().or(cfg.test_dataset);
     cfg.num_examples = args.n.or(cfg.num_examples);
     cfg.translate_instruction |= args.translate_instruction;
+    cfg.keep_checkpoints |= args.keep_checkpoints;
     if let Some(k) = args.select_student {
         anyhow::ensure!(k >= 1, "--select-student takes a number of candidates (1 or more)");
         cfg.select_student = k;
