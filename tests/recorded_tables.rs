@@ -22,6 +22,11 @@ fn table1_recorded_snapshot() {
             c.authors_recorded
         );
     }
+    // Every reproduced cell carries its bootstrap interval around the value.
+    for c in t.cells.iter().filter(|c| c.reproduced.is_some()) {
+        let (v, i) = (c.reproduced.unwrap(), c.interval.as_ref().unwrap());
+        assert!(i.low <= v && v <= i.high && i.low < i.high, "{} {}: {i:?}", c.system, c.task);
+    }
     insta::assert_yaml_snapshot!("table1_recorded", t.snapshot_rows());
 }
 
@@ -30,6 +35,24 @@ fn table3_recorded_snapshot() {
     let cache = tempfile::tempdir().unwrap();
     let registry = common::mirror_registry(cache.path());
     let t = table3::recorded(&registry).unwrap();
+    for p in &t.pairs {
+        for (v, i) in [(p.generated, &p.generated_interval), (p.real, &p.real_interval)] {
+            assert!(i.low <= v && v <= i.high, "{} {}: {i:?}", p.task, p.model);
+        }
+    }
+    // A τ interval only where the models share their test examples; otherwise a note says why.
+    for r in t.results.iter().filter(|r| r.tau.is_some()) {
+        match &r.tau_interval {
+            Some(i) => assert!(i.low <= i.value && i.value <= i.high, "{}: {i:?}", r.task),
+            None => assert!(
+                t.notes
+                    .iter()
+                    .any(|n| n.starts_with(&r.paper_column) && n.contains("no interval for τ")),
+                "{}: no τ interval and no note saying why",
+                r.task
+            ),
+        }
+    }
     insta::assert_yaml_snapshot!("table3_recorded", t.snapshot_rows());
 }
 

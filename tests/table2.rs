@@ -32,6 +32,21 @@ fn table2_smoke_is_deterministic_and_complete() {
     );
     assert_eq!(table.arms.iter().map(|a| a.train_examples).collect::<Vec<_>>(), [24, 24, 48, 24]);
     assert!(table.arms.iter().all(|a| a.test_examples == 24 && a.paper_em.is_some()));
+    // Every score carries its bootstrap interval, and the arms are compared pairwise.
+    for a in &table.arms {
+        for i in [&a.em_squad, &a.em_raw, &a.chrf] {
+            assert!(i.low <= i.value && i.value <= i.high && i.n == 24, "{}: {i:?}", a.arm);
+        }
+    }
+    assert_eq!(table.paired.len(), 4);
+    for t in &table.paired {
+        assert!((0.0..=1.0).contains(&t.p_value), "{t:?}");
+        let (a, b) = (
+            table.arms.iter().find(|r| r.arm == t.arm).unwrap(),
+            table.arms.iter().find(|r| r.arm == t.against).unwrap(),
+        );
+        assert!((t.delta - (a.em_squad.value - b.em_squad.value)).abs() < 1e-9, "{t:?}");
+    }
     let annotation = &table.arms[3];
     assert!(
         annotation.cost_usd.unwrap() > 0.0 && annotation.cost_basis.contains("paragraphs"),
@@ -44,6 +59,7 @@ fn table2_smoke_is_deterministic_and_complete() {
         "table2.csv",
         "table2.parquet",
         "table2_details.md",
+        "table2_paired.md",
         "table2_learning_curves.csv",
         "table2.png",
         "table2.svg",

@@ -188,6 +188,8 @@ pub fn diversity_figure(
         label: label.into(),
         paper: Some(pct(paper, paper_n)),
         reproduced: Some(pct(a.duplicate_inputs, a.examples)),
+        // A count over all generated rows, not an estimate from a sample of test examples.
+        reproduced_interval: None,
     };
     let panels = [figures::BarPanel {
         title: "duplicate inputs (%)".into(),

@@ -98,6 +98,7 @@ pub fn mean_interval(values: &[f64], cfg: &BootstrapConfig) -> Interval {
 /// A corpus metric over a fixed set of examples, recomputable on any resample of them: per-example
 /// values for exact match, per-example n-gram statistics for chrF++ (summed, then scored, as the
 /// metric defines the corpus score).
+#[derive(Debug, Clone)]
 pub struct CorpusScorer {
     metric: Metric,
     /// Exact match: one value per example (0 or 100). chrF++: the statistics, one row each.
@@ -200,6 +201,36 @@ pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
 ) -> Result<Interval, MetricError> {
     let scorer = CorpusScorer::new(metric, predictions, references)?;
     Ok(bootstrap(scorer.len(), cfg, |idx| scorer.score(idx)))
+}
+
+/// A metric's score with its interval, and the per-example scorer behind both (kept for paired
+/// tests and τ intervals).
+pub struct ScoredInterval {
+    pub score: super::Score,
+    pub interval: Interval,
+    pub scorer: CorpusScorer,
+}
+
+/// [`super::score`] and its bootstrap interval over the same examples.
+pub fn score_with_interval<P: AsRef<str>, R: AsRef<str>>(
+    metric: Metric,
+    predictions: &[P],
+    references: &[Vec<R>],
+    cfg: &BootstrapConfig,
+) -> Result<ScoredInterval, MetricError> {
+    let score = super::score(metric, predictions, references)?;
+    let scorer = CorpusScorer::new(metric, predictions, references)?;
+    let interval = bootstrap(scorer.len(), cfg, |idx| scorer.score(idx));
+    // The scorer recomputes the corpus score from per-example statistics: on all examples it is
+    // the metric's own value, or the interval would be around another number.
+    assert!(
+        (interval.value - score.value).abs() <= 1e-9 * score.value.abs().max(1.0),
+        "{}: the bootstrap's full-sample score {} differs from the metric's {}",
+        metric.name(),
+        interval.value,
+        score.value
+    );
+    Ok(ScoredInterval { score, interval, scorer })
 }
 
 /// Paired bootstrap test (Koehn 2004) of "system A scores higher than system B" on the same

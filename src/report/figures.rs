@@ -52,6 +52,8 @@ pub struct BarGroup {
     pub label: String,
     pub paper: Option<f64>,
     pub reproduced: Option<f64>,
+    /// The reproduced value's confidence interval `(low, high)`, drawn as a whisker.
+    pub reproduced_interval: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +104,7 @@ fn draw_paired_bars<DB: DrawingBackend>(
         let max = panel
             .groups
             .iter()
-            .flat_map(|g| [g.paper, g.reproduced])
+            .flat_map(|g| [g.paper, g.reproduced, g.reproduced_interval.map(|(_, high)| high)])
             .flatten()
             .fold(0.0f64, f64::max);
         let x_max = ((max * 1.25) / 10.0).ceil().max(1.0) * 10.0;
@@ -147,10 +149,22 @@ fn draw_paired_bars<DB: DrawingBackend>(
                         color.filled(),
                     )))
                     .map_err(plot_err)?;
+                let mut label_x = rect_end;
+                if let (Some((low, high)), "ours") = (g.reproduced_interval, tag) {
+                    let mid = y0 + 0.15;
+                    chart
+                        .draw_series([
+                            PathElement::new(vec![(low, mid), (high, mid)], BLACK.stroke_width(2)),
+                            PathElement::new(vec![(low, mid - 0.08), (low, mid + 0.08)], BLACK),
+                            PathElement::new(vec![(high, mid - 0.08), (high, mid + 0.08)], BLACK),
+                        ])
+                        .map_err(plot_err)?;
+                    label_x = label_x.max(high);
+                }
                 chart
                     .draw_series(std::iter::once(Text::new(
                         label,
-                        (rect_end + x_max * 0.01, y0 + 0.27),
+                        (label_x + x_max * 0.01, y0 + 0.27),
                         ("sans-serif", 11).into_font(),
                     )))
                     .map_err(plot_err)?;

@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use crate::data::loaders::{self, HfDisk};
 use crate::data::recorded::RecordedRun;
 use crate::data::registry::{Registry, ResolvedFile};
-use crate::evaluator::{self, Metric, Score};
+use crate::evaluator::bootstrap::{score_with_interval, BootstrapConfig, ScoredInterval};
+use crate::evaluator::Metric;
 
 /// Predictions and references of a recorded prediction folder (columns `output`, `output_col`).
 pub struct RecordedPredictions {
@@ -44,16 +45,27 @@ pub fn load_recorded_predictions(registry: &Registry, folder: &str) -> Result<Re
     })
 }
 
-/// Score a recorded run with a metric.
+/// A recorded run's score with its interval, and what it was scored on.
+pub struct RecordedScore {
+    pub scored: ScoredInterval,
+    pub files: Vec<ResolvedFile>,
+    /// A fingerprint of the references in order: equal keys mean the same test examples.
+    pub references_key: String,
+}
+
+/// Score a recorded run with a metric, with its bootstrap interval (the project's defaults).
 pub fn score_recorded(
     registry: &Registry,
     run: &RecordedRun,
     metric: Metric,
-) -> Result<(Score, Vec<ResolvedFile>)> {
+) -> Result<RecordedScore> {
     let p = load_recorded_predictions(registry, &run.folder)?;
-    let score = evaluator::score(metric, &p.predictions, &p.references)
-        .with_context(|| run.folder.clone())?;
-    Ok((score, p.files))
+    let scored =
+        score_with_interval(metric, &p.predictions, &p.references, &BootstrapConfig::default())
+            .with_context(|| run.folder.clone())?;
+    let references_key =
+        crate::util::fs::sha256_hex(serde_json::to_string(&p.references)?.as_bytes());
+    Ok(RecordedScore { scored, files: p.files, references_key })
 }
 
 /// Round for display and snapshots (half away from zero, as people read tables).

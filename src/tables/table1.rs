@@ -14,7 +14,8 @@ use crate::data::loaders::{self, HfDisk};
 use crate::data::recorded::{self, TestSet, GPT_BASELINE};
 use crate::data::registry::Registry;
 use crate::data::tasks::{self, Task};
-use crate::evaluator::{self, Metric};
+use crate::evaluator::bootstrap::{score_with_interval, BootstrapConfig, Interval, ScoredInterval};
+use crate::evaluator::Metric;
 use crate::report::figures::{BarGroup, BarPanel};
 use crate::report::{Manifest, Report, ReportTable};
 
@@ -27,6 +28,8 @@ pub struct Cell {
     pub task: String,
     pub metric: Metric,
     pub reproduced: Option<f64>,
+    /// The reproduced value's 95 % bootstrap interval over the test examples.
+    pub interval: Option<Interval>,
     pub paper: Option<f64>,
     pub delta: Option<f64>,
     pub n: Option<usize>,
@@ -105,7 +108,8 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                 ));
             }
             for m in [Metric::ExactMatch, Metric::ExactMatchSquad] {
-                let s = evaluator::score(m, &outputs, &gold)?;
+                let ScoredInterval { score: s, interval, .. } =
+                    score_with_interval(m, &outputs, &gold, &BootstrapConfig::default())?;
                 manifest.metric_signatures.insert(m.name().into(), s.signature.clone());
                 cells.push(Cell {
                     system: "gpt-3.5-turbo".into(),
@@ -113,6 +117,7 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                     task: task.id.clone(),
                     metric: m,
                     reproduced: Some(s.value),
+                    interval: Some(interval),
                     paper: paper_value("gpt-3.5-turbo", &task.id),
                     delta: paper_value("gpt-3.5-turbo", &task.id).map(|p| s.value - p),
                     n: Some(s.n),
@@ -131,7 +136,12 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                     task.paper_column, task.test_dataset
                 ));
             }
-            let s = evaluator::score(metric, &p.predictions, &p.references)?;
+            let ScoredInterval { score: s, interval, .. } = score_with_interval(
+                metric,
+                &p.predictions,
+                &p.references,
+                &BootstrapConfig::default(),
+            )?;
             manifest.metric_signatures.insert(metric.name().into(), s.signature.clone());
             let authors: Vec<f64> = em_from_result_file(&result_text, "chr_f++:");
             cells.push(Cell {
@@ -140,6 +150,7 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                 task: task.id.clone(),
                 metric,
                 reproduced: Some(s.value),
+                interval: Some(interval),
                 paper: paper_value("gpt-3.5-turbo", &task.id),
                 delta: paper_value("gpt-3.5-turbo", &task.id).map(|p| s.value - p),
                 n: Some(s.n),
@@ -157,6 +168,7 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                 task: task.id.clone(),
                 metric,
                 reproduced: None,
+                interval: None,
                 paper: row.value(&task.id),
                 delta: None,
                 n: None,
@@ -179,7 +191,9 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
             ));
         }
         for run in runs {
-            let (s, files) = score_recorded(registry, &run, metric)?;
+            let recorded = score_recorded(registry, &run, metric)?;
+            let (ScoredInterval { score: s, interval, .. }, files) =
+                (recorded.scored, recorded.files);
             manifest.add_inputs(files);
             let p2m = paper_value("Prompt2Model", &task.id);
             let closest = paper
@@ -201,6 +215,7 @@ pub fn recorded(registry: &Registry) -> Result<Table1> {
                 task: task.id.clone(),
                 metric,
                 reproduced: Some(s.value),
+                interval: Some(interval),
                 paper: p2m,
                 delta: p2m.map(|p| s.value - p),
                 n: Some(s.n),
@@ -296,6 +311,14 @@ impl Table1 {
                 c.iter().map(|x| x.metric.name().to_string()).collect::<Vec<_>>(),
             ),
             Column::new("reproduced".into(), c.iter().map(|x| x.reproduced).collect::<Vec<_>>()),
+            Column::new(
+                "reproduced_low".into(),
+                c.iter().map(|x| x.interval.as_ref().map(|i| i.low)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "reproduced_high".into(),
+                c.iter().map(|x| x.interval.as_ref().map(|i| i.high)).collect::<Vec<_>>(),
+            ),
             Column::new("paper".into(), c.iter().map(|x| x.paper).collect::<Vec<_>>()),
             Column::new("delta".into(), c.iter().map(|x| x.delta).collect::<Vec<_>>()),
             Column::new("n".into(), c.iter().map(|x| x.n.map(|n| n as u32)).collect::<Vec<_>>()),
@@ -344,6 +367,17 @@ impl Table1 {
                 systems.iter().map(|s| find(s).and_then(|c| c.reproduced)).collect::<Vec<_>>(),
             ));
             cols.push(Column::new(
+                format!("{short} 95 % CI").into(),
+                systems
+                    .iter()
+                    .map(|s| {
+                        find(s)
+                            .and_then(|c| c.interval.as_ref())
+                            .map(|i| format!("[{:.2}, {:.2}]", i.low, i.high))
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+            cols.push(Column::new(
                 format!("{short} Δ").into(),
                 systems.iter().map(|s| find(s).and_then(|c| c.delta)).collect::<Vec<_>>(),
             ));
@@ -388,6 +422,7 @@ impl Table1 {
                         label: c.system.trim_start_matches("recorded: ").to_string(),
                         paper: c.paper.filter(|_| c.kind == "paper-row"),
                         reproduced: c.reproduced,
+                        reproduced_interval: c.interval.as_ref().map(|i| (i.low, i.high)),
                     })
                     .collect();
                 BarPanel {

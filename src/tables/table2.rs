@@ -26,7 +26,10 @@ use tch::Device;
 
 use crate::data::loaders::{self, HfDisk};
 use crate::data::registry::{Registry, ResolvedFile};
-use crate::evaluator::{self, Metric};
+use crate::evaluator::bootstrap::{
+    paired_bootstrap, score_with_interval, BootstrapConfig, CorpusScorer, Interval,
+};
+use crate::evaluator::Metric;
 use crate::executor::{self, ExecutorConfig};
 use crate::models::registry::ModelRegistry;
 use crate::report::figures::{self, BarGroup, BarPanel};
@@ -218,11 +221,12 @@ pub struct ArmResult {
     /// Where the training data came from (registry ids / folders).
     pub data: String,
     pub train_examples: usize,
-    pub em_squad: f64,
-    pub em_raw: f64,
+    /// Each score with its 95 % percentile-bootstrap interval over the test questions.
+    pub em_squad: Interval,
+    pub em_raw: Interval,
     /// chrF++ against the gold answers: not in the paper's Table 2, but graded where EM is all or
     /// nothing, so small-scale runs still show how far each arm's answers are from the gold ones.
-    pub chrf: f64,
+    pub chrf: Interval,
     pub test_examples: usize,
     pub cost_usd: Option<f64>,
     pub cost_basis: String,
@@ -236,10 +240,31 @@ pub struct ArmResult {
     pub examples_per_second: f64,
 }
 
+/// A paired bootstrap test between two arms on the same test questions (SQuAD-normalised EM).
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedTest {
+    pub arm: String,
+    pub against: String,
+    /// `arm` − `against`, EM points, on all test questions.
+    pub delta: f64,
+    /// One-sided: the share of resamples in which `arm` does not beat `against`.
+    pub p_value: f64,
+}
+
+/// The pairs the paper's Table 2 argues from: the combined data against each single source, and
+/// generated data against a person's annotation (the cost question).
+const PAIRED_TESTS: [(&str, &str); 4] = [
+    ("retrieval + generation", "retrieval only"),
+    ("retrieval + generation", "generation only"),
+    ("retrieval + generation", "custom annotation"),
+    ("generation only", "custom annotation"),
+];
+
 pub struct Table2 {
     pub scale_name: String,
     pub scale: Scale,
     pub arms: Vec<ArmResult>,
+    pub paired: Vec<PairedTest>,
     pub curves: Vec<(String, Vec<StepLog>)>,
     pub predictions: Vec<(String, DataFrame)>,
     pub notes: Vec<String>,
@@ -490,6 +515,8 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
     let mut curves = Vec::new();
     let mut predictions = Vec::new();
     let mut signatures = BTreeMap::new();
+    let bootstrap_cfg = BootstrapConfig::default();
+    let mut em_scorers: Vec<(String, CorpusScorer)> = Vec::new();
     for arm in arms {
         let arm_dir = runs_dir.join(slug(arm.name));
         let mut student = Student::build(&scale.student, models, opts.device, opts.seed)?;
@@ -506,21 +533,30 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         crate::report::write_parquet_atomic(&predicted, &arm_dir.join("predictions.parquet"))?;
         let preds = loaders::string_column(&predicted, loaders::PREDICTION)?;
         let refs = loaders::string_list_column(&predicted, loaders::REFERENCES)?;
-        let em_squad = evaluator::score(Metric::ExactMatchSquad, &preds, &refs)?;
-        let em_raw = evaluator::score(Metric::ExactMatch, &preds, &refs)?;
-        let chrf = evaluator::score(Metric::ChrfPlusPlus, &preds, &refs)?;
-        signatures.insert(Metric::ChrfPlusPlus.name().to_string(), chrf.signature.clone());
-        signatures.insert(Metric::ExactMatchSquad.name().to_string(), em_squad.signature.clone());
-        signatures.insert(Metric::ExactMatch.name().to_string(), em_raw.signature.clone());
+        let mut scored = BTreeMap::new();
+        for metric in [Metric::ExactMatchSquad, Metric::ExactMatch, Metric::ChrfPlusPlus] {
+            let s = score_with_interval(metric, &preds, &refs, &bootstrap_cfg)?;
+            signatures.insert(
+                metric.name().to_string(),
+                format!("{}|{}", s.score.signature, bootstrap_cfg.signature()),
+            );
+            scored.insert(metric.name(), s.interval);
+            if metric == Metric::ExactMatchSquad {
+                em_scorers.push((arm.name.to_string(), s.scorer));
+            }
+        }
+        let take = |m: Metric| scored[m.name()].clone();
+        let (em_squad, em_raw, chrf) =
+            (take(Metric::ExactMatchSquad), take(Metric::ExactMatch), take(Metric::ChrfPlusPlus));
         let paper_row = paper.row.iter().find(|r| r.arm == arm.name);
         let last_epoch = summary.epochs.last();
         results.push(ArmResult {
             arm: arm.name.to_string(),
             data: arm.data.clone(),
             train_examples: arm.train.len(),
-            em_squad: em_squad.value,
-            em_raw: em_raw.value,
-            chrf: chrf.value,
+            em_squad,
+            em_raw,
+            chrf,
             test_examples: preds.len(),
             cost_usd: arm.cost.0,
             cost_basis: arm.cost.1,
@@ -537,12 +573,21 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         predictions.push((arm.name.to_string(), predicted));
     }
     manifest.metric_signatures = signatures;
+    let scorer_of = |name: &str| em_scorers.iter().find(|(a, _)| a == name).map(|(_, s)| s);
+    let mut paired = Vec::new();
+    for (arm, against) in PAIRED_TESTS {
+        let (Some(a), Some(b)) = (scorer_of(arm), scorer_of(against)) else { continue };
+        let (delta, p_value) = paired_bootstrap(a, b, &bootstrap_cfg)?;
+        paired.push(PairedTest { arm: arm.into(), against: against.into(), delta, p_value });
+    }
+    notes.push(format!("Intervals: 95 % percentile bootstrap over the {} test questions ({}). Paired tests (Koehn 2004): the same resamples score both arms; p is the share of resamples in which the first arm does not beat the second (one-sided), so a small p supports \"first > second\" and a p near 1 the reverse.", results.first().map(|r: &ArmResult| r.test_examples).unwrap_or(0), bootstrap_cfg.signature()));
     notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
     notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
     Ok(Table2 {
         scale_name: opts.scale.clone(),
         scale,
         arms: results,
+        paired,
         curves,
         predictions,
         notes,
@@ -560,12 +605,18 @@ impl Table2 {
                 a.iter().map(|r| r.train_examples as u64).collect::<Vec<_>>(),
             ),
             Column::new(
-                "EM (SQuAD norm.)".into(),
-                a.iter().map(|r| r.em_squad).collect::<Vec<_>>(),
+                "EM (SQuAD norm.) [95 % CI]".into(),
+                a.iter().map(|r| r.em_squad.to_string()).collect::<Vec<_>>(),
             ),
-            Column::new("EM (raw)".into(), a.iter().map(|r| r.em_raw).collect::<Vec<_>>()),
+            Column::new(
+                "EM (raw) [95 % CI]".into(),
+                a.iter().map(|r| r.em_raw.to_string()).collect::<Vec<_>>(),
+            ),
             Column::new("paper EM".into(), a.iter().map(|r| r.paper_em).collect::<Vec<_>>()),
-            Column::new("chrF++".into(), a.iter().map(|r| r.chrf).collect::<Vec<_>>()),
+            Column::new(
+                "chrF++ [95 % CI]".into(),
+                a.iter().map(|r| r.chrf.to_string()).collect::<Vec<_>>(),
+            ),
             Column::new(
                 "paper examples".into(),
                 a.iter().map(|r| r.paper_examples.map(|x| x as u64)).collect::<Vec<_>>(),
@@ -574,6 +625,19 @@ impl Table2 {
             Column::new(
                 "paper cost ($)".into(),
                 a.iter().map(|r| r.paper_cost_usd).collect::<Vec<_>>(),
+            ),
+        ])
+    }
+
+    pub fn paired_frame(&self) -> PolarsResult<DataFrame> {
+        let p = &self.paired;
+        DataFrame::new_infer_height(vec![
+            Column::new("arm".into(), p.iter().map(|t| t.arm.clone()).collect::<Vec<_>>()),
+            Column::new("against".into(), p.iter().map(|t| t.against.clone()).collect::<Vec<_>>()),
+            Column::new("Δ EM (points)".into(), p.iter().map(|t| t.delta).collect::<Vec<_>>()),
+            Column::new(
+                "p (arm not better)".into(),
+                p.iter().map(|t| t.p_value).collect::<Vec<_>>(),
             ),
         ])
     }
@@ -651,9 +715,9 @@ impl Table2 {
                 (
                     r.arm.clone(),
                     r.train_examples,
-                    super::round2(r.em_squad),
-                    super::round2(r.em_raw),
-                    super::round2(r.chrf),
+                    super::round2(r.em_squad.value),
+                    super::round2(r.em_raw.value),
+                    super::round2(r.chrf.value),
                     r.cost_usd.map(super::round2),
                     r.final_train_loss.map(super::round2),
                     r.final_validation_loss.map(super::round2),
@@ -682,6 +746,11 @@ impl Table2 {
                     self.frame()?,
                 ),
                 ReportTable::new(
+                    "table2_paired",
+                    "Paired bootstrap tests between arms (SQuAD-normalised EM, same test questions)",
+                    self.paired_frame()?,
+                ),
+                ReportTable::new(
                     "table2_details",
                     "Training details per arm",
                     self.details_frame()?,
@@ -708,7 +777,8 @@ impl Table2 {
                     .map(|a| BarGroup {
                         label: a.arm.clone(),
                         paper: a.paper_em,
-                        reproduced: Some(a.em_squad),
+                        reproduced: Some(a.em_squad.value),
+                        reproduced_interval: Some((a.em_squad.low, a.em_squad.high)),
                     })
                     .collect(),
             }],

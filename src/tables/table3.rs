@@ -15,6 +15,7 @@ use super::{round2, score_recorded};
 use crate::data::recorded::{self, RecordedRun, TestSet};
 use crate::data::registry::Registry;
 use crate::data::tasks::{self, Task};
+use crate::evaluator::bootstrap::{kendall_interval, BootstrapConfig, CorpusScorer, Interval};
 use crate::evaluator::kendall::{kendall_tau_b, KendallTau};
 use crate::evaluator::Metric;
 use crate::report::figures::{ScatterPanel, ScatterPoint};
@@ -29,6 +30,9 @@ pub struct Pair {
     pub post_filter: bool,
     pub generated: f64,
     pub real: f64,
+    /// 95 % bootstrap intervals of the two scores over their test examples.
+    pub generated_interval: Interval,
+    pub real_interval: Interval,
     pub selected: bool,
     pub generated_folder: String,
     pub real_folder: String,
@@ -41,6 +45,9 @@ pub struct TaskResult {
     pub metric: Metric,
     pub models: Vec<String>,
     pub tau: Option<KendallTau>,
+    /// τ's 95 % bootstrap interval, where every model was scored on the same generated and the
+    /// same real examples (resampled together, so the models stay paired).
+    pub tau_interval: Option<Interval>,
     pub paper_tau: Option<f64>,
     pub paper_p: Option<f64>,
 }
@@ -90,23 +97,33 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
             slot[if r.test_set == TestSet::GeneratedTest { 0 } else { 1 }] = Some(r);
         }
         let mut task_pairs = Vec::new();
+        // The scorers of each pair and a fingerprint of the references they were scored against.
+        let mut scorers: Vec<[(CorpusScorer, String); 2]> = Vec::new();
         for ((model, config, post_filter), [gen, real]) in by_key {
             let (Some(gen), Some(real)) = (gen, real) else { continue };
-            let (g, gf) = score_recorded(registry, gen, metric)?;
-            let (r, rf) = score_recorded(registry, real, metric)?;
-            manifest.add_inputs(gf.into_iter().chain(rf));
-            manifest.metric_signatures.insert(metric.name().into(), r.signature.clone());
+            let (g, r) =
+                (score_recorded(registry, gen, metric)?, score_recorded(registry, real, metric)?);
+            manifest.add_inputs(g.files.into_iter().chain(r.files));
+            let (g_refs, r_refs) = (g.references_key, r.references_key);
+            let (g, r) = (g.scored, r.scored);
+            manifest.metric_signatures.insert(
+                metric.name().into(),
+                format!("{}|{}", r.score.signature, BootstrapConfig::default().signature()),
+            );
             task_pairs.push(Pair {
                 task: task.id.clone(),
                 model,
                 config,
                 post_filter,
-                generated: g.value,
-                real: r.value,
+                generated: g.score.value,
+                real: r.score.value,
+                generated_interval: g.interval,
+                real_interval: r.interval,
                 selected: false,
                 generated_folder: gen.folder.clone(),
                 real_folder: real.folder.clone(),
             });
+            scorers.push([(g.scorer, g_refs), (r.scorer, r_refs)]);
         }
         // One pair per model.
         let mut best: BTreeMap<String, usize> = BTreeMap::new();
@@ -129,6 +146,22 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
         let x: Vec<f64> = selected.iter().map(|p| p.generated).collect();
         let y: Vec<f64> = selected.iter().map(|p| p.real).collect();
         let tau = if selected.len() >= 2 { Some(kendall_tau_b(&x, &y)?) } else { None };
+        let chosen: Vec<&[(CorpusScorer, String); 2]> =
+            task_pairs.iter().zip(&scorers).filter(|(p, _)| p.selected).map(|(_, s)| s).collect();
+        let same_examples = |side: usize| chosen.windows(2).all(|w| w[0][side].1 == w[1][side].1);
+        let tau_interval = if tau.is_none() {
+            None
+        } else if same_examples(0) && same_examples(1) {
+            let first: Vec<CorpusScorer> = chosen.iter().map(|s| s[0].0.clone()).collect();
+            let second: Vec<CorpusScorer> = chosen.iter().map(|s| s[1].0.clone()).collect();
+            Some(kendall_interval(&first, &second, &BootstrapConfig::default()))
+        } else {
+            notes.push(format!(
+                "{}: no interval for τ: the recorded models were scored on different generated (or real) test examples, so a resample cannot keep them paired; each score's own interval is in the pairs table and the figure.",
+                task.paper_column
+            ));
+            None
+        };
         let paper_row = paper.table3.row.iter().find(|r| r.task == task.id);
         if selected.len() < 2 {
             notes.push(format!(
@@ -151,6 +184,7 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
             metric,
             models: selected.iter().map(|p| p.model.clone()).collect(),
             tau,
+            tau_interval,
             paper_tau: paper_row.map(|r| r.tau),
             paper_p: paper_row.map(|r| r.p),
         });
@@ -179,6 +213,16 @@ impl Table3 {
             Column::new(
                 "τ×100 ours".into(),
                 r.iter().map(|x| x.tau.as_ref().map(|t| 100.0 * t.tau)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "τ×100 95 % CI".into(),
+                r.iter()
+                    .map(|x| {
+                        x.tau_interval
+                            .as_ref()
+                            .map(|i| format!("[{:.2}, {:.2}]", 100.0 * i.low, 100.0 * i.high))
+                    })
+                    .collect::<Vec<_>>(),
             ),
             Column::new(
                 "p ours".into(),
@@ -219,7 +263,23 @@ impl Table3 {
             Column::new("post_filter".into(), p.iter().map(|x| x.post_filter).collect::<Vec<_>>()),
             Column::new("selected".into(), p.iter().map(|x| x.selected).collect::<Vec<_>>()),
             Column::new("generated_test".into(), p.iter().map(|x| x.generated).collect::<Vec<_>>()),
+            Column::new(
+                "generated_low".into(),
+                p.iter().map(|x| x.generated_interval.low).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "generated_high".into(),
+                p.iter().map(|x| x.generated_interval.high).collect::<Vec<_>>(),
+            ),
             Column::new("real_test".into(), p.iter().map(|x| x.real).collect::<Vec<_>>()),
+            Column::new(
+                "real_low".into(),
+                p.iter().map(|x| x.real_interval.low).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "real_high".into(),
+                p.iter().map(|x| x.real_interval.high).collect::<Vec<_>>(),
+            ),
             Column::new(
                 "rank_generated".into(),
                 p.iter().map(|x| rank(&x.task, |q| q.generated, x)).collect::<Vec<_>>(),
@@ -272,8 +332,8 @@ impl Table3 {
                             label: p.model.clone(),
                             x: p.generated,
                             y: p.real,
-                            x_interval: None,
-                            y_interval: None,
+                            x_interval: Some((p.generated_interval.low, p.generated_interval.high)),
+                            y_interval: Some((p.real_interval.low, p.real_interval.high)),
                         })
                         .collect(),
                 }
