@@ -24,7 +24,34 @@ fn main() {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=P2M_RUSTC_VERSION={}", version.trim());
+    record_build_commit();
     link_libtorch();
+}
+
+/// The commit the binary was built from (`-dirty` when tracked files differed), so a manifest
+/// names the code even where the binary runs outside its checkout (a GPU machine, a cluster node).
+fn record_build_commit() {
+    for f in [".git/HEAD", ".git/index"] {
+        if std::path::Path::new(f).exists() {
+            println!("cargo:rerun-if-changed={f}");
+        }
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = match git(&["rev-parse", "HEAD"]) {
+        Some(c) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(s) if !s.is_empty() => format!("{c}-dirty"),
+            _ => c,
+        },
+        None => "unknown".into(),
+    };
+    println!("cargo:rustc-env=P2M_BUILD_COMMIT={commit}");
 }
 
 /// tch 0.24 is built for libtorch 2.11.0 exactly. The PyPI wheel has no `build-version` file for

@@ -102,6 +102,9 @@ pub fn tool_versions() -> BTreeMap<String, String> {
     let mut v = BTreeMap::new();
     v.insert("prompt2model-rs".into(), env!("CARGO_PKG_VERSION").into());
     v.insert("rustc".into(), env!("P2M_RUSTC_VERSION").into());
+    // The binary's own commit; `git_commit` is the checkout's at run time (they differ when a
+    // binary is carried to another machine or the tree moved on after the build).
+    v.insert("prompt2model-rs build commit".into(), env!("P2M_BUILD_COMMIT").into());
     for pair in env!("P2M_DEP_VERSIONS").split(',').filter(|s| !s.is_empty()) {
         if let Some((name, version)) = pair.split_once('=') {
             v.insert(name.into(), version.into());
