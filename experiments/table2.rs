@@ -36,6 +36,46 @@ struct Args {
     /// Run on the CPU even when a GPU is visible.
     #[arg(long)]
     cpu: bool,
+    /// Run this one arm (a cell) in this process: what each job of the local runner and of the
+    /// Slurm array does.
+    #[arg(long, value_name = "ID")]
+    cell: Option<String>,
+    /// Print the cells (one per arm; done or not) and stop.
+    #[arg(long)]
+    list_cells: bool,
+    /// Arms trained at once, each as a process of its own (1: one after the other, in this process).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Write cells.sbatch, collect.sbatch and submit.sh into DIR (a Slurm array, one arm per
+    /// task; resources from the scale's `slurm` entry) instead of training here.
+    #[arg(long, value_name = "DIR")]
+    emit_slurm: Option<PathBuf>,
+    /// Array tasks running at once on the cluster (`--array=0-3%K`).
+    #[arg(long, default_value_t = 4)]
+    slurm_parallel: usize,
+    /// Assemble the table from finished arms only (what the Slurm collector runs).
+    #[arg(long)]
+    collect_only: bool,
+}
+
+/// How a child process (local runner, Slurm node) is started for the same table.
+fn child_args(args: &Args, runs_dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![
+        "--scale".into(),
+        args.scale.clone(),
+        "--seed".into(),
+        args.seed.to_string(),
+        "--runs-dir".into(),
+        runs_dir.display().to_string(),
+    ];
+    if let Some(g) = &args.generated {
+        out.push("--generated".into());
+        out.push(g.display().to_string());
+    }
+    if args.cpu {
+        out.push("--cpu".into());
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -45,13 +85,72 @@ fn main() -> ExitCode {
         let models = ModelRegistry::from_env()?;
         let mut opts = Options::new(&args.scale);
         opts.generated =
-            args.generated.map(GeneratedSource::Dir).unwrap_or(GeneratedSource::Recorded);
+            args.generated.clone().map(GeneratedSource::Dir).unwrap_or(GeneratedSource::Recorded);
         opts.seed = args.seed;
-        opts.runs_dir = args.runs_dir;
+        opts.runs_dir = match &args.runs_dir {
+            // Children and cluster nodes get it as an absolute path.
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                Some(d.canonicalize()?)
+            }
+            None => None,
+        };
         if args.cpu {
             opts.device = tch::Device::Cpu;
         }
-        let (_table, dir) = table2::run(&registry, &models, &opts)?;
+        let prepared = table2::prepare(&registry, &opts)?;
+        if let Some(id) = &args.cell {
+            let record = prepared.run_arm(id, &models, &opts)?;
+            println!(
+                "{id}: trained on {} examples in {:.1} s; predictions in {}",
+                record.train_examples,
+                record.summary.seconds,
+                prepared.runs_dir.join(id).display()
+            );
+            return Ok(());
+        }
+        let jobs = prepared.jobs();
+        if args.list_cells {
+            for (id, done) in jobs.ids.iter().zip(&jobs.done) {
+                println!("{id:<28} {}", if *done { "done" } else { "to run" });
+            }
+            println!("{} cells; runs in {}", jobs.ids.len(), jobs.runs_dir.display());
+            return Ok(());
+        }
+        let program = std::env::current_exe()?;
+        let child = child_args(&args, &prepared.runs_dir);
+        if let Some(dir) = &args.emit_slurm {
+            for f in prompt2model::tables::cells::emit_slurm(
+                &jobs,
+                dir,
+                &program,
+                &child,
+                args.slurm_parallel,
+            )? {
+                println!("wrote {}", f.display());
+            }
+            println!("submit with: bash {}/submit.sh ({} cells)", dir.display(), jobs.ids.len());
+            return Ok(());
+        }
+        if !args.collect_only {
+            if args.jobs > 1 {
+                let failed =
+                    prompt2model::tables::cells::run_missing(&jobs, &program, &child, args.jobs)?;
+                anyhow::ensure!(
+                    failed.is_empty(),
+                    "{} cells failed ({}); their logs are in {}; rerun to retry them",
+                    failed.len(),
+                    failed.join(", "),
+                    jobs.runs_dir.display()
+                );
+            } else {
+                for id in &jobs.ids {
+                    prepared.run_arm(id, &models, &opts)?;
+                }
+            }
+        }
+        let table = prepared.collect()?;
+        let dir = table2::write_report(&registry, &table)?;
         println!("{}", std::fs::read_to_string(dir.join("table2.md"))?);
         println!("report: {}", dir.display());
         Ok(())

@@ -1,6 +1,7 @@
 //! The live Table 3 at the smoke scale as users run it: every cell a `p2m run` of its own, run by
 //! the local runner, and the same grid as a Slurm array on a real single-node Slurm cluster
-//! (slurmctld + slurmd + munge on this machine), whose collected table must equal the local one.
+//! (slurmctld + slurmd + munge on this machine), whose collected table must equal the local one;
+//! Table 2's arms go through the same cluster.
 
 use crate::common;
 
@@ -177,6 +178,23 @@ impl SlurmCluster {
         cluster
     }
 
+    /// Wait until no job is queued or running (fails after `limit`).
+    fn wait_until_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let queue = self.cmd("squeue").args(["-h"]).output().unwrap();
+            let pending = String::from_utf8_lossy(&queue.stdout).trim().to_string();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Slurm jobs still queued after {limit:?}:\n{pending}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", &self.conf);
@@ -236,17 +254,8 @@ fn the_emitted_slurm_array_runs_on_a_real_cluster_and_collects_the_same_table() 
         .unwrap();
     let text = ok(submitted);
     assert!(text.contains("collect: job"), "{emitted}\n{text}");
-    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    cluster.wait_until_idle(Duration::from_secs(15 * 60));
     let collect_log = sbatch_dir.join("collect.log");
-    loop {
-        let queue = cluster.cmd("squeue").args(["-h"]).output().unwrap();
-        let pending = String::from_utf8_lossy(&queue.stdout).trim().to_string();
-        if pending.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Slurm jobs still queued after 15 minutes:\n{pending}");
-        std::thread::sleep(Duration::from_secs(2));
-    }
     let log = std::fs::read_to_string(&collect_log).unwrap_or_else(|e| {
         panic!(
             "no collector output {} ({e}); a cell failed? logs in {}",
@@ -262,6 +271,37 @@ fn the_emitted_slurm_array_runs_on_a_real_cluster_and_collects_the_same_table() 
     let local = table_values(&local_reports.join("table3-live-smoke"));
     let slurm = table_values(&slurm_reports.join("table3-live-smoke"));
     assert_eq!(local, slurm);
+
+    // Table 2's arms as a Slurm array of their own: the collected table equals a local run.
+    let t2_local = dir.path().join("t2-local-reports");
+    common::output_ok(
+        common::table2_smoke(&t2_local, &dir.path().join("t2-local-runs"), &[]).output().unwrap(),
+    );
+    let t2_reports = dir.path().join("t2-slurm-reports");
+    let t2_sbatch = dir.path().join("t2-sbatch");
+    let t2_runs = dir.path().join("t2-slurm-runs");
+    common::output_ok(
+        common::table2_smoke(&t2_reports, &t2_runs, &["--emit-slurm", t2_sbatch.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    let submitted = cluster
+        .cmd("bash")
+        .arg(t2_sbatch.join("submit.sh"))
+        .env("P2M_REPORTS", &t2_reports)
+        .env("P2M_OFFLINE", "1")
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    common::output_ok(submitted);
+    cluster.wait_until_idle(Duration::from_secs(10 * 60));
+    let log = std::fs::read_to_string(t2_sbatch.join("collect.log")).unwrap_or_default();
+    assert!(log.contains("report:"), "Table 2 collector: {log}; logs in {}", t2_sbatch.display());
+    for i in 0..4 {
+        assert!(t2_sbatch.join(format!("cell-{i}.log")).is_file(), "Table 2 task {i} left no log");
+    }
+    let read = |d: &Path| std::fs::read_to_string(d.join("table2/table2.md")).unwrap();
+    assert_eq!(read(&t2_local), read(&t2_reports));
 }
 
 fn nix_is_root() -> bool {

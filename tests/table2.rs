@@ -109,3 +109,57 @@ fn an_unknown_scale_lists_the_known_ones() {
         "{msg}"
     );
 }
+
+#[test]
+fn table2_cells_run_alone_or_in_parallel_and_collect_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let reports = dir.path().join("reports");
+    let cmd = |args: &[&str]| common::table2_smoke(&reports, &runs, args);
+
+    let listed = common::output_ok(cmd(&["--list-cells"]).output().unwrap());
+    let ids = ["retrieval_only", "generation_only", "retrieval_generation", "custom_annotation"];
+    for id in ids {
+        assert!(listed.lines().any(|l| l.starts_with(id) && l.ends_with("to run")), "{listed}");
+    }
+    // One cell alone, in its own process.
+    common::output_ok(cmd(&["--cell", "generation_only"]).output().unwrap());
+    let listed = common::output_ok(cmd(&["--list-cells"]).output().unwrap());
+    assert!(listed.lines().any(|l| l.starts_with("generation_only") && l.ends_with("done")));
+    // Collecting an unfinished table names the missing cells.
+    let refused = cmd(&["--collect-only"]).output().unwrap();
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && text.contains("3 of 4 Table 2 cells are not done")
+            && text.contains("custom_annotation"),
+        "{text}"
+    );
+    // The rest through the local runner, two processes at a time; then the table.
+    let ran = common::output_ok(cmd(&["--jobs", "2"]).output().unwrap());
+    assert!(ran.contains("1 done, 3 to run"), "{ran}");
+    let cells_table = std::fs::read_to_string(reports.join("table2/table2.md")).unwrap();
+
+    // The same table as one process running the four arms in turn.
+    let runs_seq = dir.path().join("runs-seq");
+    let reports_seq = dir.path().join("reports-seq");
+    common::output_ok(common::table2_smoke(&reports_seq, &runs_seq, &[]).output().unwrap());
+    let sequential = std::fs::read_to_string(reports_seq.join("table2/table2.md")).unwrap();
+    assert_eq!(cells_table, sequential);
+
+    // The Slurm files: one array task per arm, the scale's resources, a collector.
+    let sbatch = dir.path().join("sbatch");
+    common::output_ok(cmd(&["--emit-slurm", sbatch.to_str().unwrap()]).output().unwrap());
+    let cells = std::fs::read_to_string(sbatch.join("cells.sbatch")).unwrap();
+    assert!(
+        cells.contains("#SBATCH --array=0-3%4")
+            && cells.contains("#SBATCH --time=00:05:00")
+            && cells.contains("#SBATCH --mem=4G")
+            && cells.contains(
+                "CELLS=(retrieval_only generation_only retrieval_generation custom_annotation)"
+            ),
+        "{cells}"
+    );
+    let collect = std::fs::read_to_string(sbatch.join("collect.sbatch")).unwrap();
+    assert!(collect.contains("--collect-only"), "{collect}");
+}

@@ -63,10 +63,7 @@ pub fn read(
             from_frame(path, &df, prediction_col, reference_cols)
         }
         Format::Parquet => {
-            let file = fs::File::open(path).with_context(|| path.display().to_string())?;
-            let df = ParquetReader::new(file)
-                .finish()
-                .map_err(|e| anyhow!("{}: not a readable parquet file: {e}", path.display()))?;
+            let df = crate::report::read_parquet(path)?;
             from_frame(path, &df, prediction_col, reference_cols)
         }
     }

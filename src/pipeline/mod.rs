@@ -1254,11 +1254,7 @@ pub fn read_retrieved_dir(dir: &Path) -> Result<Vec<Example>> {
         dir.display()
     );
     for f in files {
-        let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-        use polars::prelude::SerReader;
-        let frame = polars::prelude::ParquetReader::new(file)
-            .finish()
-            .with_context(|| format!("reading {}", f.display()))?;
+        let frame = crate::report::read_parquet(&f)?;
         let inputs = crate::data::loaders::string_column(&frame, crate::data::loaders::INPUT)?;
         let refs =
             crate::data::loaders::string_list_column(&frame, crate::data::loaders::REFERENCES)?;

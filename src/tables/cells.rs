@@ -261,74 +261,107 @@ impl CellPlan {
             .with_context(|| format!("cell {} ({})", cell.id, self.dir(cell).display()))
     }
 
-    /// Run every cell that is not done, `jobs` at a time, each as `program args… --cell ID` (a
-    /// process of its own, its output in `<cell>/cell.log`). Returns the cells that failed.
-    pub fn run_missing(&self, program: &Path, args: &[String], jobs: usize) -> Result<Vec<String>> {
-        let todo: Vec<&Cell> = self.cells.iter().filter(|c| !self.is_done(c)).collect();
-        let total = self.cells.len();
-        println!(
-            "{}: {} cells at scale {} ({} done, {} to run, {} at a time) in {}",
-            self.table.name(),
-            total,
-            self.scale,
-            total - todo.len(),
-            todo.len(),
-            jobs.max(1),
-            self.runs_dir.display()
-        );
-        std::fs::create_dir_all(&self.runs_dir)
-            .with_context(|| format!("creating {}", self.runs_dir.display()))?;
-        let mut queue = todo.into_iter();
-        let mut running: Vec<(String, std::process::Child, Instant)> = Vec::new();
-        let mut failed = Vec::new();
-        let mut finished = 0usize;
-        loop {
-            while running.len() < jobs.max(1) {
-                let Some(cell) = queue.next() else { break };
-                let log_path = self.runs_dir.join(format!("{}.log", cell.id));
-                let log = std::fs::File::create(&log_path)
-                    .with_context(|| format!("creating {}", log_path.display()))?;
-                let child = Command::new(program)
-                    .args(args)
-                    .args(["--cell", &cell.id])
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()
-                    .with_context(|| {
-                        format!("starting {} for cell {}", program.display(), cell.id)
-                    })?;
-                running.push((cell.id.clone(), child, Instant::now()));
-            }
-            if running.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let mut i = 0;
-            while i < running.len() {
-                if let Some(status) = running[i].1.try_wait()? {
-                    let (id, _, started) = running.remove(i);
-                    finished += 1;
-                    let log = self.runs_dir.join(format!("{id}.log"));
-                    if status.success() {
-                        println!(
-                            "  [{finished}] {id} done in {:.1} s",
-                            started.elapsed().as_secs_f64()
-                        );
-                    } else {
-                        println!(
-                            "  [{finished}] {id} FAILED ({status}); its output: {}",
-                            log.display()
-                        );
-                        failed.push(id);
-                    }
+    /// The cells as jobs for the local runner and the Slurm writer.
+    pub fn jobs(&self) -> CellJobs {
+        CellJobs {
+            table: self.table.name().to_string(),
+            scale: self.scale.clone(),
+            detail: format!("teacher {}", teacher_name(self.teacher)),
+            ids: self.cells.iter().map(|c| c.id.clone()).collect(),
+            done: self.cells.iter().map(|c| self.is_done(c)).collect(),
+            runs_dir: self.runs_dir.clone(),
+            slurm: self.scale_spec.slurm.clone(),
+        }
+    }
+}
+
+/// A table's cells as jobs: what the local runner ([`run_missing`]) and the Slurm writer
+/// ([`emit_slurm`]) need, whichever table they belong to.
+#[derive(Debug, Clone)]
+pub struct CellJobs {
+    pub table: String,
+    pub scale: String,
+    /// Anything else that names the cells' configuration (for the scripts' comments).
+    pub detail: String,
+    pub ids: Vec<String>,
+    /// Per id: finished with exactly its configuration.
+    pub done: Vec<bool>,
+    /// Where the cells' folders and logs go.
+    pub runs_dir: PathBuf,
+    pub slurm: SlurmResources,
+}
+
+/// Run every cell that is not done, `jobs` at a time, each as `program args… --cell ID` (a
+/// process of its own, its output in `<runs dir>/<cell>.log`). Returns the cells that failed.
+pub fn run_missing(
+    cells: &CellJobs,
+    program: &Path,
+    args: &[String],
+    jobs: usize,
+) -> Result<Vec<String>> {
+    let todo: Vec<&String> =
+        cells.ids.iter().zip(&cells.done).filter(|(_, done)| !**done).map(|(id, _)| id).collect();
+    let total = cells.ids.len();
+    println!(
+        "{}: {} cells at scale {} ({} done, {} to run, {} at a time) in {}",
+        cells.table,
+        total,
+        cells.scale,
+        total - todo.len(),
+        todo.len(),
+        jobs.max(1),
+        cells.runs_dir.display()
+    );
+    std::fs::create_dir_all(&cells.runs_dir)
+        .with_context(|| format!("creating {}", cells.runs_dir.display()))?;
+    let mut queue = todo.into_iter();
+    let mut running: Vec<(String, std::process::Child, Instant)> = Vec::new();
+    let mut failed = Vec::new();
+    let mut finished = 0usize;
+    loop {
+        while running.len() < jobs.max(1) {
+            let Some(id) = queue.next() else { break };
+            let log_path = cells.runs_dir.join(format!("{id}.log"));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let child = Command::new(program)
+                .args(args)
+                .args(["--cell", id])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {} for cell {id}", program.display()))?;
+            running.push((id.clone(), child, Instant::now()));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].1.try_wait()? {
+                let (id, _, started) = running.remove(i);
+                finished += 1;
+                let log = cells.runs_dir.join(format!("{id}.log"));
+                if status.success() {
+                    println!(
+                        "  [{finished}] {id} done in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
                 } else {
-                    i += 1;
+                    println!(
+                        "  [{finished}] {id} FAILED ({status}); its output: {}",
+                        log.display()
+                    );
+                    failed.push(id);
                 }
+            } else {
+                i += 1;
             }
         }
-        Ok(failed)
     }
+    Ok(failed)
 }
 
 /// Write `cells.sbatch` (a Slurm array, one cell per task, `%K` at a time), `collect.sbatch` (the
@@ -336,7 +369,7 @@ impl CellPlan {
 /// into `dir`. `program` and `args` are how a node starts the table binary (an absolute path: the
 /// nodes share this file system).
 pub fn emit_slurm(
-    plan: &CellPlan,
+    cells: &CellJobs,
     dir: &Path,
     program: &Path,
     args: &[String],
@@ -344,29 +377,30 @@ pub fn emit_slurm(
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let r = &plan.scale_spec.slurm;
+    anyhow::ensure!(!cells.ids.is_empty(), "{}: no cells to submit", cells.table);
+    let r = &cells.slurm;
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let command: String = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
         .map(|a| quote(&a))
         .collect::<Vec<_>>()
         .join(" ");
-    let ids: String = plan.cells.iter().map(|c| c.id.clone()).collect::<Vec<_>>().join(" ");
+    let ids: String = cells.ids.join(" ");
     let cwd = std::env::current_dir()?;
     let gpus = if r.gpus > 0 { format!("#SBATCH --gres=gpu:{}\n", r.gpus) } else { String::new() };
-    let name = format!("p2m-{}-{}", plan.table.name(), plan.scale);
-    let cells = format!(
-        "#!/bin/bash\n# {n} cells of {table} at scale {scale} (teacher {teacher}): one per array task.\n\
-         # Written by `{table} --emit-slurm`; resources from data/{LIVE_TABLES_FILE} [scales.{scale}.slurm].\n\
+    let name = format!("p2m-{}-{}", cells.table, cells.scale);
+    let array_script = format!(
+        "#!/bin/bash\n# {n} cells of {table} at scale {scale} ({detail}): one per array task.\n\
+         # Written by `{table} --emit-slurm`; resources from the scale's `slurm` entry in data/.\n\
          #SBATCH --job-name={name}-cells\n#SBATCH --array=0-{last}%{k}\n#SBATCH --time={time}\n#SBATCH --mem={mem}\n\
          #SBATCH --cpus-per-task={cpus}\n{gpus}#SBATCH --output={out}/cell-%a.log\n#SBATCH --chdir={cwd}\n\
          set -euo pipefail\nCELLS=({ids})\nexport OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-1}}\n\
          exec {command} --cell \"${{CELLS[$SLURM_ARRAY_TASK_ID]}}\"\n",
-        n = plan.cells.len(),
-        table = plan.table.name(),
-        scale = plan.scale,
-        teacher = teacher_name(plan.teacher),
-        last = plan.cells.len() - 1,
+        n = cells.ids.len(),
+        table = cells.table,
+        scale = cells.scale,
+        detail = cells.detail,
+        last = cells.ids.len() - 1,
         k = max_parallel.max(1),
         time = r.time,
         mem = r.mem,
@@ -378,7 +412,7 @@ pub fn emit_slurm(
         "#!/bin/bash\n# Assembles {table} from its cells once every array task has succeeded.\n\
          #SBATCH --job-name={name}-collect\n#SBATCH --time=00:30:00\n#SBATCH --mem={mem}\n#SBATCH --cpus-per-task=1\n\
          #SBATCH --output={out}/collect.log\n#SBATCH --chdir={cwd}\nset -euo pipefail\nexec {command} --collect-only\n",
-        table = plan.table.name(),
+        table = cells.table,
         mem = r.mem,
         out = dir.display(),
         cwd = cwd.display(),
@@ -391,7 +425,7 @@ pub fn emit_slurm(
     );
     let mut written = Vec::new();
     for (file, text) in
-        [("cells.sbatch", cells), ("collect.sbatch", collect), ("submit.sh", submit)]
+        [("cells.sbatch", array_script), ("collect.sbatch", collect), ("submit.sh", submit)]
     {
         let path = dir.join(file);
         crate::util::fs::write_atomic(&path, text.as_bytes())
@@ -459,7 +493,7 @@ mod tests {
             .unwrap();
         let out = root.path().join("slurm");
         let files = emit_slurm(
-            &p,
+            &p.jobs(),
             &out,
             Path::new("/opt/p2m/table3"),
             &["--source".into(), "live".into()],

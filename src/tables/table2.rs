@@ -63,6 +63,8 @@ pub struct Scale {
     pub train: TrainConfig,
     #[serde(default)]
     pub executor: ExecutorConfig,
+    /// What one arm (a cell) asks of a cluster node (`table2 --emit-slurm`).
+    pub slurm: crate::tables::cells::SlurmResources,
 }
 
 fn default_retrieval_dataset() -> String {
@@ -328,8 +330,51 @@ fn split_by_article(titles: &[String], seed: u64) -> (Vec<usize>, Vec<usize>) {
     (0..titles.len()).partition(|&i| pool_articles.contains(&titles[i]))
 }
 
-/// Runs the four arms (resuming finished or interrupted ones from `runs_dir`).
-pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> Result<Table2> {
+/// Everything the arms share, and the arms themselves: data drawn, nothing trained. Cheap and
+/// deterministic, so every cell process plans the same arms.
+pub struct Prepared {
+    pub scale_name: String,
+    pub scale: Scale,
+    pub instruction: String,
+    test_frame: DataFrame,
+    pub arms: Vec<ArmPlan>,
+    paper: crate::data::paper::Table2,
+    notes: Vec<String>,
+    manifest: Manifest,
+    pub runs_dir: PathBuf,
+}
+
+/// One arm: its data, its cost, and the key that says whether a finished arm folder is its own.
+pub struct ArmPlan {
+    pub name: &'static str,
+    /// The cell id (and folder name): the arm's name as a slug.
+    pub id: String,
+    data: String,
+    train: Vec<TextPair>,
+    validation: Vec<TextPair>,
+    cost: (Option<f64>, String),
+    /// sha256 of everything that decides the arm's result (scale, seed, data, test questions).
+    key: String,
+}
+
+/// A finished arm, as its cell leaves it in `<runs dir>/<arm>/arm.json` beside
+/// `predictions.parquet`; the table is assembled from these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArmRecord {
+    pub key: String,
+    pub arm: String,
+    pub data: String,
+    pub train_examples: usize,
+    pub cost_usd: Option<f64>,
+    pub cost_basis: String,
+    pub summary: crate::trainer::TrainSummary,
+}
+
+const ARM_RECORD: &str = "arm.json";
+const ARM_PREDICTIONS: &str = "predictions.parquet";
+
+/// Draws every arm's data (nothing is trained).
+pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
     let data_dir = &registry.paths.data;
     let (scales, cost_model) = load_scales(data_dir)?;
     let scale = scales
@@ -486,7 +531,7 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         validation: Vec<TextPair>,
         cost: (Option<f64>, String),
     }
-    let arms = vec![
+    let arm_list = vec![
         Arm { name: "retrieval only", data: retrieved_id.clone(), train: ret_pairs(&ret_train), validation: ret_pairs(&ret_val), cost: (Some(0.0), "retrieved data is free".into()) },
         Arm { name: "generation only", data: generated_id.clone(), train: gen_pairs(&gen_train), validation: gen_pairs(&gen_val), cost: gen_cost(&gen_train) },
         Arm {
@@ -511,88 +556,221 @@ pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> R
         },
     ];
 
-    let mut results = Vec::new();
-    let mut curves = Vec::new();
-    let mut predictions = Vec::new();
-    let mut signatures = BTreeMap::new();
-    let bootstrap_cfg = BootstrapConfig::default();
-    let mut em_scorers: Vec<(String, CorpusScorer)> = Vec::new();
-    for arm in arms {
-        let arm_dir = runs_dir.join(slug(arm.name));
-        let mut student = Student::build(&scale.student, models, opts.device, opts.seed)?;
-        let mut trainer = Trainer::new(scale.train.clone(), &mut student, arm_dir.join("student"));
+    let test_ids = loaders::string_column(&test_frame, loaders::ID)?;
+    let arms = arm_list
+        .into_iter()
+        .map(|a| {
+            let key = crate::util::fs::sha256_hex(
+                serde_json::to_string(&serde_json::json!({
+                    "scale": scale, "seed": opts.seed, "arm": a.name, "train": a.train,
+                    "validation": a.validation, "test": test_ids, "instruction": instruction,
+                }))?
+                .as_bytes(),
+            );
+            Ok(ArmPlan {
+                name: a.name,
+                id: slug(a.name),
+                data: a.data,
+                train: a.train,
+                validation: a.validation,
+                cost: a.cost,
+                key,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared {
+        scale_name: opts.scale.clone(),
+        scale,
+        instruction,
+        test_frame,
+        arms,
+        paper,
+        notes,
+        manifest,
+        runs_dir,
+    })
+}
+
+impl Prepared {
+    pub fn arm(&self, id: &str) -> Result<&ArmPlan> {
+        self.arms.iter().find(|a| a.id == id).with_context(|| {
+            format!(
+                "no arm `{id}` in Table 2 (cells: {})",
+                self.arms.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    fn arm_dir(&self, arm: &ArmPlan) -> PathBuf {
+        self.runs_dir.join(&arm.id)
+    }
+
+    /// The arm's finished record, if its folder holds one made with exactly this plan.
+    pub fn finished(&self, arm: &ArmPlan) -> Option<ArmRecord> {
+        let dir = self.arm_dir(arm);
+        let record: ArmRecord =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(ARM_RECORD)).ok()?).ok()?;
+        (record.key == arm.key && dir.join(ARM_PREDICTIONS).is_file()).then_some(record)
+    }
+
+    /// Train and evaluate one arm (a cell): its student resumes from the arm's folder after a
+    /// kill; the predictions and then `arm.json` are written atomically, last of all.
+    pub fn run_arm(&self, id: &str, models: &ModelRegistry, opts: &Options) -> Result<ArmRecord> {
+        let arm = self.arm(id)?;
+        if let Some(done) = self.finished(arm) {
+            return Ok(done);
+        }
+        let arm_dir = self.arm_dir(arm);
+        let mut student = Student::build(&self.scale.student, models, opts.device, opts.seed)?;
+        let mut trainer =
+            Trainer::new(self.scale.train.clone(), &mut student, arm_dir.join("student"));
         trainer.progress = opts.progress;
         trainer.label = arm.name.to_string();
         tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
         let summary = trainer
             .train(&arm.train, &arm.validation)
             .with_context(|| format!("training the `{}` arm", arm.name))?;
-        let predicted =
-            executor::predict_frame(&student, &instruction, &test_frame, &scale.executor)
-                .with_context(|| format!("predicting with the `{}` arm", arm.name))?;
-        crate::report::write_parquet_atomic(&predicted, &arm_dir.join("predictions.parquet"))?;
-        let preds = loaders::string_column(&predicted, loaders::PREDICTION)?;
-        let refs = loaders::string_list_column(&predicted, loaders::REFERENCES)?;
-        let mut scored = BTreeMap::new();
-        for metric in [Metric::ExactMatchSquad, Metric::ExactMatch, Metric::ChrfPlusPlus] {
-            let s = score_with_interval(metric, &preds, &refs, &bootstrap_cfg)?;
-            signatures.insert(
-                metric.name().to_string(),
-                format!("{}|{}", s.score.signature, bootstrap_cfg.signature()),
-            );
-            scored.insert(metric.name(), s.interval);
-            if metric == Metric::ExactMatchSquad {
-                em_scorers.push((arm.name.to_string(), s.scorer));
-            }
-        }
-        let take = |m: Metric| scored[m.name()].clone();
-        let (em_squad, em_raw, chrf) =
-            (take(Metric::ExactMatchSquad), take(Metric::ExactMatch), take(Metric::ChrfPlusPlus));
-        let paper_row = paper.row.iter().find(|r| r.arm == arm.name);
-        let last_epoch = summary.epochs.last();
-        results.push(ArmResult {
+        let predicted = executor::predict_frame(
+            &student,
+            &self.instruction,
+            &self.test_frame,
+            &self.scale.executor,
+        )
+        .with_context(|| format!("predicting with the `{}` arm", arm.name))?;
+        crate::report::write_parquet_atomic(&predicted, &arm_dir.join(ARM_PREDICTIONS))?;
+        let record = ArmRecord {
+            key: arm.key.clone(),
             arm: arm.name.to_string(),
             data: arm.data.clone(),
             train_examples: arm.train.len(),
-            em_squad,
-            em_raw,
-            chrf,
-            test_examples: preds.len(),
             cost_usd: arm.cost.0,
-            cost_basis: arm.cost.1,
-            paper_examples: paper_row.map(|r| r.examples),
-            paper_em: paper_row.map(|r| r.squad),
-            paper_cost_usd: paper_row.and_then(|r| r.cost_usd),
-            final_train_loss: last_epoch.map(|e| e.train_loss),
-            final_validation_loss: last_epoch.and_then(|e| e.validation_loss),
-            optimizer_steps: summary.optimizer_steps,
-            train_seconds: summary.seconds,
-            examples_per_second: summary.examples_per_second,
-        });
-        curves.push((arm.name.to_string(), summary.steps.clone()));
-        predictions.push((arm.name.to_string(), predicted));
+            cost_basis: arm.cost.1.clone(),
+            summary,
+        };
+        crate::util::fs::write_json(&arm_dir.join(ARM_RECORD), &record)?;
+        Ok(record)
     }
-    manifest.metric_signatures = signatures;
-    let scorer_of = |name: &str| em_scorers.iter().find(|(a, _)| a == name).map(|(_, s)| s);
-    let mut paired = Vec::new();
-    for (arm, against) in PAIRED_TESTS {
-        let (Some(a), Some(b)) = (scorer_of(arm), scorer_of(against)) else { continue };
-        let (delta, p_value) = paired_bootstrap(a, b, &bootstrap_cfg)?;
-        paired.push(PairedTest { arm: arm.into(), against: against.into(), delta, p_value });
+
+    /// The cells (one per arm) as jobs for the local runner and the Slurm writer.
+    pub fn jobs(&self) -> crate::tables::cells::CellJobs {
+        crate::tables::cells::CellJobs {
+            table: "table2".into(),
+            scale: self.scale_name.clone(),
+            detail: "one SQuAD student per arm".into(),
+            ids: self.arms.iter().map(|a| a.id.clone()).collect(),
+            done: self.arms.iter().map(|a| self.finished(a).is_some()).collect(),
+            runs_dir: self.runs_dir.clone(),
+            slurm: self.scale.slurm.clone(),
+        }
     }
-    notes.push(format!("Intervals: 95 % percentile bootstrap over the {} test questions ({}). Paired tests (Koehn 2004): the same resamples score both arms; p is the share of resamples in which the first arm does not beat the second (one-sided), so a small p supports \"first > second\" and a p near 1 the reverse.", results.first().map(|r: &ArmResult| r.test_examples).unwrap_or(0), bootstrap_cfg.signature()));
-    notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
-    notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
-    Ok(Table2 {
-        scale_name: opts.scale.clone(),
-        scale,
-        arms: results,
-        paired,
-        curves,
-        predictions,
-        notes,
-        manifest,
-    })
+
+    /// Assemble the table from finished arms (unfinished ones are named, with how to make them):
+    /// scores with intervals from each arm's predictions, paired tests between arms.
+    pub fn collect(self) -> Result<Table2> {
+        let records: Vec<Option<ArmRecord>> = self.arms.iter().map(|a| self.finished(a)).collect();
+        let missing: Vec<&str> = self
+            .arms
+            .iter()
+            .zip(&records)
+            .filter(|(_, r)| r.is_none())
+            .map(|(a, _)| a.id.as_str())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} of {} Table 2 cells are not done ({}) in {}: run the table without --collect-only, or `--cell ID` for each",
+                missing.len(),
+                self.arms.len(),
+                missing.join(", "),
+                self.runs_dir.display()
+            );
+        }
+        let Prepared { scale_name, scale, arms, paper, mut notes, mut manifest, runs_dir, .. } =
+            self;
+        let mut results = Vec::new();
+        let mut curves = Vec::new();
+        let mut predictions = Vec::new();
+        let mut signatures = BTreeMap::new();
+        let bootstrap_cfg = BootstrapConfig::default();
+        let mut em_scorers: Vec<(String, CorpusScorer)> = Vec::new();
+        for (arm, record) in arms.iter().zip(records) {
+            let record = record.expect("checked above");
+            let path = runs_dir.join(&arm.id).join(ARM_PREDICTIONS);
+            let predicted = crate::report::read_parquet(&path)
+                .with_context(|| format!("reading the `{}` arm's predictions", arm.name))?;
+            let preds = loaders::string_column(&predicted, loaders::PREDICTION)?;
+            let refs = loaders::string_list_column(&predicted, loaders::REFERENCES)?;
+            let mut scored = BTreeMap::new();
+            for metric in [Metric::ExactMatchSquad, Metric::ExactMatch, Metric::ChrfPlusPlus] {
+                let s = score_with_interval(metric, &preds, &refs, &bootstrap_cfg)?;
+                signatures.insert(
+                    metric.name().to_string(),
+                    format!("{}|{}", s.score.signature, bootstrap_cfg.signature()),
+                );
+                scored.insert(metric.name(), s.interval);
+                if metric == Metric::ExactMatchSquad {
+                    em_scorers.push((arm.name.to_string(), s.scorer));
+                }
+            }
+            let take = |m: Metric| scored[m.name()].clone();
+            let paper_row = paper.row.iter().find(|r| r.arm == arm.name);
+            let summary = &record.summary;
+            let last_epoch = summary.epochs.last();
+            results.push(ArmResult {
+                arm: record.arm.clone(),
+                data: record.data.clone(),
+                train_examples: record.train_examples,
+                em_squad: take(Metric::ExactMatchSquad),
+                em_raw: take(Metric::ExactMatch),
+                chrf: take(Metric::ChrfPlusPlus),
+                test_examples: preds.len(),
+                cost_usd: record.cost_usd,
+                cost_basis: record.cost_basis.clone(),
+                paper_examples: paper_row.map(|r| r.examples),
+                paper_em: paper_row.map(|r| r.squad),
+                paper_cost_usd: paper_row.and_then(|r| r.cost_usd),
+                final_train_loss: last_epoch.map(|e| e.train_loss),
+                final_validation_loss: last_epoch.and_then(|e| e.validation_loss),
+                optimizer_steps: summary.optimizer_steps,
+                train_seconds: summary.seconds,
+                examples_per_second: summary.examples_per_second,
+            });
+            curves.push((arm.name.to_string(), summary.steps.clone()));
+            predictions.push((arm.name.to_string(), predicted));
+        }
+        manifest.metric_signatures = signatures;
+        let scorer_of = |name: &str| em_scorers.iter().find(|(a, _)| a == name).map(|(_, s)| s);
+        let mut paired = Vec::new();
+        for (arm, against) in PAIRED_TESTS {
+            let (Some(a), Some(b)) = (scorer_of(arm), scorer_of(against)) else { continue };
+            let (delta, p_value) = paired_bootstrap(a, b, &bootstrap_cfg)?;
+            paired.push(PairedTest { arm: arm.into(), against: against.into(), delta, p_value });
+        }
+        notes.push(format!("Intervals: 95 % percentile bootstrap over the {} test questions ({}). Paired tests (Koehn 2004): the same resamples score both arms; p is the share of resamples in which the first arm does not beat the second (one-sided), so a small p supports \"first > second\" and a p near 1 the reverse.", results.first().map(|r: &ArmResult| r.test_examples).unwrap_or(0), bootstrap_cfg.signature()));
+        notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
+        notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
+        notes.push(format!("Each arm is a cell (`table2 --cell ID`, one process; `--list-cells`, `--emit-slurm DIR`): its student, predictions and `arm.json` are in {}/<arm>/.", runs_dir.display()));
+        Ok(Table2 {
+            scale_name,
+            scale,
+            arms: results,
+            paired,
+            curves,
+            predictions,
+            notes,
+            manifest,
+        })
+    }
+}
+
+/// Runs the four arms in this process, one after the other (finished arms are loaded, an
+/// interrupted one resumes), then assembles the table.
+pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> Result<Table2> {
+    let prepared = prepare(registry, opts)?;
+    let ids: Vec<String> = prepared.arms.iter().map(|a| a.id.clone()).collect();
+    for id in ids {
+        prepared.run_arm(&id, models, opts)?;
+    }
+    prepared.collect()
 }
 
 impl Table2 {
@@ -808,6 +986,14 @@ impl Table2 {
     }
 }
 
+/// Writes `reports/table2/` for a computed table; returns the folder.
+pub fn write_report(registry: &Registry, table: &Table2) -> Result<PathBuf> {
+    let report = table.report()?;
+    report
+        .write(&registry.paths.reports, |dir| table.write_extras(dir))
+        .context("writing the Table 2 report")
+}
+
 /// Runs Table 2 at a scale and writes `reports/table2/`; returns the table and the folder.
 pub fn run(
     registry: &Registry,
@@ -815,9 +1001,6 @@ pub fn run(
     opts: &Options,
 ) -> Result<(Table2, PathBuf)> {
     let table = compute(registry, models, opts)?;
-    let report = table.report()?;
-    let dir = report
-        .write(&registry.paths.reports, |dir| table.write_extras(dir))
-        .context("writing the Table 2 report")?;
+    let dir = write_report(registry, &table)?;
     Ok((table, dir))
 }

@@ -64,10 +64,7 @@ pub struct CellPredictions {
 
 /// Read `evaluation/predictions_<set>.parquet` of a cell (references joined by ` ||| `).
 pub fn read_predictions(path: &Path) -> Result<CellPredictions> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let frame = ParquetReader::new(file)
-        .finish()
-        .map_err(|e| anyhow::anyhow!("{}: not a predictions parquet ({e})", path.display()))?;
+    let frame = crate::report::read_parquet(path)?;
     let col = |name: &str| -> Result<Vec<String>> {
         crate::data::loaders::string_column(&frame, name)
             .map_err(|e| anyhow::anyhow!("{}: column `{name}` ({e})", path.display()))

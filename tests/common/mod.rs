@@ -170,3 +170,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The `table2` binary at the smoke scale as a user starts it, its runs in `runs` and its report
+/// under `reports` (offline, quiet).
+pub fn table2_smoke(reports: &std::path::Path, runs: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_table2"));
+    c.args(["--scale", "smoke", "--cpu", "--runs-dir"])
+        .arg(runs)
+        .args(args)
+        .current_dir(repo_root())
+        .env("P2M_REPORTS", reports)
+        .env("P2M_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// stdout and stderr of a finished command, which must have succeeded.
+pub fn output_ok(out: std::process::Output) -> String {
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "command failed:\n{text}");
+    text
+}

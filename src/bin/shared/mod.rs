@@ -348,7 +348,7 @@ impl LiveArgs {
         let program = std::env::current_exe()?;
         if let Some(dir) = &self.emit_slurm {
             let files = prompt2model::tables::cells::emit_slurm(
-                &plan,
+                &plan.jobs(),
                 dir,
                 &program,
                 &self.child_args(&plan),
@@ -366,7 +366,12 @@ impl LiveArgs {
             return Ok(None);
         }
         if !self.collect_only {
-            let failed = plan.run_missing(&program, &self.child_args(&plan), self.jobs)?;
+            let failed = prompt2model::tables::cells::run_missing(
+                &plan.jobs(),
+                &program,
+                &self.child_args(&plan),
+                self.jobs,
+            )?;
             anyhow::ensure!(
                 failed.is_empty(),
                 "{} cells failed ({}); their logs are in {}; rerun to retry them",
