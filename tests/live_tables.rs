@@ -83,7 +83,10 @@ fn the_live_table3_runs_every_cell_and_a_rerun_runs_none() {
     // Every cell is done: a rerun runs none and writes the same table.
     let again = ok(table3(&reports, &["--cells-dir", cells_arg]).output().unwrap());
     assert!(again.contains("24 done, 0 to run"), "{again}");
-    assert_eq!(table_values(&report), (summary, students));
+    assert_eq!(table_values(&report), (summary.clone(), students.clone()));
+    // The smoke table is pinned (students' scores and τ per task).
+    insta::assert_snapshot!("table3_live_smoke", summary);
+    insta::assert_snapshot!("table3_live_smoke_students", students);
     // A bad cell id says which exist.
     let bad = table3(&reports, &["--cells-dir", cells_arg, "--cell", "nope"]).output().unwrap();
     assert!(!bad.status.success());
@@ -349,4 +352,8 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     assert!(report.join("table1-live-smoke.png").is_file());
     let again = run(&[]);
     assert!(again.contains("9 done, 0 to run"), "{again}");
+    // The smoke table is pinned: a change in the pipeline, trainer or metrics that moves a
+    // number fails here.
+    insta::assert_snapshot!("table1_live_smoke", table);
+    insta::assert_snapshot!("table1_live_smoke_paired", paired);
 }

@@ -199,8 +199,7 @@ pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
     references: &[Vec<R>],
     cfg: &BootstrapConfig,
 ) -> Result<Interval, MetricError> {
-    let scorer = CorpusScorer::new(metric, predictions, references)?;
-    Ok(bootstrap(scorer.len(), cfg, |idx| scorer.score(idx)))
+    Ok(score_with_interval(metric, predictions, references, cfg)?.interval)
 }
 
 /// A metric's score with its interval, and the per-example scorer behind both (kept for paired
