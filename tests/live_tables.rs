@@ -357,3 +357,36 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     insta::assert_snapshot!("table1_live_smoke", table);
     insta::assert_snapshot!("table1_live_smoke_paired", paired);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_table1_with_a_served_teacher_scores_the_teachers_own_answers() {
+    use crate::fake_openai::{FakeServer, ServerConfig};
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_table1"));
+    c.args(["--source", "live", "--scale", "smoke", "--cells-dir", cells.to_str().unwrap()])
+        .args(["--teacher", "openai", "--base-url", &server.base_url, "--model", "fake-model"])
+        .args(["--requests-per-minute", "0", "--jobs", "2"])
+        .current_dir(common::repo_root())
+        .env("P2M_REPORTS", &reports)
+        .env("P2M_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn");
+    let out = ok(crate::pipeline::run_blocking(c).await);
+    assert!(out.contains("9 cells at scale smoke (0 done, 9 to run"), "{out}");
+    // The Prompt2Model cell asked its teacher to answer the real test examples, scored them.
+    let cell = cells.join("table1/smoke/openai/temporal-prompt2model");
+    assert!(cell.join("evaluation/predictions_real-teacher.parquet").is_file(), "{out}");
+    let metrics = std::fs::read_to_string(cell.join("evaluation/metrics.json")).unwrap();
+    assert!(metrics.contains("\"real-teacher\""), "{metrics}");
+    // ... and the table has the teacher's row, with its interval, and the paired test per task.
+    let report = reports.join("table1-live-smoke");
+    let table = std::fs::read_to_string(report.join("table1.csv")).unwrap();
+    let teacher_rows: Vec<&str> =
+        table.lines().filter(|l| l.contains(",the teacher (openai),")).collect();
+    assert_eq!(teacher_rows.len(), 3, "{table}");
+    assert!(teacher_rows.iter().all(|l| l.contains(" [")), "{table}");
+    let paired = std::fs::read_to_string(report.join("table1_paired.csv")).unwrap();
+    assert_eq!(paired.lines().count(), 1 + 3, "{paired}");
+}

@@ -136,6 +136,9 @@ pub struct RunConfig {
     /// killed training; once `training/final/` is written they are dead weight (model plus AdamW
     /// state, about 1.6 GB each for the default student), so they are removed by default.
     pub keep_checkpoints: bool,
+    /// Also ask the teacher (local or openai) to answer the real test set from the same prompt,
+    /// scored like the student (`real-teacher` in metrics.json): the paper's teacher row.
+    pub teacher_answers_real: bool,
     pub seed: u64,
 }
 
@@ -172,6 +175,7 @@ impl Default for RunConfig {
             selection_steps: 24,
             select_candidates: Vec::new(),
             keep_checkpoints: false,
+            teacher_answers_real: false,
             seed: 42,
         }
     }

@@ -10,7 +10,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::evaluator::bertscore::BertScorer;
-use crate::evaluator::bootstrap::{mean_interval, metric_interval, BootstrapConfig};
+use crate::evaluator::bootstrap::{mean_interval, score_with_interval, BootstrapConfig};
 use crate::evaluator::Metric;
 use crate::executor::ExecutorConfig;
 use crate::report::figures::{interval_bars, IntervalBar};
@@ -101,79 +101,122 @@ pub fn evaluate(
             &executor.sampling(),
             executor.batch_size,
         )?;
-        let mut columns = vec![
-            Column::new("input".into(), set.inputs.clone()),
-            Column::new(
-                "references".into(),
-                set.references.iter().map(|r| r.join(" ||| ")).collect::<Vec<_>>(),
-            ),
-            Column::new("prediction".into(), predictions.clone()),
-        ];
-        for metric in Metric::ALL {
-            let iv = metric_interval(metric, &predictions, &set.references, bootstrap)
-                .with_context(|| {
-                    format!("scoring {} on the {} test set", metric.name(), set.name)
-                })?;
-            let per_example: Vec<f64> = match metric {
-                Metric::ChrfPlusPlus => predictions
-                    .iter()
-                    .zip(&set.references)
-                    .map(|(p, r)| {
-                        crate::evaluator::chrf::sentence_chrf(
-                            p,
-                            r,
-                            &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus(),
-                        )
-                    })
-                    .collect(),
-                _ => predictions
-                    .iter()
-                    .zip(&set.references)
-                    .map(|(p, r)| {
-                        crate::evaluator::score(metric, &[p], std::slice::from_ref(r))
-                            .map(|s| s.value)
-                            .unwrap_or(f64::NAN)
-                    })
-                    .collect(),
-            };
-            columns.push(Column::new(metric.name().into(), per_example));
-            let signature =
-                crate::evaluator::score(metric, &predictions, &set.references)?.signature;
-            results.push(MetricResult {
-                test_set: set.name.clone(),
-                metric: metric.name().into(),
-                value: iv.value,
-                low: iv.low,
-                high: iv.high,
-                n: iv.n,
-                signature: format!("{signature}|{}", bootstrap.signature()),
-            });
-        }
-        if let Some(scorer) = bertscore {
-            let scores = scorer.score_multi(&predictions, &set.references)?;
-            let f1: Vec<f64> = scores.f1.iter().map(|f| f * 100.0).collect();
-            let iv = mean_interval(&f1, bootstrap);
-            columns.push(Column::new("bertscore_f1".into(), f1.clone()));
-            results.push(MetricResult {
-                test_set: set.name.clone(),
-                metric: "bertscore-f1".into(),
-                value: iv.value,
-                low: iv.low,
-                high: iv.high,
-                n: iv.n,
-                signature: format!(
-                    "{}|model:{bertscore_id}|{}",
-                    scores.signature,
-                    bootstrap.signature()
-                ),
-            });
-        }
-        let frame = DataFrame::new_infer_height(columns)?;
-        let path = out_dir.join(format!("predictions_{}.parquet", set.name));
-        crate::report::write_parquet_atomic(&frame, &path)?;
-        files.push(path);
+        let (scored, file) = score_predictions(
+            &set.name,
+            set,
+            &predictions,
+            bertscore,
+            bertscore_id,
+            bootstrap,
+            out_dir,
+        )?;
+        results.extend(scored);
+        files.push(file);
     }
     Ok((results, files))
+}
+
+/// Score `predictions` of `set`'s examples with every metric (each with its interval) and write
+/// them, per example, to `out_dir/predictions_<name>.parquet`; `name` becomes the results'
+/// `test_set` (`real`, or `real-teacher` for the teacher's own answers on the real set).
+pub fn score_predictions(
+    name: &str,
+    set: &TestSet,
+    predictions: &[String],
+    bertscore: Option<&BertScorer>,
+    bertscore_id: &str,
+    bootstrap: &BootstrapConfig,
+    out_dir: &Path,
+) -> Result<(Vec<MetricResult>, PathBuf)> {
+    let mut results = Vec::new();
+    let mut columns = vec![
+        Column::new("input".into(), set.inputs.clone()),
+        Column::new(
+            "references".into(),
+            set.references.iter().map(|r| r.join(" ||| ")).collect::<Vec<_>>(),
+        ),
+        Column::new("prediction".into(), predictions.to_vec()),
+    ];
+    for metric in Metric::ALL {
+        let scored = score_with_interval(metric, predictions, &set.references, bootstrap)
+            .with_context(|| format!("scoring {} on the {name} test set", metric.name()))?;
+        let per_example: Vec<f64> = match metric {
+            Metric::ChrfPlusPlus => predictions
+                .iter()
+                .zip(&set.references)
+                .map(|(p, r)| {
+                    crate::evaluator::chrf::sentence_chrf(
+                        p,
+                        r,
+                        &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus(),
+                    )
+                })
+                .collect(),
+            _ => predictions
+                .iter()
+                .zip(&set.references)
+                .map(|(p, r)| {
+                    crate::evaluator::score(metric, &[p], std::slice::from_ref(r))
+                        .map(|s| s.value)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
+        };
+        columns.push(Column::new(metric.name().into(), per_example));
+        let iv = scored.interval;
+        results.push(MetricResult {
+            test_set: name.to_string(),
+            metric: metric.name().into(),
+            value: iv.value,
+            low: iv.low,
+            high: iv.high,
+            n: iv.n,
+            signature: format!("{}|{}", scored.score.signature, bootstrap.signature()),
+        });
+    }
+    if let Some(scorer) = bertscore {
+        let scores = scorer.score_multi(predictions, &set.references)?;
+        let f1: Vec<f64> = scores.f1.iter().map(|f| f * 100.0).collect();
+        let iv = mean_interval(&f1, bootstrap);
+        columns.push(Column::new("bertscore_f1".into(), f1.clone()));
+        results.push(MetricResult {
+            test_set: name.to_string(),
+            metric: "bertscore-f1".into(),
+            value: iv.value,
+            low: iv.low,
+            high: iv.high,
+            n: iv.n,
+            signature: format!(
+                "{}|model:{bertscore_id}|{}",
+                scores.signature,
+                bootstrap.signature()
+            ),
+        });
+    }
+    let frame = DataFrame::new_infer_height(columns)?;
+    let path = out_dir.join(format!("predictions_{name}.parquet"));
+    crate::report::write_parquet_atomic(&frame, &path)?;
+    Ok((results, path))
+}
+
+/// The prompt the teacher answers a test input with: the user's instruction and demonstrations
+/// as the parsed prompt holds them, then the input (the paper's teacher row: the LLM given the
+/// same prompt the student was made from).
+pub fn teacher_prompt(parsed: &crate::prompt_parser::ParsedPrompt, input: &str) -> String {
+    let mut prompt = format!("{}\n\n", parsed.instruction.trim());
+    for d in &parsed.demonstrations {
+        prompt.push_str(&format!("Input: {}\nOutput: {}\n\n", d.input.trim(), d.output.trim()));
+    }
+    prompt.push_str(&format!("Input: {}\nOutput:", input.trim()));
+    prompt
+}
+
+/// The teacher's answer as a prediction: trimmed, and cut where a model that continues the
+/// pattern starts the next example.
+pub fn teacher_answer(text: &str) -> String {
+    let text = text.trim();
+    let cut = ["\nInput:", "\n\nInput"].iter().filter_map(|m| text.find(m)).min();
+    text[..cut.unwrap_or(text.len())].trim().to_string()
 }
 
 /// `metrics.png/svg`: every metric on every test set with its interval.

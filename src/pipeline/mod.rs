@@ -927,6 +927,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     let eval_settings = serde_json::json!({
         "executor": resolved.executor, "bootstrap": cfg.bootstrap, "real_test": test_set_identity(test_dataset.as_deref()), "max_test": resolved.max_test_examples,
         "bertscore": resolved.bertscore.then_some(bertscore_id), "seed": cfg.seed,
+        "teacher_answers_real": (cfg.teacher_answers_real && cfg.teacher != TeacherSource::Recorded).then(|| teacher_identity(cfg)),
     });
     record(
         Stage::Evaluate,
@@ -997,7 +998,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 } else {
                     None
                 };
-                let (results, mut files) = evaluate::evaluate(
+                let (mut results, mut files) = evaluate::evaluate(
                     &student,
                     &parsed.instruction,
                     &resolved.executor,
@@ -1007,6 +1008,50 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                     &cfg.bootstrap,
                     stage_dir,
                 )?;
+                // The teacher's row: the teacher answers the real examples from the same prompt.
+                let real = sets.iter().find(|s| s.name == "real");
+                if let (true, Some(real)) = (cfg.teacher_answers_real, real) {
+                    if let Some(t) = teacher.get()? {
+                        eprintln!("  the teacher answers {} real test examples", real.inputs.len());
+                        let params = crate::teacher::SamplingParams {
+                            temperature: 0.0,
+                            max_tokens: Some(resolved.executor.max_new_tokens as u32),
+                            seed: Some(cfg.seed),
+                            ..Default::default()
+                        };
+                        let requests: Vec<crate::teacher::ChatRequest> = real
+                            .inputs
+                            .iter()
+                            .map(|i| {
+                                crate::teacher::ChatRequest::user(
+                                    evaluate::teacher_prompt(&parsed, i),
+                                    params.clone(),
+                                )
+                            })
+                            .collect();
+                        let answers = rt.block_on(t.chat_batch(&requests));
+                        let mut predictions = Vec::with_capacity(answers.len());
+                        for (i, a) in answers.into_iter().enumerate() {
+                            let a = a.with_context(|| {
+                                format!("the teacher's answer to real test example {i}")
+                            })?;
+                            predictions.push(evaluate::teacher_answer(
+                                a.choices.first().map(|c| c.content.as_str()).unwrap_or(""),
+                            ));
+                        }
+                        let (more, file) = evaluate::score_predictions(
+                            "real-teacher",
+                            real,
+                            &predictions,
+                            scorer.as_ref(),
+                            scorer_id,
+                            &cfg.bootstrap,
+                            stage_dir,
+                        )?;
+                        results.extend(more);
+                        files.push(file);
+                    }
+                }
                 write_json(&stage_dir.join("metrics.json"), &results)?;
                 let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
                 notes.extend(bertscore_note);

@@ -217,6 +217,13 @@ pub fn plan(
 }
 
 impl CellPlan {
+    /// Every cell's teacher server settings (a `local` or `openai` teacher's; `recorded` has none).
+    pub fn set_teacher_settings(&mut self, settings: &crate::teacher::TeacherSettings) {
+        for c in &mut self.cells {
+            c.config.teacher_settings = settings.clone();
+        }
+    }
+
     pub fn cell(&self, id: &str) -> Result<&Cell> {
         self.cells.iter().find(|c| c.id == id).with_context(|| {
             format!(

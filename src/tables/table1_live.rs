@@ -180,17 +180,23 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             ));
         }
         // The teacher's row, on exactly the examples the students were scored on.
-        let teacher_label = "gpt-3.5-turbo";
+        let teacher_label = match plan.teacher {
+            TeacherSource::Recorded => "gpt-3.5-turbo".to_string(),
+            _ => format!("the teacher ({})", teacher_name(plan.teacher)),
+        };
         let mut teacher_row = LiveRow {
             task: task_id.clone(),
             row: "teacher".into(),
-            label: teacher_label.into(),
+            label: teacher_label.clone(),
             metric: metric.name().into(),
             real: None,
             bertscore: None,
             generated: None,
-            paper: paper_value(teacher_label),
-            student: "the teacher itself (recorded outputs)".into(),
+            paper: paper_value("gpt-3.5-turbo"),
+            student: match plan.teacher {
+                TeacherSource::Recorded => "the teacher itself (recorded outputs)".into(),
+                _ => "the teacher itself (its answers from the same prompt)".into(),
+            },
             model_sha256: None,
             cell: None,
         };
@@ -202,18 +208,38 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                 if missing > 0 {
                     notes.push(format!("{}: {missing} of the {} real test inputs have no recorded gpt-3.5-turbo output, so the teacher row and the paired test are left out", task.paper_column, inputs.len()));
                 } else {
-                    let teacher_preds: Vec<String> = found.into_iter().map(|o| o.expect("checked").clone()).collect();
+                    let teacher_preds: Vec<String> =
+                        found.into_iter().map(|o| o.expect("checked").clone()).collect();
                     let teacher = CorpusScorer::new(metric, &teacher_preds, references)?;
-                    teacher_row.real = Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
+                    teacher_row.real =
+                        Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
                     let (delta, p) = paired_bootstrap(p2m, &teacher, &bootstrap_cfg)?;
                     paired.push((task_id.clone(), delta, p));
                 }
             }
             (TeacherSource::Recorded, None) => {}
-            _ => notes.push(format!(
-                "{}: the teacher's row needs the teacher's answers on the real test set; here only the recorded teacher has them (run with --teacher recorded)",
-                task.paper_column
-            )),
+            (_, Some((inputs, references, p2m))) => {
+                let cell =
+                    plan.cells.iter().find(|c| &c.task == task_id && c.row == "prompt2model");
+                let path =
+                    cell.map(|c| plan.dir(c).join("evaluation/predictions_real-teacher.parquet"));
+                match path.as_deref().map(read_predictions) {
+                    Some(Ok(t)) if &t.inputs == inputs => {
+                        let teacher = CorpusScorer::new(metric, &t.predictions, references)?;
+                        teacher_row.real = Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
+                        let info = crate::pipeline::runs::RunInfo::read(&plan.dir(cell.expect("found")))?;
+                        teacher_row.bertscore = interval_of(&info.metrics, "real-teacher", "bertscore-f1");
+                        let (delta, p) = paired_bootstrap(p2m, &teacher, &bootstrap_cfg)?;
+                        paired.push((task_id.clone(), delta, p));
+                    }
+                    Some(Ok(_)) => notes.push(format!("{}: the teacher answered other real test examples than the students were scored on; its row is left out", task.paper_column)),
+                    _ => notes.push(format!(
+                        "{}: no teacher answers on the real test set in the Prompt2Model cell (its configuration needs `teacher_answers_real = true`, as data/live_tables.toml sets)",
+                        task.paper_column
+                    )),
+                }
+            }
+            (_, None) => {}
         }
         rows.push(teacher_row);
     }

@@ -173,7 +173,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The `table2` binary at the smoke scale as a user starts it, its runs in `runs` and its report
 /// under `reports` (offline, quiet).
-pub fn table2_smoke(reports: &std::path::Path, runs: &std::path::Path, args: &[&str]) -> std::process::Command {
+pub fn table2_smoke(
+    reports: &std::path::Path,
+    runs: &std::path::Path,
+    args: &[&str],
+) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_table2"));
     c.args(["--scale", "smoke", "--cpu", "--runs-dir"])
         .arg(runs)

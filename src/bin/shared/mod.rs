@@ -59,7 +59,8 @@ pub enum TeacherChoice {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TeacherArgs {
     /// Which teacher answers (default: `local` for generate, diversity and run, `none` for the
-    /// retrievers; `recorded` only for `p2m run` on a paper task).
+    /// retrievers, `recorded` for the live tables; `recorded` only for `p2m run` on a paper task
+    /// and the live tables).
     #[arg(long = "teacher", visible_alias = "backend", value_enum)]
     pub choice: Option<TeacherChoice>,
     /// Base URL of the OpenAI-compatible server, up to and including `/v1`. Several (commas, or
@@ -150,6 +151,46 @@ impl TeacherArgs {
             response_format: self.response_format.into(),
             discover: !self.no_discover,
         })
+    }
+
+    /// These flags as a child process is given them (the API key stays in its environment
+    /// variable, which the child inherits; only the variable's name travels).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(choice) = self.choice {
+            let name = match choice {
+                TeacherChoice::None => "none",
+                TeacherChoice::Local => "local",
+                TeacherChoice::Openai => "openai",
+                TeacherChoice::Recorded => "recorded",
+            };
+            a.extend(["--teacher".to_string(), name.to_string()]);
+        }
+        a.extend(["--base-url".to_string(), self.base_url.join(",")]);
+        a.extend(["--model".to_string(), self.model.clone()]);
+        a.extend(["--api-key-env".to_string(), self.api_key_env.clone()]);
+        a.extend(["--requests-per-minute".to_string(), self.requests_per_minute.to_string()]);
+        a.extend(["--request-timeout".to_string(), self.request_timeout.to_string()]);
+        if let Some(n) = self.max_api_calls {
+            a.extend(["--max-api-calls".to_string(), n.to_string()]);
+        }
+        if let Some(n) = self.slots {
+            a.extend(["--slots".to_string(), n.to_string()]);
+        }
+        if let Some(b) = &self.backend_name {
+            a.extend(["--backend-name".to_string(), b.clone()]);
+        }
+        let format = match self.response_format {
+            ResponseFormatArg::JsonSchema => "json-schema",
+            ResponseFormatArg::JsonObjectSchema => "json-object-schema",
+            ResponseFormatArg::JsonObject => "json-object",
+            ResponseFormatArg::None => "none",
+        };
+        a.extend(["--response-format".to_string(), format.to_string()]);
+        if self.no_discover {
+            a.push("--no-discover".into());
+        }
+        a
     }
 
     /// The teacher of a command that needs one (`local` unless told otherwise).
@@ -245,10 +286,11 @@ pub struct LiveArgs {
     /// Scale of the live cells (data/live_tables.toml): smoke, laptop or paper.
     #[arg(long, default_value = "laptop")]
     pub scale: String,
-    /// Teacher of the cells' pipeline runs: `recorded` (the authors' gpt-3.5-turbo data, offline)
-    /// or `local` (the offline SmolLM2 teacher).
-    #[arg(long, default_value = "recorded", value_parser = ["recorded", "local"])]
-    pub teacher: String,
+    /// Teacher of the cells' pipeline runs: `--teacher recorded` (default: the authors'
+    /// gpt-3.5-turbo data, offline), `local` (the offline SmolLM2) or `openai` (any
+    /// OpenAI-compatible server: --base-url, --model, --api-key-env, …).
+    #[command(flatten)]
+    pub server: TeacherArgs,
     /// Run this one cell in this process (what each job of the local runner and of the Slurm
     /// array does).
     #[arg(long)]
@@ -276,11 +318,16 @@ pub struct LiveArgs {
 
 #[allow(dead_code)] // the table binaries use it; p2m includes this file too
 impl LiveArgs {
-    pub fn teacher(&self) -> prompt2model::pipeline::config::TeacherSource {
-        match self.teacher.as_str() {
-            "local" => prompt2model::pipeline::config::TeacherSource::Local,
-            _ => prompt2model::pipeline::config::TeacherSource::Recorded,
-        }
+    pub fn teacher(&self) -> Result<prompt2model::pipeline::config::TeacherSource> {
+        use prompt2model::pipeline::config::TeacherSource;
+        Ok(match self.server.choice.unwrap_or(TeacherChoice::Recorded) {
+            TeacherChoice::Recorded => TeacherSource::Recorded,
+            TeacherChoice::Local => TeacherSource::Local,
+            TeacherChoice::Openai => TeacherSource::Openai,
+            TeacherChoice::None => {
+                bail!("the live tables need a teacher: --teacher recorded, local or openai")
+            }
+        })
     }
 
     /// The cells, planned from data/live_tables.toml.
@@ -296,20 +343,19 @@ impl LiveArgs {
             }
             None => paths.cache.join("runs"),
         };
-        prompt2model::tables::cells::plan(paths, table, &self.scale, self.teacher(), &root)
+        let mut plan =
+            prompt2model::tables::cells::plan(paths, table, &self.scale, self.teacher()?, &root)?;
+        if let Some(settings) = self.server.settings(TeacherChoice::Recorded) {
+            plan.set_teacher_settings(&settings);
+        }
+        Ok(plan)
     }
 
     /// How a child process (local runner, Slurm node) is started for these cells.
     pub fn child_args(&self, plan: &prompt2model::tables::cells::CellPlan) -> Vec<String> {
         let root = plan.runs_dir.parent().and_then(|p| p.parent()).and_then(|p| p.parent());
-        let mut args = vec![
-            "--source".into(),
-            "live".into(),
-            "--scale".into(),
-            self.scale.clone(),
-            "--teacher".into(),
-            self.teacher.clone(),
-        ];
+        let mut args = vec!["--source".into(), "live".into(), "--scale".into(), self.scale.clone()];
+        args.extend(self.server.to_args());
         if let Some(root) = root {
             args.push("--cells-dir".into());
             args.push(root.display().to_string());
