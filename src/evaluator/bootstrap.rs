@@ -193,7 +193,7 @@ impl CorpusScorer {
 }
 
 /// A metric of [`Metric`] with its bootstrap interval, in percent as [`super::score`] reports it.
-pub fn metric_interval<P: AsRef<str>, R: AsRef<str>>(
+pub fn metric_interval<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
     metric: Metric,
     predictions: &[P],
     references: &[Vec<R>],
@@ -211,7 +211,7 @@ pub struct ScoredInterval {
 }
 
 /// [`super::score`] and its bootstrap interval over the same examples.
-pub fn score_with_interval<P: AsRef<str>, R: AsRef<str>>(
+pub fn score_with_interval<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
     metric: Metric,
     predictions: &[P],
     references: &[Vec<R>],

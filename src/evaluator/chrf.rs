@@ -477,28 +477,58 @@ fn best_stats<S: AsRef<str>>(
 /// where sacrebleu raises or silently truncates (`zip`).
 pub fn corpus_chrf<H, R, S>(hyps: &[H], refs: &[R], cfg: &ChrfConfig) -> Result<f64, MetricError>
 where
-    H: AsRef<str>,
-    R: AsRef<[S]>,
+    H: AsRef<str> + Sync,
+    R: AsRef<[S]> + Sync,
     S: AsRef<str>,
 {
     cfg.validate()?;
     MetricError::check_corpus("hypotheses", hyps.len(), refs.len())?;
+    if let Some(i) = refs.iter().position(|r| r.as_ref().is_empty()) {
+        return Err(MetricError::NoReferences { index: i });
+    }
+    // The statistics are integer counts summed over segments, so splitting the corpus over threads
+    // gives exactly the single-threaded totals; small corpora stay on one thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = hyps.len().div_ceil(threads.max(1)).max(PARALLEL_MIN_SEGMENTS);
+    let total = std::thread::scope(|scope| {
+        let parts: Vec<_> = hyps
+            .chunks(chunk)
+            .zip(refs.chunks(chunk))
+            .map(|(h, r)| scope.spawn(move || summed_stats(h, r, cfg)))
+            .collect();
+        let mut total = vec![0u64; 3 * cfg.order()];
+        for part in parts {
+            for (t, s) in total.iter_mut().zip(part.join().expect("a chrF worker panicked")) {
+                *t += s;
+            }
+        }
+        total
+    });
+    Ok(score_from_statistics(&total, cfg))
+}
+
+/// Below this many segments per thread, a thread costs more than it saves.
+const PARALLEL_MIN_SEGMENTS: usize = 2048;
+
+/// The corpus statistics of `hyps` against `refs` (each with at least one reference), summed.
+fn summed_stats<H, R, S>(hyps: &[H], refs: &[R], cfg: &ChrfConfig) -> Vec<u64>
+where
+    H: AsRef<str>,
+    R: AsRef<[S]>,
+    S: AsRef<str>,
+{
     let width = 3 * cfg.order();
     let mut total = vec![0u64; width];
     let mut best = Vec::with_capacity(width);
     let mut scratch = Vec::with_capacity(width);
     let mut ws = Workspace::default();
-    for (i, (h, r)) in hyps.iter().zip(refs).enumerate() {
-        let r = r.as_ref();
-        if r.is_empty() {
-            return Err(MetricError::NoReferences { index: i });
-        }
-        best_stats(h.as_ref(), r, cfg, &mut ws, &mut best, &mut scratch);
+    for (h, r) in hyps.iter().zip(refs) {
+        best_stats(h.as_ref(), r.as_ref(), cfg, &mut ws, &mut best, &mut scratch);
         for (t, s) in total.iter_mut().zip(&best) {
             *t += s;
         }
     }
-    Ok(score_from_statistics(&total, cfg))
+    total
 }
 
 /// Sentence-level chrF, identical to `sacrebleu.sentence_chrf(hyp, refs, ...)` (`.score`).
@@ -525,6 +555,19 @@ mod tests {
 
     fn pp() -> ChrfConfig {
         ChrfConfig::chrf_plus_plus()
+    }
+
+    #[test]
+    fn a_corpus_split_over_threads_scores_exactly_as_one_thread() {
+        // Enough segments for several workers; the totals are integer sums, so equality is exact.
+        let n = 3 * PARALLEL_MIN_SEGMENTS + 17;
+        let hyps: Vec<String> =
+            (0..n).map(|i| format!("the cat {} sat on mat {}", i % 97, i % 13)).collect();
+        let refs: Vec<Vec<String>> = (0..n)
+            .map(|i| vec![format!("a cat {} sat on the mat {}", i % 89, i % 7), "x".into()])
+            .collect();
+        let one_thread = score_from_statistics(&summed_stats(&hyps, &refs, &pp()), &pp());
+        assert_eq!(corpus_chrf(&hyps, &refs, &pp()).unwrap(), one_thread);
     }
 
     /// Expected values computed with sacrebleu 2.6.0:

@@ -74,7 +74,7 @@ impl fmt::Display for Score {
 }
 
 /// Score predictions against per-row reference lists.
-pub fn score<P: AsRef<str>, R: AsRef<str>>(
+pub fn score<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
     metric: Metric,
     predictions: &[P],
     references: &[Vec<R>],
