@@ -873,7 +873,11 @@ impl Table2 {
                 rows.iter().map(|(_, s)| s.epoch as u64).collect::<Vec<_>>(),
             ),
             Column::new("loss".into(), rows.iter().map(|(_, s)| s.loss).collect::<Vec<_>>()),
-            Column::new("lr".into(), rows.iter().map(|(_, s)| s.lr).collect::<Vec<_>>()),
+            // Learning rates are ~1e-5: as text in scientific notation, not rounded to 0.0000.
+            Column::new(
+                "lr".into(),
+                rows.iter().map(|(_, s)| format!("{:.3e}", s.lr)).collect::<Vec<_>>(),
+            ),
             Column::new(
                 "grad norm".into(),
                 rows.iter().map(|(_, s)| s.grad_norm).collect::<Vec<_>>(),
