@@ -187,19 +187,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// A stage's JSON file; a bad one says which stage to redo.
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not the JSON this stage writes; rerun with --from {}",
-            path.display(),
-            path.parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default()
-        )
-    })
+    let stage = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    crate::util::fs::read_json(
+        path,
+        &format!("not the JSON this stage writes; rerun with --from {stage}"),
+    )
 }
 
 /// What identifies a real test set in a stage's fingerprint: a file by its content (so editing it

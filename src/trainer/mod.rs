@@ -28,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::models::seq2seq::IGNORE_INDEX;
-use crate::util::fs::write_json;
+use crate::util::fs::{read_json, write_json};
+
+/// What to do about an unreadable trainer file.
+const START_OVER: &str = "not a valid file of this kind (delete it to start over)";
 use crate::util::rng::SplitMix64;
 use adamw::{AdamW, AdamWParams};
 pub use student::{Student, StudentSpec};
@@ -337,8 +340,10 @@ impl<'a> Trainer<'a> {
             .with_context(|| format!("creating {}", self.output_dir.display()))?;
 
         let final_dir = self.output_dir.join("final");
-        if let Ok(summary) = read_json::<TrainSummary>(&final_dir.join("training_summary.json")) {
-            let state: TrainerState = read_json(&final_dir.join("trainer_state.json"))?;
+        if let Ok(summary) =
+            read_json::<TrainSummary>(&final_dir.join("training_summary.json"), START_OVER)
+        {
+            let state: TrainerState = read_json(&final_dir.join("trainer_state.json"), START_OVER)?;
             if state.fingerprint != fingerprint {
                 return Err(TrainError::ForeignCheckpoint {
                     dir: final_dir.display().to_string(),
@@ -387,7 +392,7 @@ impl<'a> Trainer<'a> {
         let mut resumed_from = None;
         let checkpoint_found = latest_checkpoint(&self.output_dir)?;
         if let Some(ckpt) = &checkpoint_found {
-            let saved: TrainerState = read_json(&ckpt.join("trainer_state.json"))?;
+            let saved: TrainerState = read_json(&ckpt.join("trainer_state.json"), START_OVER)?;
             if saved.fingerprint != fingerprint {
                 return Err(TrainError::ForeignCheckpoint {
                     dir: ckpt.display().to_string(),
@@ -663,13 +668,6 @@ fn list_checkpoints(output_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// The newest complete checkpoint in `output_dir`, if any.
 pub fn latest_checkpoint(output_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(list_checkpoints(output_dir)?.pop())
-}
-
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| {
-        format!("{}: not a valid file of this kind (delete it to start over)", path.display())
-    })
 }
 
 fn progress_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {

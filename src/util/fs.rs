@@ -45,6 +45,14 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// Read `path` as JSON of type `T`; the error names the file and, when it is not the JSON
+/// expected, says what to do about it (`fix`).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, fix: &str) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: {fix}", path.display()))
+}
+
 /// Write `value` as pretty JSON to `path` atomically; the error names the file.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     use anyhow::Context;
