@@ -138,6 +138,11 @@ fn table2_cells_run_alone_or_in_parallel_and_collect_the_same_table() {
     // The rest through the local runner, two processes at a time; then the table.
     let ran = common::output_ok(cmd(&["--jobs", "2"]).output().unwrap());
     assert!(ran.contains("1 done, 3 to run"), "{ran}");
+    for id in ids {
+        let arm = runs.join(id);
+        assert!(arm.join("arm.json").is_file() && arm.join("student/final").is_dir(), "{id}");
+        assert!(!arm.join("student/checkpoints").exists(), "{id}: checkpoints left after training");
+    }
     let cells_table = std::fs::read_to_string(reports.join("table2/table2.md")).unwrap();
 
     // The same table as one process running the four arms in turn.

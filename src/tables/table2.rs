@@ -630,6 +630,11 @@ impl Prepared {
         let summary = trainer
             .train(&arm.train, &arm.validation)
             .with_context(|| format!("training the `{}` arm", arm.name))?;
+        // Resume checkpoints served a killed training; `student/final/` is all that is used now
+        // (they are ~3 GB per arm for the decoder student).
+        let checkpoints = arm_dir.join("student/checkpoints");
+        crate::util::fs::remove_dir_if_present(&checkpoints)
+            .with_context(|| format!("removing {}", checkpoints.display()))?;
         let predicted = executor::predict_frame(
             &student,
             &self.instruction,
