@@ -144,9 +144,7 @@ fn main() -> ExitCode {
                     jobs.runs_dir.display()
                 );
             } else {
-                for id in &jobs.ids {
-                    prepared.run_arm(id, &models, &opts)?;
-                }
+                prepared.run_all(&models, &opts)?;
             }
         }
         let table = prepared.collect()?;

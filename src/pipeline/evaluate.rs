@@ -41,6 +41,18 @@ pub struct MetricResult {
     pub signature: String,
 }
 
+/// The interval of `metric` on `test_set` among `results`, if it was computed.
+pub fn find_interval(
+    results: &[MetricResult],
+    test_set: &str,
+    metric: &str,
+) -> Option<crate::evaluator::bootstrap::Interval> {
+    results
+        .iter()
+        .find(|r| r.test_set == test_set && r.metric == metric)
+        .map(MetricResult::interval)
+}
+
 impl MetricResult {
     /// The score with its interval.
     pub fn interval(&self) -> crate::evaluator::bootstrap::Interval {
@@ -199,10 +211,36 @@ pub fn score_predictions(
     Ok((results, path))
 }
 
+/// The teacher's own answers to `inputs` from the prompt the student was made from (the paper's
+/// teacher row): greedy, with the student's token budget, in input order.
+pub async fn teacher_answers<T: crate::teacher::Teacher + ?Sized>(
+    teacher: &T,
+    parsed: &crate::prompt_parser::ParsedPrompt,
+    inputs: &[String],
+    max_new_tokens: usize,
+    seed: u64,
+) -> Result<Vec<String>> {
+    let params = crate::teacher::SamplingParams {
+        temperature: 0.0,
+        max_tokens: Some(max_new_tokens as u32),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let requests: Vec<crate::teacher::ChatRequest> = inputs
+        .iter()
+        .map(|i| crate::teacher::ChatRequest::user(teacher_prompt(parsed, i), params.clone()))
+        .collect();
+    let mut answers = Vec::with_capacity(requests.len());
+    for (i, a) in teacher.chat_batch(&requests).await.into_iter().enumerate() {
+        let a = a.with_context(|| format!("the teacher's answer to real test example {i}"))?;
+        answers.push(teacher_answer(a.choices.first().map(|c| c.content.as_str()).unwrap_or("")));
+    }
+    Ok(answers)
+}
+
 /// The prompt the teacher answers a test input with: the user's instruction and demonstrations
-/// as the parsed prompt holds them, then the input (the paper's teacher row: the LLM given the
-/// same prompt the student was made from).
-pub fn teacher_prompt(parsed: &crate::prompt_parser::ParsedPrompt, input: &str) -> String {
+/// as the parsed prompt holds them, then the input.
+fn teacher_prompt(parsed: &crate::prompt_parser::ParsedPrompt, input: &str) -> String {
     let mut prompt = format!("{}\n\n", parsed.instruction.trim());
     for d in &parsed.demonstrations {
         prompt.push_str(&format!("Input: {}\nOutput: {}\n\n", d.input.trim(), d.output.trim()));
@@ -213,7 +251,7 @@ pub fn teacher_prompt(parsed: &crate::prompt_parser::ParsedPrompt, input: &str) 
 
 /// The teacher's answer as a prediction: trimmed, and cut where a model that continues the
 /// pattern starts the next example.
-pub fn teacher_answer(text: &str) -> String {
+fn teacher_answer(text: &str) -> String {
     let text = text.trim();
     let cut = ["\nInput:", "\n\nInput"].iter().filter_map(|m| text.find(m)).min();
     text[..cut.unwrap_or(text.len())].trim().to_string()

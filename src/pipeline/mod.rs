@@ -888,12 +888,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 let mut trainer =
                     crate::trainer::Trainer::new(resolved.train.clone(), &mut student, stage_dir);
                 trainer.label = name.to_string();
+                trainer.keep_checkpoints = cfg.keep_checkpoints;
                 let summary = trainer.train(&train, &validation)?;
                 let final_dir = stage_dir.join("final");
-                if !cfg.keep_checkpoints {
-                    crate::util::fs::remove_dir_if_present(&stage_dir.join("checkpoints"))
-                        .with_context(|| format!("removing {}/checkpoints", stage_dir.display()))?;
-                }
                 let mut files = list_files_of(&final_dir)?;
                 if stage_dir.join("selection.json").exists() {
                     files.push(stage_dir.join("selection.json"));
@@ -1011,32 +1008,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
                 if let (true, Some(real)) = (cfg.teacher_answers_real, real) {
                     if let Some(t) = teacher.get()? {
                         eprintln!("  the teacher answers {} real test examples", real.inputs.len());
-                        let params = crate::teacher::SamplingParams {
-                            temperature: 0.0,
-                            max_tokens: Some(resolved.executor.max_new_tokens as u32),
-                            seed: Some(cfg.seed),
-                            ..Default::default()
-                        };
-                        let requests: Vec<crate::teacher::ChatRequest> = real
-                            .inputs
-                            .iter()
-                            .map(|i| {
-                                crate::teacher::ChatRequest::user(
-                                    evaluate::teacher_prompt(&parsed, i),
-                                    params.clone(),
-                                )
-                            })
-                            .collect();
-                        let answers = rt.block_on(t.chat_batch(&requests));
-                        let mut predictions = Vec::with_capacity(answers.len());
-                        for (i, a) in answers.into_iter().enumerate() {
-                            let a = a.with_context(|| {
-                                format!("the teacher's answer to real test example {i}")
-                            })?;
-                            predictions.push(evaluate::teacher_answer(
-                                a.choices.first().map(|c| c.content.as_str()).unwrap_or(""),
-                            ));
-                        }
+                        let predictions = rt.block_on(evaluate::teacher_answers(
+                            t,
+                            &parsed,
+                            &real.inputs,
+                            resolved.executor.max_new_tokens,
+                            cfg.seed,
+                        ))?;
                         let (more, file) = evaluate::score_predictions(
                             "real-teacher",
                             real,

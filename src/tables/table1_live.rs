@@ -5,7 +5,7 @@
 //! examples, and a paired bootstrap test says how sure "Prompt2Model beats the teacher" is.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
@@ -21,7 +21,7 @@ use crate::evaluator::bootstrap::{
     bootstrap, paired_bootstrap, BootstrapConfig, CorpusScorer, Interval,
 };
 use crate::pipeline::config::TeacherSource;
-use crate::pipeline::evaluate::MetricResult;
+use crate::pipeline::evaluate::find_interval;
 use crate::report::{Manifest, Report, ReportTable};
 
 /// One row × task.
@@ -51,11 +51,13 @@ pub struct Table1Live {
     pub manifest: Manifest,
 }
 
-fn interval_of(results: &[MetricResult], test_set: &str, metric: &str) -> Option<Interval> {
-    results
-        .iter()
-        .find(|r| r.test_set == test_set && r.metric == metric)
-        .map(MetricResult::interval)
+/// The Prompt2Model cell of a task on the real test set: what the teacher's row is paired with.
+struct PromptToModelReal {
+    inputs: Vec<String>,
+    references: Vec<Vec<String>>,
+    scorer: CorpusScorer,
+    dir: PathBuf,
+    metrics: Vec<crate::pipeline::evaluate::MetricResult>,
 }
 
 /// The authors' gpt-3.5-turbo output for each real test input of `task`.
@@ -118,7 +120,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         let paper_value = |system: &str| {
             paper.table1.row.iter().find(|r| r.system == system).and_then(|r| r.value(task_id))
         };
-        let mut p2m_real: Option<(Vec<String>, Vec<Vec<String>>, CorpusScorer)> = None;
+        let mut p2m_real: Option<PromptToModelReal> = None;
         let mut by_model: Vec<(String, String, String)> = Vec::new();
         for cell in plan.cells.iter().filter(|c| &c.task == task_id) {
             let dir = plan.dir(cell);
@@ -145,17 +147,22 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             }
             if cell.row == "prompt2model" {
                 let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
-                let scorer = CorpusScorer::new(metric, &r.predictions, &r.references)?;
-                p2m_real = Some((r.inputs, r.references, scorer));
+                p2m_real = Some(PromptToModelReal {
+                    scorer: CorpusScorer::new(metric, &r.predictions, &r.references)?,
+                    inputs: r.inputs,
+                    references: r.references,
+                    dir: dir.clone(),
+                    metrics: info.metrics.clone(),
+                });
             }
             rows.push(LiveRow {
                 task: task_id.clone(),
                 row: cell.row.clone(),
                 label: cell.label.clone(),
                 metric: metric.name().into(),
-                real: interval_of(&info.metrics, "real", metric.name()),
-                bertscore: interval_of(&info.metrics, "real", "bertscore-f1"),
-                generated: interval_of(&info.metrics, "generated", metric.name()),
+                real: find_interval(&info.metrics, "real", metric.name()),
+                bertscore: find_interval(&info.metrics, "real", "bertscore-f1"),
+                generated: find_interval(&info.metrics, "generated", metric.name()),
                 paper: paper_value(&cell.label),
                 student,
                 model_sha256: sha,
@@ -201,7 +208,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             cell: None,
         };
         match (plan.teacher, &p2m_real) {
-            (TeacherSource::Recorded, Some((inputs, references, p2m))) => {
+            (TeacherSource::Recorded, Some(PromptToModelReal { inputs, references, scorer: p2m, .. })) => {
                 let outputs = recorded_teacher_outputs(registry, task)?;
                 let found: Vec<Option<&String>> = inputs.iter().map(|i| outputs.get(i)).collect();
                 let missing = found.iter().filter(|o| o.is_none()).count();
@@ -218,21 +225,16 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                 }
             }
             (TeacherSource::Recorded, None) => {}
-            (_, Some((inputs, references, p2m))) => {
-                let cell =
-                    plan.cells.iter().find(|c| &c.task == task_id && c.row == "prompt2model");
-                let path =
-                    cell.map(|c| plan.dir(c).join("evaluation/predictions_real-teacher.parquet"));
-                match path.as_deref().map(read_predictions) {
-                    Some(Ok(t)) if &t.inputs == inputs => {
+            (_, Some(PromptToModelReal { inputs, references, scorer: p2m, dir, metrics })) => {
+                match read_predictions(&dir.join("evaluation/predictions_real-teacher.parquet")) {
+                    Ok(t) if &t.inputs == inputs => {
                         let teacher = CorpusScorer::new(metric, &t.predictions, references)?;
                         teacher_row.real = Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
-                        let info = crate::pipeline::runs::RunInfo::read(&plan.dir(cell.expect("found")))?;
-                        teacher_row.bertscore = interval_of(&info.metrics, "real-teacher", "bertscore-f1");
+                        teacher_row.bertscore = find_interval(metrics, "real-teacher", "bertscore-f1");
                         let (delta, p) = paired_bootstrap(p2m, &teacher, &bootstrap_cfg)?;
                         paired.push((task_id.clone(), delta, p));
                     }
-                    Some(Ok(_)) => notes.push(format!("{}: the teacher answered other real test examples than the students were scored on; its row is left out", task.paper_column)),
+                    Ok(_) => notes.push(format!("{}: the teacher answered other real test examples than the students were scored on; its row is left out", task.paper_column)),
                     _ => notes.push(format!(
                         "{}: no teacher answers on the real test set in the Prompt2Model cell (its configuration needs `teacher_answers_real = true`, as data/live_tables.toml sets)",
                         task.paper_column

@@ -626,15 +626,12 @@ impl Prepared {
             Trainer::new(self.scale.train.clone(), &mut student, arm_dir.join("student"));
         trainer.progress = opts.progress;
         trainer.label = arm.name.to_string();
+        // `student/final/` is all the table uses once the arm is trained.
+        trainer.keep_checkpoints = false;
         tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
         let summary = trainer
             .train(&arm.train, &arm.validation)
             .with_context(|| format!("training the `{}` arm", arm.name))?;
-        // Resume checkpoints served a killed training; `student/final/` is all that is used now
-        // (they are ~3 GB per arm for the decoder student).
-        let checkpoints = arm_dir.join("student/checkpoints");
-        crate::util::fs::remove_dir_if_present(&checkpoints)
-            .with_context(|| format!("removing {}", checkpoints.display()))?;
         let predicted = executor::predict_frame(
             &student,
             &self.instruction,
@@ -654,6 +651,15 @@ impl Prepared {
         };
         crate::util::fs::write_json(&arm_dir.join(ARM_RECORD), &record)?;
         Ok(record)
+    }
+
+    /// Every arm in this process, one after the other (finished arms are loaded, an interrupted
+    /// one resumes).
+    pub fn run_all(&self, models: &ModelRegistry, opts: &Options) -> Result<()> {
+        for arm in &self.arms {
+            self.run_arm(&arm.id, models, opts)?;
+        }
+        Ok(())
     }
 
     /// The cells (one per arm) as jobs for the local runner and the Slurm writer.
@@ -771,10 +777,7 @@ impl Prepared {
 /// interrupted one resumes), then assembles the table.
 pub fn compute(registry: &Registry, models: &ModelRegistry, opts: &Options) -> Result<Table2> {
     let prepared = prepare(registry, opts)?;
-    let ids: Vec<String> = prepared.arms.iter().map(|a| a.id.clone()).collect();
-    for id in ids {
-        prepared.run_arm(&id, models, opts)?;
-    }
+    prepared.run_all(models, opts)?;
     prepared.collect()
 }
 

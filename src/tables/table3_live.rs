@@ -16,7 +16,7 @@ use crate::data::tasks::Task;
 use crate::evaluator::bootstrap::{kendall_interval, BootstrapConfig, CorpusScorer, Interval};
 use crate::evaluator::kendall::{kendall_tau_b, KendallTau};
 use crate::evaluator::Metric;
-use crate::pipeline::evaluate::MetricResult;
+use crate::pipeline::evaluate::find_interval;
 use crate::report::figures::{ScatterPanel, ScatterPoint};
 use crate::report::{Manifest, Report, ReportTable};
 
@@ -76,13 +76,6 @@ pub fn read_predictions(path: &Path) -> Result<CellPredictions> {
     Ok(CellPredictions { inputs: col("input")?, references, predictions: col("prediction")? })
 }
 
-fn metric_of(results: &[MetricResult], test_set: &str, metric: Metric) -> Option<Interval> {
-    results
-        .iter()
-        .find(|r| r.test_set == test_set && r.metric == metric.name())
-        .map(MetricResult::interval)
-}
-
 /// Assemble the table from finished cells (every cell must be done).
 pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
     super::cells::ensure_all_done(plan)?;
@@ -138,10 +131,11 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
             }
             gen_scorers.push(CorpusScorer::new(metric, &gp, &gr)?);
             real_scorers.push(CorpusScorer::new(metric, &rp, &rr)?);
-            let generated = metric_of(&info.metrics, "generated", metric).with_context(|| {
-                format!("{}: no generated {} in its metrics", cell.id, metric.name())
-            })?;
-            let real = metric_of(&info.metrics, "real", metric).with_context(|| {
+            let generated =
+                find_interval(&info.metrics, "generated", metric.name()).with_context(|| {
+                    format!("{}: no generated {} in its metrics", cell.id, metric.name())
+                })?;
+            let real = find_interval(&info.metrics, "real", metric.name()).with_context(|| {
                 format!("{}: no real {} in its metrics", cell.id, metric.name())
             })?;
             let train_rows = std::fs::read_to_string(dir.join("assembly/train.jsonl"))

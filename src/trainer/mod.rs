@@ -29,9 +29,6 @@ use tch::{Device, Tensor};
 
 use crate::models::seq2seq::IGNORE_INDEX;
 use crate::util::fs::{read_json, write_json};
-
-/// What to do about an unreadable trainer file.
-const START_OVER: &str = "not a valid file of this kind (delete it to start over)";
 use crate::util::rng::SplitMix64;
 use adamw::{AdamW, AdamWParams};
 pub use student::{Student, StudentSpec};
@@ -296,6 +293,9 @@ pub enum TrainError {
     ForeignCheckpoint { dir: String, found: String, expected: String },
 }
 
+/// What to do about an unreadable trainer file.
+const START_OVER: &str = "not a valid file of this kind (delete it to start over)";
+
 /// A training run writing into `output_dir`:
 /// `checkpoints/step-<n>/` (model + tokenizer + `optimizer.safetensors` + `trainer_state.json`)
 /// and, at the end, `final/` with the model, tokenizer and `training_summary.json`.
@@ -307,6 +307,10 @@ pub struct Trainer<'a> {
     pub progress: bool,
     /// Label for logs and the summary (e.g. the Table 2 arm).
     pub label: String,
+    /// Keep `checkpoints/` once `final/` is written. They exist to resume a killed training and
+    /// are model plus AdamW state (~1.6 GB each for SmolLM2-135M), so the pipeline and Table 2
+    /// turn this off; `p2m train` keeps them.
+    pub keep_checkpoints: bool,
 }
 
 impl<'a> Trainer<'a> {
@@ -321,13 +325,29 @@ impl<'a> Trainer<'a> {
             output_dir: output_dir.into(),
             progress: true,
             label: String::new(),
+            keep_checkpoints: true,
         }
     }
 
     /// Trains on `train` (and reports the loss on `validation` after each epoch), resuming from
     /// the newest checkpoint in `output_dir` when there is one. A finished run found in
-    /// `output_dir` is loaded and returned without training again.
+    /// `output_dir` is loaded and returned without training again. Without `keep_checkpoints`,
+    /// `checkpoints/` is removed once `final/` holds the result.
     pub fn train(
+        &mut self,
+        train: &[TextPair],
+        validation: &[TextPair],
+    ) -> anyhow::Result<TrainSummary> {
+        let summary = self.train_to_final(train, validation)?;
+        if !self.keep_checkpoints {
+            let checkpoints = self.output_dir.join("checkpoints");
+            crate::util::fs::remove_dir_if_present(&checkpoints)
+                .with_context(|| format!("removing {}", checkpoints.display()))?;
+        }
+        Ok(summary)
+    }
+
+    fn train_to_final(
         &mut self,
         train: &[TextPair],
         validation: &[TextPair],

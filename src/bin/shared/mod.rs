@@ -102,6 +102,11 @@ pub struct TeacherArgs {
     pub no_discover: bool,
 }
 
+/// The name clap parses `value` from, so a child process parses exactly what was given.
+fn value_name<V: clap::ValueEnum>(value: &V) -> String {
+    value.to_possible_value().expect("no value is skipped").get_name().to_string()
+}
+
 /// `--response-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResponseFormatArg {
@@ -158,13 +163,7 @@ impl TeacherArgs {
     pub fn to_args(&self) -> Vec<String> {
         let mut a = Vec::new();
         if let Some(choice) = self.choice {
-            let name = match choice {
-                TeacherChoice::None => "none",
-                TeacherChoice::Local => "local",
-                TeacherChoice::Openai => "openai",
-                TeacherChoice::Recorded => "recorded",
-            };
-            a.extend(["--teacher".to_string(), name.to_string()]);
+            a.extend(["--teacher".to_string(), value_name(&choice)]);
         }
         a.extend(["--base-url".to_string(), self.base_url.join(",")]);
         a.extend(["--model".to_string(), self.model.clone()]);
@@ -180,13 +179,7 @@ impl TeacherArgs {
         if let Some(b) = &self.backend_name {
             a.extend(["--backend-name".to_string(), b.clone()]);
         }
-        let format = match self.response_format {
-            ResponseFormatArg::JsonSchema => "json-schema",
-            ResponseFormatArg::JsonObjectSchema => "json-object-schema",
-            ResponseFormatArg::JsonObject => "json-object",
-            ResponseFormatArg::None => "none",
-        };
-        a.extend(["--response-format".to_string(), format.to_string()]);
+        a.extend(["--response-format".to_string(), value_name(&self.response_format)]);
         if self.no_discover {
             a.push("--no-discover".into());
         }
