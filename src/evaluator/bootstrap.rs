@@ -98,7 +98,7 @@ pub fn mean_interval(values: &[f64], cfg: &BootstrapConfig) -> Interval {
 /// A corpus metric over a fixed set of examples, recomputable on any resample of them: per-example
 /// values for exact match, per-example n-gram statistics for chrF++ (summed, then scored, as the
 /// metric defines the corpus score).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CorpusScorer {
     metric: Metric,
     /// Exact match: one value per example (0 or 100). chrF++: the statistics, one row each.

@@ -28,11 +28,9 @@ pub struct Pair {
     pub model: String,
     pub config: String,
     pub post_filter: bool,
-    pub generated: f64,
-    pub real: f64,
-    /// 95 % bootstrap intervals of the two scores over their test examples.
-    pub generated_interval: Interval,
-    pub real_interval: Interval,
+    /// The two scores, each with its 95 % bootstrap interval over its test examples.
+    pub generated: Interval,
+    pub real: Interval,
     pub selected: bool,
     pub generated_folder: String,
     pub real_folder: String,
@@ -115,10 +113,8 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
                 model,
                 config,
                 post_filter,
-                generated: g.score.value,
-                real: r.score.value,
-                generated_interval: g.interval,
-                real_interval: r.interval,
+                generated: g.interval,
+                real: r.interval,
                 selected: false,
                 generated_folder: gen.folder.clone(),
                 real_folder: real.folder.clone(),
@@ -143,17 +139,21 @@ pub fn recorded(registry: &Registry) -> Result<Table3> {
             task_pairs[i].selected = true;
         }
         let selected: Vec<&Pair> = task_pairs.iter().filter(|p| p.selected).collect();
-        let x: Vec<f64> = selected.iter().map(|p| p.generated).collect();
-        let y: Vec<f64> = selected.iter().map(|p| p.real).collect();
+        let x: Vec<f64> = selected.iter().map(|p| p.generated.value).collect();
+        let y: Vec<f64> = selected.iter().map(|p| p.real.value).collect();
         let tau = if selected.len() >= 2 { Some(kendall_tau_b(&x, &y)?) } else { None };
-        let chosen: Vec<&[(CorpusScorer, String); 2]> =
-            task_pairs.iter().zip(&scorers).filter(|(p, _)| p.selected).map(|(_, s)| s).collect();
+        let chosen: Vec<[(CorpusScorer, String); 2]> = scorers
+            .into_iter()
+            .zip(&task_pairs)
+            .filter(|(_, p)| p.selected)
+            .map(|(s, _)| s)
+            .collect();
         let same_examples = |side: usize| chosen.windows(2).all(|w| w[0][side].1 == w[1][side].1);
         let tau_interval = if tau.is_none() {
             None
         } else if same_examples(0) && same_examples(1) {
-            let first: Vec<CorpusScorer> = chosen.iter().map(|s| s[0].0.clone()).collect();
-            let second: Vec<CorpusScorer> = chosen.iter().map(|s| s[1].0.clone()).collect();
+            let (first, second): (Vec<CorpusScorer>, Vec<CorpusScorer>) =
+                chosen.into_iter().map(|[(g, _), (r, _)]| (g, r)).unzip();
             Some(kendall_interval(&first, &second, &BootstrapConfig::default()))
         } else {
             notes.push(format!(
@@ -262,31 +262,28 @@ impl Table3 {
             Column::new("config".into(), p.iter().map(|x| x.config.clone()).collect::<Vec<_>>()),
             Column::new("post_filter".into(), p.iter().map(|x| x.post_filter).collect::<Vec<_>>()),
             Column::new("selected".into(), p.iter().map(|x| x.selected).collect::<Vec<_>>()),
-            Column::new("generated_test".into(), p.iter().map(|x| x.generated).collect::<Vec<_>>()),
+            Column::new(
+                "generated_test".into(),
+                p.iter().map(|x| x.generated.value).collect::<Vec<_>>(),
+            ),
             Column::new(
                 "generated_low".into(),
-                p.iter().map(|x| x.generated_interval.low).collect::<Vec<_>>(),
+                p.iter().map(|x| x.generated.low).collect::<Vec<_>>(),
             ),
             Column::new(
                 "generated_high".into(),
-                p.iter().map(|x| x.generated_interval.high).collect::<Vec<_>>(),
+                p.iter().map(|x| x.generated.high).collect::<Vec<_>>(),
             ),
-            Column::new("real_test".into(), p.iter().map(|x| x.real).collect::<Vec<_>>()),
-            Column::new(
-                "real_low".into(),
-                p.iter().map(|x| x.real_interval.low).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "real_high".into(),
-                p.iter().map(|x| x.real_interval.high).collect::<Vec<_>>(),
-            ),
+            Column::new("real_test".into(), p.iter().map(|x| x.real.value).collect::<Vec<_>>()),
+            Column::new("real_low".into(), p.iter().map(|x| x.real.low).collect::<Vec<_>>()),
+            Column::new("real_high".into(), p.iter().map(|x| x.real.high).collect::<Vec<_>>()),
             Column::new(
                 "rank_generated".into(),
-                p.iter().map(|x| rank(&x.task, |q| q.generated, x)).collect::<Vec<_>>(),
+                p.iter().map(|x| rank(&x.task, |q| q.generated.value, x)).collect::<Vec<_>>(),
             ),
             Column::new(
                 "rank_real".into(),
-                p.iter().map(|x| rank(&x.task, |q| q.real, x)).collect::<Vec<_>>(),
+                p.iter().map(|x| rank(&x.task, |q| q.real.value, x)).collect::<Vec<_>>(),
             ),
         ])
     }
@@ -330,10 +327,10 @@ impl Table3 {
                         .filter(|p| p.task == r.task && p.selected)
                         .map(|p| ScatterPoint {
                             label: p.model.clone(),
-                            x: p.generated,
-                            y: p.real,
-                            x_interval: Some((p.generated_interval.low, p.generated_interval.high)),
-                            y_interval: Some((p.real_interval.low, p.real_interval.high)),
+                            x: p.generated.value,
+                            y: p.real.value,
+                            x_interval: Some((p.generated.low, p.generated.high)),
+                            y_interval: Some((p.real.low, p.real.high)),
                         })
                         .collect(),
                 }
