@@ -1,5 +1,6 @@
-//! Model-stack throughput on this machine (criterion). The side-by-side PyTorch numbers come from
-//! `benches/side_by_side.py` on the same machine; `benches/README.md` records both and the ratio.
+//! Model-stack throughput on this machine (criterion). Side by side with PyTorch, the same work is
+//! measured by `benches/side_by_side.sh` (`benches/side_by_side.rs` + `.py`); `benches/README.md`
+//! records its latest table.
 //!
 //! - encoder: MiniLM sentence embeddings (64 sentences per iteration);
 //! - generation: SmolLM2-135M-Instruct greedy decoding, batch 1 and batch 16, 32 new tokens;

@@ -1,5 +1,5 @@
-//! Retrieval speed on this machine (criterion); `benches/side_by_side_retrieval.py` times rank_bm25
-//! on the same analysed corpus and queries, and `benches/README.md` records the ratios.
+//! Retrieval speed on this machine (criterion). BM25 against rank_bm25 on the same analysed corpus
+//! and queries is part of `benches/side_by_side.sh`; `benches/README.md` records the ratios.
 //!
 //! - bm25/build: analyse the 11,320 usable cards of the 11,929-card index and build the index;
 //! - bm25/query: analyse one paper instruction, score every card, take the top 5 (per query);
@@ -7,8 +7,7 @@
 //! - dense/query: embed an instruction and take the exact inner-product top 25.
 //!
 //! `OMP_NUM_THREADS=1 cargo bench --bench retrieval`. Under `cargo test` (no `--bench`) each runs
-//! once, on 64 descriptions for the encoder. The analysed corpus is written to
-//! `<cache>/retrieval/bm25_bench_corpus.json` for the Python side.
+//! once, on 64 descriptions for the encoder.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prompt2model::config::Paths;
@@ -40,10 +39,6 @@ fn bm25(c: &mut Criterion) {
     let docs: Vec<Vec<String>> = descriptions.iter().map(|d| analyzer.analyze(d)).collect();
     let index = Bm25Index::build(&docs);
     let queries = instructions(&paths);
-    let analysed: Vec<Vec<String>> = queries.iter().map(|q| analyzer.analyze(q)).collect();
-    let dump = paths.cache.join("retrieval").join("bm25_bench_corpus.json");
-    let json = serde_json::json!({ "docs": docs, "queries": analysed });
-    prompt2model::util::fs::write_atomic(&dump, json.to_string().as_bytes()).expect("corpus dump");
 
     let mut g = c.benchmark_group("bm25");
     g.sample_size(10);

@@ -1,103 +1,539 @@
-"""The PyTorch/transformers side of benches/models.rs, on the same machine and the same work.
+"""The Python side of benches/side_by_side.sh: shared inputs, the reference measurements, and the
+table of ratios. Run through the script (it sets up the venv and the order):
 
-Run (a Python with torch 2.11 + transformers; one intra-op thread, as the Rust bench):
-    OMP_NUM_THREADS=1 python benches/side_by_side.py [--cache .cache]
-Prints seconds per iteration and throughput for each benchmark as JSON.
+    side_by_side.py prepare --work DIR [--mirror M]       # inputs both sides read
+    side_by_side.py measure --work DIR --out FILE [--p2m BIN] [--quick] [--only S]
+    side_by_side.py table RUST.json PYTHON.json [--markdown FILE]
+
+References: sacrebleu (chrF++), the official SQuAD v1.1 normalisation (exact match), scipy
+(Kendall's tau-b), rank_bm25 (BM25), sentence-transformers (MiniLM embeddings), bert_score,
+transformers + torch.optim.AdamW (training, fp32 eager and bf16 autocast; decoding), llama.cpp
+through llama-cpp-python (decoding), and torch's matmul (the roofs). Timings are medians of a few
+runs after one warm-up, like the Rust side; both use OMP_NUM_THREADS intra-op threads.
 """
-import argparse, json, pathlib, time
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import re
+import string
+import subprocess
+import sys
+import time
+from collections import Counter
 
-import torch
-import transformers as tf
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DECODE_PROMPT = "Once upon a time, in a village by the sea, there lived"
+DECODE_TOKENS = 128
+ROOF_N = 2048
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def timeit(fn, warmup=1, iters=5):
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - t0) / iters
+# ------------------------------------------------------------------------------------------------
+# prepare
+# ------------------------------------------------------------------------------------------------
+
+def prepare(a):
+    import numpy as np
+
+    work = pathlib.Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    squad = json.load(open(pathlib.Path(a.mirror) / "squad" / "dev-v1.1.json"))
+    qas = [(p["context"], q) for art in squad["data"] for p in art["paragraphs"] for q in p["qas"]]
+    ctx = [c for c, _ in qas]
+    with open(work / "paragraph_pairs.jsonl", "w") as f:
+        for i, c in enumerate(ctx):
+            f.write(json.dumps({"prediction": c, "references": [ctx[(i + 1) % len(ctx)]]}) + "\n")
+    # Exact match: every third prediction is the next question's answer (a miss), the rest the
+    # question's own first answer with its case and punctuation changed (hits after normalising).
+    with open(work / "em_pairs.jsonl", "w") as f:
+        for i, (_, q) in enumerate(qas):
+            answers = [x["text"] for x in q["answers"]]
+            if i % 3 == 0:
+                pred = qas[(i + 1) % len(qas)][1]["answers"][0]["text"]
+            else:
+                pred = "The " + answers[0].upper() + "."
+            f.write(json.dumps({"prediction": pred, "references": answers}) + "\n")
+    with open(work / "bertscore_pairs.jsonl", "w") as f:
+        for i in range(512):
+            f.write(json.dumps({"candidate": qas[i][1]["question"], "reference": qas[i + 1][1]["question"]}) + "\n")
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 50, 1000) / 10.0  # ties
+    y = x + rng.normal(0, 2.0, 1000).round(1)
+    json.dump({"x": x.tolist(), "y": y.tolist()}, open(work / "kendall.json", "w"))
+    # Training batches: SmolLM2 (causal LM, labels = inputs) 4 x 344; BERT2BERT 8 x 256 -> 16.
+    ids = rng.randint(1000, 40000, (4, 344))
+    json.dump({"input_ids": ids.tolist(), "labels": ids.tolist()}, open(work / "train_smollm2.json", "w"))
+    json.dump({"input_ids": rng.randint(1000, 30000, (8, 256)).tolist(),
+               "labels": rng.randint(1000, 30000, (8, 16)).tolist()}, open(work / "train_bert2bert.json", "w"))
+    print(f"side_by_side: inputs in {work} ({len(ctx)} paragraph pairs)", file=sys.stderr)
 
 
-def sentences(n):
-    return [f"Sentence number {i} talks about the river that runs through the old city near the station." for i in range(n)]
+# ------------------------------------------------------------------------------------------------
+# measure
+# ------------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, iters, only):
+        self.iters, self.only, self.rows, self.checks = iters, only, [], {}
+
+    def wanted(self, key):
+        return self.only is None or any(o in key for o in self.only.split(","))
+
+    def wanted_any(self, keys):
+        return any(self.wanted(k) for k in keys)
+
+    def time(self, key, work, unit, fn):
+        if not self.wanted(key):
+            return None
+        last = fn()
+        times = []
+        for _ in range(self.iters):
+            t0 = time.perf_counter()
+            last = fn()
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        med = times[len(times) // 2]
+        print(f"side_by_side: {key}: {med:.4f} s ({work / med:.1f} {unit}/s)", file=sys.stderr)
+        self.rows.append({"id": key, "seconds": med, "work": work, "unit": unit, "runs": times})
+        return last
+
+
+def read_jsonl(path):
+    return [json.loads(l) for l in open(path)]
+
+
+def squad_normalize(s):
+    """The official SQuAD v1.1 evaluation script's answer normalisation."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def measure_metrics(b, work):
+    from sacrebleu.metrics import CHRF
+    import scipy.stats
+
+    pairs = read_jsonl(work / "paragraph_pairs.jsonl")
+    hyps = [r["prediction"] for r in pairs]
+    refs = [[r["references"][0] for r in pairs]]
+    s = b.time("chrf.corpus", len(hyps), "pairs", lambda: CHRF(word_order=2).corpus_score(hyps, refs).score)
+    if s is not None:
+        b.checks["chrf.corpus"] = s
+    em = read_jsonl(work / "em_pairs.jsonl")
+
+    def exact():
+        hits = sum(max(squad_normalize(r["prediction"]) == squad_normalize(g) for g in r["references"]) for r in em)
+        return 100.0 * hits / len(em)
+
+    v = b.time("em.corpus", len(em), "pairs", exact)
+    if v is not None:
+        b.checks["em.corpus"] = v
+    k = json.load(open(work / "kendall.json"))
+    r = b.time("kendall.n1000", 1.0, "samples", lambda: scipy.stats.kendalltau(k["x"], k["y"]))
+    if r is not None:
+        b.checks["kendall.n1000"] = [float(r.statistic), float(r.pvalue)]
+
+
+def measure_bm25(b, work):
+    import numpy as np
+    import rank_bm25
+
+    if not b.wanted_any(["bm25.build", "bm25.query"]):
+        return
+    data = json.load(open(work / "bm25_corpus.json"))
+    docs, queries = data["docs"], data["queries"]
+    index = b.time("bm25.build", len(docs), "documents", lambda: rank_bm25.BM25Okapi(docs, k1=1.2, b=0.75))
+
+    def query_all():
+        return [np.argsort(-index.get_scores(q), kind="stable")[:5].tolist() for q in queries]
+
+    tops = b.time("bm25.query", len(queries), "queries", query_all)
+    if tops is not None:
+        b.checks["bm25.top5"] = tops
+
+
+def autocast(kind):
+    import contextlib
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if kind == "bf16" else contextlib.nullcontext()
+
+
+def measure_encoders(b, work, models, rust_checks):
+    import torch
+
+    minilm = models / "all-MiniLM-L6-v2"
+    if b.wanted_any(["minilm.embed64.f32", "minilm.embed64.bf16"]):
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(minilm), device="cpu")
+        texts = [f"Sentence number {i} talks about the river that runs through the old city near the station." for i in range(64)]
+        for kind in ("f32", "bf16"):
+            def enc():
+                with torch.no_grad(), autocast(kind):
+                    return st.encode(texts, batch_size=64, convert_to_tensor=True)
+            e = b.time(f"minilm.embed64.{kind}", 64, "sentences", enc)
+            if e is not None:
+                b.checks[f"minilm.embed64.{kind}"] = e[0, :8].float().tolist()
+    if b.wanted("bertscore.pairs"):
+        from bert_score import BERTScorer
+
+        pairs = read_jsonl(work / "bertscore_pairs.jsonl")
+        cands, refs = [r["candidate"] for r in pairs], [r["reference"] for r in pairs]
+        layer = int(rust_checks["bertscore.layer"])  # the registry's layer, as the Rust side used
+        scorer = BERTScorer(model_type=str(minilm), num_layers=layer, batch_size=64)
+        res = b.time("bertscore.pairs", len(cands), "pairs", lambda: scorer.score(cands, refs))
+        if res is not None:
+            b.checks["bertscore.pairs"] = float(res[2].mean())
+            b.checks["bertscore.layer"] = layer
+
+
+def measure_decoding(b, models, threads):
+    import torch
+    import transformers as tf
+
+    gdir = models / "SmolLM2-135M-Instruct-Q4_1"
+    if b.wanted_any(["decode.b1.f32", "decode.b16.f32"]):
+        tok = tf.AutoTokenizer.from_pretrained(gdir, gguf_file=GGUF)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        lm = tf.AutoModelForCausalLM.from_pretrained(gdir, gguf_file=GGUF, dtype=torch.float32).eval()
+        for batch in (1, 16):
+            key = f"decode.b{batch}.f32"
+            if not b.wanted(key):
+                continue
+            enc = tok([DECODE_PROMPT] * batch, return_tensors="pt")
+
+            @torch.no_grad()
+            def gen():
+                return lm.generate(**enc, max_new_tokens=DECODE_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
+
+            out = gen()
+            new = out[:, enc["input_ids"].shape[1]:]
+            produced = int((new != tok.pad_token_id).sum())
+            out = b.time(key, produced, "tokens", gen)
+            if out is not None:
+                b.checks[key] = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    if b.wanted("decode.b1.llamacpp"):
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(gdir / GGUF), n_threads=threads, n_threads_batch=threads,
+                              n_ctx=512, verbose=False)
+        produced = {}
+
+        def gen():
+            llm.reset()  # no prompt reuse between runs: every run pays its prefill, as ours does
+            r = llm.create_completion(DECODE_PROMPT, max_tokens=DECODE_TOKENS, temperature=0.0)
+            produced["n"] = r["usage"]["completion_tokens"]
+            return r["choices"][0]["text"]
+
+        gen()
+        text = b.time("decode.b1.llamacpp", produced["n"], "tokens", gen)
+        b.checks["decode.b1.llamacpp"] = text
+        b.checks["llama_cpp_version"] = llama_cpp.__version__
+
+
+def measure_training(b, work, models):
+    import torch
+    import transformers as tf
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in ("bert2bert", "smollm2"):
+        if not b.wanted_any([f"train.{name}.f32", f"train.{name}.bf16"]):
+            continue
+        batch = json.load(open(work / f"train_{name}.json"))
+        ids = torch.tensor(batch["input_ids"])
+        labels = torch.tensor(batch["labels"])
+        mask = torch.ones_like(ids)
+        tokens = ids.numel() + (0 if name == "smollm2" else labels.numel())
+        for kind in ("f32", "bf16"):
+            key = f"train.{name}.{kind}"
+            if not b.wanted(key):
+                continue
+            torch.manual_seed(0)
+            if name == "smollm2":
+                model = tf.AutoModelForCausalLM.from_pretrained(models / "SmolLM2-135M-Instruct-Q4_1", gguf_file=GGUF, dtype=torch.float32)
+            else:
+                minilm = str(models / "all-MiniLM-L6-v2")
+                model = tf.EncoderDecoderModel.from_encoder_decoder_pretrained(minilm, minilm)
+                t = tf.AutoTokenizer.from_pretrained(minilm)
+                model.config.decoder_start_token_id = t.cls_token_id
+                model.config.pad_token_id = t.pad_token_id
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+            losses = []
+
+            def step():
+                with autocast(kind):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses.append(float(loss))
+
+            if kind == "f32":
+                # The step's arithmetic, counted once (matmuls and attention, forward + backward).
+                with FlopCounterMode(display=False) as fc:
+                    with autocast(kind):
+                        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                    loss.backward()
+                model.zero_grad()
+                b.checks[f"train.{name}.gflop"] = fc.get_total_flops() / 1e9
+            b.time(key, tokens, "tokens", step)
+            b.checks[key] = losses
+
+
+def measure_roofs(b):
+    import torch
+
+    for kind, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+        x, y = torch.randn(ROOF_N, ROOF_N).to(dtype), torch.randn(ROOF_N, ROOF_N).to(dtype)
+        b.time(f"roof.matmul{ROOF_N}.{kind}", 2 * ROOF_N**3 / 1e9, "GFLOP", lambda: x @ y)
+
+
+def measure_gemv(b):
+    """Batch-1 decoding is matrix-vector products over every weight: libtorch's kernels for the
+    precisions a tch model could store its weights in, at SmolLM2's MLP and LM-head shapes."""
+    import torch
+    import torch.nn.functional as F
+
+    for rows, cols, name in ((1536, 576, "mlp"), (49152, 576, "lm_head")):
+        w, x = torch.randn(rows, cols), torch.randn(1, cols)
+        mb = rows * cols / 1e6  # million weights: MB at one byte each
+        scale = w.abs().amax(1) / 127
+        w8 = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        g = 32
+        wg = w.view(rows, -1, g)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        sc = ((hi - lo) / 15).clamp(min=1e-6)
+        q = torch.round((wg - lo[..., None]) / sc[..., None]).clamp(0, 15).to(torch.int32).view(rows, -1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        zeros = torch.stack([sc.t(), (lo + sc * 8).t()], -1).contiguous()
+        wb, xb = w.bfloat16(), x.bfloat16()
+        kernels = {
+            "f32": (4, lambda: F.linear(x, w)),
+            "bf16": (2, lambda: F.linear(xb, wb)),
+            "int8": (1, lambda: torch.ops.aten._weight_int8pack_mm(x, w8, scale)),
+            "int4": (0.5, lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, g, zeros)),
+        }
+        for kind, (bytes_per, fn) in kernels.items():
+            def many(fn=fn):
+                for _ in range(20):
+                    fn()
+            b.time(f"gemv.{name}.{kind}", 20 * mb * bytes_per / 1e3, "GB", many)
+
+
+SACRE = r"""
+import json, sys
+from sacrebleu.metrics import CHRF
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(CHRF(word_order=2).corpus_score([r["prediction"] for r in rows], [[r["references"][0] for r in rows]]).score)
+"""
+
+
+def measure_commands(b, work, p2m, runs):
+    """chrF++ as whole commands: process start to exit, imports and file reading included."""
+    if not b.wanted_any(["command.chrf.p2m", "command.chrf.sacrebleu"]):
+        return
+    pairs = str(work / "paragraph_pairs.jsonl")
+    out = {}
+    for key, cmd in (("command.chrf.p2m", [p2m, "score", "-p", pairs, "-m", "chrf++", "--json"]),
+                     ("command.chrf.sacrebleu", [sys.executable, "-c", SACRE, pairs])):
+        def run():
+            return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out[key] = b.time(key, 1, "commands", run)
+    b.checks["command.chrf"] = [json.loads(out["command.chrf.p2m"])["scores"][0]["value"], float(out["command.chrf.sacrebleu"])]
+    start = time.perf_counter()
+    subprocess.run([p2m, "--version"], check=True, capture_output=True)
+    b.checks["command.p2m_startup_s"] = time.perf_counter() - start
+
+
+def versions():
+    from importlib.metadata import version, PackageNotFoundError
+
+    out = {}
+    for pkg in ("torch", "transformers", "sentence-transformers", "bert-score", "sacrebleu", "scipy", "rank-bm25", "llama-cpp-python"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def measure(a):
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    work = pathlib.Path(a.work)
+    models = pathlib.Path(a.cache) / "models"
+    b = Bench(1 if a.quick else 3, a.only)
+    measure_metrics(b, work)
+    measure_bm25(b, work)
+    measure_commands(b, work, a.p2m, b.iters)
+    rust_checks = json.load(open(a.rust))["checks"] if a.rust else {}
+    measure_encoders(b, work, models, rust_checks)
+    measure_decoding(b, models, threads)
+    measure_training(b, work, models)
+    measure_roofs(b)
+    measure_gemv(b)
+    out = {"side": "reference", "conditions": {"threads": torch.get_num_threads(), "versions": versions(),
+                                                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": b.iters},
+           "rows": b.rows, "checks": b.checks}
+    tmp = pathlib.Path(a.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.rename(a.out)
+
+
+# ------------------------------------------------------------------------------------------------
+# table
+# ------------------------------------------------------------------------------------------------
+
+# (work, our measurement, the reference measurement, goal as a minimum ratio or None). The ratio is
+# our rate over the reference's (work per second), so > 1 means we are faster; with the same work
+# on both sides it is the reference's time over ours.
+COMPARISONS = [
+    ("chrF++, 10,570 SQuAD paragraph pairs, in process", "chrf.corpus", "chrf.corpus", None),
+    ("chrF++, the same, whole command incl. start-up (p2m score vs python + sacrebleu)", "command.chrf.p2m", "command.chrf.sacrebleu", 30.0),
+    ("exact match (SQuAD normalisation), 10,570 pairs", "em.corpus", "em.corpus", None),
+    ("Kendall's τ-b + p-value, n = 1,000 with ties (scipy)", "kendall.n1000", "kendall.n1000", None),
+    ("BM25 index build, 11,320 cards, pre-analysed (rank_bm25)", "bm25.build", "bm25.build", None),
+    ("BM25 query: score all cards + top 5, 3 paper instructions (rank_bm25)", "bm25.query", "bm25.query", 50.0),
+    ("MiniLM embeddings, 64 sentences, f32 (sentence-transformers)", "minilm.embed64.f32", "minilm.embed64.f32", None),
+    ("MiniLM embeddings, 64 sentences, bf16 (vs sentence-transformers f32)", "minilm.embed64.bf16", "minilm.embed64.f32", None),
+    ("BERTScore F1, 512 question pairs, MiniLM (bert_score)", "bertscore.pairs", "bertscore.pairs", None),
+    ("SmolLM2 greedy 128 tokens, batch 1, f32 (transformers f32)", "decode.b1.f32", "decode.b1.f32", None),
+    ("SmolLM2 greedy 128 tokens, batch 1, f32 (llama.cpp Q4_1)", "decode.b1.f32", "decode.b1.llamacpp", 0.67),
+    ("SmolLM2 greedy 128 tokens, batch 1, bf16 weights (llama.cpp Q4_1)", "decode.b1.bf16", "decode.b1.llamacpp", 0.67),
+    ("SmolLM2 greedy, batch 16, f32 (transformers f32)", "decode.b16.f32", "decode.b16.f32", None),
+    ("SmolLM2 greedy, batch 16, f32: tokens/s vs llama.cpp batch 1", "decode.b16.f32", "decode.b1.llamacpp", 1.0),
+    ("SmolLM2 greedy, batch 16, bf16 weights: tokens/s vs llama.cpp batch 1", "decode.b16.bf16", "decode.b1.llamacpp", 1.0),
+    ("train step SmolLM2-135M, 4 × 344 tokens, f32 (transformers + AdamW f32)", "train.smollm2.f32", "train.smollm2.f32", 1.5),
+    ("train step SmolLM2-135M, bf16 autocast (transformers + AdamW f32)", "train.smollm2.bf16", "train.smollm2.f32", 1.5),
+    ("train step SmolLM2-135M, bf16 autocast (transformers bf16 autocast)", "train.smollm2.bf16", "train.smollm2.bf16", 1.0),
+    ("train step BERT2BERT MiniLM, 8 × 256 → 16, f32 (transformers + AdamW f32)", "train.bert2bert.f32", "train.bert2bert.f32", 1.5),
+    ("train step BERT2BERT MiniLM, bf16 autocast (transformers + AdamW f32)", "train.bert2bert.bf16", "train.bert2bert.f32", 1.5),
+    ("train step BERT2BERT MiniLM, bf16 autocast (transformers bf16 autocast)", "train.bert2bert.bf16", "train.bert2bert.bf16", 1.0),
+    (f"matmul {ROOF_N}³ f32 (torch), the fp32 roof", f"roof.matmul{ROOF_N}.f32", f"roof.matmul{ROOF_N}.f32", None),
+    (f"matmul {ROOF_N}³ bf16 (torch), the bf16 roof", f"roof.matmul{ROOF_N}.bf16", f"roof.matmul{ROOF_N}.bf16", None),
+]
+
+
+def fmt_time(row):
+    s = row["seconds"]
+    t = f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+    if row["unit"] in ("tokens", "sentences", "pairs", "GFLOP"):
+        rate = row["work"] / s
+        unit = "GFLOP" if row["unit"] == "GFLOP" else row["unit"]
+        t += f" ({rate:,.0f} {unit}/s)" if rate >= 100 else f" ({rate:.1f} {unit}/s)"
+    return t
+
+
+def agreement(ours, ref):
+    """The values both sides computed, compared (what makes the timings the same work)."""
+    lines = []
+
+    def close(key, tol):
+        if key in ours and key in ref:
+            x, y = ours[key], ref[key]
+            xs, ys = (x, y) if isinstance(x, list) else ([x], [y])
+            ok = all(abs(p - q) <= tol * max(1.0, abs(q)) for p, q in zip(xs, ys))
+            lines.append(f"{key}: ours {x if not isinstance(x, float) else round(x, 6)} vs reference "
+                         f"{y if not isinstance(y, float) else round(y, 6)}: {'agree' if ok else 'DIFFER'}")
+    close("chrf.corpus", 1e-9)
+    close("em.corpus", 1e-9)
+    close("kendall.n1000", 1e-9)
+    close("bertscore.pairs", 1e-4)
+    close("minilm.embed64.f32", 1e-4)
+    if "command.chrf" in ref:
+        p, s = ref["command.chrf"]
+        lines.append(f"command.chrf: p2m score {p:.4f} vs sacrebleu {s:.4f}: {'agree' if abs(p - s) < 1e-6 else 'DIFFER'}")
+    if "bm25.top5" in ours and "bm25.top5" in ref:
+        lines.append(f"bm25.top5: {'identical' if ours['bm25.top5'] == ref['bm25.top5'] else 'DIFFER'}")
+    for kind in ("f32", "bf16"):
+        if f"decode.b1.{kind}" in ours and "decode.b1.f32" in ref:
+            same = ours[f"decode.b1.{kind}"].strip() == ref["decode.b1.f32"].strip()
+            lines.append(f"decode.b1.{kind}: greedy text {'identical to' if same else 'differs from'} transformers f32's")
+    for name in ("smollm2", "bert2bert"):
+        for kind in ("f32", "bf16"):
+            key = f"train.{name}.{kind}"
+            if key in ours and key in ref:
+                lines.append(f"{key}: first-step loss ours {ours[key][0]:.4f}, transformers {ref[key][0]:.4f}")
+    return lines
+
+
+def table(a):
+    ours, ref = json.load(open(a.rust)), json.load(open(a.python))
+    by = lambda d: {r["id"]: r for r in d["rows"]}
+    o, r = by(ours), by(ref)
+    # Whole-command rows are measured by the Python side for both programs.
+    for k in ("command.chrf.p2m",):
+        if k in r:
+            o[k] = r[k]
+    load = open("/proc/loadavg").read().split()[:3]
+    v = ref["conditions"]["versions"]
+    out = [f"side_by_side.sh, {datetime.date.today().isoformat()}: {os.cpu_count()} cores, "
+           f"{ours['conditions']['threads']} intra-op thread(s) on both sides, load average {' '.join(load)} at the end, "
+           f"median of {ours['conditions']['runs']} run(s) after a warm-up; prompt2model-rs {ours['conditions']['commit'][:12]} "
+           f"(libtorch {ours['conditions']['libtorch']}); " + ", ".join(f"{k} {x}" for k, x in v.items() if x) +
+           f"; CPU capability {ref['conditions']['cpu_capability']}", "",
+           "| work (reference) | prompt2model-rs | reference | ratio | goal |", "|---|---|---|---:|---|"]
+    for label, ok, rk, goal in COMPARISONS:
+        if ok not in o or rk not in r:
+            continue
+        ratio = (o[ok]["work"] / o[ok]["seconds"]) / (r[rk]["work"] / r[rk]["seconds"])
+        g = "" if goal is None else (f"≥ {goal:g}× " + ("met" if ratio >= goal else "**not met**"))
+        out.append(f"| {label} | {fmt_time(o[ok])} | {fmt_time(r[rk])} | {ratio:.2f}× | {g} |")
+    roofs = {k: o[f"roof.matmul{ROOF_N}.{k}"]["work"] / o[f"roof.matmul{ROOF_N}.{k}"]["seconds"]
+             for k in ("f32", "bf16") if f"roof.matmul{ROOF_N}.{k}" in o}
+    lines = []
+    for name in ("smollm2", "bert2bert"):
+        gflop = ref["checks"].get(f"train.{name}.gflop")
+        for kind in ("f32", "bf16"):
+            key = f"train.{name}.{kind}"
+            if gflop and key in o and kind in roofs:
+                achieved = gflop / o[key]["seconds"]
+                lines.append(f"- {key}: {gflop:,.0f} GFLOP per step (torch's FlopCounterMode) in {o[key]['seconds']:.2f} s "
+                             f"= {achieved:,.0f} GFLOP/s = {100 * achieved / roofs[kind]:.0f} % of the {kind} matmul roof ({roofs[kind]:,.0f} GFLOP/s)")
+    if lines:
+        out += ["", "Fraction of the matmul roof reached by our training steps:", ""] + lines
+    gemv = [row for row in ref["rows"] if row["id"].startswith("gemv.")]
+    if gemv:
+        out += ["", "Batch-1 decoding kernels in libtorch (torch, one weight matrix times one vector; "
+                "GB/s = the weight's bytes in that precision over the time):", ""]
+        out += [f"- {row['id']}: {row['seconds'] / 20 * 1e6:,.0f} µs per product, {row['work'] / row['seconds']:.1f} GB/s" for row in gemv]
+    out += ["", "Same work on both sides (values each computed):", ""] + [f"- {l}" for l in agreement(ours["checks"], ref["checks"])]
+    text = "\n".join(out) + "\n"
+    print(text)
+    if a.markdown:
+        pathlib.Path(a.markdown).write_text(text)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default=".cache")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    models = pathlib.Path(args.cache) / "models"
-    minilm = models / "all-MiniLM-L6-v2"
-    gguf_dir = models / "SmolLM2-135M-Instruct-Q4_1"
-    out = {"torch": torch.__version__, "transformers": tf.__version__, "threads": torch.get_num_threads()}
-
-    # Encoder: mean pooling + L2 normalisation, as sentence-transformers' all-MiniLM-L6-v2 pipeline.
-    tok = tf.AutoTokenizer.from_pretrained(minilm)
-    enc = tf.AutoModel.from_pretrained(minilm).eval()
-    texts = sentences(64)
-
-    @torch.no_grad()
-    def embed():
-        b = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        h = enc(**b).last_hidden_state
-        m = b["attention_mask"].unsqueeze(-1).float()
-        e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(e, dim=-1)
-
-    s = timeit(embed)
-    out["encoder/minilm_embed_64_sentences"] = {"s_per_iter": s, "sentences_per_s": 64 / s}
-
-    # Generation: the same GGUF, dequantised by transformers, greedy, 32 new tokens, left padding.
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    gtok = tf.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf)
-    gtok.padding_side = "left"
-    if gtok.pad_token is None:
-        gtok.pad_token = gtok.eos_token
-    lm = tf.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf, torch_dtype=torch.float32).eval()
-    for batch in (1, 16):
-        prompts = [f"Once upon a time, in a village number {i}, there lived" for i in range(batch)]
-        b = gtok(prompts, return_tensors="pt", padding=True)
-        produced = {}
-
-        @torch.no_grad()
-        def gen():
-            o = lm.generate(**b, max_new_tokens=32, do_sample=False, pad_token_id=gtok.pad_token_id)
-            new = o[:, b["input_ids"].shape[1]:]
-            produced["n"] = int((new != gtok.pad_token_id).sum())
-
-        s = timeit(gen, iters=3)
-        out[f"smollm2_generation/greedy_32_tokens_batch_{batch}"] = {"s_per_iter": s, "tokens_per_s": produced["n"] / s}
-
-    # Training: one AdamW step of BERT2BERT warm-started from MiniLM, batch 8, 64 source / 16 target tokens.
-    torch.manual_seed(0)
-    model = tf.EncoderDecoderModel.from_encoder_decoder_pretrained(str(minilm), str(minilm))
-    model.config.decoder_start_token_id = tok.cls_token_id
-    model.config.pad_token_id = tok.pad_token_id
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    vocab = model.config.decoder.vocab_size
-    # The HF Trainer's step: clip the gradient norm at 1.0, then AdamW (as the Rust trainer does).
-    for src_len in (64, 256):
-        ids = torch.randint(1000, vocab, (8, src_len))
-        labels = torch.randint(1000, vocab, (8, 16))
-
-        def step():
-            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-
-        s = timeit(step, iters=3)
-        out[f"training/bert2bert_adamw_step_batch8_src{src_len}_tgt16"] = {"s_per_iter": s, "examples_per_s": 8 / s}
-
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    s = timeit(lambda: a @ b, warmup=2, iters=20)
-    out["roof/matmul_f32_1024"] = {"s_per_iter": s, "gflops": 2 * n**3 / s / 1e9}
-    print(json.dumps(out, indent=2))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--work", required=True)
+    p.add_argument("--mirror", default=os.environ.get("P2M_MIRROR", str(ROOT.parent / "shared" / "mirror")))
+    m = sub.add_parser("measure")
+    m.add_argument("--work", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--cache", default=os.environ.get("P2M_CACHE", str(ROOT / ".cache")))
+    m.add_argument("--p2m", default=str(ROOT / "target" / "release" / "p2m"))
+    m.add_argument("--rust", help="the Rust side's JSON (for the BERTScore layer it used)")
+    m.add_argument("--quick", action="store_true")
+    m.add_argument("--only")
+    t = sub.add_parser("table")
+    t.add_argument("rust")
+    t.add_argument("python")
+    t.add_argument("--markdown")
+    a = ap.parse_args()
+    {"prepare": prepare, "measure": measure, "table": table}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ use anyhow::Context;
 use polars::prelude::{Column, DataFrame};
 
 use crate::data::loaders::{string_column, INPUT, PREDICTION};
+use crate::models::precision::{self, Precision};
 use crate::models::sampling::SamplingConfig;
 use crate::trainer::{model_input, Student};
 
@@ -22,6 +23,10 @@ pub struct ExecutorConfig {
     pub max_source_len: usize,
     /// The task id put in front of the instruction (the reference predicts as task 0).
     pub task_id: u32,
+    /// `bf16`: the student's linear layers multiply in bf16 while predicting (weights cast once;
+    /// see [`crate::models::precision`]). Left out of the file when f32.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for ExecutorConfig {
@@ -32,6 +37,7 @@ impl Default for ExecutorConfig {
             batch_size: 16,
             max_source_len: 512,
             task_id: 0,
+            precision: Precision::F32,
         }
     }
 }
@@ -56,8 +62,9 @@ pub fn predict_frame(
         .context("the test set needs an `input` column (common schema)")?;
     let sources: Vec<String> =
         inputs.iter().map(|i| model_input(cfg.task_id, instruction, i)).collect();
-    let predictions =
-        student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)?;
+    let predictions = precision::autocast(cfg.precision, || {
+        student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)
+    })?;
     let mut out = frame.clone();
     if out.column(PREDICTION).is_ok() {
         out = out.drop(PREDICTION)?;

@@ -152,6 +152,59 @@ fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
     assert_eq!(prompt2model::data::loaders::string_column(&again, "prediction").unwrap(), preds);
 }
 
+/// bf16 (CPU autocast's rule) learns the toy task as f32 does, and the executor predicts in bf16
+/// too; the two runs really differ (the precision took effect), and an f32 config's file has no
+/// `precision` field (earlier configs and fingerprints unchanged).
+#[test]
+fn a_tiny_student_learns_the_toy_task_in_bf16_as_in_f32() {
+    use prompt2model::models::precision::Precision;
+    let mut finals = Vec::new();
+    let mut first_steps = Vec::new();
+    for precision in Precision::ALL {
+        let out = tempfile::tempdir().unwrap();
+        let mut student = Student::build(&tiny(), &registry(), Device::Cpu, 7).unwrap();
+        let cfg = TrainConfig { epochs: 30, learning_rate: 1e-2, precision, ..small_config() };
+        let mut trainer = Trainer::new(cfg, &mut student, out.path());
+        trainer.progress = false;
+        let summary = trainer.train(&toy_pairs(24), &toy_pairs(6)).unwrap();
+        let first = summary.epochs.first().unwrap().train_loss;
+        let last = summary.epochs.last().unwrap().train_loss;
+        assert!(last < 0.5 * first, "{precision}: training loss {first} → {last}");
+        finals.push(last);
+        first_steps.push(summary.steps[0].loss);
+        let frame = prompt2model::data::loaders::common_frame(
+            vec!["a".into(), "b".into()],
+            vec!["the blue car number 99".into(), "the red car number 98".into()],
+            &[vec!["blue".into()], vec!["red".into()]],
+            None,
+        )
+        .unwrap();
+        let cfg = prompt2model::executor::ExecutorConfig {
+            max_new_tokens: 4,
+            max_source_len: 32,
+            precision,
+            ..Default::default()
+        };
+        let predicted =
+            prompt2model::executor::predict_frame(&student, "Name the colour.", &frame, &cfg)
+                .unwrap();
+        let preds = prompt2model::data::loaders::string_column(&predicted, "prediction").unwrap();
+        assert_eq!(preds, ["blue", "red"], "{precision}");
+    }
+    assert_ne!(first_steps[0], first_steps[1], "bf16 changes the arithmetic");
+    assert!(
+        (first_steps[0] - first_steps[1]).abs() < 0.02 * first_steps[0],
+        "first-step losses f32 {} vs bf16 {}",
+        first_steps[0],
+        first_steps[1]
+    );
+    let f32_toml = toml::to_string(&TrainConfig::default()).unwrap();
+    assert!(!f32_toml.lines().any(|l| l.starts_with("precision")), "{f32_toml}");
+    let bf16 = TrainConfig { precision: Precision::Bf16, ..TrainConfig::default() };
+    assert!(toml::to_string(&bf16).unwrap().contains("precision = \"bf16\""));
+    eprintln!("final training losses f32 {} bf16 {}", finals[0], finals[1]);
+}
+
 fn student_from(dir: &Path) -> Student {
     Student::from_dir(dir, Device::Cpu).unwrap()
 }

@@ -254,7 +254,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        super::precision::linear(x, &self.weight, Some(&self.bias))
     }
 }
 

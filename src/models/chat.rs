@@ -589,6 +589,12 @@ impl ChatModel {
         &self.model
     }
 
+    /// The precision the weights are stored and multiplied in (see
+    /// [`crate::models::precision`]); f32 by default, bf16 halves the bytes each token reads.
+    pub fn set_precision(&mut self, precision: crate::models::precision::Precision) {
+        self.model.set_inference_precision(precision);
+    }
+
     pub fn tokenizer(&self) -> &GgufTokenizer {
         &self.tokenizer
     }

@@ -680,6 +680,6 @@ impl Seq2SeqModel for Bert2Bert {
             );
         }
         let h = self.head.norm.forward(&self.head.act.apply(&self.head.dense.forward(&x)));
-        h.linear(&self.decoder.embeddings.word, Some(&self.head.bias))
+        super::precision::linear(&h, &self.decoder.embeddings.word, Some(&self.head.bias))
     }
 }

@@ -23,6 +23,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::gguf::{reverse_rope_permutation, GgufFile};
+use super::precision::{linear, Precision};
 use super::sampling::{apply_repetition_penalty, select, SamplingConfig};
 use crate::util::rng::SplitMix64;
 
@@ -468,6 +469,52 @@ impl Llama {
         self.device
     }
 
+    /// Stores the weight matrices (embeddings, projections, LM head) in `precision` for inference:
+    /// bf16 halves the bytes every decoded token reads. Norms and the activations stay f32 (see
+    /// [`super::precision`]). Not for a model that is being trained (its weights are the f32
+    /// masters the optimizer updates; train with [`super::precision::autocast`] instead).
+    pub fn set_inference_precision(&mut self, precision: Precision) {
+        let tied = self.lm_head.data_ptr() == self.embed_tokens.data_ptr();
+        self.embed_tokens = precision.cast_for_inference(&self.embed_tokens);
+        self.lm_head = if tied {
+            self.embed_tokens.shallow_clone()
+        } else {
+            precision.cast_for_inference(&self.lm_head)
+        };
+        for l in &mut self.layers {
+            for w in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ] {
+                *w = precision.cast_for_inference(w);
+            }
+        }
+    }
+
+    /// The weights' storage precision (see [`Llama::set_inference_precision`]).
+    pub fn inference_precision(&self) -> Precision {
+        if self.embed_tokens.kind() == Kind::BFloat16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Token embeddings in f32 whatever the storage kind (the residual stream is f32).
+    fn embed(&self, input_ids: &Tensor) -> Tensor {
+        let x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        if x.kind() == Kind::Float {
+            x
+        } else {
+            x.to_kind(Kind::Float)
+        }
+    }
+
     /// transformers' `LlamaRMSNorm` in f32.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
@@ -488,9 +535,9 @@ impl Llama {
         let (nh, kvh, hd) =
             (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let h = self.rms_norm(x, &layer.input_layernorm);
-        let q = h.linear::<Tensor>(&layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
-        let k = h.linear::<Tensor>(&layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
-        let v = h.linear::<Tensor>(&layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+        let q = linear(&h, &layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
+        let k = linear(&h, &layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+        let v = linear(&h, &layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
         let q = &q * cos + rotate_half(&q) * sin;
         let k = &k * cos + rotate_half(&k) * sin;
         (q, k, v)
@@ -499,9 +546,8 @@ impl Llama {
     /// The MLP half of a layer with its residual: `x + down(silu(gate(n(x))) · up(n(x)))`.
     fn feed_forward(&self, layer: &Layer, x: Tensor) -> Tensor {
         let h = self.rms_norm(&x, &layer.post_attention_layernorm);
-        let mlp = (h.linear::<Tensor>(&layer.gate_proj, None).silu()
-            * h.linear::<Tensor>(&layer.up_proj, None))
-        .linear::<Tensor>(&layer.down_proj, None);
+        let gated = linear(&h, &layer.gate_proj, None).silu() * linear(&h, &layer.up_proj, None);
+        let mlp = linear(&gated, &layer.down_proj, None);
         x + mlp
     }
 
@@ -578,7 +624,7 @@ impl Llama {
             );
         }
 
-        let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
+        let mut x = self.embed(&input_ids);
         for (l, layer) in self.layers.iter().enumerate() {
             let residual = x.shallow_clone();
             let (q, k, v) = self.rotated_qkv(layer, &x, &cos, &sin);
@@ -607,12 +653,12 @@ impl Llama {
                 Some(m) => grouped_attention(&q, &keys, &values, m, n_rep, scale),
             };
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = self.feed_forward(layer, residual + attn.linear::<Tensor>(&layer.o_proj, None));
+            x = self.feed_forward(layer, residual + linear(&attn, &layer.o_proj, None));
         }
         cache.len = total;
         let x = if last_only { x.select(1, t - 1) } else { x };
         let x = self.rms_norm(&x, &self.norm);
-        Ok(x.linear::<Tensor>(&self.lm_head, None))
+        Ok(linear(&x, &self.lm_head, None))
     }
 
     /// Every weight under its transformers (`LlamaForCausalLM`) name; a tied LM head is the
@@ -713,7 +759,7 @@ impl Llama {
         let (cos, sin) = self.rotary(&positions);
         let bool_mask = visible_keys(&mask, 0);
         let scale = (hd as f64).powf(-0.5);
-        let mut x = Tensor::embedding(&self.embed_tokens, &input_ids, -1, false, false);
+        let mut x = self.embed(&input_ids);
         for layer in &self.layers {
             let residual = x.shallow_clone();
             let (q, k, v) = self.rotated_qkv(layer, &x, &cos, &sin);
@@ -729,9 +775,9 @@ impl Llama {
                 false,
             );
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = self.feed_forward(layer, residual + attn.linear::<Tensor>(&layer.o_proj, None));
+            x = self.feed_forward(layer, residual + linear(&attn, &layer.o_proj, None));
         }
-        self.rms_norm(&x, &self.norm).linear::<Tensor>(&self.lm_head, None)
+        linear(&self.rms_norm(&x, &self.norm), &self.lm_head, None)
     }
 
     /// Logits `[seq, vocab]` at every position of one unpadded sequence.

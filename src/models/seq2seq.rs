@@ -426,8 +426,9 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// In the precision [`super::precision::linear`] picks (f32 unless autocast or bf16 weights).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        super::precision::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 

@@ -23,6 +23,7 @@ use super::{
     Usage,
 };
 use crate::models::chat::{ChatModel, Completion, JsonRequest};
+use crate::models::precision::Precision;
 use crate::models::sampling::SamplingConfig;
 
 /// Completion tokens per choice when a request sets no `max_tokens`, and the most a request may
@@ -50,22 +51,33 @@ pub struct LocalTeacher {
 }
 
 impl LocalTeacher {
-    /// Load a GGUF chat model; `name` goes into cache keys and reports.
-    pub fn load(gguf: &Path, name: &str, max_calls: Option<u64>) -> anyhow::Result<Self> {
-        let model = ChatModel::load(gguf, crate::models::default_device())?;
+    /// Load a GGUF chat model with its weights in `precision`; `name` goes into cache keys and
+    /// reports (with `+bf16` appended for bf16 weights, whose answers differ from f32's).
+    pub fn load(
+        gguf: &Path,
+        name: &str,
+        max_calls: Option<u64>,
+        precision: Precision,
+    ) -> anyhow::Result<Self> {
+        let mut model = ChatModel::load(gguf, crate::models::default_device())?;
+        model.set_precision(precision);
+        let name = match precision {
+            Precision::F32 => name.to_string(),
+            p => format!("{name}+{p}"),
+        };
         Ok(LocalTeacher {
             model: Arc::new(Mutex::new(model)),
             queue: Default::default(),
-            name: name.to_string(),
+            name,
             accounting: Accounting::new(Pricing::FREE, max_calls),
         })
     }
 
     /// The registry's offline default teacher (SmolLM2-135M-Instruct, GGUF Q4_1).
-    pub fn offline_default(max_calls: Option<u64>) -> anyhow::Result<Self> {
+    pub fn offline_default(max_calls: Option<u64>, precision: Precision) -> anyhow::Result<Self> {
         let registry = crate::models::registry::ModelRegistry::from_env()?;
         let path = registry.resolve_main_file(DEFAULT_TEACHER)?;
-        Self::load(&path, DEFAULT_TEACHER, max_calls)
+        Self::load(&path, DEFAULT_TEACHER, max_calls, precision)
     }
 }
 

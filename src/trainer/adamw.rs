@@ -132,19 +132,23 @@ impl AdamW {
                     let _ = var.g_mul_scalar_(1.0 - lr * p.weight_decay);
                 }
                 // In place wherever libtorch allows: the step is memory-bound (each pass reads and
-                // writes every parameter), so every avoided temporary is a pass saved.
+                // writes every parameter), so every avoided pass counts. Eighteen passes over the
+                // parameters' size, as PyTorch's single-tensor AdamW; the same arithmetic up to
+                // rounding (the parity test holds it to torch's trajectory).
                 let m = &mut self.exp_avg[i];
                 let _ = m.lerp_(&grad, 1.0 - p.beta1);
+                // v ← β₂·v + (1 − β₂)·g², as a lerp towards g².
                 let v = &mut self.exp_avg_sq[i];
-                let _ = v.g_mul_scalar_(p.beta2);
-                let _ = v.addcmul_(&(&grad * (1.0 - p.beta2)), &grad);
-                let mut denom = v.sqrt();
-                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
-                let _ = denom.g_add_scalar_(p.eps);
-                // p ← p − step_size · (m / denom): PyTorch's addcdiv_ with value −step_size.
-                let mut update = &*m / &denom;
-                let _ = update.g_mul_scalar_(step_size);
-                let _ = var.g_sub_(&update);
+                let _ = v.lerp_(&grad.square(), 1.0 - p.beta2);
+                // p ← p − step_size · m / (√v / √bc₂ + ε), as p + m / d with
+                // d = −(√v / √bc₂ + ε) / step_size (tch's addcdiv_ has no scale argument).
+                // A zero learning rate (a warm-up's first step) leaves the weights as they are.
+                if step_size != 0.0 {
+                    let mut d = v.sqrt();
+                    let _ = d.g_mul_scalar_(-1.0 / (step_size * bias_correction2_sqrt));
+                    let _ = d.g_add_scalar_(-p.eps / step_size);
+                    let _ = var.addcdiv_(&*m, &d);
+                }
             }
         });
     }

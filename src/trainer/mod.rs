@@ -27,6 +27,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::models::precision::{self, Precision};
 use crate::models::seq2seq::IGNORE_INDEX;
 use crate::util::fs::{read_json, write_json};
 use crate::util::rng::SplitMix64;
@@ -95,6 +96,12 @@ pub struct TrainConfig {
     /// CUDA default, fp16, and there is no loss scaling: off by default; the non-finite-loss stop
     /// guards a run that underflows.
     pub mixed_precision: bool,
+    /// The precision of the linear layers' matmuls on any device: `bf16` is CPU autocast's rule
+    /// (bf16 matmuls on the f32 master weights, f32 elsewhere; see
+    /// [`crate::models::precision`]). Left out of the file when f32, so earlier configs and their
+    /// fingerprints are unchanged.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// Stop after this many optimizer steps in total (a budget for small scales; `None`: all epochs).
     pub max_steps: Option<u64>,
 }
@@ -118,6 +125,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             early_stopping_patience: None,
             mixed_precision: false,
+            precision: Precision::F32,
             max_steps: None,
         }
     }
@@ -468,11 +476,13 @@ impl<'a> Trainer<'a> {
                     tch::manual_seed(mix_seed(cfg.seed, state.optimizer_step, offset as u64) as i64);
                     let items: Vec<&Encoded> = batch_idx.iter().map(|&i| &train_enc[i]).collect();
                     let batch = self.student.collate(&items);
-                    let loss = if use_autocast {
-                        tch::autocast(true, || self.student.loss(&batch, true))
-                    } else {
-                        self.student.loss(&batch, true)
-                    };
+                    let loss = precision::autocast(cfg.precision, || {
+                        if use_autocast {
+                            tch::autocast(true, || self.student.loss(&batch, true))
+                        } else {
+                            self.student.loss(&batch, true)
+                        }
+                    });
                     let loss_value = loss.double_value(&[]);
                     if !loss_value.is_finite() {
                         bar.abandon();

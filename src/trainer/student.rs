@@ -386,17 +386,18 @@ impl Student {
                 m.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, train)
             }
             StudentModel::Decoder(m) => {
-                // Position t predicts token t + 1 (transformers' causal-LM loss).
+                // Position t predicts token t + 1 (transformers' causal-LM loss): the labels move
+                // one to the left and the last position predicts nothing, so the logits (the
+                // largest tensor of the step) are used as they are instead of copied shorter.
                 let logits = m.forward_train(&batch.input_ids, &batch.attention_mask);
                 let (b, t, v) = logits.size3().expect("[batch, seq, vocab]");
-                let shifted =
-                    logits.narrow(1, 0, t - 1).to_kind(Kind::Float).reshape([b * (t - 1), v]);
-                let targets = batch
-                    .labels
-                    .narrow(1, 1, t - 1)
-                    .reshape([b * (t - 1)])
-                    .to_device(shifted.device());
-                shifted.cross_entropy_loss::<Tensor>(
+                let logits = logits.to_kind(Kind::Float).reshape([b * t, v]);
+                let nothing =
+                    Tensor::full([b, 1], IGNORE_INDEX, (Kind::Int64, batch.labels.device()));
+                let targets = Tensor::cat(&[batch.labels.narrow(1, 1, t - 1), nothing], 1)
+                    .reshape([b * t])
+                    .to_device(logits.device());
+                logits.cross_entropy_loss::<Tensor>(
                     &targets,
                     None,
                     Reduction::Mean,

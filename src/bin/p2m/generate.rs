@@ -207,6 +207,10 @@ pub struct ChatArgs {
     pub top_p: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `bf16` stores the weight matrices in bf16 (half the bytes read per token; outputs may
+    /// differ slightly from f32's, the default).
+    #[arg(long, default_value = "f32")]
+    pub precision: prompt2model::models::precision::Precision,
 }
 
 /// One chat completion from the offline teacher model.
@@ -214,7 +218,8 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     use prompt2model::models::chat::{ChatMessage, ChatModel};
     let registry = prompt2model::models::registry::ModelRegistry::from_env()?;
     let path = registry.resolve_main_file(prompt2model::teacher::local::DEFAULT_TEACHER)?;
-    let model = ChatModel::load(&path, prompt2model::models::default_device())?;
+    let mut model = ChatModel::load(&path, prompt2model::models::default_device())?;
+    model.set_precision(args.precision);
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(ChatMessage::system(s.clone()));

@@ -54,6 +54,10 @@ pub struct TrainArgs {
     pub max_source_len: Option<usize>,
     #[arg(long)]
     pub max_target_len: Option<usize>,
+    /// `bf16`: the linear layers multiply in bf16 on the f32 master weights (CPU autocast's rule;
+    /// ~2× faster steps on CPUs with AVX-512 BF16); `f32` (default): everything in f32.
+    #[arg(long)]
+    pub precision: Option<prompt2model::models::precision::Precision>,
     /// Run on the CPU even when a GPU is visible.
     #[arg(long)]
     pub cpu: bool,
@@ -120,6 +124,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     set!(seed, args.seed);
     set!(max_source_len, args.max_source_len);
     set!(max_target_len, args.max_target_len);
+    set!(precision, args.precision);
     if args.max_steps.is_some() {
         cfg.max_steps = args.max_steps;
     }

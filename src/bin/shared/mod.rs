@@ -100,6 +100,10 @@ pub struct TeacherArgs {
     /// --slots or 5).
     #[arg(long)]
     pub no_discover: bool,
+    /// The local teacher's weights: `f32` (default) or `bf16` (faster batched generation on CPUs
+    /// with AVX-512 BF16; slightly different answers, cached separately).
+    #[arg(long, default_value = "f32")]
+    pub local_precision: prompt2model::models::precision::Precision,
 }
 
 /// The name clap parses `value` from, so a child process parses exactly what was given.
@@ -155,6 +159,7 @@ impl TeacherArgs {
             slots: self.slots,
             response_format: self.response_format.into(),
             discover: !self.no_discover,
+            local_precision: self.local_precision,
         })
     }
 
@@ -182,6 +187,9 @@ impl TeacherArgs {
         a.extend(["--response-format".to_string(), value_name(&self.response_format)]);
         if self.no_discover {
             a.push("--no-discover".into());
+        }
+        if !self.local_precision.is_f32() {
+            a.extend(["--local-precision".to_string(), self.local_precision.to_string()]);
         }
         a
     }
