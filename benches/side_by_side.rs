@@ -28,7 +28,7 @@ use prompt2model::models::chat::ChatModel;
 use prompt2model::models::precision::{self, Precision};
 use prompt2model::models::registry::ModelRegistry;
 use prompt2model::models::sampling::SamplingConfig;
-use prompt2model::retrieval::bm25::{Bm25Index, Bm25Params};
+use prompt2model::retrieval::bm25::{Bm25Index, Bm25Params, Idf};
 use prompt2model::retrieval::text::Analyzer;
 use prompt2model::trainer::adamw::{AdamW, AdamWParams};
 use prompt2model::trainer::{Student, StudentSpec, TrainingBatch};
@@ -46,17 +46,17 @@ const ROOF_N: i64 = 2048;
 struct Args {
     /// Shared inputs (written by `side_by_side.py prepare`).
     #[arg(long)]
-    work: PathBuf,
+    work: Option<PathBuf>,
     /// Where to write the measurements (JSON).
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// One timed run per measurement instead of three.
     #[arg(long)]
     quick: bool,
     /// Only measurements whose id contains one of these (comma-separated).
     #[arg(long)]
     only: Option<String>,
-    /// cargo passes `--bench` to every bench binary.
+    /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs the binary without it.
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -170,7 +170,8 @@ fn bm25(b: &mut Bench, work: &Path) -> Result<()> {
     let index = b
         .time("bm25.build", docs.len() as f64, "documents", || Bm25Index::build(&docs))
         .expect("wanted");
-    let p = Bm25Params::default();
+    // rank_bm25's BM25Okapi: Okapi idf with negative values floored at 0.25 × the mean idf.
+    let p = Bm25Params { idf: Idf::OkapiEpsilon(0.25), ..Bm25Params::default() };
     let tops = b.time("bm25.query", queries.len() as f64, "queries", || {
         queries.iter().map(|q| index.top_k(q, &p, 5, |_| true)).collect::<Vec<_>>()
     });
@@ -317,19 +318,42 @@ fn training(b: &mut Bench, models: &ModelRegistry, work: &Path) -> Result<()> {
     Ok(())
 }
 
-fn roofs(b: &mut Bench) {
+fn roofs(b: &mut Bench, n: i64) {
     for p in Precision::ALL {
-        let id = format!("roof.matmul{ROOF_N}.{p}");
-        let a = Tensor::randn([ROOF_N, ROOF_N], (Kind::Float, Device::Cpu)).to_kind(p.kind());
-        let c = Tensor::randn([ROOF_N, ROOF_N], (Kind::Float, Device::Cpu)).to_kind(p.kind());
-        let flops = 2.0 * (ROOF_N as f64).powi(3);
+        let id = format!("roof.matmul{n}.{p}");
+        let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(p.kind());
+        let c = Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(p.kind());
+        let flops = 2.0 * (n as f64).powi(3);
         b.time(&id, flops / 1e9, "GFLOP", || a.matmul(&c));
     }
 }
 
+/// Under `cargo test --all-targets` (no `--bench`, no inputs): time the two roofs on small
+/// matrices, so the timing and JSON code paths run; the comparisons need the script's inputs.
+fn test_mode() -> Result<()> {
+    let mut b = Bench { iters: 1, only: None, rows: Vec::new(), checks: Default::default() };
+    roofs(&mut b, 64);
+    anyhow::ensure!(b.rows.len() == 2, "two roof rows, got {}", b.rows.len());
+    for row in &b.rows {
+        let seconds = row["seconds"].as_f64().unwrap_or(f64::NAN);
+        anyhow::ensure!(seconds.is_finite() && seconds > 0.0, "{row}: no time measured");
+    }
+    eprintln!(
+        "side_by_side: test mode passed; run the comparisons with `bash benches/side_by_side.sh`"
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
-    std::fs::create_dir_all(&args.work)?;
+    let (Some(work), Some(out_path)) = (args.work, args.out) else {
+        anyhow::ensure!(
+            !args.bench,
+            "side_by_side needs --work DIR --out FILE: run it through `bash benches/side_by_side.sh`"
+        );
+        return test_mode();
+    };
+    std::fs::create_dir_all(&work)?;
     let mut b = Bench {
         iters: if args.quick { 1 } else { 3 },
         only: args.only,
@@ -337,12 +361,12 @@ fn main() -> Result<()> {
         checks: Default::default(),
     };
     let models = ModelRegistry::from_env()?;
-    metrics(&mut b, &args.work)?;
-    bm25(&mut b, &args.work)?;
-    encoders(&mut b, &models, &args.work)?;
+    metrics(&mut b, &work)?;
+    bm25(&mut b, &work)?;
+    encoders(&mut b, &models, &work)?;
     decoding(&mut b, &models)?;
-    training(&mut b, &models, &args.work)?;
-    roofs(&mut b);
+    training(&mut b, &models, &work)?;
+    roofs(&mut b, ROOF_N);
     let out = json!({
         "side": "prompt2model-rs",
         "conditions": {
@@ -355,7 +379,7 @@ fn main() -> Result<()> {
         "checks": b.checks,
     });
     prompt2model::util::fs::write_atomic(
-        &args.out,
+        &out_path,
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
     Ok(())

@@ -85,6 +85,17 @@ fn toy_pairs(n: usize) -> Vec<TextPair> {
     trainer::apply_template(0, "Name the colour.", &rows)
 }
 
+/// Two toy inputs the training data never had (car numbers 98 and 99), as a test frame.
+fn unseen_colours() -> polars::prelude::DataFrame {
+    prompt2model::data::loaders::common_frame(
+        vec!["a".into(), "b".into()],
+        vec!["the blue car number 99".into(), "the red car number 98".into()],
+        &[vec!["blue".into()], vec!["red".into()]],
+        None,
+    )
+    .unwrap()
+}
+
 fn small_config() -> TrainConfig {
     TrainConfig {
         epochs: 3,
@@ -124,13 +135,7 @@ fn a_tiny_student_learns_the_toy_task_and_the_executor_predicts() {
         assert!(out.path().join("final").join(f).exists(), "final/{f}");
     }
     let reloaded = Student::from_dir(&out.path().join("final"), Device::Cpu).unwrap();
-    let frame = prompt2model::data::loaders::common_frame(
-        vec!["a".into(), "b".into()],
-        vec!["the blue car number 99".into(), "the red car number 98".into()],
-        &[vec!["blue".into()], vec!["red".into()]],
-        None,
-    )
-    .unwrap();
+    let frame = unseen_colours();
     let cfg = prompt2model::executor::ExecutorConfig {
         max_new_tokens: 4,
         max_source_len: 32,
@@ -172,13 +177,7 @@ fn a_tiny_student_learns_the_toy_task_in_bf16_as_in_f32() {
         assert!(last < 0.5 * first, "{precision}: training loss {first} → {last}");
         finals.push(last);
         first_steps.push(summary.steps[0].loss);
-        let frame = prompt2model::data::loaders::common_frame(
-            vec!["a".into(), "b".into()],
-            vec!["the blue car number 99".into(), "the red car number 98".into()],
-            &[vec!["blue".into()], vec!["red".into()]],
-            None,
-        )
-        .unwrap();
+        let frame = unseen_colours();
         let cfg = prompt2model::executor::ExecutorConfig {
             max_new_tokens: 4,
             max_source_len: 32,
