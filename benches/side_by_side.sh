@@ -7,7 +7,7 @@
 #   bash benches/side_by_side.sh [--quick] [--only SUBSTRING]
 #
 # First use installs the Python side into <cache>/bench-venv (benches/requirements.txt: torch
-# 2.11.0 as setup uses, ~4 GB with its CUDA libraries, a few minutes) and llama-cpp-python (the
+# 2.11.0 as setup uses, ~5.4 GB with its CUDA libraries, a few minutes) and llama-cpp-python (the
 # wheel scripts/llama-server.sh builds and keeps: ~4 minutes once). Environment: THREADS (intra-op
 # threads on both sides, default 1: on a shared 2-core machine more threads wait on each other),
 # P2M_CACHE (default .cache). Output: the table on stdout and in target/side_by_side/table.md,
@@ -21,7 +21,8 @@ out=$root/target/side_by_side
 work=$out/inputs
 say() { echo "side_by_side: $*" >&2; }
 
-stamp=$venv/.installed-$(sha256sum benches/requirements.txt | cut -c1-16)
+# The stamp hashes the requirements themselves (comments may change without a reinstall).
+stamp=$venv/.installed-$(grep -v '^#' benches/requirements.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   say "installing the reference side into $venv (once)"
   rm -rf "$venv"

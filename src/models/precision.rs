@@ -1,11 +1,13 @@
 //! Reduced-precision linear layers on any device: bf16 matmuls with f32 everywhere else.
 //!
 //! Why this exists: the CPUs this project runs on have AVX-512 BF16, where libtorch's bf16 matmul
-//! runs ~4× faster than f32 (`benches/side_by_side.sh`, the roof rows), and batch-1 decoding reads
-//! every weight once per token, so weights stored in bf16 halve the bytes per token. PyTorch gets
-//! the first with `torch.autocast("cpu", dtype=torch.bfloat16)`; tch 0.24 exposes only libtorch's
-//! CUDA autocast switch (fp16, no dtype), so the models route their linear layers through
-//! [`linear`], which follows the same rule for the op that carries almost all of their FLOPs:
+//! runs about twice as fast as f32 (202 vs 93 GFLOP/s on one core, `benches/side_by_side.sh`'s
+//! roof rows), and decoding reads every weight once per step, so weights stored in bf16 halve the
+//! bytes per step (batched decoding gains 1.5×; at batch 1 libtorch's bf16 matrix-vector kernel is
+//! slower per byte than f32's and gains little). PyTorch gets the first with
+//! `torch.autocast("cpu", dtype=torch.bfloat16)`; tch 0.24 exposes only libtorch's CUDA autocast
+//! switch (fp16, no dtype), so the models route their linear layers through [`linear`], which
+//! follows the same rule for the op that carries almost all of their FLOPs:
 //!
 //! - inside [`autocast`] with [`Precision::Bf16`] (training): the input, weight and bias are cast
 //!   to bf16 for the matmul (the f32 weights stay the optimizer's master copy; gradients flow back

@@ -111,7 +111,7 @@ pub struct TeacherSettings {
     pub response_format: ResponseFormat,
     /// Ask each server what it is and how many slots it has before the first request.
     pub discover: bool,
-    /// The local teacher's weights: f32, or bf16 (1.6× the tokens/s in batched rounds on CPUs
+    /// The local teacher's weights: f32, or bf16 (about 1.5× the tokens/s in batched rounds on CPUs
     /// with AVX-512 BF16; different answers, so a different cache key). Left out of the file when
     /// f32, so earlier settings and their fingerprints are unchanged.
     #[serde(skip_serializing_if = "crate::models::precision::Precision::is_f32")]
