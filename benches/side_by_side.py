@@ -337,7 +337,7 @@ print(CHRF(word_order=2).corpus_score([r["prediction"] for r in rows], [[r["refe
 """
 
 
-def measure_commands(b, work, p2m, runs):
+def measure_commands(b, work, p2m):
     """chrF++ as whole commands: process start to exit, imports and file reading included."""
     if not b.wanted_any(["command.chrf.p2m", "command.chrf.sacrebleu"]):
         return
@@ -376,7 +376,7 @@ def measure(a):
     b = Bench(1 if a.quick else 3, a.only)
     measure_metrics(b, work)
     measure_bm25(b, work)
-    measure_commands(b, work, a.p2m, b.iters)
+    measure_commands(b, work, a.p2m)
     rust_checks = json.load(open(a.rust))["checks"] if a.rust else {}
     measure_encoders(b, work, models, rust_checks)
     measure_decoding(b, models, threads)

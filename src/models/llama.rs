@@ -496,15 +496,6 @@ impl Llama {
         }
     }
 
-    /// The weights' storage precision (see [`Llama::set_inference_precision`]).
-    pub fn inference_precision(&self) -> Precision {
-        if self.embed_tokens.kind() == Kind::BFloat16 {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        }
-    }
-
     /// Token embeddings in f32 whatever the storage kind (the residual stream is f32).
     fn embed(&self, input_ids: &Tensor) -> Tensor {
         let x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
