@@ -66,6 +66,11 @@ def prepare(a):
     # Training batches: SmolLM2 (causal LM, labels = inputs) 4 x 344; BERT2BERT 8 x 256 -> 16.
     ids = rng.randint(1000, 40000, (4, 344))
     json.dump({"input_ids": ids.tolist(), "labels": ids.tolist()}, open(work / "train_smollm2.json", "w"))
+    # The same tokens as instruction tuning trains on them (the laptop Table 2's shape): a 320-token
+    # prompt labelled -100, then 24 target tokens.
+    sft = ids.copy()
+    sft[:, :320] = -100
+    json.dump({"input_ids": ids.tolist(), "labels": sft.tolist()}, open(work / "train_smollm2sft.json", "w"))
     json.dump({"input_ids": rng.randint(1000, 30000, (8, 256)).tolist(),
                "labels": rng.randint(1000, 30000, (8, 16)).tolist()}, open(work / "train_bert2bert.json", "w"))
     print(f"side_by_side: inputs in {work} ({len(ctx)} paragraph pairs)", file=sys.stderr)
@@ -243,20 +248,20 @@ def measure_training(b, work, models):
     import transformers as tf
     from torch.utils.flop_counter import FlopCounterMode
 
-    for name in ("bert2bert", "smollm2"):
+    for name in ("bert2bert", "smollm2", "smollm2sft"):
         if not b.wanted_any([f"train.{name}.f32", f"train.{name}.bf16"]):
             continue
         batch = json.load(open(work / f"train_{name}.json"))
         ids = torch.tensor(batch["input_ids"])
         labels = torch.tensor(batch["labels"])
         mask = torch.ones_like(ids)
-        tokens = ids.numel() + (0 if name == "smollm2" else labels.numel())
+        tokens = ids.numel() + (0 if name.startswith("smollm2") else labels.numel())
         for kind in ("f32", "bf16"):
             key = f"train.{name}.{kind}"
             if not b.wanted(key):
                 continue
             torch.manual_seed(0)
-            if name == "smollm2":
+            if name.startswith("smollm2"):
                 model = tf.AutoModelForCausalLM.from_pretrained(models / "SmolLM2-135M-Instruct-Q4_1", gguf_file=GGUF, dtype=torch.float32)
             else:
                 minilm = str(models / "all-MiniLM-L6-v2")
@@ -277,7 +282,7 @@ def measure_training(b, work, models):
                 opt.step()
                 losses.append(float(loss))
 
-            if kind == "f32":
+            if kind == "f32" and name != "smollm2sft":
                 # The step's arithmetic, counted once (matmuls and attention, forward + backward).
                 with FlopCounterMode(display=False) as fc:
                     with autocast(kind):
@@ -417,6 +422,9 @@ COMPARISONS = [
     ("train step SmolLM2-135M, 4 × 344 tokens, f32 (transformers + AdamW f32)", "train.smollm2.f32", "train.smollm2.f32", 1.5),
     ("train step SmolLM2-135M, bf16 autocast (transformers + AdamW f32)", "train.smollm2.bf16", "train.smollm2.f32", 1.5),
     ("train step SmolLM2-135M, bf16 autocast (transformers bf16 autocast)", "train.smollm2.bf16", "train.smollm2.bf16", 1.0),
+    ("train step SmolLM2-135M, 4 × (320 prompt + 24 target tokens), loss on the targets, f32 (transformers + AdamW f32)", "train.smollm2sft.f32", "train.smollm2sft.f32", 1.5),
+    ("train step SmolLM2-135M, the same, bf16 autocast (transformers + AdamW f32)", "train.smollm2sft.bf16", "train.smollm2sft.f32", 1.5),
+    ("train step SmolLM2-135M, the same, bf16 autocast (transformers bf16 autocast)", "train.smollm2sft.bf16", "train.smollm2sft.bf16", 1.0),
     ("train step BERT2BERT MiniLM, 8 × 256 → 16, f32 (transformers + AdamW f32)", "train.bert2bert.f32", "train.bert2bert.f32", 1.5),
     ("train step BERT2BERT MiniLM, bf16 autocast (transformers + AdamW f32)", "train.bert2bert.bf16", "train.bert2bert.f32", 1.5),
     ("train step BERT2BERT MiniLM, bf16 autocast (transformers bf16 autocast)", "train.bert2bert.bf16", "train.bert2bert.bf16", 1.0),
@@ -460,7 +468,7 @@ def agreement(ours, ref):
         if f"decode.b1.{kind}" in ours and "decode.b1.f32" in ref:
             same = ours[f"decode.b1.{kind}"].strip() == ref["decode.b1.f32"].strip()
             lines.append(f"decode.b1.{kind}: greedy text {'identical to' if same else 'differs from'} transformers f32's")
-    for name in ("smollm2", "bert2bert"):
+    for name in ("smollm2", "smollm2sft", "bert2bert"):
         for kind in ("f32", "bf16"):
             key = f"train.{name}.{kind}"
             if key in ours and key in ref:

@@ -278,7 +278,7 @@ fn training_batch(work: &Path, name: &str) -> Result<TrainingBatch> {
     let input_ids = matrix("input_ids")?;
     let labels = matrix("labels")?;
     let (rows, len) = input_ids.size2()?;
-    let tokens = rows * len + if name == "smollm2" { 0 } else { labels.numel() as i64 };
+    let tokens = rows * len + if name.starts_with("smollm2") { 0 } else { labels.numel() as i64 };
     Ok(TrainingBatch {
         attention_mask: Tensor::ones([rows, len], (Kind::Int64, Device::Cpu)),
         input_ids,
@@ -292,6 +292,8 @@ fn training(b: &mut Bench, models: &ModelRegistry, work: &Path) -> Result<()> {
     let students = [
         ("bert2bert", StudentSpec::default()),
         ("smollm2", StudentSpec::Decoder { model: SMOLLM2.into() }),
+        // The same tokens with the prompt labelled −100 (instruction tuning, as the trainer does).
+        ("smollm2sft", StudentSpec::Decoder { model: SMOLLM2.into() }),
     ];
     for (name, spec) in students {
         if !b.wanted_any(Precision::ALL.map(|p| format!("train.{name}.{p}"))) {

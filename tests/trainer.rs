@@ -478,3 +478,63 @@ fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
         .unwrap();
     assert_eq!(preds.len(), 1);
 }
+
+#[test]
+fn the_decoder_loss_applies_the_lm_head_at_the_targets_only_with_the_full_logits_loss_value() {
+    // What transformers computes: cross-entropy over the full `[batch, seq, vocab]` logits with the
+    // labels shifted left; the student's loss runs the head at the labelled positions only.
+    let student = Student::build(
+        &StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() },
+        &registry(),
+        Device::Cpu,
+        1,
+    )
+    .unwrap();
+    let rows = vec![
+        ("Where is Paris? Paris is in France.".to_string(), "France".to_string()),
+        ("Who wrote Hamlet?".to_string(), "Shakespeare wrote it".to_string()),
+    ];
+    let data = trainer::apply_template(0, "Answer the question.", &rows);
+    let enc = student.encode_pairs(&data, 64, 8).unwrap();
+    let batch = student.collate(&[&enc[0], &enc[1]]);
+    let prompt2model::trainer::student::StudentModel::Decoder(m) = &student.model else {
+        panic!("a decoder student")
+    };
+    let full_logits_loss = || {
+        let logits = m.forward_train(&batch.input_ids, &batch.attention_mask);
+        let (b, t, v) = logits.size3().unwrap();
+        let targets = Tensor::cat(
+            &[
+                batch.labels.narrow(1, 1, t - 1),
+                Tensor::full([b, 1], -100, (Kind::Int64, Device::Cpu)),
+            ],
+            1,
+        );
+        logits.view([b * t, v]).cross_entropy_loss::<Tensor>(
+            &targets.view([b * t]),
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        )
+    };
+    let mut head =
+        m.named_parameters().into_iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1;
+    let mut grad_of = |loss: Tensor| {
+        head.zero_grad();
+        loss.backward();
+        head.grad().copy()
+    };
+    let expected = full_logits_loss();
+    let ours = student.loss(&batch, true);
+    let (e, o) = (expected.double_value(&[]), ours.double_value(&[]));
+    assert!(e.is_finite() && (e - o).abs() < 1e-5, "loss {o} vs full logits {e}");
+    let ge = grad_of(expected);
+    let go = grad_of(ours);
+    let scale = ge.abs().max().double_value(&[]);
+    let diff = (ge - go).abs().max().double_value(&[]);
+    assert!(
+        scale > 0.0 && diff < 1e-4 * scale,
+        "embedding/head gradient: max |Δ| {diff} of {scale}"
+    );
+}

@@ -739,6 +739,20 @@ impl Llama {
     /// Returns logits `[batch, seq, vocab]`. The same computation as [`Llama::forward`] without the
     /// cache (which is written in place and so cannot carry gradients).
     pub fn forward_train(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        self.lm_head_logits(&self.hidden_states_train(input_ids, attention_mask))
+    }
+
+    /// The LM head: logits `[.., vocab]` of final hidden states `[.., hidden]` (the output of
+    /// [`Llama::hidden_states_train`]).
+    pub fn lm_head_logits(&self, hidden: &Tensor) -> Tensor {
+        linear(hidden, &self.lm_head, None)
+    }
+
+    /// [`Llama::forward_train`] up to the LM head: the final-normed hidden states
+    /// `[batch, seq, hidden]`. The trainer applies the head only where a label is, since the
+    /// vocabulary-wide logits are the largest tensor of a step and an instruction-tuning loss
+    /// covers a few target tokens after a long prompt.
+    pub fn hidden_states_train(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let c = &self.config;
         let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
         let (nh, kvh, hd) =
@@ -768,7 +782,7 @@ impl Llama {
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
             x = self.feed_forward(layer, residual + linear(&attn, &layer.o_proj, None));
         }
-        linear(&self.rms_norm(&x, &self.norm), &self.lm_head, None)
+        self.rms_norm(&x, &self.norm)
     }
 
     /// Logits `[seq, vocab]` at every position of one unpadded sequence.

@@ -387,18 +387,24 @@ impl Student {
             }
             StudentModel::Decoder(m) => {
                 // Position t predicts token t + 1 (transformers' causal-LM loss): the labels move
-                // one to the left and the last position predicts nothing, so the logits (the
-                // largest tensor of the step) are used as they are instead of copied shorter.
-                let logits = m.forward_train(&batch.input_ids, &batch.attention_mask);
-                let (b, t, v) = logits.size3().expect("[batch, seq, vocab]");
-                let logits = logits.to_kind(Kind::Float).reshape([b * t, v]);
+                // one to the left and the last position predicts nothing. The LM head runs only at
+                // the positions that have a target: the same mean over the same terms as
+                // transformers' full-logits loss, without the `[batch, seq, vocab]` logits (the
+                // largest tensor of a step: 270 MB in f32 at 4 × 344 tokens) when the prompt is
+                // masked, as in instruction tuning (24 targets after a 320-token prompt).
+                let hidden = m.hidden_states_train(&batch.input_ids, &batch.attention_mask);
+                let (b, t, h) = hidden.size3().expect("[batch, seq, hidden]");
                 let nothing =
                     Tensor::full([b, 1], IGNORE_INDEX, (Kind::Int64, batch.labels.device()));
                 let targets = Tensor::cat(&[batch.labels.narrow(1, 1, t - 1), nothing], 1)
                     .reshape([b * t])
-                    .to_device(logits.device());
+                    .to_device(hidden.device());
+                let kept = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+                let logits = m
+                    .lm_head_logits(&hidden.reshape([b * t, h]).index_select(0, &kept))
+                    .to_kind(Kind::Float);
                 logits.cross_entropy_loss::<Tensor>(
-                    &targets,
+                    &targets.index_select(0, &kept),
                     None,
                     Reduction::Mean,
                     IGNORE_INDEX,
