@@ -31,7 +31,9 @@ fn main() {
 /// The commit the binary was built from (`-dirty` when tracked files differed), so a manifest
 /// names the code even where the binary runs outside its checkout (a GPU machine, a cluster node).
 fn record_build_commit() {
-    for f in [".git/HEAD", ".git/index"] {
+    // The sources the binaries are built from, too: an edit that is not yet staged leaves
+    // `.git/index` as it was, and the binary must still say `-dirty`.
+    for f in [".git/HEAD", ".git/index", "src", "experiments"] {
         if std::path::Path::new(f).exists() {
             println!("cargo:rerun-if-changed={f}");
         }
