@@ -416,9 +416,11 @@ COMPARISONS = [
     ("SmolLM2 greedy 128 tokens, batch 1, f32 (transformers f32)", "decode.b1.f32", "decode.b1.f32", None),
     ("SmolLM2 greedy 128 tokens, batch 1, f32 (llama.cpp Q4_1)", "decode.b1.f32", "decode.b1.llamacpp", 0.67),
     ("SmolLM2 greedy 128 tokens, batch 1, bf16 weights (llama.cpp Q4_1)", "decode.b1.bf16", "decode.b1.llamacpp", 0.67),
+    ("SmolLM2 greedy 128 tokens, batch 1, llama.cpp engine in process (llama.cpp Q4_1)", "decode.b1.llama-cpp", "decode.b1.llamacpp", 0.67),
     ("SmolLM2 greedy, batch 16, f32 (transformers f32)", "decode.b16.f32", "decode.b16.f32", None),
     ("SmolLM2 greedy, batch 16, f32: tokens/s vs llama.cpp batch 1", "decode.b16.f32", "decode.b1.llamacpp", 1.0),
     ("SmolLM2 greedy, batch 16, bf16 weights: tokens/s vs llama.cpp batch 1", "decode.b16.bf16", "decode.b1.llamacpp", 1.0),
+    ("SmolLM2 greedy, batch 16, llama.cpp engine in process: tokens/s vs llama.cpp batch 1", "decode.b16.llama-cpp", "decode.b1.llamacpp", 1.0),
     ("train step SmolLM2-135M, 4 × 344 tokens, f32 (transformers + AdamW f32)", "train.smollm2.f32", "train.smollm2.f32", 1.5),
     ("train step SmolLM2-135M, bf16 autocast (transformers + AdamW f32)", "train.smollm2.bf16", "train.smollm2.f32", 1.5),
     ("train step SmolLM2-135M, bf16 autocast (transformers bf16 autocast)", "train.smollm2.bf16", "train.smollm2.bf16", 1.0),
@@ -464,6 +466,9 @@ def agreement(ours, ref):
         lines.append(f"command.chrf: p2m score {p:.4f} vs sacrebleu {s:.4f}: {'agree' if abs(p - s) < 1e-6 else 'DIFFER'}")
     if "bm25.top5" in ours and "bm25.top5" in ref:
         lines.append(f"bm25.top5: {'identical' if ours['bm25.top5'] == ref['bm25.top5'] else 'DIFFER'}")
+    if "decode.b1.llama-cpp" in ours and "decode.b1.llamacpp" in ref:
+        same = ours["decode.b1.llama-cpp"].strip() == ref["decode.b1.llamacpp"].strip()
+        lines.append(f"decode.b1.llama-cpp: greedy text {'identical to' if same else 'differs from'} llama-cpp-python's")
     for kind in ("f32", "bf16"):
         if f"decode.b1.{kind}" in ours and "decode.b1.f32" in ref:
             same = ours[f"decode.b1.{kind}"].strip() == ref["decode.b1.f32"].strip()

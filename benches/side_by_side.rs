@@ -24,7 +24,7 @@ use prompt2model::evaluator::exact_match::{corpus_exact_match, EmNormalization};
 use prompt2model::evaluator::kendall::kendall_tau_b;
 use prompt2model::model_retriever::{read_usable_cards, IndexSource};
 use prompt2model::models::bert::BertEncoder;
-use prompt2model::models::chat::ChatModel;
+use prompt2model::models::chat::{ChatModel, DecodingEngine};
 use prompt2model::models::precision::{self, Precision};
 use prompt2model::models::registry::ModelRegistry;
 use prompt2model::models::sampling::SamplingConfig;
@@ -221,17 +221,23 @@ fn encoders(b: &mut Bench, models: &ModelRegistry, work: &Path) -> Result<()> {
 }
 
 fn decoding(b: &mut Bench, models: &ModelRegistry) -> Result<()> {
-    let ids = Precision::ALL.map(|p| [format!("decode.b1.{p}"), format!("decode.b16.{p}")]);
-    if !b.wanted_any(ids.iter().flatten()) {
+    // The tch engine in each precision, then llama.cpp in process (`llama-cpp`).
+    let setups = ["f32", "bf16", "llama-cpp"];
+    if !b.wanted_any(
+        setups.iter().flat_map(|s| [format!("decode.b1.{s}"), format!("decode.b16.{s}")]),
+    ) {
         return Ok(());
     }
     let path = models.resolve_file(SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let cfg = SamplingConfig::greedy(DECODE_TOKENS);
-    for p in Precision::ALL {
+    for setup in setups {
         let mut model = ChatModel::load(&path, Device::Cpu)?;
-        model.set_precision(p);
+        match setup {
+            "llama-cpp" => model.set_engine(DecodingEngine::LlamaCpp)?,
+            p => model.set_precision(p.parse().map_err(anyhow::Error::msg)?),
+        }
         for batch in [1usize, 16] {
-            let id = format!("decode.b{batch}.{p}");
+            let id = format!("decode.b{batch}.{setup}");
             if !b.wanted(&id) {
                 continue;
             }

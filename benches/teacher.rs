@@ -197,7 +197,7 @@ async fn main() {
     let local = if quick || std::env::args().any(|a| a == "--no-local") {
         serde_json::Value::Null
     } else {
-        let teacher = LocalTeacher::offline_default(None, Default::default())
+        let teacher = LocalTeacher::offline_default(None, Default::default(), Default::default())
             .expect("SmolLM2 (run scripts/setup.sh)");
         let req = ChatRequest::user(
             "Write one example of a question about geography and its answer.",

@@ -5,6 +5,7 @@
 #
 #   bash scripts/llama-server.sh install            # idempotent: venv <cache>/llama-cpp-venv
 #   bash scripts/llama-server.sh gguf               # print the GGUF's path (fetched if missing)
+#   bash scripts/llama-server.sh python             # install, then print the venv's python
 #   bash scripts/llama-server.sh serve PORT [ARGS]  # serve it as model `smollm2` on 127.0.0.1:PORT
 #
 # The first install compiles llama.cpp (about 4 minutes on 2 cores, longer while other builds
@@ -55,6 +56,7 @@ gguf() {
 
 case "${1:-}" in
   install) install ;;
+  python) install; echo "$venv/bin/python" ;;
   gguf) gguf ;;
   serve)
     port=${2:?usage: llama-server.sh serve PORT [extra server args]}
@@ -65,5 +67,5 @@ case "${1:-}" in
       --n_threads "${LLAMA_THREADS:-1}" --n_ctx "${LLAMA_CTX:-8192}" \
       --host 127.0.0.1 --port "$port" "$@"
     ;;
-  *) echo "usage: $0 install | gguf | serve PORT [extra server args]" >&2; exit 2 ;;
+  *) echo "usage: $0 install | python | gguf | serve PORT [extra server args]" >&2; exit 2 ;;
 esac

@@ -17,7 +17,8 @@ done
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
 # --- system packages -----------------------------------------------------------------------------
-apt_packages=(fonts-dejavu-core pkg-config git ca-certificates python3-venv)
+# cmake and libclang-dev build llama.cpp into the binaries (the default `llama-cpp` feature).
+apt_packages=(fonts-dejavu-core pkg-config git ca-certificates python3-venv cmake libclang-dev g++)
 # The tests also drive a real browser (tests/serve.rs: chromium, headless) and a single-node Slurm
 # cluster (tests/live_tables.rs: slurm-wlm and munge).
 [ "$want_python" = 1 ] && apt_packages+=(chromium slurm-wlm munge)

@@ -398,9 +398,12 @@ async fn hyde_with_an_openai_compatible_server() {
 #[tokio::test]
 async fn hyde_with_the_local_teacher() {
     // SmolLM2-135M, greedy; a short card keeps the test fast on CPU.
-    let teacher =
-        prompt2model::teacher::local::LocalTeacher::offline_default(None, Default::default())
-            .unwrap();
+    let teacher = prompt2model::teacher::local::LocalTeacher::offline_default(
+        None,
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let card =
         mr::hyde_query_with(&teacher, "Translate English news into German.", 24).await.unwrap();
     assert!(!card.trim().is_empty());

@@ -12,6 +12,8 @@ mod bertscore;
 mod cli;
 mod dataset_generator;
 mod live_tables;
+#[cfg(feature = "llama-cpp")]
+mod llama_cpp;
 mod loaders;
 mod metrics_differential;
 mod models_bert;

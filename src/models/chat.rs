@@ -527,9 +527,57 @@ pub struct JsonRequest {
 /// Token budget of one value in structured (JSON-field) generation.
 pub const MAX_JSON_FIELD_TOKENS: usize = 64;
 
+/// Which library runs a [`ChatModel`]'s forward passes when it generates. Tokenisation, the chat
+/// template and sampling are ours either way (see [`crate::models::llama_cpp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecodingEngine {
+    /// tch: the weights dequantised to f32 (or bf16, [`ChatModel::set_precision`]); fastest for
+    /// batches (a generator round, an executor batch), and what the parity tests check.
+    #[default]
+    Libtorch,
+    /// llama.cpp in process, on the GGUF's quantised blocks: about 3× the tch engine at batch 1
+    /// (`benches/README.md`). Needs the `llama-cpp` cargo feature (on by default).
+    LlamaCpp,
+}
+
+impl DecodingEngine {
+    pub fn is_libtorch(&self) -> bool {
+        *self == DecodingEngine::Libtorch
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodingEngine::Libtorch => "libtorch",
+            DecodingEngine::LlamaCpp => "llama-cpp",
+        }
+    }
+}
+
+impl std::fmt::Display for DecodingEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DecodingEngine {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "libtorch" | "tch" | "torch" => Ok(DecodingEngine::Libtorch),
+            "llama-cpp" | "llama.cpp" | "llamacpp" => Ok(DecodingEngine::LlamaCpp),
+            other => bail!("unknown decoding engine `{other}`: use `libtorch` or `llama-cpp`"),
+        }
+    }
+}
+
 /// A llama-family chat model loaded from one GGUF file.
 pub struct ChatModel {
     model: Llama,
+    path: std::path::PathBuf,
+    /// Set by [`ChatModel::set_engine`]: generation runs on llama.cpp instead of `model`.
+    #[cfg(feature = "llama-cpp")]
+    llama_cpp: Option<super::llama_cpp::LlamaCppEngine>,
     tokenizer: GgufTokenizer,
     template: Option<ChatTemplate>,
     template_vars: serde_json::Map<String, serde_json::Value>,
@@ -575,6 +623,9 @@ impl ChatModel {
         let pad_token_id = tokenizer.pad_token_id.unwrap_or(eos_token_ids[0]);
         Ok(ChatModel {
             model,
+            path: path.to_path_buf(),
+            #[cfg(feature = "llama-cpp")]
+            llama_cpp: None,
             tokenizer,
             template,
             template_vars,
@@ -593,6 +644,55 @@ impl ChatModel {
     /// [`crate::models::precision`]); f32 by default, bf16 halves the bytes each token reads.
     pub fn set_precision(&mut self, precision: crate::models::precision::Precision) {
         self.model.set_inference_precision(precision);
+    }
+
+    /// Generate with `engine` from now on. llama.cpp loads the same GGUF file and computes on as
+    /// many threads as libtorch does (`OMP_NUM_THREADS`); the tch model stays loaded beside it.
+    pub fn set_engine(&mut self, engine: DecodingEngine) -> Result<()> {
+        match engine {
+            DecodingEngine::Libtorch => {
+                #[cfg(feature = "llama-cpp")]
+                {
+                    self.llama_cpp = None;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "llama-cpp")]
+            DecodingEngine::LlamaCpp => {
+                let threads = tch::get_num_threads().max(1) as usize;
+                self.llama_cpp = Some(super::llama_cpp::LlamaCppEngine::load(&self.path, threads)?);
+                Ok(())
+            }
+            #[cfg(not(feature = "llama-cpp"))]
+            DecodingEngine::LlamaCpp => bail!(
+                "this build has no llama.cpp to decode {} with: build with the default features \
+                 (the `llama-cpp` feature needs cmake and libclang, which scripts/setup.sh \
+                 installs)",
+                self.path.display()
+            ),
+        }
+    }
+
+    pub fn engine(&self) -> DecodingEngine {
+        #[cfg(feature = "llama-cpp")]
+        if self.llama_cpp.is_some() {
+            return DecodingEngine::LlamaCpp;
+        }
+        DecodingEngine::Libtorch
+    }
+
+    /// [`Llama::generate_steered`] on the engine in use.
+    fn generate_steered(
+        &self,
+        rows: &[SteeredRow],
+        generators: &[SamplingConfig],
+        steer: &mut dyn FnMut(usize, i64) -> Steer,
+    ) -> Result<Vec<Generated>> {
+        #[cfg(feature = "llama-cpp")]
+        if let Some(engine) = &self.llama_cpp {
+            return engine.generate_steered(rows, generators, steer);
+        }
+        self.model.generate_steered(rows, generators, self.pad_token_id, steer)
     }
 
     pub fn tokenizer(&self) -> &GgufTokenizer {
@@ -626,8 +726,22 @@ impl ChatModel {
         cfg: &SamplingConfig,
     ) -> Result<Vec<Generated>> {
         let mut out = Vec::with_capacity(prompts.len());
+        let eos = &self.eos_token_ids;
+        let mut stop_at_eos = |_row: usize, token: i64| {
+            if eos.contains(&token) {
+                Steer::Finish
+            } else {
+                Steer::Keep
+            }
+        };
         for chunk in prompts.chunks(self.max_batch.max(1)) {
-            out.extend(self.model.generate(chunk, cfg, &self.eos_token_ids, self.pad_token_id)?);
+            let rows: Vec<SteeredRow> =
+                chunk.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();
+            out.extend(self.generate_steered(
+                &rows,
+                std::slice::from_ref(cfg),
+                &mut stop_at_eos,
+            )?);
         }
         Ok(out)
     }
@@ -837,7 +951,7 @@ impl ChatModel {
                 }
             }
         };
-        self.model.generate_steered(&steered, &generators, self.pad_token_id, &mut steer)?;
+        self.generate_steered(&steered, &generators, &mut steer)?;
         if let Some(e) = error {
             return Err(e.context("structured generation"));
         }

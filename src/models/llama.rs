@@ -850,11 +850,7 @@ impl Llama {
         if rows.is_empty() {
             return Ok(vec![]);
         }
-        ensure!(rows.iter().all(|r| !r.prompt.is_empty()), "every prompt needs at least one token");
-        ensure!(
-            rows.iter().all(|r| r.generator < generators.len()),
-            "a row names a generator that does not exist"
-        );
+        SteeredState::check(rows, generators)?;
         let b = rows.len();
         let max_len = rows.iter().map(|r| r.prompt.len()).max().unwrap();
         let max_new_tokens = generators.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
@@ -895,12 +891,7 @@ impl Llama {
 
         let mut cache = KvCache::new(self, distinct.len() as i64, capacity);
         let mut input = Tensor::from_slice(&ids).view([distinct.len() as i64, max_len as i64]);
-        let mut out: Vec<Generated> = vec![Generated { tokens: vec![], stopped_on_eos: false }; b];
-        let mut seen: Vec<Vec<i64>> = rows.iter().map(|r| r.prompt.clone()).collect();
-        let mut forced: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); b];
-        let mut finished = vec![false; b];
-        let mut rngs: Vec<SplitMix64> =
-            generators.iter().map(|g| SplitMix64::new(g.seed)).collect();
+        let mut state = SteeredState::new(rows, generators);
         for step in 0..max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
             let (positions, key_mask) = if step == 0 {
@@ -923,55 +914,115 @@ impl Llama {
             let flat: Vec<f32> =
                 Vec::<f32>::try_from(logits.view([-1])).context("reading logits")?;
             let mut next = vec![pad_id; b];
-            for r in 0..b {
-                if finished[r] {
-                    continue;
+            for (r, slot) in next.iter_mut().enumerate() {
+                if let Some(token) =
+                    state.step_row(r, || flat[r * vocab..(r + 1) * vocab].to_vec(), steer)?
+                {
+                    *slot = token;
                 }
-                let token = match forced[r].pop_front() {
-                    Some(t) => t,
-                    None => {
-                        let g = rows[r].generator;
-                        let mut row = flat[r * vocab..(r + 1) * vocab].to_vec();
-                        apply_repetition_penalty(
-                            &mut row,
-                            &seen[r],
-                            generators[g].repetition_penalty,
-                        );
-                        let sampled = select(&row, &generators[g], &mut rngs[g]);
-                        match steer(r, sampled) {
-                            Steer::Keep => sampled,
-                            Steer::Finish => {
-                                finished[r] = true;
-                                out[r].stopped_on_eos = true;
-                                out[r].tokens.push(sampled);
-                                continue;
-                            }
-                            Steer::Stop => {
-                                finished[r] = true;
-                                out[r].stopped_on_eos = true;
-                                continue;
-                            }
-                            Steer::Replace(tokens) => {
-                                let mut tokens = std::collections::VecDeque::from(tokens);
-                                let first = tokens
-                                    .pop_front()
-                                    .context("Steer::Replace needs at least one token")?;
-                                forced[r] = tokens;
-                                first
-                            }
-                        }
-                    }
-                };
-                out[r].tokens.push(token);
-                seen[r].push(token);
-                next[r] = token;
             }
-            if finished.iter().all(|&f| f) {
+            if state.all_finished() {
                 break;
             }
             input = Tensor::from_slice(&next).view([b as i64, 1]);
         }
-        Ok(out)
+        Ok(state.out)
+    }
+}
+
+/// The rows' bookkeeping in steered generation, the same for every engine: what each row has
+/// seen (for the repetition penalty), its forced tokens, whether it ended, its output, and one
+/// seeded generator per [`SamplingConfig`].
+pub struct SteeredState<'a> {
+    rows: &'a [SteeredRow],
+    generators: &'a [SamplingConfig],
+    pub out: Vec<Generated>,
+    seen: Vec<Vec<i64>>,
+    forced: Vec<std::collections::VecDeque<i64>>,
+    finished: Vec<bool>,
+    rngs: Vec<SplitMix64>,
+}
+
+impl<'a> SteeredState<'a> {
+    /// What both engines require of a request: a token in every prompt, an existing generator
+    /// for every row.
+    pub fn check(rows: &[SteeredRow], generators: &[SamplingConfig]) -> Result<()> {
+        ensure!(rows.iter().all(|r| !r.prompt.is_empty()), "every prompt needs at least one token");
+        ensure!(
+            rows.iter().all(|r| r.generator < generators.len()),
+            "a row names a generator that does not exist"
+        );
+        Ok(())
+    }
+
+    pub fn new(rows: &'a [SteeredRow], generators: &'a [SamplingConfig]) -> Self {
+        let b = rows.len();
+        SteeredState {
+            rows,
+            generators,
+            out: vec![Generated { tokens: vec![], stopped_on_eos: false }; b],
+            seen: rows.iter().map(|r| r.prompt.clone()).collect(),
+            forced: vec![Default::default(); b],
+            finished: vec![false; b],
+            rngs: generators.iter().map(|g| SplitMix64::new(g.seed)).collect(),
+        }
+    }
+
+    /// Row `r`'s token for this step, to feed next (`None`: the row has ended, now or before).
+    /// `logits` gives the row's next-token logits when a token is to be sampled (a forced token
+    /// needs none). Rows must be stepped in row order: they draw from shared generators.
+    pub fn step_row(
+        &mut self,
+        r: usize,
+        logits: impl FnOnce() -> Vec<f32>,
+        steer: &mut dyn FnMut(usize, i64) -> Steer,
+    ) -> Result<Option<i64>> {
+        if self.finished[r] {
+            return Ok(None);
+        }
+        let token = match self.forced[r].pop_front() {
+            Some(t) => t,
+            None => {
+                let g = &self.generators[self.rows[r].generator];
+                let mut row = logits();
+                apply_repetition_penalty(&mut row, &self.seen[r], g.repetition_penalty);
+                let sampled = select(&row, g, &mut self.rngs[self.rows[r].generator]);
+                match steer(r, sampled) {
+                    Steer::Keep => sampled,
+                    Steer::Finish => {
+                        self.finished[r] = true;
+                        self.out[r].stopped_on_eos = true;
+                        self.out[r].tokens.push(sampled);
+                        return Ok(None);
+                    }
+                    Steer::Stop => {
+                        self.finished[r] = true;
+                        self.out[r].stopped_on_eos = true;
+                        return Ok(None);
+                    }
+                    Steer::Replace(tokens) => {
+                        let mut tokens = std::collections::VecDeque::from(tokens);
+                        let first = tokens
+                            .pop_front()
+                            .context("Steer::Replace needs at least one token")?;
+                        self.forced[r] = tokens;
+                        first
+                    }
+                }
+            }
+        };
+        self.out[r].tokens.push(token);
+        self.seen[r].push(token);
+        Ok(Some(token))
+    }
+
+    /// The length so far of row `r` (prompt and generated tokens): the position of its next token.
+    pub fn seen_len(&self, r: usize) -> usize {
+        self.seen[r].len()
+    }
+
+    pub fn all_finished(&self) -> bool {
+        self.finished.iter().all(|&f| f)
     }
 }
 

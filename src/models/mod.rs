@@ -10,6 +10,8 @@
 //! - [`t5`]: T5 v1.0 and v1.1 / flan-T5 (the paper's students), HF safetensors.
 //! - [`gguf`]: GGUF reader and dequantisation (F32/F16/BF16, Q4_0..Q8_0, K-quants).
 //! - [`llama`]: llama-family decoder (SmolLM2) from GGUF or HF safetensors, KV cache, batched generation.
+//! - [`llama_cpp`]: llama.cpp in process as a second decoding engine for GGUF models (feature
+//!   `llama-cpp`): batch-1 decoding on the quantised weights.
 //! - [`precision`]: bf16 matmuls with f32 elsewhere (CPU autocast for training, bf16 weights
 //!   for decoding).
 //! - [`chat`]: tokenizer rebuilt from GGUF metadata, the model's chat template, `ChatModel`.
@@ -21,6 +23,8 @@ pub mod chat;
 pub mod encoder_decoder;
 pub mod gguf;
 pub mod llama;
+#[cfg(feature = "llama-cpp")]
+pub mod llama_cpp;
 pub mod precision;
 pub mod registry;
 pub mod sampling;

@@ -22,7 +22,7 @@ use super::{
     Accounting, ChatRequest, ChatResponse, Choice, Pricing, Teacher, TeacherError, TeacherStats,
     Usage,
 };
-use crate::models::chat::{ChatModel, Completion, JsonRequest};
+use crate::models::chat::{ChatModel, Completion, DecodingEngine, JsonRequest};
 use crate::models::precision::Precision;
 use crate::models::sampling::SamplingConfig;
 
@@ -51,20 +51,26 @@ pub struct LocalTeacher {
 }
 
 impl LocalTeacher {
-    /// Load a GGUF chat model with its weights in `precision`; `name` goes into cache keys and
-    /// reports (with `+bf16` appended for bf16 weights, whose answers differ from f32's).
+    /// Load a GGUF chat model with its weights in `precision`, decoding on `engine`; `name` goes
+    /// into cache keys and reports (with `+bf16` appended for bf16 weights and `+llama-cpp` for
+    /// llama.cpp, whose answers differ from the f32 libtorch engine's).
     pub fn load(
         gguf: &Path,
         name: &str,
         max_calls: Option<u64>,
         precision: Precision,
+        engine: DecodingEngine,
     ) -> anyhow::Result<Self> {
         let mut model = ChatModel::load(gguf, crate::models::default_device())?;
         model.set_precision(precision);
-        let name = match precision {
-            Precision::F32 => name.to_string(),
-            p => format!("{name}+{p}"),
-        };
+        model.set_engine(engine)?;
+        let mut name = name.to_string();
+        if !precision.is_f32() && engine.is_libtorch() {
+            name = format!("{name}+{precision}");
+        }
+        if !engine.is_libtorch() {
+            name = format!("{name}+{engine}");
+        }
         Ok(LocalTeacher {
             model: Arc::new(Mutex::new(model)),
             queue: Default::default(),
@@ -74,10 +80,14 @@ impl LocalTeacher {
     }
 
     /// The registry's offline default teacher (SmolLM2-135M-Instruct, GGUF Q4_1).
-    pub fn offline_default(max_calls: Option<u64>, precision: Precision) -> anyhow::Result<Self> {
+    pub fn offline_default(
+        max_calls: Option<u64>,
+        precision: Precision,
+        engine: DecodingEngine,
+    ) -> anyhow::Result<Self> {
         let registry = crate::models::registry::ModelRegistry::from_env()?;
         let path = registry.resolve_main_file(DEFAULT_TEACHER)?;
-        Self::load(&path, DEFAULT_TEACHER, max_calls, precision)
+        Self::load(&path, DEFAULT_TEACHER, max_calls, precision, engine)
     }
 }
 

@@ -116,6 +116,11 @@ pub struct TeacherSettings {
     /// f32, so earlier settings and their fingerprints are unchanged.
     #[serde(skip_serializing_if = "crate::models::precision::Precision::is_f32")]
     pub local_precision: crate::models::precision::Precision,
+    /// The local teacher's decoding engine: libtorch, or llama.cpp in process (the GGUF's
+    /// quantised weights; different answers, so a different cache key). Left out of the file when
+    /// libtorch, so earlier settings and their fingerprints are unchanged.
+    #[serde(default, skip_serializing_if = "crate::models::chat::DecodingEngine::is_libtorch")]
+    pub local_engine: crate::models::chat::DecodingEngine,
 }
 
 impl Default for TeacherSettings {
@@ -134,6 +139,7 @@ impl Default for TeacherSettings {
             response_format: ResponseFormat::JsonSchema,
             discover: true,
             local_precision: Default::default(),
+            local_engine: Default::default(),
         }
     }
 }
@@ -195,9 +201,11 @@ impl TeacherSettings {
     /// checked: base URL, key present where required; servers asked what they are).
     pub fn build(&self) -> anyhow::Result<Box<dyn Teacher>> {
         Ok(match self.kind {
-            TeacherKind::Local => {
-                Box::new(LocalTeacher::offline_default(self.max_api_calls, self.local_precision)?)
-            }
+            TeacherKind::Local => Box::new(LocalTeacher::offline_default(
+                self.max_api_calls,
+                self.local_precision,
+                self.local_engine,
+            )?),
             TeacherKind::Openai => self.build_openai()?,
         })
     }
@@ -307,6 +315,20 @@ mod tests {
         assert_eq!(TeacherSettings::default().openai_config().requests_per_minute, Some(80.0));
         let unthrottled = TeacherSettings { requests_per_minute: None, ..local_server };
         assert_eq!(unthrottled.openai_config().requests_per_minute, None);
+    }
+
+    #[test]
+    fn the_local_engine_is_in_the_settings_file_only_when_it_is_not_libtorch() {
+        let default = serde_json::to_value(TeacherSettings::default()).unwrap();
+        assert!(default.get("local_engine").is_none(), "{default}");
+        let s = TeacherSettings {
+            local_engine: crate::models::chat::DecodingEngine::LlamaCpp,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["local_engine"], "llama-cpp");
+        let back: TeacherSettings = serde_json::from_value(v).unwrap();
+        assert_eq!(back.local_engine, crate::models::chat::DecodingEngine::LlamaCpp);
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub struct ChatArgs {
     /// differ slightly from f32's, the default).
     #[arg(long, default_value = "f32")]
     pub precision: prompt2model::models::precision::Precision,
+    /// `llama-cpp` decodes with llama.cpp in process, on the GGUF's quantised weights (about 3×
+    /// the default `libtorch` engine at batch 1); `--precision` applies to `libtorch` only.
+    #[arg(long, default_value = "libtorch")]
+    pub engine: prompt2model::models::chat::DecodingEngine,
 }
 
 /// One chat completion from the offline teacher model.
@@ -219,7 +223,17 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let registry = prompt2model::models::registry::ModelRegistry::from_env()?;
     let path = registry.resolve_main_file(prompt2model::teacher::local::DEFAULT_TEACHER)?;
     let mut model = ChatModel::load(&path, prompt2model::models::default_device())?;
+    if args.engine == prompt2model::models::chat::DecodingEngine::LlamaCpp
+        && !args.precision.is_f32()
+    {
+        anyhow::bail!(
+            "--precision {} is the libtorch engine's: llama.cpp multiplies the GGUF's own \
+             quantised weights (drop --precision or use --engine libtorch)",
+            args.precision
+        );
+    }
     model.set_precision(args.precision);
+    model.set_engine(args.engine)?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(ChatMessage::system(s.clone()));

@@ -104,6 +104,10 @@ pub struct TeacherArgs {
     /// with AVX-512 BF16; slightly different answers, cached separately).
     #[arg(long, default_value = "f32")]
     pub local_precision: prompt2model::models::precision::Precision,
+    /// The local teacher's decoding engine: `libtorch` (default) or `llama-cpp` (llama.cpp in
+    /// process on the GGUF's quantised weights; different answers, cached separately).
+    #[arg(long, default_value = "libtorch")]
+    pub local_engine: prompt2model::models::chat::DecodingEngine,
 }
 
 /// The name clap parses `value` from, so a child process parses exactly what was given.
@@ -160,6 +164,7 @@ impl TeacherArgs {
             response_format: self.response_format.into(),
             discover: !self.no_discover,
             local_precision: self.local_precision,
+            local_engine: self.local_engine,
         })
     }
 
@@ -190,6 +195,9 @@ impl TeacherArgs {
         }
         if !self.local_precision.is_f32() {
             a.extend(["--local-precision".to_string(), self.local_precision.to_string()]);
+        }
+        if !self.local_engine.is_libtorch() {
+            a.extend(["--local-engine".to_string(), self.local_engine.to_string()]);
         }
         a
     }
