@@ -10,13 +10,7 @@ use prompt2model::models::sampling::SamplingConfig;
 use tch::Device;
 
 use crate::common;
-
-fn gguf_path() -> std::path::PathBuf {
-    prompt2model::models::registry::ModelRegistry::from_env()
-        .expect("data/models.toml loads")
-        .resolve_file("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf")
-        .expect("SmolLM2 GGUF (run scripts/setup.sh)")
-}
+use crate::models_llama::gguf_path;
 
 /// The chat model on the llama.cpp engine, loaded once per test binary.
 fn llama_cpp_model() -> MutexGuard<'static, ChatModel> {

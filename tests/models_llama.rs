@@ -51,7 +51,7 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn gguf_path() -> PathBuf {
+pub fn gguf_path() -> PathBuf {
     if let Some(p) = std::env::var_os("P2M_SMOLLM2_GGUF") {
         return PathBuf::from(p);
     }

@@ -726,14 +726,7 @@ impl ChatModel {
         cfg: &SamplingConfig,
     ) -> Result<Vec<Generated>> {
         let mut out = Vec::with_capacity(prompts.len());
-        let eos = &self.eos_token_ids;
-        let mut stop_at_eos = |_row: usize, token: i64| {
-            if eos.contains(&token) {
-                Steer::Finish
-            } else {
-                Steer::Keep
-            }
-        };
+        let mut stop_at_eos = super::llama::stop_at_eos(&self.eos_token_ids);
         for chunk in prompts.chunks(self.max_batch.max(1)) {
             let rows: Vec<SteeredRow> =
                 chunk.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();

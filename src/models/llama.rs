@@ -817,14 +817,12 @@ impl Llama {
     ) -> Result<Vec<Generated>> {
         let rows: Vec<SteeredRow> =
             prompts.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();
-        let mut stop_at_eos = |_row: usize, token: i64| {
-            if eos_token_ids.contains(&token) {
-                Steer::Finish
-            } else {
-                Steer::Keep
-            }
-        };
-        self.generate_steered(&rows, std::slice::from_ref(cfg), pad_id, &mut stop_at_eos)
+        self.generate_steered(
+            &rows,
+            std::slice::from_ref(cfg),
+            pad_id,
+            &mut stop_at_eos(eos_token_ids),
+        )
     }
 
     /// Generation whose caller looks at every sampled token and decides what happens to it
@@ -928,6 +926,12 @@ impl Llama {
         }
         Ok(state.out)
     }
+}
+
+/// The steering of plain generation: a row ends, keeping the token, when it samples one of
+/// `eos_token_ids`.
+pub fn stop_at_eos(eos_token_ids: &[i64]) -> impl FnMut(usize, i64) -> Steer + '_ {
+    |_row, token| if eos_token_ids.contains(&token) { Steer::Finish } else { Steer::Keep }
 }
 
 /// The rows' bookkeeping in steered generation, the same for every engine: what each row has

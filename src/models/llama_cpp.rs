@@ -74,11 +74,12 @@ impl LlamaCppEngine {
         }
         SteeredState::check(rows, generators)?;
         let vocab = self.vocab_size() as i64;
-        for r in rows {
-            if let Some(&bad) = r.prompt.iter().find(|&&t| t < 0 || t >= vocab) {
-                anyhow::bail!("token id {bad} outside the vocabulary of {vocab}");
-            }
-        }
+        // Checked here so that the error names the id (llama_decode only returns an error code).
+        let in_vocab = |t: i64| {
+            ensure!((0..vocab).contains(&t), "token id {t} outside the vocabulary of {vocab}");
+            Ok(())
+        };
+        rows.iter().flat_map(|r| &r.prompt).try_for_each(|&t| in_vocab(t))?;
         let b = rows.len();
         let max_new_tokens = generators.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
         if max_new_tokens == 0 {
@@ -133,10 +134,7 @@ impl LlamaCppEngine {
             let mut fed: Vec<(usize, i64)> = Vec::with_capacity(b);
             for (r, row_logits) in logits.iter_mut().enumerate() {
                 if let Some(token) = state.step_row(r, || std::mem::take(row_logits), steer)? {
-                    ensure!(
-                        (0..vocab).contains(&token),
-                        "token id {token} outside the vocabulary of {vocab}"
-                    );
+                    in_vocab(token)?; // a forced token (`Steer::Replace`) comes from the caller
                     fed.push((r, token));
                 }
             }
