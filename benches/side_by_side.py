@@ -343,20 +343,30 @@ print(CHRF(word_order=2).corpus_score([r["prediction"] for r in rows], [[r["refe
 
 
 def measure_commands(b, work, p2m):
-    """chrF++ as whole commands: process start to exit, imports and file reading included."""
-    if not b.wanted_any(["command.chrf.p2m", "command.chrf.sacrebleu"]):
+    """chrF++ as whole commands: process start to exit, imports and file reading included. The
+    same work on every side: the corpus score alone (`--resamples 0`: sacrebleu's command draws no
+    interval either). `p2m-score` links no libtorch; `p2m score` does (it also has BERTScore)."""
+    keys = ["command.chrf.p2m-score", "command.chrf.p2m", "command.chrf.sacrebleu"]
+    if not b.wanted_any(keys):
         return
+    p2m_score = str(pathlib.Path(p2m).with_name("p2m-score"))
     pairs = str(work / "paragraph_pairs.jsonl")
+    ours = ["-p", pairs, "-m", "chrf++", "--resamples", "0", "--json"]
     out = {}
-    for key, cmd in (("command.chrf.p2m", [p2m, "score", "-p", pairs, "-m", "chrf++", "--json"]),
+    for key, cmd in (("command.chrf.p2m-score", [p2m_score, *ours]),
+                     ("command.chrf.p2m", [p2m, "score", *ours]),
                      ("command.chrf.sacrebleu", [sys.executable, "-c", SACRE, pairs])):
         def run():
             return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         out[key] = b.time(key, 1, "commands", run)
-    b.checks["command.chrf"] = [json.loads(out["command.chrf.p2m"])["scores"][0]["value"], float(out["command.chrf.sacrebleu"])]
-    start = time.perf_counter()
-    subprocess.run([p2m, "--version"], check=True, capture_output=True)
-    b.checks["command.p2m_startup_s"] = time.perf_counter() - start
+    b.checks["command.chrf"] = [json.loads(out["command.chrf.p2m-score"])["scores"][0]["value"],
+                                json.loads(out["command.chrf.p2m"])["scores"][0]["value"],
+                                float(out["command.chrf.sacrebleu"])]
+    for name, binary in (("p2m", p2m), ("p2m-score", p2m_score)):
+        start = time.perf_counter()
+        subprocess.run([binary, "--version"], check=True, capture_output=True)
+        b.checks[f"command.{name}_startup_s"] = time.perf_counter() - start
+    b.checks["command.p2m-score_ldd"] = subprocess.run(["ldd", p2m_score], check=True, capture_output=True, text=True).stdout
 
 
 def versions():
@@ -405,7 +415,8 @@ def measure(a):
 # on both sides it is the reference's time over ours.
 COMPARISONS = [
     ("chrF++, 10,570 SQuAD paragraph pairs, in process", "chrf.corpus", "chrf.corpus", None),
-    ("chrF++, the same, whole command incl. start-up (p2m score vs python + sacrebleu)", "command.chrf.p2m", "command.chrf.sacrebleu", 30.0),
+    ("chrF++, the same, whole command incl. start-up (p2m-score, no libtorch, vs python + sacrebleu)", "command.chrf.p2m-score", "command.chrf.sacrebleu", 30.0),
+    ("chrF++, the same through `p2m score`, which loads libtorch (python + sacrebleu)", "command.chrf.p2m", "command.chrf.sacrebleu", None),
     ("exact match (SQuAD normalisation), 10,570 pairs", "em.corpus", "em.corpus", None),
     ("Kendall's τ-b + p-value, n = 1,000 with ties (scipy)", "kendall.n1000", "kendall.n1000", None),
     ("BM25 index build, 11,320 cards, pre-analysed (rank_bm25)", "bm25.build", "bm25.build", None),
@@ -462,8 +473,13 @@ def agreement(ours, ref):
     close("bertscore.pairs", 1e-4)
     close("minilm.embed64.f32", 1e-4)
     if "command.chrf" in ref:
-        p, s = ref["command.chrf"]
-        lines.append(f"command.chrf: p2m score {p:.4f} vs sacrebleu {s:.4f}: {'agree' if abs(p - s) < 1e-6 else 'DIFFER'}")
+        p, q, s = ref["command.chrf"]
+        ok = abs(p - s) < 1e-6 and abs(q - s) < 1e-6
+        lines.append(f"command.chrf: p2m-score {p:.4f}, p2m score {q:.4f} vs sacrebleu {s:.4f}: {'agree' if ok else 'DIFFER'}")
+    if "command.p2m-score_ldd" in ref:
+        linked = [lib for lib in ("libtorch", "libc10", "libgomp") if lib in ref["command.p2m-score_ldd"]]
+        lines.append(f"p2m-score links {', '.join(linked) if linked else 'no libtorch, c10 or libgomp'} (ldd); "
+                     f"start-up (--version) {ref['command.p2m-score_startup_s']:.3f} s vs p2m {ref['command.p2m_startup_s']:.3f} s")
     if "bm25.top5" in ours and "bm25.top5" in ref:
         lines.append(f"bm25.top5: {'identical' if ours['bm25.top5'] == ref['bm25.top5'] else 'DIFFER'}")
     if "decode.b1.llama-cpp" in ours and "decode.b1.llamacpp" in ref:
@@ -487,7 +503,7 @@ def table(a):
     by = lambda d: {r["id"]: r for r in d["rows"]}
     o, r = by(ours), by(ref)
     # Whole-command rows are measured by the Python side for both programs.
-    for k in ("command.chrf.p2m",):
+    for k in ("command.chrf.p2m-score", "command.chrf.p2m"):
         if k in r:
             o[k] = r[k]
     load = open("/proc/loadavg").read().split()[:3]

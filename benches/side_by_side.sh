@@ -38,7 +38,7 @@ fi
 export OMP_NUM_THREADS=${THREADS:-1}
 mkdir -p "$out"
 say "building (release)"
-cargo build -q --release --bin p2m
+cargo build -q --release --bin p2m --bin p2m-score
 cargo bench -q --bench side_by_side --no-run
 "$venv/bin/python" benches/side_by_side.py prepare --work "$work"
 say "prompt2model-rs side"

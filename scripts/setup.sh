@@ -96,13 +96,13 @@ if [ "$want_python" = 1 ]; then
   if [ ! -f "$stamp" ]; then
     # The stamp is written last: an interrupted install is redone from scratch next time.
     say "creating $venv with the reference implementations ($reqs)"
-    # The venv's Python must have the Unicode version src/evaluator/pystr_tables.rs was generated
+    # The venv's Python must have the Unicode version crates/metrics/src/pystr_tables.rs was generated
     # from (its UNIDATA_VERSION); tests/metrics_differential.rs fails otherwise. Show both.
     say "$(python3 -c 'import sys, unicodedata; print(f"python3 is {sys.executable}: Python {sys.version.split()[0]}, unicodedata {unicodedata.unidata_version}")')"
-    tables=$(sed -n 's/^pub const UNIDATA_VERSION: &str = "\(.*\)";$/\1/p' src/evaluator/pystr_tables.rs)
+    tables=$(sed -n 's/^pub const UNIDATA_VERSION: &str = "\(.*\)";$/\1/p' crates/metrics/src/pystr_tables.rs)
     have=$(python3 -c 'import unicodedata; print(unicodedata.unidata_version)')
     if [ -n "$tables" ] && [ "$have" != "$tables" ]; then
-      echo "setup: warning: python3 has Unicode $have but src/evaluator/pystr_tables.rs is from Unicode $tables;" \
+      echo "setup: warning: python3 has Unicode $have but crates/metrics/src/pystr_tables.rs is from Unicode $tables;" \
            "tests/metrics_differential.rs will fail (put a matching python3 first on PATH, or regenerate the tables)" >&2
     fi
     rm -rf "$venv"

@@ -14,8 +14,8 @@ fi
 export P2M_PYTHON="$PWD/.venv/bin/python"
 # Tests run in parallel threads; one libtorch thread each keeps 2 cores from thrashing.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-echo "== cargo fmt --check"
-cargo fmt --check
+echo "== cargo fmt --all --check"
+cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test --all-targets"

@@ -69,7 +69,11 @@ fn score_csv_with_reference_columns_prints_signatures() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("EM = 50.00  (n=2; em|norm:raw"), "{text}");
+    assert!(text.starts_with("EM = 50.00, 95% CI [0.00, 100.00]  (n=2; em|norm:raw"), "{text}");
+    assert!(
+        text.trim_end().ends_with("bootstrap:percentile|resamples:1000|conf:0.95|seed:0)"),
+        "{text}"
+    );
 }
 
 #[test]

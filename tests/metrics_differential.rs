@@ -814,14 +814,14 @@ fn unicode_problem(u: Option<&UnicodeOut>) -> Option<String> {
     (u.unidata_version != pystr::UNIDATA_VERSION).then(|| {
         format!(
             "pystr tables NOT CHECKED: the reference interpreter {} (Python {}) has \
-             unicodedata.unidata_version {}, but src/evaluator/pystr_tables.rs was generated from \
+             unicodedata.unidata_version {}, but crates/metrics/src/pystr_tables.rs was generated from \
              Unicode {} (pystr::UNIDATA_VERSION).\n\
              Either run the test with a Python whose Unicode version is {} (set P2M_PYTHON to it, or \
              recreate .venv from it: `rm -rf .venv && bash scripts/setup.sh --python` builds .venv \
              from the `python3` on PATH and prints its Unicode version), or, to move the tables to \
              Unicode {}, regenerate them with that interpreter:\n\
              \x20   {} tests/reference/metrics_reference.py --rust-tables\n\
-             and put its output into src/evaluator/pystr_tables.rs (below the module doc comment).",
+             and put its output into crates/metrics/src/pystr_tables.rs (below the module doc comment).",
             python.display(),
             u.python,
             u.unidata_version,
@@ -1082,7 +1082,7 @@ fn unicode_table_check_cannot_be_skipped() {
         msg.contains("99.0.0")
             && msg.contains(pystr::UNIDATA_VERSION)
             && msg.contains("tests/reference/metrics_reference.py --rust-tables")
-            && msg.contains("src/evaluator/pystr_tables.rs"),
+            && msg.contains("crates/metrics/src/pystr_tables.rs"),
         "{msg}"
     );
     let missing = unicode_problem(None).expect("a missing section is a failure");

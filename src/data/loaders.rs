@@ -68,28 +68,7 @@ pub fn common_frame(
     DataFrame::new_infer_height(cols)
 }
 
-/// The values of a string column (nulls become empty strings, as the Python reference's `str()` of
-/// a missing generation would be compared).
-pub fn string_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
-    let col = df.column(name)?.as_materialized_series().cast(&DataType::String)?;
-    Ok(col.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
-}
-
-/// The values of a `list[str]` column.
-pub fn string_list_column(df: &DataFrame, name: &str) -> PolarsResult<Vec<Vec<String>>> {
-    let col = df.column(name)?.as_materialized_series().clone();
-    let list = col.list()?;
-    let mut out = Vec::with_capacity(list.len());
-    for i in 0..list.len() {
-        match list.get_as_series(i) {
-            Some(s) => {
-                out.push(s.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
-            }
-            None => out.push(Vec::new()),
-        }
-    }
-    Ok(out)
-}
+pub use p2m_metrics::frame::{string_column, string_list_column};
 
 // ---------------------------------------------------------------------------------------------
 // SQuAD v1.1 JSON

@@ -5,7 +5,7 @@
 pub mod examples;
 pub mod loaders;
 pub mod paper;
-pub mod predictions;
+pub use p2m_metrics::predictions;
 pub mod recorded;
 pub mod registry;
 pub mod tasks;

@@ -7,17 +7,13 @@
 //! - [`chrf`]: chrF / chrF++ identical to sacrebleu 2.x.
 //! - [`bertscore`]: BERTScore P/R/F1 as the bert_score package computes them.
 //! - [`kendall`]: Kendall's tau-b with scipy's two-sided p-value.
+//! - [`bootstrap`]: percentile-bootstrap intervals and paired tests.
+//!
+//! Everything but BERTScore lives in the `p2m-metrics` crate (`crates/metrics`), which does not
+//! link libtorch, so its `p2m-score` command starts without loading it; this module re-exports it
+//! under the paths the rest of the project uses.
 
 pub mod bertscore;
-pub mod bootstrap;
-pub mod chrf;
-mod error;
-pub mod exact_match;
-pub mod kendall;
-mod metric;
-pub mod pystr;
-#[rustfmt::skip]
-mod pystr_tables;
 
-pub use error::MetricError;
-pub use metric::{score, Metric, Score};
+pub use p2m_metrics::{bootstrap, chrf, exact_match, kendall, pystr};
+pub use p2m_metrics::{score, Metric, MetricError, Score};

@@ -19,6 +19,7 @@ use tokenizers::Tokenizer;
 
 use super::gguf::GgufFile;
 use super::llama::{Generated, Llama, Steer, SteeredRow};
+use super::precision::Precision;
 use super::sampling::SamplingConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -546,6 +547,23 @@ impl DecodingEngine {
         *self == DecodingEngine::Libtorch
     }
 
+    /// Checks that `precision` means something on this engine: llama.cpp multiplies the GGUF's
+    /// own quantised weights, so a non-f32 precision (which casts libtorch's weights) would change
+    /// nothing yet name a precision in reports. `names` are the two settings as the user set
+    /// them (flags or file fields), for the message.
+    pub fn check_precision(self, precision: Precision, names: (&str, &str)) -> Result<()> {
+        if !self.is_libtorch() && !precision.is_f32() {
+            bail!(
+                "{} {precision} is the libtorch engine's: llama.cpp multiplies the GGUF's own \
+                 quantised weights (drop {} or set {} libtorch)",
+                names.0,
+                names.0,
+                names.1
+            );
+        }
+        Ok(())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DecodingEngine::Libtorch => "libtorch",
@@ -642,7 +660,7 @@ impl ChatModel {
 
     /// The precision the weights are stored and multiplied in (see
     /// [`crate::models::precision`]); f32 by default, bf16 halves the bytes each token reads.
-    pub fn set_precision(&mut self, precision: crate::models::precision::Precision) {
+    pub fn set_precision(&mut self, precision: Precision) {
         self.model.set_inference_precision(precision);
     }
 

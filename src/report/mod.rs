@@ -185,13 +185,7 @@ pub fn write_parquet_atomic(frame: &DataFrame, path: &Path) -> Result<()> {
     .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Reads a parquet file into a frame; the error names the file.
-pub fn read_parquet(path: &Path) -> Result<DataFrame> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    ParquetReader::new(file)
-        .finish()
-        .map_err(|e| anyhow::anyhow!("{}: not a readable parquet file: {e}", path.display()))
-}
+pub use p2m_metrics::frame::read_parquet;
 
 /// A complete report: tables, notes, figures and the manifest of the run that made it.
 pub struct Report {

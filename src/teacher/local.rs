@@ -61,11 +61,15 @@ impl LocalTeacher {
         precision: Precision,
         engine: DecodingEngine,
     ) -> anyhow::Result<Self> {
+        engine.check_precision(
+            precision,
+            ("local_precision (--local-precision)", "local_engine (--local-engine)"),
+        )?;
         let mut model = ChatModel::load(gguf, crate::models::default_device())?;
         model.set_precision(precision);
         model.set_engine(engine)?;
         let mut name = name.to_string();
-        if !precision.is_f32() && engine.is_libtorch() {
+        if !precision.is_f32() {
             name = format!("{name}+{precision}");
         }
         if !engine.is_libtorch() {
@@ -240,5 +244,32 @@ impl Teacher for LocalTeacher {
 
     fn stats(&self) -> TeacherStats {
         self.accounting.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A precision the llama.cpp engine cannot honour is refused before anything loads, naming
+    /// both settings and the fix (the same check `p2m chat --engine` makes).
+    #[test]
+    fn a_bf16_teacher_on_llama_cpp_is_refused_with_the_settings_named() {
+        let err = LocalTeacher::load(
+            Path::new("/nonexistent/model.gguf"),
+            DEFAULT_TEACHER,
+            None,
+            Precision::Bf16,
+            DecodingEngine::LlamaCpp,
+        )
+        .err()
+        .expect("bf16 on llama.cpp must be refused")
+        .to_string();
+        assert!(
+            err.contains("local_precision (--local-precision) bf16")
+                && err.contains("set local_engine (--local-engine) libtorch"),
+            "{err}"
+        );
+        assert!(!err.contains("/nonexistent"), "checked before loading: {err}");
     }
 }

@@ -4,5 +4,5 @@
 
 pub mod fs;
 pub mod json_scan;
-pub mod rng;
+pub use p2m_metrics::rng;
 pub mod text;

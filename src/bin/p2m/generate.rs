@@ -222,16 +222,8 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     use prompt2model::models::chat::{ChatMessage, ChatModel};
     let registry = prompt2model::models::registry::ModelRegistry::from_env()?;
     let path = registry.resolve_main_file(prompt2model::teacher::local::DEFAULT_TEACHER)?;
+    args.engine.check_precision(args.precision, ("--precision", "--engine"))?;
     let mut model = ChatModel::load(&path, prompt2model::models::default_device())?;
-    if args.engine == prompt2model::models::chat::DecodingEngine::LlamaCpp
-        && !args.precision.is_f32()
-    {
-        anyhow::bail!(
-            "--precision {} is the libtorch engine's: llama.cpp multiplies the GGUF's own \
-             quantised weights (drop --precision or use --engine libtorch)",
-            args.precision
-        );
-    }
     model.set_precision(args.precision);
     model.set_engine(args.engine)?;
     let mut messages = Vec::new();

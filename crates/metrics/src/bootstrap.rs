@@ -6,10 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::MetricError;
-use super::metric::Metric;
-use super::{chrf, exact_match};
-use crate::util::rng::SplitMix64;
+use crate::error::MetricError;
+use crate::metric::Metric;
+use crate::rng::SplitMix64;
+use crate::{chrf, exact_match};
 
 /// How intervals are computed (the project's defaults: 1,000 resamples, 95 %, seed 0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -192,7 +192,7 @@ impl CorpusScorer {
     }
 }
 
-/// A metric of [`Metric`] with its bootstrap interval, in percent as [`super::score`] reports it.
+/// A metric of [`Metric`] with its bootstrap interval, in percent as [`crate::score`] reports it.
 pub fn metric_interval<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
     metric: Metric,
     predictions: &[P],
@@ -205,19 +205,19 @@ pub fn metric_interval<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
 /// A metric's score with its interval, and the per-example scorer behind both (kept for paired
 /// tests and τ intervals).
 pub struct ScoredInterval {
-    pub score: super::Score,
+    pub score: crate::Score,
     pub interval: Interval,
     pub scorer: CorpusScorer,
 }
 
-/// [`super::score`] and its bootstrap interval over the same examples.
+/// [`crate::score`] and its bootstrap interval over the same examples.
 pub fn score_with_interval<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
     metric: Metric,
     predictions: &[P],
     references: &[Vec<R>],
     cfg: &BootstrapConfig,
 ) -> Result<ScoredInterval, MetricError> {
-    let score = super::score(metric, predictions, references)?;
+    let score = crate::score(metric, predictions, references)?;
     let scorer = CorpusScorer::new(metric, predictions, references)?;
     let interval = bootstrap(scorer.len(), cfg, |idx| scorer.score(idx));
     // The scorer recomputes the corpus score from per-example statistics: on all examples it is
@@ -272,7 +272,7 @@ pub fn kendall_interval(
         second.first().map(CorpusScorer::len).unwrap_or(0),
     );
     let tau = |a: &[f64], b: &[f64]| {
-        super::kendall::kendall_tau_b(a, b).map(|k| k.tau).unwrap_or(f64::NAN)
+        crate::kendall::kendall_tau_b(a, b).map(|k| k.tau).unwrap_or(f64::NAN)
     };
     let all = |len: usize| (0..len).collect::<Vec<_>>();
     let (ia, ib) = (all(n.0), all(n.1));
@@ -330,8 +330,7 @@ mod tests {
             vec![vec!["the cat sat down"], vec!["the dog"], vec!["on a mat"], vec!["birds fly"]];
         let iv = metric_interval(Metric::ChrfPlusPlus, &preds, &refs, &BootstrapConfig::default())
             .unwrap();
-        let corpus =
-            super::super::metric::score(Metric::ChrfPlusPlus, &preds, &refs).unwrap().value;
+        let corpus = crate::metric::score(Metric::ChrfPlusPlus, &preds, &refs).unwrap().value;
         assert!((iv.value - corpus).abs() < 1e-9, "the interval's centre is the corpus score");
         assert!(iv.low <= iv.value && iv.value <= iv.high);
         let em = metric_interval(

@@ -27,7 +27,7 @@
 //! implementations, both accurate to a few ulp); the differential test bounds the difference by
 //! 1e-12 absolute (observed: ~1e-16).
 
-pub use super::error::MetricError;
+pub use crate::error::MetricError;
 
 /// scipy version the implementation is verified against (used in the signature).
 pub const SCIPY_REFERENCE_VERSION: &str = "1.17.1";

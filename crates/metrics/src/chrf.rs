@@ -38,8 +38,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use super::error::MetricError;
-use super::pystr;
+use crate::error::MetricError;
+use crate::pystr;
 
 /// sacrebleu version the implementation is verified against (used in signatures).
 pub const SACREBLEU_REFERENCE_VERSION: &str = "2.6.0";

@@ -1,4 +1,4 @@
-//! Tables of CPython `str` properties (see [`super::pystr`]). The body is the verbatim output of
+//! Tables of CPython `str` properties (see [`crate::pystr`]). The body is the verbatim output of
 //! `python tests/reference/metrics_reference.py --rust-tables` (run with the interpreter whose
 //! semantics should be matched); the differential test re-checks it against its interpreter.
 

@@ -19,7 +19,7 @@
 //! outputs contain arbitrary Unicode. Rust's `char::is_whitespace`, `char::is_alphanumeric` and
 //! `str::to_lowercase` do **not** have Python's semantics (e.g. Python treats U+001C..U+001F as
 //! whitespace, `re`'s `\w` is `str.isalnum()` — general categories L*/N* — and excludes combining
-//! marks that Rust's `Alphabetic` includes, and the Unicode versions differ). The [`super::pystr`] module
+//! marks that Rust's `Alphabetic` includes, and the Unicode versions differ). The [`crate::pystr`] module
 //! therefore embeds tables generated from CPython itself
 //! (`python tests/reference/metrics_reference.py --rust-tables`), and
 //! `tests/metrics_differential.rs` re-checks them exhaustively against the Python it runs.
@@ -30,8 +30,8 @@
 //! overlaps, so "replace every maximal word run equal to `a`, `an` or `the` by a space" is exactly
 //! equivalent.
 
-pub use super::error::MetricError;
-use super::pystr;
+pub use crate::error::MetricError;
+use crate::pystr;
 
 /// Which string normalisation to apply before comparing prediction and reference.
 #[derive(

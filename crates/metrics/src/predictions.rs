@@ -63,7 +63,7 @@ pub fn read(
             from_frame(path, &df, prediction_col, reference_cols)
         }
         Format::Parquet => {
-            let df = crate::report::read_parquet(path)?;
+            let df = crate::frame::read_parquet(path)?;
             from_frame(path, &df, prediction_col, reference_cols)
         }
     }
@@ -146,18 +146,16 @@ fn from_frame(
     if df.column(prediction_col).is_err() {
         return Err(missing(prediction_col));
     }
-    let predictions = crate::data::loaders::string_column(df, prediction_col)?;
+    let predictions = crate::frame::string_column(df, prediction_col)?;
     let mut references = vec![Vec::new(); df.height()];
     for col in reference_cols {
         let c = df.column(col).map_err(|_| missing(col))?;
         if matches!(c.dtype(), DataType::List(_)) {
-            for (row, refs) in
-                crate::data::loaders::string_list_column(df, col)?.into_iter().enumerate()
-            {
+            for (row, refs) in crate::frame::string_list_column(df, col)?.into_iter().enumerate() {
                 references[row].extend(refs);
             }
         } else {
-            for (row, r) in crate::data::loaders::string_column(df, col)?.into_iter().enumerate() {
+            for (row, r) in crate::frame::string_column(df, col)?.into_iter().enumerate() {
                 references[row].push(r);
             }
         }

@@ -6,8 +6,8 @@
 //!
 //! Shared by exact match (SQuAD's `normalize_answer`) and chrF++ (sacrebleu's tokenisation).
 
-pub use super::pystr_tables::UNIDATA_VERSION;
-use super::pystr_tables::{CASED, CASE_IGNORABLE, LOWER, SPACE, WORD};
+pub use crate::pystr_tables::UNIDATA_VERSION;
+use crate::pystr_tables::{CASED, CASE_IGNORABLE, LOWER, SPACE, WORD};
 
 fn in_ranges(ranges: &[(u32, u32)], c: u32) -> bool {
     // ranges are sorted, disjoint, inclusive

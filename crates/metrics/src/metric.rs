@@ -5,8 +5,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::error::MetricError;
-use super::{chrf, exact_match};
+use crate::error::MetricError;
+use crate::{chrf, exact_match};
 
 /// A corpus-level metric over predictions and references.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
