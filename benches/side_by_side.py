@@ -498,6 +498,11 @@ def agreement(ours, ref):
     return lines
 
 
+def short_commit(commit):
+    """The first 12 hex digits, keeping build.rs's `-dirty` (a build of uncommitted code)."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def table(a):
     ours, ref = json.load(open(a.rust)), json.load(open(a.python))
     by = lambda d: {r["id"]: r for r in d["rows"]}
@@ -510,7 +515,7 @@ def table(a):
     v = ref["conditions"]["versions"]
     out = [f"side_by_side.sh, {datetime.date.today().isoformat()}: {os.cpu_count()} cores, "
            f"{ours['conditions']['threads']} intra-op thread(s) on both sides, load average {' '.join(load)} at the end, "
-           f"median of {ours['conditions']['runs']} run(s) after a warm-up; prompt2model-rs {ours['conditions']['commit'][:12]} "
+           f"median of {ours['conditions']['runs']} run(s) after a warm-up; prompt2model-rs {short_commit(ours['conditions']['commit'])} "
            f"(libtorch {ours['conditions']['libtorch']}); " + ", ".join(f"{k} {x}" for k, x in v.items() if x) +
            f"; CPU capability {ref['conditions']['cpu_capability']}", "",
            "| work (reference) | prompt2model-rs | reference | ratio | goal |", "|---|---|---|---:|---|"]

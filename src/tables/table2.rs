@@ -240,6 +240,9 @@ pub struct ArmResult {
     pub optimizer_steps: u64,
     pub train_seconds: f64,
     pub examples_per_second: f64,
+    pub predict_seconds: Option<f64>,
+    pub train_peak_rss_mb: Option<f64>,
+    pub predict_peak_rss_mb: Option<f64>,
 }
 
 /// A paired bootstrap test between two arms on the same test questions (SQuAD-normalised EM).
@@ -368,6 +371,14 @@ pub struct ArmRecord {
     pub cost_usd: Option<f64>,
     pub cost_basis: String,
     pub summary: crate::trainer::TrainSummary,
+    /// Prediction's wall time, and the process's peak resident memory while training and while
+    /// predicting ([`crate::util::mem`]); absent in records written before they were measured.
+    #[serde(default)]
+    pub predict_seconds: Option<f64>,
+    #[serde(default)]
+    pub train_peak_rss_mb: Option<f64>,
+    #[serde(default)]
+    pub predict_peak_rss_mb: Option<f64>,
 }
 
 const ARM_RECORD: &str = "arm.json";
@@ -629,9 +640,16 @@ impl Prepared {
         // `student/final/` is all the table uses once the arm is trained.
         trainer.keep_checkpoints = false;
         tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
+        let reset_ok = crate::util::mem::reset_peak_resident();
         let summary = trainer
             .train(&arm.train, &arm.validation)
             .with_context(|| format!("training the `{}` arm", arm.name))?;
+        let train_peak_rss_mb = crate::util::mem::phase_peak_resident_mb(reset_ok);
+        // The optimizer's state, gradients and activations are freed: return them before
+        // predicting (see crate::util::mem).
+        crate::util::mem::release_free_memory();
+        let reset_ok = crate::util::mem::reset_peak_resident();
+        let predict_start = std::time::Instant::now();
         let predicted = executor::predict_frame(
             &student,
             &self.instruction,
@@ -639,6 +657,8 @@ impl Prepared {
             &self.scale.executor,
         )
         .with_context(|| format!("predicting with the `{}` arm", arm.name))?;
+        let predict_seconds = predict_start.elapsed().as_secs_f64();
+        let predict_peak_rss_mb = crate::util::mem::phase_peak_resident_mb(reset_ok);
         crate::report::write_parquet_atomic(&predicted, &arm_dir.join(ARM_PREDICTIONS))?;
         let record = ArmRecord {
             key: arm.key.clone(),
@@ -648,6 +668,9 @@ impl Prepared {
             cost_usd: arm.cost.0,
             cost_basis: arm.cost.1.clone(),
             summary,
+            predict_seconds: Some(predict_seconds),
+            train_peak_rss_mb,
+            predict_peak_rss_mb,
         };
         crate::util::fs::write_json(&arm_dir.join(ARM_RECORD), &record)?;
         Ok(record)
@@ -658,6 +681,11 @@ impl Prepared {
     pub fn run_all(&self, models: &ModelRegistry, opts: &Options) -> Result<()> {
         for arm in &self.arms {
             self.run_arm(&arm.id, models, opts)?;
+            // The arm's student is gone: its memory goes back before the next arm trains.
+            crate::util::mem::release_free_memory();
+        }
+        if let Some(mb) = crate::util::mem::run_peak_resident_mb() {
+            tracing::info!("table2: peak resident memory of the run {:.0} MB", mb);
         }
         Ok(())
     }
@@ -744,6 +772,9 @@ impl Prepared {
                 optimizer_steps: summary.optimizer_steps,
                 train_seconds: summary.seconds,
                 examples_per_second: summary.examples_per_second,
+                predict_seconds: record.predict_seconds,
+                train_peak_rss_mb: record.train_peak_rss_mb,
+                predict_peak_rss_mb: record.predict_peak_rss_mb,
             });
             curves.push((arm.name.to_string(), summary.steps.clone()));
             predictions.push((arm.name.to_string(), predicted));
@@ -859,6 +890,18 @@ impl Table2 {
             Column::new(
                 "train examples/s".into(),
                 a.iter().map(|r| r.examples_per_second).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "predict seconds".into(),
+                a.iter().map(|r| r.predict_seconds).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "train peak RSS (MB)".into(),
+                a.iter().map(|r| r.train_peak_rss_mb).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "predict peak RSS (MB)".into(),
+                a.iter().map(|r| r.predict_peak_rss_mb).collect::<Vec<_>>(),
             ),
             Column::new(
                 "cost basis".into(),

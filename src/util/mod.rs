@@ -1,8 +1,10 @@
 //! Small helpers every stage uses, each written once: atomic file writes and hashing ([`fs`]),
 //! the seeded random numbers behind every reproducible choice ([`rng`]), the lenient scan for JSON
-//! in model answers ([`json_scan`]) and short excerpts of text for messages ([`text`]).
+//! in model answers ([`json_scan`]), short excerpts of text for messages ([`text`]) and the
+//! process's peak memory by phase ([`mem`]).
 
 pub mod fs;
 pub mod json_scan;
+pub mod mem;
 pub use p2m_metrics::rng;
 pub mod text;
