@@ -118,6 +118,21 @@ impl fmt::Display for ReportedScore {
     }
 }
 
+/// How every command of the project reports a failure: the error, then each cause on a line of its
+/// own (`p2m`, the tables and `p2m-score` alike), and the exit status to return.
+pub fn exit_with(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `p2m-score`'s whole run: read, score, print; errors when no metric was named.
 pub fn run(args: &ScoreFileArgs) -> Result<()> {
     if args.metrics.is_empty() {

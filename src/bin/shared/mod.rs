@@ -27,16 +27,7 @@ pub fn init_tracing() {
 /// Run a binary's body; print the error chain and exit non-zero on failure.
 pub fn main_with(body: impl FnOnce() -> Result<()>) -> ExitCode {
     init_tracing();
-    match body() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    p2m_metrics::scoring::exit_with(body())
 }
 
 /// `--teacher`: which LLM answers (`none` only where a command can do without one).

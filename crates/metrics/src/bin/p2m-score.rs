@@ -17,14 +17,5 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    match scoring::run(&Cli::parse().file) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    scoring::exit_with(scoring::run(&Cli::parse().file))
 }
