@@ -640,15 +640,15 @@ impl Prepared {
         // `student/final/` is all the table uses once the arm is trained.
         trainer.keep_checkpoints = false;
         tracing::info!("table2: training `{}` on {} examples", arm.name, arm.train.len());
-        let reset_ok = crate::util::mem::reset_peak_resident();
+        let training = crate::util::mem::Phase::start();
         let summary = trainer
             .train(&arm.train, &arm.validation)
             .with_context(|| format!("training the `{}` arm", arm.name))?;
-        let train_peak_rss_mb = crate::util::mem::phase_peak_resident_mb(reset_ok);
+        let train_peak_rss_mb = training.peak_mb();
         // The optimizer's state, gradients and activations are freed: return them before
         // predicting (see crate::util::mem).
         crate::util::mem::release_free_memory();
-        let reset_ok = crate::util::mem::reset_peak_resident();
+        let predicting = crate::util::mem::Phase::start();
         let predict_start = std::time::Instant::now();
         let predicted = executor::predict_frame(
             &student,
@@ -658,7 +658,7 @@ impl Prepared {
         )
         .with_context(|| format!("predicting with the `{}` arm", arm.name))?;
         let predict_seconds = predict_start.elapsed().as_secs_f64();
-        let predict_peak_rss_mb = crate::util::mem::phase_peak_resident_mb(reset_ok);
+        let predict_peak_rss_mb = predicting.peak_mb();
         crate::report::write_parquet_atomic(&predicted, &arm_dir.join(ARM_PREDICTIONS))?;
         let record = ArmRecord {
             key: arm.key.clone(),

@@ -4,8 +4,8 @@
 //! kernel's high-water mark `VmHWM` in `/proc/self/status`, which writing `5` to
 //! `/proc/self/clear_refs` resets (Linux ≥ 4.0); elsewhere the calls report that nothing was
 //! measured. A reset also lowers what `getrusage` (and so `/usr/bin/time`) reports as the
-//! process's peak to the peak since the last reset, so [`reset_peak_resident`] first folds the
-//! mark into [`run_peak_resident_mb`], the peak of the whole process.
+//! process's peak to the peak since the last reset, so [`Phase::start`] first folds the mark
+//! into [`run_peak_resident_mb`], the peak of the whole process.
 //!
 //! Why [`release_free_memory`]: glibc keeps freed heap memory mapped for reuse. Measured on a
 //! shortened laptop-bf16 Table 2 (32 examples per source, the same batches and lengths): predicting
@@ -18,10 +18,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The highest `VmHWM` (kB) seen before a reset.
 static RUN_PEAK_KB: AtomicU64 = AtomicU64::new(0);
 
-/// Starts a new phase: resets the high-water mark to the current resident size (after folding
-/// it into the process's peak). False where the kernel does not offer it (the peak read next then
-/// covers the whole process so far).
-pub fn reset_peak_resident() -> bool {
+/// One phase of a run whose peak resident memory is measured on its own.
+pub struct Phase {
+    /// Whether the high-water mark was reset when the phase started.
+    reset: bool,
+}
+
+impl Phase {
+    /// Starts a phase: the high-water mark is reset to the current resident size.
+    pub fn start() -> Phase {
+        Phase { reset: reset_peak_resident() }
+    }
+
+    /// The peak since the phase started, in MB (10⁶ bytes); `None` where the reset failed (the
+    /// mark would include earlier phases) or `/proc/self/status` has no `VmHWM`.
+    pub fn peak_mb(&self) -> Option<f64> {
+        self.reset.then(peak_resident_mb).flatten()
+    }
+}
+
+/// Resets the high-water mark to the current resident size (after folding it into the process's
+/// peak). False where the kernel does not offer it.
+fn reset_peak_resident() -> bool {
     if let Some(kb) = vm_hwm_kb() {
         RUN_PEAK_KB.fetch_max(kb, Ordering::Relaxed);
     }
@@ -52,15 +70,9 @@ fn vm_hwm_kb() -> Option<u64> {
     parse_vm_hwm_kb(&std::fs::read_to_string("/proc/self/status").ok()?)
 }
 
-/// The peak resident memory since the last [`reset_peak_resident`] (or the process's start), in
-/// MB (10⁶ bytes); `None` where `/proc/self/status` has no `VmHWM`.
-pub fn peak_resident_mb() -> Option<f64> {
+/// The peak resident memory since the last reset (or the process's start), in MB.
+fn peak_resident_mb() -> Option<f64> {
     vm_hwm_kb().map(kb_to_mb)
-}
-
-/// A phase's peak: `None` when the reset failed, since the mark would then include earlier phases.
-pub fn phase_peak_resident_mb(reset_ok: bool) -> Option<f64> {
-    reset_ok.then(peak_resident_mb).flatten()
 }
 
 fn parse_vm_hwm_kb(status: &str) -> Option<u64> {
@@ -87,17 +99,17 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_phase_peak_sees_memory_touched_in_it() {
-        let ok = reset_peak_resident();
-        assert!(ok, "/proc/self/clear_refs could not be written");
+        let phase = Phase::start();
+        assert!(phase.reset, "/proc/self/clear_refs could not be written");
         let before = peak_resident_mb().expect("VmHWM in /proc/self/status");
         let buffer = vec![1u8; 256 << 20];
-        let after = phase_peak_resident_mb(ok).unwrap();
+        let after = phase.peak_mb().unwrap();
         assert!(buffer.iter().step_by(4096).all(|&b| b == 1));
         assert!(after >= before + 200.0, "peak {after} MB after 256 MB, {before} MB before");
         drop(buffer);
         // The whole process's peak survives the next reset (compared with slack: the kernel syncs
         // its per-thread RSS counters every 64 page faults, so two readings may differ slightly).
-        assert!(reset_peak_resident());
+        assert!(Phase::start().reset);
         let run_peak = run_peak_resident_mb().unwrap();
         assert!(run_peak >= before + 200.0, "run peak {run_peak} MB, {before} MB before 256 MB");
     }

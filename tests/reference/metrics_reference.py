@@ -19,7 +19,7 @@ that NaN survives JSON and the Rust side can also report how many results are bi
 
 A second mode, ``--rust-tables``, prints the Python-``str``-semantics tables (``str.isspace``,
 ``re``'s Unicode ``\\w``, ``str.lower`` including the Final_Sigma context) that are embedded in
-``crates/metrics/src/exact_match.rs``; it is how those tables were generated (Python 3.11.7,
+``crates/metrics/src/pystr_tables.rs``; it is how those tables were generated (Python 3.11.7,
 ``unicodedata.unidata_version`` 14.0.0).
 """
 
