@@ -10,7 +10,8 @@
 //! - `decisions.json`: the state of every example (so the page shows what was decided),
 //! - `log.jsonl`: append-only, one line per change (when, which example, before, after).
 //!
-//! `p2m run` picks the reviewed files up ([`reviewed_inputs`]); their hashes enter the fingerprints
+//! `p2m run` picks the reviewed files up ([`RunLayout::examples_for_assembly`],
+//! [`RunLayout::parsed_for_training`]); their hashes enter the fingerprints
 //! of assembly and training, so exactly assembly, training, evaluation and packaging are redone.
 
 use std::collections::HashMap;
@@ -21,18 +22,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::examples::{read_examples_jsonl, write_examples_jsonl, Example};
+use crate::pipeline::layout::RunLayout;
 use crate::prompt_parser::ParsedPrompt;
 use crate::util::fs::write_json;
 
-pub const REVIEW_DIR: &str = "review";
-pub const EXAMPLES_FILE: &str = "examples.jsonl";
-pub const PARSED_FILE: &str = "parsed.json";
 pub const DECISIONS_FILE: &str = "decisions.json";
 pub const LOG_FILE: &str = "log.jsonl";
-
-/// Where a run keeps what the review replaces.
-const GENERATED: &str = "generation/examples.jsonl";
-const PARSED: &str = "parse/parsed.json";
 
 /// What a person decided about one generated example.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,49 +110,39 @@ pub struct LogEntry {
     pub after: serde_json::Value,
 }
 
-/// The reviewed files of a run that the pipeline should use instead of the originals.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReviewedInputs {
-    pub examples: Option<PathBuf>,
-    pub parsed: Option<PathBuf>,
-}
-
-/// The reviewed examples and prompt of `run_dir`, where a review saved them.
-pub fn reviewed_inputs(run_dir: &Path) -> ReviewedInputs {
-    let dir = run_dir.join(REVIEW_DIR);
-    let existing = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
-    ReviewedInputs { examples: existing(EXAMPLES_FILE), parsed: existing(PARSED_FILE) }
-}
-
-/// A run folder's review: reads the teacher's output and any earlier review, saves new ones.
+/// A run folder's review: reads the teacher's output and any earlier review, saves new ones
+/// where the pipeline looks for them ([`RunLayout::reviewed_examples`],
+/// [`RunLayout::reviewed_parsed`]).
 pub struct Review {
-    run_dir: PathBuf,
+    layout: RunLayout,
 }
 
 impl Review {
     /// The review of `run_dir`; it needs the run's parse and generation stages to be done.
     pub fn open(run_dir: &Path) -> Result<Review> {
-        for f in [GENERATED, PARSED] {
+        let layout = RunLayout::new(run_dir.to_path_buf());
+        for f in [layout.generated(), layout.parsed()] {
             anyhow::ensure!(
-                run_dir.join(f).is_file(),
-                "{} has no {f}: review needs a run whose parse and generation stages are done (run `p2m run` first)",
-                run_dir.display()
+                f.is_file(),
+                "{} has no {}: review needs a run whose parse and generation stages are done (run `p2m run` first)",
+                run_dir.display(),
+                f.strip_prefix(run_dir).unwrap_or(&f).display()
             );
         }
-        Ok(Review { run_dir: run_dir.to_path_buf() })
+        Ok(Review { layout })
     }
 
     fn dir(&self) -> PathBuf {
-        self.run_dir.join(REVIEW_DIR)
+        self.layout.review_dir()
     }
 
     fn generated(&self) -> Result<Vec<Example>> {
-        let path = self.run_dir.join(GENERATED);
+        let path = self.layout.generated();
         read_examples_jsonl(&path).with_context(|| format!("reading {}", path.display()))
     }
 
     fn original_prompt(&self) -> Result<ParsedPrompt> {
-        read_parsed(&self.run_dir.join(PARSED))
+        read_parsed(&self.layout.parsed())
     }
 
     fn decisions(&self) -> Result<HashMap<usize, Decision>> {
@@ -181,7 +166,7 @@ impl Review {
         let generated = self.generated()?;
         let decisions = self.decisions()?;
         let original = self.original_prompt()?;
-        let reviewed_path = self.dir().join(PARSED_FILE);
+        let reviewed_path = self.layout.reviewed_parsed();
         let (prompt, prompt_reviewed) = if reviewed_path.is_file() {
             (read_parsed(&reviewed_path)?, true)
         } else {
@@ -321,14 +306,16 @@ impl Review {
             decisions.values().filter(|d| d.status != Status::Pending).collect();
         list.sort_by_key(|d| d.index);
         write_json(&dir.join(DECISIONS_FILE), &list)?;
-        write_examples_jsonl(&dir.join(EXAMPLES_FILE), &kept)
-            .with_context(|| format!("writing {}", dir.join(EXAMPLES_FILE).display()))?;
-        if prompt_changed || dir.join(PARSED_FILE).is_file() {
+        let (examples_path, parsed_path) =
+            (self.layout.reviewed_examples(), self.layout.reviewed_parsed());
+        write_examples_jsonl(&examples_path, &kept)
+            .with_context(|| format!("writing {}", examples_path.display()))?;
+        if prompt_changed || parsed_path.is_file() {
             let parsed = ParsedPrompt::new(
                 submission.instruction.clone(),
                 submission.demonstrations.clone(),
             );
-            write_json(&dir.join(PARSED_FILE), &parsed)?;
+            write_json(&parsed_path, &parsed)?;
         }
         Ok(summary)
     }
@@ -395,10 +382,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("generation")).unwrap();
         std::fs::create_dir_all(dir.path().join("parse")).unwrap();
-        write_examples_jsonl(&dir.path().join(GENERATED), examples).unwrap();
+        let layout = RunLayout::new(dir.path().to_path_buf());
+        write_examples_jsonl(&layout.generated(), examples).unwrap();
         let parsed =
             ParsedPrompt::new("Answer with the capital.", vec![Example::new("France", "Paris")]);
-        write_json(&dir.path().join(PARSED), &parsed).unwrap();
+        write_json(&layout.parsed(), &parsed).unwrap();
         dir
     }
 
@@ -425,9 +413,14 @@ mod tests {
             Example::new("L", "L"),
         ];
         let run = run_with(&ex);
-        let original = std::fs::read(run.path().join(GENERATED)).unwrap();
+        let layout = RunLayout::new(run.path().to_path_buf());
+        let original = std::fs::read(layout.generated()).unwrap();
         let review = Review::open(run.path()).unwrap();
-        assert_eq!(reviewed_inputs(run.path()), ReviewedInputs::default());
+        assert_eq!(
+            (layout.examples_for_assembly(), layout.parsed_for_training()),
+            (layout.generated(), layout.parsed()),
+            "nothing reviewed yet"
+        );
         let s = review
             .save(&ReviewSubmission {
                 instruction: "Answer with the capital city only.".into(),
@@ -445,13 +438,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!((s.kept, s.edited, s.rejected, s.prompt_changed), (2, 1, 1, true));
-        assert_eq!(std::fs::read(run.path().join(GENERATED)).unwrap(), original);
-        let reviewed = reviewed_inputs(run.path());
-        let kept = read_examples_jsonl(reviewed.examples.as_ref().unwrap()).unwrap();
+        assert_eq!(std::fs::read(layout.generated()).unwrap(), original);
+        assert_eq!(layout.examples_for_assembly(), layout.reviewed_examples());
+        assert_eq!(layout.parsed_for_training(), layout.reviewed_parsed());
+        let kept = read_examples_jsonl(&layout.examples_for_assembly()).unwrap();
         assert_eq!(kept, vec![Example::new("Chile", "Santiago"), Example::new("Peru", "Lima")]);
-        let parsed = read_parsed(reviewed.parsed.as_ref().unwrap()).unwrap();
+        let parsed = read_parsed(&layout.parsed_for_training()).unwrap();
         assert_eq!(parsed.instruction, "Answer with the capital city only.");
-        let log = std::fs::read_to_string(run.path().join("review").join(LOG_FILE)).unwrap();
+        let log = std::fs::read_to_string(layout.review_dir().join(LOG_FILE)).unwrap();
         assert_eq!(log.lines().count(), 4, "three examples and the prompt: {log}");
 
         // The page sees the decisions; a second identical save changes and logs nothing.
@@ -473,7 +467,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(again.changed, 0);
-        let log2 = std::fs::read_to_string(run.path().join("review").join(LOG_FILE)).unwrap();
+        let log2 = std::fs::read_to_string(layout.review_dir().join(LOG_FILE)).unwrap();
         assert_eq!(log, log2);
     }
 
@@ -497,7 +491,7 @@ mod tests {
         assert!(e.contains("example 5") && e.contains("1 generated"), "{e}");
         let e = review.save(&sub("x", 0, Some(""))).unwrap_err().to_string();
         assert!(e.contains("edited input is empty"), "{e}");
-        assert!(!run.path().join("review").join(EXAMPLES_FILE).exists());
+        assert!(!RunLayout::new(run.path().to_path_buf()).reviewed_examples().exists());
         let e = Review::open(tempfile::tempdir().unwrap().path()).err().unwrap().to_string();
         assert!(e.contains("p2m run"), "{e}");
     }

@@ -613,3 +613,46 @@ async fn the_budget_stops_a_priced_run_cleanly_and_a_larger_one_continues_it() {
     .unwrap();
     assert!(log["cost_usd"].as_f64().unwrap() > 0.0, "the spend is tracked: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_a_folder_in_use_stops_naming_the_holder_or_waits_with_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let args = ["run", "--task", "temporal", "--teacher", "recorded", "--scale", "smoke"];
+    let mut first = p2m(&runs, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // The holder writes its pid into the lock file once it holds the lock.
+    let lock = runs.join("temporal-recorded").join("run.lock");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("pid")) {
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended before it was seen");
+        assert!(start.elapsed() < Duration::from_secs(60), "no lock written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = run_blocking(p2m(&runs, &args)).await;
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("in use by another process") && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    assert!(err.contains("--wait"), "{err}");
+    assert!(first.wait().unwrap().success());
+    // With --wait a run queues behind the holder (here this test process) and goes on once it
+    // lets go, finding every stage done.
+    let held = std::fs::OpenOptions::new().read(true).write(true).open(&lock).unwrap();
+    held.lock().unwrap();
+    let mut waiting = args.to_vec();
+    waiting.push("--wait");
+    let third = p2m(&runs, &waiting).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut third = third;
+    assert!(third.try_wait().unwrap().is_none(), "it waits while the folder is held");
+    held.unlock().unwrap();
+    let out = ok(run_blocking_child(third).await);
+    assert!(out.contains("waiting for"), "{out}");
+    assert!(!out.contains("] starting"), "every stage was done by the first run: {out}");
+}
+
+async fn run_blocking_child(child: std::process::Child) -> Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap()
+}

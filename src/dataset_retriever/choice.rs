@@ -23,12 +23,12 @@ pub fn rerank_prompt(instruction: &str, candidates: &[Candidate]) -> String {
     for c in candidates {
         p.push_str(&format!("- {}: {}\n", c.name, flat_excerpt(&c.description, 300)));
     }
-    p.push_str(
-        "\nWhich one dataset is the most useful training data for the task? Answer with JSON only, \
-         {\"name\": \"<dataset name exactly as listed>\"}, or {\"name\": null} if none is suitable.\n",
-    );
+    p.push_str(RERANK_QUESTION);
     p
 }
+
+/// The question after the candidates (on one line: the JSON shape is part of the prompt).
+const RERANK_QUESTION: &str = "\nWhich one dataset is the most useful training data for the task? Answer with JSON only, {\"name\": \"<dataset name exactly as listed>\"}, or {\"name\": null} if none is suitable.\n";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RerankOutcome {

@@ -303,7 +303,7 @@ impl TensorInfo {
     pub fn n_bytes(&self) -> Option<u64> {
         let (block, bytes) = self.ggml_type.block_layout()?;
         let row = *self.dims.first().unwrap_or(&1);
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return None;
         }
         Some(self.n_elements() / block * bytes)
@@ -743,7 +743,7 @@ impl GgufFile {
 pub fn reverse_rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
     assert_eq!(data.len(), rows * cols, "reverse_rope_permutation: data is not [rows, cols]");
     assert!(
-        n_head > 0 && rows % (2 * n_head) == 0,
+        n_head > 0 && rows.is_multiple_of(2 * n_head),
         "rows {rows} not divisible into {n_head} heads of even size"
     );
     let head_dim = rows / n_head;

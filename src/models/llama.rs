@@ -197,13 +197,13 @@ impl LlamaConfig {
             "head counts must be positive"
         );
         ensure!(
-            self.num_attention_heads % self.num_key_value_heads == 0,
+            self.num_attention_heads.is_multiple_of(self.num_key_value_heads),
             "{} attention heads are not a multiple of {} KV heads",
             self.num_attention_heads,
             self.num_key_value_heads
         );
         ensure!(
-            self.head_dim % 2 == 0,
+            self.head_dim.is_multiple_of(2),
             "rotary embeddings need an even head_dim, got {}",
             self.head_dim
         );

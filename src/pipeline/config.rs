@@ -25,6 +25,27 @@ pub enum TeacherSource {
     Recorded,
 }
 
+impl TeacherSource {
+    /// The teacher's one display name (`local`, `openai`, `recorded`): run and cell folder names,
+    /// reports, the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TeacherSource::Local => "local",
+            TeacherSource::Openai => "openai",
+            TeacherSource::Recorded => "recorded",
+        }
+    }
+
+    /// The live backend it is built as; None for the recorded teacher, which answers nothing.
+    pub fn kind(self) -> Option<crate::teacher::TeacherKind> {
+        match self {
+            TeacherSource::Local => Some(crate::teacher::TeacherKind::Local),
+            TeacherSource::Openai => Some(crate::teacher::TeacherKind::Openai),
+            TeacherSource::Recorded => None,
+        }
+    }
+}
+
 /// How generated examples are split (the reference's `DatasetSplitter`: 0.7/0.1/0.2 with caps).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -6,51 +6,72 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::evaluate::MetricResult;
-use super::stage::{read_record, Stage, Status};
+use super::layout::RunLayout;
+use super::stage::{read_record, Stage, StageRecord, Status};
+use super::stages::read_stage_json;
 use super::RunManifest;
 
 /// One run folder, as read back.
 pub struct RunInfo {
     pub dir: PathBuf,
     pub manifest: RunManifest,
-    /// Per stage: `done`, `running` (interrupted or in progress) or `—` (not reached).
-    pub stages: Vec<(Stage, String, Option<super::stage::StageRecord>)>,
+    /// Per stage: its record, where the stage was reached (`running`: interrupted or in progress).
+    pub stages: Vec<(Stage, Option<StageRecord>)>,
     pub metrics: Vec<MetricResult>,
     pub teacher_cost_usd: Option<f64>,
 }
 
+/// How far a run got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Every stage is done.
+    Complete,
+    /// `done` of the stages are done; `next` is the first that is not.
+    Partial { done: usize, next: Stage },
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunStatus::Complete => f.write_str("complete"),
+            RunStatus::Partial { done, next } => {
+                write!(f, "{done}/{} stages (next: {})", Stage::ALL.len(), next.name())
+            }
+        }
+    }
+}
+
+/// A stage's state in a listing: `done`, `running` or `—` (not reached).
+pub fn stage_state(record: Option<&StageRecord>) -> &'static str {
+    match record.map(|r| r.status) {
+        Some(Status::Done) => "done",
+        Some(Status::Running) => "running",
+        None => "—",
+    }
+}
+
 impl RunInfo {
     pub fn read(dir: &Path) -> Result<RunInfo> {
-        let manifest: RunManifest = super::read_json(&dir.join("run.json"))?;
-        let stages = Stage::ALL
-            .iter()
-            .map(|&s| {
-                let rec = read_record(dir, s);
-                let status = match rec.as_ref().map(|r| r.status) {
-                    Some(Status::Done) => "done",
-                    Some(Status::Running) => "running",
-                    None => "—",
-                };
-                (s, status.to_string(), rec)
-            })
-            .collect();
-        let metrics = super::read_json(&dir.join(Stage::Evaluate.name()).join("metrics.json"))
-            .unwrap_or_default();
-        let teacher_cost_usd = super::read_json::<crate::dataset_generator::GenerationLog>(
-            &dir.join(Stage::Generate.name()).join(crate::dataset_generator::LOG_FILE),
-        )
-        .ok()
-        .map(|l| l.cost_usd);
+        let layout = RunLayout::new(dir.to_path_buf());
+        let manifest: RunManifest = read_stage_json(&layout.manifest())?;
+        let stages = Stage::ALL.iter().map(|&s| (s, read_record(dir, s))).collect();
+        let metrics = read_stage_json(&layout.metrics()).unwrap_or_default();
+        let teacher_cost_usd =
+            read_stage_json::<crate::dataset_generator::GenerationLog>(&layout.generation_log())
+                .ok()
+                .map(|l| l.cost_usd);
         Ok(RunInfo { dir: dir.to_path_buf(), manifest, stages, metrics, teacher_cost_usd })
     }
 
-    pub fn status(&self) -> String {
-        let done = self.stages.iter().filter(|s| s.1 == "done").count();
-        if done == self.stages.len() {
-            "complete".into()
-        } else {
-            let next = self.stages.iter().find(|s| s.1 != "done").map(|s| s.0.name()).unwrap_or("");
-            format!("{done}/{} stages (next: {next})", self.stages.len())
+    pub fn status(&self) -> RunStatus {
+        let is_done =
+            |r: &Option<StageRecord>| r.as_ref().is_some_and(|r| r.status == Status::Done);
+        match self.stages.iter().find(|(_, r)| !is_done(r)) {
+            None => RunStatus::Complete,
+            Some((next, _)) => RunStatus::Partial {
+                done: self.stages.iter().filter(|(_, r)| is_done(r)).count(),
+                next: *next,
+            },
         }
     }
 
@@ -75,7 +96,7 @@ pub fn list(runs_dir: &Path) -> Result<Vec<RunInfo>> {
         std::fs::read_dir(runs_dir).with_context(|| format!("listing {}", runs_dir.display()))?
     {
         let p = e?.path();
-        if p.join("run.json").exists() {
+        if RunLayout::new(p.clone()).manifest().exists() {
             if let Ok(info) = RunInfo::read(&p) {
                 out.push(info);
             }

@@ -4,19 +4,19 @@
 //! `<cells root>/<table>/<scale>/<teacher>/<cell>/`; the pipeline's stage fingerprints make it
 //! idempotent (a finished cell is skipped, a changed setting redoes what it touches, a killed cell
 //! resumes). The table binary runs whatever is missing, `--jobs N` at a time, or writes a Slurm
-//! array that runs them on a cluster ([`emit_slurm`]); then it assembles the table from the cells.
+//! array that runs them on a cluster (both in [`super::jobs`]); then it assembles the table from
+//! the cells.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use super::jobs::{emit_slurm, run_missing, CellJobs, SlurmResources};
 use crate::config::Paths;
 use crate::pipeline::config::{RunConfig, TeacherSource};
-use crate::pipeline::runs::RunInfo;
+use crate::pipeline::runs::{RunInfo, RunStatus};
 use crate::pipeline::{RunOptions, RunSummary};
 
 pub const LIVE_TABLES_FILE: &str = "live_tables.toml";
@@ -35,19 +35,6 @@ impl LiveTable {
             LiveTable::Table3 => "table3",
         }
     }
-}
-
-/// What one cell asks of a cluster node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlurmResources {
-    /// `--time`, e.g. `00:20:00`.
-    pub time: String,
-    /// `--mem`, e.g. `6G`.
-    pub mem: String,
-    pub cpus: u32,
-    #[serde(default)]
-    pub gpus: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,14 +123,6 @@ pub struct CellPlan {
     pub runs_dir: PathBuf,
 }
 
-pub fn teacher_name(t: TeacherSource) -> &'static str {
-    match t {
-        TeacherSource::Local => "local",
-        TeacherSource::Openai => "openai",
-        TeacherSource::Recorded => "recorded",
-    }
-}
-
 /// `base` with the fields of `over` replacing its own (unknown fields refused by name).
 fn overlay(base: &RunConfig, over: &toml::Table, what: &str) -> Result<RunConfig> {
     let mut table: toml::Table = toml::from_str(&toml::to_string(base)?)?;
@@ -212,7 +191,7 @@ pub fn plan(
         }
     }
     anyhow::ensure!(!cells.is_empty(), "{} has no cells at scale `{scale}`", table.name());
-    let runs_dir = cells_root.join(table.name()).join(scale).join(teacher_name(teacher));
+    let runs_dir = cells_root.join(table.name()).join(scale).join(teacher.name());
     Ok(CellPlan { table, scale: scale.to_string(), teacher, scale_spec, cells, runs_dir })
 }
 
@@ -242,7 +221,7 @@ impl CellPlan {
     pub fn is_done(&self, cell: &Cell) -> bool {
         match RunInfo::read(&self.dir(cell)) {
             Ok(info) => {
-                info.status() == "complete"
+                info.status() == RunStatus::Complete
                     && serde_json::to_value(&info.manifest.config).ok()
                         == serde_json::to_value(&cell.config).ok()
             }
@@ -262,6 +241,9 @@ impl CellPlan {
             interactive: false,
             confirm_cost: None,
             ask: None,
+            read_line: None,
+            // A second process on the same cell stops at once, naming the one that runs it.
+            wait: false,
             device,
         };
         crate::pipeline::run(&cell.config, &opts)
@@ -273,178 +255,13 @@ impl CellPlan {
         CellJobs {
             table: self.table.name().to_string(),
             scale: self.scale.clone(),
-            detail: format!("teacher {}", teacher_name(self.teacher)),
+            detail: format!("teacher {}", self.teacher.name()),
             ids: self.cells.iter().map(|c| c.id.clone()).collect(),
             done: self.cells.iter().map(|c| self.is_done(c)).collect(),
             runs_dir: self.runs_dir.clone(),
             slurm: self.scale_spec.slurm.clone(),
         }
     }
-}
-
-/// A table's cells as jobs: what the local runner ([`run_missing`]) and the Slurm writer
-/// ([`emit_slurm`]) need, whichever table they belong to.
-#[derive(Debug, Clone)]
-pub struct CellJobs {
-    pub table: String,
-    pub scale: String,
-    /// Anything else that names the cells' configuration (for the scripts' comments).
-    pub detail: String,
-    pub ids: Vec<String>,
-    /// Per id: finished with exactly its configuration.
-    pub done: Vec<bool>,
-    /// Where the cells' folders and logs go.
-    pub runs_dir: PathBuf,
-    pub slurm: SlurmResources,
-}
-
-/// Run every cell that is not done, `jobs` at a time, each as `program args… --cell ID` (a
-/// process of its own, its output in `<runs dir>/<cell>.log`). Returns the cells that failed.
-pub fn run_missing(
-    cells: &CellJobs,
-    program: &Path,
-    args: &[String],
-    jobs: usize,
-) -> Result<Vec<String>> {
-    let todo: Vec<&String> =
-        cells.ids.iter().zip(&cells.done).filter(|(_, done)| !**done).map(|(id, _)| id).collect();
-    let total = cells.ids.len();
-    println!(
-        "{}: {} cells at scale {} ({} done, {} to run, {} at a time) in {}",
-        cells.table,
-        total,
-        cells.scale,
-        total - todo.len(),
-        todo.len(),
-        jobs.max(1),
-        cells.runs_dir.display()
-    );
-    std::fs::create_dir_all(&cells.runs_dir)
-        .with_context(|| format!("creating {}", cells.runs_dir.display()))?;
-    let mut queue = todo.into_iter();
-    let mut running: Vec<(String, std::process::Child, Instant)> = Vec::new();
-    let mut failed = Vec::new();
-    let mut finished = 0usize;
-    loop {
-        while running.len() < jobs.max(1) {
-            let Some(id) = queue.next() else { break };
-            let log_path = cells.runs_dir.join(format!("{id}.log"));
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("creating {}", log_path.display()))?;
-            let child = Command::new(program)
-                .args(args)
-                .args(["--cell", id])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {} for cell {id}", program.display()))?;
-            running.push((id.clone(), child, Instant::now()));
-        }
-        if running.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let mut i = 0;
-        while i < running.len() {
-            if let Some(status) = running[i].1.try_wait()? {
-                let (id, _, started) = running.remove(i);
-                finished += 1;
-                let log = cells.runs_dir.join(format!("{id}.log"));
-                if status.success() {
-                    println!(
-                        "  [{finished}] {id} done in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                } else {
-                    println!(
-                        "  [{finished}] {id} FAILED ({status}); its output: {}",
-                        log.display()
-                    );
-                    failed.push(id);
-                }
-            } else {
-                i += 1;
-            }
-        }
-    }
-    Ok(failed)
-}
-
-/// Write `cells.sbatch` (a Slurm array, one cell per task, `%K` at a time), `collect.sbatch` (the
-/// table from the cells) and `submit.sh` (both, the second `--dependency=afterok` on the first)
-/// into `dir`. `program` and `args` are how a node starts the table binary (an absolute path: the
-/// nodes share this file system).
-pub fn emit_slurm(
-    cells: &CellJobs,
-    dir: &Path,
-    program: &Path,
-    args: &[String],
-    max_parallel: usize,
-) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
-    anyhow::ensure!(!cells.ids.is_empty(), "{}: no cells to submit", cells.table);
-    let r = &cells.slurm;
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let command: String = std::iter::once(program.display().to_string())
-        .chain(args.iter().cloned())
-        .map(|a| quote(&a))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let ids: String = cells.ids.join(" ");
-    let cwd = std::env::current_dir()?;
-    let gpus = if r.gpus > 0 { format!("#SBATCH --gres=gpu:{}\n", r.gpus) } else { String::new() };
-    let name = format!("p2m-{}-{}", cells.table, cells.scale);
-    let array_script = format!(
-        "#!/bin/bash\n# {n} cells of {table} at scale {scale} ({detail}): one per array task.\n\
-         # Written by `{table} --emit-slurm`; resources from the scale's `slurm` entry in data/.\n\
-         #SBATCH --job-name={name}-cells\n#SBATCH --array=0-{last}%{k}\n#SBATCH --time={time}\n#SBATCH --mem={mem}\n\
-         #SBATCH --cpus-per-task={cpus}\n{gpus}#SBATCH --output={out}/cell-%a.log\n#SBATCH --chdir={cwd}\n\
-         set -euo pipefail\nCELLS=({ids})\nexport OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-1}}\n\
-         exec {command} --cell \"${{CELLS[$SLURM_ARRAY_TASK_ID]}}\"\n",
-        n = cells.ids.len(),
-        table = cells.table,
-        scale = cells.scale,
-        detail = cells.detail,
-        last = cells.ids.len() - 1,
-        k = max_parallel.max(1),
-        time = r.time,
-        mem = r.mem,
-        cpus = r.cpus,
-        out = dir.display(),
-        cwd = cwd.display(),
-    );
-    let collect = format!(
-        "#!/bin/bash\n# Assembles {table} from its cells once every array task has succeeded.\n\
-         #SBATCH --job-name={name}-collect\n#SBATCH --time=00:30:00\n#SBATCH --mem={mem}\n#SBATCH --cpus-per-task=1\n\
-         #SBATCH --output={out}/collect.log\n#SBATCH --chdir={cwd}\nset -euo pipefail\nexec {command} --collect-only\n",
-        table = cells.table,
-        mem = r.mem,
-        out = dir.display(),
-        cwd = cwd.display(),
-    );
-    let submit = format!(
-        "#!/bin/bash\n# Submit the cells, then the collector after all of them succeeded.\nset -euo pipefail\n\
-         cd {d}\ncells=$(sbatch --parsable cells.sbatch)\ncollect=$(sbatch --parsable --dependency=afterok:${{cells%%;*}} collect.sbatch)\n\
-         echo \"cells: job $cells; collect: job $collect (output in {d})\"\n",
-        d = quote(&dir.display().to_string())
-    );
-    let mut written = Vec::new();
-    for (file, text) in
-        [("cells.sbatch", array_script), ("collect.sbatch", collect), ("submit.sh", submit)]
-    {
-        let path = dir.join(file);
-        crate::util::fs::write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-        }
-        written.push(path);
-    }
-    Ok(written)
 }
 
 /// Refuse an unfinished table: name the cells that are missing and how to make them.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use serde::Serialize;
 
-use super::cells::{teacher_name, CellPlan};
+use super::cells::CellPlan;
 use super::table3_live::read_predictions;
 use crate::data::loaders::{self, HfDisk};
 use crate::data::recorded::GPT_BASELINE;
@@ -97,7 +97,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         &format!("table1-live-{}", plan.scale),
         &registry.paths.root,
         serde_json::json!({
-            "source": "live", "scale": plan.scale, "teacher": teacher_name(plan.teacher),
+            "source": "live", "scale": plan.scale, "teacher": plan.teacher.name(),
             "cells": plan.cells.iter().map(|c| serde_json::json!({ "id": c.id, "config": c.config })).collect::<Vec<_>>(),
             "runs": plan.runs_dir,
             "paired_test": format!("paired bootstrap, one-sided|{}", bootstrap_cfg.signature()),
@@ -109,7 +109,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         "Scale `{}` ({}); teacher `{}`. Each row is one `p2m run` (folders under {}), scored on the same real test examples; intervals are 95 % bootstrap intervals (1,000 seeded resamples).",
         plan.scale,
         plan.scale_spec.description,
-        teacher_name(plan.teacher),
+        plan.teacher.name(),
         plan.runs_dir.display()
     )];
     let mut task_ids: Vec<String> = plan.cells.iter().map(|c| c.task.clone()).collect();
@@ -189,7 +189,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         // The teacher's row, on exactly the examples the students were scored on.
         let teacher_label = match plan.teacher {
             TeacherSource::Recorded => "gpt-3.5-turbo".to_string(),
-            _ => format!("the teacher ({})", teacher_name(plan.teacher)),
+            _ => format!("the teacher ({})", plan.teacher.name()),
         };
         let mut teacher_row = LiveRow {
             task: task_id.clone(),
@@ -247,7 +247,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     }
     Ok(Table1Live {
         scale: plan.scale.clone(),
-        teacher: teacher_name(plan.teacher).into(),
+        teacher: plan.teacher.name().into(),
         rows,
         paired,
         notes,

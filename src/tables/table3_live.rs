@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde::Serialize;
 
-use super::cells::{teacher_name, CellPlan};
+use super::cells::CellPlan;
 use super::round2;
 use crate::data::registry::Registry;
 use crate::data::tasks::Task;
@@ -87,7 +87,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
         &format!("table3-live-{}", plan.scale),
         &registry.paths.root,
         serde_json::json!({
-            "source": "live", "scale": plan.scale, "teacher": teacher_name(plan.teacher),
+            "source": "live", "scale": plan.scale, "teacher": plan.teacher.name(),
             "cells": plan.cells.iter().map(|c| serde_json::json!({ "id": c.id, "config": c.config })).collect::<Vec<_>>(),
             "runs": plan.runs_dir,
             "tau_interval": bootstrap.signature(),
@@ -100,7 +100,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
         "Scale `{}` ({}); teacher `{}`. Every student is one `p2m run` (its folder under {}), fine-tuned on the task's generated training data and scored on the same generated and real test examples; each score's interval is its run's 95 % bootstrap interval, τ's interval resamples both test sets (1,000 seeded resamples, the same resample for every student).",
         plan.scale,
         plan.scale_spec.description,
-        teacher_name(plan.teacher),
+        plan.teacher.name(),
         plan.runs_dir.display()
     )];
     let task_ids: Vec<String> = {
@@ -196,7 +196,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
     }
     Ok(Table3Live {
         scale: plan.scale.clone(),
-        teacher: teacher_name(plan.teacher).into(),
+        teacher: plan.teacher.name().into(),
         students,
         results,
         notes,

@@ -530,7 +530,7 @@ impl<'a> Trainer<'a> {
                 ));
                 // Without a terminal the bar is hidden; a log line every ~5% keeps long runs visible.
                 if !interactive
-                    && (state.optimizer_step % log_every == 0
+                    && (state.optimizer_step.is_multiple_of(log_every)
                         || state.optimizer_step == total_steps)
                 {
                     tracing::info!(
@@ -572,7 +572,7 @@ impl<'a> Trainer<'a> {
                     }
                 }
                 let periodic = cfg.checkpoint_every > 0
-                    && state.optimizer_step % cfg.checkpoint_every as u64 == 0;
+                    && state.optimizer_step.is_multiple_of(cfg.checkpoint_every as u64);
                 if periodic || at_epoch_end || out_of_steps {
                     last_checkpoint =
                         self.write_checkpoint(&state, &optimizer)?.display().to_string();

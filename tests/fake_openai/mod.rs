@@ -364,7 +364,7 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
     };
     let input = format!("[Posted: 2020-01-01] Event number {x} happened last year.");
     let base = format!("last year == {}", 2019 - (x % 50) as i64);
-    let output = if h % 10 == 0 { format!("{base} (alternative reading)") } else { base };
+    let output = if h.is_multiple_of(10) { format!("{base} (alternative reading)") } else { base };
     let obj = json!({"input": input, "output": output}).to_string();
     match (h >> 8) % 20 {
         0..=9 => obj,

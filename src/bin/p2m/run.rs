@@ -10,7 +10,7 @@ use prompt2model::pipeline::runs::{self, RunInfo};
 use prompt2model::pipeline::stage::Stage;
 use prompt2model::pipeline::{self, RunOptions};
 
-use crate::shared::{TeacherArgs, TeacherChoice};
+use crate::shared::TeacherArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Start over if runs/<name> holds another prompt.
     #[arg(long)]
     pub force: bool,
+    /// When another process runs in the same run folder, wait for it to finish (default: stop
+    /// at once, naming it).
+    #[arg(long)]
+    pub wait: bool,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Train and predict on the CPU even when a GPU is there.
@@ -112,38 +116,22 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
             None => bail!("say what to do: --task squad|temporal|mconala, --prompt-file FILE, or --config run.toml with `task` or `prompt`"),
         }
     }
+    if let Some(choice) = args.server.choice {
+        cfg.teacher = choice
+            .source()
+            .context("`p2m run` needs a teacher: --teacher local, openai or recorded")?;
+    }
     cfg.name = match (&args.name, &cfg.task, &args.prompt_file) {
         (Some(n), _, _) => n.clone(),
         _ if !cfg.name.is_empty() => cfg.name.clone(),
         (None, _, Some(p)) => {
             p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into())
         }
-        (None, Some(t), None) => format!(
-            "{t}-{}",
-            match args.server.choice {
-                Some(TeacherChoice::Openai) => "openai",
-                Some(TeacherChoice::Recorded) => "recorded",
-                Some(TeacherChoice::Local) => "local",
-                _ => match cfg.teacher {
-                    TeacherSource::Local => "local",
-                    TeacherSource::Openai => "openai",
-                    TeacherSource::Recorded => "recorded",
-                },
-            }
-        ),
+        (None, Some(t), None) => format!("{t}-{}", cfg.teacher.name()),
         (None, None, None) => "run".into(),
     };
     if let Some(s) = &args.scale {
         cfg.scale = s.clone();
-    }
-    match args.server.choice {
-        Some(TeacherChoice::Openai) => cfg.teacher = TeacherSource::Openai,
-        Some(TeacherChoice::Recorded) => cfg.teacher = TeacherSource::Recorded,
-        Some(TeacherChoice::Local) => cfg.teacher = TeacherSource::Local,
-        Some(TeacherChoice::None) => {
-            bail!("`p2m run` needs a teacher: --teacher local, openai or recorded")
-        }
-        None => {}
     }
     // The teacher's server settings: the flags', unless a config file set them and no teacher flag
     // was given (a fleet written in run.toml stays as written).
@@ -151,12 +139,8 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
         && cfg.teacher_settings != prompt2model::teacher::TeacherSettings::default()
         && args.server.choice.is_none();
     if cfg.teacher != TeacherSource::Recorded && !from_file {
-        let choice = if cfg.teacher == TeacherSource::Openai {
-            TeacherChoice::Openai
-        } else {
-            TeacherChoice::Local
-        };
-        cfg.teacher_settings = args.server.settings(choice).expect("a teacher was chosen");
+        cfg.teacher_settings =
+            args.server.settings(cfg.teacher.into()).expect("a live teacher was chosen");
     }
     if args.budget.is_some() {
         cfg.budget_usd = args.budget;
@@ -216,8 +200,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         None
     };
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
+    let read_line: Option<pipeline::ReadLine> = if interactive {
+        Some(Box::new(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            Ok(line)
+        }))
+    } else {
+        None
+    };
     let opts = RunOptions {
         ask,
+        read_line,
+        wait: args.wait,
         runs_dir: pipeline::runs_dir(&paths),
         from: args.from.as_deref().and_then(Stage::parse),
         force: args.force,
@@ -292,7 +287,8 @@ pub fn show(name: String) -> Result<()> {
         r.manifest.config.teacher,
         r.manifest.config.scale
     );
-    for (stage, status, rec) in &r.stages {
+    for (stage, rec) in &r.stages {
+        let status = runs::stage_state(rec.as_ref());
         let detail = rec
             .as_ref()
             .map(|x| format!("{:>8.1} s  {}", x.total_seconds, x.summary))

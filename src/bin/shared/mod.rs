@@ -10,7 +10,7 @@ use prompt2model::config::Paths;
 use prompt2model::data::tasks;
 use prompt2model::teacher::structured::ResponseFormat;
 use prompt2model::teacher::{
-    EndpointSettings, Teacher, TeacherKind, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE,
+    EndpointSettings, Teacher, TeacherSettings, DEFAULT_REQUESTS_PER_MINUTE,
 };
 
 /// Log to stderr; `RUST_LOG` overrides the default `info` level.
@@ -42,6 +42,30 @@ pub enum TeacherChoice {
     Openai,
     /// The paper authors' recorded gpt-3.5-turbo generations (`p2m run` on a paper task only).
     Recorded,
+}
+
+impl From<prompt2model::pipeline::config::TeacherSource> for TeacherChoice {
+    fn from(source: prompt2model::pipeline::config::TeacherSource) -> TeacherChoice {
+        use prompt2model::pipeline::config::TeacherSource;
+        match source {
+            TeacherSource::Local => TeacherChoice::Local,
+            TeacherSource::Openai => TeacherChoice::Openai,
+            TeacherSource::Recorded => TeacherChoice::Recorded,
+        }
+    }
+}
+
+impl TeacherChoice {
+    /// The teacher the library knows this as; None for `none`.
+    pub fn source(self) -> Option<prompt2model::pipeline::config::TeacherSource> {
+        use prompt2model::pipeline::config::TeacherSource;
+        match self {
+            TeacherChoice::None => None,
+            TeacherChoice::Local => Some(TeacherSource::Local),
+            TeacherChoice::Openai => Some(TeacherSource::Openai),
+            TeacherChoice::Recorded => Some(TeacherSource::Recorded),
+        }
+    }
 }
 
 /// The teacher flags of every command that calls an LLM (generate, diversity, the retrievers, the
@@ -130,11 +154,7 @@ impl TeacherArgs {
     /// The settings these flags describe, with `default` when `--teacher` was not given; `None`
     /// for `--teacher none`.
     pub fn settings(&self, default: TeacherChoice) -> Option<TeacherSettings> {
-        let kind = match self.choice.unwrap_or(default) {
-            TeacherChoice::None | TeacherChoice::Recorded => return None,
-            TeacherChoice::Local => TeacherKind::Local,
-            TeacherChoice::Openai => TeacherKind::Openai,
-        };
+        let kind = self.choice.unwrap_or(default).source()?.kind()?;
         let mut urls = self.base_url.iter().map(|u| u.trim()).filter(|u| !u.is_empty());
         let first = urls.next().unwrap_or("https://api.openai.com/v1").to_string();
         Some(TeacherSettings {
@@ -319,15 +339,10 @@ pub struct LiveArgs {
 #[allow(dead_code)] // the table binaries use it; p2m includes this file too
 impl LiveArgs {
     pub fn teacher(&self) -> Result<prompt2model::pipeline::config::TeacherSource> {
-        use prompt2model::pipeline::config::TeacherSource;
-        Ok(match self.server.choice.unwrap_or(TeacherChoice::Recorded) {
-            TeacherChoice::Recorded => TeacherSource::Recorded,
-            TeacherChoice::Local => TeacherSource::Local,
-            TeacherChoice::Openai => TeacherSource::Openai,
-            TeacherChoice::None => {
-                bail!("the live tables need a teacher: --teacher recorded, local or openai")
-            }
-        })
+        let choice = self.server.choice.unwrap_or(TeacherChoice::Recorded);
+        choice
+            .source()
+            .context("the live tables need a teacher: --teacher recorded, local or openai")
     }
 
     /// The cells, planned from data/live_tables.toml.

@@ -1,0 +1,100 @@
+//! Stage 5: train / validation / test from the generated (or reviewed) and retrieved examples
+//! ([`crate::pipeline::assemble`]).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{existing, read_stage_json, PipelineStage};
+use crate::data::examples::read_examples_jsonl;
+use crate::pipeline::assemble::{assemble, rows_frame};
+use crate::pipeline::config::SplitConfig;
+use crate::pipeline::context::RunContext;
+use crate::pipeline::stage::{record_path, Stage, StageInputs, StageOutputs, StageRecord};
+use crate::util::fs::{write_atomic, write_json};
+
+pub struct Assemble;
+
+impl PipelineStage for Assemble {
+    fn stage(&self) -> Stage {
+        Stage::Assemble
+    }
+
+    fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
+        let layout = &ctx.layout;
+        let mut files = vec![layout.examples_for_assembly(), layout.retrieved()];
+        // The generated test set where one was recorded apart; the records of generation and
+        // retrieval, whose settings and summaries name the rows' provenance.
+        files.extend(existing([
+            layout.generated_test(),
+            record_path(layout.dir(), Stage::RetrieveDatasets),
+            record_path(layout.dir(), Stage::Generate),
+        ]));
+        Ok(StageInputs {
+            settings: serde_json::json!({ "split": ctx.cfg.split, "max_train": ctx.resolved.max_train_examples, "max_validation": ctx.resolved.max_validation_examples }),
+            files,
+        })
+    }
+
+    fn run(&self, ctx: &RunContext, _dir: &Path) -> Result<StageOutputs> {
+        let layout = &ctx.layout;
+        let examples_path = layout.examples_for_assembly();
+        let generated = read_examples_jsonl(&examples_path)
+            .with_context(|| format!("reading {}", examples_path.display()))?;
+        let retrieved = read_examples_jsonl(&layout.retrieved())?;
+        let fixed_test = if layout.generated_test().is_file() {
+            Some(read_examples_jsonl(&layout.generated_test())?)
+        } else {
+            None
+        };
+        anyhow::ensure!(
+            !generated.is_empty() || !retrieved.is_empty(),
+            "no training data: generation produced no examples and no dataset was retrieved; turn generation on or give --retrieved DIR"
+        );
+        let source =
+            read_stage_json::<StageRecord>(&record_path(layout.dir(), Stage::RetrieveDatasets))
+                .map(|r| r.summary)
+                .unwrap_or_default();
+        let split = SplitConfig {
+            max_validation: ctx.cfg.split.max_validation.min(ctx.resolved.max_validation_examples),
+            ..ctx.cfg.split.clone()
+        };
+        let a = assemble(
+            &generated,
+            &ctx.teacher_id,
+            &retrieved,
+            &source,
+            fixed_test.as_deref(),
+            &split,
+            ctx.resolved.max_train_examples,
+        );
+        let mut files = Vec::new();
+        for (name, rows) in [("train", &a.train), ("validation", &a.validation), ("test", &a.test)]
+        {
+            let path = layout.split(name);
+            let text: String = rows
+                .iter()
+                .map(|r| serde_json::to_string(r).expect("serialisable") + "\n")
+                .collect();
+            write_atomic(&path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            crate::report::write_parquet_atomic(
+                &rows_frame(rows)?,
+                &path.with_extension("parquet"),
+            )?;
+            files.push(path);
+        }
+        write_json(&layout.notes(Stage::Assemble), &a.notes)?;
+        Ok(StageOutputs {
+            files,
+            summary: format!(
+                "train {} ({} generated, {} retrieved), validation {}, generated test {}",
+                a.train.len(),
+                a.train.iter().filter(|r| r.task_id == 0).count(),
+                a.train.iter().filter(|r| r.task_id == 1).count(),
+                a.validation.len(),
+                a.test.len()
+            ),
+        })
+    }
+}

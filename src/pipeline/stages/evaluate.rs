@@ -1,0 +1,191 @@
+//! Stage 7: the trained student on the generated test split and the real test set, every metric
+//! with its interval ([`crate::pipeline::evaluate`]); with `teacher_answers_real`, the teacher's
+//! own answers to the real set beside it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{existing, list_files_of, read_rows, read_stage_json, PipelineStage};
+use crate::data::examples::read_examples_jsonl;
+use crate::data::registry::Registry;
+use crate::evaluator::bertscore::BertScorer;
+use crate::pipeline::config::TeacherSource;
+use crate::pipeline::context::RunContext;
+use crate::pipeline::evaluate::{self, TestSet};
+use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
+use crate::pipeline::student::StudentSelection;
+use crate::prompt_parser::ParsedPrompt;
+use crate::util::fs::write_json;
+use crate::util::rng::{salt, seeded_subset};
+
+pub struct Evaluate;
+
+impl PipelineStage for Evaluate {
+    fn stage(&self) -> Stage {
+        Stage::Evaluate
+    }
+
+    fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
+        let (cfg, layout) = (&ctx.cfg, &ctx.layout);
+        let mut files = list_files_of(&layout.trained())?;
+        files.extend(existing([layout.selection()]));
+        files.extend([layout.split("test"), layout.parsed_for_training()]);
+        Ok(StageInputs {
+            settings: serde_json::json!({
+                "executor": ctx.resolved.executor, "bootstrap": cfg.bootstrap, "real_test": ctx.real_test_identity(), "max_test": ctx.resolved.max_test_examples,
+                "bertscore": ctx.resolved.bertscore.then_some(evaluate::bertscore_model(ctx.paths.offline)), "seed": cfg.seed,
+                "teacher_answers_real": (cfg.teacher_answers_real && cfg.teacher != TeacherSource::Recorded).then(|| ctx.teacher_id.clone()),
+                "metric": ctx.metric,
+            }),
+            files,
+        })
+    }
+
+    fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {
+        let (cfg, layout, resolved) = (&ctx.cfg, &ctx.layout, &ctx.resolved);
+        let parsed: ParsedPrompt = read_stage_json(&layout.parsed_for_training())?;
+        let student = crate::trainer::Student::from_dir(&layout.trained(), ctx.opts.device)?;
+        let mut sets = Vec::new();
+        let test_rows = read_rows(&layout.split("test"))?;
+        if !test_rows.is_empty() {
+            let idx =
+                seeded_subset(test_rows.len(), resolved.max_test_examples, cfg.seed, salt(b"gen"));
+            let note = (idx.len() < test_rows.len()).then(|| {
+                format!(
+                    "{} of {} generated test examples (seeded draw; the scale's max_test_examples)",
+                    idx.len(),
+                    test_rows.len()
+                )
+            });
+            sets.push(TestSet {
+                name: "generated".into(),
+                source: "assembly/test.jsonl".into(),
+                inputs: idx.iter().map(|&i| test_rows[i].input.clone()).collect(),
+                references: idx.iter().map(|&i| vec![test_rows[i].output.clone()]).collect(),
+                note,
+            });
+        }
+        if let Some(spec) = &ctx.test_dataset {
+            sets.push(real_test_set(&ctx.registry, spec, resolved.max_test_examples, cfg.seed)?);
+        }
+        anyhow::ensure!(!sets.is_empty(), "nothing to evaluate on: no generated test split and no real test set (give --test-dataset)");
+        let (scorer, scorer_id, bertscore_note) = bertscorer(ctx)?;
+        let (mut results, mut files) = evaluate::evaluate(
+            &student,
+            &parsed.instruction,
+            &resolved.executor,
+            &sets,
+            scorer.as_ref(),
+            scorer_id,
+            &cfg.bootstrap,
+            dir,
+        )?;
+        // The teacher's row: the teacher answers the real examples from the same prompt.
+        let real = sets.iter().find(|s| s.name == "real");
+        if let (true, Some(real)) = (cfg.teacher_answers_real, real) {
+            if let Some(t) = ctx.teacher()? {
+                eprintln!("  the teacher answers {} real test examples", real.inputs.len());
+                let predictions = ctx.rt.block_on(evaluate::teacher_answers(
+                    t,
+                    &parsed,
+                    &real.inputs,
+                    resolved.executor.max_new_tokens,
+                    cfg.seed,
+                ))?;
+                let (more, file) = evaluate::score_predictions(
+                    "real-teacher",
+                    real,
+                    &predictions,
+                    scorer.as_ref(),
+                    scorer_id,
+                    &cfg.bootstrap,
+                    dir,
+                )?;
+                results.extend(more);
+                files.push(file);
+            }
+        }
+        write_json(&layout.metrics(), &results)?;
+        let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
+        notes.extend(bertscore_note);
+        if let Ok(sel) = read_stage_json::<StudentSelection>(&layout.selection()) {
+            notes.push(format!(
+                "student selection ({} optimizer steps each, {} on {} generated validation examples): {}; chosen `{}`",
+                sel.steps,
+                sel.metric,
+                sel.validation_examples,
+                sel.scores.iter().map(|(s, v)| format!("`{s}` {v:.2}")).collect::<Vec<_>>().join(", "),
+                sel.chosen
+            ));
+        }
+        write_json(&layout.notes(Stage::Evaluate), &notes)?;
+        files.push(layout.metrics());
+        evaluate::write_report(&ctx.paths, dir, &ctx.name, &ctx.metric, &results, &notes)?;
+        let headline: Vec<String> = results
+            .iter()
+            .filter(|r| r.metric == ctx.metric)
+            .map(|r| format!("{} {}", r.test_set, r.display()))
+            .collect();
+        Ok(StageOutputs { files, summary: headline.join("; ") })
+    }
+}
+
+/// BERTScore with the paper's encoder online; the offline one when it cannot be had (said in a
+/// note). None when the scale turns BERTScore off.
+fn bertscorer(ctx: &RunContext) -> Result<(Option<BertScorer>, &'static str, Option<String>)> {
+    let wanted = evaluate::bertscore_model(ctx.paths.offline);
+    if !ctx.resolved.bertscore {
+        return Ok((None, wanted, None));
+    }
+    let load =
+        |id: &str| BertScorer::from_registry(&ctx.models, id, None, false, None, ctx.opts.device);
+    match load(wanted) {
+        Ok(s) => Ok((Some(s), wanted, None)),
+        Err(e) if !ctx.paths.offline => {
+            let fallback = evaluate::bertscore_model(true);
+            let note = format!(
+                "BERTScore: `{wanted}` could not be loaded ({}); `{fallback}` used instead",
+                e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+            );
+            Ok((Some(load(fallback)?), fallback, Some(note)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The real test set of a run: a registry dataset or a JSONL file, seeded subsample.
+fn real_test_set(registry: &Registry, spec: &str, max: usize, seed: u64) -> Result<TestSet> {
+    let path = Path::new(spec);
+    let (inputs, references, source) = if path.extension().is_some_and(|e| e == "jsonl") {
+        let rows = read_examples_jsonl(path)
+            .with_context(|| format!("reading the test set {}", path.display()))?;
+        (
+            rows.iter().map(|r| r.input.clone()).collect::<Vec<_>>(),
+            rows.iter().map(|r| vec![r.output.clone()]).collect::<Vec<_>>(),
+            path.display().to_string(),
+        )
+    } else {
+        let ids: Vec<String> = registry.datasets().iter().map(|d| d.id.clone()).collect();
+        anyhow::ensure!(ids.contains(&spec.to_string()), "unknown test dataset `{spec}`: give a JSONL file of {{input, output}} or a registry id ({})", ids.join(", "));
+        let loaded = crate::data::loaders::load_dataset(registry, spec)?;
+        use crate::data::loaders::{string_column, string_list_column, INPUT, REFERENCES};
+        (
+            string_column(&loaded.frame, INPUT)?,
+            string_list_column(&loaded.frame, REFERENCES)?,
+            format!("registry:{spec}"),
+        )
+    };
+    let total = inputs.len();
+    let idx = seeded_subset(total, max, seed, salt(b"real"));
+    let note = (idx.len() < total).then(|| {
+        format!("{max} of {total} examples of {source} (seeded draw, seed {seed}; the scale's max_test_examples)")
+    });
+    Ok(TestSet {
+        name: "real".into(),
+        source,
+        inputs: idx.iter().map(|&i| inputs[i].clone()).collect(),
+        references: idx.iter().map(|&i| references[i].clone()).collect(),
+        note,
+    })
+}

@@ -1,0 +1,272 @@
+//! The eight stages of a run, one file each. A stage declares what it reads — its settings and its
+//! input files, from which [`super::stage::run_stage`] computes its fingerprint — and runs in its
+//! own folder. It reads nothing it did not declare: the files through [`super::layout::RunLayout`],
+//! the settings from the [`RunContext`]. To change a stage, open its file here.
+
+mod assemble;
+mod evaluate;
+mod generate;
+mod package;
+mod parse;
+mod retrieve_dataset;
+mod retrieve_model;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::assemble::Row;
+use super::context::RunContext;
+use super::stage::{Stage, StageInputs, StageOutputs};
+
+pub use retrieve_dataset::read_retrieved_dir;
+
+/// One stage of the pipeline.
+pub trait PipelineStage {
+    fn stage(&self) -> Stage;
+    /// The settings and files the stage reads: its fingerprint.
+    fn inputs(&self, ctx: &RunContext) -> Result<StageInputs>;
+    /// Do the work in `dir` (the stage's folder) and say which files it wrote.
+    fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs>;
+}
+
+/// Every stage, in order.
+pub fn all() -> Vec<Box<dyn PipelineStage>> {
+    vec![
+        Box::new(parse::Parse),
+        Box::new(retrieve_dataset::RetrieveDataset),
+        Box::new(generate::Generate),
+        Box::new(retrieve_model::RetrieveModel),
+        Box::new(assemble::Assemble),
+        Box::new(train::Train),
+        Box::new(evaluate::Evaluate),
+        Box::new(package::Package),
+    ]
+}
+
+/// A stage's JSON file; a bad one says which stage to redo.
+pub(super) fn read_stage_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let stage = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    crate::util::fs::read_json(
+        path,
+        &format!("not the JSON this stage writes; rerun with --from {stage}"),
+    )
+}
+
+/// Every file under `dir`, sorted (for fingerprints); none when it does not exist.
+fn list_files_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::util::fs::list_files(dir).with_context(|| format!("listing {}", dir.display()))
+}
+
+/// The paths among `paths` that exist: inputs that only some runs have.
+fn existing(paths: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    paths.into_iter().filter(|p| p.is_file()).collect()
+}
+
+/// An assembled split's rows.
+fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| {
+                format!("{}: a row is not {{input, output, task_id, provenance}}", path.display())
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each stage called directly on a context over a temporary run folder: the paper's Temporal
+    //! prompt with the authors' recorded generations, the smoke scale's tiny student, offline.
+    use super::*;
+    use crate::config::Paths;
+    use crate::pipeline::config::{RunConfig, TeacherSource};
+    use crate::pipeline::stage::{fingerprint, run_stage};
+    use crate::pipeline::RunOptions;
+
+    fn options(runs: &Path) -> RunOptions {
+        RunOptions {
+            runs_dir: runs.to_path_buf(),
+            from: None,
+            force: false,
+            interactive: false,
+            confirm_cost: None,
+            ask: None,
+            read_line: None,
+            wait: false,
+            device: tch::Device::Cpu,
+        }
+    }
+
+    fn config() -> RunConfig {
+        let paths = Paths::from_env().unwrap();
+        let tasks = crate::data::tasks::load_tasks(&paths.data).unwrap();
+        let task = crate::data::tasks::find(&tasks, "temporal").unwrap();
+        RunConfig {
+            name: "unit".into(),
+            task: Some("temporal".into()),
+            prompt: Some(task.prompt.clone()),
+            prompt_source: "the paper's temporal prompt".into(),
+            scale: "smoke".into(),
+            teacher: TeacherSource::Recorded,
+            model_retrieval: false,
+            ..RunConfig::default()
+        }
+    }
+
+    fn open<'a>(cfg: &RunConfig, opts: &'a RunOptions) -> RunContext<'a> {
+        let paths = Paths { offline: true, ..Paths::from_env().unwrap() };
+        RunContext::open_with(paths, cfg, opts).unwrap()
+    }
+
+    /// Run every stage before `stage` (skipping those done), then `stage` itself; its record.
+    fn run_through(ctx: &RunContext, stage: Stage) -> crate::pipeline::stage::StageRecord {
+        let mut last = None;
+        for s in all().into_iter().filter(|s| s.stage() <= stage) {
+            let inputs = s.inputs(ctx).unwrap();
+            let (_, record) =
+                run_stage(ctx.layout.dir(), s.stage(), inputs, |dir| s.run(ctx, dir)).unwrap();
+            last = Some(record);
+        }
+        last.unwrap()
+    }
+
+    #[test]
+    fn parse_splits_the_prompt_with_the_layout_rules_for_the_recorded_teacher() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        let rec = run_through(&ctx, Stage::Parse);
+        let parsed: crate::prompt_parser::ParsedPrompt =
+            read_stage_json(&ctx.layout.parsed()).unwrap();
+        assert!(!parsed.demonstrations.is_empty(), "{}", rec.summary);
+        assert_eq!(
+            std::fs::read_to_string(ctx.layout.retrieval_query()).unwrap(),
+            parsed.instruction
+        );
+        assert_eq!(rec.settings["mode"], "layout rules");
+    }
+
+    #[test]
+    fn dataset_retrieval_says_the_authors_retrieved_nothing_for_temporal() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        let rec = run_through(&ctx, Stage::RetrieveDatasets);
+        assert!(rec.summary.contains("retrieved no dataset"), "{}", rec.summary);
+        assert_eq!(std::fs::read_to_string(ctx.layout.retrieved()).unwrap(), "");
+    }
+
+    #[test]
+    fn generation_writes_the_recorded_examples_and_their_test_set() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        let rec = run_through(&ctx, Stage::Generate);
+        let rows = crate::data::examples::read_examples_jsonl(&ctx.layout.generated()).unwrap();
+        let test =
+            crate::data::examples::read_examples_jsonl(&ctx.layout.generated_test()).unwrap();
+        assert!(rows.len() > 100 && !test.is_empty(), "{}", rec.summary);
+    }
+
+    #[test]
+    fn model_retrieval_off_takes_the_scales_student() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        run_through(&ctx, Stage::RetrieveModel);
+        let choice: crate::pipeline::student::StudentChoice =
+            read_stage_json(&ctx.layout.choice()).unwrap();
+        assert_eq!(choice.student, ctx.resolved.student);
+        assert!(choice.why.contains("model retrieval off"), "{}", choice.why);
+    }
+
+    #[test]
+    fn assembly_holds_the_recorded_test_set_out_of_training() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        run_through(&ctx, Stage::Assemble);
+        let train = read_rows(&ctx.layout.split("train")).unwrap();
+        let test = read_rows(&ctx.layout.split("test")).unwrap();
+        assert_eq!(train.len(), ctx.resolved.max_train_examples);
+        let held: std::collections::HashSet<&str> = test.iter().map(|r| r.input.as_str()).collect();
+        assert!(train.iter().all(|r| !held.contains(r.input.as_str())));
+        assert!(train.iter().all(|r| r.provenance == "generated:recorded"));
+    }
+
+    #[test]
+    fn training_writes_final_weights_and_a_metric_change_does_not_retrain() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        run_through(&ctx, Stage::Train);
+        assert!(list_files_of(&ctx.layout.trained()).unwrap().len() >= 2);
+        drop(ctx);
+        // The same run judged by another metric: training's fingerprint is the same,
+        // evaluation's is not (it scores with the metric).
+        let train = all().into_iter().find(|s| s.stage() == Stage::Train).unwrap();
+        let evaluate = all().into_iter().find(|s| s.stage() == Stage::Evaluate).unwrap();
+        let prints = |cfg: &RunConfig| {
+            let ctx = open(cfg, &opts);
+            let dir = ctx.layout.dir().to_path_buf();
+            let fp = |s: &dyn PipelineStage| fingerprint(&dir, &s.inputs(&ctx).unwrap()).unwrap().0;
+            (fp(train.as_ref()), fp(evaluate.as_ref()))
+        };
+        let em = RunConfig { metric: Some("em".into()), ..cfg.clone() };
+        let (a, b) = (prints(&cfg), prints(&em));
+        assert_eq!(a.0, b.0, "training does not depend on the metric");
+        assert_ne!(a.1, b.1, "evaluation does");
+        // With --select-student the metric picks the student, so it is training's too.
+        let select = |metric: &str| RunConfig {
+            select_student: 2,
+            metric: Some(metric.into()),
+            ..cfg.clone()
+        };
+        assert_ne!(prints(&select("em")).0, prints(&select("chrf++")).0);
+    }
+
+    #[test]
+    fn evaluation_scores_the_generated_and_the_real_test_set_with_intervals() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        run_through(&ctx, Stage::Evaluate);
+        let metrics: Vec<crate::pipeline::evaluate::MetricResult> =
+            read_stage_json(&ctx.layout.metrics()).unwrap();
+        for set in ["generated", "real"] {
+            let m = metrics.iter().find(|m| m.test_set == set && m.metric == "chrf++").unwrap();
+            assert!(m.low <= m.value && m.value <= m.high && m.n > 0, "{m:?}");
+            assert_eq!(m.n, ctx.resolved.max_test_examples);
+        }
+    }
+
+    #[test]
+    fn package_writes_the_model_folder_and_its_inputs_include_what_the_card_reads() {
+        let runs = tempfile::tempdir().unwrap();
+        let (cfg, opts) = (config(), options(runs.path()));
+        let ctx = open(&cfg, &opts);
+        run_through(&ctx, Stage::Package);
+        for f in ["p2m.json", "model_card.md", "prompt.txt"] {
+            assert!(ctx.layout.model().join(f).is_file(), "{f}");
+        }
+        let package = all().into_iter().find(|s| s.stage() == Stage::Package).unwrap();
+        let inputs = package.inputs(&ctx).unwrap();
+        for read in [ctx.layout.notes(Stage::Assemble), record_path_of(&ctx, Stage::Train)] {
+            assert!(inputs.files.contains(&read), "{} is declared", read.display());
+        }
+    }
+
+    fn record_path_of(ctx: &RunContext, stage: Stage) -> PathBuf {
+        crate::pipeline::stage::record_path(ctx.layout.dir(), stage)
+    }
+}

@@ -1,0 +1,114 @@
+//! Stage 6: the student fine-tuned text-to-text on the assembled rows ([`crate::trainer`]);
+//! with `--select-student K`, the K candidates first trained briefly and the best kept.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::{list_files_of, read_rows, read_stage_json, PipelineStage};
+use crate::pipeline::context::RunContext;
+use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
+use crate::pipeline::student::{select_student, StudentChoice};
+use crate::prompt_parser::ParsedPrompt;
+use crate::trainer::{apply_template, model_input, Student, StudentSpec, TextPair, Trainer};
+use crate::util::fs::write_json;
+
+pub struct Train;
+
+impl PipelineStage for Train {
+    fn stage(&self) -> Stage {
+        Stage::Train
+    }
+
+    fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
+        let cfg = &ctx.cfg;
+        let layout = &ctx.layout;
+        let mut settings = serde_json::json!({ "train": ctx.resolved.train, "select_student": cfg.select_student, "selection_steps": cfg.selection_steps, "select_candidates": cfg.select_candidates });
+        // The metric decides only which candidate `--select-student` keeps.
+        if cfg.select_student > 1 {
+            settings["metric"] = serde_json::json!(ctx.metric);
+        }
+        Ok(StageInputs {
+            settings,
+            files: vec![
+                layout.split("train"),
+                layout.split("validation"),
+                layout.choice(),
+                layout.parsed_for_training(),
+            ],
+        })
+    }
+
+    fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {
+        let (cfg, layout) = (&ctx.cfg, &ctx.layout);
+        let parsed: ParsedPrompt = read_stage_json(&layout.parsed_for_training())?;
+        let choice: StudentChoice = read_stage_json(&layout.choice())?;
+        let train_rows = read_rows(&layout.split("train"))?;
+        let val_rows = read_rows(&layout.split("validation"))?;
+        // Keep the assembled (already shuffled) order: template each row by its task.
+        let train: Vec<TextPair> = train_rows
+            .iter()
+            .map(|r| TextPair {
+                source: model_input(r.task_id, &parsed.instruction, &r.input),
+                target: r.output.clone(),
+            })
+            .collect();
+        let val_pairs: Vec<(String, String)> = val_rows
+            .iter()
+            .filter(|r| r.task_id == 0)
+            .map(|r| (r.input.clone(), r.output.clone()))
+            .collect();
+        let validation = apply_template(0, &parsed.instruction, &val_pairs);
+        let chosen_student = if cfg.select_student > 1 {
+            let metric = crate::evaluator::Metric::parse(&ctx.metric).expect("checked");
+            let mut pool = choice.clone();
+            if !cfg.select_candidates.is_empty() {
+                pool.student = cfg.select_candidates[0].clone();
+                pool.trainable = cfg.select_candidates.clone();
+            }
+            let selection = select_student(
+                &pool,
+                cfg.select_student,
+                cfg.selection_steps,
+                &train,
+                &val_rows,
+                &parsed.instruction,
+                metric,
+                &ctx.resolved,
+                &ctx.models,
+                ctx.opts.device,
+                dir,
+            )?;
+            write_json(&layout.selection(), &selection)?;
+            selection.chosen
+        } else {
+            choice.student.clone()
+        };
+        let spec: StudentSpec = chosen_student.parse()?;
+        let mut student =
+            Student::build(&spec, &ctx.models, ctx.opts.device, ctx.resolved.train.seed)?;
+        let mut trainer = Trainer::new(ctx.resolved.train.clone(), &mut student, dir);
+        trainer.label = ctx.name.clone();
+        trainer.keep_checkpoints = cfg.keep_checkpoints;
+        let summary = trainer.train(&train, &validation)?;
+        let mut files = list_files_of(&layout.trained())?;
+        if layout.selection().exists() {
+            files.push(layout.selection());
+        }
+        let last = summary.epochs.last();
+        Ok(StageOutputs {
+            files,
+            summary: format!(
+                "{} on {} examples: {} optimizer steps, final train loss {:.4}{}, {:.1} examples/s",
+                chosen_student,
+                summary.train_examples,
+                summary.optimizer_steps,
+                last.map(|e| e.train_loss).unwrap_or(f64::NAN),
+                last.and_then(|e| e.validation_loss)
+                    .map(|v| format!(", validation loss {v:.4}"))
+                    .unwrap_or_default(),
+                summary.examples_per_second
+            ),
+        })
+    }
+}
