@@ -425,32 +425,6 @@ pub fn assemble_sources(
     Assembled { train, validation, test: gen.test, held_out: ret.test, mix, notes }
 }
 
-/// [`assemble_sources`] for a retrieved source without splits, an optional given generated test
-/// set, and the default share (what `p2m run` called before `retrieved_share` existed).
-pub fn assemble(
-    generated: &[Example],
-    generated_by: &str,
-    retrieved: &[Example],
-    retrieved_from: &str,
-    fixed_test: Option<&[Example]>,
-    split: &SplitConfig,
-    max_train: usize,
-) -> Assembled {
-    let generated = SourceRows {
-        train: generated.to_vec(),
-        validation: None,
-        test: fixed_test.map(<[Example]>::to_vec),
-    };
-    assemble_sources(
-        &generated,
-        generated_by,
-        &SourceRows::pool(retrieved.to_vec()),
-        retrieved_from,
-        split,
-        &Cut { max_train, max_validation: split.max_validation, retrieved_share: None },
-    )
-}
-
 /// The rows as a frame (input, output, task_id, provenance).
 pub fn rows_frame(rows: &[Row]) -> PolarsResult<DataFrame> {
     DataFrame::new_infer_height(vec![
@@ -470,6 +444,31 @@ mod tests {
 
     fn ex(n: usize, tag: &str) -> Vec<Example> {
         (0..n).map(|i| Example::new(format!("{tag}{i}"), format!("o{i}"))).collect()
+    }
+
+    /// A generated pool (with an optional given test set) and a retrieved pool, the default share.
+    fn assemble(
+        generated: &[Example],
+        generated_by: &str,
+        retrieved: &[Example],
+        retrieved_from: &str,
+        fixed_test: Option<&[Example]>,
+        split: &SplitConfig,
+        max_train: usize,
+    ) -> Assembled {
+        let generated = SourceRows {
+            train: generated.to_vec(),
+            validation: None,
+            test: fixed_test.map(<[Example]>::to_vec),
+        };
+        assemble_sources(
+            &generated,
+            generated_by,
+            &SourceRows::pool(retrieved.to_vec()),
+            retrieved_from,
+            split,
+            &Cut { max_train, max_validation: split.max_validation, retrieved_share: None },
+        )
     }
 
     fn inputs(rows: &[Row]) -> HashSet<String> {
