@@ -258,7 +258,7 @@ fn open_folder(
     let prompt_sha = sha256_hex(prompt.as_bytes());
     let now = chrono::Utc::now().to_rfc3339();
     let mut created = now.clone();
-    if let Ok(previous) = super::stages::read_stage_json::<RunManifest>(&layout.manifest()) {
+    if let Ok(previous) = super::stage::read_stage_json::<RunManifest>(&layout.manifest()) {
         if previous.prompt_sha256 != prompt_sha {
             if !opts.force {
                 bail!(

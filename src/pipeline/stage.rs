@@ -141,6 +141,19 @@ fn write_record(run_dir: &Path, record: &StageRecord) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// A stage's JSON file; a bad one says which stage to redo.
+pub fn read_stage_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let stage = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    crate::util::fs::read_json(
+        path,
+        &format!("not the JSON this stage writes; rerun with --from {stage}"),
+    )
+}
+
 /// What [`run_stage`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
