@@ -297,9 +297,9 @@ fn training_batch(work: &Path, name: &str) -> Result<TrainingBatch> {
 fn training(b: &mut Bench, models: &ModelRegistry, work: &Path) -> Result<()> {
     let students = [
         ("bert2bert", StudentSpec::default()),
-        ("smollm2", StudentSpec::Decoder { model: SMOLLM2.into() }),
+        ("smollm2", StudentSpec::decoder(SMOLLM2)),
         // The same tokens with the prompt labelled −100 (instruction tuning, as the trainer does).
-        ("smollm2sft", StudentSpec::Decoder { model: SMOLLM2.into() }),
+        ("smollm2sft", StudentSpec::decoder(SMOLLM2)),
     ];
     for (name, spec) in students {
         if !b.wanted_any(Precision::ALL.map(|p| format!("train.{name}.{p}"))) {

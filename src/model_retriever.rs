@@ -20,6 +20,13 @@
 //! 5. **Trainable.** A retrieved id is mapped to something this project can train
 //!    ([`plan_trainable`]): a registered model (data/models.toml), a hub download (online), or the
 //!    offline fallback student, the BERT2BERT encoder-decoder warm-started from all-MiniLM-L6-v2.
+//! 6. **Students that train here.** Beside the hub index, the registered models the trainer can
+//!    train (`[model.student]` of data/models.toml: a card, the `--student` spec, decoder-only
+//!    included) are scored against the same query with the index's BM25 statistics and the same
+//!    downloads factor ([`ModelIndex::rank_with_students`]); the merged ranking's best candidate
+//!    that trains here now is the choice ([`choose_trainable`]), and every candidate above it says
+//!    why it was passed over. Offline, the hub's seq2seq models (flan-t5-base, …) have no weights
+//!    here, so the choice is among the registered students, on their scores.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -27,7 +34,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::retrieval::binfile::{Reader, Writer};
 use crate::retrieval::bm25::{Bm25Index, Bm25Params};
@@ -61,7 +68,7 @@ pub enum IndexError {
 // Architecture from the card
 
 /// What kind of transformer a card describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
     EncoderDecoder,
@@ -799,7 +806,7 @@ impl Default for ModelRetrieverConfig {
 // Ranking
 
 /// A query term that matched a card, with its part of the BM25 score.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MatchedTerm {
     pub word: String,
     pub stem: String,
@@ -1161,6 +1168,257 @@ fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
     })?
 }
 
+// ---------------------------------------------------------------------------------------------
+// Students that train here, ranked beside the hub index
+
+/// A registered model the trainer trains as a student here (`[model.student]` of
+/// data/models.toml), with the card the retriever scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalStudent {
+    pub registry_id: String,
+    /// What `--student` takes to train it.
+    pub spec: String,
+    pub architecture: Architecture,
+    /// The upstream hub repository (its downloads in the index are the popularity factor).
+    pub upstream: Option<String>,
+    pub card: String,
+}
+
+/// The registered students, in registry order (the registry checked their fields when it loaded).
+pub fn local_students(models: &crate::models::registry::ModelRegistry) -> Vec<LocalStudent> {
+    models
+        .models()
+        .iter()
+        .filter_map(|e| {
+            let st = e.student.as_ref()?;
+            Some(LocalStudent {
+                registry_id: e.id.clone(),
+                spec: st.spec.clone(),
+                architecture: if st.architecture == "decoder-only" {
+                    Architecture::DecoderOnly
+                } else {
+                    Architecture::EncoderDecoder
+                },
+                upstream: e.hf.as_ref().map(|h| h.repo.clone()),
+                card: st.card.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Where a candidate of the merged ranking comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum CandidateSource {
+    /// A card of the hub index.
+    Hub,
+    /// A registered student (`--student spec`).
+    Local { registry_id: String, spec: String },
+}
+
+/// One candidate of the merged ranking (hub index + students that train here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    pub rank: usize,
+    pub name: String,
+    pub score: f64,
+    pub bm25: f64,
+    pub downloads: u64,
+    /// Where `downloads` comes from.
+    pub downloads_basis: String,
+    pub architecture: Architecture,
+    pub source: CandidateSource,
+    pub matched_terms: Vec<MatchedTerm>,
+}
+
+impl Candidate {
+    /// `name (score S)`, the form of the choice's candidate list.
+    pub fn label(&self) -> String {
+        match &self.source {
+            CandidateSource::Hub => format!("{} (score {:.1})", self.name, self.score),
+            CandidateSource::Local { spec, .. } => {
+                format!("{} (score {:.1}; trains here as `{spec}`)", self.name, self.score)
+            }
+        }
+    }
+}
+
+impl ModelIndex {
+    /// BM25 of a text that is not in the index, with the index's statistics (idf, mean length):
+    /// the score the text would have as one more card. Terms the index does not know score 0.
+    pub fn score_text(&self, query: &str, text: &str, p: &Bm25Params) -> (f64, Vec<MatchedTerm>) {
+        let analyzer = Analyzer::new();
+        let query_terms = analyzer.analyze_with_surface(query);
+        let doc = analyzer.analyze(text);
+        let mut tf: BTreeMap<&str, u32> = BTreeMap::new();
+        for t in &doc {
+            *tf.entry(t.as_str()).or_default() += 1;
+        }
+        let norm =
+            p.k1 * (1.0 - p.b + p.b * doc.len() as f64 / self.bm25.avgdl().max(f64::MIN_POSITIVE));
+        let mut total = 0.0;
+        let mut per_term: BTreeMap<&str, (String, u32, f64)> = BTreeMap::new();
+        for (term, word) in &query_terms {
+            let Some(&f) = tf.get(term.as_str()) else { continue };
+            let part = self.bm25.idf(term, p.idf) * f as f64 * (p.k1 + 1.0) / (f as f64 + norm);
+            total += part;
+            per_term.entry(term.as_str()).or_insert((word.clone(), f, 0.0)).2 += part;
+        }
+        let mut matched: Vec<MatchedTerm> = per_term
+            .into_iter()
+            .filter(|(_, (_, _, c))| *c > 0.0)
+            .map(|(stem, (word, tf, contribution))| MatchedTerm {
+                word,
+                stem: stem.to_string(),
+                tf,
+                contribution,
+            })
+            .collect();
+        matched.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
+        matched.truncate(8);
+        (total, matched)
+    }
+
+    /// The median downloads of the index's cards: the popularity factor of a student whose
+    /// upstream repository the index does not have (newer than the index), so that it is
+    /// neither favoured nor penalised by a popularity that cannot be read here.
+    pub fn median_downloads(&self) -> u64 {
+        let mut d: Vec<u64> = self.cards.iter().map(|c| c.downloads).collect();
+        d.sort_unstable();
+        d.get(d.len() / 2).copied().unwrap_or(0)
+    }
+
+    /// The hub ranking ([`ModelIndex::rank`], its filters and `limit`) merged with every student
+    /// that shares a term with the query, scored the same way (BM25 with the index's statistics ×
+    /// log10(downloads + offset)), best first; ties keep hub cards first.
+    pub fn rank_with_students(
+        &self,
+        query: &str,
+        cfg: &ModelRetrieverConfig,
+        limit: Option<usize>,
+        students: &[LocalStudent],
+    ) -> Vec<Candidate> {
+        let mut all: Vec<Candidate> = self
+            .rank(query, cfg, limit)
+            .models
+            .into_iter()
+            .map(|m| Candidate {
+                rank: 0,
+                name: m.name,
+                score: m.score,
+                bm25: m.bm25,
+                downloads: m.downloads,
+                downloads_basis: "the hub index".into(),
+                architecture: m.architecture,
+                source: CandidateSource::Hub,
+                matched_terms: m.matched_terms,
+            })
+            .collect();
+        let median = self.median_downloads();
+        for st in students {
+            let (bm25, matched_terms) = self.score_text(query, &st.card, &cfg.bm25);
+            if bm25 <= 0.0 {
+                continue;
+            }
+            let upstream = st.upstream.as_deref().and_then(|r| self.find(r).map(|i| (r, i)));
+            let (downloads, downloads_basis) = match upstream {
+                Some((repo, i)) => (self.cards[i].downloads, format!("{repo} in the hub index")),
+                None => (
+                    median,
+                    format!(
+                        "the index's median ({} is not in the index)",
+                        st.upstream.as_deref().unwrap_or("its upstream")
+                    ),
+                ),
+            };
+            all.push(Candidate {
+                rank: 0,
+                name: st.registry_id.clone(),
+                score: bm25 * (downloads as f64 + cfg.downloads_offset).log10(),
+                bm25,
+                downloads,
+                downloads_basis,
+                architecture: st.architecture,
+                source: CandidateSource::Local {
+                    registry_id: st.registry_id.clone(),
+                    spec: st.spec.clone(),
+                },
+                matched_terms,
+            });
+        }
+        all.sort_by(|a, b| {
+            b.score.total_cmp(&a.score).then_with(|| {
+                matches!(a.source, CandidateSource::Local { .. })
+                    .cmp(&matches!(b.source, CandidateSource::Local { .. }))
+            })
+        });
+        for (i, c) in all.iter_mut().enumerate() {
+            c.rank = i + 1;
+        }
+        all
+    }
+}
+
+/// What the model retriever chose to train: the best-ranked candidate that trains here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainableChoice {
+    /// The chosen candidate's rank and name, and what `--student` takes to train it (a spec or a
+    /// model folder); `None` when no candidate trains here.
+    pub rank: Option<usize>,
+    pub name: Option<String>,
+    pub student: Option<String>,
+    /// Each better-ranked candidate and why it was passed over.
+    pub passed_over: Vec<(String, String)>,
+}
+
+/// Walk the merged ranking and take the first candidate that trains here: a registered student
+/// whose files resolve, a hub model registered here with its files, or (online) a hub model that
+/// `fetch` brings (it returns the `--student` value, or an error that passes the model over).
+pub fn choose_trainable(
+    candidates: &[Candidate],
+    models: &crate::models::registry::ModelRegistry,
+    offline: bool,
+    fetch: &mut dyn FnMut(&TrainablePlan) -> Result<String>,
+) -> TrainableChoice {
+    let mut choice = TrainableChoice::default();
+    for c in candidates {
+        let outcome: std::result::Result<String, String> = match &c.source {
+            CandidateSource::Local { registry_id, spec } => match models.resolve(registry_id) {
+                Ok(_) => Ok(spec.clone()),
+                Err(e) => Err(format!("its files do not resolve here ({e})")),
+            },
+            CandidateSource::Hub => {
+                let plan = plan_trainable(models, &c.name, offline);
+                match &plan.source {
+                    TrainableSource::Registered { registry_id, available: true, .. } => models
+                        .resolve(registry_id)
+                        .map(|r| r.dir.display().to_string())
+                        .map_err(|e| e.to_string()),
+                    TrainableSource::Fallback { .. } => {
+                        Err("no weights here (offline and not in the cache)".into())
+                    }
+                    _ => fetch(&plan).map_err(|e| {
+                        format!(
+                            "could not be fetched from the hub ({})",
+                            e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+                        )
+                    }),
+                }
+            }
+        };
+        match outcome {
+            Ok(student) => {
+                choice.rank = Some(c.rank);
+                choice.name = Some(c.name.clone());
+                choice.student = Some(student);
+                return choice;
+            }
+            Err(why) => choice.passed_over.push((c.name.clone(), why)),
+        }
+    }
+    choice
+}
+
 /// One model search as data (what `p2m retrieve-model` and the pipeline ask for).
 #[derive(Debug, Clone)]
 pub struct ModelSearch {
@@ -1168,7 +1426,7 @@ pub struct ModelSearch {
     /// A model_info.tar.gz or folder of JSON cards instead of the registry's index.
     pub index: Option<std::path::PathBuf>,
     pub config: ModelRetrieverConfig,
-    /// Fetch the top model (online: hf-hub; offline: the fallback student's weights).
+    /// Online, fetch the chosen hub model (else it is named, not fetched).
     pub fetch: bool,
     pub show_progress: bool,
 }
@@ -1181,8 +1439,13 @@ pub struct ModelRetrievalOutput {
     pub config: ModelRetrieverConfig,
     pub index: serde_json::Value,
     pub ranking: Ranking,
+    /// The hub ranking's top model as this project would train it (kept for the top alone).
     pub trainable: Option<TrainablePlan>,
-    /// Where `fetch` put the top model.
+    /// The hub ranking merged with the students that train here, best first.
+    pub candidates: Vec<Candidate>,
+    /// The best-ranked candidate that trains here, and why the ones above it did not.
+    pub choice: TrainableChoice,
+    /// Where `fetch` put the chosen model.
     pub fetched: Option<std::path::PathBuf>,
 }
 
@@ -1190,6 +1453,18 @@ pub struct ModelRetrievalOutput {
 /// is given), the ranking, and what of it can be trained here.
 pub fn retrieve_models(
     paths: &crate::config::Paths,
+    search: &ModelSearch,
+    teacher: Option<&dyn crate::teacher::Teacher>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<ModelRetrievalOutput> {
+    let models = crate::models::registry::ModelRegistry::load(paths.clone())?;
+    retrieve_models_with(paths, &models, search, teacher, runtime)
+}
+
+/// [`retrieve_models`] with the model registry already loaded.
+pub fn retrieve_models_with(
+    paths: &crate::config::Paths,
+    models: &crate::models::registry::ModelRegistry,
     search: &ModelSearch,
     teacher: Option<&dyn crate::teacher::Teacher>,
     runtime: &tokio::runtime::Runtime,
@@ -1215,8 +1490,10 @@ pub fn retrieve_models(
             )
         }
     };
+    let students = local_students(models);
     let ranking = index.rank(&query, &cfg, Some(cfg.top_k));
-    if ranking.models.is_empty() {
+    let candidates = index.rank_with_students(&query, &cfg, Some(cfg.top_k), &students);
+    if candidates.is_empty() {
         anyhow::bail!(
             "no model matched: {} eligible cards (removed {} above the size limit, {} not encoder-decoder), none shares a term with the query.\n  \
              fix: rephrase the instruction, raise --size-limit, or pass --allow-decoder-only",
@@ -1225,17 +1502,20 @@ pub fn retrieve_models(
             ranking.removed_by_architecture
         );
     }
-    let models = crate::models::registry::ModelRegistry::load(paths.clone())?;
-    let trainable = ranking.models.first().map(|m| plan_trainable(&models, &m.name, paths.offline));
+    let trainable = ranking.models.first().map(|m| plan_trainable(models, &m.name, paths.offline));
     let mut fetched = None;
-    if search.fetch {
-        if let Some(plan) = &trainable {
-            fetched = Some(
-                fetch_trainable(&models, plan)
-                    .with_context(|| format!("fetching `{}`", plan.retrieved))?,
-            );
+    let choice = choose_trainable(&candidates, models, paths.offline, &mut |plan| {
+        if !search.fetch {
+            return Ok(format!(
+                "{} (fetched from the hub when it is trained; --fetch fetches it now)",
+                plan.retrieved
+            ));
         }
-    }
+        let dir = fetch_trainable(models, plan)
+            .with_context(|| format!("fetching `{}`", plan.retrieved))?;
+        fetched = Some(dir.clone());
+        Ok(dir.display().to_string())
+    });
     Ok(ModelRetrievalOutput {
         instruction: search.instruction.clone(),
         query_source,
@@ -1244,6 +1524,8 @@ pub fn retrieve_models(
                        "cache": paths.cache.join("retrieval").join("model_index.bin") }),
         ranking,
         trainable,
+        candidates,
+        choice,
         fetched,
     })
 }
@@ -1307,5 +1589,106 @@ mod tests {
             "Instruction: \"Answer questions about a passage.\"\nHypothetical model card:\n"
         ));
         assert_eq!(p.matches("Hypothetical model card:").count(), HYDE_EXAMPLES.len() + 1);
+    }
+
+    fn tiny_index(dir: &Path) -> ModelIndex {
+        let cards = [
+            (
+                "acme/t5-qa",
+                "t5 encoder-decoder model for question answering over a context passage",
+                40_000,
+            ),
+            ("acme/t5-sum", "t5 encoder-decoder model for news summarization", 10),
+            ("acme/bart-para", "bart model that paraphrases sentences", 300),
+        ];
+        for (i, (name, description, downloads)) in cards.iter().enumerate() {
+            let card = serde_json::json!({"pretrained_model_name": name, "description": description, "size_bytes": 1000, "downloads": downloads});
+            fs::write(dir.join(format!("{i}.json")), card.to_string()).unwrap();
+        }
+        ModelIndex::build(&IndexSource::from_path(dir).unwrap(), false).unwrap()
+    }
+
+    fn student(
+        id: &str,
+        spec: &str,
+        architecture: Architecture,
+        upstream: Option<&str>,
+        card: &str,
+    ) -> LocalStudent {
+        LocalStudent {
+            registry_id: id.into(),
+            spec: spec.into(),
+            architecture,
+            upstream: upstream.map(str::to_string),
+            card: card.into(),
+        }
+    }
+
+    #[test]
+    fn a_text_scores_as_it_would_as_one_more_card_of_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = tiny_index(dir.path());
+        let cfg = ModelRetrieverConfig::default();
+        let query = "answer a question from a passage";
+        let ranked = index.rank(query, &cfg, None);
+        let qa = ranked.models.iter().find(|m| m.name == "acme/t5-qa").unwrap();
+        let (bm25, terms) = index.score_text(
+            query,
+            "t5 encoder-decoder model for question answering over a context passage",
+            &cfg.bm25,
+        );
+        assert!((bm25 - qa.bm25).abs() < 1e-9, "{bm25} vs {}", qa.bm25);
+        let sum: f64 = terms.iter().map(|t| t.contribution).sum();
+        assert!((sum - bm25).abs() < 1e-9 && terms.iter().any(|t| t.stem == "passag"));
+        assert_eq!(index.score_text(query, "an image classifier", &cfg.bm25).0, 0.0);
+    }
+
+    #[test]
+    fn students_rank_beside_the_hub_index_decoder_only_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = tiny_index(dir.path());
+        let cfg = ModelRetrieverConfig::default();
+        assert!(!cfg.allow_decoder_only, "the hub index keeps the paper's seq2seq filter");
+        let students = [
+            student(
+                "dec",
+                "decoder",
+                Architecture::DecoderOnly,
+                None,
+                "a small causal language model that answers a question about a passage",
+            ),
+            student(
+                "seq",
+                "warm-start",
+                Architecture::EncoderDecoder,
+                Some("acme/t5-sum"),
+                "an encoder-decoder for summarization of news",
+            ),
+            student("none", "tiny:8:1:1", Architecture::EncoderDecoder, None, "image segmentation"),
+        ];
+        let query = "answer a question about a passage";
+        let ranked = index.rank_with_students(query, &cfg, Some(5), &students);
+        let names: Vec<&str> = ranked.iter().map(|c| c.name.as_str()).collect();
+        assert!(names.contains(&"dec"), "a decoder-only student is ranked: {names:?}");
+        assert!(!names.contains(&"none"), "a student sharing no term with the query is not");
+        assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+        assert_eq!(
+            ranked.iter().map(|c| c.rank).collect::<Vec<_>>(),
+            (1..=ranked.len()).collect::<Vec<_>>()
+        );
+        let dec = ranked.iter().find(|c| c.name == "dec").unwrap();
+        // Not in the index: the index's median downloads (10, 300, 40,000 → 300).
+        assert_eq!((dec.downloads, dec.architecture), (300, Architecture::DecoderOnly));
+        assert!(dec.downloads_basis.contains("median"));
+        assert!((dec.score - dec.bm25 * 302f64.log10()).abs() < 1e-9);
+        assert_eq!(
+            dec.source,
+            CandidateSource::Local { registry_id: "dec".into(), spec: "decoder".into() }
+        );
+        assert!(dec.label().contains("trains here as `decoder`"));
+        let news = index.rank_with_students("summarization of news", &cfg, Some(5), &students);
+        let seq = news.iter().find(|c| c.name == "seq").expect("the seq2seq student matches");
+        assert_eq!(seq.downloads, 10, "the upstream repository's downloads in the index");
+        assert!(seq.downloads_basis.contains("acme/t5-sum"));
     }
 }

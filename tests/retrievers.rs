@@ -17,7 +17,7 @@ use prompt2model::retrieval::bm25::{Bm25Index, Bm25Params, Idf};
 use prompt2model::retrieval::text::Analyzer;
 use prompt2model::teacher::{OpenAiConfig, OpenAiTeacher};
 
-fn squad_instruction() -> String {
+fn task_instruction(task: &str) -> String {
     let paths = prompt2model::config::Paths::with(
         &common::repo_root(),
         Some(common::mirror()),
@@ -25,7 +25,11 @@ fn squad_instruction() -> String {
         true,
     );
     let tasks = prompt2model::data::tasks::load_tasks(&paths.data).unwrap();
-    prompt2model::data::tasks::find(&tasks, "squad").unwrap().instruction.trim().to_string()
+    prompt2model::data::tasks::find(&tasks, task).unwrap().instruction.trim().to_string()
+}
+
+fn squad_instruction() -> String {
+    task_instruction("squad")
 }
 
 /// A gzip'd tar of `(member, bytes)` files, as model_info.tar.gz is laid out.
@@ -142,6 +146,35 @@ fn model_retriever_full_index_offline() {
             .abs()
             < 1e-9
     );
+
+    // Beside the index, the students that train here (data/models.toml [model.student]),
+    // decoder-only included. Offline the hub's seq2seq models have no weights, so the walk down
+    // the merged ranking passes each over, with its reason, and takes the best-ranked student.
+    let models = models_registry(cache.path());
+    let students = mr::local_students(&models);
+    let specs: Vec<&str> = students.iter().map(|s| s.spec.as_str()).collect();
+    assert_eq!(specs, ["warm-start", "decoder"]);
+    let merged = index.rank_with_students(&squad_instruction(), &cfg, Some(5), &students);
+    assert_eq!(merged.len(), 7, "5 hub models + 2 students");
+    assert!(merged.windows(2).all(|w| w[0].score >= w[1].score));
+    let decoder = merged.iter().find(|c| c.name == "SmolLM2-135M-Instruct-Q4_1").unwrap();
+    assert_eq!(decoder.architecture, Architecture::DecoderOnly);
+    let mut no_network = |p: &mr::TrainablePlan| -> anyhow::Result<String> {
+        anyhow::bail!("offline: `{}` is not fetched", p.retrieved)
+    };
+    let choice = mr::choose_trainable(&merged, &models, true, &mut no_network);
+    // SQuAD: the MiniLM card (trained on question-answer pairs) outscores SmolLM2's.
+    assert_eq!(
+        (choice.name.as_deref(), choice.student.as_deref()),
+        (Some("all-MiniLM-L6-v2"), Some("warm-start"))
+    );
+    assert_eq!(choice.passed_over.len(), choice.rank.unwrap() - 1);
+    assert!(choice.passed_over.iter().all(|(_, why)| why.contains("no weights here")));
+    // MCoNaLa's Japanese instruction shares no term with either (English) student card: nothing
+    // trains here, and the pipeline falls back to the scale's default.
+    let ja = index.rank_with_students(&task_instruction("mconala"), &cfg, Some(5), &students);
+    assert!(ja.iter().all(|c| c.source == mr::CandidateSource::Hub));
+    assert_eq!(mr::choose_trainable(&ja, &models, true, &mut no_network).student, None);
 
     // Second open: the cached index, same answers.
     let (again, rebuilt) = ModelIndex::load_or_build(&source, cache.path(), false).unwrap();

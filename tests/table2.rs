@@ -92,6 +92,28 @@ fn table2_smoke_is_deterministic_and_complete() {
     insta::assert_yaml_snapshot!("table2_smoke", table.snapshot_rows());
 }
 
+/// The arms keep their meaning under the shared assembly: "retrieval + generation" trains on
+/// exactly the rows of "retrieval only" and "generation only" together, retrieved rows as task 1.
+#[test]
+fn the_combined_arm_is_the_union_of_the_single_source_arms() {
+    let cache = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let registry = common::mirror_registry(cache.path());
+    let prepared = table2::prepare(&registry, &options(runs.path())).unwrap();
+    let sources = |id: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            prepared.arm(id).unwrap().train().iter().map(|p| p.source.clone()).collect();
+        v.sort();
+        v
+    };
+    let (retrieval, generation) = (sources("retrieval_only"), sources("generation_only"));
+    assert!(retrieval.iter().all(|s| s.starts_with("<task 1>")), "retrieved rows are task 1");
+    assert!(generation.iter().all(|s| s.starts_with("<task 0>")));
+    let mut union = [retrieval, generation].concat();
+    union.sort();
+    assert_eq!(sources("retrieval_generation"), union);
+}
+
 #[test]
 fn an_unknown_scale_lists_the_known_ones() {
     let cache = tempfile::tempdir().unwrap();

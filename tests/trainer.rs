@@ -428,7 +428,7 @@ fn the_decoders_training_forward_matches_its_cached_forward_with_and_without_pad
 fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
     let out = tempfile::tempdir().unwrap();
     let mut student = Student::build(
-        &StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() },
+        &StudentSpec::decoder("SmolLM2-135M-Instruct-Q4_1"),
         &registry(),
         Device::Cpu,
         1,
@@ -479,12 +479,71 @@ fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
     assert_eq!(preds.len(), 1);
 }
 
+/// Table 3's close students: SmolLM2 cut to its first layers, and with layers frozen. The kept
+/// layers are the pretrained ones, frozen layers keep their weights through training, the others
+/// move, and the saved folder reloads as the shallower model.
+#[test]
+fn a_decoder_cut_to_its_first_layers_with_frozen_layers_trains_only_the_rest() {
+    let out = tempfile::tempdir().unwrap();
+    let spec: StudentSpec = "decoder:layers=4,freeze=2".parse().unwrap();
+    let mut student = Student::build(&spec, &registry(), Device::Cpu, 1).unwrap();
+    assert!(
+        student.describe().contains("first 4 layers")
+            && student.describe().contains("first 2 frozen")
+    );
+    let full = Student::build(
+        &StudentSpec::decoder("SmolLM2-135M-Instruct-Q4_1"),
+        &registry(),
+        Device::Cpu,
+        1,
+    )
+    .unwrap();
+    let params = student.parameters();
+    let full_params = full.parameters();
+    assert!(params.contains_key("model.layers.3.mlp.up_proj.weight"));
+    assert!(!params.contains_key("model.layers.4.mlp.up_proj.weight"), "only 4 layers kept");
+    let same = |a: &tch::Tensor, b: &tch::Tensor| (a - b).abs().max().double_value(&[]) == 0.0;
+    let name = |i: usize| format!("model.layers.{i}.self_attn.q_proj.weight");
+    assert!(
+        same(&params[&name(3)], &full_params[&name(3)]),
+        "the kept layers are the pretrained ones"
+    );
+    assert!(!params[&name(1)].requires_grad() && params[&name(2)].requires_grad());
+    let before: Vec<tch::Tensor> =
+        [1, 2].iter().map(|&i| params[&name(i)].detach().copy()).collect();
+    drop(full);
+
+    let rows: Vec<(String, String)> =
+        (0..4).map(|i| (format!("item {i}"), ["red", "blue"][i % 2].to_string())).collect();
+    let data = trainer::apply_template(0, "Name the colour.", &rows);
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch_size: 2,
+        learning_rate: 1e-3,
+        max_source_len: 32,
+        max_target_len: 4,
+        seed: 1,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(cfg, &mut student, out.path());
+    t.progress = false;
+    t.train(&data, &[]).unwrap();
+    let after = student.parameters();
+    assert!(same(&after[&name(1)], &before[0]), "a frozen layer keeps its weights");
+    assert!(!same(&after[&name(2)], &before[1]), "a trained layer moves");
+    let reloaded = Student::from_dir(&out.path().join("final"), Device::Cpu).unwrap();
+    let prompt2model::trainer::student::StudentModel::Decoder(m) = &reloaded.model else {
+        panic!("a decoder reloads as a decoder")
+    };
+    assert_eq!(m.config.num_hidden_layers, 4);
+}
+
 #[test]
 fn the_decoder_loss_applies_the_lm_head_at_the_targets_only_with_the_full_logits_loss_value() {
     // What transformers computes: cross-entropy over the full `[batch, seq, vocab]` logits with the
     // labels shifted left; the student's loss runs the head at the labelled positions only.
     let student = Student::build(
-        &StudentSpec::Decoder { model: "SmolLM2-135M-Instruct-Q4_1".into() },
+        &StudentSpec::decoder("SmolLM2-135M-Instruct-Q4_1"),
         &registry(),
         Device::Cpu,
         1,

@@ -469,6 +469,20 @@ impl Llama {
         self.device
     }
 
+    /// Keeps the first `k` transformer layers (embeddings, final norm and LM head stay): a
+    /// shallower model on the same pretrained weights, saved with `num_hidden_layers = k`.
+    pub fn keep_first_layers(&mut self, k: usize) -> Result<()> {
+        ensure!(
+            (1..=self.layers.len()).contains(&k),
+            "keep the first {k} layers: the model has {} (1 to {} can be kept)",
+            self.layers.len(),
+            self.layers.len()
+        );
+        self.layers.truncate(k);
+        self.config.num_hidden_layers = k;
+        Ok(())
+    }
+
     /// Stores the weight matrices (embeddings, projections, LM head) in `precision` for inference:
     /// bf16 halves the bytes every decoded token reads. Norms and the activations stay f32 (see
     /// [`super::precision`]). Not for a model that is being trained (its weights are the f32

@@ -187,8 +187,24 @@ pub struct ModelEntry {
     #[serde(default)]
     pub normalize: Option<bool>,
     pub offline: OfflineSource,
+    /// Set when the trainer can train the model as a student here: what `--student` takes and the
+    /// card the model retriever ranks beside the hub index (src/model_retriever.rs).
+    #[serde(default)]
+    pub student: Option<StudentCard>,
     #[serde(default, rename = "file")]
     pub files: Vec<ModelFile>,
+}
+
+/// A registered model as a student the model retriever can choose (`[model.student]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentCard {
+    /// What `--student` takes to train it (`decoder`, `warm-start`, …).
+    pub spec: String,
+    /// The student's architecture: `encoder-decoder` or `decoder-only`.
+    pub architecture: String,
+    /// A model card in the hub's style (YAML front matter, then Markdown): what BM25 scores.
+    pub card: String,
 }
 
 impl ModelEntry {
@@ -648,6 +664,20 @@ fn validate(models: &[ModelEntry], path: &Path) -> ModelResult<()> {
         }
         if m.files.is_empty() {
             return Err(bad(format!("model `{}` lists no files", m.id)));
+        }
+        if let Some(st) = &m.student {
+            if !matches!(st.architecture.as_str(), "encoder-decoder" | "decoder-only") {
+                return Err(bad(format!(
+                    "model `{}`: [model.student] architecture = \"{}\" (write \"encoder-decoder\" or \"decoder-only\")",
+                    m.id, st.architecture
+                )));
+            }
+            if st.card.trim().is_empty() || st.spec.trim().is_empty() {
+                return Err(bad(format!(
+                    "model `{}`: [model.student] needs a `spec` (what --student takes) and a `card` (the text the model retriever ranks)",
+                    m.id
+                )));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for f in &m.files {

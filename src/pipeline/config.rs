@@ -139,6 +139,10 @@ pub struct RunConfig {
     /// Metric the run is judged by (default: the task's, else chrF++).
     pub metric: Option<String>,
     pub split: SplitConfig,
+    /// The retrieved rows' share (0–1) of the training and validation cuts when both generated
+    /// and retrieved rows exist (`assemble::Cut`); default: equal numbers, as the paper's Table 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieved_share: Option<f64>,
     pub bootstrap: BootstrapConfig,
     /// Trainer settings over the scale's (only the fields given).
     pub train: Option<toml::Table>,
@@ -187,6 +191,7 @@ impl Default for RunConfig {
             bertscore: None,
             metric: None,
             split: SplitConfig::default(),
+            retrieved_share: None,
             bootstrap: BootstrapConfig::default(),
             train: None,
             executor: None,
@@ -244,9 +249,23 @@ pub struct Resolved {
     pub max_test_examples: usize,
     pub student: String,
     pub bertscore: bool,
+    /// Checked to lie in 0–1; `None`: equal numbers of generated and retrieved rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieved_share: Option<f64>,
     pub train: TrainConfig,
     pub executor: ExecutorConfig,
     pub generator: crate::dataset_generator::GeneratorConfig,
+}
+
+impl Resolved {
+    /// The cuts of the assembly stage: the scale's sizes and the run's share.
+    pub fn cut(&self) -> super::assemble::Cut {
+        super::assemble::Cut {
+            max_train: self.max_train_examples,
+            max_validation: self.max_validation_examples,
+            retrieved_share: self.retrieved_share,
+        }
+    }
 }
 
 impl RunConfig {
@@ -260,6 +279,12 @@ impl RunConfig {
                 scales.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         };
+        if let Some(share) = self.retrieved_share {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&share),
+                "retrieved_share = {share}: the retrieved rows' share of the training cut must lie between 0 and 1 (0.5 = equal numbers; leave it out for the default)"
+            );
+        }
         let num_examples = self.num_examples.unwrap_or(scale.num_examples);
         let mut train = with_overrides(&scale.train, self.train.as_ref(), "train")?;
         train.seed = self.seed;
@@ -277,9 +302,35 @@ impl RunConfig {
             max_test_examples: self.max_test_examples.unwrap_or(scale.max_test_examples),
             student: self.student.clone().unwrap_or_else(|| scale.student.clone()),
             bertscore: self.bertscore.unwrap_or(scale.bertscore),
+            retrieved_share: self.retrieved_share,
             train,
             executor: with_overrides(&scale.executor, self.executor.as_ref(), "executor")?,
             generator,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+    }
+
+    #[test]
+    fn retrieved_share_is_checked_and_absent_from_the_json_unless_given() {
+        let default = serde_json::to_value(RunConfig::default()).unwrap();
+        assert!(default.get("retrieved_share").is_none(), "run.json of earlier runs unchanged");
+        let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
+        assert_eq!(resolved.cut().retrieved_share, None);
+        assert_eq!(resolved.cut().max_train, resolved.max_train_examples);
+        let given = RunConfig { retrieved_share: Some(0.25), ..Default::default() };
+        assert_eq!(given.resolve(&data_dir()).unwrap().cut().retrieved_share, Some(0.25));
+        let bad = RunConfig { retrieved_share: Some(1.5), ..Default::default() };
+        let err = bad.resolve(&data_dir()).unwrap_err().to_string();
+        assert!(err.contains("retrieved_share = 1.5") && err.contains("between 0 and 1"), "{err}");
+        let parsed: RunConfig = toml::from_str("retrieved_share = 0.5").unwrap();
+        assert_eq!(parsed.retrieved_share, Some(0.5));
     }
 }

@@ -17,11 +17,25 @@ pub struct StudentChoice {
     /// What `--student` takes: `decoder`, `warm-start`, `tiny:H:L:A` or a model folder.
     pub student: String,
     pub why: String,
-    /// The model retriever's top candidates, when it ran.
+    /// The model retriever's candidates, best first, when it ran: the hub index's top models and
+    /// the students that train here, merged (`name (score S)`).
     pub candidates: Vec<String>,
     /// Students that can be trained here, best first (what `--select-student K` tries).
     #[serde(default)]
     pub trainable: Vec<String>,
+    /// The merged ranking with its scores (BM25, downloads and their basis, matched terms).
+    #[serde(default)]
+    pub ranking: Vec<crate::model_retriever::Candidate>,
+    /// Each candidate ranked above the chosen one, and why it was passed over.
+    #[serde(default)]
+    pub passed_over: Vec<(String, String)>,
+    /// The scale's default student: what "w/o model retrieval" trains.
+    #[serde(default)]
+    pub default_student: String,
+    /// The student is the scale's default. With model retrieval on, the "w/o model retrieval"
+    /// ablation then trains the same student, and cannot be measured here (the why says so).
+    #[serde(default)]
+    pub same_as_default: bool,
 }
 
 /// What `--select-student` measured.
@@ -109,7 +123,11 @@ pub(super) fn select_student(
     })
 }
 
-pub(super) fn choose_student(
+/// The student of a run: the model retriever's best-ranked candidate that trains here (the hub
+/// index's models and the registered students ranked together; online a hub model is fetched),
+/// the user's `--student`, or, with model retrieval off or nothing trainable ranked, the scale's
+/// default. The choice carries the ranking, the scores and the reason.
+pub fn choose_student(
     paths: &Paths,
     models: &ModelRegistry,
     query: &str,
@@ -121,54 +139,68 @@ pub(super) fn choose_student(
     // The students that train here without a download, after whatever retrieval finds.
     let local: Vec<String> =
         [default_student, "decoder", "warm-start"].iter().map(|s| s.to_string()).collect();
+    let mut choice = StudentChoice {
+        student: default_student.into(),
+        why: String::new(),
+        candidates: vec![],
+        trainable: local,
+        ranking: vec![],
+        passed_over: vec![],
+        default_student: default_student.into(),
+        same_as_default: true,
+    };
     if user_chose || !retrieval {
-        let why = if user_chose {
-            "chosen with --student (or the config)"
+        choice.why = if user_chose {
+            "chosen with --student (or the config)".into()
         } else {
-            "model retrieval off: the scale's default student"
+            "model retrieval off: the scale's default student".into()
         };
-        return Ok(StudentChoice {
-            student: default_student.into(),
-            why: why.into(),
-            candidates: vec![],
-            trainable: local,
-        });
+        return Ok(choice);
     }
     let search = crate::model_retriever::ModelSearch {
         instruction: query.to_string(),
         index: None,
         config: crate::model_retriever::ModelRetrieverConfig::default(),
-        fetch: false,
+        fetch: true,
         show_progress: false,
     };
-    let out = crate::model_retriever::retrieve_models(paths, &search, None, rt)?;
-    let candidates: Vec<String> =
-        out.ranking.models.iter().map(|m| format!("{} (score {:.1})", m.name, m.score)).collect();
-    let top = out.ranking.models.first().map(|m| m.name.clone()).unwrap_or_default();
-    use crate::model_retriever::TrainableSource;
-    let plan = out.trainable.context("the model retriever ranked no model")?;
-    Ok(match &plan.source {
-        TrainableSource::Registered { registry_id, available: true, .. } => {
-            let dir = models.resolve(registry_id)?.dir;
-            StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{top}`, registered here as `{registry_id}`"), candidates, trainable: local }
+    let out = crate::model_retriever::retrieve_models_with(paths, models, &search, None, rt)?;
+    choice.candidates = out.candidates.iter().map(|c| c.label()).collect();
+    choice.ranking = out.candidates.clone();
+    choice.passed_over = out.choice.passed_over.clone();
+    let passed = if out.choice.passed_over.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; passed over: {}",
+            out.choice
+                .passed_over
+                .iter()
+                .map(|(name, why)| format!("`{name}` ({why})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match (&out.choice.student, &out.choice.name, out.choice.rank) {
+        (Some(student), Some(name), Some(rank)) => {
+            let score = out.candidates.get(rank - 1).map(|c| c.score).unwrap_or(0.0);
+            choice.student = student.clone();
+            choice.same_as_default = student == default_student;
+            choice.why = format!(
+                "the model retriever's best-ranked model that trains here: `{name}` (rank {rank} of {}, score {score:.1}){passed}",
+                out.candidates.len()
+            );
+            if choice.same_as_default {
+                choice.why.push_str(&format!(
+                    ". It is the scale's default student `{default_student}`: the \"w/o model retrieval\" ablation trains the same student here, so that ablation cannot be measured"
+                ));
+            }
         }
-        TrainableSource::Hub { repo } if !paths.offline => match crate::model_retriever::fetch_trainable(models, &plan) {
-            Ok(dir) => StudentChoice { student: dir.display().to_string(), why: format!("the model retriever's top model `{repo}`, fetched from the hub"), candidates, trainable: local },
-            Err(e) => StudentChoice {
-                student: default_student.into(),
-                why: format!(
-                    "the model retriever's top model `{repo}` could not be fetched from the hub ({}); the scale's default student instead",
-                    e.chain().map(|c| c.to_string()).last().unwrap_or_default()
-                ),
-                candidates,
-                trainable: local,
-            },
-        },
-        _ => StudentChoice {
-            student: default_student.into(),
-            why: format!("the model retriever's top model `{top}` cannot be trained here (offline, no weights); the scale's default student instead"),
-            candidates,
-            trainable: local,
-        },
-    })
+        _ => {
+            choice.why = format!(
+                "no candidate of the model retriever trains here{passed}; the scale's default student `{default_student}` instead, so the \"w/o model retrieval\" ablation trains the same student here and cannot be measured"
+            );
+        }
+    }
+    Ok(choice)
 }

@@ -61,6 +61,9 @@ pub struct RowSpec {
     /// Run-configuration fields (src/pipeline/config.rs) on top of the table's defaults.
     #[serde(default)]
     pub run: toml::Table,
+    /// A sanity row (an untrained or random model): shown, but left out of Table 3's τ.
+    #[serde(default)]
+    pub sanity: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +112,8 @@ pub struct Cell {
     pub row: String,
     pub label: String,
     pub config: RunConfig,
+    /// From its row: shown, but left out of Table 3's τ.
+    pub sanity: bool,
 }
 
 /// Every cell of a table at a scale, and where their runs live.
@@ -187,6 +192,7 @@ pub fn plan(
                 row: row.id.clone(),
                 label: row.label.clone(),
                 config,
+                sanity: row.sanity,
             });
         }
     }
@@ -299,6 +305,34 @@ mod tests {
         assert!(e.contains("--list-cells"), "{e}");
     }
 
+    /// Table 3's laptop students are close: at least six SmolLM2 fine-tunings per task that
+    /// differ in data, epochs, learning rate, depth and frozen layers, the untrained, MiniLM and
+    /// random ones marked as sanity rows (outside τ); every student spec parses.
+    #[test]
+    fn table3_laptop_rows_are_close_students_beside_sanity_rows() {
+        let paths = Paths::from_env().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let p = plan(&paths, LiveTable::Table3, "laptop", TeacherSource::Recorded, root.path())
+            .unwrap();
+        for task in ["squad", "temporal", "mconala"] {
+            let cells: Vec<&Cell> = p.cells.iter().filter(|c| c.task == task).collect();
+            let close: Vec<&Cell> = cells.iter().copied().filter(|c| !c.sanity).collect();
+            assert!(close.len() >= 6, "{task}: {} close students", close.len());
+            for c in &cells {
+                let spec = c.config.student.as_deref().unwrap_or_default();
+                spec.parse::<crate::trainer::StudentSpec>().unwrap();
+                assert_eq!(
+                    c.sanity,
+                    !spec.starts_with("decoder") || c.row == "smollm2-untrained",
+                    "{}",
+                    c.id
+                );
+            }
+            assert!(close.iter().any(|c| c.config.student.as_deref() == Some("decoder:layers=24")));
+            assert!(close.iter().any(|c| c.config.student.as_deref() == Some("decoder:freeze=15")));
+        }
+    }
+
     #[test]
     fn the_slurm_files_name_the_array_the_resources_and_the_collector() {
         let paths = Paths::from_env().unwrap();
@@ -317,7 +351,7 @@ mod tests {
         assert_eq!(files.len(), 3);
         let cells = std::fs::read_to_string(out.join("cells.sbatch")).unwrap();
         for needle in [
-            "#SBATCH --array=0-23%3",
+            "#SBATCH --array=0-29%3",
             "#SBATCH --time=01:00:00",
             "#SBATCH --mem=8G",
             "#SBATCH --cpus-per-task=2",

@@ -24,6 +24,7 @@ use polars::prelude::{Column, DataFrame, IdxCa, IdxSize, PolarsResult};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+use crate::data::examples::Example;
 use crate::data::loaders::{self, HfDisk};
 use crate::data::registry::{Registry, ResolvedFile};
 use crate::evaluator::bootstrap::{
@@ -32,6 +33,8 @@ use crate::evaluator::bootstrap::{
 use crate::evaluator::Metric;
 use crate::executor::{self, ExecutorConfig};
 use crate::models::registry::ModelRegistry;
+use crate::pipeline::assemble::{assemble_sources, Cut, Row, SourceRows};
+use crate::pipeline::config::SplitConfig;
 use crate::report::figures::{self, BarGroup, BarPanel};
 use crate::report::{Manifest, Report, ReportTable};
 use crate::teacher::{estimate_tokens, Pricing};
@@ -305,26 +308,6 @@ fn recorded_pairs(registry: &Registry, folder: &str) -> Result<(Pairs, Vec<Resol
     Ok((inputs.into_iter().zip(outputs).collect(), files))
 }
 
-/// Seeded draw of `n` train + `v` validation rows (fewer if the source is smaller).
-/// The row indices of the draw: `(train, validation)`.
-fn draw_indices(len: usize, n: usize, v: usize, seed: u64, tag: &str) -> (Vec<usize>, Vec<usize>) {
-    let mut rng = SplitMix64::new(seed ^ crate::util::rng::fnv1a64(tag.as_bytes()));
-    let mut idx: Vec<usize> = (0..len).collect();
-    rng.shuffle(&mut idx);
-    let validation = idx[n.min(len)..(n + v).min(len)].to_vec();
-    idx.truncate(n.min(len));
-    (idx, validation)
-}
-
-fn pick(rows: &[(String, String)], idx: &[usize]) -> Pairs {
-    idx.iter().map(|&i| rows[i].clone()).collect()
-}
-
-fn draw(rows: &[(String, String)], n: usize, v: usize, seed: u64, tag: &str) -> (Pairs, Pairs) {
-    let (train, validation) = draw_indices(rows.len(), n, v, seed, tag);
-    (pick(rows, &train), pick(rows, &validation))
-}
-
 /// SQuAD split by article: `(pool, test)` row indices.
 fn split_by_article(titles: &[String], seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut articles: Vec<&String> = titles.iter().collect::<BTreeSet<_>>().into_iter().collect();
@@ -495,29 +478,63 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
 
     let n = scale.examples_per_source;
     let v = scale.validation_examples;
-    let (ret_train, ret_val) = draw(&retrieved_rows, n, v, opts.seed, "retrieved");
-    let (gen_train, gen_val) = draw(&generated_rows, n, v, opts.seed, "generated");
-    // The annotation draw keeps its indices so the paragraphs it covers can be counted.
-    let (ann_train_idx, ann_val_idx) =
-        draw_indices(annotated_rows.len(), n, v, opts.seed, "annotated");
-    let (ann_train, ann_val) =
-        (pick(&annotated_rows, &ann_train_idx), pick(&annotated_rows, &ann_val_idx));
-    let ann_paragraphs =
-        ann_train_idx.iter().map(|&i| annotated_context[i]).collect::<BTreeSet<_>>().len();
-    if gen_train.len() < n || ret_train.len() < n {
+    // Every arm's data is assembled as `p2m run` assembles it (pipeline::assemble): each source
+    // split and capped on its own, here at `n` training and `v` validation rows, no test split
+    // carved (every arm is tested on the held-out SQuAD articles), and no cut over the sources
+    // together: "retrieval + generation" trains on exactly the rows of the two single-source arms,
+    // n + n, as the paper's 3,000 + 3,000. Generated data is task 0, retrieved data task 1, as the
+    // reference; annotated SQuAD stands in for a user's own data: task 0, the task the student is
+    // asked to do at test time.
+    let split =
+        SplitConfig { max_train: n, max_validation: v, seed: opts.seed, ..SplitConfig::default() };
+    let no_cut = Cut { max_train: 0, max_validation: 0, retrieved_share: None };
+    let source = |rows: &[(String, String)]| {
+        SourceRows::tested_elsewhere(
+            rows.iter().map(|(i, o)| Example::new(i.clone(), o.clone())).collect(),
+        )
+    };
+    let (gen_source, ret_source, ann_source) =
+        (source(&generated_rows), source(&retrieved_rows), source(&annotated_rows));
+    let nothing = SourceRows::default();
+    let generation_only =
+        assemble_sources(&gen_source, &generated_id, &nothing, "", &split, &no_cut);
+    let retrieval_only =
+        assemble_sources(&nothing, "", &ret_source, &retrieved_id, &split, &no_cut);
+    let both =
+        assemble_sources(&gen_source, &generated_id, &ret_source, &retrieved_id, &split, &no_cut);
+    let annotation = assemble_sources(&ann_source, SQUAD_DATASET, &nothing, "", &split, &no_cut);
+    let (gen_train, ret_train) = (generation_only.train.len(), retrieval_only.train.len());
+    if gen_train < n || ret_train < n {
         notes.push(format!(
-            "Fewer rows than the scale asks for: generated {} / retrieved {} of {n}.",
-            gen_train.len(),
-            ret_train.len()
+            "Fewer rows than the scale asks for: generated {gen_train} / retrieved {ret_train} of {n}."
         ));
     }
-
-    // Task ids as the reference: generated data is task 0, retrieved data task 1. Annotated SQuAD
-    // stands in for a user's own data: task 0, the task the student is asked to do at test time.
-    let gen_pairs = |rows: &[(String, String)]| trainer::apply_template(0, &instruction, rows);
-    let ret_pairs = |rows: &[(String, String)]| trainer::apply_template(1, &instruction, rows);
+    notes.push(format!(
+        "Each arm's data is split as `p2m run` splits it (src/pipeline/assemble.rs): every source on its own, a seeded 0.7 : 0.1 share of its rows for training and validation, capped at {n} and {v}; \"retrieval + generation\" is the union of the two single-source arms' rows ({}).",
+        both.mix.describe()
+    ));
+    // The annotation arm's cost counts the distinct paragraphs its training questions come from.
+    let context_of: std::collections::HashMap<&str, &str> = pool_idx
+        .iter()
+        .zip(&annotated_context)
+        .map(|(&i, c)| (inputs[i].as_str(), c.as_str()))
+        .collect();
+    let ann_paragraphs = annotation
+        .train
+        .iter()
+        .filter_map(|r| context_of.get(r.input.as_str()))
+        .collect::<BTreeSet<_>>()
+        .len();
+    let pairs = |rows: &[Row]| -> Vec<TextPair> {
+        rows.iter()
+            .map(|r| TextPair {
+                source: trainer::model_input(r.task_id, &instruction, &r.input),
+                target: r.output.clone(),
+            })
+            .collect()
+    };
     let pricing = Pricing::for_model(&cost_model.recorded_teacher);
-    let gen_cost = |rows: &[(String, String)]| -> (Option<f64>, String) {
+    let gen_cost = |rows: &[Row]| -> (Option<f64>, String) {
         match (&opts.generated, generated_cost) {
             (GeneratedSource::Dir(_), Some(total)) => (
                 Some(total * rows.len() as f64 / generated_rows.len().max(1) as f64),
@@ -525,8 +542,10 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
             ),
             (GeneratedSource::Dir(_), None) => (None, "unknown (no generation log)".into()),
             (GeneratedSource::Recorded, _) => {
-                let tokens: u64 =
-                    rows.iter().map(|(i, o)| estimate_tokens(i) + estimate_tokens(o)).sum();
+                let tokens: u64 = rows
+                    .iter()
+                    .map(|r| estimate_tokens(&r.input) + estimate_tokens(&r.output))
+                    .sum();
                 (Some(tokens as f64 / 1000.0 * pricing.output_per_1k_usd), format!("lower bound: completion tokens of the rows used (~{tokens}, estimated) at {} output prices; the prompts were not recorded", cost_model.recorded_teacher))
             }
         }
@@ -543,20 +562,20 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
         cost: (Option<f64>, String),
     }
     let arm_list = vec![
-        Arm { name: "retrieval only", data: retrieved_id.clone(), train: ret_pairs(&ret_train), validation: ret_pairs(&ret_val), cost: (Some(0.0), "retrieved data is free".into()) },
-        Arm { name: "generation only", data: generated_id.clone(), train: gen_pairs(&gen_train), validation: gen_pairs(&gen_val), cost: gen_cost(&gen_train) },
+        Arm { name: "retrieval only", data: retrieved_id.clone(), train: pairs(&retrieval_only.train), validation: pairs(&retrieval_only.validation), cost: (Some(0.0), "retrieved data is free".into()) },
+        Arm { name: "generation only", data: generated_id.clone(), train: pairs(&generation_only.train), validation: pairs(&generation_only.validation), cost: gen_cost(&generation_only.train) },
         Arm {
             name: "retrieval + generation",
             data: format!("{retrieved_id} + {generated_id}"),
-            train: trainer::concatenate_and_shuffle(vec![ret_pairs(&ret_train), gen_pairs(&gen_train)], opts.seed),
-            validation: trainer::concatenate_and_shuffle(vec![ret_pairs(&ret_val), gen_pairs(&gen_val)], opts.seed),
-            cost: gen_cost(&gen_train),
+            train: pairs(&both.train),
+            validation: pairs(&both.validation),
+            cost: gen_cost(&generation_only.train),
         },
         Arm {
             name: "custom annotation",
             data: format!("{SQUAD_DATASET} (annotation-pool articles)"),
-            train: gen_pairs(&ann_train),
-            validation: gen_pairs(&ann_val),
+            train: pairs(&annotation.train),
+            validation: pairs(&annotation.validation),
             cost: (
                 Some(annotation_cost),
                 format!(
@@ -600,6 +619,13 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
         manifest,
         runs_dir,
     })
+}
+
+impl ArmPlan {
+    /// The arm's training pairs, in training order.
+    pub fn train(&self) -> &[TextPair] {
+        &self.train
+    }
 }
 
 impl Prepared {

@@ -30,6 +30,8 @@ pub struct LiveStudent {
     pub train_rows: Option<usize>,
     pub generated: Interval,
     pub real: Interval,
+    /// A sanity row (untrained, random): shown, not in τ.
+    pub sanity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -156,9 +158,26 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
                 train_rows,
                 generated,
                 real,
+                sanity: cell.sanity,
             });
         }
-        let mine: Vec<&LiveStudent> = students.iter().filter(|s| &s.task == task_id).collect();
+        // τ ranks the close students only: sanity rows (untrained, random) would order working
+        // models against broken ones whatever the test set.
+        let in_tau: Vec<bool> =
+            students.iter().filter(|s| &s.task == task_id).map(|s| !s.sanity).collect();
+        let keep = |v: Vec<CorpusScorer>| -> Vec<CorpusScorer> {
+            v.into_iter().zip(&in_tau).filter(|(_, k)| **k).map(|(s, _)| s).collect()
+        };
+        let (gen_scorers, real_scorers) = (keep(gen_scorers), keep(real_scorers));
+        let sanity = in_tau.iter().filter(|k| !**k).count();
+        if sanity > 0 {
+            notes.push(format!(
+                "{task_id}: {sanity} sanity row(s) (untrained or random students) are shown but left out of τ, which ranks the {} close students",
+                in_tau.len() - sanity
+            ));
+        }
+        let mine: Vec<&LiveStudent> =
+            students.iter().filter(|s| &s.task == task_id && !s.sanity).collect();
         let xs: Vec<f64> = gen_scorers.iter().map(CorpusScorer::corpus).collect();
         let ys: Vec<f64> = real_scorers.iter().map(CorpusScorer::corpus).collect();
         let tau = if mine.len() >= 2 { kendall_tau_b(&xs, &ys).ok() } else { None };

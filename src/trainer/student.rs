@@ -47,10 +47,17 @@ pub enum StudentSpec {
         layers: i64,
         heads: i64,
     },
-    /// A decoder-only llama-family model of the registry (default SmolLM2-135M-Instruct, GGUF).
+    /// A decoder-only llama-family model of the registry (default SmolLM2-135M-Instruct, GGUF),
+    /// optionally cut to its first `layers` transformer layers (a shallower student of the same
+    /// pretrained weights) and with its first `frozen_layers` layers frozen (no gradient, no
+    /// update): the close students of Table 3 that differ in depth and in what is trained.
     Decoder {
         #[serde(default = "default_decoder")]
         model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layers: Option<usize>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        frozen_layers: usize,
     },
     /// A model folder in the Hugging Face layout (T5 / flan-T5, BERT2BERT or llama-family).
     Pretrained { path: std::path::PathBuf },
@@ -59,15 +66,43 @@ pub enum StudentSpec {
 impl std::str::FromStr for StudentSpec {
     type Err = anyhow::Error;
 
-    /// `warm-start`, `decoder`, `tiny:HIDDEN:LAYERS:HEADS` or a model folder with `config.json`
-    /// (what `--student` takes).
+    /// `warm-start`, `decoder`, `decoder:layers=K,freeze=N` (either option alone too),
+    /// `tiny:HIDDEN:LAYERS:HEADS` or a model folder with `config.json` (what `--student` takes).
     fn from_str(s: &str) -> anyhow::Result<StudentSpec> {
         use anyhow::Context;
         if s == "warm-start" {
             return Ok(StudentSpec::default());
         }
         if s == "decoder" {
-            return Ok(StudentSpec::Decoder { model: default_decoder() });
+            return Ok(StudentSpec::decoder(default_decoder()));
+        }
+        if let Some(rest) = s.strip_prefix("decoder:") {
+            let (mut layers, mut frozen_layers) = (None, 0);
+            for option in rest.split(',') {
+                let (key, value) = option.split_once('=').with_context(|| {
+                    format!("student `{s}`: expected decoder:layers=K,freeze=N (got `{option}`)")
+                })?;
+                let n: usize = value.trim().parse().with_context(|| {
+                    format!("student `{s}`: `{key}` takes a whole number (got `{value}`)")
+                })?;
+                match key.trim() {
+                    "layers" => {
+                        anyhow::ensure!(n >= 1, "student `{s}`: layers must be at least 1");
+                        layers = Some(n);
+                    }
+                    "freeze" => frozen_layers = n,
+                    other => anyhow::bail!(
+                        "student `{s}`: unknown option `{other}` (decoder options: layers=K keeps the first K layers, freeze=N freezes the first N)"
+                    ),
+                }
+            }
+            if let Some(k) = layers {
+                anyhow::ensure!(
+                    frozen_layers < k,
+                    "student `{s}`: freeze={frozen_layers} would freeze all {k} layers kept; freeze fewer"
+                );
+            }
+            return Ok(StudentSpec::Decoder { model: default_decoder(), layers, frozen_layers });
         }
         if let Some(rest) = s.strip_prefix("tiny:") {
             let parts: Vec<i64> = rest
@@ -94,6 +129,43 @@ impl std::str::FromStr for StudentSpec {
 
 fn default_decoder() -> String {
     crate::teacher::local::DEFAULT_TEACHER.into()
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl StudentSpec {
+    /// A registry decoder, whole and fully trained.
+    pub fn decoder(model: impl Into<String>) -> Self {
+        StudentSpec::Decoder { model: model.into(), layers: None, frozen_layers: 0 }
+    }
+}
+
+/// The transformer layer a llama weight belongs to (`model.layers.<i>.…`), if any.
+fn llama_layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+}
+
+/// Cut a decoder to its first `layers` layers and freeze its first `frozen` (after it was made
+/// trainable): the frozen weights keep their pretrained values, as the optimizer only updates
+/// weights that require a gradient.
+fn shape_decoder(llama: &mut Llama, layers: Option<usize>, frozen: usize) -> anyhow::Result<()> {
+    if let Some(k) = layers {
+        llama.keep_first_layers(k)?;
+    }
+    let total = llama.config.num_hidden_layers;
+    anyhow::ensure!(
+        frozen < total,
+        "decoder student: freezing {frozen} of its {total} layers leaves none to train"
+    );
+    llama.set_trainable();
+    for (name, t) in llama.named_parameters() {
+        if llama_layer_of(&name).is_some_and(|i| i < frozen) {
+            let _ = t.set_requires_grad(false);
+        }
+    }
+    Ok(())
 }
 
 fn default_encoder() -> String {
@@ -173,21 +245,25 @@ impl Student {
                     Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
                 Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
             }
-            StudentSpec::Decoder { model } => {
+            StudentSpec::Decoder { model, layers, frozen_layers } => {
                 let path = registry.resolve_main_file(model)?;
                 anyhow::ensure!(
                     path.extension().is_some_and(|e| e == "gguf"),
                     "decoder student `{model}`: only GGUF registry models are supported here; pass a model folder instead"
                 );
                 let g = crate::models::gguf::GgufFile::open(&path)?;
-                let llama = Llama::from_gguf(&g, device)?;
+                let mut llama = Llama::from_gguf(&g, device)?;
                 let tokenizer = crate::models::chat::GgufTokenizer::from_gguf(&g)?.inner().clone();
-                llama.set_trainable();
-                Ok(Student {
-                    model: StudentModel::Decoder(Box::new(llama)),
-                    tokenizer,
-                    name: format!("decoder({model})"),
-                })
+                shape_decoder(&mut llama, *layers, *frozen_layers)?;
+                let mut name = format!("decoder({model}");
+                if let Some(k) = layers {
+                    name.push_str(&format!(", first {k} layers"));
+                }
+                if *frozen_layers > 0 {
+                    name.push_str(&format!(", first {frozen_layers} frozen"));
+                }
+                name.push(')');
+                Ok(Student { model: StudentModel::Decoder(Box::new(llama)), tokenizer, name })
             }
             StudentSpec::Pretrained { path } => Self::from_dir(path, device),
         }
@@ -512,5 +588,53 @@ impl Student {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_options_parse_and_bad_ones_are_named() {
+        let parse = |s: &str| s.parse::<StudentSpec>();
+        assert_eq!(parse("decoder").unwrap(), StudentSpec::decoder(default_decoder()));
+        assert_eq!(
+            parse("decoder:layers=12,freeze=4").unwrap(),
+            StudentSpec::Decoder { model: default_decoder(), layers: Some(12), frozen_layers: 4 }
+        );
+        assert_eq!(
+            parse("decoder:freeze=20").unwrap(),
+            StudentSpec::Decoder { model: default_decoder(), layers: None, frozen_layers: 20 }
+        );
+        for (bad, says) in [
+            ("decoder:layers=0", "at least 1"),
+            ("decoder:layers=4,freeze=4", "would freeze all 4"),
+            ("decoder:depth=4", "unknown option `depth`"),
+            ("decoder:layers=x", "whole number"),
+            ("decoder:layers", "expected decoder:layers=K"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_plain_decoder_spec_serialises_as_before() {
+        let json = serde_json::to_value(StudentSpec::decoder("m")).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "decoder", "model": "m"}));
+        let cut: StudentSpec =
+            toml::from_str("kind = \"decoder\"\nlayers = 8\nfrozen_layers = 2").unwrap();
+        assert_eq!(
+            cut,
+            StudentSpec::Decoder { model: default_decoder(), layers: Some(8), frozen_layers: 2 }
+        );
+    }
+
+    #[test]
+    fn llama_weights_name_their_layer() {
+        assert_eq!(llama_layer_of("model.layers.12.mlp.up_proj.weight"), Some(12));
+        assert_eq!(llama_layer_of("model.embed_tokens.weight"), None);
+        assert_eq!(llama_layer_of("model.norm.weight"), None);
     }
 }

@@ -52,7 +52,7 @@ pub struct RetrieveModelArgs {
     /// A model_info.tar.gz or folder of JSON cards instead of the registry's index.
     #[arg(long)]
     pub index: Option<PathBuf>,
-    /// Fetch the top model (online: hf-hub; offline: the fallback student's weights).
+    /// Online, fetch the chosen hub model with hf-hub (without it, the model is only named).
     #[arg(long)]
     pub fetch: bool,
     /// The LLM for HyDE (models), reranking and column selection (datasets).
@@ -139,7 +139,27 @@ pub fn retrieve_model(args: RetrieveModelArgs) -> Result<()> {
         println!("    matched: {}", terms.join(", "));
     }
     if let Some(t) = &out.trainable {
-        println!("\ntrainable: {}", t.explanation);
+        println!("\nthe top hub model here: {}", t.explanation);
+    }
+    println!("\nbeside the index, the students that train here (data/models.toml [model.student]), ranked together:");
+    for c in &out.candidates {
+        println!(
+            "{:>2}. {}  score {:.3} = BM25 {:.3} × log10({} + {}) (downloads: {})",
+            c.rank,
+            c.label(),
+            c.score,
+            c.bm25,
+            c.downloads,
+            out.config.downloads_offset,
+            c.downloads_basis
+        );
+    }
+    for (name, why) in &out.choice.passed_over {
+        println!("passed over: {name}: {why}");
+    }
+    match (&out.choice.name, &out.choice.student) {
+        (Some(name), Some(student)) => println!("chosen: {name} → --student {student}"),
+        _ => println!("chosen: none of the candidates trains here (the pipeline trains the scale's default student)"),
     }
     Ok(())
 }

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::retrieve_dataset::RETRIEVED_STEM;
 use super::{existing, read_stage_json, PipelineStage};
 use crate::data::examples::read_examples_jsonl;
-use crate::pipeline::assemble::{assemble, rows_frame};
+use crate::pipeline::assemble::{assemble_sources, read_source_rows, rows_frame, SourceRows};
 use crate::pipeline::config::SplitConfig;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::stage::{record_path, Stage, StageInputs, StageOutputs, StageRecord};
@@ -23,17 +24,23 @@ impl PipelineStage for Assemble {
     fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
         let layout = &ctx.layout;
         let mut files = vec![layout.examples_for_assembly(), layout.retrieved()];
-        // The generated test set where one was recorded apart; the records of generation and
-        // retrieval, whose settings and summaries name the rows' provenance.
+        // The retrieved data's own splits where it has them; the generated test set where one
+        // was recorded apart; the records of generation and retrieval, whose settings and
+        // summaries name the rows' provenance.
+        let retrieved_dir = layout.stage_dir(Stage::RetrieveDatasets);
         files.extend(existing([
+            retrieved_dir.join(format!("{RETRIEVED_STEM}_validation.jsonl")),
+            retrieved_dir.join(format!("{RETRIEVED_STEM}_test.jsonl")),
             layout.generated_test(),
             record_path(layout.dir(), Stage::RetrieveDatasets),
             record_path(layout.dir(), Stage::Generate),
         ]));
-        Ok(StageInputs {
-            settings: serde_json::json!({ "split": ctx.cfg.split, "max_train": ctx.resolved.max_train_examples, "max_validation": ctx.resolved.max_validation_examples }),
-            files,
-        })
+        let mut settings = serde_json::json!({ "split": ctx.cfg.split, "max_train": ctx.resolved.max_train_examples, "max_validation": ctx.resolved.max_validation_examples });
+        // Only a share that was asked for enters the fingerprint: runs without one keep theirs.
+        if let Some(share) = ctx.resolved.retrieved_share {
+            settings["retrieved_share"] = serde_json::json!(share);
+        }
+        Ok(StageInputs { settings, files })
     }
 
     fn run(&self, ctx: &RunContext, _dir: &Path) -> Result<StageOutputs> {
@@ -41,7 +48,8 @@ impl PipelineStage for Assemble {
         let examples_path = layout.examples_for_assembly();
         let generated = read_examples_jsonl(&examples_path)
             .with_context(|| format!("reading {}", examples_path.display()))?;
-        let retrieved = read_examples_jsonl(&layout.retrieved())?;
+        let retrieved =
+            read_source_rows(&layout.stage_dir(Stage::RetrieveDatasets), RETRIEVED_STEM)?;
         let fixed_test = if layout.generated_test().is_file() {
             Some(read_examples_jsonl(&layout.generated_test())?)
         } else {
@@ -59,14 +67,14 @@ impl PipelineStage for Assemble {
             max_validation: ctx.cfg.split.max_validation.min(ctx.resolved.max_validation_examples),
             ..ctx.cfg.split.clone()
         };
-        let a = assemble(
+        let generated = SourceRows { train: generated, validation: None, test: fixed_test };
+        let a = assemble_sources(
             &generated,
             &ctx.teacher_id,
             &retrieved,
             &source,
-            fixed_test.as_deref(),
             &split,
-            ctx.resolved.max_train_examples,
+            &ctx.resolved.cut(),
         );
         let mut files = Vec::new();
         for (name, rows) in [("train", &a.train), ("validation", &a.validation), ("test", &a.test)]

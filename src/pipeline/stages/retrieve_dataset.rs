@@ -3,18 +3,19 @@
 //! `{input, output}` rows.
 
 use std::io::{BufRead, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use super::PipelineStage;
 use crate::config::Paths;
-use crate::data::examples::{write_examples_jsonl, Example};
+use crate::data::examples::Example;
 use crate::models::registry::ModelRegistry;
+use crate::pipeline::assemble::{retrieved_folder_rows, write_source_rows, SourceRows};
 use crate::pipeline::config::TeacherSource;
 use crate::pipeline::context::{RunContext, RunTeacher};
 use crate::pipeline::layout::RunLayout;
-use crate::pipeline::recorded;
+use crate::pipeline::recorded::{self, RecordedRetrieval};
 use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
 use crate::pipeline::ReadLine;
 use crate::util::fs::write_json;
@@ -30,7 +31,7 @@ impl PipelineStage for RetrieveDataset {
         let cfg = &ctx.cfg;
         Ok(StageInputs {
             settings: serde_json::json!({
-                "enabled": cfg.dataset_retrieval, "retrieved_dir": cfg.retrieved_dir, "recorded": ctx.recorded.as_ref().and_then(|r| r.retrieved.clone()),
+                "enabled": cfg.dataset_retrieval, "retrieved_dir": cfg.retrieved_dir, "recorded": ctx.recorded.as_ref().map(recorded::retrieval_plan),
                 "teacher": if cfg.teacher == TeacherSource::Openai { ctx.teacher_id.clone() } else { "none".into() }, "exclude": ctx.real_test_identity(), "interactive": ctx.opts.interactive,
             }),
             files: vec![ctx.layout.parsed(), ctx.layout.retrieval_query()],
@@ -39,27 +40,54 @@ impl PipelineStage for RetrieveDataset {
 
     fn run(&self, ctx: &RunContext, _dir: &Path) -> Result<StageOutputs> {
         let cfg = &ctx.cfg;
-        let (rows, what): (Vec<Example>, String) = if !cfg.dataset_retrieval {
-            (vec![], "off (--no-dataset-retrieval)".into())
-        } else if let Some(folder) = ctx.recorded.as_ref().and_then(|r| r.retrieved.clone()) {
-            let (rows, _) = recorded::recorded_examples(&ctx.registry, &folder, &["train"])?;
-            let n = rows.len();
-            (rows, format!("{n} rows of the authors' recorded retrieved data {folder}"))
-        } else if ctx.recorded.is_some() {
-            (vec![], "none: the authors retrieved no dataset for this task".into())
-        } else if let Some(src) = &cfg.retrieved_dir {
-            let rows = read_retrieved_dir(src)?;
-            let n = rows.len();
-            (rows, format!("{n} rows from {}", src.display()))
-        } else {
+        let query = || -> Result<String> {
             let query_path = ctx.layout.retrieval_query();
-            let query = std::fs::read_to_string(&query_path)
-                .with_context(|| format!("reading {}", query_path.display()))?;
+            std::fs::read_to_string(&query_path)
+                .with_context(|| format!("reading {}", query_path.display()))
+        };
+        // The retrieved source keeps the splits it has (the recorded retrived_jp2python's
+        // train/val/test, a hub dataset's <split>.parquet): assembly splits only what is missing.
+        let (source, what): (SourceRows, String) = if !cfg.dataset_retrieval {
+            (SourceRows::default(), "off (--no-dataset-retrieval)".into())
+        } else if let Some(teacher) = &ctx.recorded {
+            match recorded::retrieval_plan(teacher) {
+                RecordedRetrieval::Recorded { folder } => {
+                    let (rows, _) = recorded::recorded_splits(&ctx.registry, &folder)?;
+                    let what = format!(
+                        "{} rows of the authors' recorded retrieved data {folder} ({})",
+                        rows.len(),
+                        split_sizes(&rows)
+                    );
+                    (rows, what)
+                }
+                // The paper retrieved here but the authors' run recorded nothing: the retriever
+                // runs offline (MiniLM, no LLM) and takes the best dataset loadable here.
+                RecordedRetrieval::RetrieveOffline { why } => {
+                    let offline = Paths { offline: true, ..ctx.paths.clone() };
+                    let (rows, what) = retrieve_dataset_rows(
+                        &offline,
+                        &query()?,
+                        ctx.test_dataset.as_deref(),
+                        None,
+                        None,
+                        &ctx.layout,
+                        &ctx.rt,
+                    )?;
+                    (rows, format!("{what}; {why}"))
+                }
+                RecordedRetrieval::NotInPaper { why } => (SourceRows::default(), why),
+            }
+        } else if let Some(src) = &cfg.retrieved_dir {
+            let rows = retrieved_folder_rows(src)?;
+            let what =
+                format!("{} rows from {} ({})", rows.len(), src.display(), split_sizes(&rows));
+            (rows, what)
+        } else {
             let teacher = if cfg.teacher == TeacherSource::Openai { ctx.teacher()? } else { None };
             let terminal = if ctx.opts.interactive { ctx.opts.read_line.as_ref() } else { None };
             retrieve_dataset_rows(
                 &ctx.paths,
-                &query,
+                &query()?,
                 ctx.test_dataset.as_deref(),
                 terminal,
                 teacher,
@@ -67,10 +95,28 @@ impl PipelineStage for RetrieveDataset {
                 &ctx.rt,
             )?
         };
-        let out = ctx.layout.retrieved();
-        write_examples_jsonl(&out, &rows)?;
-        Ok(StageOutputs { files: vec![out], summary: what })
+        let files = write_source_rows(
+            &ctx.layout.stage_dir(Stage::RetrieveDatasets),
+            RETRIEVED_STEM,
+            &source,
+        )?;
+        Ok(StageOutputs { files, summary: what })
     }
+}
+
+/// The stem of the stage's row files (`retrieved.jsonl`, `retrieved_validation.jsonl`, …).
+pub const RETRIEVED_STEM: &str = "retrieved";
+
+/// `3000 train, 300 validation, 300 test` (the splits a source has).
+fn split_sizes(rows: &SourceRows) -> String {
+    let mut parts = vec![format!("{} train", rows.train.len())];
+    if let Some(v) = &rows.validation {
+        parts.push(format!("{} validation", v.len()));
+    }
+    if let Some(t) = &rows.test {
+        parts.push(format!("{} test", t.len()));
+    }
+    parts.join(", ")
 }
 
 /// Lines from a person at a terminal, as the dataset chooser reads them; the binary supplies the
@@ -115,7 +161,7 @@ fn retrieve_dataset_rows(
     teacher: Option<&RunTeacher>,
     layout: &RunLayout,
     rt: &tokio::runtime::Runtime,
-) -> Result<(Vec<Example>, String)> {
+) -> Result<(SourceRows, String)> {
     use crate::dataset_retriever::{select_dataset, Chooser, SelectionRequest};
     // The paper's DataFinder encoder online, MiniLM offline (or when DataFinder cannot be fetched).
     let models = ModelRegistry::load(paths.clone())?;
@@ -164,43 +210,21 @@ fn retrieve_dataset_rows(
         .collect();
     write_json(&layout.notes(Stage::RetrieveDatasets), &notes)?;
     let Some(chosen) = &selection.chosen else {
-        return Ok((vec![], "no dataset chosen (generated data only)".into()));
+        return Ok((SourceRows::default(), "no dataset chosen (generated data only)".into()));
     };
-    let rows = read_retrieved_dir(&layout.retrieved_dataset())?;
-    let n = rows.len();
-    Ok((rows, format!("{n} rows of `{}` ({})", chosen.name, selection.chosen_by)))
+    let rows = retrieved_folder_rows(&layout.retrieved_dataset())?;
+    let what = format!(
+        "{} rows of `{}` ({}; {})",
+        rows.len(),
+        chosen.name,
+        selection.chosen_by,
+        split_sizes(&rows)
+    );
+    Ok((rows, what))
 }
 
-/// The `{input, references}` rows of a retrieved dataset folder as examples (first reference).
+/// The `{input, references}` rows of a retrieved dataset folder as examples (first reference),
+/// every split together.
 pub fn read_retrieved_dir(dir: &Path) -> Result<Vec<Example>> {
-    let mut rows = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| {
-            format!(
-                "reading the retrieved dataset folder {} (made by `p2m retrieve-dataset --out`)",
-                dir.display()
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    files.sort();
-    anyhow::ensure!(
-        !files.is_empty(),
-        "{}: no <split>.parquet files (made by `p2m retrieve-dataset --out`)",
-        dir.display()
-    );
-    for f in files {
-        let frame = crate::report::read_parquet(&f)?;
-        let inputs = crate::data::loaders::string_column(&frame, crate::data::loaders::INPUT)?;
-        let refs =
-            crate::data::loaders::string_list_column(&frame, crate::data::loaders::REFERENCES)?;
-        rows.extend(
-            inputs
-                .into_iter()
-                .zip(refs)
-                .filter_map(|(i, r)| r.into_iter().next().map(|o| Example::new(i, o))),
-        );
-    }
-    Ok(rows)
+    Ok(retrieved_folder_rows(dir)?.all_rows())
 }

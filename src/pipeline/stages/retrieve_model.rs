@@ -63,6 +63,7 @@ impl PipelineStage for RetrieveModel {
                     choice.student, choice.why
                 );
                 choice.student = picked;
+                choice.same_as_default = choice.student == choice.default_student;
             }
         }
         let out = ctx.layout.choice();
