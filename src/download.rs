@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+// TODO(lead): remove once src/pipeline imports util::runtime::block_on
+pub use crate::util::runtime::block_on;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     #[error("download of {url} failed: {detail}")]
@@ -134,30 +137,6 @@ pub fn hf_hub_api(
         builder = builder.with_endpoint(endpoint);
     }
     builder.build()
-}
-
-/// Drive `future` to completion from synchronous code on a fresh current-thread runtime. A
-/// synchronous function that fetches lazily (a model file on first use) can be reached from
-/// async code, where blocking on a nested runtime panics ("cannot start a runtime from within a
-/// runtime"); there the fresh runtime runs on a scoped thread of its own.
-pub fn block_on<F>(future: F) -> std::io::Result<F::Output>
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    let run = move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map(|rt| rt.block_on(future))
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        std::thread::scope(|s| {
-            s.spawn(run).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    } else {
-        run()
-    }
 }
 
 async fn download_once(

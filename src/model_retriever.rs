@@ -1128,7 +1128,7 @@ pub fn fetch_trainable(
 }
 
 fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
-    crate::download::block_on(async {
+    crate::util::runtime::block_on(async {
         let api =
             crate::download::hf_hub_api(&cache.join("hf-hub"), true).context("hf-hub client")?;
         let r = api.model(repo.to_string());

@@ -429,7 +429,7 @@ fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) ->
         url: format!("hf://datasets/{}/{path}", hf.repo),
         detail,
     };
-    let fetched = crate::download::block_on(async {
+    let fetched = crate::util::runtime::block_on(async {
         let api = crate::download::hf_hub_api(hub_cache, false).map_err(|e| err(e.to_string()))?;
         let repo = match &hf.revision {
             Some(rev) => {

@@ -820,7 +820,7 @@ pub fn load(
         );
     }
     let client = Client::new(server.clone())?;
-    crate::download::block_on(async {
+    crate::util::runtime::block_on(async {
         let listed = client.splits(&req.dataset).await?;
         let (config, chosen_by) =
             choose_config(&listed, req.config.as_deref(), req.index_config.as_deref()).map_err(

@@ -211,7 +211,7 @@ impl Encoder {
 /// weights (`model.safetensors`, else `pytorch_model.bin` converted to it). Each file goes through
 /// a temporary file and a rename; the weights come last.
 fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Path) -> Result<()> {
-    let (files, weights) = crate::download::block_on(async {
+    let (files, weights) = crate::util::runtime::block_on(async {
         let api =
             crate::download::hf_hub_api(&cache.join("hf-hub"), false).context("hf-hub client")?;
         let r = api.repo(match revision {

