@@ -416,6 +416,10 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
             actual,
         },
         DownloadError::Http { url, detail } => DataError::Download { url, detail },
+        DownloadError::Unresolved(u) => DataError::Download {
+            url: u.url,
+            detail: format!("the host name does not resolve (not retried): {}", u.detail),
+        },
         DownloadError::Io { path, source } => FileError { path, source }.into(),
     })?;
     tmp.persist(target).map_err(|e| FileError { path: target.to_path_buf(), source: e.error })?;

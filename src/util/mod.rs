@@ -1,10 +1,11 @@
 //! Small helpers every stage uses, each written once: atomic file writes and hashing ([`fs`]),
 //! the seeded random numbers behind every reproducible choice ([`rng`]), the lenient scan for JSON
 //! in model answers ([`json_scan`]) and canonical JSON for hashing ([`json`]), short excerpts of
-//! text for messages ([`text`]), the process's peak memory by phase ([`mem`]) and async code from
-//! synchronous callers ([`runtime`]).
+//! text for messages ([`text`]), the process's peak memory by phase ([`mem`]), the one retry
+//! policy of the HTTP clients ([`http`]) and async code from synchronous callers ([`runtime`]).
 
 pub mod fs;
+pub mod http;
 pub mod json;
 pub mod json_scan;
 pub mod mem;
