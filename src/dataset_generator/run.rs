@@ -15,6 +15,7 @@ use crate::data::examples::{write_examples_jsonl, Example};
 use crate::prompt_parser::{format_demonstrations, ParsedPrompt};
 use crate::teacher::{
     estimate_tokens, ChatRequest, ChatResponse, SamplingParams, Teacher, TeacherError,
+    TeacherErrorKind,
 };
 use crate::util::fs::{write_atomic, FileError};
 use crate::util::rng::SplitMix64;
@@ -133,7 +134,7 @@ impl<'a> Core<'a> {
     async fn send(
         &self,
         reqs: &[ChatRequest],
-    ) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<&'static str>) {
+    ) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<TeacherErrorKind>) {
         let mut retried = Vec::new();
         let mut results: Vec<Option<Result<ChatResponse, TeacherError>>> =
             self.teacher.chat_batch(reqs).await.into_iter().map(Some).collect();
@@ -202,7 +203,7 @@ impl<'a> Core<'a> {
         for kind in retried {
             self.log.requests += 1;
             self.log.failed_requests += 1;
-            GenerationLog::bump(&mut self.log.errors, kind);
+            GenerationLog::bump(&mut self.log.errors, kind.as_str());
         }
         let before: HashSet<String> = self.accepted.iter().map(|e| e.input.clone()).collect();
         let mut new_candidates = Vec::new();
@@ -250,7 +251,7 @@ impl<'a> Core<'a> {
                 }
                 Err(e) => {
                     self.log.failed_requests += 1;
-                    GenerationLog::bump(&mut self.log.errors, e.kind());
+                    GenerationLog::bump(&mut self.log.errors, e.kind().as_str());
                     if e.is_fatal() {
                         if fatal.is_none() {
                             fatal = Some(e);
