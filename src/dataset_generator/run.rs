@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::config::*;
 use super::extract::{extract_examples, self_consistency};
 use super::journal::{fingerprint, Journal, JournalLine, RoundRecord};
@@ -18,6 +16,7 @@ use crate::teacher::{
     TeacherErrorKind,
 };
 use crate::util::fs::{write_atomic, FileError};
+use crate::util::progress::Progress;
 use crate::util::rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,7 +291,7 @@ impl<'a> Core<'a> {
         &mut self,
         stop: StopAt,
         mut journal: Option<&mut Journal>,
-        progress: Option<&ProgressBar>,
+        progress: Option<&Progress>,
     ) -> Result<Option<(String, Option<TeacherError>)>, GenerateError> {
         let mut failed_rounds = 0u32;
         let mut stalled = 0u32;
@@ -355,15 +354,10 @@ impl<'a> Core<'a> {
     }
 }
 
-/// A progress bar for `n` examples, as the CLI shows it.
-pub fn default_progress_bar(n: usize) -> ProgressBar {
-    let pb = ProgressBar::new(n as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} generating [{bar:30}] {pos}/{len} examples {msg} ({elapsed})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
+/// The progress of generating `n` examples, as the CLI shows it: a bar on a terminal, a plain
+/// line now and then in a log ([`Progress`]).
+pub fn default_progress_bar(n: usize) -> Progress {
+    Progress::new(true, "generating", n as u64, "examples")
 }
 
 /// Generate `cfg.num_examples` examples for `prompt` with `teacher`, writing
@@ -378,7 +372,7 @@ pub async fn generate(
     prompt: &ParsedPrompt,
     cfg: &GeneratorConfig,
     out_dir: &Path,
-    progress: Option<&ProgressBar>,
+    progress: Option<&Progress>,
 ) -> Result<(Vec<Example>, GenerationLog), GenerateError> {
     cfg.validate()?;
     std::fs::create_dir_all(out_dir).map_err(FileError::at(out_dir))?;

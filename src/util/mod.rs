@@ -2,13 +2,15 @@
 //! the seeded random numbers behind every reproducible choice ([`rng`]), the lenient scan for JSON
 //! in model answers ([`json_scan`]) and canonical JSON for hashing ([`json`]), short excerpts of
 //! text for messages ([`text`]), the process's peak memory by phase ([`mem`]), the one retry
-//! policy of the HTTP clients ([`http`]) and async code from synchronous callers ([`runtime`]).
+//! policy of the HTTP clients ([`http`]), async code from synchronous callers ([`runtime`]) and
+//! progress shown on a terminal or in a log ([`progress`]).
 
 pub mod fs;
 pub mod http;
 pub mod json;
 pub mod json_scan;
 pub mod mem;
+pub mod progress;
 pub use p2m_metrics::rng;
 pub mod runtime;
 pub mod text;
