@@ -116,7 +116,7 @@ pub fn fingerprint(
             sha256_file(f).with_context(|| format!("hashing the stage input {}", f.display()))?;
         hashes.insert(relative(run_dir, f), sha);
     }
-    let canonical = crate::teacher::cache::canonical_json(
+    let canonical = crate::util::json::canonical_json(
         &serde_json::json!({ "settings": inputs.settings, "inputs": hashes }),
     );
     Ok((sha256_hex(canonical.as_bytes()), hashes))
