@@ -257,17 +257,6 @@ pub struct Resolved {
     pub generator: crate::dataset_generator::GeneratorConfig,
 }
 
-impl Resolved {
-    /// The cuts of the assembly stage: the scale's sizes and the run's share.
-    pub fn cut(&self) -> super::assemble::Cut {
-        super::assemble::Cut {
-            max_train: self.max_train_examples,
-            max_validation: self.max_validation_examples,
-            retrieved_share: self.retrieved_share,
-        }
-    }
-}
-
 impl RunConfig {
     pub fn resolve(&self, data_dir: &Path) -> Result<Resolved> {
         let scales = load_scales(data_dir)?;
@@ -323,10 +312,9 @@ mod tests {
         let default = serde_json::to_value(RunConfig::default()).unwrap();
         assert!(default.get("retrieved_share").is_none(), "run.json of earlier runs unchanged");
         let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
-        assert_eq!(resolved.cut().retrieved_share, None);
-        assert_eq!(resolved.cut().max_train, resolved.max_train_examples);
+        assert_eq!(resolved.retrieved_share, None);
         let given = RunConfig { retrieved_share: Some(0.25), ..Default::default() };
-        assert_eq!(given.resolve(&data_dir()).unwrap().cut().retrieved_share, Some(0.25));
+        assert_eq!(given.resolve(&data_dir()).unwrap().retrieved_share, Some(0.25));
         let bad = RunConfig { retrieved_share: Some(1.5), ..Default::default() };
         let err = bad.resolve(&data_dir()).unwrap_err().to_string();
         assert!(err.contains("retrieved_share = 1.5") && err.contains("between 0 and 1"), "{err}");

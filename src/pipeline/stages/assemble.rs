@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use super::retrieve_dataset::RETRIEVED_STEM;
 use super::{existing, read_stage_json, PipelineStage};
 use crate::data::examples::read_examples_jsonl;
-use crate::pipeline::assemble::{assemble_sources, read_source_rows, rows_frame, SourceRows};
+use crate::pipeline::assemble::{assemble_sources, read_source_rows, rows_frame, Cut, SourceRows};
 use crate::pipeline::config::SplitConfig;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::stage::{record_path, Stage, StageInputs, StageOutputs, StageRecord};
@@ -74,7 +74,7 @@ impl PipelineStage for Assemble {
             &retrieved,
             &source,
             &split,
-            &ctx.resolved.cut(),
+            &Cut::of(&ctx.resolved),
         );
         let mut files = Vec::new();
         for (name, rows) in [("train", &a.train), ("validation", &a.validation), ("test", &a.test)]
