@@ -7,6 +7,7 @@
 //! - [`chrf`]: chrF / chrF++ identical to sacrebleu 2.x.
 //! - [`bertscore`]: BERTScore P/R/F1 as the bert_score package computes them.
 //! - [`kendall`]: Kendall's tau-b with scipy's two-sided p-value.
+//! - [`macro_f1`]: macro-averaged F1 over answers as labels, as scikit-learn.
 //! - [`bootstrap`]: percentile-bootstrap intervals and paired tests.
 //!
 //! Everything but BERTScore lives in the `p2m-metrics` crate (`crates/metrics`), which does not
@@ -15,5 +16,5 @@
 
 pub mod bertscore;
 
-pub use p2m_metrics::{bootstrap, chrf, exact_match, kendall, pystr};
+pub use p2m_metrics::{bootstrap, chrf, exact_match, kendall, macro_f1, pystr};
 pub use p2m_metrics::{score, Metric, MetricError, Score};
