@@ -18,12 +18,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::examples::Example;
 use crate::data::label_set::{fold_label, stated_labels};
 use crate::prompt_parser::{detect_language, ParsedPrompt};
+use crate::util::fs::{read_json, write_atomic, write_json};
 use crate::util::rng::{salt, seeded_subset};
 use crate::util::text::flat_excerpt;
 
@@ -264,6 +268,53 @@ impl DataDiagnostics {
     /// The share of all rows carrying `flag`.
     pub fn share(&self, flag: RowFlag) -> f64 {
         share(self.count(flag), self.examples)
+    }
+
+    /// The task's labels when it is a classification task.
+    pub fn label_set(&self) -> Option<&[String]> {
+        self.labels.as_ref().map(|l| l.label_set.labels.as_slice())
+    }
+
+    /// One line for a stage summary and `p2m runs show`, e.g. `60 examples; classification, 2
+    /// labels, missing "negative", largest class 100 %; 26 flagged (43 %)`.
+    pub fn summary_line(&self) -> String {
+        let task = match &self.labels {
+            Some(l) => format!(
+                "classification, {} labels{}, largest class {:.0} %",
+                l.label_set.labels.len(),
+                if l.missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", missing {}",
+                        l.missing.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ")
+                    )
+                },
+                100.0 * l.majority_share
+            ),
+            None => "free-text outputs".into(),
+        };
+        format!(
+            "{} examples; {task}; {} flagged ({:.0} %)",
+            self.examples,
+            self.flagged_rows,
+            100.0 * self.flagged_share
+        )
+    }
+
+    /// Write `<dir>/<stem>.json` and `<dir>/<stem>.md` (atomically) and return their paths.
+    pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let json = dir.join(format!("{stem}.json"));
+        let md = dir.join(format!("{stem}.md"));
+        write_json(&json, self)?;
+        write_atomic(&md, self.to_markdown().as_bytes())
+            .with_context(|| format!("writing {}", md.display()))?;
+        Ok(vec![json, md])
+    }
+
+    /// Read diagnostics written by [`DataDiagnostics::write`] (without the per-row flags).
+    pub fn read(path: &Path) -> anyhow::Result<DataDiagnostics> {
+        read_json(path, "not the data diagnostics of a run; delete it and run the stage again")
     }
 }
 
@@ -817,6 +868,16 @@ mod tests {
         assert_eq!(json["labels"]["label_set"]["source"]["from"], "instruction");
         assert_eq!(json["flag_counts"]["not_available"], 21);
         assert!(json.get("row_flags").is_none());
+        assert_eq!(
+            d.summary_line(),
+            "60 examples; classification, 2 labels, missing \"negative\", largest class 100 %; 26 flagged (43 %)"
+        );
+        assert_eq!(d.label_set().unwrap(), ["positive", "negative"]);
+        let dir = tempfile::tempdir().unwrap();
+        let files = d.write(dir.path(), "diagnostics").unwrap();
+        assert_eq!(std::fs::read_to_string(&files[1]).unwrap(), md);
+        let back = DataDiagnostics::read(&files[0]).unwrap();
+        assert_eq!(back, DataDiagnostics { row_flags: Vec::new(), ..d });
     }
 
     #[test]

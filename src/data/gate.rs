@@ -85,6 +85,44 @@ impl fmt::Display for DataRefusal {
 
 impl std::error::Error for DataRefusal {}
 
+/// What the gate decided for a run that goes on to training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "decision")]
+pub enum GateOutcome {
+    /// The data passed the thresholds.
+    Passed,
+    /// The data would have been refused for `reasons`; the user accepted it (`--accept-data`).
+    Accepted { reasons: Vec<String> },
+}
+
+impl GateOutcome {
+    /// A paragraph for the reports and the card.
+    pub fn to_markdown(&self, gate: &DataGate) -> String {
+        match self {
+            GateOutcome::Passed => format!("The data passed the gate ({}).", gate.describe()),
+            GateOutcome::Accepted { reasons } => format!(
+                "**The data was accepted as it is (`--accept-data`)** although the gate would have stopped the run ({}):\n\n{}",
+                gate.describe(),
+                reasons.iter().map(|r| format!("- {r}")).collect::<Vec<_>>().join("\n")
+            ),
+        }
+    }
+}
+
+/// The gate for a run: [`check_data`], with a refusal turned into [`GateOutcome::Accepted`] when
+/// `accept_data` (the user's `--accept-data`).
+pub fn gate_run(
+    diagnostics: &DataDiagnostics,
+    gate: &DataGate,
+    accept_data: bool,
+) -> Result<GateOutcome, DataRefusal> {
+    match check_data(diagnostics, gate) {
+        Ok(()) => Ok(GateOutcome::Passed),
+        Err(refusal) if accept_data => Ok(GateOutcome::Accepted { reasons: refusal.reasons }),
+        Err(refusal) => Err(refusal),
+    }
+}
+
 /// Whether `diagnostics` pass `gate`: `Ok` or the reasons to stop and the fixes.
 pub fn check_data(diagnostics: &DataDiagnostics, gate: &DataGate) -> Result<(), DataRefusal> {
     let d = diagnostics;
@@ -198,6 +236,13 @@ mod tests {
             ..DataGate::default()
         };
         assert_eq!(check_data(&d, &lenient), Ok(()));
+        // --accept-data: the run goes on, and the outcome keeps the reasons for the card.
+        let accepted = gate_run(&d, &DataGate::default(), true).unwrap();
+        assert_eq!(accepted, GateOutcome::Accepted { reasons: refusal.reasons.clone() });
+        let md = accepted.to_markdown(&DataGate::default());
+        assert!(md.contains("`--accept-data`") && md.contains("- classification task"), "{md}");
+        assert_eq!(gate_run(&d, &DataGate::default(), false), Err(refusal));
+        assert_eq!(gate_run(&d, &lenient, false), Ok(GateOutcome::Passed));
     }
 
     #[test]

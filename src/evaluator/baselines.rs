@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::diagnostics::DataDiagnostics;
 use crate::data::examples::Example;
 use crate::data::label_set::fold_label;
 use crate::evaluator::bootstrap::{
@@ -138,6 +139,17 @@ pub fn baselines(
     test_inputs: &[String],
 ) -> Vec<Baseline> {
     kinds.iter().filter_map(|&k| baseline_predictions(k, train, labels, test_inputs)).collect()
+}
+
+/// The baselines of a run: the majority class when `diagnostics` see a classification task (its
+/// label set), else the copied input and the most frequent training output.
+pub fn baselines_for_run(
+    diagnostics: Option<&DataDiagnostics>,
+    train: &[Example],
+    test_inputs: &[String],
+) -> Vec<Baseline> {
+    let labels = diagnostics.and_then(DataDiagnostics::label_set);
+    baselines(BaselineKind::for_task(labels.is_some()), train, labels, test_inputs)
 }
 
 /// One system's score on one metric.
@@ -365,6 +377,16 @@ mod tests {
         );
         assert_eq!(BaselineKind::for_task(true), [BaselineKind::MajorityClass]);
         assert_eq!(baselines(BaselineKind::for_task(false), &[], None, &inputs).len(), 1);
+        // A run's: from its diagnostics.
+        let prompt =
+            crate::prompt_parser::ParsedPrompt::new("Answer \"positive\" or \"negative\".", vec![]);
+        let d = crate::data::diagnostics::diagnose(&train, &prompt, 0);
+        let run = baselines_for_run(Some(&d), &train, &inputs);
+        assert_eq!(run.len(), 1);
+        assert_eq!(run[0].name(), "majority class (\"positive\")");
+        let kinds: Vec<BaselineKind> =
+            baselines_for_run(None, &train, &inputs).iter().map(|b| b.kind).collect();
+        assert_eq!(kinds, [BaselineKind::CopyInput, BaselineKind::MostFrequentOutput]);
     }
 
     #[test]
