@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::data::examples::Example;
-use crate::data::label_set::{fold_label, stated_labels};
+use crate::data::label_set::{fold_label, quoted_spans, stated_labels};
 use crate::prompt_parser::{detect_language, ParsedPrompt};
 use crate::util::fs::{read_json, write_atomic, write_json};
 use crate::util::rng::{salt, seeded_subset};
@@ -79,7 +79,8 @@ pub enum RowFlag {
     /// The input or the output is blank.
     Empty,
     /// The output says there is no answer ("N/A", "none", "unknown") or is a template's field
-    /// name ("Output:"), and is not one of the task's labels.
+    /// name ("Output:"), and is neither one of the task's labels nor an answer the prompt gives
+    /// (a demonstration's output, a quoted value of the instruction).
     NotAvailable,
     /// The output is the input (folded).
     CopiesInput,
@@ -337,6 +338,15 @@ pub fn diagnose(examples: &[Example], prompt: &ParsedPrompt, seed: u64) -> DataD
         .map(|s| s.labels.iter().map(|l| fold_label(l)).collect())
         .unwrap_or_default();
     let is_label = |key: &str| label_keys.iter().any(|k| k == key);
+    // "No answer" values the prompt itself gives as answers (a demonstration's output, a quoted
+    // 'N/A' in the instruction, as the paper's Temporal prompt does) are answers, not flags.
+    let prompt_answers: Vec<String> = prompt
+        .demonstrations
+        .iter()
+        .map(|d| fold_label(&d.output))
+        .chain(quoted_spans(&prompt.instruction).iter().map(|q| fold_label(q)))
+        .filter(|a| is_not_available(a))
+        .collect();
 
     // Flags, row by row.
     let demo_inputs: Vec<String> =
@@ -351,7 +361,10 @@ pub fn diagnose(examples: &[Example], prompt: &ParsedPrompt, seed: u64) -> DataD
         let (input, output) = (inputs[row].as_str(), outputs[row].as_str());
         let mut flags = Vec::new();
         let blank = e.input.trim().is_empty() || e.output.trim().is_empty();
-        let not_available = !blank && !is_label(output) && is_not_available(output);
+        let not_available = !blank
+            && !is_label(output)
+            && is_not_available(output)
+            && !prompt_answers.iter().any(|a| a == output);
         if blank {
             flags.push(RowFlag::Empty);
         }
@@ -946,6 +959,23 @@ mod tests {
         assert!(d.to_markdown().contains("Generation: the outputs are free text"));
         let empty = diagnose(&[], &prompt, 0);
         assert_eq!((empty.examples, empty.flagged_share, empty.sample.len()), (0, 0.0, 0));
+    }
+
+    #[test]
+    fn no_answer_is_an_answer_where_the_prompt_says_so() {
+        let rows: Vec<Example> = (0..4)
+            .map(|i| Example::new(format!("[Posted: 2020-01-0{i}] Nothing happened."), "N/A"))
+            .collect();
+        let plain = ParsedPrompt::new("Give the dates the text refers to.", vec![]);
+        assert_eq!(diagnose(&rows, &plain, 0).count(RowFlag::NotAvailable), 4);
+        let said =
+            ParsedPrompt::new("Give the dates; if there is none, the output is 'N/A'.", vec![]);
+        assert_eq!(diagnose(&rows, &said, 0).count(RowFlag::NotAvailable), 0);
+        let shown = ParsedPrompt::new(
+            "Give the dates the text refers to.",
+            vec![Example::new("[Posted: 2020-01-01] Hello.", "N/A")],
+        );
+        assert_eq!(diagnose(&rows, &shown, 0).count(RowFlag::NotAvailable), 0);
     }
 
     #[test]

@@ -166,6 +166,18 @@ fn tokenize(sentence: &str) -> Vec<Token> {
     out
 }
 
+/// Every quoted span of `text` (at most 40 characters; the quotes of [`fold_label`]), e.g. the
+/// `N/A` of 'the output should just be "N/A"'.
+pub fn quoted_spans(text: &str) -> Vec<String> {
+    tokenize(text)
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Quoted(q) => Some(q),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A list of alternatives in one sentence.
 struct Run {
     items: Vec<String>,
@@ -368,6 +380,12 @@ mod tests {
             labels(cls, &[("great", "positive"), ("awful", "Negative.")]).unwrap(),
             ["positive", "negative"]
         );
+    }
+
+    #[test]
+    fn quoted_spans_of_an_instruction() {
+        let t = "If nothing is found, the output should just be 'N/A', i.e., output=\"N/A\"; it's fine.";
+        assert_eq!(quoted_spans(t), ["N/A", "N/A"]);
     }
 
     #[test]
