@@ -7,6 +7,7 @@
 //! part of a run's configuration), so the report can state both.
 
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +85,20 @@ impl fmt::Display for DataRefusal {
 }
 
 impl std::error::Error for DataRefusal {}
+
+/// How the fixes name the run folder until [`DataRefusal::naming_run`] puts the real one in.
+const RUN_DIR: &str = "runs/<name>";
+
+impl DataRefusal {
+    /// The refusal with its fixes naming `run_dir` (e.g. `p2m serve runs/reviews`).
+    pub fn naming_run(mut self, run_dir: &Path) -> DataRefusal {
+        let dir = run_dir.display().to_string();
+        for fix in &mut self.fixes {
+            *fix = fix.replace(RUN_DIR, &dir);
+        }
+        self
+    }
+}
 
 /// What the gate decided for a run that goes on to training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,7 +204,7 @@ pub fn check_data(diagnostics: &DataDiagnostics, gate: &DataGate) -> Result<(), 
     Err(DataRefusal {
         reasons,
         fixes: vec![
-            "look at the rows on the review page (`p2m serve runs/<name>`, then /review): reject or correct them, or sharpen the instruction and demonstrations there, then `p2m run` again".into(),
+            format!("look at the rows on the review page (`p2m serve {RUN_DIR}`, then /review): reject or correct them, or sharpen the instruction and demonstrations there, then `p2m run` again"),
             "generate with another teacher (`--teacher openai --base-url …`) or more examples (`--n`), then run again".into(),
             "train on this data anyway with `--accept-data` (the report and the card then say the data was accepted as it is)".into(),
         ],
@@ -228,6 +243,8 @@ mod tests {
         for needle in ["p2m serve runs/<name>", "another teacher", "--accept-data"] {
             assert!(text.contains(needle), "{needle} in {text}");
         }
+        let named = refusal.clone().naming_run(Path::new("runs/reviews"));
+        assert!(named.to_string().contains("`p2m serve runs/reviews`, then /review"), "{named}");
         // The thresholds are settings: without the missing-class rule and with a 100 % ceiling
         // the same data passes.
         let lenient = DataGate {
