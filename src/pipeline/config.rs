@@ -164,6 +164,10 @@ pub struct RunConfig {
     /// Also ask the teacher (local or openai) to answer the real test set from the same prompt,
     /// scored like the student (`real-teacher` in metrics.json): the paper's teacher row.
     pub teacher_answers_real: bool,
+    /// Train although the data gate refused the data (`--accept-data`); the card says so.
+    pub accept_data: bool,
+    /// When the data is degenerate enough to stop before training (`[data_gate]`).
+    pub data_gate: crate::data::gate::DataGate,
     pub seed: u64,
 }
 
@@ -202,6 +206,8 @@ impl Default for RunConfig {
             select_candidates: Vec::new(),
             keep_checkpoints: false,
             teacher_answers_real: false,
+            accept_data: false,
+            data_gate: crate::data::gate::DataGate::default(),
             seed: 42,
         }
     }

@@ -103,7 +103,8 @@ impl<'a> RunContext<'a> {
             .unwrap_or_else(|| "chrf++".into());
         anyhow::ensure!(
             crate::evaluator::Metric::parse(&metric).is_some(),
-            "unknown metric `{metric}` (em, em-squad, chrf++)"
+            "unknown metric `{metric}`; the metrics are {}",
+            crate::evaluator::Metric::ALL.map(|m| m.name()).join(", ")
         );
         let test_dataset =
             cfg.test_dataset.clone().or_else(|| task.as_ref().map(|t| t.test_dataset.clone()));
