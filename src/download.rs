@@ -1,9 +1,10 @@
 //! Verified HTTP downloads, shared by the dataset registry and the model registry.
 //!
-//! A download streams into a temporary file beside its destination while hashing, is retried with
-//! exponential backoff on transient failures (connection errors, 5xx, 429, short bodies), and is
-//! handed back only once its size and sha256 match; the caller renames it into place. A killed
-//! run therefore never leaves a half-written file where a verified one is expected.
+//! A download streams into a temporary file beside its destination while hashing, is retried by
+//! the one HTTP retry policy ([`crate::util::http`]: connection errors, 5xx, 429, short bodies;
+//! not a host name that does not resolve), and is handed back only once its size and sha256
+//! match; the caller renames it into place. A killed run therefore never leaves a half-written
+//! file where a verified one is expected.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,16 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::util::http::{error_chain, Failed, Failure, GaveUp, RetryPolicy, Retrying, Unresolved};
+use crate::util::runtime::block_on;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     #[error("download of {url} failed: {detail}")]
     Http { url: String, detail: String },
+    /// The host name does not resolve (offline?): not retried.
+    #[error(transparent)]
+    Unresolved(#[from] Unresolved),
     #[error("{url} served bytes with sha256 {actual}, expected {expected}")]
     Checksum { url: String, expected: String, actual: String },
     #[error("{path}: {source}")]
@@ -62,28 +69,18 @@ pub fn http_client() -> Result<reqwest::Client, DownloadError> {
     builder.build().map_err(|e| err(error_chain(&e)))
 }
 
-/// An error and its sources, `outer: inner: root` (reqwest's own message alone is rarely enough:
-/// "error sending request" hides a TLS or DNS failure).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
+/// How one download attempt failed.
 enum Attempt {
-    Retry(String),
+    /// Over HTTP: the policy decides whether to try again.
+    Failed(Failed),
+    /// Here (the disk, the checksum): ends the download.
     Fatal(DownloadError),
 }
 
-const ATTEMPTS: u32 = 4;
+/// The retry policy of downloads and package-index pages: 3 retries after 0.5, 1 and 2 s.
+pub fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new(3, Duration::from_millis(500), Duration::from_secs(4))
+}
 
 /// Download `url` into a temporary file in `dir` whose size and sha256 match `expected`.
 pub async fn download_to_temp(
@@ -92,21 +89,32 @@ pub async fn download_to_temp(
     dir: &Path,
     expected: &Expected<'_>,
 ) -> Result<tempfile::NamedTempFile, DownloadError> {
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+    let classify = |a: &Attempt| match a {
+        Attempt::Failed(f) => f.failure,
+        Attempt::Fatal(_) => Failure::Permanent,
+    };
+    let on_retry = |a: &Attempt, r: Retrying| {
+        if let Attempt::Failed(f) = a {
+            tracing::warn!(%url, retry = r.retry, wait_ms = r.wait.as_millis() as u64, "download: {}; retrying", f.detail);
         }
-        match download_once(client, url, dir, expected).await {
-            Ok(tmp) => return Ok(tmp),
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(detail)) => last = detail,
+    };
+    let gave_up = match retry_policy()
+        .run(|| download_once(client, url, dir, expected), classify, on_retry)
+        .await
+    {
+        Ok(tmp) => return Ok(tmp),
+        Err(gave_up) => gave_up,
+    };
+    match gave_up.error {
+        Attempt::Fatal(e) => Err(e),
+        Attempt::Failed(f) => {
+            let gave_up = GaveUp { error: f, attempts: gave_up.attempts, why: gave_up.why };
+            Err(match gave_up.unresolved(url) {
+                Some(u) => u.into(),
+                None => DownloadError::Http { url: url.into(), detail: gave_up.describe() },
+            })
         }
     }
-    Err(DownloadError::Http {
-        url: url.into(),
-        detail: format!("{last} (after {ATTEMPTS} attempts)"),
-    })
 }
 
 /// The blocking form, for synchronous callers (inside an async runtime or not).
@@ -136,30 +144,6 @@ pub fn hf_hub_api(
     builder.build()
 }
 
-/// Drive `future` to completion from synchronous code on a fresh current-thread runtime. A
-/// synchronous function that fetches lazily (a model file on first use) can be reached from
-/// async code, where blocking on a nested runtime panics ("cannot start a runtime from within a
-/// runtime"); there the fresh runtime runs on a scoped thread of its own.
-pub fn block_on<F>(future: F) -> std::io::Result<F::Output>
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    let run = move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map(|rt| rt.block_on(future))
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        std::thread::scope(|s| {
-            s.spawn(run).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    } else {
-        run()
-    }
-}
-
 async fn download_once(
     client: &reqwest::Client,
     url: &str,
@@ -170,16 +154,11 @@ async fn download_once(
     let io = |e: std::io::Error| {
         Attempt::Fatal(DownloadError::Io { path: dir.to_path_buf(), source: e })
     };
-    let response = client.get(url).send().await.map_err(|e| Attempt::Retry(error_chain(&e)))?;
+    let response =
+        client.get(url).send().await.map_err(|e| Attempt::Failed(Failed::transport(&e)))?;
     let status = response.status();
-    if status.is_server_error() || status.as_u16() == 429 {
-        return Err(Attempt::Retry(format!("HTTP {status}")));
-    }
     if !status.is_success() {
-        return Err(Attempt::Fatal(DownloadError::Http {
-            url: url.into(),
-            detail: format!("HTTP {status}"),
-        }));
+        return Err(Attempt::Failed(Failed::status(&response, format!("HTTP {status}"))));
     }
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut tmp = tempfile::Builder::new().prefix(".download-").tempfile_in(dir).map_err(io)?;
@@ -197,7 +176,8 @@ async fn download_once(
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            Attempt::Retry(format!("body interrupted after {received} bytes: {}", error_chain(&e)))
+            let detail = format!("body interrupted after {received} bytes: {}", error_chain(&e));
+            Attempt::Failed(Failed { failure: Failure::Transient, detail })
         })?;
         hasher.update(&chunk);
         tmp.write_all(&chunk).map_err(io)?;
@@ -207,7 +187,8 @@ async fn download_once(
     progress.finish_and_clear();
     if let Some(bytes) = expected.bytes {
         if received != bytes {
-            return Err(Attempt::Retry(format!("received {received} bytes, expected {bytes}")));
+            let detail = format!("received {received} bytes, expected {bytes}");
+            return Err(Attempt::Failed(Failed { failure: Failure::Transient, detail }));
         }
     }
     let actual = hex::encode(hasher.finalize());

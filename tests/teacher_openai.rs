@@ -158,6 +158,19 @@ async fn typed_errors_for_bad_bodies_and_client_errors() {
     );
 }
 
+/// A host name that does not resolve (offline, or misspelt) is not retried: one attempt, and an
+/// error that says so in its type. `.invalid` never resolves (RFC 6761).
+#[tokio::test]
+async fn a_server_name_that_does_not_resolve_is_not_retried() {
+    let t = OpenAiTeacher::new(client("http://p2m-no-such-host.invalid/v1")).unwrap();
+    let e = t.chat(&gen_request("offline", 1)).await.unwrap_err();
+    assert!(matches!(&e, TeacherError::Unresolved(u) if u.url.contains(".invalid")), "{e:?}");
+    assert!(!e.is_retryable() && !e.is_fatal() && e.is_lost(), "{e}");
+    assert!(e.to_string().contains("does not resolve"), "{e}");
+    let st = t.stats();
+    assert_eq!((st.http_attempts, st.retries), (1, 0), "tried once");
+}
+
 #[tokio::test]
 async fn n_choices_and_servers_that_ignore_n() {
     let server = FakeServer::start(ServerConfig::default()).await;

@@ -59,5 +59,5 @@ pub fn examples_frame(examples: &[Example]) -> PolarsResult<DataFrame> {
 
 /// Write the examples as parquet (atomically).
 pub fn write_examples_parquet(path: &Path, examples: &[Example]) -> anyhow::Result<()> {
-    crate::report::write_parquet_atomic(&examples_frame(examples)?, path)
+    crate::util::fs::write_parquet_atomic(&examples_frame(examples)?, path)
 }

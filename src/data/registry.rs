@@ -416,6 +416,10 @@ pub fn download_verified(url: &str, target: &Path, entry: &FileEntry) -> DataRes
             actual,
         },
         DownloadError::Http { url, detail } => DataError::Download { url, detail },
+        DownloadError::Unresolved(u) => DataError::Download {
+            url: u.url,
+            detail: format!("the host name does not resolve (not retried): {}", u.detail),
+        },
         DownloadError::Io { path, source } => FileError { path, source }.into(),
     })?;
     tmp.persist(target).map_err(|e| FileError { path: target.to_path_buf(), source: e.error })?;
@@ -429,7 +433,7 @@ fn fetch_from_hub(hf: &HfSource, path: &str, target: &Path, hub_cache: &Path) ->
         url: format!("hf://datasets/{}/{path}", hf.repo),
         detail,
     };
-    let fetched = crate::download::block_on(async {
+    let fetched = crate::util::runtime::block_on(async {
         let api = crate::download::hf_hub_api(hub_cache, false).map_err(|e| err(e.to_string()))?;
         let repo = match &hf.revision {
             Some(rev) => {

@@ -64,8 +64,10 @@ pub fn load_tasks(data_dir: &Path) -> Result<Vec<Task>, DataError> {
             return Err(DataError::Registry {
                 path,
                 detail: format!(
-                    "task `{}`: field `metric` = `{}` is not one of em, em-squad, chrf++",
-                    t.id, t.metric
+                    "task `{}`: field `metric` = `{}` is not one of {}",
+                    t.id,
+                    t.metric,
+                    Metric::ALL.map(Metric::name).join(", ")
                 ),
             });
         }

@@ -126,5 +126,5 @@ pub(super) fn fingerprint(
         "filter": cfg.filter_duplicated_examples,
         "drop_copies": cfg.drop_demonstration_copies,
     });
-    sha256_hex(crate::teacher::cache::canonical_json(&v).as_bytes())
+    sha256_hex(crate::util::json::canonical_json(&v).as_bytes())
 }

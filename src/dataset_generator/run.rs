@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::config::*;
 use super::extract::{extract_examples, self_consistency};
 use super::journal::{fingerprint, Journal, JournalLine, RoundRecord};
@@ -15,8 +13,10 @@ use crate::data::examples::{write_examples_jsonl, Example};
 use crate::prompt_parser::{format_demonstrations, ParsedPrompt};
 use crate::teacher::{
     estimate_tokens, ChatRequest, ChatResponse, SamplingParams, Teacher, TeacherError,
+    TeacherErrorKind,
 };
 use crate::util::fs::{write_atomic, FileError};
+use crate::util::progress::Progress;
 use crate::util::rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,7 +133,7 @@ impl<'a> Core<'a> {
     async fn send(
         &self,
         reqs: &[ChatRequest],
-    ) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<&'static str>) {
+    ) -> (Vec<Result<ChatResponse, TeacherError>>, Vec<TeacherErrorKind>) {
         let mut retried = Vec::new();
         let mut results: Vec<Option<Result<ChatResponse, TeacherError>>> =
             self.teacher.chat_batch(reqs).await.into_iter().map(Some).collect();
@@ -202,7 +202,7 @@ impl<'a> Core<'a> {
         for kind in retried {
             self.log.requests += 1;
             self.log.failed_requests += 1;
-            GenerationLog::bump(&mut self.log.errors, kind);
+            GenerationLog::bump(&mut self.log.errors, kind.as_str());
         }
         let before: HashSet<String> = self.accepted.iter().map(|e| e.input.clone()).collect();
         let mut new_candidates = Vec::new();
@@ -250,7 +250,7 @@ impl<'a> Core<'a> {
                 }
                 Err(e) => {
                     self.log.failed_requests += 1;
-                    GenerationLog::bump(&mut self.log.errors, e.kind());
+                    GenerationLog::bump(&mut self.log.errors, e.kind().as_str());
                     if e.is_fatal() {
                         if fatal.is_none() {
                             fatal = Some(e);
@@ -291,7 +291,7 @@ impl<'a> Core<'a> {
         &mut self,
         stop: StopAt,
         mut journal: Option<&mut Journal>,
-        progress: Option<&ProgressBar>,
+        progress: Option<&Progress>,
     ) -> Result<Option<(String, Option<TeacherError>)>, GenerateError> {
         let mut failed_rounds = 0u32;
         let mut stalled = 0u32;
@@ -354,15 +354,10 @@ impl<'a> Core<'a> {
     }
 }
 
-/// A progress bar for `n` examples, as the CLI shows it.
-pub fn default_progress_bar(n: usize) -> ProgressBar {
-    let pb = ProgressBar::new(n as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} generating [{bar:30}] {pos}/{len} examples {msg} ({elapsed})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
+/// The progress of generating `n` examples, as the CLI shows it: a bar on a terminal, a plain
+/// line now and then in a log ([`Progress`]).
+pub fn default_progress_bar(n: usize) -> Progress {
+    Progress::new(true, "generating", n as u64, "examples")
 }
 
 /// Generate `cfg.num_examples` examples for `prompt` with `teacher`, writing
@@ -377,7 +372,7 @@ pub async fn generate(
     prompt: &ParsedPrompt,
     cfg: &GeneratorConfig,
     out_dir: &Path,
-    progress: Option<&ProgressBar>,
+    progress: Option<&Progress>,
 ) -> Result<(Vec<Example>, GenerationLog), GenerateError> {
     cfg.validate()?;
     std::fs::create_dir_all(out_dir).map_err(FileError::at(out_dir))?;

@@ -8,7 +8,8 @@
 //!   `default`; else the first the server lists. Splits: every split the server lists for it.
 //! * Rows: pages of at most 100 (the server's limit) until the per-split cap or the end; 429, 5xx,
 //!   timeouts and dropped connections are retried with exponential backoff, honouring
-//!   `Retry-After`.
+//!   `Retry-After` (the one policy of [`crate::util::http`]); a host name that does not resolve
+//!   is not retried, and the error says so in a type ([`crate::util::http::Unresolved`]).
 //! * Cache: `<cache>/hub-datasets/<dataset>/<config>/<split>.jsonl` (the rows as the server sent
 //!   them) and `meta.json`, written last, each through a temporary file and a rename. A rerun
 //!   reads the cache and needs no network, so the same dataset also loads offline afterwards.
@@ -26,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::dataset_retriever::{ColumnChoice, RawColumn, RawSplit};
-use crate::download::error_chain;
+use crate::util::http::{
+    error_chain, Failed, Failure, LongRetryAfter, RetryPolicy, Retrying, Stop,
+};
 use crate::util::text::flat_excerpt;
 
 pub const DEFAULT_ENDPOINT: &str = "https://datasets-server.huggingface.co";
@@ -113,78 +116,80 @@ impl Client {
         Ok(url)
     }
 
-    /// GET a JSON document, retrying what a retry can fix (429, 5xx, timeouts, connection errors).
+    /// The retry policy of this server's requests ([`crate::util::http`]).
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.cfg.max_retries, self.cfg.backoff_base, self.cfg.backoff_max)
+            .with_max_retry_after(MAX_RETRY_AFTER, LongRetryAfter::Report)
+    }
+
+    /// GET a JSON document once.
+    async fn get_json_once(&self, url: &reqwest::Url) -> Result<Value, Failed> {
+        let mut request = self.http.get(url.clone()).timeout(self.cfg.timeout);
+        if let Some(token) = &self.cfg.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| Failed::transport(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let failed = Failed::status(&response, String::new());
+            let body = response.text().await.unwrap_or_default();
+            // The server explains its errors as {"error": "..."}.
+            let why = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| flat_excerpt(&body, 300));
+            return Err(Failed { detail: format!("HTTP {status}: {why}"), ..failed });
+        }
+        let bytes = response.bytes().await.map_err(|e| Failed {
+            failure: Failure::Transient,
+            detail: format!("reading the answer: {}", error_chain(&e)),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Failed {
+            failure: Failure::Permanent,
+            detail: format!(
+                "the answer is not JSON ({e}; it starts: {:?})",
+                flat_excerpt(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), 300)
+            ),
+        })
+    }
+
+    /// GET a JSON document, retrying what a retry can fix (429, 5xx, timeouts, connection
+    /// errors). A host name that does not resolve is not retried: the error holds a
+    /// [`crate::util::http::Unresolved`], which callers find with
+    /// [`crate::util::http::find_unresolved`].
     async fn get_json(&self, url: &reqwest::Url) -> Result<Value> {
-        let mut attempt = 0u32;
-        loop {
-            let mut request = self.http.get(url.clone()).timeout(self.cfg.timeout);
-            if let Some(token) = &self.cfg.token {
-                request = request.bearer_auth(token);
+        let on_retry = |f: &Failed, r: Retrying| {
+            tracing::warn!(%url, retry = r.retry, wait_ms = r.wait.as_millis() as u64, "datasets server: {}; retrying", f.detail);
+        };
+        let gave_up = match self
+            .retry_policy()
+            .run(|| self.get_json_once(url), |f| f.failure, on_retry)
+            .await
+        {
+            Ok(v) => return Ok(v),
+            Err(gave_up) => gave_up,
+        };
+        if let Some(unresolved) = gave_up.unresolved(url.as_str()) {
+            return Err(anyhow::Error::new(unresolved).context(format!(
+                "GET {url}: no network? fix: check the network and HF_DATASETS_SERVER, or set P2M_OFFLINE=1 to use only the datasets on this machine"
+            )));
+        }
+        let detail = &gave_up.error.detail;
+        match (gave_up.why, gave_up.error.failure) {
+            (Stop::Exhausted, _) => bail!("GET {url}: gave up after {} attempts, last: {detail}; fix: try again later, or check the network and HF_DATASETS_SERVER", gave_up.attempts),
+            (Stop::WaitTooLong(d), _) => bail!(
+                "GET {url}: {detail}; the server asks to wait {} s; fix: try again later",
+                d.as_secs()
+            ),
+            (_, Failure::Status { code, .. }) => {
+                let fix = match code {
+                    401 | 403 => "the dataset is gated or private: accept its terms on huggingface.co and set HF_TOKEN to a token with access",
+                    404 => "check the dataset name, --config and the split (the error above lists what the server knows)",
+                    _ => SERVER_FIX,
+                };
+                bail!("GET {url}: {detail}; fix: {fix}")
             }
-            let (detail, retry_after) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = crate::teacher::openai::retry_after_from_headers(
-                        response.headers(),
-                        std::time::SystemTime::now(),
-                    );
-                    if status.is_success() {
-                        match response.bytes().await {
-                            Ok(bytes) => {
-                                return serde_json::from_slice(&bytes).map_err(|e| {
-                                    anyhow!("GET {url}: the answer is not JSON ({e}; it starts: {:?}); fix: {SERVER_FIX}", flat_excerpt(&String::from_utf8_lossy(&bytes[..bytes.len().min(200)]), 300))
-                                })
-                            }
-                            Err(e) => (format!("reading the answer: {}", error_chain(&e)), None),
-                        }
-                    } else {
-                        let body = response.text().await.unwrap_or_default();
-                        // The server explains its errors as {"error": "..."}.
-                        let why = serde_json::from_str::<Value>(&body)
-                            .ok()
-                            .and_then(|v| {
-                                v.get("error").and_then(|e| e.as_str()).map(str::to_string)
-                            })
-                            .unwrap_or_else(|| flat_excerpt(&body, 300));
-                        if status.as_u16() != 429 && !status.is_server_error() {
-                            let fix = match status.as_u16() {
-                                401 | 403 => "the dataset is gated or private: accept its terms on huggingface.co and set HF_TOKEN to a token with access",
-                                404 => "check the dataset name, --config and the split (the error above lists what the server knows)",
-                                _ => SERVER_FIX,
-                            };
-                            bail!("GET {url}: HTTP {status}: {why}; fix: {fix}");
-                        }
-                        (format!("HTTP {status}: {why}"), retry_after)
-                    }
-                }
-                Err(e) => {
-                    let retryable =
-                        e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
-                    if !retryable {
-                        bail!("GET {url}: {}; fix: {SERVER_FIX}", error_chain(&e));
-                    }
-                    (error_chain(&e), None)
-                }
-            };
-            if attempt >= self.cfg.max_retries {
-                bail!("GET {url}: gave up after {} attempts, last: {detail}; fix: try again later, or check the network and HF_DATASETS_SERVER", attempt + 1);
-            }
-            let backoff = self
-                .cfg
-                .backoff_base
-                .saturating_mul(1u32 << attempt.min(16))
-                .min(self.cfg.backoff_max);
-            let wait = match retry_after {
-                Some(d) if d > MAX_RETRY_AFTER => bail!(
-                    "GET {url}: {detail}; the server asks to wait {} s; fix: try again later",
-                    d.as_secs()
-                ),
-                Some(d) => d,
-                None => backoff,
-            };
-            tracing::warn!(%url, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "datasets server: {detail}; retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
+            _ => bail!("GET {url}: {detail}; fix: {SERVER_FIX}"),
         }
     }
 
@@ -820,7 +825,7 @@ pub fn load(
         );
     }
     let client = Client::new(server.clone())?;
-    crate::download::block_on(async {
+    crate::util::runtime::block_on(async {
         let listed = client.splits(&req.dataset).await?;
         let (config, chosen_by) =
             choose_config(&listed, req.config.as_deref(), req.index_config.as_deref()).map_err(

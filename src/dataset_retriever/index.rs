@@ -211,7 +211,7 @@ impl Encoder {
 /// weights (`model.safetensors`, else `pytorch_model.bin` converted to it). Each file goes through
 /// a temporary file and a rename; the weights come last.
 fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Path) -> Result<()> {
-    let (files, weights) = crate::download::block_on(async {
+    let (files, weights) = crate::util::runtime::block_on(async {
         let api =
             crate::download::hf_hub_api(&cache.join("hf-hub"), false).context("hf-hub client")?;
         let r = api.repo(match revision {
@@ -322,16 +322,12 @@ pub fn load_or_encode(
         }
     }
     let n = index.entries.len();
-    let pb = if show_progress {
-        indicatif::ProgressBar::new(n as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} encoding dataset descriptions [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
+    let pb = crate::util::progress::Progress::new(
+        show_progress,
+        "encoding dataset descriptions",
+        n as u64,
+        "descriptions",
+    );
     let mut matrix = Vec::new();
     let mut dim = 0;
     for chunk in index.entries.chunks(128) {

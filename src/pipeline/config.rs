@@ -164,6 +164,10 @@ pub struct RunConfig {
     /// Also ask the teacher (local or openai) to answer the real test set from the same prompt,
     /// scored like the student (`real-teacher` in metrics.json): the paper's teacher row.
     pub teacher_answers_real: bool,
+    /// Train although the data gate refused the data (`--accept-data`); the card says so.
+    pub accept_data: bool,
+    /// When the data is degenerate enough to stop before training (`[data_gate]`).
+    pub data_gate: crate::data::gate::DataGate,
     pub seed: u64,
 }
 
@@ -202,6 +206,8 @@ impl Default for RunConfig {
             select_candidates: Vec::new(),
             keep_checkpoints: false,
             teacher_answers_real: false,
+            accept_data: false,
+            data_gate: crate::data::gate::DataGate::default(),
             seed: 42,
         }
     }
@@ -255,17 +261,6 @@ pub struct Resolved {
     pub train: TrainConfig,
     pub executor: ExecutorConfig,
     pub generator: crate::dataset_generator::GeneratorConfig,
-}
-
-impl Resolved {
-    /// The cuts of the assembly stage: the scale's sizes and the run's share.
-    pub fn cut(&self) -> super::assemble::Cut {
-        super::assemble::Cut {
-            max_train: self.max_train_examples,
-            max_validation: self.max_validation_examples,
-            retrieved_share: self.retrieved_share,
-        }
-    }
 }
 
 impl RunConfig {
@@ -323,10 +318,9 @@ mod tests {
         let default = serde_json::to_value(RunConfig::default()).unwrap();
         assert!(default.get("retrieved_share").is_none(), "run.json of earlier runs unchanged");
         let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
-        assert_eq!(resolved.cut().retrieved_share, None);
-        assert_eq!(resolved.cut().max_train, resolved.max_train_examples);
+        assert_eq!(resolved.retrieved_share, None);
         let given = RunConfig { retrieved_share: Some(0.25), ..Default::default() };
-        assert_eq!(given.resolve(&data_dir()).unwrap().cut().retrieved_share, Some(0.25));
+        assert_eq!(given.resolve(&data_dir()).unwrap().retrieved_share, Some(0.25));
         let bad = RunConfig { retrieved_share: Some(1.5), ..Default::default() };
         let err = bad.resolve(&data_dir()).unwrap_err().to_string();
         assert!(err.contains("retrieved_share = 1.5") && err.contains("between 0 and 1"), "{err}");

@@ -103,7 +103,8 @@ impl<'a> RunContext<'a> {
             .unwrap_or_else(|| "chrf++".into());
         anyhow::ensure!(
             crate::evaluator::Metric::parse(&metric).is_some(),
-            "unknown metric `{metric}` (em, em-squad, chrf++)"
+            "unknown metric `{metric}`; the metrics are {}",
+            crate::evaluator::Metric::ALL.map(|m| m.name()).join(", ")
         );
         let test_dataset =
             cfg.test_dataset.clone().or_else(|| task.as_ref().map(|t| t.test_dataset.clone()));
@@ -258,7 +259,7 @@ fn open_folder(
     let prompt_sha = sha256_hex(prompt.as_bytes());
     let now = chrono::Utc::now().to_rfc3339();
     let mut created = now.clone();
-    if let Ok(previous) = super::stages::read_stage_json::<RunManifest>(&layout.manifest()) {
+    if let Ok(previous) = super::stage::read_stage_json::<RunManifest>(&layout.manifest()) {
         if previous.prompt_sha256 != prompt_sha {
             if !opts.force {
                 bail!(

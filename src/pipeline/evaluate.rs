@@ -1,7 +1,8 @@
 //! The trained student on its test sets: the generated test split always (the paper's synthetic
 //! evaluation) and a real test set when the task has one. Every metric the paper uses — exact
-//! match raw and SQuAD-normalised, chrF++, BERTScore F1 — with a 95 % bootstrap interval over test
-//! examples; predictions per example in parquet; a figure.
+//! match raw and SQuAD-normalised, chrF++, BERTScore F1 — and macro-F1 (the headline of a
+//! classification task) with a 95 % bootstrap interval over test examples; predictions per example
+//! in parquet; a figure.
 
 use std::path::{Path, PathBuf};
 
@@ -152,29 +153,37 @@ pub fn score_predictions(
     for metric in Metric::ALL {
         let scored = score_with_interval(metric, predictions, &set.references, bootstrap)
             .with_context(|| format!("scoring {} on the {name} test set", metric.name()))?;
-        let per_example: Vec<f64> = match metric {
-            Metric::ChrfPlusPlus => predictions
-                .iter()
-                .zip(&set.references)
-                .map(|(p, r)| {
-                    crate::evaluator::chrf::sentence_chrf(
-                        p,
-                        r,
-                        &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus(),
-                    )
-                })
-                .collect(),
-            _ => predictions
-                .iter()
-                .zip(&set.references)
-                .map(|(p, r)| {
-                    crate::evaluator::score(metric, &[p], std::slice::from_ref(r))
-                        .map(|s| s.value)
-                        .unwrap_or(f64::NAN)
-                })
-                .collect(),
+        let per_example: Option<Vec<f64>> = match metric {
+            // A corpus-level metric (a mean over classes): one example has no value of its own.
+            Metric::MacroF1 => None,
+            Metric::ChrfPlusPlus => Some(
+                predictions
+                    .iter()
+                    .zip(&set.references)
+                    .map(|(p, r)| {
+                        crate::evaluator::chrf::sentence_chrf(
+                            p,
+                            r,
+                            &crate::evaluator::chrf::ChrfConfig::chrf_plus_plus(),
+                        )
+                    })
+                    .collect(),
+            ),
+            _ => Some(
+                predictions
+                    .iter()
+                    .zip(&set.references)
+                    .map(|(p, r)| {
+                        crate::evaluator::score(metric, &[p], std::slice::from_ref(r))
+                            .map(|s| s.value)
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect(),
+            ),
         };
-        columns.push(Column::new(metric.name().into(), per_example));
+        if let Some(values) = per_example {
+            columns.push(Column::new(metric.name().into(), values));
+        }
         let iv = scored.interval;
         results.push(MetricResult {
             test_set: name.to_string(),

@@ -102,6 +102,26 @@ impl RunLayout {
         self.stage_dir(Stage::Assemble).join(format!("{name}.jsonl"))
     }
 
+    /// The diagnostics of the generated training rows (`.json`, and `.md` beside it).
+    pub fn data_diagnostics(&self) -> PathBuf {
+        self.stage_dir(Stage::Assemble).join("diagnostics.json")
+    }
+
+    /// What the data gate decided before training.
+    pub fn data_gate(&self) -> PathBuf {
+        self.stage_dir(Stage::Train).join("data_gate.json")
+    }
+
+    /// The metric the run is judged by, and why.
+    pub fn metric_choice(&self) -> PathBuf {
+        self.stage_dir(Stage::Evaluate).join("metric_choice.json")
+    }
+
+    /// The student against the trivial answers, per test set.
+    pub fn baselines(&self) -> PathBuf {
+        self.stage_dir(Stage::Evaluate).join("baselines.json")
+    }
+
     /// The trained weights and tokenizer.
     pub fn trained(&self) -> PathBuf {
         self.stage_dir(Stage::Train).join("final")

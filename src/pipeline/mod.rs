@@ -67,6 +67,24 @@ pub struct RunOptions {
     pub device: tch::Device,
 }
 
+impl RunOptions {
+    /// A run nobody watches (table cells, tests): every default taken, nothing asked, and a
+    /// folder in use by another process refused at once rather than waited for.
+    pub fn unattended(runs_dir: PathBuf, device: tch::Device) -> RunOptions {
+        RunOptions {
+            runs_dir,
+            from: None,
+            force: false,
+            interactive: false,
+            confirm_cost: None,
+            ask: None,
+            read_line: None,
+            wait: false,
+            device,
+        }
+    }
+}
+
 /// `run.json`: what the run folder holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunManifest {
@@ -110,7 +128,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
             run_stage(layout.dir(), stage.stage(), inputs, |dir| stage.run(&ctx, dir))?;
         stages.push((stage.stage(), outcome == Outcome::Ran, record));
     }
-    let metrics: Vec<MetricResult> = stages::read_stage_json(&layout.metrics())?;
+    let metrics: Vec<MetricResult> = stage::read_stage_json(&layout.metrics())?;
     let (teacher_calls, teacher_cost_usd) = match ctx.built_teacher() {
         Some(t) => (t.stats().calls, t.stats().cost_usd),
         None => (0, 0.0),

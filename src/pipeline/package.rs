@@ -67,6 +67,12 @@ pub struct CardFacts {
     pub notes: Vec<String>,
     /// Data sources with their row counts and licences, one line each.
     pub sources: Vec<String>,
+    /// The diagnostics of the training data and the gate's decision (Markdown), when measured.
+    pub data_check: Option<String>,
+    /// Why the run is judged by its metric.
+    pub metric_why: Option<String>,
+    /// The student beside the trivial answers, per test set (Markdown).
+    pub baselines: Vec<String>,
 }
 
 /// Write the model folder (atomically: built beside, then moved into place); returns its files.
@@ -152,6 +158,9 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
             let _ = writeln!(s, "- {src}");
         }
     }
+    if let Some(check) = &c.data_check {
+        let _ = writeln!(s, "\n## The training data\n\n{}", check.trim());
+    }
     let _ = writeln!(s, "\n## Student\n\n`{}`: {}.", c.student.student, c.student.why);
     if !c.student.candidates.is_empty() {
         let _ = writeln!(s, "Model retriever's candidates: {}.", c.student.candidates.join(", "));
@@ -168,6 +177,15 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
             "| {} | {} | {:.2} | [{:.2}, {:.2}] | {} |",
             m.test_set, m.metric, m.value, m.low, m.high, m.n
         );
+    }
+    if let Some(why) = &c.metric_why {
+        let _ = writeln!(s, "\n{why}.");
+    }
+    if !c.baselines.is_empty() {
+        s.push_str("\n### Beside trivial answers\n\n");
+        for b in &c.baselines {
+            let _ = writeln!(s, "{}\n", b.trim());
+        }
     }
     s.push_str("\n## Limits\n\n");
     s.push_str("- The generated test set comes from the same teacher as the training data: it measures agreement with the teacher, not truth.\n");

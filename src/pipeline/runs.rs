@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 
 use super::evaluate::MetricResult;
 use super::layout::RunLayout;
-use super::stage::{read_record, Stage, StageRecord, Status};
-use super::stages::read_stage_json;
+use super::stage::{read_record, read_stage_json, Stage, StageRecord, Status};
 use super::RunManifest;
 
 /// One run folder, as read back.

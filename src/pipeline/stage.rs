@@ -116,7 +116,7 @@ pub fn fingerprint(
             sha256_file(f).with_context(|| format!("hashing the stage input {}", f.display()))?;
         hashes.insert(relative(run_dir, f), sha);
     }
-    let canonical = crate::teacher::cache::canonical_json(
+    let canonical = crate::util::json::canonical_json(
         &serde_json::json!({ "settings": inputs.settings, "inputs": hashes }),
     );
     Ok((sha256_hex(canonical.as_bytes()), hashes))
@@ -139,6 +139,19 @@ fn write_record(run_dir: &Path, record: &StageRecord) -> Result<()> {
     let path = record_path(run_dir, record.stage);
     write_atomic(&path, serde_json::to_string_pretty(record)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A stage's JSON file; a bad one says which stage to redo.
+pub fn read_stage_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let stage = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    crate::util::fs::read_json(
+        path,
+        &format!("not the JSON this stage writes; rerun with --from {stage}"),
+    )
 }
 
 /// What [`run_stage`] did.

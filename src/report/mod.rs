@@ -175,16 +175,7 @@ pub fn tex_escape(s: &str) -> String {
     out
 }
 
-/// Writes a frame as parquet, atomically (a temp file beside `path`, then a rename), creating the
-/// folder if needed.
-pub fn write_parquet_atomic(frame: &DataFrame, path: &Path) -> Result<()> {
-    let mut frame = frame.clone();
-    crate::util::fs::write_atomic_with(path, |file| {
-        ParquetWriter::new(file).finish(&mut frame).map(|_| ()).map_err(std::io::Error::other)
-    })
-    .with_context(|| format!("writing {}", path.display()))
-}
-
+pub use crate::util::fs::write_parquet_atomic;
 pub use p2m_metrics::frame::read_parquet;
 
 /// A complete report: tables, notes, figures and the manifest of the run that made it.

@@ -240,18 +240,8 @@ impl CellPlan {
         let cell = self.cell(id)?;
         std::fs::create_dir_all(&self.runs_dir)
             .with_context(|| format!("creating {}", self.runs_dir.display()))?;
-        let opts = RunOptions {
-            runs_dir: self.runs_dir.clone(),
-            from: None,
-            force: false,
-            interactive: false,
-            confirm_cost: None,
-            ask: None,
-            read_line: None,
-            // A second process on the same cell stops at once, naming the one that runs it.
-            wait: false,
-            device,
-        };
+        // A second process on the same cell stops at once, naming the one that runs it.
+        let opts = RunOptions::unattended(self.runs_dir.clone(), device);
         crate::pipeline::run(&cell.config, &opts)
             .with_context(|| format!("cell {} ({})", cell.id, self.dir(cell).display()))
     }

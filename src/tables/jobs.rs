@@ -101,6 +101,12 @@ pub fn run_missing(
                         "  [{finished}] {id} FAILED ({status}); its output: {}",
                         log.display()
                     );
+                    // The end of it, which usually says why, so a reader need not open the log.
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    for line in &lines[lines.len().saturating_sub(6)..] {
+                        println!("      {line}");
+                    }
                     failed.push(id);
                 }
             } else {

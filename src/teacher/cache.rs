@@ -440,43 +440,6 @@ fn key_value(backend: &str, model: &str, req: &ChatRequest, choice: Option<u32>)
     v
 }
 
-/// Canonical JSON: object keys sorted, no insignificant whitespace (independent of serde_json's
-/// `preserve_order` feature).
-pub fn canonical_json(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::to_string(k).expect("string"));
-                    out.push(':');
-                    write(&m[*k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&serde_json::to_string(other).expect("scalar")),
-        }
-    }
-    let mut s = String::new();
-    write(v, &mut s);
-    s
-}
-
 /// Canonical JSON of a request (with `choice` when given) — what the keys hash.
 pub fn canonical_request_json(
     backend: &str,
@@ -484,7 +447,7 @@ pub fn canonical_request_json(
     req: &ChatRequest,
     choice: Option<u32>,
 ) -> String {
-    canonical_json(&key_value(backend, model, req, choice))
+    crate::util::json::canonical_json(&key_value(backend, model, req, choice))
 }
 
 /// Hex SHA-256 of the canonical request without a choice index (groups a request's choices).

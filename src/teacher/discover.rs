@@ -73,7 +73,7 @@ async fn get_json(
         Ok(r) => r,
         Err(e) if e.is_connect() => {
             return Err(TeacherError::Connection(super::redact(
-                &crate::download::error_chain(&e),
+                &crate::util::http::error_chain(&e),
                 key,
             )))
         }

@@ -26,7 +26,9 @@ use sha2::{Digest, Sha256};
 
 use super::cache::request_digest;
 use super::openai::OpenAiTeacher;
-use super::{Accounting, ChatRequest, ChatResponse, Teacher, TeacherError, TeacherStats};
+use super::{
+    Accounting, ChatRequest, ChatResponse, Teacher, TeacherError, TeacherErrorKind, TeacherStats,
+};
 
 /// Lost attempts in a row after which a fleet endpoint is taken out (a default).
 pub const DEFAULT_REMOVE_AFTER_LOST: u32 = 3;
@@ -150,7 +152,7 @@ impl FleetTeacher {
 
 /// Worth another endpoint: lost there, or refused there (429) until its retries ran out.
 fn reroutable(e: &TeacherError) -> bool {
-    let rate_limited = |e: &TeacherError| e.kind() == "rate_limited";
+    let rate_limited = |e: &TeacherError| e.kind() == TeacherErrorKind::RateLimited;
     e.is_lost()
         || rate_limited(e)
         || matches!(e, TeacherError::RetriesExhausted { last, .. } if rate_limited(last))

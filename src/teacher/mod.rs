@@ -10,7 +10,8 @@
 //!   (record/replay).
 //! - [`structured`]: structured output over the API (a JSON schema sent as `response_format`,
 //!   with fallbacks where a server refuses a shape); [`discover`]: what a server is and how many
-//!   requests it decodes at once (`/v1/models`, llama.cpp's `/props`, …).
+//!   requests it decodes at once (`/v1/models`, llama.cpp's `/props`, …); [`limits`]: an
+//!   endpoint's adaptive concurrency and its requests- and tokens-per-minute limits.
 //! - [`Accounting`]: run accounting shared by the backends: calls, HTTP attempts, retries, tokens
 //!   in/out, cost ([`Pricing`] per model) and the max-API-calls budget
 //!   ([`TeacherError::BudgetExhausted`]; the caller keeps what it has).
@@ -21,6 +22,7 @@
 pub mod cache;
 pub mod discover;
 pub mod fleet;
+pub mod limits;
 pub mod local;
 pub mod openai;
 pub mod settings;
@@ -32,6 +34,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+
+use crate::util::http::Failure;
 
 pub use cache::{CacheMode, CachedTeacher};
 pub use fleet::FleetTeacher;
@@ -244,6 +248,9 @@ pub enum TeacherError {
     Timeout(Duration),
     #[error("connection error: {0}")]
     Connection(String),
+    /// The server's host name does not resolve (no network, or a misspelt address): not retried.
+    #[error(transparent)]
+    Unresolved(#[from] crate::util::http::Unresolved),
     #[error("truncated response body: {0}")]
     Truncated(String),
     #[error("malformed JSON in the response: {detail} (body starts: {excerpt:?})")]
@@ -269,27 +276,95 @@ pub enum TeacherError {
     Backend(String),
 }
 
-impl TeacherError {
-    /// Worth retrying the same HTTP request: the request was refused before any work (429, 408,
-    /// 409) or lost ([`TeacherError::is_lost`]). Not a request that was merely slow
-    /// ([`TeacherError::Timeout`]): it is never sent twice.
-    pub fn is_retryable(&self) -> bool {
+/// What kind of failure a [`TeacherError`] is: the keys of error counters in logs and run
+/// records ([`TeacherErrorKind::as_str`]), and what the backends branch on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TeacherErrorKind {
+    MissingApiKey,
+    Config,
+    BudgetExhausted,
+    /// HTTP 429.
+    RateLimited,
+    /// HTTP 5xx.
+    ServerError,
+    /// Any other HTTP status.
+    ClientError,
+    Timeout,
+    Connection,
+    Unresolved,
+    TruncatedBody,
+    MalformedJson,
+    WrongSchema,
+    EmptyChoices,
+    RetriesExhausted,
+    ReplayMiss,
+    Cache,
+    Backend,
+}
+
+impl TeacherErrorKind {
+    /// The stable name (`rate_limited`, `server_error`, …).
+    pub fn as_str(self) -> &'static str {
         match self {
-            TeacherError::Status { status, .. } => {
-                matches!(status, 408 | 409 | 429) || *status >= 500
+            TeacherErrorKind::MissingApiKey => "missing_api_key",
+            TeacherErrorKind::Config => "config",
+            TeacherErrorKind::BudgetExhausted => "budget_exhausted",
+            TeacherErrorKind::RateLimited => "rate_limited",
+            TeacherErrorKind::ServerError => "server_error",
+            TeacherErrorKind::ClientError => "client_error",
+            TeacherErrorKind::Timeout => "timeout",
+            TeacherErrorKind::Connection => "connection",
+            TeacherErrorKind::Unresolved => "unresolved",
+            TeacherErrorKind::TruncatedBody => "truncated_body",
+            TeacherErrorKind::MalformedJson => "malformed_json",
+            TeacherErrorKind::WrongSchema => "wrong_schema",
+            TeacherErrorKind::EmptyChoices => "empty_choices",
+            TeacherErrorKind::RetriesExhausted => "retries_exhausted",
+            TeacherErrorKind::ReplayMiss => "replay_miss",
+            TeacherErrorKind::Cache => "cache",
+            TeacherErrorKind::Backend => "backend",
+        }
+    }
+}
+
+impl std::fmt::Display for TeacherErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TeacherError {
+    /// What this failure is to the one HTTP retry policy ([`crate::util::http`]): a status (with
+    /// the wait the server asked for), a lost exchange (a connection error, a truncated body), a
+    /// host name that does not resolve, or something no retry changes.
+    pub fn failure(&self) -> Failure {
+        match self {
+            TeacherError::Status { status, retry_after, .. } => {
+                Failure::of_status(*status, *retry_after)
             }
-            TeacherError::Connection(_) | TeacherError::Truncated(_) => true,
-            _ => false,
+            TeacherError::Connection(_) | TeacherError::Truncated(_) => Failure::Transient,
+            TeacherError::Unresolved(_) => Failure::Unresolved,
+            _ => Failure::Permanent,
         }
     }
 
+    /// Worth retrying the same HTTP request: the request was refused before any work (429, 408)
+    /// or lost (a connection error, a truncated body, a 5xx but 501), as the one retry policy
+    /// says ([`crate::util::http`]). Not a request that was merely slow
+    /// ([`TeacherError::Timeout`]): it is never sent twice; not a host name that does not resolve.
+    pub fn is_retryable(&self) -> bool {
+        self.failure().is_retryable()
+    }
+
     /// The request (or its answer) was lost on the way: a connection error, a truncated body, a
-    /// 5xx — directly or as the last error of exhausted retries. What makes a fleet take an
-    /// endpoint out and send the request to another.
+    /// 5xx, a host that does not resolve — directly or as the last error of exhausted retries.
+    /// What makes a fleet take an endpoint out and send the request to another.
     pub fn is_lost(&self) -> bool {
         match self {
             TeacherError::Status { status, .. } => *status >= 500,
-            TeacherError::Connection(_) | TeacherError::Truncated(_) => true,
+            TeacherError::Connection(_)
+            | TeacherError::Truncated(_)
+            | TeacherError::Unresolved(_) => true,
             TeacherError::RetriesExhausted { last, .. } => last.is_lost(),
             _ => false,
         }
@@ -321,25 +396,26 @@ impl TeacherError {
         }
     }
 
-    /// Short stable name, used as a counter key in logs.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TeacherErrorKind {
         match self {
-            TeacherError::MissingApiKey { .. } => "missing_api_key",
-            TeacherError::Config(_) => "config",
-            TeacherError::BudgetExhausted { .. } => "budget_exhausted",
-            TeacherError::Status { status: 429, .. } => "rate_limited",
-            TeacherError::Status { status, .. } if *status >= 500 => "server_error",
-            TeacherError::Status { .. } => "client_error",
-            TeacherError::Timeout(_) => "timeout",
-            TeacherError::Connection(_) => "connection",
-            TeacherError::Truncated(_) => "truncated_body",
-            TeacherError::MalformedJson { .. } => "malformed_json",
-            TeacherError::Schema(_) => "wrong_schema",
-            TeacherError::EmptyChoices => "empty_choices",
-            TeacherError::RetriesExhausted { .. } => "retries_exhausted",
-            TeacherError::ReplayMiss { .. } => "replay_miss",
-            TeacherError::Cache(_) => "cache",
-            TeacherError::Backend(_) => "backend",
+            TeacherError::MissingApiKey { .. } => TeacherErrorKind::MissingApiKey,
+            TeacherError::Config(_) => TeacherErrorKind::Config,
+            TeacherError::BudgetExhausted { .. } => TeacherErrorKind::BudgetExhausted,
+            TeacherError::Status { status: 429, .. } => TeacherErrorKind::RateLimited,
+            TeacherError::Status { status, .. } if *status >= 500 => TeacherErrorKind::ServerError,
+            TeacherError::Status { .. } => TeacherErrorKind::ClientError,
+            TeacherError::Timeout(_) => TeacherErrorKind::Timeout,
+            TeacherError::Connection(_) => TeacherErrorKind::Connection,
+            TeacherError::Unresolved(_) => TeacherErrorKind::Unresolved,
+            TeacherError::Truncated(_) => TeacherErrorKind::TruncatedBody,
+            TeacherError::MalformedJson { .. } => TeacherErrorKind::MalformedJson,
+            TeacherError::Schema(_) => TeacherErrorKind::WrongSchema,
+            TeacherError::EmptyChoices => TeacherErrorKind::EmptyChoices,
+            TeacherError::RetriesExhausted { .. } => TeacherErrorKind::RetriesExhausted,
+            TeacherError::ReplayMiss { .. } => TeacherErrorKind::ReplayMiss,
+            TeacherError::Cache(_) => TeacherErrorKind::Cache,
+            TeacherError::Backend(_) => TeacherErrorKind::Backend,
         }
     }
 }
@@ -581,9 +657,9 @@ impl Accounting {
     pub fn record_retry(&self, cause: &TeacherError) {
         self.retries.fetch_add(1, Ordering::SeqCst);
         match cause.kind() {
-            "rate_limited" => self.rate_limited.fetch_add(1, Ordering::SeqCst),
-            "timeout" => self.timeouts.fetch_add(1, Ordering::SeqCst),
-            "server_error" => self.server_errors.fetch_add(1, Ordering::SeqCst),
+            TeacherErrorKind::RateLimited => self.rate_limited.fetch_add(1, Ordering::SeqCst),
+            TeacherErrorKind::Timeout => self.timeouts.fetch_add(1, Ordering::SeqCst),
+            TeacherErrorKind::ServerError => self.server_errors.fetch_add(1, Ordering::SeqCst),
             _ => 0,
         };
     }

@@ -18,31 +18,37 @@
 //!   `abandon_after_secs` is it given up, still without a resend. Queue time (slot + rate limit)
 //!   and decode time (in the slot) are counted separately ([`EndpointStats`]).
 //! - Concurrency adapts below the slot cap (AIMD): halves on 429s and slow requests, grows by ~1
-//!   per window of successes, within `1..=max_concurrency`.
+//!   per window of successes, within `1..=max_concurrency` ([`super::limits`]).
 //! - Requests-per-minute and tokens-per-minute token buckets (estimated tokens before a request,
-//!   the server's actual usage settled after); a 429 pauses every request for its delay.
-//! - Retries with exponential backoff and jitter for requests refused before any work (429, 408,
-//!   409) or lost (connection errors, 5xx, truncated bodies), honouring `Retry-After` (seconds or
-//!   HTTP date) and `retry-after-ms`.
+//!   the server's actual usage settled after); a 429 pauses every request for its delay
+//!   ([`super::limits`]).
+//! - Retries by the one HTTP retry policy ([`crate::util::http`]), with exponential backoff and
+//!   jitter, for requests refused before any work (429, 408) or lost (connection errors, 5xx but
+//!   501, truncated bodies), honouring `Retry-After` (seconds or HTTP date, clipped to
+//!   `max_retry_after_secs`) and `retry-after-ms`; a host name that does not resolve is not
+//!   retried ([`TeacherError::Unresolved`]).
 //! - Typed errors for non-retryable 4xx, malformed JSON, wrong schema, empty choices, truncated
 //!   bodies.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::download::error_chain;
-use crate::util::rng::SplitMix64;
+use crate::util::http::{
+    error_chain, retry_after_from_headers, Failure, LongRetryAfter, RetryPolicy, Retrying, Stop,
+    Unresolved,
+};
 use crate::util::text::excerpt;
 
+use super::limits::{AdaptiveConcurrency, RateLimiter};
 use super::structured::{self, ResponseFormat};
 use super::{
     estimate_tokens, redact, Accounting, ChatRequest, ChatResponse, Choice, EndpointStats, Pricing,
-    SamplingParams, Teacher, TeacherError, TeacherStats, Usage,
+    SamplingParams, Teacher, TeacherError, TeacherErrorKind, TeacherStats, Usage,
 };
 
 /// Configuration of an OpenAI-compatible backend. Every field has a default (serde too).
@@ -65,7 +71,7 @@ pub struct OpenAiConfig {
     /// again); `None` waits as long as the connection lives.
     pub abandon_after_secs: Option<f64>,
     pub connect_timeout_secs: f64,
-    /// Retries per request after the first attempt (429/408/409 and lost requests only).
+    /// Retries per request after the first attempt (429/408 and lost requests only).
     pub max_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -273,7 +279,8 @@ pub struct OpenAiTeacher {
     accounting: Arc<Accounting>,
     limiter: RateLimiter,
     concurrency: AdaptiveConcurrency,
-    jitter: Mutex<SplitMix64>,
+    /// The one HTTP retry policy with this endpoint's numbers and jitter.
+    retry: RetryPolicy,
     /// Index into [`ResponseFormat::LADDER`]: the shape structured requests start with.
     format_step: AtomicUsize,
     metrics: EndpointMetrics,
@@ -335,7 +342,17 @@ impl OpenAiTeacher {
                 tpm_burst,
             ),
             concurrency: AdaptiveConcurrency::new(cfg.initial_concurrency, cfg.max_concurrency),
-            jitter: Mutex::new(SplitMix64::new(cfg.jitter_seed)),
+            retry: RetryPolicy::new(
+                cfg.max_retries,
+                Duration::from_millis(cfg.backoff_base_ms),
+                Duration::from_millis(cfg.backoff_max_ms),
+            )
+            // A teacher's caller cannot do better than wait: a longer Retry-After is clipped.
+            .with_max_retry_after(
+                Duration::from_secs_f64(cfg.max_retry_after_secs),
+                LongRetryAfter::Clip,
+            )
+            .with_jitter(cfg.jitter_seed),
             format_step: AtomicUsize::new(cfg.response_format.index()),
             metrics: EndpointMetrics::default(),
             provenance: Provenance {
@@ -530,9 +547,9 @@ impl OpenAiTeacher {
         }
     }
 
-    /// Send `body` until answered: retried when refused before any work (429, 408, 409) or lost
-    /// (connection errors, 5xx, truncated bodies) — except a refusal of its `response_format`
-    /// (`with_format`), which is returned at once for the next shape.
+    /// Send `body` until answered: retried by the endpoint's [`RetryPolicy`] when refused before
+    /// any work (429, 408) or lost (connection errors, 5xx, truncated bodies) — except a refusal
+    /// of its `response_format` (`with_format`), which is returned at once for the next shape.
     async fn call_with_retries(
         &self,
         req: &ChatRequest,
@@ -544,101 +561,89 @@ impl OpenAiTeacher {
         let per_choice =
             p.max_tokens.unwrap_or(u32::MAX).min(self.cfg.completion_tokens_estimate) as u64;
         let est = prompt_est + per_choice * p.n as u64;
-        let mut attempt: u32 = 0;
-        loop {
-            let queued_at = Instant::now();
-            let permit = self.concurrency.acquire().await;
-            self.limiter.acquire(est).await;
-            if self.is_out_of_service() {
-                return Err(TeacherError::Connection(format!(
-                    "{} was taken out of service after repeated lost requests",
-                    self.cfg.base_url
-                )));
+        let classify = |e: &TeacherError| {
+            if refused_format(with_format, e) || self.is_out_of_service() {
+                Failure::Permanent
+            } else {
+                e.failure()
             }
-            let sent_at = Instant::now();
-            self.metrics
-                .queue_us
-                .fetch_add(sent_at.duration_since(queued_at).as_micros() as u64, Ordering::SeqCst);
-            self.metrics.slot_taken(sent_at);
-            self.metrics.http_attempts.fetch_add(1, Ordering::SeqCst);
-            self.accounting.record_http_attempt();
-            let result = self.send_once(body, prompt_est).await;
-            self.metrics.slot_released(sent_at);
-            match result {
-                Ok((choices, usage)) => {
-                    self.concurrency.on_success();
-                    self.limiter.settle(est, usage.total());
-                    self.metrics.answered.fetch_add(1, Ordering::SeqCst);
-                    self.metrics.consecutive_lost.store(0, Ordering::SeqCst);
-                    self.metrics.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::SeqCst);
-                    self.metrics
-                        .completion_tokens
-                        .fetch_add(usage.completion_tokens, Ordering::SeqCst);
-                    drop(permit);
-                    return Ok((choices, usage));
-                }
-                Err(e) => {
-                    if let (true, TeacherError::Status { status, body, .. }) = (with_format, &e) {
-                        if structured::is_refusal(*status, body) {
-                            return Err(e);
-                        }
-                    }
-                    if e.kind() == "rate_limited" {
-                        self.concurrency.on_congestion();
-                    }
-                    if e.is_lost() {
-                        self.metrics.lost.fetch_add(1, Ordering::SeqCst);
-                        let run = self.metrics.consecutive_lost.fetch_add(1, Ordering::SeqCst) + 1;
-                        if self.remove_after_lost.is_some_and(|k| run >= k) {
-                            self.take_out_of_service();
-                        }
-                    }
-                    if e.kind() == "timeout" {
-                        self.accounting.record_timeout();
-                    }
-                    if !e.is_retryable() || self.is_out_of_service() {
-                        return Err(e);
-                    }
-                    if attempt >= self.cfg.max_retries {
-                        return Err(if attempt == 0 {
-                            e
-                        } else {
-                            TeacherError::RetriesExhausted {
-                                attempts: attempt + 1,
-                                last: Box::new(e),
-                            }
-                        });
-                    }
-                    let delay = self.retry_delay(attempt, &e);
-                    if e.kind() == "rate_limited" {
-                        self.limiter.cool_down(delay);
-                    }
-                    self.accounting.record_retry(&e);
-                    tracing::warn!(endpoint = %self.cfg.base_url, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "teacher request refused or lost; retrying");
-                    drop(permit);
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
+        };
+        let on_retry = |e: &TeacherError, r: Retrying| {
+            if e.kind() == TeacherErrorKind::RateLimited {
+                self.limiter.cool_down(r.wait);
             }
-        }
+            self.accounting.record_retry(e);
+            tracing::warn!(endpoint = %self.cfg.base_url, attempt = r.retry, delay_ms = r.wait.as_millis() as u64, error = %e, "teacher request refused or lost; retrying");
+        };
+        let attempt = || self.attempt(body, prompt_est, est, with_format);
+        self.retry.run(attempt, classify, on_retry).await.map_err(|gave_up| {
+            if gave_up.why == Stop::Exhausted && gave_up.attempts > 1 {
+                TeacherError::RetriesExhausted {
+                    attempts: gave_up.attempts,
+                    last: Box::new(gave_up.error),
+                }
+            } else {
+                gave_up.error
+            }
+        })
     }
 
-    fn retry_delay(&self, attempt: u32, e: &TeacherError) -> Duration {
-        let mut rng = self.jitter.lock().unwrap_or_else(|p| p.into_inner());
-        if let TeacherError::Status { retry_after: Some(ra), .. } = e {
-            let ra = (*ra).min(Duration::from_secs_f64(self.cfg.max_retry_after_secs));
-            // Honour it, plus a little jitter (≤ 10 %, ≤ 250 ms) so waiting clients do not
-            // return in lockstep.
-            let jitter = rng.next_f64() * (ra.as_secs_f64() * 0.1).min(0.25);
-            return ra + Duration::from_secs_f64(jitter);
+    /// One attempt: wait for a slot and the rate limit, send, record what came back.
+    async fn attempt(
+        &self,
+        body: &[u8],
+        prompt_est: u64,
+        est: u64,
+        with_format: bool,
+    ) -> Result<(Vec<Choice>, Usage), TeacherError> {
+        let queued_at = Instant::now();
+        let _permit = self.concurrency.acquire().await;
+        self.limiter.acquire(est).await;
+        if self.is_out_of_service() {
+            return Err(TeacherError::Connection(format!(
+                "{} was taken out of service after repeated lost requests",
+                self.cfg.base_url
+            )));
         }
-        let exp = self
-            .cfg
-            .backoff_base_ms
-            .saturating_mul(1u64 << attempt.min(20))
-            .min(self.cfg.backoff_max_ms) as f64;
-        // "Equal jitter": half fixed, half uniform.
-        Duration::from_secs_f64((exp / 2.0 + rng.next_f64() * exp / 2.0) / 1000.0)
+        let sent_at = Instant::now();
+        self.metrics
+            .queue_us
+            .fetch_add(sent_at.duration_since(queued_at).as_micros() as u64, Ordering::SeqCst);
+        self.metrics.slot_taken(sent_at);
+        self.metrics.http_attempts.fetch_add(1, Ordering::SeqCst);
+        self.accounting.record_http_attempt();
+        let result = self.send_once(body, prompt_est).await;
+        self.metrics.slot_released(sent_at);
+        let (choices, usage) = result.inspect_err(|e| {
+            if !refused_format(with_format, e) {
+                self.note_failure(e);
+            }
+        })?;
+        self.concurrency.on_success();
+        self.limiter.settle(est, usage.total());
+        self.metrics.answered.fetch_add(1, Ordering::SeqCst);
+        self.metrics.consecutive_lost.store(0, Ordering::SeqCst);
+        self.metrics.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::SeqCst);
+        self.metrics.completion_tokens.fetch_add(usage.completion_tokens, Ordering::SeqCst);
+        Ok((choices, usage))
+    }
+
+    /// What a failed attempt tells about the endpoint: congestion (429s halve the concurrency),
+    /// lost requests (counted; too many in a row take a fleet's endpoint out), timeouts.
+    fn note_failure(&self, e: &TeacherError) {
+        if e.kind() == TeacherErrorKind::RateLimited {
+            self.concurrency.on_congestion();
+        }
+        if e.is_lost() {
+            self.metrics.lost.fetch_add(1, Ordering::SeqCst);
+            let run = self.metrics.consecutive_lost.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.remove_after_lost.is_some_and(|k| run >= k) {
+                self.take_out_of_service();
+            }
+        }
+        if e.kind() == TeacherErrorKind::Timeout {
+            self.accounting.record_timeout();
+        }
     }
 
     /// Send once and wait for the answer: past `request_timeout_secs` the request counts as slow
@@ -706,13 +711,24 @@ impl OpenAiTeacher {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> TeacherError {
-        if e.is_body() || e.is_decode() {
+        if Failure::of_transport(&e) == Failure::Unresolved {
+            TeacherError::Unresolved(Unresolved {
+                url: self.cfg.base_url.clone(),
+                detail: redact(&error_chain(&e), self.key()),
+            })
+        } else if e.is_body() || e.is_decode() {
             TeacherError::Truncated(redact(&error_chain(&e), self.key()))
         } else {
             // Connect errors and connect timeouts included: the request never reached the server.
             TeacherError::Connection(redact(&error_chain(&e), self.key()))
         }
     }
+}
+
+/// A server's refusal of the `response_format` of a request that carried one (`with_format`):
+/// not a failure of the endpoint, and answered by the next shape rather than a retry.
+fn refused_format(with_format: bool, e: &TeacherError) -> bool {
+    matches!((with_format, e), (true, TeacherError::Status { status, body, .. }) if structured::is_refusal(*status, body))
 }
 
 /// The API key from the environment variable `env` (trimmed; empty counts as unset).
@@ -821,336 +837,9 @@ pub fn parse_completion(
     Ok((choices, usage))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Retry-After
-
-/// The wait a server asks for: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date).
-pub(crate) fn retry_after_from_headers(
-    h: &reqwest::header::HeaderMap,
-    now: SystemTime,
-) -> Option<Duration> {
-    if let Some(ms) = h
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-    {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    h.get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| parse_retry_after(s, now))
-}
-
-/// `Retry-After`: delay-seconds (fractions tolerated) or an HTTP date (a date in the past is 0).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = parse_http_date(v)?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// HTTP dates (RFC 9110 §5.6.7): IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, the obsolete
-/// RFC 850 form `Sunday, 06-Nov-94 08:49:37 GMT` and asctime `Sun Nov  6 08:49:37 1994`.
-pub fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let month = |m: &str| -> Option<u32> {
-        let names =
-            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
-        names.iter().position(|n| m.eq_ignore_ascii_case(n)).map(|i| i as u32 + 1)
-    };
-    let hms = |t: &str| -> Option<(u32, u32, u32)> {
-        let mut it = t.split(':').map(|x| x.parse::<u32>().ok());
-        let r = (it.next()??, it.next()??, it.next()??);
-        (it.next().is_none() && r.0 < 24 && r.1 < 60 && r.2 < 61).then_some(r)
-    };
-    let toks: Vec<&str> = s.split_whitespace().collect();
-    let (y, mo, d, (hh, mm, ss)) = if let Some((_, rest)) = s.split_once(',') {
-        let t: Vec<&str> = rest.split_whitespace().collect();
-        match t.as_slice() {
-            [d, m, y, time, "GMT"] => {
-                (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(time)?)
-            }
-            [dmy, time, "GMT"] => {
-                let p: Vec<&str> = dmy.split('-').collect();
-                if p.len() != 3 {
-                    return None;
-                }
-                let yy = p[2].parse::<i64>().ok()?;
-                let y = if p[2].len() == 2 {
-                    if yy >= 70 {
-                        1900 + yy
-                    } else {
-                        2000 + yy
-                    }
-                } else {
-                    yy
-                };
-                (y, month(p[1])?, p[0].parse::<u32>().ok()?, hms(time)?)
-            }
-            _ => return None,
-        }
-    } else {
-        match toks.as_slice() {
-            [_, m, d, time, y] => {
-                (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(time)?)
-            }
-            _ => return None,
-        }
-    };
-    if !(1..=31).contains(&d) {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + (hh * 3600 + mm * 60 + ss) as i64;
-    if secs < 0 {
-        return None;
-    }
-    Some(UNIX_EPOCH + Duration::from_secs(secs as u64))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-// ---------------------------------------------------------------------------------------------
-// Adaptive concurrency (the dynamic batch size)
-
-/// AIMD concurrency limit: `on_congestion` halves it (at most once per 500 ms, so one burst of
-/// 429s counts once), `on_success` adds `1/limit` (≈ +1 per window of successes).
-#[derive(Debug)]
-pub struct AdaptiveConcurrency {
-    state: Mutex<AcState>,
-    max: usize,
-    notify: tokio::sync::Notify,
-}
-
-#[derive(Debug)]
-struct AcState {
-    limit: f64,
-    in_flight: usize,
-    last_decrease: Option<Instant>,
-}
-
-/// Held while a request is in flight.
-#[derive(Debug)]
-pub struct ConcurrencyPermit<'a> {
-    ac: &'a AdaptiveConcurrency,
-}
-
-impl Drop for ConcurrencyPermit<'_> {
-    fn drop(&mut self) {
-        {
-            let mut s = self.ac.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.in_flight -= 1;
-        }
-        self.ac.notify.notify_waiters();
-    }
-}
-
-impl AdaptiveConcurrency {
-    pub fn new(initial: usize, max: usize) -> Self {
-        let max = max.max(1);
-        AdaptiveConcurrency {
-            state: Mutex::new(AcState {
-                limit: initial.clamp(1, max) as f64,
-                in_flight: 0,
-                last_decrease: None,
-            }),
-            max,
-            notify: tokio::sync::Notify::new(),
-        }
-    }
-
-    pub fn limit(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).limit.floor() as usize
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).in_flight
-    }
-
-    pub async fn acquire(&self) -> ConcurrencyPermit<'_> {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if (s.in_flight as f64) < s.limit.floor() {
-                    s.in_flight += 1;
-                    return ConcurrencyPermit { ac: self };
-                }
-            }
-            notified.await;
-        }
-    }
-
-    pub fn on_success(&self) {
-        let grew = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let before = s.limit.floor();
-            s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
-            s.limit.floor() > before
-        };
-        if grew {
-            self.notify.notify_waiters();
-        }
-    }
-
-    pub fn on_congestion(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if s.last_decrease.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500)) {
-            return;
-        }
-        s.last_decrease = Some(now);
-        s.limit = (s.limit / 2.0).max(1.0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rate limiting
-
-#[derive(Debug)]
-struct Bucket {
-    rate_per_sec: f64,
-    capacity: f64,
-    level: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(per_minute: f64, capacity: f64) -> Self {
-        let capacity = capacity.max(1.0);
-        Bucket { rate_per_sec: per_minute / 60.0, capacity, level: capacity, last: Instant::now() }
-    }
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.level = (self.level + dt * self.rate_per_sec).min(self.capacity);
-        self.last = now;
-    }
-    /// How long until `cost` can be taken (costs above the capacity need a full bucket and
-    /// leave it in debt).
-    fn wait_for(&self, cost: f64) -> Duration {
-        let need = cost.min(self.capacity);
-        if self.level >= need {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((need - self.level) / self.rate_per_sec)
-        }
-    }
-}
-
-/// Requests-per-minute and tokens-per-minute token buckets plus a global cool-down (set by 429s).
-/// Waiters are served in FIFO order.
-#[derive(Debug)]
-pub struct RateLimiter {
-    turn: tokio::sync::Mutex<()>,
-    state: Mutex<LimiterState>,
-}
-
-#[derive(Debug)]
-struct LimiterState {
-    rpm: Option<Bucket>,
-    tpm: Option<Bucket>,
-    cooldown_until: Option<Instant>,
-}
-
-impl RateLimiter {
-    pub fn new(rpm: Option<f64>, rpm_burst: f64, tpm: Option<f64>, tpm_burst: Option<f64>) -> Self {
-        RateLimiter {
-            turn: tokio::sync::Mutex::new(()),
-            state: Mutex::new(LimiterState {
-                rpm: rpm.map(|r| Bucket::new(r, rpm_burst)),
-                tpm: tpm.map(|t| Bucket::new(t, tpm_burst.unwrap_or(t / 6.0))),
-                cooldown_until: None,
-            }),
-        }
-    }
-
-    /// Wait for one request slot and `est_tokens` tokens.
-    pub async fn acquire(&self, est_tokens: u64) {
-        let _turn = self.turn.lock().await;
-        loop {
-            let wait = {
-                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                let mut w =
-                    s.cooldown_until.map(|c| c.saturating_duration_since(now)).unwrap_or_default();
-                if let Some(b) = s.rpm.as_mut() {
-                    b.refill(now);
-                    w = w.max(b.wait_for(1.0));
-                }
-                if let Some(b) = s.tpm.as_mut() {
-                    b.refill(now);
-                    w = w.max(b.wait_for(est_tokens as f64));
-                }
-                if w.is_zero() {
-                    if let Some(b) = s.rpm.as_mut() {
-                        b.level -= 1.0;
-                    }
-                    if let Some(b) = s.tpm.as_mut() {
-                        b.level -= est_tokens as f64;
-                    }
-                    return;
-                }
-                w
-            };
-            // Re-check at least every 250 ms so a new cool-down is noticed.
-            tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
-        }
-    }
-
-    /// After a response: replace the estimate by the actual token count.
-    pub fn settle(&self, est_tokens: u64, actual_tokens: u64) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = s.tpm.as_mut() {
-            b.level = (b.level + est_tokens as f64 - actual_tokens as f64).min(b.capacity);
-        }
-    }
-
-    /// Pause every request for `d` (after a 429).
-    pub fn cool_down(&self, d: Duration) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let until = Instant::now() + d;
-        s.cooldown_until = Some(s.cooldown_until.map_or(until, |c| c.max(until)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_dates() {
-        let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
-        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
-        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
-        assert_eq!(parse_http_date("yesterday"), None);
-        let now = UNIX_EPOCH + Duration::from_secs(784_111_770);
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("0.5", now), Some(Duration::from_millis(500)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:30 GMT", now + Duration::from_secs(60)),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("-1", now), None);
-    }
 
     #[test]
     fn completion_parsing() {
@@ -1175,69 +864,5 @@ mod tests {
             parse_completion(br#"{"choices":[{"message":{"content":null}}]}"#, 0, None),
             Err(TeacherError::Schema(_))
         ));
-    }
-
-    #[tokio::test]
-    async fn aimd_shrinks_and_grows() {
-        let ac = AdaptiveConcurrency::new(8, 8);
-        ac.on_congestion();
-        assert_eq!(ac.limit(), 4);
-        ac.on_congestion(); // within 500 ms: one burst counts once
-        assert_eq!(ac.limit(), 4);
-        for _ in 0..30 {
-            ac.on_success();
-        }
-        assert_eq!(ac.limit(), 8);
-        let p1 = ac.acquire().await;
-        assert_eq!(ac.in_flight(), 1);
-        drop(p1);
-        assert_eq!(ac.in_flight(), 0);
-    }
-
-    #[tokio::test]
-    async fn concurrency_limit_blocks_until_release() {
-        let ac = Arc::new(AdaptiveConcurrency::new(1, 1));
-        let p = ac.acquire().await;
-        let ac2 = ac.clone();
-        let h = tokio::spawn(async move {
-            let _p = ac2.acquire().await;
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!h.is_finished());
-        drop(p);
-        tokio::time::timeout(Duration::from_secs(2), h).await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn tpm_bucket_uses_estimates_then_actual_usage() {
-        // 6000 tokens/min = 100/s, bucket of 100.
-        let lim = RateLimiter::new(None, 1.0, Some(6000.0), Some(100.0));
-        let t0 = Instant::now();
-        lim.acquire(100).await; // the full bucket
-        lim.settle(100, 10); // the answer used 10: 90 come back
-        lim.acquire(100).await; // needs 10 more: ~0.1 s
-        let dt = t0.elapsed().as_secs_f64();
-        assert!((0.05..0.5).contains(&dt), "{dt}");
-        lim.acquire(100).await; // without a refund: ~1 s
-        let dt2 = t0.elapsed().as_secs_f64() - dt;
-        assert!((0.8..1.6).contains(&dt2), "{dt2}");
-        // A request larger than the bucket waits for a full bucket, then goes into debt.
-        let big = RateLimiter::new(None, 1.0, Some(6000.0), Some(100.0));
-        big.acquire(150).await;
-        let t1 = Instant::now();
-        big.acquire(1).await; // 50 of debt + 1 token: ~0.5 s at 100/s
-        let waited = t1.elapsed().as_secs_f64();
-        assert!((0.4..1.2).contains(&waited), "{waited}");
-    }
-
-    #[tokio::test]
-    async fn rpm_bucket_paces() {
-        let lim = RateLimiter::new(Some(600.0), 1.0, None, None); // 10/s
-        let t0 = Instant::now();
-        for _ in 0..5 {
-            lim.acquire(0).await;
-        }
-        let dt = t0.elapsed().as_secs_f64();
-        assert!((0.35..0.8).contains(&dt), "{dt}");
     }
 }

@@ -284,7 +284,9 @@ impl TeacherSettings {
 fn discover_blocking(base_url: &str, api_key_env: &str) -> Option<ServerInfo> {
     let key = read_api_key(api_key_env);
     let url = base_url.to_string();
-    match crate::download::block_on(async move { discover::discover(&url, key.as_deref()).await }) {
+    match crate::util::runtime::block_on(
+        async move { discover::discover(&url, key.as_deref()).await },
+    ) {
         Ok(Ok(info)) => Some(info),
         Ok(Err(e)) => {
             tracing::warn!(endpoint = %base_url, error = %e, "the server did not answer discovery; default name and slots");

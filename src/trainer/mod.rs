@@ -30,6 +30,7 @@ use tch::{Device, Tensor};
 use crate::models::precision::{self, Precision};
 use crate::models::seq2seq::IGNORE_INDEX;
 use crate::util::fs::{read_json, write_json};
+use crate::util::progress::Progress;
 use crate::util::rng::SplitMix64;
 use adamw::{AdamW, AdamWParams};
 pub use student::{Student, StudentSpec};
@@ -311,7 +312,8 @@ pub struct Trainer<'a> {
     pub config: TrainConfig,
     pub student: &'a mut Student,
     pub output_dir: PathBuf,
-    /// Show a progress bar (indicatif hides it anyway when stderr is not a terminal).
+    /// Show progress: a bar on a terminal, else a plain line at most every 20 s
+    /// ([`crate::util::progress`]).
     pub progress: bool,
     /// Label for logs and the summary (e.g. the Table 2 arm).
     pub label: String,
@@ -448,9 +450,8 @@ impl<'a> Trainer<'a> {
 
         let device = self.student.device();
         let use_autocast = cfg.mixed_precision && device.is_cuda();
-        let bar = progress_bar(self.progress, total_steps, &self.label);
-        let interactive = self.progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let log_every = (total_steps / 20).max(1);
+        let label = if self.label.is_empty() { "train" } else { &self.label };
+        let bar = Progress::new(self.progress, label, total_steps, "steps");
         bar.set_position(state.optimizer_step);
         let started = Instant::now();
         let (mut run_examples, mut run_tokens) = (0u64, 0i64);
@@ -525,23 +526,10 @@ impl<'a> Trainer<'a> {
                 bar.set_position(state.optimizer_step);
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
-                    "loss {group_loss:.4}  {:.1} ex/s",
+                    "epoch {}, loss {group_loss:.4}, {:.1} ex/s",
+                    state.epoch + 1,
                     run_examples as f64 / secs
                 ));
-                // Without a terminal the bar is hidden; a log line every ~5% keeps long runs visible.
-                if !interactive
-                    && (state.optimizer_step.is_multiple_of(log_every)
-                        || state.optimizer_step == total_steps)
-                {
-                    tracing::info!(
-                        "{}: step {}/{total_steps}, epoch {}, loss {group_loss:.4}, {:.2} examples/s, {:.0} s",
-                        self.label,
-                        state.optimizer_step,
-                        state.epoch + 1,
-                        run_examples as f64 / secs,
-                        secs
-                    );
-                }
 
                 let at_epoch_end = state.batch_in_epoch >= batches.len();
                 let out_of_steps = state.optimizer_step >= total_steps;
@@ -698,22 +686,6 @@ fn list_checkpoints(output_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// The newest complete checkpoint in `output_dir`, if any.
 pub fn latest_checkpoint(output_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(list_checkpoints(output_dir)?.pop())
-}
-
-fn progress_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(if label.is_empty() { "train".to_string() } else { label.to_string() });
-    bar
 }
 
 /// Loads a TOML training configuration (unknown keys are errors that name the file).

@@ -45,6 +45,20 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// Writes a frame as parquet, atomically (a temp file beside `path`, then a rename), creating the
+/// folder if needed.
+pub fn write_parquet_atomic(frame: &polars::prelude::DataFrame, path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut frame = frame.clone();
+    write_atomic_with(path, |file| {
+        polars::prelude::ParquetWriter::new(file)
+            .finish(&mut frame)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    })
+    .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Read `path` as JSON of type `T`; the error names the file and, when it is not the JSON
 /// expected, says what to do about it (`fix`).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, fix: &str) -> anyhow::Result<T> {

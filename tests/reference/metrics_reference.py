@@ -12,7 +12,8 @@ kendall}`.  The numbers here come from the *reference implementations themselves
   ``sentence_score``, i.e. exactly what ``sacrebleu.corpus_chrf`` / ``sentence_chrf`` call;
 * exact match   : the official SQuAD v1.1 ``evaluate-v1.1.py`` normalisation, copied verbatim
   below (the script is not on PyPI, so it cannot be imported);
-* Kendall tau   : ``scipy.stats.kendalltau(x, y)`` with scipy's defaults (scipy 1.17.1).
+* Kendall tau   : ``scipy.stats.kendalltau(x, y)`` with scipy's defaults (scipy 1.17.1);
+* macro-F1      : ``sklearn.metrics.f1_score(gold, pred, average="macro")`` (scikit-learn 1.9.1).
 
 Floats are returned as IEEE-754 bit patterns (``struct.pack('<d')`` as an unsigned integer) so
 that NaN survives JSON and the Rust side can also report how many results are bit-identical.
@@ -32,7 +33,7 @@ import sys
 import unicodedata
 import warnings
 
-REQUIRED = {"sacrebleu": "2.6.0", "scipy": "1.17.1"}
+REQUIRED = {"sacrebleu": "2.6.0", "scipy": "1.17.1", "scikit-learn": "1.9.1"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +81,9 @@ def bits2f(b):
 def check_versions():
     import sacrebleu
     import scipy
-    got = {"sacrebleu": sacrebleu.__version__, "scipy": scipy.__version__}
+    import sklearn
+    got = {"sacrebleu": sacrebleu.__version__, "scipy": scipy.__version__,
+           "scikit-learn": sklearn.__version__}
     bad = {k: v for k, v in got.items() if v != REQUIRED[k]}
     if bad:
         sys.stderr.write(f"metrics_reference.py: version mismatch {bad}, need {REQUIRED}\n")
@@ -128,6 +131,11 @@ def kendall_case(case):
         warnings.simplefilter("ignore")
         res = stats.kendalltau(x, y)
     return {"tau": f2bits(res.statistic), "p": f2bits(res.pvalue)}
+
+
+def macro_f1_case(case):
+    from sklearn.metrics import f1_score
+    return f2bits(f1_score(case["gold"], case["pred"], average="macro"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,6 +245,7 @@ def main(argv):
         "chrf": [chrf_case(c) for c in cases.get("chrf", [])],
         "em": [em_case(c) for c in cases.get("em", [])],
         "kendall": [kendall_case(c) for c in cases.get("kendall", [])],
+        "macro_f1": [macro_f1_case(c) for c in cases.get("macro_f1", [])],
     }
     if cases.get("unicode_tables"):
         out["unicode"] = unicode_tables()

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::MetricError;
+use crate::macro_f1::LabelPairs;
 use crate::metric::Metric;
 use crate::rng::SplitMix64;
 use crate::{chrf, exact_match};
@@ -97,13 +98,16 @@ pub fn mean_interval(values: &[f64], cfg: &BootstrapConfig) -> Interval {
 
 /// A corpus metric over a fixed set of examples, recomputable on any resample of them: per-example
 /// values for exact match, per-example n-gram statistics for chrF++ (summed, then scored, as the
-/// metric defines the corpus score).
+/// metric defines the corpus score), per-example (gold, predicted) labels for macro-F1 (counted
+/// per label, then averaged over the labels of the resample).
 #[derive(Debug)]
 pub struct CorpusScorer {
     metric: Metric,
     /// Exact match: one value per example (0 or 100). chrF++: the statistics, one row each.
+    /// Macro-F1: the label pairs.
     values: Vec<f64>,
     stats: Vec<Vec<u64>>,
+    labels: Option<LabelPairs>,
 }
 
 impl CorpusScorer {
@@ -113,7 +117,8 @@ impl CorpusScorer {
         references: &[Vec<R>],
     ) -> Result<CorpusScorer, MetricError> {
         MetricError::check_corpus("predictions", predictions.len(), references.len())?;
-        let mut scorer = CorpusScorer { metric, values: Vec::new(), stats: Vec::new() };
+        let mut scorer =
+            CorpusScorer { metric, values: Vec::new(), stats: Vec::new(), labels: None };
         match metric {
             Metric::ExactMatch | Metric::ExactMatchSquad => {
                 let norm = if metric == Metric::ExactMatch {
@@ -150,13 +155,14 @@ impl CorpusScorer {
                     })
                     .collect::<Result<_, _>>()?;
             }
+            Metric::MacroF1 => scorer.labels = Some(LabelPairs::new(predictions, references)?),
         }
         Ok(scorer)
     }
 
     /// How many examples.
     pub fn len(&self) -> usize {
-        self.values.len().max(self.stats.len())
+        self.values.len().max(self.stats.len()).max(self.labels.as_ref().map_or(0, LabelPairs::len))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -182,6 +188,9 @@ impl CorpusScorer {
                     }
                 }
                 chrf::score_from_statistics(&sum, &chrf::ChrfConfig::chrf_plus_plus())
+            }
+            Metric::MacroF1 => {
+                100.0 * self.labels.as_ref().expect("built with the label pairs").score(idx)
             }
         }
     }
@@ -341,6 +350,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(em.value, 50.0);
+    }
+
+    #[test]
+    fn macro_f1_is_recomputed_per_resample_and_paired_against_a_constant_answer() {
+        let refs: Vec<Vec<String>> =
+            (0..40).map(|i| vec![if i % 2 == 0 { "pos" } else { "neg" }.to_string()]).collect();
+        let constant = vec!["pos".to_string(); 40];
+        // Right on 36 of 40.
+        let learned: Vec<String> = (0..40)
+            .map(|i| {
+                let right = if i % 2 == 0 { "pos" } else { "neg" };
+                if i % 10 == 3 {
+                    "pos".into()
+                } else {
+                    right.to_string()
+                }
+            })
+            .collect();
+        let cfg = BootstrapConfig::default();
+        let c = score_with_interval(Metric::MacroF1, &constant, &refs, &cfg).unwrap();
+        assert!((c.score.value - 100.0 / 3.0).abs() < 1e-9, "{}", c.score);
+        // On a resample with g "pos" rows of n the constant answer scores g / (g + n): below
+        // 50 whenever a "neg" row was drawn.
+        assert!(c.interval.low < c.interval.value && c.interval.high < 50.0, "{}", c.interval);
+        let l = score_with_interval(Metric::MacroF1, &learned, &refs, &cfg).unwrap();
+        assert!(l.interval.low < l.interval.value && l.interval.value < l.interval.high);
+        assert!(c.score.signature.starts_with("macro-f1|labels:raw|"), "{}", c.score.signature);
+        let (delta, p) = paired_bootstrap(&l.scorer, &c.scorer, &cfg).unwrap();
+        assert!(delta > 50.0 && p < 0.01, "{delta} {p}");
+        // The same constant answer against itself is never better.
+        let (delta, p) = paired_bootstrap(&c.scorer, &c.scorer, &cfg).unwrap();
+        assert_eq!((delta, p), (0.0, 1.0));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The paper's corpus metrics, exact re-implementations each with a signature (sacrebleu's idea):
 //! exact match (raw and SQuAD-normalised), chrF / chrF++ as sacrebleu 2.x, Kendall's tau-b with
-//! scipy's p-value, and percentile-bootstrap intervals; plus the predictions-file reader and the
-//! seeded RNG the intervals draw from.
+//! scipy's p-value, and percentile-bootstrap intervals; macro-F1 as scikit-learn for
+//! classification tasks; plus the predictions-file reader and the seeded RNG the intervals draw
+//! from.
 //!
 //! Why a crate of its own: the main crate links libtorch, and a binary that links it loads
 //! `libtorch_cpu.so` (~0.3 s) before `main` even when it never touches a tensor (torch-sys links
@@ -16,6 +17,7 @@ mod error;
 pub mod exact_match;
 pub mod frame;
 pub mod kendall;
+pub mod macro_f1;
 mod metric;
 pub mod predictions;
 pub mod pystr;

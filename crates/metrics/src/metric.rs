@@ -3,13 +3,13 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::MetricError;
-use crate::{chrf, exact_match};
+use crate::{chrf, exact_match, macro_f1};
 
 /// A corpus-level metric over predictions and references.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Metric {
     /// Exact match, plain string equality (as the Prompt2Model reference evaluator).
     #[serde(rename = "em")]
@@ -20,18 +20,23 @@ pub enum Metric {
     /// chrF++ (character 6-grams, word 2-grams, beta 2), as sacrebleu's defaults.
     #[serde(rename = "chrf++")]
     ChrfPlusPlus,
+    /// Macro-averaged F1 over the answers as class labels (scikit-learn's
+    /// `f1_score(average="macro")`): a classification task's headline beside accuracy.
+    #[serde(rename = "macro-f1")]
+    MacroF1,
 }
 
 impl Metric {
     /// Every metric, in the order the command line lists them.
-    pub const ALL: [Metric; 3] =
-        [Metric::ExactMatch, Metric::ExactMatchSquad, Metric::ChrfPlusPlus];
+    pub const ALL: [Metric; 4] =
+        [Metric::ExactMatch, Metric::ExactMatchSquad, Metric::ChrfPlusPlus, Metric::MacroF1];
 
     pub fn name(self) -> &'static str {
         match self {
             Metric::ExactMatch => "em",
             Metric::ExactMatchSquad => "em-squad",
             Metric::ChrfPlusPlus => "chrf++",
+            Metric::MacroF1 => "macro-f1",
         }
     }
 
@@ -46,6 +51,7 @@ impl Metric {
             Metric::ExactMatch => "EM",
             Metric::ExactMatchSquad => "EM (SQuAD-normalised)",
             Metric::ChrfPlusPlus => "chrF++",
+            Metric::MacroF1 => "macro-F1",
         }
     }
 }
@@ -96,6 +102,13 @@ pub fn score<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
             let cfg = chrf::ChrfConfig::chrf_plus_plus();
             let v = chrf::corpus_chrf(predictions, references, &cfg)?;
             (v, cfg.signature(chrf::nrefs_label(references)))
+        }
+        Metric::MacroF1 => {
+            let v = macro_f1::corpus_macro_f1(predictions, references)?;
+            (
+                100.0 * v,
+                format!("{}|nrefs:{}", macro_f1::signature(), chrf::nrefs_label(references)),
+            )
         }
     };
     Ok(Score { metric, value, n: predictions.len(), signature })

@@ -1,7 +1,6 @@
 //! `p2m retrieve-model` and `p2m retrieve-dataset`: the two retrievers from the command line, with
 //! text output that explains each result, or `--json`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -81,7 +80,7 @@ pub fn run_model_retriever(args: &RetrieveModelArgs) -> Result<mr::ModelRetrieva
             ..Default::default()
         },
         fetch: args.fetch,
-        show_progress: !args.json && std::io::stderr().is_terminal(),
+        show_progress: !args.json,
     };
     let teacher = retriever_teacher(&args.teacher, args.teacher_cache.as_ref())?;
     let out = mr::retrieve_models(&paths, &search, teacher.as_deref(), &runtime()?)?;
@@ -211,7 +210,7 @@ pub struct RetrieveDatasetArgs {
 pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     let paths = Paths::from_env()?;
     let instruction = args.instruction.text(&paths)?;
-    let show = !args.json && std::io::stderr().is_terminal();
+    let show = !args.json;
     let models = prompt2model::models::registry::ModelRegistry::load(paths.clone())?;
     let (encoder, encoder_notes) =
         dr::choose_encoder(&models, args.encoder.as_deref(), paths.offline)?;

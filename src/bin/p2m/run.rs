@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// are model plus optimizer state, ~1.6 GB each for the default student).
     #[arg(long)]
     pub keep_checkpoints: bool,
+    /// Train even when the data gate finds the training data degenerate (one class, mostly
+    /// flagged rows); the report and the card say it was accepted as it was.
+    #[arg(long)]
+    pub accept_data: bool,
     /// Reuse a generation: a folder with examples.jsonl (from `p2m generate` or another run).
     #[arg(long)]
     pub generated: Option<PathBuf>,
@@ -158,6 +162,7 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     cfg.num_examples = args.n.or(cfg.num_examples);
     cfg.translate_instruction |= args.translate_instruction;
     cfg.keep_checkpoints |= args.keep_checkpoints;
+    cfg.accept_data |= args.accept_data;
     if let Some(k) = args.select_student {
         anyhow::ensure!(k >= 1, "--select-student takes a number of candidates (1 or more)");
         cfg.select_student = k;

@@ -7,11 +7,13 @@ use anyhow::{Context, Result};
 
 use super::retrieve_dataset::RETRIEVED_STEM;
 use super::{existing, read_stage_json, PipelineStage};
-use crate::data::examples::read_examples_jsonl;
-use crate::pipeline::assemble::{assemble_sources, read_source_rows, rows_frame, SourceRows};
+use crate::data::diagnostics::diagnose;
+use crate::data::examples::{read_examples_jsonl, Example};
+use crate::pipeline::assemble::{assemble_sources, read_source_rows, rows_frame, Cut, SourceRows};
 use crate::pipeline::config::SplitConfig;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::stage::{record_path, Stage, StageInputs, StageOutputs, StageRecord};
+use crate::prompt_parser::ParsedPrompt;
 use crate::util::fs::{write_atomic, write_json};
 
 pub struct Assemble;
@@ -23,7 +25,9 @@ impl PipelineStage for Assemble {
 
     fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
         let layout = &ctx.layout;
-        let mut files = vec![layout.examples_for_assembly(), layout.retrieved()];
+        // The prompt too: the data diagnostics read the answer set it states.
+        let mut files =
+            vec![layout.examples_for_assembly(), layout.retrieved(), layout.parsed_for_training()];
         // The retrieved data's own splits where it has them; the generated test set where one
         // was recorded apart; the records of generation and retrieval, whose settings and
         // summaries name the rows' provenance.
@@ -74,7 +78,7 @@ impl PipelineStage for Assemble {
             &retrieved,
             &source,
             &split,
-            &ctx.resolved.cut(),
+            &Cut::of(&ctx.resolved),
         );
         let mut files = Vec::new();
         for (name, rows) in [("train", &a.train), ("validation", &a.validation), ("test", &a.test)]
@@ -93,15 +97,29 @@ impl PipelineStage for Assemble {
             files.push(path);
         }
         write_json(&layout.notes(Stage::Assemble), &a.notes)?;
+        // What the teacher's rows that will be trained on look like (the gate before training
+        // reads it; the card shows it).
+        let parsed: ParsedPrompt = read_stage_json(&layout.parsed_for_training())?;
+        let generated_train: Vec<Example> = a
+            .train
+            .iter()
+            .filter(|r| r.task_id == 0)
+            .map(|r| Example::new(r.input.clone(), r.output.clone()))
+            .collect();
+        let diagnostics = diagnose(&generated_train, &parsed, ctx.cfg.seed);
+        let path = layout.data_diagnostics();
+        let stem = path.file_stem().and_then(|s| s.to_str()).expect("a file name");
+        files.extend(diagnostics.write(path.parent().expect("in the stage folder"), stem)?);
         Ok(StageOutputs {
             files,
             summary: format!(
-                "train {} ({} generated, {} retrieved), validation {}, generated test {}",
+                "train {} ({} generated, {} retrieved), validation {}, generated test {}; data: {}",
                 a.train.len(),
                 a.train.iter().filter(|r| r.task_id == 0).count(),
                 a.train.iter().filter(|r| r.task_id == 1).count(),
                 a.validation.len(),
-                a.test.len()
+                a.test.len(),
+                diagnostics.summary_line()
             ),
         })
     }

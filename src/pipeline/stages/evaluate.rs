@@ -7,9 +7,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{existing, list_files_of, read_rows, read_stage_json, PipelineStage};
-use crate::data::examples::read_examples_jsonl;
+use crate::data::diagnostics::DataDiagnostics;
+use crate::data::examples::{read_examples_jsonl, Example};
+use crate::data::loaders::{string_column, PREDICTION};
 use crate::data::registry::Registry;
+use crate::evaluator::baselines::{baselines_for_run, compare_to_baselines, BaselineComparison};
 use crate::evaluator::bertscore::BertScorer;
+use crate::evaluator::metric_choice::{choose_metric, MetricChoice};
+use crate::evaluator::Metric;
 use crate::pipeline::config::TeacherSource;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::evaluate::{self, TestSet};
@@ -29,7 +34,8 @@ impl PipelineStage for Evaluate {
     fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
         let (cfg, layout) = (&ctx.cfg, &ctx.layout);
         let mut files = list_files_of(&layout.trained())?;
-        files.extend(existing([layout.selection()]));
+        // The data diagnostics decide the headline metric of a prompt that is no paper task.
+        files.extend(existing([layout.selection(), layout.data_diagnostics()]));
         files.extend([layout.split("test"), layout.parsed_for_training()]);
         Ok(StageInputs {
             settings: serde_json::json!({
@@ -107,7 +113,24 @@ impl PipelineStage for Evaluate {
             }
         }
         write_json(&layout.metrics(), &results)?;
+        // The metric fitted to the task, and the student beside what trivial answers get.
+        let diagnostics = DataDiagnostics::read(&layout.data_diagnostics()).ok();
+        let parse_metric = |m: Option<&String>| m.and_then(|m| Metric::parse(m));
+        let choice = choose_metric(
+            diagnostics.as_ref(),
+            parse_metric(ctx.task.as_ref().map(|t| &t.metric)),
+            parse_metric(cfg.metric.as_ref()),
+        );
+        write_json(&layout.metric_choice(), &choice)?;
+        let headline_metric = choice.primary().name().to_string();
+        let comparisons = compare_with_baselines(ctx, dir, &sets, diagnostics.as_ref(), &choice)?;
+        write_json(&layout.baselines(), &comparisons)?;
+        files.extend([layout.metric_choice(), layout.baselines()]);
         let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
+        notes.push(format!("The run is judged by {}: {}.", choice.names(), choice.why));
+        notes.extend(comparisons.iter().filter_map(|c| {
+            c.test.as_ref().map(|t| format!("{} test set: {}", c.test_set, t.verdict()))
+        }));
         notes.extend(bertscore_note);
         if let Ok(sel) = read_stage_json::<StudentSelection>(&layout.selection()) {
             notes.push(format!(
@@ -121,14 +144,47 @@ impl PipelineStage for Evaluate {
         }
         write_json(&layout.notes(Stage::Evaluate), &notes)?;
         files.push(layout.metrics());
-        evaluate::write_report(&ctx.paths, dir, &ctx.name, &ctx.metric, &results, &notes)?;
+        evaluate::write_report(&ctx.paths, dir, &ctx.name, &headline_metric, &results, &notes)?;
         let headline: Vec<String> = results
             .iter()
-            .filter(|r| r.metric == ctx.metric)
+            .filter(|r| r.metric == headline_metric)
             .map(|r| format!("{} {}", r.test_set, r.display()))
+            .chain(comparisons.iter().filter_map(|c| c.test.as_ref().map(|t| t.verdict())))
             .collect();
         Ok(StageOutputs { files, summary: headline.join("; ") })
     }
+}
+
+/// Each test set's student predictions (read back from the stage folder) beside the baselines
+/// of the run's training data, on the headline metrics, with the paired test against the best.
+fn compare_with_baselines(
+    ctx: &RunContext,
+    dir: &Path,
+    sets: &[TestSet],
+    diagnostics: Option<&DataDiagnostics>,
+    choice: &MetricChoice,
+) -> Result<Vec<BaselineComparison>> {
+    let train: Vec<Example> = read_rows(&ctx.layout.split("train"))?
+        .into_iter()
+        .filter(|r| r.task_id == 0)
+        .map(|r| Example::new(r.input, r.output))
+        .collect();
+    let mut out = Vec::new();
+    for set in sets {
+        let path = dir.join(format!("predictions_{}.parquet", set.name));
+        let frame = crate::report::read_parquet(&path)?;
+        let predictions = string_column(&frame, PREDICTION)?;
+        let baselines = baselines_for_run(diagnostics, &train, &set.inputs);
+        out.push(compare_to_baselines(
+            &set.name,
+            &predictions,
+            &set.references,
+            &baselines,
+            &choice.headline,
+            &ctx.cfg.bootstrap,
+        )?);
+    }
+    Ok(out)
 }
 
 /// BERTScore with the paper's encoder online; the offline one when it cannot be had (said in a

@@ -15,10 +15,10 @@ mod train;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
 
 use super::assemble::Row;
 use super::context::RunContext;
+pub(super) use super::stage::read_stage_json;
 use super::stage::{Stage, StageInputs, StageOutputs};
 
 pub use retrieve_dataset::read_retrieved_dir;
@@ -44,19 +44,6 @@ pub fn all() -> Vec<Box<dyn PipelineStage>> {
         Box::new(evaluate::Evaluate),
         Box::new(package::Package),
     ]
-}
-
-/// A stage's JSON file; a bad one says which stage to redo.
-pub(super) fn read_stage_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let stage = path
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    crate::util::fs::read_json(
-        path,
-        &format!("not the JSON this stage writes; rerun with --from {stage}"),
-    )
 }
 
 /// Every file under `dir`, sorted (for fingerprints); none when it does not exist.
@@ -94,17 +81,7 @@ mod tests {
     use crate::pipeline::RunOptions;
 
     fn options(runs: &Path) -> RunOptions {
-        RunOptions {
-            runs_dir: runs.to_path_buf(),
-            from: None,
-            force: false,
-            interactive: false,
-            confirm_cost: None,
-            ask: None,
-            read_line: None,
-            wait: false,
-            device: tch::Device::Cpu,
-        }
+        RunOptions::unattended(runs.to_path_buf(), tch::Device::Cpu)
     }
 
     fn config() -> RunConfig {

@@ -7,7 +7,11 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{existing, list_files_of, read_stage_json, PipelineStage};
+use crate::data::diagnostics::DataDiagnostics;
 use crate::data::examples::read_examples_jsonl;
+use crate::data::gate::GateOutcome;
+use crate::evaluator::baselines::BaselineComparison;
+use crate::evaluator::metric_choice::MetricChoice;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::evaluate::MetricResult;
 use crate::pipeline::package::{self, CardFacts};
@@ -37,7 +41,13 @@ impl PipelineStage for Package {
                 .filter(|s| *s != Stage::Package)
                 .map(|s| record_path(layout.dir(), s))
                 .chain(NOTED.map(|s| layout.notes(s)))
-                .chain([layout.generated(), layout.retrieved(), layout.generation_log()]),
+                .chain([layout.generated(), layout.retrieved(), layout.generation_log()])
+                .chain([
+                    layout.data_diagnostics(),
+                    layout.data_gate(),
+                    layout.metric_choice(),
+                    layout.baselines(),
+                ]),
         ));
         Ok(StageInputs {
             settings: serde_json::json!({
@@ -85,6 +95,13 @@ impl PipelineStage for Package {
         let parsed: ParsedPrompt = read_stage_json(&layout.parsed_for_training())?;
         let metrics: Vec<MetricResult> = read_stage_json(&layout.metrics())?;
         let choice: StudentChoice = read_stage_json(&layout.choice())?;
+        let choice_of_metric = read_stage_json::<MetricChoice>(&layout.metric_choice()).ok();
+        let data_check = DataDiagnostics::read(&layout.data_diagnostics()).ok().map(|d| {
+            let gate = read_stage_json::<GateOutcome>(&layout.data_gate())
+                .map(|g| g.to_markdown(&ctx.cfg.data_gate))
+                .unwrap_or_default();
+            format!("{}\n\n{gate}", d.to_markdown())
+        });
         let card = CardFacts {
             sources,
             name: ctx.name.clone(),
@@ -106,7 +123,19 @@ impl PipelineStage for Package {
                 .collect(),
             student: choice,
             metrics,
-            metric: ctx.metric.clone(),
+            metric: choice_of_metric
+                .as_ref()
+                .map(|c| c.names())
+                .unwrap_or_else(|| ctx.metric.clone()),
+            metric_why: choice_of_metric.map(|c| c.why),
+            data_check,
+            baselines: read_stage_json::<Vec<BaselineComparison>>(&layout.baselines())
+                .map(|all| {
+                    all.iter()
+                        .map(|c| format!("{} test set:\n\n{}", c.test_set, c.to_markdown()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             notes: NOTED
                 .iter()
                 .filter_map(|s| read_stage_json::<Vec<String>>(&layout.notes(*s)).ok())

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{list_files_of, read_rows, read_stage_json, PipelineStage};
+use crate::data::diagnostics::DataDiagnostics;
+use crate::data::gate::{gate_run, DataGate};
 use crate::pipeline::context::RunContext;
 use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
 use crate::pipeline::student::{select_student, StudentChoice};
@@ -28,6 +30,14 @@ impl PipelineStage for Train {
         if cfg.select_student > 1 {
             settings["metric"] = serde_json::json!(ctx.metric);
         }
+        // The data gate's settings, where they are not the defaults (so earlier runs keep their
+        // fingerprints): accepting refused data, other thresholds.
+        if cfg.accept_data {
+            settings["accept_data"] = serde_json::json!(true);
+        }
+        if cfg.data_gate != DataGate::default() {
+            settings["data_gate"] = serde_json::json!(cfg.data_gate);
+        }
         Ok(StageInputs {
             settings,
             files: vec![
@@ -35,12 +45,18 @@ impl PipelineStage for Train {
                 layout.split("validation"),
                 layout.choice(),
                 layout.parsed_for_training(),
+                layout.data_diagnostics(),
             ],
         })
     }
 
     fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {
         let (cfg, layout) = (&ctx.cfg, &ctx.layout);
+        // Before any training time is spent: is the data worth training on?
+        let diagnostics = DataDiagnostics::read(&layout.data_diagnostics())?;
+        let outcome = gate_run(&diagnostics, &cfg.data_gate, cfg.accept_data)
+            .map_err(|refusal| anyhow::Error::new(refusal.naming_run(layout.dir())))?;
+        write_json(&layout.data_gate(), &outcome)?;
         let parsed: ParsedPrompt = read_stage_json(&layout.parsed_for_training())?;
         let choice: StudentChoice = read_stage_json(&layout.choice())?;
         let train_rows = read_rows(&layout.split("train"))?;
@@ -92,6 +108,7 @@ impl PipelineStage for Train {
         trainer.keep_checkpoints = cfg.keep_checkpoints;
         let summary = trainer.train(&train, &validation)?;
         let mut files = list_files_of(&layout.trained())?;
+        files.push(layout.data_gate());
         if layout.selection().exists() {
             files.push(layout.selection());
         }
