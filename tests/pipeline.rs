@@ -656,3 +656,74 @@ async fn a_second_run_on_a_folder_in_use_stops_naming_the_holder_or_waits_with_w
 async fn run_blocking_child(child: std::process::Child) -> Output {
     tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap()
 }
+
+/// A sentiment prompt (answer `positive` or `negative`) and a balanced real test set of 20 reviews.
+fn sentiment_files(dir: &Path, framing: &str) -> (PathBuf, PathBuf) {
+    let prompt = prompt_file(
+        dir,
+        &format!("Classify the sentiment of a product review{framing}. Answer with exactly one word: positive or negative.\n\nInput: Works perfectly, I love it.\nOutput: positive\n\nInput: It broke after one day.\nOutput: negative\n"),
+    );
+    let test = dir.join("reviews.jsonl");
+    let rows: String = (0..20)
+        .map(|i| {
+            let (text, label) =
+                if i % 2 == 0 { ("great value", "positive") } else { ("waste of money", "negative") };
+            format!("{{\"input\": \"Review {i}: {text}.\", \"output\": \"{label}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&test, rows).unwrap();
+    (prompt, test)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_class_data_stops_before_training_and_accepted_it_is_no_better_than_the_majority() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let (prompt, test) = sentiment_files(dir.path(), " written by our happy customers");
+    let (prompt, test) = (prompt.to_str().unwrap(), test.to_str().unwrap());
+    let mut args = fake_args(prompt, &server.base_url, "reviews");
+    let at = args.iter().position(|a| *a == "temporal").unwrap();
+    args[at] = test;
+    let refused = run_blocking(p2m(&runs, &args)).await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("negative") && err.contains("--accept-data"), "{err}");
+    assert!(err.contains("review"), "the fix names the review page: {err}");
+    let run = runs.join("reviews");
+    assert!(!run.join("training/final").exists(), "nothing was trained");
+    let diagnostics = std::fs::read_to_string(run.join("assembly/diagnostics.json")).unwrap();
+    assert!(diagnostics.contains("positive"), "{diagnostics}");
+
+    // Accepted as it is: trained, judged by accuracy and macro-F1, beside the majority answer.
+    args.push("--accept-data");
+    let out = ok(run_blocking(p2m(&runs, &args)).await);
+    let choice = std::fs::read_to_string(run.join("evaluation/metric_choice.json")).unwrap();
+    assert!(choice.contains("macro-f1"), "{choice}");
+    let baselines = std::fs::read_to_string(run.join("evaluation/baselines.json")).unwrap();
+    assert!(baselines.contains("majority"), "{baselines}");
+    assert!(out.contains("not better than the baseline"), "{out}");
+    let card = std::fs::read_to_string(run.join("model/model_card.md")).unwrap();
+    assert!(card.contains("--accept-data") && card.contains("majority"), "{card}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_classification_data_trains_and_is_judged_by_accuracy_and_macro_f1() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let (prompt, test) = sentiment_files(dir.path(), "");
+    let (prompt, test) = (prompt.to_str().unwrap(), test.to_str().unwrap());
+    let mut args = fake_args(prompt, &server.base_url, "balanced");
+    let at = args.iter().position(|a| *a == "temporal").unwrap();
+    args[at] = test;
+    ok(run_blocking(p2m(&runs, &args)).await);
+    let run = runs.join("balanced");
+    let gate = std::fs::read_to_string(run.join("training/data_gate.json")).unwrap();
+    assert!(gate.contains("passed"), "{gate}");
+    let choice: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("evaluation/metric_choice.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(choice["headline"], serde_json::json!(["em", "macro-f1"]), "{choice}");
+}

@@ -354,6 +354,9 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
         return format!("ECHO {}", &prompt.chars().take(40).collect::<String>());
     }
     let h = h64(&[prompt, &seed.to_string(), &i.to_string()]);
+    if prompt.contains("sentiment") {
+        return sentiment_example(prompt, h);
+    }
     // Without generated examples in the prompt the "model" repeats itself a lot (a small input
     // space); with them it ranges widely — a caricature of what the paper measured.
     let no_generated = prompt.contains("[low-quality examples]:\nN/A\n");
@@ -379,6 +382,16 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
             "New example:\n{{\"input\": \"{input}\", \"output\": \"{output}\"}}\nThat's all."
         ),
     }
+}
+
+/// A sentiment example: reviews labelled `positive` or `negative` half and half — or, when the
+/// instruction says the reviews come from happy customers, every one `positive` (a teacher that
+/// follows the prompt's framing into one class: what the data gate must catch).
+fn sentiment_example(prompt: &str, h: u64) -> String {
+    let x = h % 100_000;
+    let label = if prompt.contains("happy customers") || h % 2 == 0 { "positive" } else { "negative" };
+    let input = format!("Review {x}: the product arrived and I used it for a week.");
+    json!({"input": input, "output": label}).to_string()
 }
 
 /// Answers to the retrievers' prompts: a model card for HyDE, the first listed candidate for
