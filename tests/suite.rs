@@ -9,6 +9,7 @@ mod common;
 mod fake_openai;
 
 mod bertscore;
+mod claims;
 mod cli;
 mod dataset_generator;
 mod live_tables;
