@@ -151,6 +151,31 @@ fn recorded_teacher_whole_set(
     Ok(Ok(bootstrap(scorer.len(), cfg, |idx| scorer.score(idx))))
 }
 
+/// One note per task on whether the students' test sample stands for the whole test set.
+fn teacher_sample_notes(tasks: &[Task], samples: &[TeacherSample]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for t in samples {
+        let column = tasks.iter().find(|x| x.id == t.task).map(|x| x.paper_column.as_str());
+        let column = column.unwrap_or(t.task.as_str());
+        match (&t.whole, t.representative()) {
+            (Some(w), Some(false)) => notes.push(format!(
+                "{column}: the teacher scores {:.2} on the {} test examples the students were scored on, outside the 95 % interval of its score on the whole real test set ({w}, n = {}): the sample is not representative of the test set, so the comparison with the teacher holds for the sample only",
+                t.sample.value, t.sample.n, w.n
+            )),
+            (Some(w), _) => notes.push(format!(
+                "{column}: the teacher scores {:.2} on the {} test examples, inside the interval of its whole-test-set score ({w}, n = {})",
+                t.sample.value, t.sample.n, w.n
+            )),
+            (None, _) => notes.push(format!(
+                "{column}: the teacher's score on the whole real test set is not known ({}), so whether the {}-example sample is representative is not checked",
+                t.why_no_whole.as_deref().unwrap_or("not computed"),
+                t.sample.n
+            )),
+        }
+    }
+    notes
+}
+
 /// Assemble the table from finished cells.
 pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     super::cells::ensure_all_done(plan)?;
@@ -362,25 +387,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         }
         rows.push(teacher_row);
     }
-    for t in &teacher_samples {
-        let column = tasks.iter().find(|x| x.id == t.task).map(|x| x.paper_column.as_str());
-        let column = column.unwrap_or(t.task.as_str());
-        match (&t.whole, t.representative()) {
-            (Some(w), Some(false)) => notes.push(format!(
-                "{column}: the teacher scores {:.2} on the {} test examples the students were scored on, outside the 95 % interval of its score on the whole real test set ({w}, n = {}): the sample is not representative of the test set, so the comparison with the teacher holds for the sample only",
-                t.sample.value, t.sample.n, w.n
-            )),
-            (Some(w), _) => notes.push(format!(
-                "{column}: the teacher scores {:.2} on the {} test examples, inside the interval of its whole-test-set score ({w}, n = {})",
-                t.sample.value, t.sample.n, w.n
-            )),
-            (None, _) => notes.push(format!(
-                "{column}: the teacher's score on the whole real test set is not known ({}), so whether the {}-example sample is representative is not checked",
-                t.why_no_whole.as_deref().unwrap_or("not computed"),
-                t.sample.n
-            )),
-        }
-    }
+    notes.extend(teacher_sample_notes(&tasks, &teacher_samples));
     Ok(Table1Live {
         scale: plan.scale.clone(),
         teacher: teacher_name(plan.teacher).into(),
@@ -555,5 +562,31 @@ impl Table1Live {
                 )
             })
             .context("writing the live Table 1 report")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_representative_when_the_teachers_score_on_it_lies_in_the_whole_sets_interval() {
+        let iv = |value: f64, low: f64, high: f64, n: usize| Interval { value, low, high, n };
+        let sample = |value: f64, whole: Option<Interval>| TeacherSample {
+            task: "temporal".into(),
+            sample: iv(value, value - 9.0, value + 9.0, 60),
+            whole,
+            why_no_whole: None,
+        };
+        let whole = iv(30.66, 26.87, 34.66, 860);
+        assert_eq!(sample(30.0, Some(whole.clone())).representative(), Some(true));
+        assert_eq!(sample(8.38, Some(whole.clone())).representative(), Some(false));
+        assert_eq!(sample(8.38, None).representative(), None);
+        let tasks = crate::data::tasks::load_tasks(&crate::config::Paths::from_env().unwrap().data)
+            .unwrap();
+        let notes = teacher_sample_notes(&tasks, &[sample(8.38, Some(whole)), sample(9.0, None)]);
+        assert!(notes[0].starts_with("Temporal: the teacher scores 8.38 on the 60 test examples"));
+        assert!(notes[0].contains("not representative"), "{}", notes[0]);
+        assert!(notes[1].contains("not checked"), "{}", notes[1]);
     }
 }

@@ -225,12 +225,6 @@ pub fn judge(
     Judgement { verdict, why }
 }
 
-/// Whether a score measured on a sample stands for the whole test set: it lies inside the whole
-/// set's 95 % interval.
-pub fn representative(sample: f64, whole_low: f64, whole_high: f64) -> bool {
-    whole_low <= sample && sample <= whole_high
-}
-
 /// What decides whether two arms of an ablation differ in what it varies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -432,8 +426,6 @@ mod tests {
         assert_eq!(judge(ABOVE0, None, &[]).verdict, Verdict::NotTestable);
         let nan = est(f64::NAN, f64::NAN, f64::NAN);
         assert_eq!(judge(ABOVE0, Some(&nan), &[]).verdict, Verdict::Inconclusive);
-        assert!(representative(30.0, 29.1, 32.2));
-        assert!(!representative(8.38, 29.1, 32.2));
     }
 
     #[test]
