@@ -666,8 +666,11 @@ fn sentiment_files(dir: &Path, framing: &str) -> (PathBuf, PathBuf) {
     let test = dir.join("reviews.jsonl");
     let rows: String = (0..20)
         .map(|i| {
-            let (text, label) =
-                if i % 2 == 0 { ("great value", "positive") } else { ("waste of money", "negative") };
+            let (text, label) = if i % 2 == 0 {
+                ("great value", "positive")
+            } else {
+                ("waste of money", "negative")
+            };
             format!("{{\"input\": \"Review {i}: {text}.\", \"output\": \"{label}\"}}\n")
         })
         .collect();

@@ -9,6 +9,7 @@ mod common;
 mod fake_openai;
 
 mod bertscore;
+mod claims;
 mod cli;
 mod data_diagnostics;
 mod dataset_generator;

@@ -492,3 +492,131 @@ fn draw_interval_bars<DB: DrawingBackend>(
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+/// One row of a forest plot: our estimate with its interval (if measured), the paper's value (if
+/// any), and the value the claim is judged against.
+#[derive(Debug, Clone)]
+pub struct ForestRow {
+    pub label: String,
+    pub ours: Option<(f64, f64, f64)>,
+    pub paper: Option<f64>,
+    /// The claim's threshold (0 for a difference), drawn as a dashed line.
+    pub reference: f64,
+}
+
+/// A panel of rows that share a unit.
+#[derive(Debug, Clone)]
+pub struct ForestPanel {
+    pub title: String,
+    pub axis: String,
+    pub rows: Vec<ForestRow>,
+}
+
+/// A forest plot: per panel, one line per row with our value (blue dot) and interval (black
+/// whisker) beside the paper's value (grey cross) and the claim's threshold (dashed); panels stacked,
+/// each with its own axis. Writes `<stem>.png` and `<stem>.svg`.
+pub fn forest(dir: &Path, stem: &str, title: &str, panels: &[ForestPanel]) -> Result<Vec<String>> {
+    ensure_font()?;
+    let panels: Vec<&ForestPanel> = panels.iter().filter(|p| !p.rows.is_empty()).collect();
+    if panels.is_empty() {
+        bail!("no rows to draw");
+    }
+    let rows: usize = panels.iter().map(|p| p.rows.len()).sum();
+    let size = (1100, 60 + 110 * panels.len() as u32 + 30 * rows as u32);
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    draw_forest(BitMapBackend::new(&png, size).into_drawing_area(), title, &panels)?;
+    draw_forest(SVGBackend::new(&svg, size).into_drawing_area(), title, &panels)?;
+    Ok(vec![format!("{stem}.png"), format!("{stem}.svg")])
+}
+
+fn draw_forest<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[&ForestPanel],
+) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root
+        .titled(title, ("sans-serif", 20).into_font().style(FontStyle::Bold))
+        .map_err(plot_err)?;
+    let heights: Vec<u32> = panels.iter().map(|p| 110 + 30 * p.rows.len() as u32).collect();
+    let mut rest = root.clone();
+    for (i, panel) in panels.iter().enumerate() {
+        let (area, below) = if i + 1 < panels.len() {
+            rest.split_vertically(heights[i])
+        } else {
+            let whole = rest.clone();
+            (whole, rest)
+        };
+        rest = below;
+        let values = panel.rows.iter().flat_map(|r| {
+            let mut v = vec![r.reference];
+            v.extend(r.paper);
+            if let Some((value, low, high)) = r.ours {
+                v.extend([value, low, high]);
+            }
+            v
+        });
+        let finite: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+        let (lo, hi) = finite
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let pad = ((hi - lo) * 0.08).max(1.0);
+        let (x0, x1) = (lo - pad, hi + pad);
+        let n = panel.rows.len() as f64;
+        let labels: Vec<String> = panel.rows.iter().map(|r| r.label.clone()).collect();
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&panel.title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(330)
+            .build_cartesian_2d(x0..x1, -0.5f64..(n - 0.5))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(panel.rows.len() * 2 + 1)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() > 1e-6 || i < 0.0 || i >= n {
+                    return String::new();
+                }
+                labels.get((n - 1.0 - i) as usize).cloned().unwrap_or_default()
+            })
+            .x_desc(panel.axis.as_str())
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_err)?;
+        for (j, r) in panel.rows.iter().enumerate() {
+            let y = n - 1.0 - j as f64;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(r.reference, y - 0.45), (r.reference, y + 0.45)],
+                    4,
+                    3,
+                    RGBColor(120, 120, 120).stroke_width(1),
+                ))
+                .map_err(plot_err)?;
+            if let Some(p) = r.paper.filter(|p| p.is_finite()) {
+                chart
+                    .draw_series(std::iter::once(Cross::new((p, y), 6, PAPER.stroke_width(3))))
+                    .map_err(plot_err)?;
+            }
+            if let Some((value, low, high)) = r.ours.filter(|o| o.0.is_finite()) {
+                if low.is_finite() && high.is_finite() {
+                    chart
+                        .draw_series(std::iter::once(PathElement::new(
+                            vec![(low, y), (high, y)],
+                            BLACK.stroke_width(2),
+                        )))
+                        .map_err(plot_err)?;
+                }
+                chart
+                    .draw_series(std::iter::once(Circle::new((value, y), 5, OURS.filled())))
+                    .map_err(plot_err)?;
+            }
+        }
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

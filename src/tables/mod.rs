@@ -2,6 +2,7 @@
 //! functions so that tests (snapshot and regression) run exactly what users run.
 
 pub mod cells;
+pub mod claims;
 pub mod jobs;
 pub mod retrieval;
 pub mod table1;

@@ -2,7 +2,10 @@
 //! [`super::cells`]): Prompt2Model, without model retrieval, without data retrieval, scored on the
 //! real test set with the task's metric and BERTScore, each with a 95 % bootstrap interval; the
 //! teacher's row is the authors' recorded gpt-3.5-turbo outputs re-scored on exactly the same test
-//! examples, and a paired bootstrap test says how sure "Prompt2Model beats the teacher" is.
+//! examples, and a paired bootstrap test says how sure "Prompt2Model beats the teacher" is (and
+//! one per ablation row: how far it is from Prompt2Model on the same examples). Where the real test
+//! set is a sample, the teacher's score on the sample stands beside its score on the whole set, so
+//! a reader (and the claims report) sees whether the sample is representative.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +21,9 @@ use crate::data::recorded::GPT_BASELINE;
 use crate::data::registry::Registry;
 use crate::data::tasks::Task;
 use crate::evaluator::bootstrap::{
-    bootstrap, paired_bootstrap, BootstrapConfig, CorpusScorer, Interval,
+    bootstrap, paired_difference, BootstrapConfig, CorpusScorer, Interval, PairedDifference,
 };
+use crate::evaluator::Metric;
 use crate::pipeline::config::TeacherSource;
 use crate::pipeline::evaluate::find_interval;
 use crate::report::{Manifest, Report, ReportTable};
@@ -38,15 +42,49 @@ pub struct LiveRow {
     /// What the run trained: the student and its data, for telling identical rows apart.
     pub student: String,
     pub model_sha256: Option<String>,
+    /// sha256 of the training rows as assembled (`assembly/train.jsonl`).
+    pub train_rows_sha256: Option<String>,
     pub cell: Option<String>,
+}
+
+/// The row id of the teacher's row in [`PairedRows::second`].
+pub const TEACHER_ROW: &str = "teacher";
+
+/// A paired comparison of two rows of a task on the same real test examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedRows {
+    pub task: String,
+    /// Row ids: `first` − `second` (`prompt2model` against the teacher or an ablation row).
+    pub first: String,
+    pub second: String,
+    pub paired: PairedDifference,
+}
+
+/// The teacher's score on the students' test sample beside its score on the whole real test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeacherSample {
+    pub task: String,
+    pub sample: Interval,
+    pub whole: Option<Interval>,
+    /// Why there is no whole-set score, where there is none.
+    pub why_no_whole: Option<String>,
+}
+
+impl TeacherSample {
+    /// Whether the sample score lies in the whole set's 95 % interval (`None`: not known).
+    pub fn representative(&self) -> Option<bool> {
+        self.whole.as_ref().map(|w| w.low <= self.sample.value && self.sample.value <= w.high)
+    }
 }
 
 pub struct Table1Live {
     pub scale: String,
     pub teacher: String,
     pub rows: Vec<LiveRow>,
-    /// Per task: Prompt2Model − teacher on the same examples, and the one-sided p-value.
-    pub paired: Vec<(String, f64, f64)>,
+    /// Per task: Prompt2Model − teacher and Prompt2Model − each ablation row, on the same examples.
+    pub paired: Vec<PairedRows>,
+    /// Per task where the teacher has a row: its score on the sample and on the whole test set.
+    pub teacher_samples: Vec<TeacherSample>,
     pub notes: Vec<String>,
     pub manifest: Manifest,
 }
@@ -87,6 +125,57 @@ fn recorded_teacher_outputs(registry: &Registry, task: &Task) -> Result<HashMap<
     }
 }
 
+/// The recorded teacher's score on the whole real test set of `task`, with its interval; `None`
+/// with the reason where some test input has no recorded output.
+fn recorded_teacher_whole_set(
+    registry: &Registry,
+    task: &Task,
+    metric: Metric,
+    outputs: &HashMap<String, String>,
+    cfg: &BootstrapConfig,
+) -> Result<std::result::Result<Interval, String>> {
+    let test = loaders::load_dataset(registry, &task.test_dataset)?;
+    let inputs = loaders::string_column(&test.frame, loaders::INPUT)?;
+    let references = loaders::string_list_column(&test.frame, loaders::REFERENCES)?;
+    let predictions: Vec<Option<&String>> = inputs.iter().map(|i| outputs.get(i)).collect();
+    let missing = predictions.iter().filter(|p| p.is_none()).count();
+    if missing > 0 {
+        return Ok(Err(format!(
+            "{missing} of the {} inputs of `{}` have no recorded output",
+            inputs.len(),
+            task.test_dataset
+        )));
+    }
+    let predictions: Vec<&String> = predictions.into_iter().flatten().collect();
+    let scorer = CorpusScorer::new(metric, &predictions, &references)?;
+    Ok(Ok(bootstrap(scorer.len(), cfg, |idx| scorer.score(idx))))
+}
+
+/// One note per task on whether the students' test sample stands for the whole test set.
+fn teacher_sample_notes(tasks: &[Task], samples: &[TeacherSample]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for t in samples {
+        let column = tasks.iter().find(|x| x.id == t.task).map(|x| x.paper_column.as_str());
+        let column = column.unwrap_or(t.task.as_str());
+        match (&t.whole, t.representative()) {
+            (Some(w), Some(false)) => notes.push(format!(
+                "{column}: the teacher scores {:.2} on the {} test examples the students were scored on, outside the 95 % interval of its score on the whole real test set ({w}, n = {}): the sample is not representative of the test set, so the comparison with the teacher holds for the sample only",
+                t.sample.value, t.sample.n, w.n
+            )),
+            (Some(w), _) => notes.push(format!(
+                "{column}: the teacher scores {:.2} on the {} test examples, inside the interval of its whole-test-set score ({w}, n = {})",
+                t.sample.value, t.sample.n, w.n
+            )),
+            (None, _) => notes.push(format!(
+                "{column}: the teacher's score on the whole real test set is not known ({}), so whether the {}-example sample is representative is not checked",
+                t.why_no_whole.as_deref().unwrap_or("not computed"),
+                t.sample.n
+            )),
+        }
+    }
+    notes
+}
+
 /// Assemble the table from finished cells.
 pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     super::cells::ensure_all_done(plan)?;
@@ -105,6 +194,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     );
     let mut rows = Vec::new();
     let mut paired = Vec::new();
+    let mut teacher_samples = Vec::new();
     let mut notes = vec![format!(
         "Scale `{}` ({}); teacher `{}`. Each row is one `p2m run` (folders under {}), scored on the same real test examples; intervals are 95 % bootstrap intervals (1,000 seeded resamples).",
         plan.scale,
@@ -121,6 +211,8 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             paper.table1.row.iter().find(|r| r.system == system).and_then(|r| r.value(task_id))
         };
         let mut p2m_real: Option<PromptToModelReal> = None;
+        // Every other row's predictions on the real test set, paired with Prompt2Model's below.
+        let mut other_real: Vec<(String, super::table3_live::CellPredictions)> = Vec::new();
         let mut by_model: Vec<(String, String, String)> = Vec::new();
         for cell in plan.cells.iter().filter(|c| &c.task == task_id) {
             let dir = plan.dir(cell);
@@ -132,6 +224,8 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                     .unwrap_or_default();
             let student = choice["student"].as_str().unwrap_or("").to_string();
             let sha = crate::util::fs::sha256_file(&dir.join("model/model.safetensors")).ok();
+            let train_rows_sha256 =
+                crate::util::fs::sha256_file(&dir.join("assembly/train.jsonl")).ok();
             if let Some(s) = &sha {
                 let assembly = std::fs::read_to_string(dir.join("assembly/stage.json"))
                     .ok()
@@ -145,8 +239,8 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                     format!("{student}: {why}; data: {assembly}"),
                 ));
             }
+            let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
             if cell.row == "prompt2model" {
-                let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
                 p2m_real = Some(PromptToModelReal {
                     scorer: CorpusScorer::new(metric, &r.predictions, &r.references)?,
                     inputs: r.inputs,
@@ -154,6 +248,8 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                     dir: dir.clone(),
                     metrics: info.metrics.clone(),
                 });
+            } else {
+                other_real.push((cell.row.clone(), r));
             }
             rows.push(LiveRow {
                 task: task_id.clone(),
@@ -166,8 +262,25 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                 paper: paper_value(&cell.label),
                 student,
                 model_sha256: sha,
+                train_rows_sha256,
                 cell: Some(cell.id.clone()),
             });
+        }
+        // Each ablation row against Prompt2Model, on the same examples.
+        if let Some(p2m) = &p2m_real {
+            for (row, r) in &other_real {
+                if r.inputs != p2m.inputs {
+                    notes.push(format!("{}: `{row}` was scored on other real test examples than Prompt2Model, so the two are not compared", task.paper_column));
+                    continue;
+                }
+                let other = CorpusScorer::new(metric, &r.predictions, &r.references)?;
+                paired.push(PairedRows {
+                    task: task_id.clone(),
+                    first: "prompt2model".into(),
+                    second: row.clone(),
+                    paired: paired_difference(&p2m.scorer, &other, &bootstrap_cfg)?,
+                });
+            }
         }
         // Rows that trained the very same model are the same row: say so, and why.
         let mut groups: Vec<(String, Vec<String>, String)> = Vec::new();
@@ -205,6 +318,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                 _ => "the teacher itself (its answers from the same prompt)".into(),
             },
             model_sha256: None,
+            train_rows_sha256: None,
             cell: None,
         };
         match (plan.teacher, &p2m_real) {
@@ -218,10 +332,27 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                     let teacher_preds: Vec<String> =
                         found.into_iter().map(|o| o.expect("checked").clone()).collect();
                     let teacher = CorpusScorer::new(metric, &teacher_preds, references)?;
-                    teacher_row.real =
-                        Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
-                    let (delta, p) = paired_bootstrap(p2m, &teacher, &bootstrap_cfg)?;
-                    paired.push((task_id.clone(), delta, p));
+                    let sample = bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx));
+                    teacher_row.real = Some(sample.clone());
+                    paired.push(PairedRows {
+                        task: task_id.clone(),
+                        first: "prompt2model".into(),
+                        second: TEACHER_ROW.into(),
+                        paired: paired_difference(p2m, &teacher, &bootstrap_cfg)?,
+                    });
+                    let whole = recorded_teacher_whole_set(
+                        registry,
+                        task,
+                        metric,
+                        &outputs,
+                        &bootstrap_cfg,
+                    )?;
+                    teacher_samples.push(TeacherSample {
+                        task: task_id.clone(),
+                        sample,
+                        why_no_whole: whole.as_ref().err().cloned(),
+                        whole: whole.ok(),
+                    });
                 }
             }
             (TeacherSource::Recorded, None) => {}
@@ -229,10 +360,21 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                 match read_predictions(&dir.join("evaluation/predictions_real-teacher.parquet")) {
                     Ok(t) if &t.inputs == inputs => {
                         let teacher = CorpusScorer::new(metric, &t.predictions, references)?;
-                        teacher_row.real = Some(bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx)));
+                        let sample = bootstrap(teacher.len(), &bootstrap_cfg, |idx| teacher.score(idx));
+                        teacher_row.real = Some(sample.clone());
                         teacher_row.bertscore = find_interval(metrics, "real-teacher", "bertscore-f1");
-                        let (delta, p) = paired_bootstrap(p2m, &teacher, &bootstrap_cfg)?;
-                        paired.push((task_id.clone(), delta, p));
+                        paired.push(PairedRows {
+                            task: task_id.clone(),
+                            first: "prompt2model".into(),
+                            second: TEACHER_ROW.into(),
+                            paired: paired_difference(p2m, &teacher, &bootstrap_cfg)?,
+                        });
+                        teacher_samples.push(TeacherSample {
+                            task: task_id.clone(),
+                            sample,
+                            whole: None,
+                            why_no_whole: Some(format!("the {} teacher answered only the sample", plan.teacher.name())),
+                        });
                     }
                     Ok(_) => notes.push(format!("{}: the teacher answered other real test examples than the students were scored on; its row is left out", task.paper_column)),
                     _ => notes.push(format!(
@@ -245,14 +387,20 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         }
         rows.push(teacher_row);
     }
+    notes.extend(teacher_sample_notes(&tasks, &teacher_samples));
     Ok(Table1Live {
         scale: plan.scale.clone(),
         teacher: plan.teacher.name().into(),
         rows,
         paired,
+        teacher_samples,
         notes,
         manifest,
     })
+}
+
+fn interval_text(i: &Interval) -> String {
+    format!("[{:.2}, {:.2}]", i.low, i.high)
 }
 
 impl Table1Live {
@@ -282,17 +430,89 @@ impl Table1Live {
         ])
     }
 
+    /// Prompt2Model against the teacher, per task (paired bootstrap on the same examples).
     pub fn paired_frame(&self) -> PolarsResult<DataFrame> {
-        let p = &self.paired;
+        let p: Vec<&PairedRows> = self.paired.iter().filter(|p| p.second == TEACHER_ROW).collect();
         DataFrame::new_infer_height(vec![
-            Column::new("task".into(), p.iter().map(|x| x.0.clone()).collect::<Vec<_>>()),
+            Column::new("task".into(), p.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
             Column::new(
                 "Prompt2Model − teacher".into(),
-                p.iter().map(|x| super::round2(x.1)).collect::<Vec<_>>(),
+                p.iter().map(|x| super::round2(x.paired.difference.value)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "95 % interval".into(),
+                p.iter().map(|x| interval_text(&x.paired.difference)).collect::<Vec<_>>(),
             ),
             Column::new(
                 "p (one-sided, paired bootstrap)".into(),
-                p.iter().map(|x| super::round2(x.2)).collect::<Vec<_>>(),
+                p.iter().map(|x| super::round2(x.paired.p_value)).collect::<Vec<_>>(),
+            ),
+        ])
+    }
+
+    /// Prompt2Model against each ablation row, per task, and whether the two trained the same.
+    pub fn ablations_frame(&self) -> PolarsResult<DataFrame> {
+        let p: Vec<&PairedRows> = self.paired.iter().filter(|p| p.second != TEACHER_ROW).collect();
+        let row = |task: &str, id: &str| self.rows.iter().find(|r| r.task == task && r.row == id);
+        let same = |x: &PairedRows, field: fn(&LiveRow) -> &Option<String>| match (
+            row(&x.task, &x.first).map(field),
+            row(&x.task, &x.second).map(field),
+        ) {
+            (Some(Some(a)), Some(Some(b))) => Some(a == b),
+            _ => None,
+        };
+        DataFrame::new_infer_height(vec![
+            Column::new("task".into(), p.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "row".into(),
+                p.iter()
+                    .map(|x| row(&x.task, &x.second).map(|r| r.label.clone()).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "Prompt2Model − row".into(),
+                p.iter().map(|x| super::round2(x.paired.difference.value)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "95 % interval".into(),
+                p.iter().map(|x| interval_text(&x.paired.difference)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "p (one-sided, paired bootstrap)".into(),
+                p.iter().map(|x| super::round2(x.paired.p_value)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "same weights".into(),
+                p.iter().map(|x| same(x, |r| &r.model_sha256)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "same training rows".into(),
+                p.iter().map(|x| same(x, |r| &r.train_rows_sha256)).collect::<Vec<_>>(),
+            ),
+        ])
+    }
+
+    /// The teacher on the sample beside the teacher on the whole real test set.
+    pub fn teacher_sample_frame(&self) -> PolarsResult<DataFrame> {
+        let t = &self.teacher_samples;
+        DataFrame::new_infer_height(vec![
+            Column::new("task".into(), t.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "teacher on the sample (95 %)".into(),
+                t.iter().map(|x| x.sample.to_string()).collect::<Vec<_>>(),
+            ),
+            Column::new("sample n".into(), t.iter().map(|x| x.sample.n as u32).collect::<Vec<_>>()),
+            Column::new(
+                "teacher on the whole test set (95 %)".into(),
+                t.iter().map(|x| x.whole.as_ref().map(Interval::to_string)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "whole n".into(),
+                t.iter().map(|x| x.whole.as_ref().map(|w| w.n as u32)).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "sample representative".into(),
+                t.iter().map(TeacherSample::representative).collect::<Vec<_>>(),
             ),
         ])
     }
@@ -304,6 +524,8 @@ impl Table1Live {
             tables: vec![
                 ReportTable::new("table1", "Table 1, live: every row re-run here, every score with its 95 % bootstrap interval", self.frame()?),
                 ReportTable::new("table1_paired", "Is Prompt2Model better than its teacher on the same examples? (paired bootstrap)", self.paired_frame()?),
+                ReportTable::new("table1_ablations", "Prompt2Model against each ablation row on the same examples (paired bootstrap), and whether the two trained the same weights or rows", self.ablations_frame()?),
+                ReportTable::new("table1_teacher_sample", "Is the test sample representative? The teacher's score on the sample beside its score on the whole real test set", self.teacher_sample_frame()?),
             ],
             notes: self.notes.clone(),
             manifest: self.manifest.clone(),
@@ -340,5 +562,31 @@ impl Table1Live {
                 )
             })
             .context("writing the live Table 1 report")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_representative_when_the_teachers_score_on_it_lies_in_the_whole_sets_interval() {
+        let iv = |value: f64, low: f64, high: f64, n: usize| Interval { value, low, high, n };
+        let sample = |value: f64, whole: Option<Interval>| TeacherSample {
+            task: "temporal".into(),
+            sample: iv(value, value - 9.0, value + 9.0, 60),
+            whole,
+            why_no_whole: None,
+        };
+        let whole = iv(30.66, 26.87, 34.66, 860);
+        assert_eq!(sample(30.0, Some(whole.clone())).representative(), Some(true));
+        assert_eq!(sample(8.38, Some(whole.clone())).representative(), Some(false));
+        assert_eq!(sample(8.38, None).representative(), None);
+        let tasks = crate::data::tasks::load_tasks(&crate::config::Paths::from_env().unwrap().data)
+            .unwrap();
+        let notes = teacher_sample_notes(&tasks, &[sample(8.38, Some(whole)), sample(9.0, None)]);
+        assert!(notes[0].starts_with("Temporal: the teacher scores 8.38 on the 60 test examples"));
+        assert!(notes[0].contains("not representative"), "{}", notes[0]);
+        assert!(notes[1].contains("not checked"), "{}", notes[1]);
     }
 }

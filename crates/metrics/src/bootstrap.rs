@@ -241,32 +241,62 @@ pub fn score_with_interval<P: AsRef<str> + Sync, R: AsRef<str> + Sync>(
     Ok(ScoredInterval { score, interval, scorer })
 }
 
+/// A paired comparison of two systems on the same examples (Koehn 2004): A − B on all examples
+/// with the percentile interval of A − B over the resamples, and the one-sided p-value of
+/// "A scores higher than B" (the share of resamples in which A does not beat B). One set of
+/// resamples gives both, so "the interval lies above 0" and "p < 2.5 %" agree but for ties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedDifference {
+    /// A − B, with its interval (`n`: the examples).
+    pub difference: Interval,
+    pub p_value: f64,
+}
+
+/// [`PairedDifference`] of `a` against `b` (both scored on the same examples, in the same order).
+pub fn paired_difference(
+    a: &CorpusScorer,
+    b: &CorpusScorer,
+    cfg: &BootstrapConfig,
+) -> Result<PairedDifference, MetricError> {
+    MetricError::check_corpus("system B's examples", b.len(), a.len())?;
+    let n = a.len();
+    let delta = a.corpus() - b.corpus();
+    if n == 0 || cfg.resamples == 0 {
+        return Ok(PairedDifference {
+            difference: Interval { value: delta, low: delta, high: delta, n },
+            p_value: f64::NAN,
+        });
+    }
+    let mut rng = SplitMix64::new(cfg.seed);
+    let mut idx = vec![0usize; n];
+    let mut not_better = 0usize;
+    let mut differences = Vec::with_capacity(cfg.resamples);
+    for _ in 0..cfg.resamples {
+        for slot in idx.iter_mut() {
+            *slot = rng.below(n as u64) as usize;
+        }
+        let (sa, sb) = (a.score(&idx), b.score(&idx));
+        if sa <= sb {
+            not_better += 1;
+        }
+        differences.push(sa - sb);
+    }
+    Ok(PairedDifference {
+        difference: percentile_interval(delta, differences, cfg.confidence, n),
+        p_value: not_better as f64 / cfg.resamples as f64,
+    })
+}
+
 /// Paired bootstrap test (Koehn 2004) of "system A scores higher than system B" on the same
 /// examples: the share of resamples in which A does not beat B (a one-sided p-value), with
-/// A − B on all examples.
+/// A − B on all examples ([`paired_difference`] without the interval).
 pub fn paired_bootstrap(
     a: &CorpusScorer,
     b: &CorpusScorer,
     cfg: &BootstrapConfig,
 ) -> Result<(f64, f64), MetricError> {
-    MetricError::check_corpus("system B's examples", b.len(), a.len())?;
-    let n = a.len();
-    let delta = a.corpus() - b.corpus();
-    if n == 0 || cfg.resamples == 0 {
-        return Ok((delta, f64::NAN));
-    }
-    let mut rng = SplitMix64::new(cfg.seed);
-    let mut idx = vec![0usize; n];
-    let mut not_better = 0usize;
-    for _ in 0..cfg.resamples {
-        for slot in idx.iter_mut() {
-            *slot = rng.below(n as u64) as usize;
-        }
-        if a.score(&idx) <= b.score(&idx) {
-            not_better += 1;
-        }
-    }
-    Ok((delta, not_better as f64 / cfg.resamples as f64))
+    let d = paired_difference(a, b, cfg)?;
+    Ok((d.difference.value, d.p_value))
 }
 
 /// The percentile interval of Kendall's τ-b between the models' scores on two test sets, each
@@ -399,6 +429,12 @@ mod tests {
         assert!(p < 0.01, "A is better on every resample: p = {p}");
         let (_, p_rev) = paired_bootstrap(&b, &a, &BootstrapConfig::default()).unwrap();
         assert!(p_rev > 0.99);
+        // The interval of A − B comes from the same resamples: above 0 where p is near 0.
+        let d = paired_difference(&a, &b, &BootstrapConfig::default()).unwrap();
+        assert_eq!((d.difference.value, d.p_value), (delta, p));
+        assert!(d.difference.low > 0.0 && d.difference.low <= 25.0 && d.difference.high >= 25.0);
+        let r = paired_difference(&b, &a, &BootstrapConfig::default()).unwrap();
+        assert!(r.difference.high < 0.0, "{}", r.difference);
         // Three systems ranked the same on both "test sets": τ = 1, and the interval holds it.
         let mid: Vec<String> =
             (0..40).map(|i| if i % 3 == 0 { "x".into() } else { format!("answer {i}") }).collect();
