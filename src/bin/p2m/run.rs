@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// flagged rows); the report and the card say it was accepted as it was.
     #[arg(long)]
     pub accept_data: bool,
+    /// The retrieved rows' share of the training cut when both sources have rows (0-1; default:
+    /// equal numbers of generated and retrieved rows, as the paper).
+    #[arg(long)]
+    pub retrieved_share: Option<f64>,
     /// Reuse a generation: a folder with examples.jsonl (from `p2m generate` or another run).
     #[arg(long)]
     pub generated: Option<PathBuf>,
@@ -163,6 +167,7 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     cfg.translate_instruction |= args.translate_instruction;
     cfg.keep_checkpoints |= args.keep_checkpoints;
     cfg.accept_data |= args.accept_data;
+    cfg.retrieved_share = args.retrieved_share.or(cfg.retrieved_share);
     if let Some(k) = args.select_student {
         anyhow::ensure!(k >= 1, "--select-student takes a number of candidates (1 or more)");
         cfg.select_student = k;
