@@ -389,8 +389,11 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
 /// follows the prompt's framing into one class: what the data gate must catch).
 fn sentiment_example(prompt: &str, h: u64) -> String {
     let x = h % 100_000;
-    let label =
-        if prompt.contains("happy customers") || h.is_multiple_of(2) { "positive" } else { "negative" };
+    let label = if prompt.contains("happy customers") || h.is_multiple_of(2) {
+        "positive"
+    } else {
+        "negative"
+    };
     let input = format!("Review {x}: the product arrived and I used it for a week.");
     json!({"input": input, "output": label}).to_string()
 }
