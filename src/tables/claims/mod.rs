@@ -241,8 +241,9 @@ impl ClaimsPlan {
             table: "claims".into(),
             scale: self.opts.scale.clone(),
             detail: format!(
-                "Tables 1 and 3 with teacher {}, Table 2's arms, the diversity ablation",
-                teacher_name(self.opts.teacher)
+                "Tables 1 and 3 with teacher {}, Table 2's arms{}",
+                teacher_name(self.opts.teacher),
+                if self.diversity.is_ok() { ", the diversity ablation" } else { "" }
             ),
             ids,
             done,
