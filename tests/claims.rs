@@ -152,6 +152,20 @@ fn the_smoke_claims_report_judges_every_claim_from_the_tables_cells() {
     // Pinned: a change in the tables, the trainer or the rule that moves a verdict fails here.
     insta::assert_snapshot!("claims_smoke", claims_csv);
     insta::assert_snapshot!("claims_smoke_details", details_csv);
+    // The same cells as a Slurm array of `claims --cell <table>:<id>` and a collector.
+    let sbatch = dir.path().join("sbatch");
+    ok(claims(&cells, &reports, &["--emit-slurm", sbatch.to_str().unwrap()]).output().unwrap());
+    let array = std::fs::read_to_string(sbatch.join("cells.sbatch")).unwrap();
+    assert!(
+        array.contains("#SBATCH --array=0-36%8") && array.contains("table2:custom_annotation"),
+        "{array}"
+    );
+    assert!(array.contains("--cell \"${CELLS[$SLURM_ARRAY_TASK_ID]}\""), "{array}");
+    let collect = std::fs::read_to_string(sbatch.join("collect.sbatch")).unwrap();
+    assert!(
+        collect.contains("claims' '--scale' 'smoke'") && collect.contains("--collect-only"),
+        "{collect}"
+    );
     // A cell id names its table.
     let bad = claims(&cells, &reports, &["--cell", "table9:x"]).output().unwrap();
     assert!(!bad.status.success());

@@ -240,8 +240,9 @@ impl ClaimsPlan {
             table: "claims".into(),
             scale: self.opts.scale.clone(),
             detail: format!(
-                "Tables 1 and 3 with teacher {}, Table 2's arms, the diversity ablation",
-                self.opts.teacher.name()
+                "Tables 1 and 3 with teacher {}, Table 2's arms{}",
+                self.opts.teacher.name(),
+                if self.diversity.is_ok() { ", the diversity ablation" } else { "" }
             ),
             ids,
             done,

@@ -202,6 +202,7 @@ impl ClaimsReport {
             .write(reports_dir, |dir| {
                 crate::util::fs::write_json(&dir.join("claims.json"), &json)?;
                 let mut files = vec!["claims.json".to_string()];
+                let title = format!("{title}: ours (blue, 95 % interval), the paper (grey ×)");
                 files.extend(crate::report::figures::forest(dir, &stem, &title, &panels)?);
                 Ok(files)
             })
