@@ -413,6 +413,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_paper_scale_scores_table1_on_whole_test_sets_up_to_a_thousand_examples() {
+        // Issue #22, item 4: Temporal (860) and MCoNaLa (210) whole, SQuAD a seeded 1,000.
+        let paths = crate::config::Paths::from_env().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let plan =
+            cells::plan(&paths, LiveTable::Table1, "paper", TeacherSource::Recorded, root.path())
+                .unwrap();
+        assert!(plan.cells.iter().all(|c| c.config.max_test_examples == Some(1000)));
+    }
+
+    #[test]
     fn a_mixed_slurm_array_asks_for_the_widest_resources() {
         let a = SlurmResources { time: "00:10:00".into(), mem: "3G".into(), cpus: 1, gpus: 0 };
         let b = SlurmResources { time: "1-00:00:00".into(), mem: "512M".into(), cpus: 8, gpus: 1 };
