@@ -92,14 +92,7 @@ fn main() -> ExitCode {
                     println!("{why}: the report says so for every claim whose cells are missing")
                 }
                 None => {
-                    let failed = run_missing(&jobs, &program, &child, args.live.jobs)?;
-                    anyhow::ensure!(
-                        failed.is_empty(),
-                        "{} cells failed ({}); their logs are in {}; rerun to retry them",
-                        failed.len(),
-                        failed.join(", "),
-                        jobs.runs_dir.display()
-                    );
+                    run_missing(&jobs, &program, &child, args.live.jobs)?;
                 }
             }
         }

@@ -6,28 +6,14 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use prompt2model::tables::claims::spec::{ClaimTest, ClaimsFile};
 
 fn claims(cells: &Path, reports: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_claims"));
-    c.args(["--scale", "smoke", "--cpu", "--cells-dir"])
-        .arg(cells)
-        .args(args)
-        .current_dir(common::repo_root())
-        .env("P2M_REPORTS", reports)
-        .env("P2M_OFFLINE", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_LOG", "warn");
+    let mut c = common::offline_command(env!("CARGO_BIN_EXE_claims"), reports);
+    c.args(["--scale", "smoke", "--cpu", "--cells-dir"]).arg(cells).args(args);
     c
-}
-
-fn ok(out: Output) -> String {
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "claims failed:\n{text}");
-    text
 }
 
 fn sha(path: &Path) -> String {
@@ -39,7 +25,7 @@ fn the_smoke_claims_report_judges_every_claim_from_the_tables_cells() {
     let dir = tempfile::tempdir().unwrap();
     let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
     std::fs::create_dir_all(&cells).unwrap();
-    let listed = ok(claims(&cells, &reports, &["--list-cells"]).output().unwrap());
+    let listed = common::output_ok(claims(&cells, &reports, &["--list-cells"]).output().unwrap());
     // 9 Table 1 cells, 24 Table 3 students, 4 Table 2 arms; no diversity cell at this scale.
     assert_eq!(listed.matches("to run").count(), 9 + 24 + 4, "{listed}");
     for prefix in
@@ -49,7 +35,7 @@ fn the_smoke_claims_report_judges_every_claim_from_the_tables_cells() {
     }
 
     let started = std::time::Instant::now();
-    let out = ok(claims(&cells, &reports, &["--jobs", "2"]).output().unwrap());
+    let out = common::output_ok(claims(&cells, &reports, &["--jobs", "2"]).output().unwrap());
     println!("smoke claims: {:.0} s\n{out}", started.elapsed().as_secs_f64());
     let report = reports.join("claims-smoke");
     for f in [
@@ -146,7 +132,7 @@ fn the_smoke_claims_report_judges_every_claim_from_the_tables_cells() {
     // Everything is done: a rerun runs nothing and writes the same claims.
     let claims_csv = std::fs::read_to_string(report.join("claims.csv")).unwrap();
     let details_csv = std::fs::read_to_string(report.join("claims_details.csv")).unwrap();
-    let again = ok(claims(&cells, &reports, &[]).output().unwrap());
+    let again = common::output_ok(claims(&cells, &reports, &[]).output().unwrap());
     assert!(again.contains("37 done, 0 to run"), "{again}");
     assert_eq!(std::fs::read_to_string(report.join("claims.csv")).unwrap(), claims_csv);
     // Pinned: a change in the tables, the trainer or the rule that moves a verdict fails here.
@@ -154,7 +140,9 @@ fn the_smoke_claims_report_judges_every_claim_from_the_tables_cells() {
     insta::assert_snapshot!("claims_smoke_details", details_csv);
     // The same cells as a Slurm array of `claims --cell <table>:<id>` and a collector.
     let sbatch = dir.path().join("sbatch");
-    ok(claims(&cells, &reports, &["--emit-slurm", sbatch.to_str().unwrap()]).output().unwrap());
+    common::output_ok(
+        claims(&cells, &reports, &["--emit-slurm", sbatch.to_str().unwrap()]).output().unwrap(),
+    );
     let array = std::fs::read_to_string(sbatch.join("cells.sbatch")).unwrap();
     assert!(
         array.contains("#SBATCH --array=0-36%8") && array.contains("table2:custom_annotation"),

@@ -6,26 +6,13 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn table3(reports: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_table3"));
-    c.args(["--source", "live", "--scale", "smoke"])
-        .args(args)
-        .current_dir(common::repo_root())
-        .env("P2M_REPORTS", reports)
-        .env("P2M_OFFLINE", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_LOG", "warn");
+    let mut c = common::offline_command(env!("CARGO_BIN_EXE_table3"), reports);
+    c.args(["--source", "live", "--scale", "smoke"]).args(args);
     c
-}
-
-fn ok(out: Output) -> String {
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "table3 failed:\n{text}");
-    text
 }
 
 /// The per-student scores and the per-task τ of a written report, without the folder paths.
@@ -41,12 +28,15 @@ fn the_live_table3_runs_every_cell_and_a_rerun_runs_none() {
     let dir = tempfile::tempdir().unwrap();
     let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
     let cells_arg = cells.to_str().unwrap();
-    let listed =
-        ok(table3(&reports, &["--cells-dir", cells_arg, "--list-cells"]).output().unwrap());
+    let listed = common::output_ok(
+        table3(&reports, &["--cells-dir", cells_arg, "--list-cells"]).output().unwrap(),
+    );
     assert_eq!(listed.matches("to run").count(), 24, "8 students × 3 tasks:\n{listed}");
 
     let started = Instant::now();
-    let out = ok(table3(&reports, &["--cells-dir", cells_arg, "--jobs", "2"]).output().unwrap());
+    let out = common::output_ok(
+        table3(&reports, &["--cells-dir", cells_arg, "--jobs", "2"]).output().unwrap(),
+    );
     println!("smoke live Table 3: {:.0} s\n{out}", started.elapsed().as_secs_f64());
     let report = reports.join("table3-live-smoke");
     for f in
@@ -81,7 +71,7 @@ fn the_live_table3_runs_every_cell_and_a_rerun_runs_none() {
     assert!(stage.contains("0 optimizer steps"), "{stage}");
 
     // Every cell is done: a rerun runs none and writes the same table.
-    let again = ok(table3(&reports, &["--cells-dir", cells_arg]).output().unwrap());
+    let again = common::output_ok(table3(&reports, &["--cells-dir", cells_arg]).output().unwrap());
     assert!(again.contains("24 done, 0 to run"), "{again}");
     assert_eq!(table_values(&report), (summary.clone(), students.clone()));
     // The smoke table is pinned (students' scores and τ per task).
@@ -217,26 +207,30 @@ fn the_emitted_slurm_array_runs_on_a_real_cluster_and_collects_the_same_table() 
     // The same grid, once locally and once through Slurm, into separate cell folders and reports.
     let local_reports = dir.path().join("local-reports");
     let local_cells = dir.path().join("local-cells");
-    ok(table3(&local_reports, &["--cells-dir", local_cells.to_str().unwrap(), "--jobs", "2"])
-        .output()
-        .unwrap());
+    common::output_ok(
+        table3(&local_reports, &["--cells-dir", local_cells.to_str().unwrap(), "--jobs", "2"])
+            .output()
+            .unwrap(),
+    );
 
     let slurm_reports = dir.path().join("slurm-reports");
     let slurm_cells = dir.path().join("slurm-cells");
     let sbatch_dir = dir.path().join("sbatch");
-    let emitted = ok(table3(
-        &slurm_reports,
-        &[
-            "--cells-dir",
-            slurm_cells.to_str().unwrap(),
-            "--emit-slurm",
-            sbatch_dir.to_str().unwrap(),
-            "--slurm-parallel",
-            "2",
-        ],
-    )
-    .output()
-    .unwrap());
+    let emitted = common::output_ok(
+        table3(
+            &slurm_reports,
+            &[
+                "--cells-dir",
+                slurm_cells.to_str().unwrap(),
+                "--emit-slurm",
+                sbatch_dir.to_str().unwrap(),
+                "--slurm-parallel",
+                "2",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
     let cells_sbatch = std::fs::read_to_string(sbatch_dir.join("cells.sbatch")).unwrap();
     assert!(cells_sbatch.contains("#SBATCH --array=0-23%2"), "{cells_sbatch}");
     assert!(
@@ -255,7 +249,7 @@ fn the_emitted_slurm_array_runs_on_a_real_cluster_and_collects_the_same_table() 
         .current_dir(common::repo_root())
         .output()
         .unwrap();
-    let text = ok(submitted);
+    let text = common::output_ok(submitted);
     assert!(text.contains("collect: job"), "{emitted}\n{text}");
     cluster.wait_until_idle(Duration::from_secs(15 * 60));
     let collect_log = sbatch_dir.join("collect.log");
@@ -316,15 +310,10 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     let dir = tempfile::tempdir().unwrap();
     let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
     let run = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_table1"));
+        let mut c = common::offline_command(env!("CARGO_BIN_EXE_table1"), &reports);
         c.args(["--source", "live", "--scale", "smoke", "--cells-dir", cells.to_str().unwrap()])
-            .args(args)
-            .current_dir(common::repo_root())
-            .env("P2M_REPORTS", &reports)
-            .env("P2M_OFFLINE", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .env("RUST_LOG", "warn");
-        ok(c.output().unwrap())
+            .args(args);
+        common::output_ok(c.output().unwrap())
     };
     let out = run(&["--jobs", "2"]);
     assert!(out.contains("9 cells at scale smoke (0 done, 9 to run"), "{out}");
@@ -364,16 +353,11 @@ async fn the_live_table1_with_a_served_teacher_scores_the_teachers_own_answers()
     let server = FakeServer::start(ServerConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let (cells, reports) = (dir.path().join("cells"), dir.path().join("reports"));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_table1"));
+    let mut c = common::offline_command(env!("CARGO_BIN_EXE_table1"), &reports);
     c.args(["--source", "live", "--scale", "smoke", "--cells-dir", cells.to_str().unwrap()])
         .args(["--teacher", "openai", "--base-url", &server.base_url, "--model", "fake-model"])
-        .args(["--requests-per-minute", "0", "--jobs", "2"])
-        .current_dir(common::repo_root())
-        .env("P2M_REPORTS", &reports)
-        .env("P2M_OFFLINE", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_LOG", "warn");
-    let out = ok(crate::pipeline::run_blocking(c).await);
+        .args(["--requests-per-minute", "0", "--jobs", "2"]);
+    let out = common::output_ok(crate::pipeline::run_blocking(c).await);
     assert!(out.contains("9 cells at scale smoke (0 done, 9 to run"), "{out}");
     // The Prompt2Model cell asked its teacher to answer the real test examples, scored them.
     let cell = cells.join("table1/smoke/openai/temporal-prompt2model");

@@ -39,13 +39,9 @@ pub struct CellJobs {
 }
 
 /// Run every cell that is not done, `jobs` at a time, each as `program args… --cell ID` (a
-/// process of its own, its output in `<runs dir>/<cell>.log`). Returns the cells that failed.
-pub fn run_missing(
-    cells: &CellJobs,
-    program: &Path,
-    args: &[String],
-    jobs: usize,
-) -> Result<Vec<String>> {
+/// process of its own, its output in `<runs dir>/<cell>.log`). Every cell runs; then, if any
+/// failed, the error names them and where their logs are.
+pub fn run_missing(cells: &CellJobs, program: &Path, args: &[String], jobs: usize) -> Result<()> {
     let todo: Vec<&String> =
         cells.ids.iter().zip(&cells.done).filter(|(_, done)| !**done).map(|(id, _)| id).collect();
     let total = cells.ids.len();
@@ -114,7 +110,14 @@ pub fn run_missing(
             }
         }
     }
-    Ok(failed)
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} cells failed ({}); their logs are in {}; rerun to retry them",
+        failed.len(),
+        failed.join(", "),
+        cells.runs_dir.display()
+    );
+    Ok(())
 }
 
 /// Write `cells.sbatch` (a Slurm array, one cell per task, `%K` at a time), `collect.sbatch` (the

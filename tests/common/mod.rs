@@ -171,6 +171,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// One of this package's binaries (`env!("CARGO_BIN_EXE_…")`) as a user starts it here: from the
+/// checkout, offline, one libtorch thread, quiet, its report under `reports`.
+pub fn offline_command(program: &str, reports: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.current_dir(repo_root())
+        .env("P2M_REPORTS", reports)
+        .env("P2M_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn");
+    c
+}
+
 /// The `table2` binary at the smoke scale as a user starts it, its runs in `runs` and its report
 /// under `reports` (offline, quiet).
 pub fn table2_smoke(
@@ -178,15 +190,8 @@ pub fn table2_smoke(
     runs: &std::path::Path,
     args: &[&str],
 ) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_table2"));
-    c.args(["--scale", "smoke", "--cpu", "--runs-dir"])
-        .arg(runs)
-        .args(args)
-        .current_dir(repo_root())
-        .env("P2M_REPORTS", reports)
-        .env("P2M_OFFLINE", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_LOG", "warn");
+    let mut c = offline_command(env!("CARGO_BIN_EXE_table2"), reports);
+    c.args(["--scale", "smoke", "--cpu", "--runs-dir"]).arg(runs).args(args);
     c
 }
 
