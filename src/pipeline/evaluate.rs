@@ -83,8 +83,16 @@ pub fn bertscore_model(offline: bool) -> &'static str {
     }
 }
 
+/// What [`evaluate`] measured and wrote.
+pub struct Evaluated {
+    pub results: Vec<MetricResult>,
+    pub files: Vec<PathBuf>,
+    /// Each test set's predictions, in the order of the sets.
+    pub predictions: Vec<Vec<String>>,
+}
+
 /// Predict every test set with `student` and score it; writes `predictions_<set>.parquet` into
-/// `out_dir` and returns the metrics and the files written.
+/// `out_dir`.
 #[allow(clippy::too_many_arguments)] // each argument is one setting of the evaluation
 pub fn evaluate(
     student: &Student,
@@ -95,9 +103,10 @@ pub fn evaluate(
     bertscore_id: &str,
     bootstrap: &BootstrapConfig,
     out_dir: &Path,
-) -> Result<(Vec<MetricResult>, Vec<PathBuf>)> {
+) -> Result<Evaluated> {
     let mut results = Vec::new();
     let mut files = Vec::new();
+    let mut all_predictions = Vec::new();
     for set in sets {
         anyhow::ensure!(
             !set.inputs.is_empty(),
@@ -125,8 +134,9 @@ pub fn evaluate(
         )?;
         results.extend(scored);
         files.push(file);
+        all_predictions.push(predictions);
     }
-    Ok((results, files))
+    Ok(Evaluated { results, files, predictions: all_predictions })
 }
 
 /// Score `predictions` of `set`'s examples with every metric (each with its interval) and write

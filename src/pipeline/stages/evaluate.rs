@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use super::{existing, list_files_of, read_rows, read_stage_json, PipelineStage};
 use crate::data::diagnostics::DataDiagnostics;
 use crate::data::examples::{read_examples_jsonl, Example};
-use crate::data::loaders::{string_column, PREDICTION};
 use crate::data::registry::Registry;
 use crate::evaluator::baselines::{baselines_for_run, compare_to_baselines, BaselineComparison};
 use crate::evaluator::bertscore::BertScorer;
@@ -77,7 +76,7 @@ impl PipelineStage for Evaluate {
         }
         anyhow::ensure!(!sets.is_empty(), "nothing to evaluate on: no generated test split and no real test set (give --test-dataset)");
         let (scorer, scorer_id, bertscore_note) = bertscorer(ctx)?;
-        let (mut results, mut files) = evaluate::evaluate(
+        let evaluate::Evaluated { mut results, mut files, predictions } = evaluate::evaluate(
             &student,
             &parsed.instruction,
             &resolved.executor,
@@ -123,7 +122,8 @@ impl PipelineStage for Evaluate {
         );
         write_json(&layout.metric_choice(), &choice)?;
         let headline_metric = choice.primary().name().to_string();
-        let comparisons = compare_with_baselines(ctx, dir, &sets, diagnostics.as_ref(), &choice)?;
+        let comparisons =
+            compare_with_baselines(ctx, &sets, &predictions, diagnostics.as_ref(), &choice)?;
         write_json(&layout.baselines(), &comparisons)?;
         files.extend([layout.metric_choice(), layout.baselines()]);
         let mut notes: Vec<String> = sets.iter().filter_map(|s| s.note.clone()).collect();
@@ -155,12 +155,12 @@ impl PipelineStage for Evaluate {
     }
 }
 
-/// Each test set's student predictions (read back from the stage folder) beside the baselines
-/// of the run's training data, on the headline metrics, with the paired test against the best.
+/// Each test set's student predictions beside the baselines of the run's training data, on the
+/// headline metrics, with the paired test against the best.
 fn compare_with_baselines(
     ctx: &RunContext,
-    dir: &Path,
     sets: &[TestSet],
+    predictions: &[Vec<String>],
     diagnostics: Option<&DataDiagnostics>,
     choice: &MetricChoice,
 ) -> Result<Vec<BaselineComparison>> {
@@ -170,14 +170,11 @@ fn compare_with_baselines(
         .map(|r| Example::new(r.input, r.output))
         .collect();
     let mut out = Vec::new();
-    for set in sets {
-        let path = dir.join(format!("predictions_{}.parquet", set.name));
-        let frame = crate::report::read_parquet(&path)?;
-        let predictions = string_column(&frame, PREDICTION)?;
+    for (set, predictions) in sets.iter().zip(predictions) {
         let baselines = baselines_for_run(diagnostics, &train, &set.inputs);
         out.push(compare_to_baselines(
             &set.name,
-            &predictions,
+            predictions,
             &set.references,
             &baselines,
             &choice.headline,
