@@ -66,6 +66,32 @@ pub struct Selection {
     pub saved: Option<SavedDataset>,
 }
 
+/// The ranking for the request's instruction without the datasets that hold the test set, and a
+/// note for each one left out.
+fn retrieve_excluding(
+    retriever: &DatasetRetriever,
+    request: &SelectionRequest,
+) -> Result<(Vec<Candidate>, Vec<String>)> {
+    let mut all = retriever.retrieve(&request.instruction, None)?;
+    let excluded = |c: &Candidate| {
+        c.local.as_ref().is_some_and(|l| request.exclude_registry_ids.contains(&l.registry_id))
+    };
+    let notes = all
+        .iter()
+        .filter(|c| excluded(c))
+        .map(|c| {
+            format!(
+                "`{}` (rank {}) left out: it holds the test set ({})",
+                c.name,
+                c.rank,
+                c.local.as_ref().map(|l| l.registry_id.as_str()).unwrap_or("")
+            )
+        })
+        .collect();
+    all.retain(|c| !excluded(c));
+    Ok((all, notes))
+}
+
 /// Rank, choose, load and save (see the module docs). LLM calls run on `runtime`.
 pub fn select_dataset(
     retriever: &DatasetRetriever,
@@ -75,20 +101,7 @@ pub fn select_dataset(
     mut chooser: Chooser<'_>,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Selection> {
-    let mut all = retriever.retrieve(&request.instruction, None)?;
-    let mut notes = Vec::new();
-    let excluded = |c: &Candidate| {
-        c.local.as_ref().is_some_and(|l| request.exclude_registry_ids.contains(&l.registry_id))
-    };
-    for c in all.iter().filter(|c| excluded(c)) {
-        notes.push(format!(
-            "`{}` (rank {}) left out: it holds the test set ({})",
-            c.name,
-            c.rank,
-            c.local.as_ref().map(|l| l.registry_id.as_str()).unwrap_or("")
-        ));
-    }
-    all.retain(|c| !excluded(c));
+    let (all, mut notes) = retrieve_excluding(retriever, request)?;
     let top: Vec<Candidate> = all.iter().take(request.top_k).cloned().collect();
     let pool = if request.within_top_k { &all[..request.top_k.min(all.len())] } else { &all[..] };
     let best_loadable = pool.iter().find(|c| c.loadable()).cloned();
