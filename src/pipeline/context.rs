@@ -13,8 +13,11 @@ use super::recorded::{self, RecordedTeacher};
 use super::stage::{self, Stage};
 use super::{RunManifest, RunOptions};
 use crate::config::Paths;
+use crate::data::diagnostics::DataDiagnostics;
 use crate::data::registry::Registry;
 use crate::data::tasks::Task;
+use crate::evaluator::metric_choice::{choose_metric, MetricChoice};
+use crate::evaluator::Metric;
 use crate::models::registry::ModelRegistry;
 use crate::teacher::cache::{CacheMode, CachedTeacher};
 use crate::teacher::{Teacher, TeacherKind};
@@ -38,8 +41,9 @@ pub struct RunContext<'a> {
     pub task: Option<Task>,
     /// The paper authors' recorded run, when the teacher is `recorded`.
     pub recorded: Option<RecordedTeacher>,
-    /// The metric the run is judged by (the task's, `--metric`, else chrF++).
-    pub metric: String,
+    /// The metric the configuration names: the user's (`--metric`), else the paper task's; `None`
+    /// leaves it to the data ([`RunContext::metric_choice`]).
+    pub configured_metric: Option<Metric>,
     /// The real test set: a registry id or a JSONL file.
     pub test_dataset: Option<String>,
     pub layout: RunLayout,
@@ -96,16 +100,15 @@ impl<'a> RunContext<'a> {
         } else {
             None
         };
-        let metric = cfg
-            .metric
-            .clone()
-            .or_else(|| task.as_ref().map(|t| t.metric.clone()))
-            .unwrap_or_else(|| "chrf++".into());
-        anyhow::ensure!(
-            crate::evaluator::Metric::parse(&metric).is_some(),
-            "unknown metric `{metric}`; the metrics are {}",
-            crate::evaluator::Metric::ALL.map(|m| m.name()).join(", ")
-        );
+        let configured_metric = match cfg.metric.clone().or_else(|| task.as_ref().map(|t| t.metric.clone())) {
+            Some(name) => Some(Metric::parse(&name).with_context(|| {
+                format!(
+                    "unknown metric `{name}` (the run configuration's `metric`, or the task's in data/tasks.toml); the metrics are {}",
+                    Metric::ALL.map(|m| m.name()).join(", ")
+                )
+            })?),
+            None => None,
+        };
         let test_dataset =
             cfg.test_dataset.clone().or_else(|| task.as_ref().map(|t| t.test_dataset.clone()));
 
@@ -147,7 +150,7 @@ impl<'a> RunContext<'a> {
             prompt,
             task,
             recorded,
-            metric,
+            configured_metric,
             test_dataset,
             layout,
             teacher_id,
@@ -200,6 +203,15 @@ impl<'a> RunContext<'a> {
             }
         })?;
         Ok(CachedTeacher::open(inner, self.layout.teacher_cache(), CacheMode::ReadWrite)?)
+    }
+
+    /// The metrics the run is judged by, and why: the configured one, else what the data shows
+    /// (the one decision both `--select-student` and evaluation use).
+    pub fn metric_choice(&self, diagnostics: Option<&DataDiagnostics>) -> MetricChoice {
+        // Both names were checked when the context was opened.
+        let user = self.cfg.metric.as_deref().and_then(Metric::parse);
+        let task = self.task.as_ref().and_then(|t| Metric::parse(&t.metric));
+        choose_metric(diagnostics, task, user)
     }
 
     /// What identifies the real test set in a fingerprint: a file by its content (so editing it

@@ -12,8 +12,7 @@ use crate::data::examples::{read_examples_jsonl, Example};
 use crate::data::registry::Registry;
 use crate::evaluator::baselines::{baselines_for_run, compare_to_baselines, BaselineComparison};
 use crate::evaluator::bertscore::BertScorer;
-use crate::evaluator::metric_choice::{choose_metric, MetricChoice};
-use crate::evaluator::Metric;
+use crate::evaluator::metric_choice::MetricChoice;
 use crate::pipeline::config::TeacherSource;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::evaluate::{self, TestSet};
@@ -41,7 +40,7 @@ impl PipelineStage for Evaluate {
                 "executor": ctx.resolved.executor, "bootstrap": cfg.bootstrap, "real_test": ctx.real_test_identity(), "max_test": ctx.resolved.max_test_examples,
                 "bertscore": ctx.resolved.bertscore.then_some(evaluate::bertscore_model(ctx.paths.offline)), "seed": cfg.seed,
                 "teacher_answers_real": (cfg.teacher_answers_real && cfg.teacher != TeacherSource::Recorded).then(|| ctx.teacher_id.clone()),
-                "metric": ctx.metric,
+                "metric": ctx.configured_metric.map(|m| m.name()),
             }),
             files,
         })
@@ -114,12 +113,7 @@ impl PipelineStage for Evaluate {
         write_json(&layout.metrics(), &results)?;
         // The metric fitted to the task, and the student beside what trivial answers get.
         let diagnostics = DataDiagnostics::read(&layout.data_diagnostics()).ok();
-        let parse_metric = |m: Option<&String>| m.and_then(|m| Metric::parse(m));
-        let choice = choose_metric(
-            diagnostics.as_ref(),
-            parse_metric(ctx.task.as_ref().map(|t| &t.metric)),
-            parse_metric(cfg.metric.as_ref()),
-        );
+        let choice = ctx.metric_choice(diagnostics.as_ref());
         write_json(&layout.metric_choice(), &choice)?;
         let headline_metric = choice.primary().name().to_string();
         let comparisons =

@@ -212,6 +212,61 @@ mod tests {
         assert_ne!(prints(&select("em")).0, prints(&select("chrf++")).0);
     }
 
+    /// One decision of the metric for `--select-student` and evaluation: the configured one, else
+    /// the data's (accuracy and macro-F1 for a label set), and a bad name refused naming the field.
+    #[test]
+    fn the_metric_is_the_configured_one_else_the_datas() {
+        use crate::data::diagnostics::diagnose;
+        use crate::data::examples::Example;
+        use crate::evaluator::Metric;
+        use crate::prompt_parser::ParsedPrompt;
+        let runs = tempfile::tempdir().unwrap();
+        let opts = options(runs.path());
+        let prompt = ParsedPrompt::new("Answer \"positive\" or \"negative\".", vec![]);
+        let rows: Vec<Example> = (0..20)
+            .map(|i| Example::new(format!("review {i}"), ["positive", "negative"][i % 2]))
+            .collect();
+        let labelled = diagnose(&rows, &prompt, 0);
+        let custom = RunConfig {
+            name: "custom".into(),
+            task: None,
+            teacher: TeacherSource::Local,
+            prompt: Some(
+                "Answer \"positive\" or \"negative\".\n\nInput: good\nOutput: positive\n".into(),
+            ),
+            ..config()
+        };
+        let ctx = open(&custom, &opts);
+        assert_eq!(ctx.configured_metric, None);
+        assert_eq!(
+            ctx.metric_choice(Some(&labelled)).headline,
+            [Metric::ExactMatch, Metric::MacroF1]
+        );
+        assert_eq!(ctx.metric_choice(None).primary(), Metric::ChrfPlusPlus);
+        drop(ctx);
+        // A paper task keeps its metric whatever the data looks like; the user's wins over both.
+        let ctx = open(&config(), &opts);
+        assert_eq!(ctx.metric_choice(Some(&labelled)).primary(), Metric::ChrfPlusPlus);
+        drop(ctx);
+        let chosen = RunConfig { metric: Some("macro-f1".into()), ..config() };
+        let ctx = open(&chosen, &opts);
+        assert_eq!(ctx.metric_choice(None).headline, [Metric::MacroF1]);
+        drop(ctx);
+        let bad = RunConfig { metric: Some("bleu".into()), ..config() };
+        let err = RunContext::open_with(
+            Paths { offline: true, ..Paths::from_env().unwrap() },
+            &bad,
+            &opts,
+        )
+        .err()
+        .unwrap();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("`bleu`") && text.contains("`metric`") && text.contains("chrf++"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn evaluation_scores_the_generated_and_the_real_test_set_with_intervals() {
         let runs = tempfile::tempdir().unwrap();

@@ -123,10 +123,10 @@ impl PipelineStage for Package {
                 .collect(),
             student: choice,
             metrics,
-            metric: choice_of_metric
-                .as_ref()
-                .map(|c| c.names())
-                .unwrap_or_else(|| ctx.metric.clone()),
+            metric: choice_of_metric.as_ref().map(|c| c.names()).unwrap_or_else(|| {
+                let diagnostics = DataDiagnostics::read(&layout.data_diagnostics()).ok();
+                ctx.metric_choice(diagnostics.as_ref()).names()
+            }),
             metric_why: choice_of_metric.map(|c| c.why),
             data_check,
             baselines: read_stage_json::<Vec<BaselineComparison>>(&layout.baselines())

@@ -28,7 +28,7 @@ impl PipelineStage for Train {
         let mut settings = serde_json::json!({ "train": ctx.resolved.train, "select_student": cfg.select_student, "selection_steps": cfg.selection_steps, "select_candidates": cfg.select_candidates });
         // The metric decides only which candidate `--select-student` keeps.
         if cfg.select_student > 1 {
-            settings["metric"] = serde_json::json!(ctx.metric);
+            settings["metric"] = serde_json::json!(ctx.configured_metric.map(|m| m.name()));
         }
         // The data gate's settings, where they are not the defaults (so earlier runs keep their
         // fingerprints): accepting refused data, other thresholds.
@@ -76,7 +76,8 @@ impl PipelineStage for Train {
             .collect();
         let validation = apply_template(0, &parsed.instruction, &val_pairs);
         let chosen_student = if cfg.select_student > 1 {
-            let metric = crate::evaluator::Metric::parse(&ctx.metric).expect("checked");
+            // The metric evaluation will judge by (the data decides it where no metric is set).
+            let metric = ctx.metric_choice(Some(&diagnostics)).primary();
             let mut pool = choice.clone();
             if !cfg.select_candidates.is_empty() {
                 pool.student = cfg.select_candidates[0].clone();
