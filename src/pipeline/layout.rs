@@ -141,6 +141,11 @@ impl RunLayout {
         self.dir.join("model")
     }
 
+    /// The generated data as a hub dataset folder (parquet splits and a dataset card).
+    pub fn dataset(&self) -> PathBuf {
+        self.dir.join("dataset")
+    }
+
     /// What a person's review saved (`crate::review`).
     pub fn review_dir(&self) -> PathBuf {
         self.dir.join("review")
