@@ -11,8 +11,9 @@
 //!   assembly/           {train,validation,test}.{jsonl,parquet}  notes.json
 //!   training/           final/  selection.json  (checkpoints while training)
 //!   evaluation/         metrics.json  notes.json  predictions_<set>.parquet  report files
-//!   package/            stage.json only: the model goes to model/
-//!   model/              weights, tokenizer, p2m.json, model_card.md
+//!   package/            stage.json only: the model goes to model/, the data to dataset/
+//!   model/              weights, tokenizer, p2m.json, transformers' files, README.md (hub card), model_card.md
+//!   dataset/            the generated rows of each split (parquet, with provenance) and README.md
 //!   review/             the reviewed examples and prompt (`p2m serve`'s review page)
 //! ```
 

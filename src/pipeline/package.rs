@@ -231,7 +231,7 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt, architecture: Architecture) 
          ids = tok.apply_chat_template([{{\"role\": \"user\", \"content\": \"<an input>\"}}],\n\
          \x20                             add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n\
          out = model.generate(**ids)\n\
-         print(tok.decode(out[0][{}:], skip_special_tokens=True).strip())\n\
+         print(tok.decode({}, skip_special_tokens=True).strip())\n\
          ```\n\n\
          One input per `generate` call gives exactly `p2m predict`'s output; a padded batch can differ where the \
          repetition penalty counts the padding.\n",
@@ -239,8 +239,8 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt, architecture: Architecture) 
         hf::INPUT_TEMPLATE_FIELD,
         hf::INPUT_PLACEHOLDER,
         match architecture {
-            Architecture::CausalLm => "ids[\"input_ids\"].shape[1]",
-            Architecture::Seq2Seq => "",
+            Architecture::CausalLm => "out[0][ids[\"input_ids\"].shape[1]:]",
+            Architecture::Seq2Seq => "out[0]",
         },
         auto = architecture.auto_class(),
     );
