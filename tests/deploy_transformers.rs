@@ -189,8 +189,26 @@ fn hub_cards_are_valid(run: &Path, work: &Path, pipeline_tag: &str, base_model: 
         assert!(found["dataset_type"].is_string() && found["dataset_name"].is_string());
     }
 
-    // The dataset folder: the generated rows of each assembled split, with their provenance.
+    // The dataset folder: the generated rows of each assembled split, with their provenance, and
+    // a card with the generation's teacher, requests, cost and removals (from its log).
     let d = &cards["dataset"];
+    let card = std::fs::read_to_string(dataset.join("README.md")).unwrap();
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("generation/generation_log.json")).unwrap(),
+    )
+    .unwrap();
+    for needed in [
+        format!(
+            "teacher: {} `{}`",
+            log["backend"].as_str().unwrap(),
+            log["model"].as_str().unwrap()
+        ),
+        format!("cost: ${:.4}", log["cost_usd"].as_f64().unwrap()),
+        format!("removed: {} duplicate inputs", log["duplicate_inputs"]),
+        "## Licence".to_string(),
+    ] {
+        assert!(card.contains(&needed), "the dataset card lacks {needed:?}:\n{card}");
+    }
     assert!(d["license"].is_string() && d["task_categories"][0] == pipeline_tag, "{d}");
     let files = d["configs"][0]["data_files"].as_array().unwrap();
     assert!(!files.is_empty(), "{d}");
