@@ -389,6 +389,48 @@ mod tests {
     }
 
     #[test]
+    fn the_model_index_holds_each_metric_with_its_interval_per_test_set() {
+        let metric = |set: &str, name: &str, value: f64| MetricResult {
+            test_set: set.into(),
+            metric: name.into(),
+            value,
+            low: value - 1.0,
+            high: value + 1.0,
+            n: 16,
+            signature: "sig".into(),
+        };
+        let metrics = [metric("generated", "chrf++", 40.0), metric("real", "em", 12.5)];
+        let licences = [Licence { what: "base model".into(), licence: "Apache-2.0".into() }];
+        let front = model_front_matter(&ModelFacts {
+            name: "capitals",
+            architecture: Architecture::CausalLm,
+            base_model: Some("HuggingFaceTB/SmolLM2-135M-Instruct".into()),
+            datasets: vec![],
+            licences: &licences,
+            metrics: &metrics,
+            test_sets: vec![
+                ("generated".into(), "p2m-generated".into(), "generated".into()),
+                ("real".into(), "squad".into(), "SQuAD".into()),
+            ],
+        });
+        assert_eq!(front["license"], "apache-2.0");
+        assert_eq!(front["pipeline_tag"], "text-generation");
+        assert!(front.get("datasets").is_none(), "no empty datasets list");
+        let results = front["model-index"][0]["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[1]["dataset"]["type"], "squad");
+        let m = &results[1]["metrics"][0];
+        assert_eq!((m["type"].as_str(), m["value"].as_f64()), (Some("exact_match"), Some(12.5)));
+        assert_eq!(
+            (m["args"]["ci95_low"].as_f64(), m["args"]["n"].as_u64()),
+            (Some(11.5), Some(16))
+        );
+        let card = with_front_matter(&front, "# capitals\n");
+        assert!(card.starts_with("---\nbase_model: \"HuggingFaceTB/SmolLM2-135M-Instruct\"\n"));
+        assert!(card.ends_with("---\n\n# capitals\n"));
+    }
+
+    #[test]
     fn one_known_licence_is_named_and_anything_else_is_other() {
         let l = |s: &str| Licence { what: "x".into(), licence: s.into() };
         let one = licence_fields(&[l("Apache-2.0"), l("apache 2.0")]);
