@@ -2,7 +2,7 @@
 # Installs what prompt2model-rs needs on a Debian-family machine, idempotently: system packages for
 # figures and building, and (with --python, for the tests) chromium and the project-local Python
 # venv that the differential metric tests compare against (sacrebleu, scipy) and the server tests
-# use (openai). Safe to run any number of times.
+# use (openai), and transformers + torch for the packaged-model tests. Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

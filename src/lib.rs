@@ -25,7 +25,7 @@
 //! model stack and the model registry), [`retrieval`] (BM25, text analysis, dense search, binary
 //! caches), [`data`] (dataset registry, loaders, tasks, the paper's numbers, examples and
 //! prediction files), [`report`] (tables, figures, manifests), [`download`] (verified downloads,
-//! hf-hub), [`config`] (where data, caches and reports live) and [`util`] (atomic files, hashing,
+//! hf-hub), [`deploy`] (the files transformers and the hub read), [`config`] (where data, caches and reports live) and [`util`] (atomic files, hashing,
 //! seeded randomness, JSON in model answers, excerpts).
 
 pub mod prompt_parser;
@@ -65,3 +65,5 @@ pub mod download;
 pub mod config;
 
 pub mod util;
+
+pub mod deploy;

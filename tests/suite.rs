@@ -13,6 +13,7 @@ mod claims;
 mod cli;
 mod data_diagnostics;
 mod dataset_generator;
+mod deploy_transformers;
 mod live_tables;
 #[cfg(feature = "llama-cpp")]
 mod llama_cpp;

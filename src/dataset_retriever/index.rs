@@ -271,7 +271,8 @@ fn fetch_hub_encoder(cache: &Path, repo: &str, revision: Option<&str>, dir: &Pat
 
 /// `--encoder`: `minilm`, `datafinder` or a registered BERT-family model id; by default DataFinder
 /// online (the paper's encoder) and MiniLM offline. When a hub encoder cannot be had, MiniLM is
-/// used instead and the returned notes (also printed on stderr) say why.
+/// used instead: the returned note says so in one plain line, and the error itself is printed on
+/// stderr.
 pub fn choose_encoder(
     models: &crate::models::registry::ModelRegistry,
     requested: Option<&str>,
@@ -293,9 +294,15 @@ pub fn choose_encoder(
     match Encoder::from_hub(models, id) {
         Ok(e) => Ok((e, vec![])),
         Err(e) => {
-            let note =
-                format!("encoder `{id}` unavailable ({e:#}); using {DEFAULT_ENCODER} instead");
-            eprintln!("warning: {note}");
+            // The note is one plain line (it goes into the model card); the error chain, with its
+            // URLs and network errors, goes to the log only.
+            eprintln!(
+                "warning: encoder `{id}` unavailable ({e:#}); using {DEFAULT_ENCODER} instead"
+            );
+            let why = if offline { "offline" } else { "could not be fetched from the hub" };
+            let note = format!(
+                "{why}: the dataset retriever's encoder `{id}` was unavailable, {DEFAULT_ENCODER} was used"
+            );
             Ok((Encoder::from_registry(models, DEFAULT_ENCODER)?, vec![note]))
         }
     }

@@ -11,8 +11,9 @@
 //!   assembly/           {train,validation,test}.{jsonl,parquet}  notes.json
 //!   training/           final/  selection.json  (checkpoints while training)
 //!   evaluation/         metrics.json  notes.json  predictions_<set>.parquet  report files
-//!   package/            stage.json only: the model goes to model/
-//!   model/              weights, tokenizer, p2m.json, model_card.md
+//!   package/            stage.json only: the model goes to model/, the data to dataset/
+//!   model/              weights, tokenizer, p2m.json, transformers' files, README.md (hub card), model_card.md
+//!   dataset/            the generated rows of each split (parquet, with provenance) and README.md
 //!   review/             the reviewed examples and prompt (`p2m serve`'s review page)
 //! ```
 
@@ -139,6 +140,11 @@ impl RunLayout {
     /// The packaged model (`p2m predict`, `p2m serve`).
     pub fn model(&self) -> PathBuf {
         self.dir.join("model")
+    }
+
+    /// The generated data as a hub dataset folder (parquet splits and a dataset card).
+    pub fn dataset(&self) -> PathBuf {
+        self.dir.join("dataset")
     }
 
     /// What a person's review saved (`crate::review`).

@@ -1,7 +1,9 @@
 //! The packaged model (`runs/<name>/model/`): self-contained — weights (safetensors), tokenizer and
 //! config as trained, the prompt and the input template, the generation settings, a
-//! machine-readable `p2m.json` (what `p2m predict --model` and a server read) and a
-//! `model_card.md` for people.
+//! machine-readable `p2m.json` (what `p2m predict --model` and a server read), the files
+//! `transformers` reads ([`crate::deploy::transformers`]: tokenizer config with the prompt as a
+//! chat template, generation config), and the card for people: `README.md` with the hub's front
+//! matter ([`crate::deploy::hub`]) and the same card without it as `model_card.md`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::evaluate::MetricResult;
 use super::student::StudentChoice;
 use crate::data::examples::Example;
+use crate::deploy::hub::{self, Licence, ModelFacts};
+use crate::deploy::transformers::{self as hf, Architecture};
 use crate::executor::ExecutorConfig;
 use crate::prompt_parser::ParsedPrompt;
 
@@ -64,6 +68,7 @@ pub struct CardFacts {
     pub student: StudentChoice,
     pub metrics: Vec<MetricResult>,
     pub metric: String,
+    /// One plain line each: what was substituted or left out, and why (no raw error chains).
     pub notes: Vec<String>,
     /// Data sources with their row counts and licences, one line each.
     pub sources: Vec<String>,
@@ -73,6 +78,14 @@ pub struct CardFacts {
     pub metric_why: Option<String>,
     /// The student beside the trivial answers, per test set (Markdown).
     pub baselines: Vec<String>,
+    /// The licence of each source of the weights and the training data.
+    pub licences: Vec<Licence>,
+    /// The hub repository the student was initialised from, if any.
+    pub base_model: Option<String>,
+    /// Hub dataset repositories trained or evaluated on.
+    pub datasets: Vec<String>,
+    /// Per test set of `metrics`: `(test set, dataset id, dataset name)` for the model index.
+    pub test_sets: Vec<(String, String, String)>,
 }
 
 /// Write the model folder (atomically: built beside, then moved into place); returns its files.
@@ -111,14 +124,26 @@ pub fn package(
             created: chrono::Utc::now().to_rfc3339(),
         };
         std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?)?;
-        std::fs::write(dir.join("model_card.md"), model_card(card, parsed))?;
+        let architecture = hf::write_transformers_files(dir, &parsed.instruction, executor)?;
+        let body = model_card(card, parsed, architecture);
+        let front = hub::model_front_matter(&ModelFacts {
+            name: &card.name,
+            architecture,
+            base_model: card.base_model.clone(),
+            datasets: card.datasets.clone(),
+            licences: &card.licences,
+            metrics: &card.metrics,
+            test_sets: card.test_sets.clone(),
+        });
+        std::fs::write(dir.join("README.md"), hub::with_front_matter(&front, &body))?;
+        std::fs::write(dir.join("model_card.md"), body)?;
         Ok(())
     })?;
     crate::util::fs::list_files(model_dir)
         .with_context(|| format!("listing {}", model_dir.display()))
 }
 
-fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
+fn model_card(c: &CardFacts, parsed: &ParsedPrompt, architecture: Architecture) -> String {
     let mut s = format!(
         "# {}\n\nA small model trained by prompt2model-rs (`p2m run`) from a prompt",
         c.name
@@ -193,6 +218,31 @@ fn model_card(c: &CardFacts, parsed: &ParsedPrompt) -> String {
     for n in &c.notes {
         let _ = writeln!(s, "- {n}");
     }
-    s.push_str("\nUse: `p2m predict --model <this folder> --input inputs.jsonl --out predictions.parquet`.\n");
+    let _ = write!(
+        s,
+        "\n{}\n## Use\n\nWith prompt2model-rs: `p2m predict --model <this folder> --input inputs.jsonl --out predictions.parquet`, or `p2m serve`.\n\n\
+         With transformers (the chat template puts an input into the instruction and format the model was trained on; \
+         `generation_config.json` holds `p2m predict`'s settings; `tokenizer_config.json`'s `{}` holds the same text \
+         with `{}` where the input goes):\n\n\
+         ```python\n\
+         from transformers import AutoTokenizer, {auto}\n\
+         tok = AutoTokenizer.from_pretrained(\"<this folder>\")\n\
+         model = {auto}.from_pretrained(\"<this folder>\")\n\
+         ids = tok.apply_chat_template([{{\"role\": \"user\", \"content\": \"<an input>\"}}],\n\
+         \x20                             add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n\
+         out = model.generate(**ids)\n\
+         print(tok.decode({}, skip_special_tokens=True).strip())\n\
+         ```\n\n\
+         One input per `generate` call gives exactly `p2m predict`'s output; a padded batch can differ where the \
+         repetition penalty counts the padding.\n",
+        hub::licence_section(&c.licences),
+        hf::INPUT_TEMPLATE_FIELD,
+        hf::INPUT_PLACEHOLDER,
+        match architecture {
+            Architecture::CausalLm => "out[0][ids[\"input_ids\"].shape[1]:]",
+            Architecture::Seq2Seq => "out[0]",
+        },
+        auto = architecture.auto_class(),
+    );
     s
 }

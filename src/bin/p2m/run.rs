@@ -246,7 +246,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!("  {:<10} {}", m.test_set, m.display());
     }
     println!(
-        "teacher calls this time: {} (cost ${:.4}); model: {} (model_card.md); report: {}",
+        "teacher calls this time: {} (cost ${:.4}); model: {} (README.md; loads in transformers); report: {}",
         summary.teacher_calls,
         summary.teacher_cost_usd,
         summary.model_dir.display(),

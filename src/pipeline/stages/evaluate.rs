@@ -191,9 +191,10 @@ fn bertscorer(ctx: &RunContext) -> Result<(Option<BertScorer>, &'static str, Opt
         Ok(s) => Ok((Some(s), wanted, None)),
         Err(e) if !ctx.paths.offline => {
             let fallback = evaluate::bertscore_model(true);
+            // One plain line for the notes and the card; the error chain goes to the log.
+            eprintln!("warning: BERTScore: `{wanted}` could not be loaded: {e:#}");
             let note = format!(
-                "BERTScore: `{wanted}` could not be loaded ({}); `{fallback}` used instead",
-                e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+                "BERTScore: `{wanted}` could not be fetched from the hub, `{fallback}` was used"
             );
             Ok((Some(load(fallback)?), fallback, Some(note)))
         }

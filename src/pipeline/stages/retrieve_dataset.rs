@@ -193,9 +193,10 @@ fn retrieve_dataset_rows(
         // Online, a chosen hub dataset that cannot be loaded (no network, a gated dataset) is not
         // the end of the run: the best dataset that loads here is taken instead, and said so.
         Err(e) if !paths.offline && !interactive => {
+            // A plain line for the notes and the card; the error chain goes to the log.
+            eprintln!("warning: the chosen dataset could not be loaded: {e:#}");
             fallback_note = Some(format!(
-                "the chosen dataset could not be loaded ({}); the best of the top {} that loads here instead",
-                e.chain().last().map(|c| c.to_string()).unwrap_or_default(),
+                "the chosen dataset could not be loaded from the hub, the best of the top {} that loads here was used",
                 request.top_k
             ));
             let local = Paths { offline: true, ..paths.clone() };
