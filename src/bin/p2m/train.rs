@@ -92,6 +92,10 @@ pub struct PredictArgs {
     pub repetition_penalty: Option<f64>,
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Prefill every input whole, as before the prefix cache (decoder students prefill the
+    /// prefix all inputs share once by default; the outputs are the same, this is for timing).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     #[arg(long)]
     pub cpu: bool,
 }
@@ -197,6 +201,9 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.batch_size {
         cfg.batch_size = v;
+    }
+    if args.no_prefix_cache {
+        cfg.prefix_cache = false;
     }
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let student = Student::from_dir(&args.model, device)?;
