@@ -92,8 +92,9 @@ pub struct PredictArgs {
     pub repetition_penalty: Option<f64>,
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Prefill every input whole, as before the prefix cache (decoder students prefill the
-    /// prefix all inputs share once by default; the outputs are the same, this is for timing).
+    /// Prefill every input whole, as before the prefix cache (by default a decoder student
+    /// prefills the token prefix all inputs share once): the path to time the cache against.
+    /// The greedy outputs agree token for token in the tests (tests/prefix_cache.rs).
     #[arg(long)]
     pub no_prefix_cache: bool,
     #[arg(long)]
