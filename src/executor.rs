@@ -4,6 +4,17 @@
 //! Generation settings are the reference's (`GenerationModelExecutor`): greedy decoding with a
 //! repetition penalty of 2.0 and a cap on new tokens. The input each example gets is the same
 //! textualisation the student was trained on ([`crate::trainer::model_input`]).
+//!
+//! Every input of a task starts with the same text — `<task i>`, the instruction, `Example:` —
+//! often hundreds of tokens (Temporal's instruction is about 300) before a short input. A decoder
+//! student computes that shared token prefix once and copies its keys and values into each batch
+//! ([`ExecutorConfig::prefix_cache`], on by default; `p2m predict --no-prefix-cache` or
+//! `[executor] prefix_cache = false` in a run's config is the plain path, kept to measure against).
+//! This is exact in principle: a causal decoder's keys and values at a position depend only on the
+//! tokens up to it. An encoder-decoder student (BERT2BERT, T5) gets no such saving: its encoder is
+//! bidirectional, so the encoder states of the shared text depend on the input that follows it and
+//! cannot be reused; what can be shared already is (the encoder runs once per batch, and each
+//! decoder layer's cross-attention keys and values are computed once per batch, not per step).
 
 use anyhow::Context;
 use polars::prelude::{Column, DataFrame};
@@ -27,6 +38,19 @@ pub struct ExecutorConfig {
     /// see [`crate::models::precision`]). Left out of the file when f32.
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Decoder students: prefill the token prefix every input shares (task tag, instruction,
+    /// template) once and reuse its keys and values for every example (see
+    /// [`Student::generate`]); `false` is the plain path that prefills each whole input. The
+    /// greedy outputs are the same token ids up to float summation order (tests/prefix_cache.rs
+    /// measures it). Encoder-decoder students have no exact prefix to reuse (a bidirectional
+    /// encoder's states of the shared text depend on the rest of the input) and ignore it. Left
+    /// out of the file when on, so run fingerprints and earlier configs are unchanged.
+    #[serde(skip_serializing_if = "is_true")]
+    pub prefix_cache: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for ExecutorConfig {
@@ -38,6 +62,7 @@ impl Default for ExecutorConfig {
             max_source_len: 512,
             task_id: 0,
             precision: Precision::F32,
+            prefix_cache: true,
         }
     }
 }
@@ -63,7 +88,13 @@ pub fn predict_frame(
     let sources: Vec<String> =
         inputs.iter().map(|i| model_input(cfg.task_id, instruction, i)).collect();
     let predictions = precision::autocast(cfg.precision, || {
-        student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)
+        student.generate(
+            &sources,
+            cfg.max_source_len,
+            &cfg.sampling(),
+            cfg.batch_size,
+            cfg.prefix_cache,
+        )
     })?;
     let mut out = frame.clone();
     if out.column(PREDICTION).is_ok() {

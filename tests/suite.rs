@@ -26,6 +26,7 @@ mod models_seq2seq;
 mod models_weights;
 mod offline_models;
 mod pipeline;
+mod prefix_cache;
 mod prompt_parser;
 mod recorded_tables;
 mod registry;

@@ -474,6 +474,7 @@ fn a_decoder_student_trains_on_the_target_tokens_saves_and_reloads() {
             64,
             &prompt2model::models::sampling::SamplingConfig::greedy(4),
             1,
+            true,
         )
         .unwrap();
     assert_eq!(preds.len(), 1);

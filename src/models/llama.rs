@@ -276,6 +276,33 @@ impl KvCache {
     }
 }
 
+/// The keys and values of a token sequence that begins many prompts (a task's instruction and
+/// template), computed once and copied into each batch's [`KvCache`] by
+/// [`Llama::generate_steered_after`]: the prompts' shared text is prefilled once per run instead
+/// of once per example. A decoder's keys and values at a position depend only on the tokens up to
+/// it (causal attention, positions counted from the first token), so the prefix's are the same
+/// whatever follows it.
+pub struct PrefixCache {
+    tokens: Vec<i64>,
+    /// Per layer, `[1, kv_heads, tokens, head_dim]`.
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+}
+
+impl PrefixCache {
+    pub fn tokens(&self) -> &[i64] {
+        &self.tokens
+    }
+
+    /// How many leading tokens of `prompt` this cache can stand for: their common length, but
+    /// one token short of the whole prompt (its last token must be fed to give the logits of the
+    /// first generated token).
+    fn usable_for(&self, prompt: &[i64]) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        common.min(prompt.len().saturating_sub(1))
+    }
+}
+
 /// One row of [`Llama::generate_steered`]: its prompt and which seeded generator it draws from.
 #[derive(Debug, Clone)]
 pub struct SteeredRow {
@@ -829,14 +856,42 @@ impl Llama {
         eos_token_ids: &[i64],
         pad_id: i64,
     ) -> Result<Vec<Generated>> {
+        self.generate_after(None, prompts, cfg, eos_token_ids, pad_id)
+    }
+
+    /// [`Llama::generate`] with the keys and values of a shared prefix taken from `prefix` (see
+    /// [`Llama::generate_steered_after`]); `None` is [`Llama::generate`].
+    pub fn generate_after(
+        &self,
+        prefix: Option<&PrefixCache>,
+        prompts: &[Vec<i64>],
+        cfg: &SamplingConfig,
+        eos_token_ids: &[i64],
+        pad_id: i64,
+    ) -> Result<Vec<Generated>> {
         let rows: Vec<SteeredRow> =
             prompts.iter().map(|p| SteeredRow { prompt: p.clone(), generator: 0 }).collect();
-        self.generate_steered(
+        self.generate_steered_after(
+            prefix,
             &rows,
             std::slice::from_ref(cfg),
             pad_id,
             &mut stop_at_eos(eos_token_ids),
         )
+    }
+
+    /// Prefills `tokens` (at positions `0..n`, batch 1) and keeps their keys and values for
+    /// [`Llama::generate_after`]: the text every prompt of a task starts with, computed once.
+    pub fn prefill_prefix(&self, tokens: &[i64]) -> Result<PrefixCache> {
+        let _guard = tch::no_grad_guard();
+        ensure!(!tokens.is_empty(), "a prefix needs at least one token");
+        let n = tokens.len() as i64;
+        let input = Tensor::from_slice(tokens).view([1, n]);
+        let positions = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([1, n]);
+        let mut cache = KvCache::new(self, 1, n);
+        // Only the keys and values are kept; the last position's logits go unused.
+        let _ = self.forward(&input, &positions, AttnMask::Causal, &mut cache, true)?;
+        Ok(PrefixCache { tokens: tokens.to_vec(), keys: cache.keys, values: cache.values })
     }
 
     /// Generation whose caller looks at every sampled token and decides what happens to it
@@ -858,23 +913,51 @@ impl Llama {
         pad_id: i64,
         steer: &mut dyn FnMut(usize, i64) -> Steer,
     ) -> Result<Vec<Generated>> {
+        self.generate_steered_after(None, rows, generators, pad_id, steer)
+    }
+
+    /// [`Llama::generate_steered`] after a prefilled shared prefix: the first `k` tokens of every
+    /// row, where `k` is the longest start of `prefix` that every prompt of the batch begins with
+    /// (at most each prompt's length − 1), are not computed again; their keys and values are
+    /// copied from `prefix` into every row of the batch's cache. Each row's remaining tokens
+    /// (its suffix) follow, left-padded to the longest suffix: a row is laid out as
+    /// `prefix | pad … | suffix`, its mask 0 on the pads, and its positions `cumsum(mask) − 1`,
+    /// so the suffix continues at position `k` as it would right after the prefix. With `k = 0`
+    /// (no prefix, or one no prompt shares) this is exactly the plain path: `pad … | prompt`.
+    ///
+    /// The repetition penalty still sees each row's whole prompt. The outputs are those of the
+    /// plain path up to float summation order: the prefix's keys and values come from a batch-1
+    /// causal pass rather than from each padded batch, and the suffix's softmax sums over the
+    /// same visible keys in another arrangement of masked positions — differences of the size
+    /// that a row's padding (its batch mates) already makes on the plain path.
+    pub fn generate_steered_after(
+        &self,
+        prefix: Option<&PrefixCache>,
+        rows: &[SteeredRow],
+        generators: &[SamplingConfig],
+        pad_id: i64,
+        steer: &mut dyn FnMut(usize, i64) -> Steer,
+    ) -> Result<Vec<Generated>> {
         let _guard = tch::no_grad_guard();
         if rows.is_empty() {
             return Ok(vec![]);
         }
         SteeredState::check(rows, generators)?;
         let b = rows.len();
-        let max_len = rows.iter().map(|r| r.prompt.len()).max().unwrap();
+        // The shared prefix's length in this batch (0: none).
+        let k = prefix.map_or(0, |p| rows.iter().map(|r| p.usable_for(&r.prompt)).min().unwrap());
+        let suffix_len = |r: &SteeredRow| r.prompt.len() - k;
+        let max_suffix = rows.iter().map(suffix_len).max().unwrap();
         let max_new_tokens = generators.iter().map(|g| g.max_new_tokens).max().unwrap_or(0);
-        let capacity = (max_len + max_new_tokens) as i64;
-        let padded = rows.iter().any(|r| r.prompt.len() != max_len);
+        let capacity = (k + max_suffix + max_new_tokens) as i64;
+        let padded = rows.iter().any(|r| suffix_len(r) != max_suffix);
 
         // Distinct prompts, each prefilled once; `source[row]` is the prefilled row it copies.
         let mut distinct: Vec<usize> = Vec::new();
         let mut source: Vec<i64> = Vec::with_capacity(b);
         for (i, r) in rows.iter().enumerate() {
             match distinct.iter().position(|&d| rows[d].prompt == r.prompt) {
-                Some(k) => source.push(k as i64),
+                Some(d) => source.push(d as i64),
                 None => {
                     source.push(distinct.len() as i64);
                     distinct.push(i);
@@ -883,17 +966,18 @@ impl Llama {
         }
         let shared = distinct.len() < b;
 
-        // Left padding: row r is `pad … pad prompt`, mask 0 … 0 1 … 1.
-        let mut ids = Vec::with_capacity(distinct.len() * max_len);
+        // Left padding of the suffixes: row r is `[prefix] pad … pad suffix`, mask 1…1 0…0 1…1.
+        let mut ids = Vec::with_capacity(distinct.len() * max_suffix);
         for &d in &distinct {
-            let p = &rows[d].prompt;
-            ids.extend(std::iter::repeat_n(pad_id, max_len - p.len()));
-            ids.extend_from_slice(p);
+            let suffix = &rows[d].prompt[k..];
+            ids.extend(std::iter::repeat_n(pad_id, max_suffix - suffix.len()));
+            ids.extend_from_slice(suffix);
         }
         let mut mask = Vec::with_capacity(b * capacity as usize);
         for r in rows {
-            mask.extend(std::iter::repeat_n(0i64, max_len - r.prompt.len()));
-            mask.extend(std::iter::repeat_n(1i64, r.prompt.len() + max_new_tokens));
+            mask.extend(std::iter::repeat_n(1i64, k));
+            mask.extend(std::iter::repeat_n(0i64, max_suffix - suffix_len(r)));
+            mask.extend(std::iter::repeat_n(1i64, suffix_len(r) + max_new_tokens));
         }
         let mask = Tensor::from_slice(&mask).view([b as i64, capacity]);
         // positions = cumsum(mask) - 1, padding set to 1 (transformers' `masked_fill_(mask == 0, 1)`).
@@ -902,19 +986,33 @@ impl Llama {
             Tensor::from_slice(&distinct.iter().map(|&d| d as i64).collect::<Vec<_>>());
 
         let mut cache = KvCache::new(self, distinct.len() as i64, capacity);
-        let mut input = Tensor::from_slice(&ids).view([distinct.len() as i64, max_len as i64]);
+        if let Some(p) = prefix.filter(|_| k > 0) {
+            let stored = cache.keys.iter().chain(&cache.values);
+            for (to, from) in stored.zip(p.keys.iter().chain(&p.values)) {
+                // `[1, kv, k, d]` broadcast over the batch.
+                to.narrow(2, 0, k as i64).copy_(&from.narrow(2, 0, k as i64));
+            }
+            cache.len = k as i64;
+        }
+        let mut input = Tensor::from_slice(&ids).view([distinct.len() as i64, max_suffix as i64]);
         let mut state = SteeredState::new(rows, generators);
         for step in 0..max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
             let (positions, key_mask) = if step == 0 {
                 (
-                    positions_all.index_select(0, &prefill_rows).narrow(1, 0, len),
-                    mask.index_select(0, &prefill_rows).narrow(1, 0, len),
+                    positions_all.index_select(0, &prefill_rows).narrow(1, start, len),
+                    mask.index_select(0, &prefill_rows).narrow(1, 0, start + len),
                 )
             } else {
                 (positions_all.narrow(1, start, len), mask.narrow(1, 0, start + len))
             };
-            let m = if padded { AttnMask::Padded(&key_mask) } else { AttnMask::Causal };
+            // Several new tokens after cached ones need the mask (causal attention with a cache
+            // takes one token at a time).
+            let m = if padded || (start > 0 && len > 1) {
+                AttnMask::Padded(&key_mask)
+            } else {
+                AttnMask::Causal
+            };
             let mut logits = self.forward(&input, &positions, m, &mut cache, true)?;
             if step == 0 && shared {
                 let index = Tensor::from_slice(&source);

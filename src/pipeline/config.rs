@@ -232,7 +232,15 @@ pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(
     let mut table: toml::Table = toml::from_str(&toml::to_string(base)?)?;
     for (k, v) in over {
         if !table.contains_key(k)
-            && !matches!(k.as_str(), "max_steps" | "max_grad_norm" | "early_stopping_patience")
+            // Fields left out of the serialised base at their default value.
+            && !matches!(
+                k.as_str(),
+                "max_steps"
+                    | "max_grad_norm"
+                    | "early_stopping_patience"
+                    | "precision"
+                    | "prefix_cache"
+            )
         {
             bail!(
                 "[{what}] has no field `{k}` (fields: {})",
@@ -326,5 +334,24 @@ mod tests {
         assert!(err.contains("retrieved_share = 1.5") && err.contains("between 0 and 1"), "{err}");
         let parsed: RunConfig = toml::from_str("retrieved_share = 0.5").unwrap();
         assert_eq!(parsed.retrieved_share, Some(0.5));
+    }
+
+    /// The executor's prefix cache is on by default, absent from run.json then (fingerprints of
+    /// earlier runs unchanged), and switched off by `[executor] prefix_cache = false`; fields left
+    /// out of the file at their default (`precision`) can be set the same way.
+    #[test]
+    fn the_prefix_cache_is_on_by_default_and_a_config_file_switches_it_off() {
+        let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
+        assert!(resolved.executor.prefix_cache);
+        let json = serde_json::to_value(&resolved).unwrap();
+        assert!(json["executor"].get("prefix_cache").is_none(), "{json}");
+        let parsed: RunConfig =
+            toml::from_str("[executor]\nprefix_cache = false\nprecision = \"bf16\"").unwrap();
+        let off = parsed.resolve(&data_dir()).unwrap();
+        assert!(!off.executor.prefix_cache);
+        assert_eq!(off.executor.precision, crate::models::precision::Precision::Bf16);
+        assert_eq!(serde_json::to_value(&off).unwrap()["executor"]["prefix_cache"], false);
+        let old: ExecutorConfig = toml::from_str("batch_size = 4").unwrap();
+        assert!(old.prefix_cache, "a config file without the field keeps the cache on");
     }
 }

@@ -122,6 +122,7 @@ pub fn evaluate(
             executor.max_source_len,
             &executor.sampling(),
             executor.batch_size,
+            executor.prefix_cache,
         )?;
         let (scored, file) = score_predictions(
             &set.name,

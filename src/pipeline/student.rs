@@ -96,6 +96,7 @@ pub(super) fn select_student(
             resolved.executor.max_source_len,
             &resolved.executor.sampling(),
             resolved.executor.batch_size,
+            resolved.executor.prefix_cache,
         )?;
         let score = crate::evaluator::score(metric, &predictions, &refs)?.value;
         // The candidate's weights served only this score (kept in selection.json); a rerun

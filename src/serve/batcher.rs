@@ -208,8 +208,13 @@ fn run_batch(
             .collect();
         metrics.batch_size.observe(sources.len() as f64);
         let sampling = ExecutorConfig { max_new_tokens, ..executor.clone() }.sampling();
-        let result =
-            student.generate(&sources, executor.max_source_len, &sampling, config.max_batch.max(1));
+        let result = student.generate(
+            &sources,
+            executor.max_source_len,
+            &sampling,
+            config.max_batch.max(1),
+            executor.prefix_cache,
+        );
         let n = group.len();
         match result {
             Ok(outputs) => {

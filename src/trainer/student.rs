@@ -536,12 +536,21 @@ impl Student {
 
     /// Generates for each source text (already textualised), batched; special tokens are removed
     /// from the decoded text.
+    ///
+    /// `prefix_cache` (decoder students): the token prefix the prompts share — a task's
+    /// `<task i>` tag, instruction and template, see [`shared_prefix`] — is prefilled once for
+    /// the call and its keys and values copied into every batch ([`Llama::generate_after`]),
+    /// instead of being computed again for every example. Encoder-decoder students ignore it: a
+    /// bidirectional encoder's states of the prefix depend on the rest of the source, so there is
+    /// nothing exact to reuse (the encoder runs once per batch and the cross-attention keys and
+    /// values are computed once per batch already).
     pub fn generate(
         &self,
         sources: &[String],
         max_source: usize,
         sampling: &SamplingConfig,
         batch_size: usize,
+        prefix_cache: bool,
     ) -> anyhow::Result<Vec<String>> {
         let pad = self.pad_id();
         let eos = self.eos_ids();
@@ -552,6 +561,13 @@ impl Student {
         // Longest first keeps batches tight; outputs go back to input order.
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
+        let prefix = match &self.model {
+            StudentModel::Decoder(m) if prefix_cache => {
+                let tokens = shared_prefix(&encoded, max_source);
+                (!tokens.is_empty()).then(|| m.prefill_prefix(&tokens)).transpose()?
+            }
+            _ => None,
+        };
         let mut out = vec![String::new(); sources.len()];
         for chunk in order.chunks(batch_size.max(1)) {
             let generated: Vec<Vec<i64>> = match &self.model {
@@ -567,7 +583,7 @@ impl Student {
                 StudentModel::Decoder(m) => {
                     let prompts: Vec<Vec<i64>> =
                         chunk.iter().map(|&i| encoded[i].clone()).collect();
-                    m.generate(&prompts, sampling, &eos, pad)?
+                    m.generate_after(prefix.as_ref(), &prompts, sampling, &eos, pad)?
                         .into_iter()
                         .map(|g| g.tokens)
                         .collect()
@@ -589,6 +605,21 @@ impl Student {
         }
         Ok(out)
     }
+}
+
+/// The longest run of token ids every prompt starts with — the ids themselves, so the boundary
+/// is exact whatever the tokenizer does where the shared text meets each input. Prompts at
+/// `max_source` tokens were (or may have been) cut from the left and lost the shared start; they
+/// are left out of the comparison so that one long input does not cancel the prefix for all, and
+/// share less (or none) of it in their batch (see [`Llama::generate_steered_after`]).
+pub fn shared_prefix(prompts: &[Vec<i64>], max_source: usize) -> Vec<i64> {
+    let whole: Vec<&Vec<i64>> = prompts.iter().filter(|p| p.len() < max_source).collect();
+    let considered = if whole.is_empty() { prompts.iter().collect() } else { whole };
+    let Some((first, rest)) = considered.split_first() else { return vec![] };
+    let len = rest.iter().fold(first.len(), |len, p| {
+        first[..len].iter().zip(p.iter()).take_while(|(a, b)| a == b).count()
+    });
+    first[..len].to_vec()
 }
 
 #[cfg(test)]
@@ -629,6 +660,19 @@ mod tests {
             cut,
             StudentSpec::Decoder { model: default_decoder(), layers: Some(8), frozen_layers: 2 }
         );
+    }
+
+    #[test]
+    fn the_shared_prefix_is_the_common_start_of_the_untruncated_prompts() {
+        let p = |v: &[i64]| v.to_vec();
+        assert_eq!(shared_prefix(&[p(&[1, 2, 3, 4]), p(&[1, 2, 5]), p(&[1, 2, 3])], 10), [1, 2]);
+        assert_eq!(shared_prefix(&[p(&[1, 2, 3])], 10), [1, 2, 3]);
+        assert_eq!(shared_prefix(&[p(&[1, 2]), p(&[3, 2])], 10), Vec::<i64>::new());
+        assert_eq!(shared_prefix(&[], 10), Vec::<i64>::new());
+        // A prompt cut to max_source (4) does not cancel the others' prefix...
+        assert_eq!(shared_prefix(&[p(&[9, 3, 4, 5]), p(&[1, 2, 3]), p(&[1, 2, 4])], 4), [1, 2]);
+        // ...unless every prompt was cut.
+        assert_eq!(shared_prefix(&[p(&[9, 3, 4, 5]), p(&[9, 3, 7, 5])], 4), [9, 3]);
     }
 
     #[test]

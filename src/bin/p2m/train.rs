@@ -92,6 +92,11 @@ pub struct PredictArgs {
     pub repetition_penalty: Option<f64>,
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Prefill every input whole, as before the prefix cache (by default a decoder student
+    /// prefills the token prefix all inputs share once): the path to time the cache against.
+    /// The greedy outputs agree token for token in the tests (tests/prefix_cache.rs).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     #[arg(long)]
     pub cpu: bool,
 }
@@ -197,6 +202,9 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.batch_size {
         cfg.batch_size = v;
+    }
+    if args.no_prefix_cache {
+        cfg.prefix_cache = false;
     }
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let student = Student::from_dir(&args.model, device)?;
