@@ -181,6 +181,44 @@ fn teacher_sample_notes(tasks: &[Task], samples: &[TeacherSample]) -> Vec<String
     notes
 }
 
+/// A task's baseline rows (each distinct baseline of its rows' training data once) and each
+/// row against the best of its own baselines; `comparisons` pairs each row's label with its
+/// comparison on the real test set.
+fn baselines_of_task(
+    task_id: &str,
+    metric: Metric,
+    comparisons: Vec<(String, BaselineComparison)>,
+) -> (Vec<LiveRow>, Vec<VersusBaseline>) {
+    let rows = distinct_baselines(comparisons.iter().map(|(label, c)| (label.as_str(), c)))
+        .into_iter()
+        .map(|b| LiveRow {
+            task: task_id.to_string(),
+            row: b.label(),
+            label: b.label(),
+            metric: metric.name().into(),
+            real: Some(b.interval.clone()),
+            bertscore: None,
+            generated: None,
+            paper: None,
+            student: b.provenance(),
+            model_sha256: None,
+            train_rows_sha256: None,
+            cell: None,
+        })
+        .collect();
+    let versus = comparisons
+        .into_iter()
+        .filter_map(|(label, c)| {
+            c.test.map(|test| VersusBaseline {
+                group: Some(task_id.to_string()),
+                system: label,
+                test,
+            })
+        })
+        .collect();
+    (rows, versus)
+}
+
 /// Assemble the table from finished cells.
 pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     super::cells::ensure_all_done(plan)?;
@@ -398,27 +436,9 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             (_, None) => {}
         }
         rows.push(teacher_row);
-        rows.extend(
-            distinct_baselines(comparisons.iter().map(|(label, c)| (label.as_str(), c)))
-                .into_iter()
-                .map(|b| LiveRow {
-                    task: task_id.clone(),
-                    row: b.label(),
-                    label: b.label(),
-                    metric: metric.name().into(),
-                    real: Some(b.interval.clone()),
-                    bertscore: None,
-                    generated: None,
-                    paper: None,
-                    student: b.provenance(),
-                    model_sha256: None,
-                    train_rows_sha256: None,
-                    cell: None,
-                }),
-        );
-        versus_baseline.extend(comparisons.into_iter().filter_map(|(label, c)| {
-            c.test.map(|test| VersusBaseline { group: Some(task_id.clone()), system: label, test })
-        }));
+        let (baseline_rows, versus) = baselines_of_task(task_id, metric, comparisons);
+        rows.extend(baseline_rows);
+        versus_baseline.extend(versus);
     }
     notes.extend(teacher_sample_notes(&tasks, &teacher_samples));
     notes.push(format!("Baselines: the rows `baseline: …` are what a trivial answer scores on the same real test examples (the input copied as the answer; the most frequent output of a row's training data, one row per distinct answer, naming whose data gave it; the majority class where the data has a label set), each with its interval. `table1_baselines` tests each row against the best of its own baselines (paired bootstrap, one-sided, \"better\" where p < {}).", crate::evaluator::baselines::SIGNIFICANCE));
