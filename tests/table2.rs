@@ -111,6 +111,12 @@ fn table2_smoke_is_deterministic_and_complete() {
         .unwrap_or_else(|| panic!("{csv}"));
     assert_eq!(copy.matches(" [").count(), 3, "EM, raw EM and chrF++ with intervals: {copy}");
     assert_eq!(csv.lines().count(), 1 + 4 + table.baseline_rows().len(), "{csv}");
+    // A constant answer's row names the arms whose training data gave it.
+    assert!(
+        csv.lines().any(|l| l.contains("baseline: most frequent training output (")
+            && table.arms.iter().any(|a| l.contains(&format!(", of {}", a.arm)))),
+        "{csv}"
+    );
     let verdicts = std::fs::read_to_string(dir.join("table2_baselines.csv")).unwrap();
     assert_eq!(verdicts.lines().count(), 1 + 4, "{verdicts}");
     assert_eq!(verdicts.matches(",not better than the baseline").count(), 4, "{verdicts}");

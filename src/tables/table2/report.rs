@@ -95,7 +95,7 @@ impl Prepared {
         notes.push(format!("Intervals: 95 % percentile bootstrap over the {} test questions ({}). Paired tests (Koehn 2004): the same resamples score both arms; p is the share of resamples in which the first arm does not beat the second (one-sided), so a small p supports \"first > second\" and a p near 1 the reverse.", results.first().map(|r: &ArmResult| r.test_examples).unwrap_or(0), bootstrap_cfg.signature()));
         notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
         let baselines = distinct_baselines(comparisons.iter().map(|(a, c)| (a.as_str(), c)));
-        notes.push(format!("Baselines: what a trivial answer scores on the same test questions, with the same intervals: the question's own text copied as the answer, and each arm's most frequent training answer (one row per distinct answer; `{}` says whose). Each arm is tested against the best of its own baselines on SQuAD-normalised EM (paired bootstrap, one-sided, \"better\" where p < {}): an arm that is not better learned nothing a constant answer does not give.", TABLE2_BASELINES, crate::evaluator::baselines::SIGNIFICANCE));
+        notes.push(format!("Baselines: what a trivial answer scores on the same test questions, with the same intervals: the question's own text copied as the answer, and each arm's most frequent training answer (one row per distinct answer, naming the arms whose data gave it). `{}` tests each arm against the best of its own baselines on SQuAD-normalised EM (paired bootstrap, one-sided, \"better\" where p < {}): an arm that is not better learned nothing a trivial answer does not give.", TABLE2_BASELINES, crate::evaluator::baselines::SIGNIFICANCE));
         notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
         notes.push(format!("Each arm is a cell (`table2 --cell ID`, one process; `--list-cells`, `--emit-slurm DIR`): its student, predictions and `arm.json` are in {}/<arm>/.", runs_dir.display()));
         Ok(Table2 {
@@ -133,7 +133,15 @@ impl Table2 {
                 "arm".into(),
                 a.iter()
                     .map(|r| r.arm.clone())
-                    .chain(b.iter().map(|(name, _)| format!("baseline: {name}")))
+                    .chain(b.iter().map(|(name, _)| {
+                        let from = self.baselines.iter().find(|t| &t.system == name);
+                        match from {
+                            Some(t) if t.kind != BaselineKind::CopyInput => {
+                                format!("baseline: {name}, of {}", t.from.join(", "))
+                            }
+                            _ => format!("baseline: {name}"),
+                        }
+                    }))
                     .collect::<Vec<_>>(),
             ),
             Column::new(
