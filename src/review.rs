@@ -51,7 +51,10 @@ pub struct ReviewItem {
     pub output: String,
     /// The teacher's text, for comparison after an edit.
     pub original: Example,
-    /// `duplicate input`, `conflicting outputs`, `empty output`, `output copies input`.
+    /// What the data diagnostics flag the teacher's example for
+    /// ([`crate::data::diagnostics::RowFlag::describe`]: empty, N/A, copied input or
+    /// demonstration, looping text, duplicate, conflicting output, outside the answer set): the
+    /// same flags the run's data check counts.
     pub flags: Vec<String>,
 }
 
@@ -172,7 +175,9 @@ impl Review {
         } else {
             (original, false)
         };
-        let flags = flag_examples(&generated);
+        // The flags of the data diagnostics (one implementation: the page flags what the run's
+        // data check counts), judged against the prompt the page shows.
+        let flags = crate::data::diagnostics::diagnose(&generated, &prompt, 0).row_flags;
         let items = generated
             .iter()
             .enumerate()
@@ -192,7 +197,7 @@ impl Review {
                     input,
                     output,
                     original: e.clone(),
-                    flags: flags[index].clone(),
+                    flags: flags[index].iter().map(|f| f.describe().to_string()).collect(),
                 }
             })
             .collect();
@@ -344,39 +349,10 @@ fn append_log(path: &Path, entries: &[LogEntry]) -> Result<()> {
     f.sync_all().with_context(|| format!("syncing {}", path.display()))
 }
 
-/// Per example, what a reviewer should look at: the same input more than once (after trimming
-/// and lower-casing), the same input with different outputs, an empty output, an output that
-/// copies the input.
-pub fn flag_examples(examples: &[Example]) -> Vec<Vec<String>> {
-    let key = |s: &str| s.trim().to_lowercase();
-    let mut by_input: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, e) in examples.iter().enumerate() {
-        by_input.entry(key(&e.input)).or_default().push(i);
-    }
-    examples
-        .iter()
-        .map(|e| {
-            let mut flags = Vec::new();
-            let same = &by_input[&key(&e.input)];
-            if same.len() > 1 {
-                flags.push("duplicate input".to_string());
-                if same.iter().any(|&j| key(&examples[j].output) != key(&e.output)) {
-                    flags.push("conflicting outputs".to_string());
-                }
-            }
-            if e.output.trim().is_empty() {
-                flags.push("empty output".to_string());
-            } else if key(&e.output) == key(&e.input) {
-                flags.push("output copies input".to_string());
-            }
-            flags
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::diagnostics::RowFlag;
 
     fn run_with(examples: &[Example]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -391,18 +367,36 @@ mod tests {
     }
 
     #[test]
-    fn flags_duplicates_conflicts_empty_and_copied_outputs() {
+    fn the_page_flags_what_the_data_diagnostics_flag() {
         let ex = [
             Example::new("Chile", "Santiago"),
             Example::new(" chile", "Valparaiso"),
             Example::new("Peru", ""),
             Example::new("Lima", "lima"),
+            Example::new("France", "Paris"),
+            Example::new("Chile", "Santiago"),
+            Example::new("Spain", "N/A"),
         ];
-        let f = flag_examples(&ex);
-        assert_eq!(f[0], vec!["duplicate input", "conflicting outputs"]);
-        assert_eq!(f[1], vec!["duplicate input", "conflicting outputs"]);
-        assert_eq!(f[2], vec!["empty output"]);
-        assert_eq!(f[3], vec!["output copies input"]);
+        let dir = run_with(&ex);
+        let state = Review::open(dir.path()).unwrap().state().unwrap();
+        let flags: Vec<Vec<&str>> =
+            state.items.iter().map(|i| i.flags.iter().map(String::as_str).collect()).collect();
+        let conflicting = RowFlag::ConflictingOutput.describe();
+        assert_eq!(flags[0], [conflicting]);
+        assert_eq!(flags[1], [conflicting]);
+        assert_eq!(flags[2], [RowFlag::Empty.describe()]);
+        assert_eq!(flags[3], [RowFlag::CopiesInput.describe()]);
+        assert_eq!(flags[4], [RowFlag::CopiesDemonstration.describe()], "the prompt's own example");
+        assert_eq!(flags[5], [RowFlag::Duplicate.describe(), conflicting]);
+        assert_eq!(flags[6], [RowFlag::NotAvailable.describe()]);
+        // The same flags, row by row, as the diagnostics the run's data check counts.
+        let parsed =
+            ParsedPrompt::new("Answer with the capital.", vec![Example::new("France", "Paris")]);
+        let d = crate::data::diagnostics::diagnose(&ex, &parsed, 0);
+        for (item, row) in state.items.iter().zip(&d.row_flags) {
+            let expected: Vec<&str> = row.iter().map(|f| f.describe()).collect();
+            assert_eq!(item.flags, expected);
+        }
     }
 
     #[test]

@@ -45,7 +45,31 @@ fn the_live_table3_runs_every_cell_and_a_rerun_runs_none() {
         assert!(report.join(f).is_file(), "{f} missing from {}:\n{out}", report.display());
     }
     let (summary, students) = table_values(&report);
-    assert_eq!(students.lines().count(), 1 + 24, "{students}");
+    // 24 students, then per task the baselines of their training data on the real test set.
+    // The student column: `baseline: …`, quoted where the name holds a quote or a comma.
+    let baselines: Vec<&str> = students
+        .lines()
+        .filter(|l| l.contains(",baseline: ") || l.contains(",\"baseline: "))
+        .collect();
+    assert_eq!(students.lines().count(), 1 + 24 + baselines.len(), "{students}");
+    for task in ["squad", "temporal", "mconala"] {
+        let mine: Vec<&&str> =
+            baselines.iter().filter(|l| l.starts_with(&format!("{task},"))).collect();
+        assert!(
+            mine.iter().any(|l| l.contains(",baseline: copy the input,")),
+            "{task}: {students}"
+        );
+        assert!(
+            mine.iter().any(|l| l.contains("baseline: most frequent training output (")),
+            "{task}: {students}"
+        );
+    }
+    // A baseline row has its real-test interval and nothing else to rank; every student says
+    // whether it beats the best baseline of its own training data.
+    assert!(baselines.iter().all(|l| l.contains(" [") && l.contains("trivial: ")), "{students}");
+    let verdicts =
+        students.lines().skip(1).filter(|l| l.contains("better than the baseline (")).count();
+    assert_eq!(verdicts, 24, "{students}");
     for task in ["SQuAD", "Temporal", "MCoNaLa"] {
         let line = summary
             .lines()
@@ -319,7 +343,26 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     assert!(out.contains("9 cells at scale smoke (0 done, 9 to run"), "{out}");
     let report = reports.join("table1-live-smoke");
     let table = std::fs::read_to_string(report.join("table1.csv")).unwrap();
-    assert_eq!(table.lines().count(), 1 + 12, "3 tasks × (3 rows + the teacher):\n{table}");
+    // The system column: `baseline: …`, quoted where the name holds a quote or a comma.
+    let is_baseline = |l: &&str| l.contains(",baseline: ") || l.contains(",\"baseline: ");
+    let baselines = table.lines().filter(is_baseline).count();
+    assert_eq!(
+        table.lines().count(),
+        1 + 12 + baselines,
+        "3 tasks × (3 rows + the teacher), and the baselines:\n{table}"
+    );
+    // Each task has the copied input and its rows' most frequent training output as baselines,
+    // scored on the same real test examples with intervals.
+    assert_eq!(table.matches(",baseline: copy the input,").count(), 3, "{table}");
+    for task in ["squad", "temporal", "mconala"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(&format!("{task},"))
+                && is_baseline(&l)
+                && l.contains("baseline: most frequent training output (")
+                && l.contains("trivial: from the training data of ")),
+            "{task}:\n{table}"
+        );
+    }
     for system in ["Prompt2Model", "w/o model retrieval", "w/o data retrieval", "gpt-3.5-turbo"] {
         assert_eq!(table.matches(&format!(",{system},")).count(), 3, "{system}:\n{table}");
     }
@@ -327,8 +370,16 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     let md = std::fs::read_to_string(report.join("table1.md")).unwrap();
     assert_eq!(
         md.matches(" [").count(),
-        12 + 9,
-        "real-test intervals for 12 rows, generated for 9:\n{md}"
+        12 + 9 + baselines,
+        "real-test intervals for 12 rows and the baselines, generated for 9:\n{md}"
+    );
+    // Each of the 9 rows against the best baseline of its own training data, with the verdict.
+    let versus = std::fs::read_to_string(report.join("table1_baselines.csv")).unwrap();
+    assert_eq!(versus.lines().count(), 1 + 9, "{versus}");
+    assert!(
+        versus.lines().skip(1).all(|l| l.ends_with(",better than the baseline")
+            || l.ends_with(",not better than the baseline")),
+        "{versus}"
     );
     let paired = std::fs::read_to_string(report.join("table1_paired.csv")).unwrap();
     assert_eq!(paired.lines().count(), 1 + 3, "{paired}");
@@ -345,6 +396,7 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     // number fails here.
     insta::assert_snapshot!("table1_live_smoke", table);
     insta::assert_snapshot!("table1_live_smoke_paired", paired);
+    insta::assert_snapshot!("table1_live_smoke_baselines", versus);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,33 @@ async fn the_page_the_apis_load_and_bad_input() {
         "self-contained page"
     );
 
+    // The page's description carries the run's baselines as its evaluation wrote them: the
+    // student beside trivial answers on each test set, each score with its interval, and the
+    // paired test's verdict.
+    let info: serde_json::Value =
+        http.get(format!("{base}/api/info")).send().await.unwrap().json().await.unwrap();
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("evaluation/baselines.json")).unwrap(),
+    )
+    .unwrap();
+    let sets = info["baselines"].as_array().unwrap();
+    assert_eq!(sets.len(), written.as_array().unwrap().len(), "{info}");
+    assert!(!sets.is_empty() && info["baselines_note"].is_null(), "{info}");
+    for (set, file) in sets.iter().zip(written.as_array().unwrap()) {
+        assert_eq!(set["rows"], file["rows"]);
+        let rows = set["rows"].as_array().unwrap();
+        assert_eq!(rows[0]["system"], "student");
+        let baseline = rows.iter().find(|r| !r["baseline"].is_null()).expect("a baseline row");
+        let i = &baseline["interval"];
+        assert!(
+            i["low"].as_f64() <= i["value"].as_f64() && i["value"].as_f64() <= i["high"].as_f64()
+        );
+        let verdict = set["verdict"].as_str().unwrap();
+        assert!(verdict.contains("better than the baseline: student − "), "{verdict}");
+    }
+    let page = http.get(&base).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Beside trivial answers") && page.contains("baselines_note"));
+
     // Our API: one input and several; the same input gives the same (greedy) output.
     let (s, one) = post(&format!("{base}/v1/predict"), r#"{"input": "Chile"}"#).await;
     assert_eq!(s, 200, "{one}");
@@ -272,6 +299,12 @@ async fn a_token_guards_the_api_and_sigterm_finishes_the_request_in_flight() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    // ... nor baselines: the page says that none are known, and why.
+    let info: serde_json::Value =
+        http.get(format!("{}/api/info", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["baselines"], serde_json::json!([]), "{info}");
+    let note = info["baselines_note"].as_str().unwrap();
+    assert!(note.starts_with("No baselines are known") && note.contains("model folder"), "{note}");
 
     // SIGTERM while a long request is being decoded: it is answered, then the server stops.
     let inputs: Vec<String> = (0..64).map(|i| format!("country number {i}")).collect();
@@ -349,6 +382,15 @@ async fn a_browser_uses_the_page_and_reviews_the_data_and_the_next_run_trains_on
         );
         let status = b.eval("document.getElementById('status').textContent");
         assert_eq!(status, "", "the page reported an error");
+        // The run's baselines are on the page, with the paired test's verdict.
+        let baselines = b.eval(
+            "document.getElementById('baselines-box').hidden ? '' : document.getElementById('baselines').textContent",
+        );
+        let baselines = baselines.as_str().unwrap();
+        assert!(
+            baselines.contains("baseline: ") && baselines.contains("The student is "),
+            "the page shows no baselines: {baselines}"
+        );
         let png = b.screenshot();
         std::fs::write(shots_dir.join("demo.png"), &png).unwrap();
         (output.as_str().unwrap().to_string(), png)

@@ -47,6 +47,38 @@ fn table2_smoke_is_deterministic_and_complete() {
         );
         assert!((t.delta - (a.em_squad.value - b.em_squad.value)).abs() < 1e-9, "{t:?}");
     }
+    // Beside them, what trivial answers score on the same questions, with intervals: the copied
+    // question and each arm's most frequent training answer; each arm tested against its best.
+    let names: Vec<&str> = table.baselines.iter().map(|b| b.system.as_str()).collect();
+    assert!(names.contains(&"copy the input"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("most frequent training output (")), "{names:?}");
+    for b in &table.baselines {
+        let i = &b.interval;
+        assert!(i.low <= i.value && i.value <= i.high && i.n == 24, "{b:?}");
+        assert!(!b.from.is_empty());
+    }
+    for a in &table.arms {
+        let t = a.versus_baseline.as_ref().unwrap_or_else(|| panic!("{}: no baseline test", a.arm));
+        let best = table
+            .baselines
+            .iter()
+            .find(|b| {
+                b.system == t.baseline
+                    && b.metric == prompt2model::evaluator::Metric::ExactMatchSquad
+            })
+            .unwrap_or_else(|| panic!("{}: {} is not a baseline row", a.arm, t.baseline));
+        assert!((t.delta - (a.em_squad.value - best.interval.value)).abs() < 1e-9, "{t:?}");
+        if a.em_squad.value <= best.interval.value {
+            assert_eq!(t.outcome(), "not better than the baseline", "{}: {t:?}", a.arm);
+            assert!(!t.better && t.p_value >= 0.05);
+        }
+    }
+    // At the smoke scale no arm answers a question exactly: each equals its best baseline (EM 0)
+    // and is reported as not better than it.
+    assert!(table
+        .arms
+        .iter()
+        .all(|a| a.versus_baseline.as_ref().unwrap().outcome() == "not better than the baseline"));
     let annotation = &table.arms[3];
     assert!(
         annotation.cost_usd.unwrap() > 0.0 && annotation.cost_basis.contains("paragraphs"),
@@ -60,6 +92,8 @@ fn table2_smoke_is_deterministic_and_complete() {
         "table2.parquet",
         "table2_details.md",
         "table2_paired.md",
+        "table2_baselines.md",
+        "table2_baselines.csv",
         "table2_learning_curves.csv",
         "table2.png",
         "table2.svg",
@@ -69,6 +103,23 @@ fn table2_smoke_is_deterministic_and_complete() {
     ] {
         assert!(dir.join(f).is_file(), "{f} missing from {}", dir.display());
     }
+    // The written table carries the baseline rows with their intervals, and the verdicts.
+    let csv = std::fs::read_to_string(dir.join("table2.csv")).unwrap();
+    let copy = csv
+        .lines()
+        .find(|l| l.starts_with("baseline: copy the input,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    assert_eq!(copy.matches(" [").count(), 3, "EM, raw EM and chrF++ with intervals: {copy}");
+    assert_eq!(csv.lines().count(), 1 + 4 + table.baseline_rows().len(), "{csv}");
+    // A constant answer's row names the arms whose training data gave it.
+    assert!(
+        csv.lines().any(|l| l.contains("baseline: most frequent training output (")
+            && table.arms.iter().any(|a| l.contains(&format!(", of {}", a.arm)))),
+        "{csv}"
+    );
+    let verdicts = std::fs::read_to_string(dir.join("table2_baselines.csv")).unwrap();
+    assert_eq!(verdicts.lines().count(), 1 + 4, "{verdicts}");
+    assert_eq!(verdicts.matches(",not better than the baseline").count(), 4, "{verdicts}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let inputs: Vec<&str> = manifest["inputs"]
@@ -90,6 +141,8 @@ fn table2_smoke_is_deterministic_and_complete() {
     assert_eq!(reused.snapshot_rows(), table.snapshot_rows());
 
     insta::assert_yaml_snapshot!("table2_smoke", table.snapshot_rows());
+    assert_eq!(reused.baseline_snapshot_rows(), table.baseline_snapshot_rows());
+    insta::assert_yaml_snapshot!("table2_smoke_baselines", table.baseline_snapshot_rows());
 }
 
 /// The arms keep their meaning under the shared assembly: "retrieval + generation" trains on

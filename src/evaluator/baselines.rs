@@ -178,11 +178,33 @@ pub struct BaselineTest {
 }
 
 impl BaselineTest {
+    /// `better than the baseline` or `not better than the baseline`: the verdict alone, for a
+    /// table column beside the numbers.
+    pub fn outcome(&self) -> &'static str {
+        if self.better {
+            "better than the baseline"
+        } else {
+            "not better than the baseline"
+        }
+    }
+
+    /// The verdict with the best baseline's name, the difference and p, for a table cell:
+    /// `not better than the baseline (copy the input: Δ +0.00, p = 1.000)`.
+    pub fn brief(&self) -> String {
+        format!(
+            "{} ({}: Δ {:+.2}, p = {:.3})",
+            self.outcome(),
+            self.baseline,
+            self.delta,
+            self.p_value
+        )
+    }
+
     /// `better than the baseline …` or `not better than the baseline …`, with the numbers.
     pub fn verdict(&self) -> String {
         format!(
-            "{} the baseline: student − {} = {:+.2} {} points, p = {:.3} (paired bootstrap, one-sided; the share of resamples in which the student does not beat it)",
-            if self.better { "better than" } else { "not better than" },
+            "{}: student − {} = {:+.2} {} points, p = {:.3} (paired bootstrap, one-sided; the share of resamples in which the student does not beat it)",
+            self.outcome(),
             self.baseline,
             self.delta,
             self.metric.display_name(),
@@ -329,6 +351,116 @@ impl BaselineComparison {
     }
 }
 
+/// A baseline as a row of a table whose systems (Table 2's arms, a live table's cells) trained
+/// on different data but were scored on the same test examples: the copied input is the same
+/// for all of them, a constant answer the same for those whose training data had the same most
+/// frequent output. Each distinct baseline is one row, naming the systems that gave it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableBaseline {
+    /// The baseline's name ([`Baseline::name`]).
+    pub system: String,
+    pub kind: BaselineKind,
+    pub metric: Metric,
+    pub interval: Interval,
+    /// The systems whose training data gave this baseline, in the order given.
+    pub from: Vec<String>,
+}
+
+impl TableBaseline {
+    /// `baseline: majority class ("positive")`, for a table's system column.
+    pub fn label(&self) -> String {
+        format!("baseline: {}", self.system)
+    }
+
+    /// Where the baseline comes from, for a table's notes column: the copied input needs no
+    /// training data; a constant answer is the most frequent output of the named systems' data.
+    pub fn provenance(&self) -> String {
+        match self.kind {
+            BaselineKind::CopyInput => "trivial: the input itself".into(),
+            _ => format!("trivial: from the training data of {}", self.from.join(", ")),
+        }
+    }
+}
+
+/// The baseline rows of several systems' comparisons on the same test examples, each distinct
+/// baseline (the same name, metric and score) once, in first-seen order, with the systems that
+/// gave it. `comparisons` pairs each system's name with its comparison.
+pub fn distinct_baselines<'a>(
+    comparisons: impl IntoIterator<Item = (&'a str, &'a BaselineComparison)>,
+) -> Vec<TableBaseline> {
+    let mut out: Vec<TableBaseline> = Vec::new();
+    for (system, comparison) in comparisons {
+        for row in &comparison.rows {
+            let Some(kind) = row.baseline else { continue };
+            let same = |t: &&mut TableBaseline| {
+                t.system == row.system && t.metric == row.metric && t.interval == row.interval
+            };
+            match out.iter_mut().find(same) {
+                Some(t) if t.from.iter().any(|f| f == system) => {}
+                Some(t) => t.from.push(system.to_string()),
+                None => out.push(TableBaseline {
+                    system: row.system.clone(),
+                    kind,
+                    metric: row.metric,
+                    interval: row.interval.clone(),
+                    from: vec![system.to_string()],
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// A system of a table (an arm, a cell) against the best of the baselines of its own training
+/// data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersusBaseline {
+    /// What the table groups systems by (the task), where it groups them.
+    pub group: Option<String>,
+    pub system: String,
+    pub test: BaselineTest,
+}
+
+/// The systems against their best baselines as a table: group (named `group_column`, where
+/// there is one), system (named `system_column`), best baseline, metric, Δ, p and the verdict.
+pub fn versus_frame(
+    rows: &[VersusBaseline],
+    group_column: Option<&str>,
+    system_column: &str,
+) -> PolarsResult<DataFrame> {
+    let mut columns = Vec::new();
+    if let Some(g) = group_column {
+        columns.push(Column::new(
+            g.into(),
+            rows.iter().map(|r| r.group.clone().unwrap_or_default()).collect::<Vec<_>>(),
+        ));
+    }
+    columns.extend([
+        Column::new(
+            system_column.into(),
+            rows.iter().map(|r| r.system.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "best baseline".into(),
+            rows.iter().map(|r| r.test.baseline.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new("metric".into(), rows.iter().map(|r| r.test.metric.name()).collect::<Vec<_>>()),
+        Column::new(
+            format!("Δ ({system_column} − baseline, points)").into(),
+            rows.iter().map(|r| r.test.delta).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            format!("p ({system_column} not better)").into(),
+            rows.iter().map(|r| r.test.p_value).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "verdict".into(),
+            rows.iter().map(|r| r.test.outcome().to_string()).collect::<Vec<_>>(),
+        ),
+    ]);
+    DataFrame::new_infer_height(columns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +593,68 @@ mod tests {
             &BootstrapConfig::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_table_shows_each_distinct_baseline_once_with_whose_data_gave_it() {
+        let (inputs, refs) = balanced_test();
+        let cfg = BootstrapConfig::default();
+        let student = vec!["positive".to_string(); 40];
+        // Two cells trained on data whose most frequent output is "negative", one on "positive".
+        let train = |answer: &str| -> Vec<Example> {
+            (0..5).map(|i| Example::new(format!("t{i}"), answer)).collect()
+        };
+        let kinds = BaselineKind::for_task(false);
+        let compare = |answer: &str| {
+            let b = baselines(kinds, &train(answer), None, &inputs);
+            compare_to_baselines("real", &student, &refs, &b, &[Metric::ExactMatch], &cfg).unwrap()
+        };
+        let (a, b, c) = (compare("negative"), compare("negative"), compare("positive"));
+        let rows = distinct_baselines([("a", &a), ("b", &b), ("c", &c)]);
+        let shown: Vec<(&str, Vec<&str>)> = rows
+            .iter()
+            .map(|r| (r.system.as_str(), r.from.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("copy the input", vec!["a", "b", "c"]),
+                ("most frequent training output (\"negative\")", vec!["a", "b"]),
+                ("most frequent training output (\"positive\")", vec!["c"]),
+            ]
+        );
+        assert_eq!(rows[0].provenance(), "trivial: the input itself");
+        assert_eq!(rows[1].provenance(), "trivial: from the training data of a, b");
+        assert_eq!(rows[2].label(), "baseline: most frequent training output (\"positive\")");
+        assert_eq!(rows[1].interval.value, 50.0);
+        // The verdicts as a table: the constant "positive" student equals c's best baseline.
+        let versus: Vec<VersusBaseline> = [("a", &a), ("c", &c)]
+            .iter()
+            .map(|(s, x)| VersusBaseline {
+                group: Some("sentiment".into()),
+                system: s.to_string(),
+                test: x.test.clone().unwrap(),
+            })
+            .collect();
+        let t = &versus[1].test;
+        assert_eq!((t.delta, t.better), (0.0, false));
+        assert!(t.brief().starts_with("not better than the baseline (most frequent training output (\"positive\"): Δ +0.00, p = "), "{}", t.brief());
+        let frame = versus_frame(&versus, Some("task"), "row").unwrap();
+        let names: Vec<String> = frame.get_column_names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "task",
+                "row",
+                "best baseline",
+                "metric",
+                "Δ (row − baseline, points)",
+                "p (row not better)",
+                "verdict"
+            ]
+        );
+        let verdicts = crate::data::loaders::string_column(&frame, "verdict").unwrap();
+        assert_eq!(verdicts, ["not better than the baseline", "not better than the baseline"]);
+        assert_eq!(versus_frame(&versus, None, "arm").unwrap().width(), 6);
     }
 }

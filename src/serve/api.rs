@@ -183,9 +183,22 @@ struct Info {
     demonstrations: Vec<crate::data::examples::Example>,
     student: String,
     metrics: Vec<crate::pipeline::evaluate::MetricResult>,
+    /// The student beside trivial answers per test set, each with its paired verdict.
+    baselines: Vec<BaselinesInfo>,
+    /// Why there are none, where there are none.
+    baselines_note: Option<String>,
     auth_required: bool,
     review: bool,
     max_new_tokens: usize,
+}
+
+/// One test set's comparison as the page shows it.
+#[derive(Serialize)]
+struct BaselinesInfo {
+    test_set: String,
+    rows: Vec<crate::evaluator::baselines::SystemScore>,
+    /// `better than the baseline: …` / `not better than the baseline: …`, with the numbers.
+    verdict: Option<String>,
 }
 
 async fn info(State(s): State<Arc<AppState>>) -> Json<Info> {
@@ -195,6 +208,16 @@ async fn info(State(s): State<Arc<AppState>>) -> Json<Info> {
         demonstrations: s.manifest.demonstrations.clone(),
         student: s.manifest.student.clone(),
         metrics: s.manifest.metrics.clone(),
+        baselines: s
+            .baselines
+            .iter()
+            .map(|c| BaselinesInfo {
+                test_set: c.test_set.clone(),
+                rows: c.rows.clone(),
+                verdict: c.test.as_ref().map(|t| t.verdict()),
+            })
+            .collect(),
+        baselines_note: s.baselines_note.clone(),
         auth_required: s.config.token.is_some(),
         review: s.review.is_some(),
         max_new_tokens: s.manifest.executor.max_new_tokens,

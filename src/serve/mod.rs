@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::evaluator::baselines::BaselineComparison;
+use crate::pipeline::layout::RunLayout;
 use crate::pipeline::package::{ModelManifest, MANIFEST_FILE};
+use crate::pipeline::stage::read_stage_json;
 use crate::review::Review;
 use batcher::{BatchConfig, Batcher};
 use metrics::ServeMetrics;
@@ -116,7 +119,30 @@ pub struct AppState {
     pub max_input_tokens: usize,
     /// Saves are serialised; reads take the lock too, so a page never sees half a save.
     pub review: Option<Mutex<Review>>,
+    /// The student beside trivial answers, per test set, as the run's evaluation measured it.
+    pub baselines: Vec<BaselineComparison>,
+    /// Why no baselines are shown, where none are.
+    pub baselines_note: Option<String>,
     pub started: Instant,
+}
+
+/// The run's baselines (its evaluation's `baselines.json`), or why none are known: a bare model
+/// folder carries no test sets and no training data to learn a trivial answer from.
+pub fn served_baselines(served: &Served) -> (Vec<BaselineComparison>, Option<String>) {
+    let Some(run) = &served.run_dir else {
+        return (Vec::new(), Some(format!(
+            "No baselines are known: {} is a model folder served without the run that made it, so what a trivial answer scores was not measured here; serve the run folder (runs/<name>) to see the student beside its baselines.",
+            served.model_dir.display()
+        )));
+    };
+    let path = RunLayout::new(run.clone()).baselines();
+    match read_stage_json::<Vec<BaselineComparison>>(&path) {
+        Ok(all) if !all.is_empty() => (all, None),
+        Ok(_) => (Vec::new(), Some(format!("No baselines are known: {} lists none.", path.display()))),
+        Err(e) => (Vec::new(), Some(format!(
+            "No baselines are known: the run's evaluation wrote none ({e:#}); run `p2m run` on this run again (it resumes) to measure them."
+        ))),
+    }
 }
 
 /// Load the model and build the state (seconds: the weights are read here).
@@ -138,6 +164,7 @@ pub fn load(config: ServeConfig) -> Result<Arc<AppState>> {
         Some(run) => Review::open(run).ok().map(Mutex::new),
         None => None,
     };
+    let (baselines, baselines_note) = served_baselines(&served);
     let max_input_tokens = config.max_input_tokens.unwrap_or(manifest.executor.max_source_len);
     Ok(Arc::new(AppState {
         manifest,
@@ -148,6 +175,8 @@ pub fn load(config: ServeConfig) -> Result<Arc<AppState>> {
         config,
         max_input_tokens,
         review,
+        baselines,
+        baselines_note,
         started: Instant::now(),
     }))
 }

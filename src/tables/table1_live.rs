@@ -20,6 +20,9 @@ use crate::data::loaders::{self, HfDisk};
 use crate::data::recorded::GPT_BASELINE;
 use crate::data::registry::Registry;
 use crate::data::tasks::Task;
+use crate::evaluator::baselines::{
+    distinct_baselines, versus_frame, BaselineComparison, VersusBaseline,
+};
 use crate::evaluator::bootstrap::{
     bootstrap, paired_difference, BootstrapConfig, CorpusScorer, Interval, PairedDifference,
 };
@@ -85,6 +88,8 @@ pub struct Table1Live {
     pub paired: Vec<PairedRows>,
     /// Per task where the teacher has a row: its score on the sample and on the whole test set.
     pub teacher_samples: Vec<TeacherSample>,
+    /// Per task, each row (a cell) against the best baseline of its own training data.
+    pub versus_baseline: Vec<VersusBaseline>,
     pub notes: Vec<String>,
     pub manifest: Manifest,
 }
@@ -176,6 +181,44 @@ fn teacher_sample_notes(tasks: &[Task], samples: &[TeacherSample]) -> Vec<String
     notes
 }
 
+/// A task's baseline rows (each distinct baseline of its rows' training data once) and each
+/// row against the best of its own baselines; `comparisons` pairs each row's label with its
+/// comparison on the real test set.
+fn baselines_of_task(
+    task_id: &str,
+    metric: Metric,
+    comparisons: Vec<(String, BaselineComparison)>,
+) -> (Vec<LiveRow>, Vec<VersusBaseline>) {
+    let rows = distinct_baselines(comparisons.iter().map(|(label, c)| (label.as_str(), c)))
+        .into_iter()
+        .map(|b| LiveRow {
+            task: task_id.to_string(),
+            row: b.label(),
+            label: b.label(),
+            metric: metric.name().into(),
+            real: Some(b.interval.clone()),
+            bertscore: None,
+            generated: None,
+            paper: None,
+            student: b.provenance(),
+            model_sha256: None,
+            train_rows_sha256: None,
+            cell: None,
+        })
+        .collect();
+    let versus = comparisons
+        .into_iter()
+        .filter_map(|(label, c)| {
+            c.test.map(|test| VersusBaseline {
+                group: Some(task_id.to_string()),
+                system: label,
+                test,
+            })
+        })
+        .collect();
+    (rows, versus)
+}
+
 /// Assemble the table from finished cells.
 pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     super::cells::ensure_all_done(plan)?;
@@ -195,6 +238,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
     let mut rows = Vec::new();
     let mut paired = Vec::new();
     let mut teacher_samples = Vec::new();
+    let mut versus_baseline = Vec::new();
     let mut notes = vec![format!(
         "Scale `{}` ({}); teacher `{}`. Each row is one `p2m run` (folders under {}), scored on the same real test examples; intervals are 95 % bootstrap intervals (1,000 seeded resamples).",
         plan.scale,
@@ -214,6 +258,8 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         // Every other row's predictions on the real test set, paired with Prompt2Model's below.
         let mut other_real: Vec<(String, super::table3_live::CellPredictions)> = Vec::new();
         let mut by_model: Vec<(String, String, String)> = Vec::new();
+        // Each row beside the baselines of its own training data, on its real test examples.
+        let mut comparisons: Vec<(String, BaselineComparison)> = Vec::new();
         for cell in plan.cells.iter().filter(|c| &c.task == task_id) {
             let dir = plan.dir(cell);
             let info = crate::pipeline::runs::RunInfo::read(&dir)?;
@@ -240,6 +286,10 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
                 ));
             }
             let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
+            comparisons.push((
+                cell.label.clone(),
+                super::table3_live::cell_versus_baselines(&dir, &r, metric, &bootstrap_cfg)?,
+            ));
             if cell.row == "prompt2model" {
                 p2m_real = Some(PromptToModelReal {
                     scorer: CorpusScorer::new(metric, &r.predictions, &r.references)?,
@@ -386,14 +436,19 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
             (_, None) => {}
         }
         rows.push(teacher_row);
+        let (baseline_rows, versus) = baselines_of_task(task_id, metric, comparisons);
+        rows.extend(baseline_rows);
+        versus_baseline.extend(versus);
     }
     notes.extend(teacher_sample_notes(&tasks, &teacher_samples));
+    notes.push(format!("Baselines: the rows `baseline: …` are what a trivial answer scores on the same real test examples (the input copied as the answer; the most frequent output of a row's training data, one row per distinct answer, naming whose data gave it; the majority class where the data has a label set), each with its interval. `table1_baselines` tests each row against the best of its own baselines (paired bootstrap, one-sided, \"better\" where p < {}).", crate::evaluator::baselines::SIGNIFICANCE));
     Ok(Table1Live {
         scale: plan.scale.clone(),
         teacher: plan.teacher.name().into(),
         rows,
         paired,
         teacher_samples,
+        versus_baseline,
         notes,
         manifest,
     })
@@ -525,6 +580,7 @@ impl Table1Live {
                 ReportTable::new("table1", "Table 1, live: every row re-run here, every score with its 95 % bootstrap interval", self.frame()?),
                 ReportTable::new("table1_paired", "Is Prompt2Model better than its teacher on the same examples? (paired bootstrap)", self.paired_frame()?),
                 ReportTable::new("table1_ablations", "Prompt2Model against each ablation row on the same examples (paired bootstrap), and whether the two trained the same weights or rows", self.ablations_frame()?),
+                ReportTable::new("table1_baselines", "Does each row beat a trivial answer? The row against the best baseline of its own training data on the same real test examples (paired bootstrap)", versus_frame(&self.versus_baseline, Some("task"), "row")?),
                 ReportTable::new("table1_teacher_sample", "Is the test sample representative? The teacher's score on the sample beside its score on the whole real test set", self.teacher_sample_frame()?),
             ],
             notes: self.notes.clone(),

@@ -13,6 +13,9 @@ use super::cells::CellPlan;
 use super::round2;
 use crate::data::registry::Registry;
 use crate::data::tasks::Task;
+use crate::evaluator::baselines::{
+    compare_to_baselines, distinct_baselines, BaselineComparison, BaselineTest, TableBaseline,
+};
 use crate::evaluator::bootstrap::{kendall_interval, BootstrapConfig, CorpusScorer, Interval};
 use crate::evaluator::kendall::{kendall_tau_b, KendallTau};
 use crate::evaluator::Metric;
@@ -32,6 +35,8 @@ pub struct LiveStudent {
     pub real: Interval,
     /// A sanity row (untrained, random): shown, not in τ.
     pub sanity: bool,
+    /// The student against the best baseline of its own training data on the real test set.
+    pub versus_baseline: Option<BaselineTest>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +57,9 @@ pub struct Table3Live {
     pub scale: String,
     pub teacher: String,
     pub students: Vec<LiveStudent>,
+    /// Per task, what trivial answers score on the real test set (each distinct baseline of the
+    /// cells' training data once): shown beside the students, ranked nowhere.
+    pub baselines: Vec<(String, TableBaseline)>,
     pub results: Vec<LiveTaskResult>,
     pub notes: Vec<String>,
     pub manifest: Manifest,
@@ -78,6 +86,22 @@ pub fn read_predictions(path: &Path) -> Result<CellPredictions> {
     Ok(CellPredictions { inputs: col("input")?, references, predictions: col("prediction")? })
 }
 
+/// A cell's predictions on the real test set beside the baselines of its own run (learned from
+/// its training rows, scored on its test examples: [`crate::pipeline::stages::run_baselines`]),
+/// on `metric`, with the paired test against the best.
+pub fn cell_versus_baselines(
+    dir: &Path,
+    real: &CellPredictions,
+    metric: Metric,
+    cfg: &BootstrapConfig,
+) -> Result<BaselineComparison> {
+    let layout = crate::pipeline::layout::RunLayout::new(dir.to_path_buf());
+    let trivial = crate::pipeline::stages::run_baselines(&layout, &real.inputs)
+        .with_context(|| format!("the baselines of the run {}", dir.display()))?;
+    compare_to_baselines("real", &real.predictions, &real.references, &trivial, &[metric], cfg)
+        .with_context(|| format!("scoring the baselines of the run {}", dir.display()))
+}
+
 /// Assemble the table from finished cells (every cell must be done).
 pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
     super::cells::ensure_all_done(plan)?;
@@ -97,6 +121,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
     );
     manifest.metric_signatures.insert("kendall".into(), crate::evaluator::kendall::signature());
     let mut students = Vec::new();
+    let mut baselines = Vec::new();
     let mut results = Vec::new();
     let mut notes = vec![format!(
         "Scale `{}` ({}); teacher `{}`. Every student is one `p2m run` (its folder under {}), fine-tuned on the task's generated training data and scored on the same generated and real test examples; each score's interval is its run's 95 % bootstrap interval, τ's interval resamples both test sets (1,000 seeded resamples, the same resample for every student).",
@@ -116,12 +141,14 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
         let mut gen_scorers = Vec::new();
         let mut real_scorers = Vec::new();
         let mut first_inputs: Option<(String, Vec<String>, Vec<String>)> = None;
+        let mut comparisons: Vec<(String, BaselineComparison)> = Vec::new();
         for cell in plan.cells.iter().filter(|c| &c.task == task_id) {
             let dir = plan.dir(cell);
             let info = crate::pipeline::runs::RunInfo::read(&dir)?;
             let g = read_predictions(&dir.join("evaluation/predictions_generated.parquet"))?;
             let (gi, gr, gp) = (g.inputs, g.references, g.predictions);
             let r = read_predictions(&dir.join("evaluation/predictions_real.parquet"))?;
+            let comparison = cell_versus_baselines(&dir, &r, metric, &bootstrap)?;
             let (ri, rr, rp) = (r.inputs, r.references, r.predictions);
             match &first_inputs {
                 None => first_inputs = Some((cell.id.clone(), gi.clone(), ri.clone())),
@@ -159,8 +186,15 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
                 generated,
                 real,
                 sanity: cell.sanity,
+                versus_baseline: comparison.test.clone(),
             });
+            comparisons.push((cell.label.clone(), comparison));
         }
+        baselines.extend(
+            distinct_baselines(comparisons.iter().map(|(label, c)| (label.as_str(), c)))
+                .into_iter()
+                .map(|b| (task_id.clone(), b)),
+        );
         // τ ranks the close students only: sanity rows (untrained, random) would order working
         // models against broken ones whatever the test set.
         let in_tau: Vec<bool> =
@@ -210,6 +244,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
             recorded_tau,
         });
     }
+    notes.push(format!("Baselines: the rows `baseline: …` of the students' table are what a trivial answer scores on the same real test examples (the input copied as the answer; the most frequent output of a student's training data, one row per distinct answer, naming whose data gave it), each with its interval; they rank nothing. Each student is tested against the best baseline of its own training data (paired bootstrap, one-sided, \"better\" where p < {}).", crate::evaluator::baselines::SIGNIFICANCE));
     if recorded.is_none() {
         notes.push("the recorded runs could not be re-scored here (mirror missing?): the `τ×100 recorded` column is empty".into());
     }
@@ -217,6 +252,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
         scale: plan.scale.clone(),
         teacher: plan.teacher.name().into(),
         students,
+        baselines,
         results,
         notes,
         manifest,
@@ -261,23 +297,49 @@ impl Table3Live {
         ])
     }
 
+    /// Every student, then the baselines of each task (on the real test set only: they rank
+    /// nothing), and whether each student beats the best baseline of its own training data.
     pub fn students_frame(&self) -> PolarsResult<DataFrame> {
         let s = &self.students;
-        let iv = |i: &Interval| format!("{:.2} [{:.2}, {:.2}]", i.value, i.low, i.high);
+        let b = &self.baselines;
+        // Interval's Display: `value [low, high]`, two decimals.
+        let text = |f: fn(&LiveStudent) -> String,
+                    baseline: fn(&TableBaseline) -> Option<String>| {
+            s.iter()
+                .map(|x| Some(f(x)))
+                .chain(b.iter().map(|(_, x)| baseline(x)))
+                .collect::<Vec<_>>()
+        };
         DataFrame::new_infer_height(vec![
-            Column::new("task".into(), s.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
-            Column::new("student".into(), s.iter().map(|x| x.label.clone()).collect::<Vec<_>>()),
-            Column::new("model".into(), s.iter().map(|x| x.student.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "task".into(),
+                s.iter()
+                    .map(|x| x.task.clone())
+                    .chain(b.iter().map(|(t, _)| t.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new("student".into(), text(|x| x.label.clone(), |x| Some(x.label()))),
+            Column::new("model".into(), text(|x| x.student.clone(), |x| Some(x.provenance()))),
             Column::new(
                 "train rows".into(),
-                s.iter().map(|x| x.train_rows.map(|n| n as u32)).collect::<Vec<_>>(),
+                s.iter()
+                    .map(|x| x.train_rows.map(|n| n as u32))
+                    .chain(b.iter().map(|_| None))
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new("generated test".into(), text(|x| x.generated.to_string(), |_| None)),
+            Column::new(
+                "real test".into(),
+                text(|x| x.real.to_string(), |x| Some(x.interval.to_string())),
             ),
             Column::new(
-                "generated test".into(),
-                s.iter().map(|x| iv(&x.generated)).collect::<Vec<_>>(),
+                "real test against the best baseline".into(),
+                s.iter()
+                    .map(|x| x.versus_baseline.as_ref().map(BaselineTest::brief))
+                    .chain(b.iter().map(|_| None))
+                    .collect::<Vec<_>>(),
             ),
-            Column::new("real test".into(), s.iter().map(|x| iv(&x.real)).collect::<Vec<_>>()),
-            Column::new("cell".into(), s.iter().map(|x| x.cell.clone()).collect::<Vec<_>>()),
+            Column::new("cell".into(), text(|x| x.cell.clone(), |_| None)),
         ])
     }
 

@@ -10,12 +10,15 @@ use super::{existing, list_files_of, read_rows, read_stage_json, PipelineStage};
 use crate::data::diagnostics::DataDiagnostics;
 use crate::data::examples::{read_examples_jsonl, Example};
 use crate::data::registry::Registry;
-use crate::evaluator::baselines::{baselines_for_run, compare_to_baselines, BaselineComparison};
+use crate::evaluator::baselines::{
+    baselines_for_run, compare_to_baselines, Baseline, BaselineComparison,
+};
 use crate::evaluator::bertscore::BertScorer;
 use crate::evaluator::metric_choice::MetricChoice;
 use crate::pipeline::config::TeacherSource;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::evaluate::{self, TestSet};
+use crate::pipeline::layout::RunLayout;
 use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
 use crate::pipeline::student::StudentSelection;
 use crate::prompt_parser::ParsedPrompt;
@@ -158,11 +161,7 @@ fn compare_with_baselines(
     diagnostics: Option<&DataDiagnostics>,
     choice: &MetricChoice,
 ) -> Result<Vec<BaselineComparison>> {
-    let train: Vec<Example> = read_rows(&ctx.layout.split("train"))?
-        .into_iter()
-        .filter(|r| r.task_id == 0)
-        .map(|r| Example::new(r.input, r.output))
-        .collect();
+    let train = task_training_examples(&ctx.layout)?;
     let mut out = Vec::new();
     for (set, predictions) in sets.iter().zip(predictions) {
         let baselines = baselines_for_run(diagnostics, &train, &set.inputs);
@@ -176,6 +175,25 @@ fn compare_with_baselines(
         )?);
     }
     Ok(out)
+}
+
+/// The rows a run's student trains on for the task itself (task 0 of `assembly/train.jsonl`;
+/// retrieved rows of other tasks answer other questions): what its baselines are learned from.
+fn task_training_examples(layout: &RunLayout) -> Result<Vec<Example>> {
+    Ok(read_rows(&layout.split("train"))?
+        .into_iter()
+        .filter(|r| r.task_id == 0)
+        .map(|r| Example::new(r.input, r.output))
+        .collect())
+}
+
+/// The baselines of a run folder for `test_inputs`, as its evaluation builds them: from its
+/// task's training rows and its data diagnostics' label set. The live tables score each cell's
+/// baselines with this, so a table's baseline row is the one its run's report has.
+pub fn run_baselines(layout: &RunLayout, test_inputs: &[String]) -> Result<Vec<Baseline>> {
+    let train = task_training_examples(layout)?;
+    let diagnostics = DataDiagnostics::read(&layout.data_diagnostics()).ok();
+    Ok(baselines_for_run(diagnostics.as_ref(), &train, test_inputs))
 }
 
 /// BERTScore with the paper's encoder online; the offline one when it cannot be had (said in a

@@ -21,6 +21,7 @@ use super::context::RunContext;
 pub(super) use super::stage::read_stage_json;
 use super::stage::{Stage, StageInputs, StageOutputs};
 
+pub use evaluate::run_baselines;
 pub use retrieve_dataset::read_retrieved_dir;
 
 /// One stage of the pipeline.

@@ -34,6 +34,10 @@ use tch::Device;
 use crate::data::examples::Example;
 use crate::data::loaders::{self, HfDisk};
 use crate::data::registry::{Registry, ResolvedFile};
+use crate::evaluator::baselines::{
+    baselines, compare_to_baselines, distinct_baselines, versus_frame, BaselineComparison,
+    BaselineKind, BaselineTest, TableBaseline, VersusBaseline,
+};
 use crate::evaluator::bootstrap::{
     paired_bootstrap, score_with_interval, BootstrapConfig, CorpusScorer, Interval,
 };
@@ -185,6 +189,9 @@ pub struct ArmResult {
     pub predict_seconds: Option<f64>,
     pub train_peak_rss_mb: Option<f64>,
     pub predict_peak_rss_mb: Option<f64>,
+    /// The arm against the best of its baselines (its own training data's most frequent answer,
+    /// the copied question) on SQuAD-normalised EM; `None` without a baseline.
+    pub versus_baseline: Option<BaselineTest>,
 }
 
 /// A paired bootstrap test between two arms on the same test questions (SQuAD-normalised EM).
@@ -211,6 +218,9 @@ pub struct Table2 {
     pub scale_name: String,
     pub scale: Scale,
     pub arms: Vec<ArmResult>,
+    /// What trivial answers score on the same test questions: each distinct baseline of the
+    /// arms' training data, per metric.
+    pub baselines: Vec<TableBaseline>,
     pub paired: Vec<PairedTest>,
     pub curves: Vec<(String, Vec<StepLog>)>,
     pub predictions: Vec<(String, DataFrame)>,

@@ -32,6 +32,7 @@ impl Prepared {
         let mut signatures = BTreeMap::new();
         let bootstrap_cfg = BootstrapConfig::default();
         let mut em_scorers: Vec<(String, CorpusScorer)> = Vec::new();
+        let mut comparisons: Vec<(String, BaselineComparison)> = Vec::new();
         for (arm, record) in arms.iter().zip(records) {
             let record = record.expect("checked above");
             let path = runs_dir.join(&arm.id).join(ARM_PREDICTIONS);
@@ -51,6 +52,7 @@ impl Prepared {
                     em_scorers.push((arm.name.to_string(), s.scorer));
                 }
             }
+            let comparison = arm_baselines(arm, &predicted, &preds, &refs, &bootstrap_cfg)?;
             let take = |m: Metric| scored[m.name()].clone();
             let paper_row = paper.row.iter().find(|r| r.arm == arm.name);
             let summary = &record.summary;
@@ -76,7 +78,9 @@ impl Prepared {
                 predict_seconds: record.predict_seconds,
                 train_peak_rss_mb: record.train_peak_rss_mb,
                 predict_peak_rss_mb: record.predict_peak_rss_mb,
+                versus_baseline: comparison.test.clone(),
             });
+            comparisons.push((arm.name.to_string(), comparison));
             curves.push((arm.name.to_string(), summary.steps.clone()));
             predictions.push((arm.name.to_string(), predicted));
         }
@@ -90,12 +94,15 @@ impl Prepared {
         }
         notes.push(format!("Intervals: 95 % percentile bootstrap over the {} test questions ({}). Paired tests (Koehn 2004): the same resamples score both arms; p is the share of resamples in which the first arm does not beat the second (one-sided), so a small p supports \"first > second\" and a p near 1 the reverse.", results.first().map(|r: &ArmResult| r.test_examples).unwrap_or(0), bootstrap_cfg.signature()));
         notes.push("EM is reported with the official SQuAD answer normalisation (primary, as the paper's SQuAD numbers) and as raw string equality (the Prompt2Model reference evaluator). chrF++ (sacrebleu's defaults) is added because it gives partial credit: at small scales, where EM is often zero for every arm, it still shows which arm's answers come closer.".into());
+        let baselines = distinct_baselines(comparisons.iter().map(|(a, c)| (a.as_str(), c)));
+        notes.push(format!("Baselines: what a trivial answer scores on the same test questions, with the same intervals: the question's own text copied as the answer, and each arm's most frequent training answer (one row per distinct answer, naming the arms whose data gave it). `{}` tests each arm against the best of its own baselines on SQuAD-normalised EM (paired bootstrap, one-sided, \"better\" where p < {}): an arm that is not better learned nothing a trivial answer does not give.", TABLE2_BASELINES, crate::evaluator::baselines::SIGNIFICANCE));
         notes.push("Cost: the paper's column counts the teacher's API bill (generation) and crowdworker pay (annotation); ours is computed as the `cost basis` column says.".into());
         notes.push(format!("Each arm is a cell (`table2 --cell ID`, one process; `--list-cells`, `--emit-slurm DIR`): its student, predictions and `arm.json` are in {}/<arm>/.", runs_dir.display()));
         Ok(Table2 {
             scale_name,
             scale,
             arms: results,
+            baselines,
             paired,
             curves,
             predictions,
@@ -106,37 +113,91 @@ impl Prepared {
 }
 
 impl Table2 {
+    /// The arms, then the baselines (each distinct one a row, scored on the same questions).
     pub fn frame(&self) -> PolarsResult<DataFrame> {
         let a = &self.arms;
+        let b = self.baseline_rows();
+        // The baseline rows have no training data, paper value or cost.
+        let nb = b.len();
+        let text = |arm: fn(&ArmResult) -> &Interval, m: Metric| -> Vec<Option<String>> {
+            a.iter()
+                .map(|r| Some(arm(r).to_string()))
+                .chain(b.iter().map(|(_, scores)| scores.get(&m).map(Interval::to_string)))
+                .collect()
+        };
+        let numbers = |f: fn(&ArmResult) -> Option<f64>| -> Vec<Option<f64>> {
+            a.iter().map(f).chain(std::iter::repeat_n(None, nb)).collect()
+        };
         DataFrame::new_infer_height(vec![
-            Column::new("arm".into(), a.iter().map(|r| r.arm.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "arm".into(),
+                a.iter()
+                    .map(|r| r.arm.clone())
+                    .chain(b.iter().map(|(name, _)| {
+                        let from = self.baselines.iter().find(|t| &t.system == name);
+                        match from {
+                            Some(t) if t.kind != BaselineKind::CopyInput => {
+                                format!("baseline: {name}, of {}", t.from.join(", "))
+                            }
+                            _ => format!("baseline: {name}"),
+                        }
+                    }))
+                    .collect::<Vec<_>>(),
+            ),
             Column::new(
                 "train examples".into(),
-                a.iter().map(|r| r.train_examples as u64).collect::<Vec<_>>(),
+                a.iter()
+                    .map(|r| Some(r.train_examples as u64))
+                    .chain(std::iter::repeat_n(None, nb))
+                    .collect::<Vec<_>>(),
             ),
             Column::new(
                 "EM (SQuAD norm.) [95 % CI]".into(),
-                a.iter().map(|r| r.em_squad.to_string()).collect::<Vec<_>>(),
+                text(|r| &r.em_squad, Metric::ExactMatchSquad),
             ),
-            Column::new(
-                "EM (raw) [95 % CI]".into(),
-                a.iter().map(|r| r.em_raw.to_string()).collect::<Vec<_>>(),
-            ),
-            Column::new("paper EM".into(), a.iter().map(|r| r.paper_em).collect::<Vec<_>>()),
-            Column::new(
-                "chrF++ [95 % CI]".into(),
-                a.iter().map(|r| r.chrf.to_string()).collect::<Vec<_>>(),
-            ),
+            Column::new("EM (raw) [95 % CI]".into(), text(|r| &r.em_raw, Metric::ExactMatch)),
+            Column::new("paper EM".into(), numbers(|r| r.paper_em)),
+            Column::new("chrF++ [95 % CI]".into(), text(|r| &r.chrf, Metric::ChrfPlusPlus)),
             Column::new(
                 "paper examples".into(),
-                a.iter().map(|r| r.paper_examples.map(|x| x as u64)).collect::<Vec<_>>(),
+                a.iter()
+                    .map(|r| r.paper_examples.map(|x| x as u64))
+                    .chain(std::iter::repeat_n(None, nb))
+                    .collect::<Vec<_>>(),
             ),
-            Column::new("cost ($)".into(), a.iter().map(|r| r.cost_usd).collect::<Vec<_>>()),
-            Column::new(
-                "paper cost ($)".into(),
-                a.iter().map(|r| r.paper_cost_usd).collect::<Vec<_>>(),
-            ),
+            Column::new("cost ($)".into(), numbers(|r| r.cost_usd)),
+            Column::new("paper cost ($)".into(), numbers(|r| r.paper_cost_usd)),
         ])
+    }
+
+    /// Each distinct baseline (by name, in first-seen order) with its score on each metric.
+    pub fn baseline_rows(&self) -> Vec<(String, BTreeMap<Metric, Interval>)> {
+        let mut rows: Vec<(String, BTreeMap<Metric, Interval>)> = Vec::new();
+        for b in &self.baselines {
+            let i = match rows.iter().position(|(name, _)| name == &b.system) {
+                Some(i) => i,
+                None => {
+                    rows.push((b.system.clone(), BTreeMap::new()));
+                    rows.len() - 1
+                }
+            };
+            rows[i].1.insert(b.metric, b.interval.clone());
+        }
+        rows
+    }
+
+    /// Each arm against the best of its baselines (paired bootstrap, SQuAD-normalised EM).
+    pub fn versus_baselines(&self) -> Vec<VersusBaseline> {
+        self.arms
+            .iter()
+            .filter_map(|a| {
+                a.versus_baseline.as_ref().map(|t| VersusBaseline {
+                    group: None,
+                    system: a.arm.clone(),
+                    test: t.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn paired_frame(&self) -> PolarsResult<DataFrame> {
@@ -252,6 +313,36 @@ impl Table2 {
             .collect()
     }
 
+    /// Rounded baseline rows and verdicts for snapshot tests: each baseline with its EM (SQuAD
+    /// norm.), EM (raw) and chrF++; then each arm with its best baseline, Δ EM and verdict.
+    #[allow(clippy::type_complexity)]
+    pub fn baseline_snapshot_rows(
+        &self,
+    ) -> (Vec<(String, Vec<f64>)>, Vec<(String, String, f64, &'static str)>) {
+        let metrics = [Metric::ExactMatchSquad, Metric::ExactMatch, Metric::ChrfPlusPlus];
+        let rows = self
+            .baseline_rows()
+            .into_iter()
+            .map(|(name, scores)| {
+                let values = metrics
+                    .iter()
+                    .filter_map(|m| scores.get(m).map(|i| crate::tables::round2(i.value)))
+                    .collect();
+                (name, values)
+            })
+            .collect();
+        let tests = self
+            .arms
+            .iter()
+            .filter_map(|a| {
+                a.versus_baseline.as_ref().map(|t| {
+                    (a.arm.clone(), t.baseline.clone(), crate::tables::round2(t.delta), t.outcome())
+                })
+            })
+            .collect();
+        (rows, tests)
+    }
+
     pub fn report(&self) -> Result<Report> {
         let mut curves = ReportTable::new(
             "table2_learning_curves",
@@ -275,6 +366,11 @@ impl Table2 {
                     "table2_paired",
                     "Paired bootstrap tests between arms (SQuAD-normalised EM, same test questions)",
                     self.paired_frame()?,
+                ),
+                ReportTable::new(
+                    TABLE2_BASELINES,
+                    "Does each arm beat a trivial answer? The arm against the best of its baselines (paired bootstrap, SQuAD-normalised EM, same test questions)",
+                    versus_frame(&self.versus_baselines(), None, "arm")?,
                 ),
                 ReportTable::new(
                     "table2_details",
@@ -332,6 +428,29 @@ impl Table2 {
         }
         Ok(files)
     }
+}
+
+/// The name of the table of arms against their baselines.
+const TABLE2_BASELINES: &str = "table2_baselines";
+
+/// One arm's predictions beside its baselines: the copied question and the most frequent
+/// answer of the arm's own training data, on the same test questions and metrics as the arm
+/// (SQuAD-normalised EM first: the paired test's).
+fn arm_baselines(
+    arm: &ArmPlan,
+    predicted: &DataFrame,
+    predictions: &[String],
+    references: &[Vec<String>],
+    cfg: &BootstrapConfig,
+) -> Result<BaselineComparison> {
+    let inputs = loaders::string_column(predicted, loaders::INPUT)?;
+    // The targets are the answers; the templated sources are not needed by any baseline.
+    let train: Vec<Example> =
+        arm.train.iter().map(|p| Example::new(p.source.clone(), p.target.clone())).collect();
+    let trivial = baselines(BaselineKind::for_task(false), &train, None, &inputs);
+    let metrics = [Metric::ExactMatchSquad, Metric::ExactMatch, Metric::ChrfPlusPlus];
+    compare_to_baselines("held-out SQuAD", predictions, references, &trivial, &metrics, cfg)
+        .with_context(|| format!("scoring the `{}` arm's baselines", arm.name))
 }
 
 /// Writes `reports/table2/` for a computed table; returns the folder.
