@@ -4,13 +4,22 @@
 //! Generation settings are the reference's (`GenerationModelExecutor`): greedy decoding with a
 //! repetition penalty of 2.0 and a cap on new tokens. The input each example gets is the same
 //! textualisation the student was trained on ([`crate::trainer::model_input`]).
+//!
+//! Two engines run a decoder student's forward passes ([`ExecutorConfig::engine`]): libtorch on
+//! the trained f32 weights (the default), or llama.cpp on an f16 GGUF of them
+//! ([`crate::export::engine_gguf`]), which prefills the instruction the inputs of a batch share
+//! once ([`crate::models::llama_cpp::LlamaCppEngine::generate_sharing_prefix`]).
+
+use std::path::Path;
 
 use anyhow::Context;
 use polars::prelude::{Column, DataFrame};
 
 use crate::data::loaders::{string_column, INPUT, PREDICTION};
+use crate::models::chat::DecodingEngine;
 use crate::models::precision::{self, Precision};
 use crate::models::sampling::SamplingConfig;
+use crate::trainer::student::StudentModel;
 use crate::trainer::{model_input, Student};
 
 /// How predictions are generated.
@@ -27,6 +36,11 @@ pub struct ExecutorConfig {
     /// see [`crate::models::precision`]). Left out of the file when f32.
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// What runs a decoder student's forward passes: `libtorch` (default) or `llama-cpp` (the
+    /// student written as an f16 GGUF, [`crate::export::engine_gguf`]). Left out of the file when
+    /// libtorch, so older configs and fingerprints are unchanged.
+    #[serde(skip_serializing_if = "DecodingEngine::is_libtorch")]
+    pub engine: DecodingEngine,
 }
 
 impl Default for ExecutorConfig {
@@ -38,6 +52,7 @@ impl Default for ExecutorConfig {
             max_source_len: 512,
             task_id: 0,
             precision: Precision::F32,
+            engine: DecodingEngine::Libtorch,
         }
     }
 }
@@ -49,6 +64,35 @@ impl ExecutorConfig {
             ..SamplingConfig::greedy(self.max_new_tokens)
         }
     }
+}
+
+/// The trained student in `model_dir`, ready to generate on `cfg.engine`; for llama.cpp its GGUF
+/// is written on first use under `cache` (see [`crate::export::engine_gguf`]; `None`: the
+/// project's cache, [`crate::config::Paths::from_env`], looked up only then).
+pub fn load_student(
+    model_dir: &Path,
+    device: tch::Device,
+    cfg: &ExecutorConfig,
+    cache: Option<&Path>,
+) -> anyhow::Result<Student> {
+    let mut student = Student::from_dir(model_dir, device)?;
+    if !cfg.engine.is_libtorch() {
+        cfg.engine.check_precision(cfg.precision, ("precision", "engine"))?;
+        anyhow::ensure!(
+            matches!(student.model, StudentModel::Decoder(_)),
+            "{}: the llama-cpp engine decodes decoder-only students; this one is an \
+             encoder-decoder (use engine libtorch)",
+            model_dir.display()
+        );
+        let gguf = match cache {
+            Some(cache) => crate::export::engine_gguf(model_dir, cache)?,
+            None => {
+                crate::export::engine_gguf(model_dir, &crate::config::Paths::from_env()?.cache)?
+            }
+        };
+        student.use_llama_cpp(&gguf)?;
+    }
+    Ok(student)
 }
 
 /// Adds (or replaces) the `prediction` column of a common-schema frame with the student's outputs.
