@@ -116,3 +116,19 @@ pub fn predict_frame(
     out.with_column(Column::new(PREDICTION.into(), predictions))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_is_optional_in_files_and_left_out_when_libtorch() {
+        let old: ExecutorConfig = toml::from_str("max_new_tokens = 32").unwrap();
+        assert_eq!(old.engine, DecodingEngine::Libtorch);
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("engine").is_none(), "{json}");
+        let cpp: ExecutorConfig = toml::from_str("engine = \"llama-cpp\"").unwrap();
+        assert_eq!(cpp.engine, DecodingEngine::LlamaCpp);
+        assert_eq!(serde_json::to_value(&cpp).unwrap()["engine"], "llama-cpp");
+    }
+}

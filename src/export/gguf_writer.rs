@@ -181,8 +181,9 @@ mod tests {
         let q: Vec<i8> = b[2..].iter().map(|&v| v as i8).collect();
         assert_eq!(&q[..4], &[127, -127, 2, -2]);
         let back = dequantize(GgmlType::Q8_0, &b, 32).unwrap();
+        // Within half a step, plus what storing the scale in f16 moves the codes' values.
         for (a, r) in x.iter().zip(&back) {
-            assert!((a - r).abs() <= d / 2.0 + 1e-6, "{a} vs {r}");
+            assert!((a - r).abs() <= 0.51 * d, "{a} vs {r}");
         }
         // An all-zero block has scale 0 and zero codes (no division by zero).
         assert!(quantize_q8_0(&[0.0; 32]).iter().all(|&v| v == 0));

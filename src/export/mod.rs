@@ -174,6 +174,18 @@ pub fn ollama_modelfile(
     ))
 }
 
+/// Make an exported file readable by every user (atomic writes create their temporary files
+/// owner-only, and Ollama's server usually runs as a user of its own).
+pub fn readable_by_all(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", path.display()))?;
+    }
+    Ok(())
+}
+
 /// What [`export_gguf`] wrote.
 #[derive(Debug, Clone)]
 pub struct Exported {
@@ -229,6 +241,7 @@ pub fn export_gguf(
 
     let tensors = gguf_tensors(&llama, ty)?;
     write_gguf(out, &metadata, &tensors)?;
+    readable_by_all(out)?;
     let eos_token = c.eos_token_ids.first().and_then(|&id| {
         metadata.iter().find(|(k, _)| k == "tokenizer.ggml.tokens").and_then(|(_, v)| {
             v.as_array()?.get(usize::try_from(id).ok()?)?.as_str().map(str::to_string)

@@ -56,6 +56,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         export::ollama_modelfile(&template, stop, &settings)?.as_bytes(),
     )
     .map_err(|e| anyhow::anyhow!("writing {}: {e}", modelfile.display()))?;
+    export::readable_by_all(&modelfile)?;
     println!(
         "{} ({} tensors, {:.1} MB, {}) and {}\n  llama.cpp: llama-cli -m {} -p '<task {}>…\\nExample:\\n<input>\\nLabel:\\n'\n  Ollama:    cd {} && ollama create {} -f Modelfile",
         gguf.display(),
