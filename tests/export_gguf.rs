@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use prompt2model::executor::ExecutorConfig;
-use prompt2model::export::{self, GgufType, PromptTemplate};
+use prompt2model::export::{self, GgufType};
 use prompt2model::models::chat::{ChatMessage, ChatTemplate, GgufTokenizer};
 use prompt2model::models::gguf::GgufFile;
 use prompt2model::models::llama::{Llama, LlamaConfig, SteeredRow};
@@ -171,10 +171,10 @@ fn an_exported_student_reads_back_as_the_same_model() {
     let tokenizer = trainer::student::plain_tokenizer(&f.model.join("tokenizer.json")).unwrap();
     let ids = prompts(&tokenizer);
     let want = original.logits(&ids[0]).unwrap();
-    let template = PromptTemplate { task_id: 0, instruction: INSTRUCTION.into() };
+    let template = prompt2model::deploy::transformers::chat_template(0, INSTRUCTION, "", "");
 
     let path = out.path().join("f32.gguf");
-    export::export_gguf(&f.model, GgufType::F32, Some(&template), "t", &path).unwrap();
+    export::export_gguf(&f.model, GgufType::F32, Some(template.as_str()), "t", &path).unwrap();
     let g = GgufFile::open(&path).unwrap();
     let config = LlamaConfig::from_gguf(&g).unwrap();
     let saved = LlamaConfig::from_hf_json(&f.model.join("config.json")).unwrap();

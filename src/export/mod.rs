@@ -80,8 +80,8 @@ impl std::str::FromStr for GgufType {
 }
 
 /// The input a student was trained on (`trainer::model_input`): `<task {task_id}>{instruction}`,
-/// `\nExample:\n`, the input, `\nLabel:\n`. The instruction is fixed in an export; the input is
-/// the user's message.
+/// `\nExample:\n`, the input, `\nLabel:\n`, for an Ollama `Modelfile`. The instruction is fixed
+/// in an export; the input is the user's prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptTemplate {
     pub task_id: u32,
@@ -96,17 +96,6 @@ impl PromptTemplate {
 
     const TAIL: &'static str = "\nLabel:\n";
 
-    /// The template as a Jinja chat template (`tokenizer.chat_template`): each user message is
-    /// an input. Everything is emitted from string literals, so whitespace control (transformers'
-    /// and llama.cpp's `trim_blocks`) cannot change it.
-    pub fn jinja(&self) -> String {
-        format!(
-            "{{%- for message in messages -%}}{{%- if message['role'] == 'user' -%}}{{{{ {} + message['content'] + {} }}}}{{%- endif -%}}{{%- endfor -%}}",
-            jinja_string(&self.head()),
-            jinja_string(Self::TAIL)
-        )
-    }
-
     /// The template in Go's template syntax (Ollama's `TEMPLATE`): the user's prompt as the input.
     fn go_template(&self) -> Result<String> {
         let text = format!("{}{{{{ .Prompt }}}}{}", go_literal(&self.head()), Self::TAIL);
@@ -116,25 +105,6 @@ impl PromptTemplate {
         );
         Ok(text)
     }
-}
-
-/// A double-quoted Jinja string literal of `s` (the escapes jinja2, minijinja and llama.cpp's
-/// template engine all read: `\\`, `\"`, `\n`, `\r`, `\t`).
-fn jinja_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Literal text in a Go template: `{{` would open an action, so it is written as one.
@@ -198,11 +168,13 @@ pub struct Exported {
 
 /// Write the decoder student in `model_dir` (`config.json` of a `LlamaForCausalLM`,
 /// `model.safetensors`, `tokenizer.json`: what `Llama::save_hf_dir` and `Student::save` write) as
-/// a GGUF at `out`, atomically. `template`, when given, becomes `tokenizer.chat_template`.
+/// a GGUF at `out`, atomically. `chat_template`, when given, becomes `tokenizer.chat_template`
+/// (the packaged model's: [`crate::deploy::transformers::chat_template`], which puts a user
+/// message into the training input).
 pub fn export_gguf(
     model_dir: &Path,
     ty: GgufType,
-    template: Option<&PromptTemplate>,
+    chat_template: Option<&str>,
     name: &str,
     out: &Path,
 ) -> Result<Exported> {
@@ -235,8 +207,8 @@ pub fn export_gguf(
     }
     metadata.extend(config_meta);
     metadata.extend(GgufTokenizer::gguf_metadata(&tokenizer, c.vocab_size, &tok_path)?);
-    if let Some(t) = template {
-        metadata.push(("tokenizer.chat_template".into(), GgufValue::String(t.jinja())));
+    if let Some(t) = chat_template {
+        metadata.push(("tokenizer.chat_template".into(), GgufValue::String(t.to_string())));
     }
 
     let tensors = gguf_tensors(&llama, ty)?;
@@ -316,18 +288,6 @@ pub fn engine_gguf(model_dir: &Path, cache: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_chat_template_renders_the_training_input() {
-        let t = PromptTemplate {
-            task_id: 0,
-            instruction: "Say \"hi\" {{ not code }} {% raw %}\\ and\ttabs.\nTwo lines.".into(),
-        };
-        let jinja = crate::models::chat::ChatTemplate::new(&t.jinja()).unwrap();
-        let msgs = [crate::models::chat::ChatMessage::user("an input\nwith a line")];
-        let rendered = jinja.render(&msgs, true, &Default::default()).unwrap();
-        assert_eq!(rendered, crate::trainer::model_input(0, &t.instruction, &msgs[0].content));
-    }
 
     #[test]
     fn the_modelfile_names_the_template_and_settings() {

@@ -41,8 +41,15 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let template =
         PromptTemplate { task_id: manifest.executor.task_id, instruction: manifest.instruction };
     let gguf = out_dir.join("model.gguf");
+    // The packaged model's chat template (decoder tokenizers add no special tokens around text).
+    let chat_template = prompt2model::deploy::transformers::chat_template(
+        template.task_id,
+        &template.instruction,
+        "",
+        "",
+    );
     let exported =
-        export::export_gguf(&model_dir, args.ty, Some(&template), &manifest.name, &gguf)?;
+        export::export_gguf(&model_dir, args.ty, Some(&chat_template), &manifest.name, &gguf)?;
     let stop = exported.eos_token.as_deref().ok_or_else(|| {
         anyhow::anyhow!("{}: the student has no EOS token to stop on", model_dir.display())
     })?;
