@@ -15,13 +15,22 @@
 //! bidirectional, so the encoder states of the shared text depend on the input that follows it and
 //! cannot be reused; what can be shared already is (the encoder runs once per batch, and each
 //! decoder layer's cross-attention keys and values are computed once per batch, not per step).
+//!
+//! Two engines run a decoder student's forward passes ([`ExecutorConfig::engine`]): libtorch on
+//! the trained f32 weights (the default), or llama.cpp on an f16 GGUF of them
+//! ([`crate::export::engine_gguf`]), which prefills the instruction the inputs of a batch share
+//! once ([`crate::models::llama_cpp::LlamaCppEngine::generate_sharing_prefix`]).
+
+use std::path::Path;
 
 use anyhow::Context;
 use polars::prelude::{Column, DataFrame};
 
 use crate::data::loaders::{string_column, INPUT, PREDICTION};
+use crate::models::chat::DecodingEngine;
 use crate::models::precision::{self, Precision};
 use crate::models::sampling::SamplingConfig;
+use crate::trainer::student::StudentModel;
 use crate::trainer::{model_input, Student};
 
 /// How predictions are generated.
@@ -47,6 +56,11 @@ pub struct ExecutorConfig {
     /// out of the file when on, so run fingerprints and earlier configs are unchanged.
     #[serde(skip_serializing_if = "is_true")]
     pub prefix_cache: bool,
+    /// What runs a decoder student's forward passes: `libtorch` (default) or `llama-cpp` (the
+    /// student written as an f16 GGUF, [`crate::export::engine_gguf`]). Left out of the file when
+    /// libtorch, so older configs and fingerprints are unchanged.
+    #[serde(skip_serializing_if = "DecodingEngine::is_libtorch")]
+    pub engine: DecodingEngine,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -63,6 +77,7 @@ impl Default for ExecutorConfig {
             task_id: 0,
             precision: Precision::F32,
             prefix_cache: true,
+            engine: DecodingEngine::Libtorch,
         }
     }
 }
@@ -74,6 +89,35 @@ impl ExecutorConfig {
             ..SamplingConfig::greedy(self.max_new_tokens)
         }
     }
+}
+
+/// The trained student in `model_dir`, ready to generate on `cfg.engine`; for llama.cpp its GGUF
+/// is written on first use under `cache` (see [`crate::export::engine_gguf`]; `None`: the
+/// project's cache, [`crate::config::Paths::from_env`], looked up only then).
+pub fn load_student(
+    model_dir: &Path,
+    device: tch::Device,
+    cfg: &ExecutorConfig,
+    cache: Option<&Path>,
+) -> anyhow::Result<Student> {
+    let mut student = Student::from_dir(model_dir, device)?;
+    if !cfg.engine.is_libtorch() {
+        cfg.engine.check_precision(cfg.precision, ("precision", "engine"))?;
+        anyhow::ensure!(
+            matches!(student.model, StudentModel::Decoder(_)),
+            "{}: the llama-cpp engine decodes decoder-only students; this one is an \
+             encoder-decoder (use engine libtorch)",
+            model_dir.display()
+        );
+        let gguf = match cache {
+            Some(cache) => crate::export::engine_gguf(model_dir, cache)?,
+            None => {
+                crate::export::engine_gguf(model_dir, &crate::config::Paths::from_env()?.cache)?
+            }
+        };
+        student.use_llama_cpp(&gguf)?;
+    }
+    Ok(student)
 }
 
 /// Adds (or replaces) the `prediction` column of a common-schema frame with the student's outputs.
@@ -102,4 +146,20 @@ pub fn predict_frame(
     }
     out.with_column(Column::new(PREDICTION.into(), predictions))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_is_optional_in_files_and_left_out_when_libtorch() {
+        let old: ExecutorConfig = toml::from_str("max_new_tokens = 32").unwrap();
+        assert_eq!(old.engine, DecodingEngine::Libtorch);
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("engine").is_none(), "{json}");
+        let cpp: ExecutorConfig = toml::from_str("engine = \"llama-cpp\"").unwrap();
+        assert_eq!(cpp.engine, DecodingEngine::LlamaCpp);
+        assert_eq!(serde_json::to_value(&cpp).unwrap()["engine"], "llama-cpp");
+    }
 }

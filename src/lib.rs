@@ -11,7 +11,8 @@
 //!   self-consistency filtering, a resumable journal, the diversity ablation and its report.
 //! - [`model_retriever`] (§3.4): HyDE + BM25 × log(downloads) over the model cards.
 //! - [`trainer`] (§3.5): text-to-text fine-tuning of a student (own AdamW, exact resume).
-//! - [`executor`]: batched predictions of a trained student.
+//! - [`executor`]: batched predictions of a trained student (libtorch or llama.cpp).
+//! - [`export`]: a trained decoder student as a GGUF for llama.cpp and Ollama.
 //! - [`evaluator`] (§3.6): exact match, chrF++, BERTScore, Kendall's τ, each score with a signature.
 //! - [`pipeline`]: the stages chained into one resumable run (`p2m run`): a prompt in, a trained,
 //!   evaluated, packaged model out.
@@ -39,6 +40,8 @@ pub mod model_retriever;
 pub mod trainer;
 
 pub mod executor;
+
+pub mod export;
 
 pub mod evaluator;
 

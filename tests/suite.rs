@@ -14,6 +14,8 @@ mod cli;
 mod data_diagnostics;
 mod dataset_generator;
 mod deploy_transformers;
+#[cfg(feature = "llama-cpp")]
+mod export_gguf;
 mod live_tables;
 #[cfg(feature = "llama-cpp")]
 mod llama_cpp;

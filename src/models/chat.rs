@@ -17,7 +17,7 @@ use serde_json::json;
 use tch::Device;
 use tokenizers::Tokenizer;
 
-use super::gguf::GgufFile;
+use super::gguf::{GgufFile, GgufValue, GgufValueType};
 use super::llama::{Generated, Llama, Steer, SteeredRow};
 use super::precision::Precision;
 use super::sampling::SamplingConfig;
@@ -98,6 +98,41 @@ fn pre_tokenizer_for(pre: &str, flavor: TokenizerFlavor) -> Result<serde_json::V
         "qwen2" | "deepseek-r1-qwen" | "megrez" => split(QWEN2),
         other => bail!("tokenizer.ggml.pre `{other}` is not supported by this tokenizer builder"),
     })
+}
+
+/// llama.cpp's `tokenizer.ggml.pre` name of a tokenizer.json's pre-tokenizer: the name whose
+/// split [`pre_tokenizer_for`] builds is the file's (both read through `tokenizers`, so spelling
+/// differences of the JSON do not matter).
+fn pre_tokenizer_name(tokenizer: &serde_json::Value, source: &Path) -> Result<String> {
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    let canonical = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        let p: PreTokenizerWrapper = serde_json::from_value(v.clone()).ok()?;
+        serde_json::to_value(p).ok()
+    };
+    let ours = canonical(&tokenizer["pre_tokenizer"]);
+    for name in ["smollm", "gpt-2", "llama-bpe", "qwen2"] {
+        let theirs = pre_tokenizer_for(name, TokenizerFlavor::Original)?;
+        if ours.is_some() && canonical(&theirs) == ours {
+            return Ok(name.to_string());
+        }
+    }
+    bail!(
+        "{}: its pre_tokenizer {} is none of the byte-level splits llama.cpp names (smollm, gpt-2, llama-bpe, qwen2)",
+        source.display(),
+        crate::util::text::excerpt(&tokenizer["pre_tokenizer"].to_string(), 200)
+    )
+}
+
+/// Whether a tokenizer.json's post-processor adds BOS (a special token before the sequence) and
+/// EOS (one after it); `(false, false)` for none or one that adds nothing (ByteLevel).
+fn added_specials(post: &serde_json::Value) -> (bool, bool) {
+    let Some(single) = post["single"].as_array().filter(|_| post["type"] == "TemplateProcessing")
+    else {
+        return (false, false);
+    };
+    let seq = single.iter().position(|p| p.get("Sequence").is_some()).unwrap_or(single.len());
+    let special = |p: &serde_json::Value| p.get("SpecialToken").is_some();
+    (single[..seq].iter().any(special), single[seq..].iter().any(special))
 }
 
 /// A `tokenizers::Tokenizer` rebuilt from a GGUF's `tokenizer.ggml.*` metadata, with the special
@@ -239,6 +274,96 @@ impl GgufTokenizer {
                 "vocab": vocab, "merges": merges,
             },
         }))
+    }
+
+    /// The `tokenizer.ggml.*` metadata (model, pre-tokenizer name, tokens, their types, merges,
+    /// whether BOS / EOS are added) of a byte-level BPE `tokenizer.json`: the inverse of
+    /// [`GgufTokenizer::tokenizer_json`], which rebuilds the same tokenizer from it. The special
+    /// token ids are the model's ([`super::llama::LlamaConfig::gguf_metadata`]). `vocab_size` is
+    /// the model's embedding rows: ids the tokenizer does not use become `[PAD<id>]` tokens of
+    /// type unused (5), as `convert_hf_to_gguf.py` pads them. `source` names the file in errors.
+    pub fn gguf_metadata(
+        tokenizer: &serde_json::Value,
+        vocab_size: usize,
+        source: &Path,
+    ) -> Result<Vec<(String, GgufValue)>> {
+        let at = source.display();
+        let model = &tokenizer["model"];
+        ensure!(
+            model["type"] == "BPE",
+            "{at}: model.type {} is not BPE: only byte-level BPE tokenizers go into a GGUF here",
+            model["type"]
+        );
+        ensure!(
+            tokenizer["normalizer"].is_null(),
+            "{at}: a normalizer is set; llama.cpp's byte-level BPE has none"
+        );
+        let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+        let mut types = vec![1i32; vocab_size]; // normal
+        let mut place = |id: u64, text: &str| -> Result<()> {
+            let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+                anyhow!(
+                    "{at}: token {text:?} has id {id}, outside the model's {vocab_size} embeddings"
+                )
+            })?;
+            *slot = Some(text.to_string());
+            Ok(())
+        };
+        let vocab = model["vocab"].as_object().ok_or_else(|| anyhow!("{at}: no model.vocab"))?;
+        for (text, id) in vocab {
+            place(id.as_u64().ok_or_else(|| anyhow!("{at}: vocab id of {text:?}"))?, text)?;
+        }
+        for t in tokenizer["added_tokens"].as_array().into_iter().flatten() {
+            let (Some(id), Some(text)) = (t["id"].as_u64(), t["content"].as_str()) else {
+                bail!("{at}: an added token without id or content: {t}")
+            };
+            place(id, text)?;
+            // Control (3) for special tokens, user-defined (4) otherwise: what tokenizer_json reads.
+            types[id as usize] = if t["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
+        }
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.unwrap_or_else(|| {
+                    types[i] = 5; // unused
+                    format!("[PAD{i}]")
+                })
+            })
+            .collect();
+        let merges: Vec<String> = model["merges"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{at}: no model.merges"))?
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Array(pair) if pair.len() == 2 => Ok(format!(
+                    "{} {}",
+                    pair[0].as_str().unwrap_or(""),
+                    pair[1].as_str().unwrap_or("")
+                )),
+                other => bail!("{at}: merge {other} is neither `a b` nor [a, b]"),
+            })
+            .collect::<Result<_>>()?;
+        let (add_bos, add_eos) = added_specials(&tokenizer["post_processor"]);
+        Ok(vec![
+            ("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into())),
+            (
+                "tokenizer.ggml.pre".into(),
+                GgufValue::String(pre_tokenizer_name(tokenizer, source)?),
+            ),
+            ("tokenizer.ggml.tokens".into(), GgufValue::strings(tokens)),
+            (
+                "tokenizer.ggml.token_type".into(),
+                GgufValue::Array(
+                    GgufValueType::I32,
+                    types.into_iter().map(GgufValue::I32).collect(),
+                ),
+            ),
+            ("tokenizer.ggml.merges".into(), GgufValue::strings(merges)),
+            ("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(add_bos)),
+            ("tokenizer.ggml.add_eos_token".into(), GgufValue::Bool(add_eos)),
+        ])
     }
 
     /// The tokenizer the model was trained with ([`TokenizerFlavor::Original`]).

@@ -165,6 +165,34 @@ impl GgufValue {
         }
     }
 
+    /// The spec's type id of this value (what a writer puts before it).
+    pub fn value_type(&self) -> GgufValueType {
+        use GgufValue::*;
+        match self {
+            U8(_) => GgufValueType::U8,
+            I8(_) => GgufValueType::I8,
+            U16(_) => GgufValueType::U16,
+            I16(_) => GgufValueType::I16,
+            U32(_) => GgufValueType::U32,
+            I32(_) => GgufValueType::I32,
+            F32(_) => GgufValueType::F32,
+            Bool(_) => GgufValueType::Bool,
+            String(_) => GgufValueType::String,
+            Array(..) => GgufValueType::Array,
+            U64(_) => GgufValueType::U64,
+            I64(_) => GgufValueType::I64,
+            F64(_) => GgufValueType::F64,
+        }
+    }
+
+    /// An array of strings (`tokenizer.ggml.tokens`, `merges`, ...).
+    pub fn strings<S: Into<std::string::String>>(items: impl IntoIterator<Item = S>) -> Self {
+        GgufValue::Array(
+            GgufValueType::String,
+            items.into_iter().map(|s| GgufValue::String(s.into())).collect(),
+        )
+    }
+
     /// A short description for error messages ("u32 3", "array of 49152 string", ...).
     pub fn describe(&self) -> String {
         match self {
@@ -762,6 +790,31 @@ pub fn reverse_rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: 
     out
 }
 
+/// llama.cpp's rotary permutation of `attn_q` / `attn_k` rows, the inverse of
+/// [`reverse_rope_permutation`] (what `convert_hf_to_gguf.py` does when it writes a GGUF): GGUF row
+/// `h*hd + 2*i + j` takes HF row `h*hd + j*(hd/2) + i`. `data` is `[rows, cols]` row-major.
+pub fn rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    assert_eq!(data.len(), rows * cols, "rope_permutation: data is not [rows, cols]");
+    assert!(
+        n_head > 0 && rows.is_multiple_of(2 * n_head),
+        "rows {rows} not divisible into {n_head} heads of even size"
+    );
+    let head_dim = rows / n_head;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..half {
+                let dst = h * head_dim + 2 * i + j;
+                let src = h * head_dim + j * half + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 /// [`dequantize`] was given a type it has no kernel for (see [`GgufFile::tensor_f32`] for the
 /// error that names the tensor).
 #[derive(Debug)]
@@ -1010,6 +1063,7 @@ mod tests {
             }
         }
         assert_eq!(reverse_rope_permutation(&gguf, rows, cols, n_head), hf);
+        assert_eq!(rope_permutation(&hf, rows, cols, n_head), gguf);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::gguf::{reverse_rope_permutation, GgufFile};
@@ -49,7 +49,109 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<i64>,
 }
 
+/// Where each weight of a decoder layer lives: its transformers (`LlamaForCausalLM`) name under
+/// `model.layers.{i}.` and its llama.cpp (GGUF) name under `blk.{i}.`, both before `.weight`. The
+/// one table every loader and writer of either format goes through.
+const LAYER_WEIGHT_NAMES: [(&str, &str); 9] = [
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// The weights outside the layers: (transformers name, GGUF name).
+const GLOBAL_WEIGHT_NAMES: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// The GGUF (llama.cpp) name of a transformers `LlamaForCausalLM` weight name, `None` for a name
+/// that is not one of its weights.
+pub fn gguf_weight_name(hf: &str) -> Option<String> {
+    if let Some((_, g)) = GLOBAL_WEIGHT_NAMES.iter().find(|(h, _)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let suffix = rest.strip_suffix(".weight")?;
+    let (_, g) = LAYER_WEIGHT_NAMES.iter().find(|(h, _)| *h == suffix)?;
+    Some(format!("blk.{layer}.{g}.weight"))
+}
+
+/// How many heads a weight's rows are permuted over in a GGUF (llama.cpp's rotary layout, see
+/// [`super::gguf::reverse_rope_permutation`]): the attention heads for Q, the KV heads for K,
+/// `None` for every other weight.
+pub fn rope_permuted_heads(hf: &str, config: &LlamaConfig) -> Option<usize> {
+    if hf.ends_with(".self_attn.q_proj.weight") {
+        Some(config.num_attention_heads)
+    } else if hf.ends_with(".self_attn.k_proj.weight") {
+        Some(config.num_key_value_heads)
+    } else {
+        None
+    }
+}
+
+/// The architecture every key of [`LlamaConfig::gguf_metadata`] is filed under.
+const GGUF_ARCH: &str = "llama";
+
 impl LlamaConfig {
+    /// The `general.architecture`, `llama.*` and special-token `tokenizer.ggml.*` metadata of a
+    /// GGUF holding this model, as llama.cpp's `convert_hf_to_gguf.py` writes them; the inverse
+    /// of [`LlamaConfig::from_gguf`] (which reads back an equal config; the epsilon and rope base
+    /// as f32, the format's width).
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, super::gguf::GgufValue)>> {
+        use super::gguf::GgufValue::{String as S, F32, U32};
+        let key = |k: &str| format!("{GGUF_ARCH}.{k}");
+        let u32_of = |what: &str, v: usize| -> Result<super::gguf::GgufValue> {
+            Ok(U32(u32::try_from(v).map_err(|_| anyhow!("{what} {v} does not fit a GGUF u32"))?))
+        };
+        let mut out = vec![
+            ("general.architecture".to_string(), S(GGUF_ARCH.into())),
+            (key("vocab_size"), u32_of("vocab_size", self.vocab_size)?),
+            (key("context_length"), u32_of("context length", self.max_position_embeddings)?),
+            (key("embedding_length"), u32_of("hidden size", self.hidden_size)?),
+            (key("block_count"), u32_of("layer count", self.num_hidden_layers)?),
+            (key("feed_forward_length"), u32_of("intermediate size", self.intermediate_size)?),
+            (key("attention.head_count"), u32_of("head count", self.num_attention_heads)?),
+            (key("attention.head_count_kv"), u32_of("KV head count", self.num_key_value_heads)?),
+            (key("attention.key_length"), u32_of("head_dim", self.head_dim)?),
+            (key("attention.value_length"), u32_of("head_dim", self.head_dim)?),
+            (key("rope.dimension_count"), u32_of("head_dim", self.head_dim)?),
+            (key("rope.freq_base"), F32(self.rope_theta as f32)),
+            (key("attention.layer_norm_rms_epsilon"), F32(self.rms_norm_eps as f32)),
+        ];
+        let id = |what: &str, v: i64| -> Result<super::gguf::GgufValue> {
+            Ok(U32(u32::try_from(v).map_err(|_| anyhow!("{what} {v} is not a token id"))?))
+        };
+        if let Some(b) = self.bos_token_id {
+            out.push(("tokenizer.ggml.bos_token_id".into(), id("bos_token_id", b)?));
+        }
+        // from_gguf reads EOS and an end-of-turn token; a third stop token has no key.
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [eos] => out.push(("tokenizer.ggml.eos_token_id".into(), id("eos_token_id", *eos)?)),
+            [eos, eot] => {
+                out.push(("tokenizer.ggml.eos_token_id".into(), id("eos_token_id", *eos)?));
+                out.push(("tokenizer.ggml.eot_token_id".into(), id("eos_token_id", *eot)?));
+            }
+            more => bail!(
+                "the model stops on {} tokens {more:?}; a GGUF records at most two (eos and eot)",
+                more.len()
+            ),
+        }
+        if let Some(p) = self.pad_token_id {
+            out.push(("tokenizer.ggml.padding_token_id".into(), id("pad_token_id", p)?));
+        }
+        Ok(out)
+    }
+
     /// From the `llama.*` (generally `<general.architecture>.*`) metadata of a GGUF file.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let arch = g.get_str("general.architecture")?;
@@ -357,28 +459,34 @@ impl Llama {
             Ok(Tensor::from_slice(&data).reshape(&shape).to_device(device))
         };
         let c = &config;
+        // Every weight by its transformers name, through the one name table.
+        let gguf = |hf: &str| gguf_weight_name(hf).expect("a LlamaForCausalLM weight name");
+        let weight = |hf: &str| match rope_permuted_heads(hf, c) {
+            Some(n_head) => load_qk(&gguf(hf), n_head),
+            None => load(&gguf(hf)),
+        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let p = |s: &str| weight(&format!("model.layers.{i}.{s}.weight"));
             layers.push(Layer {
-                input_layernorm: load(&p("attn_norm"))?,
-                q_proj: load_qk(&p("attn_q"), c.num_attention_heads)?,
-                k_proj: load_qk(&p("attn_k"), c.num_key_value_heads)?,
-                v_proj: load(&p("attn_v"))?,
-                o_proj: load(&p("attn_output"))?,
-                post_attention_layernorm: load(&p("ffn_norm"))?,
-                gate_proj: load(&p("ffn_gate"))?,
-                up_proj: load(&p("ffn_up"))?,
-                down_proj: load(&p("ffn_down"))?,
+                input_layernorm: p("input_layernorm")?,
+                q_proj: p("self_attn.q_proj")?,
+                k_proj: p("self_attn.k_proj")?,
+                v_proj: p("self_attn.v_proj")?,
+                o_proj: p("self_attn.o_proj")?,
+                post_attention_layernorm: p("post_attention_layernorm")?,
+                gate_proj: p("mlp.gate_proj")?,
+                up_proj: p("mlp.up_proj")?,
+                down_proj: p("mlp.down_proj")?,
             });
         }
-        let embed_tokens = load("token_embd.weight")?;
+        let embed_tokens = weight("model.embed_tokens.weight")?;
         let lm_head = if c.tie_word_embeddings {
             embed_tokens.shallow_clone()
         } else {
-            load("output.weight")?
+            weight("lm_head.weight")?
         };
-        let norm = load("output_norm.weight")?;
+        let norm = weight("model.norm.weight")?;
         Self::assemble(config, embed_tokens, layers, norm, lm_head, device)
     }
 

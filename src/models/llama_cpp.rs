@@ -69,6 +69,31 @@ impl LlamaCppEngine {
         generators: &[SamplingConfig],
         steer: &mut dyn FnMut(usize, i64) -> Steer,
     ) -> Result<Vec<Generated>> {
+        self.generate_rows(rows, generators, steer, false)
+    }
+
+    /// [`generate_steered`](Self::generate_steered) with the prompt prefix all rows share (a
+    /// student's instruction and template before each input) prefilled once, in one sequence
+    /// whose cache cells every row's sequence then shares (llama.cpp's prompt cache: the cells
+    /// are tagged with several sequences, not copied); each row prefills only the rest. The
+    /// prefix's keys and values are those of a whole-prompt prefill computed in another batch, so
+    /// logits can differ from [`generate_steered`](Self::generate_steered)'s in the last bits.
+    pub fn generate_sharing_prefix(
+        &self,
+        rows: &[SteeredRow],
+        generators: &[SamplingConfig],
+        steer: &mut dyn FnMut(usize, i64) -> Steer,
+    ) -> Result<Vec<Generated>> {
+        self.generate_rows(rows, generators, steer, true)
+    }
+
+    fn generate_rows(
+        &self,
+        rows: &[SteeredRow],
+        generators: &[SamplingConfig],
+        steer: &mut dyn FnMut(usize, i64) -> Steer,
+        share_prefix: bool,
+    ) -> Result<Vec<Generated>> {
         if rows.is_empty() {
             return Ok(vec![]);
         }
@@ -91,8 +116,14 @@ impl LlamaCppEngine {
         for (i, r) in rows.iter().enumerate() {
             first_with.push(rows[..i].iter().position(|d| d.prompt == r.prompt).unwrap_or(i));
         }
-        let prefilled: usize =
-            (0..b).filter(|&i| first_with[i] == i).map(|i| rows[i].prompt.len()).sum();
+        // The prefix shared by every row, short of each row's last token (whose logits start
+        // the row's generation).
+        let shared = if share_prefix && b > 1 { shared_prefix_len(rows) } else { 0 };
+        let prefilled: usize = shared
+            + (0..b)
+                .filter(|&i| first_with[i] == i)
+                .map(|i| rows[i].prompt.len() - shared)
+                .sum::<usize>();
         let cells = prefilled + b * max_new_tokens + 1;
         let longest = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(1);
         let n_batch = longest.max(b) as u32;
@@ -111,6 +142,13 @@ impl LlamaCppEngine {
 
         // Prefill: each row's logits after its prompt.
         let mut batch = LlamaBatch::new(n_batch as usize, 1);
+        if shared > 0 {
+            for (pos, &t) in rows[0].prompt[..shared].iter().enumerate() {
+                batch.add(LlamaToken::new(t as i32), pos as i32, &[0], false)?;
+            }
+            ctx.decode(&mut batch)
+                .map_err(|e| anyhow!("llama.cpp prefill of the shared prefix: {e}"))?;
+        }
         let mut logits: Vec<Vec<f32>> = Vec::with_capacity(b);
         for (i, r) in rows.iter().enumerate() {
             let source = first_with[i];
@@ -120,9 +158,13 @@ impl LlamaCppEngine {
                 logits.push(logits[source].clone());
                 continue;
             }
+            if shared > 0 && i > 0 {
+                ctx.copy_kv_cache_seq(0, i as i32, Some(0), Some(shared as u32))
+                    .context("sharing the prompts' common prefix")?;
+            }
             batch.clear();
             let last = r.prompt.len() - 1;
-            for (pos, &t) in r.prompt.iter().enumerate() {
+            for (pos, &t) in r.prompt.iter().enumerate().skip(shared) {
                 batch.add(LlamaToken::new(t as i32), pos as i32, &[i as i32], pos == last)?;
             }
             ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp prefill: {e}"))?;
@@ -153,4 +195,14 @@ impl LlamaCppEngine {
         }
         Ok(state.out)
     }
+}
+
+/// The length of the prefix every row's prompt shares, at most one less than the shortest prompt.
+fn shared_prefix_len(rows: &[SteeredRow]) -> usize {
+    let first = &rows[0].prompt;
+    let mut n = rows.iter().map(|r| r.prompt.len()).min().unwrap_or(1).saturating_sub(1);
+    for r in &rows[1..] {
+        n = first.iter().zip(&r.prompt).take(n).take_while(|(a, b)| a == b).count();
+    }
+    n
 }

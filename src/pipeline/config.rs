@@ -240,6 +240,7 @@ pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(
                     | "early_stopping_patience"
                     | "precision"
                     | "prefix_cache"
+                    | "engine"
             )
         {
             bail!(
@@ -353,5 +354,9 @@ mod tests {
         assert_eq!(serde_json::to_value(&off).unwrap()["executor"]["prefix_cache"], false);
         let old: ExecutorConfig = toml::from_str("batch_size = 4").unwrap();
         assert!(old.prefix_cache, "a config file without the field keeps the cache on");
+        // The engine is such a field too: a run's evaluation on llama.cpp.
+        let parsed: RunConfig = toml::from_str("[executor]\nengine = \"llama-cpp\"").unwrap();
+        let cpp = parsed.resolve(&data_dir()).unwrap();
+        assert_eq!(cpp.executor.engine, crate::models::chat::DecodingEngine::LlamaCpp);
     }
 }

@@ -95,18 +95,19 @@ impl Batcher {
         std::thread::Builder::new()
             .name("p2m-executor".into())
             .spawn(move || {
-                let student = match Student::from_dir(&model_dir, device)
-                    .with_context(|| format!("loading the model in {}", model_dir.display()))
-                {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
+                let student =
+                    match crate::executor::load_student(&model_dir, device, &executor, None)
+                        .with_context(|| format!("loading the model in {}", model_dir.display()))
+                    {
+                        Ok(s) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
                 let _no_grad = tch::no_grad_guard();
                 while let Some(jobs) = next_batch(&rx, &config) {
                     let answered = |n: usize| {

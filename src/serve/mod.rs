@@ -58,6 +58,8 @@ pub struct ServeConfig {
     /// Bearer token required on the API (`--token-env VAR`); never logged.
     pub token: Option<String>,
     pub device: tch::Device,
+    /// The decoding engine (`--engine`); `None`: the packaged executor settings' own.
+    pub engine: Option<crate::models::chat::DecodingEngine>,
 }
 
 impl ServeConfig {
@@ -74,6 +76,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(120),
             token: None,
             device: tch::Device::Cpu,
+            engine: None,
         }
     }
 }
@@ -152,10 +155,14 @@ pub fn load(config: ServeConfig) -> Result<Arc<AppState>> {
     let tokenizer =
         crate::trainer::student::plain_tokenizer(&served.model_dir.join("tokenizer.json"))?;
     let metrics = Arc::new(ServeMetrics::default());
+    let mut executor = manifest.executor.clone();
+    if let Some(engine) = config.engine {
+        executor.engine = engine;
+    }
     let batcher = Batcher::spawn(
         served.model_dir.clone(),
         manifest.instruction.clone(),
-        manifest.executor.clone(),
+        executor,
         config.batch.clone(),
         config.device,
         metrics.clone(),

@@ -21,7 +21,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::{Encoded, TextPair};
 use crate::models::bert::BertConfig;
 use crate::models::encoder_decoder::{bert_special_tokens, Bert2Bert, EncoderDecoderConfig};
-use crate::models::llama::Llama;
+use crate::models::llama::{Llama, PrefixCache};
 use crate::models::registry::ModelRegistry;
 use crate::models::sampling::SamplingConfig;
 use crate::models::seq2seq::{
@@ -189,7 +189,16 @@ pub struct Student {
     pub tokenizer: tokenizers::Tokenizer,
     /// Stable description (enters the run fingerprint and reports).
     pub name: String,
+    /// Set by [`Student::use_llama_cpp`]: a decoder student generates on llama.cpp.
+    llama_cpp: AttachedEngine,
 }
+
+/// The llama.cpp engine a decoder student generates with, once attached (empty in builds
+/// without the `llama-cpp` feature).
+#[derive(Default)]
+struct AttachedEngine(
+    #[cfg(feature = "llama-cpp")] Option<crate::models::llama_cpp::LlamaCppEngine>,
+);
 
 pub fn plain_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
     let mut tok = tokenizers::Tokenizer::from_file(path)
@@ -225,6 +234,7 @@ impl Student {
                     model: StudentModel::Seq2Seq(Box::new(model)),
                     tokenizer: plain_tokenizer(tok_path)?,
                     name: format!("bert2bert-warm-start({encoder}, seed {seed})"),
+                    llama_cpp: AttachedEngine::default(),
                 })
             }
             StudentSpec::Tiny { tokenizer_of, hidden, layers, heads } => {
@@ -243,7 +253,7 @@ impl Student {
                 bert.pad_token_id = Some(tokens.pad);
                 let model =
                     Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
-                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})") })
+                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})"), llama_cpp: AttachedEngine::default() })
             }
             StudentSpec::Decoder { model, layers, frozen_layers } => {
                 let path = registry.resolve_main_file(model)?;
@@ -263,7 +273,12 @@ impl Student {
                     name.push_str(&format!(", first {frozen_layers} frozen"));
                 }
                 name.push(')');
-                Ok(Student { model: StudentModel::Decoder(Box::new(llama)), tokenizer, name })
+                Ok(Student {
+                    model: StudentModel::Decoder(Box::new(llama)),
+                    tokenizer,
+                    name,
+                    llama_cpp: AttachedEngine::default(),
+                })
             }
             StudentSpec::Pretrained { path } => Self::from_dir(path, device),
         }
@@ -299,11 +314,89 @@ impl Student {
             anyhow::bail!("{}: not a T5, BERT2BERT or llama-family config", config_path.display());
         };
         let tokenizer = plain_tokenizer(&dir.join("tokenizer.json"))?;
-        Ok(Student { model, tokenizer, name: format!("pretrained({})", dir.display()) })
+        Ok(Student {
+            model,
+            tokenizer,
+            name: format!("pretrained({})", dir.display()),
+            llama_cpp: AttachedEngine::default(),
+        })
     }
 
     pub fn describe(&self) -> String {
         self.name.clone()
+    }
+
+    /// Generate with llama.cpp from now on, on `gguf`: this decoder student's own weights as a
+    /// GGUF ([`crate::export::engine_gguf`]). llama.cpp computes on as many threads as libtorch
+    /// (`OMP_NUM_THREADS`); the tch model stays loaded (training, the parity tests).
+    pub fn use_llama_cpp(&mut self, gguf: &Path) -> anyhow::Result<()> {
+        let StudentModel::Decoder(m) = &self.model else {
+            anyhow::bail!(
+                "{}: the llama-cpp engine decodes decoder-only students; this one is an \
+                 encoder-decoder (use the libtorch engine)",
+                self.name
+            )
+        };
+        #[cfg(feature = "llama-cpp")]
+        {
+            let threads = tch::get_num_threads().max(1) as usize;
+            let engine = crate::models::llama_cpp::LlamaCppEngine::load(gguf, threads)?;
+            anyhow::ensure!(
+                engine.vocab_size() == m.config.vocab_size,
+                "{}: {} tokens, the student has {}",
+                gguf.display(),
+                engine.vocab_size(),
+                m.config.vocab_size
+            );
+            self.llama_cpp.0 = Some(engine);
+            Ok(())
+        }
+        #[cfg(not(feature = "llama-cpp"))]
+        {
+            let _ = m;
+            anyhow::bail!(
+                "this build has no llama.cpp to decode {} with: build with the default features",
+                gguf.display()
+            )
+        }
+    }
+
+    /// The library that runs the student's forward passes when it generates.
+    pub fn engine(&self) -> crate::models::chat::DecodingEngine {
+        #[cfg(feature = "llama-cpp")]
+        if self.llama_cpp.0.is_some() {
+            return crate::models::chat::DecodingEngine::LlamaCpp;
+        }
+        crate::models::chat::DecodingEngine::Libtorch
+    }
+
+    /// A decoder student's generated ids for `prompts`, on the engine in use (llama.cpp prefills
+    /// the prefix the prompts share once; libtorch continues after `prefix` when given).
+    fn generate_decoder(
+        &self,
+        m: &Llama,
+        prefix: Option<&PrefixCache>,
+        prompts: Vec<Vec<i64>>,
+        sampling: &SamplingConfig,
+        eos: &[i64],
+        pad: i64,
+    ) -> anyhow::Result<Vec<Vec<i64>>> {
+        #[cfg(feature = "llama-cpp")]
+        if let Some(engine) = &self.llama_cpp.0 {
+            use crate::models::llama::{stop_at_eos, SteeredRow};
+            let rows: Vec<SteeredRow> =
+                prompts.into_iter().map(|prompt| SteeredRow { prompt, generator: 0 }).collect();
+            let generated = engine.generate_sharing_prefix(
+                &rows,
+                std::slice::from_ref(sampling),
+                &mut stop_at_eos(eos),
+            )?;
+            return Ok(generated.into_iter().map(|g| g.tokens).collect());
+        }
+        Ok(m.generate_after(prefix, &prompts, sampling, eos, pad)?
+            .into_iter()
+            .map(|g| g.tokens)
+            .collect())
     }
 
     pub fn device(&self) -> Device {
@@ -562,7 +655,8 @@ impl Student {
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
         let prefix = match &self.model {
-            StudentModel::Decoder(m) if prefix_cache => {
+            // llama.cpp shares the prefix itself.
+            StudentModel::Decoder(m) if prefix_cache && self.engine().is_libtorch() => {
                 let tokens = shared_prefix(&encoded, max_source);
                 (!tokens.is_empty()).then(|| m.prefill_prefix(&tokens)).transpose()?
             }
@@ -583,10 +677,7 @@ impl Student {
                 StudentModel::Decoder(m) => {
                     let prompts: Vec<Vec<i64>> =
                         chunk.iter().map(|&i| encoded[i].clone()).collect();
-                    m.generate_after(prefix.as_ref(), &prompts, sampling, &eos, pad)?
-                        .into_iter()
-                        .map(|g| g.tokens)
-                        .collect()
+                    self.generate_decoder(m, prefix.as_ref(), prompts, sampling, &eos, pad)?
                 }
             };
             for (&i, ids) in chunk.iter().zip(generated) {

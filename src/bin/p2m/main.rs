@@ -8,6 +8,7 @@
 mod shared;
 
 mod data;
+mod export;
 mod generate;
 mod retrieve;
 mod run;
@@ -50,6 +51,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Predict with a trained student over a JSONL of inputs; writes parquet.
     Predict(train::PredictArgs),
+    /// A run's decoder student as a GGUF for llama.cpp and Ollama (with a Modelfile).
+    Export(export::ExportArgs),
     /// Retrieve pretrained models for an instruction (HyDE + BM25 over the Hugging Face model cards).
     RetrieveModel(retrieve::RetrieveModelArgs),
     /// Retrieve datasets for an instruction (dense retrieval over the Hugging Face dataset index).
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         }
         Command::Train(args) => train::train(args),
         Command::Predict(args) => train::predict(args),
+        Command::Export(args) => export::export(args),
         Command::RetrieveModel(args) => retrieve::retrieve_model(args),
         Command::RetrieveDataset(args) => retrieve::retrieve_dataset(args),
         Command::Run(args) => run::run(*args),

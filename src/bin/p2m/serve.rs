@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Run on the CPU even when a GPU is present.
     #[arg(long)]
     pub cpu: bool,
+    /// `libtorch` or `llama-cpp` (a decoder student decoded by llama.cpp from an f16 GGUF of its
+    /// weights, written once into the cache) [default: the packaged model's, else libtorch].
+    #[arg(long)]
+    pub engine: Option<prompt2model::models::chat::DecodingEngine>,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -73,6 +77,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!token.trim().is_empty(), "--token-env {var}: the variable is empty");
         config.token = Some(token);
     }
+    config.engine = args.engine;
     config.device =
         if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     if !config.host.is_loopback() && config.token.is_none() {

@@ -97,6 +97,12 @@ pub struct PredictArgs {
     /// The greedy outputs agree token for token in the tests (tests/prefix_cache.rs).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// `libtorch` (`tch`) or `llama-cpp`: a decoder student decoded by llama.cpp from an f16 GGUF
+    /// of its weights (written once into the cache, named by the weights' sha256), the prompt
+    /// prefix the inputs share prefilled once per batch [default: the packaged model's, else
+    /// libtorch].
+    #[arg(long)]
+    pub engine: Option<prompt2model::models::chat::DecodingEngine>,
     #[arg(long)]
     pub cpu: bool,
 }
@@ -206,8 +212,11 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.no_prefix_cache {
         cfg.prefix_cache = false;
     }
+    if let Some(v) = args.engine {
+        cfg.engine = v;
+    }
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
-    let student = Student::from_dir(&args.model, device)?;
+    let student = executor::load_student(&args.model, device, &cfg, None)?;
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
     let mut inputs = Vec::new();

@@ -52,7 +52,12 @@ impl PipelineStage for Evaluate {
     fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {
         let (cfg, layout, resolved) = (&ctx.cfg, &ctx.layout, &ctx.resolved);
         let parsed: ParsedPrompt = read_stage_json(&layout.parsed_for_training())?;
-        let student = crate::trainer::Student::from_dir(&layout.trained(), ctx.opts.device)?;
+        let student = crate::executor::load_student(
+            &layout.trained(),
+            ctx.opts.device,
+            &resolved.executor,
+            Some(&ctx.paths.cache),
+        )?;
         let mut sets = Vec::new();
         let test_rows = read_rows(&layout.split("test"))?;
         if !test_rows.is_empty() {
