@@ -86,8 +86,14 @@ fn main() -> Result<()> {
         )?;
         let load = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let out =
-            student.generate(&sources, cfg.max_source_len, &cfg.sampling(), cfg.batch_size)?;
+        // libtorch with its prefix cache (the default), llama.cpp sharing the prefix itself.
+        let out = student.generate(
+            &sources,
+            cfg.max_source_len,
+            &cfg.sampling(),
+            cfg.batch_size,
+            cfg.prefix_cache,
+        )?;
         let secs = t0.elapsed().as_secs_f64();
         rows.push((engine, load, secs, args.examples as f64 / secs));
         outputs.push(out);
