@@ -77,7 +77,7 @@ impl Baseline {
 
 /// The predictions of baseline `kind` for `test_inputs`, learned from `train` (the examples the
 /// student trains on). `labels` is the task's label set: the majority class is the most frequent
-/// training output that is one of them (folded; the answer is its most frequent spelling), or
+/// training output that is one of them (folded; the answer is the set's spelling of it), or
 /// the most frequent output when there is no set. `None` when `train` has no output to take
 /// (a constant baseline with no training rows).
 pub fn baseline_predictions(
@@ -110,7 +110,14 @@ pub fn baseline_predictions(
             let mut ranked: Vec<(String, usize)> = classes.into_iter().collect();
             ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             let (majority, _) = ranked.into_iter().next()?;
-            most_frequent_output(train, |o| fold_label(o) == majority).map(constant)
+            // Answered as the label set spells it (the instruction's `positive`, not the data's
+            // `Positive`): a constant answer a person would write from the instruction. Without
+            // a set, its most frequent spelling in the data.
+            let stated = labels.and_then(|l| l.iter().find(|l| fold_label(l) == majority));
+            match stated {
+                Some(label) => Some(constant(label.trim().to_string())),
+                None => most_frequent_output(train, |o| fold_label(o) == majority).map(constant),
+            }
         }
     }
 }
@@ -501,6 +508,21 @@ mod tests {
             baseline_predictions(BaselineKind::MajorityClass, &noisy, Some(&labels), &inputs)
                 .unwrap();
         assert_eq!(majority.answer.as_deref(), Some("positive"), "N/A is not a label");
+        // The offline teacher's sentiment data (#27): `Positive` 5, `positive` 1, `Negative` 1.
+        // The majority answer is the instruction's spelling, which the test set uses.
+        let capitalised: Vec<Example> = ["Positive"; 5]
+            .into_iter()
+            .chain(["positive", "Negative"])
+            .enumerate()
+            .map(|(i, o)| Example::new(format!("v{i}"), o))
+            .collect();
+        let majority =
+            baseline_predictions(BaselineKind::MajorityClass, &capitalised, Some(&labels), &inputs)
+                .unwrap();
+        assert_eq!(majority.answer.as_deref(), Some("positive"));
+        let unstated =
+            baseline_predictions(BaselineKind::MajorityClass, &capitalised, None, &inputs).unwrap();
+        assert_eq!(unstated.answer.as_deref(), Some("Positive"), "no set: the data's spelling");
         let copy = baseline_predictions(BaselineKind::CopyInput, &[], None, &inputs).unwrap();
         assert_eq!((copy.name(), copy.predictions), ("copy the input".to_string(), inputs.clone()));
         assert_eq!(
