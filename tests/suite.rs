@@ -30,6 +30,7 @@ mod offline_models;
 mod pipeline;
 mod prefix_cache;
 mod prompt_parser;
+mod publish;
 mod recorded_tables;
 mod registry;
 mod retrievers;

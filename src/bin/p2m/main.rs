@@ -10,6 +10,7 @@ mod shared;
 mod data;
 mod export;
 mod generate;
+mod publish;
 mod retrieve;
 mod run;
 mod score;
@@ -53,6 +54,8 @@ enum Command {
     Predict(train::PredictArgs),
     /// A run's decoder student as a GGUF for llama.cpp and Ollama (with a Modelfile).
     Export(export::ExportArgs),
+    /// Publish a run's packaged model (and its generated data) to the Hugging Face hub.
+    Publish(Box<publish::PublishArgs>),
     /// Retrieve pretrained models for an instruction (HyDE + BM25 over the Hugging Face model cards).
     RetrieveModel(retrieve::RetrieveModelArgs),
     /// Retrieve datasets for an instruction (dense retrieval over the Hugging Face dataset index).
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::train(args),
         Command::Predict(args) => train::predict(args),
         Command::Export(args) => export::export(args),
+        Command::Publish(args) => publish::publish(*args),
         Command::RetrieveModel(args) => retrieve::retrieve_model(args),
         Command::RetrieveDataset(args) => retrieve::retrieve_dataset(args),
         Command::Run(args) => run::run(*args),
