@@ -175,6 +175,46 @@ async fn smoke_run_against_a_fake_teacher_packages_a_model_and_a_rerun_is_free()
     ))
     .await);
     assert!(preds.is_file() && out.contains("2 predictions"), "{out}");
+    // The same as JSON lines (the file named .jsonl is JSON lines, not parquet), the same answers;
+    // an output name that is neither is refused before predicting.
+    let predict_to = |name: &str| {
+        let path = dir.path().join(name);
+        let args: Vec<String> = ["predict", "--model", model.to_str().unwrap(), "--input"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                inputs.to_str().unwrap().to_string(),
+                "--out".into(),
+                path.display().to_string(),
+            ])
+            .collect();
+        (path, args)
+    };
+    let (jsonl, args) = predict_to("preds.jsonl");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(run_blocking(p2m(&runs, &refs)).await);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let parquet = prompt2model::report::read_parquet(&preds).unwrap();
+    let from_parquet = prompt2model::data::loaders::string_column(&parquet, "prediction").unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["input"], "Chile");
+    assert!(lines[0].get("output").is_none() && lines[1]["output"] == "Madrid", "{lines:?}");
+    for (line, p) in lines.iter().zip(&from_parquet) {
+        assert_eq!(line["prediction"].as_str().unwrap(), p);
+    }
+    let (csv, args) = predict_to("preds.csv");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = run_blocking(p2m(&runs, &refs)).await;
+    let text = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success() && text.contains(".jsonl") && text.contains("preds.csv"),
+        "{text}"
+    );
+    assert!(!csv.exists());
 
     // `p2m runs` finds it.
     let list = ok(run_blocking(p2m(&runs, &["runs", "list"])).await);

@@ -329,7 +329,9 @@ pub fn write_report(
         serde_json::json!({ "run": run_name, "headline_metric": headline_metric }),
     );
     let mut notes = notes.to_vec();
-    notes.push(format!("The run is judged by {headline_metric}; intervals are 95 % percentile bootstrap intervals over test examples (1,000 seeded resamples)."));
+    // Which metric judges the run, and why, is the evaluation stage's note; the resamples and
+    // the seed are in each score's signature.
+    notes.push("Intervals are 95 % percentile bootstrap intervals over test examples (resamples and seed in each signature).".to_string());
     let report = Report {
         name: "report".into(),
         title: format!("{run_name}: evaluation of the trained student"),

@@ -75,7 +75,8 @@ pub struct PredictArgs {
     /// Inputs: JSONL with `input`, and optionally `output` as the reference.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write predictions (parquet: id, input, references, prediction).
+    /// Where to write predictions: `.parquet` (id, input, references, prediction) or `.jsonl`
+    /// (input, prediction, and the reference as `output` when given).
     #[arg(long)]
     pub out: PathBuf,
     /// The task instruction (default: the packaged model's).
@@ -232,11 +233,34 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!inputs.is_empty(), "{}: no inputs", args.input.display());
     let ids: Vec<String> = (0..inputs.len()).map(|i| i.to_string()).collect();
-    let frame = prompt2model::data::loaders::common_frame(ids, inputs, &refs, None)?;
+    let frame = prompt2model::data::loaders::common_frame(ids, inputs.clone(), &refs, None)?;
+    // Refuse an output name we would not honour before spending the prediction time.
+    let as_jsonl = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => false,
+        Some("jsonl") => true,
+        _ => anyhow::bail!(
+            "--out {}: predictions are written as .parquet (id, input, references, prediction) or .jsonl (input, prediction, output); name the file with one of those extensions",
+            args.out.display()
+        ),
+    };
     let out = executor::predict_frame(&student, &instruction, &frame, &cfg)?;
-    prompt2model::report::write_parquet_atomic(&out, &args.out)?;
     let preds =
         prompt2model::data::loaders::string_column(&out, prompt2model::data::loaders::PREDICTION)?;
+    if as_jsonl {
+        let mut text = String::new();
+        for ((input, prediction), r) in inputs.iter().zip(&preds).zip(&refs) {
+            let mut line = serde_json::json!({ "input": input, "prediction": prediction });
+            if let Some(reference) = r.first() {
+                line["output"] = serde_json::json!(reference);
+            }
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        prompt2model::util::fs::write_atomic(&args.out, text.as_bytes())
+            .with_context(|| format!("writing {}", args.out.display()))?;
+    } else {
+        prompt2model::report::write_parquet_atomic(&out, &args.out)?;
+    }
     if refs.iter().all(|r| !r.is_empty()) {
         let em = prompt2model::evaluator::score(
             prompt2model::evaluator::Metric::ExactMatchSquad,
