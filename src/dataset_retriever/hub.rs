@@ -133,11 +133,7 @@ impl Client {
         if !status.is_success() {
             let failed = Failed::status(&response, String::new());
             let body = response.text().await.unwrap_or_default();
-            // The server explains its errors as {"error": "..."}.
-            let why = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| flat_excerpt(&body, 300));
+            let why = crate::util::text::error_answer(&body);
             return Err(Failed { detail: format!("HTTP {status}: {why}"), ..failed });
         }
         let bytes = response.bytes().await.map_err(|e| Failed {

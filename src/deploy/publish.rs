@@ -338,10 +338,7 @@ impl Hub {
             }
             let failed = Failed::status(&response, String::new());
             let body = response.text().await.unwrap_or_default();
-            let why = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| flat_excerpt(&body, 300));
+            let why = crate::util::text::error_answer(&body);
             Err(Failed { detail: format!("HTTP {status}: {why}"), ..failed })
         };
         let on_retry = |f: &Failed, r: Retrying| {

@@ -769,32 +769,26 @@ impl GgufFile {
 /// number of KV heads for K. In rows: HF row `h*hd + j*(hd/2) + i` comes from GGUF row
 /// `h*hd + 2*i + j` (j ∈ {0, 1}). `data` is `[rows, cols]` row-major.
 pub fn reverse_rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    assert_eq!(data.len(), rows * cols, "reverse_rope_permutation: data is not [rows, cols]");
-    assert!(
-        n_head > 0 && rows.is_multiple_of(2 * n_head),
-        "rows {rows} not divisible into {n_head} heads of even size"
-    );
-    let head_dim = rows / n_head;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for j in 0..2 {
-            for i in 0..half {
-                let dst = h * head_dim + j * half + i;
-                let src = h * head_dim + 2 * i + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    permute_rope_rows(data, rows, cols, n_head, false)
 }
 
 /// llama.cpp's rotary permutation of `attn_q` / `attn_k` rows, the inverse of
 /// [`reverse_rope_permutation`] (what `convert_hf_to_gguf.py` does when it writes a GGUF): GGUF row
 /// `h*hd + 2*i + j` takes HF row `h*hd + j*(hd/2) + i`. `data` is `[rows, cols]` row-major.
 pub fn rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    assert_eq!(data.len(), rows * cols, "rope_permutation: data is not [rows, cols]");
+    permute_rope_rows(data, rows, cols, n_head, true)
+}
+
+/// The one row shuffle behind both directions: within each head, HF row `j*(hd/2) + i` and GGUF
+/// row `2*i + j` are the same row; `to_gguf` says which side is written.
+fn permute_rope_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    to_gguf: bool,
+) -> Vec<f32> {
+    assert_eq!(data.len(), rows * cols, "rope permutation: data is not [rows, cols]");
     assert!(
         n_head > 0 && rows.is_multiple_of(2 * n_head),
         "rows {rows} not divisible into {n_head} heads of even size"
@@ -805,8 +799,9 @@ pub fn rope_permutation(data: &[f32], rows: usize, cols: usize, n_head: usize) -
     for h in 0..n_head {
         for j in 0..2 {
             for i in 0..half {
-                let dst = h * head_dim + 2 * i + j;
-                let src = h * head_dim + j * half + i;
+                let hf = h * head_dim + j * half + i;
+                let gguf = h * head_dim + 2 * i + j;
+                let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
