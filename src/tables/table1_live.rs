@@ -488,21 +488,9 @@ impl Table1Live {
     /// Prompt2Model against the teacher, per task (paired bootstrap on the same examples).
     pub fn paired_frame(&self) -> PolarsResult<DataFrame> {
         let p: Vec<&PairedRows> = self.paired.iter().filter(|p| p.second == TEACHER_ROW).collect();
-        DataFrame::new_infer_height(vec![
-            Column::new("task".into(), p.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
-            Column::new(
-                "Prompt2Model − teacher".into(),
-                p.iter().map(|x| super::round2(x.paired.difference.value)).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "95 % interval".into(),
-                p.iter().map(|x| interval_text(&x.paired.difference)).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "p (one-sided, paired bootstrap)".into(),
-                p.iter().map(|x| super::round2(x.paired.p_value)).collect::<Vec<_>>(),
-            ),
-        ])
+        let [difference, interval, p_value] = paired_columns(&p, "Prompt2Model − teacher");
+        let task = Column::new("task".into(), p.iter().map(|x| x.task.clone()).collect::<Vec<_>>());
+        DataFrame::new_infer_height(vec![task, difference, interval, p_value])
     }
 
     /// Prompt2Model against each ablation row, per task, and whether the two trained the same.
@@ -516,6 +504,7 @@ impl Table1Live {
             (Some(Some(a)), Some(Some(b))) => Some(a == b),
             _ => None,
         };
+        let [difference, interval, p_value] = paired_columns(&p, "Prompt2Model − row");
         DataFrame::new_infer_height(vec![
             Column::new("task".into(), p.iter().map(|x| x.task.clone()).collect::<Vec<_>>()),
             Column::new(
@@ -524,18 +513,9 @@ impl Table1Live {
                     .map(|x| row(&x.task, &x.second).map(|r| r.label.clone()).unwrap_or_default())
                     .collect::<Vec<_>>(),
             ),
-            Column::new(
-                "Prompt2Model − row".into(),
-                p.iter().map(|x| super::round2(x.paired.difference.value)).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "95 % interval".into(),
-                p.iter().map(|x| interval_text(&x.paired.difference)).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "p (one-sided, paired bootstrap)".into(),
-                p.iter().map(|x| super::round2(x.paired.p_value)).collect::<Vec<_>>(),
-            ),
+            difference,
+            interval,
+            p_value,
             Column::new(
                 "same weights".into(),
                 p.iter().map(|x| same(x, |r| &r.model_sha256)).collect::<Vec<_>>(),
@@ -619,6 +599,25 @@ impl Table1Live {
             })
             .context("writing the live Table 1 report")
     }
+}
+
+/// The paired test's three columns (difference named `difference`, its interval, its p), the same
+/// for Prompt2Model against the teacher and against each ablation.
+fn paired_columns(p: &[&PairedRows], difference: &str) -> [Column; 3] {
+    [
+        Column::new(
+            difference.into(),
+            p.iter().map(|x| super::round2(x.paired.difference.value)).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "95 % interval".into(),
+            p.iter().map(|x| interval_text(&x.paired.difference)).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "p (one-sided, paired bootstrap)".into(),
+            p.iter().map(|x| super::round2(x.paired.p_value)).collect::<Vec<_>>(),
+        ),
+    ]
 }
 
 #[cfg(test)]
