@@ -127,6 +127,15 @@ pub struct RunConfig {
     pub generated_dir: Option<PathBuf>,
     /// Reuse a retrieved dataset (`p2m retrieve-dataset --out DIR`).
     pub retrieved_dir: Option<PathBuf>,
+    /// Rewrite the retrieved rows into the task's format with the teacher before training on
+    /// them ([`crate::dataset_transformer`]; `--transform-retrieved`). Left out of `run.json`
+    /// when off, so earlier runs' files stay as they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transform_retrieved: bool,
+    /// Rows transformed at most (`--transform-rows`; default
+    /// [`crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform_rows: Option<usize>,
     /// The student when model retrieval is off or cannot be followed here (default: the scale's).
     pub student: Option<String>,
     /// The real test set: a registry id of data/datasets.toml or a JSONL file of {input, output}
@@ -187,6 +196,8 @@ impl Default for RunConfig {
             generation: true,
             generated_dir: None,
             retrieved_dir: None,
+            transform_retrieved: false,
+            transform_rows: None,
             student: None,
             test_dataset: None,
             num_examples: None,
@@ -270,6 +281,9 @@ pub struct Resolved {
     pub train: TrainConfig,
     pub executor: ExecutorConfig,
     pub generator: crate::dataset_generator::GeneratorConfig,
+    /// The transform of retrieved rows, when it is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<crate::dataset_transformer::TransformConfig>,
 }
 
 impl RunConfig {
@@ -299,6 +313,14 @@ impl RunConfig {
         };
         let mut generator = with_overrides(&generator_base, self.generator.as_ref(), "generator")?;
         generator.num_examples = num_examples;
+        let transform =
+            self.transform_retrieved.then(|| crate::dataset_transformer::TransformConfig {
+                max_rows: self
+                    .transform_rows
+                    .unwrap_or(crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS),
+                seed: self.seed,
+                ..Default::default()
+            });
         Ok(Resolved {
             num_examples,
             max_validation_examples: scale.max_validation_examples,
@@ -310,6 +332,7 @@ impl RunConfig {
             train,
             executor: with_overrides(&scale.executor, self.executor.as_ref(), "executor")?,
             generator,
+            transform,
         })
     }
 }

@@ -1,0 +1,214 @@
+//! The dataset transformer (issue #26): retrieved rows rewritten by the teacher into the task's
+//! format — against the loopback fake teacher (`tests/fake_openai`: a plan asked once, one
+//! request per row, malformed answers dropped and counted, a replay-only rerun without a
+//! request), through `p2m run --transform-retrieved`, and against a real llama.cpp server
+//! (llama-cpp-python serving the project's SmolLM2 GGUF).
+
+use crate::fake_openai::{FakeServer, ServerConfig};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use prompt2model::data::examples::{read_examples_jsonl, Example};
+use prompt2model::dataset_transformer::{
+    self as dt, TransformConfig, TransformLog, TRANSFORMED_FILE, TRANSFORM_LOG_FILE,
+};
+use prompt2model::prompt_parser::ParsedPrompt;
+use prompt2model::teacher::{CacheMode, CachedTeacher, TeacherKind, TeacherSettings};
+
+const NO_KEY: &str = "P2M_TEST_TRANSFORM_NO_KEY";
+
+/// An OpenAI-compatible teacher at `base_url`, unthrottled.
+fn settings(base_url: &str, model: &str) -> TeacherSettings {
+    TeacherSettings {
+        kind: TeacherKind::Openai,
+        base_url: base_url.into(),
+        model: model.into(),
+        api_key_env: NO_KEY.into(),
+        requests_per_minute: None,
+        request_timeout_secs: 60.0,
+        ..Default::default()
+    }
+}
+
+fn squad_like_prompt() -> ParsedPrompt {
+    ParsedPrompt::new(
+        "Answer the question about the passage with a span of the passage.",
+        vec![Example::new(
+            "Passage: Paris is the capital of France.\nQuestion: What is the capital of France?",
+            "Paris",
+        )],
+    )
+}
+
+/// Ten retrieved rows, four of which the fake teacher answers badly (prose, no keys, an empty
+/// input, and a second row with the same input as another).
+fn rows() -> Vec<Example> {
+    let mut rows: Vec<Example> = (0..6)
+        .map(|i| Example::new(format!("question: who wrote book {i}?"), format!("author {i}")))
+        .collect();
+    rows.insert(2, Example::new("question: MALFORMED row", "x"));
+    rows.insert(4, Example::new("question: NOKEYS row", "y"));
+    rows.push(Example::new("question: EMPTY row", "z"));
+    rows.push(Example::new("question: TWIN row a", "t1"));
+    rows.push(Example::new("question: TWIN row b", "t2"));
+    rows
+}
+
+fn shapes(server: &FakeServer) -> Vec<&'static str> {
+    server.state.seen.lock().unwrap().iter().map(|s| s.response_format).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_is_asked_once_each_row_once_and_bad_answers_are_dropped_and_counted() {
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("teacher_cache.sqlite");
+    let prompt = squad_like_prompt();
+    let rows = rows();
+    assert_eq!(rows.len(), 11);
+    let cfg = TransformConfig { max_rows: 10, batch_size: 4, ..Default::default() };
+    let teacher = CachedTeacher::open(
+        settings(&server.base_url, "fake-gpt").build().unwrap(),
+        &cache,
+        CacheMode::ReadWrite,
+    )
+    .unwrap();
+    let t = dt::transform(&teacher, &prompt, &rows, &cfg, None).await.unwrap();
+
+    // One plan request (free text: no response_format), then one structured request per row.
+    assert_eq!(server.state.request_count(), 1 + 10, "{:?}", shapes(&server));
+    let formats = shapes(&server);
+    assert_eq!(formats.iter().filter(|f| **f == "none").count(), 1, "{formats:?}");
+    assert_eq!(formats.iter().filter(|f| **f == "json_schema").count(), 10, "{formats:?}");
+    assert_eq!(server.state.answered_twice(), 0);
+
+    // The cap of 10 left one row out; which rows were sent is the seeded sample's business, so
+    // the expected counts are derived from the sample itself.
+    let sample = dt::rows_to_transform(rows.len(), 10, cfg.seed);
+    assert_eq!(sample.len(), 10);
+    let sent: Vec<&Example> = sample.iter().map(|&i| &rows[i]).collect();
+    let has = |tag: &str| sent.iter().filter(|r| r.input.contains(tag)).count() as u64;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for (tag, reason) in
+        [("MALFORMED", "no_json"), ("NOKEYS", "missing_keys"), ("EMPTY", "empty_field")]
+    {
+        if has(tag) > 0 {
+            expected.insert(reason.into(), has(tag));
+        }
+    }
+    if has("TWIN") > 1 {
+        expected.insert("duplicate_input".into(), has("TWIN") - 1);
+    }
+    // At most one row is left out, so at least three kinds of bad answer were sent.
+    assert!(expected.len() >= 3, "{expected:?}");
+    let log = &t.log;
+    assert_eq!(log.dropped, expected, "{log:#?}");
+    assert_eq!(log.rows_offered, 11);
+    assert_eq!(log.rows_asked, 10);
+    assert_eq!(log.transformed as u64 + log.dropped_total(), 10);
+    assert_eq!(log.requests, 11);
+    assert_eq!(log.cached_responses, 0);
+    assert!(log.plan.starts_with("1. Use the row's question"), "{}", log.plan);
+    assert_eq!(t.examples.len(), log.transformed);
+    assert_eq!(t.origin.len(), t.examples.len());
+    for (e, &from) in t.examples.iter().zip(&t.origin) {
+        assert!(!e.input.is_empty() && !e.output.is_empty());
+        assert_eq!(e.output, rows[from].output, "each example comes from its row");
+        if !rows[from].input.contains("TWIN") {
+            assert_eq!(e.input, format!("Question: {}", rows[from].input));
+        }
+    }
+    let line = log.describe();
+    assert!(line.contains(&format!("{} of 10 rows", log.transformed)), "{line}");
+    assert!(line.contains("no_json") || !expected.contains_key("no_json"), "{line}");
+
+    // Written atomically beside each other; read back the same.
+    dt::write_transformed(dir.path(), &t).unwrap();
+    assert_eq!(read_examples_jsonl(&dir.path().join(TRANSFORMED_FILE)).unwrap(), t.examples);
+    let read: TransformLog = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(TRANSFORM_LOG_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&read, log);
+
+    // A replay-only rerun over the same cache: the same examples and not one request.
+    let before = server.state.request_count();
+    drop(teacher);
+    let replay = CachedTeacher::open(
+        settings(&server.base_url, "fake-gpt").build().unwrap(),
+        &cache,
+        CacheMode::ReplayOnly,
+    )
+    .unwrap();
+    let again = dt::transform(&replay, &prompt, &rows, &cfg, None).await.unwrap();
+    assert_eq!(again.examples, t.examples);
+    assert_eq!(again.log.dropped, t.log.dropped);
+    assert_eq!(again.log.cached_responses, 11);
+    assert_eq!(again.log.cost_usd, 0.0);
+    assert_eq!(server.state.request_count(), before, "zero requests on replay");
+
+    // A replay-only run that needs an answer never recorded stops (fatal), naming the miss, and
+    // hands back what it had.
+    let more = TransformConfig { max_rows: 11, ..cfg.clone() };
+    let err = dt::transform(&replay, &prompt, &rows, &more, None).await.unwrap_err();
+    assert!(err.to_string().contains("replay-only"), "{err}");
+    assert_eq!(server.state.request_count(), before);
+}
+
+/// Writes a retrieved-dataset folder as `p2m retrieve-dataset --out` leaves it (`train.parquet`
+/// with `input` and `references`).
+fn retrieved_folder(dir: &Path, rows: &[Example]) {
+    use prompt2model::data::loaders::common_frame;
+    std::fs::create_dir_all(dir).unwrap();
+    let frame = common_frame(
+        (0..rows.len()).map(|i| format!("r{i}")).collect(),
+        rows.iter().map(|r| r.input.clone()).collect(),
+        &rows.iter().map(|r| vec![r.output.clone()]).collect::<Vec<_>>(),
+        None,
+    )
+    .unwrap();
+    prompt2model::util::fs::write_parquet_atomic(&frame, &dir.join("train.parquet")).unwrap();
+}
+
+/// `p2m run --retrieved DIR --transform-retrieved`: the transformed rows are what the run trains
+/// on beside the generated ones, the counts are in the stage's summary, notes and the card, the
+/// setting is in the stage's fingerprint, and a rerun makes no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2m_run_transforms_the_retrieved_rows_and_the_card_counts_them() {
+    use crate::pipeline::{fake_args, ok, p2m, prompt_file, run_blocking, PROMPT};
+    let server = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, prompt) = (dir.path().join("runs"), prompt_file(dir.path(), PROMPT));
+    let retrieved = dir.path().join("retrieved");
+    retrieved_folder(&retrieved, &rows());
+    let mut args = fake_args(prompt.to_str().unwrap(), &server.base_url, "capitals");
+    args.retain(|a| *a != "--no-dataset-retrieval");
+    let retrieved_arg = retrieved.display().to_string();
+    args.extend(["--retrieved", &retrieved_arg, "--transform-retrieved", "--transform-rows", "8"]);
+    let out = ok(run_blocking(p2m(&runs, &args)).await);
+    let run = runs.join("capitals");
+    let stage = run.join("dataset-retrieval");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stage.join("stage.json")).unwrap()).unwrap();
+    assert_eq!(record["settings"]["transform"]["config"]["max_rows"], 8, "{record}");
+    let log: TransformLog =
+        serde_json::from_str(&std::fs::read_to_string(stage.join(TRANSFORM_LOG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!((log.rows_offered, log.rows_asked), (11, 8));
+    assert_eq!(log.transformed as u64 + log.dropped_total(), 8);
+    let summary = record["summary"].as_str().unwrap();
+    assert!(summary.contains(&log.describe()), "{summary}");
+    let kept = read_examples_jsonl(&stage.join("retrieved.jsonl")).unwrap();
+    assert_eq!(kept.len(), log.transformed, "the source is the transformed rows");
+    assert!(kept.iter().all(|e| e.input.starts_with("Question: ")), "{kept:?}");
+    let card = std::fs::read_to_string(run.join("model/model_card.md")).unwrap();
+    assert!(card.contains("transformed into the task's format"), "{card}");
+    let run_json = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(run_json.contains("\"transform_retrieved\": true"), "{run_json}");
+
+    // A rerun: every stage up to date, not one request.
+    let requests = server.state.request_count();
+    let again = ok(run_blocking(p2m(&runs, &args)).await);
+    assert_eq!(server.state.request_count(), requests, "{again}\n{out}");
+}
