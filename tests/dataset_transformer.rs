@@ -14,7 +14,7 @@ use prompt2model::dataset_transformer::{
     self as dt, TransformConfig, TransformLog, TRANSFORMED_FILE, TRANSFORM_LOG_FILE,
 };
 use prompt2model::prompt_parser::ParsedPrompt;
-use prompt2model::teacher::{CacheMode, CachedTeacher, TeacherKind, TeacherSettings};
+use prompt2model::teacher::{CacheMode, CachedTeacher, Teacher, TeacherKind, TeacherSettings};
 
 const NO_KEY: &str = "P2M_TEST_TRANSFORM_NO_KEY";
 
@@ -211,4 +211,73 @@ async fn p2m_run_transforms_the_retrieved_rows_and_the_card_counts_them() {
     let requests = server.state.request_count();
     let again = ok(run_blocking(p2m(&runs, &args)).await);
     assert_eq!(server.state.request_count(), requests, "{again}\n{out}");
+}
+
+/// Against a real llama.cpp server (llama-cpp-python serving the project's SmolLM2-135M GGUF, as
+/// the teacher tests start it): ten retrieved rows transformed, every answer a valid
+/// `{"input", "output"}` object (the schema goes as llama-cpp-python's `json_object` +
+/// `schema`), and a replay-only rerun without a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_rows_transformed_by_a_real_llama_cpp_server_are_valid_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::teacher_servers::LlamaServer::start(dir.path()).await;
+    let base_url = format!("{}/v1", server.root);
+    let cache = dir.path().join("teacher_cache.sqlite");
+    let teacher = CachedTeacher::open(
+        settings(&base_url, "smollm2").build().unwrap(),
+        &cache,
+        CacheMode::ReadWrite,
+    )
+    .unwrap();
+    let questions = [
+        ("who wrote the play hamlet", "William Shakespeare"),
+        ("what is the capital of australia", "Canberra"),
+        ("how many legs does a spider have", "eight"),
+        ("who painted the mona lisa", "Leonardo da Vinci"),
+        ("what is the largest planet in the solar system", "Jupiter"),
+        ("in which year did the berlin wall fall", "1989"),
+        ("what is the chemical symbol for gold", "Au"),
+        ("who was the first person to walk on the moon", "Neil Armstrong"),
+        ("what is the longest river in africa", "the Nile"),
+        ("which language is spoken in brazil", "Portuguese"),
+    ];
+    let rows: Vec<Example> =
+        questions.iter().map(|(q, a)| Example::new(format!("question: {q}"), *a)).collect();
+    let cfg = TransformConfig { max_rows: 10, row_max_tokens: 160, ..Default::default() };
+    let t0 = std::time::Instant::now();
+    let t = dt::transform(&teacher, &squad_like_prompt(), &rows, &cfg, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- server log ---\n{}", server.log_tail()));
+    let wall = t0.elapsed().as_secs_f64();
+    let log = &t.log;
+    let stats = teacher.stats();
+    eprintln!(
+        "llama.cpp transform: {} of {} rows kept in {wall:.0} s ({} requests, {}+{} tokens), dropped {:?}; plan:\n{}\nexamples: {:#?}",
+        log.transformed, log.rows_asked, log.requests, log.prompt_tokens, log.completion_tokens, log.dropped, log.plan, t.examples
+    );
+    assert_eq!((log.rows_asked, log.requests), (10, 11));
+    assert!(!log.plan.is_empty());
+    // Every answer parsed as an object with both keys: nothing dropped for its form (a row may
+    // still be dropped for what it says: an input the model repeated, or copied from the prompt).
+    for malformed in ["no_json", "invalid_json", "truncated_json", "missing_keys"] {
+        assert!(!log.dropped.contains_key(malformed), "{malformed}: {:?}", log.dropped);
+    }
+    assert!(log.transformed > 0);
+    assert!(t.examples.iter().all(|e| !e.input.trim().is_empty() && !e.output.trim().is_empty()));
+    let e = &stats.endpoints[0];
+    assert_eq!(e.response_format, "json_object+schema", "{e:?}");
+
+    // Replay-only: the same examples, no request.
+    let seen = stats.http_attempts;
+    drop(teacher);
+    let replay = CachedTeacher::open(
+        settings(&base_url, "smollm2").build().unwrap(),
+        &cache,
+        CacheMode::ReplayOnly,
+    )
+    .unwrap();
+    let again = dt::transform(&replay, &squad_like_prompt(), &rows, &cfg, None).await.unwrap();
+    assert_eq!(again.examples, t.examples);
+    assert_eq!((again.log.cached_responses, replay.stats().http_attempts), (11, 0));
+    assert!(seen >= 11);
 }
