@@ -213,6 +213,77 @@ async fn p2m_run_transforms_the_retrieved_rows_and_the_card_counts_them() {
     assert_eq!(server.state.request_count(), requests, "{again}\n{out}");
 }
 
+/// `p2m retrieve-dataset --transform`: the chosen dataset (a hub dataset through the fake
+/// datasets server, chosen and its columns named by the fake teacher) is saved, then its rows
+/// rewritten into `transformed.jsonl` with the log beside; a second run replays every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieve_dataset_transform_writes_the_rewritten_rows() {
+    use crate::retrievers::{hub_datasets, hub_index, p2m_retrieve_dataset};
+    let teacher = FakeServer::start(ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let index = hub_index(dir.path());
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out");
+    let hub = crate::common::datasets_server::fake_datasets_server(hub_datasets(), vec![], 50);
+    let args: Vec<String> = [
+        "--instruction",
+        "Answer a question about a Wikipedia passage with a span of the passage.",
+        "--index",
+        index.to_str().unwrap(),
+        "--encoder",
+        "minilm",
+        "--max-rows-per-split",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+        "--transform",
+        "--transform-rows",
+        "6",
+        "--teacher",
+        "openai",
+        "--base-url",
+        &teacher.base_url,
+        "--model",
+        "fake-gpt",
+        "--api-key-env",
+        NO_KEY,
+        "--requests-per-minute",
+        "0",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = |args: Vec<String>| {
+        let (cache, url) = (cache.clone(), hub.url.clone());
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            p2m_retrieve_dataset(&cache, &url, &[], &refs)
+        })
+    };
+    let first = run(args.clone()).await.unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let log: TransformLog = serde_json::from_value(v["transform"].clone()).unwrap();
+    assert_eq!(log.rows_asked, 6);
+    assert_eq!(log.transformed, 6, "{log:?}");
+    let rows = read_examples_jsonl(&out.join(TRANSFORMED_FILE)).unwrap();
+    assert_eq!(rows.len(), 6);
+    // The rows as the retriever saved them (the columns the fake teacher named), rewritten.
+    assert!(
+        rows.iter()
+            .all(|e| e.input.starts_with("Question: id: ") && e.input.contains("\ncontext: ctx ")),
+        "{rows:?}"
+    );
+    assert!(out.join(TRANSFORM_LOG_FILE).is_file() && out.join("teacher_cache.sqlite").is_file());
+
+    let asked = teacher.state.request_count();
+    let second = run(args).await.unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(teacher.state.request_count(), asked, "every answer replayed from the cache");
+    assert_eq!(read_examples_jsonl(&out.join(TRANSFORMED_FILE)).unwrap(), rows);
+}
+
 /// Against a real llama.cpp server (llama-cpp-python serving the project's SmolLM2-135M GGUF, as
 /// the teacher tests start it): ten retrieved rows transformed, every answer a valid
 /// `{"input", "output"}` object (the schema goes as llama-cpp-python's `json_object` +
