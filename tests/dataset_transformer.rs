@@ -213,6 +213,27 @@ async fn p2m_run_transforms_the_retrieved_rows_and_the_card_counts_them() {
     assert_eq!(server.state.request_count(), requests, "{again}\n{out}");
 }
 
+/// The recorded teacher answers nothing: `--transform-retrieved` with it is refused before
+/// anything runs, naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorded_teacher_cannot_transform() {
+    use crate::pipeline::{p2m, run_blocking};
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_blocking(p2m(
+        dir.path(),
+        &["run", "--task", "temporal", "--teacher", "recorded", "--transform-retrieved"],
+    ))
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--transform-retrieved needs a live teacher")
+            && err.contains("--teacher local or openai"),
+        "{err}"
+    );
+    assert!(!dir.path().join("temporal-recorded").exists(), "nothing was started");
+}
+
 /// `p2m retrieve-dataset --transform`: the chosen dataset (a hub dataset through the fake
 /// datasets server, chosen and its columns named by the fake teacher) is saved, then its rows
 /// rewritten into `transformed.jsonl` with the log beside; a second run replays every answer.

@@ -360,6 +360,30 @@ mod tests {
         assert_eq!(parsed.retrieved_share, Some(0.5));
     }
 
+    /// The transform of retrieved rows is off by default and then absent from run.json and the
+    /// resolved settings (earlier runs' files and fingerprints unchanged); on, it carries its cap
+    /// and the run's seed.
+    #[test]
+    fn the_transform_is_off_by_default_and_absent_from_the_json_unless_on() {
+        let default = serde_json::to_value(RunConfig::default()).unwrap();
+        assert!(
+            default.get("transform_retrieved").is_none() && default.get("transform_rows").is_none()
+        );
+        let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
+        assert!(resolved.transform.is_none());
+        assert!(serde_json::to_value(&resolved).unwrap().get("transform").is_none());
+        let on: RunConfig =
+            toml::from_str("transform_retrieved = true\ntransform_rows = 7\nseed = 3").unwrap();
+        let t = on.resolve(&data_dir()).unwrap().transform.unwrap();
+        assert_eq!((t.max_rows, t.seed), (7, 3));
+        assert_eq!(serde_json::to_value(&on).unwrap()["transform_retrieved"], true);
+        let default_cap: RunConfig = toml::from_str("transform_retrieved = true").unwrap();
+        assert_eq!(
+            default_cap.resolve(&data_dir()).unwrap().transform.unwrap().max_rows,
+            crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS
+        );
+    }
+
     /// The executor's prefix cache is on by default, absent from run.json then (fingerprints of
     /// earlier runs unchanged), and switched off by `[executor] prefix_cache = false`; fields left
     /// out of the file at their default (`precision`) can be set the same way.
