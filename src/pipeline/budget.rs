@@ -196,5 +196,14 @@ mod tests {
         assert_eq!(both.requests, g.requests + t.requests);
         assert!((both.usd - g.usd - t.usd).abs() < 1e-12);
         assert!(estimate_pending_cost(&run, &resolved, "Do X.", Pending::default()).is_none());
+        // The gate stops a transform its budget does not cover, naming it, and lets one through
+        // that it covers, with the calls the budget buys.
+        let transform = Pending { generation: false, transform: true };
+        let small = RunConfig { budget_usd: Some(t.usd / 2.0), ..run.clone() };
+        let err = gate(&small, &resolved, "Do X.", transform, None).unwrap_err().to_string();
+        assert!(err.starts_with("the transform of retrieved rows would cost"), "{err}");
+        let enough = RunConfig { budget_usd: Some(t.usd * 2.0), ..run.clone() };
+        let calls = gate(&enough, &resolved, "Do X.", transform, None).unwrap().unwrap();
+        assert!((41..=42).contains(&calls), "twice the estimate buys twice its 21 calls: {calls}");
     }
 }
