@@ -104,6 +104,35 @@ struct Arm {
     cost: (Option<f64>, String),
 }
 
+impl Arm {
+    /// The arm with its key: the sha256 of everything that decides its result (scale, seed,
+    /// data, test questions, instruction).
+    fn plan(
+        self,
+        scale: &Scale,
+        seed: u64,
+        test_ids: &[String],
+        instruction: &str,
+    ) -> Result<ArmPlan> {
+        let key = crate::util::fs::sha256_hex(
+            serde_json::to_string(&serde_json::json!({
+                "scale": scale, "seed": seed, "arm": self.name, "train": self.train,
+                "validation": self.validation, "test": test_ids, "instruction": instruction,
+            }))?
+            .as_bytes(),
+        );
+        Ok(ArmPlan {
+            name: self.name,
+            id: slug(self.name),
+            data: self.data,
+            train: self.train,
+            validation: self.validation,
+            cost: self.cost,
+            key,
+        })
+    }
+}
+
 /// Draws every arm's data (nothing is trained).
 pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
     let data_dir = &registry.paths.data;
@@ -326,24 +355,7 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
     let test_ids = loaders::string_column(&test_frame, loaders::ID)?;
     let arms = arm_list
         .into_iter()
-        .map(|a| {
-            let key = crate::util::fs::sha256_hex(
-                serde_json::to_string(&serde_json::json!({
-                    "scale": scale, "seed": opts.seed, "arm": a.name, "train": a.train,
-                    "validation": a.validation, "test": test_ids, "instruction": instruction,
-                }))?
-                .as_bytes(),
-            );
-            Ok(ArmPlan {
-                name: a.name,
-                id: slug(a.name),
-                data: a.data,
-                train: a.train,
-                validation: a.validation,
-                cost: a.cost,
-                key,
-            })
-        })
+        .map(|a| a.plan(&scale, opts.seed, &test_ids, &instruction))
         .collect::<Result<Vec<_>>>()?;
     Ok(Prepared {
         scale_name: opts.scale.clone(),
