@@ -252,6 +252,50 @@ fn the_transformed_arm_runs_with_a_live_teacher() {
     insta::assert_yaml_snapshot!("table2_smoke", rows);
 }
 
+/// The `table2` binary with `--teacher openai …`: five cells, and the cell processes of the local
+/// runner are given the same teacher and replay its answers (the parent planned the table and
+/// asked them once).
+#[test]
+fn table2_with_a_teacher_passes_it_to_its_cells() {
+    use crate::fake_openai::{FakeServer, ServerConfig};
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = rt.block_on(FakeServer::start(ServerConfig::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
+    let teacher = [
+        "--teacher",
+        "openai",
+        "--base-url",
+        &server.base_url,
+        "--model",
+        "fake-gpt",
+        "--api-key-env",
+        "P2M_TEST_TABLE2_NO_KEY",
+        "--requests-per-minute",
+        "0",
+    ];
+    let cmd = |extra: &[&str]| {
+        let args: Vec<&str> = teacher.iter().chain(extra).copied().collect();
+        common::table2_smoke(&reports, &runs, &args)
+    };
+    let listed = common::output_ok(cmd(&["--list-cells"]).output().unwrap());
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("retrieval_transformed_generation") && l.ends_with("to run"))
+            && listed.contains("5 cells"),
+        "{listed}"
+    );
+    let asked = server.state.request_count();
+    assert_eq!(asked, 1 + 24 + 8);
+    common::output_ok(cmd(&["--jobs", "2"]).output().unwrap());
+    assert_eq!(server.state.request_count(), asked, "the cells replayed the answers");
+    assert!(runs.join("retrieval_transformed_generation/arm.json").is_file());
+    let md = std::fs::read_to_string(reports.join("table2/table2.md")).unwrap();
+    assert!(md.contains("| retrieval (transformed) + generation |"), "{md}");
+}
+
 #[test]
 fn an_unknown_scale_lists_the_known_ones() {
     let cache = tempfile::tempdir().unwrap();
