@@ -303,6 +303,11 @@ impl RunConfig {
                 "retrieved_share = {share}: the retrieved rows' share of the training cut must lie between 0 and 1 (0.5 = equal numbers; leave it out for the default)"
             );
         }
+        anyhow::ensure!(
+            self.transform_rows != Some(0),
+            "transform_rows = 0: the transform needs at least one row (leave --transform-rows out for the default {}, or drop --transform-retrieved)",
+            crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS
+        );
         let num_examples = self.num_examples.unwrap_or(scale.num_examples);
         let mut train = with_overrides(&scale.train, self.train.as_ref(), "train")?;
         train.seed = self.seed;
@@ -377,6 +382,9 @@ mod tests {
         let t = on.resolve(&data_dir()).unwrap().transform.unwrap();
         assert_eq!((t.max_rows, t.seed), (7, 3));
         assert_eq!(serde_json::to_value(&on).unwrap()["transform_retrieved"], true);
+        let zero = RunConfig { transform_rows: Some(0), ..on.clone() };
+        let err = zero.resolve(&data_dir()).unwrap_err().to_string();
+        assert!(err.contains("transform_rows = 0"), "{err}");
         let default_cap: RunConfig = toml::from_str("transform_retrieved = true").unwrap();
         assert_eq!(
             default_cap.resolve(&data_dir()).unwrap().transform.unwrap().max_rows,

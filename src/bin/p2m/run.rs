@@ -76,8 +76,9 @@ pub struct RunArgs {
     /// dropped and counted in the report and the card).
     #[arg(long)]
     pub transform_retrieved: bool,
-    /// Retrieved rows transformed at most (a seeded sample; default 100).
-    #[arg(long, requires = "transform_retrieved")]
+    /// Retrieved rows transformed at most, when the transform is on (--transform-retrieved, or
+    /// `transform_retrieved = true` in --config): a seeded sample; default 100.
+    #[arg(long)]
     pub transform_rows: Option<usize>,
     /// The real test set: a registry id (`p2m data list`) or a JSONL file of {input, output}.
     #[arg(long)]
