@@ -14,6 +14,7 @@ use super::verdict::{
     self, difference_of_proportions, identical_arms, judge, ArmIdentity, Estimate, Obstacle,
 };
 use crate::data::loaders;
+use crate::evaluator::baselines::BaselineTest;
 use crate::evaluator::bootstrap::{paired_difference, BootstrapConfig, CorpusScorer};
 use crate::evaluator::Metric;
 use crate::tables::cells::LiveTables;
@@ -73,6 +74,31 @@ fn at_floor(a: &str, score_a: Option<f64>, b: &str, score_b: Option<f64>) -> Opt
             "`{a}` and `{b}` both score 0 (the metric's floor): students that learned nothing agree on every example"
         ))
     })
+}
+
+/// What the students' tests against their trivial baselines (the input copied, the most frequent
+/// training answer, the majority class) say about a comparison of them. Where no student beats
+/// its baseline, the difference is between students that learned nothing, which says nothing
+/// about the claim (inconclusive); where some do not, the verdict stands (it is what the pipeline
+/// produced here) and a remark names them.
+fn learned_nothing(
+    students: &[(&str, Option<&BaselineTest>)],
+) -> (Option<Obstacle>, Option<String>) {
+    let below: Vec<String> = students
+        .iter()
+        .filter_map(|(name, t)| t.filter(|t| !t.better).map(|t| format!("`{name}`: {}", t.brief())))
+        .collect();
+    if below.is_empty() {
+        (None, None)
+    } else if below.len() == students.len() {
+        let o = Obstacle::Unreliable(format!(
+            "no student of the comparison beats its trivial baseline ({}): a difference between students that learned nothing says nothing about the claim",
+            below.join("; ")
+        ));
+        (Some(o), None)
+    } else {
+        (None, Some(format!("not better than its trivial baseline: {}", below.join("; "))))
+    }
 }
 
 /// sha256 over a folder's `*.safetensors` files (names and contents, sorted by name).
@@ -166,6 +192,23 @@ impl Sources {
             source,
             ..Default::default()
         };
+        let versus = |row: &str| {
+            let label = &t1.rows.iter().find(|r| r.task == task && r.row == row)?.label;
+            t1.versus_baseline
+                .iter()
+                .find(|v| v.group.as_deref() == Some(task) && &v.system == label)
+                .map(|v| (label.clone(), v.test.clone()))
+        };
+        let mut students = vec![versus(first)];
+        if second != TEACHER_ROW {
+            students.push(versus(second));
+        }
+        let students: Vec<(String, BaselineTest)> = students.into_iter().flatten().collect();
+        let (obstacle, remark) = learned_nothing(
+            &students.iter().map(|(l, t)| (l.as_str(), Some(t))).collect::<Vec<_>>(),
+        );
+        m.obstacles.extend(obstacle);
+        m.remarks.extend(remark);
         if second == TEACHER_ROW {
             match t1.teacher_samples.iter().find(|t| t.task == task) {
                 Some(t) => match (&t.whole, t.representative()) {
@@ -253,6 +296,13 @@ impl Sources {
         if let Some(o) = at_floor(first, score(first), second, score(second)) {
             m.obstacles.push(o);
         }
+        let versus = |arm: &str| {
+            t2.arms.iter().find(|a| a.arm == arm).and_then(|a| a.versus_baseline.as_ref())
+        };
+        let (obstacle, remark) =
+            learned_nothing(&[(first, versus(first)), (second, versus(second))]);
+        m.obstacles.extend(obstacle);
+        m.remarks.extend(remark);
         let weights = |arm: &str| {
             self.arm_dirs.get(arm).and_then(|d| weights_sha256(&d.join("student/final")))
         };
@@ -401,5 +451,34 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Inconclusive, "{}", j.why);
         assert!(at_floor("a", Some(0.0), "b", Some(4.2)).is_none());
         assert!(at_floor("a", None, "b", Some(0.0)).is_none());
+    }
+
+    #[test]
+    fn students_below_their_baselines_make_a_difference_inconclusive_or_are_named() {
+        let test = |better: bool| BaselineTest {
+            baseline: "copy the input".into(),
+            metric: crate::evaluator::Metric::ChrfPlusPlus,
+            delta: if better { 5.0 } else { -3.0 },
+            p_value: if better { 0.001 } else { 0.9 },
+            better,
+        };
+        let (no, yes) = (test(false), test(true));
+        let (o, r) = learned_nothing(&[("a", Some(&no)), ("b", Some(&no))]);
+        let o = o.expect("neither learned");
+        assert!(r.is_none());
+        let j = judge(
+            verdict::Expectation::Above { threshold: 0.0 },
+            Some(&Estimate::interval(4.0, 1.0, 7.0)),
+            &[o],
+        );
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{}", j.why);
+        assert!(j.why.contains("learned nothing"), "{}", j.why);
+        let (o, r) = learned_nothing(&[("a", Some(&yes)), ("b", Some(&no))]);
+        assert!(o.is_none());
+        let r = r.expect("b is named");
+        assert!(r.contains("`b`") && !r.contains("`a`"), "{r}");
+        assert_eq!(learned_nothing(&[("a", Some(&yes)), ("b", None)]), (None, None));
+        // The teacher comparison has one student: below its baseline, the claim is inconclusive.
+        assert!(learned_nothing(&[("a", Some(&no))]).0.is_some());
     }
 }
