@@ -241,6 +241,7 @@ pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(
                     | "precision"
                     | "prefix_cache"
                     | "engine"
+                    | "lora"
             )
         {
             bail!(

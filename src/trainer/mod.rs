@@ -27,6 +27,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::models::lora::LoraConfig;
 use crate::models::precision::{self, Precision};
 use crate::models::seq2seq::IGNORE_INDEX;
 use crate::util::fs::{read_json, write_json};
@@ -105,6 +106,11 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Stop after this many optimizer steps in total (a budget for small scales; `None`: all epochs).
     pub max_steps: Option<u64>,
+    /// Train LoRA adapters on a frozen base instead of every weight ([`crate::models::lora`]);
+    /// merged into the saved weights at the end. Left out of the file when off, so earlier
+    /// configs and their fingerprints are unchanged; when on, its settings enter the fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +134,7 @@ impl Default for TrainConfig {
             mixed_precision: false,
             precision: Precision::F32,
             max_steps: None,
+            lora: None,
         }
     }
 }
@@ -158,6 +165,9 @@ impl TrainConfig {
             "max_source_len and max_target_len must be at least 2 ({fix})"
         );
         anyhow::ensure!(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1 ({fix})");
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
         Ok(())
     }
 }
@@ -302,6 +312,9 @@ pub enum TrainError {
     ForeignCheckpoint { dir: String, found: String, expected: String },
 }
 
+/// The folder of `final/` that holds a LoRA run's adapters in PEFT's layout (`keep_adapters`).
+pub const ADAPTER_DIR: &str = "adapter";
+
 /// What to do about an unreadable trainer file.
 const START_OVER: &str = "not a valid file of this kind (delete it to start over)";
 
@@ -403,8 +416,11 @@ impl<'a> Trainer<'a> {
         }
         let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
 
+        if let Some(lora) = &cfg.lora {
+            self.student.attach_lora(lora, cfg.seed)?;
+        }
         let params = AdamWParams { weight_decay: cfg.weight_decay, ..AdamWParams::default() };
-        let mut optimizer = AdamW::new(self.student.parameters(), params);
+        let mut optimizer = AdamW::new(self.student.trainable_parameters(), params);
         let mut state = TrainerState {
             fingerprint: fingerprint.clone(),
             optimizer_step: 0,
@@ -431,7 +447,11 @@ impl<'a> Trainer<'a> {
                 }
                 .into());
             }
-            self.student.load_weights(ckpt)?;
+            if cfg.lora.is_some() {
+                self.student.load_adapters(ckpt)?;
+            } else {
+                self.student.load_weights(ckpt)?;
+            }
             let moments = adamw::read_state(&ckpt.join("optimizer.safetensors"))?;
             optimizer.load_state(
                 &moments,
@@ -594,7 +614,16 @@ impl<'a> Trainer<'a> {
             stopped_early,
             device: format!("{device:?}"),
         };
+        // A LoRA run keeps its adapters apart when asked (PEFT's layout), then ships them merged:
+        // the packaged model is a plain model of its architecture.
+        let keep_adapters = cfg.lora.as_ref().is_some_and(|l| l.keep_adapters);
         crate::util::fs::write_dir_atomic(&final_dir, |tmp| {
+            if keep_adapters {
+                self.student.write_adapters(&tmp.join(ADAPTER_DIR))?;
+            }
+            if cfg.lora.is_some() {
+                self.student.merge_lora();
+            }
             self.student.save(tmp)?;
             write_json(&tmp.join("trainer_state.json"), &state)?;
             write_json(&tmp.join("training_config.json"), &cfg)?;
@@ -607,7 +636,13 @@ impl<'a> Trainer<'a> {
         let dir =
             self.output_dir.join("checkpoints").join(format!("step-{:08}", state.optimizer_step));
         crate::util::fs::write_dir_atomic(&dir, |tmp| {
-            self.student.save(tmp)?;
+            // A LoRA checkpoint holds the adapters only: the frozen base is rebuilt from the
+            // student's spec on resume.
+            if self.config.lora.is_some() {
+                self.student.write_adapters(tmp)?;
+            } else {
+                self.student.save(tmp)?;
+            }
             let moments: Vec<(String, Tensor)> = optimizer
                 .state_tensors()
                 .into_iter()
