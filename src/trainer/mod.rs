@@ -614,22 +614,32 @@ impl<'a> Trainer<'a> {
             stopped_early,
             device: format!("{device:?}"),
         };
-        // A LoRA run keeps its adapters apart when asked (PEFT's layout), then ships them merged:
-        // the packaged model is a plain model of its architecture.
-        let keep_adapters = cfg.lora.as_ref().is_some_and(|l| l.keep_adapters);
-        crate::util::fs::write_dir_atomic(&final_dir, |tmp| {
-            if keep_adapters {
+        self.write_final(&final_dir, &state, &summary)?;
+        Ok(summary)
+    }
+
+    /// Writes `final/`: the model and tokenizer, the trainer state, config and summary. A LoRA
+    /// run first keeps its adapters apart when asked (PEFT's layout, `final/adapter/`), then
+    /// ships them merged: the packaged model is a plain model of its architecture.
+    fn write_final(
+        &mut self,
+        final_dir: &Path,
+        state: &TrainerState,
+        summary: &TrainSummary,
+    ) -> anyhow::Result<()> {
+        let lora = self.config.lora.clone();
+        crate::util::fs::write_dir_atomic(final_dir, |tmp| {
+            if lora.as_ref().is_some_and(|l| l.keep_adapters) {
                 self.student.write_adapters(&tmp.join(ADAPTER_DIR))?;
             }
-            if cfg.lora.is_some() {
+            if lora.is_some() {
                 self.student.merge_lora();
             }
             self.student.save(tmp)?;
-            write_json(&tmp.join("trainer_state.json"), &state)?;
-            write_json(&tmp.join("training_config.json"), &cfg)?;
-            write_json(&tmp.join("training_summary.json"), &summary)
-        })?;
-        Ok(summary)
+            write_json(&tmp.join("trainer_state.json"), state)?;
+            write_json(&tmp.join("training_config.json"), &self.config)?;
+            write_json(&tmp.join("training_summary.json"), summary)
+        })
     }
 
     fn write_checkpoint(&self, state: &TrainerState, optimizer: &AdamW) -> anyhow::Result<PathBuf> {
