@@ -86,6 +86,8 @@ fn a_lora_steps_loss_and_adapter_gradients_match_pytorch_and_merging_adds_b_a_sc
         (ours_loss - torch_loss).abs() <= 1e-5 * torch_loss.abs(),
         "loss {ours_loss} vs torch {torch_loss}"
     );
+    eprintln!("loss {ours_loss} vs torch {torch_loss}");
+    let mut worst = 0.0f64;
     for (name, t) in &trainable {
         let want: Vec<f32> = theirs["grads"][name]
             .as_array()
@@ -97,7 +99,9 @@ fn a_lora_steps_loss_and_adapter_gradients_match_pytorch_and_merging_adds_b_a_sc
         let scale = max_abs(&want);
         let err = max_abs(&(t.grad() - &want));
         assert!(scale > 0.0 && err <= 1e-4 * scale, "{name}: |Δgrad| {err} of {scale}");
+        worst = worst.max(err / scale);
     }
+    eprintln!("largest adapter-gradient error relative to its matrix's largest entry: {worst:.2e}");
 
     // Merging: W' = W + B·A·α/r for every adapted weight (checked in f64), the rest untouched,
     // and the merged model computes the adapted model's loss.
@@ -165,17 +169,13 @@ fn a_lora_run_killed_with_sigkill_resumes_to_the_same_merged_weights_and_adapter
     assert_eq!(cfg.lora.map(|l| l.rank), Some(4));
 }
 
-/// A LoRA-trained decoder as its users take it: `final/` reloads as a plain llama (the adapters
-/// merged), `p2m predict` predicts from it what the trained student predicts, and the kept
-/// adapters added to the base reproduce the packaged weights.
-#[test]
-fn a_lora_trained_decoder_is_packaged_merged_and_predicts_through_the_normal_path() {
-    let out = tempfile::tempdir().unwrap();
+/// SmolLM2 cut to 2 layers, LoRA-trained (r 2, adapters kept) for 4 steps into `out`; with the
+/// base weights as they were before training.
+fn train_lora_decoder(out: &Path) -> (Student, HashMap<String, Tensor>, LoraConfig) {
     let spec: StudentSpec = "decoder:layers=2".parse().unwrap();
     let mut student = Student::build(&spec, &registry(), Device::Cpu, 1).unwrap();
-    let base = student.parameters();
     let base: HashMap<String, Tensor> =
-        base.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+        student.parameters().iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
     let data = colour_rows(4);
     let lora = LoraConfig { rank: 2, keep_adapters: true, ..LoraConfig::default() };
     let cfg = TrainConfig {
@@ -188,19 +188,26 @@ fn a_lora_trained_decoder_is_packaged_merged_and_predicts_through_the_normal_pat
         lora: Some(lora.clone()),
         ..TrainConfig::default()
     };
-    let mut t = Trainer::new(cfg, &mut student, out.path());
+    let mut t = Trainer::new(cfg, &mut student, out);
     t.progress = false;
     let summary = t.train(&data, &data[..2]).unwrap();
     assert_eq!(summary.optimizer_steps, 4);
     // Trained: A [2, in] and B [out, 2] of q, k, v, o ([576|192, 576]), gate, up ([1536, 576])
     // and down ([576, 1536]) in 2 layers; nothing else.
-    let per_layer: i64 =
-        [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
-            .iter()
-            .map(|(out, inp)| 2 * (out + inp))
-            .sum();
+    let shapes =
+        [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let per_layer: i64 = shapes.iter().map(|(o, i)| 2 * (o + i)).sum();
     assert_eq!(summary.parameters, 2 * per_layer);
+    (student, base, lora)
+}
 
+/// A LoRA-trained decoder as its users take it: `final/` reloads as a plain llama (the adapters
+/// merged), `p2m predict` predicts from it what the trained student predicts, and the kept
+/// adapters added to the base reproduce the packaged weights.
+#[test]
+fn a_lora_trained_decoder_is_packaged_merged_and_predicts_through_the_normal_path() {
+    let out = tempfile::tempdir().unwrap();
+    let (student, base, lora) = train_lora_decoder(out.path());
     let final_dir = out.path().join("final");
     let merged = read_tensors(&final_dir.join("model.safetensors"));
     let adapters = read_tensors(&final_dir.join("adapter/adapter_model.safetensors"));
@@ -250,4 +257,30 @@ fn a_lora_trained_decoder_is_packaged_merged_and_predicts_through_the_normal_pat
     let greedy = prompt2model::models::sampling::SamplingConfig::greedy(4);
     let ours = student.generate(&[source], 64, &greedy, 1, true).unwrap();
     assert_eq!(line["prediction"].as_str().unwrap(), ours[0]);
+}
+
+/// The kept adapters as PEFT reads them (tests/reference/peft_load.py, `peft` in the reference
+/// venv): `PeftModel.from_pretrained` finds every tensor under its name (none missing, none left
+/// at its initial value) and its `merge_and_unload()` gives the weights p2m packaged, within 1e-6
+/// (f32 rounding of the same sum).
+#[test]
+fn kept_lora_adapters_load_in_peft_and_merge_to_the_packaged_weights() {
+    let out = tempfile::tempdir().unwrap();
+    let _ = train_lora_decoder(out.path());
+    let base_dir = out.path().join("base");
+    let spec: StudentSpec = "decoder:layers=2".parse().unwrap();
+    Student::build(&spec, &registry(), Device::Cpu, 1).unwrap().save(&base_dir).unwrap();
+    let final_dir = out.path().join("final");
+    let theirs = common::reference(
+        "peft_load.py",
+        &[&base_dir, &final_dir.join("adapter"), &final_dir],
+        &out.path().join("peft.json"),
+    );
+    eprintln!("peft: {theirs}");
+    assert_eq!(theirs["missing"], serde_json::json!([]), "{theirs}");
+    assert_eq!(theirs["unexpected"], serde_json::json!([]), "{theirs}");
+    assert_eq!(theirs["modules"], 14, "{theirs}");
+    assert_eq!(theirs["tensors"], 28);
+    assert_eq!(theirs["max_adapter_diff"].as_f64(), Some(0.0), "{theirs}");
+    assert!(theirs["max_merged_diff"].as_f64().unwrap() < 1e-6, "{theirs}");
 }
