@@ -346,17 +346,22 @@ mod tests {
         let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
         assert_eq!(resolved.train.lora, None);
         assert!(serde_json::to_value(&resolved).unwrap()["train"].get("lora").is_none());
-        let parsed: RunConfig =
-            toml::from_str("[train.lora]
+        let parsed: RunConfig = toml::from_str(
+            "[train.lora]
 rank = 16
-targets = [\"q_proj\", \"v_proj\"]").unwrap();
+targets = [\"q_proj\", \"v_proj\"]",
+        )
+        .unwrap();
         let on = parsed.resolve(&data_dir()).unwrap();
         let lora = on.train.lora.clone().expect("LoRA on");
         assert_eq!((lora.rank, lora.alpha, lora.dropout), (16, 16.0, 0.05));
         assert_eq!(lora.targets, ["q_proj", "v_proj"]);
         assert_eq!(serde_json::to_value(&on).unwrap()["train"]["lora"]["rank"], 16);
-        let bad: RunConfig = toml::from_str("[train.lora]
-rnak = 4").unwrap();
+        let bad: RunConfig = toml::from_str(
+            "[train.lora]
+rnak = 4",
+        )
+        .unwrap();
         let err = format!("{:#}", bad.resolve(&data_dir()).unwrap_err());
         assert!(err.contains("rnak"), "{err}");
     }
