@@ -14,6 +14,10 @@
 //! function of the seed) so that a run killed at any moment resumes to bit-identical final weights
 //! on CPU, and a hard stop on a non-finite loss that leaves the last good checkpoint in place.
 //!
+//! With [`TrainConfig::lora`] it trains LoRA adapters on a frozen base instead
+//! ([`crate::models::lora`]): only the adapters are in AdamW and in the checkpoints (the base is
+//! rebuilt from the student's spec on resume), and `final/` holds them merged into the weights.
+//!
 //! Students are the encoder-decoder models of [`crate::models`] ([`Student`]).
 
 pub mod adamw;

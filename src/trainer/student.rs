@@ -466,6 +466,11 @@ impl Student {
                 m.lora_adapters().into_iter().map(|(n, a)| (n, a.shallow_clone())).collect()
             }
             StudentModel::Seq2Seq(m) => {
+                anyhow::ensure!(
+                    !m.linears_mut().is_empty(),
+                    "{}: this encoder-decoder does not support LoRA; train it fully (leave out --lora-rank)",
+                    self.name
+                );
                 for (_, t) in m.var_store().variables() {
                     let _ = t.set_requires_grad(false);
                 }
@@ -479,11 +484,6 @@ impl Student {
                         adapter: &mut l.lora,
                     })
                     .collect();
-                anyhow::ensure!(
-                    !slots.is_empty(),
-                    "{}: this encoder-decoder does not support LoRA; train it fully (leave out --lora-rank)",
-                    self.name
-                );
                 lora::attach(slots, cfg, defaults, seed, &mode, &self.name)?;
                 m.linears_mut()
                     .into_iter()
