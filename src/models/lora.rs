@@ -11,10 +11,12 @@
 //! At the end the adapter is merged, `W' = W + B·A·α/r` (PEFT's `merge_and_unload`), and the model
 //! is again a plain model of its architecture.
 //!
-//! The base weights stay f32 here. A bf16 or int8 frozen base would halve or quarter their memory,
-//! but on this project's CPUs the speed of a step comes from the matmuls' precision, which
-//! `--precision bf16` already sets for base and adapter alike ([`super::precision`]); a bf16 copy
-//! of the base would save memory, not time.
+//! The frozen base stays in f32 (no bf16 or int8 copy of it: not implemented). `--precision bf16`
+//! sets bf16 matmuls for base and adapters alike, as for full training ([`super::precision`]).
+//! LoRA skips the base's weight gradients, their AdamW moments and the optimizer's pass over
+//! them; the backward pass still runs through every frozen layer to reach the adapters below it.
+//! On this project's 2-core CPU a SmolLM2 step took as much CPU time as a full fine-tuning step
+//! (6 steps at the laptop batch, debug build), with lower peak memory and checkpoints of a few MB.
 
 use std::collections::BTreeMap;
 use std::path::Path;
