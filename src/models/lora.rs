@@ -37,7 +37,10 @@ use crate::util::rng::{fnv1a64, SplitMix64};
 pub struct LoraConfig {
     pub rank: i64,
     pub alpha: f64,
-    /// Dropout on the adapter's input while training (PEFT's `lora_dropout`).
+    /// Dropout on the adapter's input while training (PEFT's `lora_dropout`). Not free on a CPU:
+    /// a mask is drawn over every adapted layer's input (210 on SmolLM2) and kept for the backward
+    /// pass; 6 SmolLM2 steps at the laptop batch measured 27 % more CPU time and 0.8 GB more peak
+    /// memory at 0.05 than at 0.
     pub dropout: f64,
     /// PEFT's `target_modules`: a linear layer is adapted when its module name is one of these or
     /// ends in `.` and one of these. Empty: the student's defaults (llama: the attention and MLP
@@ -347,6 +350,13 @@ mod tests {
         let err = (x.linear::<Tensor>(&merged, None) - both).abs().max().double_value(&[]);
         assert!(err < 1e-5, "{err}");
         assert!(LoraConfig { rank: 0, ..cfg.clone() }.validate().is_err());
+        // Dropout acts only while the model's training switch is on.
+        let on = TrainingMode::default();
+        let dropped = LoraAdapter { training: on.clone(), dropout: 0.5, ..adapter.shallow_clone() };
+        let ones = Tensor::ones([8, 4], (Kind::Float, Device::Cpu));
+        assert!(dropped.delta(&ones).equal(&adapter.delta(&ones)), "off: no dropout");
+        on.set(true);
+        assert!(!dropped.delta(&ones).equal(&adapter.delta(&ones)), "on: dropout");
         assert_eq!(cfg.scaling(), 3.0);
     }
 }
