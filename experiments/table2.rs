@@ -56,6 +56,12 @@ struct Args {
     /// Assemble the table from finished arms only (what the Slurm collector runs).
     #[arg(long)]
     collect_only: bool,
+    /// The teacher of the "retrieval (transformed) + generation" arm, which rewrites the
+    /// retrieved rows into SQuAD's format: `--teacher openai --base-url …` or `--teacher local`.
+    /// Default `recorded`: the authors' generations answer nothing, so that arm is skipped (the
+    /// report says so).
+    #[command(flatten)]
+    teacher: shared::TeacherArgs,
 }
 
 /// How a child process (local runner, Slurm node) is started for the same table.
@@ -74,6 +80,9 @@ fn child_args(args: &Args, runs_dir: &std::path::Path) -> Vec<String> {
     }
     if args.cpu {
         out.push("--cpu".into());
+    }
+    if args.teacher.choice.is_some() {
+        out.extend(args.teacher.to_args());
     }
     out
 }
@@ -98,6 +107,10 @@ fn main() -> ExitCode {
         if args.cpu {
             opts.device = tch::Device::Cpu;
         }
+        if args.teacher.choice == Some(shared::TeacherChoice::None) {
+            anyhow::bail!("--teacher none: Table 2 takes local or openai (the transformed arm) or recorded (the default)");
+        }
+        opts.teacher = args.teacher.settings(shared::TeacherChoice::Recorded);
         let prepared = table2::prepare(&registry, &opts)?;
         if let Some(id) = &args.cell {
             let record = prepared.run_arm(id, &models, &opts)?;

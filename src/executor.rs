@@ -120,6 +120,25 @@ pub fn load_student(
     Ok(student)
 }
 
+/// Keeps the prefix every input of `instruction` starts with (the `<task i>` tag, the
+/// instruction and the template up to the input) prefilled in `student` for all later calls,
+/// when `cfg.prefix_cache`: what a served model does once at load
+/// ([`Student::keep_shared_prefix`]). The prefix is the shared start of two prompts whose inputs
+/// differ from their first character, so it ends where an input's text begins; a prompt that does
+/// not start with it (an input whose first token merges with the template's last) is generated
+/// as before. Returns the kept prefix's length in tokens (0: none kept).
+pub fn keep_instruction_prefix(
+    student: &Student,
+    instruction: &str,
+    cfg: &ExecutorConfig,
+) -> anyhow::Result<usize> {
+    if !cfg.prefix_cache {
+        return Ok(0);
+    }
+    let probes = ["0", "x"].map(|input| model_input(cfg.task_id, instruction, input));
+    student.keep_shared_prefix(&probes, cfg.max_source_len)
+}
+
 /// Adds (or replaces) the `prediction` column of a common-schema frame with the student's outputs.
 pub fn predict_frame(
     student: &Student,

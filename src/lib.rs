@@ -9,6 +9,8 @@
 //!   textualisation, hub datasets through the datasets server.
 //! - [`dataset_generator`] (§3.3): high-diversity few-shot prompting, temperature annealing,
 //!   self-consistency filtering, a resumable journal, the diversity ablation and its report.
+//! - [`dataset_transformer`]: retrieved rows rewritten by the teacher into the task's format (a
+//!   plan, then one structured answer per row; the reference's later retrieve-and-transform).
 //! - [`model_retriever`] (§3.4): HyDE + BM25 × log(downloads) over the model cards.
 //! - [`trainer`] (§3.5): text-to-text fine-tuning of a student (own AdamW, exact resume).
 //! - [`executor`]: batched predictions of a trained student (libtorch or llama.cpp).
@@ -34,6 +36,8 @@ pub mod prompt_parser;
 pub mod dataset_retriever;
 
 pub mod dataset_generator;
+
+pub mod dataset_transformer;
 
 pub mod model_retriever;
 

@@ -162,4 +162,18 @@ fn the_smollm2_student_predicts_the_same_with_and_without_the_prefix_cache() {
     }
     assert_eq!(predictions[0], predictions[1]);
     assert!(predictions[0].iter().any(|p| !p.is_empty()), "{:?}", predictions[0]);
+
+    // As `p2m serve` does: the instruction kept prefilled between calls, each input then asked
+    // alone (a call of one input shares nothing with itself), gives the same predictions.
+    cfg.prefix_cache = true;
+    let kept =
+        prompt2model::executor::keep_instruction_prefix(&student, &instruction, &cfg).unwrap();
+    assert!(kept > 150 && kept <= prefix.len(), "kept {kept} of the {} shared", prefix.len());
+    for (i, want) in predictions[1].iter().enumerate() {
+        let one = frame.slice(i as i64, 1);
+        let out =
+            prompt2model::executor::predict_frame(&student, &instruction, &one, &cfg).unwrap();
+        let got = prompt2model::data::loaders::string_column(&out, "prediction").unwrap();
+        assert_eq!(&got[0], want, "input {i} alone, after the kept prefix");
+    }
 }

@@ -687,7 +687,7 @@ fn dataset_retriever_full_index_offline() {
 // Hub datasets through the datasets server (a loopback fake)
 
 /// A tiny index: a SQuAD-like dataset with no local source, and an unrelated one.
-fn hub_index(dir: &Path) -> PathBuf {
+pub(crate) fn hub_index(dir: &Path) -> PathBuf {
     let path = dir.join("dataset_index.json");
     let index = serde_json::json!({
         "acme/wiki-qa": {"name": "acme/wiki-qa", "description": "Reading comprehension: questions about Wikipedia passages, each answered by a span of text from the passage.",
@@ -701,7 +701,7 @@ fn hub_index(dir: &Path) -> PathBuf {
 
 /// The fake server's datasets: `acme/wiki-qa` with nested answers (250 train rows, 30 validation
 /// rows) in `plain_text`, and a second config that must not be used.
-fn hub_datasets() -> serde_json::Value {
+pub(crate) fn hub_datasets() -> serde_json::Value {
     let features = serde_json::json!([{"feature_idx": 0, "name": "id", "type": {"dtype": "string", "_type": "Value"}},
         {"feature_idx": 1, "name": "context", "type": {"dtype": "string", "_type": "Value"}},
         {"feature_idx": 2, "name": "question", "type": {"dtype": "string", "_type": "Value"}},
@@ -715,7 +715,7 @@ fn hub_datasets() -> serde_json::Value {
     }})
 }
 
-fn p2m_retrieve_dataset(
+pub(crate) fn p2m_retrieve_dataset(
     cache: &Path,
     server: &str,
     extra_env: &[(&str, &str)],

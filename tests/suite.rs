@@ -13,6 +13,7 @@ mod claims;
 mod cli;
 mod data_diagnostics;
 mod dataset_generator;
+mod dataset_transformer;
 mod deploy_transformers;
 #[cfg(feature = "llama-cpp")]
 mod export_gguf;

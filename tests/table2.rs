@@ -39,6 +39,9 @@ fn table2_smoke_is_deterministic_and_complete() {
         }
     }
     assert_eq!(table.paired.len(), 4);
+    // The transformed arm needs a live teacher: without one it is skipped, and the report says so.
+    let skipped = "\"retrieval (transformed) + generation\" skipped: it needs a live teacher";
+    assert!(table.notes.iter().any(|n| n.contains(skipped)), "{:?}", table.notes);
     for t in &table.paired {
         assert!((0.0..=1.0).contains(&t.p_value), "{t:?}");
         let (a, b) = (
@@ -103,6 +106,8 @@ fn table2_smoke_is_deterministic_and_complete() {
     ] {
         assert!(dir.join(f).is_file(), "{f} missing from {}", dir.display());
     }
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(readme.contains(skipped), "the report's notes say why the arm is missing:\n{readme}");
     // The written table carries the baseline rows with their intervals, and the verdicts.
     let csv = std::fs::read_to_string(dir.join("table2.csv")).unwrap();
     let copy = csv
@@ -165,6 +170,130 @@ fn the_combined_arm_is_the_union_of_the_single_source_arms() {
     let mut union = [retrieval, generation].concat();
     union.sort();
     assert_eq!(sources("retrieval_generation"), union);
+}
+
+/// With a live teacher (the loopback fake), the fifth arm runs: the retrieval arm's rows rewritten
+/// into SQuAD's format beside the generated rows, tested against the untransformed combination;
+/// the four other arms' numbers are the pinned ones, and a second plan of the table (a cell
+/// process, a rerun) replays the teacher's answers instead of asking again.
+#[test]
+fn the_transformed_arm_runs_with_a_live_teacher() {
+    use crate::fake_openai::{FakeServer, ServerConfig};
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = rt.block_on(FakeServer::start(ServerConfig::default()));
+    let cache = tempfile::tempdir().unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut registry = common::mirror_registry(cache.path());
+    registry.paths.reports = reports.path().to_path_buf();
+    let models = ModelRegistry::from_env().unwrap();
+    let mut opts = options(runs.path());
+    opts.teacher = Some(prompt2model::teacher::TeacherSettings {
+        kind: prompt2model::teacher::TeacherKind::Openai,
+        base_url: server.base_url.clone(),
+        model: "fake-gpt".into(),
+        api_key_env: "P2M_TEST_TABLE2_NO_KEY".into(),
+        requests_per_minute: None,
+        ..Default::default()
+    });
+    let prepared = table2::prepare(&registry, &opts).unwrap();
+    let asked = server.state.request_count();
+    // The retrieval arm's 24 training and 8 validation rows, and the plan.
+    assert_eq!(asked, 1 + 24 + 8);
+    let arm = prepared.arm("retrieval_transformed_generation").unwrap();
+    let train = arm.train();
+    assert!(train.iter().filter(|p| p.source.starts_with("<task 1>")).count() > 0);
+    assert!(
+        train
+            .iter()
+            .filter(|p| p.source.starts_with("<task 1>"))
+            .all(|p| p.source.contains("Question: ")),
+        "the retrieved rows are the teacher's rewrites"
+    );
+    drop(prepared);
+    let (table, dir) = table2::run(&registry, &models, &opts).unwrap();
+    assert_eq!(server.state.request_count(), asked, "planned again from the cache");
+    let arms: Vec<&str> = table.arms.iter().map(|a| a.arm.as_str()).collect();
+    assert_eq!(
+        arms,
+        [
+            "retrieval only",
+            "generation only",
+            "retrieval + generation",
+            "retrieval (transformed) + generation",
+            "custom annotation"
+        ]
+    );
+    let new = &table.arms[3];
+    assert!(new.train_examples > 24 && new.train_examples <= 48, "{}", new.train_examples);
+    assert!(new.paper_em.is_none() && new.em_squad.low <= new.em_squad.value);
+    assert!(new.cost_basis.contains("transform"), "{}", new.cost_basis);
+    assert!(new.versus_baseline.is_some());
+    assert_eq!(table.paired.len(), 6);
+    assert!(table.paired.iter().any(|t| t.arm == new.arm && t.against == "retrieval + generation"));
+    assert!(
+        table
+            .notes
+            .iter()
+            .any(|n| n
+                .starts_with("Arm \"retrieval (transformed) + generation\": the retrieval arm's")),
+        "{:?}",
+        table.notes
+    );
+    let md = std::fs::read_to_string(dir.join("table2.md")).unwrap();
+    assert!(
+        md.contains("retrieval (transformed) + generation")
+            && !md.contains("skipped: it needs a live teacher")
+    );
+    // The other arms are untouched by the fifth: the pinned numbers.
+    let mut rows = table.snapshot_rows();
+    rows.remove(3);
+    insta::assert_yaml_snapshot!("table2_smoke", rows);
+}
+
+/// The `table2` binary with `--teacher openai …`: five cells, and the cell processes of the local
+/// runner are given the same teacher and replay its answers (the parent planned the table and
+/// asked them once).
+#[test]
+fn table2_with_a_teacher_passes_it_to_its_cells() {
+    use crate::fake_openai::{FakeServer, ServerConfig};
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = rt.block_on(FakeServer::start(ServerConfig::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let (runs, reports) = (dir.path().join("runs"), dir.path().join("reports"));
+    let teacher = [
+        "--teacher",
+        "openai",
+        "--base-url",
+        &server.base_url,
+        "--model",
+        "fake-gpt",
+        "--api-key-env",
+        "P2M_TEST_TABLE2_NO_KEY",
+        "--requests-per-minute",
+        "0",
+    ];
+    let cmd = |extra: &[&str]| {
+        let args: Vec<&str> = teacher.iter().chain(extra).copied().collect();
+        common::table2_smoke(&reports, &runs, &args)
+    };
+    let listed = common::output_ok(cmd(&["--list-cells"]).output().unwrap());
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("retrieval_transformed_generation") && l.ends_with("to run"))
+            && listed.contains("5 cells"),
+        "{listed}"
+    );
+    let asked = server.state.request_count();
+    assert_eq!(asked, 1 + 24 + 8);
+    common::output_ok(cmd(&["--jobs", "2"]).output().unwrap());
+    assert_eq!(server.state.request_count(), asked, "the cells replayed the answers");
+    assert!(runs.join("retrieval_transformed_generation/arm.json").is_file());
+    let md = std::fs::read_to_string(reports.join("table2/table2.md")).unwrap();
+    assert!(md.contains("| retrieval (transformed) + generation |"), "{md}");
 }
 
 #[test]

@@ -564,9 +564,9 @@ impl CountingProxy {
 }
 
 /// The llama.cpp server process; killed when dropped.
-struct LlamaServer {
+pub(crate) struct LlamaServer {
     child: Child,
-    root: String,
+    pub(crate) root: String,
     log: PathBuf,
 }
 
@@ -580,7 +580,7 @@ impl Drop for LlamaServer {
 impl LlamaServer {
     /// Install (or reuse) llama-cpp-python with `scripts/llama-server.sh`, start it on a free
     /// port and wait until it serves. Panics — never skips — when it cannot.
-    async fn start(log_dir: &Path) -> LlamaServer {
+    pub(crate) async fn start(log_dir: &Path) -> LlamaServer {
         let repo = crate::common::repo_root();
         let script = repo.join("scripts/llama-server.sh");
         let install = tokio::task::spawn_blocking({
@@ -628,7 +628,7 @@ impl LlamaServer {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines()
             .rev()

@@ -127,6 +127,15 @@ pub struct RunConfig {
     pub generated_dir: Option<PathBuf>,
     /// Reuse a retrieved dataset (`p2m retrieve-dataset --out DIR`).
     pub retrieved_dir: Option<PathBuf>,
+    /// Rewrite the retrieved rows into the task's format with the teacher before training on
+    /// them ([`crate::dataset_transformer`]; `--transform-retrieved`). Left out of `run.json`
+    /// when off, so earlier runs' files stay as they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transform_retrieved: bool,
+    /// Rows transformed at most (`--transform-rows`; default
+    /// [`crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform_rows: Option<usize>,
     /// The student when model retrieval is off or cannot be followed here (default: the scale's).
     pub student: Option<String>,
     /// The real test set: a registry id of data/datasets.toml or a JSONL file of {input, output}
@@ -187,6 +196,8 @@ impl Default for RunConfig {
             generation: true,
             generated_dir: None,
             retrieved_dir: None,
+            transform_retrieved: false,
+            transform_rows: None,
             student: None,
             test_dataset: None,
             num_examples: None,
@@ -271,6 +282,9 @@ pub struct Resolved {
     pub train: TrainConfig,
     pub executor: ExecutorConfig,
     pub generator: crate::dataset_generator::GeneratorConfig,
+    /// The transform of retrieved rows, when it is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<crate::dataset_transformer::TransformConfig>,
 }
 
 impl RunConfig {
@@ -290,6 +304,11 @@ impl RunConfig {
                 "retrieved_share = {share}: the retrieved rows' share of the training cut must lie between 0 and 1 (0.5 = equal numbers; leave it out for the default)"
             );
         }
+        anyhow::ensure!(
+            self.transform_rows != Some(0),
+            "transform_rows = 0: the transform needs at least one row (leave --transform-rows out for the default {}, or drop --transform-retrieved)",
+            crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS
+        );
         let num_examples = self.num_examples.unwrap_or(scale.num_examples);
         let mut train = with_overrides(&scale.train, self.train.as_ref(), "train")?;
         train.seed = self.seed;
@@ -300,6 +319,14 @@ impl RunConfig {
         };
         let mut generator = with_overrides(&generator_base, self.generator.as_ref(), "generator")?;
         generator.num_examples = num_examples;
+        let transform =
+            self.transform_retrieved.then(|| crate::dataset_transformer::TransformConfig {
+                max_rows: self
+                    .transform_rows
+                    .unwrap_or(crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS),
+                seed: self.seed,
+                ..Default::default()
+            });
         Ok(Resolved {
             num_examples,
             max_validation_examples: scale.max_validation_examples,
@@ -311,6 +338,7 @@ impl RunConfig {
             train,
             executor: with_overrides(&scale.executor, self.executor.as_ref(), "executor")?,
             generator,
+            transform,
         })
     }
 }
@@ -364,6 +392,33 @@ rnak = 4",
         .unwrap();
         let err = format!("{:#}", bad.resolve(&data_dir()).unwrap_err());
         assert!(err.contains("rnak"), "{err}");
+    }
+
+    /// The transform of retrieved rows is off by default and then absent from run.json and the
+    /// resolved settings (earlier runs' files and fingerprints unchanged); on, it carries its cap
+    /// and the run's seed.
+    #[test]
+    fn the_transform_is_off_by_default_and_absent_from_the_json_unless_on() {
+        let default = serde_json::to_value(RunConfig::default()).unwrap();
+        assert!(
+            default.get("transform_retrieved").is_none() && default.get("transform_rows").is_none()
+        );
+        let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
+        assert!(resolved.transform.is_none());
+        assert!(serde_json::to_value(&resolved).unwrap().get("transform").is_none());
+        let on: RunConfig =
+            toml::from_str("transform_retrieved = true\ntransform_rows = 7\nseed = 3").unwrap();
+        let t = on.resolve(&data_dir()).unwrap().transform.unwrap();
+        assert_eq!((t.max_rows, t.seed), (7, 3));
+        assert_eq!(serde_json::to_value(&on).unwrap()["transform_retrieved"], true);
+        let zero = RunConfig { transform_rows: Some(0), ..on.clone() };
+        let err = zero.resolve(&data_dir()).unwrap_err().to_string();
+        assert!(err.contains("transform_rows = 0"), "{err}");
+        let default_cap: RunConfig = toml::from_str("transform_retrieved = true").unwrap();
+        assert_eq!(
+            default_cap.resolve(&data_dir()).unwrap().transform.unwrap().max_rows,
+            crate::dataset_transformer::DEFAULT_TRANSFORM_ROWS
+        );
     }
 
     /// The executor's prefix cache is on by default, absent from run.json then (fingerprints of

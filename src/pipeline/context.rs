@@ -100,6 +100,10 @@ impl<'a> RunContext<'a> {
         } else {
             None
         };
+        anyhow::ensure!(
+            !(cfg.transform_retrieved && cfg.teacher == TeacherSource::Recorded),
+            "--transform-retrieved needs a live teacher to rewrite the retrieved rows; the recorded teacher answers nothing (use --teacher local or openai)"
+        );
         let configured_metric = match cfg.metric.clone().or_else(|| task.as_ref().map(|t| t.metric.clone())) {
             Some(name) => Some(Metric::parse(&name).with_context(|| {
                 format!(
@@ -121,18 +125,21 @@ impl<'a> RunContext<'a> {
             }
         }
         // Before the first paid call (parsing is one): the estimate, and the budget or a yes.
-        let generation_pending = cfg.generation
-            && cfg.generated_dir.is_none()
-            && recorded.is_none()
-            && stage::read_record(layout.dir(), Stage::Generate)
-                .is_none_or(|r| r.status != stage::Status::Done);
-        let max_calls = super::budget::gate(
-            &cfg,
-            &resolved,
-            &prompt,
-            generation_pending,
-            opts.confirm_cost.as_ref(),
-        )?;
+        let not_done = |s: Stage| {
+            stage::read_record(layout.dir(), s).is_none_or(|r| r.status != stage::Status::Done)
+        };
+        let pending = super::budget::Pending {
+            generation: cfg.generation
+                && cfg.generated_dir.is_none()
+                && recorded.is_none()
+                && not_done(Stage::Generate),
+            transform: resolved.transform.is_some()
+                && cfg.dataset_retrieval
+                && recorded.is_none()
+                && not_done(Stage::RetrieveDatasets),
+        };
+        let max_calls =
+            super::budget::gate(&cfg, &resolved, &prompt, pending, opts.confirm_cost.as_ref())?;
         let teacher_id = teacher_identity(&cfg);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Paths;
 use crate::teacher::Teacher;
-pub use budget::{estimate_generation_cost, ConfirmCost, CostEstimate};
+pub use budget::{estimate_generation_cost, estimate_transform_cost, ConfirmCost, CostEstimate};
 use config::RunConfig;
 use context::RunContext;
 use evaluate::MetricResult;

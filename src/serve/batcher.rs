@@ -109,6 +109,15 @@ impl Batcher {
                         }
                     };
                 let _no_grad = tch::no_grad_guard();
+                // Requests come one or a few at a time: the instruction is prefilled once here,
+                // not again for each of them.
+                match crate::executor::keep_instruction_prefix(&student, &instruction, &executor) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("the instruction's {n} tokens are prefilled once"),
+                    Err(e) => tracing::warn!(
+                        "prefilling the instruction failed ({e:#}); every request prefills it"
+                    ),
+                }
                 while let Some(jobs) = next_batch(&rx, &config) {
                     let answered = |n: usize| {
                         let left = worker_depth.fetch_sub(n, Ordering::SeqCst) - n;

@@ -192,6 +192,8 @@ pub struct Student {
     pub name: String,
     /// Set by [`Student::use_llama_cpp`]: a decoder student generates on llama.cpp.
     llama_cpp: AttachedEngine,
+    /// Set by [`Student::keep_shared_prefix`]: a prefix every later call may start from.
+    kept_prefix: KeptPrefix,
     /// Set by [`Student::attach_lora`] until [`Student::merge_lora`].
     lora: Option<LoraState>,
 }
@@ -203,6 +205,10 @@ struct LoraState {
     mode: TrainingMode,
     adapters: Vec<(String, LoraAdapter)>,
 }
+
+/// The prefix a served decoder student keeps between calls ([`Student::keep_shared_prefix`]).
+#[derive(Default)]
+struct KeptPrefix(std::sync::Mutex<Option<PrefixCache>>);
 
 /// The llama.cpp engine a decoder student generates with, once attached (empty in builds
 /// without the `llama-cpp` feature).
@@ -247,6 +253,7 @@ impl Student {
                     name: format!("bert2bert-warm-start({encoder}, seed {seed})"),
                     llama_cpp: AttachedEngine::default(),
                     lora: None,
+                    kept_prefix: KeptPrefix::default(),
                 })
             }
             StudentSpec::Tiny { tokenizer_of, hidden, layers, heads } => {
@@ -265,7 +272,7 @@ impl Student {
                 bert.pad_token_id = Some(tokens.pad);
                 let model =
                     Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
-                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})"), llama_cpp: AttachedEngine::default(), lora: None })
+                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})"), llama_cpp: AttachedEngine::default(), kept_prefix: KeptPrefix::default(), lora: None })
             }
             StudentSpec::Decoder { model, layers, frozen_layers } => {
                 let path = registry.resolve_main_file(model)?;
@@ -291,6 +298,7 @@ impl Student {
                     name,
                     llama_cpp: AttachedEngine::default(),
                     lora: None,
+                    kept_prefix: KeptPrefix::default(),
                 })
             }
             StudentSpec::Pretrained { path } => Self::from_dir(path, device),
@@ -333,6 +341,7 @@ impl Student {
             name: format!("pretrained({})", dir.display()),
             llama_cpp: AttachedEngine::default(),
             lora: None,
+            kept_prefix: KeptPrefix::default(),
         })
     }
 
@@ -765,11 +774,26 @@ impl Student {
         // Longest first keeps batches tight; outputs go back to input order.
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
-        let prefix = match &self.model {
+        let kept = self.kept_prefix.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fresh;
+        let prefix: Option<&PrefixCache> = match &self.model {
             // llama.cpp shares the prefix itself.
             StudentModel::Decoder(m) if prefix_cache && self.engine().is_libtorch() => {
-                let tokens = shared_prefix(&encoded, max_source);
-                (!tokens.is_empty()).then(|| m.prefill_prefix(&tokens)).transpose()?
+                // The kept prefix where every prompt starts with it (and goes on after it), else
+                // this call's own.
+                let covers = |k: &&PrefixCache| {
+                    let t = k.tokens();
+                    encoded.iter().all(|p| p.len() > t.len() && p.starts_with(t))
+                };
+                match kept.as_ref().filter(covers) {
+                    Some(k) => Some(k),
+                    None => {
+                        let tokens = shared_prefix(&encoded, max_source);
+                        fresh =
+                            (!tokens.is_empty()).then(|| m.prefill_prefix(&tokens)).transpose()?;
+                        fresh.as_ref()
+                    }
+                }
             }
             _ => None,
         };
@@ -788,7 +812,7 @@ impl Student {
                 StudentModel::Decoder(m) => {
                     let prompts: Vec<Vec<i64>> =
                         chunk.iter().map(|&i| encoded[i].clone()).collect();
-                    self.generate_decoder(m, prefix.as_ref(), prompts, sampling, &eos, pad)?
+                    self.generate_decoder(m, prefix, prompts, sampling, &eos, pad)?
                 }
             };
             for (&i, ids) in chunk.iter().zip(generated) {
@@ -822,6 +846,35 @@ impl LoraTraining {
 impl Drop for LoraTraining {
     fn drop(&mut self) {
         self.0.set(false);
+    }
+}
+
+impl Student {
+    /// Prefills the token prefix `sources` share and keeps it for every later
+    /// [`Student::generate`] with `prefix_cache` whose prompts all start with it. A served model
+    /// needs it: its requests come one or a few at a time, and a call's own shared prefix is the
+    /// whole prompt when it has one input, so each request would prefill the instruction again.
+    /// Only for a student whose weights no longer change (the kept keys and values are those of
+    /// the weights now). Returns the kept prefix's length in tokens; 0 (nothing kept) for an
+    /// encoder-decoder (nothing exact to reuse), the llama.cpp engine (it shares prefixes itself)
+    /// or sources that share no token.
+    pub fn keep_shared_prefix(
+        &self,
+        sources: &[String],
+        max_source: usize,
+    ) -> anyhow::Result<usize> {
+        let StudentModel::Decoder(m) = &self.model else { return Ok(0) };
+        if !self.engine().is_libtorch() {
+            return Ok(0);
+        }
+        let encoded: Vec<Vec<i64>> = sources
+            .iter()
+            .map(|s| self.encode_one(s, max_source))
+            .collect::<anyhow::Result<_>>()?;
+        let tokens = shared_prefix(&encoded, max_source);
+        let prefix = (!tokens.is_empty()).then(|| m.prefill_prefix(&tokens)).transpose()?;
+        *self.kept_prefix.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = prefix;
+        Ok(tokens.len())
     }
 }
 

@@ -349,6 +349,9 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
     if let Some(answer) = retriever_answer(prompt) {
         return answer;
     }
+    if let Some(answer) = transform_answer(prompt) {
+        return answer;
+    }
     if !prompt.contains("[new example (in JSON)]:") {
         // Not a generation prompt (e.g. a parsing or translation prompt): echo something short.
         return format!("ECHO {}", &prompt.chars().take(40).collect::<String>());
@@ -384,6 +387,35 @@ pub fn fake_answer(prompt: &str, seed: u64, i: u64) -> String {
             "New example:\n{{\"input\": \"{input}\", \"output\": \"{output}\"}}\nThat's all."
         ),
     }
+}
+
+/// Answers to the dataset transformer's prompts: a plan for the plan prompt; for a row, an
+/// `{"input", "output"}` object built from it, or a malformed answer where the row asks for one
+/// (a row holding `MALFORMED` gets prose, `NOKEYS` an object without the keys, `EMPTY` an empty
+/// input, `TWIN` the same input as every other `TWIN` row).
+fn transform_answer(prompt: &str) -> Option<String> {
+    if prompt.contains("[rows of the found dataset]:") {
+        return Some(
+            "1. Use the row's question as the question.\n2. Use its answer column as the answer."
+                .into(),
+        );
+    }
+    let row = prompt.split("[dataset row]:\n").nth(1)?.split("\n\nAnswer with one JSON").next()?;
+    let (input, answer) = row.split_once("\nanswer column: ")?;
+    Some(if input.contains("MALFORMED") {
+        "I am not sure how to rewrite this row.".into()
+    } else if input.contains("NOKEYS") {
+        json!({"question": input}).to_string()
+    } else if input.contains("EMPTY") {
+        json!({"input": "", "output": answer}).to_string()
+    } else if input.contains("TWIN") {
+        json!({"input": "Question: the twin row", "output": answer}).to_string()
+    } else {
+        format!(
+            "```json\n{}\n```",
+            json!({"input": format!("Question: {input}"), "output": answer})
+        )
+    })
 }
 
 /// A sentiment example: reviews labelled `positive` or `negative` half and half — or, when the

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use prompt2model::config::Paths;
@@ -11,6 +11,7 @@ use prompt2model::data::registry::Registry;
 use prompt2model::dataset_retriever::{
     self as dr, select_dataset, Chooser, SelectionConfig, SelectionRequest,
 };
+use prompt2model::dataset_transformer as dt;
 use prompt2model::model_retriever::{self as mr, ModelRetrieverConfig, ModelSearch};
 use prompt2model::teacher::cache::{CacheMode, CachedTeacher};
 use prompt2model::teacher::Teacher;
@@ -199,12 +200,74 @@ pub struct RetrieveDatasetArgs {
     /// The LLM for HyDE (models), reranking and column selection (datasets).
     #[command(flatten)]
     pub teacher: TeacherArgs,
-    /// Record/replay teacher calls in this SQLite file.
+    /// Record/replay teacher calls in this SQLite file (with --transform, default
+    /// `<out>/teacher_cache.sqlite`).
     #[arg(long)]
     pub teacher_cache: Option<PathBuf>,
+    /// Rewrite the chosen dataset's rows into the task's format with the teacher (a plan, then
+    /// one `{"input", "output"}` answer per row) into `<out>/transformed.jsonl`; needs --out and
+    /// --teacher local|openai. With --task the task's demonstrations are shown to the teacher.
+    #[arg(long, requires = "out")]
+    pub transform: bool,
+    /// Rows transformed at most (a seeded sample).
+    #[arg(long, default_value_t = prompt2model::dataset_transformer::DEFAULT_TRANSFORM_ROWS)]
+    pub transform_rows: usize,
+    /// Stop before a paid transform unless its estimated cost (USD) fits.
+    #[arg(long)]
+    pub budget: Option<f64>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--transform`: the saved rows of `out` rewritten by the teacher into the task's format, after
+/// the cost estimate (a priced teacher needs a `--budget` that covers it).
+fn transform_saved(
+    args: &RetrieveDatasetArgs,
+    paths: &Paths,
+    teacher: Option<&dyn Teacher>,
+    out: &std::path::Path,
+) -> Result<dt::Transformed> {
+    let teacher = teacher.context(
+        "--transform needs a teacher to rewrite the rows: --teacher local or --teacher openai --base-url …",
+    )?;
+    let prompt = args.instruction.prompt(paths)?;
+    let parsed = prompt2model::prompt_parser::parse_deterministic(&prompt)?;
+    let rows = prompt2model::pipeline::assemble::retrieved_folder_rows(out)?.all_rows();
+    let cfg = dt::TransformConfig { max_rows: args.transform_rows, ..Default::default() };
+    if let Some(est) =
+        prompt2model::pipeline::estimate_transform_cost(teacher.model(), &prompt, rows.len(), &cfg)
+    {
+        eprintln!(
+            "estimate: about {} requests, {} prompt + {} completion tokens, ${:.2} at {}'s prices",
+            est.requests, est.prompt_tokens, est.completion_tokens, est.usd, est.model
+        );
+        anyhow::ensure!(
+            args.budget.is_some_and(|b| b >= est.usd),
+            "the transform would cost about ${:.2} ({} requests to {}); pass --budget {:.2} (or more) to allow it",
+            est.usd,
+            est.requests,
+            est.model,
+            (est.usd * 100.0).ceil() / 100.0
+        );
+    }
+    let progress =
+        prompt2model::util::progress::Progress::new(!args.json, "transforming", 0, "rows");
+    let result = runtime()?.block_on(dt::transform(teacher, &parsed, &rows, &cfg, Some(&progress)));
+    progress.finish_and_clear();
+    let transformed = match result {
+        Ok(t) => t,
+        Err(e) => {
+            if let dt::TransformError::Stopped { partial, .. } = &e {
+                dt::write_transformed(out, partial)?;
+            }
+            return Err(anyhow::anyhow!(e).context(
+                "the transform stopped; what was transformed is in the output folder, and a rerun continues from the teacher cache",
+            ));
+        }
+    };
+    dt::write_transformed(out, &transformed)?;
+    Ok(transformed)
 }
 
 pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
@@ -217,7 +280,10 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     let (retriever, registry): (dr::DatasetRetriever, Registry) =
         dr::open_dataset_retriever_with(&paths, args.index.as_deref(), encoder, show)?;
     let config = args.config.as_ref().map(|p| SelectionConfig::read(p)).transpose()?;
-    let teacher = retriever_teacher(&args.teacher, args.teacher_cache.as_ref())?;
+    let cache = args.teacher_cache.clone().or_else(|| {
+        args.transform.then(|| args.out.as_ref().map(|o| o.join("teacher_cache.sqlite"))).flatten()
+    });
+    let teacher = retriever_teacher(&args.teacher, cache.as_ref())?;
     let (stdin, mut stderr) = (std::io::stdin(), std::io::stderr());
     let mut stdin = stdin.lock();
     let chooser = match (&config, &teacher) {
@@ -240,6 +306,18 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
     let selection = select_dataset(&retriever, &registry, &paths, &request, chooser, &runtime()?)?;
     let mut notes = encoder_notes;
     notes.extend(selection.notes.iter().cloned());
+    let transformed = match (&args.out, &selection.saved) {
+        (Some(out), Some(_)) if args.transform => {
+            Some(transform_saved(&args, &paths, teacher.as_deref(), out)?)
+        }
+        _ if args.transform => {
+            notes.push(
+                "--transform: no dataset was chosen and saved, so nothing was transformed".into(),
+            );
+            None
+        }
+        _ => None,
+    };
     let (top, best_loadable, best_usable, chosen, chosen_by, saved) = (
         &selection.top,
         &selection.best_loadable,
@@ -255,7 +333,7 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
             serde_json::to_string_pretty(&json!({
                 "instruction": instruction, "encoder": retriever.encoder.id, "index": retriever.index.path, "index_sha256": retriever.index.sha256,
                 "candidates": top, "best_loadable": best_loadable, "best_usable": best_usable.as_ref().map(|c| &c.name), "chosen": chosen.as_ref().map(|c| &c.name), "chosen_by": chosen_by,
-                "notes": notes, "saved": saved,
+                "notes": notes, "saved": saved, "transform": transformed.as_ref().map(|t| &t.log),
             }))?
         );
         return Ok(());
@@ -301,6 +379,14 @@ pub fn retrieve_dataset(args: RetrieveDatasetArgs) -> Result<()> {
             println!("chosen: {} ({}); pass --out DIR to textualise it", c.name, chosen_by)
         }
         (None, _) => println!("chosen: none (generated data only)"),
+    }
+    if let (Some(t), Some(out)) = (&transformed, &args.out) {
+        println!(
+            "transformed: {} → {} ({})",
+            t.log.describe(),
+            out.join(dt::TRANSFORMED_FILE).display(),
+            dt::TRANSFORM_LOG_FILE
+        );
     }
     Ok(())
 }

@@ -71,6 +71,15 @@ pub struct RunArgs {
     /// Reuse a retrieved dataset: a folder from `p2m retrieve-dataset --out`.
     #[arg(long)]
     pub retrieved: Option<PathBuf>,
+    /// Rewrite the retrieved rows into the task's format with the teacher before training on
+    /// them (a plan, then one {"input", "output"} answer per row; rows it cannot rewrite are
+    /// dropped and counted in the report and the card).
+    #[arg(long)]
+    pub transform_retrieved: bool,
+    /// Retrieved rows transformed at most, when the transform is on (--transform-retrieved, or
+    /// `transform_retrieved = true` in --config): a seeded sample; default 100.
+    #[arg(long)]
+    pub transform_rows: Option<usize>,
     /// The real test set: a registry id (`p2m data list`) or a JSONL file of {input, output}.
     #[arg(long)]
     pub test_dataset: Option<String>,
@@ -162,6 +171,8 @@ fn build_config(args: &RunArgs, paths: &Paths) -> Result<RunConfig> {
     }
     cfg.generated_dir = args.generated.clone().or(cfg.generated_dir);
     cfg.retrieved_dir = args.retrieved.clone().or(cfg.retrieved_dir);
+    cfg.transform_retrieved |= args.transform_retrieved;
+    cfg.transform_rows = args.transform_rows.or(cfg.transform_rows);
     cfg.test_dataset = args.test_dataset.clone().or(cfg.test_dataset);
     cfg.num_examples = args.n.or(cfg.num_examples);
     cfg.translate_instruction |= args.translate_instruction;
@@ -188,7 +199,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let confirm: Option<pipeline::ConfirmCost> = if interactive {
         Some(Box::new(|est: &pipeline::CostEstimate| {
             eprint!(
-                "generate for about ${:.2} ({} requests to {})? [y/N] ",
+                "pay about ${:.2} ({} requests to {})? [y/N] ",
                 est.usd, est.requests, est.model
             );
             let mut line = String::new();

@@ -279,6 +279,14 @@ impl InstructionArgs {
         let id = self.task.as_deref().expect("clap requires --instruction or --task");
         Ok(find_task(paths, id)?.instruction.trim().to_string())
     }
+
+    /// The whole prompt: a paper task's (instruction and demonstrations), else the instruction.
+    pub fn prompt(&self, paths: &Paths) -> Result<String> {
+        match &self.task {
+            Some(id) if self.instruction.is_none() => Ok(find_task(paths, id)?.prompt),
+            _ => self.text(paths),
+        }
+    }
 }
 
 /// A paper task by id, or an error listing the valid ids.

@@ -29,17 +29,21 @@ impl PipelineStage for RetrieveDataset {
 
     fn inputs(&self, ctx: &RunContext) -> Result<StageInputs> {
         let cfg = &ctx.cfg;
-        Ok(StageInputs {
-            settings: serde_json::json!({
-                "enabled": cfg.dataset_retrieval, "retrieved_dir": cfg.retrieved_dir, "recorded": ctx.recorded.as_ref().map(recorded::retrieval_plan),
-                "teacher": if cfg.teacher == TeacherSource::Openai { ctx.teacher_id.clone() } else { "none".into() }, "exclude": ctx.real_test_identity(), "interactive": ctx.opts.interactive,
-            }),
-            files: vec![ctx.layout.parsed(), ctx.layout.retrieval_query()],
-        })
+        let mut settings = serde_json::json!({
+            "enabled": cfg.dataset_retrieval, "retrieved_dir": cfg.retrieved_dir, "recorded": ctx.recorded.as_ref().map(recorded::retrieval_plan),
+            "teacher": if cfg.teacher == TeacherSource::Openai { ctx.teacher_id.clone() } else { "none".into() }, "exclude": ctx.real_test_identity(), "interactive": ctx.opts.interactive,
+        });
+        // Only a transform that is on enters the fingerprint: runs without one keep theirs.
+        if let Some(t) = &ctx.resolved.transform {
+            settings["transform"] = serde_json::json!({ "config": t, "teacher": ctx.teacher_id });
+        }
+        Ok(StageInputs { settings, files: vec![ctx.layout.parsed(), ctx.layout.retrieval_query()] })
     }
 
-    fn run(&self, ctx: &RunContext, _dir: &Path) -> Result<StageOutputs> {
+    fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {
         let cfg = &ctx.cfg;
+        // The notes of this stage are this run's (the hub retrieval and the transform write them).
+        let _ = std::fs::remove_file(ctx.layout.notes(Stage::RetrieveDatasets));
         let query = || -> Result<String> {
             let query_path = ctx.layout.retrieval_query();
             std::fs::read_to_string(&query_path)
@@ -95,13 +99,61 @@ impl PipelineStage for RetrieveDataset {
                 &ctx.rt,
             )?
         };
-        let files = write_source_rows(
+        let (source, what, mut files) = match &ctx.resolved.transform {
+            Some(t) if !source.is_empty() => transform_source(ctx, dir, &source, what, t)?,
+            _ => (source, what, Vec::new()),
+        };
+        files.extend(write_source_rows(
             &ctx.layout.stage_dir(Stage::RetrieveDatasets),
             RETRIEVED_STEM,
             &source,
-        )?;
+        )?);
         Ok(StageOutputs { files, summary: what })
     }
+}
+
+/// The transform step ([`crate::dataset_transformer`]) over the retrieved rows: the teacher's
+/// rewrites become the source (a training pool that assembly splits), its counts go in the
+/// summary and the notes (so in the card), its plan and log beside the rows.
+fn transform_source(
+    ctx: &RunContext,
+    dir: &Path,
+    source: &SourceRows,
+    what: String,
+    cfg: &crate::dataset_transformer::TransformConfig,
+) -> Result<(SourceRows, String, Vec<std::path::PathBuf>)> {
+    use crate::dataset_transformer::{transform, write_transformed, TRANSFORM_LOG_FILE};
+    let parsed: crate::prompt_parser::ParsedPrompt = super::read_stage_json(&ctx.layout.parsed())?;
+    let teacher = ctx.teacher()?.context(
+        "the transform of retrieved rows needs a live teacher (--teacher local or openai)",
+    )?;
+    let rows = source.all_rows();
+    let progress = crate::util::progress::Progress::new(true, "transforming", 0, "rows");
+    let result = ctx.rt.block_on(transform(teacher, &parsed, &rows, cfg, Some(&progress)));
+    progress.finish_and_clear();
+    let transformed = match result {
+        Ok(t) => t,
+        Err(e) => {
+            if let crate::dataset_transformer::TransformError::Stopped { partial, .. } = &e {
+                write_transformed(dir, partial)?;
+            }
+            let why = if e.is_budget_exhausted() {
+                "the transform stopped at the budget; a rerun with a larger --budget continues (answers already paid for are replayed from the run's cache)"
+            } else {
+                "the transform of retrieved rows stopped; a rerun continues (answers already paid for are replayed from the run's cache)"
+            };
+            return Err(anyhow::anyhow!(e).context(why));
+        }
+    };
+    write_transformed(dir, &transformed)?;
+    let line = transformed.log.describe();
+    let notes_path = ctx.layout.notes(Stage::RetrieveDatasets);
+    let mut notes: Vec<String> = super::read_stage_json(&notes_path).unwrap_or_default();
+    notes.push(format!("Retrieved data transformed: {line}."));
+    write_json(&notes_path, &notes)?;
+    let summary = format!("{what}; {line}");
+    let rows = SourceRows::pool(transformed.examples);
+    Ok((rows, summary, vec![dir.join(TRANSFORM_LOG_FILE)]))
 }
 
 /// The stem of the stage's row files (`retrieved.jsonl`, `retrieved_validation.jsonl`, …).

@@ -95,6 +95,44 @@ fn split_by_article(titles: &[String], seed: u64) -> (Vec<usize>, Vec<usize>) {
     (0..titles.len()).partition(|&i| pool_articles.contains(&titles[i]))
 }
 
+/// One arm's data and cost, before its key is computed.
+struct Arm {
+    name: &'static str,
+    data: String,
+    train: Vec<TextPair>,
+    validation: Vec<TextPair>,
+    cost: (Option<f64>, String),
+}
+
+impl Arm {
+    /// The arm with its key: the sha256 of everything that decides its result (scale, seed,
+    /// data, test questions, instruction).
+    fn plan(
+        self,
+        scale: &Scale,
+        seed: u64,
+        test_ids: &[String],
+        instruction: &str,
+    ) -> Result<ArmPlan> {
+        let key = crate::util::fs::sha256_hex(
+            serde_json::to_string(&serde_json::json!({
+                "scale": scale, "seed": seed, "arm": self.name, "train": self.train,
+                "validation": self.validation, "test": test_ids, "instruction": instruction,
+            }))?
+            .as_bytes(),
+        );
+        Ok(ArmPlan {
+            name: self.name,
+            id: slug(self.name),
+            data: self.data,
+            train: self.train,
+            validation: self.validation,
+            cost: self.cost,
+            key,
+        })
+    }
+}
+
 /// Draws every arm's data (nothing is trained).
 pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
     let data_dir = &registry.paths.data;
@@ -119,11 +157,12 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
         .runs_dir
         .clone()
         .unwrap_or_else(|| registry.paths.cache.join("runs/table2").join(&opts.scale));
-    let mut manifest = Manifest::new(
-        "table2",
-        &registry.paths.root,
-        serde_json::json!({ "scale": opts.scale, "scale_settings": scale, "cost_model": cost_model, "generated": opts.generated, "seed": opts.seed, "retrieval_dataset_setting": scale.retrieval_dataset, "device": format!("{:?}", opts.device), "runs_dir": runs_dir }),
-    );
+    let mut config = serde_json::json!({ "scale": opts.scale, "scale_settings": scale, "cost_model": cost_model, "generated": opts.generated, "seed": opts.seed, "retrieval_dataset_setting": scale.retrieval_dataset, "device": format!("{:?}", opts.device), "runs_dir": runs_dir });
+    if let Some(t) = &opts.teacher {
+        config["transform_teacher"] =
+            serde_json::json!({ "base_url": t.base_url, "model": t.model, "kind": t.kind });
+    }
+    let mut manifest = Manifest::new("table2", &registry.paths.root, config);
     let mut notes = vec![format!("Scale `{}`: {}.", opts.scale, scale.description)];
 
     // --- SQuAD: annotation pool and held-out test set, split by article ---------------------------
@@ -257,14 +296,7 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
         / 60.0
         * cost_model.annotation_usd_per_hour;
 
-    struct Arm {
-        name: &'static str,
-        data: String,
-        train: Vec<TextPair>,
-        validation: Vec<TextPair>,
-        cost: (Option<f64>, String),
-    }
-    let arm_list = vec![
+    let mut arm_list = vec![
         Arm { name: "retrieval only", data: retrieved_id.clone(), train: pairs(&retrieval_only.train), validation: pairs(&retrieval_only.validation), cost: (Some(0.0), "retrieved data is free".into()) },
         Arm { name: "generation only", data: generated_id.clone(), train: pairs(&generation_only.train), validation: pairs(&generation_only.validation), cost: gen_cost(&generation_only.train) },
         Arm {
@@ -288,28 +320,42 @@ pub fn prepare(registry: &Registry, opts: &Options) -> Result<Prepared> {
             ),
         },
     ];
+    match &opts.teacher {
+        Some(settings) => {
+            let (rows, cost, note) = transformed::transform_retrieved(
+                settings,
+                &runs_dir,
+                &squad_task.prompt,
+                &retrieval_only,
+                opts.seed,
+            )?;
+            notes.push(note);
+            let data =
+                format!("{retrieved_id} (transformed by {}) + {generated_id}", settings.model);
+            let mixed = assemble_sources(&gen_source, &generated_id, &rows, &data, &split, &no_cut);
+            let (gen_cost, basis) = gen_cost(&generation_only.train);
+            let cost = (
+                gen_cost.map(|g| g + cost),
+                format!("{basis}; plus the transform's answers at {}'s prices", settings.model),
+            );
+            arm_list.insert(
+                3,
+                Arm {
+                    name: transformed::TRANSFORMED_ARM,
+                    data,
+                    train: pairs(&mixed.train),
+                    validation: pairs(&mixed.validation),
+                    cost,
+                },
+            );
+        }
+        None => notes.push(transformed::skipped_note()),
+    }
 
     let test_ids = loaders::string_column(&test_frame, loaders::ID)?;
     let arms = arm_list
         .into_iter()
-        .map(|a| {
-            let key = crate::util::fs::sha256_hex(
-                serde_json::to_string(&serde_json::json!({
-                    "scale": scale, "seed": opts.seed, "arm": a.name, "train": a.train,
-                    "validation": a.validation, "test": test_ids, "instruction": instruction,
-                }))?
-                .as_bytes(),
-            );
-            Ok(ArmPlan {
-                name: a.name,
-                id: slug(a.name),
-                data: a.data,
-                train: a.train,
-                validation: a.validation,
-                cost: a.cost,
-                key,
-            })
-        })
+        .map(|a| a.plan(&scale, opts.seed, &test_ids, &instruction))
         .collect::<Result<Vec<_>>>()?;
     Ok(Prepared {
         scale_name: opts.scale.clone(),
