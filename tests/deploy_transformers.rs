@@ -11,8 +11,7 @@
 //! reference generates one input per call (a padded transformers batch counts the padding in the
 //! repetition penalty; see `Llama::generate`); `p2m predict` batches as its `p2m.json` says.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use prompt2model::pipeline::package::ModelManifest;
 use prompt2model::trainer::model_input;
@@ -29,39 +28,6 @@ const INPUTS: [&str; 5] = [
     "New\nZealand",
     "a country whose name is rather long: the United Kingdom of Great Britain and Northern Ireland",
 ];
-
-const HOW_TO_FIX: &str =
-    "the reference venv needs transformers and torch (scripts/requirements-reference.txt): \
-     run `bash scripts/setup.sh --python`, or point P2M_PYTHON at a Python that has them";
-
-fn python() -> PathBuf {
-    match std::env::var_os("P2M_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => common::repo_root().join(".venv/bin/python"),
-    }
-}
-
-/// Runs a script of tests/reference with `args` and its last argument as the JSON it writes.
-fn reference(script: &str, args: &[&Path], out: &Path) -> serde_json::Value {
-    let python = python();
-    let script = common::repo_root().join("tests/reference").join(script);
-    let res = Command::new(&python)
-        .arg(&script)
-        .args(args)
-        .arg(out)
-        .env("OMP_NUM_THREADS", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {HOW_TO_FIX}", python.display()));
-    assert!(
-        res.status.success(),
-        "{} {} failed ({HOW_TO_FIX}):\n{}",
-        python.display(),
-        script.display(),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
 
 /// `p2m predict` on the inputs: the predictions in input order.
 async fn p2m_predict(runs: &Path, model: &Path, inputs: &Path, out: &Path) -> Vec<String> {
@@ -92,7 +58,8 @@ async fn transformers_agrees_with_p2m_predict(
         INPUTS.iter().map(|i| serde_json::json!({ "input": i }).to_string() + "\n").collect();
     std::fs::write(&inputs, lines).unwrap();
     let ours = p2m_predict(runs, model, &inputs, &work.join("predictions.parquet")).await;
-    let theirs = reference("transformers_generate.py", &[model, &inputs], &work.join("hf.json"));
+    let theirs =
+        common::reference("transformers_generate.py", &[model, &inputs], &work.join("hf.json"));
     assert_eq!(theirs["auto_class"], expect.0, "{theirs}");
     assert_eq!(theirs["model_class"], expect.1, "{theirs}");
     assert_eq!(theirs["tokenizer_class"], "TokenizersBackend", "{theirs}");
@@ -143,7 +110,7 @@ async fn transformers_agrees_with_p2m_predict(
 fn hub_cards_are_valid(run: &Path, work: &Path, pipeline_tag: &str, base_model: Option<&str>) {
     let model = run.join("model");
     let dataset = run.join("dataset");
-    let cards = reference(
+    let cards = common::reference(
         "hub_cards.py",
         &[&model.join("README.md"), &dataset.join("README.md")],
         &work.join("cards.json"),

@@ -40,3 +40,4 @@ mod table2;
 mod teacher_openai;
 mod teacher_servers;
 mod trainer;
+mod trainer_lora;

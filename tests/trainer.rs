@@ -68,7 +68,7 @@ fn adamw_follows_torch_step_for_step() {
     }
 }
 
-fn registry() -> ModelRegistry {
+pub(crate) fn registry() -> ModelRegistry {
     ModelRegistry::from_env().expect("data/models.toml loads (run scripts/setup.sh)")
 }
 
@@ -208,7 +208,7 @@ fn student_from(dir: &Path) -> Student {
     Student::from_dir(dir, Device::Cpu).unwrap()
 }
 
-fn write_jsonl(path: &Path, pairs: &[(String, String)]) {
+pub(crate) fn write_jsonl(path: &Path, pairs: &[(String, String)]) {
     let lines: Vec<String> = pairs
         .iter()
         .map(|(i, o)| serde_json::json!({"input": i, "output": o}).to_string())
@@ -216,7 +216,7 @@ fn write_jsonl(path: &Path, pairs: &[(String, String)]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-fn train_cmd(data: &Path, out: &Path) -> Command {
+pub(crate) fn train_cmd(data: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2m"));
     cmd.args([
         "train",
@@ -245,12 +245,20 @@ fn train_cmd(data: &Path, out: &Path) -> Command {
     cmd
 }
 
-fn file_bytes(p: PathBuf) -> Vec<u8> {
+pub(crate) fn file_bytes(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[test]
 fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
+    a_killed_run_resumes_to_the_reference_run(&[]);
+}
+
+/// Trains `p2m train` (with `extra` arguments) once uninterrupted and once killed with SIGKILL
+/// after a few checkpoints and started again; asserts that both end with the same bytes in
+/// `final/model.safetensors` and the same losses, and that a finished run is not trained again.
+/// Returns the folder holding `reference/` and `killed/`.
+pub(crate) fn a_killed_run_resumes_to_the_reference_run(extra: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
     let colours = ["red", "green", "blue", "yellow"];
@@ -261,13 +269,17 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
 
     // Uninterrupted reference run.
     let reference = dir.path().join("reference");
-    let out = train_cmd(&data, &reference).output().unwrap();
+    let out = train_cmd(&data, &reference).args(extra).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Killed once a few checkpoints exist (40 steps in all), then started again.
     let killed = dir.path().join("killed");
-    let mut child =
-        train_cmd(&data, &killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = train_cmd(&data, &killed)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     loop {
         let step = trainer::latest_checkpoint(&killed).unwrap().and_then(|p| {
@@ -291,7 +303,7 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
     child.wait().unwrap();
     assert!(!killed.join("final").exists(), "killed before the end");
 
-    let out = train_cmd(&data, &killed).output().unwrap();
+    let out = train_cmd(&data, &killed).args(extra).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let resumed = summary["resumed_from_step"].as_u64().expect("the second run resumed");
@@ -313,12 +325,13 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_final_weights() {
     );
 
     // A finished run is not trained again.
-    let out = train_cmd(&data, &killed).output().unwrap();
+    let out = train_cmd(&data, &killed).args(extra).output().unwrap();
     assert!(out.status.success());
     assert_eq!(
         file_bytes(killed.join("final/model.safetensors")),
         file_bytes(reference.join("final/model.safetensors"))
     );
+    dir
 }
 
 #[test]

@@ -147,6 +147,7 @@ fn linear(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
     Linear {
         weight: zeros(&p, "weight", &[out_dim, in_dim]),
         bias: Some(zeros(&p, "bias", &[out_dim])),
+        lora: None,
     }
 }
 
@@ -635,6 +636,35 @@ impl Seq2SeqModel for Bert2Bert {
 
     fn save_pretrained(&self, dir: &Path) -> anyhow::Result<()> {
         Bert2Bert::save_pretrained(self, dir)
+    }
+
+    /// The attention (self and cross) and feed-forward layers of both stacks; the LM head's
+    /// transform stays out, as in PEFT's `all-linear` for a BERT.
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (prefix, stack) in [("encoder", &mut self.encoder), ("decoder.bert", &mut self.decoder)]
+        {
+            for (i, layer) in stack.layers.iter_mut().enumerate() {
+                let p = format!("{prefix}.encoder.layer.{i}");
+                let BertLayer { attention, crossattention, intermediate, output, .. } = layer;
+                for (kind, att) in std::iter::once(("attention", attention))
+                    .chain(crossattention.as_mut().map(|c| ("crossattention", c)))
+                {
+                    let BertAttention { query, key, value, dense, .. } = att;
+                    out.push((format!("{p}.{kind}.self.query"), query));
+                    out.push((format!("{p}.{kind}.self.key"), key));
+                    out.push((format!("{p}.{kind}.self.value"), value));
+                    out.push((format!("{p}.{kind}.output.dense"), dense));
+                }
+                out.push((format!("{p}.intermediate.dense"), intermediate));
+                out.push((format!("{p}.output.dense"), output));
+            }
+        }
+        out
+    }
+
+    fn lora_default_targets(&self) -> &'static [&'static str] {
+        &["query", "key", "value", "dense"]
     }
 
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {

@@ -23,6 +23,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::gguf::{reverse_rope_permutation, GgufFile};
+use super::lora::{self, adapted, LoraAdapter, LoraConfig, LoraSlot, TrainingMode};
 use super::precision::{linear, Precision};
 use super::sampling::{apply_repetition_penalty, select, SamplingConfig};
 use crate::util::rng::SplitMix64;
@@ -324,6 +325,75 @@ struct Layer {
     gate_proj: Tensor,
     up_proj: Tensor,
     down_proj: Tensor,
+    /// LoRA adapters on the projections while a LoRA training runs, indexed by [`Projection`].
+    lora: [Option<LoraAdapter>; 7],
+}
+
+/// A layer's linear projections, by their transformers module names (PEFT's target names).
+#[derive(Debug, Clone, Copy)]
+enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Projection {
+    const ALL: [Projection; 7] = [
+        Projection::Q,
+        Projection::K,
+        Projection::V,
+        Projection::O,
+        Projection::Gate,
+        Projection::Up,
+        Projection::Down,
+    ];
+
+    fn module(self) -> &'static str {
+        match self {
+            Projection::Q => "self_attn.q_proj",
+            Projection::K => "self_attn.k_proj",
+            Projection::V => "self_attn.v_proj",
+            Projection::O => "self_attn.o_proj",
+            Projection::Gate => "mlp.gate_proj",
+            Projection::Up => "mlp.up_proj",
+            Projection::Down => "mlp.down_proj",
+        }
+    }
+}
+
+impl Layer {
+    fn weight_mut(&mut self, p: Projection) -> &mut Tensor {
+        match p {
+            Projection::Q => &mut self.q_proj,
+            Projection::K => &mut self.k_proj,
+            Projection::V => &mut self.v_proj,
+            Projection::O => &mut self.o_proj,
+            Projection::Gate => &mut self.gate_proj,
+            Projection::Up => &mut self.up_proj,
+            Projection::Down => &mut self.down_proj,
+        }
+    }
+
+    fn weight(&self, p: Projection) -> &Tensor {
+        match p {
+            Projection::Q => &self.q_proj,
+            Projection::K => &self.k_proj,
+            Projection::V => &self.v_proj,
+            Projection::O => &self.o_proj,
+            Projection::Gate => &self.gate_proj,
+            Projection::Up => &self.up_proj,
+            Projection::Down => &self.down_proj,
+        }
+    }
+
+    /// The projection of `x`, with its LoRA adapter's term when one is attached.
+    fn project(&self, p: Projection, x: &Tensor) -> Tensor {
+        adapted(linear(x, self.weight(p), None), x, self.lora[p as usize].as_ref())
+    }
 }
 
 /// A llama-family causal LM.
@@ -478,6 +548,7 @@ impl Llama {
                 gate_proj: p("mlp.gate_proj")?,
                 up_proj: p("mlp.up_proj")?,
                 down_proj: p("mlp.down_proj")?,
+                lora: Default::default(),
             });
         }
         let embed_tokens = weight("model.embed_tokens.weight")?;
@@ -551,6 +622,7 @@ impl Llama {
                 gate_proj: take(&p("mlp.gate_proj"))?,
                 up_proj: take(&p("mlp.up_proj"))?,
                 down_proj: take(&p("mlp.down_proj"))?,
+                lora: Default::default(),
             });
         }
         let embed_tokens = take("model.embed_tokens.weight")?;
@@ -675,9 +747,9 @@ impl Llama {
         let (nh, kvh, hd) =
             (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let h = self.rms_norm(x, &layer.input_layernorm);
-        let q = linear(&h, &layer.q_proj, None).view([b, t, nh, hd]).transpose(1, 2);
-        let k = linear(&h, &layer.k_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
-        let v = linear(&h, &layer.v_proj, None).view([b, t, kvh, hd]).transpose(1, 2);
+        let q = layer.project(Projection::Q, &h).view([b, t, nh, hd]).transpose(1, 2);
+        let k = layer.project(Projection::K, &h).view([b, t, kvh, hd]).transpose(1, 2);
+        let v = layer.project(Projection::V, &h).view([b, t, kvh, hd]).transpose(1, 2);
         let q = &q * cos + rotate_half(&q) * sin;
         let k = &k * cos + rotate_half(&k) * sin;
         (q, k, v)
@@ -686,8 +758,8 @@ impl Llama {
     /// The MLP half of a layer with its residual: `x + down(silu(gate(n(x))) · up(n(x)))`.
     fn feed_forward(&self, layer: &Layer, x: Tensor) -> Tensor {
         let h = self.rms_norm(&x, &layer.post_attention_layernorm);
-        let gated = linear(&h, &layer.gate_proj, None).silu() * linear(&h, &layer.up_proj, None);
-        let mlp = linear(&gated, &layer.down_proj, None);
+        let gated = layer.project(Projection::Gate, &h).silu() * layer.project(Projection::Up, &h);
+        let mlp = layer.project(Projection::Down, &gated);
         x + mlp
     }
 
@@ -793,7 +865,7 @@ impl Llama {
                 Some(m) => grouped_attention(&q, &keys, &values, m, n_rep, scale),
             };
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = self.feed_forward(layer, residual + linear(&attn, &layer.o_proj, None));
+            x = self.feed_forward(layer, residual + layer.project(Projection::O, &attn));
         }
         cache.len = total;
         let x = if last_only { x.select(1, t - 1) } else { x };
@@ -832,6 +904,79 @@ impl Llama {
     pub fn set_trainable(&self) {
         for (_, t) in self.named_parameters() {
             let _ = t.set_requires_grad(true);
+        }
+    }
+
+    /// The projections LoRA adapts by default: all seven of every layer, as the reference's
+    /// `peft_trainer` (q, k, v, o and the MLP's gate, up and down).
+    pub const LORA_TARGETS: [&'static str; 7] =
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    /// Attaches fresh LoRA adapters to the projections `cfg` targets and freezes every base weight
+    /// (only the adapters get gradients). Returns how many layers were adapted.
+    pub fn attach_lora(
+        &mut self,
+        cfg: &LoraConfig,
+        seed: u64,
+        training: &TrainingMode,
+        student: &str,
+    ) -> Result<usize> {
+        for (_, t) in self.named_parameters() {
+            let _ = t.set_requires_grad(false);
+        }
+        let slots: Vec<LoraSlot<'_>> = self
+            .layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, layer)| {
+                let Layer {
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                    lora,
+                    ..
+                } = layer;
+                let weights =
+                    [&*q_proj, &*k_proj, &*v_proj, &*o_proj, &*gate_proj, &*up_proj, &*down_proj];
+                Projection::ALL.into_iter().zip(weights).zip(lora.iter_mut()).map(
+                    move |((p, weight), adapter)| LoraSlot {
+                        module: format!("model.layers.{i}.{}", p.module()),
+                        weight,
+                        adapter,
+                    },
+                )
+            })
+            .collect();
+        lora::attach(slots, cfg, &Self::LORA_TARGETS, seed, training, student)
+    }
+
+    /// The attached adapters by module name (`model.layers.<i>.self_attn.q_proj`, ...).
+    pub fn lora_adapters(&self) -> Vec<(String, &LoraAdapter)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for p in Projection::ALL {
+                if let Some(a) = &layer.lora[p as usize] {
+                    out.push((format!("model.layers.{i}.{}", p.module()), a));
+                }
+            }
+        }
+        out
+    }
+
+    /// Folds every adapter into its weight (`W + B·A·α/r`) and removes it: the model is again a
+    /// plain llama that computes what base and adapters computed together (without dropout).
+    pub fn merge_lora(&mut self) {
+        for layer in &mut self.layers {
+            for p in Projection::ALL {
+                if let Some(a) = layer.lora[p as usize].take() {
+                    let merged = a.merged(layer.weight(p));
+                    *layer.weight_mut(p) = merged;
+                }
+            }
         }
     }
 
@@ -929,7 +1074,7 @@ impl Llama {
                 false,
             );
             let attn = attn.transpose(1, 2).reshape([b, t, nh * hd]);
-            x = self.feed_forward(layer, residual + linear(&attn, &layer.o_proj, None));
+            x = self.feed_forward(layer, residual + layer.project(Projection::O, &attn));
         }
         self.rms_norm(&x, &self.norm)
     }

@@ -16,6 +16,7 @@
 //!   for decoding).
 //! - [`chat`]: tokenizer rebuilt from GGUF metadata, the model's chat template, `ChatModel`.
 //! - [`encoder_decoder`]: BERT2BERT warm-started from a BERT checkpoint (the offline student).
+//! - [`lora`]: low-rank adapters on frozen linear layers (training), merged at the end.
 
 pub mod activation;
 pub mod bert;
@@ -25,6 +26,7 @@ pub mod gguf;
 pub mod llama;
 #[cfg(feature = "llama-cpp")]
 pub mod llama_cpp;
+pub mod lora;
 pub mod precision;
 pub mod registry;
 pub mod sampling;

@@ -86,6 +86,17 @@ pub trait Seq2SeqModel {
     /// Writes `config.json` and `model.safetensors` (Hugging Face names) into `dir`.
     fn save_pretrained(&self, dir: &Path) -> anyhow::Result<()>;
 
+    /// The linear layers LoRA may adapt, by transformers module name (the weight's name without
+    /// `.weight`); empty for a model that does not support LoRA.
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        Vec::new()
+    }
+
+    /// The module names LoRA adapts when no targets are given.
+    fn lora_default_targets(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Encoder output `[batch, src_len, d_model]`. `attention_mask` is 1 for tokens, 0 for padding.
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor;
 
@@ -423,12 +434,16 @@ pub fn seeded_normal(shape: &[i64], std: f64, seed: u64, name: &str) -> Tensor {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A LoRA adapter while a LoRA training runs ([`super::lora`]).
+    pub lora: Option<super::lora::LoraAdapter>,
 }
 
 impl Linear {
-    /// In the precision [`super::precision::linear`] picks (f32 unless autocast or bf16 weights).
+    /// In the precision [`super::precision::linear`] picks (f32 unless autocast or bf16 weights),
+    /// plus the LoRA adapter's term when one is attached.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        super::precision::linear(x, &self.weight, self.bias.as_ref())
+        let y = super::precision::linear(x, &self.weight, self.bias.as_ref());
+        super::lora::adapted(y, x, self.lora.as_ref())
     }
 }
 

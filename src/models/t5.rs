@@ -238,7 +238,11 @@ impl T5LayerNorm {
 /// Weights are created zero-filled; [`T5ForConditionalGeneration::new`] draws them afterwards
 /// (see [`init_std`]) and loading overwrites them.
 fn no_bias_linear(p: nn::Path, in_dim: i64, out_dim: i64) -> Linear {
-    Linear { weight: p.var("weight", &[out_dim, in_dim], nn::Init::Const(0.0)), bias: None }
+    Linear {
+        weight: p.var("weight", &[out_dim, in_dim], nn::Init::Const(0.0)),
+        bias: None,
+        lora: None,
+    }
 }
 
 /// Relative position → bucket, exactly transformers' `T5Attention._relative_position_bucket`
@@ -686,6 +690,41 @@ impl Seq2SeqModel for T5ForConditionalGeneration {
 
     fn save_pretrained(&self, dir: &Path) -> anyhow::Result<()> {
         T5ForConditionalGeneration::save_pretrained(self, dir)
+    }
+
+    /// Every attention projection (self and cross) and feed-forward matrix of both stacks.
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (prefix, stack) in [("encoder", &mut self.encoder), ("decoder", &mut self.decoder)] {
+            for (i, block) in stack.blocks.iter_mut().enumerate() {
+                let p = format!("{prefix}.block.{i}.layer");
+                let T5Block { self_attn, cross, ff, .. } = block;
+                let ff_name = format!("{p}.{}.DenseReluDense", if cross.is_some() { 2 } else { 1 });
+                let attentions = std::iter::once((format!("{p}.0.SelfAttention"), self_attn))
+                    .chain(cross.as_mut().map(|(c, _)| (format!("{p}.1.EncDecAttention"), c)));
+                for (name, att) in attentions {
+                    let T5Attention { q, k, v, o, .. } = att;
+                    out.extend([
+                        (format!("{name}.q"), q),
+                        (format!("{name}.k"), k),
+                        (format!("{name}.v"), v),
+                        (format!("{name}.o"), o),
+                    ]);
+                }
+                let T5FeedForward { wi, wi_0, wi_1, wo, .. } = ff;
+                for (n, l) in [("wi", wi), ("wi_0", wi_0), ("wi_1", wi_1)] {
+                    if let Some(l) = l {
+                        out.push((format!("{ff_name}.{n}"), l));
+                    }
+                }
+                out.push((format!("{ff_name}.wo"), wo));
+            }
+        }
+        out
+    }
+
+    fn lora_default_targets(&self) -> &'static [&'static str] {
+        &["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"]
     }
 
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {

@@ -252,6 +252,7 @@ pub fn with_overrides<T: Serialize + for<'de> Deserialize<'de>>(
                     | "precision"
                     | "prefix_cache"
                     | "engine"
+                    | "lora"
             )
         {
             bail!(
@@ -363,6 +364,34 @@ mod tests {
         assert!(err.contains("retrieved_share = 1.5") && err.contains("between 0 and 1"), "{err}");
         let parsed: RunConfig = toml::from_str("retrieved_share = 0.5").unwrap();
         assert_eq!(parsed.retrieved_share, Some(0.5));
+    }
+
+    /// LoRA is off by default and absent from run.json then (fingerprints of earlier runs
+    /// unchanged); `[train.lora]` switches it on with the reference's defaults for what it leaves
+    /// out, and the training settings (so the training stage's fingerprint) carry it.
+    #[test]
+    fn lora_is_off_by_default_and_a_train_lora_table_switches_it_on() {
+        let resolved = RunConfig::default().resolve(&data_dir()).unwrap();
+        assert_eq!(resolved.train.lora, None);
+        assert!(serde_json::to_value(&resolved).unwrap()["train"].get("lora").is_none());
+        let parsed: RunConfig = toml::from_str(
+            "[train.lora]
+rank = 16
+targets = [\"q_proj\", \"v_proj\"]",
+        )
+        .unwrap();
+        let on = parsed.resolve(&data_dir()).unwrap();
+        let lora = on.train.lora.clone().expect("LoRA on");
+        assert_eq!((lora.rank, lora.alpha, lora.dropout), (16, 16.0, 0.05));
+        assert_eq!(lora.targets, ["q_proj", "v_proj"]);
+        assert_eq!(serde_json::to_value(&on).unwrap()["train"]["lora"]["rank"], 16);
+        let bad: RunConfig = toml::from_str(
+            "[train.lora]
+rnak = 4",
+        )
+        .unwrap();
+        let err = format!("{:#}", bad.resolve(&data_dir()).unwrap_err());
+        assert!(err.contains("rnak"), "{err}");
     }
 
     /// The transform of retrieved rows is off by default and then absent from run.json and the

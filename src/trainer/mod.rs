@@ -14,6 +14,10 @@
 //! function of the seed) so that a run killed at any moment resumes to bit-identical final weights
 //! on CPU, and a hard stop on a non-finite loss that leaves the last good checkpoint in place.
 //!
+//! With [`TrainConfig::lora`] it trains LoRA adapters on a frozen base instead
+//! ([`crate::models::lora`]): only the adapters are in AdamW and in the checkpoints (the base is
+//! rebuilt from the student's spec on resume), and `final/` holds them merged into the weights.
+//!
 //! Students are the encoder-decoder models of [`crate::models`] ([`Student`]).
 
 pub mod adamw;
@@ -27,6 +31,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::models::lora::LoraConfig;
 use crate::models::precision::{self, Precision};
 use crate::models::seq2seq::IGNORE_INDEX;
 use crate::util::fs::{read_json, write_json};
@@ -105,6 +110,11 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Stop after this many optimizer steps in total (a budget for small scales; `None`: all epochs).
     pub max_steps: Option<u64>,
+    /// Train LoRA adapters on a frozen base instead of every weight ([`crate::models::lora`]);
+    /// merged into the saved weights at the end. Left out of the file when off, so earlier
+    /// configs and their fingerprints are unchanged; when on, its settings enter the fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +138,7 @@ impl Default for TrainConfig {
             mixed_precision: false,
             precision: Precision::F32,
             max_steps: None,
+            lora: None,
         }
     }
 }
@@ -158,6 +169,9 @@ impl TrainConfig {
             "max_source_len and max_target_len must be at least 2 ({fix})"
         );
         anyhow::ensure!(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1 ({fix})");
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
         Ok(())
     }
 }
@@ -302,6 +316,9 @@ pub enum TrainError {
     ForeignCheckpoint { dir: String, found: String, expected: String },
 }
 
+/// The folder of `final/` that holds a LoRA run's adapters in PEFT's layout (`keep_adapters`).
+pub const ADAPTER_DIR: &str = "adapter";
+
 /// What to do about an unreadable trainer file.
 const START_OVER: &str = "not a valid file of this kind (delete it to start over)";
 
@@ -403,8 +420,11 @@ impl<'a> Trainer<'a> {
         }
         let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
 
+        if let Some(lora) = &cfg.lora {
+            self.student.attach_lora(lora, cfg.seed)?;
+        }
         let params = AdamWParams { weight_decay: cfg.weight_decay, ..AdamWParams::default() };
-        let mut optimizer = AdamW::new(self.student.parameters(), params);
+        let mut optimizer = AdamW::new(self.student.trainable_parameters(), params);
         let mut state = TrainerState {
             fingerprint: fingerprint.clone(),
             optimizer_step: 0,
@@ -431,7 +451,11 @@ impl<'a> Trainer<'a> {
                 }
                 .into());
             }
-            self.student.load_weights(ckpt)?;
+            if cfg.lora.is_some() {
+                self.student.load_adapters(ckpt)?;
+            } else {
+                self.student.load_weights(ckpt)?;
+            }
             let moments = adamw::read_state(&ckpt.join("optimizer.safetensors"))?;
             optimizer.load_state(
                 &moments,
@@ -594,20 +618,45 @@ impl<'a> Trainer<'a> {
             stopped_early,
             device: format!("{device:?}"),
         };
-        crate::util::fs::write_dir_atomic(&final_dir, |tmp| {
-            self.student.save(tmp)?;
-            write_json(&tmp.join("trainer_state.json"), &state)?;
-            write_json(&tmp.join("training_config.json"), &cfg)?;
-            write_json(&tmp.join("training_summary.json"), &summary)
-        })?;
+        self.write_final(&final_dir, &state, &summary)?;
         Ok(summary)
+    }
+
+    /// Writes `final/`: the model and tokenizer, the trainer state, config and summary. A LoRA
+    /// run first keeps its adapters apart when asked (PEFT's layout, `final/adapter/`), then
+    /// ships them merged: the packaged model is a plain model of its architecture.
+    fn write_final(
+        &mut self,
+        final_dir: &Path,
+        state: &TrainerState,
+        summary: &TrainSummary,
+    ) -> anyhow::Result<()> {
+        let lora = self.config.lora.clone();
+        crate::util::fs::write_dir_atomic(final_dir, |tmp| {
+            if lora.as_ref().is_some_and(|l| l.keep_adapters) {
+                self.student.write_adapters(&tmp.join(ADAPTER_DIR))?;
+            }
+            if lora.is_some() {
+                self.student.merge_lora();
+            }
+            self.student.save(tmp)?;
+            write_json(&tmp.join("trainer_state.json"), state)?;
+            write_json(&tmp.join("training_config.json"), &self.config)?;
+            write_json(&tmp.join("training_summary.json"), summary)
+        })
     }
 
     fn write_checkpoint(&self, state: &TrainerState, optimizer: &AdamW) -> anyhow::Result<PathBuf> {
         let dir =
             self.output_dir.join("checkpoints").join(format!("step-{:08}", state.optimizer_step));
         crate::util::fs::write_dir_atomic(&dir, |tmp| {
-            self.student.save(tmp)?;
+            // A LoRA checkpoint holds the adapters only: the frozen base is rebuilt from the
+            // student's spec on resume.
+            if self.config.lora.is_some() {
+                self.student.write_adapters(tmp)?;
+            } else {
+                self.student.save(tmp)?;
+            }
             let moments: Vec<(String, Tensor)> = optimizer
                 .state_tensors()
                 .into_iter()

@@ -22,6 +22,7 @@ use super::{Encoded, TextPair};
 use crate::models::bert::BertConfig;
 use crate::models::encoder_decoder::{bert_special_tokens, Bert2Bert, EncoderDecoderConfig};
 use crate::models::llama::{Llama, PrefixCache};
+use crate::models::lora::{self, LoraAdapter, LoraConfig, PeftTask, TrainingMode};
 use crate::models::registry::ModelRegistry;
 use crate::models::sampling::SamplingConfig;
 use crate::models::seq2seq::{
@@ -193,6 +194,16 @@ pub struct Student {
     llama_cpp: AttachedEngine,
     /// Set by [`Student::keep_shared_prefix`]: a prefix every later call may start from.
     kept_prefix: KeptPrefix,
+    /// Set by [`Student::attach_lora`] until [`Student::merge_lora`].
+    lora: Option<LoraState>,
+}
+
+/// A student's LoRA training: its settings, the adapters' dropout switch, and the adapters
+/// (shallow clones of those inside the model) by module name.
+struct LoraState {
+    config: LoraConfig,
+    mode: TrainingMode,
+    adapters: Vec<(String, LoraAdapter)>,
 }
 
 /// The prefix a served decoder student keeps between calls ([`Student::keep_shared_prefix`]).
@@ -241,6 +252,7 @@ impl Student {
                     tokenizer: plain_tokenizer(tok_path)?,
                     name: format!("bert2bert-warm-start({encoder}, seed {seed})"),
                     llama_cpp: AttachedEngine::default(),
+                    lora: None,
                     kept_prefix: KeptPrefix::default(),
                 })
             }
@@ -260,7 +272,7 @@ impl Student {
                 bert.pad_token_id = Some(tokens.pad);
                 let model =
                     Bert2Bert::new(EncoderDecoderConfig::from_bert(bert, tokens), device, seed)?;
-                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})"), llama_cpp: AttachedEngine::default(), kept_prefix: KeptPrefix::default() })
+                Ok(Student { model: StudentModel::Seq2Seq(Box::new(model)), tokenizer, name: format!("bert2bert-tiny(h{hidden} l{layers} a{heads}, {tokenizer_of} tokenizer, seed {seed})"), llama_cpp: AttachedEngine::default(), kept_prefix: KeptPrefix::default(), lora: None })
             }
             StudentSpec::Decoder { model, layers, frozen_layers } => {
                 let path = registry.resolve_main_file(model)?;
@@ -285,6 +297,7 @@ impl Student {
                     tokenizer,
                     name,
                     llama_cpp: AttachedEngine::default(),
+                    lora: None,
                     kept_prefix: KeptPrefix::default(),
                 })
             }
@@ -327,6 +340,7 @@ impl Student {
             tokenizer,
             name: format!("pretrained({})", dir.display()),
             llama_cpp: AttachedEngine::default(),
+            lora: None,
             kept_prefix: KeptPrefix::default(),
         })
     }
@@ -438,6 +452,101 @@ impl Student {
             StudentModel::Seq2Seq(m) => m.var_store().variables(),
             StudentModel::Decoder(m) => m.named_parameters().into_iter().collect(),
         }
+    }
+
+    /// What the optimizer trains: the LoRA adapters by their PEFT names while adapters are
+    /// attached (the base is frozen), else every weight that requires a gradient.
+    pub fn trainable_parameters(&self) -> std::collections::HashMap<String, Tensor> {
+        if self.lora.is_some() {
+            lora::named_tensors(&self.lora_adapters()).into_iter().collect()
+        } else {
+            self.parameters()
+        }
+    }
+
+    /// Attaches fresh LoRA adapters (seeded by `seed`) to the linear layers `cfg` targets and
+    /// freezes the base weights.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.lora.is_none(), "{}: LoRA adapters are attached already", self.name);
+        let mode = TrainingMode::default();
+        let adapters: Vec<(String, LoraAdapter)> = match &mut self.model {
+            StudentModel::Decoder(m) => {
+                m.attach_lora(cfg, seed, &mode, &self.name)?;
+                m.lora_adapters().into_iter().map(|(n, a)| (n, a.shallow_clone())).collect()
+            }
+            StudentModel::Seq2Seq(m) => {
+                anyhow::ensure!(
+                    !m.linears_mut().is_empty(),
+                    "{}: this encoder-decoder does not support LoRA; train it fully (leave out --lora-rank)",
+                    self.name
+                );
+                for (_, t) in m.var_store().variables() {
+                    let _ = t.set_requires_grad(false);
+                }
+                let defaults = m.lora_default_targets();
+                let slots: Vec<lora::LoraSlot<'_>> = m
+                    .linears_mut()
+                    .into_iter()
+                    .map(|(module, l)| lora::LoraSlot {
+                        module,
+                        weight: &l.weight,
+                        adapter: &mut l.lora,
+                    })
+                    .collect();
+                lora::attach(slots, cfg, defaults, seed, &mode, &self.name)?;
+                m.linears_mut()
+                    .into_iter()
+                    .filter_map(|(n, l)| l.lora.as_ref().map(|a| (n, a.shallow_clone())))
+                    .collect()
+            }
+        };
+        tracing::info!(
+            "{}: LoRA r={} α={} on {} linear layers",
+            self.name,
+            cfg.rank,
+            cfg.alpha,
+            adapters.len()
+        );
+        self.lora = Some(LoraState { config: cfg.clone(), mode, adapters });
+        Ok(())
+    }
+
+    /// The attached adapters by module name (empty without LoRA).
+    pub fn lora_adapters(&self) -> Vec<(String, &LoraAdapter)> {
+        self.lora.iter().flat_map(|l| l.adapters.iter().map(|(n, a)| (n.clone(), a))).collect()
+    }
+
+    /// Writes the attached adapters into `dir` in PEFT's layout ([`lora::write_peft_dir`]).
+    pub fn write_adapters(&self, dir: &Path) -> anyhow::Result<()> {
+        let cfg = &self.lora.as_ref().context("no LoRA adapters attached")?.config;
+        let task = match self.model {
+            StudentModel::Decoder(_) => PeftTask::CausalLm,
+            StudentModel::Seq2Seq(_) => PeftTask::Seq2SeqLm,
+        };
+        let tensors = lora::named_tensors(&self.lora_adapters());
+        lora::write_peft_dir(dir, &tensors, cfg, task, &self.name)
+    }
+
+    /// Restores the attached adapters from a folder written by [`Student::write_adapters`].
+    pub fn load_adapters(&self, dir: &Path) -> anyhow::Result<()> {
+        lora::load_tensors(&dir.join("adapter_model.safetensors"), &self.lora_adapters())
+    }
+
+    /// Folds the adapters into the weights (`W + B·A·α/r`) and removes them: the student is again
+    /// a plain model of its architecture, saved and served as a full fine-tune is.
+    pub fn merge_lora(&mut self) {
+        match &mut self.model {
+            StudentModel::Decoder(m) => m.merge_lora(),
+            StudentModel::Seq2Seq(m) => {
+                for (_, l) in m.linears_mut() {
+                    if let Some(a) = l.lora.take() {
+                        let merged = a.merged(&l.weight);
+                        tch::no_grad(|| l.weight.copy_(&merged));
+                    }
+                }
+            }
+        }
+        self.lora = None;
     }
 
     /// Token ids of `text`, at most `max_len`: encoder-decoder sources keep their head and the
@@ -559,6 +668,8 @@ impl Student {
 
     /// Mean token cross-entropy of a batch (`train` switches dropout on where the model has it).
     pub fn loss(&self, batch: &super::TrainingBatch, train: bool) -> Tensor {
+        // The adapters' dropout follows `train` for this forward pass only.
+        let _lora_mode = self.lora.as_ref().map(|l| LoraTraining::on(&l.mode, train));
         match &self.model {
             StudentModel::Seq2Seq(m) => {
                 m.forward_train(&batch.input_ids, &batch.attention_mask, &batch.labels, train)
@@ -719,6 +830,22 @@ impl Student {
             }
         }
         Ok(out)
+    }
+}
+
+/// Sets a [`TrainingMode`] for a scope and turns it off when the scope ends.
+struct LoraTraining(TrainingMode);
+
+impl LoraTraining {
+    fn on(mode: &TrainingMode, train: bool) -> Self {
+        mode.set(train);
+        LoraTraining(mode.clone())
+    }
+}
+
+impl Drop for LoraTraining {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

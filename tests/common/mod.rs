@@ -3,7 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -201,4 +202,38 @@ pub fn output_ok(out: std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "command failed:\n{text}");
     text
+}
+
+const HOW_TO_FIX: &str =
+    "the reference venv needs transformers and torch (scripts/requirements-reference.txt): \
+     run `bash scripts/setup.sh --python`, or point P2M_PYTHON at a Python that has them";
+
+pub fn python() -> PathBuf {
+    match std::env::var_os("P2M_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".venv/bin/python"),
+    }
+}
+
+/// Runs a script of tests/reference (in the reference venv `$P2M_PYTHON`, default
+/// `<crate>/.venv/bin/python`) with `args` and its last argument as the JSON it writes.
+pub fn reference(script: &str, args: &[&Path], out: &Path) -> serde_json::Value {
+    let python = python();
+    let script = repo_root().join("tests/reference").join(script);
+    let res = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .arg(out)
+        .env("OMP_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {HOW_TO_FIX}", python.display()));
+    assert!(
+        res.status.success(),
+        "{} {} failed ({HOW_TO_FIX}):\n{}",
+        python.display(),
+        script.display(),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
 }
