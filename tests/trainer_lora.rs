@@ -47,9 +47,11 @@ fn a_lora_steps_loss_and_adapter_gradients_match_pytorch_and_merging_adds_b_a_sc
     student.attach_lora(&cfg, 5).unwrap();
     assert_eq!(student.lora_adapters().len(), 2 * 7, "q, k, v, o, gate, up, down of 2 layers");
     // B starts at zero (so A's gradient would be zero too): give it values for the comparison.
-    tch::manual_seed(3);
-    for (_, a) in student.lora_adapters() {
-        tch::no_grad(|| a.b.shallow_clone().copy_(&(a.b.randn_like() * 0.02)));
+    {
+        let _generator = prompt2model::models::seed_libtorch(3);
+        for (_, a) in student.lora_adapters() {
+            tch::no_grad(|| a.b.shallow_clone().copy_(&(a.b.randn_like() * 0.02)));
+        }
     }
     let trainable = student.trainable_parameters();
     assert_eq!(trainable.len(), 2 * 7 * 2, "only A and B of each adapter are trained");

@@ -39,3 +39,16 @@ pub mod wheels;
 pub fn default_device() -> tch::Device {
     tch::Device::cuda_if_available()
 }
+
+/// libtorch's default CPU generator, which dropout and `randn` draw from, is one per process.
+static LIBTORCH_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Seeds libtorch's default generator and holds it until the guard drops, so that another thread
+/// (several trainers in one process, as the tests run them) cannot reseed it or draw from it in
+/// between: what is drawn under the guard depends on `seed` alone. Hold it only across the draws
+/// (a forward pass with dropout), never across work that waits on another thread.
+pub fn seed_libtorch(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    let guard = LIBTORCH_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(seed);
+    guard
+}

@@ -158,7 +158,7 @@ mod tests {
     use tch::Device;
 
     fn data() -> (Tensor, Tensor, Tensor) {
-        tch::manual_seed(7);
+        let _generator = crate::models::seed_libtorch(7);
         let opts = (Kind::Float, Device::Cpu);
         (Tensor::randn([3, 5, 64], opts), Tensor::randn([32, 64], opts), Tensor::randn([32], opts))
     }

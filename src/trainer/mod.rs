@@ -496,9 +496,13 @@ impl<'a> Trainer<'a> {
                 optimizer.zero_grad();
                 let mut group_loss = 0.0;
                 for (offset, batch_idx) in batches[group_start..group_end].iter().enumerate() {
-                    // Dropout draws from libtorch's global generator: seed it per forward pass from
-                    // (seed, step, pass), so a resumed run draws exactly what the original would have.
-                    tch::manual_seed(mix_seed(cfg.seed, state.optimizer_step, offset as u64) as i64);
+                    // Dropout draws from libtorch's one generator: seeded per forward pass from
+                    // (seed, step, pass) and held, so a resumed run draws what the original did.
+                    let _generator = crate::models::seed_libtorch(mix_seed(
+                        cfg.seed,
+                        state.optimizer_step,
+                        offset as u64,
+                    ) as i64);
                     let items: Vec<&Encoded> = batch_idx.iter().map(|&i| &train_enc[i]).collect();
                     let batch = self.student.collate(&items);
                     let loss = precision::autocast(cfg.precision, || {
