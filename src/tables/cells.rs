@@ -330,6 +330,11 @@ mod tests {
             }
             assert!(close.iter().any(|c| c.config.student.as_deref() == Some("decoder:layers=24")));
             assert!(close.iter().any(|c| c.config.student.as_deref() == Some("decoder:freeze=15")));
+            assert!(close.iter().any(|c| c
+                .config
+                .train
+                .as_ref()
+                .is_some_and(|t| t.contains_key("lora"))));
         }
     }
 
@@ -351,7 +356,7 @@ mod tests {
         assert_eq!(files.len(), 3);
         let cells = std::fs::read_to_string(out.join("cells.sbatch")).unwrap();
         for needle in [
-            "#SBATCH --array=0-29%3",
+            "#SBATCH --array=0-32%3",
             "#SBATCH --time=01:00:00",
             "#SBATCH --mem=8G",
             "#SBATCH --cpus-per-task=2",
