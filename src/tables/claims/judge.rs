@@ -384,6 +384,20 @@ impl Sources {
                 source,
             );
         }
+        let close: Vec<_> = t3.students.iter().filter(|s| s.task == task && !s.sanity).collect();
+        let learned =
+            close.iter().filter(|s| s.versus_baseline.as_ref().is_some_and(|t| t.better)).count();
+        let learned_line = format!(
+            "{learned} of {} close students beat their trivial baseline on the real test",
+            close.len()
+        );
+        let mut obstacles = Vec::new();
+        if learned < verdict::MIN_STUDENTS_THAT_LEARN {
+            obstacles.push(Obstacle::Unreliable(format!(
+                "only {learned_line}: τ needs at least {} students that learned the task, or it ranks students that learned nothing",
+                verdict::MIN_STUDENTS_THAT_LEARN
+            )));
+        }
         let (low, high) = r
             .tau_interval
             .as_ref()
@@ -396,10 +410,10 @@ impl Sources {
             n: Some(r.students),
             source,
             remarks: vec![format!(
-                "{} students, {} generated / {} real test examples",
+                "{} students ({learned_line}), {} generated / {} real test examples",
                 r.students, r.n_generated, r.n_real
             )],
-            ..Default::default()
+            obstacles,
         }
     }
 

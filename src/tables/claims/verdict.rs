@@ -120,13 +120,17 @@ pub struct Judgement {
     pub why: String,
 }
 
+/// Kendall's τ of Table 3 is evidence only over at least this many students that learned the
+/// task (each beats its trivial baseline on the real test): the grid issue #22 asks for.
+pub const MIN_STUDENTS_THAT_LEARN: usize = 6;
+
 /// The rule, as the report prints it.
 pub const RULE: [&str; 6] = [
     "Each claim is a statement about one measured quantity (a paired difference A − B on the same test examples, Kendall's τ, a share of duplicates, a cost ratio), with its 95 % interval (paired percentile bootstrap, 1,000 seeded resamples, unless the row says otherwise).",
     "\"Above t\" (A > B is A − B above 0; τ > 0): the whole interval above t → reproduced; the whole interval below t → not reproduced (the opposite holds); an interval that contains t → inconclusive. \"Below t\" (A < B) the same, mirrored.",
     "\"Within ±m\" (A ≈ B, with the margin m stated in data/claims.toml): the whole interval inside [−m, m] → reproduced; the whole interval outside it (above m or below −m) → not reproduced; otherwise → inconclusive.",
     "Not testable here, whatever the numbers: the two arms trained identical weights (sha256 of the trained weights), or are identical in what the claim varies (the training rows, sha256 of assembly/train.jsonl, for data retrieval; the student model for model retrieval), or the cells were not run at this scale (\"paper scale: not run here\"). Such a claim is never reproduced: equal scores there are equal by construction, not by measurement.",
-    "Inconclusive, whatever the interval: the test sample is not representative (the teacher's score on the sample lies outside the 95 % interval of its score on the whole real test set), or both arms score 0 (the metric's floor: two students that learned nothing agree on every example, which says nothing about the claim), or no student of the comparison beats its trivial baseline (the input copied, the most frequent training answer, the majority class: paired bootstrap, one-sided, p < 0.05); where only one of two does not, the verdict stands and the row names it. Not testable here: τ is undefined because every student scored the same on one test set.",
+    "Inconclusive, whatever the interval: the test sample is not representative (the teacher's score on the sample lies outside the 95 % interval of its score on the whole real test set), or both arms score 0 (the metric's floor: two students that learned nothing agree on every example, which says nothing about the claim), or no student of the comparison beats its trivial baseline (the input copied, the most frequent training answer, the majority class: paired bootstrap, one-sided, p < 0.05); where only one of two does not, the verdict stands and the row names it; Kendall's τ, unless at least 6 of the students it ranks beat their trivial baselines (a ranking of students that learned nothing says nothing about the claim). Not testable here: τ is undefined because every student scored the same on one test set.",
     "A computed quantity (a cost ratio) has no sampling interval: its value is compared with t. Where it is only an upper bound (a generation cost that is a lower bound), it can show the claim false but not true: a bound above t → inconclusive.",
 ];
 
