@@ -496,13 +496,8 @@ impl<'a> Trainer<'a> {
                 optimizer.zero_grad();
                 let mut group_loss = 0.0;
                 for (offset, batch_idx) in batches[group_start..group_end].iter().enumerate() {
-                    // Dropout draws from libtorch's one generator: seeded per forward pass from
-                    // (seed, step, pass) and held, so a resumed run draws what the original did.
-                    let _generator = crate::models::seed_libtorch(mix_seed(
-                        cfg.seed,
-                        state.optimizer_step,
-                        offset as u64,
-                    ) as i64);
+                    // Held through the forward pass: a resumed run draws what the original did.
+                    let _generator = seed_dropout(cfg.seed, state.optimizer_step, offset as u64);
                     let items: Vec<&Encoded> = batch_idx.iter().map(|&i| &train_enc[i]).collect();
                     let batch = self.student.collate(&items);
                     let loss = precision::autocast(cfg.precision, || {
@@ -683,12 +678,13 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Deterministic per-pass seed.
-fn mix_seed(seed: u64, step: u64, pass: u64) -> u64 {
+/// Dropout draws from libtorch's one generator: seeds it for a forward pass from (seed, step,
+/// pass) and holds it ([`crate::models::seed_libtorch`]) until the guard drops.
+fn seed_dropout(seed: u64, step: u64, pass: u64) -> std::sync::MutexGuard<'static, ()> {
     let mut rng = SplitMix64::new(
         seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ pass.wrapping_mul(0x9FB2_1C65_1E98_DF25),
     );
-    rng.next_u64() >> 1
+    crate::models::seed_libtorch((rng.next_u64() >> 1) as i64)
 }
 
 fn run_fingerprint(
