@@ -392,6 +392,21 @@ fn the_live_table1_reruns_the_papers_rows_and_tests_them_against_the_teacher() {
     assert!(report.join("table1-live-smoke.png").is_file());
     let again = run(&[]);
     assert!(again.contains("9 done, 0 to run"), "{again}");
+    // A Table 3 student that trains what a Table 1 cell trained (the scale's student on the same
+    // 24 Temporal rows) takes that cell's training and evaluation instead of computing them.
+    let mut t3 = table3(&reports, &["--cells-dir", cells.to_str().unwrap()]);
+    common::output_ok(t3.args(["--cell", "temporal-tiny32-24"]).output().unwrap());
+    let t1_cell = cells.join("table1/smoke/recorded/temporal-no-model-retrieval");
+    let t3_cell = cells.join("table3/smoke/recorded/temporal-tiny32-24");
+    for stage in ["training", "evaluation"] {
+        let record = |dir: &Path| -> serde_json::Value {
+            let text = std::fs::read_to_string(dir.join(stage).join("stage.json")).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let (t1, t3) = (record(&t1_cell), record(&t3_cell));
+        assert_eq!(t3["reused_from"], t1_cell.to_str().unwrap(), "{stage}: {t3}");
+        assert_eq!(t3["outputs"], t1["outputs"], "{stage}");
+    }
     // The smoke table is pinned: a change in the pipeline, trainer or metrics that moves a
     // number fails here.
     insta::assert_snapshot!("table1_live_smoke", table);

@@ -17,6 +17,7 @@ pub mod evaluate;
 pub mod layout;
 pub mod package;
 pub mod recorded;
+pub mod reuse;
 pub mod runs;
 pub mod stage;
 pub mod stages;
@@ -65,6 +66,9 @@ pub struct RunOptions {
     /// When another process runs in the same folder: wait for it (else stop, naming it).
     pub wait: bool,
     pub device: tch::Device,
+    /// Folders of other runs (searched up to 4 levels down) whose finished stages this run may
+    /// take when they computed the same thing ([`reuse`]): the live tables pass their cells root.
+    pub reuse_roots: Vec<PathBuf>,
 }
 
 impl RunOptions {
@@ -81,6 +85,7 @@ impl RunOptions {
             read_line: None,
             wait: false,
             device,
+            reuse_roots: Vec::new(),
         }
     }
 }
@@ -124,9 +129,16 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut stages = Vec::new();
     for stage in stages::all() {
         let inputs = stage.inputs(&ctx)?;
-        let (outcome, record) =
-            run_stage(layout.dir(), stage.stage(), inputs, |dir| stage.run(&ctx, dir))?;
-        stages.push((stage.stage(), outcome == Outcome::Ran, record));
+        let (outcome, record) = match reuse::find_reusable(&ctx, stage.as_ref(), &inputs)? {
+            Some((from_dir, from)) => {
+                let record =
+                    stage::adopt_stage(layout.dir(), stage.stage(), inputs, &from_dir, &from)?;
+                stage.after_reuse(&ctx, &layout.dir().join(stage.stage().name()))?;
+                (Outcome::Reused, record)
+            }
+            None => run_stage(layout.dir(), stage.stage(), inputs, |dir| stage.run(&ctx, dir))?,
+        };
+        stages.push((stage.stage(), outcome != Outcome::Skipped, record));
     }
     let metrics: Vec<MetricResult> = stage::read_stage_json(&layout.metrics())?;
     let (teacher_calls, teacher_cost_usd) = match ctx.built_teacher() {

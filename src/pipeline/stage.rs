@@ -91,6 +91,10 @@ pub struct StageRecord {
     pub seconds: f64,
     /// Seconds of every attempt, resumed ones included.
     pub total_seconds: f64,
+    /// Where the outputs were copied from when another run had already computed the same thing
+    /// (the live tables' cells: [`crate::pipeline::reuse`]); `seconds` is then the copy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 /// The inputs of a stage: settings and files it reads.
@@ -116,10 +120,15 @@ pub fn fingerprint(
             sha256_file(f).with_context(|| format!("hashing the stage input {}", f.display()))?;
         hashes.insert(relative(run_dir, f), sha);
     }
+    Ok((fingerprint_of(&inputs.settings, &hashes), hashes))
+}
+
+/// The fingerprint of settings and input hashes (relative path → sha256).
+pub fn fingerprint_of(settings: &Value, inputs: &BTreeMap<String, String>) -> String {
     let canonical = crate::util::json::canonical_json(
-        &serde_json::json!({ "settings": inputs.settings, "inputs": hashes }),
+        &serde_json::json!({ "settings": settings, "inputs": inputs }),
     );
-    Ok((sha256_hex(canonical.as_bytes()), hashes))
+    sha256_hex(canonical.as_bytes())
 }
 
 fn relative(run_dir: &Path, f: &Path) -> String {
@@ -159,6 +168,8 @@ pub fn read_stage_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 pub enum Outcome {
     Skipped,
     Ran,
+    /// Copied from another run that computed the same thing ([`adopt_stage`]).
+    Reused,
 }
 
 /// Run `body` for `stage` unless its record says it is done with the same fingerprint and its
@@ -203,6 +214,7 @@ pub fn run_stage(
         started,
         seconds: 0.0,
         total_seconds: earlier_seconds,
+        reused_from: None,
     };
     write_record(run_dir, &record)?;
     eprintln!("[{}] {}", stage.name(), if resumed { "resuming" } else { "starting" });
@@ -225,6 +237,92 @@ pub fn run_stage(
     write_record(run_dir, &record)?;
     eprintln!("[{}] done in {:.1} s: {}", stage.name(), record.seconds, record.summary);
     Ok((Outcome::Ran, record))
+}
+
+/// Whether `stage` is done here with fingerprint `fp` and its outputs are in place, or was
+/// running with it (then it resumes here rather than copying another run's).
+pub fn done_or_resumable(run_dir: &Path, stage: Stage, fp: &str) -> bool {
+    read_record(run_dir, stage).is_some_and(|rec| {
+        rec.fingerprint == fp
+            && (rec.status == Status::Running
+                || rec.outputs.keys().all(|f| run_dir.join(f).exists()))
+    })
+}
+
+/// Take another run's finished `stage` as this run's: every file of its stage folder and every
+/// output it declared elsewhere (the trained model) copied here (copies, not links: a later
+/// stage that rewrites a file must not change the other run), then a `done` record with this
+/// run's fingerprint and inputs, the other run's output hashes (checked after the copy) and
+/// `reused_from`. What it replaces here is removed first.
+pub fn adopt_stage(
+    run_dir: &Path,
+    stage: Stage,
+    inputs: StageInputs,
+    from_dir: &Path,
+    from: &StageRecord,
+) -> Result<StageRecord> {
+    let clock = Instant::now();
+    let (fp, hashes) = fingerprint(run_dir, &inputs)?;
+    let dir = run_dir.join(stage.name());
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| {
+            format!("clearing {} before taking {}", dir.display(), from_dir.display())
+        })?;
+    }
+    let source = from_dir.join(stage.name());
+    let mut copies: Vec<String> = crate::util::fs::list_files(&source)
+        .with_context(|| format!("listing {}", source.display()))?
+        .iter()
+        .filter(|f| **f != source.join("stage.json"))
+        .map(|f| relative(from_dir, f))
+        .collect();
+    copies.extend(from.outputs.keys().cloned());
+    copies.sort();
+    copies.dedup();
+    for f in &copies {
+        let (src, dst) = (from_dir.join(f), run_dir.join(f));
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // Through a temporary name, so a killed copy never looks like a finished file.
+        let tmp = dst.with_extension("reuse-partial");
+        std::fs::copy(&src, &tmp)
+            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dst).with_context(|| format!("renaming {}", tmp.display()))?;
+    }
+    for (f, sha) in &from.outputs {
+        let got = sha256_file(&run_dir.join(f))?;
+        anyhow::ensure!(
+            &got == sha,
+            "{}: {f} changed since its stage finished (sha256 {got}, recorded {sha}); rerun that run's stage `{}`, or this one without reuse",
+            from_dir.display(),
+            stage.name()
+        );
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    let record = StageRecord {
+        stage,
+        status: Status::Done,
+        fingerprint: fp,
+        settings: inputs.settings,
+        inputs: hashes,
+        outputs: from.outputs.clone(),
+        summary: from.summary.clone(),
+        started: chrono::Utc::now().to_rfc3339(),
+        seconds,
+        total_seconds: seconds,
+        reused_from: Some(from_dir.display().to_string()),
+    };
+    write_record(run_dir, &record)?;
+    eprintln!(
+        "[{}] reused from {} ({} files copied in {seconds:.1} s): {}",
+        stage.name(),
+        from_dir.display(),
+        copies.len(),
+        record.summary
+    );
+    Ok(record)
 }
 
 #[cfg(test)]

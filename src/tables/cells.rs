@@ -126,6 +126,9 @@ pub struct CellPlan {
     pub cells: Vec<Cell>,
     /// The runs' parent folder.
     pub runs_dir: PathBuf,
+    /// The root of every table's cells: a cell takes finished stages from any cell under it that
+    /// computed the same thing ([`crate::pipeline::reuse`]).
+    pub cells_root: PathBuf,
 }
 
 /// `base` with the fields of `over` replacing its own (unknown fields refused by name).
@@ -198,7 +201,15 @@ pub fn plan(
     }
     anyhow::ensure!(!cells.is_empty(), "{} has no cells at scale `{scale}`", table.name());
     let runs_dir = cells_root.join(table.name()).join(scale).join(teacher.name());
-    Ok(CellPlan { table, scale: scale.to_string(), teacher, scale_spec, cells, runs_dir })
+    Ok(CellPlan {
+        table,
+        scale: scale.to_string(),
+        teacher,
+        scale_spec,
+        cells,
+        runs_dir,
+        cells_root: cells_root.to_path_buf(),
+    })
 }
 
 impl CellPlan {
@@ -241,9 +252,37 @@ impl CellPlan {
         std::fs::create_dir_all(&self.runs_dir)
             .with_context(|| format!("creating {}", self.runs_dir.display()))?;
         // A second process on the same cell stops at once, naming the one that runs it.
-        let opts = RunOptions::unattended(self.runs_dir.clone(), device);
+        let mut opts = RunOptions::unattended(self.runs_dir.clone(), device);
+        opts.reuse_roots = vec![self.cells_root.clone()];
         crate::pipeline::run(&cell.config, &opts)
             .with_context(|| format!("cell {} ({})", cell.id, self.dir(cell).display()))
+    }
+
+    /// One note per cell that took stages from another cell: which stages, from which run.
+    pub fn reuse_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for cell in &self.cells {
+            let dir = self.dir(cell);
+            let mut by_origin: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+            for stage in crate::pipeline::stage::Stage::ALL {
+                if let Some(from) =
+                    crate::pipeline::stage::read_record(&dir, stage).and_then(|r| r.reused_from)
+                {
+                    let from = Path::new(&from);
+                    let shown = from.strip_prefix(&self.cells_root).unwrap_or(from);
+                    by_origin.entry(shown.display().to_string()).or_default().push(stage.name());
+                }
+            }
+            for (origin, stages) in by_origin {
+                notes.push(format!(
+                    "cell `{}` reuses the {} stage{} of the cell {origin} (same student, rows and settings): computed once",
+                    cell.id,
+                    stages.join(" and "),
+                    if stages.len() > 1 { "s" } else { "" }
+                ));
+            }
+        }
+        notes
     }
 
     /// The cells as jobs for the local runner and the Slurm writer.
@@ -303,6 +342,31 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("smoke"));
         let e = t3.cell("nope").unwrap_err().to_string();
         assert!(e.contains("--list-cells"), "{e}");
+    }
+
+    #[test]
+    fn a_cell_that_took_stages_from_another_is_named_with_them() {
+        let paths = Paths::from_env().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let p =
+            plan(&paths, LiveTable::Table1, "smoke", TeacherSource::Recorded, root.path()).unwrap();
+        assert!(p.reuse_notes().is_empty());
+        let origin = p.dir(p.cell("mconala-prompt2model").unwrap());
+        let taker = p.dir(p.cell("mconala-no-model-retrieval").unwrap());
+        for (folder, stage) in [("training", "train"), ("evaluation", "evaluate")] {
+            std::fs::create_dir_all(taker.join(folder)).unwrap();
+            let record = serde_json::json!({
+                "stage": stage,
+                "status": "done", "fingerprint": "f", "settings": {}, "inputs": {}, "outputs": {},
+                "summary": "", "started": "", "seconds": 0.0, "total_seconds": 0.0,
+                "reused_from": origin.display().to_string(),
+            });
+            std::fs::write(taker.join(folder).join("stage.json"), record.to_string()).unwrap();
+        }
+        assert_eq!(
+            p.reuse_notes(),
+            ["cell `mconala-no-model-retrieval` reuses the training and evaluation stages of the cell table1/smoke/recorded/mconala-prompt2model (same student, rows and settings): computed once"]
+        );
     }
 
     /// Table 3's laptop students are close: at least six SmolLM2 fine-tunings per task that

@@ -440,6 +440,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table1Live> {
         rows.extend(baseline_rows);
         versus_baseline.extend(versus);
     }
+    notes.extend(plan.reuse_notes());
     notes.extend(teacher_sample_notes(&tasks, &teacher_samples));
     notes.push(format!("Baselines: the rows `baseline: …` are what a trivial answer scores on the same real test examples (the input copied as the answer; the most frequent output of a row's training data, one row per distinct answer, naming whose data gave it; the majority class where the data has a label set), each with its interval. `table1_baselines` tests each row against the best of its own baselines (paired bootstrap, one-sided, \"better\" where p < {}).", crate::evaluator::baselines::SIGNIFICANCE));
     Ok(Table1Live {

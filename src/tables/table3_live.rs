@@ -245,6 +245,7 @@ pub fn collect(plan: &CellPlan, registry: &Registry) -> Result<Table3Live> {
         });
     }
     notes.push(format!("Baselines: the rows `baseline: …` of the students' table are what a trivial answer scores on the same real test examples (the input copied as the answer; the most frequent output of a student's training data, one row per distinct answer, naming whose data gave it), each with its interval; they rank nothing. Each student is tested against the best baseline of its own training data (paired bootstrap, one-sided, \"better\" where p < {}).", crate::evaluator::baselines::SIGNIFICANCE));
+    notes.extend(plan.reuse_notes());
     if recorded.is_none() {
         notes.push("the recorded runs could not be re-scored here (mirror missing?): the `τ×100 recorded` column is empty".into());
     }

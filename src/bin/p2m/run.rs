@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// at once, naming it).
     #[arg(long)]
     pub wait: bool,
+    /// Take finished stages (training, evaluation) from run folders under DIR that computed the
+    /// same thing — the same student, rows and settings — instead of computing them again; the
+    /// stage record names the run it came from. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub reuse_stages_from: Vec<PathBuf>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Train and predict on the CPU even when a GPU is there.
@@ -240,6 +245,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         interactive,
         confirm_cost: confirm,
         device,
+        reuse_roots: args.reuse_stages_from.clone(),
     };
     let summary = pipeline::run(&cfg, &opts)?;
     println!("\nrun {} ({})", cfg.name, summary.dir.display());
@@ -247,7 +253,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!(
             "  {:<18} {:<8} {:>8.1} s  {}",
             stage.name(),
-            if *ran { "ran" } else { "cached" },
+            match (ran, &rec.reused_from) {
+                (true, Some(_)) => "reused",
+                (true, None) => "ran",
+                (false, _) => "cached",
+            },
             rec.total_seconds,
             rec.summary
         );

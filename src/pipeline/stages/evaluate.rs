@@ -2,6 +2,7 @@
 //! with its interval ([`crate::pipeline::evaluate`]); with `teacher_answers_real`, the teacher's
 //! own answers to the real set beside it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -19,7 +20,7 @@ use crate::pipeline::config::TeacherSource;
 use crate::pipeline::context::RunContext;
 use crate::pipeline::evaluate::{self, TestSet};
 use crate::pipeline::layout::RunLayout;
-use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
+use crate::pipeline::stage::{fingerprint_of, read_record, Stage, StageInputs, StageOutputs};
 use crate::pipeline::student::StudentSelection;
 use crate::prompt_parser::ParsedPrompt;
 use crate::util::fs::write_json;
@@ -47,6 +48,37 @@ impl PipelineStage for Evaluate {
             }),
             files,
         })
+    }
+
+    /// Predictions and scores depend on the trained weights, the test examples and the settings,
+    /// all in the fingerprint (the run's name only titles the report, rewritten after a copy).
+    fn reuse_key(
+        &self,
+        _run_dir: &Path,
+        settings: &serde_json::Value,
+        inputs: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        Some(fingerprint_of(settings, inputs))
+    }
+
+    /// The report under this run's name, saying where its numbers were computed.
+    fn after_reuse(&self, ctx: &RunContext, dir: &Path) -> Result<()> {
+        let layout = &ctx.layout;
+        let results: Vec<evaluate::MetricResult> = read_stage_json(&layout.metrics())?;
+        let choice: MetricChoice = read_stage_json(&layout.metric_choice())?;
+        let mut notes: Vec<String> = read_stage_json(&layout.notes(Stage::Evaluate))?;
+        if let Some(from) = read_record(layout.dir(), Stage::Evaluate).and_then(|r| r.reused_from) {
+            notes.push(format!("Computed by the run {from} (the same trained weights, test examples and settings) and copied here."));
+        }
+        evaluate::write_report(
+            &ctx.paths,
+            dir,
+            &ctx.name,
+            choice.primary().name(),
+            &results,
+            &notes,
+        )?;
+        Ok(())
     }
 
     fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {

@@ -12,6 +12,7 @@ mod retrieve_dataset;
 mod retrieve_model;
 mod train;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -31,6 +32,21 @@ pub trait PipelineStage {
     fn inputs(&self, ctx: &RunContext) -> Result<StageInputs>;
     /// Do the work in `dir` (the stage's folder) and say which files it wrote.
     fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs>;
+    /// What the stage's outputs depend on, from the settings and input hashes of its record in
+    /// `run_dir` (this run's or another's), for taking another run's finished stage
+    /// ([`super::reuse`]); `None`: the stage is always computed by its own run.
+    fn reuse_key(
+        &self,
+        _run_dir: &Path,
+        _settings: &serde_json::Value,
+        _inputs: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        None
+    }
+    /// After another run's stage folder was copied into `dir`: rewrite what names the run.
+    fn after_reuse(&self, _ctx: &RunContext, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every stage, in order.
@@ -296,6 +312,60 @@ mod tests {
         let inputs = package.inputs(&ctx).unwrap();
         for read in [ctx.layout.notes(Stage::Assemble), record_path_of(&ctx, Stage::Train)] {
             assert!(inputs.files.contains(&read), "{} is declared", read.display());
+        }
+    }
+
+    /// Two runs that train the same student on the same rows under other names and other model
+    /// choice explanations: the second takes the first's training and evaluation (records say
+    /// so, the weights and scores are the first's, its report carries its own name); a run with
+    /// another learning rate computes its own.
+    #[test]
+    fn a_run_takes_training_and_evaluation_from_a_run_that_computed_the_same() {
+        use crate::pipeline::stage::read_record;
+        let runs = tempfile::tempdir().unwrap();
+        let mut opts = options(runs.path());
+        opts.reuse_roots = vec![runs.path().to_path_buf()];
+        let a = crate::pipeline::run(&RunConfig { name: "a".into(), ..config() }, &opts).unwrap();
+        assert!(a.stages.iter().all(|(_, ran, r)| *ran && r.reused_from.is_none()));
+        let choice: crate::pipeline::student::StudentChoice =
+            read_stage_json(&a.dir.join("model-retrieval/choice.json")).unwrap();
+        // The same student named by the configuration: another explanation in choice.json.
+        let b_cfg = RunConfig { name: "b".into(), student: Some(choice.student), ..config() };
+        let b = crate::pipeline::run(&b_cfg, &opts).unwrap();
+        let (ra, rb) = (
+            read_record(&a.dir, Stage::Train).unwrap(),
+            read_record(&b.dir, Stage::Train).unwrap(),
+        );
+        assert_ne!(ra.fingerprint, rb.fingerprint, "the explanation is in the fingerprint");
+        for stage in [Stage::Train, Stage::Evaluate] {
+            let rec = read_record(&b.dir, stage).unwrap();
+            assert_eq!(rec.reused_from.as_deref(), Some(a.dir.to_str().unwrap()), "{stage:?}");
+            assert_eq!(rec.outputs, read_record(&a.dir, stage).unwrap().outputs);
+        }
+        assert!(read_record(&b.dir, Stage::Package).unwrap().reused_from.is_none());
+        assert_eq!(
+            serde_json::to_value(&a.metrics).unwrap(),
+            serde_json::to_value(&b.metrics).unwrap()
+        );
+        let report =
+            std::fs::read_to_string(b.dir.join("evaluation/report/manifest.json")).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(report["config"]["run"], "b", "{report}");
+        let readme = std::fs::read_to_string(b.dir.join("evaluation/report/README.md")).unwrap();
+        assert!(readme.contains("copied here"), "{readme}");
+        // Rerun: up to date, nothing copied again.
+        let again = crate::pipeline::run(&b_cfg, &opts).unwrap();
+        assert!(again.stages.iter().all(|(_, ran, _)| !ran));
+        // Another learning rate trains anew.
+        let mut lr = toml::Table::new();
+        lr.insert("learning_rate".into(), toml::Value::Float(3e-3));
+        let c = crate::pipeline::run(
+            &RunConfig { name: "c".into(), train: Some(lr), ..config() },
+            &opts,
+        )
+        .unwrap();
+        for stage in [Stage::Train, Stage::Evaluate] {
+            assert!(read_record(&c.dir, stage).unwrap().reused_from.is_none(), "{stage:?}");
         }
     }
 

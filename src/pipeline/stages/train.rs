@@ -1,6 +1,7 @@
 //! Stage 6: the student fine-tuned text-to-text on the assembled rows ([`crate::trainer`]);
 //! with `--select-student K`, the K candidates first trained briefly and the best kept.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
@@ -9,11 +10,11 @@ use super::{list_files_of, read_rows, read_stage_json, PipelineStage};
 use crate::data::diagnostics::DataDiagnostics;
 use crate::data::gate::{gate_run, DataGate};
 use crate::pipeline::context::RunContext;
-use crate::pipeline::stage::{Stage, StageInputs, StageOutputs};
+use crate::pipeline::stage::{fingerprint_of, Stage, StageInputs, StageOutputs};
 use crate::pipeline::student::{select_student, StudentChoice};
 use crate::prompt_parser::ParsedPrompt;
 use crate::trainer::{apply_template, model_input, Student, StudentSpec, TextPair, Trainer};
-use crate::util::fs::write_json;
+use crate::util::fs::{sha256_file, write_json};
 
 pub struct Train;
 
@@ -48,6 +49,33 @@ impl PipelineStage for Train {
                 layout.data_diagnostics(),
             ],
         })
+    }
+
+    /// The model choice's file explains as well as decides ("model retrieval off", the
+    /// retriever's ranking): only the student it names — and, with `--select-student`, the
+    /// candidates — changes the weights, so two runs that differ in the explanation alone train
+    /// the same thing.
+    fn reuse_key(
+        &self,
+        run_dir: &Path,
+        settings: &serde_json::Value,
+        inputs: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let choice_file = format!("{}/choice.json", Stage::RetrieveModel.name());
+        let mut inputs = inputs.clone();
+        let recorded = inputs.remove(&choice_file)?;
+        // The file as the stage read it, or nothing to compare.
+        let path = run_dir.join(&choice_file);
+        if sha256_file(&path).ok()? != recorded {
+            return None;
+        }
+        let choice: StudentChoice = read_stage_json(&path).ok()?;
+        let mut settings = settings.clone();
+        settings["student"] = serde_json::json!(choice.student);
+        if settings["select_student"].as_u64().unwrap_or(0) > 1 {
+            settings["trainable"] = serde_json::json!(choice.trainable);
+        }
+        Some(fingerprint_of(&settings, &inputs))
     }
 
     fn run(&self, ctx: &RunContext, dir: &Path) -> Result<StageOutputs> {
