@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use prompt2model::models::llama::{Generated, Llama};
+use prompt2model::models::llama::{Generated, Llama, PrefixCache, Steer, SteeredRow};
 use prompt2model::models::registry::ModelRegistry;
 use prompt2model::models::sampling::SamplingConfig;
 use prompt2model::trainer::student::{shared_prefix, StudentModel};
@@ -76,6 +76,60 @@ fn a_random_decoder_generates_the_same_tokens_with_and_without_the_prefix_cache(
         }
     }
     eprintln!("tiny random llama: {rows} of {rows} rows identical with and without the cache");
+}
+
+/// Rows that end early leave the batch once half of it has ended (the rest continue alone): every
+/// row's tokens are still those it generates alone, in a batch of one, with and without the prefix.
+#[test]
+fn rows_that_finish_early_leave_the_batch_and_the_others_generate_what_they_would_alone() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/llama/tiny-hf");
+    let model = Llama::load_hf_dir(&dir, Device::Cpu).unwrap();
+    let pad = 0i64;
+    let mut rng = SplitMix64::new(7);
+    let mut token = || 3 + rng.below(61) as i64;
+    let prefix: Vec<i64> = std::iter::once(1).chain((0..30).map(|_| token())).collect();
+    let prompts: Vec<Vec<i64>> = (0..16)
+        .map(|i| {
+            let mut p = prefix.clone();
+            p.extend((0..1 + i % 5).map(|_| token()));
+            p
+        })
+        .collect();
+    let cfg = SamplingConfig { repetition_penalty: 2.0, ..SamplingConfig::greedy(24) };
+    // Rows 0–11 end after 1 to 3 tokens, rows 12–15 run to the token budget.
+    let stop_after = |row: usize| if row < 12 { 1 + row % 3 } else { usize::MAX };
+    let prefix_cache = model.prefill_prefix(&prefix).unwrap();
+    let generate = |rows: &[usize], prefix: Option<&PrefixCache>| -> Vec<Generated> {
+        let steered: Vec<SteeredRow> =
+            rows.iter().map(|&r| SteeredRow { prompt: prompts[r].clone(), generator: 0 }).collect();
+        let mut count = vec![0usize; rows.len()];
+        let mut steer = |at: usize, _token: i64| {
+            count[at] += 1;
+            if count[at] >= stop_after(rows[at]) {
+                Steer::Finish
+            } else {
+                Steer::Keep
+            }
+        };
+        model
+            .generate_steered_after(prefix, &steered, std::slice::from_ref(&cfg), pad, &mut steer)
+            .unwrap()
+    };
+    let alone: Vec<Generated> =
+        (0..prompts.len()).map(|r| generate(&[r], None).remove(0)).collect();
+    let lengths: Vec<usize> = alone.iter().map(|g| g.tokens.len()).collect();
+    assert_eq!(lengths.iter().filter(|&&n| n == 24).count(), 4, "{lengths:?}");
+    for batch in [16, 7] {
+        let all: Vec<usize> = (0..prompts.len()).collect();
+        for rows in all.chunks(batch) {
+            let plain = generate(rows, None);
+            let cached = generate(rows, Some(&prefix_cache));
+            for ((&row, p), c) in rows.iter().zip(&plain).zip(&cached) {
+                assert_eq!(p, &alone[row], "batch {batch}, row {row}: plain");
+                assert_eq!(c, &alone[row], "batch {batch}, row {row}: prefix-cached");
+            }
+        }
+    }
 }
 
 /// Inputs in the shape of the Temporal task's, of different lengths.

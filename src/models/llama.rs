@@ -1232,9 +1232,9 @@ impl Llama {
             mask.extend(std::iter::repeat_n(0i64, max_suffix - suffix_len(r)));
             mask.extend(std::iter::repeat_n(1i64, suffix_len(r) + max_new_tokens));
         }
-        let mask = Tensor::from_slice(&mask).view([b as i64, capacity]);
+        let mut mask = Tensor::from_slice(&mask).view([b as i64, capacity]);
         // positions = cumsum(mask) - 1, padding set to 1 (transformers' `masked_fill_(mask == 0, 1)`).
-        let positions_all = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
+        let mut positions_all = (mask.cumsum(1, Kind::Int64) - 1).masked_fill(&mask.eq(0), 1);
         let prefill_rows =
             Tensor::from_slice(&distinct.iter().map(|&d| d as i64).collect::<Vec<_>>());
 
@@ -1249,6 +1249,8 @@ impl Llama {
         }
         let mut input = Tensor::from_slice(&ids).view([distinct.len() as i64, max_suffix as i64]);
         let mut state = SteeredState::new(rows, generators);
+        // The row each position of the batch holds: finished rows leave the batch (see below).
+        let mut active: Vec<usize> = (0..b).collect();
         for step in 0..max_new_tokens {
             let (start, len) = (cache.len(), input.size()[1]);
             let (positions, key_mask) = if step == 0 {
@@ -1276,10 +1278,10 @@ impl Llama {
             let vocab = logits.size()[1] as usize;
             let flat: Vec<f32> =
                 Vec::<f32>::try_from(logits.view([-1])).context("reading logits")?;
-            let mut next = vec![pad_id; b];
-            for (r, slot) in next.iter_mut().enumerate() {
+            let mut next = vec![pad_id; active.len()];
+            for (at, (&r, slot)) in active.iter().zip(next.iter_mut()).enumerate() {
                 if let Some(token) =
-                    state.step_row(r, || flat[r * vocab..(r + 1) * vocab].to_vec(), steer)?
+                    state.step_row(r, || flat[at * vocab..(at + 1) * vocab].to_vec(), steer)?
                 {
                     *slot = token;
                 }
@@ -1287,7 +1289,22 @@ impl Llama {
             if state.all_finished() {
                 break;
             }
-            input = Tensor::from_slice(&next).view([b as i64, 1]);
+            // A finished row would go on being computed and thrown away until the batch's longest
+            // row ends (short answers beside one that runs to the token budget). Once half the
+            // batch has finished, the rest continue alone: their caches, masks and positions are
+            // selected out — a copy of the cache, so it is done at most log2(batch) times.
+            let going: Vec<usize> =
+                (0..active.len()).filter(|&at| !state.finished[active[at]]).collect();
+            if going.len() * 2 <= active.len() {
+                let index =
+                    Tensor::from_slice(&going.iter().map(|&at| at as i64).collect::<Vec<_>>());
+                cache.select_rows(&index);
+                mask = mask.index_select(0, &index);
+                positions_all = positions_all.index_select(0, &index);
+                next = going.iter().map(|&at| next[at]).collect();
+                active = going.iter().map(|&at| active[at]).collect();
+            }
+            input = Tensor::from_slice(&next).view([active.len() as i64, 1]);
         }
         Ok(state.out)
     }
