@@ -662,6 +662,11 @@ def predict(a):
 
     if not any(b_wanted(a, f"predict.{t}.{c}") for t in PREDICT_TASKS for c in PREDICT_COLUMNS):
         return
+    if a.check:  # before the rest of a run: a missing student stops it at once, not after it
+        for t in PREDICT_TASKS:
+            if any(b_wanted(a, f"predict.{t}.{c}") for c in PREDICT_COLUMNS):
+                student_settings(student_dir(t, a.cache))
+        return
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -899,6 +904,7 @@ def main():
     r.add_argument("--quick", action="store_true", help="40 examples per task instead of 860 / 1,000")
     r.add_argument("--n", type=int, help="examples per task (overrides --quick)")
     r.add_argument("--only")
+    r.add_argument("--check", action="store_true", help="only check that the students are there")
     t = sub.add_parser("table")
     t.add_argument("rust", nargs="?")
     t.add_argument("python", nargs="?")

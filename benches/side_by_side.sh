@@ -76,6 +76,7 @@ fi
 
 export OMP_NUM_THREADS=${THREADS:-1}
 mkdir -p "$out"
+"$py" benches/side_by_side.py predict --check --work "$work" --out "$out/predict.json" ${only:+--only "$only"}
 rm -f "$out/predict.json"
 if [ -n "${P2M_BIN:-}" ]; then
   p2m=$P2M_BIN
