@@ -21,7 +21,7 @@
 # BENCH_LLAMA_PYTHON (one with llama_cpp.server; default the venv's, else
 # `scripts/llama-server.sh python`), P2M_BIN (a built p2m, p2m-score beside it; with it and
 # `--only predict` nothing is built). P2M_PREDICT_TEMPORAL_MODEL / P2M_PREDICT_SQUAD_MODEL
-# name other students.
+# name other students; PREDICT_N sets the examples per task (default 860 / 1,000, --quick 40).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -98,7 +98,7 @@ if [ -z "$predict_only" ]; then
 fi
 say "predict section"
 "$py" benches/side_by_side.py predict --work "$work" --out "$out/predict.json" --p2m "$p2m" --llama-python "$llama_py" \
-  $quick ${only:+--only "$only"}
+  $quick ${only:+--only "$only"} ${PREDICT_N:+--n "$PREDICT_N"}
 if [ -n "$predict_only" ]; then
   "$py" benches/side_by_side.py table --predict "$out/predict.json" --markdown "$out/table.md"
 else
