@@ -3,13 +3,18 @@ table of ratios. Run through the script (it sets up the venv and the order):
 
     side_by_side.py prepare --work DIR [--mirror M]       # inputs both sides read
     side_by_side.py measure --work DIR --out FILE [--p2m BIN] [--quick] [--only S]
-    side_by_side.py table RUST.json PYTHON.json [--markdown FILE]
+    side_by_side.py predict --work DIR --out FILE [--p2m BIN] [--llama-python PY] [--quick] [--only S]
+    side_by_side.py table [RUST.json PYTHON.json] [--predict FILE] [--markdown FILE]
 
 References: sacrebleu (chrF++), the official SQuAD v1.1 normalisation (exact match), scipy
 (Kendall's tau-b), rank_bm25 (BM25), sentence-transformers (MiniLM embeddings), bert_score,
 transformers + torch.optim.AdamW (training, fp32 eager and bf16 autocast; decoding), llama.cpp
 through llama-cpp-python (decoding), and torch's matmul (the roofs). Timings are medians of a few
 runs after one warm-up, like the Rust side; both use OMP_NUM_THREADS intra-op threads.
+
+`predict` times whole `p2m predict` commands (the plain path, the prefix cache, the llama.cpp
+engine) on the laptop students of Tables 1 against transformers `generate` and llama-cpp-python's
+server fed the same prompts, and counts predictions equal to the plain path's.
 """
 import argparse
 import datetime
@@ -407,6 +412,319 @@ def measure(a):
 
 
 # ------------------------------------------------------------------------------------------------
+# predict: `p2m predict` three ways against transformers `generate` and llama-cpp-python's server
+# ------------------------------------------------------------------------------------------------
+
+# The students the laptop live Table 1 trains (SmolLM2-135M fine-tuned on 64 rows), overridable.
+PREDICT_TASKS = {
+    "temporal": ("P2M_PREDICT_TEMPORAL_MODEL", "runs/table1/laptop/recorded/temporal-no-model-retrieval/model",
+                 "temporal-no-model-retrieval"),
+    "squad": ("P2M_PREDICT_SQUAD_MODEL", "runs/table1/laptop/recorded/squad-no-model-retrieval/model",
+              "squad-no-model-retrieval"),
+}
+# (column, p2m predict flags): the plain path, the prefix cache (the default), llama.cpp in process.
+P2M_COLUMNS = [("p2m-plain", ["--no-prefix-cache"]), ("p2m-prefix", []), ("p2m-llama-cpp", ["--engine", "llama-cpp"])]
+PREDICT_COLUMNS = [c for c, _ in P2M_COLUMNS] + ["transformers", "llama-cpp-server"]
+# The model_input template of src/trainer (`model_input`): what a packaged model's p2m.json names.
+TEMPLATE = "<task {task_id}>{instruction}\nExample:\n{input}\nLabel:\n"
+
+
+def predict_inputs(task, mirror, n):
+    """(input, reference) rows: Temporal's real test set in file order, or SQuAD v1.1 dev
+    questions drawn with seed 0, in the loaders' layout (`Question: {q} Context: {c}`)."""
+    import random
+
+    if task == "temporal":
+        rows = [(r[0], r[1]) for r in json.load(open(mirror / "temporal" / "temporal.json"))]
+        return rows[:n]
+    squad = json.load(open(mirror / "squad" / "dev-v1.1.json"))
+    rows = [(f"Question: {q['question']} Context: {p['context']}", q["answers"][0]["text"])
+            for art in squad["data"] for p in art["paragraphs"] for q in p["qas"]]
+    return [rows[i] for i in random.Random(0).sample(range(len(rows)), 1000)[:n]]
+
+
+def student_dir(task, cache):
+    var, rel, cell = PREDICT_TASKS[task]
+    path = pathlib.Path(os.environ.get(var) or pathlib.Path(cache) / rel)
+    if not (path / "p2m.json").is_file():
+        sys.exit(f"side_by_side: predict: no packaged student at {path} (no p2m.json). Make it with "
+                 f"`cargo run --release --bin table1 -- --source live --cell {cell}` (laptop scale), "
+                 f"or point {var} at a model folder `p2m run` packaged")
+    return path
+
+
+def student_settings(model):
+    """The instruction and the executor settings a packaged model's evaluation used (p2m.json)."""
+    m = json.load(open(model / "p2m.json"))
+    if m.get("template", TEMPLATE) != TEMPLATE:
+        sys.exit(f"side_by_side: predict: {model}/p2m.json has template {m['template']!r}, not the "
+                 f"executor's {TEMPLATE!r}: update TEMPLATE in benches/side_by_side.py")
+    ex = {"max_new_tokens": 64, "repetition_penalty": 2.0, "batch_size": 16, "max_source_len": 512, "task_id": 0}
+    ex.update(m.get("executor", {}))
+    if m.get("executor", {}).get("engine", "libtorch") != "libtorch" or "precision" in m.get("executor", {}):
+        sys.exit(f"side_by_side: predict: {model}/p2m.json sets an engine or precision; the bench "
+                 "compares the f32 libtorch student's settings")
+    return m["instruction"], ex
+
+
+def engine_gguf(model, cache):
+    """The f16 GGUF `p2m predict --engine llama-cpp` writes (src/export `engine_gguf`): named by
+    the sha256 of the writer's format and the student's config, weights and tokenizer."""
+    import hashlib
+
+    parts = ["p2m-student-gguf/1 f16"]
+    for f in sorted(p for p in model.iterdir() if p.name in ("config.json", "tokenizer.json") or p.name.endswith(".safetensors")):
+        parts.append(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}")
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return pathlib.Path(cache) / "student-gguf" / f"{key[:32]}.f16.gguf"
+
+
+def run_p2m(p2m, args, env):
+    start = time.perf_counter()
+    done = subprocess.run([p2m, "predict", *args], capture_output=True, text=True, env=env)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"side_by_side: predict: `{p2m} predict {' '.join(args)}` failed:\n{done.stderr}")
+    return took
+
+
+def time_p2m(p2m, model, files, flags, ex, env):
+    """Whole `p2m predict` commands: on one example (start-up, model load, one prediction: twice,
+    the faster kept; the first also writes llama.cpp's GGUF once), on all n, and on all n with one
+    new token (prompt processing + the first token). The n examples' time is all-n minus one; the
+    prefill share is the one-token run minus one, and decode the rest."""
+    one, inputs, out, work = files
+    common = ["--model", str(model), "--cpu", *flags]
+    t1 = min(run_p2m(p2m, [*common, "--input", str(one), "--out", str(work / "one.jsonl")], env) for _ in range(2))
+    tn = run_p2m(p2m, [*common, "--input", str(inputs), "--out", str(out)], env)
+    tp = run_p2m(p2m, [*common, "--input", str(inputs), "--out", str(work / "first-token.jsonl"), "--max-new-tokens", "1"], env)
+    preds = [json.loads(l)["prediction"] for l in open(out)]
+    return {"seconds": tn - t1, "one_example_s": t1, "all_s": tn, "prefill_s": max(tp - t1, 0.0),
+            "split": "runs with 1 new token", "timing": "whole commands: all n minus one example"}, preds
+
+
+def hf_batches(tok, prompts, ex):
+    """Token ids as the executor builds them: the tokenizer's own specials, cut from the left to
+    max_source_len, batches of batch_size longest first, left-padded."""
+    import torch
+
+    ids = [tok(p)["input_ids"][-ex["max_source_len"]:] for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = []
+    for s in range(0, len(order), ex["batch_size"]):
+        chunk = order[s:s + ex["batch_size"]]
+        width = max(len(ids[i]) for i in chunk)
+        rows = [[pad] * (width - len(ids[i])) + ids[i] for i in chunk]
+        mask = [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk]
+        batches.append((chunk, torch.tensor(rows), torch.tensor(mask)))
+    return ids, batches, pad
+
+
+def time_transformers(model, tok, prompts, ex):
+    """transformers `generate`, batched greedy, the same settings and batches as the executor."""
+    import torch
+    import transformers as tf
+
+    lm = tf.AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    _, batches, pad = hf_batches(tok, prompts, ex)
+
+    @torch.no_grad()
+    def run(new_tokens, batches=batches):
+        out = [""] * len(prompts)
+        start = time.perf_counter()
+        for chunk, x, mask in batches:
+            g = lm.generate(input_ids=x, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                            repetition_penalty=ex["repetition_penalty"], pad_token_id=pad)
+            for row, i in enumerate(chunk):
+                out[i] = tok.decode(g[row, x.shape[1]:], skip_special_tokens=True).strip()
+        return time.perf_counter() - start, out
+
+    run(1, batches[:1])  # warm-up
+    prefill, _ = run(1)
+    seconds, preds = run(ex["max_new_tokens"])
+    return {"seconds": seconds, "prefill_s": prefill, "split": "a pass with 1 new token",
+            "timing": "in process, model loaded"}, preds
+
+
+def serve_llama(llama_python, gguf, threads, port, n_ctx):
+    """llama-cpp-python's OpenAI server on the student's f16 GGUF (as scripts/llama-server.sh
+    starts it), ready to answer."""
+    import urllib.request
+
+    cmd = [llama_python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "student",
+           "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
+           "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        if server.poll() is not None:
+            sys.exit(f"side_by_side: predict: the llama-cpp-python server exited ({' '.join(cmd)})")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    sys.exit("side_by_side: predict: the llama-cpp-python server did not answer in 5 minutes")
+
+
+def time_llama_server(llama_python, gguf, tok, ids, ex, threads):
+    """The same prompts one after another through /v1/completions, greedy (temperature 0), the
+    same penalty and cap. `cache_prompt` is the C++ llama-server's field; llama-cpp-python's
+    server ignores it and keeps the previous request's keys and values itself, reusing the
+    longest common token prefix (here the instruction) for the next prompt. Prompts cut to
+    max_source_len are sent as the text of the kept tokens."""
+    import socket
+    import urllib.request
+
+    texts = [tok.decode(i) for i in ids]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve_llama(llama_python, gguf, threads, port, max(2048, max(map(len, ids)) + ex["max_new_tokens"] + 16))
+    try:
+        def ask(text, new_tokens):
+            body = {"prompt": text, "max_tokens": new_tokens, "temperature": 0.0, "repeat_penalty": ex["repetition_penalty"],
+                    "cache_prompt": True}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            return json.load(urllib.request.urlopen(req, timeout=600))
+
+        def run(new_tokens):
+            start = time.perf_counter()
+            answers = [ask(t, new_tokens) for t in texts]
+            return time.perf_counter() - start, answers
+
+        ask(texts[0], 1)  # warm-up
+        prefill, _ = run(1)
+        seconds, answers = run(ex["max_new_tokens"])
+    finally:
+        server.terminate()
+        server.wait()
+    preds = [a["choices"][0]["text"].strip() for a in answers]
+    counted = sum(a["usage"]["prompt_tokens"] != len(i) for a, i in zip(answers, ids))
+    return {"seconds": seconds, "prefill_s": prefill, "split": "a pass with 1 new token",
+            "timing": "HTTP requests, server loaded", "prompt_token_mismatches": counted}, preds
+
+
+def predict_task(a, task, n, env):
+    import transformers as tf
+
+    model = student_dir(task, a.cache)
+    instruction, ex = student_settings(model)
+    work = pathlib.Path(a.work) / "predict" / task
+    work.mkdir(parents=True, exist_ok=True)
+    rows = predict_inputs(task, pathlib.Path(a.mirror), n)
+    inputs, one = work / "inputs.jsonl", work / "one.jsonl"
+    with open(inputs, "w") as f:
+        f.writelines(json.dumps({"input": i, "output": o}) + "\n" for i, o in rows)
+    one.write_text(json.dumps({"input": rows[0][0], "output": rows[0][1]}) + "\n")
+    prompts = [TEMPLATE.format(task_id=ex["task_id"], instruction=instruction, input=i) for i, _ in rows]
+    with open(work / "prompts.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
+    res, preds = {}, {}
+    for col, flags in P2M_COLUMNS:
+        if b_wanted(a, f"predict.{task}.{col}") or col == "p2m-plain":
+            print(f"side_by_side: predict.{task}.{col} ({len(rows)} examples)", file=sys.stderr)
+            res[col], preds[col] = time_p2m(a.p2m, model, (one, inputs, work / f"{col}.jsonl", work), flags, ex, env)
+    tok = tf.AutoTokenizer.from_pretrained(model)
+    ids, _, _ = hf_batches(tok, prompts, ex)
+    if b_wanted(a, f"predict.{task}.transformers"):
+        print(f"side_by_side: predict.{task}.transformers", file=sys.stderr)
+        res["transformers"], preds["transformers"] = time_transformers(model, tok, prompts, ex)
+    if b_wanted(a, f"predict.{task}.llama-cpp-server"):
+        gguf = engine_gguf(model, a.cache)
+        if not gguf.is_file():
+            run_p2m(a.p2m, ["--model", str(model), "--cpu", "--engine", "llama-cpp", "--input", str(one),
+                            "--out", str(work / "one.jsonl")], env)
+        if not gguf.is_file():
+            sys.exit(f"side_by_side: predict: {gguf} missing after `p2m predict --engine llama-cpp`; "
+                     f"write it with `p2m export` or check src/export engine_gguf's naming")
+        print(f"side_by_side: predict.{task}.llama-cpp-server ({gguf.name})", file=sys.stderr)
+        res["llama-cpp-server"], preds["llama-cpp-server"] = time_llama_server(
+            a.llama_python, gguf, tok, ids, ex, int(env["OMP_NUM_THREADS"]))
+    for col, r in res.items():
+        r["examples"] = len(rows) - 1 if r["timing"].startswith("whole commands") else len(rows)
+        r["agree_with_plain"] = sum(p == q for p, q in zip(preds[col], preds["p2m-plain"]))
+        r["n"] = len(rows)
+        print(f"side_by_side: predict.{task}.{col}: {r['examples'] / r['seconds']:.2f} examples/s, "
+              f"{r['agree_with_plain']}/{len(rows)} equal to the plain path's", file=sys.stderr)
+    return {"model": str(model), "n": len(rows), "settings": ex, "columns": res,
+            "samples": {col: p[:3] for col, p in preds.items()}}
+
+
+def b_wanted(a, key):
+    return a.only is None or any(o in key for o in a.only.split(","))
+
+
+def predict(a):
+    import torch
+
+    if not any(b_wanted(a, f"predict.{t}.{c}") for t in PREDICT_TASKS for c in PREDICT_COLUMNS):
+        return
+    if a.check:  # before the rest of a run: a missing student stops it at once, not after it
+        for t in PREDICT_TASKS:
+            if any(b_wanted(a, f"predict.{t}.{c}") for c in PREDICT_COLUMNS):
+                student_settings(student_dir(t, a.cache))
+        return
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    n = {"temporal": 40, "squad": 40} if a.quick else {"temporal": 860, "squad": 1000}
+    if a.n:
+        n = {t: a.n for t in n}
+    load = [open("/proc/loadavg").read().split()[:3]]
+    tasks = {t: predict_task(a, t, n[t], env) for t in PREDICT_TASKS if any(b_wanted(a, f"predict.{t}.{c}") for c in PREDICT_COLUMNS)}
+    load.append(open("/proc/loadavg").read().split()[:3])
+    p2m = pathlib.Path(a.p2m).resolve()
+    llama_version = subprocess.run([a.llama_python, "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                                   capture_output=True, text=True).stdout.strip()
+    out = {"conditions": {"threads": threads, "quick": a.quick, "load_start_end": load, "versions": versions(),
+                          "llama-cpp-python": llama_version,
+                          "p2m": f"{p2m} ({subprocess.run([str(p2m), '--version'], capture_output=True, text=True).stdout.strip()}, "
+                                 f"built {datetime.datetime.fromtimestamp(p2m.stat().st_mtime).isoformat(timespec='minutes')})"},
+           "tasks": tasks}
+    tmp = pathlib.Path(a.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.rename(a.out)
+
+
+def predict_table(path):
+    """The prediction rows: examples/s per column, its ratio to the plain path, the prefill /
+    decode split, and agreement with the plain path's predictions (exact strings)."""
+    d = json.load(open(path))
+    c = d["conditions"]
+    out = ["", f"Prediction (`p2m predict` and the references on the same prompts; {c['threads']} thread(s); "
+               f"load average {' '.join(c['load_start_end'][0])} at the start, {' '.join(c['load_start_end'][1])} at the end; "
+               f"p2m {c['p2m']}; llama-cpp-python {c['llama-cpp-python']}"
+               + ("; --quick" if c["quick"] else "") + "):", ""]
+    label = {"p2m-plain": "p2m predict --no-prefix-cache (plain)", "p2m-prefix": "p2m predict (prefix cache)",
+             "p2m-llama-cpp": "p2m predict --engine llama-cpp", "transformers": "transformers generate, batched",
+             "llama-cpp-server": "llama-cpp-python server, one request at a time"}
+    for task, t in d["tasks"].items():
+        ex = t["settings"]
+        out += [f"{task}: {t['n']} examples, batch {ex['batch_size']}, ≤ {ex['max_new_tokens']} new tokens, "
+                f"penalty {ex['repetition_penalty']}, prompts cut to {ex['max_source_len']} tokens; student {t['model']}", "",
+                "| column | examples/s | vs plain | prefill / decode (ms per example) | equal to plain | timing |", "|---|---:|---:|---|---:|---|"]
+        cols = t["columns"]
+        base = cols["p2m-plain"]["examples"] / cols["p2m-plain"]["seconds"]
+        for col in PREDICT_COLUMNS:
+            if col not in cols:
+                continue
+            r = cols[col]
+            rate = r["examples"] / r["seconds"]
+            pre = min(r["prefill_s"], r["seconds"])
+            split = f"{1000 * pre / r['examples']:,.0f} / {1000 * (r['seconds'] - pre) / r['examples']:,.0f}"
+            note = r["timing"] + (f"; {r['prompt_token_mismatches']} prompt(s) counted differently by the server"
+                                  if r.get("prompt_token_mismatches") else "")
+            out.append(f"| {label[col]} | {rate:.2f} | {rate / base:.2f}× | {split} | {r['agree_with_plain']}/{r['n']} | {note} |")
+        out.append("")
+    out.append("Prefill = the same work with 1 new token (prompt processing and the first token); decode = the rest. "
+               "Whole commands: all n minus one example (start-up and the model's load taken out).")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # table
 # ------------------------------------------------------------------------------------------------
 
@@ -504,6 +822,16 @@ def short_commit(commit):
 
 
 def table(a):
+    if not (a.rust and a.python and pathlib.Path(a.rust).is_file() and pathlib.Path(a.python).is_file()):
+        # A run of the predict section alone (`--only predict`).
+        if not (a.predict and pathlib.Path(a.predict).is_file()):
+            sys.exit("side_by_side: table needs RUST.json and PYTHON.json, or --predict FILE (no id of "
+                     "the predict section matched --only?)")
+        text = "\n".join(predict_table(a.predict)) + "\n"
+        print(text)
+        if a.markdown:
+            pathlib.Path(a.markdown).write_text(text)
+        return
     ours, ref = json.load(open(a.rust)), json.load(open(a.python))
     by = lambda d: {r["id"]: r for r in d["rows"]}
     o, r = by(ours), by(ref)
@@ -544,6 +872,8 @@ def table(a):
                 "GB/s = the weight's bytes in that precision over the time):", ""]
         out += [f"- {row['id']}: {row['seconds'] / 20 * 1e6:,.0f} µs per product, {row['work'] / row['seconds']:.1f} GB/s" for row in gemv]
     out += ["", "Same work on both sides (values each computed):", ""] + [f"- {l}" for l in agreement(ours["checks"], ref["checks"])]
+    if a.predict and pathlib.Path(a.predict).is_file():
+        out += predict_table(a.predict)
     text = "\n".join(out) + "\n"
     print(text)
     if a.markdown:
@@ -564,12 +894,24 @@ def main():
     m.add_argument("--rust", help="the Rust side's JSON (for the BERTScore layer it used)")
     m.add_argument("--quick", action="store_true")
     m.add_argument("--only")
+    r = sub.add_parser("predict")
+    r.add_argument("--work", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--cache", default=os.environ.get("P2M_CACHE", str(ROOT / ".cache")))
+    r.add_argument("--mirror", default=os.environ.get("P2M_MIRROR", str(ROOT.parent / "shared" / "mirror")))
+    r.add_argument("--p2m", default=str(ROOT / "target" / "release" / "p2m"))
+    r.add_argument("--llama-python", default=sys.executable, help="a Python with llama_cpp.server")
+    r.add_argument("--quick", action="store_true", help="40 examples per task instead of 860 / 1,000")
+    r.add_argument("--n", type=int, help="examples per task (overrides --quick)")
+    r.add_argument("--only")
+    r.add_argument("--check", action="store_true", help="only check that the students are there")
     t = sub.add_parser("table")
-    t.add_argument("rust")
-    t.add_argument("python")
+    t.add_argument("rust", nargs="?")
+    t.add_argument("python", nargs="?")
+    t.add_argument("--predict", help="the predict section's JSON (side_by_side.py predict)")
     t.add_argument("--markdown")
     a = ap.parse_args()
-    {"prepare": prepare, "measure": measure, "table": table}[a.cmd](a)
+    {"prepare": prepare, "measure": measure, "predict": predict, "table": table}[a.cmd](a)
 
 
 if __name__ == "__main__":
