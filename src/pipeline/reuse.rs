@@ -69,25 +69,28 @@ pub fn find_reusable(
             if std::fs::canonicalize(&other).unwrap_or_else(|_| other.clone()) == own {
                 continue;
             }
-            let Some(rec) = stage::read_record(&other, stage.stage()) else { continue };
-            if rec.status != Status::Done
-                || !rec.outputs.keys().all(|f| other.join(f).is_file())
-                || stage.reuse_key(&other, &rec.settings, &rec.inputs).as_deref() != Some(&key)
-            {
-                continue;
-            }
-            // Take the first computation, not a copy of it, so every note names the cell that ran.
-            let origin = match &rec.reused_from {
-                Some(from) if Path::new(from).join(stage.stage().name()).is_dir() => {
-                    PathBuf::from(from)
+            let Some(rec) = matching(stage, &other, &key) else { continue };
+            // Take the first computation, not a copy of it, so every note names the cell that ran
+            // — while that run still holds the same thing.
+            if let Some(origin) = rec.reused_from.as_ref().map(PathBuf::from) {
+                if let Some(first) = matching(stage, &origin, &key) {
+                    return Ok(Some((origin, first)));
                 }
-                _ => other,
-            };
-            let rec = stage::read_record(&origin, stage.stage()).unwrap_or(rec);
-            return Ok(Some((origin, rec)));
+            }
+            return Ok(Some((other, rec)));
         }
     }
     Ok(None)
+}
+
+/// The record of `stage` in the run `dir` when it is done, its outputs are there and its key is
+/// `key`.
+fn matching(stage: &dyn PipelineStage, dir: &Path, key: &str) -> Option<StageRecord> {
+    let rec = stage::read_record(dir, stage.stage())?;
+    let usable = rec.status == Status::Done
+        && rec.outputs.keys().all(|f| dir.join(f).is_file())
+        && stage.reuse_key(dir, &rec.settings, &rec.inputs).as_deref() == Some(key);
+    usable.then_some(rec)
 }
 
 #[cfg(test)]

@@ -367,6 +367,16 @@ mod tests {
         for stage in [Stage::Train, Stage::Evaluate] {
             assert!(read_record(&c.dir, stage).unwrap().reused_from.is_none(), "{stage:?}");
         }
+        // Run a is changed (c's learning rate): b, which took a's stages, is still what a run like
+        // b computes, and is taken itself rather than the changed a.
+        let mut lr = toml::Table::new();
+        lr.insert("learning_rate".into(), toml::Value::Float(3e-3));
+        crate::pipeline::run(&RunConfig { name: "a".into(), train: Some(lr), ..config() }, &opts)
+            .unwrap();
+        let d =
+            crate::pipeline::run(&RunConfig { name: "d".into(), ..b_cfg.clone() }, &opts).unwrap();
+        let rec = read_record(&d.dir, Stage::Train).unwrap();
+        assert_eq!(rec.reused_from.as_deref(), Some(b.dir.to_str().unwrap()));
     }
 
     fn record_path_of(ctx: &RunContext, stage: Stage) -> PathBuf {
