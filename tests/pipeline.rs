@@ -206,6 +206,12 @@ async fn smoke_run_against_a_fake_teacher_packages_a_model_and_a_rerun_is_free()
     for (line, p) in lines.iter().zip(&from_parquet) {
         assert_eq!(line["prediction"].as_str().unwrap(), p);
     }
+    // bf16 products while predicting: a flag, the same two rows.
+    let (bf16, mut args) = predict_to("preds-bf16.jsonl");
+    args.extend(["--precision".to_string(), "bf16".to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(run_blocking(p2m(&runs, &refs)).await);
+    assert_eq!(std::fs::read_to_string(&bf16).unwrap().lines().count(), 2, "{out}");
     let (csv, args) = predict_to("preds.csv");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let refused = run_blocking(p2m(&runs, &refs)).await;

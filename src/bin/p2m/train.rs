@@ -122,6 +122,11 @@ pub struct PredictArgs {
     /// libtorch].
     #[arg(long)]
     pub engine: Option<prompt2model::models::chat::DecodingEngine>,
+    /// `bf16`: the student's linear layers multiply in bf16 while predicting (weights cast once;
+    /// faster, and the predictions may differ from f32's: README "Prediction") [default: the
+    /// packaged model's, else f32]. The libtorch engine only.
+    #[arg(long)]
+    pub precision: Option<prompt2model::models::precision::Precision>,
     #[arg(long)]
     pub cpu: bool,
 }
@@ -249,6 +254,9 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.engine {
         cfg.engine = v;
+    }
+    if let Some(v) = args.precision {
+        cfg.precision = v;
     }
     let device = if args.cpu { tch::Device::Cpu } else { prompt2model::models::default_device() };
     let student = executor::load_student(&args.model, device, &cfg, None)?;
