@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::context::RunContext;
-use super::stage::{self, StageInputs, StageRecord, Status};
+use super::stage::{self, StageInputs, StageRecord};
 use super::stages::PipelineStage;
 
 /// How deep under a root run folders are looked for (`<table>/<scale>/<teacher>/<cell>`).
@@ -83,12 +83,10 @@ pub fn find_reusable(
     Ok(None)
 }
 
-/// The record of `stage` in the run `dir` when it is done, its outputs are there and its key is
-/// `key`.
+/// The record of `stage` in the run `dir` when it is finished there and its key is `key`.
 fn matching(stage: &dyn PipelineStage, dir: &Path, key: &str) -> Option<StageRecord> {
     let rec = stage::read_record(dir, stage.stage())?;
-    let usable = rec.status == Status::Done
-        && rec.outputs.keys().all(|f| dir.join(f).is_file())
+    let usable = rec.is_finished_in(dir)
         && stage.reuse_key(dir, &rec.settings, &rec.inputs).as_deref() == Some(key);
     usable.then_some(rec)
 }

@@ -183,17 +183,11 @@ pub fn run_stage(
     let dir = run_dir.join(stage.name());
     let (fp, hashes) = fingerprint(run_dir, &inputs)?;
     let previous = read_record(run_dir, stage);
-    if let Some(rec) = &previous {
-        if rec.status == Status::Done
-            && rec.fingerprint == fp
-            && rec.outputs.keys().all(|f| run_dir.join(f).exists())
-        {
-            eprintln!("[{}] up to date: {} (fingerprint {})", stage.name(), rec.summary, &fp[..12]);
-            return Ok((Outcome::Skipped, rec.clone()));
-        }
+    if let Some(rec) = previous.as_ref().filter(|r| r.is_up_to_date(run_dir, &fp)) {
+        eprintln!("[{}] up to date: {} (fingerprint {})", stage.name(), rec.summary, &fp[..12]);
+        return Ok((Outcome::Skipped, rec.clone()));
     }
-    let resumed =
-        previous.as_ref().is_some_and(|r| r.status == Status::Running && r.fingerprint == fp);
+    let resumed = previous.as_ref().is_some_and(|r| r.resumes(&fp));
     let earlier_seconds =
         previous.as_ref().filter(|_| resumed).map(|r| r.total_seconds).unwrap_or(0.0);
     if !resumed && dir.exists() {
@@ -239,14 +233,27 @@ pub fn run_stage(
     Ok((Outcome::Ran, record))
 }
 
-/// Whether `stage` is done here with fingerprint `fp` and its outputs are in place, or was
-/// running with it (then it resumes here rather than copying another run's).
+impl StageRecord {
+    /// Done, and its outputs are all still in `run_dir`.
+    pub fn is_finished_in(&self, run_dir: &Path) -> bool {
+        self.status == Status::Done && self.outputs.keys().all(|f| run_dir.join(f).exists())
+    }
+
+    /// Finished with fingerprint `fp`: [`run_stage`] skips it.
+    fn is_up_to_date(&self, run_dir: &Path, fp: &str) -> bool {
+        self.fingerprint == fp && self.is_finished_in(run_dir)
+    }
+
+    /// Interrupted while running with fingerprint `fp`: [`run_stage`] resumes it in its folder.
+    fn resumes(&self, fp: &str) -> bool {
+        self.status == Status::Running && self.fingerprint == fp
+    }
+}
+
+/// Whether `stage` is up to date here with fingerprint `fp`, or resumes here (rather than copying
+/// another run's): what [`run_stage`] would skip or resume.
 pub fn done_or_resumable(run_dir: &Path, stage: Stage, fp: &str) -> bool {
-    read_record(run_dir, stage).is_some_and(|rec| {
-        rec.fingerprint == fp
-            && (rec.status == Status::Running
-                || rec.outputs.keys().all(|f| run_dir.join(f).exists()))
-    })
+    read_record(run_dir, stage).is_some_and(|rec| rec.is_up_to_date(run_dir, fp) || rec.resumes(fp))
 }
 
 /// Take another run's finished `stage` as this run's: every file of its stage folder and every
